@@ -1,0 +1,3 @@
+from lapce_bridge.cli import main
+
+main()

@@ -1,0 +1,159 @@
+"""Runs the benchmark suites, repeats them, and prints medians against BENCHMARKS.md.
+
+A suite is a module with `async def run(ctx: BenchContext) -> list[Row]`. Each repetition
+runs every selected suite once on a fresh event loop (uvloop when installed, as the server
+uses); the report holds the median of each figure across repetitions, since a 2-core shared
+machine is noisy and one run proves little.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from lapce_bridge.bench.report import Row, median_rows
+
+SUITES: dict[str, str] = {
+    "kernel": "lapce_bridge.bench.kernel",
+    "parser": "lapce_bridge.bench.parser",
+    "terminal": "lapce_bridge.bench.terminal",
+    "fs": "lapce_bridge.bench.fs",
+    "ipc": "lapce_bridge.bench.ipc",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BenchContext:
+    workdir: Path
+    quick: bool = False  # fewer samples: for smoke tests, not for quoting figures
+    baselines: bool = False
+    shells: tuple[str, ...] = ("bash", "zsh", "fish")
+
+    def n(self, full: int, quick: int | None = None) -> int:
+        """How many samples to take: `full`, or far fewer in quick mode."""
+        return (quick if quick is not None else max(1, full // 20)) if self.quick else full
+
+
+SuiteFn = Callable[[BenchContext], Awaitable[list[Row]]]
+
+
+def load_suite(name: str) -> SuiteFn:
+    module = importlib.import_module(SUITES[name])
+    fn: SuiteFn = module.run
+    return fn
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        loop = asyncio.new_event_loop()
+    return loop
+
+
+def run_suites(
+    names: Sequence[str], ctx: BenchContext, repeat: int, progress: Callable[[str], None]
+) -> list[Row]:
+    runs: list[list[Row]] = []
+    for i in range(repeat):
+        rows: list[Row] = []
+        for name in names:
+            progress(f"run {i + 1}/{repeat}: {name}")
+            suite = load_suite(name)
+            loop = new_loop()
+            try:
+                rows.extend(loop.run_until_complete(suite(ctx)))
+            finally:
+                loop.close()
+        runs.append(rows)
+    return median_rows(runs)
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if v >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}"
+
+
+def render(rows: Sequence[Row], repeat: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"lapce-bridge bench (median of {repeat} runs)")
+    for col in ("suite", "operation", "p50 / value", "p99", "p99.9", "unit", "seed", "goal"):
+        table.add_column(col, justify="left" if col in ("suite", "operation") else "right")
+    table.add_column("verdict")
+    colours = {"goal": "green", "seed": "yellow", "miss": "red", "info": "dim"}
+    for row in rows:
+        verdict = row.verdict()
+        first = row.p50 if row.is_latency else row.value
+        table.add_row(
+            row.suite,
+            row.name + (f" [dim]({row.note})[/dim]" if row.note else ""),
+            _fmt(first),
+            _fmt(row.p99),
+            _fmt(row.p999),
+            row.unit,
+            " / ".join(_fmt(v) for v in row.seed) or "-",
+            " / ".join(_fmt(v) for v in row.goal) or "-",
+            f"[{colours[verdict]}]{verdict}[/]",
+        )
+    Console().print(table)
+
+
+@click.command("bench")
+@click.option("--only", default="", help="Comma-separated suites: " + ", ".join(SUITES))
+@click.option("--repeat", type=click.IntRange(1, 50), default=3, show_default=True)
+@click.option("--quick", is_flag=True, help="Few samples; a smoke test, not figures to quote.")
+@click.option("--baselines", is_flag=True, help="Also time subprocess.run and a bare PTY shell.")
+@click.option("--shells", default="bash,zsh,fish", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print rows as JSON lines.")
+def bench(only: str, repeat: int, quick: bool, baselines: bool, shells: str, as_json: bool) -> None:
+    """Measure the figures of BENCHMARKS.md on this machine, with verdicts."""
+    names = [n.strip() for n in only.split(",") if n.strip()] or list(SUITES)
+    unknown = [n for n in names if n not in SUITES]
+    if unknown:
+        raise click.BadParameter(f"unknown suite(s): {', '.join(unknown)}", param_hint="--only")
+    available = [n for n in names if _importable(n)]
+    missing = sorted(set(names) - set(available))
+    if missing:
+        click.echo(f"skipping suites not built yet: {', '.join(missing)}", err=True)
+    with tempfile.TemporaryDirectory(prefix="lapce-bench-") as tmp:
+        ctx = BenchContext(Path(tmp), quick, baselines, tuple(s for s in shells.split(",") if s))
+        progress: Callable[[str], None] = (
+            (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
+        )
+        rows = run_suites(available, ctx, repeat, progress)
+    if as_json:
+        for row in rows:
+            sys.stdout.write(orjson.dumps(row.to_json()).decode() + "\n")
+    else:
+        render(rows, repeat)
+
+
+def _importable(name: str) -> bool:
+    try:
+        load_suite(name)
+    except (ImportError, AttributeError):
+        return False
+    return True
+
+
+def rows_as_dicts(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    return [r.to_json() for r in rows]
+
+
+__all__ = ["SUITES", "BenchContext", "bench", "run_suites"]
