@@ -30,6 +30,10 @@ class CallContext(Protocol):
         """Send a notification to the connection that made this request."""
         ...
 
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once when this request's connection closes (release its watches)."""
+        ...
+
 
 SyncHandler = Callable[[Params, CallContext], Any]
 AsyncHandler = Callable[[Params, CallContext], Awaitable[Any]]
