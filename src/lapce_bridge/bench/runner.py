@@ -88,21 +88,27 @@ def _fmt(v: float | None) -> str:
     return f"{v:.2f}" if v < 10 else f"{v:.1f}"
 
 
-def render(rows: Sequence[Row], repeat: int) -> None:
+def render(rows: Sequence[Row], repeat: int, title: str = "lapce-bridge bench") -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"lapce-bridge bench (median of {repeat} runs)")
+    console = Console(width=max(Console().width, 132))
+    table = Table(title=f"{title} (median of {repeat} run{'s' if repeat > 1 else ''})")
     for col in ("suite", "operation", "p50 / value", "p99", "p99.9", "unit", "seed", "goal"):
         table.add_column(col, justify="left" if col in ("suite", "operation") else "right")
     table.add_column("verdict")
     colours = {"goal": "green", "seed": "yellow", "miss": "red", "info": "dim"}
+    notes: list[str] = []
     for row in rows:
         verdict = row.verdict()
         first = row.p50 if row.is_latency else row.value
+        name = row.name
+        if row.note:
+            notes.append(row.note)
+            name += f" [{len(notes)}]"
         table.add_row(
             row.suite,
-            row.name + (f" [dim]({row.note})[/dim]" if row.note else ""),
+            name,
             _fmt(first),
             _fmt(row.p99),
             _fmt(row.p999),
@@ -111,7 +117,9 @@ def render(rows: Sequence[Row], repeat: int) -> None:
             " / ".join(_fmt(v) for v in row.goal) or "-",
             f"[{colours[verdict]}]{verdict}[/]",
         )
-    Console().print(table)
+    console.print(table)
+    for i, note in enumerate(notes, 1):
+        console.print(f"[dim][{i}] {note}[/dim]", highlight=False)
 
 
 @click.command("bench")
