@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import BinaryIO
 
 import click
 
@@ -65,12 +66,20 @@ def main() -> None:
 @click.option("--json", "json_lines", is_flag=True, help="One JSON object per marker.")
 @click.option("--strip", is_flag=True, help="Write the input with integration sequences removed.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=65536, show_default=True)
-def osc_dump(source: click.utils.LazyFile, json_lines: bool, strip: bool, chunk_size: int) -> None:
+@click.option("--nonce", default=None, help="The terminal's nonce, to trust its E markers.")
+def osc_dump(
+    source: BinaryIO, json_lines: bool, strip: bool, chunk_size: int, nonce: str | None
+) -> None:
     """Feed a recorded PTY byte stream (FILE or -) through the OSC 633/133 parser."""
     from lapce_bridge.terminal.osc_dump import run
 
-    out = sys.stdout.buffer if strip else sys.stdout
-    code = run(source, out, json_lines=json_lines, strip=strip, chunk_size=chunk_size)  # type: ignore[arg-type]
+    out = click.get_binary_stream("stdout") if strip else click.get_text_stream("stdout")
+    try:
+        code = run(
+            source, out, json_lines=json_lines, strip=strip, chunk_size=chunk_size, nonce=nonce
+        )
+    except OSError as exc:
+        raise click.ClickException(f"cannot read the stream: {exc}") from exc
     sys.exit(code)
 
 
