@@ -1,0 +1,1 @@
+"""Terminals: PTY, shell integration, recovery."""

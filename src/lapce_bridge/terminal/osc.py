@@ -1,0 +1,430 @@
+"""Sans-I/O streaming parser for shell-integration sequences (OSC 633, OSC 133, OSC 7).
+
+Theory of operation
+-------------------
+Bytes go in through ``feed()``; ``Text`` and ``Marker`` events come out in stream order. No I/O,
+no clocks, no asyncio: the terminal driver owns all of that.
+
+The stream is ground-state text interrupted by *strings* that begin with an introducer: ``ESC ]``
+(OSC) always, and with ``strip_ansi`` also ``ESC P`` / ``ESC X`` / ``ESC ^`` / ``ESC _``
+(DCS, SOS, PM, APC). Everything else (CSI, two-byte escapes, C0 controls, raw 0x9c/0x9d which are
+UTF-8 continuation bytes far more often than C1 controls) is ground text. A string ends:
+
+* at BEL (OSC only) or ST ``ESC \\``            -> complete: decoded (OSC) or dropped (others);
+* at CAN / SUB                                  -> aborted: string bytes and the CAN/SUB dropped;
+* at any other ESC                              -> aborted: string bytes dropped, the ESC is parsed
+                                                   again as the start of what follows, so a marker
+                                                   right after a broken sequence is never lost;
+* when it reaches ``max_buffer`` bytes undecided -> overflow: the introducer is demoted to text
+                                                   and parsing resumes right after it.
+
+A complete OSC 633/133/7 becomes a Marker; one that does not decode (unknown kind, bad URL) is
+removed and counted as invalid. Other OSCs (titles, hyperlinks) stay in the Text untouched, or
+are removed with ``strip_ansi``. ``flush()`` demotes a pending string the way overflow does.
+
+Dropping aborted strings is what a VT terminal does (it displays nothing for them), so no byte a
+terminal would have displayed is lost. The overflow point depends only on the sequence's length,
+never on how the stream was split, so these invariants hold for any chunking:
+
+1. Events (after merging adjacent Text) and statistics are identical however the stream is split.
+2. With ``strip_ansi`` False, if nothing was aborted or invalid, joining ``Text.data`` and
+   ``Marker.raw`` in order gives back the input byte for byte; input without ESC comes out whole.
+3. With ``strip_ansi`` True no Text contains ESC, and the markers are the same as without it.
+4. Pending state is bounded: a string under ``max_buffer`` bytes, or (strip mode) an unfinished
+   CSI of at most ~275 bytes, or (plain mode) a single trailing ESC.
+
+Decoded values (``\\\\`` -> ``\\``, ``\\xHH`` -> byte, one pass; OSC 7 percent escapes) are
+decoded as UTF-8 with ``errors="replace"``: every value stays JSON-encodable (orjson rejects lone
+surrogates); the exact bytes remain in ``Marker.raw``.
+
+Speed: without ``strip_ansi``, CSI is never tokenised; a chunk without ``ESC ]`` costs one
+``bytes.find`` and at most one slice. With ``strip_ansi`` text runs go through one compiled
+``re.sub`` each.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TypeAlias
+from urllib.parse import unquote_to_bytes
+
+__all__ = ["Event", "Marker", "OscParser", "ParserStats", "Text", "strip_markers"]
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """Bytes to display: everything that is not a shell-integration marker."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """One shell-integration sequence, decoded.
+
+    ``trusted`` is True only for nonce-bearing kinds (633 ``E`` and ``Env*``) whose nonce equals
+    the parser's; ``command_line`` is set only then. ``value`` of an ``E`` marker holds the command
+    line *as sent* (untrusted: any program can print it), for display and debugging only.
+    """
+
+    osc: int
+    kind: str
+    exit_code: int | None = None
+    command_line: str | None = None
+    nonce: str | None = None
+    trusted: bool = False
+    key: str | None = None
+    value: str | None = None
+    raw: bytes = b""
+
+
+Event: TypeAlias = Text | Marker
+
+
+@dataclass(frozen=True, slots=True)
+class ParserStats:
+    bytes_fed: int
+    markers: int
+    overflows: int
+    aborted: int
+    invalid: int
+
+
+_OSC_START = b"\x1b]"
+# Strip mode: every string introducer (OSC, DCS, SOS, PM, APC); their bodies may hold BEL or ';'.
+_STRING_START = re.compile(rb"\x1b[\]PX^_]")
+_OSC_STOP = re.compile(rb"[\x07\x18\x1a\x1b]")
+_STRING_STOP = re.compile(rb"[\x18\x1a\x1b]")  # DCS/SOS/PM/APC end with ST only, not BEL
+# Escape sequences removed from text in strip mode: CSI, nF (ESC ( B ...), two-byte, lone ESC.
+# Repeats are bounded so that an unfinished sequence held back between feeds stays small.
+_ESCAPE = re.compile(
+    rb"\x1b(?:\[[\x30-\x3f]{0,256}+[\x20-\x2f]{0,16}+[\x40-\x7e]|[\x20-\x2f]{1,16}+[\x30-\x7e]"
+    rb"|[\x30-\x7e]?)"
+)
+# A tail that _ESCAPE could still match differently once more bytes arrive.
+_ESCAPE_PREFIX = re.compile(rb"\x1b(?:\[[\x30-\x3f]{0,256}[\x20-\x2f]{0,16}|[\x20-\x2f]{0,16})")
+_VALUE_ESCAPE = re.compile(rb"\\(?:\\|x([0-9a-fA-F]{2}))")
+_INT = re.compile(rb"-?[0-9]{1,18}")
+
+_SIMPLE_633 = {k: k.decode() for k in (b"A", b"B", b"C", b"F", b"G", b"H", b"I")}
+_KINDS_133 = {k: k.decode() for k in (b"A", b"B", b"C", b"D")}
+_MIN_BUFFER = 8
+_CACHE_SIZE = 256
+_CACHE_MAX_RAW = 512
+
+
+def _unescape_match(m: re.Match[bytes]) -> bytes:
+    hex_digits = m.group(1)
+    return b"\\" if hex_digits is None else bytes((int(hex_digits, 16),))
+
+
+def _unescape(value: bytes) -> str:
+    # One pass, so "\\x41" is a backslash followed by "x41", as VS Code's deserializer reads it.
+    if b"\\" in value:
+        value = _VALUE_ESCAPE.sub(_unescape_match, value)
+    return value.decode("utf-8", "replace")
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
+
+
+def _exit_code(fields: list[bytes]) -> int | None:
+    # "D;abc" or a bare "D" is a finished command whose status is unknown, not an error.
+    if len(fields) > 1 and _INT.fullmatch(fields[1]):
+        return int(fields[1])
+    return None
+
+
+def _cwd_from_url(url: bytes) -> str | None:
+    if url.startswith(b"file://"):
+        slash = url.find(b"/", 7)  # skip the host part
+        return None if slash < 0 else _text(unquote_to_bytes(url[slash:]))
+    if url.startswith(b"kitty-shell-cwd://"):  # kitty's variant is not percent-encoded
+        slash = url.find(b"/", 18)
+        return None if slash < 0 else _text(url[slash:])
+    return _text(url) if url.startswith(b"/") else None
+
+
+class OscParser:
+    """Streaming shell-integration parser. See the module docstring for the invariants."""
+
+    __slots__ = (
+        "_aborted",
+        "_buf",
+        "_bytes_fed",
+        "_cache",
+        "_cache_nonce",
+        "_invalid",
+        "_markers",
+        "_overflows",
+        "_pending_stop",
+        "_pending_strip",
+        "_resume",
+        "max_buffer",
+        "nonce",
+        "passthrough",
+        "strip_ansi",
+    )
+
+    def __init__(
+        self,
+        *,
+        nonce: str | None = None,
+        strip_ansi: bool = False,
+        max_buffer: int = 64 * 1024,
+        passthrough: bool = False,
+    ) -> None:
+        if max_buffer < _MIN_BUFFER:
+            raise ValueError(f"max_buffer must be at least {_MIN_BUFFER}, got {max_buffer}")
+        self.nonce = nonce
+        self.strip_ansi = strip_ansi
+        self.max_buffer = max_buffer
+        self.passthrough = passthrough
+        self._bytes_fed = self._markers = self._overflows = self._aborted = self._invalid = 0
+        self._cache: dict[bytes, Marker] = {}
+        self._cache_nonce = nonce
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget any partial sequence (its bytes are discarded). Statistics are kept."""
+        self._buf = bytearray()
+        # While a string is pending: the stop-byte pattern it was scanned with, the mode, and how
+        # far (from the buffer start) it is known to hold no stop byte, so no byte is rescanned.
+        self._pending_stop: re.Pattern[bytes] | None = None
+        self._pending_strip = False
+        self._resume = 0
+
+    def statistics(self) -> ParserStats:
+        return ParserStats(
+            self._bytes_fed, self._markers, self._overflows, self._aborted, self._invalid
+        )
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Parse the next chunk; return the events it completes, in stream order."""
+        if type(data) is not bytes:
+            data = bytes(data)  # events hold immutable bytes, never a view of a reused buffer
+        self._bytes_fed += len(data)
+        buf = self._buf
+        resume = 0
+        if buf:
+            stop = self._pending_stop
+            if stop is not None and self._pending_strip == self.strip_ansi:
+                resume = self._resume
+                if (
+                    resume == len(buf)
+                    and not self.passthrough
+                    and resume + len(data) < self.max_buffer
+                    and stop.search(data) is None
+                ):
+                    # Still inside the same undecided string: append without rescanning, which
+                    # keeps byte-by-byte feeding of a long sequence linear.
+                    buf += data
+                    self._resume = len(buf)
+                    return []
+            data = bytes(buf) + data
+            self.reset()
+        elif not data:
+            return []
+        if self.passthrough:
+            return [Text(data)]
+        if not self.strip_ansi and data.find(_OSC_START) < 0:
+            # Fast path: the common chunk holds no OSC at all.
+            if data[-1] == 0x1B:
+                self._buf = bytearray(b"\x1b")  # may become ESC ]
+                return [Text(data[:-1])] if len(data) > 1 else []
+            return [Text(data)]
+        return self._parse(data, resume, final=False)
+
+    def flush(self) -> list[Event]:
+        """End of stream: an unfinished sequence is not a sequence; its bytes come out as Text
+        (in strip mode its escape bytes are removed, the rest is kept)."""
+        data = bytes(self._buf)
+        self.reset()
+        if not data:
+            return []
+        if self.passthrough:
+            return [Text(data)]
+        return self._parse(data, 0, final=True)
+
+    def _parse(self, data: bytes, resume: int, *, final: bool) -> list[Event]:
+        strip = self.strip_ansi
+        # Markers repeat (A, B, C, D;0, P;Cwd=...): reuse the immutable decoded Marker. Trust
+        # depends on the nonce, so the cache only holds markers decoded under the current one.
+        cache = self._cache
+        if self._cache_nonce != self.nonce:
+            cache.clear()
+            self._cache_nonce = self.nonce
+        events: list[Event] = []
+        text: list[bytes] = []
+        n = len(data)
+        max_buffer = self.max_buffer
+        pos = 0
+        while True:
+            if strip:
+                found = _STRING_START.search(data, pos)
+                i = -1 if found is None else found.start()
+            else:
+                i = data.find(_OSC_START, pos)
+            if i < 0:
+                break
+            if i > pos:
+                text.append(_ESCAPE.sub(b"", data[pos:i]) if strip else data[pos:i])
+            is_osc = data[i + 1] == 0x5D
+            stop = _OSC_STOP if is_osc else _STRING_STOP
+            limit = i + max_buffer  # a deciding byte must lie before this index
+            start = resume if i == 0 and resume > 2 else i + 2
+            hit = stop.search(data, start, min(n, limit))
+            d = -1 if hit is None else hit.start()
+            c = -1 if d < 0 else data[d]
+            if c == 0x1B and d + 1 >= limit:
+                d = -1  # ST would end past the bound, whatever follows: overflow
+            if d < 0 or (c == 0x1B and d + 1 == n):
+                if n >= limit:  # undecided at the bound
+                    self._overflows += 1
+                elif not final:
+                    # Undecided: keep the string for the next feed.
+                    self._buf = bytearray(data[i:])
+                    self._pending_stop = stop
+                    self._pending_strip = strip
+                    self._resume = n - i if d < 0 else d - i
+                    pos = n
+                    break
+                # Overflow or end of stream: the introducer is demoted to text.
+                if not strip:
+                    text.append(data[i : i + 2])
+                pos = i + 2
+                continue
+            if c == 0x1B and data[d + 1] != 0x5C:
+                self._aborted += 1  # ESC that is not ST: drop the string, reparse from the ESC
+                pos = d
+                continue
+            if c == 0x18 or c == 0x1A:
+                self._aborted += 1  # CAN/SUB cancel the string, and are consumed with it
+                pos = d + 1
+                continue
+            end = d + 2 if c == 0x1B else d + 1
+            pos = end
+            if not is_osc:
+                continue  # a complete DCS/SOS/PM/APC in strip mode: removed
+            raw = data[i:end]
+            marker = cache.get(raw)
+            if marker is None:
+                payload = data[i + 2 : d]
+                semi = payload.find(b";")
+                number = payload if semi < 0 else payload[:semi]
+                if number != b"633" and number != b"133" and number != b"7":
+                    if not strip:
+                        text.append(raw)  # titles, hyperlinks, ...: untouched
+                    continue
+                marker = self._decode(number, b"" if semi < 0 else payload[semi + 1 :], raw)
+                if marker is None:
+                    self._invalid += 1
+                    continue
+                if len(raw) <= _CACHE_MAX_RAW:  # bounded: at most 256 small entries
+                    if len(cache) >= _CACHE_SIZE:
+                        cache.clear()
+                    cache[raw] = marker
+            self._markers += 1
+            if text:
+                joined = b"".join(text)
+                if joined:
+                    events.append(Text(joined))
+                text.clear()
+            events.append(marker)
+        if pos < n:
+            tail = data[pos:]
+            if not final:
+                if strip:
+                    k = tail.rfind(b"\x1b")
+                    if k >= 0 and _ESCAPE_PREFIX.fullmatch(tail, k):
+                        self._buf = bytearray(tail[k:])
+                        tail = tail[:k]
+                elif tail[-1] == 0x1B:
+                    self._buf = bytearray(b"\x1b")
+                    tail = tail[:-1]
+            text.append(_ESCAPE.sub(b"", tail) if strip else tail)
+        if text:
+            joined = b"".join(text)
+            if joined:
+                events.append(Text(joined))
+        return events
+
+    def _decode(self, number: bytes, rest: bytes, raw: bytes) -> Marker | None:
+        """Decode one shell-integration OSC; None means invalid (skipped and counted)."""
+        if number == b"7":
+            cwd = _cwd_from_url(rest)
+            return None if cwd is None else Marker(7, "cwd", key="Cwd", value=cwd, raw=raw)
+        fields = rest.split(b";")
+        head = fields[0]
+        if number == b"133":
+            kind = _KINDS_133.get(head)
+            if kind is None:
+                return None
+            code = _exit_code(fields) if kind == "D" else None
+            return Marker(133, kind, exit_code=code, raw=raw)
+        simple = _SIMPLE_633.get(head)
+        if simple is not None:
+            return Marker(633, simple, raw=raw)
+        if head == b"D":
+            return Marker(633, "D", exit_code=_exit_code(fields), raw=raw)
+        if head == b"P":
+            if len(fields) < 2:
+                return None
+            # Rest of the payload, not just one field: a naive script's unescaped ';' in a path
+            # then still yields the whole path.
+            name, eq, setting = rest[2:].partition(b"=")
+            return Marker(
+                633, "P", key=_unescape(name), value=_unescape(setting) if eq else None, raw=raw
+            )
+        # Nonce-bearing kinds. The nonce is the last field, so an unescaped ';' inside a command
+        # line does not cost the marker its trust; a wrong nonce never earns it.
+        if head == b"E":
+            if len(fields) >= 3:
+                cmd, nonce = _unescape(b";".join(fields[1:-1])), _text(fields[-1])
+            else:
+                cmd, nonce = (_unescape(fields[1]) if len(fields) > 1 else ""), None
+            trusted = nonce is not None and nonce == self.nonce
+            return Marker(
+                633,
+                "E",
+                command_line=cmd if trusted else None,
+                nonce=nonce,
+                trusted=trusted,
+                value=cmd,
+                raw=raw,
+            )
+        key: str | None = None
+        value: str | None = None
+        nonce_index: int
+        if head == b"EnvJson" or head == b"EnvSingleStart":
+            # EnvJson;<json>;<nonce>   EnvSingleStart;<clear 0|1>;<nonce>
+            value = _unescape(fields[1]) if len(fields) > 1 else None
+            nonce_index = 2
+        elif head == b"EnvSingleEntry":  # EnvSingleEntry;<key>;<value>;<nonce>
+            key = _unescape(fields[1]) if len(fields) > 1 else None
+            value = _unescape(fields[2]) if len(fields) > 2 else None
+            nonce_index = 3
+        elif head == b"EnvSingleEnd":  # EnvSingleEnd;<nonce>
+            nonce_index = 1
+        else:
+            return None
+        env_nonce = _text(fields[nonce_index]) if len(fields) > nonce_index else None
+        return Marker(
+            633,
+            head.decode(),
+            nonce=env_nonce,
+            trusted=env_nonce is not None and env_nonce == self.nonce,
+            key=key,
+            value=value,
+            raw=raw,
+        )
+
+
+def strip_markers(data: bytes, *, strip_ansi: bool = False) -> bytes:
+    """Return ``data`` with shell-integration sequences removed (and every escape sequence, with
+    ``strip_ansi``); an unfinished trailing sequence is kept as text."""
+    parser = OscParser(strip_ansi=strip_ansi)
+    events = parser.feed(data) + parser.flush()
+    return b"".join([e.data for e in events if isinstance(e, Text)])
