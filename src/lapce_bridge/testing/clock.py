@@ -79,9 +79,12 @@ class FakeClock:
             task.cancel()
 
         entry = self._push(self._now + max(0.0, seconds), expire)
+        handle: asyncio.Handle | None = None
         if seconds <= 0:
+            # Expire on the next loop iteration, as asyncio.timeout does: cancelling the task
+            # here would leave a stray cancellation behind when the block never awaits.
             entry.cancelled = True
-            expire()
+            handle = asyncio.get_running_loop().call_soon(expire)
         self._kick_autojump()
         try:
             yield None
@@ -91,6 +94,8 @@ class FakeClock:
             raise
         finally:
             entry.cancelled = True
+            if handle is not None:
+                handle.cancel()
 
     # -- test controls ------------------------------------------------------------------
     @property
