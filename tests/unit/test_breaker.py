@@ -104,6 +104,13 @@ def test_trips_when_failure_rate_reaches_threshold_after_minimum_calls(clock: Fa
     assert events == [BreakerStateChanged("dep", CLOSED, OPEN, 0.0)]
 
 
+def test_the_success_that_completes_the_minimum_can_trip(clock: FakeClock) -> None:
+    b, _ = make(clock)
+    fail(b, 3)
+    succeed(b)  # 3 of 4 failed: 75 %
+    assert b.state is OPEN
+
+
 def test_below_minimum_never_trips_even_at_full_failure(clock: FakeClock) -> None:
     b, events = make(clock, minimum_number_of_calls=5)
     fail(b, 4)

@@ -80,11 +80,13 @@ class CircuitBreakerConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise InvalidParams(f"{name} must be finite seconds >= 0, got {value}")
-        for name in ("sliding_window_size", "minimum_number_of_calls"):
+        for name in (
+            "sliding_window_size",
+            "minimum_number_of_calls",
+            "permitted_calls_in_half_open",
+        ):
             if getattr(self, name) < 1:
                 raise InvalidParams(f"{name} must be at least 1")
-        if self.permitted_calls_in_half_open < 1:
-            raise InvalidParams("permitted_calls_in_half_open must be at least 1")
         if self.sliding_window_type not in ("count", "time"):
             kind = self.sliding_window_type
             raise InvalidParams(f"sliding_window_type must be 'count' or 'time', not {kind!r}")
@@ -148,16 +150,19 @@ class _CountWindow(_Window):
         self.next = 0
 
     def record(self, failed: bool, slow: bool, now: float) -> None:
-        old = self.codes[self.next]
-        if old >= 0:  # the oldest call leaves the window
-            self.calls -= 1
+        i = self.next
+        old = self.codes[i]
+        if old < 0:
+            self.calls += 1
+        elif old:  # the oldest call, a failed or slow one, leaves the window
             self.failed -= old & 1
             self.slow -= old >> 1
-        self.codes[self.next] = failed | (slow << 1)
-        self.next = (self.next + 1) % self.size
-        self.calls += 1
-        self.failed += failed
-        self.slow += slow
+        self.codes[i] = (2 if slow else 0) | (1 if failed else 0)
+        self.next = 0 if i + 1 == self.size else i + 1
+        if failed:
+            self.failed += 1
+        if slow:
+            self.slow += 1
 
 
 class _TimeWindow(_Window):
@@ -214,6 +219,7 @@ class CircuitBreaker:
         self._clock = clock if clock is not None else system_clock()
         self._bus = bus
         self._record_exception = config.record_exception or default_record_exception
+        self._slow_call_duration = config.slow_call_duration
         self._state = CircuitState.CLOSED
         self._generation = 0
         self._window = self._closed_window()
@@ -281,7 +287,7 @@ class CircuitBreaker:
         if generation is not None and generation != self._generation:
             self._stale += 1
             return
-        self._record(False, duration >= self.config.slow_call_duration)
+        self._record(False, duration >= self._slow_call_duration)
 
     def on_error(
         self, duration: float, exc: BaseException, *, generation: int | None = None
@@ -293,7 +299,7 @@ class CircuitBreaker:
         elif generation is not None and generation != self._generation:
             self._stale += 1
         else:
-            self._record(True, duration >= self.config.slow_call_duration)
+            self._record(True, duration >= self._slow_call_duration)
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run `fn()` under the breaker: `Unavailable` when not permitted, else its result."""
@@ -378,7 +384,15 @@ class CircuitBreaker:
         state = self._state
         if state is CircuitState.CLOSED:
             window = self._window
-            window.record(failed, slow, self._clock.now() if window.by_time else 0.0)
+            if window.by_time:
+                window.record(failed, slow, self._clock.now())
+            else:
+                window.record(failed, slow, 0.0)
+                # A fast success into a count window that already held its minimum cannot
+                # raise either rate, so the evaluation is skipped on the common path. (In a
+                # time window expiry can raise them, so those are always evaluated.)
+                if not (failed or slow) and window.calls > window.minimum:
+                    return
             rates = window.rates()
             if rates is not None and self._tripped(rates):
                 self._to(CircuitState.OPEN)
