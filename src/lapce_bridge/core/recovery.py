@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, NoReturn, TypeVar
 
 from lapce_bridge.core.errors import ClassifiedError, ErrorCategory, classify, to_bridge_error
 from lapce_bridge.core.matrix import (
@@ -52,8 +52,7 @@ T = TypeVar("T")
 StepOutcome = Literal["done", "failed", "unavailable"]
 
 
-@dataclass(frozen=True, slots=True)
-class AttemptContext:
+class AttemptContext(NamedTuple):  # a tuple: built on every run, so it must be cheap
     attempt: int  # 1 for the first run
     timeout: float | None  # the limit this run should hold to
     last_error: BaseException | None = None  # what made the previous run fail
@@ -86,8 +85,7 @@ class FailureContext:
 RecoveryAction = Callable[[FailureContext], Awaitable[Any]]
 
 
-@dataclass(frozen=True, slots=True)
-class RecoveryOutcome(Generic[T]):
+class RecoveryOutcome(NamedTuple, Generic[T]):  # a tuple, for the same reason
     value: T
     steps: tuple[RecoveryStep, ...] = ()
 
