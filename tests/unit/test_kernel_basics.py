@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import builtins
 import errno
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import lapce_bridge
 from lapce_bridge.clock import SYSTEM_CLOCK, SystemClock
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import (
@@ -71,8 +74,15 @@ def test_importing_the_core_does_not_import_asyncio() -> None:
         "import lapce_bridge.core.degradation\n"
         "print('asyncio' in sys.modules)\n"
     )
+    # The child imports the very package under test, wherever it was imported from here.
+    env = {**os.environ, "PYTHONPATH": str(Path(lapce_bridge.__file__).parents[1])}
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+        env=env,
     )
     assert out.stdout.strip() == "False"
 
