@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate, compress
 from operator import add
 from typing import Any
@@ -289,6 +289,7 @@ class OperationStats:
     p99_us: float
     p999_us: float
     sum_s: float
+    latency: HistogramSnapshot = field(default=EMPTY_SNAPSHOT, repr=False, compare=False)
 
     def to_wire(self) -> dict[str, Any]:
         """The per-operation object of `metrics/get`."""
@@ -310,6 +311,7 @@ def operation_stats(operation: str, snap: HistogramSnapshot, errors: int) -> Ope
         snap.p99 * 1e6,
         snap.p999 * 1e6,
         snap.sum,
+        snap,
     )
 
 
@@ -370,7 +372,8 @@ class MetricsRegistry:
         entry = self._ops.get(op)
         if entry is None:
             return operation_stats(op, EMPTY_SNAPSHOT, 0)
-        return operation_stats(op, entry.histogram.snapshot(), entry.errors)
+        errors = entry.errors  # read first: a concurrent snapshot then never has errors > count
+        return operation_stats(op, entry.histogram.snapshot(), errors)
 
     def operations(self) -> dict[str, OperationStats]:
         return {op: self.operation(op) for op in list(self._ops)}
