@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+from fractions import Fraction
 
 import pytest
 from hypothesis import given, settings
@@ -24,6 +25,7 @@ from lapce_bridge.core.metrics import (
     bucket_index,
     bucket_lower_edge,
     bucket_middle,
+    nearest_rank,
 )
 from lapce_bridge.rpc import Observe
 
@@ -32,8 +34,9 @@ WORST_ERROR = 2 ** (1 / 256) - 1  # 0.271 %
 
 
 def exact_quantile(samples: list[float], q: float) -> float:
+    """Nearest rank, computed on the decimal the quantile was written as."""
     ordered = sorted(samples)
-    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
+    return ordered[max(1, math.ceil(Fraction(str(q)) * len(ordered))) - 1]
 
 
 # Log-uniform durations across the whole range, 1 us to just under an hour, plus clusters
@@ -43,7 +46,10 @@ clustered = st.tuples(durations, st.integers(1, 50)).map(lambda p: [p[0]] * p[1]
 sample_lists = st.lists(st.one_of(durations.map(lambda d: [d]), clustered), min_size=1).map(
     lambda parts: [d for part in parts for d in part]
 )
-quantiles = st.one_of(st.sampled_from([0.0, 0.5, 0.9, 0.99, 0.999, 1.0]), st.floats(0.0, 1.0))
+quantiles = st.one_of(
+    st.sampled_from([0.0, 0.5, 0.9, 0.99, 0.999, 0.9999, 1.0]),
+    st.integers(0, 10_000).map(lambda k: k / 10_000),
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -87,6 +93,28 @@ def test_lognormal_latencies_keep_p50_p99_p999_within_a_third_of_a_percent() -> 
     assert hist.sum == pytest.approx(math.fsum(samples))
     assert hist.min == min(samples)
     assert hist.max == max(samples)
+
+
+@pytest.mark.parametrize(
+    ("q", "n", "rank"),
+    [
+        (0.999, 1000, 999),
+        (0.999, 2000, 1998),
+        (0.99, 100, 99),
+        (0.9, 10, 9),
+        (0.5, 3, 2),
+        (0.0, 5, 1),
+        (1.0, 5, 5),
+        (0.999, 999, 999),
+        (0.9999, 10_000, 9999),
+    ],
+)
+def test_nearest_rank_is_not_fooled_by_float_products(q: float, n: int, rank: int) -> None:
+    assert nearest_rank(q, n) == rank
+    samples = [float(i) * 1e-3 for i in range(1, n + 1)]
+    hist = Histogram()
+    hist.record_many(samples)
+    assert abs(hist.quantile(q) - samples[rank - 1]) <= samples[rank - 1] * WORST_ERROR
 
 
 def test_min_and_max_quantiles_are_exact() -> None:

@@ -20,7 +20,10 @@ def percentile(sorted_samples: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of already sorted samples (q in 0..100)."""
     if not sorted_samples:
         return math.nan
-    rank = max(1, math.ceil(q / 100 * len(sorted_samples)))
+    # A product meant to be whole comes out an ulp or two over (99.9 / 100 * 1000 is
+    # 999.0000000000001), which would report the maximum as the p99.9 of 1000 samples.
+    x = q * len(sorted_samples) / 100
+    rank = max(1, math.ceil(x - x * 1e-15))
     return sorted_samples[min(rank, len(sorted_samples)) - 1]
 
 

@@ -41,6 +41,7 @@ from lapce_bridge.core.errors import InvalidParams
 from lapce_bridge.core.metrics import (
     OTHER_OPERATION,
     HistogramSnapshot,
+    SlidingWindow,
     bucket_index,
     check_duration,
 )
@@ -64,55 +65,44 @@ BREAKER_STATES = frozenset({"closed", "open", "half_open"})
 
 
 @dataclass(frozen=True, slots=True)
-class HighFailureRate:
-    operation: str
+class HealthEvent:
+    operation: str  # "*" for the SLO, which covers every operation
     detail: str
+    kind: ClassVar[str] = ""
+    critical: ClassVar[bool] = False  # a critical alert with an open breaker is "unhealthy"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": self.kind, "operation": self.operation, "detail": self.detail}
+
+
+@dataclass(frozen=True, slots=True)
+class HighFailureRate(HealthEvent):
     failure_rate: float
     calls: int
     kind: ClassVar[str] = "HighFailureRate"
     critical: ClassVar[bool] = True
 
-    def to_wire(self) -> dict[str, Any]:
-        return {"kind": self.kind, "operation": self.operation, "detail": self.detail}
-
 
 @dataclass(frozen=True, slots=True)
-class HighLatency:
-    operation: str
-    detail: str
+class HighLatency(HealthEvent):
     slow_calls: int  # calls slower than twice the target
     calls: int
     target_p99: float
     kind: ClassVar[str] = "HighLatency"
-    critical: ClassVar[bool] = False
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"kind": self.kind, "operation": self.operation, "detail": self.detail}
 
 
 @dataclass(frozen=True, slots=True)
-class HighBurnRate:
-    operation: str  # "*": the SLO covers every operation
-    detail: str
+class HighBurnRate(HealthEvent):
     short_burn_rate: float
     long_burn_rate: float
     kind: ClassVar[str] = "HighBurnRate"
     critical: ClassVar[bool] = True
 
-    def to_wire(self) -> dict[str, Any]:
-        return {"kind": self.kind, "operation": self.operation, "detail": self.detail}
-
 
 @dataclass(frozen=True, slots=True)
-class AlertCleared:
-    operation: str
-    detail: str
+class AlertCleared(HealthEvent):
     cleared: str  # the kind of the alert that ended
     kind: ClassVar[str] = "AlertCleared"
-    critical: ClassVar[bool] = False
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"kind": self.kind, "operation": self.operation, "detail": self.detail}
 
 
 Alert = HighFailureRate | HighLatency | HighBurnRate
@@ -172,83 +162,61 @@ class HealthStats:
 # -- sliding windows ----------------------------------------------------------------------
 
 
-class _Window:
-    """Calls and failures over the last `slots` slots of `width` seconds."""
+class _OperationWindow(SlidingWindow):
+    """Adds calls slower than twice the target and sparse latency buckets per slot."""
 
-    __slots__ = ("calls", "failures", "head", "slot_calls", "slot_failures", "slots", "width")
-
-    def __init__(self, length: float, slots: int) -> None:
-        self.width = length / slots
-        self.slots = slots
-        self.head = -1  # the slot number the ring was last moved to
-        self.slot_calls = [0] * slots
-        self.slot_failures = [0] * slots
-        self.calls = 0
-        self.failures = 0
-
-    def roll(self, now: float) -> int:
-        """Move to the slot of `now`, emptying the ones passed; returns its ring position."""
-        slot = int(now // self.width)
-        if slot > self.head:
-            first = max(self.head + 1, slot - self.slots + 1)
-            for passed in range(first, slot + 1):
-                self._clear(passed % self.slots)
-            self.head = slot
-        return self.head % self.slots
-
-    def _clear(self, pos: int) -> None:
-        self.calls -= self.slot_calls[pos]
-        self.failures -= self.slot_failures[pos]
-        self.slot_calls[pos] = 0
-        self.slot_failures[pos] = 0
-
-    def add(self, now: float, success: bool) -> int:
-        pos = self.roll(now)
-        self.slot_calls[pos] += 1
-        self.calls += 1
-        if not success:
-            self.slot_failures[pos] += 1
-            self.failures += 1
-        return pos
-
-
-class _OperationWindow(_Window):
-    """Adds slow calls and a sparse latency bucket count per slot."""
-
-    __slots__ = ("slot_buckets", "slot_slow", "slow", "slow_threshold", "target")
+    __slots__ = (
+        "alerts",
+        "buckets_now",
+        "ring_buckets",
+        "ring_slow",
+        "slow_now",
+        "slow_past",
+        "slow_threshold",
+        "target",
+    )
 
     def __init__(self, length: float, slots: int, target: float | None) -> None:
         super().__init__(length, slots)
         self.target = target
         self.slow_threshold = math.inf if target is None else 2.0 * target
-        self.slot_slow = [0] * slots
-        self.slot_buckets: list[dict[int, int]] = [{} for _ in range(slots)]
-        self.slow = 0
+        self.ring_slow = [0] * slots
+        self.ring_buckets: list[dict[int, int]] = [{} for _ in range(slots)]
+        self.slow_past = self.slow_now = 0
+        self.buckets_now: dict[int, int] = {}
+        self.alerts = 0  # how many of this operation's alerts are active
 
-    def _clear(self, pos: int) -> None:
-        super()._clear(pos)
-        self.slow -= self.slot_slow[pos]
-        self.slot_slow[pos] = 0
-        self.slot_buckets[pos].clear()
+    @property
+    def slow(self) -> int:
+        return self.slow_past + self.slow_now
 
-    def record(self, now: float, duration: float, success: bool) -> None:
-        pos = self.add(now, success)
-        buckets = self.slot_buckets[pos]
-        index = bucket_index(duration)
-        buckets[index] = buckets.get(index, 0) + 1
-        if duration > self.slow_threshold:
-            self.slot_slow[pos] += 1
-            self.slow += 1
+    def _close(self, pos: int) -> None:
+        super()._close(pos)
+        self.ring_slow[pos] = self.slow_now
+        self.slow_past += self.slow_now
+        self.slow_now = 0
+        self.ring_buckets[pos], self.buckets_now = self.buckets_now, self.ring_buckets[pos]
+
+    def _expire(self, pos: int) -> None:
+        super()._expire(pos)
+        self.slow_past -= self.ring_slow[pos]
+        self.ring_slow[pos] = 0
+        self.ring_buckets[pos].clear()
 
     def latency(self) -> HistogramSnapshot:
-        merged: dict[int, int] = {}
-        for buckets in self.slot_buckets:
+        merged = dict(self.buckets_now)
+        for buckets in self.ring_buckets:
             for index, count in buckets.items():
                 merged[index] = merged.get(index, 0) + count
         return HistogramSnapshot.from_buckets(merged)
 
 
 # -- the monitor --------------------------------------------------------------------------
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise InvalidParams(message)
 
 
 def _system_clock() -> Clock:
@@ -275,22 +243,14 @@ class HealthMonitor:
         max_operations: int = 256,
     ) -> None:
         targets = dict(DEFAULT_TARGETS if targets is None else targets)
-        for op, target in targets.items():
-            if not (0.0 < target < math.inf):
-                raise InvalidParams(f"target p99 for {op!r} must be positive seconds")
-        for name, length in (("window", window), ("short_window", short_window)):
-            if not (0.0 < length < math.inf):
-                raise InvalidParams(f"{name} must be positive finite seconds, got {length!r}")
-        if not (short_window <= long_window < math.inf):
-            raise InvalidParams("long_window must be finite and at least short_window")
-        if not (0.0 <= failure_rate_threshold < 1.0):
-            raise InvalidParams("failure_rate_threshold must be a fraction in [0, 1)")
-        if not (0.0 < slo_target < 1.0):
-            raise InvalidParams(f"slo_target must be within (0, 1), got {slo_target!r}")
-        if min_calls < 1 or slots < 1 or max_operations < 1:
-            raise InvalidParams("min_calls, slots and max_operations must be at least 1")
-        if not (burn_rate_threshold > 0.0):
-            raise InvalidParams("burn_rate_threshold must be positive")
+        bad_targets = [op for op, target in targets.items() if not 0.0 < target < math.inf]
+        _require(not bad_targets, f"target p99s must be positive seconds: {bad_targets}")
+        _require(0.0 < window < math.inf, f"window must be finite seconds > 0: {window!r}")
+        _require(0.0 < short_window <= long_window < math.inf, "need 0 < short <= long window")
+        _require(0.0 <= failure_rate_threshold < 1.0, "failure_rate_threshold must be in [0, 1)")
+        _require(0.0 < slo_target < 1.0, f"slo_target must be within (0, 1): {slo_target!r}")
+        _require(min(min_calls, slots, max_operations) >= 1, "counts must be at least 1")
+        _require(burn_rate_threshold > 0.0, "burn_rate_threshold must be positive")
         self._clock = clock if clock is not None else _system_clock()
         self._bus = bus
         self.targets = targets
@@ -302,8 +262,11 @@ class HealthMonitor:
         self.slots = slots
         self.max_operations = max_operations
         self._ops: dict[str, _OperationWindow] = {}
-        self._short = _Window(short_window, slots)
-        self._long = _Window(long_window, slots)
+        self.short_window = short_window
+        self.long_window = long_window
+        self._short = SlidingWindow(short_window, slots)
+        self._long = SlidingWindow(long_window, slots)
+        self._paging = False  # whether the HighBurnRate alert is active
         self._alerts: dict[tuple[str, str], Alert] = {}
         self._records = 0
         self._fired = 0
@@ -311,18 +274,44 @@ class HealthMonitor:
 
     # -- recording ----------------------------------------------------------------------
     def record_operation(self, op: str, duration: float, success: bool) -> None:
-        """Count one call of `op`; fires or clears this operation's alerts if that changed."""
-        check_duration(duration)
+        """Count one call of `op`; fires or clears alerts if that changed their state."""
+        if not (0.0 <= duration < math.inf):
+            check_duration(duration)  # raises the classified error
         now = self._clock.now()
         win = self._ops.get(op)
         if win is None:
             op, win = self._new_operation(op)
-        win.record(now, duration, success)
-        self._short.add(now, success)
-        self._long.add(now, success)
+        # Each roll is guarded inline: calling it only to learn that the slot has not ended
+        # would cost more than the rest of the record.
+        rolled = now >= win.edge and win.roll(now)
+        win.calls_now += 1
+        buckets = win.buckets_now
+        index = bucket_index(duration)
+        buckets[index] = buckets.get(index, 0) + 1
+        slow = duration > win.slow_threshold
+        if slow:
+            win.slow_now += 1
+        short, long = self._short, self._long
+        rolled_slo = (now >= short.edge and short.roll(now)) | (now >= long.edge and long.roll(now))
+        short.calls_now += 1
+        long.calls_now += 1
+        if not success:
+            win.failures_now += 1
+            short.failures_now += 1
+            long.failures_now += 1
         self._records += 1
-        self._check_operation(op, win)
-        self._check_slo()
+        # A fast success with no alert active can only lower rates, so it changes no alert
+        # unless it brings the calls up to the minimum or a slot ended.
+        minimum = self.min_calls
+        if rolled or slow or not success or win.alerts or win.calls_past + win.calls_now == minimum:
+            self._check_operation(op, win)
+        if (
+            rolled_slo
+            or not success
+            or self._paging
+            or short.calls_past + short.calls_now == minimum
+        ):
+            self._check_slo()
 
     def _new_operation(self, op: str) -> tuple[str, _OperationWindow]:
         if len(self._ops) >= self.max_operations:
@@ -345,45 +334,36 @@ class HealthMonitor:
 
     # -- alert conditions ---------------------------------------------------------------
     def _check_operation(self, op: str, win: _OperationWindow) -> None:
-        calls = win.calls
+        calls, failures = win.calls, win.failures
         enough = calls >= self.min_calls
-        rate = win.failures / calls if calls else 0.0
+        rate = failures / calls if calls else 0.0
         failing = enough and rate > self.failure_rate_threshold
         if failing != ((HighFailureRate.kind, op) in self._alerts):
             if failing:
-                self._fire(
-                    HighFailureRate(
-                        op,
-                        f"{win.failures} of {calls} calls failed in the last {self.window:g} s "
-                        f"({rate:.1%}, threshold {self.failure_rate_threshold:.0%})",
-                        rate,
-                        calls,
-                    )
+                detail = (
+                    f"{failures} of {calls} calls failed in the last {self.window:g} s "
+                    f"({rate:.1%}, threshold {self.failure_rate_threshold:.0%})"
                 )
+                self._fire(HighFailureRate(op, detail, rate, calls), win)
             else:
-                self._clear(HighFailureRate.kind, op, f"failure rate {rate:.1%}")
+                self._clear(HighFailureRate.kind, op, f"failure rate {rate:.1%}", win)
         target = win.target
         if target is None:
             return
         # The nearest-rank p99 is the call of rank ceil(0.99 n) (integer arithmetic, so no
         # float rounding moves the rank); it exceeds 2x target exactly when more than
         # n - rank calls do.
-        slow = enough and win.slow > calls - (99 * calls + 99) // 100
+        slow_calls = win.slow
+        slow = enough and slow_calls > calls - (99 * calls + 99) // 100
         if slow != ((HighLatency.kind, op) in self._alerts):
             if slow:
-                self._fire(
-                    HighLatency(
-                        op,
-                        f"p99 over the last {self.window:g} s is above {2e6 * target:g} us, "
-                        f"twice the {1e6 * target:g} us target: {win.slow} of {calls} "
-                        "calls slower",
-                        win.slow,
-                        calls,
-                        target,
-                    )
+                detail = (
+                    f"p99 over the last {self.window:g} s is above {2e6 * target:g} us, "
+                    f"twice the {1e6 * target:g} us target: {slow_calls} of {calls} calls slower"
                 )
+                self._fire(HighLatency(op, detail, slow_calls, calls, target), win)
             else:
-                self._clear(HighLatency.kind, op, f"{win.slow} of {calls} calls slow")
+                self._clear(HighLatency.kind, op, f"{slow_calls} of {calls} calls slow", win)
 
     def _burn_rates(self) -> tuple[float, float]:
         budget = 1.0 - self.slo_target
@@ -394,40 +374,33 @@ class HealthMonitor:
 
     def _check_slo(self) -> None:
         short_burn, long_burn = self._burn_rates()
-        paging = (
-            self._short.calls >= self.min_calls
-            and short_burn > self.burn_rate_threshold
-            and long_burn > self.burn_rate_threshold
-        )
-        if paging != ((HighBurnRate.kind, ALL_OPERATIONS) in self._alerts):
+        threshold = self.burn_rate_threshold
+        paging = self._short.calls >= self.min_calls and min(short_burn, long_burn) > threshold
+        if paging != self._paging:
             if paging:
-                self._fire(
-                    HighBurnRate(
-                        ALL_OPERATIONS,
-                        f"error budget burning at {short_burn:.1f}x over "
-                        f"{self._short.width * self.slots:g} s and {long_burn:.1f}x over "
-                        f"{self._long.width * self.slots:g} s "
-                        f"(page above {self.burn_rate_threshold:g}x)",
-                        short_burn,
-                        long_burn,
-                    )
+                detail = (
+                    f"error budget burning at {short_burn:.1f}x over {self.short_window:g} s "
+                    f"and {long_burn:.1f}x over {self.long_window:g} s (page above {threshold:g}x)"
                 )
+                self._fire(HighBurnRate(ALL_OPERATIONS, detail, short_burn, long_burn), None)
             else:
-                self._clear(
-                    HighBurnRate.kind,
-                    ALL_OPERATIONS,
-                    f"burn rate {short_burn:.1f}x short, {long_burn:.1f}x long",
-                )
+                why = f"burn rate {short_burn:.1f}x short, {long_burn:.1f}x long"
+                self._clear(HighBurnRate.kind, ALL_OPERATIONS, why, None)
+            self._paging = paging
 
-    def _fire(self, alert: Alert) -> None:
+    def _fire(self, alert: Alert, win: _OperationWindow | None) -> None:
         self._alerts[(alert.kind, alert.operation)] = alert
         self._fired += 1
+        if win is not None:
+            win.alerts += 1
         if self._bus is not None:
             self._bus.publish(alert)
 
-    def _clear(self, kind: str, op: str, why: str) -> None:
+    def _clear(self, kind: str, op: str, why: str, win: _OperationWindow | None) -> None:
         del self._alerts[(kind, op)]
         self._cleared += 1
+        if win is not None:
+            win.alerts -= 1
         if self._bus is not None:
             self._bus.publish(AlertCleared(op, f"{kind} cleared: {why}", kind))
 
@@ -515,20 +488,3 @@ class HealthMonitor:
             "slo": {**self.slo().to_wire(), "target": self.slo_target},
             "alerts": [alert.to_wire() for alert in self._alerts.values()],
         }
-
-
-__all__ = [
-    "ALERT_TYPES",
-    "ALL_OPERATIONS",
-    "DEFAULT_TARGETS",
-    "PAGE_BURN_RATE",
-    "Alert",
-    "AlertCleared",
-    "HealthMonitor",
-    "HealthStats",
-    "HighBurnRate",
-    "HighFailureRate",
-    "HighLatency",
-    "OperationHealth",
-    "SloStatus",
-]

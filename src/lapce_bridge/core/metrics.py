@@ -21,6 +21,9 @@ Invariants:
 - Snapshots are frozen and self-consistent: the count is derived from the copied buckets.
   Writers are expected on one thread (the event loop); a snapshot may be taken from another
   (a metrics scrape), since copying the bucket list is a single step under the GIL.
+- A `SlidingWindow` counts calls and failures in `slots` time slots of equal width: a record
+  made at time t counts until the clock reaches `floor(t / width) * width + length` and not an
+  instant longer, however far the clock jumps (at most `slots` slots are emptied per roll).
 - The registry keeps at most `max_operations` names; further names (a client inventing
   method names, say) are folded into `OTHER_OPERATION` so memory stays bounded.
 """
@@ -83,13 +86,43 @@ def check_duration(seconds: float) -> None:
         raise InvalidParams(f"a duration must be finite seconds >= 0, got {seconds!r}")
 
 
+def nearest_rank(q: float, n: int) -> int:
+    """The 1-based rank of the nearest-rank `q`-quantile (q in 0..1) of `n` samples."""
+    # ceil(q * n) on floats misranks: 0.999 * 1000 is 999.0000000000001, which would make the
+    # p99.9 of 1000 samples their maximum. A product meant to be whole is off by an ulp or
+    # two, so it is nudged down by a relative 1e-15 before rounding up.
+    x = q * n
+    return min(n, max(1, math.ceil(x - x * 1e-15)))
+
+
 def check_quantile(q: float) -> None:
     if not (0.0 <= q <= 1.0):
         raise InvalidParams(f"a quantile must be within 0..1, got {q!r}")
 
 
+class _Quantiles:
+    """p50 / p99 / p999 for anything with a `quantile(q)`."""
+
+    __slots__ = ()
+
+    def quantile(self, q: float) -> float:
+        raise NotImplementedError
+
+    @property
+    def p50(self) -> float:
+        return self.quantile(0.5)
+
+    @property
+    def p99(self) -> float:
+        return self.quantile(0.99)
+
+    @property
+    def p999(self) -> float:
+        return self.quantile(0.999)
+
+
 @dataclass(frozen=True, slots=True)
-class HistogramSnapshot:
+class HistogramSnapshot(_Quantiles):
     """A frozen view: the non-empty buckets in index order and their running totals."""
 
     indices: tuple[int, ...]
@@ -142,7 +175,7 @@ class HistogramSnapshot:
         count = self.count
         if not count:
             return 0.0
-        rank = max(1, math.ceil(q * count))
+        rank = nearest_rank(q, count)
         if self.exact:
             if rank == 1:
                 return self.min  # the extremes are known exactly; no bucket needed
@@ -151,18 +184,6 @@ class HistogramSnapshot:
         index = self.indices[bisect_left(self.cumulative, rank)]
         value = self.max if index >= OVERFLOW else _MIDDLES[index]
         return min(max(value, self.min), self.max)
-
-    @property
-    def p50(self) -> float:
-        return self.quantile(0.5)
-
-    @property
-    def p99(self) -> float:
-        return self.quantile(0.99)
-
-    @property
-    def p999(self) -> float:
-        return self.quantile(0.999)
 
     def count_below(self, threshold_s: float) -> int:
         """Samples below `threshold_s`, never overstated (see the module's invariants)."""
@@ -178,7 +199,7 @@ class HistogramSnapshot:
 EMPTY_SNAPSHOT = HistogramSnapshot((), (), 0.0, 0.0, 0.0)
 
 
-class Histogram:
+class Histogram(_Quantiles):
     """Durations in seconds, in logarithmic buckets (see the module docstring)."""
 
     __slots__ = ("_counts", "_max", "_min", "_sum")
@@ -249,18 +270,6 @@ class Histogram:
     def quantile(self, q: float) -> float:
         return self.snapshot().quantile(q)
 
-    @property
-    def p50(self) -> float:
-        return self.quantile(0.5)
-
-    @property
-    def p99(self) -> float:
-        return self.quantile(0.99)
-
-    @property
-    def p999(self) -> float:
-        return self.quantile(0.999)
-
     def count_below(self, threshold_s: float) -> int:
         return self.snapshot().count_below(threshold_s)
 
@@ -313,6 +322,74 @@ def operation_stats(operation: str, snap: HistogramSnapshot, errors: int) -> Ope
         snap.sum,
         snap,
     )
+
+
+class SlidingWindow:
+    """Calls and failures over the last `slots` slots of `width` seconds (module docstring).
+
+    The current slot is kept in plain attributes (`calls_now`, ...), the finished ones in a
+    ring with their live total (`calls_past`, ...), so a record touches two attributes and
+    only a change of slot walks the ring. Callers bump the `*_now` counts themselves after
+    `roll(now)`, which keeps the hot path free of a method call; subclasses add counts by
+    extending `_close` and `_expire`.
+    """
+
+    __slots__ = (
+        "calls_now",
+        "calls_past",
+        "edge",
+        "failures_now",
+        "failures_past",
+        "head",
+        "ring_calls",
+        "ring_failures",
+        "slots",
+        "width",
+    )
+
+    def __init__(self, length: float, slots: int) -> None:
+        self.width = length / slots
+        self.slots = slots
+        self.head = -slots  # the current slot's number; far enough back to start empty
+        self.edge = -math.inf  # when the current slot ends: records before it need no roll
+        self.ring_calls = [0] * slots
+        self.ring_failures = [0] * slots
+        self.calls_past = self.failures_past = self.calls_now = self.failures_now = 0
+
+    @property
+    def calls(self) -> int:
+        return self.calls_past + self.calls_now
+
+    @property
+    def failures(self) -> int:
+        return self.failures_past + self.failures_now
+
+    def roll(self, now: float) -> bool:
+        """Move to the slot of `now` if it has begun; returns whether the window changed."""
+        if now < self.edge:
+            return False
+        slot = int(now // self.width)
+        self.edge = (slot + 1) * self.width
+        if slot <= self.head:
+            return False
+        self._close(self.head % self.slots)
+        # Each slot passed takes the ring position of the slot a whole window before it.
+        for passed in range(max(self.head + 1, slot - self.slots + 1), slot + 1):
+            self._expire(passed % self.slots)
+        self.head = slot
+        return True
+
+    def _close(self, pos: int) -> None:
+        self.ring_calls[pos] = self.calls_now
+        self.ring_failures[pos] = self.failures_now
+        self.calls_past += self.calls_now
+        self.failures_past += self.failures_now
+        self.calls_now = self.failures_now = 0
+
+    def _expire(self, pos: int) -> None:
+        self.calls_past -= self.ring_calls[pos]
+        self.failures_past -= self.ring_failures[pos]
+        self.ring_calls[pos] = self.ring_failures[pos] = 0
 
 
 class _Operation:
@@ -387,23 +464,3 @@ class MetricsRegistry:
             "operations": {op: s.to_wire() for op, s in self.operations().items()},
             "counters": self.counters(),
         }
-
-
-__all__ = [
-    "BUCKETS",
-    "EMPTY_SNAPSHOT",
-    "HIGHEST",
-    "LOWEST",
-    "OTHER_OPERATION",
-    "OVERFLOW",
-    "SUB_BUCKETS",
-    "Counter",
-    "Histogram",
-    "HistogramSnapshot",
-    "MetricsRegistry",
-    "OperationStats",
-    "bucket_index",
-    "bucket_lower_edge",
-    "bucket_middle",
-    "operation_stats",
-]
