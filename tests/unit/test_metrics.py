@@ -22,6 +22,7 @@ from lapce_bridge.core.metrics import (
     Histogram,
     HistogramSnapshot,
     MetricsRegistry,
+    SlidingWindow,
     bucket_index,
     bucket_lower_edge,
     bucket_middle,
@@ -356,3 +357,55 @@ def test_registry_refuses_an_invalid_duration_without_counting_it() -> None:
     with pytest.raises(InvalidParams):
         registry.observe("ping", math.nan, True)
     assert registry.operation("ping").count == 0
+
+
+# -- sliding windows -------------------------------------------------------------------------
+
+
+def _add(window: SlidingWindow, now: float, ok: bool) -> None:
+    window.roll(now)
+    window.calls_now += 1
+    if not ok:
+        window.failures_now += 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from([0.0, 0.25, 0.5, 1.0, 3.75, 7.0, 30.0]), st.booleans()),
+        max_size=80,
+    ),
+    slots=st.sampled_from([1, 3, 6]),
+)
+def test_sliding_window_matches_a_model_that_keeps_every_record(
+    steps: list[tuple[float, bool]], slots: int
+) -> None:
+    # Window 6 s: slot width 6, 2 or 1 s. Times are dyadic, so every sum is exact.
+    length = 6.0
+    width = length / slots
+    window = SlidingWindow(length, slots)
+    kept: list[tuple[float, bool]] = []
+    now = 0.0
+    for gap, ok in steps:
+        now += gap
+        _add(window, now, ok)
+        kept.append((now, ok))
+        window.roll(now)
+        live = [(t, k) for t, k in kept if now < (t // width) * width + length]
+        assert window.calls == len(live)
+        assert window.failures == sum(1 for _, k in live if not k)
+
+
+def test_sliding_window_roll_reports_a_change_of_slot_only() -> None:
+    window = SlidingWindow(60.0, 60)
+    assert window.roll(0.0) is True  # the first slot begins
+    _add(window, 0.5, False)
+    assert window.roll(0.75) is False
+    assert window.roll(1.0) is True
+    assert (window.calls, window.failures) == (1, 1)
+    assert window.roll(59.5) is True
+    assert window.calls == 1
+    assert window.roll(60.0) is True  # floor(0.5) + 60: the record leaves exactly now
+    assert (window.calls, window.failures) == (0, 0)
+    _add(window, 1e6, True)  # a jump of many windows empties at most one ring
+    assert window.calls == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import urllib.request
+from fractions import Fraction
 
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
@@ -51,7 +52,7 @@ def test_text_output_parses_back_to_the_registry_figures() -> None:
     name = durations.name
     ordered = sorted(reads)
     for q in ("0.5", "0.99", "0.999"):
-        exact = ordered[math.ceil(float(q) * len(ordered)) - 1]
+        exact = ordered[math.ceil(Fraction(q) * len(ordered)) - 1]
         got = sample_value(durations, name, operation="fs/read", quantile=q)
         assert abs(got - exact) / exact < 0.003
     assert sample_value(durations, name + "_count", operation="fs/read") == 5000
