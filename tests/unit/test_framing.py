@@ -76,7 +76,6 @@ def test_partial_frame_is_reported_in_frame() -> None:
         (b"Content-Length: abc\r\n\r\n", "bad Content-Length"),
         (b"Content-Length: -5\r\n\r\n", "bad Content-Length"),
         (b"Content-Length: 5\r\nContent-Length: 6\r\n\r\n", "conflicting"),
-        (b"garbage line\r\nContent-Length: 2\r\n\r\n", "malformed header line"),
         (b"Content-Length: 99999999999999999999999\r\n\r\n", "bad Content-Length"),
         (b"\r\n\r\n", "malformed header line"),
     ],
@@ -98,6 +97,16 @@ def test_resync_skips_to_the_next_content_length_even_mid_line() -> None:
     decoder = FrameDecoder()
     events = decoder.feed(b"hello\r\n\r\nxxContent-Length: 2\r\n\r\n{}")
     assert bodies(events) == ["ParseError:None:False", b"{}"]
+
+
+def test_stray_bytes_glued_to_a_header_do_not_lose_the_frame() -> None:
+    for stream in (
+        b"stray print" + encode(b"[1]"),
+        b"stray line\r\n" + encode(b"[1]"),
+    ):
+        for chunks in splits(stream):
+            events = feed_all(FrameDecoder(), chunks)
+            assert bodies(events) == ["ParseError:None:False", b"[1]"], chunks
 
 
 def test_resync_does_not_match_the_bad_block_itself() -> None:

@@ -13,12 +13,14 @@ that the bytes so far complete, in stream order, as a state machine with four st
 
 Resynchronisation rule: a malformed header block (no `Content-Length`, a bad or conflicting
 value, a line without a colon, or no CRLF CRLF within `max_header_bytes`) produces exactly one
-`FrameError(ParseError)`. The decoder then drops the whole block with its CRLF CRLF (or, for
-a block too long to have one, its first byte) and everything after it up to, not including,
-the next occurrence of `Content-Length:` (ASCII case-insensitive, anywhere, not only at a
-line start), which begins the next header block. Until one arrives it keeps only the last 14
-bytes (a possibly split `Content-Length:`), so garbage never grows the buffer and never
-produces a second error.
+`FrameError(ParseError)`. The decoder then drops bytes up to, not including, the next
+occurrence of `Content-Length:` (ASCII case-insensitive, anywhere, not only at a line start),
+which begins the next header block. The search starts after the bad block's CRLF CRLF when the
+block named a Content-Length it cannot use (bad digits, conflicting values: the block is
+dropped whole), else one byte into the block, since what looked like a header may be stray
+bytes in front of a real one (`junkContent-Length: 2` recovers the frame). Until one
+arrives it keeps only the last 14 bytes (a possibly split `Content-Length:`), so garbage never
+grows the buffer and never produces a second error.
 
 Invariants: the events do not depend on how the input is split (the Hypothesis tests feed
 every split); `feed` never raises on any bytes; the buffer holds at most one header block,
@@ -156,12 +158,13 @@ class FrameDecoder:
                 block = bytes(buf[pos:end])
                 digits = block[16:]
                 if block[:16] == b"Content-Length: " and digits.isdigit() and len(digits) < 19:
-                    length: int | str = int(digits)  # the common case, without a split
+                    length: int | tuple[str, bool] = int(digits)  # the common case
                 else:
                     length = _content_length(block)
-                if isinstance(length, str):
-                    events.append(FrameError(ParseError(length)))
-                    pos = self._resync(buf, end + 4)
+                if isinstance(length, tuple):
+                    why, whole_block = length
+                    events.append(FrameError(ParseError(why)))
+                    pos = self._resync(buf, end + 4 if whole_block else pos + 1)
                     continue
                 pos = end + 4
                 self._length = length
@@ -234,24 +237,33 @@ def _peek_id(head: bytes) -> RequestId:
     return int(raw)
 
 
-def _content_length(block: bytes) -> int | str:
-    """The block's Content-Length, or a description of what is wrong with it."""
+def _content_length(block: bytes) -> int | tuple[str, bool]:
+    """The block's Content-Length, or what is wrong and whether to drop the whole block.
+
+    A block that names a Content-Length it cannot be trusted with (bad or conflicting) is
+    dropped whole; any other bad block may be stray bytes in front of a real header, so the
+    search for the next `Content-Length:` starts inside it.
+    """
     length: int | None = None
+    problem = ""
     for line in block.split(b"\r\n"):
         name, colon, value = line.partition(b":")
         if not colon or not name.strip():
-            return f"malformed header line {line[:64]!r}"
+            problem = problem or f"malformed header line {line[:64]!r}"
+            continue
         if name.strip().lower() != _CONTENT_LENGTH:
             continue
         value = value.strip()
         if not value.isdigit() or len(value) > _MAX_LENGTH_DIGITS:
-            return f"bad Content-Length {value[:32]!r}"
+            return (f"bad Content-Length {value[:32]!r}", True)
         number = int(value)
         if length is not None and length != number:
-            return "conflicting Content-Length headers"
+            return ("conflicting Content-Length headers", True)
         length = number
+    if problem:
+        return (problem, False)
     if length is None:
-        return "frame header without Content-Length"
+        return ("frame header without Content-Length", False)
     return length
 
 

@@ -1,0 +1,194 @@
+"""The composition root: one clock, one bus, the kernel's monitors, the services, one method table.
+
+Theory of operation: `App` builds everything a server needs from a handful of choices
+(workspace, state directory, clock) and is an async context manager: entering it opens the
+services (each an async context manager with `methods()`), leaving it closes them in reverse
+order. The services are imported only if they are installed in this tree, so the server runs
+with what exists. Wiring, in one place:
+
+- `observe(op, seconds, ok)` feeds both the metrics registry (`metrics/get`) and the health
+  monitor (`health/get`, alerts); services and the server call it for every operation.
+- `broadcast(method, params)` forwards to every sink a server registered (one per server),
+  so services can be built before the server that will carry their notifications.
+- Health alerts published on the bus leave as `health/alert` broadcasts.
+- The degradation manager decides which optional features are on; services ask it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+from lapce_bridge.clock import SYSTEM_CLOCK
+from lapce_bridge.core.breaker import CircuitBreaker
+from lapce_bridge.core.clock import Clock
+from lapce_bridge.core.degradation import DegradationManager
+from lapce_bridge.core.events import EventBus
+from lapce_bridge.core.health import ALERT_TYPES, HealthMonitor
+from lapce_bridge.core.metrics import MetricsRegistry
+from lapce_bridge.core.timeouts import TimeoutManager
+from lapce_bridge.rpc import Broadcast, CallContext, Method, Params, method
+
+log = logging.getLogger("lapce_bridge.app")
+
+MethodsFactory = Callable[["App"], Mapping[str, Method]]
+
+
+class App:
+    def __init__(
+        self,
+        *,
+        workspace: Path | None = None,
+        state_dir: Path | None = None,
+        clock: Clock | None = None,
+        default_shell: str | None = None,
+        services: bool = True,
+        extra_methods: Mapping[str, Method] | MethodsFactory | None = None,
+        timeouts: TimeoutManager | None = None,
+    ) -> None:
+        self.clock: Clock = clock if clock is not None else SYSTEM_CLOCK
+        self.workspace = (workspace or Path.cwd()).resolve()
+        self.state_dir = state_dir
+        self.default_shell = default_shell
+        self.bus = EventBus(on_error=self._bus_error)
+        self.metrics = MetricsRegistry()
+        self.health = HealthMonitor(clock=self.clock, bus=self.bus)
+        self.degradation = DegradationManager(bus=self.bus, clock=self.clock)
+        self.timeouts = timeouts or TimeoutManager(clock=self.clock)
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self._want_services = services
+        self._extra = extra_methods
+        self._sinks: list[Broadcast] = []
+        self._methods: dict[str, Method] = self._own_methods()
+        self._stack: AsyncExitStack | None = None
+        self.services: list[object] = []
+        self._unsubscribe = [self.bus.subscribe(kind, self._on_alert) for kind in ALERT_TYPES]
+
+    # -- what the server uses -------------------------------------------------------------
+    @property
+    def methods(self) -> Mapping[str, Method]:
+        return self._methods
+
+    def observe(self, op: str, seconds: float, ok: bool) -> None:
+        self.metrics.observe(op, seconds, ok)
+        self.health.record_operation(op, seconds, ok)
+
+    def features(self) -> dict[str, bool]:
+        return self.degradation.features()
+
+    def add_broadcast_sink(self, sink: Broadcast) -> Callable[[], None]:
+        self._sinks.append(sink)
+
+        def remove() -> None:
+            if sink in self._sinks:
+                self._sinks.remove(sink)
+
+        return remove
+
+    def broadcast(self, method_name: str, params: Any) -> None:
+        for sink in list(self._sinks):
+            sink(method_name, params)
+
+    # -- reports --------------------------------------------------------------------------
+    def health_report(self) -> dict[str, Any]:
+        breakers = {
+            name: b.state.value
+            for name, b in self.breakers.items()
+            if b.state.value in ("closed", "open", "half_open")
+        }
+        return self.health.report(
+            quality_level=self.degradation.level,
+            features=self.degradation.features(),
+            breakers=breakers,
+            pressure=0.0,
+        )
+
+    def _own_methods(self) -> dict[str, Method]:
+        def health_get(params: Params, ctx: CallContext) -> dict[str, Any]:
+            return self.health_report()
+
+        def metrics_get(params: Params, ctx: CallContext) -> dict[str, Any]:
+            return self.metrics.snapshot()
+
+        return {
+            "health/get": method(health_get, "health/get"),
+            "metrics/get": method(metrics_get, "metrics/get"),
+        }
+
+    def _on_alert(self, alert: Any) -> None:
+        self.broadcast("health/alert", alert.to_wire())
+
+    def _bus_error(self, exc: BaseException, event: object) -> None:
+        log.error("event handler failed on %r: %s", event, exc)
+
+    # -- life cycle -----------------------------------------------------------------------
+    async def __aenter__(self) -> App:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        self._stack = stack
+        try:
+            if self._want_services:
+                await self._open_services(stack)
+            extra = self._extra
+            if extra is not None:
+                self._methods.update(extra(self) if callable(extra) else extra)
+        except BaseException:
+            await stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def _open_services(self, stack: AsyncExitStack) -> None:
+        for build in (self._terminal_service, self._file_service):
+            service = build()
+            if service is None:
+                continue
+            opened = await stack.enter_async_context(service)
+            self.services.append(opened)
+            self._methods.update(opened.methods())
+
+    def _terminal_service(self) -> Any:
+        module = _optional("lapce_bridge.terminal.service")
+        if module is None:
+            return None
+        state = self.state_dir or self.workspace / ".lapce-bridge"
+        return module.TerminalService(
+            workspace=self.workspace,
+            state_dir=state,
+            clock=self.clock,
+            observe=self.observe,
+            broadcast=self.broadcast,
+            features=self.degradation,
+            default_shell=self.default_shell,
+        )
+
+    def _file_service(self) -> Any:
+        module = _optional("lapce_bridge.fs.service")
+        if module is None:
+            return None
+        return module.FileService(
+            workspace=self.workspace,
+            clock=self.clock,
+            observe=self.observe,
+            features=self.degradation,
+        )
+
+
+def _optional(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and name.startswith(exc.name):
+            return None  # the service is not part of this tree (yet)
+        raise
+
+
+__all__ = ["App", "MethodsFactory"]

@@ -1,0 +1,156 @@
+"""At-most-once execution of keyed requests, across connections and server restarts.
+
+Theory of operation: a key is in one of three places. Running in this process: `_running`
+maps it to the future of its outcome and the task executing it, so a repeat (from any
+connection) awaits the same future. Finished, or running when an earlier process died: the
+journal row answers it. Unknown: the request is new; the journal row is committed before the
+handler starts.
+
+An outcome is `(ok, payload)` where payload is JSON bytes (the result, or the error object),
+spliced into each response with `orjson.Fragment` so it is encoded once.
+
+A keyed execution belongs to the server, not to the connection that asked: when that
+connection drops, the work goes on and its outcome waits in the journal for the retry. A
+cancellation asked for by the client (`$/cancelRequest` by id or by key) ends it with -32800,
+recorded as its outcome. A cancellation from the server shutting down leaves the row
+`running`, so the next process answers the key with `OutcomeUnknown`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from lapce_bridge.core.errors import Cancelled, InvalidParams, Unavailable
+from lapce_bridge.ipc import jsonrpc
+from lapce_bridge.ipc.journal import (
+    MAX_KEY_LENGTH,
+    EntryState,
+    IdempotencyJournal,
+    OutcomeUnknown,
+)
+
+Outcome = tuple[bool, bytes]
+
+
+def check_key(key: Any) -> str:
+    if type(key) is not str or not key or len(key) > MAX_KEY_LENGTH:
+        raise InvalidParams(
+            f"idempotencyKey must be a non-empty string of at most {MAX_KEY_LENGTH}"
+        )
+    return key
+
+
+def encode_outcome(ok: bool, value: Any) -> Outcome:
+    if not ok:
+        return (False, jsonrpc.dumps(jsonrpc.error_object(value)))
+    try:
+        return (True, jsonrpc.dumps(value))
+    except TypeError as exc:
+        return (False, jsonrpc.dumps(jsonrpc.error_object(exc)))
+
+
+class Idempotency:
+    def __init__(self, journal: IdempotencyJournal) -> None:
+        self.journal = journal
+        self._running: dict[
+            str, tuple[str, asyncio.Future[Outcome], asyncio.Task[None] | None]
+        ] = {}
+        self._client_cancelled: set[str] = set()
+        self.replayed = 0
+        self.joined = 0
+
+    def lookup(self, key: str, method: str) -> asyncio.Future[Outcome] | Outcome | None:
+        """The outcome (or the future of it) for a key seen before; None for a new key."""
+        running = self._running.get(key)
+        if running is not None:
+            _same_method(key, running[0], method)
+            self.joined += 1
+            return running[1]
+        entry = self.journal.get(key)
+        if entry is None:
+            return None
+        _same_method(key, entry.method, method)
+        self.replayed += 1
+        if entry.state is EntryState.DONE:
+            return (entry.ok, entry.payload)
+        unknown = OutcomeUnknown(
+            f"request {key!r} ({method}) was running when the server stopped; "
+            "its outcome is unknown and it is not run again",
+            data={"idempotencyKey": key, "outcome": "unknown"},
+        )
+        return encode_outcome(False, unknown)
+
+    def run_sync(self, key: str, method: str, call: Callable[[], Any]) -> Outcome:
+        """Run a cheap handler inline, journalled."""
+        self.journal.begin(key, method)
+        try:
+            outcome = encode_outcome(True, call())
+        except Exception as exc:
+            outcome = encode_outcome(False, exc)
+        self.journal.finish(key, *outcome)
+        return outcome
+
+    def start(
+        self, key: str, method: str, call: Callable[[], Awaitable[Any]]
+    ) -> asyncio.Future[Outcome]:
+        """Run an async handler in a task the server owns; returns the future of its outcome."""
+        self.journal.begin(key, method)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        self._running[key] = (method, future, None)
+        task = loop.create_task(self._execute(key, call, future), name=f"idempotent {method}")
+        self._running[key] = (method, future, task)
+        return future
+
+    async def _execute(
+        self, key: str, call: Callable[[], Awaitable[Any]], future: asyncio.Future[Outcome]
+    ) -> None:
+        try:
+            try:
+                outcome = encode_outcome(True, await call())
+            except asyncio.CancelledError:
+                if key not in self._client_cancelled:
+                    if not future.done():
+                        future.set_exception(Unavailable("the server is shutting down"))
+                    raise
+                outcome = encode_outcome(False, Cancelled(f"request {key!r} was cancelled"))
+            except Exception as exc:
+                outcome = encode_outcome(False, exc)
+            self.journal.finish(key, *outcome)
+            if not future.done():
+                future.set_result(outcome)
+        finally:
+            self._running.pop(key, None)
+            self._client_cancelled.discard(key)
+            # Retrieve a stored exception nobody awaited (every waiter's connection dropped).
+            if future.done() and not future.cancelled():
+                future.exception()
+
+    def cancel(self, key: str) -> bool:
+        """Cancel the running execution of `key` at the client's request."""
+        running = self._running.get(key)
+        if running is None or running[2] is None or running[2].done():
+            return False
+        self._client_cancelled.add(key)
+        running[2].cancel()
+        return True
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return [t for _, _, t in self._running.values() if t is not None and not t.done()]
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+
+def _same_method(key: str, first: str, now: str) -> None:
+    if first != now:
+        raise InvalidParams(
+            f"idempotencyKey {key!r} was first used for {first}, not {now}",
+            data={"idempotencyKey": key},
+        )
+
+
+__all__ = ["Idempotency", "Outcome", "check_key", "encode_outcome"]

@@ -1,0 +1,152 @@
+"""Where the server's socket and state live, and the rules that keep them private.
+
+- Socket: `$XDG_RUNTIME_DIR/lapce-bridge/bridge.sock` when that directory exists and is ours,
+  else `<tempdir>/lapce-bridge-<uid>/bridge.sock`. The folder is created 0700 and must be
+  owned by us and not a symlink (another user could otherwise pre-create it and read the
+  traffic); the socket is bound under umask 0177, so it is 0600 from its first moment.
+- A socket file left by a crashed server is detected by connecting to it: refused means
+  stale (it is removed and replaced); accepted means a live server (`ServerAlreadyRunning`).
+  A path that exists but is not a socket is never deleted.
+- State (the idempotency journal): `$XDG_STATE_HOME/lapce-bridge`, else
+  `~/.local/state/lapce-bridge`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+import tempfile
+from pathlib import Path
+
+from lapce_bridge.core.errors import PermissionDenied, Unavailable
+
+APP_DIR = "lapce-bridge"
+SOCKET_NAME = "bridge.sock"
+# sun_path is 108 bytes on Linux including the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
+class ServerAlreadyRunning(Unavailable):
+    """A live server already answers on the socket path."""
+
+
+def default_socket_path(env: dict[str, str] | None = None) -> Path:
+    env = dict(os.environ) if env is None else env
+    runtime = env.get("XDG_RUNTIME_DIR")
+    if runtime:
+        base = Path(runtime)
+        with contextlib.suppress(OSError):
+            info = base.stat()
+            if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
+                return base / APP_DIR / SOCKET_NAME
+    return Path(tempfile.gettempdir()) / f"{APP_DIR}-{os.getuid()}" / SOCKET_NAME
+
+
+def default_state_dir(env: dict[str, str] | None = None) -> Path:
+    env = dict(os.environ) if env is None else env
+    state = env.get("XDG_STATE_HOME")
+    if state:
+        return Path(state) / APP_DIR
+    return Path.home() / ".local" / "state" / APP_DIR
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create `path` (and parents) with mode 0700, or check an existing one is ours alone."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.lstat()
+    except OSError as exc:
+        raise PermissionDenied(f"cannot create {path}: {exc.strerror}") from exc
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise PermissionDenied(f"{path} is not a directory (a symlink is refused)")
+    if info.st_uid != os.getuid():
+        raise PermissionDenied(f"{path} belongs to uid {info.st_uid}, not to us")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def probe(path: Path, timeout: float = 1.0) -> bool:
+    """True when a server accepts connections on the Unix socket at `path`."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        sock.close()
+    return True
+
+
+def prepare_socket_path(path: Path) -> None:
+    """Make `path` free for a new server: remove a stale socket, refuse a live one."""
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise PermissionDenied(f"socket path is too long for a Unix socket ({path})")
+    ensure_private_dir(path.parent)
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise PermissionDenied(f"{path} exists and is not a socket; not removing it")
+    if probe(path):
+        raise ServerAlreadyRunning(
+            f"a lapce-bridge server is already listening on {path}",
+            data={"socket": str(path)},
+        )
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def bind_unix_socket(path: Path, backlog: int = 1024) -> socket.socket:
+    """A listening socket at `path`, mode 0600 from creation."""
+    prepare_socket_path(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ServerAlreadyRunning(f"{path} was taken by another server") from exc
+        raise PermissionDenied(f"cannot bind {path}: {exc.strerror}") from exc
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)
+
+
+def remove_socket(path: Path, identity: tuple[int, int] | None = None) -> None:
+    """Remove our socket file (the one with `identity`), never one a newer server bound."""
+    current = file_identity(path)
+    if current is None or (identity is not None and current != identity):
+        return
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+__all__ = [
+    "ServerAlreadyRunning",
+    "bind_unix_socket",
+    "default_socket_path",
+    "default_state_dir",
+    "ensure_private_dir",
+    "file_identity",
+    "prepare_socket_path",
+    "probe",
+    "remove_socket",
+]

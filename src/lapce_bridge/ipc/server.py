@@ -1,0 +1,350 @@
+"""The JSON-RPC server: listeners, the method table, broadcast, graceful shutdown.
+
+Theory of operation: `BridgeServer` owns the listeners (Unix socket, TCP with a token, or
+stdio), the connections (`ipc.connection`), the idempotency table and the built-in methods
+(`initialize`, `shutdown`, `exit`, `ping`); every other method comes from the app's table.
+Life cycle, as uvicorn draws it: start listening; serve until `request_shutdown()` (a
+`shutdown` request, SIGTERM/SIGINT, stdin closing on stdio); then `aclose()`: stop accepting
+and remove the socket file, let in-flight work finish within `shutdown_grace` seconds on the
+clock (a second signal cuts the wait), cancel what is left (callers get -32002 "shutting
+down"; keyed requests stay `running` in the journal, so their retry reads "outcome unknown"),
+flush and close every connection, close the journal. The app's services are closed by whoever
+opened them (the serve command), after the server.
+
+Invariants: no connection's fault reaches another connection or the listener; the socket
+file removed is always the one this server bound; a TCP listener always has a token and
+refuses non-loopback addresses unless allowed explicitly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import itertools
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from lapce_bridge import __version__
+from lapce_bridge.core.clock import Clock
+from lapce_bridge.core.errors import PermissionDenied
+from lapce_bridge.core.timeouts import TimeoutManager
+from lapce_bridge.ipc import jsonrpc
+from lapce_bridge.ipc.connection import CANCEL, Connection
+from lapce_bridge.ipc.framing import DEFAULT_MAX_MESSAGE_BYTES, encode
+from lapce_bridge.ipc.idempotency import Idempotency
+from lapce_bridge.ipc.journal import IdempotencyJournal
+from lapce_bridge.ipc.paths import bind_unix_socket, file_identity, remove_socket
+from lapce_bridge.rpc import Broadcast, CallContext, Method, Params, method
+
+log = logging.getLogger("lapce_bridge.ipc")
+
+PROTOCOL_VERSION = 1
+SERVER_NAME = "lapce-bridge"
+_PONG = {"pong": True}
+
+
+class ServerApp(Protocol):
+    """What the server needs from the composition root (`lapce_bridge.app.App`)."""
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def timeouts(self) -> TimeoutManager: ...
+
+    @property
+    def methods(self) -> Mapping[str, Method]: ...
+
+    def observe(self, op: str, seconds: float, ok: bool) -> None: ...
+
+    def features(self) -> dict[str, bool]: ...
+
+    def add_broadcast_sink(self, sink: Broadcast) -> Callable[[], None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStats:
+    connections: int
+    accepted: int
+    requests: int
+    inflight: int
+    idempotent_running: int
+    idempotent_replayed: int
+    dropped_messages: int
+    slow_disconnects: int
+    stalled_frames: int
+    auth_failures: int
+
+
+class BridgeServer:
+    def __init__(
+        self,
+        app: ServerApp,
+        *,
+        clock: Clock | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        frame_timeout: float = 30.0,
+        write_buffer_high: int = 256 * 1024,
+        write_buffer_limit: int = 64 * 1024 * 1024,
+        shutdown_grace: float = 10.0,
+        token: str | None = None,
+        journal: IdempotencyJournal | None = None,
+    ) -> None:
+        self.app = app
+        self.clock = clock if clock is not None else app.clock
+        self.max_message_bytes = max_message_bytes
+        self.frame_timeout = frame_timeout
+        self.write_buffer_high = write_buffer_high
+        self.write_buffer_limit = write_buffer_limit
+        self.shutdown_grace = shutdown_grace
+        self.token = token
+        self.journal = (journal or IdempotencyJournal(None)).open()
+        self.idempotency = Idempotency(self.journal)
+        self.timeouts = app.timeouts
+        self.observe = app.observe
+        self.methods: dict[str, Method] = {**app.methods, **self._builtins()}
+        self.connections: dict[int, Connection] = {}
+        self.shutting_down = False
+        self.socket_path: Path | None = None
+        self._socket_identity: tuple[int, int] | None = None
+        self._listeners: list[asyncio.AbstractServer] = []
+        self._ids = itertools.count(1)
+        self._accepted = 0
+        self._requests_closed = 0
+        self._dropped_closed = 0
+        self.stats_slow_disconnects = 0
+        self.stats_stalled = 0
+        self.stats_auth_failures = 0
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._closed = False
+        self._unsubscribe = app.add_broadcast_sink(self.broadcast)
+
+    # -- built-in methods -----------------------------------------------------------------
+    def _builtins(self) -> dict[str, Method]:
+        def initialize(params: Params, ctx: CallContext) -> dict[str, Any]:
+            return {
+                "serverInfo": {"name": SERVER_NAME, "version": __version__},
+                "protocolVersion": PROTOCOL_VERSION,
+                "capabilities": {
+                    "methods": sorted(self.methods),
+                    "batches": True,
+                    "cancelRequest": ["id", "idempotencyKey"],
+                    "idempotency": True,
+                    "maxMessageBytes": self.max_message_bytes,
+                },
+                "features": self.app.features(),
+            }
+
+        def shutdown(params: Params, ctx: CallContext) -> None:
+            # After this answer is written: the reply goes out before the drain starts.
+            asyncio.get_running_loop().call_soon(self.request_shutdown, "shutdown request")
+
+        def ping(params: Params, ctx: CallContext) -> dict[str, bool]:
+            return _PONG
+
+        return {
+            "initialize": method(initialize, "initialize"),
+            "shutdown": method(shutdown, "shutdown"),
+            "exit": method(shutdown, "shutdown"),
+            "ping": method(ping, "ping"),
+        }
+
+    # -- connections ----------------------------------------------------------------------
+    def _factory(self, label: str, needs_auth: bool = False) -> Callable[[], Connection]:
+        def make() -> Connection:
+            self._accepted += 1
+            return Connection(self, next(self._ids), needs_auth=needs_auth, label=label)
+
+        return make
+
+    def register(self, conn: Connection) -> None:
+        if self.shutting_down:
+            conn.close()
+            return
+        self.connections[conn.id] = conn
+
+    def unregister(self, conn: Connection) -> None:
+        if self.connections.pop(conn.id, None) is not None:
+            self._requests_closed += conn.requests
+            self._dropped_closed += conn.dropped
+        if conn.label == "stdio":
+            self.request_shutdown("stdin closed")
+
+    def broadcast(self, method_name: str, params: Any) -> None:
+        """Send a notification to every connected client, encoded once."""
+        try:
+            frame = encode(jsonrpc.notification_bytes(method_name, params))
+        except TypeError:
+            log.exception("broadcast %s is not JSON-serialisable", method_name)
+            return
+        for conn in list(self.connections.values()):
+            conn.write_frame(frame)
+
+    # -- listeners ------------------------------------------------------------------------
+    async def listen_unix(self, path: Path) -> Path:
+        sock = bind_unix_socket(path)
+        try:
+            listener = await asyncio.get_running_loop().create_unix_server(
+                self._factory("unix"), sock=sock
+            )
+        except BaseException:
+            sock.close()
+            remove_socket(path)
+            raise
+        self._listeners.append(listener)
+        self.socket_path = path
+        self._socket_identity = file_identity(path)
+        return path
+
+    async def listen_tcp(
+        self, host: str, port: int, *, allow_remote: bool = False
+    ) -> tuple[str, int]:
+        if not self.token:
+            raise PermissionDenied("a TCP listener needs a token (--token-file)")
+        if not allow_remote and not _is_loopback(host):
+            raise PermissionDenied(
+                f"refusing to listen on non-loopback address {host!r} without --allow-remote"
+            )
+        listener = await asyncio.get_running_loop().create_server(
+            self._factory("tcp", needs_auth=True), host, port
+        )
+        self._listeners.append(listener)
+        bound = listener.sockets[0].getsockname()
+        return (str(bound[0]), int(bound[1]))
+
+    async def serve_stdio(
+        self, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None
+    ) -> Connection:
+        """Serve one client over a pair of pipes (the editor's stdin/stdout)."""
+        loop = asyncio.get_running_loop()
+        conn = self._factory("stdio")()
+        out_pipe = stdout if stdout is not None else sys.stdout.buffer
+        in_pipe = stdin if stdin is not None else sys.stdin.buffer
+        writer, _ = await loop.connect_write_pipe(lambda: _PipeWriter(conn), out_pipe)
+        conn.attach_writer(writer)
+        await loop.connect_read_pipe(lambda: conn, in_pipe)
+        return conn
+
+    # -- life cycle -----------------------------------------------------------------------
+    def request_shutdown(self, reason: str = "requested") -> None:
+        if self._stop.is_set():
+            log.warning("second shutdown request (%s): not waiting for in-flight work", reason)
+            self._force.set()
+            return
+        log.info("shutting down: %s", reason)
+        self._stop.set()
+
+    async def wait_for_shutdown(self) -> None:
+        await self._stop.wait()
+
+    async def serve_until_shutdown(self) -> None:
+        try:
+            await self.wait_for_shutdown()
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.shutting_down = True
+        self._stop.set()
+        for listener in self._listeners:
+            listener.close()
+        if self.socket_path is not None:
+            remove_socket(self.socket_path, self._socket_identity)
+        await self._drain()
+        for conn in list(self.connections.values()):
+            conn.close()
+        closing = [c.closed for c in self.connections.values()]
+        if closing:
+            with contextlib.suppress(TimeoutError):
+                async with self.clock.timeout(1.0):
+                    await asyncio.wait(closing)
+        for conn in list(self.connections.values()):
+            conn.abort()
+        for listener in self._listeners:
+            with contextlib.suppress(Exception):
+                await listener.wait_closed()
+        self._unsubscribe()
+        self.journal.close()
+
+    async def _drain(self) -> None:
+        forced = asyncio.ensure_future(self._force.wait())
+        try:
+            async with self.clock.timeout(self.shutdown_grace):
+                while not forced.done():
+                    pending = [t for t in self._inflight_tasks() if not t.done()]
+                    if not pending:
+                        break
+                    await asyncio.wait([*pending, forced], return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            log.warning("in-flight work outlived the %g s shutdown grace", self.shutdown_grace)
+        finally:
+            forced.cancel()
+        left = [t for t in self._inflight_tasks() if not t.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.gather(*left, return_exceptions=True)
+
+    def _inflight_tasks(self) -> list[asyncio.Task[Any]]:
+        tasks: list[asyncio.Task[Any]] = list(self.idempotency.tasks())
+        for conn in self.connections.values():
+            tasks.extend(conn.inflight_tasks())
+        return tasks
+
+    async def __aenter__(self) -> BridgeServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def statistics(self) -> ServerStats:
+        conns = list(self.connections.values())
+        return ServerStats(
+            connections=len(conns),
+            accepted=self._accepted,
+            requests=self._requests_closed + sum(c.requests for c in conns),
+            inflight=sum(c.inflight for c in conns),
+            idempotent_running=self.idempotency.running,
+            idempotent_replayed=self.idempotency.replayed,
+            dropped_messages=self._dropped_closed + sum(c.dropped for c in conns),
+            slow_disconnects=self.stats_slow_disconnects,
+            stalled_frames=self.stats_stalled,
+            auth_failures=self.stats_auth_failures,
+        )
+
+
+class _PipeWriter(asyncio.Protocol):
+    """Flow control of the stdout pipe, forwarded to the stdio connection."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def pause_writing(self) -> None:
+        self._conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._conn.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._conn.close()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+__all__ = ["CANCEL", "PROTOCOL_VERSION", "BridgeServer", "ServerApp", "ServerStats"]
