@@ -50,9 +50,11 @@ class Row:
     def verdict(self) -> Verdict:
         if self.is_latency:
             got = (self.p50, self.p99, self.p999)
-            if self.goal and _all_within(got, self.goal, higher=False):
+            # The goal names no p99.9, so a row reaches it only if it also meets the seed's.
+            seed_met = _all_within(got, self.seed, higher=False)
+            if self.goal and seed_met and _all_within(got, self.goal, higher=False):
                 return "goal"
-            if self.seed and _all_within(got, self.seed, higher=False):
+            if self.seed and seed_met:
                 return "seed"
             return "miss" if (self.seed or self.goal) else "info"
         if self.value is None or not (self.seed or self.goal):
@@ -176,7 +178,7 @@ def median_rows(runs: Sequence[Sequence[Row]]) -> list[Row]:
                 value=med("value"),
                 samples=sum(r.samples for r in rows),
                 extra={k: statistics.median(r.extra[k] for r in rows if k in r.extra)
-                       for k in first.extra},
+                       for k in dict.fromkeys(k for r in rows for k in r.extra)},
             )
         )  # fmt: skip
     return merged
