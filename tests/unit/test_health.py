@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 import os
@@ -467,3 +468,55 @@ def test_metrics_and_health_stay_pure_and_import_no_asyncio() -> None:
         env=env,
     )
     assert out.stdout.strip() == "False"
+
+
+def test_a_success_that_brings_the_calls_to_the_minimum_can_fire(clock: FakeClock) -> None:
+    health, seen = monitor_on(clock, burn_rate_threshold=14.4)
+    for _ in range(9):
+        health.record_operation(OP, SLOW, False)
+    assert seen.events == []
+    health.record_operation(OP, FAST, True)  # 9 of 10 failed, 9 of 10 slow
+    assert seen.kinds() == ["HighFailureRate", "HighLatency", "HighBurnRate"]
+
+
+def _expected_alerts(kept: list[tuple[float, bool, float]], now: float) -> list[str]:
+    """What the monitor's defaults should report, from every record kept (a model)."""
+    live = [(ok, d) for t, ok, d in kept if now < math.floor(t) + 60.0]
+    alerts = []
+    if len(live) >= 10 and sum(1 for ok, _ in live if not ok) / len(live) > 0.10:
+        alerts.append("HighFailureRate")
+    if len(live) >= 10 and exact_p99([d for _, d in live]) > 2 * TARGET:
+        alerts.append("HighLatency")
+    return alerts
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 0.0, 0.5, 1.0, 7.0, 59.0, 61.0]),
+            st.booleans(),
+            st.sampled_from([FAST, SLOW]),
+        ),
+        max_size=60,
+    )
+)
+def test_alert_state_matches_a_model_as_time_moves(
+    steps: list[tuple[float, bool, float]],
+) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        health = HealthMonitor(clock=clock, burn_rate_threshold=1e9)
+        kept: list[tuple[float, bool, float]] = []
+        for gap, ok, duration in steps:
+            await clock.advance(gap)
+            health.record_operation(OP, duration, ok)
+            kept.append((clock.now(), ok, duration))
+            active = sorted(a.kind for a in health.active_alerts())
+            assert active == sorted(_expected_alerts(kept, clock.now()))
+        await clock.advance(30.0)
+        health.evaluate()
+        active = sorted(a.kind for a in health.active_alerts())
+        assert active == sorted(_expected_alerts(kept, clock.now()))
+
+    asyncio.run(scenario())

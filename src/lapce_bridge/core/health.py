@@ -12,10 +12,11 @@ Invariants:
 - A record made at time t counts until the clock reaches `floor(t / width) * width + window`
   and not an instant longer: windows slide in whole slots, exactly at slot boundaries.
 - Alerts are episodes: one event when a condition starts holding, one `AlertCleared` when it
-  stops; records in between publish nothing. Conditions are checked for an operation at each
-  of its records (so an alert fires at the very record that crosses) and for all operations in
-  `evaluate()` and `report()` (so an alert clears once its window has slid past the episode
-  even when no new calls arrive).
+  stops; records in between publish nothing. An operation's conditions are checked at each of
+  its records that could change them (a failure, a slow call, a slot boundary, an active
+  alert, reaching `min_calls`), so an alert fires at the very record that crosses; and for all
+  operations in `evaluate()` and `report()`, so an alert clears once its window has slid past
+  the episode even when no new calls arrive.
 - `HighFailureRate`: at least `min_calls` calls in the window and failures / calls above
   `failure_rate_threshold`. `HighLatency`: at least `min_calls` calls and the window's
   nearest-rank p99 above twice the target, i.e. more than `calls - ceil(0.99 * calls)` calls
