@@ -48,7 +48,7 @@ from lapce_bridge.core.errors import (
 )
 from lapce_bridge.ipc import jsonrpc
 from lapce_bridge.ipc.framing import Event, Frame, FrameDecoder, FrameError, RequestId, encode
-from lapce_bridge.ipc.idempotency import Outcome, check_key, encode_outcome
+from lapce_bridge.ipc.idempotency import Outcome, check_key, encode_outcome, shutting_down
 from lapce_bridge.ipc.jsonrpc import Batch, Invalid, Notification, Request
 from lapce_bridge.rpc import Method
 
@@ -334,7 +334,7 @@ class Connection(asyncio.Protocol):
         self.requests += 1
         try:
             if self._server.shutting_down:
-                raise Unavailable("the server is shutting down")
+                raise shutting_down()
             prep = self._prepare(req)
         except BridgeError as exc:
             self._write(jsonrpc.error_bytes(req.id, exc))
@@ -379,7 +379,7 @@ class Connection(asyncio.Protocol):
                 self._cancelled_ids.discard(req_id)
                 return jsonrpc.error_dict(req_id, Cancelled(f"request {req_id!r} was cancelled"))
             if self._server.shutting_down and not self._closing:
-                self._write(jsonrpc.error_bytes(req_id, Unavailable("the server is shutting down")))
+                self._write(jsonrpc.error_bytes(req_id, shutting_down()))
             raise
         except Exception as exc:
             return jsonrpc.error_dict(req_id, exc)

@@ -34,6 +34,11 @@ from lapce_bridge.ipc.journal import (
 Outcome = tuple[bool, bytes]
 
 
+def shutting_down() -> Unavailable:
+    """The answer to work the server will not finish: a client may send it again later."""
+    return Unavailable("the server is shutting down", data={"shuttingDown": True})
+
+
 def check_key(key: Any) -> str:
     if type(key) is not str or not key or len(key) > MAX_KEY_LENGTH:
         raise InvalidParams(
@@ -113,7 +118,7 @@ class Idempotency:
             except asyncio.CancelledError:
                 if key not in self._client_cancelled:
                     if not future.done():
-                        future.set_exception(Unavailable("the server is shutting down"))
+                        future.set_exception(shutting_down())
                     raise
                 outcome = encode_outcome(False, Cancelled(f"request {key!r} was cancelled"))
             except Exception as exc:
@@ -153,4 +158,4 @@ def _same_method(key: str, first: str, now: str) -> None:
         )
 
 
-__all__ = ["Idempotency", "Outcome", "check_key", "encode_outcome"]
+__all__ = ["Idempotency", "Outcome", "check_key", "encode_outcome", "shutting_down"]
