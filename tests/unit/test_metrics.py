@@ -22,12 +22,12 @@ from lapce_bridge.core.metrics import (
     Histogram,
     HistogramSnapshot,
     MetricsRegistry,
-    SlidingWindow,
     bucket_index,
     bucket_lower_edge,
     bucket_middle,
     nearest_rank,
 )
+from lapce_bridge.core.windows import SlidingWindow
 from lapce_bridge.rpc import Observe
 
 # A bucket is 2**(1/128) wide and reports its geometric middle: the worst error is half that.

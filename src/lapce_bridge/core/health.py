@@ -36,16 +36,25 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
+from lapce_bridge.core.alerts import (
+    ALERT_TYPES,
+    Alert,
+    AlertCleared,
+    HealthEvent,
+    HighBurnRate,
+    HighFailureRate,
+    HighLatency,
+)
 from lapce_bridge.core.errors import InvalidParams
 from lapce_bridge.core.metrics import (
     OTHER_OPERATION,
     HistogramSnapshot,
-    SlidingWindow,
     bucket_index,
     check_duration,
 )
+from lapce_bridge.core.windows import OperationWindow, SlidingWindow
 
 if TYPE_CHECKING:
     from lapce_bridge.core.clock import Clock
@@ -62,52 +71,6 @@ PAGE_BURN_RATE = 14.4  # spends 2 % of a 30-day budget in an hour
 BREAKER_STATES = frozenset({"closed", "open", "half_open"})
 
 
-# -- alerts (published on the bus; `to_wire` is the `health/alert` notification) -------------
-
-
-@dataclass(frozen=True, slots=True)
-class HealthEvent:
-    operation: str  # "*" for the SLO, which covers every operation
-    detail: str
-    kind: ClassVar[str] = ""
-    critical: ClassVar[bool] = False  # a critical alert with an open breaker is "unhealthy"
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"kind": self.kind, "operation": self.operation, "detail": self.detail}
-
-
-@dataclass(frozen=True, slots=True)
-class HighFailureRate(HealthEvent):
-    failure_rate: float
-    calls: int
-    kind: ClassVar[str] = "HighFailureRate"
-    critical: ClassVar[bool] = True
-
-
-@dataclass(frozen=True, slots=True)
-class HighLatency(HealthEvent):
-    slow_calls: int  # calls slower than twice the target
-    calls: int
-    target_p99: float
-    kind: ClassVar[str] = "HighLatency"
-
-
-@dataclass(frozen=True, slots=True)
-class HighBurnRate(HealthEvent):
-    short_burn_rate: float
-    long_burn_rate: float
-    kind: ClassVar[str] = "HighBurnRate"
-    critical: ClassVar[bool] = True
-
-
-@dataclass(frozen=True, slots=True)
-class AlertCleared(HealthEvent):
-    cleared: str  # the kind of the alert that ended
-    kind: ClassVar[str] = "AlertCleared"
-
-
-Alert = HighFailureRate | HighLatency | HighBurnRate
-ALERT_TYPES: tuple[type, ...] = (HighFailureRate, HighLatency, HighBurnRate, AlertCleared)
 ALL_OPERATIONS = "*"
 
 
@@ -160,58 +123,6 @@ class HealthStats:
     active_alerts: int
 
 
-# -- sliding windows ----------------------------------------------------------------------
-
-
-class _OperationWindow(SlidingWindow):
-    """Adds calls slower than twice the target and sparse latency buckets per slot."""
-
-    __slots__ = (
-        "alerts",
-        "buckets_now",
-        "ring_buckets",
-        "ring_slow",
-        "slow_now",
-        "slow_past",
-        "slow_threshold",
-        "target",
-    )
-
-    def __init__(self, length: float, slots: int, target: float | None) -> None:
-        super().__init__(length, slots)
-        self.target = target
-        self.slow_threshold = math.inf if target is None else 2.0 * target
-        self.ring_slow = [0] * slots
-        self.ring_buckets: list[dict[int, int]] = [{} for _ in range(slots)]
-        self.slow_past = self.slow_now = 0
-        self.buckets_now: dict[int, int] = {}
-        self.alerts = 0  # how many of this operation's alerts are active
-
-    @property
-    def slow(self) -> int:
-        return self.slow_past + self.slow_now
-
-    def _close(self, pos: int) -> None:
-        super()._close(pos)
-        self.ring_slow[pos] = self.slow_now
-        self.slow_past += self.slow_now
-        self.slow_now = 0
-        self.ring_buckets[pos], self.buckets_now = self.buckets_now, self.ring_buckets[pos]
-
-    def _expire(self, pos: int) -> None:
-        super()._expire(pos)
-        self.slow_past -= self.ring_slow[pos]
-        self.ring_slow[pos] = 0
-        self.ring_buckets[pos].clear()
-
-    def latency(self) -> HistogramSnapshot:
-        merged = dict(self.buckets_now)
-        for buckets in self.ring_buckets:
-            for index, count in buckets.items():
-                merged[index] = merged.get(index, 0) + count
-        return HistogramSnapshot.from_buckets(merged)
-
-
 # -- the monitor --------------------------------------------------------------------------
 
 
@@ -262,7 +173,7 @@ class HealthMonitor:
         self.burn_rate_threshold = burn_rate_threshold
         self.slots = slots
         self.max_operations = max_operations
-        self._ops: dict[str, _OperationWindow] = {}
+        self._ops: dict[str, OperationWindow] = {}
         self.short_window = short_window
         self.long_window = long_window
         self._short = SlidingWindow(short_window, slots)
@@ -314,13 +225,13 @@ class HealthMonitor:
         ):
             self._check_slo()
 
-    def _new_operation(self, op: str) -> tuple[str, _OperationWindow]:
+    def _new_operation(self, op: str) -> tuple[str, OperationWindow]:
         if len(self._ops) >= self.max_operations:
             op = OTHER_OPERATION
             found = self._ops.get(op)
             if found is not None:
                 return op, found
-        win = self._ops[op] = _OperationWindow(self.window, self.slots, self.targets.get(op))
+        win = self._ops[op] = OperationWindow(self.window, self.slots, self.targets.get(op))
         return op, win
 
     def evaluate(self) -> None:
@@ -334,7 +245,7 @@ class HealthMonitor:
         self._check_slo()
 
     # -- alert conditions ---------------------------------------------------------------
-    def _check_operation(self, op: str, win: _OperationWindow) -> None:
+    def _check_operation(self, op: str, win: OperationWindow) -> None:
         calls, failures = win.calls, win.failures
         enough = calls >= self.min_calls
         rate = failures / calls if calls else 0.0
@@ -389,7 +300,7 @@ class HealthMonitor:
                 self._clear(HighBurnRate.kind, ALL_OPERATIONS, why, None)
             self._paging = paging
 
-    def _fire(self, alert: Alert, win: _OperationWindow | None) -> None:
+    def _fire(self, alert: Alert, win: OperationWindow | None) -> None:
         self._alerts[(alert.kind, alert.operation)] = alert
         self._fired += 1
         if win is not None:
@@ -397,7 +308,7 @@ class HealthMonitor:
         if self._bus is not None:
             self._bus.publish(alert)
 
-    def _clear(self, kind: str, op: str, why: str, win: _OperationWindow | None) -> None:
+    def _clear(self, kind: str, op: str, why: str, win: OperationWindow | None) -> None:
         del self._alerts[(kind, op)]
         self._cleared += 1
         if win is not None:
@@ -489,3 +400,17 @@ class HealthMonitor:
             "slo": {**self.slo().to_wire(), "target": self.slo_target},
             "alerts": [alert.to_wire() for alert in self._alerts.values()],
         }
+
+
+__all__ = [
+    "ALERT_TYPES",
+    "ALL_OPERATIONS",
+    "DEFAULT_TARGETS",
+    "Alert",
+    "AlertCleared",
+    "HealthEvent",
+    "HealthMonitor",
+    "HighBurnRate",
+    "HighFailureRate",
+    "HighLatency",
+]

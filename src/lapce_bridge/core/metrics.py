@@ -21,9 +21,6 @@ Invariants:
 - Snapshots are frozen and self-consistent: the count is derived from the copied buckets.
   Writers are expected on one thread (the event loop); a snapshot may be taken from another
   (a metrics scrape), since copying the bucket list is a single step under the GIL.
-- A `SlidingWindow` counts calls and failures in `slots` time slots of equal width: a record
-  made at time t counts until the clock reaches `floor(t / width) * width + length` and not an
-  instant longer, however far the clock jumps (at most `slots` slots are emptied per roll).
 - The registry keeps at most `max_operations` names; further names (a client inventing
   method names, say) are folded into `OTHER_OPERATION` so memory stays bounded.
 """
@@ -322,74 +319,6 @@ def operation_stats(operation: str, snap: HistogramSnapshot, errors: int) -> Ope
         snap.sum,
         snap,
     )
-
-
-class SlidingWindow:
-    """Calls and failures over the last `slots` slots of `width` seconds (module docstring).
-
-    The current slot is kept in plain attributes (`calls_now`, ...), the finished ones in a
-    ring with their live total (`calls_past`, ...), so a record touches two attributes and
-    only a change of slot walks the ring. Callers bump the `*_now` counts themselves after
-    `roll(now)`, which keeps the hot path free of a method call; subclasses add counts by
-    extending `_close` and `_expire`.
-    """
-
-    __slots__ = (
-        "calls_now",
-        "calls_past",
-        "edge",
-        "failures_now",
-        "failures_past",
-        "head",
-        "ring_calls",
-        "ring_failures",
-        "slots",
-        "width",
-    )
-
-    def __init__(self, length: float, slots: int) -> None:
-        self.width = length / slots
-        self.slots = slots
-        self.head = -slots  # the current slot's number; far enough back to start empty
-        self.edge = -math.inf  # when the current slot ends: records before it need no roll
-        self.ring_calls = [0] * slots
-        self.ring_failures = [0] * slots
-        self.calls_past = self.failures_past = self.calls_now = self.failures_now = 0
-
-    @property
-    def calls(self) -> int:
-        return self.calls_past + self.calls_now
-
-    @property
-    def failures(self) -> int:
-        return self.failures_past + self.failures_now
-
-    def roll(self, now: float) -> bool:
-        """Move to the slot of `now` if it has begun; returns whether the window changed."""
-        if now < self.edge:
-            return False
-        slot = int(now // self.width)
-        self.edge = (slot + 1) * self.width
-        if slot <= self.head:
-            return False
-        self._close(self.head % self.slots)
-        # Each slot passed takes the ring position of the slot a whole window before it.
-        for passed in range(max(self.head + 1, slot - self.slots + 1), slot + 1):
-            self._expire(passed % self.slots)
-        self.head = slot
-        return True
-
-    def _close(self, pos: int) -> None:
-        self.ring_calls[pos] = self.calls_now
-        self.ring_failures[pos] = self.failures_now
-        self.calls_past += self.calls_now
-        self.failures_past += self.failures_now
-        self.calls_now = self.failures_now = 0
-
-    def _expire(self, pos: int) -> None:
-        self.calls_past -= self.ring_calls[pos]
-        self.failures_past -= self.ring_failures[pos]
-        self.ring_calls[pos] = self.ring_failures[pos] = 0
 
 
 class _Operation:
