@@ -17,7 +17,10 @@ connection drops, `BridgeTimeout` (and a `$/cancelRequest` to the server) when l
    the server's journal answers a repeat with the first outcome, so nothing runs twice.
 
 An answer (result or server error) counts as a success for the breaker: the server was
-reached; a dropped connection counts as a failure, once per entry. If reconnecting is given
+reached. A dropped connection counts as one failure (not one per request that was on it),
+and so does each failed reconnect attempt once the outage has lasted `outage_grace` seconds:
+a server that restarts in time never trips the breaker, one that stays down does, and then
+new calls fail fast while those already queued keep waiting. If reconnecting is given
 up (the policy's attempts run out, the supervised server crash-loops, the token is refused),
 every waiting entry fails with that error: an explicit answer, never silence.
 """
@@ -124,6 +127,7 @@ class BridgeClient:
         token: str | None = None,
         supervisor: ServerSupervisor | None = None,
         client_name: str = "lapce-bridge-client",
+        outage_grace: float = 2.0,
     ) -> None:
         self.socket_path = Path(socket_path) if socket_path is not None else default_socket_path()
         self.clock = clock or SYSTEM_CLOCK
@@ -137,6 +141,7 @@ class BridgeClient:
         self.token = token
         self.supervisor = supervisor
         self.client_name = client_name
+        self.outage_grace = outage_grace
         self.server_info: dict[str, Any] | None = None
         self.reconnects = 0
         self._wire: _Wire | None = None
@@ -348,6 +353,7 @@ class BridgeClient:
         delays = self.retry.delays()
         breaker = self.breaker
         clock = self.clock
+        outage_started = clock.now()
         while not self._closed:
             if not breaker.try_acquire():
                 # Open: no attempts until its wait is over (then a half-open trial connect).
@@ -358,7 +364,10 @@ class BridgeClient:
             try:
                 await self._open()
             except (ConnectionLost, BridgeTimeout) as exc:
-                breaker.on_error(clock.now() - started, exc, generation=generation)
+                if started - outage_started >= self.outage_grace:
+                    breaker.on_error(clock.now() - started, exc, generation=generation)
+                else:  # a server restarting is expected to refuse for a moment
+                    breaker.release(generation=generation)
                 last: BridgeError = exc
             except BridgeError as exc:  # refused for good: a crash loop, a bad token
                 breaker.release(generation=generation)
@@ -433,14 +442,14 @@ class BridgeClient:
             if not future.done():
                 future.set_exception(lost)
         wire.pending.clear()
-        now = self.clock.now()
         for entry in wire.entries.values():
-            entry.sent_id = None
-            if entry.generation is not None:
-                self.breaker.on_error(now - entry.enqueued_at, lost, generation=entry.generation)
-                entry.generation = None
+            entry.sent_id = None  # still queued; it votes when its answer finally comes
         wire.entries.clear()
-        if len(self.outbox) and not self._closed:
+        if self._closed:
+            return
+        # One lost connection is one failure, however many requests were on it.
+        self.breaker.on_error(0.0, lost)
+        if len(self.outbox) or self.supervisor is not None:
             self._start_reconnect()
 
     # -- life cycle -----------------------------------------------------------------------

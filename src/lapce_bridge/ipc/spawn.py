@@ -1,8 +1,8 @@
 """Start `lapce-bridge serve` for a client, restart it when it dies, stop when it crash-loops.
 
 Theory of operation: `ServerSupervisor.ensure_running()` is called by the client before each
-connection attempt. If no server answers on the socket and our process is not alive, it
-starts `python -m lapce_bridge serve --socket PATH ...` in its own session (so a terminal's
+connection attempt, and a watcher restarts our process as soon as it exits unasked. If no
+server answers on the socket and our process is not alive, `ensure_running` starts `python -m lapce_bridge serve --socket PATH ...` in its own session (so a terminal's
 Ctrl-C aimed at the editor does not reach it). Every exit we did not ask for is a death,
 timed on the clock; `max_crashes` deaths within `crash_window` seconds mean a crash loop:
 the supervisor gives up and `ensure_running()` raises `Unavailable` with the count and the
@@ -54,6 +54,7 @@ class ServerSupervisor:
         self.failed: Unavailable | None = None
         self._stopping = False
         self._watch: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
 
     @property
     def running(self) -> bool:
@@ -62,11 +63,12 @@ class ServerSupervisor:
     async def ensure_running(self) -> None:
         if self.failed is not None:
             raise self.failed
-        if self.running or self._stopping:
-            return
-        if await asyncio.to_thread(probe, self.socket_path, 0.5):
-            return  # someone else's server answers: use it
-        await self._start()
+        async with self._lock:
+            if self.running or self._stopping:
+                return
+            if await asyncio.to_thread(probe, self.socket_path, 0.5):
+                return  # someone else's server answers: use it
+            await self._start()
 
     async def _start(self) -> None:
         cmd = [self.python, "-m", "lapce_bridge", "serve", "--socket", str(self.socket_path)]
@@ -103,6 +105,10 @@ class ServerSupervisor:
                 f"(last exit status {code}); not restarting it",
                 data={"deaths": len(self.deaths), "lastExit": code},
             )
+            return
+        async with self._lock:  # at once, not when a client next needs it
+            if not (self.running or self._stopping):
+                await self._start()
 
     async def stop(self, grace: float = 5.0) -> None:
         self._stopping = True
