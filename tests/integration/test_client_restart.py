@@ -27,14 +27,13 @@ EXTRA = "tests.integration.test_client_restart:methods"
 def methods(app: Any) -> dict[str, Method]:
     """Test-only side effects, loaded by the server process."""
 
-    def append(params: Params, ctx: CallContext) -> int:
+    def append(params: Params, ctx: CallContext) -> Any:
         with open(params["file"], "a", encoding="utf-8") as fh:
             fh.write(f"{params['value']}\n")
-        return int(params["value"])
+        return params["value"]
 
     async def hang(params: Params, ctx: CallContext) -> None:
-        with open(params["file"], "a", encoding="utf-8") as fh:
-            fh.write("started\n")
+        append({"file": params["file"], "value": "started"}, ctx)
         await asyncio.Event().wait()
 
     return {"test/append": method(append, "test/append"), "test/hang": method(hang, "test/hang")}

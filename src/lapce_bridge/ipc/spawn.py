@@ -2,8 +2,9 @@
 
 Theory of operation: `ServerSupervisor.ensure_running()` is called by the client before each
 connection attempt, and a watcher restarts our process as soon as it exits unasked. If no
-server answers on the socket and our process is not alive, `ensure_running` starts `python -m lapce_bridge serve --socket PATH ...` in its own session (so a terminal's
-Ctrl-C aimed at the editor does not reach it). Every exit we did not ask for is a death,
+server answers on the socket and our process is not alive, `ensure_running` starts
+`python -m lapce_bridge serve --socket PATH ...` in its own session (so a terminal's Ctrl-C
+aimed at the editor does not reach it). Every exit we did not ask for is a death,
 timed on the clock; `max_crashes` deaths within `crash_window` seconds mean a crash loop:
 the supervisor gives up and `ensure_running()` raises `Unavailable` with the count and the
 last exit status, instead of restarting forever.
