@@ -114,6 +114,8 @@ class Connection(asyncio.Protocol):
         self._cancelled_ids: set[RequestId] = set()
         self._batch_tasks: set[asyncio.Task[None]] = set()
         self._backlog: deque[Event] = deque()
+        self._coalesced: list[bytes] | None = None
+        self._coalesced_bytes = 0
         self._close_callbacks: list[Callable[[], None]] = []
         self._closing = False
         self._write_paused = False
@@ -146,7 +148,18 @@ class Connection(asyncio.Protocol):
         if self._decoder.in_frame and (self._stall_task is None or self._stall_task.done()):
             self._stall_task = asyncio.get_running_loop().create_task(self._watch_stall())
 
-    def _handle(self, events: Iterable[Event]) -> None:
+    def _handle(self, events: list[Event]) -> None:
+        if len(events) > 1:
+            # Answers to a pipelined read leave in one write (one syscall, not one each).
+            self._coalesced = []
+            try:
+                self._dispatch(events)
+            finally:
+                self._flush_coalesced()
+        else:
+            self._dispatch(events)
+
+    def _dispatch(self, events: Iterable[Event]) -> None:
         it = iter(events)
         for event in it:
             if self._closing:
@@ -163,11 +176,20 @@ class Connection(asyncio.Protocol):
                 if event.fatal:
                     self.close()
                     return
+            if self._coalesced_bytes > self._server.write_buffer_high:
+                self._flush_coalesced(keep=True)
             if self._write_paused:
                 # The client is not reading: keep the rest of this read for later rather
                 # than answering it into a buffer that is already full.
                 self._backlog.extend(it)
                 return
+
+    def _flush_coalesced(self, *, keep: bool = False) -> None:
+        pending = self._coalesced
+        self._coalesced = [] if keep else None
+        self._coalesced_bytes = 0
+        if pending:
+            self._write_frame(b"".join(pending))
 
     def eof_received(self) -> bool | None:
         return False  # close our side too; answers already written are flushed first
@@ -207,24 +229,25 @@ class Connection(asyncio.Protocol):
 
     # -- output ---------------------------------------------------------------------------
     def _write(self, payload: bytes) -> None:
-        out = self._out
-        if self._closing or out is None or out.is_closing():
-            self.dropped += 1
-            return
-        out.write(encode(payload))
-        if self._write_paused and out.get_write_buffer_size() > self._server.write_buffer_limit:
-            log.warning("connection %s reads nothing; disconnecting it", self.id)
-            self._server.stats_slow_disconnects += 1
-            self.abort()
+        self.write_frame(encode(payload))
 
     def write_frame(self, frame: bytes) -> None:
-        """Write an already framed message (a broadcast encoded once for everyone)."""
+        """Write a framed message (a broadcast is encoded once for everyone)."""
+        pending = self._coalesced
+        if pending is not None:
+            pending.append(frame)
+            self._coalesced_bytes += len(frame)
+        else:
+            self._write_frame(frame)
+
+    def _write_frame(self, frame: bytes) -> None:
         out = self._out
         if self._closing or out is None or out.is_closing():
             self.dropped += 1
             return
         out.write(frame)
         if self._write_paused and out.get_write_buffer_size() > self._server.write_buffer_limit:
+            log.warning("connection %s reads nothing; disconnecting it", self.id)
             self._server.stats_slow_disconnects += 1
             self.abort()
 
