@@ -1,28 +1,10 @@
 """`BridgeClient`: requests over LSP framing, and a recovery path that loses nothing.
 
-Theory of operation: a client holds at most one connection (`_Wire`, an asyncio Protocol
-with the framing codec). `request()` is the plain path: it fails with `ConnectionLost` if the
-connection drops, `BridgeTimeout` (and a `$/cancelRequest` to the server) when late.
-
-`send_with_recovery()` is the path that loses nothing:
-
-1. the circuit breaker admits it (`Unavailable` at once while it is open: the caller learns
-   the server is considered down instead of waiting);
-2. it gets an `idempotencyKey` (uuid4 hex) and enters the outbox (`ResourceExhausted` when
-   full), then goes on the wire if the connection is up;
-3. if the connection drops (or was never up, or the server answers "shutting down"), the
-   entry stays in the outbox and a single reconnect task tries again at once, then after each
-   delay of the `RetryPolicy` schedule (on the clock), restarting a supervised server first;
-4. once connected, every unanswered entry is sent again, oldest first, before anything new;
-   the server's journal answers a repeat with the first outcome, so nothing runs twice.
-
-An answer (result or server error) counts as a success for the breaker: the server was
-reached. A dropped connection counts as one failure (not one per request that was on it),
-and so does each failed reconnect attempt once the outage has lasted `outage_grace` seconds:
-a server that restarts in time never trips the breaker, one that stays down does, and then
-new calls fail fast while those already queued keep waiting. If reconnecting is given
-up (the policy's attempts run out, the supervised server crash-loops, the token is refused),
-every waiting entry fails with that error: an explicit answer, never silence.
+Theory of operation: a client holds at most one connection (`ipc.wire.Wire`). `request()` is
+the plain path: it fails with `ConnectionLost` if the connection drops, `BridgeTimeout` (and
+a `$/cancelRequest` to the server) when late. `send_with_recovery()` (`ipc.recovery`) queues,
+reconnects and resends so that nothing is lost and nothing runs twice. `spawn()` starts the
+server when none listens and restarts it when it dies (`ipc.spawn`).
 """
 
 from __future__ import annotations
@@ -31,28 +13,25 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import orjson
 
 from lapce_bridge import __version__
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.breaker import CircuitBreaker, CircuitBreakerConfig
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import (
-    BridgeError,
     BridgeTimeout,
     ConnectionLost,
 )
 from lapce_bridge.core.retry import RetryPolicy
 from lapce_bridge.ipc import jsonrpc
-from lapce_bridge.ipc.framing import Frame, FrameDecoder, encode
-from lapce_bridge.ipc.outbox import Outbox, OutboxEntry
+from lapce_bridge.ipc.outbox import Outbox
 from lapce_bridge.ipc.paths import default_socket_path
+from lapce_bridge.ipc.recovery import RecoveryPath
 from lapce_bridge.ipc.spawn import ServerSupervisor
+from lapce_bridge.ipc.wire import Wire, settle
 
 log = logging.getLogger("lapce_bridge.client")
 
@@ -74,45 +53,7 @@ def default_retry(clock: Clock) -> RetryPolicy:
     )
 
 
-class _Wire(asyncio.Protocol):
-    def __init__(self, client: BridgeClient) -> None:
-        self.client = client
-        self.decoder = FrameDecoder(1 << 30)
-        self.transport: asyncio.Transport | None = None
-        self.pending: dict[int, asyncio.Future[Any]] = {}
-        self.entries: dict[int, OutboxEntry] = {}
-        self.lost = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        for event in self.decoder.feed(data):
-            if type(event) is Frame:
-                try:
-                    message = orjson.loads(event.body)
-                except orjson.JSONDecodeError:
-                    log.warning("the server sent invalid JSON; ignored")
-                    continue
-                for msg in message if type(message) is list else [message]:
-                    if type(msg) is dict:
-                        self.client._on_message(self, msg)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self.client._on_lost(self, exc)
-
-    def send(self, payload: bytes) -> None:
-        if self.transport is None or self.lost or self.transport.is_closing():
-            raise ConnectionLost("not connected to the server")
-        self.transport.write(encode(payload))
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-class BridgeClient:
+class BridgeClient(RecoveryPath):
     def __init__(
         self,
         socket_path: Path | str | None = None,
@@ -144,7 +85,7 @@ class BridgeClient:
         self.outage_grace = outage_grace
         self.server_info: dict[str, Any] | None = None
         self.reconnects = 0
-        self._wire: _Wire | None = None
+        self._wire: Wire | None = None
         self._ids = itertools.count(1)
         self._handlers: dict[str, list[NotificationHandler]] = {}
         self._reconnect_task: asyncio.Task[None] | None = None
@@ -187,10 +128,10 @@ class BridgeClient:
         loop = asyncio.get_running_loop()
         try:
             if self.tcp is not None:
-                _, wire = await loop.create_connection(lambda: _Wire(self), *self.tcp)
+                _, wire = await loop.create_connection(lambda: Wire(self), *self.tcp)
             else:
                 _, wire = await loop.create_unix_connection(
-                    lambda: _Wire(self), str(self.socket_path)
+                    lambda: Wire(self), str(self.socket_path)
                 )
         except OSError as exc:
             raise ConnectionLost(f"cannot connect to {self._where()}: {exc}") from exc
@@ -223,7 +164,7 @@ class BridgeClient:
 
     async def _call(
         self,
-        wire: _Wire,
+        wire: Wire,
         method: str,
         params: Any,
         timeout: float | None,  # noqa: ASYNC109
@@ -265,136 +206,12 @@ class BridgeClient:
 
         return remove
 
-    def _cancel_on(self, wire: _Wire, params: dict[str, Any]) -> None:
+    def _cancel_on(self, wire: Wire, params: dict[str, Any]) -> None:
         with contextlib.suppress(ConnectionLost):
             wire.send(jsonrpc.notification_bytes("$/cancelRequest", params))
 
-    # -- recovery path --------------------------------------------------------------------
-    async def send_with_recovery(
-        self,
-        method: str,
-        params: dict[str, Any] | None = None,
-        *,
-        timeout: float | None = None,  # noqa: ASYNC109 - on the injected clock
-    ) -> Any:
-        """Deliver a request whatever happens to the connection; executed at most once."""
-        if self._closed:
-            raise ConnectionLost("the client is closed")
-        params = dict(params or {})
-        key = params.get("idempotencyKey") or uuid.uuid4().hex
-        params["idempotencyKey"] = key
-        self.breaker.acquire()
-        generation = self.breaker.generation
-        try:
-            entry = self.outbox.put(method, params, key, now=self.clock.now())
-        except BaseException:
-            self.breaker.release(generation=generation)
-            raise
-        entry.generation = generation
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        entry.future = future
-        self._dispatch(entry)
-        try:
-            async with self.clock.timeout(timeout):
-                return await asyncio.shield(future)
-        except TimeoutError as exc:
-            self._abandon(entry)
-            raise BridgeTimeout(
-                f"{method}: not answered within {timeout:g} s", data={"idempotencyKey": key}
-            ) from exc
-        except asyncio.CancelledError:
-            self._abandon(entry)
-            raise
-
-    def _dispatch(self, entry: OutboxEntry) -> None:
-        wire = self._wire
-        recovering = self._reconnect_task is not None and not self._reconnect_task.done()
-        if wire is not None and not wire.lost and not recovering:
-            self._send_entry(wire, entry)
-        else:
-            self._start_reconnect()
-
-    def _send_entry(self, wire: _Wire, entry: OutboxEntry) -> None:
-        msg_id = next(self._ids)
-        entry.sent_id = msg_id
-        entry.attempts += 1
-        wire.entries[msg_id] = entry
-        try:
-            wire.send(jsonrpc.request_bytes(msg_id, entry.method, entry.params))
-        except ConnectionLost:
-            wire.entries.pop(msg_id, None)
-            entry.sent_id = None
-            self._start_reconnect()
-
-    def _flush(self) -> None:
-        wire = self._wire
-        if wire is None or wire.lost:
-            return
-        for entry in self.outbox.pending():
-            if entry.sent_id is None and (entry.future is None or not entry.future.done()):
-                self._send_entry(wire, entry)
-
-    def _abandon(self, entry: OutboxEntry) -> None:
-        self.outbox.done(entry)
-        wire = self._wire
-        if entry.sent_id is not None and wire is not None:
-            wire.entries.pop(entry.sent_id, None)
-            self._cancel_on(wire, {"idempotencyKey": entry.key})
-        if entry.generation is not None:
-            self.breaker.release(generation=entry.generation)
-            entry.generation = None
-
-    def _start_reconnect(self) -> None:
-        if self._closed or (self._reconnect_task is not None and not self._reconnect_task.done()):
-            return
-        self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
-
-    async def _reconnect(self) -> None:
-        delays = self.retry.delays()
-        breaker = self.breaker
-        clock = self.clock
-        outage_started = clock.now()
-        while not self._closed:
-            if not breaker.try_acquire():
-                # Open: no attempts until its wait is over (then a half-open trial connect).
-                await clock.sleep(max(breaker.retry_after(), self.retry.initial_delay))
-                continue
-            generation = breaker.generation
-            started = clock.now()
-            try:
-                await self._open()
-            except (ConnectionLost, BridgeTimeout) as exc:
-                if started - outage_started >= self.outage_grace:
-                    breaker.on_error(clock.now() - started, exc, generation=generation)
-                else:  # a server restarting is expected to refuse for a moment
-                    breaker.release(generation=generation)
-                last: BridgeError = exc
-            except BridgeError as exc:  # refused for good: a crash loop, a bad token
-                breaker.release(generation=generation)
-                self._fail_outbox(exc)
-                return
-            else:
-                breaker.on_success(clock.now() - started, generation=generation)
-                break
-            delay = next(delays, None)
-            if delay is None:
-                self._fail_outbox(ConnectionLost(f"gave up reconnecting: {last.detail}"))
-                return
-            await clock.sleep(delay)
-        self.reconnects += 1
-        self._flush()
-
-    def _fail_outbox(self, error: BridgeError) -> None:
-        for entry in self.outbox.pending():
-            self.outbox.done(entry)
-            if entry.generation is not None:
-                self.breaker.release(generation=entry.generation)
-            if entry.future is not None and not entry.future.done():
-                entry.future.set_exception(error)
-                entry.future.exception()  # the caller may be gone; never "never retrieved"
-
     # -- incoming -------------------------------------------------------------------------
-    def _on_message(self, wire: _Wire, msg: dict[str, Any]) -> None:
+    def _on_message(self, wire: Wire, msg: dict[str, Any]) -> None:
         method = msg.get("method")
         if method is not None:
             for handler in list(self._handlers.get(method, ())):
@@ -409,32 +226,13 @@ class BridgeClient:
         future = wire.pending.pop(msg_id, None)
         if future is not None:
             if not future.done():
-                _settle(future, msg)
+                settle(future, msg)
             return
         entry = wire.entries.pop(msg_id, None)
         if entry is not None:
             self._entry_answered(entry, msg)
 
-    def _entry_answered(self, entry: OutboxEntry, msg: dict[str, Any]) -> None:
-        entry.sent_id = None
-        error = msg.get("error")
-        if (
-            type(error) is dict
-            and type(error.get("data")) is dict
-            and error["data"].get("shuttingDown")
-        ):
-            return  # not run: it stays queued and goes again after the reconnect
-        self.outbox.done(entry)
-        if entry.generation is not None:
-            duration = self.clock.now() - entry.enqueued_at
-            self.breaker.on_success(duration, generation=entry.generation)
-            entry.generation = None
-        if entry.future is not None and not entry.future.done():
-            _settle(entry.future, msg)
-            if entry.recovered:
-                entry.future.exception()  # kept in `recovered`; no warning if nobody looks
-
-    def _on_lost(self, wire: _Wire, exc: Exception | None) -> None:
+    def _on_lost(self, wire: Wire, exc: Exception | None) -> None:
         if self._wire is wire:
             self._wire = None
         lost = ConnectionLost(f"connection to {self._where()} lost" + (f": {exc}" if exc else ""))
@@ -509,16 +307,6 @@ class BridgeClient:
             await client.close()
             raise
         return client
-
-
-def _settle(future: asyncio.Future[Any], msg: dict[str, Any]) -> None:
-    error = msg.get("error")
-    if error is not None:
-        future.set_exception(
-            jsonrpc.error_from_wire(error if type(error) is dict else {"message": str(error)})
-        )
-    else:
-        future.set_result(msg.get("result"))
 
 
 __all__ = ["DEFAULT_BREAKER", "BridgeClient", "default_retry"]
