@@ -1,0 +1,134 @@
+"""What the server keeps on disk and where: the idempotency journal, socket and state paths."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from lapce_bridge.core.errors import InvalidParams, PermissionDenied
+from lapce_bridge.ipc.idempotency import Idempotency
+from lapce_bridge.ipc.journal import EntryState, IdempotencyJournal
+from lapce_bridge.ipc.paths import (
+    default_socket_path,
+    default_state_dir,
+    ensure_private_dir,
+    prepare_socket_path,
+)
+from lapce_bridge.ipc.serve_cmd import journal_path, serve
+
+
+def test_journal_records_outcomes_and_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "j.sqlite3"
+    with IdempotencyJournal(path) as journal:
+        journal.begin("done", "fs/write")
+        journal.finish("done", True, b'{"size":3}')
+        journal.begin("crashed", "terminal/execute")  # never finished: the process "dies"
+        assert journal.get("nope") is None
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    with IdempotencyJournal(path) as journal:
+        done = journal.get("done")
+        assert done is not None
+        assert (done.state, done.ok, done.payload) == (EntryState.DONE, True, b'{"size":3}')
+        crashed = journal.get("crashed")
+        assert crashed is not None
+        assert crashed.state is EntryState.INTERRUPTED
+        assert journal.statistics().interrupted_at_open == 1
+
+
+def test_an_interrupted_key_is_answered_outcome_unknown_and_never_rerun(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    with IdempotencyJournal(path) as journal:
+        journal.begin("k", "terminal/execute")
+    table = Idempotency(IdempotencyJournal(path).open())
+    found = table.lookup("k", "terminal/execute")
+    assert isinstance(found, tuple)
+    ok, payload = found
+    assert not ok
+    error = orjson.loads(payload)
+    assert error["code"] == -32603
+    assert error["data"]["outcome"] == "unknown"
+    assert error["data"]["retryable"] is False
+    with pytest.raises(InvalidParams, match="first used for terminal/execute"):
+        table.lookup("k", "fs/write")
+    table.journal.close()
+
+
+def test_journal_is_bounded_by_entries_and_bytes(tmp_path: Path) -> None:
+    with IdempotencyJournal(tmp_path / "j.sqlite3", max_entries=50, max_bytes=10_000) as j:
+        j.begin("running", "m")  # a running row is never pruned
+        for i in range(200):
+            j.begin(f"k{i}", "m")
+            j.finish(f"k{i}", True, b"x" * 10)
+        stats = j.statistics()
+        assert stats.entries <= 50
+        assert stats.pruned >= 150
+        assert j.get("k0") is None
+        assert j.get("k199") is not None
+        assert j.get("running") is not None
+        for i in range(20):
+            j.begin(f"big{i}", "m")
+            j.finish(f"big{i}", True, b"y" * 3000)
+        assert j.statistics().stored_bytes <= 10_000
+        assert j.get("big19") is not None
+
+
+def test_socket_path_rules(tmp_path: Path) -> None:
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    assert default_socket_path({"XDG_RUNTIME_DIR": str(runtime)}) == (
+        runtime / "lapce-bridge" / "bridge.sock"
+    )
+    fallback = default_socket_path({"XDG_RUNTIME_DIR": str(tmp_path / "missing")})
+    assert fallback.parent.name == f"lapce-bridge-{os.getuid()}"
+    assert default_state_dir({"XDG_STATE_HOME": str(tmp_path)}) == tmp_path / "lapce-bridge"
+    assert default_state_dir({}) == Path.home() / ".local" / "state" / "lapce-bridge"
+
+
+def test_private_dir_is_tightened_and_a_symlink_refused(tmp_path: Path) -> None:
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o755)
+    os.chmod(loose, 0o755)
+    ensure_private_dir(loose)
+    assert stat.S_IMODE(loose.stat().st_mode) == 0o700
+    link = tmp_path / "link"
+    link.symlink_to(loose)
+    with pytest.raises(PermissionDenied, match="symlink"):
+        ensure_private_dir(link)
+    with pytest.raises(PermissionDenied, match="too long"):
+        prepare_socket_path(tmp_path / ("x" * 120) / "bridge.sock")
+
+
+def test_each_endpoint_has_its_own_journal(tmp_path: Path) -> None:
+    a = journal_path(tmp_path, "unix:/run/a.sock")
+    b = journal_path(tmp_path, "unix:/run/b.sock")
+    assert a != b
+    assert a == journal_path(tmp_path, "unix:/run/a.sock")
+    assert a.suffix == ".sqlite3"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--stdio", "--socket", "x.sock"], "choose one of"),
+        (["--listen", "127.0.0.1:9999"], "--listen needs --token-file"),
+        (["--listen", "nonsense"], "expected HOST:PORT"),
+        (["--extra-methods", "no_colon"], "expected MODULE:ATTRIBUTE"),
+    ],
+)
+def test_serve_refuses_bad_options(tmp_path: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(serve, [*args, "--state-dir", str(tmp_path / "s")])
+    assert result.exit_code == 2 or result.exit_code == 1
+    assert message in result.output
+
+
+def test_serve_refuses_an_empty_token_file(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("\n")
+    result = CliRunner().invoke(serve, ["--listen", "127.0.0.1:0", "--token-file", str(token)])
+    assert result.exit_code == 2
+    assert "is empty" in result.output
