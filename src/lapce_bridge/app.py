@@ -12,6 +12,9 @@ with what exists. Wiring, in one place:
   so services can be built before the server that will carry their notifications.
 - Health alerts published on the bus leave as `health/alert` broadcasts.
 - The degradation manager decides which optional features are on; services ask it.
+- With services (the serving configuration) a resource manager samples memory pressure: it
+  steps quality down and up, feeds `pressure` in health, and `admit()` refuses new async
+  (expensive) requests with -32005 while it throttles.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from lapce_bridge.core.events import EventBus
 from lapce_bridge.core.health import ALERT_TYPES, HealthMonitor
 from lapce_bridge.core.metrics import MetricsRegistry
 from lapce_bridge.core.timeouts import TimeoutManager
+from lapce_bridge.resources import ResourceManager
 from lapce_bridge.rpc import Broadcast, CallContext, Method, Params, method
 
 log = logging.getLogger("lapce_bridge.app")
@@ -49,6 +53,7 @@ class App:
         services: bool = True,
         extra_methods: Mapping[str, Method] | MethodsFactory | None = None,
         timeouts: TimeoutManager | None = None,
+        monitor_resources: bool | None = None,
     ) -> None:
         self.clock: Clock = clock if clock is not None else SYSTEM_CLOCK
         self.workspace = (workspace or Path.cwd()).resolve()
@@ -61,6 +66,9 @@ class App:
         self.timeouts = timeouts or TimeoutManager(clock=self.clock)
         self.breakers: dict[str, CircuitBreaker] = {}
         self._want_services = services
+        # The serving configuration samples memory pressure; a bare method table does not.
+        self._want_resources = services if monitor_resources is None else monitor_resources
+        self.resources: ResourceManager | None = None
         self._extra = extra_methods
         self._sinks: list[Broadcast] = []
         self._methods: dict[str, Method] = self._own_methods()
@@ -79,6 +87,11 @@ class App:
 
     def features(self) -> dict[str, bool]:
         return self.degradation.features()
+
+    def admit(self, operation: str) -> None:
+        """Refuse new expensive work (ResourceExhausted) while memory pressure is high."""
+        if self.resources is not None:
+            self.resources.admit(operation)
 
     def add_broadcast_sink(self, sink: Broadcast) -> Callable[[], None]:
         self._sinks.append(sink)
@@ -104,7 +117,7 @@ class App:
             quality_level=self.degradation.level,
             features=self.degradation.features(),
             breakers=breakers,
-            pressure=0.0,
+            pressure=min(100.0, max(0.0, self.resources.pressure)) if self.resources else 0.0,
         )
 
     def _own_methods(self) -> dict[str, Method]:
@@ -131,6 +144,14 @@ class App:
         await stack.__aenter__()
         self._stack = stack
         try:
+            if self._want_resources:
+                self.resources = await stack.enter_async_context(
+                    ResourceManager(
+                        clock=self.clock,
+                        degrade=self.degradation.degrade,
+                        restore=self.degradation.restore,
+                    )
+                )
             if self._want_services:
                 await self._open_services(stack)
             extra = self._extra

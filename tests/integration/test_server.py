@@ -549,3 +549,23 @@ async def test_tcp_requires_the_token_first(tmp_path: Path) -> None:
 def test_frame_helper_matches_the_codec() -> None:
     assert frame({"a": 1}) == b'Content-Length: 7\r\n\r\n{"a":1}'
     assert os.sep == "/"
+
+
+async def test_async_work_is_refused_under_memory_pressure(tmp_path: Path) -> None:
+    from lapce_bridge.core.pressure import ResourceSample
+    from lapce_bridge.resources import ResourceManager
+
+    async with running(tmp_path) as srv:
+        manager = ResourceManager(budget_bytes=1000, sampler=lambda: ResourceSample(5000, 50.0))
+        await manager.check()
+        assert manager.statistics().throttled
+        srv.app.resources = manager
+        c = await srv.client()
+        refused = await c.request("test/sleep", {"s": 0})
+        assert refused["error"]["code"] == -32005
+        assert "memory pressure" in refused["error"]["message"]
+        assert (await c.request("ping"))["result"] == {"pong": True}  # cheap work still served
+        health = (await c.request("health/get"))["result"]
+        assert health["pressure"] == 100.0
+        assert health["status"] == "unhealthy"
+        await c.close()

@@ -143,6 +143,8 @@ class RequestDispatch(_Connected):
             raise InvalidParams(f"{req.method} takes its params as an object")
         if req.id in self._inflight:
             raise InvalidRequest(f"request id {req.id!r} is already in flight")
+        if method.is_async:
+            self._server.admit(method.operation)  # cheap inline methods are always served
         key = params.get("idempotencyKey")
         ctx = RequestContext(self, self._server.clock.now())
         return Prepared(req.method, method, params, ctx, None if key is None else check_key(key))

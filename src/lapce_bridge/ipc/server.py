@@ -64,6 +64,8 @@ class ServerApp(Protocol):
 
     def features(self) -> dict[str, bool]: ...
 
+    def admit(self, operation: str) -> None: ...
+
     def add_broadcast_sink(self, sink: Broadcast) -> Callable[[], None]: ...
 
 
@@ -107,6 +109,7 @@ class BridgeServer:
         self.idempotency = Idempotency(self.journal)
         self.timeouts = app.timeouts
         self.observe = app.observe
+        self.admit = app.admit
         self.methods: dict[str, Method] = {**app.methods, **self._builtins()}
         self.connections: dict[int, Connection] = {}
         self.shutting_down = False
