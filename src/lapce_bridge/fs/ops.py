@@ -1,0 +1,62 @@
+"""The operating-system calls the file service makes, behind one small object.
+
+Theory of operation: every call the service makes on the file system goes through an `FsOps`
+(the `os` functions it needs, under the same names and signatures), so a test can swap in
+`lapce_bridge.testing.faultfs.FaultyFs` and make any call fail with a chosen errno, return
+short, or be interrupted, on a healthy disk. `RealFs` binds the `os` builtins themselves as
+attributes (not wrapper methods), so going through the object costs one attribute lookup and
+nothing else on the cached-read path.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+
+class FsOps(Protocol):
+    """The `os` calls the file service uses; each behaves (and fails) as `os.<name>` does."""
+
+    def stat(self, path: str) -> os.stat_result: ...
+    def lstat(self, path: str) -> os.stat_result: ...
+    def open(self, path: str, flags: int, mode: int = 0o777) -> int: ...
+    def fstat(self, fd: int) -> os.stat_result: ...
+    def read(self, fd: int, n: int) -> bytes: ...
+    def write(self, fd: int, data: bytes | memoryview) -> int: ...
+    def fsync(self, fd: int) -> None: ...
+    def fchmod(self, fd: int, mode: int) -> None: ...
+    def fchown(self, fd: int, uid: int, gid: int) -> None: ...
+    def close(self, fd: int) -> None: ...
+    def replace(self, src: str, dst: str) -> None: ...
+    def unlink(self, path: str) -> None: ...
+    def mkdir(self, path: str, mode: int = 0o777) -> None: ...
+    def scandir(self, path: str) -> list[os.DirEntry[str]]: ...
+
+
+def _scandir(path: str) -> list[os.DirEntry[str]]:
+    with os.scandir(path) as it:
+        return list(it)
+
+
+class RealFs:
+    """The real calls: the `os` functions bound as attributes."""
+
+    stat = staticmethod(os.stat)
+    lstat = staticmethod(os.lstat)
+    open = staticmethod(os.open)
+    fstat = staticmethod(os.fstat)
+    read = staticmethod(os.read)
+    write = staticmethod(os.write)
+    fsync = staticmethod(os.fsync)
+    fchmod = staticmethod(os.fchmod)
+    fchown = staticmethod(os.fchown)
+    close = staticmethod(os.close)
+    replace = staticmethod(os.replace)
+    unlink = staticmethod(os.unlink)
+    mkdir = staticmethod(os.mkdir)
+    scandir = staticmethod(_scandir)
+
+
+REAL_FS: FsOps = RealFs()
+
+__all__ = ["REAL_FS", "FsOps", "RealFs"]

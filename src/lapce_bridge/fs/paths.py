@@ -1,0 +1,80 @@
+"""Workspace confinement: every client path resolves to a real path inside the workspace root.
+
+Theory of operation: a path from a client is a `str`, relative to the workspace root or
+absolute. It is joined to the root and resolved with `os.path.realpath` semantics: every
+symlink along the existing prefix is followed, `..` is applied after the symlink it follows
+(as the kernel does), and a missing tail (the target of a write, the folders `createDirs`
+will make) is kept as written. The result must be the root or lie below it; otherwise the
+request is refused with `PermissionDenied` (-32006), whether it escaped by `..`, by an
+absolute path or through a symlink (a dangling one included: realpath reads the link).
+
+Invariants: the returned path is absolute, normalised, free of symlinks on its existing
+prefix, and inside the root; a non-str, empty, or NUL-containing path is `InvalidParams`.
+Confinement is a check made when the request arrives: it guards against what a client asks
+for, not against a local process racing to swap a folder for a symlink between the check and
+the open (that needs `openat2(RESOLVE_BENEATH)`, which Python does not offer).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lapce_bridge.core.errors import InvalidParams, PermissionDenied
+
+
+class Workspace:
+    __slots__ = ("_memo", "_prefix", "memo_limit", "root")
+
+    def __init__(self, root: Path | str, *, memo_limit: int = 4096) -> None:
+        real = os.path.realpath(root)
+        if not os.path.isdir(real):
+            raise InvalidParams(f"workspace {str(root)!r} is not a folder")
+        self.root = real
+        self._prefix = real if real.endswith(os.sep) else real + os.sep
+        self._memo: dict[str, str] = {}
+        self.memo_limit = memo_limit
+
+    def contains(self, real: str) -> bool:
+        return real == self.root or real.startswith(self._prefix)
+
+    def resolve(self, raw: object, *, what: str = "path") -> str:
+        """The real absolute path `raw` names, refused unless it lies inside the workspace."""
+        if not isinstance(raw, str):
+            raise InvalidParams(f"{what} must be a string, got {type(raw).__name__}")
+        if not raw:
+            raise InvalidParams(f"{what} must not be empty (use '.' for the workspace root)")
+        if "\0" in raw:
+            raise InvalidParams(f"{what} must not contain NUL bytes")
+        real = os.path.realpath(os.path.join(self.root, raw))
+        if real != self.root and not real.startswith(self._prefix):
+            raise PermissionDenied(
+                f"{what} {raw!r} resolves to {real!r}, outside the workspace {self.root!r}"
+            )
+        memo = self._memo
+        if len(memo) >= self.memo_limit:
+            memo.clear()
+        memo[raw] = real
+        return real
+
+    def remembered(self, raw: str) -> str | None:
+        """The real path `raw` resolved to last time, if it was resolved before.
+
+        Only for validating a cached read: a symlink swapped in since makes `stat` of this
+        path land on another file, whose identity then differs from the cached one, so the
+        reader falls back to `resolve` and nothing outside the workspace is ever served.
+        """
+        return self._memo.get(raw)
+
+    def relative(self, real: str) -> str:
+        """`real` relative to the root, in POSIX form ('.' for the root itself)."""
+        if real == self.root:
+            return "."
+        rel = real[len(self._prefix) :] if real.startswith(self._prefix) else real
+        return rel if os.sep == "/" else rel.replace(os.sep, "/")
+
+    def forget(self) -> None:
+        self._memo.clear()
+
+
+__all__ = ["Workspace"]
