@@ -162,22 +162,47 @@ async def test_a_crash_looping_server_is_given_up_with_a_clear_error(tmp_path: P
         )
 
 
-async def test_sigterm_drains_and_removes_the_socket(tmp_path: Path) -> None:
+async def start_server(tmp_path: Path, *extra: str) -> tuple[asyncio.subprocess.Process, Path]:
     sock = tmp_path / "run" / "bridge.sock"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "lapce_bridge", "serve", "--socket", str(sock),
-        "--state-dir", str(tmp_path / "state"),
+        "--state-dir", str(tmp_path / "state"), "--extra-methods", EXTRA, *extra,
         env=server_env(),
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stderr is not None
     ready = await asyncio.wait_for(proc.stderr.readline(), 30)
     assert ready.decode().strip() == f"lapce-bridge: listening on unix:{sock}"
+    return proc, sock
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_drains_and_removes_the_socket(tmp_path: Path, sig: signal.Signals) -> None:
+    proc, sock = await start_server(tmp_path)
     async with BridgeClient(sock) as client:
         assert await client.request("ping") == {"pong": True}
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     assert not sock.exists()
+
+
+async def test_a_second_signal_cuts_the_drain_short(tmp_path: Path) -> None:
+    proc, sock = await start_server(tmp_path, "--shutdown-grace", "60")
+    ledger = tmp_path / "ledger.txt"
+    async with BridgeClient(sock) as client:
+        hung = asyncio.create_task(client.request("test/hang", {"file": str(ledger)}))
+        for _ in range(500):
+            if ledger.exists():
+                break
+            await asyncio.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        assert proc.returncode is None  # draining: the hung request may still finish
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        with pytest.raises(Unavailable, match="shutting down") as info:
+            await hung
+        assert info.value.data["shuttingDown"] is True
 
 
 async def test_stdio_transport(tmp_path: Path) -> None:

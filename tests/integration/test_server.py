@@ -322,6 +322,25 @@ async def test_batches(tmp_path: Path) -> None:
         await c.close()
 
 
+async def test_a_batch_in_flight_is_cancelled_with_its_connection(tmp_path: Path) -> None:
+    async with running(tmp_path) as srv:
+        c = await srv.client()
+        c.send(
+            [
+                {"jsonrpc": "2.0", "id": 1, "method": "test/wait"},
+                {"jsonrpc": "2.0", "id": 2, "method": "ping"},
+            ]
+        )
+        await srv.probe.wait_started(1)
+        await c.close()
+        for _ in range(200):
+            if srv.probe.cancelled:
+                break
+            await asyncio.sleep(0.01)
+        assert srv.probe.cancelled == 1
+        assert srv.server.statistics().inflight == 0
+
+
 async def test_idempotent_requests_run_once_and_share_the_outcome(tmp_path: Path) -> None:
     async with running(tmp_path) as srv:
         c = await srv.client()

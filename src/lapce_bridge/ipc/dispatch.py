@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -108,7 +108,7 @@ class RequestDispatch(_Connected):
         self._inflight: dict[RequestId, asyncio.Task[Any]] = {}
         self._inflight_keys: dict[RequestId, str] = {}
         self._cancelled_ids: set[RequestId] = set()
-        self._batch_tasks: set[asyncio.Task[None]] = set()
+        self._batch_tasks: set[asyncio.Task[Any]] = set()
         self.requests = 0
 
     @property
@@ -300,18 +300,22 @@ class RequestDispatch(_Connected):
                 except BridgeError as exc:
                     answers.append(jsonrpc.error_dict(item.id, exc))
                     continue
-                answers.append(self._execute(item.id, prep))
+                # Requests inside a batch run together, cancelled only with the connection.
+                answers.append(self._batch_task(self._execute(item.id, prep)))
         if not answers:
             return  # a batch of notifications only: no response at all
         if all(type(a) is dict for a in answers):
             self._write(jsonrpc.dumps(answers))
             return
-        task = asyncio.get_running_loop().create_task(self._respond_batch(answers))
+        self._batch_task(self._respond_batch(answers))
+
+    def _batch_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
         self._batch_tasks.add(task)
         task.add_done_callback(self._batch_tasks.discard)
+        return task
 
     async def _respond_batch(self, answers: list[Any]) -> None:
-        # Requests inside a batch run together and are cancelled only with the connection.
         pending = [a for a in answers if type(a) is not dict]
         results = iter(await asyncio.gather(*pending))
         self._write(jsonrpc.dumps([a if type(a) is dict else next(results) for a in answers]))

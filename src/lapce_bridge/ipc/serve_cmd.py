@@ -108,9 +108,13 @@ async def run_server(opts: ServeOptions, *, announce: Callable[[str], None] | No
             else:
                 assert socket_path is not None
                 await server.listen_unix(socket_path)
+            # Signals stay captured through the drain: a second one cuts it short.
             with capture_signals(server.request_shutdown):
                 (announce or _announce)(where)
-                await server.wait_for_shutdown()
+                try:
+                    await server.wait_for_shutdown()
+                finally:
+                    await server.aclose()
         finally:
             await server.aclose()
 
