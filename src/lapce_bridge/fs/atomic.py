@@ -123,8 +123,13 @@ def write_atomic(
     expected_mtime_ns: int | None = None,
     create_dirs: bool = False,
     durable: bool = True,
+    sync_folder: bool | None = None,
 ) -> os.stat_result:
-    """Replace `target` with `data` atomically; returns the new file's stat."""
+    """Replace `target` with `data` atomically; returns the new file's stat.
+
+    `durable` fsyncs the content before the rename and, unless `sync_folder` says otherwise,
+    the folder after it (a caller that retries the folder's sync on its own passes False).
+    """
     parent = os.path.dirname(target)
     if create_dirs:
         make_dirs(parent, ops=ops)
@@ -166,7 +171,7 @@ def write_atomic(
             ops.close(fd)
         except OSError:
             pass  # the data was already fsynced (or the write already failed)
-    if durable:
+    if durable if sync_folder is None else sync_folder:
         fsync_dir(parent, ops=ops)
     return result
 

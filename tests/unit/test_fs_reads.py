@@ -1,0 +1,356 @@
+"""FileStore reads: cache, every errno path, stale fallback, staleness, limits (FakeClock)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from lapce_bridge.core.errors import (
+    ErrorCategory,
+    FileSystemError,
+    FileTooLarge,
+    InvalidParams,
+    PermissionDenied,
+)
+from lapce_bridge.core.retry import RetryPolicy
+from lapce_bridge.fs.cache import FileCache
+from lapce_bridge.fs.files import FileStore
+from lapce_bridge.fs.ops import REAL_FS, FsOps
+from lapce_bridge.fs.paths import Workspace
+from lapce_bridge.testing import FakeClock
+from lapce_bridge.testing.faultfs import Fault, FaultyFs
+
+SCHEDULE = [0.05, 0.1, 0.2]  # the policy below: 4 attempts, no jitter
+
+
+def make_store(
+    root: Path,
+    clock: FakeClock,
+    ops: FsOps = REAL_FS,
+    *,
+    jitter: float = 0.0,
+    **kw: object,
+) -> FileStore:
+    retry = RetryPolicy(
+        max_attempts=4, initial_delay=0.05, max_delay=0.5, jitter=jitter, clock=clock,
+        rng=random.Random(7),
+    )  # fmt: skip
+    kw.setdefault("racy_window_ns", 0)
+    return FileStore(Workspace(root), cache=FileCache(), retry=retry, ops=ops, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    (tmp_path / "a.txt").write_text("alpha")
+    (tmp_path / "dir").mkdir()
+    return tmp_path
+
+
+@pytest.fixture
+def jumpy() -> FakeClock:
+    return FakeClock(autojump=True)
+
+
+async def test_first_read_from_disk_then_from_cache_with_one_stat(
+    root: Path, jumpy: FakeClock
+) -> None:
+    fs = FaultyFs()
+    store = make_store(root, jumpy, fs)
+    first = await store.read("a.txt")
+    assert (first.data, first.from_cache, first.stale) == (b"alpha", False, False)
+    fs.calls.clear()
+    second = await store.read("a.txt")
+    assert (second.data, second.from_cache) == (b"alpha", True)
+    assert [c.op for c in fs.calls] == ["stat"]
+    assert second.mtime_ns == os.stat(root / "a.txt").st_mtime_ns
+    s = store.statistics()
+    assert (s.reads, s.cache_hits, s.disk_reads) == (2, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "err", [errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED,
+            errno.ESTALE, errno.EBUSY],
+    ids=errno.errorcode.get,
+)  # fmt: skip
+async def test_transient_errors_recover_on_the_backoff_schedule(
+    root: Path, jumpy: FakeClock, err: int
+) -> None:
+    fs = FaultyFs(faults=[Fault("open", err, times=2)])
+    store = make_store(root, jumpy, fs)
+    result = await store.read("a.txt")
+    assert result.data == b"alpha"
+    assert not result.stale
+    assert jumpy.sleeps == SCHEDULE[:2]
+    assert fs.count("open") == 3
+    assert store.retry.statistics().recovered == 1
+
+
+@pytest.mark.parametrize("op", ["stat", "open", "fstat", "read"])
+async def test_every_call_of_a_read_is_covered_by_the_retry(
+    root: Path, jumpy: FakeClock, op: str
+) -> None:
+    fs = FaultyFs(faults=[Fault(op, errno.EIO, times=1, after=0)])
+    store = make_store(root, jumpy, fs)
+    assert (await store.read("a.txt")).data == b"alpha"
+    assert fs.count(op, "EIO") == 1
+
+
+async def test_eintr_is_retried_at_once(root: Path, jumpy: FakeClock) -> None:
+    fs = FaultyFs(faults=[Fault("read", errno.EINTR, times=3)])
+    store = make_store(root, jumpy, fs)
+    assert (await store.read("a.txt")).data == b"alpha"
+    assert jumpy.sleeps == []
+    assert store.retry.statistics().eintr_retries == 3
+
+
+async def test_a_file_that_ends_early_is_read_again(root: Path, jumpy: FakeClock) -> None:
+    fs = FaultyFs(faults=[Fault("read", eof=True, times=1)])
+    store = make_store(root, jumpy, fs)
+    assert (await store.read("a.txt")).data == b"alpha"
+    assert jumpy.sleeps == [0.05]
+    assert fs.count("open") == 2
+
+
+async def test_short_reads_are_continued_not_retried(root: Path, jumpy: FakeClock) -> None:
+    payload = os.urandom(50_000)
+    (root / "big.bin").write_bytes(payload)
+    fs = FaultyFs(faults=[Fault("read", short=True, times=6)])
+    store = make_store(root, jumpy, fs)
+    assert (await store.read("big.bin")).data == payload
+    assert jumpy.sleeps == []
+    assert fs.count("open") == 1
+
+
+async def test_exhausted_retries_serve_the_previous_content_as_stale(
+    root: Path, jumpy: FakeClock
+) -> None:
+    fs = FaultyFs()
+    store = make_store(root, jumpy, fs)
+    await store.read("a.txt")
+    (root / "a.txt").write_text("changed on a disk that now fails")
+    fs.add(Fault("open", errno.EIO, times=None))
+    result = await store.read("a.txt")
+    assert (result.data, result.stale, result.from_cache) == (b"alpha", True, True)
+    assert "EIO" in result.stale_reason
+    assert "a.txt" in result.stale_reason
+    assert jumpy.sleeps == SCHEDULE
+    assert fs.count("open", "EIO") == 4
+    assert store.statistics().stale_served == 1
+
+
+async def test_exhausted_retries_without_a_cached_copy_fail_classified(
+    root: Path, jumpy: FakeClock
+) -> None:
+    fs = FaultyFs(faults=[Fault("open", errno.EIO, times=None)])
+    store = make_store(root, jumpy, fs)
+    with pytest.raises(FileSystemError) as info:
+        await store.read("a.txt")
+    exc = info.value
+    assert exc.code == -32004
+    assert exc.errno == errno.EIO
+    assert exc.classification.retryable
+    assert exc.classification.category is ErrorCategory.FILESYSTEM
+    assert exc.data == {"errno": "EIO", "path": "a.txt"}
+    assert isinstance(exc.__cause__, OSError)
+    assert jumpy.sleeps == SCHEDULE
+    assert store.statistics().read_failures == 1
+
+
+async def test_missing_file_fails_at_once_and_forgets_the_cached_copy(
+    root: Path, jumpy: FakeClock
+) -> None:
+    store = make_store(root, jumpy)
+    await store.read("a.txt")
+    (root / "a.txt").unlink()
+    with pytest.raises(FileSystemError) as info:
+        await store.read("a.txt")
+    assert info.value.errno == errno.ENOENT
+    assert not info.value.classification.retryable
+    assert jumpy.sleeps == []
+    assert store.cache.get_any(store.workspace.resolve("a.txt")) is None
+
+
+async def test_permission_denied_fails_at_once(root: Path, jumpy: FakeClock) -> None:
+    fs = FaultyFs(faults=[Fault("open", errno.EACCES, times=None)])
+    store = make_store(root, jumpy, fs)
+    with pytest.raises(PermissionDenied) as info:
+        await store.read("a.txt")
+    assert info.value.code == -32006
+    assert not info.value.classification.retryable
+    assert fs.count("open") == 1
+    assert jumpy.sleeps == []
+
+
+async def test_folder_and_not_a_folder_fail_at_once(root: Path, jumpy: FakeClock) -> None:
+    store = make_store(root, jumpy)
+    with pytest.raises(FileSystemError) as info:
+        await store.read("dir")
+    assert info.value.errno == errno.EISDIR
+    with pytest.raises(FileSystemError) as info:
+        await store.read("a.txt/inside")
+    assert info.value.errno == errno.ENOTDIR
+    assert jumpy.sleeps == []
+
+
+async def test_a_fifo_is_refused_without_blocking(root: Path, jumpy: FakeClock) -> None:
+    os.mkfifo(root / "pipe")
+    store = make_store(root, jumpy)
+    with pytest.raises(FileSystemError, match="not a regular file") as info:
+        await store.read("pipe")
+    assert not info.value.classification.retryable
+
+
+async def test_escapes_and_bad_paths_are_refused_before_any_io(
+    root: Path, jumpy: FakeClock
+) -> None:
+    fs = FaultyFs()
+    store = make_store(root / "dir", jumpy, fs)
+    with pytest.raises(PermissionDenied):
+        await store.read("../a.txt")
+    with pytest.raises(InvalidParams):
+        await store.read(None)
+    with pytest.raises(InvalidParams):
+        await store.read("a\0")
+    assert fs.calls == []
+
+
+async def test_too_large_is_refused_before_reading(root: Path, jumpy: FakeClock) -> None:
+    (root / "big").write_bytes(b"x" * 101)
+    fs = FaultyFs()
+    store = make_store(root, jumpy, fs, max_file_bytes=100)
+    with pytest.raises(FileTooLarge) as info:
+        await store.read("big")
+    assert info.value.data == {"size": 101, "limit": 100}
+    assert fs.count("read") == 0
+    assert jumpy.sleeps == []
+
+
+def rewrite_in_place(path: Path, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.write(data)
+
+
+class GrowingFs(FaultyFs):
+    """Appends to the file right after its size was taken, as a writer racing the read would."""
+
+    def fstat(self, fd: int) -> os.stat_result:
+        st = super().fstat(fd)
+        path = self._fd_path(fd)
+        assert path is not None
+        with open(path, "ab") as f:
+            f.write(b"y" * 200)
+        return st
+
+
+async def test_a_file_growing_past_the_limit_while_read_is_refused(
+    root: Path, jumpy: FakeClock
+) -> None:
+    (root / "log").write_bytes(b"x" * 50)
+    store = make_store(root, jumpy, GrowingFs(), max_file_bytes=100)
+    with pytest.raises(FileTooLarge):
+        await store.read("log")
+
+
+async def test_a_file_growing_within_the_limit_is_read_whole(root: Path, jumpy: FakeClock) -> None:
+    (root / "log").write_bytes(b"x" * 50)
+    store = make_store(root, jumpy, GrowingFs())
+    result = await store.read("log")
+    assert result.data == b"x" * 50 + b"y" * 200
+    # The identity recorded is the one before the growth, so the next read goes to disk.
+    assert not (await store.read("log")).from_cache
+
+
+async def test_large_files_are_read_in_a_thread(root: Path, jumpy: FakeClock) -> None:
+    payload = os.urandom(5000)
+    (root / "large").write_bytes(payload)
+    store = make_store(root, jumpy, thread_read_bytes=1000)
+    assert (await store.read("large")).data == payload
+    assert (await store.read("a.txt")).data == b"alpha"
+    assert store.statistics().threaded_reads == 1
+
+
+async def test_an_atomic_replace_with_the_same_size_and_mtime_is_seen(
+    root: Path, jumpy: FakeClock
+) -> None:
+    store = make_store(root, jumpy)
+    assert (await store.read("a.txt")).data == b"alpha"
+    st = os.stat(root / "a.txt")
+    (root / "b.tmp").write_text("omega")
+    os.utime(root / "b.tmp", ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(root / "b.tmp", root / "a.txt")
+    result = await store.read("a.txt")
+    assert result.mtime_ns == st.st_mtime_ns  # same size, same mtime: the inode differs
+    assert (result.data, result.from_cache) == (b"omega", False)
+
+
+async def test_a_racy_entry_is_reread_so_a_same_tick_rewrite_is_seen(
+    root: Path, jumpy: FakeClock
+) -> None:
+    target = root / "a.txt"
+    # "Now" is the instant of the file's last change: every entry is within the racy window.
+    store = make_store(
+        root, jumpy, racy_window_ns=50_000_000, wall_ns=lambda: os.stat(target).st_ctime_ns
+    )
+    assert (await store.read("a.txt")).data == b"alpha"
+    st = os.stat(target)
+    rewrite_in_place(target, b"ALPHA")  # same inode, same size
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    result = await store.read("a.txt")
+    assert (result.data, result.from_cache) == (b"ALPHA", False)
+
+
+async def test_an_entry_older_than_the_racy_window_is_trusted(root: Path, jumpy: FakeClock) -> None:
+    target = root / "a.txt"
+    store = make_store(
+        root,
+        jumpy,
+        racy_window_ns=50_000_000,
+        wall_ns=lambda: os.stat(target).st_ctime_ns + 1_000_000_000,
+    )
+    await store.read("a.txt")
+    assert (await store.read("a.txt")).from_cache
+
+
+async def test_jittered_delays_stay_within_ten_percent(root: Path, jumpy: FakeClock) -> None:
+    fs = FaultyFs(faults=[Fault("open", errno.EIO, times=3)])
+    store = make_store(root, jumpy, fs, jitter=0.1)
+    await store.read("a.txt")
+    assert len(jumpy.sleeps) == 3
+    for got, base in zip(jumpy.sleeps, SCHEDULE, strict=True):
+        assert base * 0.9 <= got <= base * 1.1
+
+
+async def test_cancellation_during_a_backoff_is_not_swallowed(root: Path, clock: FakeClock) -> None:
+    fs = FaultyFs()
+    store = make_store(root, clock, fs)
+    await store.read("a.txt")  # cached: a fallback exists, and still must not be used
+    (root / "a.txt").write_text("changed")
+    fs.add(Fault("open", errno.EIO, times=None))
+    task = asyncio.create_task(store.read("a.txt"))
+    await clock.wait_for_sleepers(1)
+    assert clock.sleeps == [0.05]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert store.statistics().stale_served == 0
+
+
+async def test_exact_delays_step_by_step(root: Path, clock: FakeClock) -> None:
+    fs = FaultyFs(faults=[Fault("open", errno.EIO, times=2)])
+    store = make_store(root, clock, fs)
+    task = asyncio.create_task(store.read("a.txt"))
+    await clock.wait_for_sleepers(1)
+    await clock.advance(0.049)
+    assert fs.count("open") == 1  # still waiting out the first delay
+    await clock.advance(0.001)
+    await clock.wait_for_sleepers(1)
+    assert fs.count("open") == 2
+    await clock.advance(0.1)
+    result = await task
+    assert result.data == b"alpha"
+    assert clock.now() == pytest.approx(0.15)
