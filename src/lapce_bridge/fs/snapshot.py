@@ -10,8 +10,8 @@ followed (a link out of the workspace is never walked). Two operations keep clie
   kind from the file system and the snapshot rather than trusting the report: an atomic
   replace reported as "added" is a modification of a known file; a folder renamed away
   reports only the folder, so everything the snapshot held under it is deleted too (deepest
-  first, as `rm -r` goes); a folder
-  created with content (`mkdir -p a/b && touch a/b/c`) reports only `a`, so it is scanned.
+  first, as `rm -r` goes); a folder created with content (`mkdir -p a/b && touch a/b/c`)
+  reports only `a`, so it is scanned.
   A path that came and went between reports (a temp file) is not reported at all.
 
 Folders are reported added and deleted but never modified (their mtime moves with every
