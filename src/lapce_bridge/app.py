@@ -34,7 +34,7 @@ from lapce_bridge.core.events import EventBus
 from lapce_bridge.core.health import ALERT_TYPES, HealthMonitor
 from lapce_bridge.core.metrics import MetricsRegistry
 from lapce_bridge.core.timeouts import TimeoutManager
-from lapce_bridge.resources import ResourceManager
+from lapce_bridge.resources import Relief, ResourceManager
 from lapce_bridge.rpc import Broadcast, CallContext, Method, Params, method
 
 log = logging.getLogger("lapce_bridge.app")
@@ -175,6 +175,20 @@ class App:
             opened = await stack.enter_async_context(service)
             self.services.append(opened)
             self._methods.update(opened.methods())
+            self._register_relief(opened)
+
+    def _register_relief(self, service: Any) -> None:
+        """Let the resource manager shrink what a service holds under memory pressure."""
+        if self.resources is None:
+            return
+        relief = getattr(service, "relief", None)
+        if callable(relief):
+            self.resources.register(relief())
+            return
+        cache = getattr(service, "cache", None)
+        if cache is not None and hasattr(cache, "trim") and hasattr(cache, "clear"):
+            name = f"{type(service).__name__}.cache"
+            self.resources.register(Relief(name, trim_cache=cache.trim, clear_cache=cache.clear))
 
     def _terminal_service(self) -> Any:
         module = _optional("lapce_bridge.terminal.service")

@@ -132,3 +132,34 @@ def test_serve_refuses_an_empty_token_file(tmp_path: Path) -> None:
     result = CliRunner().invoke(serve, ["--listen", "127.0.0.1:0", "--token-file", str(token)])
     assert result.exit_code == 2
     assert "is empty" in result.output
+
+
+async def test_the_app_serves_the_file_service_when_present(tmp_path: Path) -> None:
+    import importlib.util
+
+    from lapce_bridge.app import App
+    from lapce_bridge.ipc.client import BridgeClient
+    from lapce_bridge.ipc.server import BridgeServer
+
+    if importlib.util.find_spec("lapce_bridge.fs.service") is None:
+        pytest.skip("lapce_bridge.fs.service is absent")
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    sock = tmp_path / "run" / "bridge.sock"
+    async with App(workspace=workspace, state_dir=tmp_path / "state") as app:
+        assert {"fs/read", "fs/write", "health/get"} <= set(app.methods)
+        assert app.resources is not None
+        async with BridgeServer(app) as server:
+            await server.listen_unix(sock)
+            async with BridgeClient(sock) as client:
+                written = await client.send_with_recovery(
+                    "fs/write", {"path": "notes/a.txt", "content": "hi", "createDirs": True}
+                )
+                assert written["size"] == 2
+                read = await client.request("fs/read", {"path": "notes/a.txt"})
+                assert read["content"] == "hi"
+                with pytest.raises(PermissionDenied):
+                    await client.request("fs/read", {"path": "../outside.txt"})
+                metrics = await client.request("metrics/get")
+                assert metrics["operations"]["fs/read"]["count"] >= 1
+    assert (workspace / "notes" / "a.txt").read_text() == "hi"

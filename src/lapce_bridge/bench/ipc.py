@@ -203,6 +203,37 @@ async def terminal_rows(ctx: BenchContext, sock: Path) -> list[Row]:
     return rows
 
 
+_ECHO_SERVER = """
+import asyncio, sys, uvloop
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport): self.transport = transport
+    def data_received(self, data): self.transport.write(data)
+async def main():
+    server = await asyncio.get_running_loop().create_unix_server(Echo, sys.argv[1])
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+uvloop.run(main())
+"""
+
+
+async def echo_floor(workdir: Path, count: int) -> list[float]:
+    """Round trips to a bare uvloop echo server: the floor of any Python server here."""
+    sock = workdir / "echo" / "echo.sock"
+    sock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _ECHO_SERVER, str(sock),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdin is not None
+    try:
+        await asyncio.wait_for(proc.stdout.readline(), 30)
+        return await asyncio.to_thread(ping_round_trips, sock, count, 500)
+    finally:
+        proc.stdin.close()
+        await proc.wait()
+
+
 async def restart_rto(workdir: Path, rounds: int, queued: int) -> list[float]:
     """Seconds from SIGKILL to the last of `queued` requests sent meanwhile being answered."""
     sock = workdir / "rto" / "bridge.sock"
@@ -247,6 +278,16 @@ async def run(ctx: BenchContext) -> list[Row]:
                 note="the full asyncio client: futures, timeouts on the clock",
             )
         )
+        if ctx.baselines:
+            floor = await echo_floor(ctx.workdir, ctx.n(20000, 1000))
+            rows.append(
+                latency_row(
+                    SUITE,
+                    "baseline: uvloop echo over a Unix socket",
+                    floor,
+                    note="the same client against a server that only echoes: the floor",
+                )
+            )
         rates = [
             await asyncio.to_thread(pipelined_rate, sock, ctx.n(100_000, 5000)) for _ in range(3)
         ]
