@@ -1,0 +1,153 @@
+"""One command's run through a terminal: its output, its end, and its result.
+
+Theory of operation: an `Execution` is created when a command is handed to the shell and is
+fed by the terminal's reader: `begin()` when the start mark arrives (633 C, or the tokened
+start of the fallback modes), `feed()` for every text chunk after it, `finish()` once, when the
+end mark arrives (633 D with our nonce, the tokened end, idleness in raw mode, or the shell's
+death). Output is normalised (UTF-8, `\\r\\n`) into a `Spool`, which bounds memory; the
+optional `on_data` callback sees the same text as it arrives.
+
+`done` resolves exactly once with the final `ExecResult`; `snapshot()` builds a non-final one
+(waiting for input, timed out) from the output so far without ending the execution. Times are
+the terminal's clock: `durationMs` runs from `received_at` to the end mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from lapce_bridge.terminal.output import OutputNormalizer
+from lapce_bridge.terminal.result import ExecResult, Mode, Recovery, Status
+from lapce_bridge.terminal.spool import Spool
+
+
+class Execution:
+    __slots__ = (
+        "_normalizer",
+        "cwd",
+        "done",
+        "ended_at",
+        "execution_id",
+        "exit_code",
+        "interrupted",
+        "last_activity",
+        "mode",
+        "on_data",
+        "received_at",
+        "recoveries",
+        "shell",
+        "skip_cr",
+        "spool",
+        "started",
+        "terminal_id",
+        "timed_out",
+        "token",
+    )
+
+    def __init__(
+        self,
+        *,
+        execution_id: str,
+        terminal_id: str,
+        spool: Spool,
+        received_at: float,
+        mode: Mode,
+        shell: str,
+        token: str,
+        on_data: Callable[[str], None] | None,
+        recoveries: list[Recovery],
+    ) -> None:
+        self.execution_id = execution_id
+        self.terminal_id = terminal_id
+        self.spool = spool
+        self.received_at = received_at
+        self.last_activity = received_at
+        self.mode = mode
+        self.shell = shell
+        self.token = token
+        self.on_data = on_data
+        self.recoveries = recoveries
+        self.started = False
+        self.skip_cr = False  # fish returns the cursor to column 0 as the command starts
+        self.timed_out = False
+        self.interrupted = False
+        self.exit_code: int | None = None
+        self.cwd: str | None = None
+        self.ended_at: float | None = None
+        self._normalizer = OutputNormalizer()
+        self.done: asyncio.Future[ExecResult] = asyncio.get_running_loop().create_future()
+
+    @property
+    def finished(self) -> bool:
+        return self.done.done()
+
+    def begin(self, now: float) -> None:
+        self.started = True
+        self.last_activity = now
+
+    def feed(self, data: bytes, now: float) -> None:
+        self.last_activity = now
+        text = self._normalizer.feed(data)
+        if text:
+            if self.skip_cr:
+                self.skip_cr = False
+                if text[0] == "\r" and text[1:2] != "\n":
+                    text = text[1:]
+            if text:
+                self._emit(text)
+
+    def _emit(self, text: str) -> None:
+        self.spool.write(text)
+        if self.on_data is not None:
+            self.on_data(text)
+
+    def finish(
+        self,
+        now: float,
+        *,
+        exit_code: int | None,
+        cwd: str | None,
+        status: Status = Status.COMPLETED,
+        recovery: Recovery | None = None,
+    ) -> ExecResult:
+        if self.done.done():
+            return self.done.result()
+        tail = self._normalizer.flush()
+        if tail:
+            self._emit(tail)
+        self.spool.finish()
+        self.exit_code = exit_code
+        self.cwd = cwd
+        self.ended_at = now
+        if recovery is not None:
+            self.recoveries.append(recovery)
+        if self.timed_out:
+            status = Status.TIMED_OUT
+        elif self.interrupted and status is Status.COMPLETED:
+            status = Status.INTERRUPTED
+        result = self._result(status, now, exit_code)
+        self.done.set_result(result)
+        return result
+
+    def snapshot(self, status: Status, now: float, cwd: str | None) -> ExecResult:
+        """A result for the output so far; the execution keeps running."""
+        self.cwd = cwd
+        return self._result(status, now, None)
+
+    def _result(self, status: Status, now: float, exit_code: int | None) -> ExecResult:
+        output, truncated = self.spool.result()
+        return ExecResult(
+            execution_id=self.execution_id,
+            terminal_id=self.terminal_id,
+            exit_code=exit_code,
+            output=output,
+            output_bytes=self.spool.total,
+            truncated=truncated,
+            cwd=self.cwd,
+            duration_ms=max(0.0, (now - self.received_at) * 1000.0),
+            status=status,
+            mode=self.mode,
+            shell=self.shell,
+            recoveries=tuple(self.recoveries),
+        )

@@ -1,0 +1,264 @@
+"""A child process on a pseudo-terminal, driven from the asyncio loop without blocking it.
+
+Theory of operation:
+- Spawn: `subprocess.Popen` with `start_new_session=True` and the slave as fds 0-2 (no Python
+  code runs in the child, so no fork-with-threads hazard). `setsid()` leaves the child without a
+  controlling terminal, and dup'd fds do not give it one, so the child is `/bin/sh` running
+  `exec "$@" <>TTY`: a session leader *opening* the tty makes it the controlling terminal,
+  which gives the shell job control and lets SIGINT reach the foreground process group.
+- Read: the master is non-blocking and read from `loop.add_reader`, up to `_READ_BURST` reads
+  a wake-up (a busy command fills the PTY buffer in 4 KiB steps; one callback per step would
+  cost more than the reads).
+- Write: `write()` never blocks: bytes go to a queue drained now and, on EAGAIN, from
+  `add_writer`, so input larger than the PTY buffer is delivered whole, in order.
+- Exit: a pidfd (Linux >= 5.3) wakes the loop when the child exits; the child is reaped with
+  `waitpid`, the master is drained of what the child wrote before dying, then `on_exit` runs
+  once. EOF/EIO on the master alone (the child closed its terminal) is not an exit: a
+  background job may still hold the slave. Without pidfd, EOF/EIO triggers a `waitpid` poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import pty
+import signal
+import struct
+import subprocess
+import termios
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+
+_READ_SIZE = 256 * 1024
+_READ_BURST = 16
+_TRAMPOLINE = 'exec "$@" <>"$0" >&0 2>&0'
+
+
+class PtyProcess:
+    """One child process and the master side of its terminal."""
+
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        master: int,
+        on_data: Callable[[bytes], None],
+        on_exit: Callable[[int], None],
+    ) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        self.master = master
+        self._on_data = on_data
+        self._on_exit = on_exit
+        self._loop = asyncio.get_running_loop()
+        self._queue: deque[memoryview] = deque()
+        self._writing = False
+        self._reading = True
+        self._pidfd: int | None = None
+        self.returncode: int | None = None
+        self.bytes_read = 0
+        self.bytes_written = 0
+        self._loop.add_reader(master, self._on_readable)
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            self._pidfd = None
+        else:
+            self._loop.add_reader(self._pidfd, self._on_child_exit)
+
+    @classmethod
+    def spawn(
+        cls,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: str | None,
+        cols: int,
+        rows: int,
+        on_data: Callable[[bytes], None],
+        on_exit: Callable[[int], None],
+    ) -> PtyProcess:
+        master, slave = pty.openpty()
+        try:
+            _set_size(master, cols, rows)
+            name = os.ttyname(slave)
+            popen = subprocess.Popen(
+                ["/bin/sh", "-c", _TRAMPOLINE, name, *argv],
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                cwd=cwd,
+                env=dict(env),
+                start_new_session=True,
+                close_fds=True,
+            )
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        os.set_blocking(master, False)
+        return cls(popen, master, on_data, on_exit)
+
+    @property
+    def alive(self) -> bool:
+        return self.returncode is None
+
+    # -- reading ------------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        for _ in range(_READ_BURST):
+            try:
+                data = os.read(self.master, _READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EIO, errno.EBADF):
+                    raise
+                data = b""
+            if not data:
+                self._stop_reading()
+                if self._pidfd is None:
+                    self._reap(block=False)
+                return
+            self.bytes_read += len(data)
+            self._on_data(data)
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self.master)
+
+    def pause_reading(self) -> None:
+        """Stop taking output (the child blocks when the PTY buffer fills): backpressure."""
+        self._stop_reading()
+
+    def resume_reading(self) -> None:
+        if not self._reading and self.returncode is None and self.master >= 0:
+            self._reading = True
+            self._loop.add_reader(self.master, self._on_readable)
+
+    def _on_child_exit(self) -> None:
+        self._reap(block=False)
+
+    def _reap(self, *, block: bool) -> None:
+        if self.returncode is not None:
+            return
+        try:
+            pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.pid, 0
+        if pid == 0:
+            return
+        self.returncode = os.waitstatus_to_exitcode(status)
+        self._popen.returncode = self.returncode  # so Popen's finaliser does not wait again
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        # What the child wrote before it died is still in the PTY buffer: hand it over first.
+        if self.master >= 0:
+            while True:
+                try:
+                    data = os.read(self.master, _READ_SIZE)
+                except OSError:
+                    break
+                if not data:
+                    break
+                self.bytes_read += len(data)
+                self._on_data(data)
+            self._stop_reading()
+            self._stop_writing()
+        self._on_exit(self.returncode)
+
+    # -- writing ------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.returncode is not None or self.master < 0:
+            raise BrokenPipeError(errno.EPIPE, "the terminal's process has exited")
+        if not data:
+            return
+        self._queue.append(memoryview(data))
+        if not self._writing:
+            self._drain()
+
+    def _drain(self) -> None:
+        queue = self._queue
+        while queue:
+            view = queue[0]
+            try:
+                n = os.write(self.master, view)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                queue.clear()  # the child is gone; its exit is reported through on_exit
+                self._stop_writing()
+                return
+            self.bytes_written += n
+            if n < len(view):
+                queue[0] = view[n:]
+                if not self._writing:
+                    self._writing = True
+                    self._loop.add_writer(self.master, self._drain)
+                return
+            queue.popleft()
+        self._stop_writing()
+
+    def _stop_writing(self) -> None:
+        if self._writing:
+            self._writing = False
+            self._loop.remove_writer(self.master)
+
+    @property
+    def pending_write(self) -> int:
+        return sum(len(v) for v in self._queue)
+
+    # -- control ------------------------------------------------------------------------
+    def resize(self, cols: int, rows: int) -> None:
+        _set_size(self.master, cols, rows)
+
+    def foreground_pgrp(self) -> int | None:
+        try:
+            return os.tcgetpgrp(self.master)
+        except OSError:
+            return None
+
+    def signal_foreground(self, sig: int) -> int | None:
+        """Send `sig` to the terminal's foreground process group; returns that group."""
+        pgrp = self.foreground_pgrp()
+        if pgrp is None or pgrp <= 0:
+            return None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgrp, sig)
+        return pgrp
+
+    def signal(self, sig: int) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the child and everything in its session's foreground group."""
+        if self.returncode is None:
+            self.signal_foreground(signal.SIGKILL)
+            self.signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        """Release the fds. The child gets SIGHUP from the kernel when the master closes."""
+        self._stop_reading()
+        self._stop_writing()
+        self._queue.clear()
+        if self.master >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.master)
+            self.master = -1
+        if self.returncode is None:
+            # Only reap what is already dead here; the caller escalates and reaps otherwise.
+            self._reap(block=False)
+
+    def reap_blocking(self) -> None:
+        self._reap(block=True)
+
+
+def _set_size(fd: int, cols: int, rows: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))

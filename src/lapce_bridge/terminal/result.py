@@ -1,0 +1,70 @@
+"""What an execution returns: `ExecResult`, its statuses and the terminal modes.
+
+`ExecResult.to_wire()` is PROTOCOL.md's camelCase `ExecResult`; nothing else in the package
+spells the wire names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    COMPLETED = "completed"
+    TIMED_OUT = "timed_out"
+    INTERRUPTED = "interrupted"
+    WAITING_FOR_INPUT = "waiting_for_input"
+    RUNNING = "running"
+
+
+class Mode(StrEnum):
+    """How a terminal learns where a command's output ends (best first)."""
+
+    SHELL_INTEGRATION = "shell_integration"  # our OSC 633 hooks: exit code, cwd, env
+    NO_SHELL_INTEGRATION = "no_shell_integration"  # a tokened end marker after each command
+    ALTERNATIVE_SHELL = "alternative_shell"  # the requested shell failed; another one runs
+    MINIMAL_PTY = "minimal_pty"  # the shell without the user's rc files
+    RAW_OUTPUT = "raw_output"  # no markers at all: output until idle, exit code unknown
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    action: str
+    reason: str
+
+    def to_wire(self) -> dict[str, str]:
+        return {"action": self.action, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    execution_id: str
+    terminal_id: str
+    exit_code: int | None
+    output: str
+    output_bytes: int
+    truncated: bool
+    cwd: str | None
+    duration_ms: float
+    status: Status
+    mode: Mode
+    shell: str
+    recoveries: tuple[Recovery, ...] = field(default=())
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "executionId": self.execution_id,
+            "terminalId": self.terminal_id,
+            "exitCode": self.exit_code,
+            "output": self.output,
+            "outputBytes": self.output_bytes,
+            "truncated": self.truncated,
+            "cwd": self.cwd,
+            "durationMs": round(self.duration_ms, 3),
+            "status": self.status.value,
+            "mode": self.mode.value,
+            "shell": self.shell,
+            "recoveries": [r.to_wire() for r in self.recoveries],
+        }

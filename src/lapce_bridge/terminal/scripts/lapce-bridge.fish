@@ -1,0 +1,62 @@
+# lapce-bridge shell integration for fish: read through `fish --init-command`, after config.fish.
+#
+# Invariants:
+# - no hook forks: escaping and file reads use builtins only (fish runs builtins and command
+#   substitutions of builtins in-process);
+# - the nonce and our control variables never reach the environment user commands see;
+# - after every command: P;Cwd, then D;<status>;<nonce>, then A.
+if not set -q __lb_installed
+    set -g __lb_installed 1
+    set -g __lb_nonce "$LAPCE_BRIDGE_NONCE"
+    set -g __lb_dir "$LAPCE_BRIDGE_DIR"
+    set -g __lb_restore "$LAPCE_BRIDGE_RESTORE"
+    set -e LAPCE_BRIDGE_NONCE
+    set -e LAPCE_BRIDGE_DIR
+    set -e LAPCE_BRIDGE_RC
+    set -e LAPCE_BRIDGE_RESTORE
+    set -g __lb_cf "$__lb_dir/cmd"
+    set -g __lb_ef "$__lb_dir/env.fish"
+    set -g __lb_run_line 'source $__lb_cf'
+    set -g __lb_ran 0
+    if test -n "$__lb_restore" -a -r "$__lb_restore"
+        source "$__lb_restore" 2>/dev/null
+    end
+    set -e __lb_restore
+
+    function __lb_escape
+        string replace -a -- '\\' '\\\\' $argv[1] | string replace -a -- ';' '\\x3b' \
+            | string replace -a -- \a '\\x07' | string replace -a -- \e '\\x1b' \
+            | string replace -a -- \n '\\x0a' | string replace -a -- \r '\\x0d'
+    end
+
+    function __lb_preexec --on-event fish_preexec
+        set -l cmd $argv[1]
+        if test "$cmd" = "$__lb_run_line" -a -r "$__lb_cf"
+            read -z -l text <"$__lb_cf"
+            and set cmd $text
+        end
+        set -g __lb_ran 1
+        printf '\e]633;E;%s;%s\a\e]633;C\a' (__lb_escape "$cmd" | string collect) "$__lb_nonce"
+    end
+
+    function __lb_postexec --on-event fish_postexec
+        set -l st $status
+        if test $__lb_ran = 1
+            set -g __lb_ran 0
+            printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' (__lb_escape "$PWD" | string collect) \
+                $st "$__lb_nonce"
+            # What a replacement shell restores if this one dies.
+            for name in (set -xn)
+                string match -qr '^(PWD|SHLVL|_)$' -- $name; and continue
+                printf 'set -gx %s %s\n' $name (string escape -- $$name | string join ' ')
+            end >"$__lb_ef"
+        end
+    end
+
+    function __lb_prompt --on-event fish_prompt
+        if test $__lb_ran = 0
+            printf '\e]633;P;Cwd=%s\a' (__lb_escape "$PWD" | string collect)
+        end
+        printf '\e]633;A\a'
+    end
+end

@@ -1,0 +1,266 @@
+"""Every byte a command prints, kept: in memory while small, in a file once large.
+
+Theory of operation: an execution's normalised output (UTF-8 text) is appended to a `Spool`.
+Until it passes the spool's inline limit it stays in one bytearray; past it, the bytes move to
+a file under the state directory and memory keeps only a head and a tail of half the result
+size each, so a command printing a gigabyte costs a bounded amount of memory while
+`read()` still returns every byte. The result's `output` is the whole text when it fits, else
+head + a marker line + tail, cut on character boundaries.
+
+`SpoolStore` keeps spools by execution id, least recently used first. Finished spools are
+evicted past `max_count` or `max_bytes`; a running one never is (its command is still
+writing). `trim(keep_bytes)` is the memory-pressure lever.
+
+Invariants: `total` is the UTF-8 length of everything written; `read(offset, limit)` returns
+whole characters only (a limit that would split one is shortened), and its offsets are byte
+offsets into that stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from lapce_bridge.core.errors import InvalidParams
+
+DEFAULT_READ_LIMIT = 1024 * 1024
+
+
+def truncation_marker(omitted: int) -> str:
+    return f"\n[... {omitted} bytes omitted; terminal/readOutput returns all of them ...]\n"
+
+
+def whole_chars(data: bytes | bytearray, *, at_start: bool, at_end: bool) -> str:
+    """Decode a slice of valid UTF-8 cut anywhere, dropping the partial characters at its cuts."""
+    start, end = 0, len(data)
+    if at_start:
+        while start < end and start < 4 and (data[start] & 0xC0) == 0x80:
+            start += 1
+    if at_end:
+        end = _char_boundary(data, start, end)
+    return bytes(data[start:end]).decode("utf-8", "replace")
+
+
+def _char_boundary(data: bytes | bytearray, start: int, end: int) -> int:
+    """The largest index <= end that does not split a UTF-8 sequence of data[start:end]."""
+    j = end - 1
+    while j >= start and end - j <= 4 and (data[j] & 0xC0) == 0x80:
+        j -= 1
+    if j < start:
+        return end
+    lead = data[j]
+    need = 1 if lead < 0x80 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+    return j if end - j < need else end
+
+
+class Spool:
+    """One execution's output. Not thread-safe: owned by the terminal's event loop."""
+
+    __slots__ = (
+        "_file",
+        "_half",
+        "_head",
+        "_max",
+        "_mem",
+        "_tail",
+        "_total",
+        "finished",
+        "inline_limit",
+        "path",
+    )
+
+    def __init__(self, path: Path, max_output_bytes: int, *, inline_limit: int | None = None):
+        self.path = path
+        self._max = max_output_bytes
+        self._half = max(1, max_output_bytes // 2)
+        self.inline_limit = max(max_output_bytes, inline_limit or 0)
+        self._mem: bytearray | None = bytearray()
+        self._file: BinaryIO | None = None
+        self._head = b""
+        self._tail = bytearray()
+        self._total = 0
+        self.finished = False
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    @property
+    def on_disk(self) -> bool:
+        return self._mem is None
+
+    @property
+    def memory_bytes(self) -> int:
+        return len(self._mem) if self._mem is not None else len(self._head) + len(self._tail)
+
+    def write(self, text: str) -> None:
+        if not text:
+            return
+        data = text.encode("utf-8", "surrogateescape")
+        self._total += len(data)
+        mem = self._mem
+        if mem is not None:
+            mem += data
+            if len(mem) <= self.inline_limit:
+                return
+            self._move_to_disk(mem)
+            return
+        assert self._file is not None
+        self._file.write(data)
+        tail = self._tail
+        tail += data
+        if len(tail) > 2 * self._half:
+            del tail[: len(tail) - self._half]
+
+    def _move_to_disk(self, mem: bytearray) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "wb", buffering=256 * 1024)  # noqa: SIM115 - kept open
+        self._file.write(mem)
+        self._head = bytes(mem[: self._half])
+        self._tail = bytearray(mem[-self._half :])
+        self._mem = None
+
+    def finish(self) -> None:
+        self.finished = True
+        if self._file is not None:
+            self._file.flush()
+
+    def result(self) -> tuple[str, bool]:
+        """The `output` of the result and whether it was truncated."""
+        mem = self._mem
+        if mem is not None and self._total <= self._max:
+            return mem.decode("utf-8", "replace"), False
+        if mem is not None:
+            head, tail = mem[: self._half], mem[-self._half :]
+        else:
+            head, tail = bytearray(self._head), self._tail[-self._half :]
+        omitted = self._total - len(head) - len(tail)
+        text = (
+            whole_chars(head, at_start=False, at_end=True)
+            + truncation_marker(omitted)
+            + whole_chars(tail, at_start=True, at_end=False)
+        )
+        return text, True
+
+    def read(self, offset: int, limit: int = DEFAULT_READ_LIMIT) -> tuple[str, int, bool]:
+        """`(text, next_offset, eof)` from byte `offset`, at most `limit` bytes of whole chars."""
+        if offset < 0 or limit <= 0:
+            raise InvalidParams(f"offset must be >= 0 and limit > 0 (got {offset}, {limit})")
+        offset = min(offset, self._total)
+        want = min(limit, self._total - offset)
+        if self._mem is not None:
+            chunk = bytes(self._mem[offset : offset + want])
+        else:
+            assert self._file is not None
+            self._file.flush()
+            with open(self.path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read(want)
+        end = len(chunk)
+        if offset + end < self._total:
+            end = _char_boundary(chunk, 0, end)
+            if end == 0 and chunk:  # a limit smaller than one character: give the character
+                end = min(len(chunk), 4)
+        text = chunk[:end].decode("utf-8", "replace")
+        nxt = offset + end
+        return text, nxt, self.finished and nxt >= self._total
+
+    def close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+
+    def delete(self) -> None:
+        self.close()
+        self._mem = bytearray() if self._mem is not None else None
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    spools: int
+    running: int
+    disk_bytes: int
+    memory_bytes: int
+    evicted: int
+
+
+class SpoolStore:
+    """Spools by execution id, LRU-bounded by count and bytes."""
+
+    def __init__(self, directory: Path, *, max_count: int = 256, max_bytes: int = 1 << 30) -> None:
+        self.directory = directory
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self._spools: OrderedDict[str, Spool] = OrderedDict()
+        self._evicted = 0
+
+    def create(self, execution_id: str, max_output_bytes: int) -> Spool:
+        spool = Spool(self.directory / f"{execution_id}.out", max_output_bytes)
+        self._spools[execution_id] = spool
+        self._evict()
+        return spool
+
+    def get(self, execution_id: str) -> Spool:
+        spool = self._spools.get(execution_id)
+        if spool is None:
+            raise InvalidParams(
+                f"unknown executionId {execution_id!r} (never run here, or its output was "
+                "released to bound memory and disk)"
+            )
+        self._spools.move_to_end(execution_id)
+        return spool
+
+    def read(self, execution_id: str, offset: int, limit: int) -> tuple[str, int, bool]:
+        return self.get(execution_id).read(offset, limit)
+
+    def finished(self, execution_id: str) -> None:
+        spool = self._spools.get(execution_id)
+        if spool is not None:
+            spool.finish()
+            self._evict()
+
+    def _size(self) -> int:
+        return sum(s.total for s in self._spools.values())
+
+    def _evict(self) -> None:
+        while len(self._spools) > self.max_count or self._size() > self.max_bytes:
+            if not self._drop_oldest_finished():
+                return
+
+    def _drop_oldest_finished(self) -> bool:
+        for key, spool in self._spools.items():
+            if spool.finished:
+                del self._spools[key]
+                spool.delete()
+                self._evicted += 1
+                return True
+        return False
+
+    def trim(self, keep_bytes: int) -> int:
+        """Release finished spools, oldest first, until at most `keep_bytes` remain; freed bytes."""
+        before = self._size()
+        while self._size() > keep_bytes and self._drop_oldest_finished():
+            pass
+        return before - self._size()
+
+    def close(self) -> None:
+        for spool in self._spools.values():
+            spool.delete()
+        self._spools.clear()
+
+    def statistics(self) -> SpoolStats:
+        spools = self._spools.values()
+        return SpoolStats(
+            spools=len(self._spools),
+            running=sum(1 for s in spools if not s.finished),
+            disk_bytes=sum(s.total for s in spools if s.on_disk),
+            memory_bytes=sum(s.memory_bytes for s in spools),
+            evicted=self._evicted,
+        )

@@ -1,0 +1,104 @@
+"""Waiting for a command's end on the clock: hard timeouts, idleness, interruption.
+
+Theory of operation: `await_result` sleeps on the clock until the soonest of (the hard
+deadline, the moment output has been quiet for `idle_timeout`), re-checking after each wake,
+because output moves the idle moment forward. Then:
+- the command ended: its final result;
+- idle, integration modes: a `waiting_for_input` snapshot; the command keeps running;
+- idle, raw mode: the end of the command (raw mode has no other end), exit code unknown;
+- deadline: `stop_foreground` and a `timed_out` result with the output so far.
+
+`stop_foreground` escalates SIGINT -> SIGTERM -> SIGKILL on the terminal's foreground process
+group, `interrupt_grace` apart, and kills the shell itself as the last step (the recovery then
+starts a new one), so a stopped command never leaves the terminal unusable. Signals other than
+SIGINT are never sent to the shell's own group: an interactive shell that ignores them would
+only delay the escalation, and killing it is the last step anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import TYPE_CHECKING
+
+from lapce_bridge.terminal.result import ExecResult, Mode, Status
+
+if TYPE_CHECKING:
+    from lapce_bridge.terminal.execution import Execution
+    from lapce_bridge.terminal.terminal import Terminal
+
+RAW_IDLE_S = 0.5  # raw mode ends a command after this much quiet when no idle_timeout is given
+
+
+async def await_result(
+    term: Terminal, ex: Execution, limit: float | None, idle_timeout: float | None
+) -> ExecResult:
+    clock = term.clock
+    deadline = None if limit is None else clock.now() + limit
+    raw = ex.mode is Mode.RAW_OUTPUT
+    idle = idle_timeout if idle_timeout is not None else (RAW_IDLE_S if raw else None)
+    while not ex.done.done():
+        now = clock.now()
+        wait: float | None = None
+        if deadline is not None:
+            wait = deadline - now
+        if idle is not None:
+            quiet_until = ex.last_activity + idle - now
+            wait = quiet_until if wait is None else min(wait, quiet_until)
+        if wait is not None and wait <= 0:
+            if deadline is not None and now >= deadline:
+                ex.timed_out = True
+                await stop_foreground(term, ex)
+                if ex.done.done():
+                    return ex.done.result()
+                return ex.snapshot(Status.TIMED_OUT, clock.now(), term.cwd)
+            if raw:
+                term.finish_current(Status.COMPLETED, None)
+                continue
+            return ex.snapshot(Status.WAITING_FOR_INPUT, now, term.cwd)
+        try:
+            async with clock.timeout(wait):
+                await asyncio.shield(ex.done)
+        except TimeoutError:
+            pass
+    return ex.done.result()
+
+
+async def _ended(term: Terminal, ex: Execution, seconds: float) -> bool:
+    if ex.done.done():
+        return True
+    try:
+        async with term.clock.timeout(seconds):
+            await asyncio.shield(ex.done)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def stop_foreground(term: Terminal, ex: Execution) -> None:
+    proc = term.proc
+    if proc is None:
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        if not proc.alive:
+            break
+        pgrp = proc.foreground_pgrp()
+        if sig != signal.SIGINT and (pgrp is None or pgrp == proc.pid):
+            continue
+        proc.signal_foreground(sig)
+        if await _ended(term, ex, term.interrupt_grace):
+            return
+    if proc.alive and not ex.done.done():
+        proc.kill()
+        await _ended(term, ex, term.interrupt_grace)
+
+
+def command_file_text(kind: str, command: str, cwd: str | None) -> str:
+    """What the shell sources: the command, after a `cd` when the request names a cwd."""
+    if cwd is None:
+        return command
+    quoted = "'" + cwd.replace("'", "'\\''") + "'"
+    if kind == "fish":
+        quoted = "'" + cwd.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return f"cd {quoted}; or return 1\n{command}"
+    return f"cd -- {quoted} || return 1\n{command}"
