@@ -1,0 +1,412 @@
+"""File watching that heals itself and loses no change: `WatcherRecovery`.
+
+Theory of operation: each watch runs one backend (by default `watchfiles.awatch`, whose Rust
+core runs in a thread; `debounce`/`step` are set low so a change is delivered about `step`
+ms after things go quiet) in a consumer task, and keeps a last-known snapshot of its trees
+(see `fs.snapshot`). Reported paths are reconciled against the snapshot before they go out.
+
+A watch can stop working in three ways, and each is repaired by recreating its backend and
+rescanning: the backend died (raised, or its task ended: noticed at once through the task's
+done-callback), the watched root was removed and re-created (the backend keeps watching the
+old inode and goes silent), or the OS watch limit was reached (ENOSPC from inotify, at backend
+start). A removed root is noticed when the backend reports the root itself deleted (which
+wakes the health check at once), or by the health check, which runs every `health_interval`
+seconds on the clock and compares each root's (device, inode) with the one recorded; the
+report matters because a folder re-created at once often gets the very same inode back. A
+root that is missing is rewatched at the first health check that finds it back. After the
+new backend is started the trees are rescanned and the difference from the last-known
+snapshot is sent as one `fs/didChange`: what changed while nothing was watching is reported,
+not lost. While a rescan runs, batches from the new backend are held and applied after it.
+
+Invariants:
+- Every change to a covered path between `watch()` returning and `unwatch()` reaches the
+  sink: live, or in the diff after a recovery. A change may be reported twice (live and
+  again in a diff that raced it), never not at all.
+- A backend that keeps failing is restarted at once at most `max_failures` times; then it
+  runs on polling (`force_polling`), `on_degraded` is told, and further restarts happen only
+  at the health check. A watch limit goes to polling at once: retrying cannot help.
+- Only the event loop's thread touches a snapshot (rescans build a new one in a thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import itertools
+import os
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from lapce_bridge.clock import SYSTEM_CLOCK
+from lapce_bridge.core.clock import Clock
+from lapce_bridge.core.errors import ResourceExhausted
+from lapce_bridge.fs.snapshot import DEFAULT_SKIP_DIRS, Reconciler, Scope, Snapshot, diff, scan
+from lapce_bridge.rpc import Observe
+
+RawChanges = Iterable[tuple[Any, str]]
+"""One batch from a backend: (watchfiles.Change or int, absolute path)."""
+WatchBackend = Callable[[Sequence[str], bool, asyncio.Event, bool], AsyncIterator[RawChanges]]
+"""(roots, recursive, stop_event, force_polling) -> batches until `stop_event` is set."""
+ChangeSink = Callable[[str, list[dict[str, str]]], None]
+"""Receives (watch id, changes as `{path, kind}` with workspace-relative POSIX paths)."""
+MODIFIED = 2  # watchfiles.Change.modified
+MAX_CHANGES_PER_NOTICE = 1000  # keeps one notification far below the message size limit
+
+
+def watchfiles_backend(
+    *, debounce_ms: int = 100, step_ms: int = 10, poll_delay_ms: int = 300
+) -> WatchBackend:
+    """The real backend: `watchfiles.awatch`, unfiltered (filtering is ours)."""
+
+    def open_backend(
+        roots: Sequence[str], recursive: bool, stop: asyncio.Event, polling: bool
+    ) -> AsyncIterator[RawChanges]:
+        import watchfiles
+
+        batches: AsyncIterator[RawChanges] = watchfiles.awatch(
+            *roots,
+            watch_filter=None,
+            debounce=debounce_ms,
+            step=step_ms,
+            stop_event=stop,
+            recursive=recursive,
+            force_polling=polling,
+            poll_delay_ms=poll_delay_ms,
+        )
+        return batches
+
+    return open_backend
+
+
+def is_watch_limit(exc: BaseException) -> bool:
+    """Whether a backend failed because the OS ran out of watches (inotify's ENOSPC)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return "watch limit" in str(exc).lower()
+
+
+def _root_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+@dataclass(eq=False)
+class _Watch:
+    id: str
+    scope: Scope
+    sink: ChangeSink
+    reconciler: Reconciler
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    root_ids: dict[str, tuple[int, int] | None] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
+    stop: asyncio.Event | None = None
+    polling: bool = False
+    failures: int = 0
+    last_error: str = ""
+    scanning: bool = False
+    pending: list[RawChanges] = field(default_factory=list)
+    root_lost: bool = False  # the backend reported a root deleted
+    closed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WatchInfo:
+    watch_id: str
+    roots: tuple[str, ...]
+    running: bool
+    polling: bool
+    failures: int
+    last_error: str
+    snapshot_entries: int
+    truncated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WatchStats:
+    watches: int
+    running: int
+    polling: int
+    checks: int
+    recoveries: int
+    backend_failures: int
+    batches: int
+    changes_sent: int
+    changes_recovered: int  # sent from a diff after a recovery
+
+
+class WatcherRecovery:
+    def __init__(
+        self,
+        *,
+        relative: Callable[[str], str],
+        clock: Clock = SYSTEM_CLOCK,
+        backend: WatchBackend | None = None,
+        health_interval: float = 30.0,
+        max_failures: int = 3,
+        skip_dirs: frozenset[str] = DEFAULT_SKIP_DIRS,
+        max_snapshot_entries: int = 100_000,
+        max_watches: int = 256,
+        on_degraded: Callable[[str], object] | None = None,
+        observe: Observe | None = None,
+    ) -> None:
+        self._relative = relative
+        self._clock = clock
+        self._backend = backend or watchfiles_backend()
+        self.health_interval = health_interval
+        self.max_failures = max_failures
+        self.skip_dirs = skip_dirs
+        self.max_snapshot_entries = max_snapshot_entries
+        self.max_watches = max_watches
+        self._on_degraded = on_degraded
+        self._observe = observe
+        self._watches: dict[str, _Watch] = {}
+        self._ids = itertools.count(1)
+        self._wake = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._reaping: set[asyncio.Task[None]] = set()
+        self._checks = self._recoveries = self._failures = 0
+        self._batches = self._sent = self._recovered = 0
+
+    # -- life cycle ---------------------------------------------------------------------------
+    async def __aenter__(self) -> WatcherRecovery:
+        self._supervisor = asyncio.get_running_loop().create_task(
+            self._supervise(), name="fs watch health check"
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            supervisor.cancel()
+            await asyncio.wait({supervisor})
+        for watch_id in list(self._watches):
+            self.unwatch(watch_id)
+        if self._reaping:
+            await asyncio.wait(self._reaping)
+
+    # -- watches ------------------------------------------------------------------------------
+    async def watch(self, roots: Sequence[str], *, sink: ChangeSink, recursive: bool = True) -> str:
+        """Start watching confined, existing `roots`; changes go to `sink`. Returns the id."""
+        if len(self._watches) >= self.max_watches:
+            raise ResourceExhausted(f"{self.max_watches} watches are open; unwatch some first")
+        scope = Scope(tuple(dict.fromkeys(roots)), recursive, self.skip_dirs)
+        watch_id = f"w{next(self._ids)}"
+        w = _Watch(
+            watch_id, scope, sink, Reconciler(scope, {}, max_entries=self.max_snapshot_entries)
+        )
+        self._watches[watch_id] = w
+        try:
+            async with w.lock:
+                self._start(w)
+                await self._rescan(w, report=False)
+        except BaseException:
+            self.unwatch(watch_id)
+            raise
+        return watch_id
+
+    def unwatch(self, watch_id: str) -> bool:
+        """Stop a watch (safe from a sync callback); False if there was no such watch."""
+        w = self._watches.pop(watch_id, None)
+        if w is None:
+            return False
+        w.closed = True
+        task = self._halt(w)
+        if task is not None:
+            self._reaping.add(task)
+            task.add_done_callback(self._reaping.discard)
+        return True
+
+    def watch_ids(self) -> list[str]:
+        return list(self._watches)
+
+    def info(self, watch_id: str) -> WatchInfo:
+        w = self._watches[watch_id]
+        return WatchInfo(
+            watch_id,
+            w.scope.roots,
+            w.task is not None and not w.task.done(),
+            w.polling,
+            w.failures,
+            w.last_error,
+            len(w.reconciler.snapshot),
+            w.reconciler.truncated,
+        )
+
+    # -- the backend ----------------------------------------------------------------------------
+    def _start(self, w: _Watch) -> None:
+        w.root_lost = False
+        w.root_ids = {root: _root_id(root) for root in w.scope.roots}
+        existing = [root for root, rid in w.root_ids.items() if rid is not None]
+        if not existing:
+            return  # nothing to watch until a root comes back: the health check looks
+        stop = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(
+            self._consume(w, existing, stop, w.polling), name=f"fs watch {w.id}"
+        )
+        w.stop, w.task = stop, task
+        task.add_done_callback(partial(self._ended, w))
+
+    async def _consume(
+        self, w: _Watch, roots: list[str], stop: asyncio.Event, polling: bool
+    ) -> None:
+        async for batch in self._backend(roots, w.scope.recursive, stop, polling):
+            self._batches += 1
+            w.failures = 0
+            if w.scanning:
+                w.pending.append(list(batch))
+            else:
+                self._apply(w, batch)
+
+    def _ended(self, w: _Watch, task: asyncio.Task[None]) -> None:
+        error = None if task.cancelled() else task.exception()
+        if w.closed or task is not w.task or (w.stop is not None and w.stop.is_set()):
+            return  # stopped on purpose
+        w.failures += 1
+        self._failures += 1
+        w.last_error = "cancelled" if task.cancelled() else repr(error) if error else "ended"
+        if error is not None and is_watch_limit(error) and not w.polling:
+            w.failures = max(w.failures, self.max_failures)
+        self._wake.set()
+
+    def _halt(self, w: _Watch) -> asyncio.Task[None] | None:
+        if w.stop is not None:
+            w.stop.set()
+        task, w.task = w.task, None
+        if task is not None and not task.done():
+            task.cancel()
+            return task
+        return None
+
+    # -- health ---------------------------------------------------------------------------------
+    async def _supervise(self) -> None:
+        while True:
+            periodic = False
+            try:
+                async with self._clock.timeout(self.health_interval):
+                    await self._wake.wait()
+            except TimeoutError:
+                periodic = True
+            self._wake.clear()
+            await self.check(periodic=periodic)
+
+    async def check(self, *, periodic: bool = True) -> int:
+        """Check every watch now and recreate the broken ones; returns how many."""
+        self._checks += 1
+        recovered = 0
+        for w in list(self._watches.values()):
+            reason = self._diagnose(w)
+            if reason is None:
+                if periodic and w.task is not None:
+                    w.failures = 0  # it survived a whole interval
+                continue
+            if not periodic and w.failures > self.max_failures:
+                continue  # a crash loop: leave it to the next periodic check
+            async with w.lock:
+                if not w.closed:
+                    await self._recover(w, reason)
+                    recovered += 1
+        return recovered
+
+    def _diagnose(self, w: _Watch) -> str | None:
+        if w.task is not None and w.task.done():
+            return f"watcher died: {w.last_error or 'ended'}"
+        if w.root_lost:
+            return "the backend reported a watched root deleted"
+        now = {root: _root_id(root) for root in w.scope.roots}
+        if now != w.root_ids:
+            gone = [r for r, rid in now.items() if rid is None]
+            return f"root removed: {gone}" if gone else "root replaced or restored"
+        if w.task is None and any(rid is not None for rid in now.values()):
+            return "watcher not running"
+        return None
+
+    async def _recover(self, w: _Watch, reason: str) -> None:
+        started = self._clock.now()
+        old = self._halt(w)
+        if old is not None:
+            await asyncio.wait({old})
+        self._recoveries += 1
+        if w.failures >= self.max_failures and not w.polling:
+            w.polling = True
+            if self._on_degraded is not None:
+                self._on_degraded(f"file watching fell back to polling for {w.id}: {reason}")
+        ok = False
+        try:
+            self._start(w)
+            await self._rescan(w, report=True)
+            ok = True
+        finally:
+            if self._observe is not None:
+                self._observe("fs/watch/recover", self._clock.now() - started, ok)
+
+    async def _rescan(self, w: _Watch, *, report: bool) -> None:
+        w.scanning = True
+        try:
+            fresh, truncated = await asyncio.to_thread(
+                scan, w.scope, max_entries=self.max_snapshot_entries
+            )
+        finally:
+            w.scanning = False
+        old: Snapshot = w.reconciler.snapshot
+        w.reconciler.snapshot = fresh
+        w.reconciler.truncated = truncated
+        if report:
+            changes = diff(old, fresh)
+            self._recovered += len(changes)
+            self._send(w, changes)
+        pending, w.pending = w.pending, []
+        for batch in pending:
+            self._apply(w, batch)
+
+    def _apply(self, w: _Watch, batch: RawChanges) -> None:
+        reported = [(path, int(kind) == MODIFIED) for kind, path in batch]
+        changes = w.reconciler.apply(reported)
+        self._send(w, changes)
+        roots = w.scope.roots
+        if any(kind == "deleted" and path in roots for path, kind in changes):
+            w.root_lost = True
+            self._wake.set()
+
+    def _send(self, w: _Watch, changes: list[tuple[str, str]]) -> None:
+        if not changes or w.closed:
+            return
+        rel = self._relative
+        wire = [{"path": rel(path), "kind": kind} for path, kind in changes]
+        self._sent += len(wire)
+        for i in range(0, len(wire), MAX_CHANGES_PER_NOTICE):
+            with contextlib.suppress(Exception):  # a sink's failure must not kill the watch
+                w.sink(w.id, wire[i : i + MAX_CHANGES_PER_NOTICE])
+
+    def statistics(self) -> WatchStats:
+        watches = list(self._watches.values())
+        return WatchStats(
+            watches=len(watches),
+            running=sum(1 for w in watches if w.task is not None and not w.task.done()),
+            polling=sum(1 for w in watches if w.polling),
+            checks=self._checks,
+            recoveries=self._recoveries,
+            backend_failures=self._failures,
+            batches=self._batches,
+            changes_sent=self._sent,
+            changes_recovered=self._recovered,
+        )
+
+
+__all__ = [
+    "ChangeSink",
+    "WatchBackend",
+    "WatchInfo",
+    "WatchStats",
+    "WatcherRecovery",
+    "is_watch_limit",
+    "watchfiles_backend",
+]
