@@ -40,9 +40,14 @@ await step("initialize", () =>
 await step("ping", () => connection.sendRequest("ping"));
 await step("fsRead", () => connection.sendRequest("fs/read", { path: config.file }));
 await step("unknown", () => connection.sendRequest("no/such/method", {}));
-await step("cancelled", () => {
+await step("cancelled", async () => {
+  const params = { ...config.slow.params };
+  if (config.slow.method === "terminal/execute") {
+    // A terminal of its own, so the command left running there does not hold the default one.
+    params.terminalId = (await connection.sendRequest("terminal/create", {})).terminalId;
+  }
   const source = new CancellationTokenSource();
-  const pending = connection.sendRequest(config.slow.method, config.slow.params, source.token);
+  const pending = connection.sendRequest(config.slow.method, params, source.token);
   setTimeout(() => source.cancel(), 300);
   return pending;
 });
