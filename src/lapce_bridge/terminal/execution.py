@@ -52,6 +52,7 @@ class Execution:
         terminal_id: str,
         spool: Spool,
         received_at: float,
+        now: float,
         mode: Mode,
         shell: str,
         token: str,
@@ -62,7 +63,7 @@ class Execution:
         self.terminal_id = terminal_id
         self.spool = spool
         self.received_at = received_at
-        self.last_activity = received_at
+        self.last_activity = now  # idleness counts from the hand-over, not the request's arrival
         self.mode = mode
         self.shell = shell
         self.token = token

@@ -315,6 +315,7 @@ class Terminal:
             terminal_id=self.terminal_id,
             spool=self.spools.create(execution_id, max_output_bytes),
             received_at=received,
+            now=self.clock.now(),
             mode=self.mode,
             shell=self.shell,
             token=secrets.token_hex(8),

@@ -1,0 +1,395 @@
+"""The `terminal/*` JSON-RPC methods over a set of `Terminal`s.
+
+Theory of operation: the service owns its terminals and one `SpoolStore` they share (so
+`terminal/readOutput` finds any execution's output, and memory pressure trims one place).
+Params are validated here, once, into clear `InvalidParams` errors; paths resolve against the
+workspace and may not leave it (`PermissionDenied`, as for files). `terminal/execute` without
+`terminalId` uses the default terminal, created on first use. A busy terminal refuses a second
+command (`TerminalError`, "busy") rather than interleave output; `idleTimeoutMs` (default
+30 s) bounds how long a quiet command holds the request: it is then answered
+`waiting_for_input`, keeps running, and its end arrives as `terminal/commandFinished` (or
+through `terminal/wait`). With `stream: true`, output is sent as `terminal/data`, one
+notification per loop turn however many reads it took. When `features("shell_integration")`
+is off (degraded), new terminals start without integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lapce_bridge.clock import SYSTEM_CLOCK
+from lapce_bridge.core.clock import Clock
+from lapce_bridge.core.errors import InvalidParams, PermissionDenied
+from lapce_bridge.rpc import Broadcast, CallContext, Method, Observe, Params, method
+from lapce_bridge.terminal.result import ExecResult
+from lapce_bridge.terminal.spool import SpoolStats, SpoolStore
+from lapce_bridge.terminal.terminal import Terminal, TerminalExited
+
+DEFAULT_IDLE_TIMEOUT_MS = 30_000
+_MISSING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStats:
+    terminals: int
+    busy: int
+    executions: int
+    deaths: int
+    restarts: int
+    reaped: int
+    spools: SpoolStats
+
+
+def _param(
+    params: Params, name: str, kind: type | tuple[type, ...], default: Any = _MISSING
+) -> Any:
+    value = params.get(name, _MISSING)
+    if value is _MISSING or (value is None and default is not _MISSING):
+        if default is _MISSING:
+            raise InvalidParams(f"missing required parameter {name!r}")
+        return default
+    # bool is an int in Python, never in JSON-RPC params.
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
+        raise InvalidParams(
+            f"parameter {name!r} must be {_describe(kind)}, not {type(value).__name__}"
+        )
+    return value
+
+
+def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _describe(kind: type | tuple[type, ...]) -> str:
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        dict: "an object",
+    }
+    return " or ".join(names.get(k, k.__name__) for k in _kinds(kind))
+
+
+def _seconds(params: Params, name: str, default: float | None) -> float | None:
+    value = _param(params, name, (int, float), None)
+    if value is None:
+        return default
+    if value <= 0:
+        raise InvalidParams(f"parameter {name!r} must be positive")
+    return float(value) / 1000.0
+
+
+class TerminalService:
+    def __init__(
+        self,
+        *,
+        workspace: Path,
+        state_dir: Path,
+        clock: Clock = SYSTEM_CLOCK,
+        observe: Observe | None = None,
+        broadcast: Broadcast | None = None,
+        features: Callable[[str], bool] | Any | None = None,
+        default_shell: str | None = None,
+        max_terminals: int = 256,
+    ) -> None:
+        self.workspace = Path(workspace).resolve()
+        self.state_dir = Path(state_dir)
+        self.clock = clock
+        self.observe = observe
+        self.broadcast = broadcast
+        # A DegradationManager is accepted as well as its bound `is_enabled`.
+        is_enabled = getattr(features, "is_enabled", features)
+        self._features: Callable[[str], bool] | None = is_enabled
+        self.default_shell = default_shell
+        self.max_terminals = max_terminals
+        self.spools = SpoolStore(self.state_dir / "spool")
+        self.terminals: dict[str, Terminal] = {}
+        self.default_id: str | None = None
+        self._default_lock = asyncio.Lock()
+        self._ids = itertools.count(1)
+        self._by_execution: dict[str, str] = {}
+        self._reaped = 0
+
+    async def __aenter__(self) -> TerminalService:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        terminals = list(self.terminals.values())
+        self.terminals.clear()
+        await asyncio.gather(*(t.close() for t in terminals), return_exceptions=True)
+        self.spools.close()
+
+    def feature(self, name: str) -> bool:
+        return True if self._features is None else bool(self._features(name))
+
+    def methods(self) -> dict[str, Method]:
+        return {
+            "terminal/create": method(self.create, "terminal.create"),
+            "terminal/execute": method(self.execute, "terminal.execute"),
+            "terminal/sendText": method(self.send_text, "terminal.sendText"),
+            "terminal/interrupt": method(self.interrupt, "terminal.interrupt"),
+            "terminal/readOutput": method(self.read_output, "terminal.readOutput"),
+            "terminal/wait": method(self.wait, "terminal.wait"),
+            "terminal/list": method(self.list, "terminal.list"),
+            "terminal/close": method(self.close, "terminal.close"),
+        }
+
+    # -- helpers --------------------------------------------------------------------------
+    def resolve_dir(self, raw: str) -> str:
+        path = Path(raw) if os.path.isabs(raw) else self.workspace / raw
+        real = Path(os.path.realpath(path))
+        if real != self.workspace and self.workspace not in real.parents:
+            raise PermissionDenied(f"cwd {raw!r} resolves outside the workspace {self.workspace}")
+        if not real.is_dir():
+            raise InvalidParams(f"cwd {raw!r} is not a directory")
+        return str(real)
+
+    def get(self, params: Params) -> Terminal:
+        terminal_id = _param(params, "terminalId", str)
+        term = self.terminals.get(terminal_id)
+        if term is None:
+            raise InvalidParams(f"unknown terminalId {terminal_id!r}")
+        return term
+
+    def _on_exit(self, event: TerminalExited) -> None:
+        if self.broadcast is not None:
+            self.broadcast(
+                "terminal/exited",
+                {
+                    "terminalId": event.terminal_id,
+                    "exitCode": event.exit_code,
+                    "willRecover": event.will_recover,
+                },
+            )
+
+    async def open_terminal(
+        self,
+        *,
+        shell: str | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        cols: int = 120,
+        rows: int = 30,
+        shell_integration: bool = True,
+    ) -> Terminal:
+        if len(self.terminals) >= self.max_terminals:
+            from lapce_bridge.core.errors import ResourceExhausted
+
+            raise ResourceExhausted(f"at most {self.max_terminals} terminals may be open")
+        terminal_id = f"t{next(self._ids)}"
+        term = Terminal(
+            terminal_id=terminal_id,
+            shell=shell or self.default_shell,
+            cwd=cwd or str(self.workspace),
+            env=env,
+            cols=cols,
+            rows=rows,
+            shell_integration=shell_integration and self.feature("shell_integration"),
+            clock=self.clock,
+            state_dir=self.state_dir,
+            observe=self.observe,
+            spools=self.spools,
+            on_exit=self._on_exit,
+        )
+        self.terminals[terminal_id] = term
+        try:
+            await term.boot()
+        except BaseException:
+            self.terminals.pop(terminal_id, None)
+            await term.close()
+            raise
+        return term
+
+    # -- methods --------------------------------------------------------------------------
+    async def create(self, params: Params, ctx: CallContext) -> dict[str, Any]:
+        env = _param(params, "env", dict, None)
+        if env is not None and not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            raise InvalidParams("parameter 'env' must map strings to strings")
+        cwd = _param(params, "cwd", str, None)
+        cols = _param(params, "cols", int, 120)
+        rows = _param(params, "rows", int, 30)
+        if not (0 < cols < 10_000 and 0 < rows < 10_000):
+            raise InvalidParams(f"bad terminal size {cols}x{rows}")
+        term = await self.open_terminal(
+            shell=_param(params, "shell", str, None),
+            cwd=self.resolve_dir(cwd) if cwd is not None else None,
+            env=env,
+            cols=cols,
+            rows=rows,
+            shell_integration=_param(params, "shellIntegration", bool, True),
+        )
+        return {
+            "terminalId": term.terminal_id,
+            "shell": term.shell,
+            "pid": term.pid,
+            "mode": term.mode.value,
+        }
+
+    async def _default(self) -> Terminal:
+        async with self._default_lock:
+            term = self.terminals.get(self.default_id) if self.default_id else None
+            if term is None:
+                term = await self.open_terminal()
+                self.default_id = term.terminal_id
+            return term
+
+    async def execute(self, params: Params, ctx: CallContext) -> dict[str, Any]:
+        command = _param(params, "command", str)
+        term = self.get(params) if params.get("terminalId") is not None else await self._default()
+        cwd = _param(params, "cwd", str, None)
+        ansi = _param(params, "ansi", str, "strip")
+        max_bytes = _param(params, "maxOutputBytes", int, 256 * 1024)
+        timeout = _seconds(params, "timeoutMs", None)
+        idle = _seconds(params, "idleTimeoutMs", DEFAULT_IDLE_TIMEOUT_MS / 1000.0)
+        stream = _param(params, "stream", bool, False)
+        on_data = _Streamer(ctx, term) if stream else None
+        terminal_id = term.terminal_id
+
+        def finished(result: ExecResult) -> None:
+            if on_data is not None:
+                on_data.flush()
+            self._by_execution[result.execution_id] = terminal_id
+            with contextlib.suppress(Exception):  # the connection may have gone meanwhile
+                ctx.notify(
+                    "terminal/commandFinished",
+                    {
+                        "terminalId": terminal_id,
+                        "executionId": result.execution_id,
+                        "exitCode": result.exit_code,
+                        "cwd": result.cwd,
+                    },
+                )
+
+        result = await term.execute(
+            command,
+            timeout=timeout,
+            idle_timeout=idle,
+            max_output_bytes=max_bytes,
+            ansi=ansi,
+            on_data=on_data,
+            received_at=ctx.received_at,
+            cwd=self.resolve_dir(cwd) if cwd is not None else None,
+            on_finished=finished,
+        )
+        self._by_execution[result.execution_id] = terminal_id
+        if len(self._by_execution) > 4 * self.spools.max_count:
+            for key in list(self._by_execution)[: self.spools.max_count]:
+                del self._by_execution[key]
+        return result.to_wire()
+
+    def send_text(self, params: Params, ctx: CallContext) -> None:
+        self.get(params).send_text(_param(params, "text", str))
+
+    async def interrupt(self, params: Params, ctx: CallContext) -> None:
+        await self.get(params).interrupt()
+
+    def read_output(self, params: Params, ctx: CallContext) -> dict[str, Any]:
+        execution_id = _param(params, "executionId", str)
+        offset = _param(params, "offset", int, 0)
+        limit = _param(params, "limit", int, 1 << 20)
+        data, nxt, eof = self.spools.read(execution_id, offset, limit)
+        return {"data": data, "offset": nxt, "eof": eof}
+
+    async def wait(self, params: Params, ctx: CallContext) -> dict[str, Any]:
+        """`{executionId, timeoutMs?}` -> the final ExecResult of a still-running command."""
+        execution_id = _param(params, "executionId", str)
+        within = _seconds(params, "timeoutMs", None)
+        terminal_id = self._by_execution.get(execution_id)
+        term = self.terminals.get(terminal_id) if terminal_id else None
+        if term is None:
+            raise InvalidParams(f"unknown executionId {execution_id!r}")
+        return (await term.wait(execution_id, within)).to_wire()
+
+    def list(self, params: Params, ctx: CallContext) -> list[dict[str, Any]]:
+        return [
+            {
+                "terminalId": t.terminal_id,
+                "shell": t.shell,
+                "pid": t.pid,
+                "mode": t.mode.value,
+                "cwd": t.cwd,
+                "busy": t.busy,
+            }
+            for t in self.terminals.values()
+        ]
+
+    async def close(self, params: Params, ctx: CallContext) -> None:
+        term = self.get(params)
+        self.terminals.pop(term.terminal_id, None)
+        if self.default_id == term.terminal_id:
+            self.default_id = None
+        await term.close()
+
+    # -- resource manager hooks -----------------------------------------------------------
+    async def reap_idle(self, max_idle_s: float) -> int:
+        """Close terminals that ran nothing for `max_idle_s`; returns how many."""
+        now = self.clock.now()
+        idle = [
+            t for t in self.terminals.values() if not t.busy and now - t.last_used >= max_idle_s
+        ]
+        for term in idle:
+            self.terminals.pop(term.terminal_id, None)
+            if self.default_id == term.terminal_id:
+                self.default_id = None
+        await asyncio.gather(*(t.close() for t in idle), return_exceptions=True)
+        self._reaped += len(idle)
+        return len(idle)
+
+    def trim_spools(self, keep_bytes: int) -> int:
+        return self.spools.trim(keep_bytes)
+
+    def statistics(self) -> ServiceStats:
+        terms = list(self.terminals.values())
+        return ServiceStats(
+            terminals=len(terms),
+            busy=sum(1 for t in terms if t.busy),
+            executions=sum(t.executions for t in terms),
+            deaths=sum(len(t.deaths) for t in terms),
+            restarts=sum(t.restarts for t in terms),
+            reaped=self._reaped,
+            spools=self.spools.statistics(),
+        )
+
+
+class _Streamer:
+    """Collects output chunks and sends them as one `terminal/data` per loop turn."""
+
+    __slots__ = ("_ctx", "_execution_id", "_parts", "_scheduled", "_term")
+
+    def __init__(self, ctx: CallContext, term: Terminal) -> None:
+        self._ctx = ctx
+        self._term = term
+        self._parts: list[str] = []
+        self._scheduled = False
+        self._execution_id: str | None = None
+
+    def __call__(self, text: str) -> None:
+        if self._execution_id is None and self._term.current is not None:
+            self._execution_id = self._term.current.execution_id
+        self._parts.append(text)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._parts:
+            return
+        data = "".join(self._parts)
+        self._parts.clear()
+        with contextlib.suppress(Exception):
+            self._ctx.notify("terminal/data", {"executionId": self._execution_id, "data": data})
