@@ -1,0 +1,290 @@
+"""The `fs/*` methods: validated params in, wire-shaped results out, over one workspace.
+
+Theory of operation: `FileService` composes the parts and owns their life cycle: a
+`Workspace` (confinement), a `FileCache` (exposed as `.cache` so a resource manager can
+`trim`/`resize`/`clear` it under memory pressure), a `FileStore` (reads with recovery, atomic
+writes, stat, list) and a `WatcherRecovery` (self-healing watches). Entering it sweeps the
+temporary files a crashed writer left in the workspace and starts the watch health check;
+leaving it stops every watch.
+
+Wire decisions (PROTOCOL.md leaves these open):
+- `fs/read` is async: its retry path sleeps on the clock, and a handler is either sync or
+  async. The cached path inside it is one `stat` and a dict lookup; the price of the Task the
+  server wraps an async handler in is measured by the bench (`fs` suite) beside it.
+- `fs/stat` and `fs/list` are sync (answered inline); a transient errno comes back as a
+  -32004 error with `retryable: true` instead of being retried here. `fs/list`'s `path`
+  defaults to the workspace root; entries are sorted by name, folders and links report size
+  0, and our temporary files are hidden.
+- `fs/write`'s `expectedMtimeNs`: absent or null, no check; a positive number must equal the
+  file's current mtime; 0 means the file must not exist yet (create only). A mismatch is a
+  -32004 ConflictError whose `data.mtimeNs` is the file's current mtime.
+- `fs/didChange` paths are workspace-relative POSIX paths. Watches belong to the connection
+  that made them: only it may `fs/unwatch` them, and they end when it closes. When the
+  `file_watching` feature is off (quality level 0), `fs/watch` answers -32002 Unavailable:
+  the level exists to shed load, and polling would add load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol
+
+from lapce_bridge.clock import SYSTEM_CLOCK
+from lapce_bridge.core.clock import Clock
+from lapce_bridge.core.errors import InvalidParams, Unavailable
+from lapce_bridge.core.retry import RetryPolicy
+from lapce_bridge.fs.atomic import sweep_temp_files
+from lapce_bridge.fs.cache import CacheStats, FileCache
+from lapce_bridge.fs.files import (
+    DEFAULT_MAX_FILE_BYTES,
+    RACY_WINDOW_NS,
+    FileStore,
+    ReadResult,
+    StoreStats,
+    fs_error,
+)
+from lapce_bridge.fs.ops import REAL_FS, FsOps
+from lapce_bridge.fs.paths import Workspace
+from lapce_bridge.fs.snapshot import DEFAULT_SKIP_DIRS
+from lapce_bridge.fs.watch import WatchBackend, WatcherRecovery, WatchStats
+from lapce_bridge.rpc import CallContext, Method, Observe, Params, method
+
+ENCODINGS = ("utf-8", "base64")
+MAX_WATCH_PATHS = 64
+FILE_WATCHING = "file_watching"
+
+
+class FeatureFlags(Protocol):
+    def is_enabled(self, feature: str) -> bool: ...
+
+
+def default_retry(clock: Clock) -> RetryPolicy:
+    """4 attempts, 50/100/200 ms apart (±10 %): recovered or given up within 0.4 s."""
+    return RetryPolicy(
+        max_attempts=4, initial_delay=0.05, max_delay=0.5, multiplier=2.0, jitter=0.1, clock=clock
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FileServiceStats:
+    store: StoreStats
+    cache: CacheStats
+    watch: WatchStats
+    temp_files_swept: int
+
+
+class FileService:
+    def __init__(
+        self,
+        *,
+        workspace: Path,
+        clock: Clock = SYSTEM_CLOCK,
+        observe: Observe | None = None,
+        features: Callable[[str], bool] | FeatureFlags | None = None,
+        cache: FileCache | None = None,
+        retry: RetryPolicy | None = None,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        watch_health_interval: float = 30.0,
+        ops: FsOps = REAL_FS,
+        watch_backend: WatchBackend | None = None,
+        on_degraded: Callable[[str], object] | None = None,
+        skip_dirs: frozenset[str] = DEFAULT_SKIP_DIRS,
+        racy_window_ns: int = RACY_WINDOW_NS,
+        durable: bool = True,
+        sweep_on_start: bool = True,
+    ) -> None:
+        self.clock = clock
+        self.workspace = Workspace(workspace)
+        self.cache = cache if cache is not None else FileCache()
+        self.retry = retry if retry is not None else default_retry(clock)
+        self.store = FileStore(
+            self.workspace,
+            cache=self.cache,
+            retry=self.retry,
+            ops=ops,
+            max_file_bytes=max_file_bytes,
+            racy_window_ns=racy_window_ns,
+            durable=durable,
+            clock=clock,
+            observe=observe,
+        )
+        self.watcher = WatcherRecovery(
+            relative=self.workspace.relative,
+            clock=clock,
+            backend=watch_backend,
+            health_interval=watch_health_interval,
+            skip_dirs=skip_dirs,
+            on_degraded=on_degraded,
+            observe=observe,
+        )
+        if features is None:
+            self._enabled: Callable[[str], bool] = lambda feature: True
+        elif callable(features):
+            self._enabled = features
+        else:
+            self._enabled = features.is_enabled
+        self._owners: dict[str, int] = {}
+        self._skip_dirs = skip_dirs
+        self._sweep_on_start = sweep_on_start
+        self._swept = 0
+
+    # -- life cycle ---------------------------------------------------------------------------
+    async def __aenter__(self) -> FileService:
+        if self._sweep_on_start:
+            await self.sweep_temp_files()
+        await self.watcher.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._owners.clear()
+        await self.watcher.aclose()
+
+    async def sweep_temp_files(self) -> int:
+        """Remove temp files crashed writers left in the workspace; returns how many."""
+        removed = await asyncio.to_thread(
+            sweep_temp_files, self.workspace.root, ops=self.store.ops, skip_dirs=self._skip_dirs
+        )
+        self._swept += removed
+        return removed
+
+    # -- methods ------------------------------------------------------------------------------
+    def methods(self) -> dict[str, Method]:
+        return {
+            "fs/read": method(self._read, "fs/read"),
+            "fs/write": method(self._write, "fs/write"),
+            "fs/stat": method(self._stat, "fs/stat"),
+            "fs/list": method(self._list, "fs/list"),
+            "fs/watch": method(self._watch, "fs/watch"),
+            "fs/unwatch": method(self._unwatch, "fs/unwatch"),
+        }
+
+    async def _read(self, params: Params, ctx: CallContext) -> dict[str, Any]:
+        p = _object(params)
+        encoding = _encoding(p)
+        return self.render(await self.store.read(p.get("path")), encoding)
+
+    def render(self, result: ReadResult, encoding: str) -> dict[str, Any]:
+        data = result.data
+        if encoding == "utf-8":
+            try:
+                content = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidParams(
+                    f"the file is not valid UTF-8 (byte {exc.start}: {exc.reason}); "
+                    "read it with encoding 'base64'"
+                ) from exc
+        else:
+            content = binascii.b2a_base64(data, newline=False).decode("ascii")
+        out = {
+            "content": content,
+            "encoding": encoding,
+            "size": len(data),
+            "mtimeNs": result.identity[0],
+            "fromCache": result.from_cache,
+            "stale": result.stale,
+        }
+        if result.stale:
+            out["staleReason"] = result.stale_reason
+        return out
+
+    async def _write(self, params: Params, ctx: CallContext) -> dict[str, Any]:
+        p = _object(params)
+        real = self.workspace.resolve(p.get("path"))
+        data = _content(p, _encoding(p))
+        expected = p.get("expectedMtimeNs")
+        if expected is not None and (type(expected) is not int or expected < 0):
+            raise InvalidParams("expectedMtimeNs must be a non-negative integer or null")
+        create_dirs = p.get("createDirs", False)
+        if type(create_dirs) is not bool:
+            raise InvalidParams("createDirs must be a boolean")
+        st = await self.store.write(real, data, expected_mtime_ns=expected, create_dirs=create_dirs)
+        return {"size": st.st_size, "mtimeNs": st.st_mtime_ns}
+
+    def _stat(self, params: Params, ctx: CallContext) -> dict[str, Any]:
+        return self.store.stat(_object(params).get("path"))
+
+    def _list(self, params: Params, ctx: CallContext) -> list[dict[str, Any]]:
+        return self.store.list(_object(params).get("path", "."))
+
+    async def _watch(self, params: Params, ctx: CallContext) -> dict[str, str]:
+        p = _object(params)
+        if not self._enabled(FILE_WATCHING):
+            raise Unavailable("file watching is turned off at this quality level; poll fs/stat")
+        paths = p.get("paths")
+        if not isinstance(paths, list) or not paths:
+            raise InvalidParams("paths must be a non-empty array of paths")
+        if len(paths) > MAX_WATCH_PATHS:
+            raise InvalidParams(f"at most {MAX_WATCH_PATHS} paths per watch")
+        recursive = p.get("recursive", True)
+        if type(recursive) is not bool:
+            raise InvalidParams("recursive must be a boolean")
+        roots = [self.workspace.resolve(raw, what="paths[]") for raw in paths]
+        for root in roots:
+            try:
+                self.store.ops.stat(root)
+            except OSError as exc:
+                raise fs_error(exc, "watch", self.workspace.relative(root)) from exc
+        notify = ctx.notify
+
+        def sink(watch_id: str, changes: list[dict[str, str]]) -> None:
+            notify("fs/didChange", {"watchId": watch_id, "changes": changes})
+
+        watch_id = await self.watcher.watch(roots, sink=sink, recursive=recursive)
+        self._owners[watch_id] = ctx.connection_id
+        ctx.on_close(partial(self._release, watch_id))
+        return {"watchId": watch_id}
+
+    def _unwatch(self, params: Params, ctx: CallContext) -> None:
+        watch_id = _object(params).get("watchId")
+        if not isinstance(watch_id, str) or self._owners.get(watch_id) != ctx.connection_id:
+            raise InvalidParams(f"no watch {watch_id!r} on this connection")
+        self._release(watch_id)
+
+    def _release(self, watch_id: str) -> None:
+        self._owners.pop(watch_id, None)
+        self.watcher.unwatch(watch_id)
+
+    def statistics(self) -> FileServiceStats:
+        return FileServiceStats(
+            store=self.store.statistics(),
+            cache=self.cache.statistics(),
+            watch=self.watcher.statistics(),
+            temp_files_swept=self._swept,
+        )
+
+
+def _object(params: Any) -> dict[str, Any]:
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise InvalidParams("params must be an object")
+    return params
+
+
+def _encoding(p: dict[str, Any]) -> str:
+    encoding = p.get("encoding", "utf-8")
+    if encoding is None:
+        return "utf-8"
+    if encoding not in ENCODINGS:
+        raise InvalidParams(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+    return str(encoding)
+
+
+def _content(p: dict[str, Any], encoding: str) -> bytes:
+    content = p.get("content")
+    if not isinstance(content, str):
+        raise InvalidParams("content must be a string")
+    try:
+        if encoding == "utf-8":
+            return content.encode("utf-8")
+        return binascii.a2b_base64(content, strict_mode=True)
+    except (UnicodeEncodeError, binascii.Error) as exc:
+        raise InvalidParams(f"content is not valid {encoding}: {exc}") from exc
+
+
+__all__ = ["FILE_WATCHING", "FeatureFlags", "FileService", "FileServiceStats", "default_retry"]
