@@ -28,8 +28,9 @@ import orjson
 
 from lapce_bridge.bench.report import Row, figure_row, latency_row
 from lapce_bridge.bench.runner import BenchContext
+from lapce_bridge.ipc import jsonrpc
 from lapce_bridge.ipc.client import BridgeClient
-from lapce_bridge.ipc.framing import Frame, FrameDecoder
+from lapce_bridge.ipc.framing import Frame, FrameDecoder, encode
 from lapce_bridge.ipc.raw import BlockingRawClient, frame
 
 SUITE = "ipc"
@@ -83,24 +84,33 @@ def ping_round_trips(sock: Path, count: int, warmup: int) -> list[float]:
 
 
 def pipelined_rate(sock: Path, count: int) -> float:
-    """Messages per second: `count` pings written back to back while a reader drains."""
+    """Messages per second: `count` pings written back to back while a reader drains.
+
+    The reader counts bytes against the exact size of the expected answers instead of
+    decoding them, so the figure is the server's rate, not this client's parser's.
+    """
     client = BlockingRawClient.connect_unix(sock, timeout=60)
     payload = b"".join(frame({"jsonrpc": "2.0", "id": i, "method": "ping"}) for i in range(count))
+    last = encode(jsonrpc.result_bytes(count - 1, {"pong": True}))
+    expected = sum(len(encode(jsonrpc.result_bytes(i, {"pong": True}))) for i in range(count))
     started = time.perf_counter()
     sender = threading.Thread(target=client.sock.sendall, args=(payload,))
     sender.start()
-    decoder = FrameDecoder()
     got = 0
+    tail = b""
     try:
-        while got < count:
+        while got < expected:
             data = client.sock.recv(1 << 20)
             if not data:
                 raise RuntimeError("the server closed the connection")
-            got += sum(1 for e in decoder.feed(data) if isinstance(e, Frame))
+            got += len(data)
+            tail = (tail + data)[-len(last) :]
         elapsed = time.perf_counter() - started
     finally:
         sender.join()
         client.close()
+    if got != expected or tail != last:
+        raise RuntimeError("the pipelined answers were not the ones expected")
     return count / elapsed
 
 

@@ -73,8 +73,9 @@ class Connection(RequestDispatch, asyncio.Protocol):
         transport.set_write_buffer_limits(high=high, low=high // 4)
 
     def data_received(self, data: bytes) -> None:
-        self._last_data = self._server.clock.now()
         events = self._decoder.feed(data)
+        if self._decoder.in_frame:  # only a partial frame is timed (see _watch_stall)
+            self._last_data = self._server.clock.now()
         if self._backlog or self._write_paused:
             self._backlog.extend(events)
         else:

@@ -151,6 +151,34 @@ class RequestDispatch(_Connected):
 
     def _on_request(self, req: Request) -> None:
         self.requests += 1
+        server = self._server
+        method = server.methods.get(req.method)
+        params = req.params
+        if params is None:
+            params = {}
+        if (
+            method is None
+            or method.is_async
+            or type(params) is not dict
+            or "idempotencyKey" in params
+            or server.shutting_down
+            or req.id in self._inflight
+        ):
+            self._on_request_slow(req)
+            return
+        # The hot path: a cheap handler answered inline, with no Task and no Prepared.
+        clock = server.clock
+        started = clock.now()
+        try:
+            result = method.handler(params, RequestContext(self, started))
+        except Exception as exc:
+            server.observe(method.operation, clock.now() - started, _ok(exc))
+            self._write(jsonrpc.error_bytes(req.id, exc))
+            return
+        server.observe(method.operation, clock.now() - started, True)
+        self._send_result(req.id, result)
+
+    def _on_request_slow(self, req: Request) -> None:
         try:
             if self._server.shutting_down:
                 raise shutting_down()
