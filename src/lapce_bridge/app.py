@@ -71,6 +71,7 @@ class App:
         self.resources: ResourceManager | None = None
         self._extra = extra_methods
         self._sinks: list[Broadcast] = []
+        self._counter_sources: list[Callable[[], Mapping[str, int]]] = []
         self._methods: dict[str, Method] = self._own_methods()
         self._stack: AsyncExitStack | None = None
         self.services: list[object] = []
@@ -102,6 +103,16 @@ class App:
 
         return remove
 
+    def add_counter_source(self, source: Callable[[], Mapping[str, int]]) -> Callable[[], None]:
+        """Counters read when `metrics/get` is answered (no cost on the hot path)."""
+        self._counter_sources.append(source)
+
+        def remove() -> None:
+            if source in self._counter_sources:
+                self._counter_sources.remove(source)
+
+        return remove
+
     def broadcast(self, method_name: str, params: Any) -> None:
         for sink in list(self._sinks):
             sink(method_name, params)
@@ -125,7 +136,10 @@ class App:
             return self.health_report()
 
         def metrics_get(params: Params, ctx: CallContext) -> dict[str, Any]:
-            return self.metrics.snapshot()
+            snapshot = self.metrics.snapshot()
+            for source in list(self._counter_sources):
+                snapshot["counters"].update(source())
+            return snapshot
 
         return {
             "health/get": method(health_get, "health/get"),

@@ -194,6 +194,10 @@ async def test_malformed_input_is_answered_and_the_connection_survives(tmp_path:
             (5, None),
         ]
         assert got[-1]["result"] == {"pong": True}
+        counters = (await c.request("metrics/get"))["result"]["counters"]
+        assert counters["ipc.frameErrors"] == 2  # no Content-Length; the garbage run
+        assert counters["ipc.invalidMessages"] == 5
+        assert counters["ipc.connections"] == 1
         await c.close()
 
 

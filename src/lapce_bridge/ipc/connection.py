@@ -107,6 +107,7 @@ class Connection(RequestDispatch, asyncio.Protocol):
                     self._write(jsonrpc.error_bytes(None, exc))
             else:
                 assert isinstance(event, FrameError)
+                self._server.stats_frame_errors += 1
                 self._write(jsonrpc.error_bytes(event.request_id, event.error))
                 if event.fatal:
                     self.close()
@@ -230,6 +231,7 @@ class Connection(RequestDispatch, asyncio.Protocol):
             self._on_notification(msg)
         elif kind is Invalid:
             assert isinstance(msg, Invalid)
+            self._server.stats_invalid_messages += 1
             self._write(jsonrpc.error_bytes(msg.id, msg.error))
         elif kind is Batch:
             assert isinstance(msg, Batch)

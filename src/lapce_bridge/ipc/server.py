@@ -25,7 +25,7 @@ import itertools
 import logging
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -68,6 +68,8 @@ class ServerApp(Protocol):
 
     def add_broadcast_sink(self, sink: Broadcast) -> Callable[[], None]: ...
 
+    def add_counter_source(self, source: Callable[[], Mapping[str, int]]) -> Callable[[], None]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class ServerStats:
@@ -81,6 +83,12 @@ class ServerStats:
     slow_disconnects: int
     stalled_frames: int
     auth_failures: int
+    frame_errors: int
+    invalid_messages: int
+
+    def counters(self) -> dict[str, int]:
+        """These figures as `metrics/get` counters (`ipc.<name>`)."""
+        return {f"ipc.{_camel(f.name)}": getattr(self, f.name) for f in fields(self)}
 
 
 class BridgeServer:
@@ -123,10 +131,13 @@ class BridgeServer:
         self.stats_slow_disconnects = 0
         self.stats_stalled = 0
         self.stats_auth_failures = 0
+        self.stats_frame_errors = 0
+        self.stats_invalid_messages = 0
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._closed = False
         self._unsubscribe = app.add_broadcast_sink(self.broadcast)
+        self._uncount = app.add_counter_source(lambda: self.statistics().counters())
 
     # -- built-in methods -----------------------------------------------------------------
     def _builtins(self) -> dict[str, Method]:
@@ -276,6 +287,7 @@ class BridgeServer:
             with contextlib.suppress(Exception):
                 await listener.wait_closed()
         self._unsubscribe()
+        self._uncount()
         self.journal.close()
 
     async def _drain(self) -> None:
@@ -322,6 +334,8 @@ class BridgeServer:
             slow_disconnects=self.stats_slow_disconnects,
             stalled_frames=self.stats_stalled,
             auth_failures=self.stats_auth_failures,
+            frame_errors=self.stats_frame_errors,
+            invalid_messages=self.stats_invalid_messages,
         )
 
 
@@ -339,6 +353,11 @@ class _PipeWriter(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._conn.close()
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(part.title() for part in rest)
 
 
 def _is_loopback(host: str) -> bool:
