@@ -163,3 +163,21 @@ async def test_the_app_serves_the_file_service_when_present(tmp_path: Path) -> N
                 metrics = await client.request("metrics/get")
                 assert metrics["operations"]["fs/read"]["count"] >= 1
     assert (workspace / "notes" / "a.txt").read_text() == "hi"
+
+
+async def test_an_outcome_the_journal_cannot_record_is_still_answered(tmp_path: Path) -> None:
+    journal = IdempotencyJournal(tmp_path / "j.sqlite3").open()
+    table = Idempotency(journal)
+
+    async def work() -> str:
+        # The database handle fails under the journal mid-request (as a full disk would).
+        assert journal._db is not None
+        journal._db.close()
+        return "done"
+
+    future = table.start("k", "m", work)
+    ok, payload = await future
+    assert ok
+    assert payload == b'"done"'
+    assert table.unrecorded == 1
+    assert table.running == 0

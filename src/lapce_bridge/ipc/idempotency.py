@@ -19,10 +19,11 @@ recorded as its outcome. A cancellation from the server shutting down leaves the
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from lapce_bridge.core.errors import Cancelled, InvalidParams, Unavailable
+from lapce_bridge.core.errors import Cancelled, InvalidParams, ResourceExhausted, Unavailable
 from lapce_bridge.ipc import jsonrpc
 from lapce_bridge.ipc.journal import (
     MAX_KEY_LENGTH,
@@ -30,6 +31,8 @@ from lapce_bridge.ipc.journal import (
     IdempotencyJournal,
     OutcomeUnknown,
 )
+
+log = logging.getLogger("lapce_bridge.ipc")
 
 Outcome = tuple[bool, bytes]
 
@@ -65,6 +68,7 @@ class Idempotency:
         self._client_cancelled: set[str] = set()
         self.replayed = 0
         self.joined = 0
+        self.unrecorded = 0
 
     def lookup(self, key: str, method: str) -> asyncio.Future[Outcome] | Outcome | None:
         """The outcome (or the future of it) for a key seen before; None for a new key."""
@@ -94,7 +98,7 @@ class Idempotency:
             outcome = encode_outcome(True, call())
         except Exception as exc:
             outcome = encode_outcome(False, exc)
-        self.journal.finish(key, *outcome)
+        self._record(key, outcome)
         return outcome
 
     def start(
@@ -123,7 +127,7 @@ class Idempotency:
                 outcome = encode_outcome(False, Cancelled(f"request {key!r} was cancelled"))
             except Exception as exc:
                 outcome = encode_outcome(False, exc)
-            self.journal.finish(key, *outcome)
+            self._record(key, outcome)
             if not future.done():
                 future.set_result(outcome)
         finally:
@@ -132,6 +136,15 @@ class Idempotency:
             # Retrieve a stored exception nobody awaited (every waiter's connection dropped).
             if future.done() and not future.cancelled():
                 future.exception()
+
+    def _record(self, key: str, outcome: Outcome) -> None:
+        try:
+            self.journal.finish(key, *outcome)
+        except ResourceExhausted:
+            # The answer is known and is still given; only a repeat after a restart would
+            # then read "outcome unknown" instead of it.
+            self.unrecorded += 1
+            log.exception("idempotency journal: the outcome of %r was not recorded", key)
 
     def cancel(self, key: str) -> bool:
         """Cancel the running execution of `key` at the client's request."""
