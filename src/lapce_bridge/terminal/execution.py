@@ -25,6 +25,7 @@ from lapce_bridge.terminal.spool import Spool
 class Execution:
     __slots__ = (
         "_normalizer",
+        "began",
         "cwd",
         "done",
         "ended_at",
@@ -34,6 +35,7 @@ class Execution:
         "last_activity",
         "mode",
         "on_data",
+        "raw",
         "received_at",
         "recoveries",
         "shell",
@@ -65,6 +67,7 @@ class Execution:
         self.received_at = received_at
         self.last_activity = now  # idleness counts from the hand-over, not the request's arrival
         self.mode = mode
+        self.raw = False  # no end mark: the command ends when its output goes quiet
         self.shell = shell
         self.token = token
         self.on_data = on_data
@@ -77,7 +80,9 @@ class Execution:
         self.cwd: str | None = None
         self.ended_at: float | None = None
         self._normalizer = OutputNormalizer()
-        self.done: asyncio.Future[ExecResult] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[ExecResult] = loop.create_future()
+        self.began: asyncio.Future[None] = loop.create_future()
 
     @property
     def finished(self) -> bool:
@@ -86,6 +91,8 @@ class Execution:
     def begin(self, now: float) -> None:
         self.started = True
         self.last_activity = now
+        if not self.began.done():
+            self.began.set_result(None)
 
     def feed(self, data: bytes, now: float) -> None:
         self.last_activity = now
@@ -118,6 +125,8 @@ class Execution:
         if tail:
             self._emit(tail)
         self.spool.finish()
+        if not self.began.done():
+            self.began.set_result(None)
         self.exit_code = exit_code
         self.cwd = cwd
         self.ended_at = now

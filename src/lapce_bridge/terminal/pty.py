@@ -238,10 +238,8 @@ class PtyProcess:
                 os.kill(self.pid, sig)
 
     def kill(self) -> None:
-        """SIGKILL the child and everything in its session's foreground group."""
-        if self.returncode is None:
-            self.signal_foreground(signal.SIGKILL)
-            self.signal(signal.SIGKILL)
+        """SIGKILL the child. The kernel then hangs up its terminal's foreground group."""
+        self.signal(signal.SIGKILL)
 
     def close(self) -> None:
         """Release the fds. The child gets SIGHUP from the kernel when the master closes."""

@@ -15,6 +15,7 @@ counts; a shell is never retried after being given up on for this terminal.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -59,8 +60,10 @@ def recent_deaths(deaths: Sequence[float], now: float, window_s: float) -> int:
 def next_shell(
     current: str, tried: Sequence[str], fallbacks: Sequence[str], can_run: Callable[[str], bool]
 ) -> str | None:
+    # Compared by name: "/usr/bin/bash" and "bash" are the same shell.
+    skip = {os.path.basename(s) for s in (current, *tried)}
     for shell in fallbacks:
-        if shell != current and shell not in tried and can_run(shell):
+        if os.path.basename(shell) not in skip and can_run(shell):
             return shell
     return None
 

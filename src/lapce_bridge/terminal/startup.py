@@ -98,18 +98,18 @@ async def start_shell(term: Terminal, exe: str, *, restore: Path | None, alterna
         launch = plan(True, True, restore)
         term.spawn(launch.argv, launch.env, cwd)
         if await term.wait_ready(term.startup_timeout):
-            term.mode = Mode.ALTERNATIVE_SHELL if alternative else Mode.SHELL_INTEGRATION
+            _set_mode(term, Mode.SHELL_INTEGRATION, Mode.SHELL_INTEGRATION, alternative)
             return
         reason = f"shell integration did not start within {term.startup_timeout:g} s"
         if await term.probe(Mode.NO_SHELL_INTEGRATION, term.probe_timeout):
-            term.mode = Mode.NO_SHELL_INTEGRATION
+            _set_mode(term, Mode.NO_SHELL_INTEGRATION, Mode.NO_SHELL_INTEGRATION, alternative)
             term.pending_recoveries.append(Recovery("no_shell_integration", reason))
             return
         await term.stop_process()
         launch = plan(True, False, restore)
         term.spawn(launch.argv, launch.env, cwd)
         if await term.wait_ready(term.startup_timeout):
-            term.mode = Mode.MINIMAL_PTY
+            _set_mode(term, Mode.SHELL_INTEGRATION, Mode.MINIMAL_PTY, alternative)
             term.pending_recoveries.append(
                 Recovery("minimal_pty", reason + " with the user's rc files; started without")
             )
@@ -119,17 +119,23 @@ async def start_shell(term: Terminal, exe: str, *, restore: Path | None, alterna
         launch = plan(False, True, None)
         term.spawn(launch.argv, launch.env, cwd)
         if await term.probe(Mode.NO_SHELL_INTEGRATION, term.probe_timeout):
-            term.mode = Mode.NO_SHELL_INTEGRATION
+            _set_mode(term, Mode.NO_SHELL_INTEGRATION, Mode.NO_SHELL_INTEGRATION, alternative)
             return
         await term.stop_process()
     launch = plan(False, False, None)
     proc = term.spawn(launch.argv, launch.env, cwd)
     if not proc.alive:
         raise ShellCrashed(f"{exe} exits at once; no terminal can be started")
-    term.mode = Mode.RAW_OUTPUT
+    _set_mode(term, Mode.RAW_OUTPUT, Mode.RAW_OUTPUT, alternative)
     term.pending_recoveries.append(
         Recovery("raw_output_mode", f"{exe} answered no end marker within the bounds")
     )
+
+
+def _set_mode(term: Terminal, protocol: Mode, label: Mode, alternative: bool) -> None:
+    term.protocol = protocol
+    # Results name the most important departure: another shell than asked for, first.
+    term.mode = Mode.ALTERNATIVE_SHELL if alternative else label
 
 
 def prepare_restore(term: Terminal) -> Path | None:
@@ -140,6 +146,9 @@ def prepare_restore(term: Terminal) -> Path | None:
         text = source.read_text(errors="surrogateescape")
     except OSError:
         return None
+    if term.kind == "fish":
+        # `set -xL` lists "NAME escaped-value(s)": valid fish words after `set -gx`.
+        text = "".join("set -gx " + line for line in text.splitlines(keepends=True))
     kept = [line for line in text.splitlines(keepends=True) if not _VOLATILE.match(line)]
     target = term.dir / "restore"
     target.write_text("".join(kept), errors="surrogateescape")

@@ -49,7 +49,6 @@ from lapce_bridge.terminal.waiting import await_result, command_file_text, stop_
 Observe = Callable[[str, float, bool], None]
 _ids = itertools.count(1)
 _RESULTS_KEPT = 64
-_INTEGRATED_MODES = (Mode.SHELL_INTEGRATION, Mode.ALTERNATIVE_SHELL, Mode.MINIMAL_PTY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +121,10 @@ class Terminal:
         self.crash_policy = crash_policy or CrashLoopPolicy()
         self.nonce = secrets.token_hex(16)
         self._nonce_tail = (";" + self.nonce + "\x07").encode()
-        self.mode = Mode.SHELL_INTEGRATION
+        self.mode = Mode.SHELL_INTEGRATION  # what results report
+        # How a command's end is found: SHELL_INTEGRATION, NO_SHELL_INTEGRATION or RAW_OUTPUT
+        # (an alternative shell or a minimal PTY still uses one of these three).
+        self.protocol = Mode.SHELL_INTEGRATION
         self.kind = "posix"
         self.cwd: str | None = None
         self.proc: PtyProcess | None = None
@@ -328,10 +330,10 @@ class Terminal:
             ex.done.add_done_callback(lambda f: f.cancelled() or on_finished(f.result()))
         self._exec = ex
         self.parser.strip_ansi = ansi == "strip"
-        self._raw_skip_echo = self.mode is Mode.RAW_OUTPUT
+        self._raw_skip_echo = ex.raw = self.protocol is Mode.RAW_OUTPUT
         (self.dir / "cmd").write_bytes(command_file_text(self.kind, command, cwd).encode())
         try:
-            proc.write(run_line(self.kind, self._line_mode(), self.dir / "cmd", ex.token))
+            proc.write(run_line(self.kind, self.protocol, self.dir / "cmd", ex.token))
         except OSError as exc:
             self._finish(ex, exit_code=None, status=Status.INTERRUPTED)
             raise ShellCrashed(f"could not write to the shell: {exc}") from exc
@@ -342,9 +344,6 @@ class Terminal:
             ex.interrupted = True
             proc.signal_foreground(signal.SIGINT)
             raise
-
-    def _line_mode(self) -> Mode:
-        return Mode.SHELL_INTEGRATION if self.mode in _INTEGRATED_MODES else self.mode
 
     async def _usable(self) -> None:
         if self._closed or self._closing:
@@ -422,7 +421,7 @@ class Terminal:
                 ex = self._exec
                 if ex is not None and ex.started:
                     ex.feed(event.data, self.clock.now())
-                elif ex is not None and self.mode is Mode.RAW_OUTPUT:
+                elif ex is not None and self.protocol is Mode.RAW_OUTPUT:
                     self._raw_text(ex, event.data)
             else:
                 assert isinstance(event, Marker)
@@ -449,7 +448,7 @@ class Terminal:
         if kind == "P":
             self._on_property(m)
             return
-        if self.mode not in _INTEGRATED_MODES:
+        if self.protocol is not Mode.SHELL_INTEGRATION:
             return
         ex = self._exec
         if kind == "C":
@@ -466,7 +465,7 @@ class Terminal:
         key, value = m.key, m.value or ""
         if key == "Cwd":
             self.cwd = value
-            if self.mode in _INTEGRATED_MODES:
+            if self.protocol is Mode.SHELL_INTEGRATION:
                 self._set_ready()
             return
         if key not in ("LbStart", "LbEnd"):

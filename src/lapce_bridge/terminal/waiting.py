@@ -21,12 +21,14 @@ import asyncio
 import signal
 from typing import TYPE_CHECKING
 
-from lapce_bridge.terminal.result import ExecResult, Mode, Status
+from lapce_bridge.terminal.result import ExecResult, Status
 
 if TYPE_CHECKING:
     from lapce_bridge.terminal.execution import Execution
     from lapce_bridge.terminal.terminal import Terminal
 
+_REPOLL_S = 0.02
+_RESEND_S = 0.2
 RAW_IDLE_S = 0.5  # raw mode ends a command after this much quiet when no idle_timeout is given
 
 
@@ -35,7 +37,7 @@ async def await_result(
 ) -> ExecResult:
     clock = term.clock
     deadline = None if limit is None else clock.now() + limit
-    raw = ex.mode is Mode.RAW_OUTPUT
+    raw = ex.raw
     idle = idle_timeout if idle_timeout is not None else (RAW_IDLE_S if raw else None)
     while not ex.done.done():
         now = clock.now()
@@ -79,11 +81,26 @@ async def stop_foreground(term: Terminal, ex: Execution) -> None:
     proc = term.proc
     if proc is None:
         return
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+    if not ex.started:
+        # Before the start mark a signal would reach the line editor, which may drop our line
+        # or read it after all: wait for the command to start; a shell that never starts it is
+        # stuck, and only replacing it helps.
+        try:
+            async with term.clock.timeout(term.interrupt_grace):
+                await asyncio.shield(ex.began)
+        except TimeoutError:
+            proc.kill()
+            await _ended(term, ex, term.interrupt_grace)
+            return
+        if ex.done.done():
+            return
+    if await _interrupt(term, ex):
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         if not proc.alive:
             break
         pgrp = proc.foreground_pgrp()
-        if sig != signal.SIGINT and (pgrp is None or pgrp == proc.pid):
+        if pgrp is None or pgrp == proc.pid:
             continue
         proc.signal_foreground(sig)
         if await _ended(term, ex, term.interrupt_grace):
@@ -91,6 +108,30 @@ async def stop_foreground(term: Terminal, ex: Execution) -> None:
     if proc.alive and not ex.done.done():
         proc.kill()
         await _ended(term, ex, term.interrupt_grace)
+
+
+async def _interrupt(term: Terminal, ex: Execution) -> bool:
+    """SIGINT, as Ctrl-C would; whether the command ended within the grace period.
+
+    A SIGINT that arrives while the shell forks the command's process is absorbed (by the
+    shell, or by the child before it resets its handlers), so while the grace lasts a group
+    that changed gets one too, and the same group gets another every `_RESEND_S`, as a user
+    would press Ctrl-C again.
+    """
+    proc = term.proc
+    assert proc is not None
+    clock = term.clock
+    sent_to = proc.signal_foreground(signal.SIGINT)
+    sent_at = clock.now()
+    deadline = sent_at + term.interrupt_grace
+    while (left := deadline - clock.now()) > 0:
+        if await _ended(term, ex, min(_REPOLL_S, left)):
+            return True
+        pgrp = proc.foreground_pgrp()
+        if proc.alive and (pgrp != sent_to or clock.now() - sent_at >= _RESEND_S):
+            sent_to = proc.signal_foreground(signal.SIGINT)
+            sent_at = clock.now()
+    return ex.done.done()
 
 
 def command_file_text(kind: str, command: str, cwd: str | None) -> str:

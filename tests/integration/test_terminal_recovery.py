@@ -1,0 +1,187 @@
+"""Shell deaths, crash loops, fallback modes and user rc files, with real shells."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from lapce_bridge.core.errors import ShellCrashed
+from lapce_bridge.terminal.recovery import CrashLoopPolicy
+from lapce_bridge.terminal.result import Mode, Status
+from lapce_bridge.terminal.terminal import Terminal, TerminalExited
+
+
+async def _restarted(term: Terminal, count: int) -> None:
+    for _ in range(1000):
+        if term.restarts >= count and (term.restarting is None or term.restarting.done()):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"terminal did not restart {count} times")
+
+
+async def test_shell_killed_mid_command_is_recovered_with_cwd_and_env(tmp_path: Path) -> None:
+    exits: list[TerminalExited] = []
+    work = tmp_path / "work"
+    work.mkdir()
+    async with await Terminal.start(
+        shell="bash",
+        cwd=str(tmp_path),
+        env={"HOME": str(tmp_path)},
+        state_dir=tmp_path / "state",
+        on_exit=exits.append,
+    ) as term:
+        await term.execute(f"cd {work}; export KEPT='a b'; unexported=1", timeout=10)
+        first_pid = term.pid
+        running = asyncio.ensure_future(term.execute("echo before; sleep 30", timeout=20))
+        for _ in range(500):
+            if term.busy and term.proc is not None and term.proc.foreground_pgrp() != term.pid:
+                break
+            await asyncio.sleep(0.01)
+        term.kill()
+        result = await running
+        assert result.status is Status.INTERRUPTED
+        assert result.exit_code is None
+        assert result.output.startswith("before\n")
+        assert [r.action for r in result.recoveries] == ["recreate_terminal"]
+        assert "-9" in result.recoveries[0].reason
+        assert exits == [TerminalExited(term.terminal_id, -9, True)]
+        after = await term.execute('pwd; echo "$KEPT|${unexported-}"', timeout=10)
+        assert after.output == f"{work}\na b|\n"
+        assert after.exit_code == 0
+        assert term.pid != first_pid
+        assert term.restarts == 1
+        assert term.last_recovery_ms is not None
+        assert term.last_recovery_ms < 5000
+
+
+async def test_exit_reports_its_code_and_the_terminal_comes_back(tmp_path: Path) -> None:
+    async with await Terminal.start(
+        shell="bash", cwd=str(tmp_path), env={"HOME": str(tmp_path)}, state_dir=tmp_path
+    ) as term:
+        result = await term.execute("echo bye; exit 4", timeout=10)
+        assert (result.status, result.exit_code, result.output) == (Status.INTERRUPTED, 4, "bye\n")
+        assert (await term.execute("echo back", timeout=10)).output == "back\n"
+
+
+async def test_crash_loop_moves_to_another_shell_then_gives_up(tmp_path: Path) -> None:
+    exits: list[TerminalExited] = []
+    async with await Terminal.start(
+        shell="bash",
+        cwd=str(tmp_path),
+        env={"HOME": str(tmp_path)},
+        state_dir=tmp_path,
+        on_exit=exits.append,
+        crash_policy=CrashLoopPolicy(max_deaths=2, window_s=60, fallback_shells=("bash", "sh")),
+    ) as term:
+        await term.execute("exit 1", timeout=10)
+        await _restarted(term, 1)
+        await term.execute("exit 1", timeout=10)
+        await _restarted(term, 2)
+        assert term.mode is Mode.ALTERNATIVE_SHELL
+        assert term.protocol is Mode.NO_SHELL_INTEGRATION
+        result = await term.execute("echo $0; false", timeout=10)
+        assert result.exit_code == 1
+        assert result.mode is Mode.ALTERNATIVE_SHELL
+        assert [r.action for r in result.recoveries] == ["alternative_shell"]
+        assert result.output.strip() in ("sh", "/bin/sh", "/usr/bin/sh")
+        await term.execute("exit 1", timeout=10)
+        await _restarted(term, 3)
+        await term.execute("exit 1", timeout=10)
+        assert [e.will_recover for e in exits] == [True, True, True, False]
+        with pytest.raises(ShellCrashed, match="no other shell"):
+            await term.execute("echo never", timeout=10)
+
+
+async def test_interrupt_right_after_sending_never_hangs(tmp_path: Path) -> None:
+    async with await Terminal.start(
+        shell="bash", cwd=str(tmp_path), env={"HOME": str(tmp_path)}, state_dir=tmp_path
+    ) as term:
+        for _ in range(5):
+            running = asyncio.ensure_future(term.execute("sleep 30", timeout=20))
+            await asyncio.sleep(0)
+            await term.interrupt()
+            result = await asyncio.wait_for(running, 10)
+            assert result.status is Status.INTERRUPTED
+            assert result.exit_code == 130
+        assert (await term.execute("echo fine", timeout=10)).output == "fine\n"
+
+
+async def test_user_rc_prompt_command_debug_trap_and_colour_prompt_keep_working(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / ".bashrc").write_text(
+        "PS1='\\[\\e[32m\\]\\u@\\h\\[\\e[0m\\] \\$ '\n"
+        "PROMPT_COMMAND='LB_PC=$((LB_PC+1))'\n"
+        "trap 'LB_DBG=$((LB_DBG+1))' DEBUG\n"
+        "alias from_rc='echo rc-alias'\n"
+    )
+    async with await Terminal.start(
+        shell="bash", cwd=str(tmp_path), env={"HOME": str(tmp_path)}, state_dir=tmp_path / "s"
+    ) as term:
+        assert term.mode is Mode.SHELL_INTEGRATION
+        first = await term.execute('echo "$LB_PC $LB_DBG"', timeout=10)
+        second = await term.execute('echo "$LB_PC $LB_DBG"; from_rc', timeout=10)
+        pc1, dbg1 = map(int, first.output.split())
+        pc2, dbg2 = map(int, second.output.splitlines()[0].split())
+        assert pc2 == pc1 + 1  # the user's PROMPT_COMMAND ran once more, after one command
+        assert dbg2 > dbg1  # and their DEBUG trap saw the commands
+        assert second.output.splitlines()[1] == "rc-alias"
+        ps1 = await term.execute('printf "%s" "$PS1"', timeout=10)
+        assert ps1.output.startswith("\\[\\e[32m\\]\\u@\\h")
+        status = await term.execute("(exit 5)", timeout=10)
+        assert status.exit_code == 5  # $? reaches our hook through theirs
+
+
+async def test_rc_that_replaces_the_shell_falls_back_to_end_markers(tmp_path: Path) -> None:
+    # A .bashrc that execs another shell (as some users do to reach their favourite shell)
+    # means our hooks never load: the terminal must not wait for them forever.
+    (tmp_path / ".bashrc").write_text("exec bash --norc --noprofile -i\n")
+    async with await Terminal.start(
+        shell="bash",
+        cwd=str(tmp_path),
+        env={"HOME": str(tmp_path)},
+        state_dir=tmp_path / "s",
+        startup_timeout=0.5,
+    ) as term:
+        assert term.mode is Mode.NO_SHELL_INTEGRATION
+        result = await term.execute("cd /; echo hi; (exit 3)", timeout=10)
+        assert (result.output, result.exit_code, result.cwd) == ("hi\n", 3, "/")
+        assert [r.action for r in result.recoveries] == ["no_shell_integration"]
+        again = await term.execute("echo again", timeout=10)
+        assert (again.output, again.exit_code, again.recoveries) == ("again\n", 0, ())
+
+
+async def test_missing_shell_runs_in_an_alternative(tmp_path: Path) -> None:
+    async with await Terminal.start(
+        shell="no-such-shell-here",
+        cwd=str(tmp_path),
+        env={"HOME": str(tmp_path)},
+        state_dir=tmp_path,
+    ) as term:
+        assert term.mode is Mode.ALTERNATIVE_SHELL
+        assert term.shell.endswith("bash")
+        result = await term.execute("(exit 2)", timeout=10)
+        assert result.exit_code == 2
+        assert result.recoveries[0].action == "alternative_shell"
+        assert "no-such-shell-here" in result.recoveries[0].reason
+
+
+@pytest.mark.parametrize("shell", ["dash", "sh"])
+async def test_posix_shells_run_with_end_markers(tmp_path: Path, shell: str) -> None:
+    async with await Terminal.start(
+        shell=shell, cwd=str(tmp_path), env={"HOME": str(tmp_path)}, state_dir=tmp_path
+    ) as term:
+        assert term.mode is Mode.NO_SHELL_INTEGRATION
+        for code in (0, 1, 2, 127, 255):
+            assert (await term.execute(f"(exit {code})", timeout=10)).exit_code == code
+        result = await term.execute("cd /tmp && echo in; pwd", timeout=10)
+        assert (result.output, result.cwd) == ("in\n/tmp\n", "/tmp")
+        syntax = await term.execute("echo a\nif then fi (", timeout=10)
+        assert syntax.exit_code == 2
+        assert (await term.execute("printf 'x\\ny'", timeout=10)).output == "x\ny"
+        multi = await term.execute("cat <<EOF\nline $((1+2))\nEOF", timeout=10)
+        assert multi.output == "line 3\n"
+        spoof = await term.execute("printf '\\033]633;P;LbEnd=0:bad\\007'; echo real", timeout=10)
+        assert spoof.output == "real\n"
