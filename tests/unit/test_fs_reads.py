@@ -354,3 +354,42 @@ async def test_exact_delays_step_by_step(root: Path, clock: FakeClock) -> None:
     result = await task
     assert result.data == b"alpha"
     assert clock.now() == pytest.approx(0.15)
+
+
+async def test_a_symlink_swapped_in_after_a_read_does_not_leak_outside(
+    tmp_path: Path, jumpy: FakeClock
+) -> None:
+    ws, outside = tmp_path / "ws", tmp_path / "outside"
+    (ws / "d").mkdir(parents=True)
+    (outside / "d").mkdir(parents=True)
+    (ws / "a.txt").write_text("inside")
+    (ws / "d" / "f.txt").write_text("inside too")
+    (outside / "secret").write_text("SECRET")
+    (outside / "d" / "f.txt").write_text("SECRET TOO")
+    store = make_store(ws, jumpy)
+    assert (await store.read("a.txt")).data == b"inside"
+    assert (await store.read("d/f.txt")).data == b"inside too"
+    # The file, and separately a folder above a file, become symlinks leading out.
+    (ws / "a.txt").unlink()
+    (ws / "a.txt").symlink_to(outside / "secret")
+    (ws / "d").rename(tmp_path / "moved")
+    (ws / "d").symlink_to(outside / "d")
+    for raw in ("a.txt", "d/f.txt"):
+        with pytest.raises(PermissionDenied):
+            await store.read(raw)
+
+
+async def test_a_remembered_path_is_verified_by_what_was_opened(
+    root: Path, jumpy: FakeClock
+) -> None:
+    fs = FaultyFs()
+    store = make_store(root, jumpy, fs)
+    await store.read("a.txt")
+    (root / "a.txt").write_text("alpha, longer")  # a miss: the disk path, through the memo
+    result = await store.read("a.txt")
+    assert (result.data, result.from_cache) == (b"alpha, longer", False)
+    # Inside the workspace a swapped-in link is followed, after resolving it afresh.
+    (root / "b.txt").write_text("beta")
+    (root / "a.txt").unlink()
+    (root / "a.txt").symlink_to(root / "b.txt")
+    assert (await store.read("a.txt")).data == b"beta"

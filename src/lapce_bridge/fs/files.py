@@ -62,7 +62,13 @@ THREAD_READ_BYTES = 1024 * 1024
 RACY_WINDOW_NS = 50_000_000  # well above the coarsest timestamp tick in use (10 ms at HZ=100)
 _READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY  # a FIFO must not block
 _CHUNK = 1024 * 1024
+_PROC_FD = "/proc/self/fd/"
+HAVE_PROC_FD = os.path.isdir(_PROC_FD)
 _PERMISSION = frozenset({errno_mod.EACCES, errno_mod.EPERM, errno_mod.EROFS})
+
+
+class _Relocated(Exception):
+    """A remembered real path now opens something else (a symlink was swapped in)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,14 +180,20 @@ class FileStore:
     # -- reads ------------------------------------------------------------------------------
     def cached(self, raw: str) -> CacheEntry | None:
         """The fresh cache entry for the client path `raw`, if any: one stat, one lookup."""
+        found = self.probe(raw)
+        return found if isinstance(found, CacheEntry) else None
+
+    def probe(self, raw: str) -> CacheEntry | int:
+        """One stat: the fresh entry for `raw`, else its size (-1 if unknown) for `read_path`."""
         real = self.workspace.remembered(raw)
         if real is None:
-            return None
+            return -1
         try:
             st = self.ops.stat(real)
         except OSError:
-            return None
-        return self._hit(real, st)
+            return -1
+        entry = self._hit(real, st)
+        return entry if entry is not None else st.st_size
 
     def _hit(self, real: str, st: os.stat_result) -> CacheEntry | None:
         entry = self.cache.get(
@@ -195,36 +207,46 @@ class FileStore:
 
     async def read(self, raw: object) -> ReadResult:
         """The content of the client path `raw`: cached if fresh, else read with recovery."""
-        size_hint = -1
-        if isinstance(raw, str):
-            real = self.workspace.remembered(raw)
-            if real is not None:
-                try:
-                    st = self.ops.stat(real)
-                except OSError:
-                    pass
-                else:
-                    entry = self._hit(real, st)
-                    if entry is not None:
-                        return ReadResult(entry.data, entry.identity, True)
-                    size_hint = st.st_size
+        if not isinstance(raw, str):
+            return await self.read_with_recovery(self.workspace.resolve(raw))
+        found = self.probe(raw)
+        if isinstance(found, CacheEntry):
+            return ReadResult(found.data, found.identity, True)
+        return await self.read_path(raw, found)
+
+    async def read_path(self, raw: str, size_hint: int = -1) -> ReadResult:
+        """Read `raw` from disk (after a cache miss) with recovery.
+
+        A path resolved before is opened through the real path it resolved to, and what was
+        opened is checked through /proc/self/fd: the kernel's own answer, with no window
+        between the check and the open, for a few microseconds instead of a full `realpath`
+        (one `lstat` per component). If the answer differs, the path is resolved afresh.
+        """
+        real = self.workspace.remembered(raw)
+        if real is not None and HAVE_PROC_FD:
+            try:
+                return await self.read_with_recovery(real, size_hint=size_hint, verify=True)
+            except _Relocated:
+                size_hint = -1
         return await self.read_with_recovery(self.workspace.resolve(raw), size_hint=size_hint)
 
-    async def read_with_recovery(self, real: str, *, size_hint: int = -1) -> ReadResult:
+    async def read_with_recovery(
+        self, real: str, *, size_hint: int = -1, verify: bool = False
+    ) -> ReadResult:
         """Read the confined path `real` under the retry policy, or serve the cache as stale."""
         observe = self.observe
         if observe is None:
-            return await self._read_with_recovery(real, size_hint)
+            return await self._read_with_recovery(real, size_hint, verify)
         started = self.clock.now()
         ok = False
         try:
-            result = await self._read_with_recovery(real, size_hint)
+            result = await self._read_with_recovery(real, size_hint, verify)
             ok = not result.stale
             return result
         finally:
             observe("fs/read/disk", self.clock.now() - started, ok)
 
-    async def _read_with_recovery(self, real: str, size_hint: int) -> ReadResult:
+    async def _read_with_recovery(self, real: str, size_hint: int, verify: bool) -> ReadResult:
         n = self._n
         n.reads += 1
         if size_hint < 0:
@@ -232,13 +254,15 @@ class FileStore:
                 size_hint = self.ops.stat(real).st_size
             except OSError:
                 pass  # the read itself will meet (and classify, and retry) the same error
-        fn = partial(self.read_once, real)
+        fn = partial(self.read_once, real, verify=verify)
         try:
             if size_hint > self.thread_read_bytes:
                 n.threaded_reads += 1
                 data, ident = await self.retry.run_async(partial(asyncio.to_thread, fn))
             else:
                 data, ident = await self.retry.run(fn)
+        except _Relocated:
+            raise
         except Exception as exc:
             return self._read_failed(real, exc)
         n.disk_reads += 1
@@ -258,11 +282,16 @@ class FileStore:
             self.cache.invalidate(real)
         raise fs_error(exc, "read", rel) from exc
 
-    def read_once(self, real: str) -> tuple[bytes, Identity]:
-        """One attempt: open, check, read to the end. Raises what the OS raised."""
+    def read_once(self, real: str, *, verify: bool = False) -> tuple[bytes, Identity]:
+        """One attempt: open, check, read to the end. Raises what the OS raised.
+
+        `verify`: `real` came from the memo, so confirm it is still what the path opens.
+        """
         ops = self.ops
         fd = ops.open(real, _READ_FLAGS)
         try:
+            if verify and os.readlink(f"{_PROC_FD}{fd}") != real:
+                raise _Relocated(real)
             st = ops.fstat(fd)
             if not st_mod.S_ISREG(st.st_mode):
                 if st_mod.S_ISDIR(st.st_mode):
@@ -299,6 +328,10 @@ class FileStore:
             total += len(chunk)
             if total > limit:
                 raise self._too_large(real, total)
+            if total == size and len(chunk) < want:
+                # All `fstat` promised, and the kernel stopped short of what was asked: the
+                # end of the file. One call fewer than reading on until it returns nothing.
+                break
             want = min(_CHUNK, limit + 1 - total)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 

@@ -39,7 +39,7 @@ from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import InvalidParams, Unavailable
 from lapce_bridge.core.retry import RetryPolicy
 from lapce_bridge.fs.atomic import sweep_temp_files
-from lapce_bridge.fs.cache import CacheStats, FileCache
+from lapce_bridge.fs.cache import CacheEntry, CacheStats, FileCache
 from lapce_bridge.fs.files import (
     DEFAULT_MAX_FILE_BYTES,
     RACY_WINDOW_NS,
@@ -164,12 +164,29 @@ class FileService:
         }
 
     async def _read(self, params: Params, ctx: CallContext) -> dict[str, Any]:
-        p = _object(params)
-        encoding = _encoding(p)
-        return self.render(await self.store.read(p.get("path")), encoding)
+        p = params if type(params) is dict else _object(params)
+        encoding = p.get("encoding", "utf-8")
+        if encoding != "utf-8":
+            encoding = _encoding(p)
+        raw = p.get("path")
+        if type(raw) is not str:
+            return self.render(await self.store.read(raw), encoding)
+        # The cache hit is the hot path: one stat and a lookup, no coroutine, no result object.
+        found = self.store.probe(raw)
+        if isinstance(found, CacheEntry):
+            return self._render(found.data, found.identity[0], encoding, True)
+        return self.render(await self.store.read_path(raw, found), encoding)
 
     def render(self, result: ReadResult, encoding: str) -> dict[str, Any]:
-        data = result.data
+        """`result` in the fs/read wire shape."""
+        out = self._render(result.data, result.mtime_ns, encoding, result.from_cache)
+        if result.stale:
+            out["stale"] = True
+            out["staleReason"] = result.stale_reason
+        return out
+
+    @staticmethod
+    def _render(data: bytes, mtime_ns: int, encoding: str, from_cache: bool) -> dict[str, Any]:
         if encoding == "utf-8":
             try:
                 content = data.decode("utf-8")
@@ -180,17 +197,14 @@ class FileService:
                 ) from exc
         else:
             content = binascii.b2a_base64(data, newline=False).decode("ascii")
-        out = {
+        return {
             "content": content,
             "encoding": encoding,
             "size": len(data),
-            "mtimeNs": result.identity[0],
-            "fromCache": result.from_cache,
-            "stale": result.stale,
+            "mtimeNs": mtime_ns,
+            "fromCache": from_cache,
+            "stale": False,
         }
-        if result.stale:
-            out["staleReason"] = result.stale_reason
-        return out
 
     async def _write(self, params: Params, ctx: CallContext) -> dict[str, Any]:
         p = _object(params)
