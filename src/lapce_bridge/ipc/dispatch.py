@@ -166,17 +166,20 @@ class RequestDispatch(_Connected):
         ):
             self._on_request_slow(req)
             return
-        # The hot path: a cheap handler answered inline, with no Task and no Prepared.
+        # The hot path: a cheap handler answered inline, with no Task and no Prepared; the
+        # answer is written before the bookkeeping, so the client does not wait for it.
         clock = server.clock
         started = clock.now()
         try:
             result = method.handler(params, RequestContext(self, started))
         except Exception as exc:
-            server.observe(method.operation, clock.now() - started, _ok(exc))
+            elapsed = clock.now() - started
             self._write(jsonrpc.error_bytes(req.id, exc))
+            server.observe(method.operation, elapsed, _ok(exc))
             return
-        server.observe(method.operation, clock.now() - started, True)
+        elapsed = clock.now() - started
         self._send_result(req.id, result)
+        server.observe(method.operation, elapsed, True)
 
     def _on_request_slow(self, req: Request) -> None:
         try:
