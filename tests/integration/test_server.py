@@ -592,3 +592,38 @@ async def test_async_work_is_refused_under_memory_pressure(tmp_path: Path) -> No
         assert health["pressure"] == 100.0
         assert health["status"] == "unhealthy"
         await c.close()
+
+
+async def test_random_garbage_never_takes_the_server_down(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(1234)
+    pieces = [
+        b"Content-Length: ",
+        b"\r\n\r\n",
+        b"Content-Length: 5\r\n\r\n",
+        b'{"jsonrpc":"2.0","id":1,"method":"ping"}',
+        b'{"jsonrpc":"2.0","method":"$/cancelRequest","params":{"id":1}}',
+        b"[{},[],null]",
+        b"\xff\xfe\x00",
+        encode(b'{"jsonrpc":"2.0","id":"x","method":"test/echo","params":[]}'),
+        encode(b'[{"jsonrpc":"2.0","id":9,"method":"ping"},{"jsonrpc":"2.0"}]'),
+    ]
+    async with running(tmp_path, max_message_bytes=4096) as srv:
+        watcher = await srv.client()
+        for _ in range(150):
+            c = await srv.client()
+            blob = b"".join(
+                rng.choice(pieces) if rng.random() < 0.7 else rng.randbytes(rng.randrange(64))
+                for _ in range(rng.randrange(1, 12))
+            )
+            c.send_bytes(blob)
+            await c.drain()
+            await c.close()
+        assert (await watcher.request("ping"))["result"] == {"pong": True}
+        for _ in range(100):
+            if srv.server.statistics().connections == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert srv.server.statistics().connections == 1  # every fuzzed connection cleaned up
+        await watcher.close()
