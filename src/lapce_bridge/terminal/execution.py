@@ -98,14 +98,15 @@ class Execution:
         self.last_activity = now
         text = self._normalizer.feed(data)
         if text:
-            if self.skip_cr:
-                self.skip_cr = False
-                if text[0] == "\r" and text[1:2] != "\n":
-                    text = text[1:]
-            if text:
-                self._emit(text)
+            self._emit(text)
 
     def _emit(self, text: str) -> None:
+        if self.skip_cr:
+            self.skip_cr = False
+            if text[0] == "\r" and text[1:2] != "\n":
+                text = text[1:]
+                if not text:
+                    return
         self.spool.write(text)
         if self.on_data is not None:
             self.on_data(text)

@@ -80,6 +80,9 @@ if [[ -z ${__lb_installed-} ]]; then
     __lb_precmd() {
         __lb_status=$?
         __lb_phase=pc
+        # What a replacement shell restores if this one dies (a builtin writing a file), saved
+        # before the end mark so that a death right after a command still finds it.
+        builtin declare -x 2>/dev/null >"$__lb_ef"
         __lb_escape "$PWD"
         if [[ $__lb_ran == 1 ]]; then
             __lb_ran=0
@@ -87,8 +90,6 @@ if [[ -z ${__lb_installed-} ]]; then
         else
             builtin printf '\e]633;P;Cwd=%s\a' "$__lb_out"
         fi
-        # What a replacement shell restores if this one dies (a builtin writing a file).
-        builtin declare -x 2>/dev/null >"$__lb_ef"
         builtin printf '\e]633;A\a'
         return "$__lb_status"
     }

@@ -48,11 +48,11 @@ if not set -q __lb_installed
         set -l st $status
         if test $__lb_ran = 1
             set -g __lb_ran 0
+            # What a replacement shell restores if this one dies ("NAME escaped-value" lines
+            # the bridge turns into `set -gx` commands), saved before the end mark.
+            set -xL >"$__lb_ef"
             printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' (__lb_escape "$PWD" | string collect) \
                 $st "$__lb_nonce"
-            # What a replacement shell restores if this one dies: "NAME escaped-value" lines,
-            # which the bridge turns into `set -gx` commands.
-            set -xL >"$__lb_ef"
         end
     end
 

@@ -53,6 +53,9 @@ __lb_escape() {
 
 __lb_precmd() {
     local st=$?
+    # What a replacement shell restores if this one dies (a builtin writing a file), saved
+    # before the end mark so that a death right after a command still finds it.
+    builtin export -p >|"$__lb_ef" 2>/dev/null
     __lb_escape "$PWD"
     if (( __lb_ran )); then
         __lb_ran=0
@@ -60,8 +63,6 @@ __lb_precmd() {
     else
         builtin printf '\e]633;P;Cwd=%s\a' "$__lb_out"
     fi
-    # What a replacement shell restores if this one dies (a builtin writing a file).
-    builtin export -p >|"$__lb_ef" 2>/dev/null
     builtin printf '\e]633;A\a'
     return st
 }
