@@ -229,3 +229,22 @@ async def test_stdio_transport(tmp_path: Path) -> None:
     assert b'"code":-32700' in body
     proc.stdin.close()  # the editor went away: the server exits
     assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_a_second_server_on_the_same_socket_refuses_to_start(tmp_path: Path) -> None:
+    proc, sock = await start_server(tmp_path)
+    try:
+        second = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "lapce_bridge", "serve", "--socket", str(sock),
+            "--state-dir", str(tmp_path / "state2"),
+            env=server_env(),
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(second.communicate(), 30)
+        assert second.returncode == 1
+        assert f"already listening on {sock}" in err.decode()
+        async with BridgeClient(sock) as client:  # the first one is untouched
+            assert await client.request("ping") == {"pong": True}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
