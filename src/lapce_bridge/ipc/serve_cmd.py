@@ -99,24 +99,23 @@ async def run_server(opts: ServeOptions, *, announce: Callable[[str], None] | No
             journal=journal,
             shutdown_grace=opts.shutdown_grace,
         )
-        try:
-            if opts.stdio:
-                await server.serve_stdio()
-            elif opts.listen is not None:
-                host, port = await server.listen_tcp(*opts.listen, allow_remote=opts.allow_remote)
-                where = f"tcp:{host}:{port}"
-            else:
-                assert socket_path is not None
-                await server.listen_unix(socket_path)
-            # Signals stay captured through the drain: a second one cuts it short.
-            with capture_signals(server.request_shutdown):
+        # Signals stay captured through the drain in aclose(): a second one cuts it short.
+        with capture_signals(server.request_shutdown):
+            try:
+                if opts.stdio:
+                    await server.serve_stdio()
+                elif opts.listen is not None:
+                    host, port = await server.listen_tcp(
+                        *opts.listen, allow_remote=opts.allow_remote
+                    )
+                    where = f"tcp:{host}:{port}"
+                else:
+                    assert socket_path is not None
+                    await server.listen_unix(socket_path)
                 (announce or _announce)(where)
-                try:
-                    await server.wait_for_shutdown()
-                finally:
-                    await server.aclose()
-        finally:
-            await server.aclose()
+                await server.wait_for_shutdown()
+            finally:
+                await server.aclose()
 
 
 def _announce(where: str) -> None:
