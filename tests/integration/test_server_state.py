@@ -181,3 +181,23 @@ async def test_an_outcome_the_journal_cannot_record_is_still_answered(tmp_path: 
     assert payload == b'"done"'
     assert table.unrecorded == 1
     assert table.running == 0
+
+
+async def test_signal_capture_turns_signals_into_calls_and_restores_handlers() -> None:
+    import asyncio
+    import signal
+
+    from lapce_bridge.ipc.serve_cmd import capture_signals
+
+    watched = (signal.SIGINT, signal.SIGTERM)
+    before = {sig: signal.getsignal(sig) for sig in watched}
+    got: list[str] = []
+    with capture_signals(got.append):
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(200):
+            if len(got) == 2:
+                break
+            await asyncio.sleep(0.005)
+    assert sorted(got) == ["signal SIGINT", "signal SIGTERM"]
+    assert {sig: signal.getsignal(sig) for sig in watched} == before
