@@ -247,9 +247,10 @@ async def echo_floor(workdir: Path, count: int) -> list[float]:
 async def restart_rto(workdir: Path, rounds: int, queued: int) -> list[float]:
     """Seconds from SIGKILL to the last of `queued` requests sent meanwhile being answered."""
     sock = workdir / "rto" / "bridge.sock"
-    client = await BridgeClient.spawn(
-        sock, server_args=("--state-dir", str(workdir / "rto" / "state")), max_crashes=rounds + 2
-    )
+    workspace = workdir / "rto" / "workspace"
+    workspace.mkdir(parents=True, exist_ok=True)
+    args = ("--state-dir", str(workdir / "rto" / "state"), "--workspace", str(workspace))
+    client = await BridgeClient.spawn(sock, server_args=args, max_crashes=rounds + 2)
     times = []
     try:
         for _ in range(rounds):
