@@ -142,3 +142,14 @@ def test_symlink_loop_stays_inside_and_does_not_hang(tree: tuple[Workspace, Path
     os.symlink(root / "loop1", root / "loop2")
     resolved = ws.resolve("loop1")
     assert resolved.startswith(str(root))
+
+
+def test_only_plain_paths_are_remembered(tree: tuple[Workspace, Path, Path]) -> None:
+    ws, root, _ = tree
+    (root / "alias").symlink_to(root / "src")
+    ws.resolve("alias/a.txt")
+    ws.resolve("src/../src/a.txt")
+    ws.resolve("./src/a.txt")
+    assert ws.remembered("alias/a.txt") is None  # through a symlink: resolved every time
+    assert ws.remembered("src/../src/a.txt") is None
+    assert ws.remembered("./src/a.txt") == str(root / "src" / "a.txt")

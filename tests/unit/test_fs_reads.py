@@ -393,3 +393,30 @@ async def test_a_remembered_path_is_verified_by_what_was_opened(
     (root / "a.txt").unlink()
     (root / "a.txt").symlink_to(root / "b.txt")
     assert (await store.read("a.txt")).data == b"beta"
+
+
+async def test_a_re_pointed_symlink_is_followed_at_once(tmp_path: Path, jumpy: FakeClock) -> None:
+    for version in ("v1", "v2"):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "a.txt").write_text(version)
+    (tmp_path / "current").symlink_to(tmp_path / "v1")
+    store = make_store(tmp_path, jumpy)
+    assert (await store.read("current/a.txt")).data == b"v1"
+    assert (await store.read("current/a.txt")).data == b"v1"
+    (tmp_path / "next").symlink_to(tmp_path / "v2")
+    os.replace(tmp_path / "next", tmp_path / "current")
+    assert (await store.read("current/a.txt")).data == b"v2"
+
+
+async def test_a_path_through_a_symlink_is_resolved_each_time_but_still_cached(
+    root: Path, jumpy: FakeClock
+) -> None:
+    (root / "alias").symlink_to(root / "dir")
+    (root / "dir" / "f.txt").write_text("via a link")
+    fs = FaultyFs()
+    store = make_store(root, jumpy, fs)
+    assert not (await store.read("alias/f.txt")).from_cache
+    fs.calls.clear()
+    again = await store.read("alias/f.txt")
+    assert (again.data, again.from_cache) == (b"via a link", True)
+    assert [c.op for c in fs.calls] == ["stat"]  # realpath aside, no read

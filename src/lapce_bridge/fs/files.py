@@ -21,6 +21,8 @@ Theory of operation:
   rename of two writes through this store cannot interleave. Only the steps before the rename
   are retried as a unit (they leave nothing behind when they fail); the folder's fsync after
   the rename is retried on its own, since redoing the write would trip its own mtime check.
+  A write cancelled while its thread runs still completes, atomically; the cache then misses
+  the new content, which the identity check makes harmless.
 - Entries written within `racy_window_ns` of their file's last change are cached as racy: a
   same-size rewrite inside one timestamp tick changes no stat field, so such an entry is
   re-read rather than trusted (git's "racily clean" rule).
@@ -247,13 +249,19 @@ class FileStore:
             observe("fs/read/disk", self.clock.now() - started, ok)
 
     async def _read_with_recovery(self, real: str, size_hint: int, verify: bool) -> ReadResult:
-        n = self._n
-        n.reads += 1
         if size_hint < 0:
+            # A path resolved just now (through a symlink, say) may still be cached.
             try:
-                size_hint = self.ops.stat(real).st_size
+                st = self.ops.stat(real)
             except OSError:
                 pass  # the read itself will meet (and classify, and retry) the same error
+            else:
+                entry = self._hit(real, st)
+                if entry is not None:
+                    return ReadResult(entry.data, entry.identity, True)
+                size_hint = st.st_size
+        n = self._n
+        n.reads += 1
         fn = partial(self.read_once, real, verify=verify)
         try:
             if size_hint > self.thread_read_bytes:

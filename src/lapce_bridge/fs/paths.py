@@ -46,23 +46,28 @@ class Workspace:
             raise InvalidParams(f"{what} must not be empty (use '.' for the workspace root)")
         if "\0" in raw:
             raise InvalidParams(f"{what} must not contain NUL bytes")
-        real = os.path.realpath(os.path.join(self.root, raw))
+        joined = os.path.join(self.root, raw)
+        real = os.path.realpath(joined)
         if real != self.root and not real.startswith(self._prefix):
             raise PermissionDenied(
                 f"{what} {raw!r} resolves to {real!r}, outside the workspace {self.root!r}"
             )
-        memo = self._memo
-        if len(memo) >= self.memo_limit:
-            memo.clear()
-        memo[raw] = real
+        if real == os.path.normpath(joined) and ".." not in raw.split(os.sep):
+            memo = self._memo
+            if len(memo) >= self.memo_limit:
+                memo.clear()
+            memo[raw] = real
         return real
 
     def remembered(self, raw: str) -> str | None:
-        """The real path `raw` resolved to last time, if it was resolved before.
+        """The real path of a plain `raw` resolved before: one with no symlink and no `..`.
 
-        Only for validating a cached read: a symlink swapped in since makes `stat` of this
-        path land on another file, whose identity then differs from the cached one, so the
-        reader falls back to `resolve` and nothing outside the workspace is ever served.
+        For such a path the real path is the path itself, so the kernel resolves it exactly
+        as it would `raw` now, even after a symlink was swapped in somewhere along it. What
+        that may not guarantee is confinement, which the reader restores: a cached entry is
+        served only for the identical file version it vetted, and a disk read checks what
+        it opened (see `FileStore.read_path`). Paths through symlinks are resolved afresh
+        every time, so re-pointing a link is seen at once.
         """
         return self._memo.get(raw)
 
