@@ -45,10 +45,23 @@ def server_env() -> dict[str, str]:
     return env
 
 
+def workspace(tmp_path: Path) -> Path:
+    path = tmp_path / "ws"
+    path.mkdir(exist_ok=True)
+    return path
+
+
 async def spawn(tmp_path: Path, **kw: Any) -> BridgeClient:
     return await BridgeClient.spawn(
         tmp_path / "run" / "bridge.sock",
-        server_args=("--extra-methods", EXTRA, "--state-dir", str(tmp_path / "state")),
+        server_args=(
+            "--extra-methods",
+            EXTRA,
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--workspace",
+            str(workspace(tmp_path)),
+        ),
         env=server_env(),
         stderr_path=tmp_path / "server.log",
         **kw,
@@ -166,7 +179,8 @@ async def start_server(tmp_path: Path, *extra: str) -> tuple[asyncio.subprocess.
     sock = tmp_path / "run" / "bridge.sock"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "lapce_bridge", "serve", "--socket", str(sock),
-        "--state-dir", str(tmp_path / "state"), "--extra-methods", EXTRA, *extra,
+        "--state-dir", str(tmp_path / "state"), "--extra-methods", EXTRA,
+        "--workspace", str(workspace(tmp_path)), *extra,
         env=server_env(),
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
@@ -210,6 +224,7 @@ async def test_stdio_transport(tmp_path: Path) -> None:
 
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "lapce_bridge", "serve", "--stdio",
+        "--workspace", str(workspace(tmp_path)), "--state-dir", str(tmp_path / "state"),
         env=server_env(),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
@@ -236,7 +251,7 @@ async def test_a_second_server_on_the_same_socket_refuses_to_start(tmp_path: Pat
     try:
         second = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "lapce_bridge", "serve", "--socket", str(sock),
-            "--state-dir", str(tmp_path / "state2"),
+            "--state-dir", str(tmp_path / "state2"), "--workspace", str(workspace(tmp_path)),
             env=server_env(),
             stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
