@@ -43,18 +43,15 @@ from typing import Any
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import (
-    BridgeError,
     ConflictError,
     FileSystemError,
     FileTooLarge,
-    PermissionDenied,
     classify,
-    classify_errno,
-    to_bridge_error,
 )
 from lapce_bridge.core.retry import RetryPolicy, RetryStats
-from lapce_bridge.fs.atomic import fsync_dir, is_temp_name, write_atomic
+from lapce_bridge.fs.atomic import fsync_dir, write_atomic
 from lapce_bridge.fs.cache import CacheEntry, FileCache, Identity, identity_of
+from lapce_bridge.fs.listing import fs_error, kind_of, list_folder, stat_path
 from lapce_bridge.fs.ops import REAL_FS, FsOps
 from lapce_bridge.fs.paths import Workspace
 from lapce_bridge.rpc import Observe
@@ -66,7 +63,6 @@ _READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY  # a FIFO
 _CHUNK = 1024 * 1024
 _PROC_FD = "/proc/self/fd/"
 HAVE_PROC_FD = os.path.isdir(_PROC_FD)
-_PERMISSION = frozenset({errno_mod.EACCES, errno_mod.EPERM, errno_mod.EROFS})
 
 
 class _Relocated(Exception):
@@ -111,40 +107,6 @@ class StoreStats:
     write_conflicts: int
     write_failures: int
     retry: RetryStats
-
-
-def kind_of(mode: int) -> str:
-    if st_mod.S_ISREG(mode):
-        return "file"
-    if st_mod.S_ISDIR(mode):
-        return "directory"
-    if st_mod.S_ISLNK(mode):
-        return "symlink"
-    return "other"
-
-
-def fs_error(exc: BaseException, action: str, where: str) -> BridgeError:
-    """Translate a failure of `action` on `where` (workspace-relative) into the error tree."""
-    if isinstance(exc, BridgeError):
-        return exc
-    if isinstance(exc, OSError) and exc.errno is not None:
-        name = errno_mod.errorcode.get(exc.errno, str(exc.errno))
-        detail = f"{action} {where}: {exc.strerror or exc} ({name})"
-        cls = classify_errno(exc.errno)
-        data = {"errno": name, "path": where}
-        if exc.errno in _PERMISSION:
-            return PermissionDenied(detail, classification=cls, data=data)
-        return FileSystemError(detail, errno=exc.errno, classification=cls, data=data)
-    return to_bridge_error(exc, f"{action} {where}: {type(exc).__name__}: {exc}")
-
-
-def _eintr_safe(fn: Callable[[], Any], limit: int = 10) -> Any:
-    for _ in range(limit):
-        try:
-            return fn()
-        except InterruptedError:
-            continue
-    return fn()
 
 
 class FileStore:
@@ -422,52 +384,10 @@ class FileStore:
 
     # -- metadata ---------------------------------------------------------------------------
     def stat(self, raw: object) -> dict[str, Any]:
-        """`{size, mtimeNs, kind}` of a path; a symlink (inside) reports its target's figures."""
-        real = self.workspace.resolve(raw)
-        rel = self.workspace.relative(real)
-        ops = self.ops
-        assert isinstance(raw, str)
-        try:
-            link = _eintr_safe(partial(ops.lstat, os.path.join(self.workspace.root, raw)))
-            st = link if not st_mod.S_ISLNK(link.st_mode) else _eintr_safe(partial(ops.stat, real))
-        except OSError as exc:
-            raise fs_error(exc, "stat", rel) from exc
-        kind = kind_of(link.st_mode)
-        out: dict[str, Any] = {
-            "size": st.st_size if st_mod.S_ISREG(st.st_mode) else 0,
-            "mtimeNs": st.st_mtime_ns,
-            "kind": kind,
-        }
-        if kind == "symlink":
-            out["targetKind"] = kind_of(st.st_mode)
-            out["target"] = rel
-        return out
+        return stat_path(self.workspace, raw, ops=self.ops)
 
     def list(self, raw: object) -> list[dict[str, Any]]:
-        """The folder's entries `{name, kind, size, mtimeNs}` by name, our temp files hidden."""
-        real = self.workspace.resolve(raw)
-        try:
-            entries = _eintr_safe(partial(self.ops.scandir, real))
-        except OSError as exc:
-            raise fs_error(exc, "list", self.workspace.relative(real)) from exc
-        out: list[dict[str, Any]] = []
-        for entry in entries:
-            if is_temp_name(entry.name):
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue  # removed while we listed
-            out.append(
-                {
-                    "name": entry.name,
-                    "kind": kind_of(st.st_mode),
-                    "size": st.st_size if st_mod.S_ISREG(st.st_mode) else 0,
-                    "mtimeNs": st.st_mtime_ns,
-                }
-            )
-        out.sort(key=lambda e: e["name"])
-        return out
+        return list_folder(self.workspace, raw, ops=self.ops)
 
     def statistics(self) -> StoreStats:
         n = self._n
@@ -492,6 +412,4 @@ __all__ = [
     "FileStore",
     "ReadResult",
     "StoreStats",
-    "fs_error",
-    "kind_of",
 ]

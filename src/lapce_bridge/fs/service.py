@@ -46,8 +46,8 @@ from lapce_bridge.fs.files import (
     FileStore,
     ReadResult,
     StoreStats,
-    fs_error,
 )
+from lapce_bridge.fs.listing import fs_error
 from lapce_bridge.fs.ops import REAL_FS, FsOps
 from lapce_bridge.fs.paths import Workspace
 from lapce_bridge.fs.snapshot import DEFAULT_SKIP_DIRS

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import errno
 import itertools
+import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ WatchBackend = Callable[[Sequence[str], bool, asyncio.Event, bool], AsyncIterato
 ChangeSink = Callable[[str, list[dict[str, str]]], None]
 """Receives (watch id, changes as `{path, kind}` with workspace-relative POSIX paths)."""
 MODIFIED = 2  # watchfiles.Change.modified
+log = logging.getLogger("lapce_bridge.fs.watch")
 MAX_CHANGES_PER_NOTICE = 1000  # keeps one notification far below the message size limit
 
 
@@ -296,7 +298,11 @@ class WatcherRecovery:
             except TimeoutError:
                 periodic = True
             self._wake.clear()
-            await self.check(periodic=periodic)
+            try:
+                await self.check(periodic=periodic)
+            except Exception:
+                # The check must outlive any one failure, or nothing would repair the watches.
+                log.exception("file watch health check failed; trying again at the next one")
 
     async def check(self, *, periodic: bool = True) -> int:
         """Check every watch now and recreate the broken ones; returns how many."""
