@@ -125,7 +125,6 @@ class Execution:
         tail = self._normalizer.flush()
         if tail:
             self._emit(tail)
-        self.spool.finish()
         if not self.began.done():
             self.began.set_result(None)
         self.exit_code = exit_code

@@ -8,8 +8,9 @@ size each, so a command printing a gigabyte costs a bounded amount of memory whi
 head + a marker line + tail, cut on character boundaries.
 
 `SpoolStore` keeps spools by execution id, least recently used first. Finished spools are
-evicted past `max_count` or `max_bytes`; a running one never is (its command is still
-writing). `trim(keep_bytes)` is the memory-pressure lever.
+evicted past `max_count` or `max_bytes` (of finished output, kept as a running sum so that a
+command costs O(1) here); a running one never is (its command is still writing).
+`trim(keep_bytes)` is the memory-pressure lever.
 
 Invariants: `total` is the UTF-8 length of everything written; `read(offset, limit)` returns
 whole characters only (a limit that would split one is shortened), and its offsets are byte
@@ -199,6 +200,8 @@ class SpoolStore:
         self.max_count = max_count
         self.max_bytes = max_bytes
         self._spools: OrderedDict[str, Spool] = OrderedDict()
+        self._counted: set[str] = set()
+        self._bytes = 0  # of finished spools
         self._evicted = 0
 
     def create(self, execution_id: str, max_output_bytes: int) -> Spool:
@@ -221,39 +224,51 @@ class SpoolStore:
         return self.get(execution_id).read(offset, limit)
 
     def finished(self, execution_id: str) -> None:
+        """Count a finished spool's bytes (a running one's grow; they are counted once here)."""
         spool = self._spools.get(execution_id)
-        if spool is not None:
+        if spool is not None and execution_id not in self._counted:
             spool.finish()
+            self._counted.add(execution_id)
+            self._bytes += spool.total
             self._evict()
 
-    def _size(self) -> int:
-        return sum(s.total for s in self._spools.values())
+    @property
+    def finished_bytes(self) -> int:
+        return self._bytes
 
     def _evict(self) -> None:
-        while len(self._spools) > self.max_count or self._size() > self.max_bytes:
+        while len(self._spools) > self.max_count or self._bytes > self.max_bytes:
             if not self._drop_oldest_finished():
                 return
 
     def _drop_oldest_finished(self) -> bool:
         for key, spool in self._spools.items():
             if spool.finished:
-                del self._spools[key]
-                spool.delete()
-                self._evicted += 1
+                self._drop(key, spool)
                 return True
         return False
 
+    def _drop(self, key: str, spool: Spool) -> None:
+        del self._spools[key]
+        if key in self._counted:
+            self._counted.discard(key)
+            self._bytes -= spool.total
+        spool.delete()
+        self._evicted += 1
+
     def trim(self, keep_bytes: int) -> int:
         """Release finished spools, oldest first, until at most `keep_bytes` remain; freed bytes."""
-        before = self._size()
-        while self._size() > keep_bytes and self._drop_oldest_finished():
+        before = self._bytes
+        while self._bytes > keep_bytes and self._drop_oldest_finished():
             pass
-        return before - self._size()
+        return before - self._bytes
 
     def close(self) -> None:
         for spool in self._spools.values():
             spool.delete()
         self._spools.clear()
+        self._counted.clear()
+        self._bytes = 0
 
     def statistics(self) -> SpoolStats:
         spools = self._spools.values()

@@ -74,6 +74,14 @@ class TerminalStats:
     parser_overflows: int
 
 
+def runtime_dir(state_dir: Path) -> Path:
+    """A private folder for per-command files: $XDG_RUNTIME_DIR, /dev/shm, else state_dir."""
+    for base in (os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm"):
+        if base and os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK):
+            return Path(base) / f"lapce-bridge-{os.getuid()}" / "terminals"
+    return state_dir / "terminals"
+
+
 class Terminal:
     """Use `await Terminal.start(...)`; the constructor does no I/O."""
 
@@ -102,7 +110,9 @@ class Terminal:
         if state_dir is None:
             state_dir = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / "lapce-bridge"
         self.state_dir = state_dir
-        self.dir = state_dir / "terminals" / f"{self.terminal_id}-{secrets.token_hex(4)}"
+        # The command and environment files are rewritten for every command: on tmpfs when
+        # there is one (a write there costs a quarter of one on disk).
+        self.dir = runtime_dir(state_dir) / f"{self.terminal_id}-{secrets.token_hex(4)}"
         self.requested_shell = shell
         self.shell = shell or ""
         self.initial_cwd = str(cwd) if cwd is not None else os.getcwd()
@@ -156,7 +166,8 @@ class Terminal:
         return term
 
     async def boot(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, exist_ok=True)
         await boot(self, restore=None)
 
     async def __aenter__(self) -> Terminal:
@@ -501,6 +512,7 @@ class Terminal:
         result = ex.finish(
             self.clock.now(), exit_code=exit_code, cwd=self.cwd, status=status, recovery=recovery
         )
+        self.spools.finished(ex.execution_id)
         if self._exec is ex:
             self._exec = None
         self._results[ex.execution_id] = result

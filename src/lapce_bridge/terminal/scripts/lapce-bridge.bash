@@ -84,13 +84,14 @@ if [[ -z ${__lb_installed-} ]]; then
         # before the end mark so that a death right after a command still finds it.
         builtin declare -x 2>/dev/null >"$__lb_ef"
         __lb_escape "$PWD"
+        # One write for all the marks: each write wakes the reader on the other side.
         if [[ $__lb_ran == 1 ]]; then
             __lb_ran=0
-            builtin printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' "$__lb_out" "$__lb_status" "$__lb_nonce"
+            builtin printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a\e]633;A\a' \
+                "$__lb_out" "$__lb_status" "$__lb_nonce"
         else
-            builtin printf '\e]633;P;Cwd=%s\a' "$__lb_out"
+            builtin printf '\e]633;P;Cwd=%s\a\e]633;A\a' "$__lb_out"
         fi
-        builtin printf '\e]633;A\a'
         return "$__lb_status"
     }
 

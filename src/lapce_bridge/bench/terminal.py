@@ -1,0 +1,281 @@
+"""Terminal rows: command latency per shell, streamed output, memory, concurrency, recovery.
+
+Every terminal here runs with a fresh, empty HOME: the figures are those of our PTY driver and
+integration hooks, not of whatever the machine's own rc files do on each prompt (a pyenv or
+prompt-framework hook that forks costs milliseconds a command, and would be measured instead).
+Commands go directly through `Terminal.execute` (no IPC hop; the ipc suite measures that hop).
+
+Baselines (`--baselines`), same run, same machine: `subprocess.run(["bash", "-c", ...])`, and
+the floor a PTY allows: a bash without rc files whose prompt is a unique marker, driven by
+blocking reads of the master until the marker comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import pty
+import secrets
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+from lapce_bridge.bench.report import Row, figure_row, latency_row
+from lapce_bridge.bench.runner import BenchContext
+from lapce_bridge.terminal.modes import resolve_shell
+from lapce_bridge.terminal.recovery import CrashLoopPolicy
+from lapce_bridge.terminal.terminal import Terminal
+
+SUITE = "terminal"
+ECHO_SEED = (1000.0, 10000.0, 100000.0)
+ECHO_GOAL = (800.0, 3000.0)
+
+
+class _Env:
+    def __init__(self, workdir: Path) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="bench-terminal-", dir=workdir))
+        self.home = self.root / "home"
+        self.home.mkdir()
+        self.state = self.root / "state"
+
+    def start(self, shell: str, **kw: object) -> Terminal:
+        return Terminal(
+            shell=shell,
+            cwd=str(self.home),
+            env={"HOME": str(self.home), "XDG_CONFIG_HOME": str(self.home / ".config")},
+            state_dir=self.state,
+            **kw,  # type: ignore[arg-type]
+        )
+
+
+async def _echo_samples(term: Terminal, n: int) -> list[float]:
+    for _ in range(min(20, n)):  # warm up: first prompts, page cache, branch predictors
+        await term.execute("echo test", timeout=10)
+    samples = []
+    clock = time.perf_counter
+    for _ in range(n):
+        started = clock()
+        result = await term.execute("echo test", timeout=10)
+        samples.append(clock() - started)
+        if result.output != "test\n":
+            raise RuntimeError(f"echo test returned {result.output!r}")
+    return samples
+
+
+def _subprocess_samples(n: int) -> list[float]:
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        subprocess.run(["bash", "-c", "echo test"], capture_output=True, check=True)
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def _marker_prompt_samples(n: int) -> list[float]:
+    """A bare bash on a PTY, its prompt a unique marker: the floor for a persistent shell."""
+    marker = f"@@{secrets.token_hex(6)}@@".encode()
+    master, slave = pty.openpty()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TERM": "dumb", "PS1": ""}
+    proc = subprocess.Popen(
+        ["bash", "--norc", "--noprofile", "-i"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        start_new_session=True,
+    )
+    os.close(slave)
+
+    def until(token: bytes) -> bytes:
+        buf = b""
+        while token not in buf:
+            buf += os.read(master, 65536)
+        return buf
+
+    try:
+        os.write(
+            master, b"bind 'set enable-bracketed-paste off' 2>/dev/null; PS1='" + marker + b"'\n"
+        )
+        until(marker)
+        until(marker)
+        samples = []
+        for _ in range(n):
+            started = time.perf_counter()
+            os.write(master, b"echo test\n")
+            until(marker)
+            samples.append(time.perf_counter() - started)
+        return samples
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+
+
+async def _throughput(env: _Env, total: int) -> float:
+    async with env.start("bash") as term:
+        received = 0
+
+        def count(text: str) -> None:
+            nonlocal received
+            received += len(text)
+
+        command = (
+            f"yes 0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ | head -c {total}"
+        )
+        started = time.perf_counter()
+        result = await term.execute(command, timeout=300, on_data=count, max_output_bytes=64 * 1024)
+        elapsed = time.perf_counter() - started
+        if result.output_bytes != total or received != total:
+            raise RuntimeError(f"streamed {received} of {total} bytes ({result.output_bytes})")
+        return total / elapsed / 1e6
+
+
+async def _memory(env: _Env, n: int) -> tuple[float, float]:
+    async with env.start("bash") as term:
+        for _ in range(20):
+            await term.execute("echo test", timeout=10)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before, _ = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            for _ in range(n):
+                await term.execute("echo test", timeout=10)
+            gc.collect()
+            after, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        return (peak - before) / 1e6, (after - before) / 1e6
+
+
+async def _concurrent(env: _Env, count: int) -> float:
+    async def one(i: int) -> bool:
+        try:
+            async with env.start("bash", terminal_id=f"c{i}", startup_timeout=30) as term:
+                result = await term.execute(f"echo job-{i}", timeout=60)
+                return result.output == f"job-{i}\n" and result.exit_code == 0
+        except Exception:
+            return False
+
+    results = await asyncio.gather(*(one(i) for i in range(count)))
+    return 100.0 * sum(results) / count
+
+
+async def _recovery_ms(env: _Env, kills: int) -> float:
+    times = []
+    # Kills this close together are a crash loop by the default policy (which would move to
+    # another shell); here each one is a separate incident.
+    policy = CrashLoopPolicy(max_deaths=kills + 1)
+    async with env.start("bash", crash_policy=policy) as term:
+        await term.execute("cd /; export BENCH_KEEP=1", timeout=10)
+        for _ in range(kills):
+            restarts = term.restarts
+            started = time.perf_counter()
+            os.kill(term.pid or 0, signal.SIGKILL)
+            while True:
+                await asyncio.sleep(0.001)
+                if term.restarts > restarts and not term.busy:
+                    break
+            result = await term.execute('echo "$BENCH_KEEP"; pwd', timeout=10)
+            times.append((time.perf_counter() - started) * 1000)
+            if result.output != "1\n/\n":
+                raise RuntimeError(f"recovered terminal lost its state: {result.output!r}")
+    return statistics.median(times)
+
+
+async def run(ctx: BenchContext) -> list[Row]:
+    env = _Env(ctx.workdir)
+    rows: list[Row] = []
+    n = ctx.n(1000, 50)
+    ours_bash: float | None = None
+    for shell in ctx.shells:
+        if resolve_shell(shell, os.environ.get("PATH")) is None:
+            continue
+        async with env.start(shell) as term:
+            samples = await _echo_samples(term, n)
+        if shell == "bash":
+            ours_bash = statistics.median(samples)
+        note = f"{shell}, empty HOME, through Terminal.execute (no IPC)"
+        if shell == "fish":
+            note += "; fish's default prompt (fish_vcs_prompt) runs before each command is read"
+        rows.append(
+            latency_row(
+                SUITE, f"echo test ({shell})", samples, seed=ECHO_SEED, goal=ECHO_GOAL, note=note
+            )
+        )
+    if ctx.baselines:
+        base_n = ctx.n(300, 20)
+        sub = _subprocess_samples(base_n)
+        floor = _marker_prompt_samples(ctx.n(1000, 50))
+        for name, samples in (
+            ("subprocess.run bash -c", sub),
+            ("marker-prompt bash (floor)", floor),
+        ):
+            ratio = (
+                ""
+                if ours_bash is None
+                else f"; ours (bash) is {ours_bash / statistics.median(samples):.2f}x this p50"
+            )
+            rows.append(
+                latency_row(SUITE, f"baseline: echo test, {name}", samples, note="baseline" + ratio)
+            )
+    total = 50_000_000 if not ctx.quick else 5_000_000
+    rows.append(
+        figure_row(
+            SUITE,
+            "terminal output streamed",
+            await _throughput(env, total),
+            "MB/s",
+            higher_is_better=True,
+            seed=10,
+            goal=50,
+            note=f"{total // 1_000_000} MB of `yes` lines through execute(on_data=...), spooled",
+        )
+    )
+    peak, growth = await _memory(env, ctx.n(1000, 100))
+    rows.append(
+        figure_row(
+            SUITE,
+            "1,000 commands: peak traced",
+            peak,
+            "MB",
+            higher_is_better=False,
+            seed=10,
+            goal=10,
+        )
+    )
+    rows.append(
+        figure_row(
+            SUITE, "1,000 commands: net growth", growth, "MB", higher_is_better=False, goal=1
+        )
+    )
+    count = ctx.n(100, 10)
+    rows.append(
+        figure_row(
+            SUITE,
+            f"{count} concurrent terminals, one command each",
+            await _concurrent(env, count),
+            "%",
+            higher_is_better=True,
+            seed=95,
+            goal=100,
+        )
+    )
+    rows.append(
+        figure_row(
+            SUITE,
+            "shell killed -> working terminal (cwd+env restored)",
+            await _recovery_ms(env, ctx.n(20, 3)),
+            "ms",
+            higher_is_better=False,
+            seed=1000,
+            goal=100,
+            note="SIGKILL to the answer of the next command, median",
+        )
+    )
+    return rows
