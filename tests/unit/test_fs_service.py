@@ -369,3 +369,11 @@ async def test_cache_is_exposed_for_pressure_relief(svc: FileService) -> None:
     assert svc.statistics().cache.bytes == 12
     assert svc.cache.trim(1.0) == 12
     assert svc.statistics().cache.entries == 0
+
+
+async def test_stat_and_list_retry_eintr_at_once(ws: Path) -> None:
+    fs = FaultyFs(faults=[Fault("lstat", errno.EINTR, times=2), Fault("scandir", errno.EINTR)])
+    svc = FileService(workspace=ws, ops=fs, sweep_on_start=False)
+    assert inline(svc, "fs/stat", {"path": "src"})["kind"] == "directory"
+    assert [e["name"] for e in inline(svc, "fs/list", {"path": "src"})] == ["main.py"]
+    assert fs.outcomes("lstat") == ["EINTR", "EINTR", "ok"]
