@@ -216,3 +216,33 @@ def test_budgets_and_lru_order_match_a_model(script: list[tuple[str, int, int, f
         assert s.entries == len(model) <= 5
         # Membership after every step pins the eviction order down.
         assert set(model) == {f"/w/{k}" for k in range(8) if f"/w/{k}" in cache}
+
+
+def test_a_kept_rendering_counts_against_the_budget() -> None:
+    cache = FileCache(max_bytes=10_000, max_entries=10, max_entry_bytes=10_000)
+    entry = cache.put("/w/a", b"x" * 100, ID)
+    assert entry is not None
+    cache.keep_rendered(entry, "utf-8", "x" * 100)
+    kept = cache.statistics().bytes
+    assert kept > 200  # the content and the str (with its header)
+    assert entry.rendered == ("utf-8", "x" * 100)
+    cache.keep_rendered(entry, "base64", "eHh4" * 10)
+    assert entry.rendered == ("base64", "eHh4" * 10)
+    assert cache.statistics().bytes == entry.cost < kept  # the first rendering was released
+    assert cache.invalidate("/w/a")
+    assert cache.statistics().bytes == 0
+
+
+def test_a_rendering_of_a_replaced_entry_is_not_kept() -> None:
+    cache = FileCache()
+    old = cache.put("/w/a", b"old", ID)
+    assert old is not None
+    cache.put("/w/a", b"new", ID)
+    cache.keep_rendered(old, "utf-8", "old")
+    assert cache.statistics().bytes == 3
+    tight = FileCache(max_bytes=400, max_entries=10, max_entry_bytes=100)
+    entry = tight.put("/w/b", b"y" * 90, ID)
+    assert entry is not None
+    tight.keep_rendered(entry, "utf-8", "y" * 90)  # would pass the per-entry limit
+    assert entry.rendered is None
+    assert tight.statistics().bytes == 90

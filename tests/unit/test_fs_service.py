@@ -377,3 +377,16 @@ async def test_stat_and_list_retry_eintr_at_once(ws: Path) -> None:
     assert inline(svc, "fs/stat", {"path": "src"})["kind"] == "directory"
     assert [e["name"] for e in inline(svc, "fs/list", {"path": "src"})] == ["main.py"]
     assert fs.outcomes("lstat") == ["EINTR", "EINTR", "ok"]
+
+
+async def test_a_repeated_cached_read_reuses_its_rendering(svc: FileService) -> None:
+    await call(svc, "fs/read", {"path": "src/main.py"})
+    first = await call(svc, "fs/read", {"path": "src/main.py"})
+    entry = svc.cache.get_any(svc.workspace.resolve("src/main.py"))
+    assert entry is not None
+    assert entry.rendered == ("utf-8", first["content"])
+    second = await call(svc, "fs/read", {"path": "src/main.py"})
+    assert second["content"] is first["content"]  # the very same str: nothing decoded again
+    b64 = await call(svc, "fs/read", {"path": "src/main.py", "encoding": "base64"})
+    assert base64.b64decode(b64["content"]) == b"print('hi')\n"
+    assert entry.rendered == ("base64", b64["content"])

@@ -10,15 +10,20 @@ catches `os.utime` resetting the mtime. What no stat can catch is a rewrite of t
 within one tick of the file system's timestamp clock: the caller marks such an entry `racy`
 (written too recently to trust, as git does) and re-reads it instead of serving it.
 
-Invariants: `bytes` is the sum of the cached contents' lengths and never exceeds the byte
-budget after any call; the entry count never exceeds the entry budget; eviction is least
-recently used first (a hit moves an entry to the back); content larger than
-`max_entry_bytes` is never cached. Only the event loop's thread touches a cache.
+An entry may also keep its content as the client last received it (the decoded text, or
+the base64): a repeated read then skips decoding too. That copy counts against the budget.
+
+Invariants: `bytes` is the sum of the entries' costs (content length plus the size of a kept
+rendering) and never exceeds the byte budget after any call; the entry count never exceeds
+the entry budget; eviction is least recently used first (a hit moves an entry to the back);
+content larger than `max_entry_bytes` is never cached. Only the event loop's thread touches
+a cache.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -38,6 +43,8 @@ class CacheEntry:
     data: bytes
     identity: Identity
     racy: bool = False
+    rendered: tuple[str, str] | None = None  # (encoding, content as sent to a client)
+    cost: int = 0  # bytes this entry holds against the budget
 
     @property
     def mtime_ns(self) -> int:
@@ -129,18 +136,33 @@ class FileCache:
             return None
         old = self._entries.pop(path, None)
         if old is not None:
-            self._bytes -= len(old.data)
-        entry = CacheEntry(path, data, identity, racy)
+            self._bytes -= old.cost
+        entry = CacheEntry(path, data, identity, racy, None, size)
         self._entries[path] = entry
         self._bytes += size
         self._evict_to(self.max_bytes, self.max_entries)
         return entry
 
+    def keep_rendered(self, entry: CacheEntry, encoding: str, content: str) -> None:
+        """Keep `content` (the entry rendered in `encoding`) with the entry, if it fits."""
+        if self._entries.get(entry.path) is not entry:
+            return  # replaced or evicted meanwhile
+        extra = sys.getsizeof(content)
+        if entry.cost + extra > self.max_entry_bytes:
+            return
+        if entry.rendered is not None:
+            self._bytes -= entry.cost - len(entry.data)
+            entry.cost = len(entry.data)
+        entry.rendered = (encoding, content)
+        entry.cost += extra
+        self._bytes += extra
+        self._evict_to(self.max_bytes, self.max_entries)
+
     def invalidate(self, path: str) -> bool:
         entry = self._entries.pop(path, None)
         if entry is None:
             return False
-        self._bytes -= len(entry.data)
+        self._bytes -= entry.cost
         return True
 
     def invalidate_under(self, folder: str) -> int:
@@ -183,7 +205,7 @@ class FileCache:
         entries = self._entries
         while entries and (self._bytes > max_bytes or len(entries) > max_entries):
             _, entry = entries.popitem(last=False)
-            self._bytes -= len(entry.data)
+            self._bytes -= entry.cost
             self._evictions += 1
 
     def statistics(self) -> CacheStats:

@@ -174,7 +174,20 @@ class FileService:
         # The cache hit is the hot path: one stat and a lookup, no coroutine, no result object.
         found = self.store.probe(raw)
         if isinstance(found, CacheEntry):
-            return self._render(found.data, found.identity[0], encoding, True)
+            kept = found.rendered
+            if kept is not None and kept[0] == encoding:
+                content = kept[1]
+            else:
+                content = _encode(found.data, encoding)
+                self.cache.keep_rendered(found, encoding, content)
+            return {
+                "content": content,
+                "encoding": encoding,
+                "size": len(found.data),
+                "mtimeNs": found.identity[0],
+                "fromCache": True,
+                "stale": False,
+            }
         return self.render(await self.store.read_path(raw, found), encoding)
 
     def render(self, result: ReadResult, encoding: str) -> dict[str, Any]:
@@ -187,18 +200,8 @@ class FileService:
 
     @staticmethod
     def _render(data: bytes, mtime_ns: int, encoding: str, from_cache: bool) -> dict[str, Any]:
-        if encoding == "utf-8":
-            try:
-                content = data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InvalidParams(
-                    f"the file is not valid UTF-8 (byte {exc.start}: {exc.reason}); "
-                    "read it with encoding 'base64'"
-                ) from exc
-        else:
-            content = binascii.b2a_base64(data, newline=False).decode("ascii")
         return {
-            "content": content,
+            "content": _encode(data, encoding),
             "encoding": encoding,
             "size": len(data),
             "mtimeNs": mtime_ns,
@@ -287,6 +290,18 @@ def _encoding(p: dict[str, Any]) -> str:
     if encoding not in ENCODINGS:
         raise InvalidParams(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
     return str(encoding)
+
+
+def _encode(data: bytes, encoding: str) -> str:
+    if encoding == "base64":
+        return binascii.b2a_base64(data, newline=False).decode("ascii")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidParams(
+            f"the file is not valid UTF-8 (byte {exc.start}: {exc.reason}); "
+            "read it with encoding 'base64'"
+        ) from exc
 
 
 def _content(p: dict[str, Any], encoding: str) -> bytes:
