@@ -126,9 +126,9 @@ class Spool:
         self._mem = None
 
     def finish(self) -> None:
+        """No more output: the writer is closed (a finished spool holds no descriptor)."""
         self.finished = True
-        if self._file is not None:
-            self._file.flush()
+        self.close()
 
     def result(self) -> tuple[str, bool]:
         """The `output` of the result and whether it was truncated."""
@@ -153,34 +153,41 @@ class Spool:
             raise InvalidParams(f"offset must be >= 0 and limit > 0 (got {offset}, {limit})")
         offset = min(offset, self._total)
         want = min(limit, self._total - offset)
-        if self._mem is not None:
-            chunk = bytes(self._mem[offset : offset + want])
-        else:
-            assert self._file is not None
-            self._file.flush()
-            with open(self.path, "rb") as f:
-                f.seek(offset)
-                chunk = f.read(want)
-        end = len(chunk)
+        # Up to 3 bytes more than asked, to finish a character the limit would cut.
+        chunk = self._bytes(offset, min(want + 3, self._total - offset))
+        end = min(want, len(chunk))
         if offset + end < self._total:
             end = _char_boundary(chunk, 0, end)
-            if end == 0 and chunk:  # a limit smaller than one character: give the character
-                end = min(len(chunk), 4)
+            if end == 0 and chunk:  # a limit smaller than one character: give that character
+                lead = chunk[0]
+                end = min(
+                    len(chunk), 1 if lead < 0xC0 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+                )
         text = chunk[:end].decode("utf-8", "replace")
         nxt = offset + end
         return text, nxt, self.finished and nxt >= self._total
+
+    def _bytes(self, offset: int, count: int) -> bytes:
+        if self._mem is not None:
+            return bytes(self._mem[offset : offset + count])
+        if self._file is not None:
+            self._file.flush()
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            return f.read(count)
 
     def close(self) -> None:
         if self._file is not None:
             with contextlib.suppress(OSError):
                 self._file.close()
+            self._file = None
 
     def delete(self) -> None:
         self.close()
-        self._mem = bytearray() if self._mem is not None else None
-        if self._file is not None:
+        if self._mem is None:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
+        self._mem = bytearray()
 
 
 @dataclass(frozen=True, slots=True)

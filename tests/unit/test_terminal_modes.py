@@ -1,0 +1,97 @@
+"""Shell detection, the environment every terminal gets, and the lines sent to shells."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lapce_bridge.terminal.exec_cmd import exit_status
+from lapce_bridge.terminal.modes import build_env, run_line, shell_kind
+from lapce_bridge.terminal.result import ExecResult, Mode, Recovery, Status
+from lapce_bridge.terminal.waiting import command_file_text
+
+
+@pytest.mark.parametrize(
+    ("shell", "kind"),
+    [
+        ("bash", "bash"),
+        ("/usr/local/bin/bash", "bash"),
+        ("bash-5.2", "bash"),
+        ("/bin/zsh", "zsh"),
+        ("fish", "fish"),
+        ("/bin/sh", "posix"),
+        ("dash", "posix"),
+        ("ksh", "posix"),
+        ("bashful", "posix"),
+    ],
+)
+def test_shell_kind(shell: str, kind: str) -> None:
+    assert shell_kind(shell) == kind
+
+
+def test_terminal_environment() -> None:
+    base = {"PATH": "/bin", "TERM": "dumb", "PAGER": "less", "LAPCE_BRIDGE_NONCE": "leak"}
+    env = build_env(base, {"EXTRA": "1"})
+    assert env["PAGER"] == "cat"
+    assert env["GIT_PAGER"] == "cat"
+    assert env["GIT_EDITOR"] == ":"
+    assert env["TERM"] == "xterm-256color"
+    assert env["EXTRA"] == "1"
+    assert "LAPCE_BRIDGE_NONCE" not in env
+    assert build_env(base, {"TERM": "vt100", "PAGER": "more"})["TERM"] == "vt100"
+    assert build_env(base, {"PAGER": "more"})["PAGER"] == "more"
+
+
+def test_integration_lines_are_short_and_fixed() -> None:
+    path = Path("/x/cmd")
+    assert run_line("bash", Mode.SHELL_INTEGRATION, path, "t") == b'. "$__lb_cf"\n'
+    assert run_line("zsh", Mode.SHELL_INTEGRATION, path, "t") == b'. "$__lb_cf"\n'
+    assert run_line("fish", Mode.SHELL_INTEGRATION, path, "t") == b"source $__lb_cf\n"
+
+
+def test_fallback_lines_carry_the_token_as_text_only() -> None:
+    path = Path("/x/it's/cmd")
+    line = run_line("posix", Mode.NO_SHELL_INTEGRATION, path, "tok123")
+    assert b"\x1b" not in line  # the tty's echo of the line holds no escape sequence
+    assert line.count(b"\n") == 2  # dash: the end mark survives a syntax error in line one
+    assert b"LbStart=tok123" in line
+    assert b"LbEnd=%s:tok123" in line
+    assert b"'/x/it'\\''s/cmd'" in line
+    bash_line = run_line("bash", Mode.NO_SHELL_INTEGRATION, path, "tok123")
+    assert bash_line.count(b"\n") == 1  # readline echoes a second line inside the output
+    fish_line = run_line("fish", Mode.NO_SHELL_INTEGRATION, path, "tok123")
+    assert b"$status" in fish_line
+    assert b"source '/x/it\\'s/cmd'" in fish_line
+
+
+def test_cwd_prefix_stops_the_command_when_cd_fails() -> None:
+    assert command_file_text("bash", "ls", None) == "ls"
+    assert command_file_text("bash", "ls", "/a b/c'd") == "cd -- '/a b/c'\\''d' || return 1\nls"
+    assert command_file_text("fish", "ls", "/a'b") == "cd '/a\\'b'; or return 1\nls"
+
+
+def _result(status: Status, code: int | None) -> ExecResult:
+    return ExecResult("e", "t", code, "", 0, False, None, 1.0, status, Mode.SHELL_INTEGRATION,
+                      "bash", (Recovery("a", "b"),))  # fmt: skip
+
+
+def test_exec_exit_status() -> None:
+    assert exit_status(_result(Status.COMPLETED, 0)) == 0
+    assert exit_status(_result(Status.COMPLETED, 3)) == 3
+    assert exit_status(_result(Status.COMPLETED, 256 + 7)) == 7
+    assert exit_status(_result(Status.TIMED_OUT, 130)) == 124
+    assert exit_status(_result(Status.INTERRUPTED, None)) == 130
+    assert exit_status(_result(Status.INTERRUPTED, 4)) == 4  # `exit 4` ended the shell
+    assert exit_status(_result(Status.COMPLETED, None)) == 1
+
+
+def test_wire_form_uses_protocol_names() -> None:
+    wire = _result(Status.WAITING_FOR_INPUT, None).to_wire()
+    assert wire["status"] == "waiting_for_input"
+    assert wire["recoveries"] == [{"action": "a", "reason": "b"}]
+    assert wire["exitCode"] is None
+    assert list(wire) == [
+        "executionId", "terminalId", "exitCode", "output", "outputBytes", "truncated", "cwd",
+        "durationMs", "status", "mode", "shell", "recoveries",
+    ]  # fmt: skip

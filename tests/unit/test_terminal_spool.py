@@ -1,0 +1,163 @@
+"""Spool head/tail math, whole-character reads, and the store's bounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lapce_bridge.core.errors import InvalidParams
+from lapce_bridge.terminal.spool import Spool, SpoolStore, truncation_marker, whole_chars
+
+TEXT = st.text(alphabet=st.sampled_from("ab\n€日🎉"), max_size=400)
+
+
+def test_small_output_is_kept_whole_in_memory(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "a.out", 100)
+    spool.write("hello ")
+    spool.write("wörld\n")
+    assert spool.result() == ("hello wörld\n", False)
+    assert spool.total == len("hello wörld\n".encode())
+    assert not spool.on_disk
+    assert not (tmp_path / "a.out").exists()
+
+
+def test_large_output_keeps_head_and_tail_and_moves_to_disk(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "b.out", 20)
+    text = "".join(f"{i:04d}\n" for i in range(1000))
+    for i in range(0, len(text), 7):
+        spool.write(text[i : i + 7])
+    output, truncated = spool.result()
+    assert truncated
+    assert spool.on_disk
+    head, tail = output.split(truncation_marker(len(text) - 20))
+    assert head == text[:10]
+    assert tail == text[-10:]
+    assert spool.memory_bytes <= 3 * 20
+    spool.finish()
+    assert (tmp_path / "b.out").read_text() == text
+
+
+def test_exactly_max_bytes_is_not_truncated(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "c.out", 10)
+    spool.write("0123456789")
+    assert spool.result() == ("0123456789", False)
+    spool.write("x")
+    assert spool.result()[1] is True
+    spool.delete()
+
+
+def test_cuts_never_split_a_character(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "d.out", 10)
+    spool.write("€" * 40)  # 3 bytes each: a cut at 5 bytes falls inside the second one
+    output, truncated = spool.result()
+    assert truncated
+    assert "\ufffd" not in output
+    head, tail = output.split(truncation_marker(120 - 10))
+    assert head == "€"
+    assert tail == "€"
+    spool.delete()
+    assert not (tmp_path / "d.out").exists()
+
+
+def test_a_limit_below_one_character_returns_that_character(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "g.out", 100)
+    spool.write("🎉€")
+    spool.finish()
+    assert spool.read(0, 1) == ("🎉", 4, False)
+    assert spool.read(4, 2) == ("€", 7, True)
+
+
+def test_whole_chars_drops_only_partial_edges() -> None:
+    data = "a€b".encode()
+    assert whole_chars(data[:2], at_start=False, at_end=True) == "a"
+    assert whole_chars(data[2:], at_start=True, at_end=False) == "b"
+    assert whole_chars(data, at_start=True, at_end=True) == "a€b"
+
+
+@settings(max_examples=150, deadline=None)
+@given(chunks=st.lists(TEXT, max_size=12), max_bytes=st.integers(16, 300), limit=st.integers(1, 50))
+def test_pages_reassemble_the_whole_output(
+    tmp_path_factory: pytest.TempPathFactory, chunks: list[str], max_bytes: int, limit: int
+) -> None:
+    spool = Spool(tmp_path_factory.mktemp("s") / "x.out", max_bytes)
+    for chunk in chunks:
+        spool.write(chunk)
+    spool.finish()
+    whole = "".join(chunks)
+    assert spool.total == len(whole.encode())
+    output, truncated = spool.result()
+    assert truncated == (spool.total > max_bytes)
+    if not truncated:
+        assert output == whole
+    else:
+        assert len(output.encode()) <= max_bytes + len(truncation_marker(spool.total).encode())
+        head = output.split("\n[... ")[0]
+        assert whole.startswith(head)
+    pages: list[str] = []
+    offset, eof = 0, spool.total == 0
+    if eof:
+        assert spool.read(0, limit) == ("", 0, True)
+    while not eof:
+        text, nxt, eof = spool.read(offset, limit)
+        assert nxt > offset
+        assert "\ufffd" not in text
+        pages.append(text)
+        offset = nxt
+    assert "".join(pages) == whole
+    spool.delete()
+
+
+def test_read_refuses_bad_ranges(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "e.out", 10)
+    with pytest.raises(InvalidParams):
+        spool.read(-1, 10)
+    with pytest.raises(InvalidParams):
+        spool.read(0, 0)
+
+
+def test_running_spool_reads_without_eof(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "f.out", 4)
+    spool.write("abcdefgh")
+    assert spool.read(0, 100) == ("abcdefgh", 8, False)
+    spool.finish()
+    assert spool.read(8, 100) == ("", 8, True)
+    assert spool.read(0, 3) == ("abc", 3, False)
+
+
+def test_store_evicts_oldest_finished_by_count(tmp_path: Path) -> None:
+    store = SpoolStore(tmp_path, max_count=3)
+    for i in range(3):
+        store.create(f"e{i}", 100).write("x")
+        store.finished(f"e{i}")
+    store.create("e3", 100)  # still running
+    with pytest.raises(InvalidParams, match="unknown executionId 'e0'"):
+        store.get("e0")
+    assert store.read("e1", 0, 10) == ("x", 1, True)
+    assert store.statistics().evicted == 1
+
+
+def test_store_never_evicts_a_running_spool(tmp_path: Path) -> None:
+    store = SpoolStore(tmp_path, max_count=1)
+    store.create("a", 10).write("1")
+    store.create("b", 10).write("2")
+    assert store.read("a", 0, 10) == ("1", 1, False)
+    assert store.read("b", 0, 10) == ("2", 1, False)
+    store.finished("a")
+    assert store.statistics().spools == 1
+
+
+def test_store_bounds_bytes_and_trims(tmp_path: Path) -> None:
+    store = SpoolStore(tmp_path, max_bytes=250)
+    for i in range(4):
+        store.create(f"e{i}", 50).write("y" * 100)
+        store.finished(f"e{i}")
+    assert store.finished_bytes == 200
+    assert store.statistics().spools == 2
+    assert store.trim(100) == 100
+    assert store.finished_bytes == 100
+    assert store.trim(0) == 100
+    assert store.statistics().spools == 0
+    assert list(tmp_path.iterdir()) == []
