@@ -185,3 +185,41 @@ async def test_posix_shells_run_with_end_markers(tmp_path: Path, shell: str) -> 
         assert multi.output == "line 3\n"
         spoof = await term.execute("printf '\\033]633;P;LbEnd=0:bad\\007'; echo real", timeout=10)
         assert spoof.output == "real\n"
+
+
+async def test_shell_that_cannot_print_marks_runs_in_raw_output_mode(tmp_path: Path) -> None:
+    # An rc file (dash reads $ENV) that replaces printf: no end mark can ever be printed.
+    rc = tmp_path / "rc.sh"
+    rc.write_text("printf() { :; }\n")
+    async with await Terminal.start(
+        shell="dash",
+        cwd=str(tmp_path),
+        env={"HOME": str(tmp_path), "ENV": str(rc)},
+        state_dir=tmp_path / "s",
+        probe_timeout=0.5,
+    ) as term:
+        assert term.mode is Mode.RAW_OUTPUT
+        result = await term.execute("echo raw; echo out", timeout=10)
+        assert result.output == "raw\nout\n"
+        assert result.exit_code is None
+        assert result.status is Status.COMPLETED
+        assert [r.action for r in result.recoveries] == ["raw_output_mode"]
+
+
+async def test_chatty_command_is_answered_running_after_max_wait(tmp_path: Path) -> None:
+    async with await Terminal.start(
+        shell="bash", cwd=str(tmp_path), env={"HOME": str(tmp_path)}, state_dir=tmp_path
+    ) as term:
+        result = await term.execute(
+            "for i in $(seq 1 400); do echo tick $i; sleep 0.05; done",
+            idle_timeout=1.0,
+            max_wait=0.6,
+        )
+        assert result.status is Status.RUNNING
+        assert result.output.startswith("tick 1\n")
+        assert result.exit_code is None
+        assert term.busy
+        await term.interrupt()
+        final = await term.wait(result.execution_id, within=10)
+        assert final.status is Status.INTERRUPTED
+        assert final.output.startswith(result.output)

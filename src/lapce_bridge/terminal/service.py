@@ -8,9 +8,10 @@ workspace and may not leave it (`PermissionDenied`, as for files). `terminal/exe
 command (`TerminalError`, "busy") rather than interleave output; `idleTimeoutMs` (default
 30 s) bounds how long a quiet command holds the request: it is then answered
 `waiting_for_input`, keeps running, and its end arrives as `terminal/commandFinished` (or
-through `terminal/wait`). With `stream: true`, output is sent as `terminal/data`, one
-notification per loop turn however many reads it took. When `features("shell_integration")`
-is off (degraded), new terminals start without integration.
+through `terminal/wait`). `maxWaitMs` (default 120 s) does the same for a command that keeps
+printing (a dev server): it is answered `running`. With `stream: true`, output is sent as
+`terminal/data`, one notification per loop turn however many reads it took. When
+`features("shell_integration")` is off (degraded), new terminals start without integration.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from lapce_bridge.terminal.spool import SpoolStats, SpoolStore
 from lapce_bridge.terminal.terminal import Terminal, TerminalExited
 
 DEFAULT_IDLE_TIMEOUT_MS = 30_000
+DEFAULT_MAX_WAIT_MS = 120_000
 _MISSING = object()
 
 
@@ -255,6 +257,7 @@ class TerminalService:
         max_bytes = _param(params, "maxOutputBytes", int, 256 * 1024)
         timeout = _seconds(params, "timeoutMs", None)
         idle = _seconds(params, "idleTimeoutMs", DEFAULT_IDLE_TIMEOUT_MS / 1000.0)
+        max_wait = _seconds(params, "maxWaitMs", DEFAULT_MAX_WAIT_MS / 1000.0)
         stream = _param(params, "stream", bool, False)
         on_data = _Streamer(ctx, term) if stream else None
         terminal_id = term.terminal_id
@@ -278,6 +281,7 @@ class TerminalService:
             command,
             timeout=timeout,
             idle_timeout=idle,
+            max_wait=max_wait,
             max_output_bytes=max_bytes,
             ansi=ansi,
             on_data=on_data,

@@ -123,7 +123,10 @@ async def start_shell(term: Terminal, exe: str, *, restore: Path | None, alterna
             return
         await term.stop_process()
     launch = plan(False, False, None)
-    proc = term.spawn(launch.argv, launch.env, cwd)
+    # No rc files and no prompt, so nothing but the command's output follows our line.
+    raw_env = {k: v for k, v in launch.env.items() if k not in ("ENV", "BASH_ENV")}
+    raw_env.update(PS1="", PS2="", PROMPT_COMMAND="")
+    proc = term.spawn(launch.argv, raw_env, cwd)
     if not proc.alive:
         raise ShellCrashed(f"{exe} exits at once; no terminal can be started")
     _set_mode(term, Mode.RAW_OUTPUT, Mode.RAW_OUTPUT, alternative)

@@ -145,6 +145,7 @@ class Terminal:
         self._ready: asyncio.Future[bool] | None = None
         self._probe: tuple[str, asyncio.Future[int | None]] | None = None
         self._raw_skip_echo = False
+        self._stopping: PtyProcess | None = None
         self._closing = False
         self._closed = False
         self._exited: asyncio.Future[int] | None = None
@@ -248,6 +249,7 @@ class Terminal:
         proc, exited = self.proc, self._exited
         if proc is None or exited is None:
             return
+        self._stopping = proc  # a death we cause is not a crash to recover from
         if proc.alive:
             proc.signal(signal.SIGHUP)
             proc.close()
@@ -293,6 +295,7 @@ class Terminal:
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - ends in an interrupt, not a cancel
         idle_timeout: float | None = None,
+        max_wait: float | None = None,
         max_output_bytes: int = 256 * 1024,
         ansi: str = "strip",
         on_data: Callable[[str], None] | None = None,
@@ -306,7 +309,11 @@ class Terminal:
             raise InvalidParams(f"ansi must be 'strip' or 'keep', not {ansi!r}")
         if max_output_bytes < 16:
             raise InvalidParams("maxOutputBytes must be at least 16")
-        for name, value in (("timeout", timeout), ("idle_timeout", idle_timeout)):
+        for name, value in (
+            ("timeout", timeout),
+            ("idle_timeout", idle_timeout),
+            ("max_wait", max_wait),
+        ):
             if value is not None and value <= 0:
                 raise InvalidParams(f"{name} must be positive")
         received = self.clock.now() if received_at is None else received_at
@@ -349,7 +356,7 @@ class Terminal:
             self._finish(ex, exit_code=None, status=Status.INTERRUPTED)
             raise ShellCrashed(f"could not write to the shell: {exc}") from exc
         try:
-            return await await_result(self, ex, timeout, idle_timeout)
+            return await await_result(self, ex, timeout, idle_timeout, max_wait)
         except asyncio.CancelledError:
             # The request was cancelled: stop the command rather than leave it running unseen.
             ex.interrupted = True
@@ -528,7 +535,7 @@ class Terminal:
             self._ready.set_result(False)
         if self._probe is not None and not self._probe[1].done():
             self._probe[1].set_exception(ShellCrashed(f"shell exited with code {code}"))
-        if self._closing or self._closed:
+        if self._closing or self._closed or self._stopping is self.proc:
             return
         on_shell_death(self, code)
 

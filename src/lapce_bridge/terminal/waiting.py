@@ -6,6 +6,8 @@ because output moves the idle moment forward. Then:
 - the command ended: its final result;
 - idle, integration modes: a `waiting_for_input` snapshot; the command keeps running;
 - idle, raw mode: the end of the command (raw mode has no other end), exit code unknown;
+- `max_wait` passed while output still flows (a dev server): a `running` snapshot; the
+  command keeps running;
 - deadline: `stop_foreground` and a `timed_out` result with the output so far.
 
 `stop_foreground` escalates SIGINT -> SIGTERM -> SIGKILL on the terminal's foreground process
@@ -33,20 +35,24 @@ RAW_IDLE_S = 0.5  # raw mode ends a command after this much quiet when no idle_t
 
 
 async def await_result(
-    term: Terminal, ex: Execution, limit: float | None, idle_timeout: float | None
+    term: Terminal,
+    ex: Execution,
+    limit: float | None,
+    idle_timeout: float | None,
+    max_wait: float | None = None,
 ) -> ExecResult:
     clock = term.clock
-    deadline = None if limit is None else clock.now() + limit
+    start = clock.now()
+    deadline = None if limit is None else start + limit
+    hold_until = None if max_wait is None else start + max_wait
     raw = ex.raw
     idle = idle_timeout if idle_timeout is not None else (RAW_IDLE_S if raw else None)
     while not ex.done.done():
         now = clock.now()
-        wait: float | None = None
-        if deadline is not None:
-            wait = deadline - now
+        bounds = [b - now for b in (deadline, hold_until) if b is not None]
         if idle is not None:
-            quiet_until = ex.last_activity + idle - now
-            wait = quiet_until if wait is None else min(wait, quiet_until)
+            bounds.append(ex.last_activity + idle - now)
+        wait = min(bounds) if bounds else None
         if wait is not None and wait <= 0:
             if deadline is not None and now >= deadline:
                 ex.timed_out = True
@@ -54,9 +60,12 @@ async def await_result(
                 if ex.done.done():
                     return ex.done.result()
                 return ex.snapshot(Status.TIMED_OUT, clock.now(), term.cwd)
-            if raw:
+            if raw and (hold_until is None or now < hold_until):
                 term.finish_current(Status.COMPLETED, None)
                 continue
+            if hold_until is not None and now >= hold_until:
+                # A server that keeps printing is never idle: the request still gets an answer.
+                return ex.snapshot(Status.RUNNING, now, term.cwd)
             return ex.snapshot(Status.WAITING_FOR_INPUT, now, term.cwd)
         try:
             async with clock.timeout(wait):
