@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -25,6 +26,8 @@ from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import Unavailable
 from lapce_bridge.ipc.paths import probe
+
+log = logging.getLogger("lapce_bridge.client")
 
 
 class ServerSupervisor:
@@ -52,6 +55,7 @@ class ServerSupervisor:
         self.starts = 0
         self.deaths: deque[float] = deque()
         self.last_exit: int | None = None
+        self.exits: list[int] = []  # statuses of the exits we did not ask for
         self.failed: Unavailable | None = None
         self._stopping = False
         self._watch: asyncio.Task[None] | None = None
@@ -96,6 +100,8 @@ class ServerSupervisor:
         self.last_exit = code
         if self._stopping:
             return
+        self.exits.append(code)
+        log.warning("the server (pid %d) exited unasked with status %s", proc.pid, code)
         now = self.clock.now()
         self.deaths.append(now)
         while self.deaths and self.deaths[0] < now - self.crash_window:
