@@ -223,3 +223,40 @@ async def test_chatty_command_is_answered_running_after_max_wait(tmp_path: Path)
         final = await term.wait(result.execution_id, within=10)
         assert final.status is Status.INTERRUPTED
         assert final.output.startswith(result.output)
+
+
+async def test_rc_that_swallows_the_terminal_falls_back_to_a_minimal_shell(tmp_path: Path) -> None:
+    # The rc hands the terminal to another program: neither our hooks nor end marks can run,
+    # so the terminal restarts the shell without the user's rc files.
+    (tmp_path / ".bashrc").write_text("exec cat\n")
+    async with await Terminal.start(
+        shell="bash",
+        cwd=str(tmp_path),
+        env={"HOME": str(tmp_path)},
+        state_dir=tmp_path / "s",
+        startup_timeout=0.5,
+        probe_timeout=0.5,
+    ) as term:
+        assert term.mode is Mode.MINIMAL_PTY
+        assert term.protocol is Mode.SHELL_INTEGRATION
+        result = await term.execute("echo minimal; (exit 6)", timeout=10)
+        assert (result.output, result.exit_code) == ("minimal\n", 6)
+        assert [r.action for r in result.recoveries] == ["minimal_pty"]
+
+
+async def test_large_input_and_large_commands_are_delivered_whole(tmp_path: Path) -> None:
+    async with await Terminal.start(
+        shell="bash", cwd=str(tmp_path), env={"HOME": str(tmp_path)}, state_dir=tmp_path
+    ) as term:
+        body = "".join(f"{i:07d} " + "x" * 91 + "\n" for i in range(3000))  # 300 KB
+        big = await term.execute(f"wc -c <<'EOF'\n{body}EOF", timeout=20)
+        assert big.output.strip() == str(len(body))
+        reader = await term.execute(
+            "python3 -c 'import sys; d = sys.stdin.read(); print(len(d), d.count(\"\\n\"))'",
+            idle_timeout=0.5,
+        )
+        assert reader.status is Status.WAITING_FOR_INPUT
+        lines = "".join("y" * 99 + "\n" for _ in range(2000))  # 200 KB through the PTY
+        term.send_text(lines + "\x04")
+        done = await term.wait(reader.execution_id, within=30)
+        assert done.output.splitlines()[-1] == "200000 2000"

@@ -17,6 +17,7 @@ import gc
 import os
 import pty
 import secrets
+import select
 import signal
 import statistics
 import subprocess
@@ -78,7 +79,8 @@ def _subprocess_samples(n: int) -> list[float]:
 
 def _marker_prompt_samples(n: int) -> list[float]:
     """A bare bash on a PTY, its prompt a unique marker: the floor for a persistent shell."""
-    marker = f"@@{secrets.token_hex(6)}@@".encode()
+    token = secrets.token_hex(6)
+    marker = f"@@{token}@@".encode()
     master, slave = pty.openpty()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TERM": "dumb", "PS1": ""}
     proc = subprocess.Popen(
@@ -94,14 +96,16 @@ def _marker_prompt_samples(n: int) -> list[float]:
     def until(token: bytes) -> bytes:
         buf = b""
         while token not in buf:
+            ready, _, _ = select.select([master], [], [], 10.0)
+            if not ready:
+                raise RuntimeError(f"the marker-prompt shell went silent; got {buf[-200:]!r}")
             buf += os.read(master, 65536)
         return buf
 
     try:
-        os.write(
-            master, b"bind 'set enable-bracketed-paste off' 2>/dev/null; PS1='" + marker + b"'\n"
-        )
-        until(marker)
+        # The marker is assembled by the shell, so the echo of this line does not contain it.
+        setup = f"bind 'set enable-bracketed-paste off' 2>/dev/null; PS1='@@''{token}''@@'\n"
+        os.write(master, setup.encode())
         until(marker)
         samples = []
         for _ in range(n):
