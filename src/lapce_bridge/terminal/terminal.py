@@ -74,6 +74,16 @@ class TerminalStats:
     parser_overflows: int
 
 
+def _write_file(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
 def runtime_dir(state_dir: Path) -> Path:
     """A private folder for per-command files: $XDG_RUNTIME_DIR, /dev/shm, else state_dir."""
     for base in (os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm"):
@@ -145,6 +155,8 @@ class Terminal:
         self._ready: asyncio.Future[bool] | None = None
         self._probe: tuple[str, asyncio.Future[int | None]] | None = None
         self._raw_skip_echo = False
+        self._cmd_path = str(self.dir / "cmd")
+        self._line: bytes | None = None  # the integration line depends only on the shell kind
         self._stopping: PtyProcess | None = None
         self._closing = False
         self._closed = False
@@ -203,6 +215,7 @@ class Terminal:
         self.parser.reset()
         self.parser.strip_ansi = True
         self.kind = shell_kind(argv[0])
+        self._line = None
         proc = PtyProcess.spawn(
             argv,
             env=env,
@@ -349,9 +362,14 @@ class Terminal:
         self._exec = ex
         self.parser.strip_ansi = ansi == "strip"
         self._raw_skip_echo = ex.raw = self.protocol is Mode.RAW_OUTPUT
-        (self.dir / "cmd").write_bytes(command_file_text(self.kind, command, cwd).encode())
         try:
-            proc.write(run_line(self.kind, self.protocol, self.dir / "cmd", ex.token))
+            _write_file(self._cmd_path, command_file_text(self.kind, command, cwd).encode())
+            if self.protocol is Mode.SHELL_INTEGRATION:
+                line = self._line or run_line(self.kind, self.protocol, Path(self._cmd_path), "")
+                self._line = line
+            else:
+                line = run_line(self.kind, self.protocol, Path(self._cmd_path), ex.token)
+            proc.write(line)
         except OSError as exc:
             self._finish(ex, exit_code=None, status=Status.INTERRUPTED)
             raise ShellCrashed(f"could not write to the shell: {exc}") from exc
