@@ -167,3 +167,21 @@ def run_line(kind: str, mode: Mode, cmd_file: Path, token: str) -> bytes:
         # and without line editing the tty echoes both lines before either runs.
         return f'{start}; . {_sh_quote(str(cmd_file))}\n{end} "$PWD" "$?"\n'.encode()
     return f'{start}; . {_sh_quote(str(cmd_file))}; {end} "$PWD" "$?"\n'.encode()
+
+
+def write_file(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def runtime_dir(state_dir: Path) -> Path:
+    """A private folder for per-command files: $XDG_RUNTIME_DIR, /dev/shm, else state_dir."""
+    for base in (os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm"):
+        if base and os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK):
+            return Path(base) / f"lapce-bridge-{os.getuid()}" / "terminals"
+    return state_dir / "terminals"

@@ -1,4 +1,4 @@
-"""What an execution returns: `ExecResult`, its statuses and the terminal modes.
+"""What terminals report: `ExecResult` with its statuses and modes, exits and statistics.
 
 `ExecResult.to_wire()` is PROTOCOL.md's camelCase `ExecResult`; nothing else in the package
 spells the wire names.
@@ -68,3 +68,26 @@ class ExecResult:
             "shell": self.shell,
             "recoveries": [r.to_wire() for r in self.recoveries],
         }
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalExited:
+    terminal_id: str
+    exit_code: int
+    will_recover: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalStats:
+    terminal_id: str
+    shell: str
+    pid: int | None
+    mode: str
+    busy: bool
+    executions: int
+    deaths: int
+    restarts: int
+    last_recovery_ms: float | None
+    bytes_read: int
+    markers: int
+    parser_overflows: int

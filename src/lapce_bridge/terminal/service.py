@@ -29,9 +29,9 @@ from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import InvalidParams, PermissionDenied
 from lapce_bridge.rpc import Broadcast, CallContext, Method, Observe, Params, method
-from lapce_bridge.terminal.result import ExecResult
+from lapce_bridge.terminal.result import ExecResult, TerminalExited
 from lapce_bridge.terminal.spool import SpoolStats, SpoolStore
-from lapce_bridge.terminal.terminal import Terminal, TerminalExited
+from lapce_bridge.terminal.terminal import Terminal
 
 DEFAULT_IDLE_TIMEOUT_MS = 30_000
 DEFAULT_MAX_WAIT_MS = 120_000

@@ -22,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import secrets
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lapce_bridge.core.errors import ShellCrashed, TerminalError
 from lapce_bridge.terminal import modes
-from lapce_bridge.terminal.modes import build_env, resolve_shell, shell_kind
+from lapce_bridge.terminal.modes import build_env, resolve_shell, run_line, shell_kind, write_file
 from lapce_bridge.terminal.recovery import (
     RestartAction,
     RestartDecision,
@@ -36,7 +38,7 @@ from lapce_bridge.terminal.recovery import (
     next_shell,
     recreate_strategy,
 )
-from lapce_bridge.terminal.result import Mode, Recovery, Status
+from lapce_bridge.terminal.result import Mode, Recovery, Status, TerminalExited
 
 if TYPE_CHECKING:
     from lapce_bridge.terminal.terminal import Terminal
@@ -97,31 +99,31 @@ async def start_shell(term: Terminal, exe: str, *, restore: Path | None, alterna
     if term.shell_integration and kind != "posix":
         launch = plan(True, True, restore)
         term.spawn(launch.argv, launch.env, cwd)
-        if await term.wait_ready(term.startup_timeout):
+        if await wait_ready(term, term.startup_timeout):
             _set_mode(term, Mode.SHELL_INTEGRATION, Mode.SHELL_INTEGRATION, alternative)
             return
         reason = f"shell integration did not start within {term.startup_timeout:g} s"
-        if await term.probe(Mode.NO_SHELL_INTEGRATION, term.probe_timeout):
+        if await probe(term, Mode.NO_SHELL_INTEGRATION, term.probe_timeout):
             _set_mode(term, Mode.NO_SHELL_INTEGRATION, Mode.NO_SHELL_INTEGRATION, alternative)
             term.pending_recoveries.append(Recovery("no_shell_integration", reason))
             return
-        await term.stop_process()
+        await stop_process(term)
         launch = plan(True, False, restore)
         term.spawn(launch.argv, launch.env, cwd)
-        if await term.wait_ready(term.startup_timeout):
+        if await wait_ready(term, term.startup_timeout):
             _set_mode(term, Mode.SHELL_INTEGRATION, Mode.MINIMAL_PTY, alternative)
             term.pending_recoveries.append(
                 Recovery("minimal_pty", reason + " with the user's rc files; started without")
             )
             return
-        await term.stop_process()
+        await stop_process(term)
     else:
         launch = plan(False, True, None)
         term.spawn(launch.argv, launch.env, cwd)
-        if await term.probe(Mode.NO_SHELL_INTEGRATION, term.probe_timeout):
+        if await probe(term, Mode.NO_SHELL_INTEGRATION, term.probe_timeout):
             _set_mode(term, Mode.NO_SHELL_INTEGRATION, Mode.NO_SHELL_INTEGRATION, alternative)
             return
-        await term.stop_process()
+        await stop_process(term)
     launch = plan(False, False, None)
     # No rc files and no prompt, so nothing but the command's output follows our line.
     raw_env = {k: v for k, v in launch.env.items() if k not in ("ENV", "BASH_ENV")}
@@ -133,6 +135,59 @@ async def start_shell(term: Terminal, exe: str, *, restore: Path | None, alterna
     term.pending_recoveries.append(
         Recovery("raw_output_mode", f"{exe} answered no end marker within the bounds")
     )
+
+
+async def wait_ready(term: Terminal, bound: float) -> bool:
+    """Whether integration announced itself (a prompt or cwd mark) within `bound` s."""
+    assert term.ready_fut is not None
+    try:
+        async with term.clock.timeout(bound):
+            return await asyncio.shield(term.ready_fut)
+    except TimeoutError:
+        return False
+
+
+async def probe(term: Terminal, mode: Mode, bound: float) -> bool:
+    """Whether the shell runs a command and prints a tokened end mark within `bound` s."""
+    if term.proc is None or not term.proc.alive:
+        return False
+    token = secrets.token_hex(8)
+    fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+    term.probe_waiter = (token, fut)
+    # Without integration the prompt would be printed inside the output (dash prints it
+    # between our two lines), so the fallback modes run with empty prompts.
+    write_file(term.cmd_path, b"PS1=''\nPS2=''\n" if term.kind == "posix" else b"")
+    try:
+        term.proc.write(run_line(term.kind, mode, Path(term.cmd_path), token))
+        async with term.clock.timeout(bound):
+            await fut
+    except (TimeoutError, OSError):
+        return False
+    finally:
+        term.probe_waiter = None
+    return True
+
+
+async def stop_process(term: Terminal) -> None:
+    """End the current shell process (used by the ladder and by close)."""
+    proc, exited = term.proc, term.exited_fut
+    if proc is None or exited is None:
+        return
+    term.stopping = proc  # a death we cause is not a crash to recover from
+    if proc.alive:
+        proc.signal(signal.SIGHUP)
+        proc.close()
+        try:
+            async with term.clock.timeout(term.interrupt_grace):
+                await asyncio.shield(exited)
+        except TimeoutError:
+            proc.kill()
+            try:
+                async with term.clock.timeout(term.interrupt_grace):
+                    await asyncio.shield(exited)
+            except TimeoutError:
+                proc.reap_blocking()  # SIGKILL cannot be refused: this returns at once
+    proc.close()
 
 
 def _set_mode(term: Terminal, protocol: Mode, label: Mode, alternative: bool) -> None:
@@ -180,8 +235,6 @@ def on_shell_death(term: Terminal, code: int) -> None:
     elif will_recover:
         term.pending_recoveries.append(recovery)
     if term.on_exit is not None:
-        from lapce_bridge.terminal.terminal import TerminalExited
-
         try:
             term.on_exit(TerminalExited(term.terminal_id, code, will_recover))
         except Exception:  # a faulty listener must not stop the recovery

@@ -1,11 +1,11 @@
 """A persistent shell on a PTY that runs one command at a time and reports exactly how it went.
 
 Theory of operation: the PTY reader feeds every chunk to the OSC parser; text after a command's
-start mark goes to its `Execution`, markers move the state machine (see `_on_marker`). Modes,
+start mark goes to its `Execution`, markers move the state machine (`reader.py`). Modes,
 best first: `shell_integration` (our hooks: 633 C starts, 633 D with our nonce ends, P;Cwd
 tracks the cwd); `no_shell_integration` (a tokened end mark printed after each command);
 `raw_output` (output until idle, exit code unknown). `Terminal.start` climbs down that ladder
-when a rung does not answer within its bound (see `startup.py`), so nobody waits forever for
+when a rung does not answer within its bound (`startup.py`), so nobody waits forever for
 a prompt that never comes.
 
 One command at a time: `execute` on a busy terminal raises `TerminalError` ("busy") rather
@@ -29,7 +29,6 @@ import secrets
 import signal
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,62 +36,31 @@ from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import InvalidParams, ShellCrashed, TerminalError
 from lapce_bridge.terminal.execution import Execution
-from lapce_bridge.terminal.modes import run_line, shell_kind
-from lapce_bridge.terminal.osc import Marker, OscParser, Text
+from lapce_bridge.terminal.modes import run_line, runtime_dir, shell_kind, write_file
+from lapce_bridge.terminal.osc import OscParser
 from lapce_bridge.terminal.pty import PtyProcess
+from lapce_bridge.terminal.reader import MarkerReader
 from lapce_bridge.terminal.recovery import CrashLoopPolicy
-from lapce_bridge.terminal.result import ExecResult, Mode, Recovery, Status
+from lapce_bridge.terminal.result import (
+    ExecResult,
+    Mode,
+    Recovery,
+    Status,
+    TerminalExited,
+    TerminalStats,
+)
 from lapce_bridge.terminal.spool import SpoolStore
-from lapce_bridge.terminal.startup import boot, on_shell_death
+from lapce_bridge.terminal.startup import boot, on_shell_death, stop_process
 from lapce_bridge.terminal.waiting import await_result, command_file_text, stop_foreground
+
+__all__ = ["Terminal", "TerminalExited", "TerminalStats"]
 
 Observe = Callable[[str, float, bool], None]
 _ids = itertools.count(1)
 _RESULTS_KEPT = 64
 
 
-@dataclass(frozen=True, slots=True)
-class TerminalExited:
-    terminal_id: str
-    exit_code: int
-    will_recover: bool
-
-
-@dataclass(frozen=True, slots=True)
-class TerminalStats:
-    terminal_id: str
-    shell: str
-    pid: int | None
-    mode: str
-    busy: bool
-    executions: int
-    deaths: int
-    restarts: int
-    last_recovery_ms: float | None
-    bytes_read: int
-    markers: int
-    parser_overflows: int
-
-
-def _write_file(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-
-
-def runtime_dir(state_dir: Path) -> Path:
-    """A private folder for per-command files: $XDG_RUNTIME_DIR, /dev/shm, else state_dir."""
-    for base in (os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm"):
-        if base and os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK):
-            return Path(base) / f"lapce-bridge-{os.getuid()}" / "terminals"
-    return state_dir / "terminals"
-
-
-class Terminal:
+class Terminal(MarkerReader):
     """Use `await Terminal.start(...)`; the constructor does no I/O."""
 
     def __init__(
@@ -152,15 +120,15 @@ class Terminal:
         self.pending_recoveries: list[Recovery] = []
         self._exec: Execution | None = None
         self._results: OrderedDict[str, ExecResult] = OrderedDict()
-        self._ready: asyncio.Future[bool] | None = None
-        self._probe: tuple[str, asyncio.Future[int | None]] | None = None
+        self.ready_fut: asyncio.Future[bool] | None = None
+        self.probe_waiter: tuple[str, asyncio.Future[int | None]] | None = None
         self._raw_skip_echo = False
-        self._cmd_path = str(self.dir / "cmd")
+        self.cmd_path = str(self.dir / "cmd")
         self._line: bytes | None = None  # the integration line depends only on the shell kind
-        self._stopping: PtyProcess | None = None
+        self.stopping: PtyProcess | None = None
         self._closing = False
         self._closed = False
-        self._exited: asyncio.Future[int] | None = None
+        self.exited_fut: asyncio.Future[int] | None = None
         self.restarting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.failed: BaseException | None = None
@@ -210,8 +178,8 @@ class Terminal:
     def spawn(self, argv: tuple[str, ...], env: dict[str, str], cwd: str) -> PtyProcess:
         """Start a shell process for this terminal (the startup ladder decides which)."""
         loop = asyncio.get_running_loop()
-        self._ready = loop.create_future()
-        self._exited = loop.create_future()
+        self.ready_fut = loop.create_future()
+        self.exited_fut = loop.create_future()
         self.parser.reset()
         self.parser.strip_ansi = True
         self.kind = shell_kind(argv[0])
@@ -228,67 +196,17 @@ class Terminal:
         self.proc = proc
         return proc
 
-    async def wait_ready(self, bound: float) -> bool:
-        """Whether integration announced itself (a prompt or cwd mark) within `bound` s."""
-        assert self._ready is not None
-        try:
-            async with self.clock.timeout(bound):
-                return await asyncio.shield(self._ready)
-        except TimeoutError:
-            return False
-
-    async def probe(self, mode: Mode, bound: float) -> bool:
-        """Whether the shell runs a command and prints a tokened end mark within `bound` s."""
-        if self.proc is None or not self.proc.alive:
-            return False
-        token = secrets.token_hex(8)
-        fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self._probe = (token, fut)
-        # Without integration the prompt would be printed inside the output (dash prints it
-        # between our two lines), so the fallback modes run with empty prompts.
-        (self.dir / "cmd").write_bytes(b"PS1=''\nPS2=''\n" if self.kind == "posix" else b"")
-        try:
-            self.proc.write(run_line(self.kind, mode, self.dir / "cmd", token))
-            async with self.clock.timeout(bound):
-                await fut
-        except (TimeoutError, OSError):
-            return False
-        finally:
-            self._probe = None
-        return True
-
-    async def stop_process(self) -> None:
-        """End the current shell process (used by the ladder and by close)."""
-        proc, exited = self.proc, self._exited
-        if proc is None or exited is None:
-            return
-        self._stopping = proc  # a death we cause is not a crash to recover from
-        if proc.alive:
-            proc.signal(signal.SIGHUP)
-            proc.close()
-            try:
-                async with self.clock.timeout(self.interrupt_grace):
-                    await asyncio.shield(exited)
-            except TimeoutError:
-                proc.kill()
-                try:
-                    async with self.clock.timeout(self.interrupt_grace):
-                        await asyncio.shield(exited)
-                except TimeoutError:
-                    proc.reap_blocking()  # SIGKILL cannot be refused: this returns at once
-        proc.close()
-
     async def close(self) -> None:
         if self._closed:
             return
         self._closing = True
-        if self.restarting is not None:
+        if self.restarting is not None and not self.restarting.done():
             self.restarting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.restarting
+            # wait() neither raises the task's outcome nor hides a cancellation of close().
+            await asyncio.wait([self.restarting])
         for task in list(self._tasks):
             task.cancel()
-        await self.stop_process()
+        await stop_process(self)
         ex = self._exec
         if ex is not None:
             ex.interrupted = True
@@ -363,12 +281,12 @@ class Terminal:
         self.parser.strip_ansi = ansi == "strip"
         self._raw_skip_echo = ex.raw = self.protocol is Mode.RAW_OUTPUT
         try:
-            _write_file(self._cmd_path, command_file_text(self.kind, command, cwd).encode())
+            write_file(self.cmd_path, command_file_text(self.kind, command, cwd).encode())
             if self.protocol is Mode.SHELL_INTEGRATION:
-                line = self._line or run_line(self.kind, self.protocol, Path(self._cmd_path), "")
+                line = self._line or run_line(self.kind, self.protocol, Path(self.cmd_path), "")
                 self._line = line
             else:
-                line = run_line(self.kind, self.protocol, Path(self._cmd_path), ex.token)
+                line = run_line(self.kind, self.protocol, Path(self.cmd_path), ex.token)
             proc.write(line)
         except OSError as exc:
             self._finish(ex, exit_code=None, status=Status.INTERRUPTED)
@@ -450,82 +368,6 @@ class Terminal:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # -- the reader's side ----------------------------------------------------------------
-    def _on_data(self, data: bytes) -> None:
-        for event in self.parser.feed(data):
-            if type(event) is Text:
-                ex = self._exec
-                if ex is not None and ex.started:
-                    ex.feed(event.data, self.clock.now())
-                elif ex is not None and self.protocol is Mode.RAW_OUTPUT:
-                    self._raw_text(ex, event.data)
-            else:
-                assert isinstance(event, Marker)
-                self._on_marker(event)
-
-    def _raw_text(self, ex: Execution, data: bytes) -> None:
-        # The tty echoes the line that sourced the command: skip through its newline.
-        if self._raw_skip_echo:
-            nl = data.find(b"\n")
-            if nl < 0:
-                return
-            self._raw_skip_echo = False
-            data = data[nl + 1 :]
-        ex.begin(self.clock.now())
-        if data:
-            ex.feed(data, self.clock.now())
-
-    def _on_marker(self, m: Marker) -> None:
-        if m.osc != 633:
-            if m.osc == 7 and m.value:
-                self.cwd = m.value
-            return
-        kind = m.kind
-        if kind == "P":
-            self._on_property(m)
-            return
-        if self.protocol is not Mode.SHELL_INTEGRATION:
-            return
-        ex = self._exec
-        if kind == "C":
-            if ex is not None and not ex.started:
-                ex.begin(self.clock.now())
-        elif kind == "D":
-            # Only our hook knows the nonce: a program printing "633;D" cannot end a command.
-            if ex is not None and m.raw.endswith(self._nonce_tail):
-                self._finish(ex, exit_code=m.exit_code, status=Status.COMPLETED)
-        elif kind in ("A", "B"):
-            self._set_ready()
-
-    def _on_property(self, m: Marker) -> None:
-        key, value = m.key, m.value or ""
-        if key == "Cwd":
-            self.cwd = value
-            if self.protocol is Mode.SHELL_INTEGRATION:
-                self._set_ready()
-            return
-        if key not in ("LbStart", "LbEnd"):
-            return
-        if key == "LbStart":
-            ex = self._exec
-            if ex is not None and not ex.started and value == ex.token:
-                ex.begin(self.clock.now())
-            return
-        code_text, _, token = value.rpartition(":")
-        code = int(code_text) if code_text.lstrip("-").isdigit() else None
-        probe = self._probe
-        if probe is not None and token == probe[0]:
-            if not probe[1].done():
-                probe[1].set_result(code)
-            return
-        ex = self._exec
-        if ex is not None and token == ex.token:
-            self._finish(ex, exit_code=code, status=Status.COMPLETED)
-
-    def _set_ready(self) -> None:
-        if self._ready is not None and not self._ready.done():
-            self._ready.set_result(True)
-
     def _finish(
         self,
         ex: Execution,
@@ -547,13 +389,13 @@ class Terminal:
         return result
 
     def _on_proc_exit(self, code: int) -> None:
-        if self._exited is not None and not self._exited.done():
-            self._exited.set_result(code)
-        if self._ready is not None and not self._ready.done():
-            self._ready.set_result(False)
-        if self._probe is not None and not self._probe[1].done():
-            self._probe[1].set_exception(ShellCrashed(f"shell exited with code {code}"))
-        if self._closing or self._closed or self._stopping is self.proc:
+        if self.exited_fut is not None and not self.exited_fut.done():
+            self.exited_fut.set_result(code)
+        if self.ready_fut is not None and not self.ready_fut.done():
+            self.ready_fut.set_result(False)
+        if self.probe_waiter is not None and not self.probe_waiter[1].done():
+            self.probe_waiter[1].set_exception(ShellCrashed(f"shell exited with code {code}"))
+        if self._closing or self._closed or self.stopping is self.proc:
             return
         on_shell_death(self, code)
 
