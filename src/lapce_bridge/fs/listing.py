@@ -7,6 +7,12 @@ from `lstat`, so a symlink is reported as one; a listing never follows links and
 own temporary files, and sizes are those of regular files (0 for everything else, whose
 `st_size` means something different on every file system).
 
+A path stat'ed before with no symlink and no `..` in it (`Workspace.remembered`) skips the
+`realpath` (most of the cost): it is opened with `O_PATH | O_NOFOLLOW` and the kernel's own
+name for what was opened (/proc/self/fd) must be the remembered path, so a folder swapped for
+a symlink since cannot leak what lies outside. Anything unexpected (the open fails, the
+names differ, the last component is now a link) takes the full path, which reports it.
+
 `fs_error` is the one place an `OSError` on a workspace path becomes a `BridgeError`: the
 errno's classification is kept, EACCES/EPERM/EROFS become `PermissionDenied`, and `data`
 carries the errno's name and the workspace-relative path.
@@ -14,6 +20,7 @@ carries the errno's name and the workspace-relative path.
 
 from __future__ import annotations
 
+import contextlib
 import errno as errno_mod
 import os
 import stat as st_mod
@@ -34,6 +41,10 @@ from lapce_bridge.fs.paths import Workspace
 
 T = TypeVar("T")
 _PERMISSION = frozenset({errno_mod.EACCES, errno_mod.EPERM, errno_mod.EROFS})
+_PROC_FD = "/proc/self/fd/"
+_O_PATH = getattr(os, "O_PATH", 0)
+_VERIFY_FLAGS = _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+FAST_STAT = bool(_O_PATH) and os.path.isdir(_PROC_FD)
 
 
 def kind_of(mode: int) -> str:
@@ -70,8 +81,37 @@ def eintr_safe(fn: Callable[[], T], limit: int = 10) -> T:
     return fn()
 
 
+def _verified_stat(real: str, ops: FsOps) -> os.stat_result | None:
+    """The `lstat` of the remembered path `real` if it still names a non-link inside, else None."""
+    try:
+        fd = ops.open(real, _VERIFY_FLAGS)
+    except OSError:
+        return None
+    try:
+        if os.readlink(f"{_PROC_FD}{fd}") != real:
+            return None
+        st = ops.fstat(fd)
+    except OSError:
+        return None
+    finally:
+        with contextlib.suppress(OSError):  # an O_PATH descriptor holds nothing to flush
+            ops.close(fd)
+    return None if st_mod.S_ISLNK(st.st_mode) else st
+
+
 def stat_path(workspace: Workspace, raw: object, *, ops: FsOps = REAL_FS) -> dict[str, Any]:
     """`{size, mtimeNs, kind}` of a path; a symlink (inside) reports its target's figures."""
+    if FAST_STAT and type(raw) is str:
+        remembered = workspace.remembered(raw)
+        if remembered is not None:
+            found = _verified_stat(remembered, ops)
+            if found is not None:
+                mode = found.st_mode
+                return {
+                    "size": found.st_size if st_mod.S_ISREG(mode) else 0,
+                    "mtimeNs": found.st_mtime_ns,
+                    "kind": kind_of(mode),
+                }
     real = workspace.resolve(raw)
     rel = workspace.relative(real)
     assert isinstance(raw, str)  # resolve() accepted it
@@ -119,4 +159,4 @@ def list_folder(workspace: Workspace, raw: object, *, ops: FsOps = REAL_FS) -> l
     return out
 
 
-__all__ = ["eintr_safe", "fs_error", "kind_of", "list_folder", "stat_path"]
+__all__ = ["FAST_STAT", "eintr_safe", "fs_error", "kind_of", "list_folder", "stat_path"]
