@@ -26,6 +26,7 @@ from lapce_bridge.bench.report import Row, figure_row, latency_row
 from lapce_bridge.bench.runner import BenchContext
 from lapce_bridge.fs.cache import FileCache
 from lapce_bridge.fs.service import FileService
+from lapce_bridge.ipc.raw import BlockingRawClient, frame
 from lapce_bridge.rpc import Method
 
 SUITE = "fs"
@@ -213,13 +214,80 @@ async def transient_recovery(ctx: BenchContext) -> Row:
     )  # fmt: skip
 
 
+IPC_CALLS = {
+    "fs/read, cached (4 KiB), IPC round trip": ("fs/read", {"path": "f.txt"}),
+    "fs/stat, IPC round trip": ("fs/stat", {"path": "f.txt"}),
+    "ping, IPC round trip (same run)": ("ping", None),
+}
+IPC_NOTES = {
+    "fs/read": "async handler: the server runs it in a Task (compare fs/stat, answered inline)",
+    "fs/stat": "sync handler, answered inline by the server",
+    "ping": "the floor: framing, dispatch, socket",
+}
+
+
+def ipc_round_trips(sock: Path, count: int, warmup: int) -> dict[str, list[float]]:
+    """Round trips of each call in `IPC_CALLS`, interleaved on one blocking client.
+
+    Notifications the server sends meanwhile (a `health/alert`, say) are skipped, and every
+    answer is checked to carry its request's id, so a round trip is never timed against the
+    answer to an earlier request.
+    """
+    client = BlockingRawClient.connect_unix(sock)
+    calls = [
+        (name, frame({"jsonrpc": "2.0", "id": i, "method": m, "params": p}), b'"id":%d,' % i)
+        for i, (name, (m, p)) in enumerate(IPC_CALLS.items())
+    ]
+    samples: dict[str, list[float]] = {name: [] for name, _, _ in calls}
+    clock = time.perf_counter
+    recv = client.recv_body
+
+    def answer(name: str, tag: bytes) -> bytes:
+        while True:
+            body = recv()
+            if tag in body[:40]:
+                return body
+            if b'"method":' not in body[:40]:
+                raise RuntimeError(f"{name}: unexpected answer {body[:200]!r}")
+
+    try:
+        for name, request, tag in calls:
+            client.send_bytes(request)
+            if b'"result":' not in answer(name, tag)[:60]:
+                raise RuntimeError(f"{name}: the server answered with an error")
+        for i in range(warmup + count):
+            for name, request, tag in calls:
+                started = clock()
+                client.send_bytes(request)
+                answer(name, tag)
+                if i >= warmup:
+                    samples[name].append(clock() - started)
+    finally:
+        client.close()
+    return samples
+
+
+async def ipc(ctx: BenchContext) -> list[Row]:
+    from lapce_bridge.bench.ipc import server_process
+
+    async with server_process(ctx.workdir, "fs-ipc") as sock:
+        (ctx.workdir / "fs-ipc" / "workspace" / "f.txt").write_bytes(b"r" * KIB4)
+        await asyncio.sleep(0.06)  # past the racy window, so the read is cached
+        found = await asyncio.to_thread(ipc_round_trips, sock, ctx.n(5_000, 300), ctx.n(500, 50))
+    return [
+        latency_row(SUITE, name, samples, note=IPC_NOTES[IPC_CALLS[name][0]])
+        for name, samples in found.items()
+    ]
+
+
 async def run(ctx: BenchContext) -> list[Row]:
     gc.collect()
     rows = await reads(ctx)
+    rows.extend(await ipc(ctx))
     rows.append(await mixed(ctx, durable=True))
     rows.append(await mixed(ctx, durable=False))
     rows.append(await transient_recovery(ctx))
     return rows
 
 
-__all__ = ["fs_type", "run"]
+__all__ = ["fs_type", "ipc_round_trips", "run"]
