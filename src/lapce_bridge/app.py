@@ -19,10 +19,12 @@ with what exists. Wiring, in one place:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import logging
-from collections.abc import Callable, Mapping
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,7 @@ class App:
         self.timeouts = timeouts or TimeoutManager(clock=self.clock)
         self.breakers: dict[str, CircuitBreaker] = {}
         self._want_services = services
+        self.health_interval = 5.0  # seconds between alert re-checks without traffic
         # The serving configuration samples memory pressure; a bare method table does not.
         self._want_resources = services if monitor_resources is None else monitor_resources
         self.resources: ResourceManager | None = None
@@ -168,6 +171,7 @@ class App:
                 )
             if self._want_services:
                 await self._open_services(stack)
+            await stack.enter_async_context(self._periodic_evaluation())
             extra = self._extra
             if extra is not None:
                 self._methods.update(extra(self) if callable(extra) else extra)
@@ -175,6 +179,23 @@ class App:
             await stack.aclose()
             raise
         return self
+
+    @asynccontextmanager
+    async def _periodic_evaluation(self) -> AsyncIterator[None]:
+        """Re-check health alerts on the clock, so an alert clears even when traffic stops."""
+
+        async def loop() -> None:
+            while True:
+                await self.clock.sleep(self.health_interval)
+                self.health.evaluate()
+
+        task = asyncio.get_running_loop().create_task(loop(), name="health-evaluation")
+        try:
+            yield None
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def __aexit__(self, *exc: object) -> None:
         stack, self._stack = self._stack, None

@@ -28,6 +28,7 @@ from typing import Any
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import InvalidParams, PermissionDenied
+from lapce_bridge.resources import Relief
 from lapce_bridge.rpc import Broadcast, CallContext, Method, Observe, Params, method
 from lapce_bridge.terminal.result import ExecResult, TerminalExited
 from lapce_bridge.terminal.spool import SpoolStats, SpoolStore
@@ -355,6 +356,14 @@ class TerminalService:
 
     def trim_spools(self, keep_bytes: int) -> int:
         return self.spools.trim(keep_bytes)
+
+    def relief(self, idle_after_s: float = 300.0) -> Relief:
+        """What the resource manager may take back: finished spools, then idle terminals."""
+
+        async def reap() -> int:
+            return await self.reap_idle(idle_after_s)
+
+        return Relief("terminals", trim_spools=lambda: self.trim_spools(0), reap_idle=reap)
 
     def statistics(self) -> ServiceStats:
         terms = list(self.terminals.values())

@@ -5,5 +5,6 @@ chosen errnos on a healthy disk. Real shells, sockets and files are used everywh
 """
 
 from lapce_bridge.testing.clock import FakeClock
+from lapce_bridge.testing.faultfs import Fault, FaultyFs, FaultyWatchBackend
 
-__all__ = ["FakeClock"]
+__all__ = ["FakeClock", "Fault", "FaultyFs", "FaultyWatchBackend"]

@@ -1,0 +1,37 @@
+"""The composition root: services' reliefs reach the resource manager; health re-checks run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lapce_bridge.app import App
+from lapce_bridge.core.health import AlertCleared, HighFailureRate
+from lapce_bridge.testing import FakeClock
+
+
+async def test_terminal_and_file_reliefs_are_registered(tmp_path: Path) -> None:
+    async with App(workspace=tmp_path, state_dir=tmp_path / "state") as app:
+        assert app.resources is not None
+        names = {relief.name for relief in app.resources._reliefs}
+        assert "terminals" in names
+        assert any("cache" in name for name in names)
+        terminals = next(r for r in app.resources._reliefs if r.name == "terminals")
+        assert terminals.reap_idle is not None
+        assert await terminals.reap_idle() == 0  # nothing idle yet, and no error
+        assert terminals.trim_spools is not None
+        assert terminals.trim_spools() >= 0
+
+
+async def test_alert_clears_on_the_clock_without_traffic(tmp_path: Path) -> None:
+    clock = FakeClock()
+    seen: list[object] = []
+    async with App(workspace=tmp_path, clock=clock, services=False) as app:
+        app.bus.subscribe(HighFailureRate, seen.append)
+        app.bus.subscribe(AlertCleared, seen.append)
+        for _ in range(20):
+            app.health.record_operation("fs/read", 0.001, False)
+        assert any(isinstance(e, HighFailureRate) for e in seen)
+        assert not any(isinstance(e, AlertCleared) for e in seen)
+        # No further calls: only the periodic evaluation can notice the window slid past.
+        await clock.advance(app.health_interval * 20)
+        assert any(isinstance(e, AlertCleared) for e in seen)
