@@ -37,7 +37,9 @@ ECHO_SEED = (1000.0, 10000.0, 100000.0)
 ECHO_GOAL = (800.0, 3000.0)
 
 
-class _Env:
+class BenchTerminals:
+    """Terminals with an empty HOME: the machine's own rc files would measure themselves."""
+
     def __init__(self, workdir: Path) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="bench-terminal-", dir=workdir))
         self.home = self.root / "home"
@@ -120,7 +122,7 @@ def _marker_prompt_samples(n: int) -> list[float]:
         os.close(master)
 
 
-async def _throughput(env: _Env, total: int) -> float:
+async def _throughput(env: BenchTerminals, total: int) -> float:
     async with env.start("bash") as term:
         received = 0
 
@@ -139,7 +141,7 @@ async def _throughput(env: _Env, total: int) -> float:
         return total / elapsed / 1e6
 
 
-async def _memory(env: _Env, n: int) -> tuple[float, float]:
+async def _memory(env: BenchTerminals, n: int) -> tuple[float, float]:
     async with env.start("bash") as term:
         for _ in range(20):
             await term.execute("echo test", timeout=10)
@@ -157,7 +159,7 @@ async def _memory(env: _Env, n: int) -> tuple[float, float]:
         return (peak - before) / 1e6, (after - before) / 1e6
 
 
-async def _concurrent(env: _Env, count: int) -> float:
+async def _concurrent(env: BenchTerminals, count: int) -> float:
     async def one(i: int) -> bool:
         try:
             async with env.start("bash", terminal_id=f"c{i}", startup_timeout=30) as term:
@@ -170,7 +172,7 @@ async def _concurrent(env: _Env, count: int) -> float:
     return 100.0 * sum(results) / count
 
 
-async def _recovery_ms(env: _Env, kills: int) -> float:
+async def recovery_ms(env: BenchTerminals, kills: int) -> float:
     times = []
     # Kills this close together are a crash loop by the default policy (which would move to
     # another shell); here each one is a separate incident.
@@ -193,7 +195,7 @@ async def _recovery_ms(env: _Env, kills: int) -> float:
 
 
 async def run(ctx: BenchContext) -> list[Row]:
-    env = _Env(ctx.workdir)
+    env = BenchTerminals(ctx.workdir)
     rows: list[Row] = []
     n = ctx.n(1000, 50)
     ours_bash: float | None = None
@@ -274,7 +276,7 @@ async def run(ctx: BenchContext) -> list[Row]:
         figure_row(
             SUITE,
             "shell killed -> working terminal (cwd+env restored)",
-            await _recovery_ms(env, ctx.n(20, 3)),
+            await recovery_ms(env, ctx.n(20, 3)),
             "ms",
             higher_is_better=False,
             seed=1000,
