@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -266,3 +267,15 @@ async def test_statistics(term: Terminal) -> None:
     assert stats.bytes_read > 0
     assert stats.pid == term.pid
     assert stats.deaths == 0
+
+
+async def test_cancelled_request_stops_its_command_and_frees_the_terminal(term: Terminal) -> None:
+    running = asyncio.ensure_future(term.execute("sleep 30; echo never", timeout=60))
+    await asyncio.sleep(0.3)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    # The next command is not refused as "busy": the cancelled one was stopped.
+    result = await term.execute("echo next", timeout=10)
+    assert result.output == "next\n"
+    assert result.exit_code == 0

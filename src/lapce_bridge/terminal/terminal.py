@@ -135,6 +135,7 @@ class Terminal(MarkerReader):
         self.deaths: list[float] = []
         self.tried_shells: list[str] = []
         self.executions = 0
+        self.stop_grace = 2.0  # seconds a cancelled command gets to stop before "busy"
         self.restarts = 0
         self.last_recovery_ms: float | None = None
         self.last_used = clock.now()
@@ -249,6 +250,13 @@ class Terminal(MarkerReader):
                 raise InvalidParams(f"{name} must be positive")
         received = self.clock.now() if received_at is None else received_at
         await self._usable()
+        stopping = self._exec
+        if stopping is not None and stopping.interrupted:
+            # A cancelled command was sent SIGINT; its end is moments away. Wait for it
+            # (bounded) rather than refuse the next command as "busy".
+            with contextlib.suppress(TimeoutError):
+                async with self.clock.timeout(self.stop_grace):
+                    await asyncio.shield(stopping.done)
         if self._exec is not None:
             raise TerminalError(
                 f"terminal {self.terminal_id} is busy running {self._exec.execution_id}: "
