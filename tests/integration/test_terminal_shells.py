@@ -159,3 +159,27 @@ async def test_killed_shell_recovers_cwd_and_env(term: Terminal, tmp_path: Path)
     result = await term.execute('pwd; echo "$LB_V"', timeout=10)
     assert result.output == f"{place}\nx y\n"
     assert [r.action for r in result.recoveries] == ["recreate_terminal"]
+
+
+async def _fish_prompt_source(home: Path, state: Path) -> str:
+    env = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
+    async with Terminal(shell="fish", cwd=str(home), env=env, state_dir=state) as term:
+        assert term.mode is Mode.SHELL_INTEGRATION
+        result = await term.execute("functions fish_prompt | string collect", timeout=10)
+        return result.output
+
+
+async def test_fish_stock_prompt_is_replaced_but_a_user_prompt_is_kept(tmp_path: Path) -> None:
+    stock_home = tmp_path / "stock"
+    (stock_home / ".config" / "fish").mkdir(parents=True)
+    stock = await _fish_prompt_source(stock_home, tmp_path / "s1")
+    assert "fish_vcs_prompt" not in stock
+    assert "printf '$ '" in stock
+
+    user_home = tmp_path / "user"
+    (user_home / ".config" / "fish").mkdir(parents=True)
+    (user_home / ".config" / "fish" / "config.fish").write_text(
+        'function fish_prompt\n    printf "mine> "\nend\n'
+    )
+    mine = await _fish_prompt_source(user_home, tmp_path / "s2")
+    assert 'printf "mine> "' in mine

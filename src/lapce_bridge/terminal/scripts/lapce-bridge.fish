@@ -23,6 +23,21 @@ if not set -q __lb_installed
     end
     set -e __lb_restore
 
+    # Fish's stock prompt and title (VCS status, prompt_pwd) cost about 5 ms a command, and
+    # nobody reads the prompt of an agent's terminal. Replace them only while they are the
+    # stock ones shipped with fish: a prompt or title the user wrote is left alone.
+    for __lb_fn in fish_prompt fish_right_prompt fish_title
+        if string match -q -- "$__fish_data_dir/functions/*" (functions --details $__lb_fn)
+            functions -e $__lb_fn
+        end
+    end
+    set -e __lb_fn
+    if not functions -q fish_prompt
+        function fish_prompt
+            printf '$ '
+        end
+    end
+
     function __lb_escape
         # The common text needs no escaping: one builtin instead of a pipeline of six.
         if not string match -qr '[\\\\;\a\e\n\r]' -- $argv[1]
