@@ -9,10 +9,12 @@ A watch can stop working in three ways, and each is repaired by recreating its b
 rescanning: the backend died (raised, or its task ended: noticed at once through the task's
 done-callback), the watched root was removed and re-created (the backend keeps watching the
 old inode and goes silent), or the OS watch limit was reached (ENOSPC from inotify, at backend
-start). A removed root is noticed when the backend reports the root itself deleted (which
-wakes the health check at once), or by the health check, which runs every `health_interval`
-seconds on the clock and compares each root's (device, inode) with the one recorded; the
-report matters because a folder re-created at once often gets the very same inode back. A
+start). A removed or replaced root is noticed when the backend reports a change to the root
+itself and the root's (device, inode) is not the one recorded (which wakes the health check
+at once: a watched file saved by rename is replaced on every save), or by the health
+check, which runs every `health_interval` seconds on the clock and compares each root's
+(device, inode) with the one recorded; a reported deletion of a root counts even when the
+root is already back, because a folder re-created at once often gets the very same inode. A
 root that is missing is rewatched at the first health check that finds it back. After the
 new backend is started the trees are rescanned and the difference from the last-known
 snapshot is sent as one `fs/didChange`: what changed while nothing was watching is reported,
@@ -113,7 +115,7 @@ class _Watch:
     last_error: str = ""
     scanning: bool = False
     pending: list[RawChanges] = field(default_factory=list)
-    root_lost: bool = False  # the backend reported a root deleted
+    root_lost: bool = False  # the backend reported a root deleted or replaced
     closed: bool = False
 
 
@@ -326,7 +328,7 @@ class WatcherRecovery:
         if w.task is not None and w.task.done():
             return f"watcher died: {w.last_error or 'ended'}"
         if w.root_lost:
-            return "the backend reported a watched root deleted"
+            return "the backend reported a watched root deleted or replaced"
         now = {root: _root_id(root) for root in w.scope.roots}
         if now != w.root_ids:
             gone = [r for r, rid in now.items() if rid is None]
@@ -343,8 +345,10 @@ class WatcherRecovery:
         self._recoveries += 1
         if w.failures >= self.max_failures and not w.polling:
             w.polling = True
+            message = f"file watching fell back to polling for {w.id}: {reason}"
+            log.warning(message)
             if self._on_degraded is not None:
-                self._on_degraded(f"file watching fell back to polling for {w.id}: {reason}")
+                self._on_degraded(message)
         ok = False
         try:
             self._start(w)
@@ -377,8 +381,14 @@ class WatcherRecovery:
         reported = [(path, int(kind) == MODIFIED) for kind, path in batch]
         changes = w.reconciler.apply(reported)
         self._send(w, changes)
-        roots = w.scope.roots
-        if any(kind == "deleted" and path in roots for path, kind in changes):
+        # A root deleted (even if already back, often with the same inode) or replaced by a
+        # rename (a watched file saved as editors and our own fs/write save) leaves the
+        # backend watching a dead inode: recover now rather than at the next periodic check.
+        ids = w.root_ids
+        if any(
+            path in ids and (kind == "deleted" or _root_id(path) != ids[path])
+            for path, kind in changes
+        ):
             w.root_lost = True
             self._wake.set()
 
