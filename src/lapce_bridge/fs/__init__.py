@@ -2,7 +2,7 @@
 
 `FileService` (in `lapce_bridge.fs.service`) is what the server mounts; the parts it composes
 are usable on their own: `Workspace` (confinement), `FileCache`, `FileStore` (reads, writes,
-stat, list), `write_atomic`, and `WatcherRecovery`.
+stat, list), `write_atomic`, and `WatcherRecovery` (over a backend from `fs.backend`).
 """
 
 from lapce_bridge.fs.atomic import write_atomic

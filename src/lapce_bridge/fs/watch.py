@@ -34,62 +34,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import itertools
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import ResourceExhausted
+from lapce_bridge.fs.backend import (
+    MODIFIED,
+    ChangeSink,
+    RawChanges,
+    WatchBackend,
+    is_watch_limit,
+    watchfiles_backend,
+)
 from lapce_bridge.fs.snapshot import DEFAULT_SKIP_DIRS, Reconciler, Scope, Snapshot, diff, scan
 from lapce_bridge.rpc import Observe
 
-RawChanges = Iterable[tuple[Any, str]]
-"""One batch from a backend: (watchfiles.Change or int, absolute path)."""
-WatchBackend = Callable[[Sequence[str], bool, asyncio.Event, bool], AsyncIterator[RawChanges]]
-"""(roots, recursive, stop_event, force_polling) -> batches until `stop_event` is set."""
-ChangeSink = Callable[[str, list[dict[str, str]]], None]
-"""Receives (watch id, changes as `{path, kind}` with workspace-relative POSIX paths)."""
-MODIFIED = 2  # watchfiles.Change.modified
 log = logging.getLogger("lapce_bridge.fs.watch")
 MAX_CHANGES_PER_NOTICE = 1000  # keeps one notification far below the message size limit
-
-
-def watchfiles_backend(
-    *, debounce_ms: int = 100, step_ms: int = 10, poll_delay_ms: int = 300
-) -> WatchBackend:
-    """The real backend: `watchfiles.awatch`, unfiltered (filtering is ours)."""
-
-    def open_backend(
-        roots: Sequence[str], recursive: bool, stop: asyncio.Event, polling: bool
-    ) -> AsyncIterator[RawChanges]:
-        import watchfiles
-
-        batches: AsyncIterator[RawChanges] = watchfiles.awatch(
-            *roots,
-            watch_filter=None,
-            debounce=debounce_ms,
-            step=step_ms,
-            stop_event=stop,
-            recursive=recursive,
-            force_polling=polling,
-            poll_delay_ms=poll_delay_ms,
-        )
-        return batches
-
-    return open_backend
-
-
-def is_watch_limit(exc: BaseException) -> bool:
-    """Whether a backend failed because the OS ran out of watches (inotify's ENOSPC)."""
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return True
-    return "watch limit" in str(exc).lower()
 
 
 def _root_id(path: str) -> tuple[int, int] | None:
@@ -418,7 +385,9 @@ class WatcherRecovery:
 
 
 __all__ = [
+    "MODIFIED",
     "ChangeSink",
+    "RawChanges",
     "WatchBackend",
     "WatchInfo",
     "WatchStats",
