@@ -18,6 +18,10 @@ Wire decisions (PROTOCOL.md leaves these open):
 - `fs/write`'s `expectedMtimeNs`: absent or null, no check; a positive number must equal the
   file's current mtime; 0 means the file must not exist yet (create only). A mismatch is a
   -32004 ConflictError whose `data.mtimeNs` is the file's current mtime.
+- A text answer must fit one message: JSON escapes a control character in up to 6 bytes and
+  a quote or backslash in 2, so a large text full of them could outgrow the limit the
+  client decodes with (`max_message_bytes`, the server's default). Such a read is refused
+  with FileTooLarge naming base64, which grows by 4/3 at most and always fits.
 - `fs/didChange` paths are workspace-relative POSIX paths. Watches belong to the connection
   that made them: only it may `fs/unwatch` them, and they end when it closes. When the
   `file_watching` feature is off (quality level 0), `fs/watch` answers -32002 Unavailable:
@@ -36,7 +40,7 @@ from typing import Any, Protocol
 
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.clock import Clock
-from lapce_bridge.core.errors import InvalidParams, Unavailable
+from lapce_bridge.core.errors import FileTooLarge, InvalidParams, Unavailable
 from lapce_bridge.core.retry import RetryPolicy
 from lapce_bridge.fs.atomic import sweep_temp_files
 from lapce_bridge.fs.cache import CacheEntry, CacheStats, FileCache
@@ -52,6 +56,7 @@ from lapce_bridge.fs.ops import REAL_FS, FsOps
 from lapce_bridge.fs.paths import Workspace
 from lapce_bridge.fs.snapshot import DEFAULT_SKIP_DIRS
 from lapce_bridge.fs.watch import WatchBackend, WatcherRecovery, WatchStats
+from lapce_bridge.ipc.framing import DEFAULT_MAX_MESSAGE_BYTES
 from lapce_bridge.rpc import CallContext, Method, Observe, Params, method
 
 ENCODINGS = ("utf-8", "base64")
@@ -97,6 +102,7 @@ class FileService:
         racy_window_ns: int = RACY_WINDOW_NS,
         durable: bool = True,
         sweep_on_start: bool = True,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.clock = clock
         self.workspace = Workspace(workspace)
@@ -131,6 +137,7 @@ class FileService:
         self._owners: dict[str, int] = {}
         self._skip_dirs = skip_dirs
         self._sweep_on_start = sweep_on_start
+        self.max_message_bytes = max_message_bytes
         self._swept = 0
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -178,7 +185,7 @@ class FileService:
             if kept is not None and kept[0] == encoding:
                 content = kept[1]
             else:
-                content = _encode(found.data, encoding)
+                content = _encode(found.data, encoding, self.max_message_bytes)
                 self.cache.keep_rendered(found, encoding, content)
             return {
                 "content": content,
@@ -192,22 +199,18 @@ class FileService:
 
     def render(self, result: ReadResult, encoding: str) -> dict[str, Any]:
         """`result` in the fs/read wire shape."""
-        out = self._render(result.data, result.mtime_ns, encoding, result.from_cache)
+        out: dict[str, Any] = {
+            "content": _encode(result.data, encoding, self.max_message_bytes),
+            "encoding": encoding,
+            "size": len(result.data),
+            "mtimeNs": result.mtime_ns,
+            "fromCache": result.from_cache,
+            "stale": False,
+        }
         if result.stale:
             out["stale"] = True
             out["staleReason"] = result.stale_reason
         return out
-
-    @staticmethod
-    def _render(data: bytes, mtime_ns: int, encoding: str, from_cache: bool) -> dict[str, Any]:
-        return {
-            "content": _encode(data, encoding),
-            "encoding": encoding,
-            "size": len(data),
-            "mtimeNs": mtime_ns,
-            "fromCache": from_cache,
-            "stale": False,
-        }
 
     async def _write(self, params: Params, ctx: CallContext) -> dict[str, Any]:
         p = _object(params)
@@ -292,9 +295,34 @@ def _encoding(p: dict[str, Any]) -> str:
     return str(encoding)
 
 
-def _encode(data: bytes, encoding: str) -> str:
+_ESCAPED = bytes(range(0x20)) + b'"\\'
+ENVELOPE_BYTES = 512  # the response around the content: id, size, mtimeNs, flags
+
+
+def json_text_bytes(data: bytes) -> int:
+    """At most how many bytes `data`, as UTF-8 text, takes in a JSON string (quotes included).
+
+    Non-ASCII text is not escaped by the server's encoder; control characters take up to
+    6 bytes (`\\u001f`), a quote or backslash 2.
+    """
+    plain = len(data.translate(None, _ESCAPED))
+    controls = len(data.translate(None, b'"\\')) - plain
+    return 2 + plain + 6 * controls + 2 * (len(data) - plain - controls)
+
+
+def _encode(data: bytes, encoding: str, max_message_bytes: int) -> str:
     if encoding == "base64":
         return binascii.b2a_base64(data, newline=False).decode("ascii")
+    # Below an eighth of the limit even six-fold growth fits: no need to count.
+    if len(data) * 6 + ENVELOPE_BYTES > max_message_bytes:
+        need = json_text_bytes(data) + ENVELOPE_BYTES
+        if need > max_message_bytes:
+            raise FileTooLarge(
+                f"as JSON text this {len(data)} byte file takes up to {need} bytes, over the "
+                f"{max_message_bytes} byte message limit (it holds many characters JSON "
+                "escapes); read it with encoding 'base64'",
+                data={"size": len(data), "limit": max_message_bytes, "jsonBytes": need},
+            )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -316,4 +344,12 @@ def _content(p: dict[str, Any], encoding: str) -> bytes:
         raise InvalidParams(f"content is not valid {encoding}: {exc}") from exc
 
 
-__all__ = ["FILE_WATCHING", "FeatureFlags", "FileService", "FileServiceStats", "default_retry"]
+__all__ = [
+    "ENVELOPE_BYTES",
+    "FILE_WATCHING",
+    "FeatureFlags",
+    "FileService",
+    "FileServiceStats",
+    "default_retry",
+    "json_text_bytes",
+]
