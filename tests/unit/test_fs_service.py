@@ -89,7 +89,7 @@ def test_method_table_sync_where_inline_answers_pay(ws: Path) -> None:
         "fs/read": True,
         "fs/write": True,
         "fs/stat": False,
-        "fs/list": False,
+        "fs/list": True,  # a large folder is listed in a thread
         "fs/watch": True,
         "fs/unwatch": False,
     }
@@ -233,30 +233,33 @@ async def test_list_sorted_hides_temps_and_defaults_to_the_root(svc: FileService
     (ws / "a.txt").write_text("a")
     (ws / f".lapce-bridge-{os.getpid()}-0123456789ab.tmp").write_text("half written")
 
-    def listing(params: Any, ctx: Ctx) -> Any:
-        return inline(svc, "fs/list", params, ctx)
+    async def listing(params: Any, ctx: Ctx) -> Any:
+        return await call(svc, "fs/list", params, ctx)
 
-    entries = listing({}, Ctx())
+    entries = await listing({}, Ctx())
     assert [(e["name"], e["kind"], e["size"]) for e in entries] == [
         ("a.txt", "file", 1),
         ("b.txt", "file", 2),
         ("src", "directory", 0),
     ]
     assert all("mtimeNs" in e for e in entries)
-    assert [e["name"] for e in listing({"path": "src"}, Ctx())] == ["main.py"]
+    assert [e["name"] for e in await listing({"path": "src"}, Ctx())] == ["main.py"]
     with pytest.raises(BridgeError) as info:
-        listing({"path": "a.txt"}, Ctx())
+        await listing({"path": "a.txt"}, Ctx())
     assert info.value.to_wire()["errno"] == "ENOTDIR"
 
 
 async def test_stat_and_list_report_transient_errors_as_retryable(ws: Path) -> None:
     fs = FaultyFs(faults=[Fault("lstat", errno.EIO), Fault("scandir", errno.EAGAIN)])
     svc = FileService(workspace=ws, ops=fs, sweep_on_start=False)
-    for name in ("fs/stat", "fs/list"):
-        with pytest.raises(BridgeError) as info:
-            inline(svc, name, {"path": "src"})
-        assert info.value.code == -32004
-        assert info.value.classification.retryable
+    with pytest.raises(BridgeError) as info:
+        inline(svc, "fs/stat", {"path": "src"})
+    assert info.value.code == -32004
+    assert info.value.classification.retryable
+    with pytest.raises(BridgeError) as info:
+        await call(svc, "fs/list", {"path": "src"})
+    assert info.value.code == -32004
+    assert info.value.classification.retryable
 
 
 async def test_stale_read_carries_the_reason(ws: Path) -> None:
@@ -375,7 +378,7 @@ async def test_stat_and_list_retry_eintr_at_once(ws: Path) -> None:
     fs = FaultyFs(faults=[Fault("lstat", errno.EINTR, times=2), Fault("scandir", errno.EINTR)])
     svc = FileService(workspace=ws, ops=fs, sweep_on_start=False)
     assert inline(svc, "fs/stat", {"path": "src"})["kind"] == "directory"
-    assert [e["name"] for e in inline(svc, "fs/list", {"path": "src"})] == ["main.py"]
+    assert [e["name"] for e in await call(svc, "fs/list", {"path": "src"})] == ["main.py"]
     assert fs.outcomes("lstat") == ["EINTR", "EINTR", "ok"]
 
 

@@ -1,11 +1,14 @@
 """`fs/stat` and `fs/list` answers, and turning OS errors on workspace paths into the tree.
 
-Theory of operation: both answers are synchronous (the server answers them inline) and make
-no retries: a transient errno comes back as a -32004 error marked retryable, which the
-client may retry. EINTR alone is retried here, at once, as the OS itself would. Kinds come
-from `lstat`, so a symlink is reported as one; a listing never follows links and hides our
-own temporary files, and sizes are those of regular files (0 for everything else, whose
-`st_size` means something different on every file system).
+Theory of operation: neither answer retries: a transient errno comes back as a -32004 error
+marked retryable, which the client may retry. EINTR alone is retried here, at once, as the
+OS itself would. `stat_path` is synchronous (the server answers it inline); `list_resolved`
+touches no shared state, so a large folder can be listed in a worker thread (see
+`FileStore.list_async`). Kinds come from `lstat`, so a symlink is reported as one; a listing
+never follows links and hides our own temporary files, and sizes are those of regular files
+(0 for everything else, whose `st_size` means something different on every file system).
+A listing too large for one message is refused (FileTooLarge) instead of being sent, and a
+name that is not valid UTF-8 is shown escaped, since JSON cannot carry it.
 
 A path stat'ed before with no symlink and no `..` in it (`Workspace.remembered`) skips the
 `realpath` (most of the cost): it is opened with `O_PATH | O_NOFOLLOW` and the kernel's own
@@ -31,13 +34,14 @@ from typing import Any, TypeVar
 from lapce_bridge.core.errors import (
     BridgeError,
     FileSystemError,
+    FileTooLarge,
     PermissionDenied,
     classify_errno,
     to_bridge_error,
 )
 from lapce_bridge.fs.atomic import is_temp_name
 from lapce_bridge.fs.ops import REAL_FS, FsOps
-from lapce_bridge.fs.paths import Workspace
+from lapce_bridge.fs.paths import Workspace, for_wire
 
 T = TypeVar("T")
 _PERMISSION = frozenset({errno_mod.EACCES, errno_mod.EPERM, errno_mod.EROFS})
@@ -45,6 +49,7 @@ _PROC_FD = "/proc/self/fd/"
 _O_PATH = getattr(os, "O_PATH", 0)
 _VERIFY_FLAGS = _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 FAST_STAT = bool(_O_PATH) and os.path.isdir(_PROC_FD)
+DEFAULT_MAX_LIST_BYTES = 15 * 1024 * 1024  # below the 16 MiB message limit, with room to spare
 
 
 def kind_of(mode: int) -> str:
@@ -61,6 +66,7 @@ def fs_error(exc: BaseException, action: str, where: str) -> BridgeError:
     """Translate a failure of `action` on `where` (workspace-relative) into the error tree."""
     if isinstance(exc, BridgeError):
         return exc
+    where = for_wire(where)
     if isinstance(exc, OSError) and exc.errno is not None:
         name = errno_mod.errorcode.get(exc.errno, str(exc.errno))
         detail = f"{action} {where}: {exc.strerror or exc} ({name})"
@@ -128,35 +134,79 @@ def stat_path(workspace: Workspace, raw: object, *, ops: FsOps = REAL_FS) -> dic
     }
     if kind == "symlink":
         out["targetKind"] = kind_of(st.st_mode)
-        out["target"] = rel
+        out["target"] = for_wire(rel)
     return out
 
 
-def list_folder(workspace: Workspace, raw: object, *, ops: FsOps = REAL_FS) -> list[dict[str, Any]]:
+ENTRY_JSON_BYTES = 96  # an entry's JSON besides its name: keys, kind, size, mtimeNs
+
+
+def list_folder(
+    workspace: Workspace,
+    raw: object,
+    *,
+    ops: FsOps = REAL_FS,
+    max_bytes: int = DEFAULT_MAX_LIST_BYTES,
+) -> list[dict[str, Any]]:
     """The folder's entries `{name, kind, size, mtimeNs}` by name, our temp files hidden."""
     real = workspace.resolve(raw)
+    return list_resolved(real, workspace.relative(real), ops=ops, max_bytes=max_bytes)
+
+
+def list_resolved(
+    real: str, rel: str, *, ops: FsOps = REAL_FS, max_bytes: int = DEFAULT_MAX_LIST_BYTES
+) -> list[dict[str, Any]]:
+    """`list_folder` of a confined real path; touches no shared state, so a thread may run it.
+
+    A listing whose JSON could exceed `max_bytes` is refused with FileTooLarge rather than
+    sent as a message the client would have to drop. A name that is not valid UTF-8 comes
+    out escaped (see `for_wire`) and marked `undecodable`.
+    """
     try:
         entries = eintr_safe(partial(ops.scandir, real))
     except OSError as exc:
-        raise fs_error(exc, "list", workspace.relative(real)) from exc
+        raise fs_error(exc, "list", rel) from exc
     out: list[dict[str, Any]] = []
+    budget = max_bytes
     for entry in entries:
-        if is_temp_name(entry.name):
+        name = entry.name
+        if is_temp_name(name):
             continue
         try:
             st = entry.stat(follow_symlinks=False)
         except OSError:
             continue  # removed while we listed
-        out.append(
-            {
-                "name": entry.name,
-                "kind": kind_of(st.st_mode),
-                "size": st.st_size if st_mod.S_ISREG(st.st_mode) else 0,
-                "mtimeNs": st.st_mtime_ns,
-            }
-        )
+        budget -= ENTRY_JSON_BYTES + len(name)
+        if budget < 0:
+            raise FileTooLarge(
+                f"{for_wire(rel)} holds {len(entries)} entries, more than one message of "
+                f"{max_bytes} bytes can list; list its subfolders, or use a terminal",
+                data={"entries": len(entries), "limit": max_bytes},
+            )
+        item: dict[str, Any] = {
+            "name": name,
+            "kind": kind_of(st.st_mode),
+            "size": st.st_size if st_mod.S_ISREG(st.st_mode) else 0,
+            "mtimeNs": st.st_mtime_ns,
+        }
+        shown = for_wire(name)
+        if shown is not name:
+            item["name"] = shown
+            item["undecodable"] = True
+            budget -= 3 * len(name)  # each escaped byte takes 4 characters, not 1
+        out.append(item)
     out.sort(key=lambda e: e["name"])
     return out
 
 
-__all__ = ["FAST_STAT", "eintr_safe", "fs_error", "kind_of", "list_folder", "stat_path"]
+__all__ = [
+    "DEFAULT_MAX_LIST_BYTES",
+    "ENTRY_JSON_BYTES",
+    "FAST_STAT",
+    "eintr_safe",
+    "fs_error",
+    "kind_of",
+    "list_folder",
+    "list_resolved",
+    "stat_path",
+]

@@ -82,4 +82,15 @@ class Workspace:
         self._memo.clear()
 
 
-__all__ = ["Workspace"]
+def for_wire(name: str) -> str:
+    """`name` as JSON can carry it: a file name that is not valid UTF-8 holds lone surrogates
+    (Python's surrogateescape), which no JSON encoder accepts; its bytes are shown escaped
+    (`\\xff`) instead. Such a name is for display: no client path can name that file."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    return name
+
+
+__all__ = ["Workspace", "for_wire"]

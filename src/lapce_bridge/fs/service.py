@@ -11,10 +11,12 @@ Wire decisions (PROTOCOL.md leaves these open):
 - `fs/read` is async: its retry path sleeps on the clock, and a handler is either sync or
   async. The cached path inside it is one `stat` and a dict lookup; the price of the Task the
   server wraps an async handler in is measured by the bench (`fs` suite) beside it.
-- `fs/stat` and `fs/list` are sync (answered inline); a transient errno comes back as a
-  -32004 error with `retryable: true` instead of being retried here. `fs/list`'s `path`
-  defaults to the workspace root; entries are sorted by name, folders and links report size
-  0, and our temporary files are hidden.
+- `fs/stat` is sync (answered inline); `fs/list` is async, so a large folder is listed in a
+  worker thread instead of stalling every connection. Neither retries: a transient errno
+  comes back as a -32004 error with `retryable: true`. `fs/list`'s `path` defaults to the
+  workspace root; entries are sorted by name, folders and links report size 0, our
+  temporary files are hidden, a name that is not UTF-8 is shown escaped with
+  `undecodable: true`, and a folder too large for one message is a -32004 FileTooLarge.
 - `fs/write`'s `expectedMtimeNs`: absent or null, no check; a positive number must equal the
   file's current mtime; 0 means the file must not exist yet (create only). A mismatch is a
   -32004 ConflictError whose `data.mtimeNs` is the file's current mtime.
@@ -228,8 +230,8 @@ class FileService:
     def _stat(self, params: Params, ctx: CallContext) -> dict[str, Any]:
         return self.store.stat(_object(params).get("path"))
 
-    def _list(self, params: Params, ctx: CallContext) -> list[dict[str, Any]]:
-        return self.store.list(_object(params).get("path", "."))
+    async def _list(self, params: Params, ctx: CallContext) -> list[dict[str, Any]]:
+        return await self.store.list_async(_object(params).get("path", "."))
 
     async def _watch(self, params: Params, ctx: CallContext) -> dict[str, str]:
         p = _object(params)

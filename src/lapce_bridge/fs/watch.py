@@ -52,6 +52,7 @@ from lapce_bridge.fs.backend import (
     is_watch_limit,
     watchfiles_backend,
 )
+from lapce_bridge.fs.paths import for_wire
 from lapce_bridge.fs.snapshot import DEFAULT_SKIP_DIRS, Reconciler, Scope, Snapshot, diff, scan
 from lapce_bridge.rpc import Observe
 
@@ -363,7 +364,8 @@ class WatcherRecovery:
         if not changes or w.closed:
             return
         rel = self._relative
-        wire = [{"path": rel(path), "kind": kind} for path, kind in changes]
+        # A name that is not UTF-8 would make the whole notification unencodable.
+        wire = [{"path": for_wire(rel(path)), "kind": kind} for path, kind in changes]
         self._sent += len(wire)
         for i in range(0, len(wire), MAX_CHANGES_PER_NOTICE):
             with contextlib.suppress(Exception):  # a sink's failure must not kill the watch
