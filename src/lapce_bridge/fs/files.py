@@ -10,9 +10,10 @@ Theory of operation:
   the clock. When the retries run out on a transient error, the last cached content is
   served marked `stale` ("cache previous" in the recovery matrix); an error the caller must
   fix (ENOENT, EACCES, EISDIR, ENOTDIR, too large) fails at once.
-- Reads happen on the event loop's thread: 4 KiB costs about 10 us and 1 MiB about 55 us
-  here, while a hop to a worker thread costs 75-125 us. Files above `thread_read_bytes`
-  (1 MiB) are read in a thread, so no single read stalls the loop for longer than the hop.
+- One attempt is `fs.reading.read_file`, on the event loop's thread: 4 KiB costs about
+  10 us and 1 MiB about 55 us here, while a hop to a worker thread costs 75-125 us. Files
+  above `thread_read_bytes` (1 MiB) are read in a thread, so no single read stalls the loop
+  for longer than the hop.
 - Files larger than `max_file_bytes` (8 MiB: base64 makes that 10.7 MiB, inside the 16 MiB
   message limit) are refused with `FileTooLarge` before any byte is read; one that grows past
   it while being read is refused too.
@@ -31,9 +32,7 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
-import errno as errno_mod
 import os
-import stat as st_mod
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,7 +43,6 @@ from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import (
     ConflictError,
-    FileSystemError,
     FileTooLarge,
     classify,
 )
@@ -54,13 +52,13 @@ from lapce_bridge.fs.cache import CacheEntry, FileCache, Identity, identity_of
 from lapce_bridge.fs.listing import (
     DEFAULT_MAX_LIST_BYTES,
     fs_error,
-    kind_of,
     list_folder,
     list_resolved,
     stat_path,
 )
 from lapce_bridge.fs.ops import REAL_FS, FsOps
 from lapce_bridge.fs.paths import Workspace
+from lapce_bridge.fs.reading import HAVE_PROC_FD, Relocated, read_file
 from lapce_bridge.rpc import Observe
 
 DEFAULT_MAX_FILE_BYTES = 8 * 1024 * 1024
@@ -68,14 +66,6 @@ THREAD_READ_BYTES = 1024 * 1024
 Listing = list[dict[str, Any]]
 THREAD_LIST_DIR_BYTES = 4096  # a folder larger than one block (ext4: over ~100 entries)
 RACY_WINDOW_NS = 50_000_000  # well above the coarsest timestamp tick in use (10 ms at HZ=100)
-_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY  # a FIFO must not block
-_CHUNK = 1024 * 1024
-_PROC_FD = "/proc/self/fd/"
-HAVE_PROC_FD = os.path.isdir(_PROC_FD)
-
-
-class _Relocated(Exception):
-    """A remembered real path now opens something else (a symlink was swapped in)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +193,7 @@ class FileStore:
         if real is not None and HAVE_PROC_FD:
             try:
                 return await self.read_with_recovery(real, size_hint=size_hint, verify=True)
-            except _Relocated:
+            except Relocated:
                 size_hint = -1
         return await self.read_with_recovery(self.workspace.resolve(raw), size_hint=size_hint)
 
@@ -244,7 +234,7 @@ class FileStore:
                 data, ident = await self.retry.run_async(partial(asyncio.to_thread, fn))
             else:
                 data, ident = await self.retry.run(fn)
-        except _Relocated:
+        except Relocated:
             raise
         except Exception as exc:
             return self._read_failed(real, exc)
@@ -266,63 +256,13 @@ class FileStore:
         raise fs_error(exc, "read", rel) from exc
 
     def read_once(self, real: str, *, verify: bool = False) -> tuple[bytes, Identity]:
-        """One attempt: open, check, read to the end. Raises what the OS raised.
-
-        `verify`: `real` came from the memo, so confirm it is still what the path opens.
-        """
-        ops = self.ops
-        fd = ops.open(real, _READ_FLAGS)
-        try:
-            if verify and os.readlink(f"{_PROC_FD}{fd}") != real:
-                raise _Relocated(real)
-            st = ops.fstat(fd)
-            if not st_mod.S_ISREG(st.st_mode):
-                if st_mod.S_ISDIR(st.st_mode):
-                    raise IsADirectoryError(errno_mod.EISDIR, os.strerror(errno_mod.EISDIR), real)
-                raise FileSystemError(
-                    f"{self.workspace.relative(real)} is not a regular file "
-                    f"({kind_of(st.st_mode)}: a pipe, socket or device); refusing to read it",
-                    retryable=False,
-                )
-            if st.st_size > self.max_file_bytes:
-                raise self._too_large(real, st.st_size)
-            data = self._read_all(fd, st.st_size, real)
-        finally:
-            ops.close(fd)
-        if len(data) < st.st_size:
-            raise FileSystemError(
-                f"unexpected end of file: read {len(data)} of {st.st_size} bytes of "
-                f"{self.workspace.relative(real)} (it shrank while being read)",
-                retryable=True,
-            )
-        return data, identity_of(st)
-
-    def _read_all(self, fd: int, size: int, real: str) -> bytes:
-        read = self.ops.read
-        limit = self.max_file_bytes
-        parts: list[bytes] = []
-        total = 0
-        want = size + 1  # one more than expected: growth shows without another call
-        while True:
-            chunk = read(fd, want)
-            if not chunk:
-                break
-            parts.append(chunk)
-            total += len(chunk)
-            if total > limit:
-                raise self._too_large(real, total)
-            if total == size and len(chunk) < want:
-                # All `fstat` promised, and the kernel stopped short of what was asked: the
-                # end of the file. One call fewer than reading on until it returns nothing.
-                break
-            want = min(_CHUNK, limit + 1 - total)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def _too_large(self, real: str, size: int) -> FileTooLarge:
-        return FileTooLarge(
-            f"{self.workspace.relative(real)} is {size} bytes, over the "
-            f"{self.max_file_bytes} byte limit for one read",
-            data={"size": size, "limit": self.max_file_bytes},
+        """One attempt at reading `real` whole (see `fs.reading.read_file`)."""
+        return read_file(
+            real,
+            ops=self.ops,
+            max_bytes=self.max_file_bytes,
+            relative=self.workspace.relative,
+            verify=verify,
         )
 
     # -- writes -----------------------------------------------------------------------------
