@@ -208,7 +208,7 @@ async def run(ctx: BenchContext) -> list[Row]:
             ours_bash = statistics.median(samples)
         note = f"{shell}, empty HOME, through Terminal.execute (no IPC)"
         if shell == "fish":
-            note += "; fish's default prompt (fish_vcs_prompt) runs before each command is read"
+            note += "; the rest is fish's own event hooks and prompt redraw"
         rows.append(
             latency_row(
                 SUITE, f"echo test ({shell})", samples, seed=ECHO_SEED, goal=ECHO_GOAL, note=note
