@@ -353,6 +353,7 @@ async def test_start_sweeps_temp_files_of_dead_writers(ws: Path, dead_pid: int) 
     junk.write_text("half a file")
     svc = FileService(workspace=ws)
     async with svc:
+        assert await svc.swept() == 1
         assert not junk.exists()
         assert svc.statistics().temp_files_swept == 1
 

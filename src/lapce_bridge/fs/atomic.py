@@ -31,6 +31,7 @@ import os
 import re
 import secrets
 import stat as st_mod
+import threading
 import time
 
 from lapce_bridge.core.errors import ConflictError, FileSystemError
@@ -254,13 +255,17 @@ def sweep_temp_files(
     skip_dirs: frozenset[str] = frozenset(),
     max_entries: int = 200_000,
     now_ns: int | None = None,
+    stop: threading.Event | None = None,
 ) -> int:
-    """Remove stale temporary files under `root` (symlinks not followed); returns how many."""
+    """Remove stale temporary files under `root` (symlinks not followed); returns how many.
+
+    `stop`, once set, ends the walk before the next folder.
+    """
     now = time.time_ns() if now_ns is None else now_ns
     removed = 0
     seen = 0
     stack = [root]
-    while stack and seen < max_entries:
+    while stack and seen < max_entries and not (stop is not None and stop.is_set()):
         folder = stack.pop()
         try:
             entries = ops.scandir(folder)

@@ -3,9 +3,11 @@
 Theory of operation: `FileService` composes the parts and owns their life cycle: a
 `Workspace` (confinement), a `FileCache` (exposed as `.cache` so a resource manager can
 `trim`/`resize`/`clear` it under memory pressure), a `FileStore` (reads with recovery, atomic
-writes, stat, list) and a `WatcherRecovery` (self-healing watches). Entering it sweeps the
-temporary files a crashed writer left in the workspace and starts the watch health check;
-leaving it stops every watch.
+writes, stat, list) and a `WatcherRecovery` (self-healing watches). Entering it starts the
+watch health check and, in the background, the sweep of temporary files crashed writers
+left in the workspace: a large workspace takes a while to walk, and the server must not
+start (or restart) later for it; until then listings and watches hide those files anyway.
+Leaving it stops the sweep at the next folder and every watch.
 
 Wire decisions (PROTOCOL.md leaves these open):
 - `fs/read` is async: its retry path sleeps on the clock, and a handler is either sync or
@@ -34,6 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -64,6 +68,7 @@ from lapce_bridge.rpc import CallContext, Method, Observe, Params, method
 ENCODINGS = ("utf-8", "base64")
 MAX_WATCH_PATHS = 64
 FILE_WATCHING = "file_watching"
+log = logging.getLogger("lapce_bridge.fs.service")
 
 
 class FeatureFlags(Protocol):
@@ -141,23 +146,49 @@ class FileService:
         self._sweep_on_start = sweep_on_start
         self.max_message_bytes = max_message_bytes
         self._swept = 0
+        self._stop_sweep = threading.Event()
+        self._sweeper: asyncio.Task[int] | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
     async def __aenter__(self) -> FileService:
+        self._stop_sweep.clear()
         if self._sweep_on_start:
-            await self.sweep_temp_files()
+            self._sweeper = asyncio.get_running_loop().create_task(
+                self.sweep_temp_files(), name="fs temp file sweep"
+            )
         await self.watcher.__aenter__()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self._owners.clear()
+        self._stop_sweep.set()
         await self.watcher.aclose()
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            await asyncio.wait({sweeper})  # the thread stops at its next folder
+
+    async def swept(self) -> int:
+        """Wait for the sweep started on entry; returns the temp files it removed (0 if none)."""
+        sweeper = self._sweeper
+        if sweeper is None:
+            return 0
+        await asyncio.wait({sweeper})
+        return sweeper.result() if not sweeper.cancelled() else 0
 
     async def sweep_temp_files(self) -> int:
         """Remove temp files crashed writers left in the workspace; returns how many."""
-        removed = await asyncio.to_thread(
-            sweep_temp_files, self.workspace.root, ops=self.store.ops, skip_dirs=self._skip_dirs
-        )
+        try:
+            removed = await asyncio.to_thread(
+                sweep_temp_files,
+                self.workspace.root,
+                ops=self.store.ops,
+                skip_dirs=self._skip_dirs,
+                stop=self._stop_sweep,
+            )
+        except Exception:
+            # Junk left behind is hidden and harmless; a failed sweep must not fail the server.
+            log.exception("sweeping temporary files in %s failed", self.workspace.root)
+            return 0
         self._swept += removed
         return removed
 
