@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 import click
 
@@ -73,7 +73,7 @@ def osc_dump(
     """Feed a recorded PTY byte stream (FILE or -) through the OSC 633/133 parser."""
     from lapce_bridge.terminal.osc_dump import run
 
-    out = click.get_binary_stream("stdout") if strip else click.get_text_stream("stdout")
+    out: BinaryIO | TextIO = sys.stdout.buffer if strip else sys.stdout
     try:
         code = run(
             source, out, json_lines=json_lines, strip=strip, chunk_size=chunk_size, nonce=nonce
