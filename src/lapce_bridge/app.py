@@ -249,6 +249,14 @@ class App:
             clock=self.clock,
             observe=self.observe,
             features=self.degradation,
+            on_degraded=self.watch_degraded,
+        )
+
+    def watch_degraded(self, detail: str) -> None:
+        """A watch fell back to polling: count it and tell every client."""
+        self.metrics.counter("fs.watch.polling_fallbacks").inc()
+        self.broadcast(
+            "health/alert", {"kind": "WatcherDegraded", "operation": "fs/watch", "detail": detail}
         )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from lapce_bridge.app import App
 from lapce_bridge.core.health import AlertCleared, HighFailureRate
 from lapce_bridge.testing import FakeClock
@@ -35,3 +37,24 @@ async def test_alert_clears_on_the_clock_without_traffic(tmp_path: Path) -> None
         # No further calls: only the periodic evaluation can notice the window slid past.
         await clock.advance(app.health_interval * 20)
         assert any(isinstance(e, AlertCleared) for e in seen)
+
+
+async def test_watch_fallback_to_polling_is_counted_and_broadcast(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[tuple[str, object]] = []
+    async with App(workspace=tmp_path, services=False) as app:
+        monkeypatch.setattr(app, "broadcast", lambda method, params: sent.append((method, params)))
+        app.watch_degraded("inotify watch limit reached; polling")
+        counters = app.metrics.snapshot()["counters"]
+    assert counters["fs.watch.polling_fallbacks"] == 1
+    assert sent == [
+        (
+            "health/alert",
+            {
+                "kind": "WatcherDegraded",
+                "operation": "fs/watch",
+                "detail": "inotify watch limit reached; polling",
+            },
+        )
+    ]
