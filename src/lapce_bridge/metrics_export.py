@@ -20,9 +20,9 @@ safe under `prometheus_client.start_http_server`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.metrics_core import CounterMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
@@ -85,4 +85,23 @@ def render(metrics: MetricsRegistry, *, prefix: str = "lapce_bridge") -> bytes:
     return generate_latest(registry)
 
 
-__all__ = ["CONTENT_TYPE", "QUANTILES", "MetricsCollector", "render"]
+def start_exporter(
+    metrics: MetricsRegistry, port: int, *, addr: str = "127.0.0.1"
+) -> tuple[int, Callable[[], None]]:
+    """Serve `/metrics` for Prometheus on a thread; returns the bound port and a stop function.
+
+    Loopback by default: the figures name the operations a local agent runs.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MetricsCollector(metrics))
+    server, thread = start_http_server(port, addr=addr, registry=registry)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    return int(server.server_port), stop
+
+
+__all__ = ["CONTENT_TYPE", "QUANTILES", "MetricsCollector", "render", "start_exporter"]

@@ -45,6 +45,7 @@ class ServeOptions:
     shell: str | None = None
     extra_methods: tuple[str, ...] = ()
     shutdown_grace: float = 10.0
+    metrics_port: int | None = None  # Prometheus /metrics on 127.0.0.1 (0: any free port)
 
 
 def journal_path(state_dir: Path, where: str) -> Path:
@@ -99,8 +100,14 @@ async def run_server(opts: ServeOptions, *, announce: Callable[[str], None] | No
             journal=journal,
             shutdown_grace=opts.shutdown_grace,
         )
+        stop_exporter: Callable[[], None] | None = None
+        if opts.metrics_port is not None:
+            from lapce_bridge.metrics_export import start_exporter
+
+            port, stop_exporter = start_exporter(app.metrics, opts.metrics_port)
+            log.info("Prometheus metrics on http://127.0.0.1:%d/metrics", port)
         # Signals stay captured through the drain in aclose(): a second one cuts it short.
-        with capture_signals(server.request_shutdown):
+        with capture_signals(server.request_shutdown), _finally(stop_exporter):
             try:
                 if opts.stdio:
                     await server.serve_stdio()
@@ -116,6 +123,15 @@ async def run_server(opts: ServeOptions, *, announce: Callable[[str], None] | No
                 await server.wait_for_shutdown()
             finally:
                 await server.aclose()
+
+
+@contextlib.contextmanager
+def _finally(action: Callable[[], None] | None) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if action is not None:
+            action()
 
 
 def _announce(where: str) -> None:
@@ -226,6 +242,12 @@ def _read_token(path: Path | None) -> str | None:
     help="Seconds in-flight work may take to finish on shutdown.",
 )
 @click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics.",
+)
+@click.option(
     "--log-level",
     default="warning",
     show_default=True,
@@ -243,6 +265,7 @@ def serve(
     shell: str | None,
     extra_methods: tuple[str, ...],
     shutdown_grace: float,
+    metrics_port: int | None,
     log_level: str,
 ) -> None:
     """Run the JSON-RPC server (Unix socket, stdio or TCP)."""
@@ -268,6 +291,7 @@ def serve(
         shell=shell,
         extra_methods=extra_methods,
         shutdown_grace=shutdown_grace,
+        metrics_port=metrics_port,
     )
     raise_open_file_limit()
     try:
