@@ -5,16 +5,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import lapce_bridge
 from lapce_bridge.core.errors import InvalidParams
 from lapce_bridge.core.events import EventBus
 from lapce_bridge.core.health import (
@@ -450,24 +445,6 @@ def test_default_clock_is_the_system_clock_and_works_without_a_bus() -> None:
     assert kinds == ["HighFailureRate", "HighLatency", "HighBurnRate"]
     stats = health.statistics()
     assert (stats.alerts_fired, stats.active_alerts) == (3, 3)
-
-
-def test_metrics_and_health_stay_pure_and_import_no_asyncio() -> None:
-    code = (
-        "import sys\n"
-        "import lapce_bridge.core.metrics, lapce_bridge.core.health\n"
-        "print('asyncio' in sys.modules)\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(Path(lapce_bridge.__file__).parents[1])}
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-        env=env,
-    )
-    assert out.stdout.strip() == "False"
 
 
 def test_a_success_that_brings_the_calls_to_the_minimum_can_fire(clock: FakeClock) -> None:
