@@ -12,9 +12,11 @@ with what exists. Wiring, in one place:
   so services can be built before the server that will carry their notifications.
 - Health alerts published on the bus leave as `health/alert` broadcasts.
 - The degradation manager decides which optional features are on; services ask it.
-- With services (the serving configuration) a resource manager samples memory pressure: it
-  steps quality down and up, feeds `pressure` in health, and `admit()` refuses new async
-  (expensive) requests with -32005 while it throttles.
+- With services (the serving configuration) a resource manager samples pressure (what the
+  bridge owns against `memory_budget`, its cgroup limit, the machine only as a last-resort
+  floor; CPU as a second signal): it steps quality down and up with the bands, feeds
+  `pressure` and `resources` in health, and `admit()` refuses new async work with -32005 that
+  the band does not admit (new terminals and watches when high, everything when critical).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from lapce_bridge.core.events import EventBus
 from lapce_bridge.core.health import ALERT_TYPES, HealthMonitor
 from lapce_bridge.core.metrics import MetricsRegistry
 from lapce_bridge.core.timeouts import TimeoutManager
-from lapce_bridge.resources import Relief, ResourceManager
+from lapce_bridge.resources import DEFAULT_BUDGET_BYTES, Relief, ResourceManager
 from lapce_bridge.rpc import Broadcast, CallContext, Method, Params, method
 
 log = logging.getLogger("lapce_bridge.app")
@@ -56,6 +58,7 @@ class App:
         extra_methods: Mapping[str, Method] | MethodsFactory | None = None,
         timeouts: TimeoutManager | None = None,
         monitor_resources: bool | None = None,
+        memory_budget: int | None = None,
     ) -> None:
         self.clock: Clock = clock if clock is not None else SYSTEM_CLOCK
         self.workspace = (workspace or Path.cwd()).resolve()
@@ -72,6 +75,7 @@ class App:
         # The serving configuration samples memory pressure; a bare method table does not.
         self._want_resources = services if monitor_resources is None else monitor_resources
         self.resources: ResourceManager | None = None
+        self.memory_budget = memory_budget or DEFAULT_BUDGET_BYTES
         self._extra = extra_methods
         self._sinks: list[Broadcast] = []
         self._counter_sources: list[Callable[[], Mapping[str, int]]] = []
@@ -93,7 +97,7 @@ class App:
         return self.degradation.features()
 
     def admit(self, operation: str) -> None:
-        """Refuse new expensive work (ResourceExhausted) while memory pressure is high."""
+        """Refuse new work (ResourceExhausted) that pressure does not admit now."""
         if self.resources is not None:
             self.resources.admit(operation)
 
@@ -127,12 +131,15 @@ class App:
             for name, b in self.breakers.items()
             if b.state.value in ("closed", "open", "half_open")
         }
-        return self.health.report(
+        report = self.health.report(
             quality_level=self.degradation.level,
             features=self.degradation.features(),
             breakers=breakers,
             pressure=min(100.0, max(0.0, self.resources.pressure)) if self.resources else 0.0,
         )
+        if self.resources is not None:
+            report["resources"] = self.resources.statistics().to_wire()
+        return report
 
     def _own_methods(self) -> dict[str, Method]:
         def health_get(params: Params, ctx: CallContext) -> dict[str, Any]:
@@ -164,6 +171,7 @@ class App:
             if self._want_resources:
                 self.resources = await stack.enter_async_context(
                     ResourceManager(
+                        budget_bytes=self.memory_budget,
                         clock=self.clock,
                         degrade=self.degradation.degrade,
                         restore=self.degradation.restore,
@@ -211,6 +219,12 @@ class App:
             self.services.append(opened)
             self._methods.update(opened.methods())
             self._register_relief(opened)
+
+    def add_relief(self, relief: Relief) -> Callable[[], None]:
+        """Let the resource manager take back what a component holds (no-op unmonitored)."""
+        if self.resources is None:
+            return lambda: None
+        return self.resources.register(relief)
 
     def _register_relief(self, service: Any) -> None:
         """Let the resource manager shrink what a service holds under memory pressure."""

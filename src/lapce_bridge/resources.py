@@ -1,21 +1,35 @@
-"""The resource manager: samples memory, asks the pressure policy, carries out its actions.
+"""The resource manager: samples what the bridge owns, asks the pressure policy, carries it out.
 
 It owns no resources itself. Components that hold droppable memory register a `Relief`
-(callbacks for trimming or clearing caches, trimming spools, reaping idle terminals); the
-manager calls them when the policy says so, and records what each freed. Throttling is an
-admission check the server consults before expensive work (`admit()`), answered with
-`ResourceExhausted` (-32005) while pressure is high, so the bridge slows down instead of
-falling over. Sampling runs on the injected clock; the sampler is injectable too, the default
-one reads this process's RSS and the machine's memory through psutil.
+(callbacks for trimming or clearing caches, spilling spools to disk, reaping idle terminals or
+connections); the manager calls them when the policy says so, and records what each freed.
+Admission is a check the server makes before new async work (`admit()`), answered with
+`ResourceExhausted` (-32005, retryable) when the policy's admission refuses it, so the bridge
+slows down instead of falling over. Quality steps go to `degrade`/`restore` callbacks.
+
+Memory held in reference cycles is freed only when the garbage collector runs, which may be
+minutes away; so before any sample that would tighten admission, and at most every
+`collect_every` seconds while admission is tight, the manager collects (`collect`, gc.collect
+by default) and samples again, and decides on the second reading: a refusal never outlives
+its cause by more than one collection.
+
+Sampling runs on the injected clock; the sampler is injectable too. The default one
+(`ProcessTreeSampler`) reads the server's and its terminals' proportional set size (PSS,
+from `/proc/PID/smaps_rollup`; RSS where that is missing), the cgroup v2 working set and limit
+of the process's own cgroup (the tightest limit up the tree), the machine's available memory,
+and the tree's CPU time since the previous sample.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
@@ -24,24 +38,161 @@ from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import ResourceExhausted
 from lapce_bridge.core.pressure import (
     Action,
+    Admission,
     Band,
     PressureDecision,
     PressurePolicy,
     ResourceSample,
 )
 
+log = logging.getLogger("lapce_bridge.resources")
+
 Sampler = Callable[[], ResourceSample]
+DEFAULT_BUDGET_BYTES = 512 * 1024 * 1024
+
+
+# -- sampling ---------------------------------------------------------------------------------
+def proportional_set_size(pid: int, rss: int) -> int:
+    """The process's PSS from smaps_rollup (shared pages split between sharers), else `rss`."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return rss
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+class CgroupMemory:
+    """The cgroup v2 working set and limit of a process's cgroup (None outside a limit).
+
+    `root` is where the unified hierarchy is mounted and `path` the cgroup inside it (from
+    `/proc/self/cgroup`'s `0::` line); both are found by `for_self()`. The limit is the
+    tightest `memory.max` from the cgroup up to the root; the working set is that cgroup's
+    `memory.current` less its `inactive_file` (page cache the kernel reclaims first, as
+    container runtimes count it).
+    """
+
+    def __init__(self, root: Path, path: str) -> None:
+        self.root = root
+        self.cgroup = root / path.lstrip("/")
+
+    @classmethod
+    def for_self(cls) -> CgroupMemory | None:
+        try:
+            lines = Path("/proc/self/cgroup").read_text().splitlines()
+            mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+        except OSError:
+            return None
+        path = next((line[3:] for line in lines if line.startswith("0::")), None)
+        root = next((m.split()[4] for m in mounts if " - cgroup2 " in m), None)
+        if path is None or root is None:
+            return None
+        return cls(Path(root), path)
+
+    def read(self) -> tuple[int | None, int | None]:
+        """(working set bytes, limit bytes) of the cgroup holding the tightest limit."""
+        limit: int | None = None
+        holder: Path | None = None
+        directory = self.cgroup
+        while True:
+            found = _read_int(directory / "memory.max")  # "max" (no limit) reads as None
+            if found is not None and (limit is None or found < limit):
+                limit, holder = found, directory
+            if directory == self.root or self.root not in directory.parents:
+                break
+            directory = directory.parent
+        if limit is None or holder is None:
+            return None, None
+        current = _read_int(holder / "memory.current")
+        if current is None:
+            return None, None
+        inactive = 0
+        with contextlib.suppress(OSError, ValueError):
+            for line in (holder / "memory.stat").read_text().splitlines():
+                if line.startswith("inactive_file "):
+                    inactive = int(line.split()[1])
+                    break
+        return max(0, current - inactive), limit
+
+
+class ProcessTreeSampler:
+    """Reads a `ResourceSample` for a process and its descendants (the server's terminals)."""
+
+    def __init__(
+        self,
+        pid: int | None = None,
+        *,
+        cgroup: CgroupMemory | None = None,
+        clock: Callable[[], float] | None = None,
+        use_pss: bool = True,
+    ) -> None:
+        self._proc = psutil.Process(pid or os.getpid())
+        self._cgroup = cgroup if cgroup is not None else CgroupMemory.for_self()
+        self._clock = clock or _monotonic
+        self._use_pss = use_pss
+        try:
+            self._cores = len(self._proc.cpu_affinity() or ()) or (os.cpu_count() or 1)
+        except (AttributeError, psutil.Error):
+            self._cores = os.cpu_count() or 1
+        # CPU seconds per live pid at the previous sample: a process that exited in between
+        # takes its time with it, so the delta is taken per pid, never on a total.
+        self._cpu: dict[int, float] = {}
+        self._at: float | None = None
+
+    def tree(self) -> list[psutil.Process]:
+        try:
+            return [self._proc, *self._proc.children(recursive=True)]
+        except psutil.Error:
+            return [self._proc]
+
+    def __call__(self) -> ResourceSample:
+        owned = 0
+        cpu_now: dict[int, float] = {}
+        for proc in self.tree():
+            try:
+                with proc.oneshot():
+                    rss = proc.memory_info().rss
+                    times = proc.cpu_times()
+            except psutil.Error:
+                continue  # exited between listing and reading
+            owned += proportional_set_size(proc.pid, rss) if self._use_pss else rss
+            cpu_now[proc.pid] = times.user + times.system
+        now = self._clock()
+        cpu_percent = 0.0
+        if self._at is not None and now > self._at:
+            used = sum(max(0.0, t - self._cpu.get(pid, t)) for pid, t in cpu_now.items())
+            cpu_percent = min(100.0, 100.0 * used / ((now - self._at) * self._cores))
+        self._cpu, self._at = cpu_now, now
+        cgroup_bytes = cgroup_limit = None
+        if self._cgroup is not None:
+            cgroup_bytes, cgroup_limit = self._cgroup.read()
+        vm = psutil.virtual_memory()
+        available = 100.0 * vm.available / vm.total if vm.total else 100.0
+        return ResourceSample(owned, cgroup_bytes, cgroup_limit, available, cpu_percent)
+
+
+def _monotonic() -> float:
+    import time
+
+    return time.monotonic()
 
 
 def psutil_sampler() -> Sampler:
-    proc = psutil.Process(os.getpid())
-
-    def sample() -> ResourceSample:
-        return ResourceSample(proc.memory_info().rss, psutil.virtual_memory().percent)
-
-    return sample
+    """The default sampler: this process and its descendants."""
+    return ProcessTreeSampler()
 
 
+# -- reliefs ----------------------------------------------------------------------------------
 @dataclass
 class Relief:
     """What a component can give back. Each callback returns how many bytes/items it freed."""
@@ -49,7 +200,7 @@ class Relief:
     name: str
     trim_cache: Callable[[float], int] | None = None  # fraction to drop
     clear_cache: Callable[[], int] | None = None
-    trim_spools: Callable[[], int] | None = None
+    spill_spools: Callable[[], int] | None = None
     reap_idle: Callable[[], Awaitable[int]] | None = None
 
 
@@ -57,25 +208,56 @@ class Relief:
 class ResourceStats:
     pressure: float = 0.0
     band: str = Band.NORMAL.name.lower()
-    rss_bytes: int = 0
+    owned_bytes: int = 0
+    budget_bytes: int = 0
+    cgroup_bytes: int | None = None
+    cgroup_limit: int | None = None
+    available_percent: float = 100.0
+    cpu_percent: float = 0.0
+    cpu_overloaded: bool = False
+    admission: str = Admission.ALL.name.lower()
+    quality: int = 3
     samples: int = 0
+    collections: int = 0
+    refused: int = 0
     throttled: bool = False
     actions: dict[str, int] = field(default_factory=dict)
     freed: dict[str, int] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, object]:
+        return {
+            "pressure": self.pressure,
+            "band": self.band,
+            "ownedBytes": self.owned_bytes,
+            "budgetBytes": self.budget_bytes,
+            "cgroupBytes": self.cgroup_bytes,
+            "cgroupLimitBytes": self.cgroup_limit,
+            "machineAvailablePercent": self.available_percent,
+            "cpuPercent": self.cpu_percent,
+            "cpuOverloaded": self.cpu_overloaded,
+            "admission": self.admission,
+            "refused": self.refused,
+            "collections": self.collections,
+        }
 
 
 class ResourceManager:
     def __init__(
         self,
         *,
-        budget_bytes: int = 512 * 1024 * 1024,
+        budget_bytes: int = DEFAULT_BUDGET_BYTES,
         clock: Clock = SYSTEM_CLOCK,
         sampler: Sampler | None = None,
         policy: PressurePolicy | None = None,
         interval: float = 1.0,
         degrade: Callable[[str], object] | None = None,
         restore: Callable[[str], object] | None = None,
+        collect: Callable[[], object] = gc.collect,
+        collect_every: float = 5.0,
+        machine_floor_percent: float = 5.0,
     ) -> None:
+        if budget_bytes <= 0:
+            raise ValueError(f"the memory budget must be positive, got {budget_bytes}")
         self.budget_bytes = budget_bytes
         self._clock = clock
         self._sampler = sampler or psutil_sampler()
@@ -83,61 +265,135 @@ class ResourceManager:
         self.interval = interval
         self._degrade = degrade
         self._restore = restore
+        self._collect = collect
+        self.collect_every = collect_every
+        self.machine_floor_percent = machine_floor_percent
+        self._collected_at: float | None = None
         self._reliefs: list[Relief] = []
-        self._stats = ResourceStats()
+        self._stats = ResourceStats(budget_bytes=budget_bytes, quality=self.policy.quality)
         self._task: asyncio.Task[None] | None = None
+        self._refusal_logged: dict[str, float] = {}
 
-    def register(self, relief: Relief) -> None:
+    def register(self, relief: Relief) -> Callable[[], None]:
         self._reliefs.append(relief)
+
+        def remove() -> None:
+            if relief in self._reliefs:
+                self._reliefs.remove(relief)
+
+        return remove
 
     @property
     def pressure(self) -> float:
         return self._stats.pressure
 
     def admit(self, operation: str) -> None:
-        """Raise ResourceExhausted when new expensive work must wait for pressure to ease."""
-        if self.policy.throttled:
-            raise ResourceExhausted(
-                f"{operation} refused: memory pressure {self._stats.pressure:.0f}/100; retry later"
-            )
+        """Raise ResourceExhausted when `operation` must wait for pressure to ease."""
+        if self.policy.admits(operation):
+            return
+        stats = self._stats
+        stats.refused += 1
+        memory_only = self.policy.admission_for(self.policy.band, cpu_overloaded=False)
+        if self.policy.admits(operation, memory_only):
+            why = f"CPU overload ({stats.cpu_percent:.0f} % of the usable cores)"
+        else:
+            why = f"memory pressure {stats.pressure:.0f}/100 ({stats.band})"
+        # One line per operation per interval of tight admission, not one per request.
+        now = self._clock.now()
+        last = self._refusal_logged.get(operation)
+        if last is None or now - last >= 10.0:
+            self._refusal_logged[operation] = now
+            log.warning("refusing %s: %s", operation, why)
+        raise ResourceExhausted(f"{operation} refused: {why}; retry later")
+
+    def _read(self) -> tuple[ResourceSample, float]:
+        sample = self._sampler()
+        return sample, sample.pressure(
+            self.budget_bytes, machine_floor_percent=self.machine_floor_percent
+        )
+
+    def _should_collect(self, pressure: float, now: float) -> bool:
+        policy = self.policy
+        entering = policy.admission_for(policy.band_for(pressure), cpu_overloaded=False)
+        if entering > policy.admission_for(policy.band, cpu_overloaded=False):
+            return True
+        if policy.throttled and not policy.cpu_overloaded:
+            return self._collected_at is None or now - self._collected_at >= self.collect_every
+        return False
 
     async def check(self) -> PressureDecision:
-        """Sample once, decide, and carry out the decision."""
-        sample = self._sampler()
-        pressure = sample.pressure(self.budget_bytes)
-        decision = self.policy.decide(pressure, self._clock.now())
+        """Sample once (twice around a collection), decide, and carry out the decision."""
+        now = self._clock.now()
+        sample, pressure = self._read()
         stats = self._stats
+        if self._should_collect(pressure, now):
+            self._collect()
+            self._collected_at = now
+            stats.collections += 1
+            cpu = sample.cpu_percent  # the collection's own CPU time is not the load's
+            sample, pressure = self._read()
+            sample = ResourceSample(
+                sample.owned_bytes,
+                sample.cgroup_bytes,
+                sample.cgroup_limit,
+                sample.available_percent,
+                cpu,
+            )
+        before = (self.policy.band, self.policy.admission, self.policy.cpu_overloaded)
+        decision = self.policy.decide(pressure, now, cpu_percent=sample.cpu_percent)
         stats.pressure, stats.band = pressure, decision.band.name.lower()
-        stats.rss_bytes, stats.samples = sample.rss_bytes, stats.samples + 1
+        stats.owned_bytes, stats.samples = sample.owned_bytes, stats.samples + 1
+        stats.cgroup_bytes, stats.cgroup_limit = sample.cgroup_bytes, sample.cgroup_limit
+        stats.available_percent, stats.cpu_percent = sample.available_percent, sample.cpu_percent
+        stats.cpu_overloaded = decision.cpu_overloaded
+        stats.admission = decision.admission.name.lower()
+        stats.quality = decision.quality
         stats.throttled = self.policy.throttled
+        after = (decision.band, decision.admission, decision.cpu_overloaded)
+        if after != before:
+            log.warning(
+                "pressure %.0f/100: band %s, admission %s, CPU %.0f %%%s",
+                pressure,
+                stats.band,
+                stats.admission,
+                sample.cpu_percent,
+                " (overloaded)" if decision.cpu_overloaded else "",
+            )
         for action in decision.actions:
             stats.actions[action.value] = stats.actions.get(action.value, 0) + 1
             await self._carry_out(action, pressure)
         return decision
 
     async def _carry_out(self, action: Action, pressure: float) -> None:
-        reason = f"memory pressure {pressure:.0f}"
+        reason = f"pressure {pressure:.0f}/100 ({self._stats.band})"
         if action is Action.DEGRADE and self._degrade is not None:
             self._degrade(reason)
         elif action is Action.RESTORE and self._restore is not None:
             self._restore(reason)
-        for relief in self._reliefs:
+        for relief in list(self._reliefs):
             freed = 0
-            if action is Action.TRIM_CACHE and relief.trim_cache is not None:
-                freed = relief.trim_cache(0.5)
-            elif action is Action.CLEAR_CACHE and relief.clear_cache is not None:
-                freed = relief.clear_cache()
-            elif action is Action.TRIM_SPOOLS and relief.trim_spools is not None:
-                freed = relief.trim_spools()
-            elif action is Action.REAP_IDLE_TERMINALS and relief.reap_idle is not None:
-                freed = await relief.reap_idle()
+            try:
+                if action is Action.TRIM_CACHE and relief.trim_cache is not None:
+                    freed = relief.trim_cache(0.5)
+                elif action is Action.CLEAR_CACHE and relief.clear_cache is not None:
+                    freed = relief.clear_cache()
+                elif action is Action.SPILL_SPOOLS and relief.spill_spools is not None:
+                    freed = relief.spill_spools()
+                elif action is Action.REAP_IDLE and relief.reap_idle is not None:
+                    freed = await relief.reap_idle()
+            except Exception:  # one failing relief must not stop the others, nor sampling
+                log.exception("relief %s failed on %s", relief.name, action.value)
+                continue
             if freed:
                 key = f"{relief.name}.{action.value}"
                 self._stats.freed[key] = self._stats.freed.get(key, 0) + freed
 
     async def run(self) -> None:
         while True:
-            await self.check()
+            try:
+                await self.check()
+            except Exception:  # a failed sample must not end sampling for good
+                log.exception("resource sampling failed")
             await self._clock.sleep(self.interval)
 
     async def __aenter__(self) -> ResourceManager:
@@ -154,5 +410,5 @@ class ResourceManager:
     def statistics(self) -> ResourceStats:
         s = self._stats
         return ResourceStats(
-            s.pressure, s.band, s.rss_bytes, s.samples, s.throttled, dict(s.actions), dict(s.freed)
+            **{**s.__dict__, "actions": dict(s.actions), "freed": dict(s.freed)},
         )

@@ -20,8 +20,8 @@ async def test_terminal_and_file_reliefs_are_registered(tmp_path: Path) -> None:
         terminals = next(r for r in app.resources._reliefs if r.name == "terminals")
         assert terminals.reap_idle is not None
         assert await terminals.reap_idle() == 0  # nothing idle yet, and no error
-        assert terminals.trim_spools is not None
-        assert terminals.trim_spools() >= 0
+        assert terminals.spill_spools is not None
+        assert terminals.spill_spools() >= 0
 
 
 async def test_alert_clears_on_the_clock_without_traffic(tmp_path: Path) -> None:

@@ -581,7 +581,7 @@ async def test_async_work_is_refused_under_memory_pressure(tmp_path: Path) -> No
     from lapce_bridge.resources import ResourceManager
 
     async with running(tmp_path) as srv:
-        manager = ResourceManager(budget_bytes=1000, sampler=lambda: ResourceSample(5000, 50.0))
+        manager = ResourceManager(budget_bytes=1000, sampler=lambda: ResourceSample(5000))
         await manager.check()
         assert manager.statistics().throttled
         srv.app.resources = manager

@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lapce_bridge.core.errors import InvalidParams
-from lapce_bridge.terminal.spool import Spool, SpoolStore, truncation_marker, whole_chars
+from lapce_bridge.terminal.spool import (
+    OutputExpired,
+    Spool,
+    SpoolStore,
+    dropped_marker,
+    truncation_marker,
+    whole_chars,
+)
 
 TEXT = st.text(alphabet=st.sampled_from("ab\n€日🎉"), max_size=400)
 
@@ -133,8 +140,11 @@ def test_store_evicts_oldest_finished_by_count(tmp_path: Path) -> None:
         store.create(f"e{i}", 100).write("x")
         store.finished(f"e{i}")
     store.create("e3", 100)  # still running
-    with pytest.raises(InvalidParams, match="unknown executionId 'e0'"):
+    with pytest.raises(OutputExpired, match="output of execution 'e0' has expired") as info:
         store.get("e0")
+    assert info.value.data == {"executionId": "e0", "expired": True}
+    with pytest.raises(InvalidParams, match="unknown executionId 'never'"):
+        store.get("never")
     assert store.read("e1", 0, 10) == ("x", 1, True)
     assert store.statistics().evicted == 1
 
@@ -161,3 +171,78 @@ def test_store_bounds_bytes_and_trims(tmp_path: Path) -> None:
     assert store.trim(0) == 100
     assert store.statistics().spools == 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_store_expires_least_recently_read_first(tmp_path: Path) -> None:
+    store = SpoolStore(tmp_path, max_count=2)
+    for name in ("old", "new"):
+        store.create(name, 100).write(name)
+        store.finished(name)
+    assert store.read("old", 0, 10) == ("old", 3, True)  # read: now the most recent
+    store.create("third", 100).write("3")
+    store.finished("third")
+    with pytest.raises(OutputExpired, match="'new'"):
+        store.read("new", 0, 10)
+    assert store.read("old", 0, 10) == ("old", 3, True)
+
+
+def test_spill_moves_finished_outputs_to_disk_and_keeps_them_readable(tmp_path: Path) -> None:
+    store = SpoolStore(tmp_path)
+    store.create("small", 1000).write("é" * 300)
+    store.finished("small")
+    store.create("running", 1000).write("r" * 100)
+    before = store.statistics().memory_bytes
+    freed = store.spill()
+    assert freed == 600  # the finished one only; a running spool keeps writing where it is
+    after = store.statistics()
+    assert after.memory_bytes == before - freed
+    assert after.spilled == 1
+    assert (tmp_path / "small.out").read_text() == "é" * 300
+    assert store.read("small", 0, 10_000) == ("é" * 300, 600, True)
+    assert store.get("small").result() == ("é" * 300, False)
+    assert store.finished_bytes == 600
+    assert store.spill() == 0  # nothing left in memory to move
+
+
+def test_running_spool_is_capped_keeping_head_and_tail_and_stating_the_loss(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path / "yes.out", 20, max_running_bytes=1000)
+    lines = [f"{i:05d}\n" for i in range(2000)]  # 12,000 bytes
+    for line in lines:
+        spool.write(line)
+    text = "".join(lines)
+    assert spool.total == 12_000
+    assert (tmp_path / "yes.out").stat().st_size <= 1000
+    lost = spool.lost_bytes
+    assert lost >= 12_000 - 1000
+    output, truncated = spool.result()
+    assert truncated
+    assert f"{lost} of them were dropped" in output
+    assert output.endswith(text[-10:])
+    # Paging from 0 yields the head, one marker for the dropped range, then the kept tail.
+    offset, pages = 0, []
+    while True:
+        data, offset, eof = spool.read(offset, 128)
+        pages.append(data)
+        if offset >= spool.total:
+            break
+    joined = "".join(pages)
+    head_len = 500
+    marker = dropped_marker(head_len, head_len + lost)
+    assert joined == text[:head_len] + marker + text[head_len + lost :]
+    assert not eof
+    spool.finish()
+    assert spool.read(spool.total - 6, 100) == (text[-6:], 12_000, True)
+
+
+def test_running_cap_never_splits_a_character(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "u.out", 10, max_running_bytes=100)
+    for _ in range(200):
+        spool.write("€🎉a")
+    spool.finish()
+    offset, out = 0, []
+    while offset < spool.total:
+        data, offset, _ = spool.read(offset, 7)
+        out.append(data)
+    assert "\ufffd" not in "".join(out)

@@ -25,9 +25,10 @@ Invariants:
   both the short and the long window, with at least `min_calls` calls in the short one.
 - Burn rate = error rate / (1 - slo_target). Availability, error rate and error budget are
   over the long window; with no calls, availability is 1 and the budget untouched.
-- Status (report): "unhealthy" when quality level is 0, pressure >= 90, or a breaker is open
-  while a critical alert (HighFailureRate, HighBurnRate) is active; "degraded" when any alert
-  is active, any breaker is not closed, quality level < 3 or pressure >= 70; else "healthy".
+- Status (report): "unhealthy" when quality level is 0, pressure is in the critical band (above
+  80), or a breaker is open while a critical alert (HighFailureRate, HighBurnRate) is active;
+  "degraded" when any alert is active, any breaker is not closed, quality level < 3 or
+  pressure is in the high band (above 60); else "healthy".
 - Operation names are bounded by `max_operations`; further names fold into "other".
 """
 
@@ -68,6 +69,8 @@ DEFAULT_TARGETS: Mapping[str, float] = {
     "ping": 200e-6,  # IPC round trip
 }
 PAGE_BURN_RATE = 14.4  # spends 2 % of a 30-day budget in an hour
+HIGH_PRESSURE = 60.0  # the pressure policy's bands: above this, high
+CRITICAL_PRESSURE = 80.0  # and above this, critical
 BREAKER_STATES = frozenset({"closed", "open", "half_open"})
 
 
@@ -357,7 +360,7 @@ class HealthMonitor:
         critical = any(alert.critical for alert in self._alerts.values())
         if (
             quality_level == 0
-            or pressure >= 90
+            or pressure > CRITICAL_PRESSURE
             or (critical and any(state == "open" for state in breakers.values()))
         ):
             return "unhealthy"
@@ -365,7 +368,7 @@ class HealthMonitor:
             self._alerts
             or any(state != "closed" for state in breakers.values())
             or quality_level < 3
-            or pressure >= 70
+            or pressure > HIGH_PRESSURE
         ):
             return "degraded"
         return "healthy"

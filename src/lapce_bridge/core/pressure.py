@@ -1,16 +1,40 @@
-"""Resource pressure: from a memory reading to the actions that relieve it.
+"""Resource pressure: from readings of what the bridge owns to the actions that relieve it.
 
-Theory of operation: pressure is a number 0..100, the larger of the process's resident set as
-a share of its budget and the machine's used memory share. `PressurePolicy.decide()` maps a
-reading to a band and the band to actions, with hysteresis so a reading that hovers at a
-threshold does not flap: a band is entered at its threshold and left only `hysteresis` points
-below it. Actions escalate with the band, following the recovery matrix's resource rows:
-Resource/Recoverable "throttle operations → reduce quality" (elevated, high) and
-Resource/Critical "free resources → graceful shutdown" (critical: everything that can be
-dropped is dropped; shutdown is left to the operator, since losing work is worse than being
-slow). Quality comes back one level at a time, only after pressure has stayed under
-`restore_below` for `restore_after` seconds, so relief is not undone by the next sample.
-The policy is pure: it never measures or frees anything itself.
+Theory of operation: pressure is a number 0..100, the largest of
+- the memory the bridge owns (the server and its terminals, the process tree's proportional
+  set size) as a share of its budget (`serve --memory-budget`);
+- the working set of the bridge's container as a share of its cgroup v2 limit (`memory.max`),
+  when there is one: a container is killed at its limit, whatever the budget says;
+- the machine, only as a last resort: when less than `machine_floor_percent` (5 %) of its
+  memory is available, pressure is `100 - available %`, so critical. Above that floor the
+  machine's use plays no part: a developer laptop at 70 % is not the bridge's problem, and
+  shedding our load would not relieve it.
+CPU (the server and its terminals, as a share of the cores this process may run on) is a
+second, separate signal: past `cpu_high` it throttles new terminals, until it falls under
+`cpu_low`; it never sheds or degrades anything.
+
+`PressurePolicy.decide()` maps pressure to a band, with hysteresis so a reading that hovers at
+a threshold does not flap: a band is entered above its threshold and left only `hysteresis`
+points below it. The bands are the specification's: 0-30 normal, 31-60 elevated, 61-80 high,
+81-100 critical. Each band has its actions (the recovery matrix's resource rows: "throttle
+operations -> reduce quality" for recoverable pressure, "free resources" for critical; a
+graceful shutdown is left to the operator, since losing work is worse than being slow):
+
+    band      relief                                  admission               quality at most
+    normal    -                                       all                     3
+    elevated  trim caches, spill spools to disk       all                     2
+    high      + reap idle terminals and connections   no new terminals/watches 1
+    critical  clear caches instead of trimming        no new async work       0
+
+Quality follows the band's ceiling: it is stepped down one level per sample while above the
+ceiling, and stepped back up one level at a time as pressure falls through the bands, each
+step after `restore_after` seconds under that band's ceiling, so relief is not undone by the
+next sample and a machine that stays at 50 % is not kept at quality 0.
+
+The policy is pure: it never measures or frees anything itself; `resources.py` drives it.
+Invariants: the quality it asks for stays within 0..max_level; a step up happens only after
+`restore_after` seconds in which every sample allowed it; admission is never looser than
+the band's (the CPU signal can only tighten it).
 """
 
 from __future__ import annotations
@@ -29,22 +53,45 @@ class Band(IntEnum):
 class Action(StrEnum):
     TRIM_CACHE = "trim_cache"  # drop the colder half of cached file contents
     CLEAR_CACHE = "clear_cache"
-    TRIM_SPOOLS = "trim_spools"  # delete finished command output spools, oldest first
-    REAP_IDLE_TERMINALS = "reap_idle_terminals"
-    THROTTLE = "throttle"  # refuse new expensive work (terminal/create, large reads)
-    UNTHROTTLE = "unthrottle"
+    SPILL_SPOOLS = "spill_spools"  # move finished outputs held in memory to their files
+    REAP_IDLE = "reap_idle"  # close idle terminals and connections (remembered, recreated)
+    THROTTLE = "throttle"  # admission tightened (see `Admission`)
+    UNTHROTTLE = "unthrottle"  # admission loosened
     DEGRADE = "degrade"  # one quality level down
     RESTORE = "restore"  # one quality level up
 
 
+class Admission(IntEnum):
+    """What new work is let in; a larger value refuses more."""
+
+    ALL = 0
+    NO_NEW_TERMINALS = 1  # new terminals and watches refused (high memory, or CPU overload)
+    NO_NEW_WORK = 2  # every new async request refused (critical memory)
+
+
+# Operations refused at NO_NEW_TERMINALS: what costs a process or a watch per call.
+COSTLY_OPERATIONS = frozenset({"terminal/create", "fs/watch"})
+
+
 @dataclass(frozen=True, slots=True)
 class ResourceSample:
-    rss_bytes: int
-    system_used_percent: float  # 0..100
+    """One reading. Byte counts are None where the source does not exist (no cgroup limit)."""
 
-    def pressure(self, budget_bytes: int) -> float:
-        own = 100.0 * self.rss_bytes / budget_bytes if budget_bytes > 0 else 0.0
-        return max(0.0, min(100.0, max(own, self.system_used_percent)))
+    owned_bytes: int  # the server and its terminals
+    cgroup_bytes: int | None = None  # the container's working set (memory.current - inactive file)
+    cgroup_limit: int | None = None  # memory.max
+    available_percent: float = 100.0  # the machine's available memory, 0..100
+    cpu_percent: float = 0.0  # the server and its terminals, share of the usable cores, 0..100
+
+    def pressure(self, budget_bytes: int, *, machine_floor_percent: float = 5.0) -> float:
+        own = 100.0 * self.owned_bytes / budget_bytes if budget_bytes > 0 else 0.0
+        container = 0.0
+        if self.cgroup_bytes is not None and self.cgroup_limit:
+            container = 100.0 * self.cgroup_bytes / self.cgroup_limit
+        machine = 0.0
+        if self.available_percent < machine_floor_percent:
+            machine = 100.0 - self.available_percent
+        return max(0.0, min(100.0, max(own, container, machine)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,79 +99,122 @@ class PressureDecision:
     pressure: float
     band: Band
     actions: tuple[Action, ...]
+    admission: Admission
+    quality: int  # the quality level the policy wants now
+    cpu_overloaded: bool
 
 
-_BAND_ACTIONS: dict[Band, tuple[Action, ...]] = {
+_RELIEF: dict[Band, tuple[Action, ...]] = {
     Band.NORMAL: (),
-    Band.ELEVATED: (Action.TRIM_CACHE, Action.TRIM_SPOOLS),
-    Band.HIGH: (Action.TRIM_CACHE, Action.TRIM_SPOOLS, Action.REAP_IDLE_TERMINALS,
-                Action.THROTTLE, Action.DEGRADE),
-    Band.CRITICAL: (Action.CLEAR_CACHE, Action.TRIM_SPOOLS, Action.REAP_IDLE_TERMINALS,
-                    Action.THROTTLE, Action.DEGRADE),
-}  # fmt: skip
+    Band.ELEVATED: (Action.TRIM_CACHE, Action.SPILL_SPOOLS),
+    Band.HIGH: (Action.TRIM_CACHE, Action.SPILL_SPOOLS, Action.REAP_IDLE),
+    Band.CRITICAL: (Action.CLEAR_CACHE, Action.SPILL_SPOOLS, Action.REAP_IDLE),
+}
+_ADMISSION: dict[Band, Admission] = {
+    Band.NORMAL: Admission.ALL,
+    Band.ELEVATED: Admission.ALL,
+    Band.HIGH: Admission.NO_NEW_TERMINALS,
+    Band.CRITICAL: Admission.NO_NEW_WORK,
+}
 
 
 class PressurePolicy:
     def __init__(
         self,
         *,
-        elevated: float = 70.0,
-        high: float = 85.0,
-        critical: float = 95.0,
+        elevated: float = 30.0,
+        high: float = 60.0,
+        critical: float = 80.0,
         hysteresis: float = 5.0,
-        restore_below: float = 30.0,
-        restore_after: float = 5.0,
-        max_degrade: int = 3,
+        restore_after: float = 1.0,
+        max_level: int = 3,
+        cpu_high: float = 90.0,
+        cpu_low: float = 70.0,
     ) -> None:
-        if not 0 < elevated < high < critical <= 100:
-            raise ValueError("thresholds must rise: 0 < elevated < high < critical <= 100")
+        if not 0 < elevated < high < critical < 100:
+            raise ValueError("thresholds must rise: 0 < elevated < high < critical < 100")
+        if not 0 <= hysteresis < elevated:
+            raise ValueError("hysteresis must be within 0..elevated")
+        if not 0 < cpu_low <= cpu_high:
+            raise ValueError("CPU thresholds need 0 < cpu_low <= cpu_high")
         self._thresholds = {Band.ELEVATED: elevated, Band.HIGH: high, Band.CRITICAL: critical}
         self.hysteresis = hysteresis
-        self.restore_below = restore_below
         self.restore_after = restore_after
-        self.max_degrade = max_degrade
+        self.max_level = max_level
+        self.cpu_high = cpu_high
+        self.cpu_low = cpu_low
         self.band = Band.NORMAL
-        self._calm_since: float | None = None
-        self._degraded_steps = 0
-        self._throttled = False
+        self.quality = max_level
+        self.admission = Admission.ALL
+        self.cpu_overloaded = False
+        self._allowed_since: float | None = None  # since when a step up has been allowed
 
-    def _band_for(self, pressure: float) -> Band:
+    def threshold(self, band: Band) -> float:
+        """Pressure above which `band` is entered (0 for normal)."""
+        return self._thresholds.get(band, 0.0)
+
+    def ceiling(self, band: Band) -> int:
+        """The highest quality level a band allows."""
+        return max(0, self.max_level - int(band))
+
+    def band_for(self, pressure: float) -> Band:
+        """The band `pressure` puts the policy in, from its current band (no state change)."""
         band = Band.NORMAL
         for candidate, threshold in self._thresholds.items():
             # The current band (and those below it) are kept until pressure falls
             # `hysteresis` under their threshold.
             limit = threshold - self.hysteresis if candidate <= self.band else threshold
-            if pressure >= limit:
+            if pressure > limit:
                 band = candidate
         return band
 
-    def decide(self, pressure: float, now: float) -> PressureDecision:
-        self.band = self._band_for(pressure)
-        actions = list(_BAND_ACTIONS[self.band])
-        if Action.DEGRADE in actions:
-            self._calm_since = None
-            if self._degraded_steps < self.max_degrade:
-                self._degraded_steps += 1
-            else:  # already at the lowest quality: nothing more to give up
-                actions.remove(Action.DEGRADE)
-        if Action.THROTTLE in actions:
-            if self._throttled:
-                actions.remove(Action.THROTTLE)
-            self._throttled = True
-        elif self._throttled and self.band <= Band.ELEVATED:
-            self._throttled = False
+    def admission_for(self, band: Band, cpu_overloaded: bool) -> Admission:
+        admission = _ADMISSION[band]
+        if cpu_overloaded:
+            admission = max(admission, Admission.NO_NEW_TERMINALS)
+        return admission
+
+    def decide(self, pressure: float, now: float, *, cpu_percent: float = 0.0) -> PressureDecision:
+        self.band = band = self.band_for(pressure)
+        if self.cpu_overloaded:
+            self.cpu_overloaded = cpu_percent >= self.cpu_low
+        else:
+            self.cpu_overloaded = cpu_percent > self.cpu_high
+        actions = list(_RELIEF[band])
+        admission = self.admission_for(band, self.cpu_overloaded)
+        if admission > self.admission:
+            actions.append(Action.THROTTLE)
+        elif admission < self.admission:
             actions.append(Action.UNTHROTTLE)
-        if pressure < self.restore_below and self._degraded_steps > 0:
-            if self._calm_since is None:
-                self._calm_since = now
-            elif now - self._calm_since >= self.restore_after:
-                self._degraded_steps -= 1
-                self._calm_since = now  # the next level needs its own calm period
+        self.admission = admission
+        ceiling = self.ceiling(band)
+        if self.quality > ceiling:
+            self.quality -= 1
+            self._allowed_since = None
+            actions.append(Action.DEGRADE)
+        elif self.quality < ceiling:
+            if self._allowed_since is None:
+                self._allowed_since = now
+            elif now - self._allowed_since >= self.restore_after:
+                self.quality += 1
+                self._allowed_since = now  # the next level needs its own calm period
                 actions.append(Action.RESTORE)
-        elif pressure >= self.restore_below:
-            self._calm_since = None
-        return PressureDecision(pressure, self.band, tuple(actions))
+        else:
+            self._allowed_since = None
+        return PressureDecision(
+            pressure, band, tuple(actions), admission, self.quality, self.cpu_overloaded
+        )
 
     @property
     def throttled(self) -> bool:
-        return self._throttled
+        return self.admission is not Admission.ALL
+
+    def admits(self, operation: str, admission: Admission | None = None) -> bool:
+        """Whether new work called `operation` (an async method) is let in now (or under
+        `admission`)."""
+        admission = self.admission if admission is None else admission
+        if admission is Admission.ALL:
+            return True
+        if admission is Admission.NO_NEW_TERMINALS:
+            return operation not in COSTLY_OPERATIONS
+        return False

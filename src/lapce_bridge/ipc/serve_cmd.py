@@ -46,6 +46,7 @@ class ServeOptions:
     extra_methods: tuple[str, ...] = ()
     shutdown_grace: float = 10.0
     metrics_port: int | None = None  # Prometheus /metrics on 127.0.0.1 (0: any free port)
+    memory_budget: int | None = None  # bytes the server and its terminals may use
 
 
 def journal_path(state_dir: Path, where: str) -> Path:
@@ -92,6 +93,7 @@ async def run_server(opts: ServeOptions, *, announce: Callable[[str], None] | No
         state_dir=state_dir,
         default_shell=opts.shell,
         extra_methods=extra_methods,
+        memory_budget=opts.memory_budget,
     ) as app:
         server = BridgeServer(
             app,
@@ -174,6 +176,22 @@ def run(coro: Any) -> None:
         asyncio.run(coro)
 
 
+class ByteSize(click.ParamType[int]):
+    """A size in bytes: digits with an optional K, M, G or T suffix (powers of 1024)."""
+
+    name = "size"
+    _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("IB").removesuffix("B")
+        number, unit = text.rstrip("KMGT"), text[len(text.rstrip("KMGT")) :]
+        if not number.isdigit() or unit not in self._UNITS or int(number) == 0:
+            self.fail(f"expected a positive size such as 512M or 2G, got {value!r}", param, ctx)
+        return int(number) * self._UNITS[unit]
+
+
 def _parse_listen(value: str | None) -> tuple[str, int] | None:
     if value is None:
         return None
@@ -248,6 +266,13 @@ def _read_token(path: Path | None) -> str | None:
     help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics.",
 )
 @click.option(
+    "--memory-budget",
+    type=ByteSize(),
+    default=None,
+    metavar="SIZE",
+    help="Memory the server and its terminals may use, e.g. 512M or 2G (default 512M).",
+)
+@click.option(
     "--log-level",
     default="warning",
     show_default=True,
@@ -266,6 +291,7 @@ def serve(
     extra_methods: tuple[str, ...],
     shutdown_grace: float,
     metrics_port: int | None,
+    memory_budget: int | None,
     log_level: str,
 ) -> None:
     """Run the JSON-RPC server (Unix socket, stdio or TCP)."""
@@ -292,6 +318,7 @@ def serve(
         extra_methods=extra_methods,
         shutdown_grace=shutdown_grace,
         metrics_port=metrics_port,
+        memory_budget=memory_budget,
     )
     raise_open_file_limit()
     try:

@@ -139,14 +139,14 @@ class TerminalService:
 
     def methods(self) -> dict[str, Method]:
         return {
-            "terminal/create": method(self.create, "terminal.create"),
-            "terminal/execute": method(self.execute, "terminal.execute"),
-            "terminal/sendText": method(self.send_text, "terminal.sendText"),
-            "terminal/interrupt": method(self.interrupt, "terminal.interrupt"),
-            "terminal/readOutput": method(self.read_output, "terminal.readOutput"),
-            "terminal/wait": method(self.wait, "terminal.wait"),
-            "terminal/list": method(self.list, "terminal.list"),
-            "terminal/close": method(self.close, "terminal.close"),
+            "terminal/create": method(self.create, "terminal/create"),
+            "terminal/execute": method(self.execute, "terminal/execute"),
+            "terminal/sendText": method(self.send_text, "terminal/sendText"),
+            "terminal/interrupt": method(self.interrupt, "terminal/interrupt"),
+            "terminal/readOutput": method(self.read_output, "terminal/readOutput"),
+            "terminal/wait": method(self.wait, "terminal/wait"),
+            "terminal/list": method(self.list, "terminal/list"),
+            "terminal/close": method(self.close, "terminal/close"),
         }
 
     # -- helpers --------------------------------------------------------------------------
@@ -306,8 +306,12 @@ class TerminalService:
         execution_id = _param(params, "executionId", str)
         offset = _param(params, "offset", int, 0)
         limit = _param(params, "limit", int, 1 << 20)
-        data, nxt, eof = self.spools.read(execution_id, offset, limit)
-        return {"data": data, "offset": nxt, "eof": eof}
+        spool = self.spools.get(execution_id)
+        data, nxt, eof = spool.read(offset, limit)
+        answer: dict[str, Any] = {"data": data, "offset": nxt, "eof": eof}
+        if spool.lost_bytes:  # the running output's cap dropped part of it: say how much
+            answer["lostBytes"] = spool.lost_bytes
+        return answer
 
     async def wait(self, params: Params, ctx: CallContext) -> dict[str, Any]:
         """`{executionId, timeoutMs?}` -> the final ExecResult of a still-running command."""
@@ -358,12 +362,12 @@ class TerminalService:
         return self.spools.trim(keep_bytes)
 
     def relief(self, idle_after_s: float = 300.0) -> Relief:
-        """What the resource manager may take back: finished spools, then idle terminals."""
+        """What the resource manager may take back: spool memory (to disk), idle terminals."""
 
         async def reap() -> int:
             return await self.reap_idle(idle_after_s)
 
-        return Relief("terminals", trim_spools=lambda: self.trim_spools(0), reap_idle=reap)
+        return Relief("terminals", spill_spools=self.spools.spill, reap_idle=reap)
 
     def statistics(self) -> ServiceStats:
         terms = list(self.terminals.values())

@@ -7,10 +7,21 @@ size each, so a command printing a gigabyte costs a bounded amount of memory whi
 `read()` still returns every byte. The result's `output` is the whole text when it fits, else
 head + a marker line + tail, cut on character boundaries.
 
-`SpoolStore` keeps spools by execution id, least recently used first. Finished spools are
-evicted past `max_count` or `max_bytes` (of finished output, kept as a running sum so that a
-command costs O(1) here); a running one never is (its command is still writing).
-`trim(keep_bytes)` is the memory-pressure lever.
+A running spool's file is capped at `max_running_bytes` (a command such as `yes` prints 55 MB/s
+for as long as it runs): past the cap the file keeps the first half of the cap (the head) and
+the most recent output (the tail, compacted back to half the cap whenever it reaches the cap),
+and the bytes between are dropped. The loss is stated, never silent: `lost_bytes` counts them,
+the result's marker line says how many, and `read()` of an offset inside the dropped range
+returns a marker line naming the range and moves the offset on to the kept tail.
+
+`SpoolStore` keeps spools by execution id, least recently read first. Spools live on disk and
+obey a disk budget, not memory pressure: finished spools are expired past `max_count` or
+`max_bytes` (of finished output on disk, kept as a running sum so that a command costs O(1)
+here), least recently read first; a running one never is (its command is still writing).
+Reading an expired execution's output raises `OutputExpired`, which says so (an execution the
+store never had is "unknown"). `spill()` is the memory-pressure lever: it moves finished
+outputs still held in memory to their files, so memory is freed and every output stays
+readable.
 
 Invariants: `total` is the UTF-8 length of everything written; `read(offset, limit)` returns
 whole characters only (a limit that would split one is shortened), and its offsets are byte
@@ -29,10 +40,26 @@ from typing import BinaryIO
 from lapce_bridge.core.errors import InvalidParams
 
 DEFAULT_READ_LIMIT = 1024 * 1024
+DEFAULT_MAX_RUNNING_BYTES = 64 * 1024 * 1024
+_EXPIRED_REMEMBERED = 4096  # expired ids kept to answer "expired" rather than "unknown"
 
 
-def truncation_marker(omitted: int) -> str:
-    return f"\n[... {omitted} bytes omitted; terminal/readOutput returns all of them ...]\n"
+class OutputExpired(InvalidParams):
+    """The execution existed, but its output was released to keep spools within budget."""
+
+
+def truncation_marker(omitted: int, lost: int = 0) -> str:
+    if not lost:
+        return f"\n[... {omitted} bytes omitted; terminal/readOutput returns all of them ...]\n"
+    return (
+        f"\n[... {omitted} bytes omitted; {lost} of them were dropped to cap the running "
+        f"output's spool, terminal/readOutput returns the other {omitted - lost} ...]\n"
+    )
+
+
+def dropped_marker(start: int, end: int) -> str:
+    """What `read()` returns for an offset in a dropped range [start, end)."""
+    return f"\n[... bytes {start}..{end} ({end - start}) dropped to cap the spool ...]\n"
 
 
 def whole_chars(data: bytes | bytearray, *, at_start: bool, at_end: bool) -> str:
@@ -63,27 +90,43 @@ class Spool:
 
     __slots__ = (
         "_file",
+        "_file_len",
         "_half",
         "_head",
+        "_head_len",
         "_max",
         "_mem",
         "_tail",
+        "_tail_start",
         "_total",
         "finished",
         "inline_limit",
+        "max_running_bytes",
         "path",
     )
 
-    def __init__(self, path: Path, max_output_bytes: int, *, inline_limit: int | None = None):
+    def __init__(
+        self,
+        path: Path,
+        max_output_bytes: int,
+        *,
+        inline_limit: int | None = None,
+        max_running_bytes: int = DEFAULT_MAX_RUNNING_BYTES,
+    ):
         self.path = path
         self._max = max_output_bytes
         self._half = max(1, max_output_bytes // 2)
         self.inline_limit = max(max_output_bytes, inline_limit or 0)
+        # The cap never cuts into what the result shows, nor below a few bytes.
+        self.max_running_bytes = max(max_running_bytes, 2 * self._half + 8, 64)
         self._mem: bytearray | None = bytearray()
         self._file: BinaryIO | None = None
         self._head = b""
         self._tail = bytearray()
         self._total = 0
+        self._file_len = 0  # bytes in the file
+        self._head_len: int | None = None  # set once the cap is first reached
+        self._tail_start = 0  # stream offset of the file's byte at `_head_len`
         self.finished = False
 
     @property
@@ -98,6 +141,16 @@ class Spool:
     def memory_bytes(self) -> int:
         return len(self._mem) if self._mem is not None else len(self._head) + len(self._tail)
 
+    @property
+    def lost_bytes(self) -> int:
+        """Bytes dropped from the middle to cap the running spool (0 when nothing was)."""
+        return 0 if self._head_len is None else self._tail_start - self._head_len
+
+    @property
+    def stored_bytes(self) -> int:
+        """What the output takes where it lives (its file, or memory)."""
+        return self._file_len if self._mem is None else len(self._mem)
+
     def write(self, text: str) -> None:
         if not text:
             return
@@ -109,54 +162,114 @@ class Spool:
             if len(mem) <= self.inline_limit:
                 return
             self._move_to_disk(mem)
-            return
-        assert self._file is not None
-        self._file.write(data)
-        tail = self._tail
-        tail += data
-        if len(tail) > 2 * self._half:
-            del tail[: len(tail) - self._half]
+        else:
+            if self._file is None:  # spilled while finished, then written again: reopen
+                self._file = open(self.path, "ab", buffering=256 * 1024)  # noqa: SIM115
+            self._file.write(data)
+            self._file_len += len(data)
+            tail = self._tail
+            tail += data
+            if len(tail) > 2 * self._half:
+                del tail[: len(tail) - self._half]
+        if self._file_len > self.max_running_bytes:
+            self._compact()
 
     def _move_to_disk(self, mem: bytearray) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "wb", buffering=256 * 1024)  # noqa: SIM115 - kept open
         self._file.write(mem)
+        self._file_len = len(mem)
         self._head = bytes(mem[: self._half])
         self._tail = bytearray(mem[-self._half :])
         self._mem = None
+
+    def _compact(self) -> None:
+        """Keep the head and the newest half-cap of output in the file; drop what is between."""
+        assert self._file is not None
+        self._file.flush()
+        half = self.max_running_bytes // 2
+        with open(self.path, "r+b") as f:
+            if self._head_len is None:
+                f.seek(0)
+                self._head_len = _char_boundary(f.read(half), 0, half)
+                self._tail_start = self._head_len
+            head_len = self._head_len
+            keep = half
+            f.seek(self._file_len - keep)
+            kept = f.read(keep)
+            # Start the kept tail on a character, so reads of it decode cleanly.
+            skip = 0
+            while skip < min(4, len(kept)) and (kept[skip] & 0xC0) == 0x80:
+                skip += 1
+            kept = kept[skip:]
+            dropped_to = self._total - len(kept)
+            f.seek(head_len)
+            f.write(kept)
+            f.truncate(head_len + len(kept))
+        self._tail_start = dropped_to
+        self._file_len = head_len + len(kept)
+        self._file.seek(self._file_len)
 
     def finish(self) -> None:
         """No more output: the writer is closed (a finished spool holds no descriptor)."""
         self.finished = True
         self.close()
 
+    def spill(self) -> int:
+        """Move output held in memory to the file; returns the bytes of memory freed."""
+        mem = self._mem
+        if mem is None or not mem:
+            return 0
+        freed = len(mem)
+        self._move_to_disk(mem)
+        if self.finished:  # the result's head and tail are read back from the file
+            self._head, self._tail = b"", bytearray()
+            self.close()
+        return freed - self.memory_bytes
+
     def result(self) -> tuple[str, bool]:
         """The `output` of the result and whether it was truncated."""
         mem = self._mem
         if mem is not None and self._total <= self._max:
             return mem.decode("utf-8", "replace"), False
+        if self._mem is None and self._total <= self._max:
+            return self._bytes(0, self._total).decode("utf-8", "replace"), False
         if mem is not None:
             head, tail = mem[: self._half], mem[-self._half :]
-        else:
+        elif self._head:
             head, tail = bytearray(self._head), self._tail[-self._half :]
+        else:  # spilled: nothing kept in memory
+            head = bytearray(self._bytes(0, self._half))
+            tail = bytearray(self._bytes(self._total - self._half, self._half))
         omitted = self._total - len(head) - len(tail)
         text = (
             whole_chars(head, at_start=False, at_end=True)
-            + truncation_marker(omitted)
+            + truncation_marker(omitted, self.lost_bytes)
             + whole_chars(tail, at_start=True, at_end=False)
         )
         return text, True
 
     def read(self, offset: int, limit: int = DEFAULT_READ_LIMIT) -> tuple[str, int, bool]:
-        """`(text, next_offset, eof)` from byte `offset`, at most `limit` bytes of whole chars."""
+        """`(text, next_offset, eof)` from byte `offset`, at most `limit` bytes of whole chars.
+
+        An offset in a dropped range answers a marker line naming it and the offset of the
+        first kept byte after it.
+        """
         if offset < 0 or limit <= 0:
             raise InvalidParams(f"offset must be >= 0 and limit > 0 (got {offset}, {limit})")
         offset = min(offset, self._total)
-        want = min(limit, self._total - offset)
+        stop = self._total  # this read does not cross into a dropped range
+        head_len = self._head_len
+        if head_len is not None:
+            if head_len <= offset < self._tail_start:
+                return dropped_marker(head_len, self._tail_start), self._tail_start, False
+            if offset < head_len:
+                stop = head_len
+        want = min(limit, stop - offset)
         # Up to 3 bytes more than asked, to finish a character the limit would cut.
-        chunk = self._bytes(offset, min(want + 3, self._total - offset))
+        chunk = self._bytes(offset, min(want + 3, stop - offset))
         end = min(want, len(chunk))
-        if offset + end < self._total:
+        if offset + end < stop:
             end = _char_boundary(chunk, 0, end)
             if end == 0 and chunk:  # a limit smaller than one character: give that character
                 lead = chunk[0]
@@ -172,8 +285,11 @@ class Spool:
             return bytes(self._mem[offset : offset + count])
         if self._file is not None:
             self._file.flush()
+        position = offset
+        if self._head_len is not None and offset >= self._head_len:
+            position = self._head_len + (offset - self._tail_start)
         with open(self.path, "rb") as f:
-            f.seek(offset)
+            f.seek(position)
             return f.read(count)
 
     def close(self) -> None:
@@ -197,33 +313,53 @@ class SpoolStats:
     disk_bytes: int
     memory_bytes: int
     evicted: int
+    lost_bytes: int = 0  # dropped from the middle of running outputs by the cap
+    spilled: int = 0  # outputs moved from memory to disk under memory pressure
 
 
 class SpoolStore:
-    """Spools by execution id, LRU-bounded by count and bytes."""
+    """Spools by execution id, least recently read last, bounded by count and disk bytes."""
 
-    def __init__(self, directory: Path, *, max_count: int = 256, max_bytes: int = 1 << 30) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_count: int = 256,
+        max_bytes: int = 1 << 30,
+        max_running_bytes: int = DEFAULT_MAX_RUNNING_BYTES,
+    ) -> None:
         self.directory = directory
         self.max_count = max_count
         self.max_bytes = max_bytes
+        self.max_running_bytes = max_running_bytes
         self._spools: OrderedDict[str, Spool] = OrderedDict()
-        self._counted: set[str] = set()
+        self._counted: dict[str, int] = {}  # finished spools: the bytes counted for each
         self._bytes = 0  # of finished spools
         self._evicted = 0
+        self._spilled = 0
+        self._expired: OrderedDict[str, str] = OrderedDict()  # id -> why
 
     def create(self, execution_id: str, max_output_bytes: int) -> Spool:
-        spool = Spool(self.directory / f"{execution_id}.out", max_output_bytes)
+        spool = Spool(
+            self.directory / f"{execution_id}.out",
+            max_output_bytes,
+            max_running_bytes=self.max_running_bytes,
+        )
         self._spools[execution_id] = spool
+        self._expired.pop(execution_id, None)
         self._evict()
         return spool
 
     def get(self, execution_id: str) -> Spool:
         spool = self._spools.get(execution_id)
         if spool is None:
-            raise InvalidParams(
-                f"unknown executionId {execution_id!r} (never run here, or its output was "
-                "released to bound memory and disk)"
-            )
+            why = self._expired.get(execution_id)
+            if why is not None:
+                raise OutputExpired(
+                    f"the output of execution {execution_id!r} has expired: {why}",
+                    data={"executionId": execution_id, "expired": True},
+                )
+            raise InvalidParams(f"unknown executionId {execution_id!r} (never run here)")
         self._spools.move_to_end(execution_id)
         return spool
 
@@ -235,8 +371,8 @@ class SpoolStore:
         spool = self._spools.get(execution_id)
         if spool is not None and execution_id not in self._counted:
             spool.finish()
-            self._counted.add(execution_id)
-            self._bytes += spool.total
+            self._counted[execution_id] = spool.stored_bytes
+            self._bytes += spool.stored_bytes
             self._evict()
 
     @property
@@ -248,25 +384,44 @@ class SpoolStore:
             if not self._drop_oldest_finished():
                 return
 
-    def _drop_oldest_finished(self) -> bool:
+    def _drop_oldest_finished(self, why: str | None = None) -> bool:
         for key, spool in self._spools.items():
             if spool.finished:
-                self._drop(key, spool)
+                self._drop(key, spool, why)
                 return True
         return False
 
-    def _drop(self, key: str, spool: Spool) -> None:
+    def _drop(self, key: str, spool: Spool, why: str | None = None) -> None:
         del self._spools[key]
-        if key in self._counted:
-            self._counted.discard(key)
-            self._bytes -= spool.total
+        self._bytes -= self._counted.pop(key, 0)
         spool.delete()
         self._evicted += 1
+        self._expired[key] = why or (
+            f"released, least recently read first, to keep the server's spools within "
+            f"{self.max_count} outputs and {self.max_bytes} bytes on disk"
+        )
+        while len(self._expired) > _EXPIRED_REMEMBERED:
+            self._expired.popitem(last=False)
+
+    def spill(self) -> int:
+        """Move finished outputs held in memory to disk; returns the memory bytes freed."""
+        freed = 0
+        for key, spool in list(self._spools.items()):
+            if spool.finished and not spool.on_disk and spool.total:
+                freed += spool.spill()
+                self._spilled += 1
+                counted = self._counted.get(key)
+                if counted is not None:
+                    self._bytes += spool.stored_bytes - counted
+                    self._counted[key] = spool.stored_bytes
+        self._evict()
+        return freed
 
     def trim(self, keep_bytes: int) -> int:
         """Release finished spools, oldest first, until at most `keep_bytes` remain; freed bytes."""
         before = self._bytes
-        while self._bytes > keep_bytes and self._drop_oldest_finished():
+        why = f"released to bring the server's spools down to {keep_bytes} bytes"
+        while self._bytes > keep_bytes and self._drop_oldest_finished(why):
             pass
         return before - self._bytes
 
@@ -282,7 +437,9 @@ class SpoolStore:
         return SpoolStats(
             spools=len(self._spools),
             running=sum(1 for s in spools if not s.finished),
-            disk_bytes=sum(s.total for s in spools if s.on_disk),
+            disk_bytes=sum(s.stored_bytes for s in spools if s.on_disk),
             memory_bytes=sum(s.memory_bytes for s in spools),
             evicted=self._evicted,
+            lost_bytes=sum(s.lost_bytes for s in spools),
+            spilled=self._spilled,
         )
