@@ -78,6 +78,8 @@ def test_admission_by_operation() -> None:
     assert policy.admits("fs/read")
     policy.decide(90, 1)
     assert not policy.admits("terminal/execute")
+    for relieving in ("terminal/interrupt", "terminal/close", "terminal/sendText", "fs/unwatch"):
+        assert policy.admits(relieving)
     policy.decide(10, 2)
     assert policy.admits("terminal/create")
 

@@ -20,11 +20,14 @@ points below it. The bands are the specification's: 0-30 normal, 31-60 elevated,
 operations -> reduce quality" for recoverable pressure, "free resources" for critical; a
 graceful shutdown is left to the operator, since losing work is worse than being slow):
 
-    band      relief                                  admission               quality at most
-    normal    -                                       all                     3
-    elevated  trim caches, spill spools to disk       all                     2
-    high      + reap idle terminals and connections   no new terminals/watches 1
-    critical  clear caches instead of trimming        no new async work       0
+    band      relief                                 admission                 quality at most
+    normal    -                                      all                       3
+    elevated  trim caches, spill spools to disk      all                       2
+    high      + reap idle terminals and connections  no new terminals/watches  1
+    critical  clear caches instead of trimming       no new async work         0
+
+Whatever the band, what stops, finishes or reads back admitted work (interrupt, close,
+sendText, wait, readOutput, unwatch, shutdown) is admitted: refusing it would keep the load.
 
 Quality follows the band's ceiling: it is stepped down one level per sample while above the
 ceiling, and stepped back up one level at a time as pressure falls through the bands, each
@@ -71,6 +74,20 @@ class Admission(IntEnum):
 
 # Operations refused at NO_NEW_TERMINALS: what costs a process or a watch per call.
 COSTLY_OPERATIONS = frozenset({"terminal/create", "fs/watch"})
+# Never refused: what stops, finishes or reads back work already admitted. Refusing them
+# would keep the very load that causes the pressure (an interrupt refused under pressure
+# leaves its command running).
+RELIEVING_OPERATIONS = frozenset(
+    {
+        "terminal/interrupt",
+        "terminal/close",
+        "terminal/sendText",
+        "terminal/wait",
+        "terminal/readOutput",
+        "fs/unwatch",
+        "shutdown",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +230,7 @@ class PressurePolicy:
         """Whether new work called `operation` (an async method) is let in now (or under
         `admission`)."""
         admission = self.admission if admission is None else admission
-        if admission is Admission.ALL:
+        if admission is Admission.ALL or operation in RELIEVING_OPERATIONS:
             return True
         if admission is Admission.NO_NEW_TERMINALS:
             return operation not in COSTLY_OPERATIONS
