@@ -194,6 +194,11 @@ class Connection(RequestDispatch, asyncio.Protocol):
             return
         self._write(payload)
 
+    @property
+    def last_data(self) -> float:
+        """When this connection last received (or could again send) data, on the clock."""
+        return self._last_data
+
     def on_close(self, callback: Callable[[], None]) -> None:
         if self._closing:
             callback()

@@ -46,6 +46,7 @@ log = logging.getLogger("lapce_bridge.ipc")
 PROTOCOL_VERSION = 1
 SERVER_NAME = "lapce-bridge"
 _PONG = {"pong": True}
+IDLE_CONNECTION_S = 60.0  # a connection this quiet is closed under high memory pressure
 
 
 class ServerApp(Protocol):
@@ -138,6 +139,8 @@ class BridgeServer:
         self._closed = False
         self._unsubscribe = app.add_broadcast_sink(self.broadcast)
         self._uncount = app.add_counter_source(lambda: self.statistics().counters())
+        self._unrelieve = _register_relief(app, self)
+        self.reaped_connections = 0
 
     # -- built-in methods -----------------------------------------------------------------
     def _builtins(self) -> dict[str, Method]:
@@ -189,6 +192,22 @@ class BridgeServer:
             self._dropped_closed += conn.dropped
         if conn.label == "stdio":
             self.request_shutdown("stdin closed")
+
+    def reap_idle_connections(self, max_idle_s: float) -> int:
+        """Close connections with nothing in flight and no data for `max_idle_s` (memory
+        pressure: each holds buffers); their clients reconnect as after any disconnect."""
+        now = self.clock.now()
+        idle = [
+            conn
+            for conn in self.connections.values()
+            if conn.label != "stdio" and not conn.inflight and now - conn.last_data >= max_idle_s
+        ]
+        for conn in idle:
+            conn.close()
+        self.reaped_connections += len(idle)
+        if idle:
+            log.warning("closed %d idle connection(s) to relieve memory pressure", len(idle))
+        return len(idle)
 
     def broadcast(self, method_name: str, params: Any) -> None:
         """Send a notification to every connected client, encoded once."""
@@ -288,6 +307,7 @@ class BridgeServer:
                 await listener.wait_closed()
         self._unsubscribe()
         self._uncount()
+        self._unrelieve()
         self.journal.close()
 
     async def _drain(self) -> None:
@@ -353,6 +373,20 @@ class _PipeWriter(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._conn.close()
+
+
+def _register_relief(app: ServerApp, server: BridgeServer) -> Callable[[], None]:
+    """Offer idle connections to the app's resource manager, where it has one."""
+    add_relief = getattr(app, "add_relief", None)
+    if add_relief is None:
+        return lambda: None
+    from lapce_bridge.resources import Relief
+
+    async def reap() -> int:
+        return server.reap_idle_connections(IDLE_CONNECTION_S)
+
+    unregister: Callable[[], None] = add_relief(Relief("connections", reap_idle=reap))
+    return unregister
 
 
 def _camel(name: str) -> str:

@@ -120,6 +120,8 @@ class TerminalService:
         self._ids = itertools.count(1)
         self._by_execution: dict[str, str] = {}
         self._reaped = 0
+        # Terminals closed to relieve pressure, by id: what recreates them on next use.
+        self._remembered: dict[str, dict[str, Any]] = {}
 
     async def __aenter__(self) -> TerminalService:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -163,6 +165,11 @@ class TerminalService:
         terminal_id = _param(params, "terminalId", str)
         term = self.terminals.get(terminal_id)
         if term is None:
+            if terminal_id in self._remembered:
+                raise InvalidParams(
+                    f"terminal {terminal_id!r} was closed while idle to relieve memory "
+                    "pressure; terminal/execute on it recreates it (same cwd and env)"
+                )
             raise InvalidParams(f"unknown terminalId {terminal_id!r}")
         return term
 
@@ -186,12 +193,13 @@ class TerminalService:
         cols: int = 120,
         rows: int = 30,
         shell_integration: bool = True,
+        terminal_id: str | None = None,
     ) -> Terminal:
         if len(self.terminals) >= self.max_terminals:
             from lapce_bridge.core.errors import ResourceExhausted
 
             raise ResourceExhausted(f"at most {self.max_terminals} terminals may be open")
-        terminal_id = f"t{next(self._ids)}"
+        terminal_id = terminal_id or f"t{next(self._ids)}"
         term = Terminal(
             terminal_id=terminal_id,
             shell=shell or self.default_shell,
@@ -245,14 +253,28 @@ class TerminalService:
     async def _default(self) -> Terminal:
         async with self._default_lock:
             term = self.terminals.get(self.default_id) if self.default_id else None
+            if term is None and self.default_id in self._remembered:
+                term = await self._revive(self.default_id)
             if term is None:
                 term = await self.open_terminal()
                 self.default_id = term.terminal_id
             return term
 
+    async def _revive(self, terminal_id: str) -> Terminal:
+        """Recreate a terminal reaped under pressure: same id, shell, cwd and env."""
+        return await self.open_terminal(
+            terminal_id=terminal_id, **self._remembered.pop(terminal_id)
+        )
+
     async def execute(self, params: Params, ctx: CallContext) -> dict[str, Any]:
         command = _param(params, "command", str)
-        term = self.get(params) if params.get("terminalId") is not None else await self._default()
+        wanted = params.get("terminalId")
+        if isinstance(wanted, str) and wanted in self._remembered and wanted not in self.terminals:
+            term = await self._revive(wanted)
+        elif wanted is not None:
+            term = self.get(params)
+        else:
+            term = await self._default()
         cwd = _param(params, "cwd", str, None)
         ansi = _param(params, "ansi", str, "strip")
         max_bytes = _param(params, "maxOutputBytes", int, 256 * 1024)
@@ -337,6 +359,9 @@ class TerminalService:
         ]
 
     async def close(self, params: Params, ctx: CallContext) -> None:
+        wanted = params.get("terminalId")
+        if isinstance(wanted, str) and self._remembered.pop(wanted, None) is not None:
+            return  # reaped under pressure already: forgetting it is all that is left
         term = self.get(params)
         self.terminals.pop(term.terminal_id, None)
         if self.default_id == term.terminal_id:
@@ -352,8 +377,14 @@ class TerminalService:
         ]
         for term in idle:
             self.terminals.pop(term.terminal_id, None)
-            if self.default_id == term.terminal_id:
-                self.default_id = None
+            self._remembered[term.terminal_id] = {
+                "shell": term.requested_shell,
+                "cwd": term.cwd or term.initial_cwd,
+                "env": dict(term.extra_env),
+                "cols": term.cols,
+                "rows": term.rows,
+                "shell_integration": term.shell_integration,
+            }
         await asyncio.gather(*(t.close() for t in idle), return_exceptions=True)
         self._reaped += len(idle)
         return len(idle)
