@@ -195,12 +195,12 @@ class FileService:
     # -- methods ------------------------------------------------------------------------------
     def methods(self) -> dict[str, Method]:
         return {
-            "fs/read": method(self._read, "fs/read"),
-            "fs/write": method(self._write, "fs/write"),
-            "fs/stat": method(self._stat, "fs/stat"),
-            "fs/list": method(self._list, "fs/list"),
-            "fs/watch": method(self._watch, "fs/watch"),
-            "fs/unwatch": method(self._unwatch, "fs/unwatch"),
+            "fs/read": method(self._read),
+            "fs/write": method(self._write),
+            "fs/stat": method(self._stat),
+            "fs/list": method(self._list),
+            "fs/watch": method(self._watch),
+            "fs/unwatch": method(self._unwatch),
         }
 
     async def _read(self, params: Params, ctx: CallContext) -> dict[str, Any]:
