@@ -83,6 +83,9 @@ DEFAULT_TARGETS: Mapping[str, float] = {
     "fs/list": 10e-3,
     "fs/watch": 50e-3,
     "fs/unwatch": 1e-3,
+    "fs/edit": 20e-3,  # read, replace, atomic write
+    "fs/search": 1.0,  # 10,000 files: as fast as grep -rn
+    "fs/tree": 50e-3,
     "health/get": 1e-3,
     "metrics/get": 5e-3,
 }

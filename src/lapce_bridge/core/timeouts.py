@@ -53,6 +53,9 @@ DEFAULT_TIMEOUTS: Mapping[str, float] = {
     "fs/list": 10.0,
     "fs/watch": 10.0,
     "fs/unwatch": 5.0,
+    "fs/edit": 30.0,
+    "fs/search": 60.0,  # a content search of a large tree
+    "fs/tree": 30.0,
     "health/get": 5.0,
     "metrics/get": 5.0,
 }
