@@ -72,3 +72,14 @@ def method(
     validate: Validate | None = None,
 ) -> Method:
     return Method(handler, inspect.iscoroutinefunction(handler), limit, validate)
+
+
+def request_limit(configured: float, meth: Method, params: Params) -> float | None:
+    """The limit for one request: `configured`, or longer when its own params allow more
+    (None: no limit but the work's own and the caller's cancel). May raise `InvalidParams`."""
+    own = meth.limit(params) if meth.limit is not None else None
+    if own is None:
+        return configured
+    if own == float("inf"):
+        return None
+    return max(configured, own)

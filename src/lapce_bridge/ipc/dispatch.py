@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -50,7 +49,7 @@ from lapce_bridge.ipc.framing import RequestId
 from lapce_bridge.ipc.idempotency import Outcome, check_key, encode_outcome, shutting_down
 from lapce_bridge.ipc.jsonrpc import Batch, Invalid, Notification, Request
 from lapce_bridge.ipc.state import ServerState
-from lapce_bridge.rpc import Method, Params
+from lapce_bridge.rpc import Method, Params, request_limit
 
 log = logging.getLogger("lapce_bridge.ipc")
 
@@ -216,13 +215,7 @@ class Dispatcher:
         )
 
     def _limit(self, name: str, method: Method, params: Params) -> float | None:
-        configured = self.state.timeouts.timeout_for(name)
-        own = method.limit(params) if method.limit is not None else None
-        if own is None:
-            return configured
-        if math.isinf(own):
-            return None  # bounded by the work's own limits, and by the caller's cancel
-        return max(configured, own)
+        return request_limit(self.state.timeouts.timeout_for(name), method, params)
 
     def request(self, req: Request) -> None:
         self.requests += 1
