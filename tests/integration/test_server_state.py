@@ -16,8 +16,8 @@ from lapce_bridge.ipc.journal import EntryState, IdempotencyJournal
 from lapce_bridge.ipc.paths import (
     default_socket_path,
     default_state_dir,
-    ensure_private_dir,
     prepare_socket_path,
+    state_dir_ready,
 )
 from lapce_bridge.ipc.serve_cmd import journal_path, serve
 
@@ -89,18 +89,43 @@ def test_socket_path_rules(tmp_path: Path) -> None:
     assert default_state_dir({}) == Path.home() / ".local" / "state" / "lapce-bridge"
 
 
-def test_private_dir_is_tightened_and_a_symlink_refused(tmp_path: Path) -> None:
+def test_a_chosen_state_dir_is_never_chmodded_and_a_symlink_refused(tmp_path: Path) -> None:
     loose = tmp_path / "loose"
     loose.mkdir(mode=0o755)
     os.chmod(loose, 0o755)
-    ensure_private_dir(loose)
-    assert stat.S_IMODE(loose.stat().st_mode) == 0o700
+    with pytest.raises(PermissionDenied, match="chmod 700"):
+        state_dir_ready(loose, chosen=True)
+    assert stat.S_IMODE(loose.stat().st_mode) == 0o755  # left as the user made it
+    # Our own default folder, left loose by an earlier version, is tightened.
+    ours = tmp_path / "lapce-bridge"
+    ours.mkdir(mode=0o755)
+    os.chmod(ours, 0o755)
+    state_dir_ready(ours, chosen=False)
+    assert stat.S_IMODE(ours.stat().st_mode) == 0o700
     link = tmp_path / "link"
-    link.symlink_to(loose)
+    link.symlink_to(ours)
     with pytest.raises(PermissionDenied, match="symlink"):
-        ensure_private_dir(link)
+        state_dir_ready(link, chosen=True)
     with pytest.raises(PermissionDenied, match="too long"):
         prepare_socket_path(tmp_path / ("x" * 120) / "bridge.sock")
+
+
+def test_a_socket_in_a_sticky_folder_keeps_the_folders_mode(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    from lapce_bridge.ipc.paths import bind_unix_socket
+
+    sock = bind_unix_socket(shared / "x.sock")
+    try:
+        assert stat.S_IMODE(shared.stat().st_mode) == 0o1777  # sticky bit and mode kept
+        assert stat.S_IMODE((shared / "x.sock").stat().st_mode) == 0o600
+    finally:
+        sock.close()
+    # A folder others may rename entries in (world-writable, not sticky) is refused.
+    os.chmod(shared, 0o777)
+    with pytest.raises(PermissionDenied, match="not sticky"):
+        prepare_socket_path(shared / "y.sock")
 
 
 def test_each_endpoint_has_its_own_journal(tmp_path: Path) -> None:

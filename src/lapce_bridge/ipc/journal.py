@@ -33,6 +33,7 @@ from lapce_bridge.core.errors import (
     ErrorSeverity,
     ResourceExhausted,
 )
+from lapce_bridge.private import private_file
 
 JOURNAL_FILE = "idempotency.sqlite3"
 MAX_KEY_LENGTH = 256
@@ -105,7 +106,7 @@ class IdempotencyJournal:
         target = ":memory:" if self.path is None else str(self.path)
         try:
             if self.path is not None:
-                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                private_file(self.path)  # 0600 in a private folder, before SQLite opens it
             db = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from lapce_bridge.core.errors import ResourceExhausted
+from lapce_bridge.private import private_file
 
 
 @dataclass(eq=False, slots=True)
@@ -55,7 +56,7 @@ class Outbox:
             self._open(path)
 
     def _open(self, path: Path) -> None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_file(path)  # 0600 in a private folder, before SQLite opens it
         db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")

@@ -1,14 +1,17 @@
 """Where the server's socket and state live, and the rules that keep them private.
 
 - Socket: `$XDG_RUNTIME_DIR/lapce-bridge/bridge.sock` when that directory exists and is ours,
-  else `<tempdir>/lapce-bridge-<uid>/bridge.sock`. The folder is created 0700 and must be
-  owned by us and not a symlink (another user could otherwise pre-create it and read the
-  traffic); the socket is bound under umask 0177, so it is 0600 from its first moment.
+  else `<tempdir>/lapce-bridge-<uid>/bridge.sock`. The default folder is created 0700 or
+  verified as private by `lapce_bridge.private` (owned by us, not a symlink, reached through
+  folders no one else can change): another user who pre-created it is refused, never used.
+  The folder of a `--socket` the user chose need only be safe (ours or root's, not writable
+  by others unless sticky, like /tmp), and is never chmodded. The socket is bound under
+  umask 0177, so it is 0600 from its first moment.
 - A socket file left by a crashed server is detected by connecting to it: refused means
   stale (it is removed and replaced); accepted means a live server (`ServerAlreadyRunning`).
   A path that exists but is not a socket is never deleted.
 - State (the idempotency journal): `$XDG_STATE_HOME/lapce-bridge`, else
-  `~/.local/state/lapce-bridge`.
+  `~/.local/state/lapce-bridge`; private (0700) whichever it is, see `state_dir_ready`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from lapce_bridge.core.errors import PermissionDenied, Unavailable
+from lapce_bridge.private import private_dir
 
 APP_DIR = "lapce-bridge"
 SOCKET_NAME = "bridge.sock"
@@ -53,20 +57,18 @@ def default_state_dir(env: dict[str, str] | None = None) -> Path:
     return Path.home() / ".local" / "state" / APP_DIR
 
 
-def ensure_private_dir(path: Path) -> Path:
-    """Create `path` (and parents) with mode 0700, or check an existing one is ours alone."""
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = path.lstat()
-    except OSError as exc:
-        raise PermissionDenied(f"cannot create {path}: {exc.strerror}") from exc
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        raise PermissionDenied(f"{path} is not a directory (a symlink is refused)")
-    if info.st_uid != os.getuid():
-        raise PermissionDenied(f"{path} belongs to uid {info.st_uid}, not to us")
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        os.chmod(path, 0o700)
-    return path
+def is_default_app_dir(path: Path) -> bool:
+    """A folder with our own name, which an earlier version may have made with looser bits."""
+    return path.name in (APP_DIR, f"{APP_DIR}-{os.getuid()}")
+
+
+def state_dir_ready(path: Path, *, chosen: bool) -> Path:
+    """The state folder (journal, spools), created 0700 or verified private.
+
+    A folder the user chose (`--state-dir`) that others can see into is refused, not
+    chmodded; our default folder is tightened if an earlier version left it loose.
+    """
+    return private_dir(path, repair=not chosen and is_default_app_dir(path))
 
 
 def probe(path: Path, timeout: float = 1.0) -> bool:
@@ -86,7 +88,11 @@ def prepare_socket_path(path: Path) -> None:
     """Make `path` free for a new server: remove a stale socket, refuse a live one."""
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         raise PermissionDenied(f"socket path is too long for a Unix socket ({path})")
-    ensure_private_dir(path.parent)
+    folder = path.parent
+    if is_default_app_dir(folder):
+        private_dir(folder, repair=True)
+    else:
+        private_dir(folder, shared=True)  # the user's choice: the 0600 socket guards itself
     try:
         info = path.lstat()
     except FileNotFoundError:
@@ -144,9 +150,10 @@ __all__ = [
     "bind_unix_socket",
     "default_socket_path",
     "default_state_dir",
-    "ensure_private_dir",
     "file_identity",
+    "is_default_app_dir",
     "prepare_socket_path",
     "probe",
     "remove_socket",
+    "state_dir_ready",
 ]

@@ -27,7 +27,7 @@ import click
 from lapce_bridge.core.errors import BridgeError
 from lapce_bridge.ipc.framing import DEFAULT_MAX_MESSAGE_BYTES
 from lapce_bridge.ipc.journal import JOURNAL_FILE, IdempotencyJournal
-from lapce_bridge.ipc.paths import default_socket_path, default_state_dir, ensure_private_dir
+from lapce_bridge.ipc.paths import default_socket_path, default_state_dir, state_dir_ready
 
 log = logging.getLogger("lapce_bridge.serve")
 
@@ -66,18 +66,19 @@ async def run_server(opts: ServeOptions, *, announce: Callable[[str], None] | No
     from lapce_bridge.app import App
     from lapce_bridge.ipc.server import BridgeServer
 
-    state_dir = opts.state_dir or default_state_dir()
+    # Private in every mode, --stdio included: spools hold command output (secrets too).
+    state_dir = state_dir_ready(opts.state_dir or default_state_dir(), chosen=bool(opts.state_dir))
     socket_path = None
     if opts.stdio:
         where = "stdio"
         journal = IdempotencyJournal(None)  # a pipe has one client and dies with it
     elif opts.listen is not None:
         where = f"tcp:{opts.listen[0]}:{opts.listen[1]}"
-        journal = IdempotencyJournal(journal_path(ensure_private_dir(state_dir), where))
+        journal = IdempotencyJournal(journal_path(state_dir, where))
     else:
         socket_path = (opts.socket or default_socket_path()).absolute()
         where = f"unix:{socket_path}"
-        journal = IdempotencyJournal(journal_path(ensure_private_dir(state_dir), where))
+        journal = IdempotencyJournal(journal_path(state_dir, where))
 
     extras = [load_extra_methods(spec) for spec in opts.extra_methods]
 

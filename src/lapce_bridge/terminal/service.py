@@ -28,6 +28,7 @@ from typing import Any
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import InvalidParams, PermissionDenied
+from lapce_bridge.private import private_dir
 from lapce_bridge.resources import Relief
 from lapce_bridge.rpc import Broadcast, CallContext, Method, Observe, Params, method
 from lapce_bridge.terminal.result import ExecResult, TerminalExited
@@ -122,7 +123,7 @@ class TerminalService:
         self._reaped = 0
 
     async def __aenter__(self) -> TerminalService:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)  # spools live here: 0700, ours, never a symlink
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lapce_bridge.core.errors import InvalidParams
+from lapce_bridge.private import create_private_file, private_dir
 
 DEFAULT_READ_LIMIT = 1024 * 1024
 
@@ -118,8 +119,13 @@ class Spool:
             del tail[: len(tail) - self._half]
 
     def _move_to_disk(self, mem: bytearray) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "wb", buffering=256 * 1024)  # noqa: SIM115 - kept open
+        # 0600 in a verified private folder: command output often holds secrets. The folder
+        # is ours alone, so a leftover file of the same name can be removed, not trusted.
+        folder = private_dir(self.path.parent)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        fd = create_private_file(folder / self.path.name)
+        self._file = open(fd, "wb", buffering=256 * 1024)  # noqa: SIM115 - kept open
         self._file.write(mem)
         self._head = bytes(mem[: self._half])
         self._tail = bytearray(mem[-self._half :])
