@@ -84,9 +84,7 @@ def zdotdir(base: Path) -> Path:
         text = (SCRIPTS / src).read_bytes()
         target = folder / dst
         if read_private(target) != text:
-            tmp = folder / f"{dst}.{os.getpid()}.{id(text):x}.tmp"
-            write_private(tmp, text)
-            os.replace(tmp, target)
+            write_private(target, text)
     return folder
 
 

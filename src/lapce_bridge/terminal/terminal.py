@@ -41,9 +41,10 @@ from typing import Any
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import InvalidParams, ShellCrashed, TerminalError
+from lapce_bridge.private import create_private_file
 from lapce_bridge.terminal import modes
 from lapce_bridge.terminal.execution import Execution
-from lapce_bridge.terminal.files import CommandFile, private_dir, runtime_base
+from lapce_bridge.terminal.files import CommandFile, new_private_dir, runtime_base
 from lapce_bridge.terminal.modes import Launch, build_env, resolve_shell, run_line
 from lapce_bridge.terminal.osc import OscParser
 from lapce_bridge.terminal.pty import PtyProcess
@@ -167,8 +168,12 @@ class Terminal:
 
     async def boot(self) -> None:
         base = runtime_base(self.state_dir)
-        self.dir = private_dir(base / f"{self.terminal_id}-{secrets.token_hex(4)}", exclusive=True)
+        self.dir = new_private_dir(base / f"{self.terminal_id}-{secrets.token_hex(4)}")
         self._cmd_file = CommandFile(self.dir / "cmd")
+        # The hooks save the environment by redirecting into these: made here, 0600, so the
+        # shell's umask never decides who may read exported secrets.
+        for name in ("env", "env.fish"):
+            os.close(create_private_file(self.dir / name))
         self.cmd_path = str(self._cmd_file.path)
         requested = self.requested_shell or modes.default_shell(self.base_env)
         exe, recovery = choose_shell(
