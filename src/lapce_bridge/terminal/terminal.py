@@ -40,7 +40,7 @@ from typing import Any
 
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.clock import Clock
-from lapce_bridge.core.errors import InvalidParams, ShellCrashed, TerminalError
+from lapce_bridge.core.errors import InvalidParams, ShellCrashed, TerminalBusy, TerminalError
 from lapce_bridge.private import create_private_file
 from lapce_bridge.terminal import modes
 from lapce_bridge.terminal.execution import Execution
@@ -353,7 +353,7 @@ class Terminal:
                 async with self.clock.timeout(self.stop_grace):
                     await asyncio.shield(stopping.done)
         if self._exec is not None:
-            raise TerminalError(
+            raise TerminalBusy(
                 f"terminal {self.terminal_id} is busy running {self._exec.execution_id}: "
                 "answer it with sendText, interrupt it, or use another terminal",
                 retryable=False,
