@@ -6,9 +6,9 @@ little above its resident size, live (`test/memory/budget` of
 `lapce_bridge.testing.server_faults`: the size is known only once the server runs), and it
 allocates real, touched memory past it (`test/memory/allocate`), as a leak or a huge output
 would. Checked item by item: pressure is seen (`health/get`), every request sent under
-pressure is answered (served, or refused with a retryable error: never dropped), quality returns to what it was
-within 5 s of the memory being released (RTO, BENCHMARKS.md; seed 30 s), and every spool
-still reads back whole. With `break_recovery` the memory is never released.
+pressure is answered (served, or refused with a retryable error: never dropped), quality
+returns to what it was within 5 s of the memory being released (RTO, BENCHMARKS.md; seed
+30 s), and every spool still reads back whole. With `break_recovery` the memory is never released.
 """
 
 from __future__ import annotations
