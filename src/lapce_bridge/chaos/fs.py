@@ -34,20 +34,8 @@ async def _read(client: BridgeClient, path: str) -> tuple[float, dict[str, Any]]
     return (time.monotonic() - started) * 1000, answer
 
 
-def _result(name: str, rtos: list[float], tally: Tally, rounds: int, **kw: Any) -> ChaosResult:
-    rto = statistics.median(rtos) if rtos else float("inf")
-    seed, goal = kw.pop("seed_ms"), kw.pop("goal_ms")
-    return ChaosResult(
-        name,
-        rto,
-        tally.lost,
-        rounds,
-        seed_ms=seed,
-        goal_ms=goal,
-        ok=tally.lost == 0 and rto < seed,
-        detail=f"{kw.pop('detail')} {tally.summary()}",
-        extra={"items": float(tally.checked)},
-    )
+def _median(rtos: list[float]) -> float:
+    return statistics.median(rtos) if rtos else float("inf")
 
 
 async def run_transient(ctx: ChaosContext) -> ChaosResult:
@@ -69,10 +57,9 @@ async def run_transient(ctx: ChaosContext) -> ChaosResult:
             if tally.check(answer.get("content") == text, "read failed or wrong content"):
                 rtos.append(elapsed)
             tally.check(answer.get("stale") is False, "answered stale instead of retrying")
-    return _result(
+    return tally.result(
         "transient file-system error",
-        rtos,
-        tally,
+        _median(rtos),
         rounds,
         seed_ms=10_000,
         goal_ms=1_000,
@@ -103,10 +90,9 @@ async def run_permanent(ctx: ChaosContext) -> ChaosResult:
             if tally.check(answer.get("content") == text, "failed instead of the cached copy"):
                 rtos.append(elapsed)
             tally.check(answer.get("stale") is True, "cached copy not marked stale")
-    return _result(
+    return tally.result(
         "permanent file-system error",
-        rtos,
-        tally,
+        _median(rtos),
         rounds,
         seed_ms=10_000,
         goal_ms=1_000,
@@ -136,16 +122,15 @@ async def run_watched_folder(ctx: ChaosContext) -> ChaosResult:
             recreated = time.monotonic()
             name = f"new-{i}.txt"
             (folder / name).write_text(f"{i}\n")
-            deadline = recreated + 10
+            deadline = recreated + ctx.patience(10)
             # Polls what the notification handler appended; bounded by the deadline.
             while time.monotonic() < deadline and not any(name in p for p in events):  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
             if tally.check(any(name in p for p in events), "file in re-created folder unseen"):
                 rtos.append((time.monotonic() - recreated) * 1000)
-    return _result(
+    return tally.result(
         "watched folder deleted and re-created",
-        rtos,
-        tally,
+        _median(rtos),
         rounds,
         seed_ms=10_000,
         goal_ms=1_000,

@@ -17,11 +17,13 @@ import asyncio
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lapce_bridge.bench.report import Row
+from lapce_bridge.chaos.scenario import ChaosResult
 from lapce_bridge.core.errors import BridgeError
 from lapce_bridge.ipc.client import BridgeClient
 from lapce_bridge.testing.server_faults import SPEC as FAULTS_SPEC
@@ -40,6 +42,33 @@ class Tally:
             if len(self.reasons) < 200:
                 self.reasons.append(what)
         return ok
+
+    def result(
+        self,
+        scenario: str,
+        rto_ms: float,
+        rounds: int,
+        *,
+        seed_ms: float,
+        goal_ms: float,
+        detail: str,
+        ok: bool | None = None,
+        extra: dict[str, float] | None = None,
+        more: Sequence[Row] = (),
+    ) -> ChaosResult:
+        """The scenario's row: ok when nothing was lost and the RTO is within the seed."""
+        return ChaosResult(
+            scenario,
+            rto_ms,
+            self.lost,
+            rounds,
+            seed_ms=seed_ms,
+            goal_ms=goal_ms,
+            ok=(self.lost == 0 and rto_ms < seed_ms) if ok is None else ok,
+            detail=f"{detail} {self.summary()}",
+            extra={**(extra or {}), "items": float(self.checked)},
+            more=list(more),
+        )
 
     def summary(self) -> str:
         if not self.reasons:

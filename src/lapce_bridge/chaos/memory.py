@@ -100,15 +100,13 @@ async def run(ctx: ChaosContext) -> ChaosResult:
             except BridgeError:
                 read = -1
             tally.check(read == size, "spool unreadable")
-    return ChaosResult(
+    return tally.result(
         "memory pressure (server's own)",
         rto,
-        tally.lost,
         1,
         seed_ms=30_000,
         goal_ms=5_000,
-        ok=tally.lost == 0 and rto < 5_000,
         detail=f"budget = RSS + 64 MiB, {load_mib} MiB allocated in the server; RTO = release "
-        f"to quality back. {tally.summary()}",
-        extra={"peak_pressure": peak, "items": float(tally.checked)},
+        f"to quality back.",
+        extra={"peak_pressure": peak},
     )

@@ -21,6 +21,10 @@ class ChaosContext:
     def n(self, full: int, quick: int = 1) -> int:
         return quick if self.quick else full
 
+    def patience(self, seconds: float) -> float:
+        """How long to wait for a recovery: shorter where it was broken on purpose."""
+        return min(seconds, 3.0) if self.break_recovery else seconds
+
     def rng(self, salt: str) -> random.Random:
         return random.Random(f"{self.seed}:{salt}")
 

@@ -180,15 +180,12 @@ async def run(ctx: ChaosContext) -> ChaosResult:
     rtos = [await one_round(ctx, i, tally) for i in range(rounds)]
     finite = sorted(r for r in rtos if r != float("inf"))
     rto = finite[len(finite) // 2] if len(finite) == len(rtos) else float("inf")
-    return ChaosResult(
+    return tally.result(
         "server killed and restarted",
         rto,
-        tally.lost,
         rounds,
         seed_ms=5_000,
         goal_ms=200,
-        ok=tally.lost == 0 and rto < 5_000,
-        detail=f"SIGKILL with terminals, a running command, a stream, a watch and queued "
-        f"requests; RTO = kill to the first queued ping answered. {tally.summary()}",
-        extra={"items": float(tally.checked)},
+        detail="SIGKILL with terminals, a running command, a stream, a watch and queued "
+        "requests; RTO = kill to the first queued ping answered.",
     )

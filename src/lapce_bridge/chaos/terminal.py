@@ -125,7 +125,7 @@ async def shell_killed(ctx: ChaosContext, shell: str) -> ChaosResult:
             if not tally.check(await _kill(client, tid, ctx), "no shell pid listed"):
                 continue
             killed = time.monotonic()
-            await _state_kept(client, tid, sub, value, tally, within=10)
+            await _state_kept(client, tid, sub, value, tally, within=ctx.patience(10))
             rtos.append((time.monotonic() - killed) * 1000)
             # Mid-command: a request is running when the shell dies.
             running = asyncio.ensure_future(execute(client, tid, "sleep 30", timeout_s=60))
@@ -134,25 +134,21 @@ async def shell_killed(ctx: ChaosContext, shell: str) -> ChaosResult:
                 running.cancel()
                 continue
             try:
-                answer = await asyncio.wait_for(running, 10)
+                answer = await asyncio.wait_for(running, ctx.patience(10))
                 tally.check(isinstance(answer, dict), "running command not answered")
             except (BridgeError, TimeoutError) as exc:
                 tally.check(False, f"running command: {type(exc).__name__}")
-            await _state_kept(client, tid, sub, value, tally, within=10)
+            await _state_kept(client, tid, sub, value, tally, within=ctx.patience(10))
             with contextlib.suppress(BridgeError):  # broken: closed already
                 await client.request("terminal/close", {"terminalId": tid})
     rto = statistics.median(rtos) if rtos else float("inf")
-    return ChaosResult(
+    return tally.result(
         f"shell killed ({shell})",
         rto,
-        tally.lost,
         rounds,
         seed_ms=1_000,
         goal_ms=100,
-        ok=tally.lost == 0 and rto < 1_000,
-        detail=f"SIGKILL between and during commands; RTO = kill to the next answer. "
-        f"{tally.summary()}",
-        extra={"items": float(tally.checked)},
+        detail="SIGKILL between and during commands; RTO = kill to the next answer. ",
     )
 
 
@@ -165,12 +161,13 @@ async def integration_broken(ctx: ChaosContext, shell: str) -> ChaosResult:
         tid = await new_terminal(client, shell, sut.workspace)
         await execute(client, tid, "echo ready")
         broken = time.monotonic()
-        try:
-            await execute(client, tid, BREAK_INTEGRATION[shell], timeout_s=10)
-        except BridgeError as exc:
-            tally.check(False, f"breaking command: {exc.detail[:60]}")
-        if ctx.break_recovery:
+        if ctx.break_recovery:  # broken: the terminal is gone, not just its hooks
             await client.request("terminal/close", {"terminalId": tid})
+        else:
+            try:
+                await execute(client, tid, BREAK_INTEGRATION[shell], timeout_s=10)
+            except BridgeError as exc:
+                tally.check(False, f"breaking command: {exc.detail[:60]}")
         for i in range(commands):
             code = i % 3
             try:
@@ -181,17 +178,14 @@ async def integration_broken(ctx: ChaosContext, shell: str) -> ChaosResult:
             good_code = tally.check(answer.get("exitCode") == code, "exit code")
             if good_out and good_code and rto == float("inf"):
                 rto = (time.monotonic() - broken) * 1000
-    return ChaosResult(
+    return tally.result(
         f"integration broken ({shell})",
         rto,
-        tally.lost,
         1,
         seed_ms=1_000,
         goal_ms=100,
-        ok=tally.lost == 0 and rto < 1_000,
         detail=f"hooks removed by a command, then {commands} commands with exit codes; "
-        f"RTO = break to the first right answer. {tally.summary()}",
-        extra={"items": float(tally.checked)},
+        f"RTO = break to the first right answer.",
     )
 
 
@@ -218,7 +212,9 @@ async def user_exits(ctx: ChaosContext, shell: str) -> ChaosResult:
             async def next_command(command: str = command) -> Any:
                 return await execute(client, tid, command)
 
-            _, answer = await until_ok(next_command, lambda r: isinstance(r, dict), 10)
+            _, answer = await until_ok(
+                next_command, lambda r: isinstance(r, dict), ctx.patience(10)
+            )
             got = answer if isinstance(answer, dict) else {}
             if tally.check(got.get("output") == f"alive-{i}\n", "next command's output"):
                 rtos.append((time.monotonic() - started) * 1000)
@@ -226,17 +222,14 @@ async def user_exits(ctx: ChaosContext, shell: str) -> ChaosResult:
             tally.check(got.get("shell") == first.get("shell"), "shell changed")
             tally.check(got.get("mode") == first.get("mode"), "mode changed")
     rto = statistics.median(rtos) if rtos else float("inf")
-    return ChaosResult(
+    return tally.result(
         f"user exits in a row ({shell})",
         rto,
-        tally.lost,
         exits,
         seed_ms=1_000,
         goal_ms=100,
-        ok=tally.lost == 0 and rto < 1_000,
         detail=f"`exit` {exits} times; each answered, the next command works in the same "
-        f"shell and mode. {tally.summary()}",
-        extra={"items": float(tally.checked)},
+        f"shell and mode.",
     )
 
 
