@@ -91,7 +91,7 @@ def methods(app: Any) -> dict[str, Method]:
         "test/memory/release": release,
         "test/memory/budget": budget,
     }
-    return {name: method(fn, name) for name, fn in table.items()}
+    return {name: method(fn) for name, fn in table.items()}
 
 
 def _file_store(app: Any) -> Any:
