@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "osc-dump": "lapce_bridge.cli:osc_dump",
     "bench": "lapce_bridge.bench.runner:bench",
     "chaos": "lapce_bridge.chaos.runner:chaos",
+    "mcp": "lapce_bridge.mcp.cmd:mcp_command",
 }
 
 HELP: dict[str, str] = {
@@ -29,6 +30,7 @@ HELP: dict[str, str] = {
     "osc-dump": "Show the shell-integration markers in a recorded PTY byte stream.",
     "bench": "Measure the figures of BENCHMARKS.md on this machine.",
     "chaos": "Inject faults and measure recovery (RTO, RPO).",
+    "mcp": "Run the MCP server (stdio, or Streamable HTTP with --http).",
 }
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from lapce_bridge.bench import kernel
 from lapce_bridge.bench.report import Row, figure_row, latency_row, median_rows, percentile
-from lapce_bridge.bench.runner import BenchContext, render, run_suites
+from lapce_bridge.bench.runner import BenchContext, render, run_label, run_suites
 
 # -- percentile ------------------------------------------------------------------------------
 
@@ -205,8 +205,90 @@ def test_run_suites_repeats_and_render_prints_the_table(
     assert progress == ["run 1/2: kernel", "run 2/2: kernel"]
     assert len(rows) == 6
     assert rows[0].samples == 2000  # two runs' samples together
-    render(rows, 2)
+    render(rows, run_label(2, quick=False))
     out = capsys.readouterr().out
     assert "median of 2 runs" in out
+    assert "seed: the specification's target" in out  # the columns are explained
     assert "event dispatch, in-process" in out
     assert "RetryPolicy.run_async" in out  # notes are printed as footnotes
+
+
+# -- the command: --check, --quick's label, --report -------------------------------------------
+
+
+def test_latency_rows_keep_their_percentile_curve_and_runs_merge_it() -> None:
+    row = latency_row("s", "op", [i * 1e-6 for i in range(1, 201)])
+    assert len(row.dist) == 101
+    assert row.dist[0] == pytest.approx(1.0)
+    assert row.dist[100] == pytest.approx(200.0)
+    assert row.dist[50] == pytest.approx(100.0)
+    other = latency_row("s", "op", [i * 3e-6 for i in range(1, 201)])
+    third = latency_row("s", "op", [i * 2e-6 for i in range(1, 201)])
+    (merged,) = median_rows([[row], [other], [third]])
+    assert merged.dist == third.dist  # the pointwise median
+
+
+def test_quick_runs_are_labelled_as_smoke_tests() -> None:
+    assert run_label(3, quick=False) == "median of 3 runs"
+    label = run_label(1, quick=True)
+    assert "quick smoke test" in label
+    assert "not figures to quote" in label
+
+
+@pytest.fixture
+def fake_suite(monkeypatch: pytest.MonkeyPatch) -> object:
+    from lapce_bridge.bench import runner
+
+    from . import bench_fake_suite
+
+    monkeypatch.setattr(runner, "SUITES", {"fake": "tests.unit.bench_fake_suite"})
+    monkeypatch.setattr(bench_fake_suite, "MISS", True)
+    return bench_fake_suite
+
+
+def test_check_exits_1_naming_the_row_that_missed(fake_suite: object) -> None:
+    from click.testing import CliRunner
+
+    from lapce_bridge.bench.runner import bench
+
+    out = CliRunner().invoke(bench, ["--repeat", "1", "--check"])
+    assert out.exit_code == 1, out.output
+    assert "missed: fake: rate" in out.output
+    assert "fast op" not in out.output.split("missed:")[1]
+    # Without --check a miss is reported, not a failure.
+    assert CliRunner().invoke(bench, ["--repeat", "1"]).exit_code == 0
+
+
+def test_check_passes_when_every_row_reaches_its_seed(
+    fake_suite: object, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from lapce_bridge.bench.runner import bench
+
+    monkeypatch.setattr(fake_suite, "MISS", False)
+    report = tmp_path / "report"
+    out = CliRunner().invoke(
+        bench, ["--repeat", "2", "--quick", "--check", "--report", str(report)]
+    )
+    assert out.exit_code == 0, out.output
+    assert "quick smoke test" in out.output
+    page = (report / "index.html").read_text()
+    assert "fast op" in page
+    assert "<svg" in page
+    assert "Machine" in page
+
+
+def test_check_on_a_real_suite_agrees_with_its_verdicts(tmp_path: Path) -> None:
+    import orjson
+    from click.testing import CliRunner
+
+    from lapce_bridge.bench.runner import bench
+
+    out = CliRunner().invoke(
+        bench, ["--only", "kernel", "--quick", "--repeat", "1", "--check", "--json"]
+    )
+    rows = [orjson.loads(line) for line in out.output.splitlines() if line.startswith("{")]
+    assert len(rows) == 6
+    missed = [r["name"] for r in rows if r["verdict"] == "miss"]
+    assert out.exit_code == (1 if missed else 0), out.output

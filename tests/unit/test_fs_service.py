@@ -92,6 +92,9 @@ def test_method_table_sync_where_inline_answers_pay(ws: Path) -> None:
         "fs/list": True,  # a large folder is listed in a thread
         "fs/watch": True,
         "fs/unwatch": False,
+        "fs/edit": True,  # reads, then writes in a thread
+        "fs/search": True,  # walks in threads
+        "fs/tree": True,
     }
     assert all(m.operation == name for name, m in table.items())
 

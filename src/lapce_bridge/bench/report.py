@@ -42,6 +42,8 @@ class Row:
     samples: int = 0
     note: str = ""
     extra: dict[str, float] = field(default_factory=dict)
+    # Latency rows: the 0th..100th percentiles of the samples (us), for distribution plots.
+    dist: tuple[float, ...] = ()
 
     @property
     def is_latency(self) -> bool:
@@ -119,6 +121,7 @@ def latency_row(
         goal=goal,
         samples=len(ordered),
         note=note,
+        dist=tuple(percentile(ordered, q) for q in range(101)) if ordered else (),
     )
 
 
@@ -179,6 +182,14 @@ def median_rows(runs: Sequence[Sequence[Row]]) -> list[Row]:
                 samples=sum(r.samples for r in rows),
                 extra={k: statistics.median(r.extra[k] for r in rows if k in r.extra)
                        for k in dict.fromkeys(k for r in rows for k in r.extra)},
+                dist=_median_dist([r.dist for r in rows if r.dist]),
             )
         )  # fmt: skip
     return merged
+
+
+def _median_dist(dists: Sequence[tuple[float, ...]]) -> tuple[float, ...]:
+    """The pointwise median of several runs' percentile curves."""
+    if not dists:
+        return ()
+    return tuple(statistics.median(points) for points in zip(*dists, strict=True))

@@ -12,7 +12,7 @@ import click
 import orjson
 
 from lapce_bridge.bench.report import Row
-from lapce_bridge.bench.runner import new_loop, render
+from lapce_bridge.bench.runner import new_loop, render, run_label
 from lapce_bridge.chaos.scenario import ChaosContext, ChaosResult
 
 SCENARIOS: dict[str, str] = {
@@ -70,6 +70,6 @@ def chaos(only: str, quick: bool, shells: str, as_json: bool) -> None:
             for row in pair:
                 sys.stdout.write(orjson.dumps({**row.to_json(), "ok": result.ok}).decode() + "\n")
     else:
-        render(rows, 1, title="lapce-bridge chaos")
+        render(rows, run_label(1, quick), title="lapce-bridge chaos")
     if not all(r.ok for r in results):
         sys.exit(1)

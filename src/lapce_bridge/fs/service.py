@@ -201,7 +201,27 @@ class FileService:
             "fs/list": method(self._list, "fs/list"),
             "fs/watch": method(self._watch, "fs/watch"),
             "fs/unwatch": method(self._unwatch, "fs/unwatch"),
+            "fs/edit": method(self._edit, "fs/edit"),
+            "fs/search": method(self._search, "fs/search"),
+            "fs/tree": method(self._tree, "fs/tree"),
         }
+
+    # fs/edit, fs/search and fs/tree live in their own modules, imported on first use (their
+    # dependencies, msgspec and pathspec, would otherwise add to every server's start-up).
+    async def _edit(self, params: Params, ctx: CallContext) -> dict[str, object]:
+        from lapce_bridge.fs.edit import edit
+
+        return await edit(self.store, params)
+
+    async def _search(self, params: Params, ctx: CallContext) -> dict[str, object]:
+        from lapce_bridge.fs.search import search
+
+        return await search(self.store, params, clock=self.clock)
+
+    async def _tree(self, params: Params, ctx: CallContext) -> dict[str, object]:
+        from lapce_bridge.fs.tree import tree
+
+        return await tree(self.store, params)
 
     async def _read(self, params: Params, ctx: CallContext) -> dict[str, Any]:
         p = params if type(params) is dict else _object(params)

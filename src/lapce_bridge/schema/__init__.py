@@ -1,0 +1,1 @@
+"""One definition of every method's params and result (see `schema.methods`)."""

@@ -1,0 +1,24 @@
+"""The two base Structs every method's params and results derive from.
+
+Wire names are camelCase (`expectedMtimeNs`), Python attributes snake_case
+(`expected_mtime_ns`): `rename="camel"` maps one to the other, so a definition is written
+once. Params refuse unknown fields (a misspelt parameter must not be silently ignored);
+results accept them, so an older client keeps working when a server adds a field.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Params(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+    """Every request takes `idempotencyKey` (see the protocol's idempotency section)."""
+
+    idempotency_key: str | None = None
+
+
+class Result(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=False):
+    """A method's answer."""
+
+
+__all__ = ["Params", "Result"]

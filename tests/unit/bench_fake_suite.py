@@ -1,0 +1,17 @@
+"""A bench suite with one row at its goal and one that misses its seed, for the CLI tests."""
+
+from __future__ import annotations
+
+from lapce_bridge.bench.report import Row, figure_row, latency_row
+from lapce_bridge.bench.runner import BenchContext
+
+MISS = True  # the test flips it to see --check pass
+
+
+async def run(ctx: BenchContext) -> list[Row]:
+    return [
+        latency_row("fake", "fast op", [1e-6] * 100, seed=(10, 50, 100), goal=(5, 20)),
+        figure_row(
+            "fake", "rate", 5.0 if MISS else 500.0, "ops/s", higher_is_better=True, seed=100
+        ),
+    ]
