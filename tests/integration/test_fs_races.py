@@ -1,11 +1,10 @@
-"""Symlinks swapped in a loop by another process while fs/* requests run: nothing escapes.
-
-A separate process turns the workspace folder `d` into a symlink to a folder outside and
-back, and `d/f.txt` into a symlink to a file outside and back, as fast as it can, while the
-file service's methods (the ones the server registers) read, write, stat and list through
-`d`. Every answer is checked against what lies outside (distinct content, size and names),
-and afterwards the outside folder must hold exactly what it held before: no write, no
-temporary file. Both ways of confining are driven: `openat2` and the descriptor walk.
+"""Symlinks swapped in a loop by another process while fs/* requests run: nothing escapes. A
+separate process turns the workspace folder `d` into a symlink to a folder outside and back,
+and `d/f.txt` into a symlink to a file outside and back, as fast as it can, while requests
+through the real connection and dispatcher read, write, stat and list through `d`. Every answer
+is checked against what lies outside (distinct content, size and names), and afterwards the
+outside folder must hold exactly what it held before: no write, no temporary file. Both ways of
+confining are driven: `openat2` and the descriptor walk.
 """
 
 from __future__ import annotations
@@ -18,12 +17,12 @@ from typing import Any
 import pytest
 
 from lapce_bridge.core.errors import BridgeError
+from lapce_bridge.core.timeouts import TimeoutManager
 from lapce_bridge.fs.atomic import is_temp_name
 from lapce_bridge.fs.beneath import HAVE_OPENAT2
 from lapce_bridge.fs.ops import REAL_FS, FsOps, WalkingFs
 from lapce_bridge.fs.service import FileService
-from lapce_bridge.rpc import Method
-from tests.unit.test_fs_service import Ctx
+from lapce_bridge.testing.memory import MemoryServer
 
 OPERATIONS = 10_000
 INSIDE = b"inside"
@@ -79,10 +78,11 @@ async def test_swapped_symlinks_never_lead_a_request_outside(tmp_path: Path, ops
     (out / "secret.txt").write_bytes(OUTSIDE)
     before = outside_state(out)
     svc = FileService(workspace=ws, ops=ops, durable=False, sweep_on_start=False)
-    table: dict[str, Method] = svc.methods()
+    server = MemoryServer(svc.methods(), clock=svc.clock, timeouts=TimeoutManager())
+    client = server.connect()  # the real connection and dispatcher, over memory
 
     async def call(name: str, params: dict[str, Any]) -> Any:
-        return await table[name].call_async(params, Ctx())
+        return await client.request(name, params)
 
     escapes: list[str] = []
     answered = refused = 0
