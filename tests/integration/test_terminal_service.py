@@ -83,7 +83,7 @@ async def test_execute_on_the_default_terminal(
             "cwd": str(workspace),
         }
     ]
-    again = await call(svc, "terminal/execute", {"command": "true"})
+    again = await call(svc, "terminal/execute", {"command": "true"}, ctx)  # same connection
     assert again["terminalId"] == result["terminalId"]
 
 
