@@ -10,6 +10,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from lapce_bridge.commands import serve
 from lapce_bridge.core.errors import InvalidParams, PermissionDenied
 from lapce_bridge.ipc.idempotency import Idempotency
 from lapce_bridge.ipc.journal import EntryState, IdempotencyJournal
@@ -19,7 +20,7 @@ from lapce_bridge.ipc.paths import (
     prepare_socket_path,
     state_dir_ready,
 )
-from lapce_bridge.ipc.serve_cmd import journal_path, serve
+from lapce_bridge.ipc.serve_cmd import journal_path
 
 
 def test_journal_records_outcomes_and_survives_reopening(tmp_path: Path) -> None:
@@ -159,6 +160,26 @@ def test_serve_refuses_an_empty_token_file(tmp_path: Path) -> None:
     assert "is empty" in result.output
 
 
+@pytest.mark.parametrize(
+    ("content", "mode", "message"),
+    [
+        ("a-token-of-thirty-two-characters", 0o644, "may be read by other users"),
+        ("a-token-of-thirty-two-characters", 0o640, "may be read by other users"),
+        ("x", 0o600, "shorter than 16 bytes"),
+        ("fifteen-bytes!!", 0o600, "shorter than 16 bytes"),
+    ],
+)
+def test_serve_refuses_a_weak_token_file(
+    tmp_path: Path, content: str, mode: int, message: str
+) -> None:
+    token = tmp_path / "token"
+    token.write_text(content)
+    token.chmod(mode)
+    result = CliRunner().invoke(serve, ["--listen", "127.0.0.1:0", "--token-file", str(token)])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
 async def test_the_app_serves_the_file_service_when_present(tmp_path: Path) -> None:
     import importlib.util
 
@@ -194,11 +215,11 @@ async def test_an_outcome_the_journal_cannot_record_is_still_answered(tmp_path: 
     journal = IdempotencyJournal(tmp_path / "j.sqlite3").open()
     table = Idempotency(journal)
 
-    async def work() -> str:
+    async def work() -> tuple[bool, bytes]:
         # The database handle fails under the journal mid-request (as a full disk would).
         assert journal._db is not None
         journal._db.close()
-        return "done"
+        return (True, b'"done"')
 
     future = table.start("k", "m", work)
     ok, payload = await future

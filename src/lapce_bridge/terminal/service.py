@@ -3,8 +3,16 @@
 Theory of operation: the service owns its terminals and one `SpoolStore` they share (so
 `terminal/readOutput` finds any execution's output, and memory pressure trims one place).
 Params are validated here, once, into clear `InvalidParams` errors; paths resolve against the
-workspace and may not leave it (`PermissionDenied`, as for files). `terminal/execute` without
-`terminalId` uses the default terminal, created on first use. A busy terminal refuses a second
+workspace and may not leave it (`PermissionDenied`, as for files). Who owns which terminal is
+`ownership.Ownership`'s to decide: `terminalId` takes an id or a name given at
+`terminal/create`; `terminal/execute` without `terminalId` uses the calling connection's own
+default terminal, created on first use (two connections never share one); quotas per
+connection; a closed connection's unnamed terminals are reaped after a grace, and orphans make
+room when the server-wide maximum is reached. Answers that are not final (`waiting_for_input`,
+`running`) report the shell's cwd as it is when they are sent. `terminal/sendText` to a terminal
+running nothing is refused unless `atPrompt` says the text is meant for the prompt, and a line
+left unfinished by `sendText` is erased (Ctrl-U) before the next command is typed, so it never
+becomes part of that command. A busy terminal refuses a second
 command (`TerminalError`, "busy") rather than interleave output; `idleTimeoutMs` (default
 30 s) bounds how long a quiet command holds the request: it is then answered
 `waiting_for_input`, keeps running, and its end arrives as `terminal/commandFinished` (or
@@ -19,18 +27,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.clock import Clock
-from lapce_bridge.core.errors import InvalidParams, PermissionDenied
+from lapce_bridge.core.errors import (
+    Classification,
+    ErrorCategory,
+    ErrorSeverity,
+    InvalidParams,
+    PermissionDenied,
+    ResourceExhausted,
+    TerminalError,
+)
+from lapce_bridge.ipc.framing import DEFAULT_MAX_MESSAGE_BYTES
 from lapce_bridge.private import private_dir
 from lapce_bridge.resources import Relief
 from lapce_bridge.rpc import Broadcast, CallContext, Method, Observe, Params, method
+from lapce_bridge.terminal.foreground import process_cwd
+from lapce_bridge.terminal.ownership import Ownership
 from lapce_bridge.terminal.result import ExecResult, TerminalExited
 from lapce_bridge.terminal.spool import SpoolStats, SpoolStore
 from lapce_bridge.terminal.terminal import Terminal
@@ -38,6 +60,18 @@ from lapce_bridge.terminal.terminal import Terminal
 DEFAULT_IDLE_TIMEOUT_MS = 30_000
 DEFAULT_MAX_WAIT_MS = 120_000
 _MISSING = object()
+# Ceilings on what a client may ask for (issue: one request must not blow up memory or the
+# reply). readOutput pages further below, so that JSON escaping never pushes a page over the
+# message limit; an execute result holds at most maxOutputBytes of output, each byte escaping
+# to at most 6 in JSON, hence the sixth of the message limit.
+MAX_READ_LIMIT = 4 << 20
+MAX_OUTPUT_BYTES = 2 << 20
+MAX_WAIT_PARAM_MS = 7 * 24 * 3600 * 1000
+REPLY_ENVELOPE_BYTES = 4096  # the answer around the output: ids, flags, cwd, recoveries
+_KILL_LINE = "\x15"  # Ctrl-U: the line editors' (and the tty's VKILL) "erase this line"
+_NOT_FINAL = ("waiting_for_input", "running")
+# The caller's to fix: counted against neither health nor the error budget.
+_IDLE_SEND = Classification(ErrorCategory.TERMINAL, ErrorSeverity.WARNING, False, True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +120,43 @@ def _seconds(params: Params, name: str, default: float | None) -> float | None:
     value = _param(params, name, (int, float), None)
     if value is None:
         return default
-    if value <= 0:
-        raise InvalidParams(f"parameter {name!r} must be positive")
+    if not 0 < value <= MAX_WAIT_PARAM_MS:
+        raise InvalidParams(
+            f"parameter {name!r} must be positive and at most {MAX_WAIT_PARAM_MS} (7 days)"
+        )
     return float(value) / 1000.0
+
+
+# Beyond a command's own limit: starting the default terminal, then settling after SIGINT.
+ANSWER_MARGIN_S = 30.0
+
+
+def execute_limit(params: Params) -> float:
+    """How long `terminal/execute` may hold its request: its answer is due by `timeoutMs`
+    (`timed_out`) or `maxWaitMs` (`running`), whichever is first; the dispatcher's limit
+    is never shorter."""
+    timeout = _seconds(params, "timeoutMs", None)
+    max_wait = _seconds(params, "maxWaitMs", DEFAULT_MAX_WAIT_MS / 1000.0)
+    assert max_wait is not None
+    due = max_wait if timeout is None else min(timeout, max_wait)
+    return due + ANSWER_MARGIN_S
+
+
+def wait_limit(params: Params) -> float:
+    """`terminal/wait` lasts its `timeoutMs`, or, without one, as long as the command runs
+    (bounded by the command's own `timeoutMs`, and by the caller's `$/cancelRequest`)."""
+    within = _seconds(params, "timeoutMs", None)
+    return math.inf if within is None else within + ANSWER_MARGIN_S
+
+
+def _bounded(params: Params, name: str, default: int, ceiling: int, why: str) -> int:
+    value: int = _param(params, name, int, default)
+    if value > ceiling:
+        raise InvalidParams(
+            f"parameter {name!r} may be at most {ceiling} ({why}), not {value}",
+            data={"limit": ceiling},
+        )
+    return value
 
 
 class TerminalService:
@@ -103,6 +171,9 @@ class TerminalService:
         features: Callable[[str], bool] | Any | None = None,
         default_shell: str | None = None,
         max_terminals: int = 256,
+        max_terminals_per_connection: int = 32,
+        orphan_grace: float = 30.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.workspace = Path(workspace).resolve()
         self.state_dir = Path(state_dir)
@@ -114,14 +185,18 @@ class TerminalService:
         self._features: Callable[[str], bool] | None = is_enabled
         self.default_shell = default_shell
         self.max_terminals = max_terminals
+        self.max_message_bytes = max_message_bytes
         self.spools = SpoolStore(self.state_dir / "spool")
         self.terminals: dict[str, Terminal] = {}
-        self.default_id: str | None = None
-        self._default_lock = asyncio.Lock()
+        self.owners = Ownership(per_connection=max_terminals_per_connection, grace=orphan_grace)
+        self._default_locks: dict[int, asyncio.Lock] = {}
+        self._partial: set[str] = set()  # terminals where sendText left a line unfinished
+        self._reapers: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._by_execution: dict[str, str] = {}
         self._reaped = 0
-        # Terminals closed to relieve pressure, by id: what recreates them on next use.
+        # Terminals closed to relieve pressure, by id (their owner entry kept): what starts
+        # them again on next use.
         self._remembered: dict[str, dict[str, Any]] = {}
 
     async def __aenter__(self) -> TerminalService:
@@ -132,6 +207,8 @@ class TerminalService:
         await self.aclose()
 
     async def aclose(self) -> None:
+        for task in list(self._reapers):
+            task.cancel()
         terminals = list(self.terminals.values())
         self.terminals.clear()
         await asyncio.gather(*(t.close() for t in terminals), return_exceptions=True)
@@ -142,14 +219,14 @@ class TerminalService:
 
     def methods(self) -> dict[str, Method]:
         return {
-            "terminal/create": method(self.create, "terminal/create"),
-            "terminal/execute": method(self.execute, "terminal/execute"),
-            "terminal/sendText": method(self.send_text, "terminal/sendText"),
-            "terminal/interrupt": method(self.interrupt, "terminal/interrupt"),
-            "terminal/readOutput": method(self.read_output, "terminal/readOutput"),
-            "terminal/wait": method(self.wait, "terminal/wait"),
-            "terminal/list": method(self.list, "terminal/list"),
-            "terminal/close": method(self.close, "terminal/close"),
+            "terminal/create": method(self.create),
+            "terminal/execute": method(self.execute, limit=execute_limit),
+            "terminal/sendText": method(self.send_text),
+            "terminal/interrupt": method(self.interrupt),
+            "terminal/readOutput": method(self.read_output),
+            "terminal/wait": method(self.wait, limit=wait_limit),
+            "terminal/list": method(self.list),
+            "terminal/close": method(self.close),
         }
 
     # -- helpers --------------------------------------------------------------------------
@@ -163,16 +240,85 @@ class TerminalService:
         return str(real)
 
     def get(self, params: Params) -> Terminal:
-        terminal_id = _param(params, "terminalId", str)
-        term = self.terminals.get(terminal_id)
+        """The terminal `terminalId` names, by id or by the name it was created with."""
+        key = _param(params, "terminalId", str)
+        terminal_id = self.owners.resolve(key)
+        term = self.terminals.get(terminal_id) if terminal_id is not None else None
         if term is None:
             if terminal_id in self._remembered:
                 raise InvalidParams(
-                    f"terminal {terminal_id!r} was closed while idle to relieve memory "
-                    "pressure; terminal/execute on it recreates it (same cwd and env)"
+                    f"terminal {key!r} was closed while idle to relieve memory pressure; "
+                    "terminal/execute on it starts it again (same cwd and env)"
                 )
-            raise InvalidParams(f"unknown terminalId {terminal_id!r}")
+            raise InvalidParams(f"unknown terminalId {key!r}")
         return term
+
+    async def _get_or_revive(self, params: Params) -> Terminal:
+        """`get`, but a terminal reaped under pressure is started again, with its id."""
+        terminal_id = self.owners.resolve(_param(params, "terminalId", str))
+        if terminal_id is not None and terminal_id in self._remembered:
+            return await self._revive(terminal_id)
+        return self.get(params)
+
+    async def _revive(self, terminal_id: str) -> Terminal:
+        spec = self._remembered.pop(terminal_id)
+        await self._make_room()
+        return await self._boot(terminal_id, **spec)
+
+    def _track(self, ctx: CallContext) -> int:
+        """The caller's connection, registered once so its leaving is noticed."""
+        conn = ctx.connection_id
+        if not self.owners.known(conn):
+            self.owners.connect(conn, getattr(ctx, "session", None))
+            ctx.on_close(lambda: self._disconnected(conn))
+        return conn
+
+    def _disconnected(self, conn: int) -> None:
+        self._default_locks.pop(conn, None)
+        if self.owners.disconnect(conn, self.clock.now()):
+            task = asyncio.get_running_loop().create_task(self._reap_orphans())
+            self._reapers.add(task)
+            task.add_done_callback(self._reapers.discard)
+
+    async def _reap_orphans(self) -> None:
+        await self.clock.sleep(self.owners.grace)
+        ids = self.owners.due(self.clock.now())
+        due = [self.terminals[t] for t in ids if t in self.terminals]
+        for t in ids:  # reaped under pressure and now orphaned: nothing left to start again
+            if self._remembered.pop(t, None) is not None:
+                self._forget(t)
+        for term in due:
+            self._forget(term.terminal_id)
+        self._reaped += len(due)
+        await asyncio.gather(*(t.close() for t in due), return_exceptions=True)
+
+    def _forget(self, terminal_id: str) -> None:
+        self.terminals.pop(terminal_id, None)
+        self.owners.remove(terminal_id)
+        self._partial.discard(terminal_id)
+
+    async def _make_room(self) -> None:
+        """At the server-wide maximum, close the least recently used idle orphan, if any."""
+        if len(self.terminals) < self.max_terminals:
+            return
+        idle = [
+            self.terminals[t]
+            for t in self.owners.orphans()
+            if t in self.terminals and not self.terminals[t].busy
+        ]
+        if not idle:
+            raise ResourceExhausted(f"at most {self.max_terminals} terminals may be open")
+        victim = min(idle, key=lambda t: t.last_used)
+        self._forget(victim.terminal_id)
+        self._reaped += 1
+        await victim.close()
+
+    def _answer(self, term: Terminal, result: ExecResult) -> dict[str, Any]:
+        wire = result.to_wire()
+        if wire["status"] in _NOT_FINAL and term.pid is not None:
+            # The command may have changed directory since the last prompt reported one.
+            wire["cwd"] = process_cwd(term.pid) or wire["cwd"]
+        return wire
 
     def _on_exit(self, event: TerminalExited) -> None:
         if self.broadcast is not None:
@@ -194,13 +340,37 @@ class TerminalService:
         cols: int = 120,
         rows: int = 30,
         shell_integration: bool = True,
-        terminal_id: str | None = None,
+        owner: int | None = None,
+        name: str | None = None,
+        keep: bool = False,
     ) -> Terminal:
-        if len(self.terminals) >= self.max_terminals:
-            from lapce_bridge.core.errors import ResourceExhausted
+        if name is not None:
+            self.owners.check_name(name)
+        self.owners.admit(owner)
+        await self._make_room()
+        terminal_id = f"t{next(self._ids)}"
+        self.owners.add(terminal_id, owner, name=name, keep=keep)
+        return await self._boot(
+            terminal_id,
+            shell=shell,
+            cwd=cwd,
+            env=env,
+            cols=cols,
+            rows=rows,
+            shell_integration=shell_integration,
+        )
 
-            raise ResourceExhausted(f"at most {self.max_terminals} terminals may be open")
-        terminal_id = terminal_id or f"t{next(self._ids)}"
+    async def _boot(
+        self,
+        terminal_id: str,
+        *,
+        shell: str | None,
+        cwd: str | None,
+        env: dict[str, str] | None,
+        cols: int,
+        rows: int,
+        shell_integration: bool,
+    ) -> Terminal:
         term = Terminal(
             terminal_id=terminal_id,
             shell=shell or self.default_shell,
@@ -219,7 +389,7 @@ class TerminalService:
         try:
             await term.boot()
         except BaseException:
-            self.terminals.pop(terminal_id, None)
+            self._forget(terminal_id)
             await term.close()
             raise
         return term
@@ -236,6 +406,8 @@ class TerminalService:
         rows = _param(params, "rows", int, 30)
         if not (0 < cols < 10_000 and 0 < rows < 10_000):
             raise InvalidParams(f"bad terminal size {cols}x{rows}")
+        name = _param(params, "name", str, None)
+        keep = _param(params, "keep", bool, False)
         term = await self.open_terminal(
             shell=_param(params, "shell", str, None),
             cwd=self.resolve_dir(cwd) if cwd is not None else None,
@@ -243,42 +415,44 @@ class TerminalService:
             cols=cols,
             rows=rows,
             shell_integration=_param(params, "shellIntegration", bool, True),
+            owner=self._track(ctx),
+            name=name,
+            keep=keep,
         )
         return {
             "terminalId": term.terminal_id,
             "shell": term.shell,
             "pid": term.pid,
             "mode": term.mode.value,
+            "name": name,
         }
 
-    async def _default(self) -> Terminal:
-        async with self._default_lock:
-            term = self.terminals.get(self.default_id) if self.default_id else None
-            if term is None and self.default_id in self._remembered:
-                term = await self._revive(self.default_id)
+    async def _default(self, ctx: CallContext) -> Terminal:
+        """The calling connection's own default terminal, opened on first use."""
+        conn = self._track(ctx)
+        lock = self._default_locks.setdefault(conn, asyncio.Lock())
+        async with lock:
+            terminal_id = self.owners.default(conn)
+            term = self.terminals.get(terminal_id) if terminal_id is not None else None
+            if term is None and terminal_id in self._remembered:
+                term = await self._revive(terminal_id)
             if term is None:
-                term = await self.open_terminal()
-                self.default_id = term.terminal_id
+                term = await self.open_terminal(owner=conn)
+                self.owners.set_default(conn, term.terminal_id)
             return term
-
-    async def _revive(self, terminal_id: str) -> Terminal:
-        """Recreate a terminal reaped under pressure: same id, shell, cwd and env."""
-        return await self.open_terminal(
-            terminal_id=terminal_id, **self._remembered.pop(terminal_id)
-        )
 
     async def execute(self, params: Params, ctx: CallContext) -> dict[str, Any]:
         command = _param(params, "command", str)
-        wanted = params.get("terminalId")
-        if isinstance(wanted, str) and wanted in self._remembered and wanted not in self.terminals:
-            term = await self._revive(wanted)
-        elif wanted is not None:
-            term = self.get(params)
+        if params.get("terminalId") is not None:
+            term = await self._get_or_revive(params)
         else:
-            term = await self._default()
+            term = await self._default(ctx)
         cwd = _param(params, "cwd", str, None)
         ansi = _param(params, "ansi", str, "strip")
-        max_bytes = _param(params, "maxOutputBytes", int, 256 * 1024)
+        max_bytes = _bounded(
+            params, "maxOutputBytes", 256 * 1024, self.max_output_ceiling(),
+            "the result must fit one message; read the rest with terminal/readOutput",
+        )  # fmt: skip
         timeout = _seconds(params, "timeoutMs", None)
         idle = _seconds(params, "idleTimeoutMs", DEFAULT_IDLE_TIMEOUT_MS / 1000.0)
         max_wait = _seconds(params, "maxWaitMs", DEFAULT_MAX_WAIT_MS / 1000.0)
@@ -301,6 +475,10 @@ class TerminalService:
                     },
                 )
 
+        if terminal_id in self._partial and not term.busy:
+            # What sendText left unfinished at the prompt must not become part of this command.
+            self._partial.discard(terminal_id)
+            term.send_text(_KILL_LINE)
         result = await term.execute(
             command,
             timeout=timeout,
@@ -317,10 +495,27 @@ class TerminalService:
         if len(self._by_execution) > 4 * self.spools.max_count:
             for key in list(self._by_execution)[: self.spools.max_count]:
                 del self._by_execution[key]
-        return result.to_wire()
+        return self._answer(term, result)
 
     def send_text(self, params: Params, ctx: CallContext) -> None:
-        self.get(params).send_text(_param(params, "text", str))
+        """`{terminalId, text, atPrompt?: false}`: type `text` into what runs in the terminal."""
+        term = self.get(params)
+        text = _param(params, "text", str)
+        at_prompt = _param(params, "atPrompt", bool, False)
+        if not term.busy and not at_prompt:
+            raise TerminalError(
+                f"terminal {term.terminal_id} is running nothing: the text would be typed at the "
+                "shell's prompt. Run commands with terminal/execute, or pass atPrompt: true to "
+                "type at the prompt",
+                classification=_IDLE_SEND,
+                data={"terminalId": term.terminal_id},
+            )
+        term.send_text(text)
+        if text:
+            if text[-1] in "\r\n":
+                self._partial.discard(term.terminal_id)
+            else:
+                self._partial.add(term.terminal_id)
 
     async def interrupt(self, params: Params, ctx: CallContext) -> None:
         await self.get(params).interrupt()
@@ -328,13 +523,25 @@ class TerminalService:
     def read_output(self, params: Params, ctx: CallContext) -> dict[str, Any]:
         execution_id = _param(params, "executionId", str)
         offset = _param(params, "offset", int, 0)
-        limit = _param(params, "limit", int, 1 << 20)
-        spool = self.spools.get(execution_id)
-        data, nxt, eof = spool.read(offset, limit)
-        answer: dict[str, Any] = {"data": data, "offset": nxt, "eof": eof}
-        if spool.lost_bytes:  # the running output's cap dropped part of it: say how much
-            answer["lostBytes"] = spool.lost_bytes
-        return answer
+        limit = _bounded(
+            params, "limit", 1 << 20, MAX_READ_LIMIT, "read further pages from the returned offset"
+        )
+        budget = self.max_message_bytes - REPLY_ENVELOPE_BYTES
+        while True:
+            spool = self.spools.get(execution_id)
+            data, nxt, eof = spool.read(offset, limit)
+            # JSON escapes a control character in up to 6 bytes: a page that would pass the
+            # message limit is shortened (the client goes on from `offset`), never sent whole.
+            if limit * 6 <= budget or len(encoded := orjson.dumps(data)) <= budget:
+                answer: dict[str, Any] = {"data": data, "offset": nxt, "eof": eof}
+                if spool.lost_bytes:  # the running output's cap dropped part of it
+                    answer["lostBytes"] = spool.lost_bytes
+                return answer
+            limit = max(1, min(limit // 2, limit * budget // len(encoded)))
+
+    def max_output_ceiling(self) -> int:
+        """The largest `maxOutputBytes` whose result fits one message however it escapes."""
+        return max(16, min(MAX_OUTPUT_BYTES, (self.max_message_bytes - REPLY_ENVELOPE_BYTES) // 6))
 
     async def wait(self, params: Params, ctx: CallContext) -> dict[str, Any]:
         """`{executionId, timeoutMs?}` -> the final ExecResult of a still-running command."""
@@ -344,29 +551,35 @@ class TerminalService:
         term = self.terminals.get(terminal_id) if terminal_id else None
         if term is None:
             raise InvalidParams(f"unknown executionId {execution_id!r}")
-        return (await term.wait(execution_id, within)).to_wire()
+        return self._answer(term, await term.wait(execution_id, within))
 
     def list(self, params: Params, ctx: CallContext) -> list[dict[str, Any]]:
-        return [
-            {
-                "terminalId": t.terminal_id,
-                "shell": t.shell,
-                "pid": t.pid,
-                "mode": t.mode.value,
-                "cwd": t.cwd,
-                "busy": t.busy,
-            }
-            for t in self.terminals.values()
-        ]
+        conn = ctx.connection_id
+        listed = []
+        for t in self.terminals.values():
+            owned = self.owners.describe(t.terminal_id)
+            listed.append(
+                {
+                    "terminalId": t.terminal_id,
+                    "shell": t.shell,
+                    "pid": t.pid,
+                    "mode": t.mode.value,
+                    "cwd": t.cwd,
+                    "busy": t.busy,
+                    "name": owned.name if owned is not None else None,
+                    "mine": owned is not None and owned.owner == conn,
+                    "default": self.owners.default(conn) == t.terminal_id,
+                }
+            )
+        return listed
 
     async def close(self, params: Params, ctx: CallContext) -> None:
-        wanted = params.get("terminalId")
-        if isinstance(wanted, str) and self._remembered.pop(wanted, None) is not None:
-            return  # reaped under pressure already: forgetting it is all that is left
+        wanted = self.owners.resolve(_param(params, "terminalId", str))
+        if wanted is not None and self._remembered.pop(wanted, None) is not None:
+            self._forget(wanted)  # reaped under pressure already: forgetting it is all
+            return
         term = self.get(params)
-        self.terminals.pop(term.terminal_id, None)
-        if self.default_id == term.terminal_id:
-            self.default_id = None
+        self._forget(term.terminal_id)
         await term.close()
 
     # -- resource manager hooks -----------------------------------------------------------
@@ -377,7 +590,10 @@ class TerminalService:
             t for t in self.terminals.values() if not t.busy and now - t.last_used >= max_idle_s
         ]
         for term in idle:
+            # Out of the table, but its owner, name and default entry stay: next use
+            # starts it again as it was.
             self.terminals.pop(term.terminal_id, None)
+            self._partial.discard(term.terminal_id)
             self._remembered[term.terminal_id] = {
                 "shell": term.requested_shell,
                 "cwd": term.cwd or term.initial_cwd,

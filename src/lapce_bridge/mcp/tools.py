@@ -1,0 +1,613 @@
+"""The MCP tools: names, schemas, descriptions, annotations, and their JSON-RPC methods.
+
+Theory of operation: each tool is one `Tool` row: an input Struct and an output Struct
+(msgspec; their JSON Schemas are the tool's `inputSchema` and `outputSchema`), a paragraph
+for the model, the MCP annotations, and `call`: how to turn the validated input into the
+params of the bridge's own JSON-RPC method and its answer into the output. The tools run
+the same method table `serve` runs, in the same process, so an MCP client gets exactly the
+terminals and file safety a JSON-RPC client gets. Names are snake_case on the MCP side (the
+convention MCP clients and models expect) and camelCase on the JSON-RPC side; this module is
+the one place the two meet. Nothing here imports the MCP SDK: the table is plain data, so
+the schema document and the tests can read it without starting a server.
+"""
+
+from __future__ import annotations
+
+import binascii
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+Millis = Annotated[int, Meta(ge=1, le=86_400_000)]
+PathArg = Annotated[str, Meta(min_length=1, description="path, relative to the workspace")]
+
+
+class Input(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A tool's arguments: snake_case, unknown arguments refused."""
+
+
+class Output(msgspec.Struct, kw_only=True):
+    """A tool's structured result."""
+
+
+# -- terminals ------------------------------------------------------------------------------
+class RunCommandInput(Input):
+    command: Annotated[str, Meta(min_length=1, description="shell command line to run")]
+    terminal: str | None = None
+    cwd: str | None = None
+    timeout_ms: Millis | None = None
+    idle_timeout_ms: Millis | None = None
+    max_wait_ms: Millis | None = None
+
+
+class CommandResult(Output):
+    exit_code: int | None
+    output: str
+    cwd: str | None
+    status: Literal["completed", "timed_out", "interrupted", "waiting_for_input", "running"]
+    execution_id: str
+    terminal_id: str
+    truncated: bool
+    output_bytes: int
+    duration_ms: float
+    shell: str
+    mode: str
+
+
+class SendInputInput(Input):
+    terminal: Annotated[str, Meta(min_length=1)]
+    text: str
+    press_enter: bool = True
+
+
+class SendInputResult(Output):
+    terminal_id: str
+    sent_chars: int
+
+
+class WaitCommandInput(Input):
+    execution_id: Annotated[str, Meta(min_length=1)]
+    timeout_ms: Millis | None = None
+
+
+class ReadOutputInput(Input):
+    execution_id: Annotated[str, Meta(min_length=1)]
+    offset: Annotated[int, Meta(ge=0)] = 0
+    limit: Annotated[int, Meta(ge=1, le=4 * 1024 * 1024)] = 64 * 1024
+
+
+class ReadOutputResult(Output):
+    data: str
+    next_offset: int
+    eof: bool
+
+
+class InterruptInput(Input):
+    terminal: Annotated[str, Meta(min_length=1)]
+
+
+class InterruptResult(Output):
+    terminal_id: str
+    interrupted: bool
+
+
+class ListTerminalsInput(Input):
+    pass
+
+
+class TerminalInfo(Output):
+    terminal_id: str
+    shell: str
+    pid: int | None
+    mode: str
+    cwd: str | None
+    busy: bool
+
+
+class ListTerminalsResult(Output):
+    terminals: list[TerminalInfo]
+
+
+# -- files ----------------------------------------------------------------------------------
+class ReadFileInput(Input):
+    path: PathArg
+    start_line: Annotated[int, Meta(ge=1)] | None = None
+    end_line: Annotated[int, Meta(ge=1)] | None = None
+    encoding: Literal["text", "base64"] = "text"
+
+
+class ReadFileResult(Output):
+    path: str
+    content: str
+    encoding: Literal["text", "base64"]
+    size: int
+    mtime_ns: int
+    total_lines: int | None
+    start_line: int | None
+    end_line: int | None
+
+
+class WriteFileInput(Input):
+    path: PathArg
+    content: str
+    encoding: Literal["text", "base64"] = "text"
+    expected_mtime_ns: Annotated[int, Meta(ge=0)] | None = None
+    create_dirs: bool = False
+
+
+class WriteFileResult(Output):
+    path: str
+    size: int
+    mtime_ns: int
+
+
+class EditSpec(Input):
+    old_text: Annotated[str, Meta(min_length=1)]
+    new_text: str
+    count: Annotated[int, Meta(ge=1)] = 1
+
+
+class EditFileInput(Input):
+    path: PathArg
+    edits: Annotated[list[EditSpec], Meta(min_length=1, max_length=1000)]
+    dry_run: bool = False
+    expected_mtime_ns: Annotated[int, Meta(ge=0)] | None = None
+
+
+class EditFileResult(Output):
+    path: str
+    diff: str
+    mtime_ns: int
+    size: int
+    dry_run: bool
+    replacements: int
+
+
+class SearchFilesInput(Input):
+    query: Annotated[str, Meta(min_length=1, max_length=4096)]
+    regex: bool = False
+    case_sensitive: bool = True
+    path: PathArg = "."
+    include: list[str] = []
+    exclude: list[str] = []
+    gitignore: bool = True
+    max_results: Annotated[int, Meta(ge=1, le=10_000)] = 200
+    cursor: str | None = None
+
+
+class SearchHit(Output):
+    path: str
+    line: int
+    text: str
+
+
+class SearchFilesResult(Output):
+    matches: list[SearchHit]
+    next_cursor: str | None
+    complete: bool
+    timed_out: bool
+    files_searched: int
+    files_skipped: int
+
+
+class ListDirectoryInput(Input):
+    path: PathArg = "."
+    depth: Annotated[int, Meta(ge=1, le=32)] = 2
+    gitignore: bool = True
+    max_entries: Annotated[int, Meta(ge=1, le=100_000)] = 2_000
+
+
+class DirEntry(Output):
+    name: str
+    kind: Literal["file", "directory", "symlink", "other"]
+    size: int
+    mtime_ns: int
+    children: list[DirEntry] | None = None
+
+
+class ListDirectoryResult(Output):
+    path: str
+    entries: list[DirEntry]
+    count: int
+    truncated: bool
+
+
+class FileInfoInput(Input):
+    path: PathArg
+
+
+class FileInfoResult(Output):
+    path: str
+    kind: str
+    size: int
+    mtime_ns: int
+    target_kind: str | None = None
+    target: str | None = None
+
+
+# -- the table ------------------------------------------------------------------------------
+Call = tuple[str, dict[str, Any]]  # (JSON-RPC method, its params)
+
+
+@dataclass(frozen=True, slots=True)
+class Annotations:
+    read_only: bool
+    destructive: bool
+    idempotent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    name: str
+    title: str
+    description: str
+    input: type[Input]
+    output: type[Output]
+    annotations: Annotations
+    request: Callable[[Any], Call]
+    """The JSON-RPC call for a validated input."""
+    answer: Callable[[Any, Any], Output]
+    """The output for (input, JSON-RPC result)."""
+
+
+def _drop_none(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def command_result(r: Mapping[str, Any]) -> CommandResult:
+    return CommandResult(
+        exit_code=r.get("exitCode"),
+        output=r.get("output", ""),
+        cwd=r.get("cwd"),
+        status=r.get("status", "completed"),
+        execution_id=r.get("executionId", ""),
+        terminal_id=r.get("terminalId", ""),
+        truncated=bool(r.get("truncated", False)),
+        output_bytes=int(r.get("outputBytes", 0)),
+        duration_ms=float(r.get("durationMs", 0.0)),
+        shell=r.get("shell", ""),
+        mode=r.get("mode", ""),
+    )
+
+
+def _read_file_answer(inp: ReadFileInput, r: Mapping[str, Any]) -> ReadFileResult:
+    content: str = r["content"]
+    total = start = end = None
+    if inp.encoding == "text":
+        lines = content.splitlines(keepends=True)
+        total = len(lines)
+        if inp.start_line is not None or inp.end_line is not None:
+            start = inp.start_line or 1
+            end = min(inp.end_line or total, total)
+            content = "".join(lines[start - 1 : end])
+    return ReadFileResult(
+        path=inp.path,
+        content=content,
+        encoding=inp.encoding,
+        size=r["size"],
+        mtime_ns=r["mtimeNs"],
+        total_lines=total,
+        start_line=start,
+        end_line=end,
+    )
+
+
+def _write_request(inp: WriteFileInput) -> Call:
+    if inp.encoding == "base64":
+        try:
+            binascii.a2b_base64(inp.content, strict_mode=True)
+        except binascii.Error as exc:
+            raise ValueError(f"content is not valid base64: {exc}") from None
+    return "fs/write", _drop_none(
+        {
+            "path": inp.path,
+            "content": inp.content,
+            "encoding": "base64" if inp.encoding == "base64" else "utf-8",
+            "expectedMtimeNs": inp.expected_mtime_ns,
+            "createDirs": inp.create_dirs,
+        }
+    )
+
+
+def _tree_entries(entries: list[dict[str, Any]]) -> list[DirEntry]:
+    return [
+        DirEntry(
+            name=e["name"],
+            kind=e["kind"],
+            size=e["size"],
+            mtime_ns=e["mtimeNs"],
+            children=None if e.get("children") is None else _tree_entries(e["children"]),
+        )
+        for e in entries
+    ]
+
+
+READ = Annotations(read_only=True, destructive=False, idempotent=True)
+
+TOOLS: tuple[Tool, ...] = (
+    Tool(
+        "run_command",
+        "Run a shell command",
+        "Run a command line in a persistent shell terminal (bash, zsh or fish in a real PTY) "
+        "and return its exit code, output and the working directory after it; cd, exported "
+        "variables and activated environments persist between calls in the same terminal. "
+        "Omit `terminal` to use the default one; name a new `terminal` to open another (for a "
+        "dev server, say). A command that stops printing while it waits for input returns "
+        "status `waiting_for_input` (answer with send_input, then wait_command); one still "
+        "printing after max_wait_ms returns `running` and keeps running (wait_command, "
+        "read_output, interrupt). Long output is cut to head and tail (`truncated`); "
+        "read_output pages through all of it.",
+        RunCommandInput,
+        CommandResult,
+        Annotations(read_only=False, destructive=True, idempotent=False),
+        lambda i: (
+            "terminal/execute",
+            _drop_none(
+                {
+                    "command": i.command,
+                    "terminalId": i.terminal,
+                    "cwd": i.cwd,
+                    "timeoutMs": i.timeout_ms,
+                    "idleTimeoutMs": i.idle_timeout_ms,
+                    "maxWaitMs": i.max_wait_ms,
+                }
+            ),
+        ),
+        lambda i, r: command_result(r),
+    ),
+    Tool(
+        "send_input",
+        "Type into a terminal",
+        "Send text to the program running in a terminal, as if typed: the answer to a "
+        "prompt (a password, y/n, a REPL line). A newline is added unless press_enter is "
+        "false. Then call wait_command with the command's execution_id for its result.",
+        SendInputInput,
+        SendInputResult,
+        Annotations(read_only=False, destructive=True, idempotent=False),
+        lambda i: (
+            "terminal/sendText",
+            {"terminalId": i.terminal, "text": i.text + ("\n" if i.press_enter else "")},
+        ),
+        lambda i, r: SendInputResult(
+            terminal_id=i.terminal, sent_chars=len(i.text) + (1 if i.press_enter else 0)
+        ),
+    ),
+    Tool(
+        "wait_command",
+        "Wait for a command",
+        "Wait for a command that run_command left running (status `running` or "
+        "`waiting_for_input`) to finish, and return its final exit code, output and working "
+        "directory. timeout_ms bounds the wait (the command keeps running if it passes).",
+        WaitCommandInput,
+        CommandResult,
+        READ,
+        lambda i: (
+            "terminal/wait",
+            _drop_none({"executionId": i.execution_id, "timeoutMs": i.timeout_ms}),
+        ),
+        lambda i, r: command_result(r),
+    ),
+    Tool(
+        "read_output",
+        "Read a command's output",
+        "Read the complete output of a command by execution_id, in pages: pass next_offset "
+        "back as offset until eof is true. Use it when run_command's output was truncated "
+        "or the command is still running.",
+        ReadOutputInput,
+        ReadOutputResult,
+        READ,
+        lambda i: (
+            "terminal/readOutput",
+            {"executionId": i.execution_id, "offset": i.offset, "limit": i.limit},
+        ),
+        lambda i, r: ReadOutputResult(data=r["data"], next_offset=r["offset"], eof=r["eof"]),
+    ),
+    Tool(
+        "interrupt",
+        "Interrupt a command",
+        "Interrupt the command running in a terminal (Ctrl-C; escalated to stronger signals "
+        "if it does not stop). The terminal itself stays open for the next command.",
+        InterruptInput,
+        InterruptResult,
+        Annotations(read_only=False, destructive=True, idempotent=True),
+        lambda i: ("terminal/interrupt", {"terminalId": i.terminal}),
+        lambda i, r: InterruptResult(terminal_id=i.terminal, interrupted=True),
+    ),
+    Tool(
+        "list_terminals",
+        "List terminals",
+        "List the open terminals: id, shell, process id, working directory, and whether a "
+        "command is running in it.",
+        ListTerminalsInput,
+        ListTerminalsResult,
+        READ,
+        lambda i: ("terminal/list", {}),
+        lambda i, r: ListTerminalsResult(
+            terminals=[
+                TerminalInfo(
+                    terminal_id=t["terminalId"],
+                    shell=t["shell"],
+                    pid=t.get("pid"),
+                    mode=t["mode"],
+                    cwd=t.get("cwd"),
+                    busy=t["busy"],
+                )
+                for t in r
+            ]
+        ),
+    ),
+    Tool(
+        "read_file",
+        "Read a file",
+        "Read a file in the workspace. Text comes back whole, or the lines start_line to "
+        "end_line (1-based, inclusive) with total_lines; binary files need encoding "
+        "`base64`. mtime_ns identifies the version read: pass it to write_file or edit_file "
+        "as expected_mtime_ns so a change made meanwhile is not overwritten.",
+        ReadFileInput,
+        ReadFileResult,
+        READ,
+        lambda i: (
+            "fs/read",
+            {"path": i.path, "encoding": "base64" if i.encoding == "base64" else "utf-8"},
+        ),
+        _read_file_answer,
+    ),
+    Tool(
+        "write_file",
+        "Write a file",
+        "Replace (or create) a file with new content, atomically: readers see the old or the "
+        "new file, never a mix. With expected_mtime_ns (from read_file) the write is refused "
+        "if the file changed since; 0 means it must not exist yet. create_dirs makes missing "
+        "parent folders. Prefer edit_file for changes to part of a file.",
+        WriteFileInput,
+        WriteFileResult,
+        Annotations(read_only=False, destructive=True, idempotent=True),
+        _write_request,
+        lambda i, r: WriteFileResult(path=i.path, size=r["size"], mtime_ns=r["mtimeNs"]),
+    ),
+    Tool(
+        "edit_file",
+        "Edit a file",
+        "Change a file with exact search/replace edits, applied in order as one atomic write. "
+        "Each old_text must occur exactly once in the file (or exactly `count` times): copy "
+        "it from the file with enough surrounding lines to be unique. If any edit matches "
+        "too often or not at all, nothing is written and the error says which edit, how "
+        "often it matched and at which lines (or the nearest lines). Returns a unified diff; "
+        "dry_run shows the diff without writing.",
+        EditFileInput,
+        EditFileResult,
+        Annotations(read_only=False, destructive=True, idempotent=False),
+        lambda i: (
+            "fs/edit",
+            _drop_none(
+                {
+                    "path": i.path,
+                    "edits": [
+                        {"oldText": e.old_text, "newText": e.new_text, "count": e.count}
+                        for e in i.edits
+                    ],
+                    "dryRun": i.dry_run,
+                    "expectedMtimeNs": i.expected_mtime_ns,
+                }
+            ),
+        ),
+        lambda i, r: EditFileResult(
+            path=r["path"],
+            diff=r["diff"],
+            mtime_ns=r["mtimeNs"],
+            size=r["size"],
+            dry_run=r["dryRun"],
+            replacements=r["replacements"],
+        ),
+    ),
+    Tool(
+        "search_files",
+        "Search file contents",
+        "Search the contents of the workspace's files for a literal string (or a regular "
+        "expression with regex=true), like grep -rn: each match is a path, a line number and "
+        "the line. Files .gitignore excludes, binary files and .git are skipped; include and "
+        "exclude take globs (`*.py`, `src/**/*.ts`, `build/`). Results come in pages: pass "
+        "next_cursor back as cursor for more.",
+        SearchFilesInput,
+        SearchFilesResult,
+        READ,
+        lambda i: (
+            "fs/search",
+            _drop_none(
+                {
+                    "query": i.query,
+                    "regex": i.regex,
+                    "caseSensitive": i.case_sensitive,
+                    "path": i.path,
+                    "include": i.include,
+                    "exclude": i.exclude,
+                    "gitignore": i.gitignore,
+                    "maxResults": i.max_results,
+                    "cursor": i.cursor,
+                }
+            ),
+        ),
+        lambda i, r: SearchFilesResult(
+            matches=[
+                SearchHit(path=m["path"], line=m["line"], text=m["text"]) for m in r["matches"]
+            ],
+            next_cursor=r["nextCursor"],
+            complete=r["complete"],
+            timed_out=r["timedOut"],
+            files_searched=r["filesSearched"],
+            files_skipped=r["filesSkipped"],
+        ),
+    ),
+    Tool(
+        "list_directory",
+        "List a folder as a tree",
+        "List a folder's files and subfolders as a tree, `depth` levels deep, with kinds, "
+        "sizes and mtimes; .gitignore'd entries are left out unless gitignore is false. "
+        "Folders below the depth limit have children null.",
+        ListDirectoryInput,
+        ListDirectoryResult,
+        READ,
+        lambda i: (
+            "fs/tree",
+            {
+                "path": i.path,
+                "depth": i.depth,
+                "gitignore": i.gitignore,
+                "maxEntries": i.max_entries,
+            },
+        ),
+        lambda i, r: ListDirectoryResult(
+            path=r["path"],
+            entries=_tree_entries(r["entries"]),
+            count=r["count"],
+            truncated=r["truncated"],
+        ),
+    ),
+    Tool(
+        "file_info",
+        "File information",
+        "The kind (file, directory, symlink), size and mtime_ns of a path in the workspace; "
+        "for a symlink also its target.",
+        FileInfoInput,
+        FileInfoResult,
+        READ,
+        lambda i: ("fs/stat", {"path": i.path}),
+        lambda i, r: FileInfoResult(
+            path=i.path,
+            kind=r["kind"],
+            size=r["size"],
+            mtime_ns=r["mtimeNs"],
+            target_kind=r.get("targetKind"),
+            target=r.get("target"),
+        ),
+    ),
+)
+
+BY_NAME: dict[str, Tool] = {tool.name: tool for tool in TOOLS}
+
+
+def object_schema(kind: type[msgspec.Struct]) -> dict[str, Any]:
+    """The JSON Schema of a Struct with the Struct itself at the root (MCP wants an object
+    schema there, not a `$ref`); nested Structs stay in `$defs`."""
+    schema = msgspec.json.schema(kind)
+    defs: dict[str, Any] = dict(schema.get("$defs", {}))
+    ref = schema.get("$ref", "")
+    root: dict[str, Any] = dict(defs.pop(ref.rpartition("/")[2])) if ref else dict(schema)
+    root.pop("title", None)
+    if defs:
+        root["$defs"] = defs
+    return root
+
+
+__all__ = [
+    "BY_NAME",
+    "TOOLS",
+    "Annotations",
+    "CommandResult",
+    "Tool",
+    "command_result",
+    "object_schema",
+]

@@ -1,0 +1,295 @@
+"""`lapce-bridge mcp` driven by the official MCP Python SDK's client, over stdio and over
+Streamable HTTP: a real server process, a real shell, real files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import jsonschema
+import mcp_types as types
+import pytest
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+from lapce_bridge.mcp.tools import TOOLS
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+
+TOOL_NAMES = {
+    "run_command", "send_input", "wait_command", "read_output", "interrupt", "list_terminals",
+    "read_file", "write_file", "edit_file", "search_files", "list_directory", "file_info",
+}  # fmt: skip
+
+
+def server_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env["HOME"] = str(tmp_path / "home")
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")
+    env["XDG_RUNTIME_DIR"] = str(tmp_path / "run")
+    for name in ("home", "state", "run"):
+        (tmp_path / name).mkdir(exist_ok=True, mode=0o700)
+    return env
+
+
+def make_workspace(tmp_path: Path) -> Path:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "calc.py").write_text(
+        "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
+    )
+    return ws
+
+
+@asynccontextmanager
+async def stdio_session(tmp_path: Path, ws: Path) -> AsyncIterator[ClientSession]:
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "lapce_bridge", "mcp", "--workspace", str(ws), "--shell", "bash"],
+        env=server_env(tmp_path),
+        cwd=str(tmp_path),
+    )
+    with (tmp_path / "server.log").open("w") as errlog:
+        async with (
+            stdio_client(params, errlog=errlog) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            yield session
+
+
+@asynccontextmanager
+async def http_session(tmp_path: Path, ws: Path) -> AsyncIterator[ClientSession]:
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token-of-32-characters-ok\n")
+    token_file.chmod(0o600)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lapce_bridge", "mcp", "--workspace", str(ws), "--shell", "bash",
+        "--http", "127.0.0.1:0", "--token-file", str(token_file),
+        env=server_env(tmp_path), stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+        m = re.search(r"MCP on (http://\S+/mcp)", line)
+        assert m is not None, line
+        url = m.group(1)
+        # Without the token: refused before MCP sees anything.
+        async with create_mcp_http_client() as bare:
+            refused = await bare.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+            assert refused.status_code == 401
+        client = create_mcp_http_client(
+            headers={"Authorization": "Bearer s3cret-token-of-32-characters-ok"}
+        )
+        async with (
+            client,
+            streamable_http_client(url, http_client=client) as (
+                read,
+                write,
+            ),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            yield session
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 20)
+
+
+def structured(result: types.CallToolResult | Any) -> dict[str, Any]:
+    assert isinstance(result, types.CallToolResult)
+    assert not result.is_error, result.content
+    assert result.structured_content is not None
+    return dict(result.structured_content)
+
+
+def tool_error(result: types.CallToolResult | Any) -> dict[str, Any]:
+    assert isinstance(result, types.CallToolResult)
+    assert result.is_error
+    assert result.structured_content is not None
+    error: dict[str, Any] = result.structured_content["error"]
+    text = result.content[0]
+    assert isinstance(text, types.TextContent)
+    assert text.text.startswith(f"{error['name']} ({error['code']}, {error['category']}")
+    return error
+
+
+async def scenario(session: ClientSession, ws: Path) -> None:
+    """What every client must be able to do: the issue's list, in order."""
+    listed = await session.list_tools()
+    assert {t.name for t in listed.tools} == TOOL_NAMES
+    for tool in listed.tools:
+        assert tool.input_schema["type"] == "object"
+        assert tool.output_schema is not None
+        assert tool.output_schema["type"] == "object"
+        jsonschema.Draft202012Validator.check_schema(tool.input_schema)
+        jsonschema.Draft202012Validator.check_schema(tool.output_schema)
+        assert tool.description
+        assert len(tool.description) > 80
+        assert tool.annotations is not None
+        assert tool.annotations.read_only_hint is not None
+    hints = {t.name: t.annotations for t in listed.tools if t.annotations is not None}
+    assert hints["search_files"].read_only_hint is True
+    assert hints["run_command"].destructive_hint is True
+
+    ran = structured(await session.call_tool("run_command", {"command": "echo test"}))
+    assert (ran["exit_code"], ran["output"].strip(), ran["status"]) == (0, "test", "completed")
+    assert ran["cwd"] == str(ws)
+    failed = structured(await session.call_tool("run_command", {"command": "cd /tmp && false"}))
+    assert (failed["exit_code"], failed["cwd"]) == (1, "/tmp")
+
+    # An input prompt: the command goes quiet, is answered, and finishes.
+    asked = structured(
+        await session.call_tool(
+            "run_command",
+            {"command": "cd ~ && read -p 'name? ' who && echo \"hello $who\"",
+             "idle_timeout_ms": 700},
+        )
+    )  # fmt: skip
+    assert asked["status"] == "waiting_for_input"
+    assert "name?" in asked["output"]
+    structured(
+        await session.call_tool("send_input", {"terminal": asked["terminal_id"], "text": "bob"})
+    )
+    done = structured(
+        await session.call_tool(
+            "wait_command", {"execution_id": asked["execution_id"], "timeout_ms": 20_000}
+        )
+    )
+    assert (done["exit_code"], done["status"]) == (0, "completed")
+    assert "hello bob" in done["output"]
+
+    # Edits: a unique match is applied; an ambiguous one refused, nothing written.
+    edited = structured(
+        await session.call_tool(
+            "edit_file",
+            {
+                "path": "calc.py",
+                "edits": [{"old_text": "return a - b", "new_text": "return b - a"}],
+            },
+        )
+    )
+    assert edited["replacements"] == 1
+    assert "+    return b - a" in edited["diff"]
+    before = (ws / "calc.py").read_text()
+    refused = tool_error(
+        await session.call_tool(
+            "edit_file", {"path": "calc.py", "edits": [{"old_text": "(a, b):", "new_text": "()"}]}
+        )
+    )
+    assert refused["code"] == -32602
+    assert "matched 2 times" in refused["message"]
+    assert refused["edits"][0]["lines"] == [1, 5]
+    assert (ws / "calc.py").read_text() == before
+    typo = tool_error(await session.call_tool("edit_file", {"path": "calc.py", "edit": []}))
+    assert typo["message"] == "edit_file: unknown parameter 'edit'"
+
+    found = structured(await session.call_tool("search_files", {"query": "b - a"}))
+    assert [(m["path"], m["line"]) for m in found["matches"]] == [("calc.py", 6)]
+    assert found["complete"] is True
+
+    read = structured(
+        await session.call_tool("read_file", {"path": "calc.py", "start_line": 5, "end_line": 6})
+    )
+    assert read["content"] == "def sub(a, b):\n    return b - a\n"
+    assert (read["total_lines"], read["mtime_ns"]) == (6, edited["mtime_ns"])
+
+    wrote = structured(
+        await session.call_tool(
+            "write_file", {"path": "new/x.txt", "content": "x\n", "create_dirs": True}
+        )
+    )
+    conflict = tool_error(
+        await session.call_tool(
+            "write_file",
+            {"path": "new/x.txt", "content": "y\n", "expected_mtime_ns": wrote["mtime_ns"] - 1},
+        )
+    )
+    assert (conflict["name"], conflict["code"]) == ("ConflictError", -32004)
+    outside = tool_error(await session.call_tool("read_file", {"path": "../../etc/passwd"}))
+    assert outside["code"] == -32006
+    tree = structured(await session.call_tool("list_directory", {"depth": 2}))
+    assert {e["name"] for e in tree["entries"]} >= {"calc.py", "new"}
+    info = structured(await session.call_tool("file_info", {"path": "calc.py"}))
+    assert info["kind"] == "file"
+    terminals = structured(await session.call_tool("list_terminals", {}))
+    assert terminals["terminals"]
+    assert terminals["terminals"][0]["busy"] is False
+
+
+async def test_python_sdk_client_over_stdio(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path)
+    with anyio.fail_after(120):
+        async with stdio_session(tmp_path, ws) as session:
+            await scenario(session, ws)
+
+
+async def test_python_sdk_client_over_streamable_http(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path)
+    with anyio.fail_after(120):
+        async with http_session(tmp_path, ws) as session:
+            await scenario(session, ws)
+
+
+async def test_progress_carries_output_and_cancelling_interrupts(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path)
+    seen: list[str] = []
+    got_progress = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(message or "")
+        if "tick 3" in (message or ""):
+            got_progress.set()
+
+    with anyio.fail_after(120):
+        async with stdio_session(tmp_path, ws) as session:
+            async with anyio.create_task_group() as tg:
+
+                async def long_call() -> None:
+                    await session.call_tool(
+                        "run_command",
+                        {"command": "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.3; done; "
+                                    "sleep 60",
+                         "max_wait_ms": 90_000},
+                        progress_callback=on_progress,
+                    )  # fmt: skip
+
+                tg.start_soon(long_call)
+                await got_progress.wait()
+                tg.cancel_scope.cancel()  # the client abandons the call: notifications/cancelled
+            assert any("tick 1" in m for m in seen)
+            # The command was interrupted: the terminal is free again soon.
+            for _ in range(100):
+                listing = structured(await session.call_tool("list_terminals", {}))
+                if not any(t["busy"] for t in listing["terminals"]):
+                    break
+                await anyio.sleep(0.1)
+            else:
+                pytest.fail("the cancelled command is still running")
+            again = structured(await session.call_tool("run_command", {"command": "echo after"}))
+            assert again["output"].strip() == "after"
+
+
+def test_every_tool_schema_is_generated_from_its_structs() -> None:
+    for tool in TOOLS:
+        assert tool.input.__struct_config__.forbid_unknown_fields
+    out = subprocess.run(
+        [sys.executable, "-m", "lapce_bridge", "mcp", "--http", "10.1.2.3:0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert "not a loopback address" in out.stderr
