@@ -35,11 +35,18 @@ from lapce_bridge.core.breaker import CircuitBreaker
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.degradation import DegradationManager
 from lapce_bridge.core.events import EventBus
-from lapce_bridge.core.health import ALERT_TYPES, HealthMonitor
+from lapce_bridge.core.health import ALERT_TYPES, AlertCleared, HealthMonitor
+from lapce_bridge.core.incidents import (
+    RECOVERY_OPERATIONS,
+    IncidentEnded,
+    IncidentLog,
+    IncidentStarted,
+)
 from lapce_bridge.core.metrics import MetricsRegistry
 from lapce_bridge.core.timeouts import TimeoutManager
 from lapce_bridge.resources import DEFAULT_BUDGET_BYTES, Relief, ResourceManager
 from lapce_bridge.rpc import Broadcast, CallContext, Method, Params, method
+from lapce_bridge.slo import SloStore
 
 log = logging.getLogger("lapce_bridge.app")
 
@@ -59,6 +66,7 @@ class App:
         timeouts: TimeoutManager | None = None,
         monitor_resources: bool | None = None,
         memory_budget: int | None = None,
+        slo_path: Path | None = None,
     ) -> None:
         self.clock: Clock = clock if clock is not None else SYSTEM_CLOCK
         self.workspace = (workspace or Path.cwd()).resolve()
@@ -68,6 +76,11 @@ class App:
         self.metrics = MetricsRegistry()
         self.health = HealthMonitor(clock=self.clock, bus=self.bus)
         self.degradation = DegradationManager(bus=self.bus, clock=self.clock)
+        self.incidents = IncidentLog(clock=self.clock, bus=self.bus)
+        # The SLOs of the specification, kept where the next server finds them (in memory
+        # when there is no file to keep them in: a bare method table, a stdio pipe).
+        self.slo = SloStore(slo_path, wall=_wall_clock(self.clock))
+        self._lost_seen = 0
         self.timeouts = timeouts or TimeoutManager(clock=self.clock)
         self.breakers: dict[str, CircuitBreaker] = {}
         self._want_services = services
@@ -83,6 +96,8 @@ class App:
         self._stack: AsyncExitStack | None = None
         self.services: list[object] = []
         self._unsubscribe = [self.bus.subscribe(kind, self._on_alert) for kind in ALERT_TYPES]
+        self._unsubscribe.append(self.bus.subscribe(IncidentStarted, self._on_incident_started))
+        self._unsubscribe.append(self.bus.subscribe(IncidentEnded, self._on_incident_ended))
 
     # -- what the server uses -------------------------------------------------------------
     @property
@@ -92,6 +107,12 @@ class App:
     def observe(self, op: str, seconds: float, ok: bool) -> None:
         self.metrics.observe(op, seconds, ok)
         self.health.record_operation(op, seconds, ok)
+        kind = RECOVERY_OPERATIONS.get(op)
+        if kind is None:
+            self.slo.record(op, seconds, ok)
+        else:  # a recovery timed by its component: an incident, not a request
+            now = self.clock.now()
+            self.incidents.record(kind, op, started=now - seconds, ended=now, recovered=ok)
 
     def features(self) -> dict[str, bool]:
         return self.degradation.features()
@@ -125,6 +146,37 @@ class App:
             sink(method_name, params)
 
     # -- reports --------------------------------------------------------------------------
+    def gauges(self) -> dict[str, Any]:
+        """Figures of the moment for the Prometheus exporter (read from its thread)."""
+        out: dict[str, Any] = {
+            "quality": self.degradation.level,
+            "breakers": {name: b.state.value for name, b in list(self.breakers.items())},
+        }
+        if self.resources is not None:
+            stats = self.resources.statistics()
+            out.update(
+                pressure=stats.pressure / 100.0,
+                owned_bytes=stats.owned_bytes,
+                budget_bytes=stats.budget_bytes,
+                cpu=stats.cpu_percent / 100.0,
+            )
+        for source in list(self._counter_sources):
+            connections = source().get("ipc.connections")
+            if connections is not None:
+                out["connections"] = out.get("connections", 0) + connections
+        for service in list(self.services):
+            statistics = getattr(service, "statistics", None)
+            stats_ = statistics() if callable(statistics) else None
+            spools = getattr(stats_, "spools", None)
+            if stats_ is not None and spools is not None:
+                out.update(
+                    terminals=stats_.terminals,
+                    busy_terminals=stats_.busy,
+                    spool_disk_bytes=spools.disk_bytes,
+                    spool_memory_bytes=spools.memory_bytes,
+                )
+        return out
+
     def health_report(self) -> dict[str, Any]:
         breakers = {
             name: b.state.value
@@ -139,6 +191,12 @@ class App:
         )
         if self.resources is not None:
             report["resources"] = self.resources.statistics().to_wire()
+        report["slos"] = self.slo.report()
+        report["incidents"] = {
+            "open": [i.to_wire() for i in self.incidents.open_incidents()],
+            "recent": [i.to_wire() for i in self.incidents.recent(10)],
+            "total": self.incidents.total,
+        }
         return report
 
     def _own_methods(self) -> dict[str, Method]:
@@ -157,7 +215,29 @@ class App:
         }
 
     def _on_alert(self, alert: Any) -> None:
+        if isinstance(alert, AlertCleared):
+            log.warning("alert cleared: %s on %s", alert.detail, alert.operation)
+        else:
+            log.warning("alert raised: %s on %s: %s", alert.kind, alert.operation, alert.detail)
         self.broadcast("health/alert", alert.to_wire())
+
+    def _on_incident_started(self, event: IncidentStarted) -> None:
+        i = event.incident
+        log.warning("incident %d started: %s %s: %s", i.id, i.kind, i.subject, i.detail)
+
+    def _on_incident_ended(self, event: IncidentEnded) -> None:
+        i = event.incident
+        outcome = "recovered" if i.recovered else "not recovered"
+        log.warning(
+            "incident %d %s after %.0f ms: %s %s%s",
+            i.id,
+            outcome,
+            (i.duration or 0.0) * 1000.0,
+            i.kind,
+            i.subject,
+            f": {i.detail}" if i.detail else "",
+        )
+        self.slo.record_incident(i, self.clock.now())
 
     def _bus_error(self, exc: BaseException, event: object) -> None:
         log.error("event handler failed on %r: %s", event, exc)
@@ -168,6 +248,7 @@ class App:
         await stack.__aenter__()
         self._stack = stack
         try:
+            self._open_slo(stack)
             if self._want_resources:
                 self.resources = await stack.enter_async_context(
                     ResourceManager(
@@ -188,22 +269,55 @@ class App:
             raise
         return self
 
+    def _open_slo(self, stack: AsyncExitStack) -> None:
+        """Open the SLO store; a previous server that died unclosed is a restart incident."""
+        outage = self.slo.open()
+        stack.callback(self.slo.close)
+        if outage is not None:
+            gone = outage.ended - outage.started
+            now = self.clock.now()
+            self.incidents.record(
+                "server_restart",
+                "server",
+                started=now - gone,
+                ended=now,
+                recovered=True,
+                detail="the previous server stopped without closing (killed or crashed)",
+            )
+
     @asynccontextmanager
     async def _periodic_evaluation(self) -> AsyncIterator[None]:
-        """Re-check health alerts on the clock, so an alert clears even when traffic stops."""
+        """Re-check health alerts on the clock, so an alert clears even when traffic stops;
+        write the SLO counts on their own clock (in a worker thread)."""
 
         async def loop() -> None:
             while True:
                 await self.clock.sleep(self.health_interval)
                 self.health.evaluate()
+                self._count_losses()
 
-        task = asyncio.get_running_loop().create_task(loop(), name="health-evaluation")
+        loop_ = asyncio.get_running_loop()
+        tasks = [
+            loop_.create_task(loop(), name="health-evaluation"),
+            loop_.create_task(self.slo.run(self.clock.sleep), name="slo-flush"),
+        ]
         try:
             yield None
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def _count_losses(self) -> None:
+        """Messages the server had to drop are data lost, for the SLO (target 0)."""
+        lost = 0
+        for source in list(self._counter_sources):
+            lost += int(source().get("ipc.droppedMessages", 0))
+        if lost > self._lost_seen:
+            self.slo.record_loss(lost - self._lost_seen)
+        self._lost_seen = max(self._lost_seen, lost)
 
     async def __aexit__(self, *exc: object) -> None:
         stack, self._stack = self._stack, None
@@ -272,6 +386,15 @@ class App:
         self.broadcast(
             "health/alert", {"kind": "WatcherDegraded", "operation": "fs/watch", "detail": detail}
         )
+
+
+def _wall_clock(clock: Clock) -> Callable[[], float]:
+    """Wall-clock time for what outlives this process; a test clock stands in for it."""
+    if clock is SYSTEM_CLOCK:
+        import time
+
+        return time.time
+    return clock.now
 
 
 def _optional(name: str) -> Any:

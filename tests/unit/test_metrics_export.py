@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import random
 import urllib.request
-from fractions import Fraction
 
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
@@ -14,7 +13,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lapce_bridge.core.errors import InvalidParams
 from lapce_bridge.core.metrics import MetricsRegistry
-from lapce_bridge.metrics_export import CONTENT_TYPE, MetricsCollector, render
+from lapce_bridge.metrics_export import (
+    BUCKET_BOUNDS,
+    CONTENT_TYPE,
+    GAUGES,
+    MetricsCollector,
+    cumulative_buckets,
+    render,
+)
 
 
 def families(text: bytes) -> dict[str, Metric]:
@@ -42,34 +48,78 @@ def filled_registry() -> tuple[MetricsRegistry, list[float]]:
 def test_text_output_parses_back_to_the_registry_figures() -> None:
     metrics, reads = filled_registry()
     parsed = families(render(metrics))
-    assert set(parsed) == {
+    assert {
         "lapce_bridge_operation_duration_seconds",
-        "lapce_bridge_operation_errors",
+        "lapce_bridge_operation_calls",
         "lapce_bridge_counter",
-    }
+    } <= set(parsed)
+    assert "process_resident_memory_bytes" in parsed  # the process collector
     durations = parsed["lapce_bridge_operation_duration_seconds"]
-    assert durations.type == "summary"
+    assert durations.type == "histogram"
     name = durations.name
-    ordered = sorted(reads)
-    for q in ("0.5", "0.99", "0.999"):
-        exact = ordered[math.ceil(Fraction(q) * len(ordered)) - 1]
-        got = sample_value(durations, name, operation="fs/read", quantile=q)
-        assert abs(got - exact) / exact < 0.003
+    # Each bucket counts exactly the samples below its bound: the bounds are our own edges.
+    buckets = [s for s in durations.samples if s.name == name + "_bucket"]
+    fs_read = [s for s in buckets if s.labels["operation"] == "fs/read"]
+    assert len(fs_read) == len(BUCKET_BOUNDS) + 1
+    for sample in fs_read:
+        le = math.inf if sample.labels["le"] == "+Inf" else float(sample.labels["le"])
+        assert sample.value == sum(1 for r in reads if r < le)
     assert sample_value(durations, name + "_count", operation="fs/read") == 5000
     assert sample_value(durations, name + "_sum", operation="fs/read") == pytest.approx(
         math.fsum(reads)
     )
     assert sample_value(durations, name + "_count", operation="terminal/execute") == 1
-    assert sample_value(
-        durations, name, operation="terminal/execute", quantile="0.99"
-    ) == pytest.approx(2.5e-3)
-    errors = parsed["lapce_bridge_operation_errors"]
-    assert errors.type == "counter"
-    assert sample_value(errors, errors.name + "_total", operation="fs/read") == 100
-    assert sample_value(errors, errors.name + "_total", operation="terminal/execute") == 0
+    calls = parsed["lapce_bridge_operation_calls"]
+    assert calls.type == "counter"
+    total = calls.name + "_total"
+    assert sample_value(calls, total, operation="fs/read", outcome="server_error") == 100
+    assert sample_value(calls, total, operation="fs/read", outcome="ok") == 4900
+    assert sample_value(calls, total, operation="terminal/execute", outcome="server_error") == 0
     counters = parsed["lapce_bridge_counter"]
     assert sample_value(counters, counters.name + "_total", counter="ipc.reconnects") == 3
     assert sample_value(counters, counters.name + "_total", counter="fs/cache_hits") == 41
+
+
+def test_fleet_quantiles_from_the_buckets_are_within_a_half_octave() -> None:
+    # What a fleet's histogram_quantile() sees: the bucket holding the rank.
+    metrics, reads = filled_registry()
+    buckets = cumulative_buckets(metrics.operation("fs/read").latency)
+    exact = sorted(reads)[math.ceil(0.99 * len(reads)) - 1]
+    rank = 0.99 * len(reads)
+    upper = next(float(le) for le, count in buckets if count >= rank)
+    assert exact <= upper < exact * 2**0.5 * 1.01
+    assert 40 <= len(BUCKET_BOUNDS) <= 60  # coarse enough to scrape cheaply
+
+
+def test_gauges_pressure_quality_terminals_connections_breakers_spools() -> None:
+    gauges = {
+        "pressure": 0.42,
+        "owned_bytes": 100 << 20,
+        "budget_bytes": 512 << 20,
+        "cpu": 0.1,
+        "quality": 2,
+        "terminals": 3,
+        "busy_terminals": 1,
+        "connections": 4,
+        "spool_disk_bytes": 1234,
+        "spool_memory_bytes": 99,
+        "breakers": {"fs": "open", "terminal": "closed"},
+    }
+    parsed = families(render(MetricsRegistry(), gauges=lambda: gauges))
+    for key, (suffix, _) in GAUGES.items():
+        family = parsed[f"lapce_bridge_{suffix}"]
+        assert family.type == "gauge"
+        assert family.samples[0].value == float(gauges[key])  # type: ignore[arg-type]
+    breaker = parsed["lapce_bridge_breaker_state"]
+    assert sample_value(breaker, breaker.name, breaker="fs", state="open") == 1.0
+    assert sample_value(breaker, breaker.name, breaker="fs", state="closed") == 0.0
+    assert sample_value(breaker, breaker.name, breaker="terminal", state="closed") == 1.0
+
+    def failing() -> dict[str, float]:
+        raise RuntimeError("closing")
+
+    parsed = families(render(MetricsRegistry(), gauges=failing))  # the scrape still answers
+    assert "lapce_bridge_memory_pressure_ratio" not in parsed
 
 
 def test_awkward_operation_names_survive_the_round_trip() -> None:
@@ -78,15 +128,15 @@ def test_awkward_operation_names_survive_the_round_trip() -> None:
     metrics.observe(odd, 1e-3, False)
     metrics.counter("a counter, with spaces").inc()
     parsed = families(render(metrics))
-    errors = parsed["lapce_bridge_operation_errors"]
-    assert sample_value(errors, errors.name + "_total", operation=odd) == 1
+    calls = parsed["lapce_bridge_operation_calls"]
+    assert sample_value(calls, calls.name + "_total", operation=odd, outcome="server_error") == 1
     counters = parsed["lapce_bridge_counter"]
     assert sample_value(counters, counters.name + "_total", counter="a counter, with spaces") == 1
 
 
 def test_an_empty_registry_exposes_empty_families() -> None:
     parsed = families(render(MetricsRegistry()))
-    assert all(not family.samples for family in parsed.values())
+    assert all(not f.samples for name, f in parsed.items() if name.startswith("lapce_bridge"))
     assert "lapce_bridge_operation_duration_seconds" in parsed
 
 

@@ -61,13 +61,15 @@ if TYPE_CHECKING:
     from lapce_bridge.core.clock import Clock
     from lapce_bridge.core.events import EventBus
 
-# Target p99 per operation, from the goal column of BENCHMARKS.md where it names one; every
+# Target p99 per operation: the specification's where it names one (the "seed" column of
+# BENCHMARKS.md; alerts fire at twice it, and our stricter goals stay in the bench); every
 # served method has a target (a test checks the method table against this one).
 DEFAULT_TARGETS: Mapping[str, float] = {
-    "terminal/execute": 3e-3,  # `echo test` end to end
-    "fs/read": 200e-6,  # a disk read; a cached one is far below
-    "fs/read/cached": 30e-6,  # for a service that times cache hits apart
-    "ping": 200e-6,  # IPC round trip
+    "terminal/execute": 10e-3,  # a terminal command end to end (`echo test`)
+    "fs/read": 1e-3,  # a read from disk at worst; a cached one is far below
+    "fs/read/disk": 1e-3,
+    "fs/read/cached": 100e-6,  # for a service that times cache hits apart
+    "ping": 500e-6,  # IPC round trip
     # Not in BENCHMARKS.md: bounds of what each does, an order above the measured p99.
     "initialize": 1e-3,
     "shutdown": 1e-3,

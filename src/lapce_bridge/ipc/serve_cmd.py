@@ -27,6 +27,7 @@ from lapce_bridge.core.errors import BridgeError
 from lapce_bridge.ipc.framing import DEFAULT_MAX_MESSAGE_BYTES
 from lapce_bridge.ipc.journal import JOURNAL_FILE, IdempotencyJournal
 from lapce_bridge.ipc.paths import default_socket_path, default_state_dir, state_dir_ready
+from lapce_bridge.slo import SLO_FILE
 
 log = logging.getLogger("lapce_bridge.serve")
 
@@ -87,6 +88,8 @@ async def run_server(opts: ServeOptions, *, announce: Callable[[str], None] | No
         journal = IdempotencyJournal(journal_path(state_dir, where))
 
     extras = [load_extra_methods(spec) for spec in opts.extra_methods]
+    # SLOs outlive the process, per endpoint; a stdio server's die with its pipe.
+    slo_path = None if opts.stdio else endpoint_file(state_dir, where, SLO_FILE)
 
     def extra_methods(app: Any) -> dict[str, Any]:
         table: dict[str, Any] = {}
@@ -106,6 +109,7 @@ async def run_server(opts: ServeOptions, *, announce: Callable[[str], None] | No
         extra_methods=extra_methods,
         timeouts=timeouts,
         memory_budget=opts.memory_budget,
+        slo_path=slo_path,
     ) as app:
         server = BridgeServer(
             app,
@@ -115,11 +119,13 @@ async def run_server(opts: ServeOptions, *, announce: Callable[[str], None] | No
             shutdown_grace=opts.shutdown_grace,
         )
         stop_exporter: Callable[[], None] | None = None
+        metrics_port = None
         if opts.metrics_port is not None:
             from lapce_bridge.metrics_export import start_exporter
 
-            port, stop_exporter = start_exporter(app.metrics, opts.metrics_port)
-            log.info("Prometheus metrics on http://127.0.0.1:%d/metrics", port)
+            metrics_port, stop_exporter = start_exporter(
+                app.metrics, opts.metrics_port, gauges=app.gauges
+            )
         # Signals stay captured through the drain in aclose(): a second one cuts it short.
         with capture_signals(server.request_shutdown), _finally(stop_exporter):
             try:
@@ -134,9 +140,12 @@ async def run_server(opts: ServeOptions, *, announce: Callable[[str], None] | No
                     assert socket_path is not None
                     await server.listen_unix(socket_path)
                 (announce or _announce)(where)
+                if metrics_port is not None:  # after the line clients wait for
+                    log.info("Prometheus metrics on http://127.0.0.1:%d/metrics", metrics_port)
                 await server.wait_for_shutdown()
             finally:
                 await server.aclose()
+    log.info("stopped (%s)", where)
 
 
 @contextlib.contextmanager
@@ -334,7 +343,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="METHOD=SECONDS",
         help="The server's limit for METHOD (a command's own timeoutMs/maxWaitMs may extend it).",
     )
-    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="Log lines on stderr: text with timestamps, or one JSON object each.",
+    )
     return p
 
 
@@ -352,11 +367,9 @@ def options(argv: Sequence[str]) -> ServeOptions:
         module_name, _, attr = spec.partition(":")
         if not module_name or not attr:
             raise UsageError(f"--extra-methods: expected MODULE:ATTRIBUTE, got {spec!r}")
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    from lapce_bridge.logsetup import configure
+
+    configure(args.log_level, args.log_format)
     return ServeOptions(
         socket=args.socket,
         stdio=args.stdio,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -56,6 +57,8 @@ from lapce_bridge.terminal.ownership import Ownership
 from lapce_bridge.terminal.result import ExecResult, TerminalExited
 from lapce_bridge.terminal.spool import SpoolStats, SpoolStore
 from lapce_bridge.terminal.terminal import Terminal
+
+log = logging.getLogger("lapce_bridge.terminal")
 
 DEFAULT_IDLE_TIMEOUT_MS = 30_000
 DEFAULT_MAX_WAIT_MS = 120_000
@@ -315,6 +318,14 @@ class TerminalService:
 
     def _answer(self, term: Terminal, result: ExecResult) -> dict[str, Any]:
         wire = result.to_wire()
+        if wire["status"] in ("timed_out", "interrupted"):  # worth a line at the default level
+            log.warning(
+                "command %s on %s %s after %.0f ms",
+                wire["executionId"],
+                term.terminal_id,
+                wire["status"].replace("_", " "),
+                wire["durationMs"],
+            )
         if wire["status"] in _NOT_FINAL and term.pid is not None:
             # The command may have changed directory since the last prompt reported one.
             wire["cwd"] = process_cwd(term.pid) or wire["cwd"]
