@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "bench": "lapce_bridge.bench.runner:bench",
     "chaos": "lapce_bridge.chaos.runner:chaos",
     "mcp": "lapce_bridge.mcp.cmd:mcp_command",
+    "health": "lapce_bridge.health_cmd:health_command",
 }
 
 HELP: dict[str, str] = {
@@ -30,6 +31,7 @@ HELP: dict[str, str] = {
     "bench": "Measure the figures of BENCHMARKS.md on this machine.",
     "chaos": "Inject faults and measure recovery (RTO, RPO).",
     "mcp": "Run the MCP server (stdio, or Streamable HTTP with --http).",
+    "health": "Show a running server's health: operations, SLOs, pressure, alerts, incidents.",
 }
 
 
