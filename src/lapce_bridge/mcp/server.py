@@ -43,7 +43,7 @@ from mcp.server.lowlevel import Server
 from lapce_bridge import __version__
 from lapce_bridge.app import App
 from lapce_bridge.core.errors import BridgeError, InvalidParams, MethodNotFound, to_bridge_error
-from lapce_bridge.mcp.tools import BY_NAME, TOOLS, Tool, object_schema
+from lapce_bridge.mcp.tools import BY_NAME, TOOLS, Tool, object_schema, output_schema
 from lapce_bridge.schema.validate import describe
 
 log = logging.getLogger("lapce_bridge.mcp")
@@ -272,7 +272,7 @@ def tool_list() -> list[types.Tool]:
             title=tool.title,
             description=tool.description,
             input_schema=object_schema(tool.input),
-            output_schema=object_schema(tool.output),
+            output_schema=output_schema(tool),
             annotations=types.ToolAnnotations(
                 title=tool.title,
                 read_only_hint=tool.annotations.read_only,
