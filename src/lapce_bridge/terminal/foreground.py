@@ -42,7 +42,7 @@ import termios
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["Foreground", "InputState", "probe"]
+__all__ = ["Foreground", "InputState", "probe", "process_cwd"]
 
 _MAX_PROCS = 32
 _MAX_TASKS = 64
@@ -358,3 +358,12 @@ def probe(master: int, shell_pid: int | None = None, *, proc: str = "/proc") -> 
     return Foreground(
         InputState.UNKNOWN, pgrp, leader, name, "not inspectable", shell, canonical, echo
     )
+
+
+def process_cwd(pid: int, *, proc: str = "/proc") -> str | None:
+    """A process's working directory now (a shell's, after a `cd` no prompt reported yet)."""
+    try:
+        path = os.readlink(f"{proc}/{pid}/cwd")
+    except OSError:
+        return None
+    return None if path.endswith(" (deleted)") else path

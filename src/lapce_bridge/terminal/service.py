@@ -3,8 +3,16 @@
 Theory of operation: the service owns its terminals and one `SpoolStore` they share (so
 `terminal/readOutput` finds any execution's output, and memory pressure trims one place).
 Params are validated here, once, into clear `InvalidParams` errors; paths resolve against the
-workspace and may not leave it (`PermissionDenied`, as for files). `terminal/execute` without
-`terminalId` uses the default terminal, created on first use. A busy terminal refuses a second
+workspace and may not leave it (`PermissionDenied`, as for files). Who owns which terminal is
+`ownership.Ownership`'s to decide: `terminalId` takes an id or a name given at
+`terminal/create`; `terminal/execute` without `terminalId` uses the calling connection's own
+default terminal, created on first use (two connections never share one); quotas per
+connection; a closed connection's unnamed terminals are reaped after a grace, and orphans make
+room when the server-wide maximum is reached. Answers that are not final (`waiting_for_input`,
+`running`) report the shell's cwd as it is when they are sent. `terminal/sendText` to a terminal
+running nothing is refused unless `atPrompt` says the text is meant for the prompt, and a line
+left unfinished by `sendText` is erased (Ctrl-U) before the next command is typed, so it never
+becomes part of that command. A busy terminal refuses a second
 command (`TerminalError`, "busy") rather than interleave output; `idleTimeoutMs` (default
 30 s) bounds how long a quiet command holds the request: it is then answered
 `waiting_for_input`, keeps running, and its end arrives as `terminal/commandFinished` (or
@@ -27,10 +35,20 @@ from typing import Any
 
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.clock import Clock
-from lapce_bridge.core.errors import InvalidParams, PermissionDenied
+from lapce_bridge.core.errors import (
+    Classification,
+    ErrorCategory,
+    ErrorSeverity,
+    InvalidParams,
+    PermissionDenied,
+    ResourceExhausted,
+    TerminalError,
+)
 from lapce_bridge.private import private_dir
 from lapce_bridge.resources import Relief
 from lapce_bridge.rpc import Broadcast, CallContext, Method, Observe, Params, method
+from lapce_bridge.terminal.foreground import process_cwd
+from lapce_bridge.terminal.ownership import Ownership
 from lapce_bridge.terminal.result import ExecResult, TerminalExited
 from lapce_bridge.terminal.spool import SpoolStats, SpoolStore
 from lapce_bridge.terminal.terminal import Terminal
@@ -38,6 +56,10 @@ from lapce_bridge.terminal.terminal import Terminal
 DEFAULT_IDLE_TIMEOUT_MS = 30_000
 DEFAULT_MAX_WAIT_MS = 120_000
 _MISSING = object()
+_KILL_LINE = "\x15"  # Ctrl-U: the line editors' (and the tty's VKILL) "erase this line"
+_NOT_FINAL = ("waiting_for_input", "running")
+# The caller's to fix: counted against neither health nor the error budget.
+_IDLE_SEND = Classification(ErrorCategory.TERMINAL, ErrorSeverity.WARNING, False, True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +125,8 @@ class TerminalService:
         features: Callable[[str], bool] | Any | None = None,
         default_shell: str | None = None,
         max_terminals: int = 256,
+        max_terminals_per_connection: int = 32,
+        orphan_grace: float = 30.0,
     ) -> None:
         self.workspace = Path(workspace).resolve()
         self.state_dir = Path(state_dir)
@@ -116,8 +140,10 @@ class TerminalService:
         self.max_terminals = max_terminals
         self.spools = SpoolStore(self.state_dir / "spool")
         self.terminals: dict[str, Terminal] = {}
-        self.default_id: str | None = None
-        self._default_lock = asyncio.Lock()
+        self.owners = Ownership(per_connection=max_terminals_per_connection, grace=orphan_grace)
+        self._default_locks: dict[int, asyncio.Lock] = {}
+        self._partial: set[str] = set()  # terminals where sendText left a line unfinished
+        self._reapers: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._by_execution: dict[str, str] = {}
         self._reaped = 0
@@ -130,6 +156,8 @@ class TerminalService:
         await self.aclose()
 
     async def aclose(self) -> None:
+        for task in list(self._reapers):
+            task.cancel()
         terminals = list(self.terminals.values())
         self.terminals.clear()
         await asyncio.gather(*(t.close() for t in terminals), return_exceptions=True)
@@ -161,11 +189,64 @@ class TerminalService:
         return str(real)
 
     def get(self, params: Params) -> Terminal:
-        terminal_id = _param(params, "terminalId", str)
-        term = self.terminals.get(terminal_id)
+        """The terminal `terminalId` names, by id or by the name it was created with."""
+        key = _param(params, "terminalId", str)
+        terminal_id = self.owners.resolve(key)
+        term = self.terminals.get(terminal_id) if terminal_id is not None else None
         if term is None:
-            raise InvalidParams(f"unknown terminalId {terminal_id!r}")
+            raise InvalidParams(f"unknown terminalId {key!r}")
         return term
+
+    def _track(self, ctx: CallContext) -> int:
+        """The caller's connection, registered once so its leaving is noticed."""
+        conn = ctx.connection_id
+        if not self.owners.known(conn):
+            self.owners.connect(conn, getattr(ctx, "session", None))
+            ctx.on_close(lambda: self._disconnected(conn))
+        return conn
+
+    def _disconnected(self, conn: int) -> None:
+        self._default_locks.pop(conn, None)
+        if self.owners.disconnect(conn, self.clock.now()):
+            task = asyncio.get_running_loop().create_task(self._reap_orphans())
+            self._reapers.add(task)
+            task.add_done_callback(self._reapers.discard)
+
+    async def _reap_orphans(self) -> None:
+        await self.clock.sleep(self.owners.grace)
+        due = [self.terminals[t] for t in self.owners.due(self.clock.now()) if t in self.terminals]
+        for term in due:
+            self._forget(term.terminal_id)
+        self._reaped += len(due)
+        await asyncio.gather(*(t.close() for t in due), return_exceptions=True)
+
+    def _forget(self, terminal_id: str) -> None:
+        self.terminals.pop(terminal_id, None)
+        self.owners.remove(terminal_id)
+        self._partial.discard(terminal_id)
+
+    async def _make_room(self) -> None:
+        """At the server-wide maximum, close the least recently used idle orphan, if any."""
+        if len(self.terminals) < self.max_terminals:
+            return
+        idle = [
+            self.terminals[t]
+            for t in self.owners.orphans()
+            if t in self.terminals and not self.terminals[t].busy
+        ]
+        if not idle:
+            raise ResourceExhausted(f"at most {self.max_terminals} terminals may be open")
+        victim = min(idle, key=lambda t: t.last_used)
+        self._forget(victim.terminal_id)
+        self._reaped += 1
+        await victim.close()
+
+    def _answer(self, term: Terminal, result: ExecResult) -> dict[str, Any]:
+        wire = result.to_wire()
+        if wire["status"] in _NOT_FINAL and term.pid is not None:
+            # The command may have changed directory since the last prompt reported one.
+            wire["cwd"] = process_cwd(term.pid) or wire["cwd"]
+        return wire
 
     def _on_exit(self, event: TerminalExited) -> None:
         if self.broadcast is not None:
@@ -187,11 +268,14 @@ class TerminalService:
         cols: int = 120,
         rows: int = 30,
         shell_integration: bool = True,
+        owner: int | None = None,
+        name: str | None = None,
+        keep: bool = False,
     ) -> Terminal:
-        if len(self.terminals) >= self.max_terminals:
-            from lapce_bridge.core.errors import ResourceExhausted
-
-            raise ResourceExhausted(f"at most {self.max_terminals} terminals may be open")
+        if name is not None:
+            self.owners.check_name(name)
+        self.owners.admit(owner)
+        await self._make_room()
         terminal_id = f"t{next(self._ids)}"
         term = Terminal(
             terminal_id=terminal_id,
@@ -208,10 +292,11 @@ class TerminalService:
             on_exit=self._on_exit,
         )
         self.terminals[terminal_id] = term
+        self.owners.add(terminal_id, owner, name=name, keep=keep)
         try:
             await term.boot()
         except BaseException:
-            self.terminals.pop(terminal_id, None)
+            self._forget(terminal_id)
             await term.close()
             raise
         return term
@@ -228,6 +313,8 @@ class TerminalService:
         rows = _param(params, "rows", int, 30)
         if not (0 < cols < 10_000 and 0 < rows < 10_000):
             raise InvalidParams(f"bad terminal size {cols}x{rows}")
+        name = _param(params, "name", str, None)
+        keep = _param(params, "keep", bool, False)
         term = await self.open_terminal(
             shell=_param(params, "shell", str, None),
             cwd=self.resolve_dir(cwd) if cwd is not None else None,
@@ -235,25 +322,36 @@ class TerminalService:
             cols=cols,
             rows=rows,
             shell_integration=_param(params, "shellIntegration", bool, True),
+            owner=self._track(ctx),
+            name=name,
+            keep=keep,
         )
         return {
             "terminalId": term.terminal_id,
             "shell": term.shell,
             "pid": term.pid,
             "mode": term.mode.value,
+            "name": name,
         }
 
-    async def _default(self) -> Terminal:
-        async with self._default_lock:
-            term = self.terminals.get(self.default_id) if self.default_id else None
+    async def _default(self, ctx: CallContext) -> Terminal:
+        """The calling connection's own default terminal, opened on first use."""
+        conn = self._track(ctx)
+        lock = self._default_locks.setdefault(conn, asyncio.Lock())
+        async with lock:
+            terminal_id = self.owners.default(conn)
+            term = self.terminals.get(terminal_id) if terminal_id is not None else None
             if term is None:
-                term = await self.open_terminal()
-                self.default_id = term.terminal_id
+                term = await self.open_terminal(owner=conn)
+                self.owners.set_default(conn, term.terminal_id)
             return term
 
     async def execute(self, params: Params, ctx: CallContext) -> dict[str, Any]:
         command = _param(params, "command", str)
-        term = self.get(params) if params.get("terminalId") is not None else await self._default()
+        if params.get("terminalId") is not None:
+            term = self.get(params)
+        else:
+            term = await self._default(ctx)
         cwd = _param(params, "cwd", str, None)
         ansi = _param(params, "ansi", str, "strip")
         max_bytes = _param(params, "maxOutputBytes", int, 256 * 1024)
@@ -279,6 +377,10 @@ class TerminalService:
                     },
                 )
 
+        if terminal_id in self._partial and not term.busy:
+            # What sendText left unfinished at the prompt must not become part of this command.
+            self._partial.discard(terminal_id)
+            term.send_text(_KILL_LINE)
         result = await term.execute(
             command,
             timeout=timeout,
@@ -295,10 +397,27 @@ class TerminalService:
         if len(self._by_execution) > 4 * self.spools.max_count:
             for key in list(self._by_execution)[: self.spools.max_count]:
                 del self._by_execution[key]
-        return result.to_wire()
+        return self._answer(term, result)
 
     def send_text(self, params: Params, ctx: CallContext) -> None:
-        self.get(params).send_text(_param(params, "text", str))
+        """`{terminalId, text, atPrompt?: false}`: type `text` into what runs in the terminal."""
+        term = self.get(params)
+        text = _param(params, "text", str)
+        at_prompt = _param(params, "atPrompt", bool, False)
+        if not term.busy and not at_prompt:
+            raise TerminalError(
+                f"terminal {term.terminal_id} is running nothing: the text would be typed at the "
+                "shell's prompt. Run commands with terminal/execute, or pass atPrompt: true to "
+                "type at the prompt",
+                classification=_IDLE_SEND,
+                data={"terminalId": term.terminal_id},
+            )
+        term.send_text(text)
+        if text:
+            if text[-1] in "\r\n":
+                self._partial.discard(term.terminal_id)
+            else:
+                self._partial.add(term.terminal_id)
 
     async def interrupt(self, params: Params, ctx: CallContext) -> None:
         await self.get(params).interrupt()
@@ -318,26 +437,31 @@ class TerminalService:
         term = self.terminals.get(terminal_id) if terminal_id else None
         if term is None:
             raise InvalidParams(f"unknown executionId {execution_id!r}")
-        return (await term.wait(execution_id, within)).to_wire()
+        return self._answer(term, await term.wait(execution_id, within))
 
     def list(self, params: Params, ctx: CallContext) -> list[dict[str, Any]]:
-        return [
-            {
-                "terminalId": t.terminal_id,
-                "shell": t.shell,
-                "pid": t.pid,
-                "mode": t.mode.value,
-                "cwd": t.cwd,
-                "busy": t.busy,
-            }
-            for t in self.terminals.values()
-        ]
+        conn = ctx.connection_id
+        listed = []
+        for t in self.terminals.values():
+            owned = self.owners.describe(t.terminal_id)
+            listed.append(
+                {
+                    "terminalId": t.terminal_id,
+                    "shell": t.shell,
+                    "pid": t.pid,
+                    "mode": t.mode.value,
+                    "cwd": t.cwd,
+                    "busy": t.busy,
+                    "name": owned.name if owned is not None else None,
+                    "mine": owned is not None and owned.owner == conn,
+                    "default": self.owners.default(conn) == t.terminal_id,
+                }
+            )
+        return listed
 
     async def close(self, params: Params, ctx: CallContext) -> None:
         term = self.get(params)
-        self.terminals.pop(term.terminal_id, None)
-        if self.default_id == term.terminal_id:
-            self.default_id = None
+        self._forget(term.terminal_id)
         await term.close()
 
     # -- resource manager hooks -----------------------------------------------------------
@@ -348,9 +472,7 @@ class TerminalService:
             t for t in self.terminals.values() if not t.busy and now - t.last_used >= max_idle_s
         ]
         for term in idle:
-            self.terminals.pop(term.terminal_id, None)
-            if self.default_id == term.terminal_id:
-                self.default_id = None
+            self._forget(term.terminal_id)
         await asyncio.gather(*(t.close() for t in idle), return_exceptions=True)
         self._reaped += len(idle)
         return len(idle)
