@@ -11,6 +11,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from lapce_bridge.app import App
 from lapce_bridge.ipc.raw import RawClient
 from lapce_bridge.ipc.server import BridgeServer
@@ -248,3 +250,54 @@ async def test_serve_keeps_each_connection_in_its_own_terminal(tmp_path: Path) -
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_every_size_a_client_asks_for_has_a_ceiling(tmp_path: Path) -> None:
+    async with served(tmp_path) as (_, svc, sock):
+        client = await RawClient.connect_unix(sock)
+        try:
+            # 5 MiB of a control character JSON escapes six-fold (\u0001): 30 MiB as JSON.
+            size = 5 << 20
+            ran = await result(
+                client,
+                "terminal/execute",
+                {"command": f"head -c {size} /dev/zero | tr '\\0' '\\1'", "maxOutputBytes": 1024},
+            )
+            assert ran["outputBytes"] == size
+            assert ran["truncated"] is True
+            huge = await error(
+                client, "terminal/readOutput", {"executionId": ran["executionId"], "limit": 1 << 40}
+            )
+            assert huge["code"] == -32602
+            assert huge["data"]["limit"] == 4 << 20
+            offset, pages, total = 0, 0, 0
+            while True:
+                msg_id = client.request_nowait(
+                    "terminal/readOutput",
+                    {"executionId": ran["executionId"], "offset": offset, "limit": 4 << 20},
+                )
+                raw_len = len(orjson.dumps(page := await client.response(msg_id)))
+                assert raw_len <= svc.max_message_bytes
+                got = page["result"]
+                assert set(got["data"]) <= {"\x01"}
+                total += len(got["data"])
+                pages += 1
+                offset = got["offset"]
+                if got["eof"]:
+                    break
+            assert total == size  # nothing lost, nothing repeated
+            assert pages >= 2  # 4 MiB pages of it do not fit a 16 MiB message: shortened
+            for params, name in (
+                ({"command": "true", "maxOutputBytes": 1 << 40}, "maxOutputBytes"),
+                ({"command": "true", "timeoutMs": 1e300}, "timeoutMs"),
+                ({"command": "true", "idleTimeoutMs": 1 << 62}, "idleTimeoutMs"),
+            ):
+                refused = await error(client, "terminal/execute", params)
+                assert refused["code"] == -32602
+                assert name in refused["data"]["detail"]
+            fits = await result(
+                client, "terminal/execute", {"command": "echo ok", "maxOutputBytes": 2 << 20}
+            )
+            assert fits["output"] == "ok\n"
+        finally:
+            await client.close()

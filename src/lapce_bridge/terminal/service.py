@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import (
@@ -44,6 +46,7 @@ from lapce_bridge.core.errors import (
     ResourceExhausted,
     TerminalError,
 )
+from lapce_bridge.ipc.framing import DEFAULT_MAX_MESSAGE_BYTES
 from lapce_bridge.private import private_dir
 from lapce_bridge.resources import Relief
 from lapce_bridge.rpc import Broadcast, CallContext, Method, Observe, Params, method
@@ -56,6 +59,14 @@ from lapce_bridge.terminal.terminal import Terminal
 DEFAULT_IDLE_TIMEOUT_MS = 30_000
 DEFAULT_MAX_WAIT_MS = 120_000
 _MISSING = object()
+# Ceilings on what a client may ask for (issue: one request must not blow up memory or the
+# reply). readOutput pages further below, so that JSON escaping never pushes a page over the
+# message limit; an execute result holds at most maxOutputBytes of output, each byte escaping
+# to at most 6 in JSON, hence the sixth of the message limit.
+MAX_READ_LIMIT = 4 << 20
+MAX_OUTPUT_BYTES = 2 << 20
+MAX_WAIT_PARAM_MS = 7 * 24 * 3600 * 1000
+REPLY_ENVELOPE_BYTES = 4096  # the answer around the output: ids, flags, cwd, recoveries
 _KILL_LINE = "\x15"  # Ctrl-U: the line editors' (and the tty's VKILL) "erase this line"
 _NOT_FINAL = ("waiting_for_input", "running")
 # The caller's to fix: counted against neither health nor the error budget.
@@ -108,9 +119,21 @@ def _seconds(params: Params, name: str, default: float | None) -> float | None:
     value = _param(params, name, (int, float), None)
     if value is None:
         return default
-    if value <= 0:
-        raise InvalidParams(f"parameter {name!r} must be positive")
+    if not 0 < value <= MAX_WAIT_PARAM_MS:
+        raise InvalidParams(
+            f"parameter {name!r} must be positive and at most {MAX_WAIT_PARAM_MS} (7 days)"
+        )
     return float(value) / 1000.0
+
+
+def _bounded(params: Params, name: str, default: int, ceiling: int, why: str) -> int:
+    value: int = _param(params, name, int, default)
+    if value > ceiling:
+        raise InvalidParams(
+            f"parameter {name!r} may be at most {ceiling} ({why}), not {value}",
+            data={"limit": ceiling},
+        )
+    return value
 
 
 class TerminalService:
@@ -127,6 +150,7 @@ class TerminalService:
         max_terminals: int = 256,
         max_terminals_per_connection: int = 32,
         orphan_grace: float = 30.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.workspace = Path(workspace).resolve()
         self.state_dir = Path(state_dir)
@@ -138,6 +162,7 @@ class TerminalService:
         self._features: Callable[[str], bool] | None = is_enabled
         self.default_shell = default_shell
         self.max_terminals = max_terminals
+        self.max_message_bytes = max_message_bytes
         self.spools = SpoolStore(self.state_dir / "spool")
         self.terminals: dict[str, Terminal] = {}
         self.owners = Ownership(per_connection=max_terminals_per_connection, grace=orphan_grace)
@@ -354,7 +379,10 @@ class TerminalService:
             term = await self._default(ctx)
         cwd = _param(params, "cwd", str, None)
         ansi = _param(params, "ansi", str, "strip")
-        max_bytes = _param(params, "maxOutputBytes", int, 256 * 1024)
+        max_bytes = _bounded(
+            params, "maxOutputBytes", 256 * 1024, self.max_output_ceiling(),
+            "the result must fit one message; read the rest with terminal/readOutput",
+        )  # fmt: skip
         timeout = _seconds(params, "timeoutMs", None)
         idle = _seconds(params, "idleTimeoutMs", DEFAULT_IDLE_TIMEOUT_MS / 1000.0)
         max_wait = _seconds(params, "maxWaitMs", DEFAULT_MAX_WAIT_MS / 1000.0)
@@ -425,9 +453,21 @@ class TerminalService:
     def read_output(self, params: Params, ctx: CallContext) -> dict[str, Any]:
         execution_id = _param(params, "executionId", str)
         offset = _param(params, "offset", int, 0)
-        limit = _param(params, "limit", int, 1 << 20)
-        data, nxt, eof = self.spools.read(execution_id, offset, limit)
-        return {"data": data, "offset": nxt, "eof": eof}
+        limit = _bounded(
+            params, "limit", 1 << 20, MAX_READ_LIMIT, "read further pages from the returned offset"
+        )
+        budget = self.max_message_bytes - REPLY_ENVELOPE_BYTES
+        while True:
+            data, nxt, eof = self.spools.read(execution_id, offset, limit)
+            # JSON escapes a control character in up to 6 bytes: a page that would pass the
+            # message limit is shortened (the client goes on from `offset`), never sent whole.
+            if limit * 6 <= budget or len(encoded := orjson.dumps(data)) <= budget:
+                return {"data": data, "offset": nxt, "eof": eof}
+            limit = max(1, min(limit // 2, limit * budget // len(encoded)))
+
+    def max_output_ceiling(self) -> int:
+        """The largest `maxOutputBytes` whose result fits one message however it escapes."""
+        return max(16, min(MAX_OUTPUT_BYTES, (self.max_message_bytes - REPLY_ENVELOPE_BYTES) // 6))
 
     async def wait(self, params: Params, ctx: CallContext) -> dict[str, Any]:
         """`{executionId, timeoutMs?}` -> the final ExecResult of a still-running command."""
