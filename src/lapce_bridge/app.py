@@ -145,8 +145,8 @@ class App:
             return snapshot
 
         return {
-            "health/get": method(health_get, "health/get"),
-            "metrics/get": method(metrics_get, "metrics/get"),
+            "health/get": method(health_get),
+            "metrics/get": method(metrics_get),
         }
 
     def _on_alert(self, alert: Any) -> None:

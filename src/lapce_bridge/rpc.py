@@ -43,18 +43,43 @@ Observe = Callable[[str, float, bool], None]
 """Records one operation: (operation name, duration in seconds, success)."""
 
 
+Limit = Callable[[Params], float | None]
+"""The seconds a request's own params allow it to run (None: no bound of its own).
+
+Long work carries its own limits (`terminal/execute`'s `timeoutMs` and `maxWaitMs`,
+`terminal/wait`'s `timeoutMs`): the dispatcher's limit for such a method follows from them and
+is never shorter than the configured one. A `Limit` may raise `InvalidParams`."""
+
+Validate = Callable[[Params], None]
+"""Checks a method's params before its handler runs; raises `InvalidParams`."""
+
+
 @dataclass(frozen=True, slots=True)
 class Method:
+    """A handler as the dispatcher runs it. Its name is the key it is registered under:
+    that one name is the operation in timeouts, health targets, metrics, logs and alerts."""
+
     handler: SyncHandler | AsyncHandler
     is_async: bool
-    operation: str  # the name used for metrics, health and timeouts
-
-    async def call_async(self, params: Params, ctx: CallContext) -> Any:
-        result = self.handler(params, ctx)
-        if self.is_async:
-            return await result
-        return result
+    limit: Limit | None = None
+    validate: Validate | None = None
 
 
-def method(handler: SyncHandler | AsyncHandler, operation: str) -> Method:
-    return Method(handler, inspect.iscoroutinefunction(handler), operation)
+def method(
+    handler: SyncHandler | AsyncHandler,
+    *,
+    limit: Limit | None = None,
+    validate: Validate | None = None,
+) -> Method:
+    return Method(handler, inspect.iscoroutinefunction(handler), limit, validate)
+
+
+def request_limit(configured: float, meth: Method, params: Params) -> float | None:
+    """The limit for one request: `configured`, or longer when its own params allow more
+    (None: no limit but the work's own and the caller's cancel). May raise `InvalidParams`."""
+    own = meth.limit(params) if meth.limit is not None else None
+    if own is None:
+        return configured
+    if own == float("inf"):
+        return None
+    return max(configured, own)

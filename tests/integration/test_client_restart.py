@@ -36,7 +36,7 @@ def methods(app: Any) -> dict[str, Method]:
         append({"file": params["file"], "value": "started"}, ctx)
         await asyncio.Event().wait()
 
-    return {"test/append": method(append, "test/append"), "test/hang": method(hang, "test/hang")}
+    return {"test/append": method(append), "test/hang": method(hang)}
 
 
 def server_env() -> dict[str, str]:

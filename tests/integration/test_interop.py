@@ -37,7 +37,7 @@ async def test_vscode_jsonrpc_client(tmp_path: Path) -> None:
             raise
         return "not cancelled"
 
-    extra = {"test/slow": method(slow, "test/slow")}
+    extra = {"test/slow": method(slow)}
     sock = tmp_path / "run" / "bridge.sock"
     async with App(workspace=workspace, state_dir=tmp_path / "state", extra_methods=extra) as app:
         has_terminal = "terminal/execute" in app.methods

@@ -87,15 +87,15 @@ class Probe:
             return ctx.connection_id
 
         return {
-            "test/echo": method(echo, "test/echo"),
-            "test/count": method(count, "test/count"),
-            "test/wait": method(wait, "test/wait"),
-            "test/sleep": method(sleep, "test/sleep"),
-            "test/flood": method(flood, "test/flood"),
-            "test/blob": method(blob, "test/blob"),
-            "test/fail": method(fail, "test/fail"),
-            "test/unserialisable": method(unserialisable, "test/unserialisable"),
-            "test/watchClose": method(watch_close, "test/watchClose"),
+            "test/echo": method(echo),
+            "test/count": method(count),
+            "test/wait": method(wait),
+            "test/sleep": method(sleep),
+            "test/flood": method(flood),
+            "test/blob": method(blob),
+            "test/fail": method(fail),
+            "test/unserialisable": method(unserialisable),
+            "test/watchClose": method(watch_close),
         }
 
 
@@ -161,12 +161,14 @@ async def test_errors_carry_code_and_classification(tmp_path: Path) -> None:
         assert bug["error"]["code"] == -32603
         assert "a bug" in bug["error"]["message"]
         bad = await c.request("test/unserialisable")
-        assert bad["error"]["code"] == -32602
+        assert bad["error"]["code"] == -32603  # the server's bug, never the caller's params
+        assert bad["error"]["data"]["fault"] == "server"
         as_list = await c.request("test/echo", [1, 2])
         assert as_list["error"]["code"] == -32602
         assert (await c.request("test/echo", {"a": 1}))["result"] == {"a": 1}
         ops = srv.app.metrics.snapshot()["operations"]
         assert ops["test/fail"]["errors"] == 2  # service failures count
+        assert ops["test/unserialisable"]["errors"] == 1
         await c.close()
 
 

@@ -194,11 +194,11 @@ async def test_an_outcome_the_journal_cannot_record_is_still_answered(tmp_path: 
     journal = IdempotencyJournal(tmp_path / "j.sqlite3").open()
     table = Idempotency(journal)
 
-    async def work() -> str:
+    async def work() -> tuple[bool, bytes]:
         # The database handle fails under the journal mid-request (as a full disk would).
         assert journal._db is not None
         journal._db.close()
-        return "done"
+        return (True, b'"done"')
 
     future = table.start("k", "m", work)
     ok, payload = await future

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +15,20 @@ import pytest_asyncio
 
 from lapce_bridge.core.errors import InvalidParams, PermissionDenied, TerminalError
 from lapce_bridge.terminal.service import TerminalService
+from lapce_bridge.testing.memory import MemoryClient, MemoryServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-class Ctx:
-    """What the server hands a handler: arrival time and a notification sink."""
+_servers: dict[int, MemoryServer] = {}
 
-    def __init__(self, received_at: float = 0.0) -> None:
-        self.received_at = received_at
-        self.connection_id = 1
-        self.notes: list[tuple[str, Any]] = []
 
-    def notify(self, method: str, params: Any) -> None:
-        self.notes.append((method, params))
-
-    def on_close(self, callback: Callable[[], None]) -> None:
-        pass
+def connect(svc: TerminalService) -> MemoryClient:
+    """A client of the service through the real dispatcher (in-memory transport)."""
+    server = _servers.get(id(svc))
+    if server is None:
+        server = _servers[id(svc)] = MemoryServer(svc.methods(), clock=svc.clock)
+    return server.connect()
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +55,16 @@ async def service(
 
 
 async def call(
-    svc: TerminalService, name: str, params: dict[str, Any], ctx: Ctx | None = None
+    svc: TerminalService, name: str, params: dict[str, Any], ctx: MemoryClient | None = None
 ) -> Any:
-    return await svc.methods()[name].call_async(params, ctx or Ctx())
+    return await (ctx or connect(svc)).request(name, params)
 
 
 async def test_execute_on_the_default_terminal(
     service: tuple[TerminalService, list[Any]], workspace: Path
 ) -> None:
     svc, _ = service
-    ctx = Ctx(received_at=svc.clock.now())
+    ctx = connect(svc)
     result = await call(svc, "terminal/execute", {"command": "echo hi; pwd"}, ctx)
     assert result["output"] == f"hi\n{workspace}\n"
     assert result["exitCode"] == 0
@@ -92,7 +89,7 @@ async def test_execute_on_the_default_terminal(
 
 async def test_stream_sends_all_output_as_data(service: tuple[TerminalService, list[Any]]) -> None:
     svc, _ = service
-    ctx = Ctx()
+    ctx = connect(svc)
     result = await call(
         svc,
         "terminal/execute",
@@ -170,7 +167,7 @@ async def test_waiting_for_input_busy_send_text_and_wait(
 ) -> None:
     svc, _ = service
     tid = (await call(svc, "terminal/create", {}))["terminalId"]
-    ctx = Ctx()
+    ctx = connect(svc)
     first = await call(
         svc,
         "terminal/execute",

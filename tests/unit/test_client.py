@@ -57,10 +57,10 @@ class Ledger:
             return 3
 
         return {
-            "test/append": method(append, "test/append"),
-            "test/gated": method(gated, "test/gated"),
-            "test/fail": method(fail, "test/fail"),
-            "test/stream": method(stream, "test/stream"),
+            "test/append": method(append),
+            "test/gated": method(gated),
+            "test/fail": method(fail),
+            "test/stream": method(stream),
         }
 
 

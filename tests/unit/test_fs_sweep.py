@@ -15,6 +15,7 @@ import pytest
 from lapce_bridge.fs.ops import RealFs
 from lapce_bridge.fs.service import FileService
 from lapce_bridge.testing import FakeClock
+from lapce_bridge.testing.memory import MemoryServer
 
 GATE_BOUND = 10.0  # real seconds a gated call may wait, at most (only a broken test waits)
 
@@ -97,9 +98,8 @@ async def test_a_failing_sweep_is_logged_not_raised(
     with caplog.at_level(logging.ERROR, logger="lapce_bridge.fs.service"):
         async with svc:
             assert await svc.swept() == 0
-            assert (await svc.methods()["fs/stat"].call_async({"path": "src"}, Ctx()))[
-                "kind"
-            ] == "directory"
+            client = MemoryServer(svc.methods(), clock=svc.clock).connect()
+            assert (await client.request("fs/stat", {"path": "src"}))["kind"] == "directory"
     assert "sweeping temporary files" in caplog.text
     assert present(junk)
 
@@ -108,14 +108,3 @@ async def test_without_a_start_sweep_swept_is_zero(tmp_path: Path, junk: Path) -
     async with FileService(workspace=tmp_path, clock=FakeClock(), sweep_on_start=False) as svc:
         assert await svc.swept() == 0
     assert present(junk)
-
-
-class Ctx:
-    connection_id = 1
-    received_at = 0.0
-
-    def notify(self, method: str, params: object) -> None:
-        raise AssertionError("no notification expected")
-
-    def on_close(self, callback: object) -> None:
-        raise AssertionError("no watch expected")

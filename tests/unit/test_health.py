@@ -204,9 +204,9 @@ def test_latency_alert_state_matches_the_exact_p99_after_every_record(
 def test_an_operation_without_a_target_never_raises_a_latency_alert(clock: FakeClock) -> None:
     health, seen = monitor_on(clock)
     for _ in range(50):
-        health.record_operation("fs/list", 30.0, True)
+        health.record_operation("fs/watch/recover", 30.0, True)
     assert seen.events == []
-    assert health.operation("fs/list").target_p99 is None
+    assert health.operation("fs/watch/recover").target_p99 is None
 
 
 async def test_latency_alert_clears_when_the_slow_calls_leave_the_window(
@@ -281,7 +281,7 @@ def test_report_has_the_health_report_shape(clock: FakeClock) -> None:
     health = HealthMonitor(clock=clock, slo_target=0.9)  # 1 error in 11 calls: no page
     for ok in [True] * 9 + [False]:
         health.record_operation(OP, 20e-6, ok)
-    health.record_operation("fs/list", 3e-3, True)
+    health.record_operation("fs/watch/recover", 3e-3, True)
     report = health.report(
         quality_level=3,
         features={"shell_integration": True},
@@ -306,7 +306,7 @@ def test_report_has_the_health_report_shape(clock: FakeClock) -> None:
     assert read["p50Us"] == pytest.approx(20.0, rel=0.003)
     assert read["failureRate"] == pytest.approx(0.1)
     assert read["targetP99Us"] == pytest.approx(200.0)
-    assert report["operations"]["fs/list"]["targetP99Us"] is None
+    assert report["operations"]["fs/watch/recover"]["targetP99Us"] is None
     assert {"availability", "errorRate", "errorBudgetRemaining"} <= set(report["slo"])
     assert report["slo"]["availability"] == pytest.approx(10 / 11)
     assert report["slo"]["errorBudgetRemaining"] == pytest.approx(1 - (1 / 11) / 0.1)

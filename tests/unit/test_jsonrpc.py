@@ -98,7 +98,9 @@ def test_error_object_carries_the_classification() -> None:
         "severity": "warning",
         "retryable": True,
         "fallbackAvailable": True,
+        "fault": "server",
         "detail": "breaker open",
+        "type": "Unavailable",
     }
 
 

@@ -27,8 +27,10 @@ from lapce_bridge.core.errors import (
     ConnectionLost,
     ErrorCategory,
     ErrorSeverity,
+    Fault,
     FileSystemError,
     FileTooLarge,
+    InternalError,
     InvalidParams,
     InvalidRequest,
     MessageTooLarge,
@@ -252,7 +254,15 @@ def test_error_codes_are_the_protocols(cls: type[BridgeError], code: int) -> Non
     err = cls("detail")
     assert err.code == code
     wire = err.to_wire()
-    assert set(wire) == {"category", "severity", "retryable", "fallbackAvailable", "detail"}
+    assert set(wire) == {
+        "category",
+        "severity",
+        "retryable",
+        "fallbackAvailable",
+        "fault",
+        "detail",
+        "type",
+    }
     assert wire["category"] in {c.value for c in ErrorCategory}
     assert wire["severity"] in {s.value for s in ErrorSeverity}
     assert wire["detail"] == "detail"
@@ -355,14 +365,17 @@ def test_cancellation_is_never_retryable(exc: BaseException) -> None:
         (EOFError(), ConnectionLost),
         (OSError(errno.EIO, "io"), FileSystemError),
         (TimeoutError(), BridgeTimeout),
-        (KeyError("k"), InvalidParams),
-        (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad"), InvalidParams),
-        (RuntimeError("boom"), BridgeError),
+        # Escaping a handler, these are the server's bugs (-32603), never the caller's params.
+        (KeyError("k"), InternalError),
+        (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad"), InternalError),
+        (RuntimeError("boom"), InternalError),
     ],
 )
 def test_to_bridge_error_picks_the_subclass(exc: BaseException, kind: type[BridgeError]) -> None:
     err = to_bridge_error(exc)
     assert type(err) is kind
+    if kind is InternalError:
+        assert (err.code, err.classification.fault) == (-32603, Fault.SERVER)
     assert type(exc).__name__ in err.detail
     assert to_bridge_error(exc, "custom").detail == "custom"
 

@@ -15,7 +15,7 @@ from lapce_bridge.core.errors import (
     ErrorCategory,
     ErrorSeverity,
     FileSystemError,
-    InvalidParams,
+    InternalError,
     NetworkError,
     ParseError,
     ParserError,
@@ -385,7 +385,7 @@ async def test_a_failing_fallback_raises_its_own_error_classified(clock: FakeClo
     acts = Actions()
     op = Operation(forever=lambda: OSError(errno.EIO, "io"))
     actions = {S.CACHE_PREVIOUS: acts.raising(S.CACHE_PREVIOUS, KeyError("not cached"))}
-    with pytest.raises(InvalidParams) as info:
+    with pytest.raises(InternalError) as info:
         await engine(clock).run(op, actions)
     assert isinstance(info.value.__cause__, KeyError)
     assert trail(steps_of(info.value))[-1] == ("cache_previous", "failed", 4)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Literal, TypeVar
 
-from lapce_bridge.core.errors import ErrorSeverity, InvalidParams, Unavailable, classify
+from lapce_bridge.core.errors import ErrorSeverity, Fault, InvalidParams, Unavailable, classify
 from lapce_bridge.core.retry import is_cancellation, system_clock
 
 if TYPE_CHECKING:
@@ -55,6 +55,8 @@ def default_record_exception(exc: BaseException) -> bool:
     if is_cancellation(exc):
         return False
     c = classify(exc).classification
+    if c.fault is Fault.CALLER:
+        return False  # the caller's mistake says nothing about the health of what it called
     return c.retryable or c.severity in (ErrorSeverity.CRITICAL, ErrorSeverity.RECOVERABLE)
 
 

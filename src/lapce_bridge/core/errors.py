@@ -2,12 +2,14 @@
 
     BridgeError                      every error the bridge raises; carries a Classification
      ├── TerminalError               -32003  shell died, PTY failed, integration broken
-     │    └── ShellCrashed
+     │    ├── ShellCrashed
+     │    └── TerminalBusy           a command is already running there (the caller's)
      ├── FileSystemError             -32004  I/O errors; `.errno` kept
      │    ├── FileTooLarge
      │    └── ConflictError          expectedMtimeNs did not match (lost update refused)
      ├── NetworkError                         IPC transport failures (client side mostly)
      │    └── ConnectionLost
+     ├── InternalError               -32603  a server bug (an unencodable result, a KeyError)
      ├── ParserError                          malformed frame, JSON or escape sequence
      │    ├── InvalidRequest         -32600
      │    ├── ParseError             -32700
@@ -26,6 +28,12 @@ construction and `classify(exc)` derives one for any foreign exception: OSError 
 TimeoutError, CancelledError (by name, so this module needs no asyncio import). Exceptions are
 translated once at each boundary with `raise BridgeError(...) from exc`. Cancellation and
 KeyboardInterrupt are never retryable.
+
+Whose fault: every classification also says whether the caller or the server is at fault
+(`fault`). A caller's mistake (bad params, an unknown method, a path outside the workspace,
+a missing file, a lost-update conflict, a busy terminal, a cancellation it asked for) would
+fail the same way on any healthy server, so it never counts against the server's failure
+rate, SLO, alerts or breakers (`is_server_fault`). Anything unexpected is the server's.
 """
 
 from __future__ import annotations
@@ -41,6 +49,11 @@ class ErrorSeverity(StrEnum):
     RECOVERABLE = "recoverable"
     WARNING = "warning"
     INFO = "info"
+
+
+class Fault(StrEnum):
+    CALLER = "caller"
+    SERVER = "server"
 
 
 class ErrorCategory(StrEnum):
@@ -59,14 +72,16 @@ class Classification:
     severity: ErrorSeverity
     retryable: bool
     fallback_available: bool
+    fault: Fault = Fault.SERVER
 
     def to_wire(self, detail: str) -> dict[str, Any]:
-        """The `data` member of a JSON-RPC error, as PROTOCOL.md names it."""
+        """The `data` member of a JSON-RPC error, as PROTOCOL.md names it (plus `fault`)."""
         return {
             "category": self.category.value,
             "severity": self.severity.value,
             "retryable": self.retryable,
             "fallbackAvailable": self.fallback_available,
+            "fault": self.fault.value,
             "detail": detail,
         }
 
@@ -96,9 +111,16 @@ class ClassifiedError:
 
 
 def _c(
-    category: ErrorCategory, severity: ErrorSeverity, retryable: bool, fallback: bool
+    category: ErrorCategory,
+    severity: ErrorSeverity,
+    retryable: bool,
+    fallback: bool,
+    fault: Fault = Fault.SERVER,
 ) -> Classification:
-    return Classification(category, severity, retryable, fallback)
+    return Classification(category, severity, retryable, fallback, fault)
+
+
+_CALLER = Fault.CALLER
 
 
 _CAT = ErrorCategory
@@ -128,7 +150,12 @@ class BridgeError(Exception):
         self.data = data or {}
 
     def to_wire(self) -> dict[str, Any]:
-        return {**self.data, **self.classification.to_wire(self.detail)}
+        # `type` names the class, so a client rebuilds a ConflictError, not its -32004 parent.
+        return {
+            **self.data,
+            **self.classification.to_wire(self.detail),
+            "type": type(self).__name__,
+        }
 
 
 class TerminalError(BridgeError):
@@ -138,6 +165,10 @@ class TerminalError(BridgeError):
 
 class ShellCrashed(TerminalError):
     default = _c(_CAT.TERMINAL, _SEV.CRITICAL, True, True)
+
+
+class TerminalBusy(TerminalError):
+    default = _c(_CAT.TERMINAL, _SEV.WARNING, False, True, _CALLER)
 
 
 class FileSystemError(BridgeError):
@@ -150,11 +181,11 @@ class FileSystemError(BridgeError):
 
 
 class FileTooLarge(FileSystemError):
-    default = _c(_CAT.FILESYSTEM, _SEV.WARNING, False, False)
+    default = _c(_CAT.FILESYSTEM, _SEV.WARNING, False, False, _CALLER)
 
 
 class ConflictError(FileSystemError):
-    default = _c(_CAT.FILESYSTEM, _SEV.WARNING, False, False)
+    default = _c(_CAT.FILESYSTEM, _SEV.WARNING, False, False, _CALLER)
 
 
 class NetworkError(BridgeError):
@@ -166,9 +197,15 @@ class ConnectionLost(NetworkError):
     pass
 
 
+class InternalError(BridgeError):
+    """The server failed in a way it did not foresee: its fault, whatever the cause."""
+
+    code = -32603
+
+
 class ParserError(BridgeError):
     code = -32700
-    default = _c(_CAT.PARSER, _SEV.RECOVERABLE, False, True)
+    default = _c(_CAT.PARSER, _SEV.RECOVERABLE, False, True, _CALLER)
 
 
 class ParseError(ParserError):
@@ -181,17 +218,17 @@ class InvalidRequest(ParserError):
 
 class MessageTooLarge(ParserError):
     code = -32007
-    default = _c(_CAT.PARSER, _SEV.WARNING, False, False)
+    default = _c(_CAT.PARSER, _SEV.WARNING, False, False, _CALLER)
 
 
 class InvalidParams(BridgeError):
     code = -32602
-    default = _c(_CAT.PARSER, _SEV.WARNING, False, False)
+    default = _c(_CAT.PARSER, _SEV.WARNING, False, False, _CALLER)
 
 
 class MethodNotFound(BridgeError):
     code = -32601
-    default = _c(_CAT.PARSER, _SEV.WARNING, False, False)
+    default = _c(_CAT.PARSER, _SEV.WARNING, False, False, _CALLER)
 
 
 class ResourceExhausted(BridgeError):
@@ -210,13 +247,21 @@ class Unavailable(BridgeError):
 
 
 class PermissionDenied(BridgeError):
+    """Outside the workspace, a file the user may not touch: the request is refused."""
+
     code = -32006
-    default = _c(_CAT.FILESYSTEM, _SEV.CRITICAL, False, False)
+    default = _c(_CAT.FILESYSTEM, _SEV.CRITICAL, False, False, _CALLER)
+
+
+class AuthenticationFailed(PermissionDenied):
+    """A TCP client without the right token: refused before it may do anything."""
+
+    default = _c(_CAT.NETWORK, _SEV.CRITICAL, False, False, _CALLER)
 
 
 class Cancelled(BridgeError):
     code = -32800
-    default = _c(_CAT.USER_CANCELLED, _SEV.INFO, False, False)
+    default = _c(_CAT.USER_CANCELLED, _SEV.INFO, False, False, _CALLER)
 
 
 # errno -> (severity, retryable, fallback). Transient faults (a busy or flaky disk, a
@@ -241,7 +286,7 @@ _NETWORK_ERRNOS = frozenset(
 )
 _PERMISSION_ERRNOS = frozenset({_errno.EACCES, _errno.EPERM, _errno.EROFS})
 
-_CANCELLED = _c(_CAT.USER_CANCELLED, _SEV.INFO, False, False)
+_CANCELLED = _c(_CAT.USER_CANCELLED, _SEV.INFO, False, False, _CALLER)
 
 
 def classify_errno(err: int | None, *, socket: bool = False) -> Classification:
@@ -255,9 +300,25 @@ def classify_errno(err: int | None, *, socket: bool = False) -> Classification:
     if err in _TRANSIENT_ERRNOS:
         return _c(_CAT.FILESYSTEM, _SEV.RECOVERABLE, True, True)
     if err in _PERMISSION_ERRNOS:
-        return _c(_CAT.FILESYSTEM, _SEV.CRITICAL, False, False)
+        return _c(_CAT.FILESYSTEM, _SEV.CRITICAL, False, False, _CALLER)
     # ENOENT, EISDIR, ENOTDIR, EEXIST, ENAMETOOLONG, ELOOP ...: the request is wrong.
-    return _c(_CAT.FILESYSTEM, _SEV.WARNING, False, False)
+    return _c(_CAT.FILESYSTEM, _SEV.WARNING, False, False, _CALLER)
+
+
+def error_type(name: object) -> type[BridgeError] | None:
+    """The `BridgeError` subclass a wire `type` names (None when it names none)."""
+    pending: list[type[BridgeError]] = [BridgeError]
+    while pending:
+        cls = pending.pop()
+        if cls.__name__ == name:
+            return cls
+        pending.extend(cls.__subclasses__())
+    return None
+
+
+def is_server_fault(exc: BaseException) -> bool:
+    """Whether `exc` counts against the server (failure rate, SLO, alerts, breakers)."""
+    return _classification_of(exc).fault is Fault.SERVER
 
 
 def classify(exc: BaseException) -> ClassifiedError:
@@ -280,7 +341,7 @@ def _classification_of(exc: BaseException) -> Classification:
     if isinstance(exc, MemoryError):
         return _c(_CAT.RESOURCE, _SEV.CRITICAL, False, True)
     if isinstance(exc, UnicodeError | ValueError | TypeError | KeyError):
-        return _c(_CAT.PARSER, _SEV.RECOVERABLE, False, True)
+        return _c(_CAT.PARSER, _SEV.RECOVERABLE, False, True)  # raised by our code: ours
     if isinstance(exc, SystemExit):
         return _c(_CAT.RESOURCE, _SEV.CRITICAL, False, False)
     return _c(_CAT.RESOURCE, _SEV.CRITICAL, False, False)
@@ -306,8 +367,8 @@ def to_bridge_error(exc: BaseException, detail: str | None = None) -> BridgeErro
     elif isinstance(exc, OSError):
         err = FileSystemError(text, errno=exc.errno, classification=cls)
         return err
-    elif cls.category is _CAT.PARSER:
-        kind = InvalidParams
     else:
-        kind = BridgeError
+        # A ValueError, KeyError or TypeError escaping a handler is a bug of the server's,
+        # never the caller's bad params: those are refused as InvalidParams where checked.
+        kind = InternalError
     return kind(text, classification=cls)

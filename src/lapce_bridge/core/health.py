@@ -60,12 +60,34 @@ if TYPE_CHECKING:
     from lapce_bridge.core.clock import Clock
     from lapce_bridge.core.events import EventBus
 
-# Target p99 per operation, from the goal column of BENCHMARKS.md.
+# Target p99 per operation, from the goal column of BENCHMARKS.md where it names one; every
+# served method has a target (a test checks the method table against this one).
 DEFAULT_TARGETS: Mapping[str, float] = {
     "terminal/execute": 3e-3,  # `echo test` end to end
     "fs/read": 200e-6,  # a disk read; a cached one is far below
     "fs/read/cached": 30e-6,  # for a service that times cache hits apart
     "ping": 200e-6,  # IPC round trip
+    # Not in BENCHMARKS.md: bounds of what each does, an order above the measured p99.
+    "initialize": 1e-3,
+    "shutdown": 1e-3,
+    "exit": 1e-3,
+    "terminal/create": 1.0,  # a shell starting with its rc files
+    "terminal/wait": 3e-3,  # a command already finished; a running one is its own length
+    "terminal/sendText": 1e-3,
+    "terminal/interrupt": 100e-3,
+    "terminal/readOutput": 5e-3,
+    "terminal/list": 1e-3,
+    "terminal/close": 200e-3,
+    "fs/write": 10e-3,  # temp file, fsync, rename
+    "fs/stat": 200e-6,
+    "fs/list": 10e-3,
+    "fs/watch": 50e-3,
+    "fs/unwatch": 1e-3,
+    "fs/edit": 20e-3,  # read, replace, atomic write
+    "fs/search": 1.0,  # 10,000 files: as fast as grep -rn
+    "fs/tree": 50e-3,
+    "health/get": 1e-3,
+    "metrics/get": 5e-3,
 }
 PAGE_BURN_RATE = 14.4  # spends 2 % of a 30-day budget in an hour
 BREAKER_STATES = frozenset({"closed", "open", "half_open"})

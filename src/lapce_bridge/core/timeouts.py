@@ -1,8 +1,10 @@
 """How long each operation may take, and the one place a timeout becomes a `BridgeTimeout`.
 
-Theory of operation: every operation has a name (the JSON-RPC method, or an internal one such
-as "ipc/request"). Its limit is, in order: a runtime override, the configured default, the
-fallback (30 s). `with_timeout` bounds an awaitable with `clock.timeout(...)`, so on a
+Theory of operation: every operation has one name, the JSON-RPC method it is registered as.
+Its limit is, in order: a runtime override, the configured default, the fallback (30 s).
+Every served method has a configured default (a test checks the whole method table); the
+dispatcher lengthens the limit of a request whose own params allow more (long commands).
+`with_timeout` bounds an awaitable with `clock.timeout(...)`, so on a
 `FakeClock` it expires in virtual time, and translates the builtin `TimeoutError` into a
 `BridgeTimeout` carrying the operation and the limit, chained `from` the original.
 `increased(op, attempt)` is the recovery matrix's "increase timeout" step: the limit doubles
@@ -34,9 +36,12 @@ FALLBACK_TIMEOUT = 30.0
 DEFAULT_TIMEOUTS: Mapping[str, float] = {
     "initialize": 10.0,
     "shutdown": 30.0,
+    "exit": 30.0,
     "ping": 5.0,
     "terminal/create": 15.0,
+    # A command's own timeoutMs / maxWaitMs lengthen these (see the terminal service).
     "terminal/execute": 300.0,
+    "terminal/wait": 300.0,
     "terminal/sendText": 5.0,
     "terminal/interrupt": 5.0,
     "terminal/readOutput": 10.0,
@@ -48,10 +53,11 @@ DEFAULT_TIMEOUTS: Mapping[str, float] = {
     "fs/list": 10.0,
     "fs/watch": 10.0,
     "fs/unwatch": 5.0,
+    "fs/edit": 30.0,
+    "fs/search": 60.0,  # a content search of a large tree
+    "fs/tree": 30.0,
     "health/get": 5.0,
     "metrics/get": 5.0,
-    "ipc/request": 30.0,
-    "ipc/connect": 5.0,
 }
 
 
@@ -99,6 +105,10 @@ class TimeoutManager:
         self._overrides: dict[str, float] = {}
         self._expired: dict[str, int] = {}
         self._clock = clock if clock is not None else system_clock()
+
+    def configured(self, op: str) -> bool:
+        """Whether `op` has a limit of its own (else it gets the fallback)."""
+        return op in self._overrides or op in self._defaults
 
     def timeout_for(self, op: str) -> float:
         limit = self._overrides.get(op)

@@ -45,6 +45,7 @@ from lapce_bridge.core.errors import (
     ConflictError,
     FileTooLarge,
     classify,
+    is_server_fault,
 )
 from lapce_bridge.core.retry import RetryPolicy, RetryStats
 from lapce_bridge.fs.atomic import fsync_dir, write_atomic
@@ -210,6 +211,9 @@ class FileStore:
             result = await self._read_with_recovery(real, size_hint, verify)
             ok = not result.stale
             return result
+        except BaseException as exc:
+            ok = not is_server_fault(exc)  # a missing file is the caller's, not the disk's
+            raise
         finally:
             observe("fs/read/disk", self.clock.now() - started, ok)
 

@@ -195,15 +195,15 @@ class FileService:
     # -- methods ------------------------------------------------------------------------------
     def methods(self) -> dict[str, Method]:
         return {
-            "fs/read": method(self._read, "fs/read"),
-            "fs/write": method(self._write, "fs/write"),
-            "fs/stat": method(self._stat, "fs/stat"),
-            "fs/list": method(self._list, "fs/list"),
-            "fs/watch": method(self._watch, "fs/watch"),
-            "fs/unwatch": method(self._unwatch, "fs/unwatch"),
-            "fs/edit": method(self._edit, "fs/edit"),
-            "fs/search": method(self._search, "fs/search"),
-            "fs/tree": method(self._tree, "fs/tree"),
+            "fs/read": method(self._read),
+            "fs/write": method(self._write),
+            "fs/stat": method(self._stat),
+            "fs/list": method(self._list),
+            "fs/watch": method(self._watch),
+            "fs/unwatch": method(self._unwatch),
+            "fs/edit": method(self._edit),
+            "fs/search": method(self._search),
+            "fs/tree": method(self._tree),
         }
 
     # fs/edit, fs/search and fs/tree live in their own modules, imported on first use (their

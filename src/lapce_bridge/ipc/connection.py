@@ -2,8 +2,9 @@
 
 Theory of operation: `Connection` is an `asyncio.Protocol` (no stream reader: a buffered
 sans-I/O parser is several times cheaper than `readuntil` per header line). Each frame is
-validated and handed to the request half (`ipc.dispatch.RequestDispatch`) at once, in
-arrival order. Answers to one pipelined read are written together, in one call.
+validated and handed to the connection's `Dispatcher` (`ipc.dispatch`) at once, in
+arrival order; what the server's connections share (method table, clock, limits, counters)
+comes from its `ServerState`. Answers to one pipelined read are written together, in one call.
 
 Faults are answered, never raised: malformed frames and messages get an error response and
 the connection goes on; a frame over the size limit gets -32007 (with the id read from its
@@ -22,39 +23,37 @@ import hmac
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
-from lapce_bridge.core.errors import ParseError, PermissionDenied
+from lapce_bridge.core.errors import AuthenticationFailed, ParseError
 from lapce_bridge.ipc import jsonrpc
-from lapce_bridge.ipc.dispatch import CANCEL, RequestContext, RequestDispatch
+from lapce_bridge.ipc.dispatch import CANCEL, Dispatcher, RequestContext
 from lapce_bridge.ipc.framing import Event, Frame, FrameDecoder, FrameError, encode
 from lapce_bridge.ipc.jsonrpc import Batch, Invalid, Notification, Request
-
-if TYPE_CHECKING:
-    from lapce_bridge.ipc.server import BridgeServer
+from lapce_bridge.ipc.state import ServerState
 
 log = logging.getLogger("lapce_bridge.ipc")
 
 
-class Connection(RequestDispatch, asyncio.Protocol):
+class Connection(asyncio.Protocol):
     def __init__(
-        self, server: BridgeServer, conn_id: int, *, needs_auth: bool = False, label: str = "unix"
+        self, state: ServerState, conn_id: int, *, needs_auth: bool = False, label: str = "unix"
     ) -> None:
-        self._server = server
+        self._state = state
         self.id = conn_id
         self.label = label
         self._needs_auth = needs_auth
-        self._decoder = FrameDecoder(server.max_message_bytes)
+        self._decoder = FrameDecoder(state.limits.max_message_bytes)
         self._in: asyncio.BaseTransport | None = None
         self._out: asyncio.WriteTransport | None = None
-        self._init_dispatch()
+        self.dispatcher = Dispatcher(state, self)
         self._backlog: deque[Event] = deque()
         self._coalesced: list[bytes] | None = None
         self._coalesced_bytes = 0
         self._close_callbacks: list[Callable[[], None]] = []
         self._closing = False
         self._write_paused = False
-        self._last_data = server.clock.now()
+        self._last_data = state.clock.now()
         self._stall_task: asyncio.Task[None] | None = None
         self.dropped = 0
         self.closed = asyncio.get_running_loop().create_future()
@@ -65,17 +64,18 @@ class Connection(RequestDispatch, asyncio.Protocol):
         if self._out is None:
             # uvloop's transports do not subclass asyncio's ABCs: no isinstance checks here.
             self.attach_writer(cast(asyncio.WriteTransport, transport))
-        self._server.register(self)
+        if not self._state.register(self):
+            self.close()
 
     def attach_writer(self, transport: asyncio.WriteTransport) -> None:
         self._out = transport
-        high = self._server.write_buffer_high
+        high = self._state.limits.write_buffer_high
         transport.set_write_buffer_limits(high=high, low=high // 4)
 
     def data_received(self, data: bytes) -> None:
         events = self._decoder.feed(data)
         if self._decoder.in_frame:  # only a partial frame is timed (see _watch_stall)
-            self._last_data = self._server.clock.now()
+            self._last_data = self._state.clock.now()
         if self._backlog or self._write_paused:
             self._backlog.extend(events)
         else:
@@ -104,15 +104,15 @@ class Connection(RequestDispatch, asyncio.Protocol):
                     self._on_body(event.body)
                 except Exception as exc:  # a bug in one message must not end the server
                     log.exception("connection %s: failed to handle a message", self.id)
-                    self._write(jsonrpc.error_bytes(None, exc))
+                    self.write(jsonrpc.error_bytes(None, exc))
             else:
                 assert isinstance(event, FrameError)
-                self._server.stats_frame_errors += 1
-                self._write(jsonrpc.error_bytes(event.request_id, event.error))
+                self._state.counters.frame_errors += 1
+                self.write(jsonrpc.error_bytes(event.request_id, event.error))
                 if event.fatal:
                     self.close()
                     return
-            if self._coalesced_bytes > self._server.write_buffer_high:
+            if self._coalesced_bytes > self._state.limits.write_buffer_high:
                 self._flush_coalesced(keep=True)
             if self._write_paused:
                 # The client is not reading: keep the rest of this read for later rather
@@ -132,7 +132,7 @@ class Connection(RequestDispatch, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        self._cancel_all()
+        self.dispatcher.cancel_all()
         if self._stall_task is not None:
             self._stall_task.cancel()
         callbacks, self._close_callbacks = self._close_callbacks, []
@@ -141,7 +141,7 @@ class Connection(RequestDispatch, asyncio.Protocol):
                 callback()
             except Exception:
                 log.exception("connection %s: a close callback failed", self.id)
-        self._server.unregister(self)
+        self._state.unregister(self)
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -153,7 +153,7 @@ class Connection(RequestDispatch, asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        self._last_data = self._server.clock.now()
+        self._last_data = self._state.clock.now()
         if self._backlog:
             backlog = list(self._backlog)
             self._backlog.clear()
@@ -162,8 +162,24 @@ class Connection(RequestDispatch, asyncio.Protocol):
         if reader is not None and not self._closing and not self._write_paused:
             reader.resume_reading()
 
+    # -- what the server and the dispatcher see ------------------------------------------------
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    @property
+    def requests(self) -> int:
+        return self.dispatcher.requests
+
+    @property
+    def inflight(self) -> int:
+        return self.dispatcher.inflight
+
+    def inflight_tasks(self) -> list[asyncio.Task[Any]]:
+        return self.dispatcher.tasks()
+
     # -- output ---------------------------------------------------------------------------
-    def _write(self, payload: bytes) -> None:
+    def write(self, payload: bytes) -> None:
         self.write_frame(encode(payload))
 
     def write_frame(self, frame: bytes) -> None:
@@ -181,9 +197,10 @@ class Connection(RequestDispatch, asyncio.Protocol):
             self.dropped += 1
             return
         out.write(frame)
-        if self._write_paused and out.get_write_buffer_size() > self._server.write_buffer_limit:
+        limit = self._state.limits.write_buffer_limit
+        if self._write_paused and out.get_write_buffer_size() > limit:
             log.warning("connection %s reads nothing; disconnecting it", self.id)
-            self._server.stats_slow_disconnects += 1
+            self._state.counters.slow_disconnects += 1
             self.abort()
 
     def notify(self, method: str, params: Any) -> None:
@@ -192,7 +209,7 @@ class Connection(RequestDispatch, asyncio.Protocol):
         except TypeError:
             log.exception("notification %s is not JSON-serialisable", method)
             return
-        self._write(payload)
+        self.write(payload)
 
     def on_close(self, callback: Callable[[], None]) -> None:
         if self._closing:
@@ -225,21 +242,21 @@ class Connection(RequestDispatch, asyncio.Protocol):
             return
         if kind is Request:
             assert isinstance(msg, Request)
-            self._on_request(msg)
+            self.dispatcher.request(msg)
         elif kind is Notification:
             assert isinstance(msg, Notification)
-            self._on_notification(msg)
+            self.dispatcher.notification(msg)
         elif kind is Invalid:
             assert isinstance(msg, Invalid)
-            self._server.stats_invalid_messages += 1
-            self._write(jsonrpc.error_bytes(msg.id, msg.error))
+            self._state.counters.invalid_messages += 1
+            self.write(jsonrpc.error_bytes(msg.id, msg.error))
         elif kind is Batch:
             assert isinstance(msg, Batch)
-            self._on_batch(msg)
+            self.dispatcher.batch(msg)
         # A Response from the client answers nothing we asked: ignored.
 
     def _authenticate(self, msg: object) -> bool:
-        token = self._server.token
+        token = self._state.token
         if (
             token is not None
             and type(msg) is Request
@@ -251,15 +268,15 @@ class Connection(RequestDispatch, asyncio.Protocol):
             self._needs_auth = False
             return True
         msg_id = msg.id if type(msg) is Request or type(msg) is Invalid else None
-        denied = PermissionDenied("the first request must be initialize with the right token")
-        self._write(jsonrpc.error_bytes(msg_id, denied))
-        self._server.stats_auth_failures += 1
+        denied = AuthenticationFailed("the first request must be initialize with the right token")
+        self.write(jsonrpc.error_bytes(msg_id, denied))
+        self._state.counters.auth_failures += 1
         self.close()
         return False
 
     async def _watch_stall(self) -> None:
-        clock = self._server.clock
-        limit = self._server.frame_timeout
+        clock = self._state.clock
+        limit = self._state.limits.frame_timeout
         while not self._closing and self._decoder.in_frame:
             remaining = self._last_data + limit - clock.now()
             if remaining <= 0:
@@ -267,8 +284,8 @@ class Connection(RequestDispatch, asyncio.Protocol):
                     self._last_data = clock.now()
                     continue
                 stalled = ParseError(f"incomplete frame: no data for {limit:g} s")
-                self._write(jsonrpc.error_bytes(None, stalled))
-                self._server.stats_stalled += 1
+                self.write(jsonrpc.error_bytes(None, stalled))
+                self._state.counters.stalled_frames += 1
                 self.close()
                 return
             await clock.sleep(remaining)

@@ -1,14 +1,25 @@
 """The request half of a connection: validate, dispatch, run, answer, cancel.
 
-Theory of operation: a sync handler without an idempotency key is called inline and answered
-before the next frame is looked at (no Task: a Task costs 50-70 us); it cannot be preempted,
-so such handlers must be cheap and are not bounded by the TimeoutManager. An async handler
-runs in a Task under `TimeoutManager.with_timeout(operation)`, listed in `_inflight` by
-request id so `$/cancelRequest {id}` cancels it (-32800). A keyed request goes through
-`Idempotency` (journalled, at most once, outcome shared). Requests in a batch run together
-and are cancelled only with their connection. Every answer's latency and outcome go to
-`observe(operation, seconds, ok)`; an error counts as a failure only when the breaker would
-count it (the service failed, not the request).
+Theory of operation: a `Dispatcher` belongs to one connection (its `Outlet`) and reads the
+method table, clock, limits and idempotency table from the server's shared `ServerState`.
+A method's name is the key it is registered under; that name is its operation everywhere.
+
+- A sync handler without an idempotency key is called inline and answered before the next
+  frame is looked at (no Task: a Task costs 50-70 us); it cannot be preempted, so such
+  handlers must be cheap and are not bounded by the timeouts.
+- An async handler runs in a Task under `TimeoutManager.with_timeout(name)`, listed by request
+  id so `$/cancelRequest {id}` cancels it (-32800). Its limit is the configured one, or longer
+  when the request's own params allow more (`Method.limit`: a command's `timeoutMs`,
+  `maxWaitMs`): long work is governed by its own limits, never cut short by ours.
+- A keyed request goes through `Idempotency` (journalled, at most once, outcome shared).
+- Params are checked in one place before any handler runs (`Method.validate`).
+- Every task has an owner: requests, batch members and a notification's work are all listed
+  here, cancelled when the connection closes, and drained by the server on shutdown.
+
+Every outcome goes through `_conclude`, the one code path that times it, encodes it (once)
+and observes it: `observe(name, seconds, ok)` where `ok` is false only for the server's own
+faults (`is_server_fault`): a caller's mistake never counts against failure rate, SLO or
+alerts. A result JSON cannot hold is the server's bug: -32603, never -32602.
 
 Invariant: nothing here raises into the transport: every request gets exactly one answer,
 except a notification, which never gets one, and a request whose connection is gone.
@@ -19,121 +30,169 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
-from lapce_bridge.core.breaker import default_record_exception
 from lapce_bridge.core.errors import (
     BridgeError,
     Cancelled,
+    InternalError,
     InvalidParams,
     InvalidRequest,
     MethodNotFound,
     Unavailable,
+    is_server_fault,
 )
 from lapce_bridge.ipc import jsonrpc
 from lapce_bridge.ipc.framing import RequestId
 from lapce_bridge.ipc.idempotency import Outcome, check_key, encode_outcome, shutting_down
 from lapce_bridge.ipc.jsonrpc import Batch, Invalid, Notification, Request
-from lapce_bridge.rpc import Method
-
-if TYPE_CHECKING:
-    from lapce_bridge.ipc.server import BridgeServer
+from lapce_bridge.ipc.state import ServerState
+from lapce_bridge.rpc import Method, Params, request_limit
 
 log = logging.getLogger("lapce_bridge.ipc")
 
 CANCEL = "$/cancelRequest"
 
 
-class _Connected:
-    """What the dispatcher needs from the connection it is part of."""
+class Outlet(Protocol):
+    """What the dispatcher needs from the connection it belongs to."""
 
-    id: int
-    _server: BridgeServer
-    _closing: bool
+    @property
+    def id(self) -> int: ...
 
-    def _write(self, payload: bytes) -> None:
-        raise NotImplementedError
+    @property
+    def closing(self) -> bool: ...
 
-    def notify(self, method: str, params: Any) -> None:
-        raise NotImplementedError
+    def write(self, payload: bytes) -> None: ...
 
-    def on_close(self, callback: Callable[[], None]) -> None:
-        raise NotImplementedError
+    def notify(self, method: str, params: Any) -> None: ...
+
+    def on_close(self, callback: Callable[[], None]) -> None: ...
 
 
 class RequestContext:
     """The `CallContext` a handler receives."""
 
-    __slots__ = ("_conn", "received_at")
+    __slots__ = ("_outlet", "received_at")
 
-    def __init__(self, conn: _Connected, received_at: float) -> None:
-        self._conn = conn
+    def __init__(self, outlet: Outlet, received_at: float) -> None:
+        self._outlet = outlet
         self.received_at = received_at
 
     @property
     def connection_id(self) -> int:
-        return self._conn.id
+        return self._outlet.id
 
     def notify(self, method: str, params: Any) -> None:
-        self._conn.notify(method, params)
+        self._outlet.notify(method, params)
 
     def on_close(self, callback: Callable[[], None]) -> None:
-        self._conn.on_close(callback)
+        self._outlet.on_close(callback)
 
 
 class Prepared:
-    __slots__ = ("ctx", "key", "method", "name", "params")
+    """A request that passed every check and is ready to run."""
+
+    __slots__ = ("ctx", "key", "limit", "method", "name", "params")
 
     def __init__(
         self,
         name: str,
         method: Method,
-        params: dict[str, Any],
+        params: Params,
         ctx: RequestContext,
         key: str | None,
+        limit: float | None,
     ) -> None:
         self.name = name
         self.method = method
         self.params = params
         self.ctx = ctx
         self.key = key
+        self.limit = limit  # seconds; None: unbounded by the dispatcher (the work's own)
 
 
-class RequestDispatch(_Connected):
-    """Mixed into `Connection`: the requests in flight on it and how they are answered."""
+class Dispatcher:
+    """The requests in flight on one connection and how they are answered."""
 
-    def _init_dispatch(self) -> None:
+    def __init__(self, state: ServerState, outlet: Outlet) -> None:
+        self.state = state
+        self.outlet = outlet
         self._inflight: dict[RequestId, asyncio.Task[Any]] = {}
         self._inflight_keys: dict[RequestId, str] = {}
         self._cancelled_ids: set[RequestId] = set()
-        self._batch_tasks: set[asyncio.Task[Any]] = set()
+        self._owned: set[asyncio.Task[Any]] = set()  # batch members, notifications' work
         self.requests = 0
 
     @property
     def inflight(self) -> int:
         return len(self._inflight)
 
-    def inflight_tasks(self) -> list[asyncio.Task[Any]]:
-        return [*self._inflight.values(), *self._batch_tasks]
+    def tasks(self) -> list[asyncio.Task[Any]]:
+        return [*self._inflight.values(), *self._owned]
 
-    def _cancel_all(self) -> None:
-        for task in [*self._inflight.values(), *self._batch_tasks]:
+    def cancel_all(self) -> None:
+        for task in self.tasks():
             task.cancel()  # nobody is left to answer; keyed executions go on (server-owned)
 
-    def _send_result(self, req_id: RequestId, result: Any) -> None:
+    # -- the one outcome path --------------------------------------------------------------
+    def _conclude(
+        self, name: str, started: float, result: Any, error: BaseException | None
+    ) -> Outcome:
+        """Time, encode (once) and observe one handler's outcome."""
+        state = self.state
+        elapsed = state.clock.now() - started
+        if error is None:
+            try:
+                outcome = (True, jsonrpc.dumps(result))
+            except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+                error = InternalError(
+                    f"{name}: the result cannot be encoded as JSON ({exc})",
+                    data={"method": name},
+                )
+                error.__cause__ = exc
+        if error is not None:
+            outcome = encode_outcome(False, error)
+        state.observe(name, elapsed, error is None or not is_server_fault(error))
+        return outcome
+
+    def _call_sync(self, prep: Prepared) -> Outcome:
         try:
-            payload = jsonrpc.result_bytes(req_id, result)
-        except TypeError as exc:
-            payload = jsonrpc.error_bytes(req_id, exc)
-        self._write(payload)
+            result = prep.method.handler(prep.params, prep.ctx)
+        except Exception as exc:
+            return self._conclude(prep.name, prep.ctx.received_at, None, exc)
+        return self._conclude(prep.name, prep.ctx.received_at, result, None)
 
-    def _send_outcome(self, req_id: RequestId, outcome: Outcome) -> None:
-        self._write(jsonrpc.dumps(_outcome_dict(req_id, outcome)))
+    async def _run(self, prep: Prepared) -> Outcome:
+        """Run one prepared handler to its outcome; raises only CancelledError."""
+        method = prep.method
+        if not method.is_async:
+            return self._call_sync(prep)
+        state = self.state
+        started = prep.ctx.received_at
+        work = method.handler(prep.params, prep.ctx)
+        try:
+            if prep.limit is None:
+                result = await work
+            else:
+                result = await state.timeouts.with_timeout(
+                    prep.name,
+                    work,
+                    seconds=prep.limit,
+                )
+        except asyncio.CancelledError:
+            state.observe(prep.name, state.clock.now() - started, True)  # not a failure
+            raise
+        except Exception as exc:
+            return self._conclude(prep.name, started, None, exc)
+        return self._conclude(prep.name, started, result, None)
 
+    # -- requests ---------------------------------------------------------------------------
     def _prepare(self, req: Request) -> Prepared:
-        method = self._server.methods.get(req.method)
+        state = self.state
+        method = state.methods.get(req.method)
         if method is None:
             raise MethodNotFound(f"unknown method {req.method!r}", data={"method": req.method})
         params = req.params
@@ -143,72 +202,63 @@ class RequestDispatch(_Connected):
             raise InvalidParams(f"{req.method} takes its params as an object")
         if req.id in self._inflight:
             raise InvalidRequest(f"request id {req.id!r} is already in flight")
+        if method.validate is not None:
+            method.validate(params)  # the one place params are checked before a handler
+        limit: float | None = None
         if method.is_async:
-            self._server.admit(method.operation)  # cheap inline methods are always served
+            state.admit(req.method)  # cheap inline methods are always served
+            limit = self._limit(req.method, method, params)
         key = params.get("idempotencyKey")
-        ctx = RequestContext(self, self._server.clock.now())
-        return Prepared(req.method, method, params, ctx, None if key is None else check_key(key))
+        ctx = RequestContext(self.outlet, state.clock.now())
+        return Prepared(
+            req.method, method, params, ctx, None if key is None else check_key(key), limit
+        )
 
-    def _on_request(self, req: Request) -> None:
+    def _limit(self, name: str, method: Method, params: Params) -> float | None:
+        return request_limit(self.state.timeouts.timeout_for(name), method, params)
+
+    def request(self, req: Request) -> None:
         self.requests += 1
-        server = self._server
-        method = server.methods.get(req.method)
+        state = self.state
+        method = state.methods.get(req.method)
         params = req.params
         if params is None:
             params = {}
         if (
             method is None
             or method.is_async
+            or method.validate is not None
             or type(params) is not dict
             or "idempotencyKey" in params
-            or server.shutting_down
+            or state.shutting_down
             or req.id in self._inflight
         ):
-            self._on_request_slow(req)
+            self._request_slow(req)
             return
-        # The hot path: a cheap handler answered inline, with no Task and no Prepared; the
-        # answer is written before the bookkeeping, so the client does not wait for it.
-        clock = server.clock
-        started = clock.now()
+        # The hot path: a cheap handler answered inline, with no Task and no Prepared.
+        started = state.clock.now()
         try:
-            result = method.handler(params, RequestContext(self, started))
+            result = method.handler(params, RequestContext(self.outlet, started))
         except Exception as exc:
-            elapsed = clock.now() - started
-            self._write(jsonrpc.error_bytes(req.id, exc))
-            server.observe(method.operation, elapsed, _ok(exc))
+            self.outlet.write(_response(req.id, self._conclude(req.method, started, None, exc)))
             return
-        elapsed = clock.now() - started
-        self._send_result(req.id, result)
-        server.observe(method.operation, elapsed, True)
+        self.outlet.write(_response(req.id, self._conclude(req.method, started, result, None)))
 
-    def _on_request_slow(self, req: Request) -> None:
+    def _request_slow(self, req: Request) -> None:
         try:
-            if self._server.shutting_down:
+            if self.state.shutting_down:
                 raise shutting_down()
             prep = self._prepare(req)
         except BridgeError as exc:
-            self._write(jsonrpc.error_bytes(req.id, exc))
+            self.outlet.write(jsonrpc.error_bytes(req.id, exc))
             return
-        method = prep.method
-        if method.is_async or prep.key is not None:
-            self._spawn(req.id, prep)
+        if prep.method.is_async or prep.key is not None:
+            task = asyncio.get_running_loop().create_task(self._respond(req.id, prep))
+            self._inflight[req.id] = task
+            if prep.key is not None:
+                self._inflight_keys[req.id] = prep.key
             return
-        clock = self._server.clock
-        started = prep.ctx.received_at
-        try:
-            result = method.handler(prep.params, prep.ctx)
-        except Exception as exc:
-            self._server.observe(method.operation, clock.now() - started, _ok(exc))
-            self._write(jsonrpc.error_bytes(req.id, exc))
-            return
-        self._server.observe(method.operation, clock.now() - started, True)
-        self._send_result(req.id, result)
-
-    def _spawn(self, req_id: RequestId, prep: Prepared) -> None:
-        task = asyncio.get_running_loop().create_task(self._respond(req_id, prep))
-        self._inflight[req_id] = task
-        if prep.key is not None:
-            self._inflight_keys[req_id] = prep.key
+        self.outlet.write(_response(req.id, self._call_sync(prep)))
 
     async def _respond(self, req_id: RequestId, prep: Prepared) -> None:
         try:
@@ -216,56 +266,32 @@ class RequestDispatch(_Connected):
         finally:
             self._inflight.pop(req_id, None)
             self._inflight_keys.pop(req_id, None)
-        self._write(jsonrpc.dumps(response))
+        self.outlet.write(response)
 
-    async def _execute(self, req_id: RequestId, prep: Prepared) -> dict[str, Any]:
-        """Run one prepared request to its response; raises only CancelledError from outside."""
+    async def _execute(self, req_id: RequestId, prep: Prepared) -> bytes:
+        """One prepared request to its encoded response; raises only CancelledError."""
         if prep.key is not None:
-            return _outcome_dict(req_id, await self._keyed(prep))
+            return _response(req_id, await self._keyed(prep))
         try:
-            result = await self._timed(prep)
+            return _response(req_id, await self._run(prep))
         except asyncio.CancelledError:
             if req_id in self._cancelled_ids:
                 self._cancelled_ids.discard(req_id)
-                return jsonrpc.error_dict(req_id, Cancelled(f"request {req_id!r} was cancelled"))
-            if self._server.shutting_down and not self._closing:
-                self._write(jsonrpc.error_bytes(req_id, shutting_down()))
+                return jsonrpc.error_bytes(req_id, Cancelled(f"request {req_id!r} was cancelled"))
+            if self.state.shutting_down and not self.outlet.closing:
+                self.outlet.write(jsonrpc.error_bytes(req_id, shutting_down()))
             raise
-        except Exception as exc:
-            return jsonrpc.error_dict(req_id, exc)
-        try:
-            jsonrpc.dumps(result)
-        except TypeError as exc:
-            return jsonrpc.error_dict(req_id, exc)
-        return jsonrpc.result_dict(req_id, result)
-
-    async def _timed(self, prep: Prepared) -> Any:
-        method = prep.method
-        server = self._server
-        started = prep.ctx.received_at
-        try:
-            if method.is_async:
-                result = await server.timeouts.with_timeout(
-                    method.operation, method.handler(prep.params, prep.ctx)
-                )
-            else:
-                result = method.handler(prep.params, prep.ctx)
-        except BaseException as exc:
-            server.observe(method.operation, server.clock.now() - started, _ok(exc))
-            raise
-        server.observe(method.operation, server.clock.now() - started, True)
-        return result
 
     async def _keyed(self, prep: Prepared) -> Outcome:
-        idem = self._server.idempotency
+        idem = self.state.idempotency
         key = prep.key
         assert key is not None
         try:
             found = idem.lookup(key, prep.name)
             if found is None:
                 if not prep.method.is_async:
-                    return idem.run_sync(key, prep.name, lambda: _call_sync(self._server, prep))
-                found = idem.start(key, prep.name, lambda: self._timed(prep))
+                    return idem.run_sync(key, prep.name, lambda: self._call_sync(prep))
+                found = idem.start(key, prep.name, lambda: self._run(prep))
         except BridgeError as exc:
             return encode_outcome(False, exc)
         if isinstance(found, tuple):
@@ -275,29 +301,35 @@ class RequestDispatch(_Connected):
         except Unavailable as exc:
             return encode_outcome(False, exc)
 
-    def _on_notification(self, note: Notification) -> None:
+    # -- notifications ------------------------------------------------------------------------
+    def notification(self, note: Notification) -> None:
         if note.method == CANCEL:
             self._on_cancel(note.params)
             return
-        method = self._server.methods.get(note.method)
+        state = self.state
+        method = state.methods.get(note.method)
         if method is None or (note.params is not None and type(note.params) is not dict):
             return  # JSON-RPC: a notification is never answered, not even with an error
         params = note.params or {}
-        ctx = RequestContext(self, self._server.clock.now())
-        if method.is_async:
-            loop = asyncio.get_running_loop()
-            task = loop.create_task(self._timed(Prepared(note.method, method, params, ctx, None)))
-            task.add_done_callback(_discard_outcome)
-            return
         try:
-            method.handler(params, ctx)
-        except Exception:
-            log.debug("notification %s failed", note.method, exc_info=True)
+            if method.validate is not None:
+                method.validate(params)
+            limit = self._limit(note.method, method, params) if method.is_async else None
+        except BridgeError:
+            log.debug("notification %s refused", note.method, exc_info=True)
+            return
+        prep = Prepared(
+            note.method, method, params, RequestContext(self.outlet, state.clock.now()), None, limit
+        )
+        if method.is_async:
+            self._own(self._run(prep))  # owned: cancelled on close, drained on shutdown
+        else:
+            self._call_sync(prep)
 
     def _on_cancel(self, params: Any) -> None:
         if type(params) is not dict:
             return
-        idem = self._server.idempotency
+        idem = self.state.idempotency
         key = params.get("idempotencyKey")
         if type(key) is str:
             idem.cancel(key)
@@ -314,69 +346,63 @@ class RequestDispatch(_Connected):
             self._cancelled_ids.add(req_id)
             task.cancel()
 
-    def _on_batch(self, batch: Batch) -> None:
-        answers: list[Any] = []
+    # -- batches ----------------------------------------------------------------------------
+    def batch(self, batch: Batch) -> None:
+        answers: list[bytes | asyncio.Task[bytes]] = []
         for item in batch.items:
             kind = type(item)
             if kind is Invalid:
                 assert isinstance(item, Invalid)
-                answers.append(jsonrpc.error_dict(item.id, item.error))
+                answers.append(jsonrpc.error_bytes(item.id, item.error))
             elif kind is Notification:
                 assert isinstance(item, Notification)
-                self._on_notification(item)
+                self.notification(item)
             elif kind is Request:
                 assert isinstance(item, Request)
+                self.requests += 1
                 try:
                     prep = self._prepare(item)
                 except BridgeError as exc:
-                    answers.append(jsonrpc.error_dict(item.id, exc))
+                    answers.append(jsonrpc.error_bytes(item.id, exc))
                     continue
                 # Requests inside a batch run together, cancelled only with the connection.
-                answers.append(self._batch_task(self._execute(item.id, prep)))
+                answers.append(self._own(self._execute(item.id, prep)))
         if not answers:
             return  # a batch of notifications only: no response at all
-        if all(type(a) is dict for a in answers):
-            self._write(jsonrpc.dumps(answers))
+        if all(type(a) is bytes for a in answers):
+            self.outlet.write(_array(answers))  # type: ignore[arg-type]
             return
-        self._batch_task(self._respond_batch(answers))
+        self._own(self._respond_batch(answers))
 
-    def _batch_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    def _own(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
-        self._batch_tasks.add(task)
-        task.add_done_callback(self._batch_tasks.discard)
+        self._owned.add(task)
+        task.add_done_callback(_forget(self._owned))
         return task
 
-    async def _respond_batch(self, answers: list[Any]) -> None:
-        pending = [a for a in answers if type(a) is not dict]
-        results = iter(await asyncio.gather(*pending))
-        self._write(jsonrpc.dumps([a if type(a) is dict else next(results) for a in answers]))
+    async def _respond_batch(self, answers: list[bytes | asyncio.Task[bytes]]) -> None:
+        done = [a if type(a) is bytes else await a for a in answers]  # type: ignore[misc]
+        self.outlet.write(_array(done))
 
 
-def _call_sync(server: BridgeServer, prep: Prepared) -> Any:
-    started = prep.ctx.received_at
-    try:
-        result = prep.method.handler(prep.params, prep.ctx)
-    except Exception as exc:
-        server.observe(prep.method.operation, server.clock.now() - started, _ok(exc))
-        raise
-    server.observe(prep.method.operation, server.clock.now() - started, True)
-    return result
-
-
-def _ok(exc: BaseException) -> bool:
-    """A request's error counts against the operation only when the service failed."""
-    return not default_record_exception(exc)
-
-
-def _outcome_dict(req_id: RequestId, outcome: Outcome) -> dict[str, Any]:
+def _response(req_id: RequestId, outcome: Outcome) -> bytes:
+    """A response around an outcome already encoded: spliced in, never encoded again."""
     ok, payload = outcome
     member = "result" if ok else "error"
-    return {"jsonrpc": "2.0", "id": req_id, member: orjson.Fragment(payload)}
+    return orjson.dumps({"jsonrpc": "2.0", "id": req_id, member: orjson.Fragment(payload)})
 
 
-def _discard_outcome(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
+def _array(responses: list[bytes]) -> bytes:
+    return b"[" + b",".join(responses) + b"]"
 
 
-__all__ = ["CANCEL", "Prepared", "RequestContext", "RequestDispatch"]
+def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("an owned task failed", exc_info=task.exception())
+
+    return done
+
+
+__all__ = ["CANCEL", "Dispatcher", "Outlet", "Prepared", "RequestContext"]

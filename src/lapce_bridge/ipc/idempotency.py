@@ -91,18 +91,15 @@ class Idempotency:
         )
         return encode_outcome(False, unknown)
 
-    def run_sync(self, key: str, method: str, call: Callable[[], Any]) -> Outcome:
-        """Run a cheap handler inline, journalled."""
+    def run_sync(self, key: str, method: str, call: Callable[[], Outcome]) -> Outcome:
+        """Run a cheap handler inline, journalled; `call` gives its encoded outcome."""
         self.journal.begin(key, method)
-        try:
-            outcome = encode_outcome(True, call())
-        except Exception as exc:
-            outcome = encode_outcome(False, exc)
+        outcome = call()
         self._record(key, outcome)
         return outcome
 
     def start(
-        self, key: str, method: str, call: Callable[[], Awaitable[Any]]
+        self, key: str, method: str, call: Callable[[], Awaitable[Outcome]]
     ) -> asyncio.Future[Outcome]:
         """Run an async handler in a task the server owns; returns the future of its outcome."""
         self.journal.begin(key, method)
@@ -114,11 +111,11 @@ class Idempotency:
         return future
 
     async def _execute(
-        self, key: str, call: Callable[[], Awaitable[Any]], future: asyncio.Future[Outcome]
+        self, key: str, call: Callable[[], Awaitable[Outcome]], future: asyncio.Future[Outcome]
     ) -> None:
         try:
             try:
-                outcome = encode_outcome(True, await call())
+                outcome = await call()
             except asyncio.CancelledError:
                 if key not in self._client_cancelled:
                     if not future.done():

@@ -32,7 +32,9 @@ from lapce_bridge.core.errors import (
     Classification,
     ErrorCategory,
     ErrorSeverity,
+    Fault,
     FileSystemError,
+    InternalError,
     InvalidParams,
     InvalidRequest,
     MessageTooLarge,
@@ -42,6 +44,7 @@ from lapce_bridge.core.errors import (
     ResourceExhausted,
     TerminalError,
     Unavailable,
+    error_type,
     to_bridge_error,
 )
 from lapce_bridge.ipc.framing import RequestId
@@ -180,7 +183,7 @@ _BY_CODE: dict[int, type[BridgeError]] = {
         InvalidRequest,
         MethodNotFound,
         InvalidParams,
-        BridgeError,
+        InternalError,
         Cancelled,
         BridgeTimeout,
         Unavailable,
@@ -202,6 +205,9 @@ def error_from_wire(error: dict[str, Any]) -> BridgeError:
     extra: dict[str, Any] = {}
     classification = None
     if type(data) is dict:
+        named = error_type(data.get("type"))
+        if named is not None and named.code == kind.code:
+            kind = named  # the very class the server raised (ConflictError, TerminalBusy, ...)
         extra = {k: v for k, v in data.items() if k not in _WIRE_KEYS}
         try:
             classification = Classification(
@@ -209,6 +215,7 @@ def error_from_wire(error: dict[str, Any]) -> BridgeError:
                 ErrorSeverity(data["severity"]),
                 bool(data["retryable"]),
                 bool(data["fallbackAvailable"]),
+                Fault(data.get("fault", "server")),
             )
         except (KeyError, ValueError):
             classification = None
@@ -217,7 +224,9 @@ def error_from_wire(error: dict[str, Any]) -> BridgeError:
     return kind(message, classification=classification, data=extra)
 
 
-_WIRE_KEYS = frozenset({"category", "severity", "retryable", "fallbackAvailable", "detail"})
+_WIRE_KEYS = frozenset(
+    {"category", "severity", "retryable", "fallbackAvailable", "fault", "detail", "type"}
+)
 
 
 __all__ = [

@@ -46,6 +46,7 @@ class ServeOptions:
     extra_methods: tuple[str, ...] = ()
     shutdown_grace: float = 10.0
     metrics_port: int | None = None  # Prometheus /metrics on 127.0.0.1 (0: any free port)
+    timeouts: tuple[tuple[str, float], ...] = ()  # (method, seconds): the dispatcher's limits
 
 
 def journal_path(state_dir: Path, where: str) -> Path:
@@ -88,11 +89,17 @@ async def run_server(opts: ServeOptions, *, announce: Callable[[str], None] | No
             table.update(extra(app) if callable(extra) else extra)
         return table
 
+    from lapce_bridge.core.timeouts import TimeoutManager
+
+    timeouts = TimeoutManager()
+    for name, seconds in opts.timeouts:
+        timeouts.set_override(name, seconds)
     async with App(
         workspace=opts.workspace,
         state_dir=state_dir,
         default_shell=opts.shell,
         extra_methods=extra_methods,
+        timeouts=timeouts,
     ) as app:
         server = BridgeServer(
             app,
@@ -184,6 +191,22 @@ def _parse_listen(value: str | None) -> tuple[str, int] | None:
     return (host.strip("[]") or "127.0.0.1", int(port))
 
 
+def _parse_timeouts(values: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+    parsed: list[tuple[str, float]] = []
+    for value in values:
+        name, sep, seconds = value.rpartition("=")
+        try:
+            limit = float(seconds)
+        except ValueError:
+            limit = -1.0
+        if not sep or not name or not 0 < limit < float("inf"):
+            raise click.BadParameter(
+                f"expected METHOD=SECONDS, got {value!r}", param_hint="--timeout"
+            )
+        parsed.append((name, limit))
+    return tuple(parsed)
+
+
 def _read_token(path: Path | None) -> str | None:
     if path is None:
         return None
@@ -249,6 +272,13 @@ def _read_token(path: Path | None) -> str | None:
     help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics.",
 )
 @click.option(
+    "--timeout",
+    "timeouts",
+    multiple=True,
+    metavar="METHOD=SECONDS",
+    help="The dispatcher's limit for METHOD (a command's own timeoutMs/maxWaitMs may extend it).",
+)
+@click.option(
     "--log-level",
     default="warning",
     show_default=True,
@@ -267,6 +297,7 @@ def serve(
     extra_methods: tuple[str, ...],
     shutdown_grace: float,
     metrics_port: int | None,
+    timeouts: tuple[str, ...],
     log_level: str,
 ) -> None:
     """Run the JSON-RPC server (Unix socket, stdio or TCP)."""
@@ -293,6 +324,7 @@ def serve(
         extra_methods=extra_methods,
         shutdown_grace=shutdown_grace,
         metrics_port=metrics_port,
+        timeouts=_parse_timeouts(timeouts),
     )
     raise_open_file_limit()
     try:

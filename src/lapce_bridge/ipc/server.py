@@ -1,8 +1,9 @@
 """The JSON-RPC server: listeners, the method table, broadcast, graceful shutdown.
 
 Theory of operation: `BridgeServer` owns the listeners (Unix socket, TCP with a token, or
-stdio), the connections (`ipc.connection`), the idempotency table and the built-in methods
-(`initialize`, `shutdown`, `exit`, `ping`); every other method comes from the app's table.
+stdio) and the `ServerState` its connections (`ipc.connection`) share: the method table
+(the built-in `initialize`, `shutdown`, `exit`, `ping` and the app's), the idempotency table,
+the limits and the counters.
 Life cycle, as uvicorn draws it: start listening; serve until `request_shutdown()` (a
 `shutdown` request, SIGTERM/SIGINT, stdin closing on stdio); then `aclose()`: stop accepting
 and remove the socket file, let in-flight work finish within `shutdown_grace` seconds on the
@@ -39,6 +40,7 @@ from lapce_bridge.ipc.framing import DEFAULT_MAX_MESSAGE_BYTES, encode
 from lapce_bridge.ipc.idempotency import Idempotency
 from lapce_bridge.ipc.journal import IdempotencyJournal
 from lapce_bridge.ipc.paths import bind_unix_socket, file_identity, remove_socket
+from lapce_bridge.ipc.state import Limits, Peer, ServerState
 from lapce_bridge.rpc import Broadcast, CallContext, Method, Params, method
 
 log = logging.getLogger("lapce_bridge.ipc")
@@ -107,32 +109,29 @@ class BridgeServer:
     ) -> None:
         self.app = app
         self.clock = clock if clock is not None else app.clock
-        self.max_message_bytes = max_message_bytes
-        self.frame_timeout = frame_timeout
-        self.write_buffer_high = write_buffer_high
-        self.write_buffer_limit = write_buffer_limit
         self.shutdown_grace = shutdown_grace
-        self.token = token
         self.journal = (journal or IdempotencyJournal(None)).open()
         self.idempotency = Idempotency(self.journal)
-        self.timeouts = app.timeouts
-        self.observe = app.observe
-        self.admit = app.admit
-        self.methods: dict[str, Method] = {**app.methods, **self._builtins()}
-        self.connections: dict[int, Connection] = {}
-        self.shutting_down = False
+        self.state = ServerState(
+            clock=self.clock,
+            methods={**app.methods, **self._builtins()},
+            timeouts=app.timeouts,
+            observe=app.observe,
+            admit=app.admit,
+            idempotency=self.idempotency,
+            limits=Limits(
+                max_message_bytes=max_message_bytes,
+                frame_timeout=frame_timeout,
+                write_buffer_high=write_buffer_high,
+                write_buffer_limit=write_buffer_limit,
+            ),
+            token=token,
+            on_stdio_closed=self.request_shutdown,
+        )
         self.socket_path: Path | None = None
         self._socket_identity: tuple[int, int] | None = None
         self._listeners: list[asyncio.AbstractServer] = []
         self._ids = itertools.count(1)
-        self._accepted = 0
-        self._requests_closed = 0
-        self._dropped_closed = 0
-        self.stats_slow_disconnects = 0
-        self.stats_stalled = 0
-        self.stats_auth_failures = 0
-        self.stats_frame_errors = 0
-        self.stats_invalid_messages = 0
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._closed = False
@@ -146,11 +145,11 @@ class BridgeServer:
                 "serverInfo": {"name": SERVER_NAME, "version": __version__},
                 "protocolVersion": PROTOCOL_VERSION,
                 "capabilities": {
-                    "methods": sorted(self.methods),
+                    "methods": sorted(self.state.methods),
                     "batches": True,
                     "cancelRequest": ["id", "idempotencyKey"],
                     "idempotency": True,
-                    "maxMessageBytes": self.max_message_bytes,
+                    "maxMessageBytes": self.state.limits.max_message_bytes,
                 },
                 "features": self.app.features(),
             }
@@ -163,32 +162,33 @@ class BridgeServer:
             return _PONG
 
         return {
-            "initialize": method(initialize, "initialize"),
-            "shutdown": method(shutdown, "shutdown"),
-            "exit": method(shutdown, "shutdown"),
-            "ping": method(ping, "ping"),
+            "initialize": method(initialize),
+            "shutdown": method(shutdown),
+            "exit": method(shutdown),
+            "ping": method(ping),
         }
 
     # -- connections ----------------------------------------------------------------------
+    @property
+    def methods(self) -> Mapping[str, Method]:
+        return self.state.methods
+
+    @property
+    def connections(self) -> dict[int, Peer]:
+        return self.state.connections
+
+    @property
+    def shutting_down(self) -> bool:
+        return self.state.shutting_down
+
     def _factory(self, label: str, needs_auth: bool = False) -> Callable[[], Connection]:
+        state = self.state
+
         def make() -> Connection:
-            self._accepted += 1
-            return Connection(self, next(self._ids), needs_auth=needs_auth, label=label)
+            state.counters.accepted += 1
+            return Connection(state, next(self._ids), needs_auth=needs_auth, label=label)
 
         return make
-
-    def register(self, conn: Connection) -> None:
-        if self.shutting_down:
-            conn.close()
-            return
-        self.connections[conn.id] = conn
-
-    def unregister(self, conn: Connection) -> None:
-        if self.connections.pop(conn.id, None) is not None:
-            self._requests_closed += conn.requests
-            self._dropped_closed += conn.dropped
-        if conn.label == "stdio":
-            self.request_shutdown("stdin closed")
 
     def broadcast(self, method_name: str, params: Any) -> None:
         """Send a notification to every connected client, encoded once."""
@@ -219,7 +219,7 @@ class BridgeServer:
     async def listen_tcp(
         self, host: str, port: int, *, allow_remote: bool = False
     ) -> tuple[str, int]:
-        if not self.token:
+        if not self.state.token:
             raise PermissionDenied("a TCP listener needs a token (--token-file)")
         if not allow_remote and not _is_loopback(host):
             raise PermissionDenied(
@@ -257,17 +257,11 @@ class BridgeServer:
     async def wait_for_shutdown(self) -> None:
         await self._stop.wait()
 
-    async def serve_until_shutdown(self) -> None:
-        try:
-            await self.wait_for_shutdown()
-        finally:
-            await self.aclose()
-
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self.shutting_down = True
+        self.state.shutting_down = True
         self._stop.set()
         for listener in self._listeners:
             listener.close()
@@ -323,19 +317,20 @@ class BridgeServer:
 
     def statistics(self) -> ServerStats:
         conns = list(self.connections.values())
+        counts = self.state.counters
         return ServerStats(
             connections=len(conns),
-            accepted=self._accepted,
-            requests=self._requests_closed + sum(c.requests for c in conns),
+            accepted=counts.accepted,
+            requests=counts.requests_closed + sum(c.requests for c in conns),
             inflight=sum(c.inflight for c in conns),
             idempotent_running=self.idempotency.running,
             idempotent_replayed=self.idempotency.replayed,
-            dropped_messages=self._dropped_closed + sum(c.dropped for c in conns),
-            slow_disconnects=self.stats_slow_disconnects,
-            stalled_frames=self.stats_stalled,
-            auth_failures=self.stats_auth_failures,
-            frame_errors=self.stats_frame_errors,
-            invalid_messages=self.stats_invalid_messages,
+            dropped_messages=counts.dropped_closed + sum(c.dropped for c in conns),
+            slow_disconnects=counts.slow_disconnects,
+            stalled_frames=counts.stalled_frames,
+            auth_failures=counts.auth_failures,
+            frame_errors=counts.frame_errors,
+            invalid_messages=counts.invalid_messages,
         )
 
 

@@ -42,8 +42,15 @@ from mcp.server.lowlevel import Server
 
 from lapce_bridge import __version__
 from lapce_bridge.app import App
-from lapce_bridge.core.errors import BridgeError, InvalidParams, MethodNotFound, to_bridge_error
+from lapce_bridge.core.errors import (
+    BridgeError,
+    InvalidParams,
+    MethodNotFound,
+    is_server_fault,
+    to_bridge_error,
+)
 from lapce_bridge.mcp.tools import BY_NAME, TOOLS, Tool, object_schema, output_schema
+from lapce_bridge.rpc import request_limit
 from lapce_bridge.schema.validate import describe
 
 log = logging.getLogger("lapce_bridge.mcp")
@@ -242,27 +249,24 @@ async def call_tool(
     call_ctx = ToolCallContext(backend, started, progress)
     try:
         if method.is_async:
-            app.admit(method.operation)
-            result = await app.timeouts.with_timeout(
-                method.operation, method.handler(params, call_ctx)
-            )
+            app.admit(method_name)
+            limit = request_limit(app.timeouts.timeout_for(method_name), method, params)
+            work = method.handler(params, call_ctx)
+            if limit is None:
+                result = await work
+            else:
+                result = await app.timeouts.with_timeout(method_name, work, seconds=limit)
         else:
             result = method.handler(params, call_ctx)
     except BaseException as exc:
-        app.observe(method.operation, app.clock.now() - started, _server_ok(exc))
+        app.observe(method_name, app.clock.now() - started, not is_server_fault(exc))
         raise
     finally:
         if progress is not None:
             progress.close()
-    app.observe(method.operation, app.clock.now() - started, True)
+    app.observe(method_name, app.clock.now() - started, True)
     out: dict[str, Any] = msgspec.to_builtins(tool.answer(inp, result))
     return out
-
-
-def _server_ok(exc: BaseException) -> bool:
-    from lapce_bridge.core.breaker import default_record_exception
-
-    return not default_record_exception(exc)
 
 
 def tool_list() -> list[types.Tool]:

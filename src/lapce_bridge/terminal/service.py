@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,6 +127,28 @@ def _seconds(params: Params, name: str, default: float | None) -> float | None:
     return float(value) / 1000.0
 
 
+# Beyond a command's own limit: starting the default terminal, then settling after SIGINT.
+ANSWER_MARGIN_S = 30.0
+
+
+def execute_limit(params: Params) -> float:
+    """How long `terminal/execute` may hold its request: its answer is due by `timeoutMs`
+    (`timed_out`) or `maxWaitMs` (`running`), whichever is first; the dispatcher's limit
+    is never shorter."""
+    timeout = _seconds(params, "timeoutMs", None)
+    max_wait = _seconds(params, "maxWaitMs", DEFAULT_MAX_WAIT_MS / 1000.0)
+    assert max_wait is not None
+    due = max_wait if timeout is None else min(timeout, max_wait)
+    return due + ANSWER_MARGIN_S
+
+
+def wait_limit(params: Params) -> float:
+    """`terminal/wait` lasts its `timeoutMs`, or, without one, as long as the command runs
+    (bounded by the command's own `timeoutMs`, and by the caller's `$/cancelRequest`)."""
+    within = _seconds(params, "timeoutMs", None)
+    return math.inf if within is None else within + ANSWER_MARGIN_S
+
+
 def _bounded(params: Params, name: str, default: int, ceiling: int, why: str) -> int:
     value: int = _param(params, name, int, default)
     if value > ceiling:
@@ -193,14 +216,14 @@ class TerminalService:
 
     def methods(self) -> dict[str, Method]:
         return {
-            "terminal/create": method(self.create, "terminal.create"),
-            "terminal/execute": method(self.execute, "terminal.execute"),
-            "terminal/sendText": method(self.send_text, "terminal.sendText"),
-            "terminal/interrupt": method(self.interrupt, "terminal.interrupt"),
-            "terminal/readOutput": method(self.read_output, "terminal.readOutput"),
-            "terminal/wait": method(self.wait, "terminal.wait"),
-            "terminal/list": method(self.list, "terminal.list"),
-            "terminal/close": method(self.close, "terminal.close"),
+            "terminal/create": method(self.create),
+            "terminal/execute": method(self.execute, limit=execute_limit),
+            "terminal/sendText": method(self.send_text),
+            "terminal/interrupt": method(self.interrupt),
+            "terminal/readOutput": method(self.read_output),
+            "terminal/wait": method(self.wait, limit=wait_limit),
+            "terminal/list": method(self.list),
+            "terminal/close": method(self.close),
         }
 
     # -- helpers --------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from typing import Any
 
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.clock import Clock
-from lapce_bridge.core.errors import InvalidParams, ShellCrashed, TerminalError
+from lapce_bridge.core.errors import InvalidParams, ShellCrashed, TerminalBusy, TerminalError
 from lapce_bridge.terminal.execution import Execution
 from lapce_bridge.terminal.modes import run_line, runtime_dir, shell_kind, write_file
 from lapce_bridge.terminal.osc import OscParser
@@ -258,7 +258,7 @@ class Terminal(MarkerReader):
                 async with self.clock.timeout(self.stop_grace):
                     await asyncio.shield(stopping.done)
         if self._exec is not None:
-            raise TerminalError(
+            raise TerminalBusy(
                 f"terminal {self.terminal_id} is busy running {self._exec.execution_id}: "
                 "answer it with sendText, interrupt it, or use another terminal",
                 retryable=False,

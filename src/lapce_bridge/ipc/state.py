@@ -1,0 +1,125 @@
+"""What every connection of one server shares, as uvicorn hands each protocol a `ServerState`.
+
+Theory of operation: `BridgeServer` builds one `ServerState` and gives it to each
+`Connection` it accepts; a connection's dispatcher reads the method table, the clock, the
+timeouts, the limits and the idempotency table from it, and reports to its observers and
+counters. Nothing here knows the server or the connection classes (a connection is seen
+through `Peer`), so the import graph runs one way: server -> connection -> dispatch -> state.
+
+Invariants: the method table's keys are the only names an operation has (timeouts, health
+targets, metrics, logs, alerts); `shutting_down` only ever goes from False to True; a peer is
+in `connections` from its first byte until it is gone, and its counts then move into the
+closed totals, so no request is counted twice or lost from the statistics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from lapce_bridge.core.clock import Clock
+from lapce_bridge.core.timeouts import TimeoutManager
+from lapce_bridge.ipc.framing import DEFAULT_MAX_MESSAGE_BYTES
+from lapce_bridge.ipc.idempotency import Idempotency
+from lapce_bridge.rpc import Method, Observe
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-connection bounds (each one a defence: see the connection's docstring)."""
+
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    frame_timeout: float = 30.0  # a frame that stops arriving this long closes the connection
+    write_buffer_high: int = 256 * 1024  # above it, the client's next requests wait unread
+    write_buffer_limit: int = 64 * 1024 * 1024  # above it, a client that reads nothing goes
+
+
+@dataclass(slots=True)
+class Counters:
+    """What the server counts across connections (read by `statistics()`)."""
+
+    accepted: int = 0
+    requests_closed: int = 0  # requests of connections already gone
+    dropped_closed: int = 0
+    slow_disconnects: int = 0
+    stalled_frames: int = 0
+    auth_failures: int = 0
+    frame_errors: int = 0
+    invalid_messages: int = 0
+
+
+class Peer(Protocol):
+    """What the server sees of one connection."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def requests(self) -> int: ...
+
+    @property
+    def dropped(self) -> int: ...
+
+    @property
+    def inflight(self) -> int: ...
+
+    @property
+    def closed(self) -> asyncio.Future[None]: ...
+
+    def write_frame(self, frame: bytes) -> None: ...
+
+    def inflight_tasks(self) -> list[asyncio.Task[Any]]: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class ServerState:
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        methods: dict[str, Method],
+        timeouts: TimeoutManager,
+        observe: Observe,
+        admit: Callable[[str], None],
+        idempotency: Idempotency,
+        limits: Limits,
+        token: str | None = None,
+        on_stdio_closed: Callable[[str], None] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.methods = methods
+        self.timeouts = timeouts
+        self.observe = observe
+        self.admit = admit
+        self.idempotency = idempotency
+        self.limits = limits
+        self.token = token
+        self.counters = Counters()
+        self.connections: dict[int, Peer] = {}
+        self.shutting_down = False
+        self._on_stdio_closed = on_stdio_closed
+
+    def register(self, peer: Peer) -> bool:
+        """Admit a new connection; False (and the caller closes it) while shutting down."""
+        if self.shutting_down:
+            return False
+        self.connections[peer.id] = peer
+        return True
+
+    def unregister(self, peer: Peer) -> None:
+        if self.connections.pop(peer.id, None) is not None:
+            self.counters.requests_closed += peer.requests
+            self.counters.dropped_closed += peer.dropped
+        if peer.label == "stdio" and self._on_stdio_closed is not None:
+            self._on_stdio_closed("stdin closed")
+
+
+__all__ = ["Counters", "Limits", "Peer", "ServerState"]

@@ -1,0 +1,56 @@
+"""A real `lapce-bridge serve` process for tests: started, awaited until it listens, stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
+@dataclass
+class Served:
+    proc: asyncio.subprocess.Process
+    socket: Path
+    workspace: Path
+
+
+@contextlib.asynccontextmanager
+async def serve(tmp_path: Path, *args: str) -> AsyncIterator[Served]:
+    """`python -m lapce_bridge serve` on a socket in `tmp_path`, with the default policies."""
+    sock = tmp_path / "run" / "bridge.sock"
+    ws = tmp_path / "ws"
+    ws.mkdir(exist_ok=True)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lapce_bridge", "serve", "--socket", str(sock),
+        "--state-dir", str(tmp_path / "state"), "--workspace", str(ws), *args,
+        env=server_env(),
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        ready = await asyncio.wait_for(proc.stderr.readline(), 30)
+        assert ready.decode().strip() == f"lapce-bridge: listening on unix:{sock}", ready
+        yield Served(proc, sock, ws)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 20)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+__all__ = ["REPO", "Served", "serve", "server_env"]
