@@ -28,7 +28,7 @@ import msgspec
 
 from lapce_bridge.core.errors import BridgeError, ConflictError, FileSystemError, FileTooLarge
 from lapce_bridge.ipc.client import BridgeClient
-from lapce_bridge.schema.base import Params
+from lapce_bridge.schema.base import Params, Strict
 from lapce_bridge.schema.files import (
     EditParams,
     EditResult,
@@ -88,7 +88,7 @@ def _as(exc: BridgeError, kind: type[BridgeError]) -> BridgeError:
     return out
 
 
-def _wire(params: Params) -> dict[str, Any]:
+def _wire(params: Strict) -> dict[str, Any]:
     built: dict[str, Any] = msgspec.to_builtins(params)
     return {k: v for k, v in built.items() if v is not None}
 

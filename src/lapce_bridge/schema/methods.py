@@ -24,7 +24,7 @@ from lapce_bridge.schema.files import (
     TreeResult,
 )
 
-Millis = Annotated[int, Meta(ge=0)]
+Millis = Annotated[float, Meta(gt=0, le=7 * 86_400_000)]  # at most 7 days, as the terminals take
 NonNegative = Annotated[int, Meta(ge=0)]
 
 
@@ -34,7 +34,9 @@ class ClientInfo(Result):
     version: str | None = None
 
 
-class InitializeParams(Params):
+class InitializeParams(Params, forbid_unknown_fields=False):
+    """Lenient: LSP clients send their own initialize fields (processId, capabilities, ...)."""
+
     client_info: ClientInfo | None = None
     protocol_version: int | None = None
     token: str | None = None
