@@ -11,8 +11,12 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from lapce_bridge.app import App
+from lapce_bridge.core.errors import BridgeTimeout
 from lapce_bridge.core.health import DEFAULT_TARGETS
+from lapce_bridge.ipc.client import BridgeClient
 from lapce_bridge.ipc.raw import RawClient
 from lapce_bridge.ipc.server import BridgeServer
 from lapce_bridge.rpc import CallContext, Method, Params, method
@@ -113,6 +117,21 @@ async def test_a_command_outlives_a_short_dispatcher_default(tmp_path: Path) -> 
             assert final["result"]["output"].split() == [str(i) for i in range(1, 11)]
         finally:
             await client.close()
+
+
+async def test_a_client_timeout_leaves_the_command_running_and_findable(tmp_path: Path) -> None:
+    async with serve(tmp_path) as srv, BridgeClient(srv.socket) as client:
+        await client.request("terminal/execute", {"command": "true"})  # the shell is up
+        params = {"command": "sleep 1.5; echo done"}
+        with pytest.raises(BridgeTimeout) as info:
+            await client.request("terminal/execute", params, timeout=0.3)
+        key = info.value.data["idempotencyKey"]
+        assert info.value.data["cancelled"] is False
+        # The same request with the key the error gave finds the same run: its result,
+        # uninterrupted, and the command ran once.
+        found = await client.request("terminal/execute", {**params, "idempotencyKey": key})
+        assert (found["status"], found["output"], found["exitCode"]) == ("completed", "done\n", 0)
+        assert found["durationMs"] >= 1500
 
 
 async def test_a_notifications_work_is_cancelled_when_its_connection_closes(

@@ -72,7 +72,7 @@ async def stdio_session(tmp_path: Path, ws: Path) -> AsyncIterator[ClientSession
 @asynccontextmanager
 async def http_session(tmp_path: Path, ws: Path) -> AsyncIterator[ClientSession]:
     token_file = tmp_path / "token"
-    token_file.write_text("s3cret-token\n")
+    token_file.write_text("s3cret-token-of-32-characters-ok\n")
     token_file.chmod(0o600)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "lapce_bridge", "mcp", "--workspace", str(ws), "--shell", "bash",
@@ -89,7 +89,9 @@ async def http_session(tmp_path: Path, ws: Path) -> AsyncIterator[ClientSession]
         async with create_mcp_http_client() as bare:
             refused = await bare.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
             assert refused.status_code == 401
-        client = create_mcp_http_client(headers={"Authorization": "Bearer s3cret-token"})
+        client = create_mcp_http_client(
+            headers={"Authorization": "Bearer s3cret-token-of-32-characters-ok"}
+        )
         async with (
             client,
             streamable_http_client(url, http_client=client) as (

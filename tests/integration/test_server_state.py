@@ -10,6 +10,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from lapce_bridge.commands import serve
 from lapce_bridge.core.errors import InvalidParams, PermissionDenied
 from lapce_bridge.ipc.idempotency import Idempotency
 from lapce_bridge.ipc.journal import EntryState, IdempotencyJournal
@@ -19,7 +20,7 @@ from lapce_bridge.ipc.paths import (
     prepare_socket_path,
     state_dir_ready,
 )
-from lapce_bridge.ipc.serve_cmd import journal_path, serve
+from lapce_bridge.ipc.serve_cmd import journal_path
 
 
 def test_journal_records_outcomes_and_survives_reopening(tmp_path: Path) -> None:
@@ -157,6 +158,26 @@ def test_serve_refuses_an_empty_token_file(tmp_path: Path) -> None:
     result = CliRunner().invoke(serve, ["--listen", "127.0.0.1:0", "--token-file", str(token)])
     assert result.exit_code == 2
     assert "is empty" in result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "message"),
+    [
+        ("a-token-of-thirty-two-characters", 0o644, "may be read by other users"),
+        ("a-token-of-thirty-two-characters", 0o640, "may be read by other users"),
+        ("x", 0o600, "shorter than 16 bytes"),
+        ("fifteen-bytes!!", 0o600, "shorter than 16 bytes"),
+    ],
+)
+def test_serve_refuses_a_weak_token_file(
+    tmp_path: Path, content: str, mode: int, message: str
+) -> None:
+    token = tmp_path / "token"
+    token.write_text(content)
+    token.chmod(mode)
+    result = CliRunner().invoke(serve, ["--listen", "127.0.0.1:0", "--token-file", str(token)])
+    assert result.exit_code == 2
+    assert message in result.output
 
 
 async def test_the_app_serves_the_file_service_when_present(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from lapce_bridge.core.errors import ShellCrashed
 from lapce_bridge.terminal.recovery import CrashLoopPolicy
 from lapce_bridge.terminal.result import Mode, Status
 from lapce_bridge.terminal.terminal import Terminal, TerminalExited
+from lapce_bridge.terminal.tracker import EndDetection
 
 
 async def _restarted(term: Terminal, count: int) -> None:
@@ -80,7 +81,7 @@ async def test_crash_loop_moves_to_another_shell_then_gives_up(tmp_path: Path) -
         await term.execute("exit 1", timeout=10)
         await _restarted(term, 2)
         assert term.mode is Mode.ALTERNATIVE_SHELL
-        assert term.protocol is Mode.NO_SHELL_INTEGRATION
+        assert term.detection is EndDetection.END_MARKER
         result = await term.execute("echo $0; false", timeout=10)
         assert result.exit_code == 1
         assert result.mode is Mode.ALTERNATIVE_SHELL
@@ -238,7 +239,7 @@ async def test_rc_that_swallows_the_terminal_falls_back_to_a_minimal_shell(tmp_p
         probe_timeout=0.5,
     ) as term:
         assert term.mode is Mode.MINIMAL_PTY
-        assert term.protocol is Mode.SHELL_INTEGRATION
+        assert term.detection is EndDetection.INTEGRATION
         result = await term.execute("echo minimal; (exit 6)", timeout=10)
         assert (result.output, result.exit_code) == ("minimal\n", 6)
         assert [r.action for r in result.recoveries] == ["minimal_pty"]

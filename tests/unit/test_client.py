@@ -108,13 +108,15 @@ async def test_request_notify_and_notifications(tmp_path: Path) -> None:
         assert await client.request("test/append", {"value": "r"}) == 2
 
 
-async def test_request_timeout_cancels_on_the_server(tmp_path: Path) -> None:
+async def test_request_timeout_cancels_on_the_server_when_asked(tmp_path: Path) -> None:
     path = tmp_path / "s.sock"
     ledger = Ledger()
     ledger.gate.clear()
     clock = FakeClock()
     async with server_at(path, ledger), BridgeClient(path, clock=clock) as client:
-        call = asyncio.create_task(client.request("test/gated", {"value": 1}, timeout=2.0))
+        call = asyncio.create_task(
+            client.request("test/gated", {"value": 1}, timeout=2.0, cancel=True)
+        )
         await clock.wait_for_sleepers(1)
         await clock.advance(2.0)
         with pytest.raises(BridgeTimeout, match="within 2 s"):
@@ -122,6 +124,24 @@ async def test_request_timeout_cancels_on_the_server(tmp_path: Path) -> None:
         ledger.gate.set()
         assert await client.request("test/append", {"value": 2}) == 1  # the gated one was cancelled
         assert ledger.lines == [2]
+
+
+async def test_a_client_timeout_leaves_the_work_running(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    ledger = Ledger()
+    ledger.gate.clear()
+    clock = FakeClock()
+    async with server_at(path, ledger), BridgeClient(path, clock=clock) as client:
+        assert client.request_timeout is None  # never cut short by default
+        call = asyncio.create_task(client.request("test/gated", {"value": 1}, timeout=2.0))
+        await clock.wait_for_sleepers(1)
+        await clock.advance(2.0)
+        with pytest.raises(BridgeTimeout, match="still running") as info:
+            await call
+        assert info.value.data["cancelled"] is False
+        ledger.gate.set()
+        assert await client.request("test/append", {"value": 2}) == 2  # the gated one ran
+        assert ledger.lines == [1, 2]
 
 
 async def test_plain_requests_fail_fast_when_the_connection_drops(tmp_path: Path) -> None:

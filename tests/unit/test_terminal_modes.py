@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from lapce_bridge.terminal.exec_cmd import exit_status
 from lapce_bridge.terminal.modes import build_env, run_line, shell_kind
 from lapce_bridge.terminal.result import ExecResult, Mode, Recovery, Status
+from lapce_bridge.terminal.tracker import EndDetection
 from lapce_bridge.terminal.waiting import command_file_text
 
 
@@ -43,24 +42,27 @@ def test_terminal_environment() -> None:
     assert build_env(base, {"PAGER": "more"})["PAGER"] == "more"
 
 
-def test_integration_lines_are_short_and_fixed() -> None:
-    path = Path("/x/cmd")
-    assert run_line("bash", Mode.SHELL_INTEGRATION, path, "t") == b'. "$__lb_cf"\n'
-    assert run_line("zsh", Mode.SHELL_INTEGRATION, path, "t") == b'. "$__lb_cf"\n'
-    assert run_line("fish", Mode.SHELL_INTEGRATION, path, "t") == b"source $__lb_cf\n"
+def test_integration_lines_are_short_and_carry_the_nonce_as_typed_text() -> None:
+    path = "/x/cmd"
+    nonce = "0123abcd" * 4
+    integration = EndDetection.INTEGRATION
+    assert run_line("bash", integration, path, nonce) == f'__lb_n={nonce}; . "$__lb_cf"\n'.encode()
+    assert run_line("zsh", integration, path, nonce) == f'__lb_n={nonce}; . "$__lb_cf"\n'.encode()
+    fish = f"set -g __lb_n {nonce}; source $__lb_cf\n".encode()
+    assert run_line("fish", integration, path, nonce) == fish
 
 
 def test_fallback_lines_carry_the_token_as_text_only() -> None:
-    path = Path("/x/it's/cmd")
-    line = run_line("posix", Mode.NO_SHELL_INTEGRATION, path, "tok123")
+    path = "/x/it's/cmd"
+    line = run_line("posix", EndDetection.END_MARKER, path, "tok123")
     assert b"\x1b" not in line  # the tty's echo of the line holds no escape sequence
     assert line.count(b"\n") == 2  # dash: the end mark survives a syntax error in line one
     assert b"LbStart=tok123" in line
     assert b"LbEnd=%s:tok123" in line
     assert b"'/x/it'\\''s/cmd'" in line
-    bash_line = run_line("bash", Mode.NO_SHELL_INTEGRATION, path, "tok123")
+    bash_line = run_line("bash", EndDetection.END_MARKER, path, "tok123")
     assert bash_line.count(b"\n") == 1  # readline echoes a second line inside the output
-    fish_line = run_line("fish", Mode.NO_SHELL_INTEGRATION, path, "tok123")
+    fish_line = run_line("fish", EndDetection.END_MARKER, path, "tok123")
     assert b"$status" in fish_line
     assert b"source '/x/it\\'s/cmd'" in fish_line
 

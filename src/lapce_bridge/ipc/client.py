@@ -1,8 +1,13 @@
 """`BridgeClient`: requests over LSP framing, and a recovery path that loses nothing.
 
 Theory of operation: a client holds at most one connection (`ipc.wire.Wire`). `request()` is
-the plain path: it fails with `ConnectionLost` if the connection drops, `BridgeTimeout` (and
-a `$/cancelRequest` to the server) when late. `send_with_recovery()` (`ipc.recovery`) queues,
+the plain path: it fails with `ConnectionLost` if the connection drops. It never cuts work
+short by default (no client timeout: every method is bounded on the server, long commands
+by their own `timeoutMs`/`maxWaitMs`). When a caller's own `timeout` passes, the request
+fails with `BridgeTimeout` whose `data` says how to find the work again (`idempotencyKey`:
+send the same request with that key to wait for its result), and the work goes on unless
+the caller asked for `cancel=True` (then a `$/cancelRequest` goes to the server).
+`send_with_recovery()` (`ipc.recovery`) queues,
 reconnects and resends so that nothing is lost and nothing runs twice. `spawn()` starts the
 server when none listens and restarts it when it dies (`ipc.spawn`).
 """
@@ -13,6 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,9 @@ from lapce_bridge.ipc.wire import Wire, settle
 log = logging.getLogger("lapce_bridge.client")
 
 NotificationHandler = Callable[[Any], None]
+
+# Methods that start work outliving a caller's timeout: keyed, so the work can be found again.
+KEYED_ON_TIMEOUT = frozenset({"terminal/execute", "fs/write", "fs/edit"})
 
 DEFAULT_BREAKER = CircuitBreakerConfig(
     failure_rate_threshold=50.0,
@@ -64,7 +73,7 @@ class BridgeClient(RecoveryPath):
         retry: RetryPolicy | None = None,
         outbox_limit: int = 1000,
         durable_outbox: Path | None = None,
-        request_timeout: float | None = 60.0,
+        request_timeout: float | None = None,
         tcp: tuple[str, int] | None = None,
         token: str | None = None,
         supervisor: ServerSupervisor | None = None,
@@ -156,12 +165,21 @@ class BridgeClient(RecoveryPath):
     async def request(
         self, method: str, params: dict[str, Any] | list[Any] | None = None, *,
         timeout: float | None = None,  # noqa: ASYNC109 - on the injected clock
+        cancel: bool = False,
     ) -> Any:  # fmt: skip
-        """Send one request and await its result; server errors raise their `BridgeError`."""
+        """Send one request and await its result; server errors raise their `BridgeError`.
+
+        With a `timeout` (else `request_timeout`, None by default), work that started a
+        command is keyed (an `idempotencyKey` is added unless the caller chose one), so the
+        `BridgeTimeout` carries the key that finds it again; it keeps running unless `cancel`.
+        """
         wire = self._wire
         if wire is None or wire.lost:
             raise ConnectionLost(f"not connected to {self._where()}")
-        return await self._call(wire, method, params, timeout or self.request_timeout)
+        limit = timeout if timeout is not None else self.request_timeout
+        if limit is not None and method in KEYED_ON_TIMEOUT and type(params) is dict:
+            params = {"idempotencyKey": uuid.uuid4().hex, **params}
+        return await self._call(wire, method, params, limit, cancel=cancel)
 
     async def _call(
         self,
@@ -169,6 +187,8 @@ class BridgeClient(RecoveryPath):
         method: str,
         params: Any,
         timeout: float | None,  # noqa: ASYNC109
+        *,
+        cancel: bool = True,
     ) -> Any:
         msg_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -178,10 +198,19 @@ class BridgeClient(RecoveryPath):
             async with self.clock.timeout(timeout):
                 return await future
         except TimeoutError as exc:
-            self._cancel_on(wire, {"id": msg_id})
+            data: dict[str, Any] = {"operation": method, "seconds": timeout, "cancelled": cancel}
+            key = params.get("idempotencyKey") if type(params) is dict else None
+            if key is not None:
+                data["idempotencyKey"] = key
+            if cancel:
+                self._cancel_on(wire, {"id": msg_id})
+                how = "cancelled"
+            elif key is not None:
+                how = f"still running: send it again with idempotencyKey {key!r} for its result"
+            else:
+                how = "still running on the server"
             raise BridgeTimeout(
-                f"{method}: no answer within {timeout:g} s",
-                data={"operation": method, "seconds": timeout},
+                f"{method}: no answer within {timeout:g} s ({how})", data=data
             ) from exc
         except asyncio.CancelledError:
             if not future.done():

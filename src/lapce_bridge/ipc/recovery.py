@@ -65,8 +65,12 @@ class RecoveryPath:
         params: dict[str, Any] | None = None,
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - on the injected clock
+        cancel: bool = False,
     ) -> Any:
-        """Deliver a request whatever happens to the connection; executed at most once."""
+        """Deliver a request whatever happens to the connection; executed at most once.
+
+        When `timeout` passes the request is given up here, but the work goes on on the
+        server unless `cancel`: the `BridgeTimeout` carries its `idempotencyKey`."""
         if self._closed:
             raise ConnectionLost("the client is closed")
         params = dict(params or {})
@@ -87,12 +91,14 @@ class RecoveryPath:
             async with self.clock.timeout(timeout):
                 return await asyncio.shield(future)
         except TimeoutError as exc:
-            self._abandon(entry)
+            self._abandon(entry, cancel=cancel)
             raise BridgeTimeout(
-                f"{method}: not answered within {timeout:g} s", data={"idempotencyKey": key}
+                f"{method}: not answered within {timeout:g} s"
+                + ("" if cancel else f"; still running under idempotencyKey {key!r}"),
+                data={"idempotencyKey": key, "operation": method, "cancelled": cancel},
             ) from exc
         except asyncio.CancelledError:
-            self._abandon(entry)
+            self._abandon(entry, cancel=True)
             raise
 
     def _dispatch(self, entry: OutboxEntry) -> None:
@@ -123,12 +129,13 @@ class RecoveryPath:
             if entry.sent_id is None and (entry.future is None or not entry.future.done()):
                 self._send_entry(wire, entry)
 
-    def _abandon(self, entry: OutboxEntry) -> None:
+    def _abandon(self, entry: OutboxEntry, *, cancel: bool) -> None:
         self.outbox.done(entry)
         wire = self._wire
         if entry.sent_id is not None and wire is not None:
             wire.entries.pop(entry.sent_id, None)
-            self._cancel_on(wire, {"idempotencyKey": entry.key})
+            if cancel:
+                self._cancel_on(wire, {"idempotencyKey": entry.key})
         if entry.generation is not None:
             self.breaker.release(generation=entry.generation)
             entry.generation = None

@@ -10,6 +10,7 @@ drain) or, on stdio, the end of stdin. It prints one line to stderr when ready:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import hashlib
@@ -17,12 +18,10 @@ import importlib
 import logging
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import click
 
 from lapce_bridge.core.errors import BridgeError
 from lapce_bridge.ipc.framing import DEFAULT_MAX_MESSAGE_BYTES
@@ -59,7 +58,7 @@ def journal_path(state_dir: Path, where: str) -> Path:
 def load_extra_methods(spec: str) -> Any:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise click.BadParameter(f"expected MODULE:ATTRIBUTE, got {spec!r}")
+        raise UsageError(f"--extra-methods: expected MODULE:ATTRIBUTE, got {spec!r}")
     return getattr(importlib.import_module(module_name), attr)
 
 
@@ -182,16 +181,20 @@ def run(coro: Any) -> None:
         asyncio.run(coro)
 
 
-def _parse_listen(value: str | None) -> tuple[str, int] | None:
+class UsageError(Exception):
+    """A bad option: reported as `lapce-bridge serve: error: ...`, exit status 2."""
+
+
+def parse_listen(value: str | None) -> tuple[str, int] | None:
     if value is None:
         return None
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise click.BadParameter(f"expected HOST:PORT, got {value!r}", param_hint="--listen")
+        raise UsageError(f"--listen: expected HOST:PORT, got {value!r}")
     return (host.strip("[]") or "127.0.0.1", int(port))
 
 
-def _parse_timeouts(values: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+def _parse_timeouts(values: Sequence[str]) -> tuple[tuple[str, float], ...]:
     parsed: list[tuple[str, float]] = []
     for value in values:
         name, sep, seconds = value.rpartition("=")
@@ -200,137 +203,182 @@ def _parse_timeouts(values: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
         except ValueError:
             limit = -1.0
         if not sep or not name or not 0 < limit < float("inf"):
-            raise click.BadParameter(
-                f"expected METHOD=SECONDS, got {value!r}", param_hint="--timeout"
-            )
+            raise UsageError(f"--timeout: expected METHOD=SECONDS, got {value!r}")
         parsed.append((name, limit))
     return tuple(parsed)
 
 
-def _read_token(path: Path | None) -> str | None:
+MIN_TOKEN_BYTES = 16
+
+
+def read_token(path: Path | None) -> str | None:
+    """The TCP token: a file only its owner may read (0600), at least 16 bytes long."""
     if path is None:
         return None
     try:
+        st = path.stat()
         token = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc.strerror}") from exc
+        raise UsageError(f"--token-file: cannot read {path}: {exc.strerror}") from exc
     if not token:
-        raise click.BadParameter(f"{path} is empty", param_hint="--token-file")
-    if path.stat().st_mode & 0o077:
-        log.warning("token file %s is readable by other users", path)
+        raise UsageError(f"--token-file: {path} is empty")
+    if st.st_mode & 0o077:
+        raise UsageError(
+            f"--token-file: {path} may be read by other users "
+            f"(mode {st.st_mode & 0o777:o}); chmod 600 it"
+        )
+    if len(token.encode()) < MIN_TOKEN_BYTES:
+        raise UsageError(
+            f"--token-file: the token in {path} is shorter than {MIN_TOKEN_BYTES} bytes; "
+            "a short token is guessed"
+        )
     return token
 
 
-@click.command("serve")
-@click.option(
-    "--socket",
-    "socket_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Unix socket path (default: $XDG_RUNTIME_DIR/lapce-bridge/bridge.sock).",
-)
-@click.option("--stdio", is_flag=True, help="Serve one client over stdin/stdout.")
-@click.option("--listen", default=None, metavar="HOST:PORT", help="Listen on TCP (needs a token).")
-@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False), default=None)
-@click.option("--allow-remote", is_flag=True, help="Allow a non-loopback TCP address.")
-@click.option(
-    "--workspace",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Workspace root (default: the current directory).",
-)
-@click.option(
-    "--state-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Where the idempotency journal lives (default: $XDG_STATE_HOME/lapce-bridge).",
-)
-@click.option(
-    "--max-message-bytes",
-    type=click.IntRange(min=1024),
-    default=DEFAULT_MAX_MESSAGE_BYTES,
-    show_default=True,
-)
-@click.option("--shell", default=None, help="Default shell for terminals.")
-@click.option(
-    "--extra-methods",
-    multiple=True,
-    metavar="MODULE:ATTR",
-    help="Also serve the methods of a table or factory(app) in MODULE.",
-)
-@click.option(
-    "--shutdown-grace",
-    type=click.FloatRange(min=0),
-    default=10.0,
-    show_default=True,
-    help="Seconds in-flight work may take to finish on shutdown.",
-)
-@click.option(
-    "--metrics-port",
-    type=click.IntRange(0, 65535),
-    default=None,
-    help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics.",
-)
-@click.option(
-    "--timeout",
-    "timeouts",
-    multiple=True,
-    metavar="METHOD=SECONDS",
-    help="The dispatcher's limit for METHOD (a command's own timeoutMs/maxWaitMs may extend it).",
-)
-@click.option(
-    "--log-level",
-    default="warning",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
-)
-def serve(
-    socket_path: Path | None,
-    stdio: bool,
-    listen: str | None,
-    token_file: Path | None,
-    allow_remote: bool,
-    workspace: Path | None,
-    state_dir: Path | None,
-    max_message_bytes: int,
-    shell: str | None,
-    extra_methods: tuple[str, ...],
-    shutdown_grace: float,
-    metrics_port: int | None,
-    timeouts: tuple[str, ...],
-    log_level: str,
-) -> None:
-    """Run the JSON-RPC server (Unix socket, stdio or TCP)."""
-    logging.basicConfig(
-        level=log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+def _at_least(minimum: float, kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        value = kind(text)
+        if value < minimum:
+            raise ValueError(text)
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 65536:
+        raise ValueError(text)
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    """The options of `lapce-bridge serve` (argparse: click costs the start-up too much)."""
+    p = argparse.ArgumentParser(
+        prog="lapce-bridge serve",
+        description="Run the JSON-RPC server (Unix socket, stdio or TCP).",
     )
-    modes = sum((stdio, listen is not None, socket_path is not None))
+    p.add_argument(
+        "--socket",
+        type=Path,
+        help="Unix socket path (default: $XDG_RUNTIME_DIR/lapce-bridge/bridge.sock).",
+    )
+    p.add_argument("--stdio", action="store_true", help="Serve one client over stdin/stdout.")
+    p.add_argument("--listen", metavar="HOST:PORT", help="Listen on TCP (needs a token).")
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        help="A file (mode 0600, 16 bytes or more) holding the TCP token.",
+    )
+    p.add_argument("--allow-remote", action="store_true", help="Allow a non-loopback TCP address.")
+    p.add_argument(
+        "--workspace", type=Path, help="Workspace root (default: the current directory)."
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="Where the idempotency journal lives (default: $XDG_STATE_HOME/lapce-bridge).",
+    )
+    p.add_argument(
+        "--max-message-bytes",
+        type=_at_least(1024, int),
+        default=DEFAULT_MAX_MESSAGE_BYTES,
+        help="Largest message accepted (default: %(default)s).",
+    )
+    p.add_argument("--shell", help="Default shell for terminals.")
+    p.add_argument(
+        "--extra-methods",
+        action="append",
+        default=[],
+        metavar="MODULE:ATTR",
+        help="Also serve the methods of a table or factory(app) in MODULE.",
+    )
+    p.add_argument(
+        "--shutdown-grace",
+        type=_at_least(0.0, float),
+        default=10.0,
+        help="Seconds in-flight work may take to finish on shutdown (default: %(default)s).",
+    )
+    p.add_argument(
+        "--metrics-port", type=_port, help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics."
+    )
+    p.add_argument(
+        "--timeout",
+        action="append",
+        default=[],
+        metavar="METHOD=SECONDS",
+        help="The server's limit for METHOD (a command's own timeoutMs/maxWaitMs may extend it).",
+    )
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def options(argv: Sequence[str]) -> ServeOptions:
+    """Parse and check the command line (UsageError, or SystemExit from argparse)."""
+    args = parser().parse_args(list(argv))
+    modes = sum((args.stdio, args.listen is not None, args.socket is not None))
     if modes > 1:
-        raise click.UsageError("choose one of --socket, --stdio and --listen")
-    parsed = _parse_listen(listen)
-    token = _read_token(token_file)
-    if parsed is not None and token is None:
-        raise click.UsageError("--listen needs --token-file")
-    opts = ServeOptions(
-        socket=socket_path,
-        stdio=stdio,
-        listen=parsed,
-        token=token,
-        allow_remote=allow_remote,
-        workspace=workspace,
-        state_dir=state_dir,
-        max_message_bytes=max_message_bytes,
-        shell=shell,
-        extra_methods=extra_methods,
-        shutdown_grace=shutdown_grace,
-        metrics_port=metrics_port,
-        timeouts=_parse_timeouts(timeouts),
+        raise UsageError("choose one of --socket, --stdio and --listen")
+    listen = parse_listen(args.listen)
+    token = read_token(args.token_file)
+    if listen is not None and token is None:
+        raise UsageError("--listen needs --token-file")
+    for spec in args.extra_methods:
+        module_name, _, attr = spec.partition(":")
+        if not module_name or not attr:
+            raise UsageError(f"--extra-methods: expected MODULE:ATTRIBUTE, got {spec!r}")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
     )
+    return ServeOptions(
+        socket=args.socket,
+        stdio=args.stdio,
+        listen=listen,
+        token=token,
+        allow_remote=args.allow_remote,
+        workspace=args.workspace,
+        state_dir=args.state_dir,
+        max_message_bytes=args.max_message_bytes,
+        shell=args.shell,
+        extra_methods=tuple(args.extra_methods),
+        shutdown_grace=args.shutdown_grace,
+        metrics_port=args.metrics_port,
+        timeouts=_parse_timeouts(args.timeout),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`lapce-bridge serve [OPTIONS]`: the exit status (0, 1 on a fault, 2 on bad options)."""
+    try:
+        opts = options(sys.argv[1:] if argv is None else argv)
+    except UsageError as exc:
+        sys.stderr.write(f"lapce-bridge serve: error: {exc}\n")
+        return 2
+    except SystemExit as exc:  # argparse: --help, or an option it refused
+        return exc.code if isinstance(exc.code, int) else 2
     raise_open_file_limit()
     try:
         run(run_server(opts))
+    except UsageError as exc:
+        sys.stderr.write(f"lapce-bridge serve: error: {exc}\n")
+        return 2
     except BridgeError as exc:
-        raise click.ClickException(exc.detail) from exc
+        sys.stderr.write(f"lapce-bridge serve: error: {exc.detail}\n")
+        return 1
+    return 0
 
 
-__all__ = ["ServeOptions", "capture_signals", "journal_path", "run_server", "serve"]
+__all__ = [
+    "ServeOptions",
+    "UsageError",
+    "capture_signals",
+    "journal_path",
+    "main",
+    "options",
+    "parse_listen",
+    "read_token",
+    "run_server",
+]

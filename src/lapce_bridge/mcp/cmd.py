@@ -24,7 +24,13 @@ from typing import Any
 import click
 
 from lapce_bridge.ipc.paths import default_state_dir
-from lapce_bridge.ipc.serve_cmd import _parse_listen, _read_token, raise_open_file_limit, run
+from lapce_bridge.ipc.serve_cmd import (
+    UsageError,
+    parse_listen,
+    raise_open_file_limit,
+    read_token,
+    run,
+)
 
 log = logging.getLogger("lapce_bridge.mcp")
 
@@ -188,12 +194,15 @@ def mcp_command(
     if http is None:
         run(serve_stdio(ws, state, shell))
         return
-    parsed = _parse_listen(http)
+    try:
+        parsed = parse_listen(http)
+        token = read_token(token_file)
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from exc
     assert parsed is not None
     host, port = parsed
     if not is_loopback(host) and not allow_remote:
         raise click.UsageError(f"{host} is not a loopback address; add --allow-remote")
-    token = _read_token(token_file)
     if token is None:
         raise click.UsageError("--http needs --token-file (clients send it as a bearer token)")
     run(

@@ -1,17 +1,22 @@
-"""How each shell is started, and how a command is handed to it in each mode.
+"""How each shell is started, and the line typed into it to run a command, per detection.
 
 Theory of operation: a command is never typed into the shell. It is written to a file in the
-terminal's own folder and the shell is sent one short line that sources that file
+terminal's own private folder and the shell is sent one short line that sources that file
 (`. "$__lb_cf"` in bash/zsh, `source $__lb_cf` in fish). So multi-line scripts, heredocs,
 `python -c` with newlines and any quoting reach the shell byte for byte, run in the shell
 itself (cd, export, functions and aliases persist), and `$?` is the status of the script's
 last command; the line editor, the tty's 4 KiB canonical line limit and bracketed paste
 never see the command text. Our preexec hook reads the file back for `633;E`.
 
-Without integration (sh, dash, unknown shells, or integration that never activated) the line
-also prints a start mark and an end mark carrying a per-command random token, `$?` and `$PWD`:
-`printf` of `\\033` written as text in the line, so the tty's echo of the line holds no escape
-and output cannot spoof the end without knowing the token.
+With integration the line first assigns the command's nonce to a shell variable
+(`__lb_n=<nonce>; . "$__lb_cf"`): the nonce reaches the shell only as typed text, never
+through an environment (which every child could read in `/proc/<pid>/environ`) or a file,
+and each command has its own. Our hooks print it back in `633;E` and `633;D`.
+
+Without integration (sh, dash, unknown shells, or integration that stopped answering) the
+line also prints a start mark and an end mark carrying a per-command random token, `$?` and
+`$PWD`: `printf` of `\\033` written as text in the line, so the tty's echo of the line holds no
+escape and output cannot spoof the end without knowing the token.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from lapce_bridge.terminal.result import Mode
+from lapce_bridge.terminal.files import private_dir, read_private, write_private
+from lapce_bridge.terminal.tracker import EndDetection
 
 SCRIPTS = resources.files("lapce_bridge.terminal") / "scripts"
 
@@ -70,17 +76,15 @@ def _script(name: str) -> str:
     return str(SCRIPTS / name)
 
 
-def zdotdir(state_dir: Path) -> Path:
-    """A ZDOTDIR holding our .zshenv/.zshrc (zsh only looks for those exact names)."""
-    folder = state_dir / "zdotdir"
-    folder.mkdir(parents=True, exist_ok=True)
+def zdotdir(base: Path) -> Path:
+    """A ZDOTDIR holding our .zshenv/.zshrc (zsh only looks for those exact names), in the
+    verified private folder `base`: zsh sources these files, so nobody else may write them."""
+    folder = private_dir(base / "zdotdir")
     for src, dst in (("lapce-bridge.zshenv", ".zshenv"), ("lapce-bridge.zshrc", ".zshrc")):
-        text = (SCRIPTS / src).read_text()
+        text = (SCRIPTS / src).read_bytes()
         target = folder / dst
-        if not target.exists() or target.read_text() != text:
-            tmp = folder / (dst + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, target)
+        if read_private(target) != text:
+            write_private(target, text)
     return folder
 
 
@@ -101,8 +105,7 @@ def launch(
     *,
     env: dict[str, str],
     term_dir: Path,
-    state_dir: Path,
-    nonce: str,
+    zdotdir_base: Path,
     integration: bool,
     user_rc: bool,
     restore: Path | None,
@@ -118,7 +121,6 @@ def launch(
         elif kind == "fish" and not user_rc:
             argv = (executable, "--no-config", "-i")
         return Launch(argv, env, kind, False)
-    env["LAPCE_BRIDGE_NONCE"] = nonce
     env["LAPCE_BRIDGE_DIR"] = str(term_dir)
     env["LAPCE_BRIDGE_RC"] = "1" if user_rc else "0"
     if restore is not None:
@@ -132,7 +134,7 @@ def launch(
     elif kind == "zsh":
         if "ZDOTDIR" in env:
             env["LAPCE_BRIDGE_ZDOTDIR"] = env["ZDOTDIR"]
-        env["ZDOTDIR"] = str(zdotdir(state_dir))
+        env["ZDOTDIR"] = str(zdotdir(zdotdir_base))
         argv = (executable, "-i")
     else:
         init = f"source {_fish_quote(_script('lapce-bridge.fish'))}"
@@ -150,38 +152,37 @@ def _sh_quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
-def run_line(kind: str, mode: Mode, cmd_file: Path, token: str) -> bytes:
-    """The one line sent to the shell to run the command waiting in `cmd_file`."""
-    if mode is Mode.SHELL_INTEGRATION:
-        return b"source $__lb_cf\n" if kind == "fish" else b'. "$__lb_cf"\n'
-    if mode is Mode.RAW_OUTPUT:
-        if kind == "fish":
-            return ("source " + _fish_quote(str(cmd_file)) + "\n").encode()
-        return (". " + _sh_quote(str(cmd_file)) + "\n").encode()
+def integration_line(kind: str, nonce: str) -> bytes:
+    """The line that runs the command file under our hooks, handing them the nonce."""
+    if kind == "fish":
+        return f"set -g __lb_n {nonce}; source $__lb_cf\n".encode()
+    return f'__lb_n={nonce}; . "$__lb_cf"\n'.encode()
+
+
+def raw_line(kind: str, cmd_file: str) -> bytes:
+    if kind == "fish":
+        return ("source " + _fish_quote(cmd_file) + "\n").encode()
+    return (". " + _sh_quote(cmd_file) + "\n").encode()
+
+
+def probe_line(kind: str, cmd_file: str, token: str) -> bytes:
+    """A line that sources `cmd_file` between a tokened start and end mark."""
     start = f"printf '\\033]633;P;LbStart={token}\\007'"
     end = "printf '\\033]633;P;Cwd=%s\\007\\033]633;P;LbEnd=%s:" + token + "\\007'"
     if kind == "fish":
-        return (f'{start}; source {_fish_quote(str(cmd_file))}; {end} "$PWD" $status\n').encode()
+        return f'{start}; source {_fish_quote(cmd_file)}; {end} "$PWD" $status\n'.encode()
     if kind == "posix":
         # Two lines: dash abandons the rest of a line when a sourced file has a syntax error,
         # and without line editing the tty echoes both lines before either runs.
-        return f'{start}; . {_sh_quote(str(cmd_file))}\n{end} "$PWD" "$?"\n'.encode()
-    return f'{start}; . {_sh_quote(str(cmd_file))}; {end} "$PWD" "$?"\n'.encode()
+        return f'{start}; . {_sh_quote(cmd_file)}\n{end} "$PWD" "$?"\n'.encode()
+    return f'{start}; . {_sh_quote(cmd_file)}; {end} "$PWD" "$?"\n'.encode()
 
 
-def write_file(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-
-
-def runtime_dir(state_dir: Path) -> Path:
-    """A private folder for per-command files: $XDG_RUNTIME_DIR, /dev/shm, else state_dir."""
-    for base in (os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm"):
-        if base and os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK):
-            return Path(base) / f"lapce-bridge-{os.getuid()}" / "terminals"
-    return state_dir / "terminals"
+def run_line(kind: str, detection: EndDetection, cmd_file: str, secret: str) -> bytes:
+    """The one line sent to the shell to run the command waiting in `cmd_file`; `secret` is
+    the command's nonce (integration) or end-marker token."""
+    if detection is EndDetection.INTEGRATION:
+        return integration_line(kind, secret)
+    if detection is EndDetection.RAW:
+        return raw_line(kind, cmd_file)
+    return probe_line(kind, cmd_file, secret)

@@ -254,8 +254,22 @@ class PtyProcess:
             # Only reap what is already dead here; the caller escalates and reaps otherwise.
             self._reap(block=False)
 
+    def detach(self) -> None:
+        """Forget the owner's callbacks: nothing more is delivered, and the owner can be freed
+        by reference counting alone (the callbacks are its bound methods)."""
+        self._on_data = _ignore_data
+        self._on_exit = _ignore_exit
+
     def reap_blocking(self) -> None:
         self._reap(block=True)
+
+
+def _ignore_data(data: bytes) -> None:
+    pass
+
+
+def _ignore_exit(code: int) -> None:
+    pass
 
 
 def _set_size(fd: int, cols: int, rows: int) -> None:

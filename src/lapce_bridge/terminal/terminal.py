@@ -1,12 +1,18 @@
 """A persistent shell on a PTY that runs one command at a time and reports exactly how it went.
 
-Theory of operation: the PTY reader feeds every chunk to the OSC parser; text after a command's
-start mark goes to its `Execution`, markers move the state machine (`reader.py`). Modes,
-best first: `shell_integration` (our hooks: 633 C starts, 633 D with our nonce ends, P;Cwd
-tracks the cwd); `no_shell_integration` (a tokened end mark printed after each command);
-`raw_output` (output until idle, exit code unknown). `Terminal.start` climbs down that ladder
-when a rung does not answer within its bound (`startup.py`), so nobody waits forever for
-a prompt that never comes.
+Theory of operation: the terminal composes parts, each with one responsibility, and wires
+them together:
+- `ShellProcess` (shell.py): the current shell on its PTY: spawning, probing, stopping;
+- `OscParser` (osc.py) and `CommandTracker` (tracker.py): every PTY chunk goes through the
+  parser, whose events go through the sans-I/O tracker, which says what happened to the
+  command in flight (started, output, finished) and where the shell is (cwd, ready); the
+  nonce rules that make a forged end mark useless live in the tracker;
+- `Execution` (execution.py): one command's output and result;
+- `climb` (startup.py): the start-up ladder down to a shell that answers;
+- `await_result` / `stop_foreground` (waiting.py): how long a request waits, and stopping;
+- `decide_restart` (recovery.py): whether a dead shell is restarted or replaced.
+How a command's end is found is the tracker's `EndDetection` (integration, end marker, raw);
+what results report is `Mode` (which also says whether another shell or no rc files run).
 
 One command at a time: `execute` on a busy terminal raises `TerminalError` ("busy") rather
 than interleave two commands' output; a command returned as `waiting_for_input` (quiet for
@@ -35,12 +41,21 @@ from typing import Any
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import InvalidParams, ShellCrashed, TerminalBusy, TerminalError
+from lapce_bridge.private import create_private_file
+from lapce_bridge.terminal import modes
 from lapce_bridge.terminal.execution import Execution
-from lapce_bridge.terminal.modes import run_line, runtime_dir, shell_kind, write_file
+from lapce_bridge.terminal.files import CommandFile, new_private_dir, runtime_base
+from lapce_bridge.terminal.modes import Launch, build_env, resolve_shell, run_line
 from lapce_bridge.terminal.osc import OscParser
 from lapce_bridge.terminal.pty import PtyProcess
-from lapce_bridge.terminal.reader import MarkerReader
-from lapce_bridge.terminal.recovery import CrashLoopPolicy
+from lapce_bridge.terminal.recovery import (
+    CrashLoopPolicy,
+    RestartAction,
+    RestartDecision,
+    decide_restart,
+    give_up_strategy,
+    recreate_strategy,
+)
 from lapce_bridge.terminal.result import (
     ExecResult,
     Mode,
@@ -49,9 +64,20 @@ from lapce_bridge.terminal.result import (
     TerminalExited,
     TerminalStats,
 )
+from lapce_bridge.terminal.shell import ShellProcess
 from lapce_bridge.terminal.spool import SpoolStore
-from lapce_bridge.terminal.startup import boot, on_shell_death, stop_process
-from lapce_bridge.terminal.waiting import await_result, command_file_text, stop_foreground
+from lapce_bridge.terminal.startup import Outcome, Plan, Rungs, choose_shell, climb, restore_file
+from lapce_bridge.terminal.tracker import (
+    CommandTracker,
+    EndDetection,
+    Finished,
+    Output,
+    ProbeAnswered,
+    Ready,
+    Started,
+    TrackerEvent,
+)
+from lapce_bridge.terminal.waiting import Hooks, await_result, command_file_text, stop_foreground
 
 __all__ = ["Terminal", "TerminalExited", "TerminalStats"]
 
@@ -60,7 +86,11 @@ _ids = itertools.count(1)
 _RESULTS_KEPT = 64
 
 
-class Terminal(MarkerReader):
+def _is_dir(path: str) -> bool:
+    return os.path.isdir(path)  # a stat, not a read: cannot block on a FIFO
+
+
+class Terminal:
     """Use `await Terminal.start(...)`; the constructor does no I/O."""
 
     def __init__(
@@ -88,9 +118,8 @@ class Terminal(MarkerReader):
         if state_dir is None:
             state_dir = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / "lapce-bridge"
         self.state_dir = state_dir
-        # The command and environment files are rewritten for every command: on tmpfs when
-        # there is one (a write there costs a quarter of one on disk).
-        self.dir = runtime_dir(state_dir) / f"{self.terminal_id}-{secrets.token_hex(4)}"
+        # The private folder for the command and environment files, made in `boot`.
+        self.dir = Path()
         self.requested_shell = shell
         self.shell = shell or ""
         self.initial_cwd = str(cwd) if cwd is not None else os.getcwd()
@@ -107,28 +136,18 @@ class Terminal(MarkerReader):
         self.probe_timeout = probe_timeout
         self.interrupt_grace = interrupt_grace
         self.crash_policy = crash_policy or CrashLoopPolicy()
-        self.nonce = secrets.token_hex(16)
-        self._nonce_tail = (";" + self.nonce + "\x07").encode()
         self.mode = Mode.SHELL_INTEGRATION  # what results report
-        # How a command's end is found: SHELL_INTEGRATION, NO_SHELL_INTEGRATION or RAW_OUTPUT
-        # (an alternative shell or a minimal PTY still uses one of these three).
-        self.protocol = Mode.SHELL_INTEGRATION
-        self.kind = "posix"
-        self.cwd: str | None = None
-        self.proc: PtyProcess | None = None
-        self.parser = OscParser(nonce=self.nonce, strip_ansi=True)
+        self.parser = OscParser(strip_ansi=True)
+        self.tracker = CommandTracker()
+        self.shell_proc: ShellProcess | None = None
+        self._cmd_file: CommandFile | None = None
+        self.cmd_path = ""
         self.pending_recoveries: list[Recovery] = []
         self._exec: Execution | None = None
         self._results: OrderedDict[str, ExecResult] = OrderedDict()
-        self.ready_fut: asyncio.Future[bool] | None = None
-        self.probe_waiter: tuple[str, asyncio.Future[int | None]] | None = None
-        self._raw_skip_echo = False
-        self.cmd_path = str(self.dir / "cmd")
-        self._line: bytes | None = None  # the integration line depends only on the shell kind
-        self.stopping: PtyProcess | None = None
+        self._hooks = Hooks(stop=self._stop_current, end_raw=self._end_raw, cwd=self._cwd)
         self._closing = False
         self._closed = False
-        self.exited_fut: asyncio.Future[int] | None = None
         self.restarting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.failed: BaseException | None = None
@@ -148,12 +167,26 @@ class Terminal(MarkerReader):
         return term
 
     async def boot(self) -> None:
-        self.dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.dir.mkdir(mode=0o700, exist_ok=True)
-        await boot(self, restore=None)
+        base = runtime_base(self.state_dir)
+        self.dir = new_private_dir(base / f"{self.terminal_id}-{secrets.token_hex(4)}")
+        self._cmd_file = CommandFile(self.dir / "cmd")
+        # The hooks save the environment by redirecting into these: made here, 0600, so the
+        # shell's umask never decides who may read exported secrets.
+        for name in ("env", "env.fish"):
+            os.close(create_private_file(self.dir / name))
+        self.cmd_path = str(self._cmd_file.path)
+        requested = self.requested_shell or modes.default_shell(self.base_env)
+        exe, recovery = choose_shell(
+            requested, self._path(), self.tried_shells, self.crash_policy.fallback_shells
+        )
+        if recovery is not None:
+            self.pending_recoveries.append(recovery)
+        if not _is_dir(self.initial_cwd):
+            raise TerminalError(f"cwd {self.initial_cwd!r} is not a directory", retryable=False)
+        await self._start_shell(exe, restore=None, alternative=recovery is not None)
 
     async def __aenter__(self) -> Terminal:
-        if self.proc is None:
+        if self.shell_proc is None:
             await self.boot()
         return self
 
@@ -161,8 +194,25 @@ class Terminal(MarkerReader):
         await self.close()
 
     @property
+    def proc(self) -> PtyProcess | None:
+        return self.shell_proc.proc if self.shell_proc is not None else None
+
+    @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
+        return self.shell_proc.pid if self.shell_proc is not None else None
+
+    @property
+    def kind(self) -> str:
+        return self.shell_proc.kind if self.shell_proc is not None else "posix"
+
+    @property
+    def detection(self) -> EndDetection:
+        """How this terminal finds a command's end."""
+        return self.tracker.detection
+
+    @property
+    def cwd(self) -> str | None:
+        return self.tracker.cwd
 
     @property
     def busy(self) -> bool:
@@ -174,28 +224,13 @@ class Terminal(MarkerReader):
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.alive and not self._closed
+        return self.shell_proc is not None and self.shell_proc.alive and not self._closed
 
-    def spawn(self, argv: tuple[str, ...], env: dict[str, str], cwd: str) -> PtyProcess:
-        """Start a shell process for this terminal (the startup ladder decides which)."""
-        loop = asyncio.get_running_loop()
-        self.ready_fut = loop.create_future()
-        self.exited_fut = loop.create_future()
-        self.parser.reset()
-        self.parser.strip_ansi = True
-        self.kind = shell_kind(argv[0])
-        self._line = None
-        proc = PtyProcess.spawn(
-            argv,
-            env=env,
-            cwd=cwd,
-            cols=self.cols,
-            rows=self.rows,
-            on_data=self._on_data,
-            on_exit=self._on_proc_exit,
-        )
-        self.proc = proc
-        return proc
+    def _path(self) -> str | None:
+        return self.extra_env.get("PATH") or (self.base_env or os.environ).get("PATH")
+
+    def _cwd(self) -> str | None:
+        return self.tracker.cwd
 
     async def close(self) -> None:
         if self._closed:
@@ -207,18 +242,78 @@ class Terminal(MarkerReader):
             await asyncio.wait([self.restarting])
         for task in list(self._tasks):
             task.cancel()
-        await stop_process(self)
+        shell = self.shell_proc
+        if shell is not None:
+            await shell.stop(self.clock, self.interrupt_grace)
         ex = self._exec
         if ex is not None:
             ex.interrupted = True
             self._finish(ex, exit_code=None, status=Status.INTERRUPTED)
         self._closed = True
+        if shell is not None:
+            shell.detach()
+        if self._cmd_file is not None:
+            self._cmd_file.close()
         if self._own_spools:
             self.spools.close()
-        with contextlib.suppress(OSError):
-            for name in ("cmd", "env", "env.fish", "restore"):
-                (self.dir / name).unlink(missing_ok=True)
-            self.dir.rmdir()
+        if self.dir != Path():
+            with contextlib.suppress(OSError):
+                for name in ("cmd", "env", "env.fish", "restore"):
+                    (self.dir / name).unlink(missing_ok=True)
+                self.dir.rmdir()
+
+    # -- starting a shell ------------------------------------------------------------------
+    async def _start_shell(self, exe: str, *, restore: Path | None, alternative: bool) -> None:
+        cwd = self.cwd if self.cwd and _is_dir(self.cwd) else self.initial_cwd
+        plan = Plan(
+            exe=exe,
+            env=build_env(self.base_env, self.extra_env),
+            cwd=cwd,
+            term_dir=self.dir,
+            zdotdir_base=self.dir.parent,
+            integration=self.shell_integration,
+            restore=restore,
+            alternative=alternative,
+            startup_timeout=self.startup_timeout,
+            probe_timeout=self.probe_timeout,
+        )
+        clock, grace = self.clock, self.interrupt_grace
+
+        def spawn(launch: Launch, exe: str, detection: EndDetection) -> ShellProcess:
+            self.parser.reset()
+            self.parser.strip_ansi = True
+            self.tracker.reset(detection)
+            shell = ShellProcess.spawn(
+                launch,
+                exe,
+                cwd=cwd,
+                cols=self.cols,
+                rows=self.rows,
+                on_data=self._on_data,
+                on_exit=self._on_shell_exit,
+            )
+            self.shell_proc = shell
+            self.shell = exe
+            return shell
+
+        async def probe(shell: ShellProcess) -> bool:
+            assert self._cmd_file is not None
+            answered, _ = await shell.probe(
+                self.tracker, self._cmd_file.write, self.cmd_path, clock, self.probe_timeout
+            )
+            return answered
+
+        async def stop(shell: ShellProcess) -> None:
+            await shell.stop(clock, grace)
+            shell.detach()
+
+        async def wait_ready(shell: ShellProcess) -> bool:
+            return await shell.wait_ready(clock, self.startup_timeout)
+
+        outcome: Outcome = await climb(plan, Rungs(spawn, probe, stop, wait_ready))
+        self.tracker.reset(outcome.detection)
+        self.mode = outcome.mode
+        self.pending_recoveries.extend(outcome.recoveries)
 
     # -- commands -----------------------------------------------------------------------
     async def execute(
@@ -264,43 +359,47 @@ class Terminal(MarkerReader):
                 retryable=False,
                 data={"executionId": self._exec.execution_id, "terminalId": self.terminal_id},
             )
-        proc = self.proc
-        assert proc is not None
+        shell = self.shell_proc
+        cmd_file = self._cmd_file
+        assert shell is not None
+        assert cmd_file is not None
+        proc = shell.proc
         self.executions += 1
-        self.last_used = self.clock.now()
+        now = self.clock.now()
+        self.last_used = now
         execution_id = f"{self.terminal_id}-{self.executions}-{secrets.token_hex(3)}"
+        detection = self.tracker.detection
+        # The command's own secret: it ends this command and no other (tracker.py, rule 1).
+        secret = secrets.token_hex(16)
         ex = Execution(
             execution_id=execution_id,
             terminal_id=self.terminal_id,
             spool=self.spools.create(execution_id, max_output_bytes),
             received_at=received,
-            now=self.clock.now(),
+            now=now,
             mode=self.mode,
             shell=self.shell,
-            token=secrets.token_hex(8),
+            token=secret,
             on_data=on_data,
             recoveries=self.pending_recoveries,
         )
         self.pending_recoveries = []
-        ex.skip_cr = self.kind == "fish"
+        kind = shell.kind
+        ex.skip_cr = kind == "fish"
+        ex.raw = detection is EndDetection.RAW
         if on_finished is not None:
             ex.done.add_done_callback(lambda f: f.cancelled() or on_finished(f.result()))
         self._exec = ex
         self.parser.strip_ansi = ansi == "strip"
-        self._raw_skip_echo = ex.raw = self.protocol is Mode.RAW_OUTPUT
+        self.tracker.submit(secret)
         try:
-            write_file(self.cmd_path, command_file_text(self.kind, command, cwd).encode())
-            if self.protocol is Mode.SHELL_INTEGRATION:
-                line = self._line or run_line(self.kind, self.protocol, Path(self.cmd_path), "")
-                self._line = line
-            else:
-                line = run_line(self.kind, self.protocol, Path(self.cmd_path), ex.token)
-            proc.write(line)
+            cmd_file.write(command_file_text(kind, command, cwd).encode())
+            proc.write(run_line(kind, detection, self.cmd_path, secret))
         except OSError as exc:
             self._finish(ex, exit_code=None, status=Status.INTERRUPTED)
             raise ShellCrashed(f"could not write to the shell: {exc}") from exc
         try:
-            return await await_result(self, ex, timeout, idle_timeout, max_wait)
+            return await await_result(ex, self.clock, self._hooks, timeout, idle_timeout, max_wait)
         except asyncio.CancelledError:
             # The request was cancelled: stop the command rather than leave it running unseen.
             ex.interrupted = True
@@ -349,7 +448,7 @@ class Terminal(MarkerReader):
             self.proc.signal_foreground(signal.SIGINT)
             return
         ex.interrupted = True
-        self._spawn_task(stop_foreground(self, ex))
+        self._spawn_task(stop_foreground(self.proc, ex, self.clock, self.interrupt_grace))
 
     def kill(self) -> None:
         """SIGKILL the shell (and its foreground group); it is then recovered like a crash."""
@@ -390,29 +489,125 @@ class Terminal(MarkerReader):
         self.spools.finished(ex.execution_id)
         if self._exec is ex:
             self._exec = None
+            self.tracker.abandon()
         self._results[ex.execution_id] = result
         while len(self._results) > _RESULTS_KEPT:
             self._results.popitem(last=False)
         self.last_used = self.clock.now()
         return result
 
-    def _on_proc_exit(self, code: int) -> None:
-        if self.exited_fut is not None and not self.exited_fut.done():
-            self.exited_fut.set_result(code)
-        if self.ready_fut is not None and not self.ready_fut.done():
-            self.ready_fut.set_result(False)
-        if self.probe_waiter is not None and not self.probe_waiter[1].done():
-            self.probe_waiter[1].set_exception(ShellCrashed(f"shell exited with code {code}"))
-        if self._closing or self._closed or self.stopping is self.proc:
-            return
-        on_shell_death(self, code)
-
-    def finish_current(
+    def _finish_current(
         self, status: Status, recovery: Recovery | None, exit_code: int | None = None
     ) -> None:
         ex = self._exec
         if ex is not None:
             self._finish(ex, exit_code=exit_code, status=status, recovery=recovery)
+
+    async def _stop_current(self) -> None:
+        ex, proc = self._exec, self.proc
+        if ex is not None and proc is not None:
+            await stop_foreground(proc, ex, self.clock, self.interrupt_grace)
+
+    def _end_raw(self) -> None:
+        self._finish_current(Status.COMPLETED, None)
+
+    # -- the PTY's side: bytes in, through the parser and the tracker -----------------------
+    def _on_data(self, data: bytes) -> None:
+        events = self.tracker.feed(self.parser.feed(data))
+        if events:
+            self._apply(events)
+
+    def _apply(self, events: list[TrackerEvent]) -> None:
+        now = self.clock.now()
+        for event in events:
+            kind = type(event)
+            if kind is Output:
+                ex = self._exec
+                if ex is not None:
+                    ex.feed(event.data, now)  # type: ignore[union-attr]
+            elif kind is Started:
+                if self._exec is not None:
+                    self._exec.begin(now)
+            elif kind is Finished:
+                if self._exec is not None:
+                    code = event.exit_code  # type: ignore[union-attr]
+                    self._finish(self._exec, exit_code=code, status=Status.COMPLETED)
+            elif kind is Ready:
+                if self.shell_proc is not None:
+                    self.shell_proc.mark_ready()
+            elif kind is ProbeAnswered and self.shell_proc is not None:
+                self.shell_proc.answer_probe(event.exit_code)  # type: ignore[union-attr]
+
+    # -- deaths and restarts ----------------------------------------------------------------
+    def _on_shell_exit(self, shell: ShellProcess, code: int) -> None:
+        shell.on_exit(code)
+        if self._closing or self._closed or shell.stopping or shell is not self.shell_proc:
+            return
+        self._on_death(code)
+
+    def _on_death(self, code: int) -> None:
+        now = self.clock.now()
+        self.deaths.append(now)
+        decision = decide_restart(
+            self.deaths,
+            now,
+            shell=self.shell,
+            tried=self.tried_shells,
+            policy=self.crash_policy,
+            can_run=lambda s: resolve_shell(s, self._path()) is not None,
+        )
+        will_recover = decision.action is not RestartAction.GIVE_UP
+        if will_recover:
+            recovery = Recovery(recreate_strategy().value, f"shell exited with code {code}")
+        else:
+            recovery = Recovery(give_up_strategy().value, decision.reason)
+        if self._exec is not None:
+            # `exit 3` ends the shell with the command's own status; a signal leaves it unknown.
+            self._finish_current(Status.INTERRUPTED, recovery, code if code >= 0 else None)
+        elif will_recover:
+            self.pending_recoveries.append(recovery)
+        if self.on_exit is not None:
+            try:
+                self.on_exit(TerminalExited(self.terminal_id, code, will_recover))
+            except Exception:  # a faulty listener must not stop the recovery
+                pass
+        if will_recover:
+            task = asyncio.get_running_loop().create_task(self._restart(decision, now))
+            self.restarting = task
+        else:
+            self.failed = ShellCrashed(decision.reason)
+
+    async def _restart(self, decision: RestartDecision, died_at: float) -> None:
+        old = self.shell_proc
+        if old is not None:
+            old.proc.close()
+            old.detach()
+        alternative = self.mode is Mode.ALTERNATIVE_SHELL
+        restore: Path | None = None
+        exe = self.shell
+        if decision.action is RestartAction.ALTERNATIVE_SHELL and decision.shell is not None:
+            self.tried_shells.append(self.shell)
+            self.deaths.clear()
+            alt = resolve_shell(decision.shell, self._path())
+            if alt is None:
+                self.failed = ShellCrashed(f"fallback shell {decision.shell!r} vanished")
+                return
+            exe, alternative = alt, True
+            self.pending_recoveries.append(Recovery("alternative_shell", decision.reason))
+        elif old is not None:
+            restore = restore_file(self.dir, old.kind)
+        try:
+            await self._start_shell(exe, restore=restore, alternative=alternative)
+        except Exception as exc:
+            self.failed = exc
+            if self.observe is not None:
+                self.observe("terminal.recover", self.clock.now() - died_at, False)
+            return
+        self.restarts += 1
+        elapsed = self.clock.now() - died_at
+        self.last_recovery_ms = elapsed * 1000.0
+        if self.observe is not None:
+            self.observe("terminal.recover", elapsed, True)
 
     def statistics(self) -> TerminalStats:
         ps = self.parser.statistics()

@@ -4,11 +4,15 @@ Theory of operation: `await_result` sleeps on the clock until the soonest of (th
 deadline, the moment output has been quiet for `idle_timeout`), re-checking after each wake,
 because output moves the idle moment forward. Then:
 - the command ended: its final result;
-- idle, integration modes: a `waiting_for_input` snapshot; the command keeps running;
+- idle, marker modes: a `waiting_for_input` snapshot; the command keeps running;
 - idle, raw mode: the end of the command (raw mode has no other end), exit code unknown;
 - `max_wait` passed while output still flows (a dev server): a `running` snapshot; the
   command keeps running;
 - deadline: `stop_foreground` and a `timed_out` result with the output so far.
+
+The collaborators are passed in, never reached through an owner: the clock, the PTY whose
+foreground group is signalled, and `Hooks` (how to end a raw command, how to stop the
+command, what cwd a snapshot reports).
 
 `stop_foreground` escalates SIGINT -> SIGTERM -> SIGKILL on the terminal's foreground process
 group, `interrupt_grace` apart, and kills the shell itself as the last step (the recovery then
@@ -21,27 +25,36 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
+from lapce_bridge.core.clock import Clock
+from lapce_bridge.terminal.execution import Execution
+from lapce_bridge.terminal.pty import PtyProcess
 from lapce_bridge.terminal.result import ExecResult, Status
-
-if TYPE_CHECKING:
-    from lapce_bridge.terminal.execution import Execution
-    from lapce_bridge.terminal.terminal import Terminal
 
 _REPOLL_S = 0.02
 _RESEND_S = 0.2
 RAW_IDLE_S = 0.5  # raw mode ends a command after this much quiet when no idle_timeout is given
 
 
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """What the waiting logic asks of the terminal it waits for."""
+
+    stop: Callable[[], Awaitable[None]]  # stop the command (escalating), for a hard timeout
+    end_raw: Callable[[], None]  # a raw-mode command went quiet: that is its end
+    cwd: Callable[[], str | None]  # the cwd a snapshot reports
+
+
 async def await_result(
-    term: Terminal,
     ex: Execution,
+    clock: Clock,
+    hooks: Hooks,
     limit: float | None,
     idle_timeout: float | None,
     max_wait: float | None = None,
 ) -> ExecResult:
-    clock = term.clock
     start = clock.now()
     deadline = None if limit is None else start + limit
     hold_until = None if max_wait is None else start + max_wait
@@ -56,17 +69,17 @@ async def await_result(
         if wait is not None and wait <= 0:
             if deadline is not None and now >= deadline:
                 ex.timed_out = True
-                await stop_foreground(term, ex)
+                await hooks.stop()
                 if ex.done.done():
                     return ex.done.result()
-                return ex.snapshot(Status.TIMED_OUT, clock.now(), term.cwd)
+                return ex.snapshot(Status.TIMED_OUT, clock.now(), hooks.cwd())
             if raw and (hold_until is None or now < hold_until):
-                term.finish_current(Status.COMPLETED, None)
+                hooks.end_raw()
                 continue
             if hold_until is not None and now >= hold_until:
                 # A server that keeps printing is never idle: the request still gets an answer.
-                return ex.snapshot(Status.RUNNING, now, term.cwd)
-            return ex.snapshot(Status.WAITING_FOR_INPUT, now, term.cwd)
+                return ex.snapshot(Status.RUNNING, now, hooks.cwd())
+            return ex.snapshot(Status.WAITING_FOR_INPUT, now, hooks.cwd())
         try:
             async with clock.timeout(wait):
                 await asyncio.shield(ex.done)
@@ -75,35 +88,32 @@ async def await_result(
     return ex.done.result()
 
 
-async def _ended(term: Terminal, ex: Execution, seconds: float) -> bool:
+async def _ended(clock: Clock, ex: Execution, seconds: float) -> bool:
     if ex.done.done():
         return True
     try:
-        async with term.clock.timeout(seconds):
+        async with clock.timeout(seconds):
             await asyncio.shield(ex.done)
     except TimeoutError:
         return False
     return True
 
 
-async def stop_foreground(term: Terminal, ex: Execution) -> None:
-    proc = term.proc
-    if proc is None:
-        return
+async def stop_foreground(proc: PtyProcess, ex: Execution, clock: Clock, grace: float) -> None:
     if not ex.started:
         # Before the start mark a signal would reach the line editor, which may drop our line
         # or read it after all: wait for the command to start; a shell that never starts it is
         # stuck, and only replacing it helps.
         try:
-            async with term.clock.timeout(term.interrupt_grace):
+            async with clock.timeout(grace):
                 await asyncio.shield(ex.began)
         except TimeoutError:
             proc.kill()
-            await _ended(term, ex, term.interrupt_grace)
+            await _ended(clock, ex, grace)
             return
         if ex.done.done():
             return
-    if await _interrupt(term, ex):
+    if await _interrupt(proc, ex, clock, grace):
         return
     for sig in (signal.SIGTERM, signal.SIGKILL):
         if not proc.alive:
@@ -112,14 +122,14 @@ async def stop_foreground(term: Terminal, ex: Execution) -> None:
         if pgrp is None or pgrp == proc.pid:
             continue
         proc.signal_foreground(sig)
-        if await _ended(term, ex, term.interrupt_grace):
+        if await _ended(clock, ex, grace):
             return
     if proc.alive and not ex.done.done():
         proc.kill()
-        await _ended(term, ex, term.interrupt_grace)
+        await _ended(clock, ex, grace)
 
 
-async def _interrupt(term: Terminal, ex: Execution) -> bool:
+async def _interrupt(proc: PtyProcess, ex: Execution, clock: Clock, grace: float) -> bool:
     """SIGINT, as Ctrl-C would; whether the command ended within the grace period.
 
     A SIGINT that arrives while the shell forks the command's process is absorbed (by the
@@ -127,14 +137,11 @@ async def _interrupt(term: Terminal, ex: Execution) -> bool:
     that changed gets one too, and the same group gets another every `_RESEND_S`, as a user
     would press Ctrl-C again.
     """
-    proc = term.proc
-    assert proc is not None
-    clock = term.clock
     sent_to = proc.signal_foreground(signal.SIGINT)
     sent_at = clock.now()
-    deadline = sent_at + term.interrupt_grace
+    deadline = sent_at + grace
     while (left := deadline - clock.now()) > 0:
-        if await _ended(term, ex, min(_REPOLL_S, left)):
+        if await _ended(clock, ex, min(_REPOLL_S, left)):
             return True
         pgrp = proc.foreground_pgrp()
         if proc.alive and (pgrp != sent_to or clock.now() - sent_at >= _RESEND_S):

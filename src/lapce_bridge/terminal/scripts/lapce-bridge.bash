@@ -6,7 +6,9 @@
 # Invariants:
 # - no hook forks: no $(...), no pipes, no external commands; text is escaped with parameter
 #   expansion, so a command costs microseconds of integration, not the ~2 ms of a fork;
-# - the nonce and our control variables never reach the environment user commands see;
+# - the nonce and our control variables never reach the environment user commands see: each
+#   command's nonce arrives as typed text (`__lb_n=<nonce>; . "$__lb_cf"`), is printed back
+#   in E and D, and is forgotten at the next prompt;
 # - the user's ~/.bashrc, PS1, PROMPT_COMMAND (string or array) and DEBUG trap keep working:
 #   ours run around theirs, and $? is handed on unchanged;
 # - after every command: P;Cwd, then D;<status>;<nonce>, then A; the prompt ends with B.
@@ -14,11 +16,11 @@ if [[ -z ${__lb_installed-} ]]; then
     __lb_installed=1
     if shopt -qo posix; then set +o posix; fi
 
-    __lb_nonce=${LAPCE_BRIDGE_NONCE-}
+    __lb_nonce=
     __lb_dir=${LAPCE_BRIDGE_DIR-}
     __lb_use_rc=${LAPCE_BRIDGE_RC-1}
     __lb_restore=${LAPCE_BRIDGE_RESTORE-}
-    unset LAPCE_BRIDGE_NONCE LAPCE_BRIDGE_DIR LAPCE_BRIDGE_RC LAPCE_BRIDGE_RESTORE ENV
+    unset LAPCE_BRIDGE_DIR LAPCE_BRIDGE_RC LAPCE_BRIDGE_RESTORE ENV
     __lb_cf=$__lb_dir/cmd
     __lb_ef=$__lb_dir/env
     __lb_run_line='. "$__lb_cf"'
@@ -33,7 +35,6 @@ if [[ -z ${__lb_installed-} ]]; then
     unset __lb_restore
 
     __lb_phase=pc  # pc: PROMPT_COMMAND running; prompt: waiting for input; run: command running
-    __lb_ran=0
     __lb_status=0
     __lb_out=
 
@@ -66,8 +67,12 @@ if [[ -z ${__lb_installed-} ]]; then
 
     __lb_debug() {
         if [[ $__lb_phase == prompt && -z ${COMP_LINE-} && $BASH_COMMAND != __lb_precmd ]]; then
+            if [[ $BASH_COMMAND == __lb_n=* ]]; then
+                # Our typed line's first part: the command's nonce, then the command itself.
+                __lb_nonce=${BASH_COMMAND#__lb_n=}
+                return 0
+            fi
             __lb_phase=run
-            __lb_ran=1
             __lb_preexec
         fi
         if [[ -n $__lb_prev_debug ]]; then
@@ -84,11 +89,13 @@ if [[ -z ${__lb_installed-} ]]; then
         # before the end mark so that a death right after a command still finds it.
         builtin declare -x 2>/dev/null >"$__lb_ef"
         __lb_escape "$PWD"
-        # One write for all the marks: each write wakes the reader on the other side.
-        if [[ $__lb_ran == 1 ]]; then
-            __lb_ran=0
+        # One write for all the marks: each write wakes the reader on the other side. The
+        # nonce comes from the typed line's assignment even when the DEBUG trap is gone.
+        if [[ -n ${__lb_n-} ]]; then
             builtin printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a\e]633;A\a' \
-                "$__lb_out" "$__lb_status" "$__lb_nonce"
+                "$__lb_out" "$__lb_status" "$__lb_n"
+            builtin unset __lb_n
+            __lb_nonce=
         else
             builtin printf '\e]633;P;Cwd=%s\a\e]633;A\a' "$__lb_out"
         fi

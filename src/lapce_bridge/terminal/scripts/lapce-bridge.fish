@@ -3,21 +3,19 @@
 # Invariants:
 # - no hook forks: escaping and file reads use builtins only (fish runs builtins and command
 #   substitutions of builtins in-process);
-# - the nonce and our control variables never reach the environment user commands see;
+# - the nonce and our control variables never reach the environment user commands see: each
+#   command's nonce arrives as typed text (`set -g __lb_n <nonce>; source $__lb_cf`), is
+#   printed back in E and D, and is forgotten at the next prompt;
 # - after every command: P;Cwd, then D;<status>;<nonce>, then A.
 if not set -q __lb_installed
     set -g __lb_installed 1
-    set -g __lb_nonce "$LAPCE_BRIDGE_NONCE"
     set -g __lb_dir "$LAPCE_BRIDGE_DIR"
     set -g __lb_restore "$LAPCE_BRIDGE_RESTORE"
-    set -e LAPCE_BRIDGE_NONCE
     set -e LAPCE_BRIDGE_DIR
     set -e LAPCE_BRIDGE_RC
     set -e LAPCE_BRIDGE_RESTORE
     set -g __lb_cf "$__lb_dir/cmd"
     set -g __lb_ef "$__lb_dir/env.fish"
-    set -g __lb_run_line 'source $__lb_cf'
-    set -g __lb_ran 0
     if test -n "$__lb_restore" -a -r "$__lb_restore"
         source "$__lb_restore" 2>/dev/null
     end
@@ -51,30 +49,38 @@ if not set -q __lb_installed
 
     function __lb_preexec --on-event fish_preexec
         set -l cmd $argv[1]
-        if test "$cmd" = "$__lb_run_line" -a -r "$__lb_cf"
+        # Our typed line carries the nonce (its assignment has not run yet).
+        set -l nonce (string match -r --groups-only -- '^set -g __lb_n ([0-9a-f]+); source \$__lb_cf$' $cmd)
+        if test -n "$nonce" -a -r "$__lb_cf"
             read -z -l text <"$__lb_cf"
             and set cmd $text
         end
-        set -g __lb_ran 1
-        printf '\e]633;E;%s;%s\a\e]633;C\a' (__lb_escape "$cmd" | string collect) "$__lb_nonce"
+        printf '\e]633;E;%s;%s\a\e]633;C\a' (__lb_escape "$cmd" | string collect) "$nonce"
     end
 
     function __lb_postexec --on-event fish_postexec
         set -l st $status
-        if test $__lb_ran = 1
-            set -g __lb_ran 0
+        if set -q __lb_n
             # What a replacement shell restores if this one dies ("NAME escaped-value" lines
             # the bridge turns into `set -gx` commands), saved before the end mark.
             set -xL >"$__lb_ef"
             printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' (__lb_escape "$PWD" | string collect) \
-                $st "$__lb_nonce"
+                $st "$__lb_n"
+            set -e __lb_n
+            set -g __lb_answered 1
         end
     end
 
     function __lb_prompt --on-event fish_prompt
-        if test $__lb_ran = 0
+        if set -q __lb_n
+            # The postexec hook is gone: the end mark still comes, from the prompt.
+            printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' (__lb_escape "$PWD" | string collect) \
+                $status "$__lb_n"
+            set -e __lb_n
+        else if not set -q __lb_answered
             printf '\e]633;P;Cwd=%s\a' (__lb_escape "$PWD" | string collect)
         end
+        set -e __lb_answered
         printf '\e]633;A\a'
     end
 end

@@ -2,7 +2,9 @@
 #
 # Invariants:
 # - no hook forks: no $(...), no external commands; escaping is parameter expansion;
-# - the nonce and our control variables never reach the environment user commands see;
+# - the nonce and our control variables never reach the environment user commands see: each
+#   command's nonce arrives as typed text (`__lb_n=<nonce>; . "$__lb_cf"`), is printed back
+#   in E and D, and is forgotten at the next prompt;
 # - the user's .zshrc, prompt and hooks keep working: our precmd runs first (it needs $?),
 #   the prompt-end mark is added last (prompt frameworks rebuild PS1 in their precmd);
 # - after every command: P;Cwd, then D;<status>;<nonce>, then A; the prompt ends with B.
@@ -13,11 +15,10 @@ else
 fi
 unset __lb_user_zdotdir __lb_zdotdir
 
-typeset -g __lb_nonce=${LAPCE_BRIDGE_NONCE-}
 typeset -g __lb_dir=${LAPCE_BRIDGE_DIR-}
 typeset -g __lb_use_rc=${LAPCE_BRIDGE_RC-1}
 typeset -g __lb_restore=${LAPCE_BRIDGE_RESTORE-}
-unset LAPCE_BRIDGE_NONCE LAPCE_BRIDGE_DIR LAPCE_BRIDGE_RC LAPCE_BRIDGE_RESTORE
+unset LAPCE_BRIDGE_DIR LAPCE_BRIDGE_RC LAPCE_BRIDGE_RESTORE
 
 if [[ $__lb_use_rc == 1 && -r ${ZDOTDIR:-$HOME}/.zshrc ]]; then
     . "${ZDOTDIR:-$HOME}/.zshrc"
@@ -29,8 +30,7 @@ unset __lb_restore
 
 typeset -g __lb_cf=$__lb_dir/cmd
 typeset -g __lb_ef=$__lb_dir/env
-typeset -g __lb_run_line='. "$__lb_cf"'
-typeset -g __lb_ran=0
+typeset -g __lb_run_tail='; . "$__lb_cf"'
 typeset -g __lb_out=
 typeset -g __lb_b=$'%{\e]633;B\a%}'
 # The "%" mark and the carriage return zsh prints before a prompt would land inside the output
@@ -57,11 +57,12 @@ __lb_precmd() {
     # before the end mark so that a death right after a command still finds it.
     builtin export -p >|"$__lb_ef" 2>/dev/null
     __lb_escape "$PWD"
-    # One write for all the marks: each write wakes the reader on the other side.
-    if (( __lb_ran )); then
-        __lb_ran=0
+    # One write for all the marks: each write wakes the reader on the other side. The
+    # nonce comes from the typed line's assignment even when preexec did not run.
+    if [[ -n ${__lb_n-} ]]; then
         builtin printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a\e]633;A\a' \
-            "$__lb_out" "$st" "$__lb_nonce"
+            "$__lb_out" "$st" "$__lb_n"
+        builtin unset __lb_n
     else
         builtin printf '\e]633;P;Cwd=%s\a\e]633;A\a' "$__lb_out"
     fi
@@ -75,15 +76,19 @@ __lb_prompt_end() {
 }
 
 __lb_preexec() {
-    local cmd=$1
-    if [[ $cmd == "$__lb_run_line" && -r $__lb_cf ]]; then
-        local text=
-        IFS= builtin read -r -d '' text <"$__lb_cf"
-        if (( ${#text} < 4096 )); then cmd=$text; fi
+    local cmd=$1 nonce=
+    if [[ $cmd == __lb_n=*"$__lb_run_tail" ]]; then
+        # Our typed line: the nonce is in it (the assignment has not run yet).
+        nonce=${${cmd#__lb_n=}%"$__lb_run_tail"}
+        cmd=
+        if [[ -r $__lb_cf ]]; then
+            local text=
+            IFS= builtin read -r -d '' text <"$__lb_cf"
+            if (( ${#text} < 4096 )); then cmd=$text; fi
+        fi
     fi
-    __lb_ran=1
     __lb_escape "$cmd"
-    builtin printf '\e]633;E;%s;%s\a\e]633;C\a' "$__lb_out" "$__lb_nonce"
+    builtin printf '\e]633;E;%s;%s\a\e]633;C\a' "$__lb_out" "$nonce"
 }
 
 typeset -ga precmd_functions preexec_functions

@@ -1,0 +1,175 @@
+"""One shell process on a PTY: starting it, asking whether it answers, stopping it.
+
+Theory of operation: a `ShellProcess` wraps the `PtyProcess` of one shell together with the
+facts about that process alone: its executable and kind, whether its integration announced
+itself (`ready`), its exit (`exited`), and whether its death is one we caused (`stopping`).
+The terminal that owns it routes the tracker's `Ready` and `ProbeAnswered` events here; a
+replacement shell is a new `ShellProcess`, so nothing of the old one leaks into the new one.
+
+`probe` asks a shell to run an empty command whose typed line prints a tokened end mark: the
+proof that the shell runs commands even when its integration is silent. `at_prompt` asks the
+kernel whether the shell itself is the terminal's foreground process with its line editor in
+control (non-canonical input): a shell waiting at its prompt, as opposed to a command, or a
+`read` builtin, waiting for a line. `stop` ends the process: SIGHUP and the master closed,
+then SIGKILL after `grace`, then a blocking reap (SIGKILL cannot be refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import signal
+import termios
+from collections.abc import Callable
+
+from lapce_bridge.core.clock import Clock
+from lapce_bridge.core.errors import ShellCrashed
+from lapce_bridge.terminal.modes import Launch, probe_line
+from lapce_bridge.terminal.pty import PtyProcess
+from lapce_bridge.terminal.tracker import CommandTracker
+
+__all__ = ["ShellProcess"]
+
+
+class ShellProcess:
+    __slots__ = ("_probe", "exe", "exited", "kind", "launch", "proc", "ready", "stopping")
+
+    def __init__(self, launch: Launch, exe: str, proc: PtyProcess) -> None:
+        loop = asyncio.get_running_loop()
+        self.launch = launch
+        self.exe = exe
+        self.kind = launch.kind
+        self.proc = proc
+        self.ready: asyncio.Future[bool] = loop.create_future()
+        self.exited: asyncio.Future[int] = loop.create_future()
+        self.stopping = False  # a death we cause is not a crash to recover from
+        self._probe: asyncio.Future[int | None] | None = None
+
+    @classmethod
+    def spawn(
+        cls,
+        launch: Launch,
+        exe: str,
+        *,
+        cwd: str,
+        cols: int,
+        rows: int,
+        on_data: Callable[[bytes], None],
+        on_exit: Callable[[ShellProcess, int], None],
+    ) -> ShellProcess:
+        box: list[ShellProcess] = []
+        proc = PtyProcess.spawn(
+            launch.argv,
+            env=launch.env,
+            cwd=cwd,
+            cols=cols,
+            rows=rows,
+            on_data=on_data,
+            on_exit=lambda code: on_exit(box[0], code),
+        )
+        shell = cls(launch, exe, proc)
+        box.append(shell)
+        return shell
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.alive
+
+    # -- events routed here by the terminal -------------------------------------------------
+    def mark_ready(self) -> None:
+        if not self.ready.done():
+            self.ready.set_result(True)
+
+    def answer_probe(self, code: int | None) -> None:
+        if self._probe is not None and not self._probe.done():
+            self._probe.set_result(code)
+
+    def on_exit(self, code: int) -> None:
+        if not self.exited.done():
+            self.exited.set_result(code)
+        if not self.ready.done():
+            self.ready.set_result(False)
+        if self._probe is not None and not self._probe.done():
+            self._probe.set_exception(ShellCrashed(f"shell exited with code {code}"))
+
+    # -- questions ----------------------------------------------------------------------------
+    async def wait_ready(self, clock: Clock, bound: float) -> bool:
+        """Whether integration announced itself (a prompt or cwd mark) within `bound` s."""
+        try:
+            async with clock.timeout(bound):
+                return await asyncio.shield(self.ready)
+        except TimeoutError:
+            return False
+
+    async def probe(
+        self,
+        tracker: CommandTracker,
+        write_command: Callable[[bytes], None],
+        cmd_path: str,
+        clock: Clock,
+        bound: float,
+    ) -> tuple[bool, int | None]:
+        """Whether the shell printed a tokened end mark within `bound` s, and the status `$?`
+        it reported there (None when it printed none)."""
+        if not self.proc.alive:
+            return False, None
+        token = secrets.token_hex(8)
+        fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._probe = fut
+        tracker.expect_probe(token)
+        # Without integration the prompt would be printed inside the output (dash prints it
+        # between our two lines), so the fallback modes run with empty prompts; and without
+        # echo, because the tty echoes the second line late when it is busy (the kernel echoes
+        # from a work queue), and that echo would land after the start mark.
+        write_command(b"PS1=''\nPS2=''\nstty -echo 2>/dev/null\n" if self.kind == "posix" else b"")
+        try:
+            self.proc.write(probe_line(self.kind, cmd_path, token))
+            async with clock.timeout(bound):
+                return True, await fut
+        except (TimeoutError, OSError, ShellCrashed):
+            return False, None
+        finally:
+            self._probe = None
+            tracker.expect_probe(None)
+
+    def at_prompt(self) -> bool:
+        """The shell itself holds the terminal with its line editor reading (not a command)."""
+        proc = self.proc
+        if not proc.alive or proc.foreground_pgrp() != proc.pid:
+            return False
+        try:
+            lflag = termios.tcgetattr(proc.master)[3]
+        except (OSError, termios.error):
+            return False
+        return not lflag & termios.ICANON
+
+    # -- stopping -----------------------------------------------------------------------------
+    async def stop(self, clock: Clock, grace: float) -> None:
+        proc = self.proc
+        self.stopping = True
+        if proc.alive:
+            proc.signal(signal.SIGHUP)
+            proc.close()
+            try:
+                async with clock.timeout(grace):
+                    await asyncio.shield(self.exited)
+            except TimeoutError:
+                proc.kill()
+                try:
+                    async with clock.timeout(grace):
+                        await asyncio.shield(self.exited)
+                except TimeoutError:
+                    proc.reap_blocking()  # SIGKILL cannot be refused: this returns at once
+        proc.close()
+
+    def detach(self) -> None:
+        """Drop the callbacks into the owner (breaks the terminal <-> PTY reference cycle)."""
+        self.proc.detach()
+        with contextlib.suppress(asyncio.InvalidStateError):
+            if not self.ready.done():
+                self.ready.set_result(False)

@@ -1,0 +1,245 @@
+"""Sans-I/O command tracker: parser events in, what happened to the command in flight out.
+
+Theory of operation (the terminal's state machine, kept apart from all I/O as h11 keeps
+its connection state): the terminal hands a command to the shell with a fresh random secret
+and tells the tracker (`submit`); the tracker then reads the OSC parser's events and answers
+with `Started`, `Output`, `Finished`, `Ready`, `CwdChanged` and `ProbeAnswered` events. How a
+command's end is found is the tracker's `detection`:
+
+- `INTEGRATION`: our shell hooks print `633;E;<cmd>;<nonce>` then `633;C` as the command
+  starts, and `633;P;Cwd`, `633;D;<status>;<nonce>` as it ends. The nonce is the secret of
+  this command only: it travels in the line typed into the PTY, never in an environment or
+  a file, and the next command gets another one.
+- `END_MARKER`: the typed line itself prints `633;P;LbStart=<token>` before the command and
+  `633;P;LbEnd=<status>:<token>` after it (sh, dash, or hooks that were removed).
+- `RAW`: no marks; output starts after the tty's echo of the typed line and the command ends
+  when its output goes quiet (the waiting logic decides that, then calls `abandon`).
+
+Anti-spoofing rules (each has its unit test):
+1. A `D` ends the command only when it carries the nonce of the command in flight; a `D`
+   with another nonce (an earlier command's, a forged one) or none is ignored.
+2. A `C` starts the command only right after an `E` carrying the nonce in flight, so a `C`
+   printed by an earlier command's leftover process does not start the next one early.
+3. `LbStart` / `LbEnd` count only with the token in flight (or the probe's token).
+4. After a command's end, nothing ends or starts anything until the next `submit`: a late
+   marker of command N can never finish command N+1, whose result is therefore its own.
+5. When the hooks are gone mid-session (`trap - DEBUG` removes the start hook, but the end
+   hook still answers the nonce), a `D` without a start still ends the command, and its
+   output is the text after the tty's echo of the typed line.
+
+Everything here is plain data: no clocks, no asyncio, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeAlias
+
+from lapce_bridge.terminal.osc import Event, Marker, Text
+
+__all__ = [
+    "CommandTracker",
+    "CwdChanged",
+    "EndDetection",
+    "Finished",
+    "Output",
+    "ProbeAnswered",
+    "Ready",
+    "Started",
+    "TrackerEvent",
+]
+
+_PRESTART_LIMIT = 64 * 1024  # text kept from before a start mark, for rule 5
+
+
+class EndDetection(StrEnum):
+    """How a command's end is found (what the result reports is `result.Mode`)."""
+
+    INTEGRATION = "integration"
+    END_MARKER = "end_marker"
+    RAW = "raw"
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    exit_code: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """Integration announced itself: a prompt or cwd mark of our hooks."""
+
+
+@dataclass(frozen=True, slots=True)
+class CwdChanged:
+    cwd: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeAnswered:
+    exit_code: int | None
+
+
+TrackerEvent: TypeAlias = Started | Output | Finished | Ready | CwdChanged | ProbeAnswered
+
+_STARTED = Started()
+_READY = Ready()
+
+
+class CommandTracker:
+    __slots__ = (
+        "_announced",
+        "_d_tail",
+        "_prestart",
+        "_probe",
+        "_secret",
+        "_skip_echo",
+        "cwd",
+        "detection",
+        "started",
+    )
+
+    def __init__(self, detection: EndDetection = EndDetection.INTEGRATION) -> None:
+        self.detection = detection
+        self.cwd: str | None = None
+        self.started = False
+        self._secret: str | None = None
+        self._d_tail = b""
+        self._announced = False
+        self._prestart = bytearray()
+        self._skip_echo = False
+        self._probe: str | None = None
+
+    @property
+    def in_flight(self) -> bool:
+        return self._secret is not None
+
+    def submit(self, secret: str) -> None:
+        """A command was handed to the shell with this nonce (or end-marker token)."""
+        self._secret = secret
+        self._d_tail = (";" + secret + "\x07").encode()
+        self.started = False
+        self._announced = False
+        self._prestart.clear()
+        self._skip_echo = self.detection is EndDetection.RAW
+
+    def abandon(self) -> None:
+        """The command ended without its end mark (idle in raw mode, the shell's death)."""
+        self._secret = None
+        self.started = False
+        self._announced = False
+        self._prestart.clear()
+
+    def expect_probe(self, token: str | None) -> None:
+        self._probe = token
+
+    def reset(self, detection: EndDetection) -> None:
+        """A new shell process: nothing of the old one's stream carries over."""
+        self.detection = detection
+        self.abandon()
+        self._probe = None
+
+    def feed(self, events: list[Event]) -> list[TrackerEvent]:
+        out: list[TrackerEvent] = []
+        for event in events:
+            if type(event) is Text:
+                self._text(event.data, out)
+            else:
+                assert isinstance(event, Marker)
+                self._marker(event, out)
+        return out
+
+    def _text(self, data: bytes, out: list[TrackerEvent]) -> None:
+        if self._secret is None:
+            return
+        if self.started:
+            out.append(Output(data))
+            return
+        if self.detection is EndDetection.RAW:
+            if self._skip_echo:
+                nl = data.find(b"\n")
+                if nl < 0:
+                    return
+                self._skip_echo = False
+                data = data[nl + 1 :]
+            self.started = True
+            out.append(_STARTED)
+            if data:
+                out.append(Output(data))
+            return
+        if len(self._prestart) < _PRESTART_LIMIT:
+            self._prestart += data[: _PRESTART_LIMIT - len(self._prestart)]
+
+    def _marker(self, m: Marker, out: list[TrackerEvent]) -> None:
+        if m.osc != 633:
+            if m.osc == 7 and m.value:
+                self.cwd = m.value
+                out.append(CwdChanged(m.value))
+            return
+        kind = m.kind
+        if kind == "P":
+            self._property(m, out)
+            return
+        if self.detection is not EndDetection.INTEGRATION:
+            return
+        if kind == "E":
+            self._announced = self._secret is not None and m.nonce == self._secret
+        elif kind == "C":
+            if self._announced and not self.started:
+                self._announced = False
+                self._start(out)
+        elif kind == "D":
+            if self._secret is not None and m.raw.endswith(self._d_tail):
+                self._end(m.exit_code, out)
+        elif kind in ("A", "B"):
+            out.append(_READY)
+
+    def _property(self, m: Marker, out: list[TrackerEvent]) -> None:
+        key, value = m.key, m.value or ""
+        if key == "Cwd":
+            self.cwd = value
+            out.append(CwdChanged(value))
+            if self.detection is EndDetection.INTEGRATION:
+                out.append(_READY)
+            return
+        if key == "LbStart":
+            if self._secret is not None and value == self._secret and not self.started:
+                self._start(out)
+            return
+        if key != "LbEnd":
+            return
+        code_text, _, token = value.rpartition(":")
+        code = int(code_text) if code_text.lstrip("-").isdigit() else None
+        if self._probe is not None and token == self._probe:
+            self._probe = None
+            out.append(ProbeAnswered(code))
+        elif self._secret is not None and token == self._secret:
+            self._end(code, out)
+
+    def _start(self, out: list[TrackerEvent]) -> None:
+        self.started = True
+        self._prestart.clear()
+        out.append(_STARTED)
+
+    def _end(self, code: int | None, out: list[TrackerEvent]) -> None:
+        if not self.started:
+            # Rule 5: the start hook is gone; the output follows the echo of the typed line.
+            text = bytes(self._prestart)
+            nl = text.find(b"\n")
+            text = text[nl + 1 :] if nl >= 0 else b""
+            out.append(_STARTED)
+            if text:
+                out.append(Output(text))
+        self.abandon()
+        out.append(Finished(code))

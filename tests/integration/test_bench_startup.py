@@ -1,0 +1,21 @@
+"""The start-up bench row times real processes: a server to its first ping, a bare interpreter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lapce_bridge.bench.runner import SUITES, BenchContext
+from lapce_bridge.bench.startup import GOAL_MS, run
+
+
+async def test_startup_row_times_a_real_server_against_a_bare_interpreter(tmp_path: Path) -> None:
+    assert SUITES["startup"] == "lapce_bridge.bench.startup"
+    (row,) = await run(BenchContext(workdir=tmp_path, quick=True))
+    assert row.suite == "startup"
+    assert row.unit == "ms"
+    assert row.samples == 3
+    assert row.goal == (GOAL_MS,)
+    serve_ms, bare_ms = row.extra["serve_ms"], row.extra["bare_ms"]
+    assert bare_ms > 0
+    assert serve_ms > bare_ms  # a server does all an interpreter does, and more
+    assert row.value == serve_ms - bare_ms

@@ -1,0 +1,181 @@
+"""The command tracker's rules (tracker.py), on byte streams as a shell would print them."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lapce_bridge.terminal.osc import OscParser
+from lapce_bridge.terminal.tracker import (
+    CommandTracker,
+    CwdChanged,
+    EndDetection,
+    Finished,
+    Output,
+    ProbeAnswered,
+    Ready,
+    Started,
+    TrackerEvent,
+)
+
+N1 = "a" * 32
+N2 = "b" * 32
+
+
+def e(nonce: str, cmd: str = "echo hi") -> bytes:
+    return f"\x1b]633;E;{cmd};{nonce}\x07\x1b]633;C\x07".encode()
+
+
+def d(code: int, nonce: str | None, cwd: str = "/w") -> bytes:
+    tail = f";{nonce}" if nonce is not None else ""
+    return f"\x1b]633;P;Cwd={cwd}\x07\x1b]633;D;{code}{tail}\x07\x1b]633;A\x07".encode()
+
+
+def run(tracker: CommandTracker, *chunks: bytes) -> list[TrackerEvent]:
+    parser = OscParser(strip_ansi=True)
+    out: list[TrackerEvent] = []
+    for chunk in chunks:
+        out += tracker.feed(parser.feed(chunk))
+    return out
+
+
+def merged(events: list[TrackerEvent]) -> list[TrackerEvent]:
+    """Adjacent Output events joined (a split stream yields the same text in more pieces)."""
+    result: list[TrackerEvent] = []
+    for ev in events:
+        if isinstance(ev, Output) and result and isinstance(result[-1], Output):
+            result[-1] = Output(result[-1].data + ev.data)
+        else:
+            result.append(ev)
+    return result
+
+
+def text(events: list[TrackerEvent]) -> bytes:
+    return b"".join(ev.data for ev in events if isinstance(ev, Output))
+
+
+def finished(events: list[TrackerEvent]) -> list[int | None]:
+    return [ev.exit_code for ev in events if isinstance(ev, Finished)]
+
+
+def test_a_command_starts_at_its_announced_c_and_ends_at_its_own_d() -> None:
+    t = CommandTracker()
+    t.submit(N1)
+    events = run(t, b"typed line echo\r\n", e(N1), b"hi\r\n", d(0, N1))
+    assert events[0] == Started()
+    assert text(events) == b"hi\r\n"
+    assert finished(events) == [0]
+    assert CwdChanged("/w") in events
+    assert t.cwd == "/w"
+    assert not t.in_flight
+
+
+def test_rule1_d_without_or_with_another_nonce_is_ignored() -> None:
+    t = CommandTracker()
+    t.submit(N1)
+    events = run(t, e(N1), b"x", d(0, None), d(0, N2), d(0, N1[:-1]), b"y", d(5, N1))
+    assert finished(events) == [5]
+    assert text(events).startswith(b"x")
+    assert text(events).endswith(b"y")
+
+
+def test_rule2_c_counts_only_after_an_e_with_the_nonce_in_flight() -> None:
+    t = CommandTracker()
+    t.submit(N2)
+    forged_start = b"\x1b]633;C\x07junk" + e(N1) + b"more"
+    events = run(t, forged_start)
+    assert Started() not in events
+    events = run(t, e(N2), b"own\n", d(1, N2))
+    assert events.count(Started()) == 1
+    assert text(events) == b"own\n"
+
+
+def test_rule3_end_marker_tokens() -> None:
+    t = CommandTracker(EndDetection.END_MARKER)
+    t.submit("tok")
+    events = run(
+        t,
+        b"\x1b]633;P;LbStart=other\x07",
+        b"\x1b]633;P;LbStart=tok\x07out\n",
+        b"\x1b]633;P;LbEnd=0:other\x07",
+        b"\x1b]633;D;0\x07",
+        b"\x1b]633;P;Cwd=/x\x07\x1b]633;P;LbEnd=3:tok\x07",
+    )
+    assert merged(events) == [Started(), Output(b"out\n"), CwdChanged("/x"), Finished(3)]
+
+
+def test_rule4_a_late_mark_of_the_previous_command_cannot_end_the_next() -> None:
+    t = CommandTracker()
+    t.submit(N1)
+    assert finished(run(t, e(N1), b"1\n", d(0, N1))) == [0]
+    # After the end and before the next submit nothing counts, even the right nonce again.
+    assert finished(run(t, e(N1), b"stray", d(0, N1))) == []
+    assert not t.in_flight
+    t.submit(N2)
+    events = run(t, b"leftover of 1", d(0, N1), e(N2), b"two\n", d(0, N1), b"more\n", d(2, N2))
+    assert text(events) == b"two\nmore\n"
+    assert finished(events) == [2]
+
+
+def test_nothing_is_output_without_a_command_in_flight() -> None:
+    t = CommandTracker()
+    assert [ev for ev in run(t, b"prompt $ ", e(N1), b"x") if isinstance(ev, Output)] == []
+
+
+def test_rule5_end_without_a_start_takes_the_text_after_the_echo() -> None:
+    t = CommandTracker()
+    t.submit(N1)
+    events = run(t, b'__lb_n=...; . "$__lb_cf"\r\n', b"out 1\r\nout 2\r\n", d(4, N1))
+    assert merged(events) == [
+        CwdChanged("/w"),
+        Ready(),
+        Started(),
+        Output(b"out 1\r\nout 2\r\n"),
+        Finished(4),
+        Ready(),
+    ]
+    assert text(events) == b"out 1\r\nout 2\r\n"
+    assert finished(events) == [4]
+
+
+def test_raw_mode_skips_the_echo_and_never_finishes_by_itself() -> None:
+    t = CommandTracker(EndDetection.RAW)
+    t.submit("unused")
+    events = run(t, b". '/x/cmd'", b"\r\nhello\r\n", d(0, "unused"))
+    assert merged(events)[:2] == [Started(), Output(b"hello\r\n")]
+    assert finished(events) == []
+    t.abandon()
+    assert not t.in_flight
+
+
+def test_probe_answers_only_its_token() -> None:
+    t = CommandTracker(EndDetection.END_MARKER)
+    t.expect_probe("p1")
+    events = run(t, b"\x1b]633;P;LbEnd=0:p2\x07\x1b]633;P;LbEnd=0:p1\x07")
+    assert events == [ProbeAnswered(0)]
+    assert run(t, b"\x1b]633;P;LbEnd=0:p1\x07") == []
+
+
+def test_ready_marks_only_with_integration() -> None:
+    assert Ready() in run(CommandTracker(), b"\x1b]633;A\x07")
+    assert Ready() not in run(CommandTracker(EndDetection.END_MARKER), b"\x1b]633;A\x07")
+
+
+STREAM = b"".join(
+    [b"echo\r\n", b"\x1b]633;C\x07early", e(N1), b"caf\xc3\xa9 \x1b[1mbold\x1b[0m\r\n",
+     d(0, N2), b"tail\r\n", d(9, N1)]
+)  # fmt: skip
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=6))
+def test_the_same_events_for_every_split(cuts: list[int]) -> None:
+    points = sorted(set(cuts))
+    chunks = [STREAM[a:b] for a, b in zip([0, *points], [*points, len(STREAM)], strict=True)]
+    whole = CommandTracker()
+    whole.submit(N1)
+    split = CommandTracker()
+    split.submit(N1)
+    expected = merged(run(whole, STREAM))
+    assert merged(run(split, *chunks)) == expected
+    assert text(expected) == b"caf\xc3\xa9 bold\r\ntail\r\n"
+    assert finished(expected) == [9]
