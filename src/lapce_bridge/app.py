@@ -46,6 +46,7 @@ from lapce_bridge.core.metrics import MetricsRegistry
 from lapce_bridge.core.timeouts import TimeoutManager
 from lapce_bridge.resources import DEFAULT_BUDGET_BYTES, Relief, ResourceManager
 from lapce_bridge.rpc import Broadcast, CallContext, Method, Params, method
+from lapce_bridge.schema.checks import checked
 from lapce_bridge.slo import SloStore
 
 log = logging.getLogger("lapce_bridge.app")
@@ -331,7 +332,7 @@ class App:
                 continue
             opened = await stack.enter_async_context(service)
             self.services.append(opened)
-            self._methods.update(opened.methods())
+            self._methods.update(checked(opened.methods()))
             self._register_relief(opened)
 
     def add_relief(self, relief: Relief) -> Callable[[], None]:

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "chaos": "lapce_bridge.chaos.runner:chaos",
     "mcp": "lapce_bridge.mcp.cmd:mcp_command",
     "health": "lapce_bridge.health_cmd:health_command",
+    "schema": "lapce_bridge.schema.document:schema_command",
 }
 
 HELP: dict[str, str] = {
@@ -32,6 +33,7 @@ HELP: dict[str, str] = {
     "chaos": "Inject faults and measure recovery (RTO, RPO).",
     "mcp": "Run the MCP server (stdio, or Streamable HTTP with --http).",
     "health": "Show a running server's health: operations, SLOs, pressure, alerts, incidents.",
+    "schema": "Print the OpenRPC document of the protocol (every method's params and result).",
 }
 
 

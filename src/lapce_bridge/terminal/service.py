@@ -256,17 +256,25 @@ class TerminalService:
             raise InvalidParams(f"unknown terminalId {key!r}")
         return term
 
-    async def _get_or_revive(self, params: Params) -> Terminal:
-        """`get`, but a terminal reaped under pressure is started again, with its id."""
+    async def _use_or_revive(self, params: Params, ctx: CallContext) -> Terminal:
+        """`_use`, but a terminal reaped under pressure is started again, with its id."""
         terminal_id = self.owners.resolve(_param(params, "terminalId", str))
         if terminal_id is not None and terminal_id in self._remembered:
-            return await self._revive(terminal_id)
-        return self.get(params)
+            term = await self._revive(terminal_id)
+            self.owners.adopt(term.terminal_id, self._track(ctx))
+            return term
+        return self._use(params, ctx)
 
     async def _revive(self, terminal_id: str) -> Terminal:
         spec = self._remembered.pop(terminal_id)
         await self._make_room()
         return await self._boot(terminal_id, **spec)
+
+    def _use(self, params: Params, ctx: CallContext) -> Terminal:
+        """`get`, by a connection that means to use the terminal: an orphan becomes its own."""
+        term = self.get(params)
+        self.owners.adopt(term.terminal_id, self._track(ctx))
+        return term
 
     def _track(self, ctx: CallContext) -> int:
         """The caller's connection, registered once so its leaving is noticed."""
@@ -315,6 +323,12 @@ class TerminalService:
         self._forget(victim.terminal_id)
         self._reaped += 1
         await victim.close()
+
+    def _cwd_now(self, term: Terminal) -> str | None:
+        """A busy shell may have changed directory since its last prompt said where it was."""
+        if term.busy and term.pid is not None:
+            return process_cwd(term.pid) or term.cwd
+        return term.cwd
 
     def _answer(self, term: Terminal, result: ExecResult) -> dict[str, Any]:
         wire = result.to_wire()
@@ -455,7 +469,7 @@ class TerminalService:
     async def execute(self, params: Params, ctx: CallContext) -> dict[str, Any]:
         command = _param(params, "command", str)
         if params.get("terminalId") is not None:
-            term = await self._get_or_revive(params)
+            term = await self._use_or_revive(params, ctx)
         else:
             term = await self._default(ctx)
         cwd = _param(params, "cwd", str, None)
@@ -510,7 +524,7 @@ class TerminalService:
 
     def send_text(self, params: Params, ctx: CallContext) -> None:
         """`{terminalId, text, atPrompt?: false}`: type `text` into what runs in the terminal."""
-        term = self.get(params)
+        term = self._use(params, ctx)
         text = _param(params, "text", str)
         at_prompt = _param(params, "atPrompt", bool, False)
         if not term.busy and not at_prompt:
@@ -575,7 +589,7 @@ class TerminalService:
                     "shell": t.shell,
                     "pid": t.pid,
                     "mode": t.mode.value,
-                    "cwd": t.cwd,
+                    "cwd": self._cwd_now(t),
                     "busy": t.busy,
                     "name": owned.name if owned is not None else None,
                     "mine": owned is not None and owned.owner == conn,
