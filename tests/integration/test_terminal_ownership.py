@@ -301,3 +301,28 @@ async def test_every_size_a_client_asks_for_has_a_ceiling(tmp_path: Path) -> Non
             assert fits["output"] == "ok\n"
         finally:
             await client.close()
+
+
+async def test_a_client_back_after_a_reconnect_keeps_the_terminal_it_uses(tmp_path: Path) -> None:
+    clock = FakeClock(1000.0)
+    async with served(tmp_path, clock) as (_, svc, sock):
+        first = await RawClient.connect_unix(sock)
+        tid = (await result(first, "terminal/execute", {"command": "export KEEP=1"}))["terminalId"]
+        await first.close()
+        for _ in range(500):  # the server notices the closed connection (real I/O)
+            if svc.owners.orphans() == [tid]:
+                break
+            await asyncio.sleep(0.01)
+        assert svc.owners.orphans() == [tid]
+        again = await RawClient.connect_unix(sock)
+        try:
+            back = await result(
+                again, "terminal/execute", {"terminalId": tid, "command": 'echo "keep=$KEEP"'}
+            )
+            assert back["output"] == "keep=1\n"
+            await clock.advance(60.0)
+            assert tid in svc.terminals  # adopted: past the grace, still there
+            listed = {t["terminalId"]: t for t in await result(again, "terminal/list")}
+            assert listed[tid]["mine"] is True
+        finally:
+            await again.close()
