@@ -38,6 +38,7 @@ from lapce_bridge.core.metrics import MetricsRegistry
 from lapce_bridge.core.timeouts import TimeoutManager
 from lapce_bridge.resources import Relief, ResourceManager
 from lapce_bridge.rpc import Broadcast, CallContext, Method, Params, method
+from lapce_bridge.schema.checks import checked
 
 log = logging.getLogger("lapce_bridge.app")
 
@@ -209,7 +210,7 @@ class App:
                 continue
             opened = await stack.enter_async_context(service)
             self.services.append(opened)
-            self._methods.update(opened.methods())
+            self._methods.update(checked(opened.methods()))
             self._register_relief(opened)
 
     def _register_relief(self, service: Any) -> None:
