@@ -326,3 +326,26 @@ async def test_a_client_back_after_a_reconnect_keeps_the_terminal_it_uses(tmp_pa
             assert listed[tid]["mine"] is True
         finally:
             await again.close()
+
+
+async def test_a_named_session_gets_its_default_terminal_back(tmp_path: Path) -> None:
+    async with served(tmp_path) as (_, _, sock):
+        workspace = tmp_path / "ws"
+        first = await RawClient.connect_unix(sock)
+        await result(first, "initialize", {"protocolVersion": 1, "session": "editor-1"})
+        before = await result(first, "terminal/execute", {"command": "cd sub; export X=1"})
+        await first.close()
+        stranger = await RawClient.connect_unix(sock)
+        back = await RawClient.connect_unix(sock)
+        try:
+            other = await result(stranger, "terminal/execute", {"command": 'pwd; echo "x=$X"'})
+            assert other["output"] == f"{workspace}\nx=\n"
+            await result(back, "initialize", {"protocolVersion": 1, "session": "editor-1"})
+            again = await result(back, "terminal/execute", {"command": 'pwd; echo "x=$X"'})
+            assert again["terminalId"] == before["terminalId"]
+            assert again["output"] == f"{workspace}/sub\nx=1\n"
+            bad = await error(back, "initialize", {"protocolVersion": 1, "session": 7})
+            assert bad["code"] == -32602
+        finally:
+            await stranger.close()
+            await back.close()
