@@ -83,6 +83,10 @@ def osc_dump(
         code = run(
             source, out, json_lines=json_lines, strip=strip, chunk_size=chunk_size, nonce=nonce
         )
+    except BrokenPipeError:
+        from lapce_bridge.terminal.osc_dump import end_on_closed_stdout
+
+        end_on_closed_stdout()
     except OSError as exc:
         raise click.ClickException(f"cannot read the stream: {exc}") from exc
     sys.exit(code)

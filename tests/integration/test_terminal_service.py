@@ -85,6 +85,9 @@ async def test_execute_on_the_default_terminal(
     ]
     again = await call(svc, "terminal/execute", {"command": "true"}, ctx)  # same connection
     assert again["terminalId"] == result["terminalId"]
+    # Another connection's default terminal is its own, never this one.
+    other = await call(svc, "terminal/execute", {"command": "true"})
+    assert other["terminalId"] != result["terminalId"]
 
 
 async def test_stream_sends_all_output_as_data(service: tuple[TerminalService, list[Any]]) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,24 @@ def test_osc_dump_strip_from_stdin_byte_by_byte() -> None:
         check=True,
     )
     assert proc.stdout == b"$ file.txt\r\n"
+
+
+def test_osc_dump_into_a_pipe_closed_early_ends_quietly(tmp_path: Path) -> None:
+    capture = tmp_path / "capture.bin"
+    capture.write_bytes(STREAM * 20_000)  # far more lines than a pipe buffer holds
+    for args in (["--json"], [], ["--strip"]):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lapce_bridge", "osc-dump", *args, str(capture)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        assert proc.stdout.read(10)  # `| head -c 10`
+        proc.stdout.close()
+        assert proc.wait(60) == -signal.SIGPIPE, args  # as cat ends: the shell shows 141
+        assert proc.stderr.read() == b"", args
+        proc.stderr.close()
 
 
 def test_osc_dump_missing_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ class ThreadRecordingFs(RealFs):
     def __init__(self) -> None:
         self.scandir_threads: list[threading.Thread] = []
 
-    def scandir(self, path: str) -> list[os.DirEntry[str]]:
+    def scandir(self, path: str | int) -> list[os.DirEntry[str]]:
         self.scandir_threads.append(threading.current_thread())
         return RealFs.scandir(path)
 

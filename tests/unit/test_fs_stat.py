@@ -39,12 +39,12 @@ def test_a_second_stat_skips_the_resolve_and_agrees_with_the_first(ws: Path) -> 
     workspace = Workspace(ws)
     first = stat_path(workspace, "src/main.py", ops=fs)
     assert fs.count("lstat") == 1
-    assert fs.count("open") == 0
+    assert fs.count("open") == 1  # the full path opens beneath the root, then fstats
     second = stat_path(workspace, "src/main.py", ops=fs)
     assert first == second == expected(ws / "src" / "main.py", "file")
     assert fs.count("lstat") == 1  # the shortcut: open + fstat + close, no lstat
-    assert fs.outcomes("open") == ["ok"]
-    assert fs.outcomes("close") == ["ok"]
+    assert fs.outcomes("open") == ["ok", "ok"]
+    assert fs.outcomes("close") == ["ok", "ok"]
     assert stat_path(workspace, "src", ops=fs) == expected(ws / "src", "directory")
     assert stat_path(workspace, "src", ops=fs) == expected(ws / "src", "directory")
 
@@ -106,7 +106,7 @@ def test_a_failing_shortcut_falls_back_to_the_full_path(ws: Path, op: str) -> No
     stat_path(workspace, "src/main.py", ops=fs)
     fs.add(Fault(op, errno.EIO))
     assert stat_path(workspace, "src/main.py", ops=fs) == expected(ws / "src" / "main.py", "file")
-    assert fs.outcomes(op) == ["EIO"]
+    assert fs.count(op, "EIO") == 1
     assert fs.count("lstat") == 2  # the full path ran again
     assert fs.count("close") == fs.count("open", "ok")  # no descriptor left open
 
@@ -117,7 +117,7 @@ def test_a_failing_close_of_the_shortcut_is_harmless(ws: Path) -> None:
     stat_path(workspace, "src", ops=fs)
     fs.add(Fault("close", errno.EIO))
     assert stat_path(workspace, "src", ops=fs)["kind"] == "directory"
-    assert fs.outcomes("close") == ["EIO"]
+    assert fs.outcomes("close") == ["ok", "EIO"]  # the first stat's, then the shortcut's
 
 
 def test_a_fifo_is_stat_ed_without_blocking(ws: Path) -> None:

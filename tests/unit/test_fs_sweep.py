@@ -30,10 +30,10 @@ class GatedFs(RealFs):
     def __init__(self, fail: BaseException | None = None) -> None:
         self.gate = threading.Event()
         self.entered = threading.Event()
-        self.listed: list[str] = []
+        self.listed: list[str | int] = []
         self.fail = fail
 
-    def scandir(self, path: str) -> list[os.DirEntry[str]]:
+    def scandir(self, path: str | int) -> list[os.DirEntry[str]]:
         self.listed.append(path)
         self.entered.set()
         if not self.gate.wait(GATE_BOUND):

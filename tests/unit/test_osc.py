@@ -3,6 +3,7 @@ plus Hypothesis properties for the invariants stated in the module docstring."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterable, Sequence
 
@@ -161,7 +162,10 @@ def test_multiline_command_line_escaped_and_raw_newline() -> None:
     raw_newline = osc(b"633;E;echo a\nb;N")
     (first, second) = markers(parse_all_ways(escaped + raw_newline, nonce="N"))
     assert first.command_line == "python -c 'a\nb'"
-    assert second.command_line == "echo a\nb"
+    # A raw newline is a C0 control inside the string: ignored, as xterm.js does, so VS Code
+    # and we read the same command line. Only the escaped form carries a newline.
+    assert second.command_line == "echo ab"
+    assert second.raw == raw_newline
 
 
 @pytest.mark.parametrize(
@@ -339,13 +343,63 @@ def test_huge_osc_overflows_to_text_and_later_marker_survives() -> None:
     assert stripped == [Text(payload + BEL + b"after"), expected[1]]
 
 
-def test_newline_inside_osc_is_payload_but_bounded() -> None:
+def test_newline_inside_osc_is_ignored_and_bounded() -> None:
     seq = osc(b"633;P;Cwd=/a\nb")
     (marker,) = markers(parse_all_ways(seq))
-    assert marker.value == "/a\nb"
+    assert marker.value == "/ab"
+    assert marker.raw == seq
     long_seq = b"\x1b]633;P;Cwd=" + b"line\n" * 10 + BEL
     events = parse_all_ways(long_seq + osc(b"633;A"), max_buffer=32)
     assert events == [Text(long_seq), Marker(633, "A", raw=osc(b"633;A"))]
+
+
+C0_IGNORED = [bytes([b]) for b in range(0x20) if b not in (0x07, 0x18, 0x1A, 0x1B)]
+
+
+@pytest.mark.parametrize("control", C0_IGNORED, ids=[f"0x{c[0]:02x}" for c in C0_IGNORED])
+def test_c0_controls_inside_an_osc_string_are_ignored(control: bytes) -> None:
+    # As DEC's parser and xterm.js: the control neither ends the string nor joins its value.
+    a = b"\x1b]633;A" + control + b"\r\n" + BEL
+    d = b"\x1b]633;D;" + control + b"1" + control + BEL
+    cwd = osc(b"7;file://host/tmp/" + control + b"x")
+    e = osc(b"633;E;l" + control + b"s;N")
+    events = parse_all_ways(b"before" + a + d + cwd + e + b"after", nonce="N")
+    assert texts(events) == b"beforeafter"
+    assert events[1:-1] == [
+        Marker(633, "A", raw=a),
+        Marker(633, "D", exit_code=1, raw=d),
+        Marker(7, "cwd", key="Cwd", value="/tmp/x", raw=cwd),
+        Marker(633, "E", command_line="ls", nonce="N", trusted=True, value="ls", raw=e),
+    ]
+    stripped = parse_all_ways(b"before" + a + d + cwd + e + b"after", strip_ansi=True, nonce="N")
+    assert markers(stripped) == markers(events)
+    assert parse_all_ways(osc(b"633;A" + control)) == [
+        Marker(633, "A", raw=osc(b"633;A" + control))
+    ]
+
+
+def test_c0_controls_inside_other_osc_strings_stay_untouched() -> None:
+    title = osc(b"0;a\r\nb")
+    assert parse_all_ways(b"x" + title + b"y") == [Text(b"x" + title + b"y")]
+    assert parse_all_ways(b"x" + title + b"y", strip_ansi=True) == [Text(b"xy")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    body=st.sampled_from([b"633;A", b"633;D;0", b"633;P;Cwd=/a\\x3bb", b"133;D;2", b"7;/t"]),
+    controls=st.lists(st.tuples(st.integers(0, 40), st.sampled_from(C0_IGNORED)), max_size=6),
+)
+def test_c0_controls_anywhere_in_a_marker_decode_the_same(
+    body: bytes, controls: list[tuple[int, bytes]]
+) -> None:
+    noisy = bytearray(body)
+    for at, control in controls:
+        noisy[min(at, len(noisy)) : min(at, len(noisy))] = control
+    (clean,) = markers(run_chunks([osc(body)])[0])
+    events, stats = run_chunks([osc(bytes(noisy))])
+    (found,) = markers(events)
+    assert found == dataclasses.replace(clean, raw=osc(bytes(noisy)))
+    assert stats.invalid == 0
 
 
 def test_overflow_bound_is_on_sequence_length_not_chunking() -> None:
@@ -428,7 +482,7 @@ def test_strip_markers() -> None:
 PIECES = [
     b"\x1b", b"]", b"633;", b"133;", b"7;", b"A", b"D;0", b"E;ls;N", b"P;Cwd=/a\\x3b", b"\x07",
     b"\x1b\\", b"\x18", b"\x1a", b"[", b"31m", b"\x1bP", b"\x1b_", b"(B", b"\n", b"\xc5\x9d",
-    b"\x9c", b"x", b"0;title", b"\\\\", b"%20", b"file:///t",
+    b"\x9c", b"x", b"0;title", b"\\\\", b"%20", b"file:///t", b"\r", b"\x00", b"\t",
 ]  # fmt: skip
 streams = st.one_of(
     st.lists(st.sampled_from(PIECES), max_size=40).map(b"".join),

@@ -46,7 +46,14 @@ def test_json_lines_one_object_per_marker_nulls_omitted() -> None:
     assert lines == [
         {"osc": 633, "kind": "A"},
         {"osc": 633, "kind": "B"},
-        {"osc": 633, "kind": "E", "nonce": "N", "trusted": False, "value": "echo hi; ls"},
+        {
+            "osc": 633,
+            "kind": "E",
+            "commandLine": "echo hi; ls",  # the agreed key; untrusted without the nonce
+            "nonce": "N",
+            "trusted": False,
+            "value": "echo hi; ls",
+        },
         {"osc": 633, "kind": "C"},
         {"osc": 633, "kind": "D", "exitCode": 0},
         {"osc": 633, "kind": "P", "key": "Cwd", "value": "/tmp/a b"},
@@ -71,7 +78,9 @@ def test_json_with_nonce_marks_command_line_trusted() -> None:
 def test_human_readable_lines_and_summary() -> None:
     lines = dump(json_lines=False).decode().splitlines()
     assert lines[0] == "633 A"
-    assert lines[2] == '633 E nonce="N" trusted=false value="echo hi; ls"'
+    assert lines[2] == (
+        '633 E commandLine="echo hi; ls" nonce="N" trusted=false value="echo hi; ls"'
+    )
     assert lines[4] == "633 D exitCode=0"
     assert lines[5] == '633 P key="Cwd" value="/tmp/a b"'
     assert lines[-1] == (f"# bytes={len(CAPTURE)} markers=8 overflows=0 aborted=0 invalid=1")

@@ -1,87 +1,112 @@
-"""Memory pressure: a real allocation pushes the process past its budget.
+"""Memory pressure inside a real server: its own allocations past its budget.
 
-The resource manager samples this process's RSS through psutil, sees pressure rise, clears
-the cache it was given and throttles new work; when the load ends, pressure must be back under
-30 within 5 s (BENCHMARKS.md). RTO runs from the end of the load to the first sample under 30;
-RPO counts what was lost that should not have been (a throttled request is refused with a
-retryable error, never dropped: here, nothing may be lost at all).
+The server (default policies) first runs commands whose output overflows `maxOutputBytes`,
+so each leaves a spool to be read through `terminal/readOutput`. Its budget is then set a
+little above its resident size, live (`test/memory/budget` of
+`lapce_bridge.testing.server_faults`: the size is known only once the server runs), and it
+allocates real, touched memory past it (`test/memory/allocate`), as a leak or a huge output
+would. Checked item by item: pressure is seen (`health/get`), every request sent under
+pressure is answered (served, or refused with a retryable error: never dropped), quality
+returns to what it was within 5 s of the memory being released (RTO, BENCHMARKS.md; seed
+30 s), and every spool still reads back whole. With `break_recovery` the memory is never released.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
-import statistics
 import time
+from typing import Any
 
 import psutil
 
+from lapce_bridge.chaos.harness import ServerUnderTest, Tally
 from lapce_bridge.chaos.scenario import ChaosContext, ChaosResult
-from lapce_bridge.core.errors import ResourceExhausted
-from lapce_bridge.core.pressure import PressurePolicy
-from lapce_bridge.resources import Relief, ResourceManager, psutil_sampler
+from lapce_bridge.chaos.terminal import execute, new_terminal
+from lapce_bridge.core.errors import BridgeError
+from lapce_bridge.ipc.client import BridgeClient
 
 MiB = 1024 * 1024
 
 
-async def one_round(load_mib: int = 320) -> tuple[float, bool, float]:
-    """Returns (ms until pressure < 30 after the load ends, throttled during load, peak)."""
-    gc.collect()
-    base = psutil.Process().memory_info().rss
-    cache: dict[str, bytearray] = {"warm": bytearray(64 * MiB)}
+async def _health(client: BridgeClient) -> dict[str, Any]:
+    report: dict[str, Any] = await client.request("health/get", timeout=10)
+    return report
 
-    def clear_cache() -> int:
-        freed = sum(map(len, cache.values()))
-        cache.clear()
-        return freed
 
-    mgr = ResourceManager(
-        budget_bytes=base + 256 * MiB,
-        sampler=psutil_sampler(),
-        interval=0.05,
-        policy=PressurePolicy(restore_after=0.5),
-    )
-    mgr.register(Relief("cache", clear_cache=clear_cache))
-    async with mgr:
-        load = bytearray(load_mib * MiB)  # the load: touched, so it is resident
-        load[::4096] = b"x" * len(range(0, len(load), 4096))
-        peak = 0.0
-        throttled = False
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not throttled:
-            await asyncio.sleep(0.05)
-            peak = max(peak, mgr.pressure)
-            try:
-                mgr.admit("terminal/create")
-            except ResourceExhausted:
-                throttled = True
-        del load  # the load ends
-        ended = time.monotonic()
-        # Polls a sampled figure: there is no event to wait on.
-        while mgr.pressure >= 30 and time.monotonic() - ended < 30:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-        return (time.monotonic() - ended) * 1000, throttled, peak
+async def _read_spool(client: BridgeClient, execution: str) -> int:
+    """Bytes of a spool read back to its end through `terminal/readOutput`."""
+    offset, total = 0, 0
+    while True:
+        page = await client.request(
+            "terminal/readOutput", {"executionId": execution, "offset": offset}, timeout=10
+        )
+        data = str(page.get("data", ""))
+        total += len(data.encode())
+        offset = int(page.get("offset", offset + len(data)))
+        if page.get("eof") or not data:
+            return total
 
 
 async def run(ctx: ChaosContext) -> ChaosResult:
-    rounds = ctx.n(5, 1)
-    rtos: list[float] = []
-    throttled_all = True
-    peaks: list[float] = []
-    for _ in range(rounds):
-        rto, throttled, peak = await one_round()
-        rtos.append(rto)
-        peaks.append(peak)
-        throttled_all &= throttled
-    rto = statistics.median(rtos)
-    return ChaosResult(
-        "memory pressure",
+    spools = ctx.n(5, 2)
+    load_mib = 192
+    tally = Tally()
+    rto = float("inf")
+    sut = ServerUnderTest(ctx.workdir, "memory")
+    async with sut as client:
+        tid = await new_terminal(client, "bash", sut.workspace)
+        outputs: dict[str, int] = {}
+        for i in range(spools):
+            answer = await execute(client, tid, f"seq 1 {60_000 + i}")
+            outputs[str(answer["executionId"])] = int(answer["outputBytes"])
+            tally.check(bool(answer.get("truncated")), "output not spooled")
+        before = await _health(client)
+        rss = psutil.Process(sut.pid).memory_info().rss
+        budget = rss + 64 * MiB
+        await client.request("test/memory/budget", {"bytes": budget})
+        await client.request("test/memory/allocate", {"mib": load_mib}, timeout=30)
+        peak = 0.0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and peak < 85:
+            peak = max(peak, float((await _health(client)).get("pressure", 0)))
+            await asyncio.sleep(0.1)
+        tally.check(peak >= 85, "pressure not seen")
+        for i in range(ctx.n(10, 4)):  # under pressure: answered or refused, never dropped
+            try:
+                await execute(client, tid, f"echo under-pressure-{i}")
+                tally.check(True, "answered")
+            except BridgeError as exc:
+                tally.check(
+                    exc.classification.retryable, f"refused, not retryable: {exc.detail[:50]}"
+                )
+            except TimeoutError:
+                tally.check(False, "request dropped under pressure")
+        if not ctx.break_recovery:
+            await client.request("test/memory/release")
+        released = time.monotonic()
+        want = before.get("qualityLevel")
+        deadline = released + (5 if ctx.break_recovery else ctx.n(40, 15))
+        while time.monotonic() < deadline:
+            now = await _health(client)
+            if now.get("qualityLevel") == want and float(now.get("pressure", 100)) < 60:
+                rto = (time.monotonic() - released) * 1000
+                break
+            await asyncio.sleep(0.05)
+        tally.check(rto < 5_000, "quality not restored within 5 s")
+        await client.request("test/memory/release")
+        for execution, size in outputs.items():
+            try:
+                read = await _read_spool(client, execution)
+            except BridgeError:
+                read = -1
+            tally.check(read == size, "spool unreadable")
+    return tally.result(
+        "memory pressure (server's own)",
         rto,
-        0,
-        rounds,
+        1,
         seed_ms=30_000,
         goal_ms=5_000,
-        ok=throttled_all and rto < 5_000,
-        detail="320 MiB load over a 256 MiB budget; RTO = load end to pressure < 30",
-        extra={"peak_pressure": max(peaks), "throttled": float(throttled_all)},
+        detail=f"budget = RSS + 64 MiB, {load_mib} MiB allocated in the server; RTO = release "
+        f"to quality back.",
+        extra={"peak_pressure": peak},
     )

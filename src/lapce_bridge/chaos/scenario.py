@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,9 +14,19 @@ class ChaosContext:
     workdir: Path
     quick: bool = False  # fewer rounds: a smoke test
     shells: tuple[str, ...] = ("bash",)
+    seed: int = 14  # every random choice of a scenario (kill delays, file contents) from it
+    # Tests only: each scenario breaks its own recovery path, to prove it would see the loss.
+    break_recovery: bool = False
 
     def n(self, full: int, quick: int = 1) -> int:
         return quick if self.quick else full
+
+    def patience(self, seconds: float) -> float:
+        """How long to wait for a recovery: shorter where it was broken on purpose."""
+        return min(seconds, 3.0) if self.break_recovery else seconds
+
+    def rng(self, salt: str) -> random.Random:
+        return random.Random(f"{self.seed}:{salt}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +42,7 @@ class ChaosResult:
     ok: bool
     detail: str = ""
     extra: dict[str, float] = field(default_factory=dict)
+    more: list[Row] = field(default_factory=list)  # a scenario's own figures (a success rate)
 
     def rows(self) -> list[Row]:
         return [
@@ -56,4 +68,5 @@ class ChaosResult:
                 goal=0.0,
                 samples=self.rounds,
             ),
+            *self.more,
         ]

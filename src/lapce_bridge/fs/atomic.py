@@ -1,9 +1,12 @@
 """Atomic file replacement, and the sweep of temporary files a crash left behind.
 
-Theory of operation: `write_atomic` never writes into the target. It creates a temporary
-file beside it (same folder, so the rename stays on one file system; `O_EXCL` with a random
-name, hidden by a leading dot and named `.lapce-bridge-<pid>-<random>.tmp`), writes all the
-bytes, gives it the target's mode (a new file gets `0o666 & ~umask`, as `open` would),
+Theory of operation: `write_atomic` never writes into the target. It opens the target's folder
+once (beneath the workspace root in one step, `Workspace.open`, when given one) and makes every
+later call relative to that descriptor, so a folder on the path swapped for a symlink mid-write
+cannot move the temporary file, the rename or the cleanup elsewhere. It creates a temporary
+file beside the target (same folder, so the rename stays on one file system; `O_EXCL` with a
+random name, hidden by a leading dot and named `.lapce-bridge-<pid>-<random>.tmp`), writes all
+the bytes, gives it the target's mode (a new file gets `0o666 & ~umask`, as `open` would),
 fsyncs it, renames it over the target, and fsyncs the folder so the rename itself survives a
 power cut. Because `rename(2)` replaces the name in one step, a reader (or a crash at any
 instant) sees either the whole old content or the whole new content, never a mix.
@@ -34,8 +37,9 @@ import stat as st_mod
 import threading
 import time
 
-from lapce_bridge.core.errors import ConflictError, FileSystemError
+from lapce_bridge.core.errors import ConflictError, FileSystemError, PermissionDenied
 from lapce_bridge.fs.ops import REAL_FS, FsOps
+from lapce_bridge.fs.paths import Workspace
 
 TEMP_PREFIX = ".lapce-bridge-"
 TEMP_SUFFIX = ".tmp"
@@ -92,6 +96,9 @@ def check_expected(target: str, current: os.stat_result | None, expected: int | 
         )
 
 
+FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
 def make_dirs(parent: str, *, ops: FsOps = REAL_FS) -> None:
     """Create `parent` and any missing folders above it (the umask applies)."""
     missing: list[str] = []
@@ -116,6 +123,46 @@ def make_dirs(parent: str, *, ops: FsOps = REAL_FS) -> None:
             pass  # made by someone else meanwhile: what we wanted
 
 
+def make_dirs_beneath(workspace: Workspace, parent: str, *, ops: FsOps = REAL_FS) -> int:
+    """A descriptor of the confined folder `parent`, made (with missing folders above it)
+    one step at a time, each relative to the descriptor of the one above and opened beneath
+    it: a folder swapped for a symlink meanwhile cannot send the rest of the walk outside."""
+    fd = workspace.open(workspace.root, FOLDER_FLAGS, ops=ops)
+    try:
+        rel = workspace.relative(parent)
+        for name in [] if rel == "." else rel.split("/"):
+            try:
+                ops.mkdir(name, 0o777, dir_fd=fd)
+            except FileExistsError:
+                pass  # there already (or made by someone else meanwhile)
+            try:
+                step = ops.open_beneath(fd, name, FOLDER_FLAGS)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                raise PermissionDenied(
+                    f"{rel}: a folder on the way was replaced by a symlink leading outside "
+                    "the workspace while it was being made"
+                ) from exc
+            ops.close(fd)
+            fd = step
+    except BaseException:
+        ops.close(fd)
+        raise
+    return fd
+
+
+def open_folder(parent: str, *, ops: FsOps, workspace: Workspace | None, create: bool) -> int:
+    """A descriptor of the folder a write goes to: beneath the workspace when there is one."""
+    if workspace is None:
+        if create:
+            make_dirs(parent, ops=ops)
+        return ops.open(parent, FOLDER_FLAGS)
+    if create:
+        return make_dirs_beneath(workspace, parent, ops=ops)
+    return workspace.open(parent, FOLDER_FLAGS, ops=ops)
+
+
 def write_atomic(
     target: str,
     data: bytes,
@@ -125,17 +172,49 @@ def write_atomic(
     create_dirs: bool = False,
     durable: bool = True,
     sync_folder: bool | None = None,
+    workspace: Workspace | None = None,
 ) -> os.stat_result:
     """Replace `target` with `data` atomically; returns the new file's stat.
 
     `durable` fsyncs the content before the rename and, unless `sync_folder` says otherwise,
     the folder after it (a caller that retries the folder's sync on its own passes False).
+    Every step after opening the folder (stat, temp file, rename, cleanup, sync) is made
+    relative to its descriptor; with `workspace`, that folder is opened beneath its root.
     """
-    parent = os.path.dirname(target)
-    if create_dirs:
-        make_dirs(parent, ops=ops)
+    parent, name = os.path.split(target)
+    folder = open_folder(parent, ops=ops, workspace=workspace, create=create_dirs)
     try:
-        current: os.stat_result | None = ops.stat(target)
+        return _replace_in(
+            folder,
+            name,
+            target,
+            data,
+            ops=ops,
+            expected_mtime_ns=expected_mtime_ns,
+            durable=durable,
+            sync_folder=durable if sync_folder is None else sync_folder,
+            # Inside a workspace, a symlink swapped in for the target is never followed
+            # (not even to read its mtime); the rename replaces the link itself.
+            follow=workspace is None,
+        )
+    finally:
+        ops.close(folder)
+
+
+def _replace_in(
+    folder: int,
+    name: str,
+    target: str,
+    data: bytes,
+    *,
+    ops: FsOps,
+    expected_mtime_ns: int | None,
+    durable: bool,
+    sync_folder: bool,
+    follow: bool,
+) -> os.stat_result:
+    try:
+        current: os.stat_result | None = ops.stat(name, dir_fd=folder, follow_symlinks=follow)
     except FileNotFoundError:
         current = None
     check_expected(target, current, expected_mtime_ns)
@@ -144,9 +223,10 @@ def write_atomic(
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), target)
         raise FileSystemError(f"{target} is not a regular file; refusing to replace it")
     mode = st_mod.S_IMODE(current.st_mode) if current is not None else 0o666 & ~UMASK
-    tmp = os.path.join(parent, temp_name())
+    tmp = temp_name()
     # 0o600 until the content is complete: a secret file's bytes are never world-readable.
-    fd = ops.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = ops.open(tmp, flags, 0o600, dir_fd=folder)
     renamed = False
     try:
         _write_all(ops, fd, data)
@@ -158,22 +238,22 @@ def write_atomic(
             _chown(ops, fd, current)
         if durable:
             ops.fsync(fd)
-        ops.replace(tmp, target)
+        ops.replace(tmp, name, dir_fd=folder)
         renamed = True
         # fstat of our own descriptor: the rename changed the ctime, and the path may already
         # name someone else's file.
         result = ops.fstat(fd)
     except BaseException:
         if not renamed:
-            discard(tmp, ops=ops)
+            discard(tmp, ops=ops, dir_fd=folder)
         raise
     finally:
         try:
             ops.close(fd)
         except OSError:
             pass  # the data was already fsynced (or the write already failed)
-    if durable if sync_folder is None else sync_folder:
-        fsync_dir(parent, ops=ops)
+    if sync_folder:
+        _fsync_folder(ops, folder)
     return result
 
 
@@ -211,20 +291,25 @@ def _chown(ops: FsOps, fd: int, current: os.stat_result) -> None:
         pass  # only root may give a file away; the file becomes ours, as with any editor
 
 
-def fsync_dir(folder: str, *, ops: FsOps = REAL_FS) -> None:
-    fd = ops.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def fsync_dir(folder: str, *, ops: FsOps = REAL_FS, workspace: Workspace | None = None) -> None:
+    fd = open_folder(folder, ops=ops, workspace=workspace, create=False)
+    try:
+        _fsync_folder(ops, fd)
+    finally:
+        ops.close(fd)
+
+
+def _fsync_folder(ops: FsOps, fd: int) -> None:
     try:
         ops.fsync(fd)
     except OSError as exc:
         if exc.errno != errno.EINVAL:  # file systems that cannot sync a folder say EINVAL
             raise
-    finally:
-        ops.close(fd)
 
 
-def discard(path: str, *, ops: FsOps = REAL_FS) -> None:
+def discard(path: str, *, ops: FsOps = REAL_FS, dir_fd: int | None = None) -> None:
     try:
-        ops.unlink(path)
+        ops.unlink(path, dir_fd=dir_fd)
     except OSError:
         pass  # best effort: the sweep removes what is left
 
@@ -298,6 +383,8 @@ __all__ = [
     "is_stale_temp",
     "is_temp_name",
     "make_dirs",
+    "make_dirs_beneath",
+    "open_folder",
     "sweep_temp_files",
     "temp_name",
     "write_atomic",

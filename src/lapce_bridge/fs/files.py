@@ -265,7 +265,7 @@ class FileStore:
             real,
             ops=self.ops,
             max_bytes=self.max_file_bytes,
-            relative=self.workspace.relative,
+            workspace=self.workspace,
             verify=verify,
         )
 
@@ -296,6 +296,7 @@ class FileStore:
             create_dirs=create_dirs,
             durable=self.durable,
             sync_folder=False,
+            workspace=self.workspace,
         )
         lock = self._lock_for(real)
         try:
@@ -319,7 +320,7 @@ class FileStore:
 
     async def _sync_folder(self, real: str, rel: str) -> None:
         folder = os.path.dirname(real)
-        sync = partial(fsync_dir, folder, ops=self.ops)
+        sync = partial(fsync_dir, folder, ops=self.ops, workspace=self.workspace)
         try:
             await self.retry.run_async(partial(asyncio.to_thread, sync))
         except Exception as exc:
@@ -355,7 +356,6 @@ class FileStore:
         (listed at once, cheaper than the 75-125 us thread hop) from a large one.
         """
         real = self.workspace.resolve(raw)
-        rel = self.workspace.relative(real)
         try:
             size = self.ops.stat(real).st_size
         except OSError:
@@ -363,9 +363,9 @@ class FileStore:
         if size > THREAD_LIST_DIR_BYTES:
             self._n.threaded_lists += 1
             return await asyncio.to_thread(
-                list_resolved, real, rel, ops=self.ops, max_bytes=self.max_list_bytes
+                list_resolved, self.workspace, real, ops=self.ops, max_bytes=self.max_list_bytes
             )
-        return list_resolved(real, rel, ops=self.ops, max_bytes=self.max_list_bytes)
+        return list_resolved(self.workspace, real, ops=self.ops, max_bytes=self.max_list_bytes)
 
     def statistics(self) -> StoreStats:
         n = self._n

@@ -48,6 +48,7 @@ _PERMISSION = frozenset({errno_mod.EACCES, errno_mod.EPERM, errno_mod.EROFS})
 _PROC_FD = "/proc/self/fd/"
 _O_PATH = getattr(os, "O_PATH", 0)
 _VERIFY_FLAGS = _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 FAST_STAT = bool(_O_PATH) and os.path.isdir(_PROC_FD)
 DEFAULT_MAX_LIST_BYTES = 15 * 1024 * 1024  # below the 16 MiB message limit, with room to spare
 
@@ -105,6 +106,15 @@ def _verified_stat(real: str, ops: FsOps) -> os.stat_result | None:
     return None if st_mod.S_ISLNK(st.st_mode) else st
 
 
+def _confined_stat(workspace: Workspace, real: str, ops: FsOps) -> os.stat_result:
+    fd = eintr_safe(partial(workspace.open, real, _O_PATH | os.O_CLOEXEC, ops=ops))
+    try:
+        return ops.fstat(fd)
+    finally:
+        with contextlib.suppress(OSError):  # an O_PATH descriptor holds nothing to flush
+            ops.close(fd)
+
+
 def stat_path(workspace: Workspace, raw: object, *, ops: FsOps = REAL_FS) -> dict[str, Any]:
     """`{size, mtimeNs, kind}` of a path; a symlink (inside) reports its target's figures."""
     if FAST_STAT and type(raw) is str:
@@ -122,8 +132,13 @@ def stat_path(workspace: Workspace, raw: object, *, ops: FsOps = REAL_FS) -> dic
     rel = workspace.relative(real)
     assert isinstance(raw, str)  # resolve() accepted it
     try:
+        # The figures come from what was opened beneath the root (never from a symlink
+        # swapped in since the check); the lstat of the client's path only tells whether it
+        # names a link, whose kind and target are reported alongside.
+        st = _confined_stat(workspace, real, ops)
         link = eintr_safe(partial(ops.lstat, os.path.join(workspace.root, raw)))
-        st = link if not st_mod.S_ISLNK(link.st_mode) else eintr_safe(partial(ops.stat, real))
+        if not st_mod.S_ISLNK(link.st_mode):
+            link = st
     except OSError as exc:
         raise fs_error(exc, "stat", rel) from exc
     kind = kind_of(link.st_mode)
@@ -150,20 +165,37 @@ def list_folder(
 ) -> list[dict[str, Any]]:
     """The folder's entries `{name, kind, size, mtimeNs}` by name, our temp files hidden."""
     real = workspace.resolve(raw)
-    return list_resolved(real, workspace.relative(real), ops=ops, max_bytes=max_bytes)
+    return list_resolved(workspace, real, ops=ops, max_bytes=max_bytes)
 
 
 def list_resolved(
-    real: str, rel: str, *, ops: FsOps = REAL_FS, max_bytes: int = DEFAULT_MAX_LIST_BYTES
+    workspace: Workspace,
+    real: str,
+    *,
+    ops: FsOps = REAL_FS,
+    max_bytes: int = DEFAULT_MAX_LIST_BYTES,
 ) -> list[dict[str, Any]]:
     """`list_folder` of a confined real path; touches no shared state, so a thread may run it.
 
     A listing whose JSON could exceed `max_bytes` is refused with FileTooLarge rather than
     sent as a message the client would have to drop. A name that is not valid UTF-8 comes
-    out escaped (see `for_wire`) and marked `undecodable`.
+    out escaped (see `for_wire`) and marked `undecodable`. The folder is opened beneath
+    the workspace root (`Workspace.open`) and listed through that descriptor.
     """
+    rel = workspace.relative(real)
     try:
-        entries = eintr_safe(partial(ops.scandir, real))
+        fd = eintr_safe(partial(workspace.open, real, _LIST_FLAGS, ops=ops))
+    except OSError as exc:
+        raise fs_error(exc, "list", rel) from exc
+    try:  # the entries are stat'ed relative to the descriptor: it stays open until then
+        return _entries(fd, rel, ops, max_bytes)
+    finally:
+        ops.close(fd)
+
+
+def _entries(fd: int, rel: str, ops: FsOps, max_bytes: int) -> list[dict[str, Any]]:
+    try:
+        entries = eintr_safe(partial(ops.scandir, fd))
     except OSError as exc:
         raise fs_error(exc, "list", rel) from exc
     out: list[dict[str, Any]] = []

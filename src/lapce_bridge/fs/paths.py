@@ -10,21 +10,47 @@ absolute path or through a symlink (a dangling one included: realpath reads the 
 
 Invariants: the returned path is absolute, normalised, free of symlinks on its existing
 prefix, and inside the root; a non-str, empty, or NUL-containing path is `InvalidParams`.
-Confinement is a check made when the request arrives: it guards against what a client asks
-for, not against a local process racing to swap a folder for a symlink between the check and
-the open (that needs `openat2(RESOLVE_BENEATH)`, which Python does not offer).
+
+That check alone guards against what a client asks for, not against a local process
+swapping a folder for a symlink between the check and the open. So nothing is opened by
+the checked path: `Workspace.open` opens it relative to a descriptor of the root held since
+start-up, beneath it in one step (`fs.beneath`: `openat2(RESOLVE_BENEATH |
+RESOLVE_NO_MAGICLINKS)`, or a walk that follows no symlink). When that refuses (EXDEV: the
+path changed since it was checked), the path is resolved and checked afresh: refused with
+`PermissionDenied` if it now leads outside, opened beneath the root again if not.
+Writes, listings and stats work through descriptors obtained this way, so what they touch
+is beneath the root at the moment they touch it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 from pathlib import Path
 
-from lapce_bridge.core.errors import InvalidParams, PermissionDenied
+from lapce_bridge.core.errors import FileSystemError, InvalidParams, PermissionDenied
+from lapce_bridge.fs.ops import REAL_FS, FsOps
+
+OPEN_ATTEMPTS = 8  # re-resolutions of a path that keeps changing before giving up
+
+
+def _realpath(path: str) -> str:
+    """`os.path.realpath`, which raises when a link it saw vanishes before it reads it (a
+    path being swapped): tried again, then a retryable error rather than a crash."""
+    for _ in range(OPEN_ATTEMPTS):
+        try:
+            return os.path.realpath(path)
+        except OSError:
+            continue
+    raise FileSystemError(
+        f"{path} kept changing while it was resolved (symlinks swapped along it); try again",
+        retryable=True,
+    )
 
 
 class Workspace:
-    __slots__ = ("_memo", "_prefix", "memo_limit", "root")
+    __slots__ = ("_memo", "_prefix", "memo_limit", "root", "root_fd")
 
     def __init__(self, root: Path | str, *, memo_limit: int = 4096) -> None:
         real = os.path.realpath(root)
@@ -34,6 +60,43 @@ class Workspace:
         self._prefix = real if real.endswith(os.sep) else real + os.sep
         self._memo: dict[str, str] = {}
         self.memo_limit = memo_limit
+        # Held for the workspace's life: everything is opened beneath this very folder,
+        # even if its path is later made to point elsewhere.
+        self.root_fd = os.open(real, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        fd, self.root_fd = getattr(self, "root_fd", -1), -1  # -1 if __init__ refused the root
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
+
+    def open(self, real: str, flags: int, mode: int = 0o777, *, ops: FsOps = REAL_FS) -> int:
+        """A descriptor of the confined path `real`, opened beneath the root in one step.
+
+        Raises `PermissionDenied` if the path now leads outside, what the OS raised otherwise.
+        """
+        for _ in range(OPEN_ATTEMPTS):
+            try:
+                return ops.open_beneath(self.root_fd, self.relative(real), flags, mode)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+            real = self._confined(_realpath(real), self.relative(real))
+        raise FileSystemError(
+            f"{self.relative(real)} kept changing while it was opened (symlinks swapped "
+            "along it); try again",
+            retryable=True,
+        )
+
+    def _confined(self, real: str, raw: str, what: str = "path") -> str:
+        if real != self.root and not real.startswith(self._prefix):
+            raise PermissionDenied(
+                f"{what} {raw!r} resolves to {real!r}, outside the workspace {self.root!r}"
+            )
+        return real
 
     def contains(self, real: str) -> bool:
         return real == self.root or real.startswith(self._prefix)
@@ -47,11 +110,7 @@ class Workspace:
         if "\0" in raw:
             raise InvalidParams(f"{what} must not contain NUL bytes")
         joined = os.path.join(self.root, raw)
-        real = os.path.realpath(joined)
-        if real != self.root and not real.startswith(self._prefix):
-            raise PermissionDenied(
-                f"{what} {raw!r} resolves to {real!r}, outside the workspace {self.root!r}"
-            )
+        real = self._confined(_realpath(joined), raw, what)
         if real == os.path.normpath(joined) and ".." not in raw.split(os.sep):
             memo = self._memo
             if len(memo) >= self.memo_limit:

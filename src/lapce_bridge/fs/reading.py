@@ -1,12 +1,14 @@
 """Reading one file whole, in one attempt: the step `FileStore` retries.
 
-Theory of operation: the file is opened without following a FIFO into a block
-(`O_NONBLOCK`), `fstat`ed through the descriptor (so the checks apply to what was opened,
-not to whatever the path names a moment later), refused unless it is a regular file within
-the size limit, and read to its end: the first `read` asks for one byte more than `fstat`
-promised, so a file of the promised size ends in one call and growth shows at once. A file
-that ends before the promised size shrank mid-read: a retryable FileSystemError (the caller
-reads it again). A file that grows past the limit while read is refused as too large.
+Theory of operation: the file is opened beneath the workspace root in one step
+(`Workspace.open`: a symlink swapped in along the path cannot lead the open outside), without
+following a FIFO into a block (`O_NONBLOCK`), `fstat`ed through the descriptor (so the checks
+apply to what was opened, not to whatever the path names a moment later), refused unless it is
+a regular file within the size limit, and read to its end: the first `read` asks for one byte
+more than `fstat` promised, so a file of the promised size ends in one call and growth shows at
+once. A file that ends before the promised size shrank mid-read: a retryable FileSystemError
+(the caller reads it again). A file that grows past the limit while read is refused as too
+large.
 
 With `verify`, the path came from the workspace's memo of plain paths, and /proc/self/fd
 tells what was really opened: if it is not that path (a symlink was swapped in along it),
@@ -24,6 +26,7 @@ from lapce_bridge.core.errors import FileSystemError, FileTooLarge
 from lapce_bridge.fs.cache import Identity, identity_of
 from lapce_bridge.fs.listing import kind_of
 from lapce_bridge.fs.ops import FsOps
+from lapce_bridge.fs.paths import Workspace
 
 READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY  # a FIFO must not block
 CHUNK = 1024 * 1024
@@ -40,14 +43,13 @@ def read_file(
     *,
     ops: FsOps,
     max_bytes: int,
-    relative: Callable[[str], str],
+    workspace: Workspace,
     verify: bool = False,
 ) -> tuple[bytes, Identity]:
-    """The content and identity of `real`; raises what the OS raised, or the tree's errors.
-
-    `relative` names the file in messages (workspace-relative).
-    """
-    fd = ops.open(real, READ_FLAGS)
+    """The content and identity of `real` (confined to `workspace`); raises what the OS
+    raised, or the tree's errors."""
+    relative = workspace.relative
+    fd = workspace.open(real, READ_FLAGS, ops=ops)
     try:
         if verify and os.readlink(f"{PROC_FD}{fd}") != real:
             raise Relocated(real)

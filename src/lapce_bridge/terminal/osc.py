@@ -18,9 +18,12 @@ UTF-8 continuation bytes far more often than C1 controls) is ground text. A stri
 * when it reaches ``max_buffer`` bytes undecided -> overflow: the introducer is demoted to text
                                                    and parsing resumes right after it.
 
-A complete OSC 633/133/7 becomes a Marker; one that does not decode (unknown kind, bad URL) is
-removed and counted as invalid. Other OSCs (titles, hyperlinks) stay in the Text untouched, or
-are removed with ``strip_ansi``. ``flush()`` demotes a pending string the way overflow does.
+C0 controls other than those stop bytes (CR, LF, TAB, ...) are ignored inside a string, as in
+DEC's parser and xterm.js: they do not end it and are not part of its value (``Marker.raw``
+keeps them). A complete OSC 633/133/7 becomes a Marker; one that does not decode (unknown
+kind, bad URL) is removed and counted as invalid. Other OSCs (titles, hyperlinks) stay in the
+Text untouched, or are removed with ``strip_ansi``. ``flush()`` demotes a pending string the
+way overflow does.
 
 Dropping aborted strings is what a VT terminal does (it displays nothing for them), so no byte a
 terminal would have displayed is lost. The overflow point depends only on the sequence's length,
@@ -104,6 +107,7 @@ _ESCAPE = re.compile(
 )
 # A tail that _ESCAPE could still match differently once more bytes arrive.
 _ESCAPE_PREFIX = re.compile(rb"\x1b(?:\[[\x30-\x3f]{0,256}[\x20-\x2f]{0,16}|[\x20-\x2f]{0,16})")
+_OSC_IGNORED = bytes(b for b in range(0x20) if b not in (0x07, 0x18, 0x1A, 0x1B))
 _VALUE_ESCAPE = re.compile(rb"\\(?:\\|x([0-9a-fA-F]{2}))")
 _INT = re.compile(rb"-?[0-9]{1,18}")
 
@@ -311,7 +315,10 @@ class OscParser:
             raw = data[i:end]
             marker = cache.get(raw)
             if marker is None:
-                payload = data[i + 2 : d]
+                # Inside the string, C0 controls other than BEL/CAN/SUB/ESC (the stop bytes)
+                # are ignored, as DEC's parser and xterm.js do: a CR/LF a shell's line
+                # wrapping put inside `ESC ] 633;A ... BEL` must not cost the marker.
+                payload = data[i + 2 : d].translate(None, _OSC_IGNORED)
                 semi = payload.find(b";")
                 number = payload if semi < 0 else payload[:semi]
                 if number != b"633" and number != b"133" and number != b"7":

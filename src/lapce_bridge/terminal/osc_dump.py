@@ -6,8 +6,9 @@ Output modes (``strip`` wins over ``json_lines``):
   ``# ...`` summary line with the parser statistics;
 * ``json_lines``: one JSON object per marker, ``{"osc": 633, "kind": "D", "exitCode": 0}``. Fields
   that are null are omitted, so every key present carries information; ``trusted`` appears only
-  on markers that carry a nonce. ``commandLine`` is the *trusted* command line (set only when
-  ``nonce`` matches); ``value`` of an ``E`` marker is the command line as sent;
+  on markers that carry a nonce. An ``E`` marker's command line is under ``commandLine`` (the
+  agreed key) and, as before, ``value``; ``trusted`` says whether its nonce matched ``nonce``
+  (without it, the line is only what the stream claims);
 * ``strip``: the input with shell-integration sequences removed, written as bytes.
 
 The stream is fed in ``chunk_size`` pieces, so a capture can be replayed exactly as the terminal
@@ -16,15 +17,19 @@ read it (``--chunk-size 1`` exercises every split point).
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import signal
+import sys
 from collections.abc import Callable
-from typing import BinaryIO, TextIO, cast
+from typing import BinaryIO, NoReturn, TextIO, cast
 
 import orjson
 
 from lapce_bridge.terminal.osc import Marker, OscParser, ParserStats, Text
 
-__all__ = ["marker_to_dict", "run"]
+__all__ = ["end_on_closed_stdout", "marker_to_dict", "run"]
 
 
 def marker_to_dict(marker: Marker) -> dict[str, object]:
@@ -32,8 +37,11 @@ def marker_to_dict(marker: Marker) -> dict[str, object]:
     out: dict[str, object] = {"osc": marker.osc, "kind": marker.kind}
     if marker.exit_code is not None:
         out["exitCode"] = marker.exit_code
-    if marker.command_line is not None:
-        out["commandLine"] = marker.command_line
+    command_line = marker.command_line
+    if command_line is None and marker.osc == 633 and marker.kind == "E":
+        command_line = marker.value  # as sent; `trusted` says whether the nonce vouched for it
+    if command_line is not None:
+        out["commandLine"] = command_line
     if marker.nonce is not None:
         out["nonce"] = marker.nonce
         out["trusted"] = marker.trusted
@@ -111,3 +119,13 @@ def run(
         write(_summary(parser.statistics()).encode() + b"\n")
     out.flush()
     return 0
+
+
+def end_on_closed_stdout() -> NoReturn:
+    """Whoever read our output has gone (`osc-dump ... | head`): end as `cat` would, by
+    SIGPIPE, silently. Output still buffered would fail again at exit, so stdout goes nowhere."""
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+    sys.exit(128 + signal.SIGPIPE)  # only where SIGPIPE does not end a process

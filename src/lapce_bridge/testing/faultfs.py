@@ -136,20 +136,43 @@ class FaultyFs:
         with self._lock:
             return self._fd_paths.get(fd)
 
+    def _at(self, path: str, dir_fd: int | None) -> str:
+        """The path a call relative to `dir_fd` names, for matching and the record."""
+        if dir_fd is None:
+            return path
+        base = self._fd_path(dir_fd)
+        if base is None:
+            try:
+                base = os.readlink(f"/proc/self/fd/{dir_fd}")
+            except OSError:
+                base = f"<fd {dir_fd}>"
+        return os.path.normpath(os.path.join(base, path))
+
     # -- FsOps ------------------------------------------------------------------------------
-    def stat(self, path: str) -> os.stat_result:
-        self._call("stat", path)
-        return self.real.stat(path)
+    def stat(
+        self, path: str, *, dir_fd: int | None = None, follow_symlinks: bool = True
+    ) -> os.stat_result:
+        self._call("stat", self._at(path, dir_fd))
+        return self.real.stat(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
 
     def lstat(self, path: str) -> os.stat_result:
         self._call("lstat", path)
         return self.real.lstat(path)
 
-    def open(self, path: str, flags: int, mode: int = 0o777) -> int:
-        self._call("open", path)
-        fd = self.real.open(path, flags, mode)
+    def open(self, path: str, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        where = self._at(path, dir_fd)
+        self._call("open", where)
+        fd = self.real.open(path, flags, mode, dir_fd=dir_fd)
         with self._lock:
-            self._fd_paths[fd] = path
+            self._fd_paths[fd] = where
+        return fd
+
+    def open_beneath(self, dir_fd: int, rel: str, flags: int, mode: int = 0o777) -> int:
+        where = self._at(rel, dir_fd)
+        self._call("open", where)
+        fd = self.real.open_beneath(dir_fd, rel, flags, mode)
+        with self._lock:
+            self._fd_paths[fd] = where
         return fd
 
     def fstat(self, fd: int) -> os.stat_result:
@@ -203,20 +226,20 @@ class FaultyFs:
         finally:
             self.real.close(fd)
 
-    def replace(self, src: str, dst: str) -> None:
-        self._call("replace", dst)
-        self.real.replace(src, dst)
+    def replace(self, src: str, dst: str, *, dir_fd: int | None = None) -> None:
+        self._call("replace", self._at(dst, dir_fd))
+        self.real.replace(src, dst, dir_fd=dir_fd)
 
-    def unlink(self, path: str) -> None:
-        self._call("unlink", path)
-        self.real.unlink(path)
+    def unlink(self, path: str, *, dir_fd: int | None = None) -> None:
+        self._call("unlink", self._at(path, dir_fd))
+        self.real.unlink(path, dir_fd=dir_fd)
 
-    def mkdir(self, path: str, mode: int = 0o777) -> None:
-        self._call("mkdir", path)
-        self.real.mkdir(path, mode)
+    def mkdir(self, path: str, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+        self._call("mkdir", self._at(path, dir_fd))
+        self.real.mkdir(path, mode, dir_fd=dir_fd)
 
-    def scandir(self, path: str) -> list[os.DirEntry[str]]:
-        self._call("scandir", path)
+    def scandir(self, path: str | int) -> list[os.DirEntry[str]]:
+        self._call("scandir", self._fd_path(path) if isinstance(path, int) else path)
         return self.real.scandir(path)
 
 

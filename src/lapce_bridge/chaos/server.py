@@ -1,0 +1,191 @@
+"""Server killed with work in flight: terminals, a running command, a stream, a watch, a queue.
+
+One real server, driven by `BridgeClient.spawn` (its supervisor restarts the server, its
+outbox resends what was queued). Before the kill: a terminal with a cwd and an exported
+variable, a command running (`sleep 2; echo done`, sent with an idempotency key), output
+streaming from `yes` (`stream: true`), and a watch on a folder. Then SIGKILL, and during the
+outage requests are queued: pings and file writes. Each item is counted on its own:
+
+- every queued request answered, and each written file whole on disk;
+- the running command's real result (`done`, exit code 0);
+- the stream's every byte (the `terminal/data` bytes and `outputBytes` equal to what `head`
+  sent);
+- each terminal listed again under its id, and the first keeping its cwd and env;
+- the watch reporting a file created after the restart.
+
+RTO runs from the kill to the first queued ping answered by the new server (BENCHMARKS.md:
+goal 200 ms, seed 5 s). With `break_recovery` the client's supervisor may not restart the
+server (one death is a crash loop), so everything sent during the outage is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from lapce_bridge.chaos.harness import ServerUnderTest, Tally
+from lapce_bridge.chaos.scenario import ChaosContext, ChaosResult
+from lapce_bridge.chaos.terminal import execute, new_terminal
+from lapce_bridge.core.errors import BridgeError
+
+
+async def one_round(ctx: ChaosContext, i: int, tally: Tally) -> float:
+    rng = ctx.rng(f"server-restart:{i}")
+    stream_bytes = ctx.n(20_000_000, 2_000_000)
+    queued = ctx.n(50, 10)
+    sut = ServerUnderTest(ctx.workdir, f"restart-{i}", max_crashes=1 if ctx.break_recovery else 5)
+    async with sut as client:
+        ws = sut.workspace
+        sub = (ws / "sub").resolve()
+        sub.mkdir()
+        (ws / "watched").mkdir()
+        value = f"v{rng.randrange(10**9)}"
+        t1 = await new_terminal(client, "bash", ws)
+        await execute(client, t1, f"cd {sub}; export CHAOS_KEEP={value}")
+        t2 = await new_terminal(client, "bash", ws)
+        t3 = await new_terminal(client, "bash", ws)
+        streamed: dict[str, int] = defaultdict(int)
+        client.on_notification(
+            "terminal/data",
+            lambda p: streamed.__setitem__(
+                p["executionId"], streamed[p["executionId"]] + len(p["data"].encode())
+            ),
+        )
+        events: list[str] = []
+        client.on_notification(
+            "fs/didChange", lambda p: events.extend(c["path"] for c in p.get("changes", []))
+        )
+        await client.request("fs/watch", {"paths": ["watched"]})
+        running = asyncio.ensure_future(
+            client.send_with_recovery(
+                "terminal/execute",
+                {"terminalId": t2, "command": "sleep 2; echo done", "timeoutMs": 30_000},
+            )
+        )
+        stream = asyncio.ensure_future(
+            client.send_with_recovery(
+                "terminal/execute",
+                {
+                    "terminalId": t3,
+                    "command": f"yes 0123456789abcdef | head -c {stream_bytes}",
+                    "stream": True,
+                    "maxOutputBytes": 4096,
+                    "timeoutMs": 60_000,
+                },
+            )
+        )
+        await asyncio.sleep(rng.uniform(0.3, 0.6))
+        killed = time.monotonic()
+        os.kill(sut.pid, signal.SIGKILL)
+        contents = {f"q/{n}.txt": f"queued {n} {rng.random()}\n" for n in range(queued)}
+        pings = [asyncio.ensure_future(client.send_with_recovery("ping")) for _ in range(queued)]
+        writes = [
+            asyncio.ensure_future(
+                client.send_with_recovery(
+                    "fs/write", {"path": path, "content": text, "createDirs": True}
+                )
+            )
+            for path, text in contents.items()
+        ]
+        outage = 5.0 if ctx.break_recovery else 30.0
+        rto = float("inf")
+        try:
+            await asyncio.wait_for(asyncio.shield(pings[0]), outage)
+            rto = (time.monotonic() - killed) * 1000
+        except (BridgeError, TimeoutError):
+            pass
+        for kind, futures in (("queued ping", pings), ("queued write", writes)):
+            for outcome in await _settle(futures, outage):
+                tally.check(not isinstance(outcome, BaseException), f"{kind} not answered")
+        for path, text in contents.items():
+            on_disk = ws / path
+            tally.check(
+                on_disk.exists() and on_disk.read_text() == text, "queued write not on disk"
+            )
+        (result,) = await _settle([running], outage)
+        tally.check(
+            isinstance(result, dict) and result.get("output") == "done\n", "running command lost"
+        )
+        tally.check(
+            isinstance(result, dict) and result.get("exitCode") == 0, "running command's exit code"
+        )
+        (streamed_result,) = await _settle([stream], 60)
+        execution = streamed_result.get("executionId") if isinstance(streamed_result, dict) else ""
+        tally.check(
+            isinstance(streamed_result, dict)
+            and streamed_result.get("outputBytes") == stream_bytes,
+            "streamed command's output lost",
+        )
+        tally.check(streamed.get(str(execution), 0) == stream_bytes, "streamed bytes lost")
+        await _after_restart(client, sut.workspace, (t1, t2, t3), sub, value, events, tally)
+    return rto
+
+
+async def _after_restart(
+    client: Any,
+    ws: Any,
+    terminals: tuple[str, ...],
+    sub: Any,
+    value: str,
+    events: list[str],
+    tally: Tally,
+) -> None:
+    try:
+        listed = {t["terminalId"] for t in await client.request("terminal/list", timeout=10)}
+    except (BridgeError, TimeoutError):
+        listed = set()
+    for tid in terminals:
+        tally.check(tid in listed, "terminal gone")
+    try:
+        answer = await execute(client, terminals[0], 'echo "$CHAOS_KEEP"; pwd')
+    except (BridgeError, TimeoutError):
+        answer = {}
+    lines = str(answer.get("output", "")).splitlines()
+    tally.check(lines[:1] == [value], "terminal's env lost")
+    tally.check(lines[1:2] == [str(sub)], "terminal's cwd lost")
+    events.clear()
+    (ws / "watched" / "after-restart.txt").write_text("x")
+    deadline = time.monotonic() + 5
+    # Polls what the notification handler appended; bounded by the deadline.
+    while time.monotonic() < deadline and not any("after-restart" in p for p in events):  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    tally.check(any("after-restart" in p for p in events), "watch lost")
+
+
+async def _settle(futures: Sequence[asyncio.Future[Any]], within: float) -> list[Any]:
+    """Each future's result or exception; those still pending after `within` are cancelled."""
+    _, pending = await asyncio.wait(futures, timeout=within) if futures else (set(), set())
+    for future in pending:
+        future.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    out: list[Any] = []
+    for future in futures:
+        if future in pending or future.cancelled():
+            out.append(TimeoutError("not answered"))
+        elif future.exception() is not None:
+            out.append(future.exception())
+        else:
+            out.append(future.result())
+    return out
+
+
+async def run(ctx: ChaosContext) -> ChaosResult:
+    rounds = ctx.n(3, 1)
+    tally = Tally()
+    rtos = [await one_round(ctx, i, tally) for i in range(rounds)]
+    finite = sorted(r for r in rtos if r != float("inf"))
+    rto = finite[len(finite) // 2] if len(finite) == len(rtos) else float("inf")
+    return tally.result(
+        "server killed and restarted",
+        rto,
+        rounds,
+        seed_ms=5_000,
+        goal_ms=200,
+        detail="SIGKILL with terminals, a running command, a stream, a watch and queued "
+        "requests; RTO = kill to the first queued ping answered.",
+    )

@@ -1,0 +1,108 @@
+"""Each chaos scenario against a real server: it counts what it checks, and sees a loss.
+
+Quick forms, bash only. Every scenario runs once more with its recovery broken
+(`break_recovery`: the terminal closed under the kill, the fault never clearing, the server
+stopped or not restarted, the memory never released) and must then report the loss and miss
+its goal; the normal runs assert what works on this build and that the counts add up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lapce_bridge.chaos import clients, fs, memory, scale, server, terminal
+from lapce_bridge.chaos.scenario import ChaosContext, ChaosResult
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def ctx(tmp_path: Path, broken: bool = False) -> ChaosContext:
+    return ChaosContext(tmp_path, quick=True, shells=("bash",), break_recovery=broken)
+
+
+def assert_sees_loss(result: ChaosResult, at_least: int) -> None:
+    assert result.lost >= at_least, result
+    assert not result.ok
+    lost_row = result.rows()[1]
+    assert lost_row.value == result.lost
+    assert lost_row.verdict() == "miss"
+
+
+async def test_shell_killed_counts_state_and_sees_a_closed_terminal(tmp_path: Path) -> None:
+    (ok,) = await terminal.run_shell_killed(ctx(tmp_path))
+    assert ok.extra["items"] >= 2 * 2 * 5  # two rounds, two kills, env/cwd/answer/exit each
+    assert ok.rto_ms < 10_000
+    assert "variable lost" not in ok.detail  # cwd and env come back after a kill
+    assert "directory lost" not in ok.detail
+    (broken,) = await terminal.run_shell_killed(ctx(tmp_path, broken=True))
+    assert_sees_loss(broken, 2)
+    assert "terminal not answering" in broken.detail or "variable lost" in broken.detail
+
+
+async def test_user_exits_and_broken_integration_are_counted(tmp_path: Path) -> None:
+    (exits,) = await terminal.run_user_exits(ctx(tmp_path))
+    assert exits.extra["items"] == 3 * 5
+    assert exits.rto_ms < 10_000  # every next command answered
+    (broken,) = await terminal.run_user_exits(ctx(tmp_path, broken=True))
+    assert_sees_loss(broken, 3)
+    (integ,) = await terminal.run_integration_broken(ctx(tmp_path, broken=True))
+    assert_sees_loss(integ, 3 * 2)  # output and exit code of each command after the break
+
+
+async def test_server_restart_delivers_the_queue_and_counts_what_it_lost(tmp_path: Path) -> None:
+    result = await server.run(ctx(tmp_path))
+    queued = 10
+    assert result.extra["items"] == 3 * queued + 4 + 3 + 3  # queue, command, stream, state
+    # Every queued request answered, every file whole:
+    assert "not answered" not in result.detail
+    assert "not on disk" not in result.detail
+    assert result.rto_ms < 5_000
+    broken = await server.run(ctx(tmp_path, broken=True))
+    assert_sees_loss(broken, 2 * queued)
+    assert "queued ping not answered" in broken.detail
+
+
+async def test_file_system_faults_recover_and_a_broken_recovery_is_seen(tmp_path: Path) -> None:
+    transient = await fs.run_transient(ctx(tmp_path))
+    assert transient.ok, transient
+    assert 100 <= transient.rto_ms < 1_000  # two backoff sleeps happened, within the schedule
+    assert_sees_loss(await fs.run_transient(ctx(tmp_path, broken=True)), 2)
+    permanent = await fs.run_permanent(ctx(tmp_path))
+    assert permanent.ok, permanent
+    assert_sees_loss(await fs.run_permanent(ctx(tmp_path, broken=True)), 2)
+    broken_watch = await fs.run_watched_folder(ctx(tmp_path, broken=True))
+    assert_sees_loss(broken_watch, 2)
+    assert broken_watch.rto_ms == float("inf")
+
+
+async def test_memory_pressure_sees_pressure_and_a_load_never_released(tmp_path: Path) -> None:
+    result = await memory.run(ctx(tmp_path, broken=True))
+    assert result.extra["peak_pressure"] >= 85  # the server's own allocation was seen
+    assert_sees_loss(result, 1)
+    assert "quality not restored" in result.detail
+    assert result.rto_ms == float("inf")
+
+
+async def test_misbehaving_clients_are_survived_and_a_stopped_server_is_seen(
+    tmp_path: Path,
+) -> None:
+    severed = await clients.run_severed(ctx(tmp_path))
+    assert severed.ok, severed
+    assert_sees_loss(await clients.run_severed(ctx(tmp_path, broken=True)), 2)
+    many = await clients.run_many_clients(ctx(tmp_path))
+    assert many.ok, many
+    assert many.extra["items"] == 100
+    assert_sees_loss(await clients.run_many_clients(ctx(tmp_path, broken=True)), 100)
+    stalled = await clients.run_stalled_reader(ctx(tmp_path))
+    assert stalled.ok, stalled
+
+
+async def test_terminals_under_load_count_each_failure(tmp_path: Path) -> None:
+    result = await scale.run(ctx(tmp_path))
+    assert result.rows()[2].value == 100.0 * (10 - result.lost) / 10
+    assert result.ok == (result.lost == 0)  # 10 terminals: one failure is already under 95 %
+    broken = await scale.run(ctx(tmp_path, broken=True))
+    assert_sees_loss(broken, 10)
+    assert broken.rows()[2].value == 0.0
