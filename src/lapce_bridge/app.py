@@ -42,6 +42,7 @@ from lapce_bridge.fs.service import FileService
 from lapce_bridge.fs.service import default_retry as fs_default_retry
 from lapce_bridge.resources import Relief, ResourceManager
 from lapce_bridge.rpc import Broadcast, CallContext, Method, Params, method
+from lapce_bridge.schema.checks import checked
 from lapce_bridge.terminal.service import TerminalService
 
 log = logging.getLogger("lapce_bridge.app")
@@ -217,7 +218,7 @@ class App:
         for service in (self._terminal_service(), self._file_service()):
             opened: Service = await stack.enter_async_context(service)
             self.services.append(opened)
-            self._methods.update(opened.methods())
+            self._methods.update(checked(opened.methods()))
             if self.resources is not None:
                 # What the resource manager may shrink under memory pressure.
                 self.resources.register(opened.relief())

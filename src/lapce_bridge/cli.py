@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "bench": "lapce_bridge.bench.runner:bench",
     "chaos": "lapce_bridge.chaos.runner:chaos",
     "mcp": "lapce_bridge.mcp.cmd:mcp_command",
+    "schema": "lapce_bridge.schema.document:schema_command",
 }
 
 HELP: dict[str, str] = {
@@ -34,6 +35,7 @@ HELP: dict[str, str] = {
     "bench": "Measure the figures of BENCHMARKS.md on this machine.",
     "chaos": "Inject faults and measure recovery (RTO, RPO).",
     "mcp": "Run the MCP server (stdio, or Streamable HTTP with --http).",
+    "schema": "Print the OpenRPC document of the protocol (every method's params and result).",
 }
 
 

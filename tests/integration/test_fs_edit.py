@@ -160,14 +160,15 @@ async def test_malformed_params_are_refused_naming_the_parameter(tmp_path: Path)
             ({"path": "src/main.py", "edits": one("a", "b"), "dryrun": True},
              "fs/edit: unknown parameter 'dryrun'"),
             ({"edits": one("a", "b")}, "fs/edit: missing parameter 'path'"),
-            ({"path": "src/main.py", "edits": []}, "fs/edit: edits must be an array"),
-            ({"path": "src/main.py", "edits": one("", "b")}, "fs/edit: edits[0].oldText"),
+            ({"path": "src/main.py", "edits": []}, "fs/edit: parameter 'edits' must be an array"),
+            ({"path": "src/main.py", "edits": one("", "b")},
+             "fs/edit: parameter 'edits[0].oldText'"),
             ({"path": "src/main.py", "edits": one("a", "b", count=0)},
-             "fs/edit: edits[0].count must be an integer >= 1"),
+             "fs/edit: parameter 'edits[0].count' must be an integer >= 1"),
             ({"path": "src/main.py", "edits": [{"oldText": "a", "newtext": "b"}]},
              "fs/edit: unknown parameter 'edits[0].newtext'"),
             ({"path": "src/main.py", "edits": one("a", "b"), "dryRun": "yes"},
-             "fs/edit: dryRun must be a boolean, got a string"),
+             "fs/edit: parameter 'dryRun' must be a boolean, got a string"),
         ]  # fmt: skip
         for params, message in cases:
             err = (await c.request("fs/edit", params))["error"]

@@ -206,5 +206,5 @@ async def test_tree_is_depth_limited_with_sizes_and_kinds(tmp_path: Path) -> Non
         assert bad["code"] == -32602
         assert "not a folder" in bad["message"]
         deep_err = (await c.request("fs/tree", {"depth": 0}))["error"]
-        assert deep_err["message"] == "fs/tree: depth must be an integer >= 1"
+        assert deep_err["message"] == "fs/tree: parameter 'depth' must be an integer >= 1"
         await c.close()

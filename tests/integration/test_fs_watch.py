@@ -249,6 +249,31 @@ async def test_too_many_watches(root: Path, clock: FakeClock) -> None:
             await recovery.watch([str(root)], sink=Collector())
 
 
+async def test_a_root_replaced_by_a_symlink_out_is_not_rewatched(
+    root: Path, clock: FakeClock, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    backend = fast_backend()
+    recovery = WatcherRecovery(
+        relative=Workspace(root).relative, clock=clock, backend=backend, health_interval=INTERVAL
+    )
+    async with recovery:
+        watch_id = await recovery.watch([str(root / "sub")], sink=Collector())
+        assert recovery.info(watch_id).running
+        started = len(backend.starts)
+        shutil.rmtree(root / "sub")
+        (root / "sub").symlink_to(outside)  # the watched folder now leads outside
+        await recovery.check()
+        assert not recovery.info(watch_id).running  # counted as removed, not followed out
+        assert len(backend.starts) == started
+        (root / "sub").unlink()
+        (root / "sub").mkdir()  # a real folder again: watched again
+        await recovery.check()
+        assert recovery.info(watch_id).running
+        assert len(backend.starts) == started + 1
+
+
 def test_watch_limit_recognition() -> None:
     assert is_watch_limit(OSError(errno.ENOSPC, "No space left on device"))
     assert is_watch_limit(OSError("OS file watch limit reached. about [...]"))

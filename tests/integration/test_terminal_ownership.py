@@ -301,3 +301,51 @@ async def test_every_size_a_client_asks_for_has_a_ceiling(tmp_path: Path) -> Non
             assert fits["output"] == "ok\n"
         finally:
             await client.close()
+
+
+async def test_a_client_back_after_a_reconnect_keeps_the_terminal_it_uses(tmp_path: Path) -> None:
+    clock = FakeClock(1000.0)
+    async with served(tmp_path, clock) as (_, svc, sock):
+        first = await RawClient.connect_unix(sock)
+        tid = (await result(first, "terminal/execute", {"command": "export KEEP=1"}))["terminalId"]
+        await first.close()
+        for _ in range(500):  # the server notices the closed connection (real I/O)
+            if svc.owners.orphans() == [tid]:
+                break
+            await asyncio.sleep(0.01)
+        assert svc.owners.orphans() == [tid]
+        again = await RawClient.connect_unix(sock)
+        try:
+            back = await result(
+                again, "terminal/execute", {"terminalId": tid, "command": 'echo "keep=$KEEP"'}
+            )
+            assert back["output"] == "keep=1\n"
+            await clock.advance(60.0)
+            assert tid in svc.terminals  # adopted: past the grace, still there
+            listed = {t["terminalId"]: t for t in await result(again, "terminal/list")}
+            assert listed[tid]["mine"] is True
+        finally:
+            await again.close()
+
+
+async def test_a_named_session_gets_its_default_terminal_back(tmp_path: Path) -> None:
+    async with served(tmp_path) as (_, _, sock):
+        workspace = tmp_path / "ws"
+        first = await RawClient.connect_unix(sock)
+        await result(first, "initialize", {"protocolVersion": 1, "session": "editor-1"})
+        before = await result(first, "terminal/execute", {"command": "cd sub; export X=1"})
+        await first.close()
+        stranger = await RawClient.connect_unix(sock)
+        back = await RawClient.connect_unix(sock)
+        try:
+            other = await result(stranger, "terminal/execute", {"command": 'pwd; echo "x=$X"'})
+            assert other["output"] == f"{workspace}\nx=\n"
+            await result(back, "initialize", {"protocolVersion": 1, "session": "editor-1"})
+            again = await result(back, "terminal/execute", {"command": 'pwd; echo "x=$X"'})
+            assert again["terminalId"] == before["terminalId"]
+            assert again["output"] == f"{workspace}/sub\nx=1\n"
+            bad = await error(back, "initialize", {"protocolVersion": 1, "session": 7})
+            assert bad["code"] == -32602
+        finally:
+            await stranger.close()
+            await back.close()

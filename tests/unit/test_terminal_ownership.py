@@ -88,3 +88,18 @@ def test_a_resumed_session_takes_back_its_default_and_terminals() -> None:
     described = own.describe("t2")
     assert described is not None
     assert described.owner == 3
+
+
+def test_an_orphan_used_again_is_adopted_and_spared() -> None:
+    own = Ownership(per_connection=1, grace=30.0)
+    own.connect(1)
+    own.add("t1", 1)
+    own.add("t2", None)
+    assert own.disconnect(1, now=0.0) == ["t1"]
+    own.connect(2)
+    assert own.adopt("t1", 2)
+    assert own.due(100.0) == []
+    assert not own.adopt("t1", 3)  # not an orphan any more (and 3 is unknown)
+    assert not own.adopt("t2", 2)  # over 2's quota of one
+    own.remove("t1")
+    assert own.adopt("t2", 2)

@@ -29,6 +29,7 @@ SUITES: dict[str, str] = {
     "fs": "lapce_bridge.bench.fs",
     "ipc": "lapce_bridge.bench.ipc",
     "startup": "lapce_bridge.bench.startup",
+    "mcp": "lapce_bridge.bench.mcp",
 }
 
 

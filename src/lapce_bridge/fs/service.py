@@ -62,6 +62,7 @@ from lapce_bridge.fs.ops import REAL_FS, FsOps
 from lapce_bridge.fs.paths import Workspace
 from lapce_bridge.fs.snapshot import DEFAULT_SKIP_DIRS
 from lapce_bridge.fs.watch import WatchBackend, WatcherRecovery, WatchStats
+from lapce_bridge.fs.watch_quota import WatchQuota
 from lapce_bridge.resources import Relief
 from lapce_bridge.rpc import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -117,6 +118,7 @@ class FileService:
         durable: bool = True,
         sweep_on_start: bool = True,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        watch_quota: WatchQuota | None = None,
     ) -> None:
         self.clock = clock
         self.workspace = Workspace(workspace)
@@ -141,6 +143,7 @@ class FileService:
             skip_dirs=skip_dirs,
             on_degraded=on_degraded,
             observe=observe,
+            quota=watch_quota,
         )
         if features is None:
             self._enabled: Callable[[str], bool] = lambda feature: True
@@ -318,7 +321,9 @@ class FileService:
         def sink(watch_id: str, changes: list[dict[str, str]]) -> None:
             notify("fs/didChange", {"watchId": watch_id, "changes": changes})
 
-        watch_id = await self.watcher.watch(roots, sink=sink, recursive=recursive)
+        watch_id = await self.watcher.watch(
+            roots, sink=sink, recursive=recursive, owner=ctx.connection_id
+        )
         self._owners[watch_id] = ctx.connection_id
         ctx.on_close(partial(self._release, watch_id))
         return {"watchId": watch_id}

@@ -28,6 +28,10 @@ Invariants:
   runs on polling (`force_polling`), `on_degraded` is told, and further restarts happen only
   at the health check. A watch limit goes to polling at once: retrying cannot help.
 - Only the event loop's thread touches a snapshot (rescans build a new one in a thread).
+- A root is watched (first or again) only while it is still the path it was when confined:
+  one that a symlink now redirects counts as removed (see `_root_id`).
+- Watches and their entries are charged to the connection that made them under a
+  `WatchQuota`; a watch that does not fit is refused (-32005) before its backend starts.
 """
 
 from __future__ import annotations
@@ -43,7 +47,6 @@ from functools import partial
 
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.clock import Clock
-from lapce_bridge.core.errors import ResourceExhausted
 from lapce_bridge.fs.backend import (
     MODIFIED,
     ChangeSink,
@@ -54,6 +57,7 @@ from lapce_bridge.fs.backend import (
 )
 from lapce_bridge.fs.paths import for_wire
 from lapce_bridge.fs.snapshot import DEFAULT_SKIP_DIRS, Reconciler, Scope, Snapshot, diff, scan
+from lapce_bridge.fs.watch_quota import WatchQuota
 from lapce_bridge.rpc import Observe
 
 log = logging.getLogger("lapce_bridge.fs.watch")
@@ -61,8 +65,13 @@ MAX_CHANGES_PER_NOTICE = 1000  # keeps one notification far below the message si
 
 
 def _root_id(path: str) -> tuple[int, int] | None:
+    """The root's (device, inode), or None when it is gone or no longer the confined path
+    it was when watched: a root (or a folder above it) replaced by a symlink resolves
+    elsewhere, maybe outside the workspace, and is treated as removed, never re-watched."""
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
+        if os.path.realpath(path) != path:
+            return None
     except OSError:
         return None
     return (st.st_dev, st.st_ino)
@@ -85,6 +94,7 @@ class _Watch:
     pending: list[RawChanges] = field(default_factory=list)
     root_lost: bool = False  # the backend reported a root deleted or replaced
     closed: bool = False
+    owner: int | None = None  # the connection that holds it (for its quota)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +134,7 @@ class WatcherRecovery:
         skip_dirs: frozenset[str] = DEFAULT_SKIP_DIRS,
         max_snapshot_entries: int = 100_000,
         max_watches: int = 256,
+        quota: WatchQuota | None = None,
         on_degraded: Callable[[str], object] | None = None,
         observe: Observe | None = None,
     ) -> None:
@@ -134,7 +145,7 @@ class WatcherRecovery:
         self.max_failures = max_failures
         self.skip_dirs = skip_dirs
         self.max_snapshot_entries = max_snapshot_entries
-        self.max_watches = max_watches
+        self.quota = quota if quota is not None else WatchQuota(max_watches=max_watches)
         self._on_degraded = on_degraded
         self._observe = observe
         self._watches: dict[str, _Watch] = {}
@@ -166,20 +177,35 @@ class WatcherRecovery:
             await asyncio.wait(self._reaping)
 
     # -- watches ------------------------------------------------------------------------------
-    async def watch(self, roots: Sequence[str], *, sink: ChangeSink, recursive: bool = True) -> str:
-        """Start watching confined, existing `roots`; changes go to `sink`. Returns the id."""
-        if len(self._watches) >= self.max_watches:
-            raise ResourceExhausted(f"{self.max_watches} watches are open; unwatch some first")
+    async def watch(
+        self,
+        roots: Sequence[str],
+        *,
+        sink: ChangeSink,
+        recursive: bool = True,
+        owner: int | None = None,
+    ) -> str:
+        """Start watching confined, existing `roots`; changes go to `sink`. Returns the id.
+
+        `owner` (a connection id) is charged for it under the `quota` (-32005 past it).
+        """
+        held = [(o.owner, len(o.reconciler.snapshot)) for o in self._watches.values()]
+        budget = self.quota.admit(owner, held)
         scope = Scope(tuple(dict.fromkeys(roots)), recursive, self.skip_dirs)
         watch_id = f"w{next(self._ids)}"
         w = _Watch(
             watch_id, scope, sink, Reconciler(scope, {}, max_entries=self.max_snapshot_entries)
         )
+        w.owner = owner
         self._watches[watch_id] = w
         try:
             async with w.lock:
                 self._start(w)
-                await self._rescan(w, report=False)
+                limit = min(budget, self.max_snapshot_entries)
+                await self._rescan(w, report=False, limit=limit)
+                if w.reconciler.truncated and limit < self.max_snapshot_entries:
+                    mine = sum(n for o, n in held if owner is not None and o == owner)
+                    raise self.quota.too_many_entries(owner, sum(n for _, n in held), mine)
         except BaseException:
             self.unwatch(watch_id)
             raise
@@ -326,11 +352,11 @@ class WatcherRecovery:
             if self._observe is not None:
                 self._observe("fs/watch/recover", self._clock.now() - started, ok)
 
-    async def _rescan(self, w: _Watch, *, report: bool) -> None:
+    async def _rescan(self, w: _Watch, *, report: bool, limit: int | None = None) -> None:
         w.scanning = True
         try:
             fresh, truncated = await asyncio.to_thread(
-                scan, w.scope, max_entries=self.max_snapshot_entries
+                scan, w.scope, max_entries=self.max_snapshot_entries if limit is None else limit
             )
         finally:
             w.scanning = False

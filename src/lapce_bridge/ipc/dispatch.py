@@ -91,6 +91,15 @@ class RequestContext:
     def on_close(self, callback: Callable[[], None]) -> None:
         self._outlet.on_close(callback)
 
+    @property
+    def session(self) -> str | None:
+        """The session the client named in `initialize` (its default terminal comes back)."""
+        session: str | None = getattr(self._outlet, "session", None)
+        return session
+
+    def name_session(self, session: str) -> None:
+        setattr(self._outlet, "session", session)  # noqa: B010 - not part of Outlet's protocol
+
 
 class Prepared:
     """A request that passed every check and is ready to run."""

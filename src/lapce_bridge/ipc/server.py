@@ -32,7 +32,7 @@ from typing import Any, BinaryIO, Protocol
 
 from lapce_bridge import __version__
 from lapce_bridge.core.clock import Clock
-from lapce_bridge.core.errors import PermissionDenied
+from lapce_bridge.core.errors import InvalidParams, PermissionDenied
 from lapce_bridge.core.timeouts import TimeoutManager
 from lapce_bridge.ipc import jsonrpc
 from lapce_bridge.ipc.connection import CANCEL, Connection
@@ -141,6 +141,14 @@ class BridgeServer:
     # -- built-in methods -----------------------------------------------------------------
     def _builtins(self) -> dict[str, Method]:
         def initialize(params: Params, ctx: CallContext) -> dict[str, Any]:
+            session = params.get("session") if isinstance(params, dict) else None
+            if session is not None:
+                # A client that names its session gets its default terminal back on reconnect.
+                if not isinstance(session, str) or not 0 < len(session) <= 128:
+                    raise InvalidParams("parameter 'session' must be a string of 1 to 128 chars")
+                name_session = getattr(ctx, "name_session", None)
+                if name_session is not None:
+                    name_session(session)
             return {
                 "serverInfo": {"name": SERVER_NAME, "version": __version__},
                 "protocolVersion": PROTOCOL_VERSION,

@@ -49,7 +49,7 @@ from lapce_bridge.core.errors import (
     is_server_fault,
     to_bridge_error,
 )
-from lapce_bridge.mcp.tools import BY_NAME, TOOLS, Tool, object_schema
+from lapce_bridge.mcp.tools import BY_NAME, TOOLS, Tool, object_schema, output_schema
 from lapce_bridge.rpc import request_limit
 from lapce_bridge.schema.validate import describe
 
@@ -276,7 +276,7 @@ def tool_list() -> list[types.Tool]:
             title=tool.title,
             description=tool.description,
             input_schema=object_schema(tool.input),
-            output_schema=object_schema(tool.output),
+            output_schema=output_schema(tool),
             annotations=types.ToolAnnotations(
                 title=tool.title,
                 read_only_hint=tool.annotations.read_only,

@@ -602,6 +602,37 @@ def object_schema(kind: type[msgspec.Struct]) -> dict[str, Any]:
     return root
 
 
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "present instead of the result when isError is true",
+    "properties": {
+        "name": {"type": "string"},
+        "code": {"type": "integer"},
+        "message": {"type": "string"},
+        "category": {"type": "string"},
+        "severity": {"type": "string"},
+        "retryable": {"type": "boolean"},
+        "fallbackAvailable": {"type": "boolean"},
+        "detail": {"type": "string"},
+    },
+    "required": ["name", "code", "message", "category", "retryable"],
+}
+
+
+def output_schema(tool: Tool) -> dict[str, Any]:
+    """The tool's `outputSchema`: its result, or (on a tool error) `{"error": {...}}`.
+
+    Clients that validate the structured content of error results too (the Node SDK does)
+    must find the error shape allowed, so the result's required fields become one branch
+    of an `anyOf` and `error` the other.
+    """
+    schema = object_schema(tool.output)
+    required = schema.pop("required", [])
+    schema["properties"] = {**schema.get("properties", {}), "error": ERROR_SCHEMA}
+    schema["anyOf"] = [{"required": required}, {"required": ["error"]}]
+    return schema
+
+
 __all__ = [
     "BY_NAME",
     "TOOLS",
@@ -610,4 +641,5 @@ __all__ = [
     "Tool",
     "command_result",
     "object_schema",
+    "output_schema",
 ]

@@ -11,7 +11,11 @@ from __future__ import annotations
 import msgspec
 
 
-class Params(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+class Strict(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+    """An object inside params: camelCase on the wire, unknown fields refused."""
+
+
+class Params(Strict, kw_only=True):
     """Every request takes `idempotencyKey` (see the protocol's idempotency section)."""
 
     idempotency_key: str | None = None
@@ -21,4 +25,4 @@ class Result(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=False):
     """A method's answer."""
 
 
-__all__ = ["Params", "Result"]
+__all__ = ["Params", "Result", "Strict"]

@@ -6,13 +6,13 @@ from typing import Annotated, Literal
 
 from msgspec import Meta
 
-from lapce_bridge.schema.base import Params, Result
+from lapce_bridge.schema.base import Params, Result, Strict
 
 NonNegative = Annotated[int, Meta(ge=0)]
 Path = Annotated[str, Meta(min_length=1, description="workspace-relative or absolute path")]
 
 
-class TextEdit(Params):
+class TextEdit(Strict):
     """One exact search/replace."""
 
     old_text: Annotated[str, Meta(min_length=1, description="exact text to find")]

@@ -1,8 +1,9 @@
 """Params in, typed values out: the one parameter checker and its one style of message.
 
-Every refusal reads `<method>: <what> <where>`, e.g. `fs/edit: unknown parameter 'dryrun'`,
-`fs/edit: edits[0].count must be an integer, got a string`, `fs/read: missing parameter
-'path'`: a caller (or a model) can fix the call from the message alone. The error is
+Every refusal reads `<method>: <what>`, naming the parameter as the services' own checks do:
+`fs/edit: unknown parameter 'dryrun'`, `fs/edit: parameter 'edits[0].count' must be an
+integer, got a string`, `fs/read: missing parameter 'path'`: a caller (or a model) can fix
+the call from the message alone. The error is
 InvalidParams (-32602) with `data.parameter` naming the offending parameter's path.
 """
 
@@ -64,20 +65,21 @@ def describe(method: str, exc: msgspec.ValidationError) -> InvalidParams:
     if m := _EXPECTED.fullmatch(text):
         where = _where(m["at"]) or "params"
         return InvalidParams(
-            f"{method}: {where} must be {_noun(m['want'])}, got {_noun(m['got'])}",
+            f"{method}: parameter {where!r} must be {_noun(m['want'])}, got {_noun(m['got'])}",
             data={"parameter": where},
         )
     if m := _BOUND.fullmatch(text):
         where = _where(m["at"]) or "params"
         return InvalidParams(
-            f"{method}: {where} must be {_noun(m['want'])} {m['cond']}", data={"parameter": where}
+            f"{method}: parameter {where!r} must be {_noun(m['want'])} {m['cond']}",
+            data={"parameter": where},
         )
     m = _AT.fullmatch(text)
     assert m is not None
     where = _where(m["at"]) or "params"
     message = m["msg"]
     message = message[0].lower() + message[1:] if message else message
-    return InvalidParams(f"{method}: {where}: {message}", data={"parameter": where})
+    return InvalidParams(f"{method}: parameter {where!r}: {message}", data={"parameter": where})
 
 
 def convert(params: Any, kind: type[T], method: str) -> T:
@@ -90,7 +92,9 @@ def convert(params: Any, kind: type[T], method: str) -> T:
 
 def refuse(method: str, parameter: str, problem: str) -> InvalidParams:
     """A refusal a handler finds itself (beyond types), in the same style."""
-    return InvalidParams(f"{method}: {parameter} {problem}", data={"parameter": parameter})
+    return InvalidParams(
+        f"{method}: parameter {parameter!r} {problem}", data={"parameter": parameter}
+    )
 
 
 __all__ = ["convert", "describe", "refuse"]

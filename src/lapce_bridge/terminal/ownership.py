@@ -15,7 +15,9 @@ terminal and does the I/O itself (decide, then do). Rules:
   the service's). When a connection closes, its unnamed terminals that were not asked to be
   kept are reaped `grace` seconds later (unless a connection resumes the session first); named
   or kept ones become orphans, which the service may evict, oldest first, when the server-wide
-  maximum is reached: a client that fills the server and leaves locks nobody out.
+  maximum is reached: a client that fills the server and leaves locks nobody out. A
+  connection that runs something in an orphan (a client back after a reconnect, using the ids
+  it knew) adopts it.
 """
 
 from __future__ import annotations
@@ -158,6 +160,19 @@ class Ownership:
                     entry.default = None
         if owned.session is not None and self._sessions.get(owned.session) == terminal_id:
             del self._sessions[owned.session]
+
+    def adopt(self, terminal_id: str, conn: int) -> bool:
+        """A connection used an orphan (a client back after a reconnect, by id): it is that
+        connection's now and no longer reaped, quota permitting."""
+        owned = self.terminals.get(terminal_id)
+        entry = self._connections.get(conn)
+        if owned is None or owned.owner is not None or entry is None:
+            return False
+        if len(entry.owned) >= self.per_connection:
+            return False
+        owned.owner, owned.reap_at, owned.session = conn, None, entry.session
+        entry.owned.add(terminal_id)
+        return True
 
     def resolve(self, key: str) -> str | None:
         """A terminal id from an id or a name."""

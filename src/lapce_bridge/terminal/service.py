@@ -252,6 +252,12 @@ class TerminalService:
             raise InvalidParams(f"unknown terminalId {key!r}")
         return term
 
+    def _use(self, params: Params, ctx: CallContext) -> Terminal:
+        """`get`, by a connection that means to use the terminal: an orphan becomes its own."""
+        term = self.get(params)
+        self.owners.adopt(term.terminal_id, self._track(ctx))
+        return term
+
     def _track(self, ctx: CallContext) -> int:
         """The caller's connection, registered once so its leaving is noticed."""
         conn = ctx.connection_id
@@ -404,7 +410,7 @@ class TerminalService:
     async def execute(self, params: Params, ctx: CallContext) -> dict[str, Any]:
         command = _param(params, "command", str)
         if params.get("terminalId") is not None:
-            term = self.get(params)
+            term = self._use(params, ctx)
         else:
             term = await self._default(ctx)
         cwd = _param(params, "cwd", str, None)
@@ -459,7 +465,7 @@ class TerminalService:
 
     def send_text(self, params: Params, ctx: CallContext) -> None:
         """`{terminalId, text, atPrompt?: false}`: type `text` into what runs in the terminal."""
-        term = self.get(params)
+        term = self._use(params, ctx)
         text = _param(params, "text", str)
         at_prompt = _param(params, "atPrompt", bool, False)
         if not term.busy and not at_prompt:

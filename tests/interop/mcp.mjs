@@ -1,0 +1,89 @@
+// Drives `lapce-bridge mcp` over stdio with the official Node MCP client
+// (@modelcontextprotocol/sdk): list the tools, run a command, answer an input prompt, edit
+// a file (a unique match, an ambiguous one refused), search, read back.
+// Usage: node mcp.mjs PYTHON WORKSPACE. Prints one JSON line per check; exits 1 on failure.
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+
+const [python, workspace] = process.argv.slice(2);
+const expected = [
+  "edit_file", "file_info", "interrupt", "list_directory", "list_terminals", "read_file",
+  "read_output", "run_command", "search_files", "send_input", "wait_command", "write_file",
+];
+
+function check(name, ok, detail) {
+  console.log(JSON.stringify({ check: name, ok: Boolean(ok), detail }));
+  if (!ok) {
+    process.exitCode = 1;
+  }
+}
+
+const transport = new StdioClientTransport({
+  command: python,
+  args: ["-m", "lapce_bridge", "mcp", "--workspace", workspace, "--shell", "bash"],
+  env: process.env,
+  stderr: "inherit",
+});
+const client = new Client({ name: "lapce-bridge-interop", version: "1.0.0" });
+await client.connect(transport);
+
+try {
+  const { tools } = await client.listTools();
+  const names = tools.map((t) => t.name).sort();
+  check("tool names", JSON.stringify(names) === JSON.stringify(expected), names);
+  check(
+    "schemas",
+    tools.every(
+      (t) => t.inputSchema?.type === "object" && t.outputSchema?.type === "object" &&
+        t.annotations && typeof t.annotations.readOnlyHint === "boolean" && t.description,
+    ),
+    tools.map((t) => [t.name, t.annotations]),
+  );
+
+  // The client validates every structuredContent against the tool's outputSchema.
+  const ran = await client.callTool({ name: "run_command", arguments: { command: "echo test" } });
+  const r = ran.structuredContent;
+  check("run_command", !ran.isError && r.exit_code === 0 && r.output.trim() === "test" &&
+    r.cwd === workspace, r);
+
+  const asked = (await client.callTool({
+    name: "run_command",
+    arguments: { command: "read -p 'name? ' who && echo \"hello $who\"", idle_timeout_ms: 700 },
+  })).structuredContent;
+  check("prompt detected", asked.status === "waiting_for_input", asked);
+  await client.callTool({ name: "send_input", arguments: { terminal: asked.terminal_id, text: "node" } });
+  const done = (await client.callTool({
+    name: "wait_command",
+    arguments: { execution_id: asked.execution_id, timeout_ms: 20000 },
+  })).structuredContent;
+  check("prompt answered", done.exit_code === 0 && done.output.includes("hello node"), done);
+
+  const edited = await client.callTool({
+    name: "edit_file",
+    arguments: { path: "calc.py", edits: [{ old_text: "return a - b", new_text: "return b - a" }] },
+  });
+  check("edit unique", !edited.isError && edited.structuredContent.replacements === 1 &&
+    edited.structuredContent.diff.includes("+    return b - a"), edited.structuredContent);
+
+  const ambiguous = await client.callTool({
+    name: "edit_file",
+    arguments: { path: "calc.py", edits: [{ old_text: "(a, b):", new_text: "()" }] },
+  });
+  const err = ambiguous.structuredContent?.error;
+  check("edit ambiguous refused", ambiguous.isError === true && err?.code === -32602 &&
+    err.message.includes("matched 2 times") && ambiguous.content[0].text.startsWith("EditMismatch"),
+    ambiguous);
+
+  const found = (await client.callTool({ name: "search_files", arguments: { query: "b - a" } }))
+    .structuredContent;
+  check("search", found.matches.length === 1 && found.matches[0].path === "calc.py" &&
+    found.matches[0].line === 6, found);
+
+  const read = (await client.callTool({
+    name: "read_file",
+    arguments: { path: "calc.py", start_line: 6, end_line: 6 },
+  })).structuredContent;
+  check("read back", read.content === "    return b - a\n", read);
+} finally {
+  await client.close();
+}
