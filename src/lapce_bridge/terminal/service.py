@@ -47,10 +47,17 @@ from lapce_bridge.core.errors import (
     ResourceExhausted,
     TerminalError,
 )
-from lapce_bridge.ipc.framing import DEFAULT_MAX_MESSAGE_BYTES
 from lapce_bridge.private import private_dir
 from lapce_bridge.resources import Relief
-from lapce_bridge.rpc import Broadcast, CallContext, Method, Observe, Params, method
+from lapce_bridge.rpc import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Broadcast,
+    CallContext,
+    Method,
+    Observe,
+    Params,
+    method,
+)
 from lapce_bridge.terminal.foreground import process_cwd
 from lapce_bridge.terminal.ownership import Ownership
 from lapce_bridge.terminal.result import ExecResult, TerminalExited
@@ -295,6 +302,12 @@ class TerminalService:
         self._reaped += 1
         await victim.close()
 
+    def _cwd_now(self, term: Terminal) -> str | None:
+        """A busy shell may have changed directory since its last prompt said where it was."""
+        if term.busy and term.pid is not None:
+            return process_cwd(term.pid) or term.cwd
+        return term.cwd
+
     def _answer(self, term: Terminal, result: ExecResult) -> dict[str, Any]:
         wire = result.to_wire()
         if wire["status"] in _NOT_FINAL and term.pid is not None:
@@ -519,7 +532,7 @@ class TerminalService:
                     "shell": t.shell,
                     "pid": t.pid,
                     "mode": t.mode.value,
-                    "cwd": t.cwd,
+                    "cwd": self._cwd_now(t),
                     "busy": t.busy,
                     "name": owned.name if owned is not None else None,
                     "mine": owned is not None and owned.owner == conn,
