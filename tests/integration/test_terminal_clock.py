@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from lapce_bridge.terminal.foreground import InputState
 from lapce_bridge.terminal.result import Mode, Status
 from lapce_bridge.terminal.terminal import Terminal
 from lapce_bridge.testing import FakeClock
@@ -65,6 +66,17 @@ async def test_timeout_fires_exactly_and_duration_is_virtual(tmp_path: Path) -> 
         assert after.duration_ms == 0.0  # no virtual time passed
 
 
+async def _reading(term: Terminal) -> None:
+    """Real time until the foreground blocks reading the terminal (the idle verdict asks the
+    kernel, and virtual time can jump ahead of a real shell)."""
+    for _ in range(2000):
+        fg = term.shell_proc.foreground() if term.shell_proc is not None else None
+        if fg is not None and fg.state is InputState.READING:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the command never read the terminal")
+
+
 async def test_idle_timeout_counts_from_the_last_output(tmp_path: Path) -> None:
     clock = FakeClock()
     async with await _start(tmp_path, clock) as term:
@@ -72,6 +84,7 @@ async def test_idle_timeout_counts_from_the_last_output(tmp_path: Path) -> None:
             term.execute('echo first; read a; echo "a=$a"; read b; echo "b=$b"', idle_timeout=2.0)
         )
         await _running(term, printed="first\n", child=False)
+        await _reading(term)
         await clock.advance(1.5)
         assert not task.done()
         await clock.advance(0.5)

@@ -123,6 +123,8 @@ async def test_results_report_the_cwd_when_they_are_answered(tmp_path: Path) -> 
             assert asked["status"] == "waiting_for_input"
             assert asked["output"] == "in\nx? "
             assert asked["cwd"] == str(tmp_path / "ws" / "sub")
+            listed = {t["terminalId"]: t for t in await result(client, "terminal/list")}
+            assert listed[tid]["cwd"] == str(tmp_path / "ws" / "sub")
             await result(client, "terminal/sendText", {"terminalId": tid, "text": "\n"})
         finally:
             await client.close()

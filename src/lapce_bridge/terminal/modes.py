@@ -178,6 +178,15 @@ def probe_line(kind: str, cmd_file: str, token: str) -> bytes:
     return f'{start}; . {_sh_quote(cmd_file)}; {end} "$PWD" "$?"\n'.encode()
 
 
+def status_line(kind: str, token: str) -> bytes:
+    """A line that prints the last command's status and the cwd in a tokened mark, and
+    nothing else (for a shell found at its prompt without our hooks)."""
+    mark = "printf '\\033]633;P;Cwd=%s\\007\\033]633;P;LbEnd=%s:" + token + "\\007'"
+    if kind == "fish":
+        return f'{mark} "$PWD" $status\n'.encode()
+    return f'{mark} "$PWD" "$?"\n'.encode()
+
+
 def run_line(kind: str, detection: EndDetection, cmd_file: str, secret: str) -> bytes:
     """The one line sent to the shell to run the command waiting in `cmd_file`; `secret` is
     the command's nonce (integration) or end-marker token."""

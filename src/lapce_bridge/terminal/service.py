@@ -295,6 +295,12 @@ class TerminalService:
         self._reaped += 1
         await victim.close()
 
+    def _cwd_now(self, term: Terminal) -> str | None:
+        """A busy shell may have changed directory since its last prompt said where it was."""
+        if term.busy and term.pid is not None:
+            return process_cwd(term.pid) or term.cwd
+        return term.cwd
+
     def _answer(self, term: Terminal, result: ExecResult) -> dict[str, Any]:
         wire = result.to_wire()
         if wire["status"] in _NOT_FINAL and term.pid is not None:
@@ -519,7 +525,7 @@ class TerminalService:
                     "shell": t.shell,
                     "pid": t.pid,
                     "mode": t.mode.value,
-                    "cwd": t.cwd,
+                    "cwd": self._cwd_now(t),
                     "busy": t.busy,
                     "name": owned.name if owned is not None else None,
                     "mine": owned is not None and owned.owner == conn,

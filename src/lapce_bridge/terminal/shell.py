@@ -6,11 +6,17 @@ itself (`ready`), its exit (`exited`), and whether its death is one we caused (`
 The terminal that owns it routes the tracker's `Ready` and `ProbeAnswered` events here; a
 replacement shell is a new `ShellProcess`, so nothing of the old one leaks into the new one.
 
+`status` asks a shell that is back at its prompt without our hooks for `$?` and `$PWD` through
+a tokened mark (integration recovery). `foreground` asks the kernel what the terminal's
+foreground is doing (`foreground.probe`), and `at_prompt` whether that is this shell at its
+own line editor rather than a command or a `read` builtin.
+
 `probe` asks a shell to run an empty command whose typed line prints a tokened end mark: the
 proof that the shell runs commands even when its integration is silent. `at_prompt` asks the
 kernel whether the shell itself is the terminal's foreground process with its line editor in
 control (non-canonical input): a shell waiting at its prompt, as opposed to a command, or a
-`read` builtin, waiting for a line. `stop` ends the process: SIGHUP and the master closed,
+`read` builtin, waiting for a line (fish reads with its line editor too, so for fish only a
+replaced program, an `exec`, counts). `stop` ends the process: SIGHUP and the master closed,
 then SIGKILL after `grace`, then a blocking reap (SIGKILL cannot be refused).
 """
 
@@ -18,14 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import signal
-import termios
 from collections.abc import Callable
 
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import ShellCrashed
-from lapce_bridge.terminal.modes import Launch, probe_line
+from lapce_bridge.terminal.foreground import Foreground, InputState
+from lapce_bridge.terminal.foreground import probe as probe_foreground
+from lapce_bridge.terminal.modes import Launch, probe_line, shell_kind, status_line
 from lapce_bridge.terminal.pty import PtyProcess
 from lapce_bridge.terminal.tracker import CommandTracker
 
@@ -127,8 +135,30 @@ class ShellProcess:
         # echo, because the tty echoes the second line late when it is busy (the kernel echoes
         # from a work queue), and that echo would land after the start mark.
         write_command(b"PS1=''\nPS2=''\nstty -echo 2>/dev/null\n" if self.kind == "posix" else b"")
+        return await self._ask(tracker, probe_line(self.kind, cmd_path, token), fut, clock, bound)
+
+    async def status(
+        self, tracker: CommandTracker, kind: str, clock: Clock, bound: float
+    ) -> tuple[bool, int | None]:
+        """`$?` of the last command, from a shell at its prompt (and `$PWD` to the tracker)."""
+        if not self.proc.alive:
+            return False, None
+        token = secrets.token_hex(8)
+        fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._probe = fut
+        tracker.expect_probe(token)
+        return await self._ask(tracker, status_line(kind, token), fut, clock, bound)
+
+    async def _ask(
+        self,
+        tracker: CommandTracker,
+        line: bytes,
+        fut: asyncio.Future[int | None],
+        clock: Clock,
+        bound: float,
+    ) -> tuple[bool, int | None]:
         try:
-            self.proc.write(probe_line(self.kind, cmd_path, token))
+            self.proc.write(line)
             async with clock.timeout(bound):
                 return True, await fut
         except (TimeoutError, OSError, ShellCrashed):
@@ -137,16 +167,34 @@ class ShellProcess:
             self._probe = None
             tracker.expect_probe(None)
 
-    def at_prompt(self) -> bool:
-        """The shell itself holds the terminal with its line editor reading (not a command)."""
-        proc = self.proc
-        if not proc.alive or proc.foreground_pgrp() != proc.pid:
-            return False
+    def foreground(self) -> Foreground | None:
+        if not self.proc.alive or self.proc.master < 0:
+            return None
+        return probe_foreground(self.proc.master, self.proc.pid)
+
+    def current_kind(self) -> str:
+        """The kind of shell this process is now (`exec zsh` turns a bash process into zsh)."""
         try:
-            lflag = termios.tcgetattr(proc.master)[3]
-        except (OSError, termios.error):
+            return shell_kind(os.readlink(f"/proc/{self.proc.pid}/exe"))
+        except OSError:
+            return self.kind
+
+    def replaced(self) -> bool:
+        """Whether the process exec'd another program (or the same shell with other args)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")[:-1]
+        except OSError:
             return False
-        return not lflag & termios.ICANON
+        return argv != [os.fsencode(a) for a in self.launch.argv]
+
+    def at_prompt(self, fg: Foreground) -> bool:
+        """The shell itself holds the terminal with its line editor reading (not a command)."""
+        if not fg.shell or fg.pid != self.proc.pid or fg.state is not InputState.READING:
+            return False
+        if fg.canonical is not False:
+            return False
+        return self.kind != "fish" or self.replaced()
 
     # -- stopping -----------------------------------------------------------------------------
     async def stop(self, clock: Clock, grace: float) -> None:

@@ -45,6 +45,7 @@ from lapce_bridge.private import create_private_file
 from lapce_bridge.terminal import modes
 from lapce_bridge.terminal.execution import Execution
 from lapce_bridge.terminal.files import CommandFile, new_private_dir, runtime_base
+from lapce_bridge.terminal.foreground import Foreground
 from lapce_bridge.terminal.modes import Launch, build_env, resolve_shell, run_line
 from lapce_bridge.terminal.osc import OscParser
 from lapce_bridge.terminal.pty import PtyProcess
@@ -145,7 +146,14 @@ class Terminal:
         self.pending_recoveries: list[Recovery] = []
         self._exec: Execution | None = None
         self._results: OrderedDict[str, ExecResult] = OrderedDict()
-        self._hooks = Hooks(stop=self._stop_current, end_raw=self._end_raw, cwd=self._cwd)
+        self._hooks = Hooks(
+            stop=self._stop_current,
+            end_raw=self._end_raw,
+            cwd=self._cwd,
+            foreground=self._foreground,
+            at_prompt=self._at_prompt,
+            recover=self._recover_integration,
+        )
         self._closing = False
         self._closed = False
         self.restarting: asyncio.Task[None] | None = None
@@ -157,6 +165,9 @@ class Terminal:
         self.stop_grace = 2.0  # seconds a cancelled command gets to stop before "busy"
         self.restarts = 0
         self.last_recovery_ms: float | None = None
+        # From a command's last output to its end found without integration (the RTO of a
+        # removed or replaced integration).
+        self.last_integration_recovery_ms: float | None = None
         self.last_used = clock.now()
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -510,6 +521,45 @@ class Terminal:
 
     def _end_raw(self) -> None:
         self._finish_current(Status.COMPLETED, None)
+
+    def _foreground(self) -> Foreground | None:
+        return self.shell_proc.foreground() if self.shell_proc is not None else None
+
+    def _at_prompt(self, fg: Foreground) -> bool:
+        return self.shell_proc is not None and self.shell_proc.at_prompt(fg)
+
+    async def _recover_integration(self) -> None:
+        """The shell is back at its prompt but the command's end mark never came: the command
+        removed or replaced our hooks (`PROMPT_COMMAND=true`, `exec bash --norc`, ...). Ask
+        the shell for `$?` and `$PWD` with a tokened mark, end the command with them, and find
+        later commands' ends with an end marker (this terminal only; cwd and env are the
+        shell's own, untouched)."""
+        ex, shell = self._exec, self.shell_proc
+        if ex is None or shell is None:
+            return
+        started = self.clock.now()
+        kind = shell.current_kind()
+        self.tracker.hold_output()
+        answered, code = await shell.status(self.tracker, kind, self.clock, self.probe_timeout)
+        if ex.done.done() or not answered:
+            return  # the end mark came after all, or the shell did not answer: wait on
+        shell.kind = kind
+        self.tracker.detection = EndDetection.END_MARKER
+        if self.mode is not Mode.ALTERNATIVE_SHELL:
+            self.mode = Mode.NO_SHELL_INTEGRATION
+        took = (self.clock.now() - started) * 1000.0
+        reason = (
+            f"the command removed or replaced the shell integration ({kind} is at its prompt "
+            f"without an end mark); recovered in {took:.0f} ms, later commands end with an "
+            "end marker"
+        )
+        self.last_integration_recovery_ms = (self.clock.now() - ex.last_activity) * 1000.0
+        self._finish(
+            ex,
+            exit_code=code,
+            status=Status.COMPLETED,
+            recovery=Recovery("no_shell_integration", reason),
+        )
 
     # -- the PTY's side: bytes in, through the parser and the tracker -----------------------
     def _on_data(self, data: bytes) -> None:

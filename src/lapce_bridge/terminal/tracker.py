@@ -101,6 +101,7 @@ class CommandTracker:
     __slots__ = (
         "_announced",
         "_d_tail",
+        "_held",
         "_prestart",
         "_probe",
         "_secret",
@@ -120,6 +121,7 @@ class CommandTracker:
         self._prestart = bytearray()
         self._skip_echo = False
         self._probe: str | None = None
+        self._held = False
 
     @property
     def in_flight(self) -> bool:
@@ -133,6 +135,12 @@ class CommandTracker:
         self._announced = False
         self._prestart.clear()
         self._skip_echo = self.detection is EndDetection.RAW
+        self._held = False
+
+    def hold_output(self) -> None:
+        """Take no more output for the command in flight (its end mark still counts): the
+        terminal is about to type a question of its own, whose echo is not the command's."""
+        self._held = True
 
     def abandon(self) -> None:
         """The command ended without its end mark (idle in raw mode, the shell's death)."""
@@ -162,6 +170,8 @@ class CommandTracker:
 
     def _text(self, data: bytes, out: list[TrackerEvent]) -> None:
         if self._secret is None:
+            return
+        if self._held:
             return
         if self.started:
             out.append(Output(data))

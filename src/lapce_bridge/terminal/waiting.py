@@ -1,10 +1,18 @@
 """Waiting for a command's end on the clock: hard timeouts, idleness, interruption.
 
 Theory of operation: `await_result` sleeps on the clock until the soonest of (the hard
-deadline, the moment output has been quiet for `idle_timeout`), re-checking after each wake,
-because output moves the idle moment forward. Then:
+deadline, the moment output has been quiet for `idle_timeout`, the next prompt check),
+re-checking after each wake, because output moves the idle moment forward. Then:
 - the command ended: its final result;
-- idle, marker modes: a `waiting_for_input` snapshot; the command keeps running;
+- a prompt check (every `PROMPT_CHECK_S` of quiet, when an idle timeout is given): the
+  kernel is asked what the foreground is doing (`foreground.probe`); when it is the shell
+  itself back at its line editor, the command is over but its end mark never came (the
+  hooks were removed, or another shell was exec'd): `hooks.recover` ends it another way,
+  so a terminal is never left busy with nothing running;
+- idle, marker modes: a `waiting_for_input` snapshot when the foreground reads the terminal
+  (or /proc cannot tell, the old fallback of quietness); a quiet process that reads nothing
+  (a `sleep` ignoring SIGINT) is not waiting for input: a `running` snapshot; a command the
+  shell has not started yet (a loaded machine) is not idle at all;
 - idle, raw mode: the end of the command (raw mode has no other end), exit code unknown;
 - `max_wait` passed while output still flows (a dev server): a `running` snapshot; the
   command keeps running;
@@ -30,12 +38,14 @@ from dataclasses import dataclass
 
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.terminal.execution import Execution
+from lapce_bridge.terminal.foreground import Foreground, InputState
 from lapce_bridge.terminal.pty import PtyProcess
 from lapce_bridge.terminal.result import ExecResult, Status
 
 _REPOLL_S = 0.02
 _RESEND_S = 0.2
 RAW_IDLE_S = 0.5  # raw mode ends a command after this much quiet when no idle_timeout is given
+PROMPT_CHECK_S = 0.25  # quiet this long: ask whether the shell is back at its prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +55,9 @@ class Hooks:
     stop: Callable[[], Awaitable[None]]  # stop the command (escalating), for a hard timeout
     end_raw: Callable[[], None]  # a raw-mode command went quiet: that is its end
     cwd: Callable[[], str | None]  # the cwd a snapshot reports
+    foreground: Callable[[], Foreground | None]  # what the kernel says the foreground does
+    at_prompt: Callable[[Foreground], bool]  # is that the shell at its own line editor?
+    recover: Callable[[], Awaitable[None]]  # the end mark will not come: end it another way
 
 
 async def await_result(
@@ -60,11 +73,17 @@ async def await_result(
     hold_until = None if max_wait is None else start + max_wait
     raw = ex.raw
     idle = idle_timeout if idle_timeout is not None else (RAW_IDLE_S if raw else None)
+    check = None if raw or idle_timeout is None else min(PROMPT_CHECK_S, idle_timeout)
+    rearmed = start  # quiet is counted from here too: a quiet process found not reading
+    checked = start
     while not ex.done.done():
         now = clock.now()
+        quiet_from = max(ex.last_activity, rearmed)
         bounds = [b - now for b in (deadline, hold_until) if b is not None]
         if idle is not None:
-            bounds.append(ex.last_activity + idle - now)
+            bounds.append(quiet_from + idle - now)
+        if check is not None:
+            bounds.append(max(ex.last_activity, checked) + check - now)
         wait = min(bounds) if bounds else None
         if wait is not None and wait <= 0:
             if deadline is not None and now >= deadline:
@@ -73,11 +92,24 @@ async def await_result(
                 if ex.done.done():
                     return ex.done.result()
                 return ex.snapshot(Status.TIMED_OUT, clock.now(), hooks.cwd())
-            if raw and (hold_until is None or now < hold_until):
+            idle_now = idle is not None and now >= quiet_from + idle
+            if raw and idle_now and (hold_until is None or now < hold_until):
                 hooks.end_raw()
                 continue
             if hold_until is not None and now >= hold_until:
                 # A server that keeps printing is never idle: the request still gets an answer.
+                return ex.snapshot(Status.RUNNING, now, hooks.cwd())
+            fg = None if raw else hooks.foreground()
+            checked = now
+            if fg is not None and hooks.at_prompt(fg):
+                await hooks.recover()
+                continue
+            if not idle_now:
+                continue
+            if fg is not None and fg.state is InputState.RUNNING:
+                if not ex.started:
+                    rearmed = now  # the shell has not even begun it (a loaded machine)
+                    continue
                 return ex.snapshot(Status.RUNNING, now, hooks.cwd())
             return ex.snapshot(Status.WAITING_FOR_INPUT, now, hooks.cwd())
         try:

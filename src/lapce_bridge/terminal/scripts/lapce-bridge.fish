@@ -47,29 +47,33 @@ if not set -q __lb_installed
             | string replace -a -- \n '\\x0a' | string replace -a -- \r '\\x0d'
     end
 
-    function __lb_preexec --on-event fish_preexec
-        set -l cmd $argv[1]
-        # Our typed line carries the nonce (its assignment has not run yet).
-        set -l nonce (string match -r --groups-only -- '^set -g __lb_n ([0-9a-f]+); source \$__lb_cf$' $cmd)
-        if test -n "$nonce" -a -r "$__lb_cf"
-            read -z -l text <"$__lb_cf"
-            and set cmd $text
+    # The command hooks, defined again at a prompt that finds one erased (`functions -e`).
+    function __lb_hooks
+        function __lb_preexec --on-event fish_preexec
+            set -l cmd $argv[1]
+            # Our typed line carries the nonce (its assignment has not run yet).
+            set -l nonce (string match -r --groups-only -- '^set -g __lb_n ([0-9a-f]+); source \$__lb_cf$' $cmd)
+            if test -n "$nonce" -a -r "$__lb_cf"
+                read -z -l text <"$__lb_cf"
+                and set cmd $text
+            end
+            printf '\e]633;E;%s;%s\a\e]633;C\a' (__lb_escape "$cmd" | string collect) "$nonce"
         end
-        printf '\e]633;E;%s;%s\a\e]633;C\a' (__lb_escape "$cmd" | string collect) "$nonce"
-    end
 
-    function __lb_postexec --on-event fish_postexec
-        set -l st $status
-        if set -q __lb_n
-            # What a replacement shell restores if this one dies ("NAME escaped-value" lines
-            # the bridge turns into `set -gx` commands), saved before the end mark.
-            set -xL >"$__lb_ef"
-            printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' (__lb_escape "$PWD" | string collect) \
-                $st "$__lb_n"
-            set -e __lb_n
-            set -g __lb_answered 1
+        function __lb_postexec --on-event fish_postexec
+            set -l st $status
+            if set -q __lb_n
+                # What a replacement shell restores if this one dies ("NAME escaped-value" lines
+                # the bridge turns into `set -gx` commands), saved before the end mark.
+                set -xL >"$__lb_ef"
+                printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' (__lb_escape "$PWD" | string collect) \
+                    $st "$__lb_n"
+                set -e __lb_n
+                set -g __lb_answered 1
+            end
         end
     end
+    __lb_hooks
 
     function __lb_prompt --on-event fish_prompt
         if set -q __lb_n
@@ -81,6 +85,9 @@ if not set -q __lb_installed
             printf '\e]633;P;Cwd=%s\a' (__lb_escape "$PWD" | string collect)
         end
         set -e __lb_answered
+        if not functions -q __lb_preexec; or not functions -q __lb_postexec
+            __lb_hooks
+        end
         printf '\e]633;A\a'
     end
 end
