@@ -47,10 +47,17 @@ from lapce_bridge.core.errors import (
     ResourceExhausted,
     TerminalError,
 )
-from lapce_bridge.ipc.framing import DEFAULT_MAX_MESSAGE_BYTES
 from lapce_bridge.private import private_dir
 from lapce_bridge.resources import Relief
-from lapce_bridge.rpc import Broadcast, CallContext, Method, Observe, Params, method
+from lapce_bridge.rpc import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Broadcast,
+    CallContext,
+    Method,
+    Observe,
+    Params,
+    method,
+)
 from lapce_bridge.terminal.foreground import process_cwd
 from lapce_bridge.terminal.ownership import Ownership
 from lapce_bridge.terminal.result import ExecResult, TerminalExited
