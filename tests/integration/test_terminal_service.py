@@ -303,6 +303,11 @@ async def test_wait_notices_a_program_asking_again(
         {"terminalId": tid, "command": program, "idleTimeoutMs": 300},
         ctx,
     )
+    if first["status"] == "running":  # still starting python, reading nothing yet
+        assert first["output"] == ""
+        first = await call(
+            svc, "terminal/wait", {"executionId": first["executionId"], "idleTimeoutMs": 300}, ctx
+        )
     assert (first["status"], first["output"]) == ("waiting_for_input", "one? ")
     await call(svc, "terminal/sendText", {"terminalId": tid, "text": "x\n"}, ctx)
     again = await call(
