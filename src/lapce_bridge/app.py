@@ -1,10 +1,9 @@
 """The composition root: one clock, one bus, the kernel's monitors, the services, one method table.
 
 Theory of operation: `App` builds everything a server needs from a handful of choices
-(workspace, state directory, clock) and is an async context manager: entering it opens the
-services (each an async context manager with `methods()`), leaving it closes them in reverse
-order. The services are imported only if they are installed in this tree, so the server runs
-with what exists. Wiring, in one place:
+(workspace, state directory, clock, recovery matrix) and is an async context manager:
+entering it opens the services (each a `Service`: an async context manager with `methods()`
+and `relief()`), leaving it closes them in reverse order. Wiring, in one place:
 
 - `observe(op, seconds, ok)` feeds both the metrics registry (`metrics/get`) and the health
   monitor (`health/get`, alerts); services and the server call it for every operation.
@@ -12,6 +11,8 @@ with what exists. Wiring, in one place:
   so services can be built before the server that will carry their notifications.
 - Health alerts published on the bus leave as `health/alert` broadcasts.
 - The degradation manager decides which optional features are on; services ask it.
+- The recovery matrix is the running policy: the file service's read retries are the
+  filesystem/recoverable row's (`RecoveryMatrix.retry_policy`); change the row, and they change.
 - With services (the serving configuration) a resource manager samples pressure (what the
   bridge owns against `memory_budget`, its cgroup limit, the machine only as a last-resort
   floor; CPU as a second signal): it steps quality down and up with the bands, feeds
@@ -23,17 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from lapce_bridge.clock import SYSTEM_CLOCK
-from lapce_bridge.core.breaker import CircuitBreaker
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.degradation import DegradationManager
+from lapce_bridge.core.errors import ErrorCategory, ErrorSeverity
 from lapce_bridge.core.events import EventBus
 from lapce_bridge.core.health import ALERT_TYPES, AlertCleared, HealthMonitor
 from lapce_bridge.core.incidents import (
@@ -42,16 +42,29 @@ from lapce_bridge.core.incidents import (
     IncidentLog,
     IncidentStarted,
 )
+from lapce_bridge.core.matrix import DEFAULT_MATRIX, RecoveryMatrix
 from lapce_bridge.core.metrics import MetricsRegistry
 from lapce_bridge.core.timeouts import TimeoutManager
+from lapce_bridge.fs.ops import REAL_FS, FsOps
+from lapce_bridge.fs.service import FileService
+from lapce_bridge.fs.service import default_retry as fs_default_retry
 from lapce_bridge.resources import DEFAULT_BUDGET_BYTES, Relief, ResourceManager
 from lapce_bridge.rpc import Broadcast, CallContext, Method, Params, method
 from lapce_bridge.schema.checks import checked
 from lapce_bridge.slo import SloStore
+from lapce_bridge.terminal.service import TerminalService
 
 log = logging.getLogger("lapce_bridge.app")
 
 MethodsFactory = Callable[["App"], Mapping[str, Method]]
+
+
+class Service(AbstractAsyncContextManager[Any], Protocol):
+    """What the app needs of a service: its methods, and what memory pressure may take back."""
+
+    def methods(self) -> Mapping[str, Method]: ...
+
+    def relief(self) -> Relief: ...
 
 
 class App:
@@ -66,6 +79,8 @@ class App:
         extra_methods: Mapping[str, Method] | MethodsFactory | None = None,
         timeouts: TimeoutManager | None = None,
         monitor_resources: bool | None = None,
+        matrix: RecoveryMatrix = DEFAULT_MATRIX,
+        fs_ops: FsOps = REAL_FS,
         memory_budget: int | None = None,
         slo_path: Path | None = None,
     ) -> None:
@@ -83,7 +98,8 @@ class App:
         self.slo = SloStore(slo_path, wall=_wall_clock(self.clock))
         self._lost_seen = 0
         self.timeouts = timeouts or TimeoutManager(clock=self.clock)
-        self.breakers: dict[str, CircuitBreaker] = {}
+        self.matrix = matrix
+        self._fs_ops = fs_ops  # a fault-injecting FsOps in tests; the real calls otherwise
         self._want_services = services
         self.health_interval = 5.0  # seconds between alert re-checks without traffic
         # The serving configuration samples memory pressure; a bare method table does not.
@@ -93,9 +109,9 @@ class App:
         self._extra = extra_methods
         self._sinks: list[Broadcast] = []
         self._counter_sources: list[Callable[[], Mapping[str, int]]] = []
-        self._methods: dict[str, Method] = self._own_methods()
+        self._methods: dict[str, Method] = checked(self._own_methods())
         self._stack: AsyncExitStack | None = None
-        self.services: list[object] = []
+        self.services: list[Service] = []
         self._unsubscribe = [self.bus.subscribe(kind, self._on_alert) for kind in ALERT_TYPES]
         self._unsubscribe.append(self.bus.subscribe(IncidentStarted, self._on_incident_started))
         self._unsubscribe.append(self.bus.subscribe(IncidentEnded, self._on_incident_ended))
@@ -149,10 +165,8 @@ class App:
     # -- reports --------------------------------------------------------------------------
     def gauges(self) -> dict[str, Any]:
         """Figures of the moment for the Prometheus exporter (read from its thread)."""
-        out: dict[str, Any] = {
-            "quality": self.degradation.level,
-            "breakers": {name: b.state.value for name, b in list(self.breakers.items())},
-        }
+        # No breakers: the server runs none of its own (the client does).
+        out: dict[str, Any] = {"quality": self.degradation.level}
         if self.resources is not None:
             stats = self.resources.statistics()
             out.update(
@@ -179,15 +193,10 @@ class App:
         return out
 
     def health_report(self) -> dict[str, Any]:
-        breakers = {
-            name: b.state.value
-            for name, b in self.breakers.items()
-            if b.state.value in ("closed", "open", "half_open")
-        }
         report = self.health.report(
             quality_level=self.degradation.level,
             features=self.degradation.features(),
-            breakers=breakers,
+            breakers={},  # the server runs no breakers of its own (the client does)
             pressure=min(100.0, max(0.0, self.resources.pressure)) if self.resources else 0.0,
         )
         if self.resources is not None:
@@ -326,14 +335,13 @@ class App:
             await stack.aclose()
 
     async def _open_services(self, stack: AsyncExitStack) -> None:
-        for build in (self._terminal_service, self._file_service):
-            service = build()
-            if service is None:
-                continue
-            opened = await stack.enter_async_context(service)
+        for service in (self._terminal_service(), self._file_service()):
+            opened: Service = await stack.enter_async_context(service)
             self.services.append(opened)
             self._methods.update(checked(opened.methods()))
-            self._register_relief(opened)
+            if self.resources is not None:
+                # What the resource manager may shrink under memory pressure.
+                self.resources.register(opened.relief())
 
     def add_relief(self, relief: Relief) -> Callable[[], None]:
         """Let the resource manager take back what a component holds (no-op unmonitored)."""
@@ -341,27 +349,10 @@ class App:
             return lambda: None
         return self.resources.register(relief)
 
-    def _register_relief(self, service: Any) -> None:
-        """Let the resource manager shrink what a service holds under memory pressure."""
-        if self.resources is None:
-            return
-        relief = getattr(service, "relief", None)
-        if callable(relief):
-            self.resources.register(relief())
-            return
-        cache = getattr(service, "cache", None)
-        if cache is not None and hasattr(cache, "trim") and hasattr(cache, "clear"):
-            name = f"{type(service).__name__}.cache"
-            self.resources.register(Relief(name, trim_cache=cache.trim, clear_cache=cache.clear))
-
-    def _terminal_service(self) -> Any:
-        module = _optional("lapce_bridge.terminal.service")
-        if module is None:
-            return None
-        state = self.state_dir or self.workspace / ".lapce-bridge"
-        return module.TerminalService(
+    def _terminal_service(self) -> TerminalService:
+        return TerminalService(
             workspace=self.workspace,
-            state_dir=state,
+            state_dir=self.state_dir or self.workspace / ".lapce-bridge",
             clock=self.clock,
             observe=self.observe,
             broadcast=self.broadcast,
@@ -369,16 +360,18 @@ class App:
             default_shell=self.default_shell,
         )
 
-    def _file_service(self) -> Any:
-        module = _optional("lapce_bridge.fs.service")
-        if module is None:
-            return None
-        return module.FileService(
+    def _file_service(self) -> FileService:
+        retry = self.matrix.retry_policy(
+            ErrorCategory.FILESYSTEM, ErrorSeverity.RECOVERABLE, fs_default_retry(self.clock)
+        )
+        return FileService(
             workspace=self.workspace,
             clock=self.clock,
             observe=self.observe,
             features=self.degradation,
             on_degraded=self.watch_degraded,
+            retry=retry,
+            ops=self._fs_ops,
         )
 
     def watch_degraded(self, detail: str) -> None:
@@ -398,13 +391,4 @@ def _wall_clock(clock: Clock) -> Callable[[], float]:
     return clock.now
 
 
-def _optional(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and name.startswith(exc.name):
-            return None  # the service is not part of this tree (yet)
-        raise
-
-
-__all__ = ["App", "MethodsFactory"]
+__all__ = ["App", "MethodsFactory", "Service"]

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import click
 
 # name -> "module:attribute" of a click.Command
 COMMANDS: dict[str, str] = {
@@ -44,9 +48,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         from lapce_bridge.ipc.serve_cmd import main as serve
 
         sys.exit(serve(args[1:]))
-    from lapce_bridge.commands import group
+    group().main(args, prog_name="lapce-bridge")
 
-    group.main(args, prog_name="lapce-bridge")
+
+def group() -> click.Group:
+    """The click group of every command (for `lapce-bridge COMMAND` and for tests)."""
+    from lapce_bridge.commands import build
+
+    return build(COMMANDS, HELP)
 
 
 if __name__ == "__main__":  # pragma: no cover

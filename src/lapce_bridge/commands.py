@@ -8,20 +8,29 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import BinaryIO, TextIO
+from collections.abc import Mapping
+from typing import Any, BinaryIO, TextIO
 
 import click
 
 from lapce_bridge import __version__
-from lapce_bridge.cli import COMMANDS, HELP
 
 
 class LazyGroup(click.Group):
+    """Commands named by "module:attribute" in a table, imported when invoked."""
+
+    def __init__(
+        self, commands: Mapping[str, str], help_lines: Mapping[str, str], **kw: Any
+    ) -> None:
+        super().__init__(**kw)
+        self.table = commands
+        self.help_lines = help_lines
+
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
+        return sorted(self.table)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = COMMANDS.get(cmd_name)
+        target = self.table.get(cmd_name)
         if target is None:
             return None
         module_name, _, attr = target.partition(":")
@@ -34,15 +43,27 @@ class LazyGroup(click.Group):
         return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, HELP.get(name, "")) for name in self.list_commands(ctx)]
+        rows = [(name, self.help_lines.get(name, "")) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="lapce-bridge")
-def group() -> None:
-    """A resilient backend for AI coding assistants: terminals, files, JSON-RPC."""
+def build(commands: Mapping[str, str], help_lines: Mapping[str, str]) -> click.Group:
+    """The `lapce-bridge` group over the command table (`lapce_bridge.cli.COMMANDS`)."""
+
+    @click.version_option(__version__, prog_name="lapce-bridge")
+    def lapce_bridge() -> None:
+        """A resilient backend for AI coding assistants: terminals, files, JSON-RPC."""
+
+    return LazyGroup(
+        commands,
+        help_lines,
+        name="lapce-bridge",
+        callback=lapce_bridge,
+        help=lapce_bridge.__doc__,
+        params=getattr(lapce_bridge, "__click_params__", []),
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
 
 
 @click.command("osc-dump")
@@ -84,4 +105,4 @@ def serve(args: tuple[str, ...]) -> None:
     sys.exit(main(args))
 
 
-__all__ = ["LazyGroup", "group", "osc_dump", "serve"]
+__all__ = ["LazyGroup", "build", "osc_dump", "serve"]

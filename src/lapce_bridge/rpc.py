@@ -16,6 +16,9 @@ from typing import Any, Protocol
 
 Params = dict[str, Any]
 
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""The largest message a transport carries by default; services size their answers by it."""
+
 
 class CallContext(Protocol):
     @property

@@ -8,8 +8,9 @@ from pathlib import Path
 import orjson
 from click.testing import CliRunner
 
-from lapce_bridge.cli import COMMANDS
-from lapce_bridge.commands import group as main
+from lapce_bridge.cli import COMMANDS, group
+
+main = group()
 
 STREAM = (
     b"\x1b]633;A\x07$ \x1b]633;B\x07\x1b]633;E;ls;abc\x07\x1b]633;C\x07"

@@ -6,6 +6,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,14 @@ from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import (
     BridgeTimeout,
     ConnectionLost,
+    ErrorCategory,
+    ErrorSeverity,
     FileSystemError,
     MethodNotFound,
     ResourceExhausted,
     Unavailable,
 )
+from lapce_bridge.core.matrix import DEFAULT_MATRIX
 from lapce_bridge.core.retry import RetryPolicy
 from lapce_bridge.ipc.client import BridgeClient
 from lapce_bridge.ipc.journal import IdempotencyJournal
@@ -192,8 +196,15 @@ async def test_a_full_outbox_refuses_and_giving_up_fails_every_waiting_entry(
     tmp_path: Path,
 ) -> None:
     clock = FakeClock()
+    # Reconnecting is the network/critical row's: 2 retries, on the client's backoff.
+    row = DEFAULT_MATRIX.lookup(ErrorCategory.NETWORK, ErrorSeverity.CRITICAL)
     client = BridgeClient(
-        tmp_path / "nobody.sock", clock=clock, retry=no_jitter(clock, attempts=3), outbox_limit=2
+        tmp_path / "nobody.sock",
+        clock=clock,
+        retry=no_jitter(clock),
+        outbox_limit=2,
+        matrix=DEFAULT_MATRIX.with_row(replace(row, max_retries=2)),
+        outage_grace=0.0,
     )
     first = asyncio.create_task(client.send_with_recovery("test/append", {"value": 1}))
     second = asyncio.create_task(client.send_with_recovery("test/append", {"value": 2}))

@@ -9,6 +9,10 @@ again after it, whether it is meaningless without an action supplied by the call
 re-runs wait on the backoff schedule, and whether, as a fallback, it ends in the error being
 raised (an alert, a shutdown, a cancellation) rather than in a value.
 
+The matrix is the running policy: the server (`App`: the file service's read retries) and
+the client (`BridgeClient`: retrying retryable answers, reconnecting) take their retry counts
+from `attempts()`/`retry_policy()`, so changing a row changes what they do.
+
 Invariants: every (category, severity) pair has exactly one row; pairs the table does not
 name get a row that retries nothing and has no fallback, so the error is surfaced:
 - warning and info failures are the request's own fault (ENOENT, bad params, a conflict) and
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from lapce_bridge.core.errors import ErrorCategory, ErrorSeverity, InvalidParams, classify
+from lapce_bridge.core.retry import RetryPolicy
 
 
 class Strategy(StrEnum):
@@ -161,6 +166,23 @@ class RecoveryMatrix:
     def lookup_error(self, exc: BaseException) -> MatrixRow:
         c = classify(exc)
         return self.lookup(c.category, c.severity)
+
+    def attempts(
+        self, category: ErrorCategory, severity: ErrorSeverity, *, unbounded: int | None = None
+    ) -> int | None:
+        """How many times an operation failing this way may run in all: once when the row's
+        primary strategy does not re-run it, else 1 + `max_retries` (`unbounded` when the row
+        sets no bound). Every retry count in the server and the client is read here."""
+        row = self.lookup(category, severity)
+        if not STRATEGY_SPECS[row.primary].reruns:
+            return 1
+        return unbounded if row.max_retries is None else 1 + row.max_retries
+
+    def retry_policy(
+        self, category: ErrorCategory, severity: ErrorSeverity, base: RetryPolicy
+    ) -> RetryPolicy:
+        """`base`'s backoff with as many attempts as the row allows."""
+        return base.with_attempts(self.attempts(category, severity, unbounded=base.max_attempts))
 
     def with_row(self, row: MatrixRow) -> RecoveryMatrix:
         """A copy of this matrix with `row` replacing the one for its pair."""

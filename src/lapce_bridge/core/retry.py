@@ -187,9 +187,20 @@ class RetryPolicy:
             self.initial_delay, self.max_delay, self.multiplier, self.jitter, self._rng, count
         )
 
-    def should_retry(self, exc: BaseException) -> bool:
-        """Whether a failure with `exc` may be retried at all (attempts and deadline aside)."""
-        return not is_cancellation(exc) and self.retry_if(exc)
+    def with_attempts(self, max_attempts: int | None) -> RetryPolicy:
+        """This policy's backoff, clock and filters with another number of attempts."""
+        return RetryPolicy(
+            max_attempts,
+            self.initial_delay,
+            self.max_delay,
+            self.multiplier,
+            self.jitter,
+            clock=self._clock,
+            retry_if=self.retry_if,
+            deadline=self.deadline,
+            rng=self._rng,
+            eintr_limit=self.eintr_limit,
+        )
 
     async def run(self, fn: Callable[[], T], *, on_retry: OnRetry | None = None) -> T:
         """Call the synchronous `fn`, retrying per the policy; returns its result."""

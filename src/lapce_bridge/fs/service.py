@@ -63,8 +63,15 @@ from lapce_bridge.fs.paths import Workspace
 from lapce_bridge.fs.snapshot import DEFAULT_SKIP_DIRS
 from lapce_bridge.fs.watch import WatchBackend, WatcherRecovery, WatchStats
 from lapce_bridge.fs.watch_quota import WatchQuota
-from lapce_bridge.ipc.framing import DEFAULT_MAX_MESSAGE_BYTES
-from lapce_bridge.rpc import CallContext, Method, Observe, Params, method
+from lapce_bridge.resources import Relief
+from lapce_bridge.rpc import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    CallContext,
+    Method,
+    Observe,
+    Params,
+    method,
+)
 
 ENCODINGS = ("utf-8", "base64")
 MAX_WATCH_PATHS = 64
@@ -196,6 +203,10 @@ class FileService:
         return removed
 
     # -- methods ------------------------------------------------------------------------------
+    def relief(self) -> Relief:
+        """What memory pressure may take back: the file cache."""
+        return Relief("FileService.cache", trim_cache=self.cache.trim, clear_cache=self.cache.clear)
+
     def methods(self) -> dict[str, Method]:
         return {
             "fs/read": method(self._read),

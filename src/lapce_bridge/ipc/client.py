@@ -19,7 +19,7 @@ import contextlib
 import itertools
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +28,16 @@ from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.breaker import CircuitBreaker, CircuitBreakerConfig
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import (
+    BridgeError,
     BridgeTimeout,
     ConnectionLost,
 )
+from lapce_bridge.core.matrix import DEFAULT_MATRIX, RecoveryMatrix
 from lapce_bridge.core.retry import RetryPolicy
 from lapce_bridge.ipc import jsonrpc
 from lapce_bridge.ipc.outbox import Outbox
 from lapce_bridge.ipc.paths import default_socket_path
-from lapce_bridge.ipc.recovery import RecoveryPath
+from lapce_bridge.ipc.recovery import RecoveryPath, refused_before_running, retry_schedule
 from lapce_bridge.ipc.spawn import ServerSupervisor
 from lapce_bridge.ipc.wire import Wire, settle
 
@@ -79,6 +81,7 @@ class BridgeClient(RecoveryPath):
         supervisor: ServerSupervisor | None = None,
         client_name: str = "lapce-bridge-client",
         outage_grace: float = 2.0,
+        matrix: RecoveryMatrix = DEFAULT_MATRIX,
     ) -> None:
         self.socket_path = Path(socket_path) if socket_path is not None else default_socket_path()
         self.clock = clock or SYSTEM_CLOCK
@@ -93,6 +96,8 @@ class BridgeClient(RecoveryPath):
         self.supervisor = supervisor
         self.client_name = client_name
         self.outage_grace = outage_grace
+        self.matrix = matrix
+        self.retried = 0  # answers retried because their row said so
         self.server_info: dict[str, Any] | None = None
         self.reconnects = 0
         self._wire: Wire | None = None
@@ -104,6 +109,10 @@ class BridgeClient(RecoveryPath):
         self.recovered: dict[str, asyncio.Future[Any]] = {}
 
     # -- connection -----------------------------------------------------------------------
+    @property
+    def supervised(self) -> bool:
+        return self.supervisor is not None
+
     @property
     def connected(self) -> bool:
         return self._wire is not None and not self._wire.lost
@@ -179,7 +188,26 @@ class BridgeClient(RecoveryPath):
         limit = timeout if timeout is not None else self.request_timeout
         if limit is not None and method in KEYED_ON_TIMEOUT and type(params) is dict:
             params = {"idempotencyKey": uuid.uuid4().hex, **params}
-        return await self._call(wire, method, params, limit, cancel=cancel)
+        delays: Iterator[float] | None = None
+        while True:
+            try:
+                return await self._call(wire, method, params, limit, cancel=cancel)
+            except BridgeError as exc:
+                if not refused_before_running(exc):
+                    raise  # it ran: running it again is the server's call (its own row)
+                if delays is None:
+                    delays = self.retry_schedule(exc)
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+            self.retried += 1
+            await self.clock.sleep(delay)
+            wire = self._wire
+            if wire is None or wire.lost:
+                raise ConnectionLost(f"not connected to {self._where()}")
+
+    def retry_schedule(self, exc: BaseException) -> Iterator[float]:
+        return retry_schedule(self.matrix, self.retry, exc)
 
     async def _call(
         self,

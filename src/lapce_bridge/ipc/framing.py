@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from lapce_bridge.core.errors import MessageTooLarge, ParseError, ParserError
+from lapce_bridge.rpc import DEFAULT_MAX_MESSAGE_BYTES
 
-DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_HEADER_BYTES = 8 * 1024
 DEFAULT_PEEK_BYTES = 256
 

@@ -23,6 +23,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
+
 from lapce_bridge.core.errors import Cancelled, InvalidParams, ResourceExhausted, Unavailable
 from lapce_bridge.ipc import jsonrpc
 from lapce_bridge.ipc.journal import (
@@ -136,6 +138,9 @@ class Idempotency:
 
     def _record(self, key: str, outcome: Outcome) -> None:
         try:
+            if _refused(outcome):
+                self.journal.forget(key)  # nothing ran: the client's retry must run it
+                return
             self.journal.finish(key, *outcome)
         except ResourceExhausted:
             # The answer is known and is still given; only a repeat after a restart would
@@ -158,6 +163,21 @@ class Idempotency:
     @property
     def running(self) -> int:
         return len(self._running)
+
+
+# Refusals that say "not now, nothing done, try again": under pressure, unavailable.
+_REFUSAL_CODES = frozenset({ResourceExhausted.code, Unavailable.code})
+
+
+def _refused(outcome: Outcome) -> bool:
+    ok, payload = outcome
+    if ok:
+        return False
+    error = orjson.loads(payload)
+    data = error.get("data")
+    return (
+        error.get("code") in _REFUSAL_CODES and type(data) is dict and data.get("retryable") is True
+    )
 
 
 def _same_method(key: str, first: str, now: str) -> None:

@@ -157,6 +157,13 @@ class IdempotencyJournal:
         except sqlite3.Error as exc:
             raise ResourceExhausted(f"idempotency journal write failed: {exc}") from exc
 
+    def forget(self, key: str) -> None:
+        """Drop a key whose request was refused without effect: a retry may run it."""
+        try:
+            self._conn().execute("DELETE FROM entries WHERE key = ?", (key,))
+        except sqlite3.Error as exc:
+            raise ResourceExhausted(f"idempotency journal write failed: {exc}") from exc
+
     def finish(self, key: str, ok: bool, payload: bytes) -> None:
         try:
             self._conn().execute(

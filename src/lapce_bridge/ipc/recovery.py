@@ -17,19 +17,34 @@ reached. A dropped connection counts as one failure (not one per request that wa
 and so does each failed reconnect attempt once the outage has lasted `outage_grace` seconds:
 a server that restarts in time never trips the breaker, one that stays down does, and then
 new calls fail fast while those already queued keep waiting. If reconnecting is given
-up (the policy's attempts run out, the supervised server crash-loops, the token is refused),
-every waiting entry fails with that error: an explicit answer, never silence.
+up (without a supervisor, after the network/critical row's attempts past the outage grace;
+the supervised server crash-loops; the token is refused), every waiting entry fails with
+that error: an explicit answer, never silence, and no request waits forever.
+
+Retries are the recovery matrix's: an answer refusing a request before it ran (retryable
+-32005 or -32002) is sent again as often as its row allows, on the client's backoff; an
+answer from work that ran is never re-sent (running it again is the server's call).
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from lapce_bridge.core.breaker import CircuitBreaker
 from lapce_bridge.core.clock import Clock
-from lapce_bridge.core.errors import BridgeError, BridgeTimeout, ConnectionLost
+from lapce_bridge.core.errors import (
+    BridgeError,
+    BridgeTimeout,
+    ConnectionLost,
+    ErrorCategory,
+    ErrorSeverity,
+    ResourceExhausted,
+    Unavailable,
+)
+from lapce_bridge.core.matrix import RecoveryMatrix
 from lapce_bridge.core.retry import RetryPolicy
 from lapce_bridge.ipc import jsonrpc
 from lapce_bridge.ipc.outbox import Outbox, OutboxEntry
@@ -37,6 +52,36 @@ from lapce_bridge.ipc.wire import Wire, settle
 
 if TYPE_CHECKING:
     import itertools
+
+
+# A row with no bound of its own still stops here: no request is retried forever.
+UNBOUNDED_RETRIES = 10
+
+
+def refused_before_running(exc: BridgeError) -> bool:
+    """A retryable refusal the server gave before running anything (under memory pressure,
+    while shutting down, with a breaker open): sending it again cannot do anything twice."""
+    return exc.classification.retryable and isinstance(exc, ResourceExhausted | Unavailable)
+
+
+def retry_schedule(
+    matrix: RecoveryMatrix, retry: RetryPolicy, exc: BaseException
+) -> Iterator[float]:
+    """The delays before each retry of an answer failing with `exc`: as many as its row of
+    the recovery matrix allows (none when its strategy does not re-run), on `retry`'s backoff."""
+    row = matrix.lookup_error(exc)
+    attempts = matrix.attempts(
+        row.category, row.severity, unbounded=retry.max_attempts or UNBOUNDED_RETRIES
+    )
+    return retry.schedule((attempts or 1) - 1)
+
+
+class _Refused(Exception):
+    """The server answered a refusal before running: the request may be sent again."""
+
+    def __init__(self, error: BridgeError) -> None:
+        super().__init__(error.detail)
+        self.error = error
 
 
 class RecoveryPath:
@@ -52,6 +97,15 @@ class RecoveryPath:
     _ids: itertools.count[int]
     _reconnect_task: asyncio.Task[None] | None
     _closed: bool
+    retried: int
+    matrix: RecoveryMatrix
+
+    @property
+    def supervised(self) -> bool:
+        raise NotImplementedError
+
+    def retry_schedule(self, exc: BaseException) -> Iterator[float]:
+        raise NotImplementedError
 
     async def _open(self) -> None:
         raise NotImplementedError
@@ -70,7 +124,32 @@ class RecoveryPath:
         """Deliver a request whatever happens to the connection; executed at most once.
 
         When `timeout` passes the request is given up here, but the work goes on on the
-        server unless `cancel`: the `BridgeTimeout` carries its `idempotencyKey`."""
+        server unless `cancel`: the `BridgeTimeout` carries its `idempotencyKey`. An answer
+        refusing it before it ran (retryable -32005/-32002) is sent again, as often and as
+        far apart as its row of the recovery matrix says."""
+        params = dict(params or {})
+        params.setdefault("idempotencyKey", uuid.uuid4().hex)
+        delays: Iterator[float] | None = None
+        while True:
+            try:
+                return await self._deliver(method, params, timeout, cancel)
+            except _Refused as refused:
+                exc = refused.error
+                if delays is None:
+                    delays = self.retry_schedule(exc)
+                delay = next(delays, None)
+                if delay is None:
+                    raise exc from None
+            self.retried += 1
+            await self.clock.sleep(delay)
+
+    async def _deliver(
+        self,
+        method: str,
+        params: dict[str, Any],
+        timeout: float | None,  # noqa: ASYNC109 - on the injected clock
+        cancel: bool,
+    ) -> Any:
         if self._closed:
             raise ConnectionLost("the client is closed")
         params = dict(params or {})
@@ -90,6 +169,10 @@ class RecoveryPath:
         try:
             async with self.clock.timeout(timeout):
                 return await asyncio.shield(future)
+        except BridgeError as exc:
+            if refused_before_running(exc):
+                raise _Refused(exc) from exc  # the server's answer: it did not run
+            raise
         except TimeoutError as exc:
             self._abandon(entry, cancel=cancel)
             raise BridgeTimeout(
@@ -145,8 +228,20 @@ class RecoveryPath:
             return
         self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
 
+    def _reconnect_attempts(self) -> int | None:
+        """How many failed connects past the outage grace end the reconnecting: the
+        network/critical row's (reconnect_ipc) without a supervisor; with one, None (it
+        restarts the server and gives up itself on a crash loop)."""
+        if self.supervised:
+            return None
+        return self.matrix.attempts(
+            ErrorCategory.NETWORK, ErrorSeverity.CRITICAL, unbounded=UNBOUNDED_RETRIES
+        )
+
     async def _reconnect(self) -> None:
         delays = self.retry.delays()
+        allowed = self._reconnect_attempts()
+        attempts = 0  # failed connects past the outage grace (a restart's refusals are free)
         breaker = self.breaker
         clock = self.clock
         outage_started = clock.now()
@@ -161,6 +256,7 @@ class RecoveryPath:
                 await self._open()
             except (ConnectionLost, BridgeTimeout) as exc:
                 if started - outage_started >= self.outage_grace:
+                    attempts += 1
                     breaker.on_error(clock.now() - started, exc, generation=generation)
                 else:  # a server restarting is expected to refuse for a moment
                     breaker.release(generation=generation)
@@ -173,8 +269,13 @@ class RecoveryPath:
                 breaker.on_success(clock.now() - started, generation=generation)
                 break
             delay = next(delays, None)
-            if delay is None:
-                self._fail_outbox(ConnectionLost(f"gave up reconnecting: {last.detail}"))
+            if delay is None or (allowed is not None and attempts >= allowed):
+                self._fail_outbox(
+                    ConnectionLost(
+                        f"gave up reconnecting after {attempts} attempts: {last.detail}",
+                        data={"attempts": attempts},
+                    )
+                )
                 return
             await clock.sleep(delay)
         self.reconnects += 1

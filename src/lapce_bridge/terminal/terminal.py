@@ -427,16 +427,29 @@ class Terminal:
         if self.proc is None or not self.proc.alive:
             raise ShellCrashed(f"terminal {self.terminal_id} has no running shell")
 
-    async def wait(self, execution_id: str, within: float | None = None) -> ExecResult:
-        """The final result of an execution (waiting for it if it still runs)."""
+    async def wait(
+        self, execution_id: str, within: float | None = None, idle_timeout: float | None = None
+    ) -> ExecResult:
+        """The final result of an execution (waiting for it if it still runs).
+
+        With `idle_timeout`, a program that asks for input again (quiet while it reads the
+        terminal) is answered `waiting_for_input` once more, with only the output printed
+        since the last such answer; a quiet program that reads nothing is waited for."""
         done = self._results.get(execution_id)
         if done is not None:
             return done
         ex = self._exec
         if ex is None or ex.execution_id != execution_id:
             raise InvalidParams(f"unknown executionId {execution_id!r} on {self.terminal_id}")
-        async with self.clock.timeout(within):
-            return await asyncio.shield(ex.done)
+        if idle_timeout is None:
+            async with self.clock.timeout(within):
+                return await asyncio.shield(ex.done)
+        result = await await_result(
+            ex, self.clock, self._hooks, None, idle_timeout, within, quiet_is_running=False
+        )
+        if result.status is Status.RUNNING:
+            raise TimeoutError(f"{execution_id} still runs after {within} s")
+        return result
 
     def result_of(self, execution_id: str) -> ExecResult | None:
         return self._results.get(execution_id)
@@ -595,19 +608,41 @@ class Terminal:
             return
         self._on_death(code)
 
+    def _asked_for(self, code: int) -> bool:
+        """Whether the running command ended the shell itself (`exit N`, `exec cmd`, a
+        `set -e` failure): the shell exited with a status while a command it had started
+        ran and we sent no signal. A death by a signal (ours, the kernel's, anyone's) or with
+        no command running is a crash."""
+        ex = self._exec
+        return (
+            code >= 0 and ex is not None and ex.started and not ex.interrupted and not ex.timed_out
+        )
+
     def _on_death(self, code: int) -> None:
         now = self.clock.now()
-        self.deaths.append(now)
-        decision = decide_restart(
-            self.deaths,
-            now,
-            shell=self.shell,
-            tried=self.tried_shells,
-            policy=self.crash_policy,
-            can_run=lambda s: resolve_shell(s, self._path()) is not None,
-        )
+        asked = self._asked_for(code)
+        if asked:
+            # Not a crash: it does not count toward the crash loop, and the same shell comes
+            # back with the cwd and the exported environment it had before the command.
+            decision = RestartDecision(RestartAction.RESTART, self.shell, "asked for")
+        else:
+            self.deaths.append(now)
+            decision = decide_restart(
+                self.deaths,
+                now,
+                shell=self.shell,
+                tried=self.tried_shells,
+                policy=self.crash_policy,
+                can_run=lambda s: resolve_shell(s, self._path()) is not None,
+            )
         will_recover = decision.action is not RestartAction.GIVE_UP
-        if will_recover:
+        if asked:
+            recovery = Recovery(
+                recreate_strategy().value,
+                f"the command ended the shell (exit status {code}); the same shell was "
+                "started again with the cwd and exported environment it had before it",
+            )
+        elif will_recover:
             recovery = Recovery(recreate_strategy().value, f"shell exited with code {code}")
         else:
             recovery = Recovery(give_up_strategy().value, decision.reason)

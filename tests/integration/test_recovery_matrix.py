@@ -1,0 +1,128 @@
+"""The recovery matrix is the running policy: change a row, and the server and the client change.
+
+Server: the file service's read retries are the filesystem/recoverable row's (a transient EIO,
+injected where a healthy disk cannot produce one, is retried or not). Client, against a real
+`serve` process: an answer refused before running (-32005) is retried as often as its row
+says; reconnecting to a server that is gone gives up after the network/critical row's
+attempts with a clear error.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lapce_bridge.app import App
+from lapce_bridge.core.errors import (
+    ConnectionLost,
+    ErrorCategory,
+    ErrorSeverity,
+    ResourceExhausted,
+)
+from lapce_bridge.core.matrix import DEFAULT_MATRIX, RecoveryMatrix
+from lapce_bridge.core.retry import RetryPolicy
+from lapce_bridge.ipc.client import BridgeClient
+from lapce_bridge.ipc.raw import RawClient
+from lapce_bridge.ipc.server import BridgeServer
+from lapce_bridge.rpc import CallContext, Method, Params, method
+from lapce_bridge.testing import Fault, FaultyFs
+from tests.integration.serve_process import serve
+
+EXTRA = "tests.integration.test_recovery_matrix:methods"
+
+
+def methods(app: Any) -> dict[str, Method]:
+    """Loaded by the server process: refuses the first `refuse` calls as under pressure."""
+
+    def busy(params: Params, ctx: CallContext) -> int:
+        ledger = Path(params["file"])
+        with ledger.open("a") as fh:
+            fh.write("call\n")
+        calls = len(ledger.read_text().split())
+        if calls <= params["refuse"]:
+            raise ResourceExhausted("memory pressure: try again shortly")
+        return calls
+
+    return {"test/busy": method(busy)}
+
+
+def _with(category: ErrorCategory, severity: ErrorSeverity, retries: int) -> RecoveryMatrix:
+    return DEFAULT_MATRIX.with_row(
+        replace(DEFAULT_MATRIX.lookup(category, severity), max_retries=retries)
+    )
+
+
+def _fast(attempts: int | None = None) -> RetryPolicy:
+    return RetryPolicy(max_attempts=attempts, initial_delay=0.001, max_delay=0.005, jitter=0.0)
+
+
+@pytest.mark.parametrize(("retries", "answered"), [(3, True), (1, False)])
+async def test_a_changed_filesystem_row_changes_the_servers_read_retries(
+    tmp_path: Path, retries: int, answered: bool
+) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "a.txt").write_text("hello")
+    faults = FaultyFs(faults=[Fault("read", errno.EIO, times=2)])  # two transient failures
+    matrix = _with(ErrorCategory.FILESYSTEM, ErrorSeverity.RECOVERABLE, retries)
+    async with App(workspace=ws, state_dir=tmp_path / "state", matrix=matrix, fs_ops=faults) as app:
+        server = BridgeServer(app)
+        await server.listen_unix(tmp_path / "bridge.sock")
+        client = await RawClient.connect_unix(tmp_path / "bridge.sock")
+        try:
+            reply = await client.request("fs/read", {"path": "a.txt"})
+        finally:
+            await client.close()
+            await server.aclose()
+    if answered:
+        assert reply["result"]["content"] == "hello"
+        assert faults.outcomes("read")[:2] == ["EIO", "EIO"]
+    else:
+        assert reply["error"]["code"] == -32004
+        assert reply["error"]["data"]["errno"] == "EIO"
+        assert faults.outcomes("read") == ["EIO", "EIO"]  # one retry, as the row says
+
+
+async def test_a_changed_resource_row_changes_the_clients_retries(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.txt"
+    async with serve(tmp_path, "--extra-methods", EXTRA) as srv:
+        async with BridgeClient(srv.socket, retry=_fast()) as client:
+            # The default row (throttle_operations, unbounded) retries: the third call runs.
+            assert await client.request("test/busy", {"file": str(ledger), "refuse": 2}) == 3
+            assert client.retried == 2
+        ledger.unlink()
+        no_retry = _with(ErrorCategory.RESOURCE, ErrorSeverity.RECOVERABLE, 0)
+        async with BridgeClient(srv.socket, retry=_fast(), matrix=no_retry) as client:
+            with pytest.raises(ResourceExhausted):
+                await client.request("test/busy", {"file": str(ledger), "refuse": 2})
+            assert client.retried == 0
+            assert ledger.read_text().split() == ["call"]
+            # The recovery path follows the same row.
+            with pytest.raises(ResourceExhausted):
+                await client.send_with_recovery("test/busy", {"file": str(ledger), "refuse": 2})
+        ledger.unlink()
+        one_retry = _with(ErrorCategory.RESOURCE, ErrorSeverity.RECOVERABLE, 1)
+        async with BridgeClient(srv.socket, retry=_fast(), matrix=one_retry) as client:
+            answer = await client.send_with_recovery(
+                "test/busy", {"file": str(ledger), "refuse": 1}
+            )
+            assert answer == 2
+            assert client.retried == 1
+
+
+@pytest.mark.parametrize("retries", [1, 3])
+async def test_reconnecting_gives_up_after_the_rows_attempts(tmp_path: Path, retries: int) -> None:
+    matrix = _with(ErrorCategory.NETWORK, ErrorSeverity.CRITICAL, retries)
+    async with serve(tmp_path) as srv:
+        client = BridgeClient(srv.socket, retry=_fast(), matrix=matrix, outage_grace=0.0)
+        await client.connect()
+        srv.proc.terminate()
+        await srv.proc.wait()
+        with pytest.raises(ConnectionLost, match="gave up reconnecting") as info:
+            await client.send_with_recovery("ping")
+        assert info.value.data["attempts"] == 1 + retries
+        await client.close()
