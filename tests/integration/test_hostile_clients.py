@@ -208,3 +208,31 @@ async def test_a_closed_connection_is_freed_without_the_cycle_collector(tmp_path
             assert ref() is None
         finally:
             gc.enable()
+
+
+async def test_a_reused_idempotency_key_with_other_params_is_refused(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    async with App(workspace=ws, state_dir=tmp_path / "state") as app:
+        server = BridgeServer(app)
+        await server.listen_unix(tmp_path / "bridge.sock")
+        c = await RawClient.connect_unix(tmp_path / "bridge.sock")
+        try:
+            first = await c.request(
+                "fs/write", {"path": "a.txt", "content": "one", "idempotencyKey": "k1"}
+            )
+            assert first["result"]["size"] == 3
+            same = await c.request(
+                "fs/write", {"path": "a.txt", "content": "one", "idempotencyKey": "k1"}
+            )
+            assert same["result"] == first["result"]  # a repeat: the first result, run once
+            other = await c.request(
+                "fs/write", {"path": "a.txt", "content": "two!", "idempotencyKey": "k1"}
+            )
+            assert other["error"]["code"] == -32602
+            assert "with other params" in other["error"]["message"]
+            assert other["error"]["data"]["fault"] == "caller"
+            assert (ws / "a.txt").read_text() == "one"  # nothing written, nothing lost silently
+        finally:
+            await c.close()
+            await server.aclose()

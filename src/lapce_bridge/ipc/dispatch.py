@@ -47,7 +47,13 @@ from lapce_bridge.core.errors import (
 )
 from lapce_bridge.ipc import jsonrpc
 from lapce_bridge.ipc.framing import RequestId
-from lapce_bridge.ipc.idempotency import Outcome, check_key, encode_outcome, shutting_down
+from lapce_bridge.ipc.idempotency import (
+    Outcome,
+    check_key,
+    encode_outcome,
+    shutting_down,
+    signature,
+)
 from lapce_bridge.ipc.jsonrpc import Batch, Invalid, Notification, Request
 from lapce_bridge.ipc.state import ServerState
 from lapce_bridge.rpc import Method, Params, request_limit
@@ -328,11 +334,12 @@ class Dispatcher:
         key = prep.key
         assert key is not None
         try:
-            found = idem.lookup(key, prep.name)
+            bound = signature(prep.name, prep.params)
+            found = idem.lookup(key, bound)
             if found is None:
                 if not prep.method.is_async:
-                    return idem.run_sync(key, prep.name, lambda: self._call_sync(prep))
-                found = idem.start(key, prep.name, lambda: self._run(prep))
+                    return idem.run_sync(key, bound, lambda: self._call_sync(prep))
+                found = idem.start(key, bound, lambda: self._run(prep))
         except BridgeError as exc:
             return encode_outcome(False, exc)
         if isinstance(found, tuple):
