@@ -92,7 +92,7 @@ class App:
         self._extra = extra_methods
         self._sinks: list[Broadcast] = []
         self._counter_sources: list[Callable[[], Mapping[str, int]]] = []
-        self._methods: dict[str, Method] = self._own_methods()
+        self._methods: dict[str, Method] = checked(self._own_methods())
         self._stack: AsyncExitStack | None = None
         self.services: list[Service] = []
         self._unsubscribe = [self.bus.subscribe(kind, self._on_alert) for kind in ALERT_TYPES]

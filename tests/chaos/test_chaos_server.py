@@ -97,6 +97,9 @@ async def test_misbehaving_clients_are_survived_and_a_stopped_server_is_seen(
     assert_sees_loss(await clients.run_many_clients(ctx(tmp_path, broken=True)), 100)
     stalled = await clients.run_stalled_reader(ctx(tmp_path))
     assert stalled.ok, stalled
+    broken_stall = await clients.run_stalled_reader(ctx(tmp_path, broken=True))
+    assert_sees_loss(broken_stall, 1)
+    assert broken_stall.rto_ms == float("inf")
 
 
 async def test_terminals_under_load_count_each_failure(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from lapce_bridge.app import App
-from lapce_bridge.bench.ipc import ping_round_trips, pipelined_rate
+from lapce_bridge.bench.ipc import echo_floor, ping_round_trips, pipelined_rate
 from lapce_bridge.ipc.server import BridgeServer
 
 
@@ -34,3 +34,11 @@ async def test_bench_clients_skip_notifications(tmp_path: Path) -> None:
     assert len(samples) == 300
     assert all(s > 0 for s in samples)
     assert rate > 0
+
+
+async def test_echo_floor_counts_every_echoed_ping(tmp_path: Path) -> None:
+    # The echo server answers with the request itself, which names a method: the client
+    # must not take it for a notification and wait for another answer.
+    samples = await echo_floor(tmp_path, 200)
+    assert len(samples) == 200
+    assert all(s > 0 for s in samples)

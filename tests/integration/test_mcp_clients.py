@@ -293,3 +293,32 @@ def test_every_tool_schema_is_generated_from_its_structs() -> None:
     )
     assert out.returncode != 0
     assert "not a loopback address" in out.stderr
+
+
+async def test_without_workspace_the_clients_first_root_is_the_workspace(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    async def roots(context: Any) -> types.ListRootsResult:
+        listed = types.Root.model_validate({"uri": root.as_uri(), "name": "project"})
+        return types.ListRootsResult(roots=[listed])
+
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "lapce_bridge", "mcp", "--shell", "bash"],
+        env=server_env(tmp_path),
+        cwd=str(elsewhere),
+    )
+    with anyio.fail_after(120), (tmp_path / "server.log").open("w") as errlog:
+        async with (
+            stdio_client(params, errlog=errlog) as (read, write),
+            ClientSession(read, write, list_roots_callback=roots) as session,
+        ):
+            await session.initialize()
+            ran = structured(await session.call_tool("run_command", {"command": "pwd"}))
+            assert ran["output"].strip() == str(root)
+            info = structured(await session.call_tool("file_info", {"path": "calc.py"}))
+            assert info["kind"] == "file"
+            outside = tool_error(await session.call_tool("file_info", {"path": str(elsewhere)}))
+            assert outside["code"] == -32006

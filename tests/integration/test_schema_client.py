@@ -149,6 +149,7 @@ def test_the_typed_client_against_a_real_server(server: tuple[Path, Path]) -> No
                 "parameter 'timeoutMs' must be",
             ),
             ("fs/watch", {"paths": []}, "parameter 'paths' must be an array of length >= 1"),
+            ("health/get", {"verbose": True}, "unknown parameter 'verbose'"),
         ]:
             with pytest.raises(InvalidParams) as refused:
                 client.call_raw(method, params)

@@ -22,6 +22,51 @@ async def _restarted(term: Terminal, count: int) -> None:
     raise AssertionError(f"terminal did not restart {count} times")
 
 
+async def _kill_mid_command(term: Terminal) -> None:
+    """A death nobody asked for, while a command runs (its result carries the recovery)."""
+    running = asyncio.ensure_future(term.execute("sleep 30", timeout=20))
+    for _ in range(500):
+        if term.busy and term.proc is not None and term.proc.foreground_pgrp() != term.pid:
+            break
+        await asyncio.sleep(0.01)
+    term.kill()
+    await running
+
+
+async def _gone(term: Terminal) -> None:
+    for _ in range(1000):
+        if term.failed is not None:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("terminal did not give up")
+
+
+async def test_exits_the_user_asked_for_keep_the_shell_cwd_and_env(tmp_path: Path) -> None:
+    exits: list[TerminalExited] = []
+    async with await Terminal.start(
+        shell="bash",
+        cwd=str(tmp_path),
+        env={"HOME": str(tmp_path)},
+        state_dir=tmp_path / "state",
+        on_exit=exits.append,
+        crash_policy=CrashLoopPolicy(max_deaths=2, window_s=60),
+    ) as term:
+        await term.execute("cd /usr; export VAR=kept", timeout=10)
+        shell = term.shell
+        for command, code in (("exec false", 1), ("set -e; false", 1), ("exit 3", 3)):
+            result = await term.execute(command, timeout=10)
+            assert (result.status, result.exit_code) == (Status.INTERRUPTED, code)
+            assert [r.action for r in result.recoveries] == ["recreate_terminal"]
+            assert "the command ended the shell" in result.recoveries[0].reason
+            await _restarted(term, len(exits))
+            after = await term.execute('pwd; echo "$VAR"', timeout=10)
+            assert after.output == "/usr\nkept\n"
+            assert term.shell == shell
+            assert term.mode is Mode.SHELL_INTEGRATION
+        assert term.deaths == []  # none of them counts toward the crash loop
+        assert [e.will_recover for e in exits] == [True, True, True]
+
+
 async def test_shell_killed_mid_command_is_recovered_with_cwd_and_env(tmp_path: Path) -> None:
     exits: list[TerminalExited] = []
     work = tmp_path / "work"
@@ -76,9 +121,10 @@ async def test_crash_loop_moves_to_another_shell_then_gives_up(tmp_path: Path) -
         on_exit=exits.append,
         crash_policy=CrashLoopPolicy(max_deaths=2, window_s=60, fallback_shells=("bash", "sh")),
     ) as term:
-        await term.execute("exit 1", timeout=10)
+        # Deaths nobody asked for (an exit a command asks for is not a crash).
+        await _kill_mid_command(term)
         await _restarted(term, 1)
-        await term.execute("exit 1", timeout=10)
+        await _kill_mid_command(term)
         await _restarted(term, 2)
         assert term.mode is Mode.ALTERNATIVE_SHELL
         assert term.detection is EndDetection.END_MARKER
@@ -87,9 +133,10 @@ async def test_crash_loop_moves_to_another_shell_then_gives_up(tmp_path: Path) -
         assert result.mode is Mode.ALTERNATIVE_SHELL
         assert [r.action for r in result.recoveries] == ["alternative_shell"]
         assert result.output.strip() in ("sh", "/bin/sh", "/usr/bin/sh")
-        await term.execute("exit 1", timeout=10)
+        await _kill_mid_command(term)
         await _restarted(term, 3)
-        await term.execute("exit 1", timeout=10)
+        await _kill_mid_command(term)
+        await _gone(term)
         assert [e.will_recover for e in exits] == [True, True, True, False]
         with pytest.raises(ShellCrashed, match="no other shell"):
             await term.execute("echo never", timeout=10)
@@ -261,3 +308,28 @@ async def test_large_input_and_large_commands_are_delivered_whole(tmp_path: Path
         term.send_text(lines + "\x04")
         done = await term.wait(reader.execution_id, within=30)
         assert done.output.splitlines()[-1] == "200000 2000"
+
+
+@pytest.mark.shells
+@pytest.mark.parametrize("shell", ["zsh", "fish"])
+async def test_exits_asked_for_in_zsh_and_fish(tmp_path: Path, shell: str) -> None:
+    async with await Terminal.start(
+        shell=shell, cwd=str(tmp_path), env={"HOME": str(tmp_path)}, state_dir=tmp_path / "s"
+    ) as term:
+        export = "set -gx VAR kept" if shell == "fish" else "export VAR=kept"
+        await term.execute(f"cd /usr; {export}", timeout=10)
+        # (fish's `exit` inside a sourced file leaves only that file: the shell stays.)
+        steps = [("exec false", 1)]
+        if shell == "zsh":
+            steps += [("setopt err_exit; false", 1), ("exit 3", 3)]
+        for restarts, (command, code) in enumerate(steps, start=1):
+            result = await term.execute(command, timeout=10)
+            # fish runs its end hooks before `exit` ends it: that command completes.
+            ended = (
+                (Status.INTERRUPTED, Status.COMPLETED) if shell == "fish" else (Status.INTERRUPTED,)
+            )
+            assert (result.status in ended, result.exit_code) == (True, code)
+            await _restarted(term, restarts)
+            after = await term.execute('pwd; echo "$VAR"', timeout=10)
+            assert after.output == "/usr\nkept\n"
+        assert term.deaths == []

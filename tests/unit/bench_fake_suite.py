@@ -6,9 +6,12 @@ from lapce_bridge.bench.report import Row, figure_row, latency_row
 from lapce_bridge.bench.runner import BenchContext
 
 MISS = True  # the test flips it to see --check pass
+RAISE = False  # the test sets it to see a broken suite reported as a miss
 
 
 async def run(ctx: BenchContext) -> list[Row]:
+    if RAISE:
+        raise TimeoutError("timed out")
     return [
         latency_row("fake", "fast op", [1e-6] * 100, seed=(10, 50, 100), goal=(5, 20)),
         figure_row(

@@ -243,6 +243,7 @@ def fake_suite(monkeypatch: pytest.MonkeyPatch) -> object:
 
     monkeypatch.setattr(runner, "SUITES", {"fake": "tests.unit.bench_fake_suite"})
     monkeypatch.setattr(bench_fake_suite, "MISS", True)
+    monkeypatch.setattr(bench_fake_suite, "RAISE", False)
     return bench_fake_suite
 
 
@@ -292,3 +293,18 @@ def test_check_on_a_real_suite_agrees_with_its_verdicts(tmp_path: Path) -> None:
     assert len(rows) == 6
     missed = [r["name"] for r in rows if r["verdict"] == "miss"]
     assert out.exit_code == (1 if missed else 0), out.output
+
+
+def test_a_suite_that_raises_is_a_miss_and_the_run_goes_on(
+    fake_suite: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from lapce_bridge.bench.runner import bench
+
+    monkeypatch.setattr(fake_suite, "MISS", False)
+    monkeypatch.setattr(fake_suite, "RAISE", True)
+    out = CliRunner().invoke(bench, ["--repeat", "1", "--check", "--json"])
+    assert out.exit_code == 1, out.output
+    assert "missed: fake: suite failed: TimeoutError: timed out" in out.output
+    assert '"verdict":"miss"' in out.output

@@ -12,7 +12,7 @@ import pytest
 from lapce_bridge.core.errors import PermissionDenied
 from lapce_bridge.fs.beneath import HAVE_OPENAT2, openat2, walk_open
 from lapce_bridge.fs.ops import REAL_FS, FsOps, WalkingFs
-from lapce_bridge.fs.paths import Workspace
+from lapce_bridge.fs.paths import OpensBeneath, Workspace
 
 Opener = Callable[[int, str, int, int], int]
 
@@ -141,4 +141,27 @@ def test_workspace_open_resolves_a_swapped_path_afresh(tmp_path: Path, ops: FsOp
     (root / "a").symlink_to(tmp_path / "out")
     with pytest.raises(PermissionDenied, match="outside the workspace"):
         workspace.open(real, os.O_RDONLY, ops=ops)
+    workspace.close()
+
+
+def test_opens_beneath_reads_inside_and_fails_a_path_out_as_an_os_error(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "b.txt").write_text("inside")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "b.txt").write_text("outside")
+    workspace = Workspace(root)
+    ops = OpensBeneath(workspace)
+    real = workspace.resolve("a/b.txt")
+    fd = ops.open(real, os.O_RDONLY)
+    try:
+        assert os.read(fd, 100) == b"inside"
+        assert ops.fstat(fd).st_size == 6  # every other call is the real one
+    finally:
+        os.close(fd)
+    # What a walk by path meets when a folder it listed was swapped for a link out.
+    os.rename(root / "a", root / "old")
+    (root / "a").symlink_to(tmp_path / "out")
+    with pytest.raises(PermissionError, match="outside the workspace"):
+        ops.open(real, os.O_RDONLY)
     workspace.close()

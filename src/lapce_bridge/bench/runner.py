@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import math
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
@@ -64,6 +65,18 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+def failed_suite_row(name: str, exc: BaseException) -> Row:
+    """A row that misses whatever is asked of it: the suite raised before giving its rows."""
+    return Row(
+        name,
+        f"suite failed: {type(exc).__name__}: {exc}"[:120],
+        "",
+        value=math.nan,
+        seed=(0.0,),
+        note="the suite raised; its rows are missing from this run",
+    )
+
+
 def run_suites(
     names: Sequence[str], ctx: BenchContext, repeat: int, progress: Callable[[str], None]
 ) -> list[Row]:
@@ -76,6 +89,8 @@ def run_suites(
             loop = new_loop()
             try:
                 rows.extend(loop.run_until_complete(suite(ctx)))
+            except Exception as exc:  # one broken suite is a miss, not the end of the run
+                rows.append(failed_suite_row(name, exc))
             finally:
                 loop.close()
         runs.append(rows)

@@ -65,7 +65,7 @@ class Tally:
             seed_ms=seed_ms,
             goal_ms=goal_ms,
             ok=(self.lost == 0 and rto_ms < seed_ms) if ok is None else ok,
-            detail=f"{detail} {self.summary()}",
+            detail=f"{detail.rstrip()} {self.summary()}",
             extra={**(extra or {}), "items": float(self.checked)},
             more=list(more),
         )

@@ -12,7 +12,7 @@ import click
 import orjson
 
 from lapce_bridge.bench.report import Row
-from lapce_bridge.bench.runner import ProgressBar, finish, new_loop, render, run_label
+from lapce_bridge.bench.runner import ProgressBar, finish, new_loop, render
 from lapce_bridge.chaos.scenario import ChaosContext, ChaosResult
 
 SCENARIOS: dict[str, str] = {
@@ -88,7 +88,8 @@ def chaos(
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise click.BadParameter(f"unknown scenario(s): {', '.join(unknown)}", param_hint="--only")
-    label = run_label(1, quick) + f", seed {seed}"
+    rounds = "quick smoke test: few rounds; not figures to quote" if quick else "full rounds"
+    label = f"{rounds}; RTO is the median over a scenario's rounds; seed {seed}"
     with tempfile.TemporaryDirectory(prefix="lapce-chaos-") as tmp:
         ctx = ChaosContext(Path(tmp), quick, tuple(s for s in shells.split(",") if s), seed)
         with ProgressBar(len(names), "chaos") as bar:

@@ -28,6 +28,7 @@ import contextlib
 import errno
 import os
 from pathlib import Path
+from typing import Any
 
 from lapce_bridge.core.errors import FileSystemError, InvalidParams, PermissionDenied
 from lapce_bridge.fs.ops import REAL_FS, FsOps
@@ -141,6 +142,29 @@ class Workspace:
         self._memo.clear()
 
 
+class OpensBeneath:
+    """`ops` with `open` made beneath `workspace`'s root (`Workspace.open`), for code that
+    walks by path and opens what it finds (fs/search): a folder swapped for a symlink
+    mid-walk cannot make it read a file outside. A path that now leads outside fails as
+    `PermissionError`, an `OSError` like any file the walk cannot open. Every other call
+    is `ops`'s own."""
+
+    def __init__(self, workspace: Workspace, ops: FsOps = REAL_FS) -> None:
+        self._workspace = workspace
+        self._ops = ops
+
+    def open(self, path: str, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if dir_fd is not None:
+            return self._ops.open(path, flags, mode, dir_fd=dir_fd)
+        try:
+            return self._workspace.open(path, flags, mode, ops=self._ops)
+        except PermissionDenied as exc:
+            raise PermissionError(errno.EACCES, str(exc), path) from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ops, name)
+
+
 def for_wire(name: str) -> str:
     """`name` as JSON can carry it: a file name that is not valid UTF-8 holds lone surrogates
     (Python's surrogateescape), which no JSON encoder accepts; its bytes are shown escaped
@@ -152,4 +176,4 @@ def for_wire(name: str) -> str:
     return name
 
 
-__all__ = ["Workspace", "for_wire"]
+__all__ = ["OpensBeneath", "Workspace", "for_wire"]

@@ -45,6 +45,7 @@ from lapce_bridge.fs.files import FileStore
 from lapce_bridge.fs.ignore import ALWAYS_IGNORED, Globs, IgnoreRules
 from lapce_bridge.fs.listing import fs_error
 from lapce_bridge.fs.ops import FsOps
+from lapce_bridge.fs.paths import OpensBeneath
 from lapce_bridge.rpc import Params
 from lapce_bridge.schema.files import SearchMatch, SearchParams, SearchResult
 from lapce_bridge.schema.validate import convert, refuse
@@ -409,7 +410,7 @@ async def search(store: FileStore, params: Params, *, clock: Clock) -> dict[str,
         rules = IgnoreRules.for_folder(workspace.root, rel if is_dir else _parent(rel))
         scan = Scan(
             finder=finder,
-            ops=store.ops,
+            ops=OpensBeneath(workspace, store.ops),  # files are read beneath the root
             rules=rules if p.gitignore else None,
             include=include,
             exclude=exclude,

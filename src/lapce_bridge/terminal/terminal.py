@@ -595,19 +595,41 @@ class Terminal:
             return
         self._on_death(code)
 
+    def _asked_for(self, code: int) -> bool:
+        """Whether the running command ended the shell itself (`exit N`, `exec cmd`, a
+        `set -e` failure): the shell exited with a status while a command it had started
+        ran and we sent no signal. A death by a signal (ours, the kernel's, anyone's) or with
+        no command running is a crash."""
+        ex = self._exec
+        return (
+            code >= 0 and ex is not None and ex.started and not ex.interrupted and not ex.timed_out
+        )
+
     def _on_death(self, code: int) -> None:
         now = self.clock.now()
-        self.deaths.append(now)
-        decision = decide_restart(
-            self.deaths,
-            now,
-            shell=self.shell,
-            tried=self.tried_shells,
-            policy=self.crash_policy,
-            can_run=lambda s: resolve_shell(s, self._path()) is not None,
-        )
+        asked = self._asked_for(code)
+        if asked:
+            # Not a crash: it does not count toward the crash loop, and the same shell comes
+            # back with the cwd and the exported environment it had before the command.
+            decision = RestartDecision(RestartAction.RESTART, self.shell, "asked for")
+        else:
+            self.deaths.append(now)
+            decision = decide_restart(
+                self.deaths,
+                now,
+                shell=self.shell,
+                tried=self.tried_shells,
+                policy=self.crash_policy,
+                can_run=lambda s: resolve_shell(s, self._path()) is not None,
+            )
         will_recover = decision.action is not RestartAction.GIVE_UP
-        if will_recover:
+        if asked:
+            recovery = Recovery(
+                recreate_strategy().value,
+                f"the command ended the shell (exit status {code}); the same shell was "
+                "started again with the cwd and exported environment it had before it",
+            )
+        elif will_recover:
             recovery = Recovery(recreate_strategy().value, f"shell exited with code {code}")
         else:
             recovery = Recovery(give_up_strategy().value, decision.reason)
