@@ -236,3 +236,39 @@ async def test_a_reused_idempotency_key_with_other_params_is_refused(tmp_path: P
         finally:
             await c.close()
             await server.aclose()
+
+
+async def test_the_metrics_endpoint_is_bounded(tmp_path: Path) -> None:
+    import threading
+
+    from lapce_bridge.core.metrics import MetricsRegistry
+    from lapce_bridge.ipc.metrics_http import serve_metrics
+
+    metrics = MetricsRegistry()
+    metrics.observe("ping", 1e-5, True)
+    threads = threading.active_count()
+    port, stop = await serve_metrics(metrics, 0, max_clients=4, read_timeout=0.5)
+
+    async def scrape() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+            return await reader.read()
+        except ConnectionResetError:
+            return b""  # refused: closed before the request was read
+        finally:
+            writer.close()
+
+    try:
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
+        assert threading.active_count() == threads  # no thread per connection
+        assert await scrape() == b""  # the fifth connection is closed at once
+        for reader, _ in idle:  # those that send nothing are closed after the read timeout
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        for _, writer in idle:
+            writer.close()
+        answer = await scrape()
+        assert answer.startswith(b"HTTP/1.0 200 OK")
+        assert b'lapce_bridge_operation_duration_seconds_count{operation="ping"} 1.0' in answer
+    finally:
+        await stop()
