@@ -94,17 +94,21 @@ async def test_a_tcp_client_that_does_not_authenticate_in_time_is_closed(tmp_pat
         assert server.statistics().auth_timeouts == 1
 
 
-async def test_a_connection_that_sends_nothing_is_closed(tmp_path: Path) -> None:
-    clock = FakeClock()
-    async with served(tmp_path, clock=clock) as (server, sock, _):
-        idle = await RawClient.connect_unix(sock)
+async def test_connections_that_send_nothing_cannot_use_up_the_descriptors(
+    tmp_path: Path,
+) -> None:
+    async with served(tmp_path, limits=Limits(max_silent=4)) as (server, sock, _):
         talking = await RawClient.connect_unix(sock)
         assert (await talking.request("ping"))["result"] == {"pong": True}
-        await clock.advance(30.0)
-        assert await _closed(idle) == []
+        idle = [await RawClient.connect_unix(sock) for _ in range(6)]
+        # Past four silent connections the oldest is closed: the first two here.
+        assert await _closed(idle[0]) == []
+        assert await _closed(idle[1]) == []
+        assert (await idle[2].request("ping"))["result"] == {"pong": True}
         assert (await talking.request("ping"))["result"] == {"pong": True}
-        assert server.statistics().idle_closed == 1
-        await talking.close()
+        assert server.statistics().idle_closed == 2
+        for c in [talking, *idle[2:]]:
+            await c.close()
 
 
 async def test_a_wrong_token_is_an_authentication_failure_and_guessing_is_slowed(

@@ -19,8 +19,8 @@ Defences against a hostile client (the limits are `ipc.state.Limits`): a TCP con
 must authenticate within `auth_timeout` seconds, and until then may send one small message
 (a larger frame is refused before its body is read, so unauthenticated connections cannot
 make us buffer); a failed authentication is answered only after a delay that doubles with
-each failure in a row; any connection that sends nothing within
-`first_message_timeout` is closed; answers already due are written before a connection is
+each failure in a row; past `max_silent` connections that have sent nothing, the oldest is
+closed; answers already due are written before a connection is
 closed for a bad frame; at close every reference the connection holds is dropped, so its
 memory is freed at once, not when the cycle collector happens to run.
 """
@@ -56,7 +56,7 @@ class Connection(asyncio.Protocol):
         if needs_auth:
             limit = min(limit, state.limits.unauthenticated_max_message_bytes)
         self._decoder = FrameDecoder(limit, max_skip_bytes=limit if needs_auth else None)
-        self._heard = False  # any byte has arrived
+        self._heard = False  # any byte has arrived (see Limits.max_silent)
         self._in: asyncio.BaseTransport | None = None
         self._out: asyncio.WriteTransport | None = None
         self.dispatcher = Dispatcher(state, self)
@@ -80,9 +80,9 @@ class Connection(asyncio.Protocol):
         if not self._state.register(self):
             self.close()
             return
-        self._deadline_task: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(
-            self._watch_first_message()
-        )
+        self._deadline_task: asyncio.Task[None] | None = None
+        if self._needs_auth:
+            self._deadline_task = asyncio.get_running_loop().create_task(self._watch_auth())
 
     def attach_writer(self, transport: asyncio.WriteTransport) -> None:
         self._out = transport
@@ -90,7 +90,9 @@ class Connection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=high, low=high // 4)
 
     def data_received(self, data: bytes) -> None:
-        self._heard = True  # a frame that then stalls is the stall watcher's
+        if not self._heard:
+            self._heard = True
+            self._state.heard(self)
         events = self._decoder.feed(data)
         if self._decoder.in_frame:  # only a partial frame is timed (see _watch_stall)
             self._last_data = self._state.clock.now()
@@ -320,26 +322,16 @@ class Connection(asyncio.Protocol):
             out.write(encode(jsonrpc.error_bytes(msg_id, denied)))
         self.close()
 
-    async def _watch_first_message(self) -> None:
-        """Close a TCP connection not authenticated within `auth_timeout`, and any connection
-        that sent nothing within `first_message_timeout`."""
+    async def _watch_auth(self) -> None:
+        """Close a TCP connection not authenticated within `auth_timeout`."""
         limits = self._state.limits
-        clock = self._state.clock
-        if self._needs_auth:
-            await clock.sleep(limits.auth_timeout)
-            if self._needs_auth and not self._closing:
-                self._state.counters.auth_timeouts += 1
-                late = AuthenticationFailed(
-                    f"not authenticated within {limits.auth_timeout:g} s", data={"timeout": True}
-                )
-                self.write(jsonrpc.error_bytes(None, late))
-                self.close()
-            return
-        if self.label == "stdio":
-            return  # an editor's own pipe: it holds no listener's descriptor
-        await clock.sleep(limits.first_message_timeout)
-        if not self._heard and not self._closing:
-            self._state.counters.idle_closed += 1
+        await self._state.clock.sleep(limits.auth_timeout)
+        if self._needs_auth and not self._closing:
+            self._state.counters.auth_timeouts += 1
+            late = AuthenticationFailed(
+                f"not authenticated within {limits.auth_timeout:g} s", data={"timeout": True}
+            )
+            self.write(jsonrpc.error_bytes(None, late))
             self.close()
 
     async def _watch_stall(self) -> None:

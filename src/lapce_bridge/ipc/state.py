@@ -37,9 +37,9 @@ class Limits:
     # Before a TCP client has authenticated it may send one small message, within seconds.
     auth_timeout: float = 5.0
     unauthenticated_max_message_bytes: int = 64 * 1024
-    # A connection that has not completed one message by then is closed (idle sockets would
-    # otherwise hold descriptors forever).
-    first_message_timeout: float = 30.0
+    # Connections that have sent nothing yet: past this many, the oldest is closed (idle
+    # sockets would otherwise hold descriptors until none is left for real clients).
+    max_silent: int = 128
     max_inflight: int = 1024  # requests in flight on one connection (-32005 past it)
     max_batch: int = 1000  # requests in one batch (-32600 past it)
     batch_slice: int = 64  # batch members handled before other clients get a turn
@@ -115,6 +115,7 @@ class ServerState:
         self.token = token
         self.counters = Counters()
         self.connections: dict[int, Peer] = {}
+        self.silent: dict[int, Peer] = {}  # in connection order, oldest first
         self.shutting_down = False
         self._on_stdio_closed = on_stdio_closed
         self.auth_failure_streak = 0  # failed authentications since the last success
@@ -130,9 +131,19 @@ class ServerState:
         if self.shutting_down:
             return False
         self.connections[peer.id] = peer
+        self.silent[peer.id] = peer
+        if len(self.silent) > self.limits.max_silent:
+            oldest = self.silent.pop(next(iter(self.silent)))
+            self.counters.idle_closed += 1
+            oldest.close()
         return True
 
+    def heard(self, peer: Peer) -> None:
+        """`peer` has sent its first bytes: no longer a candidate for the idle limit."""
+        self.silent.pop(peer.id, None)
+
     def unregister(self, peer: Peer) -> None:
+        self.silent.pop(peer.id, None)
         if self.connections.pop(peer.id, None) is not None:
             self.counters.requests_closed += peer.requests
             self.counters.dropped_closed += peer.dropped
