@@ -19,9 +19,9 @@ Each scrape reads fresh snapshots and yields:
 - The standard `process_*` metrics (CPU seconds, resident memory, open descriptors, start
   time) from prometheus_client's own process collector.
 
-The collector only reads snapshots, which the registry allows from another thread, so it is
-safe under `prometheus_client.start_http_server`; a gauge source that fails (the app closing
-under a scrape) leaves its gauges out of that scrape rather than failing it.
+The collector only reads snapshots (the server scrapes on its own loop, `ipc.metrics_http`);
+a gauge source that fails (the app closing under a scrape) leaves its gauges out of that
+scrape rather than failing it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client import start_http_server as _start_http_server
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -170,29 +169,6 @@ def render(
     return generate_latest(registry_for(metrics, prefix=prefix, gauges=gauges))
 
 
-def start_exporter(
-    metrics: MetricsRegistry,
-    port: int,
-    *,
-    addr: str = "127.0.0.1",
-    gauges: Gauges | None = None,
-) -> tuple[int, Callable[[], None]]:
-    """Serve `/metrics` for Prometheus on a thread; returns the bound port and a stop function.
-
-    Loopback by default: the figures name the operations a local agent runs.
-    """
-    server, thread = _start_http_server(
-        port, addr=addr, registry=registry_for(metrics, gauges=gauges)
-    )
-
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-    return int(server.server_port), stop
-
-
 __all__ = [
     "BUCKET_BOUNDS",
     "CONTENT_TYPE",
@@ -201,5 +177,4 @@ __all__ = [
     "cumulative_buckets",
     "registry_for",
     "render",
-    "start_exporter",
 ]
