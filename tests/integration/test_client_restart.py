@@ -88,6 +88,16 @@ async def restarted(client: BridgeClient, killed: int | None) -> None:
     raise AssertionError("the server was not restarted")
 
 
+def _unknown_value(exc: BaseException) -> int:
+    """The value of a request answered "outcome unknown"; any other error fails the test."""
+    assert isinstance(exc, BridgeError), exc
+    data = exc.data or {}
+    assert data.get("outcome") == "unknown", exc
+    key = str(data.get("idempotencyKey"))
+    assert key.startswith("append-"), exc
+    return int(key.removeprefix("append-"))
+
+
 async def test_partition_every_request_answered_exactly_once_in_order(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.txt"
     client = await spawn(tmp_path, max_crashes=20)
@@ -103,7 +113,8 @@ async def test_partition_every_request_answered_exactly_once_in_order(tmp_path: 
             try:
                 answered.append(
                     await client.send_with_recovery(
-                        "test/append", {"file": str(ledger), "value": i}
+                        "test/append",
+                        {"file": str(ledger), "value": i, "idempotencyKey": f"append-{i}"},
                     )
                 )
             except BridgeError as exc:
@@ -120,10 +131,16 @@ async def test_partition_every_request_answered_exactly_once_in_order(tmp_path: 
             if i % 10 == 0:
                 await asyncio.sleep(0)
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
-        assert errors == []
-        assert sorted(answered) == list(range(total))  # every request answered once
+        # A kill that lands between a keyed request's journal entry and its outcome leaves
+        # that one request "outcome unknown" (at most once, never re-run). Inline handlers
+        # run one at a time, so each kill can catch at most one.
+        unknown = [_unknown_value(exc) for exc in errors]
+        assert len(unknown) <= 2, errors
+        assert sorted(answered + unknown) == list(range(total))  # every request answered once
         lines = [int(x) for x in ledger.read_text().split()]
-        assert lines == list(range(total))  # each ran exactly once, in the order sent
+        assert set(answered) <= set(lines)  # every answered request ran
+        assert lines == sorted(set(lines))  # none ran twice, and they ran in the order sent
+        assert set(lines) <= set(range(total))
         assert client.supervisor is not None
         # Our two kills; the exits list names any other death (none is expected).
         assert client.supervisor.exits.count(-9) >= 2

@@ -247,3 +247,25 @@ async def test_signal_capture_turns_signals_into_calls_and_restores_handlers() -
             await asyncio.sleep(0.005)
     assert sorted(got) == ["signal SIGINT", "signal SIGTERM"]
     assert {sig: signal.getsignal(sig) for sig in watched} == before
+
+
+@pytest.mark.parametrize("command", ["serve", "mcp"])
+def test_both_servers_refuse_a_chosen_state_dir_others_can_read(
+    tmp_path: Path, command: str
+) -> None:
+    import subprocess
+    import sys
+
+    loose = tmp_path / "state"
+    loose.mkdir()
+    os.chmod(loose, 0o755)
+    args = ["--stdio"] if command == "serve" else []
+    done = subprocess.run(
+        [sys.executable, "-m", "lapce_bridge", command, *args, "--state-dir", str(loose),
+         "--workspace", str(tmp_path)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "chmod 700" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert stat.S_IMODE(loose.stat().st_mode) == 0o755  # refused, not chmodded

@@ -288,3 +288,36 @@ async def test_exec_command_line(tmp_path: Path) -> None:
     wire = orjson.loads(timed.stdout)
     assert wire["status"] == "timed_out"
     assert wire["cwd"] == str(tmp_path)
+
+
+async def test_wait_notices_a_program_asking_again(
+    service: tuple[TerminalService, list[Any]],
+) -> None:
+    svc, _ = service
+    ctx = connect(svc)
+    tid = (await call(svc, "terminal/create", {}, ctx))["terminalId"]
+    program = 'python3 -c \'a = input("one? "); b = input("two? "); print(a + b)\''
+    first = await call(
+        svc,
+        "terminal/execute",
+        {"terminalId": tid, "command": program, "idleTimeoutMs": 300},
+        ctx,
+    )
+    if first["status"] == "running":  # still starting python, reading nothing yet
+        assert first["output"] == ""
+        first = await call(
+            svc, "terminal/wait", {"executionId": first["executionId"], "idleTimeoutMs": 300}, ctx
+        )
+    assert (first["status"], first["output"]) == ("waiting_for_input", "one? ")
+    await call(svc, "terminal/sendText", {"terminalId": tid, "text": "x\n"}, ctx)
+    again = await call(
+        svc, "terminal/wait", {"executionId": first["executionId"], "idleTimeoutMs": 300}, ctx
+    )
+    assert (again["status"], again["output"]) == ("waiting_for_input", "x\ntwo? ")
+    await call(svc, "terminal/sendText", {"terminalId": tid, "text": "y\n"}, ctx)
+    final = await call(
+        svc, "terminal/wait", {"executionId": first["executionId"], "idleTimeoutMs": 300}, ctx
+    )
+    assert final["status"] == "completed"
+    assert final["output"] == "one? x\ntwo? y\nxy\n"
+    assert final["exitCode"] == 0

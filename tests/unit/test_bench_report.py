@@ -244,6 +244,7 @@ def fake_suite(monkeypatch: pytest.MonkeyPatch) -> object:
     monkeypatch.setattr(runner, "SUITES", {"fake": "tests.unit.bench_fake_suite"})
     monkeypatch.setattr(bench_fake_suite, "MISS", True)
     monkeypatch.setattr(bench_fake_suite, "RAISE", False)
+    monkeypatch.setattr(bench_fake_suite, "GOAL_MISSED", False)
     return bench_fake_suite
 
 
@@ -254,7 +255,7 @@ def test_check_exits_1_naming_the_row_that_missed(fake_suite: object) -> None:
 
     out = CliRunner().invoke(bench, ["--repeat", "1", "--check"])
     assert out.exit_code == 1, out.output
-    assert "missed: fake: rate" in out.output
+    assert "missed: fake: rate (its seed)" in out.output
     assert "fast op" not in out.output.split("missed:")[1]
     # Without --check a miss is reported, not a failure.
     assert CliRunner().invoke(bench, ["--repeat", "1"]).exit_code == 0
@@ -291,8 +292,14 @@ def test_check_on_a_real_suite_agrees_with_its_verdicts(tmp_path: Path) -> None:
     )
     rows = [orjson.loads(line) for line in out.output.splitlines() if line.startswith("{")]
     assert len(rows) == 6
-    missed = [r["name"] for r in rows if r["verdict"] == "miss"]
+    missed = [
+        r["name"]
+        for r in rows
+        if r["verdict"] == "miss" or (r["verdict"] == "seed" and "goal" in r)
+    ]
     assert out.exit_code == (1 if missed else 0), out.output
+    for name in missed:
+        assert f"kernel: {name} (its" in out.output
 
 
 def test_a_suite_that_raises_is_a_miss_and_the_run_goes_on(
@@ -308,3 +315,18 @@ def test_a_suite_that_raises_is_a_miss_and_the_run_goes_on(
     assert out.exit_code == 1, out.output
     assert "missed: fake: suite failed: TimeoutError: timed out" in out.output
     assert '"verdict":"miss"' in out.output
+
+
+def test_check_judges_the_goal_by_default_and_the_seed_when_asked(
+    fake_suite: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from lapce_bridge.bench.runner import bench
+
+    monkeypatch.setattr(fake_suite, "MISS", False)
+    monkeypatch.setattr(fake_suite, "GOAL_MISSED", True)
+    out = CliRunner().invoke(bench, ["--repeat", "1", "--check"])
+    assert out.exit_code == 1, out.output
+    assert "missed: fake: fast op (its goal)" in out.output
+    assert CliRunner().invoke(bench, ["--repeat", "1", "--check=seed"]).exit_code == 0

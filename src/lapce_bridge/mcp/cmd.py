@@ -23,7 +23,8 @@ from typing import Any
 
 import click
 
-from lapce_bridge.ipc.paths import default_state_dir
+from lapce_bridge.core.errors import PermissionDenied
+from lapce_bridge.ipc.paths import default_state_dir, state_dir_ready
 from lapce_bridge.ipc.serve_cmd import (
     UsageError,
     parse_listen,
@@ -191,7 +192,11 @@ def mcp_command(
         level=log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
     raise_open_file_limit()
-    state = state_dir or default_state_dir()
+    # Private as serve's: a chosen folder others can see into is refused, our default tightened.
+    try:
+        state = state_dir_ready(state_dir or default_state_dir(), chosen=state_dir is not None)
+    except PermissionDenied as exc:
+        raise click.ClickException(str(exc)) from exc
     ws = workspace.resolve() if workspace is not None else None
     if http is None:
         run(serve_stdio(ws, state, shell))

@@ -142,6 +142,8 @@ class ReadOutputResult(Result):
 class WaitParams(Params):
     execution_id: str
     timeout_ms: Millis | None = None
+    # A program asking for input again is answered waiting_for_input (default 30 s of quiet).
+    idle_timeout_ms: Millis | None = None
 
 
 class TerminalInfo(Result):

@@ -38,6 +38,7 @@ class Execution:
         "raw",
         "received_at",
         "recoveries",
+        "reported",
         "shell",
         "skip_cr",
         "spool",
@@ -77,6 +78,7 @@ class Execution:
         self.timed_out = False
         self.interrupted = False
         self.exit_code: int | None = None
+        self.reported = 0  # output bytes already answered in a waiting_for_input snapshot
         self.cwd: str | None = None
         self.ended_at: float | None = None
         self._normalizer = OutputNormalizer()
@@ -141,12 +143,22 @@ class Execution:
         return result
 
     def snapshot(self, status: Status, now: float, cwd: str | None) -> ExecResult:
-        """A result for the output so far; the execution keeps running."""
+        """A result for the output so far; the execution keeps running. After a first
+        `waiting_for_input` answer, a later one holds only the output printed since."""
         self.cwd = cwd
-        return self._result(status, now, None)
+        since = self.reported
+        if status is Status.WAITING_FOR_INPUT:
+            self.reported = self.spool.total
+        return self._result(status, now, None, since)
 
-    def _result(self, status: Status, now: float, exit_code: int | None) -> ExecResult:
-        output, truncated = self.spool.result()
+    def _result(
+        self, status: Status, now: float, exit_code: int | None, since: int = 0
+    ) -> ExecResult:
+        if since:
+            output, _, _ = self.spool.read(since, max(1, min(self.spool.total - since, 1 << 20)))
+            truncated = False
+        else:
+            output, truncated = self.spool.result()
         return ExecResult(
             execution_id=self.execution_id,
             terminal_id=self.terminal_id,

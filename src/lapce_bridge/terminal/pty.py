@@ -24,7 +24,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import pty
 import signal
 import struct
 import subprocess
@@ -32,6 +31,10 @@ import termios
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
+from lapce_bridge.core.errors import ResourceExhausted
+
+# openpty's errors when descriptors or pseudo-terminals run out (not a fault of the shell).
+_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EAGAIN, errno.ENOENT})
 _READ_SIZE = 256 * 1024
 _READ_BURST = 16
 _TRAMPOLINE = 'exec "$@" <>"$0" >&0 2>&0'
@@ -80,7 +83,15 @@ class PtyProcess:
         on_data: Callable[[bytes], None],
         on_exit: Callable[[int], None],
     ) -> PtyProcess:
-        master, slave = pty.openpty()
+        try:
+            master, slave = os.openpty()
+        except OSError as exc:
+            if exc.errno in _EXHAUSTED:
+                raise ResourceExhausted(
+                    f"no pseudo-terminal could be allocated ({os.strerror(exc.errno)}); close "
+                    "terminals or raise the limit (ulimit -n, /proc/sys/kernel/pty/max)"
+                ) from exc
+            raise
         try:
             _set_size(master, cols, rows)
             name = os.ttyname(slave)

@@ -512,14 +512,17 @@ class TerminalService:
         return max(16, min(MAX_OUTPUT_BYTES, (self.max_message_bytes - REPLY_ENVELOPE_BYTES) // 6))
 
     async def wait(self, params: Params, ctx: CallContext) -> dict[str, Any]:
-        """`{executionId, timeoutMs?}` -> the final ExecResult of a still-running command."""
+        """`{executionId, timeoutMs?, idleTimeoutMs?}` -> the final ExecResult of a still-running
+        command, or `waiting_for_input` (with the output since the last answer) when it asks
+        for input again."""
         execution_id = _param(params, "executionId", str)
         within = _seconds(params, "timeoutMs", None)
+        idle = _seconds(params, "idleTimeoutMs", DEFAULT_IDLE_TIMEOUT_MS / 1000.0)
         terminal_id = self._by_execution.get(execution_id)
         term = self.terminals.get(terminal_id) if terminal_id else None
         if term is None:
             raise InvalidParams(f"unknown executionId {execution_id!r}")
-        return self._answer(term, await term.wait(execution_id, within))
+        return self._answer(term, await term.wait(execution_id, within, idle))
 
     def list(self, params: Params, ctx: CallContext) -> list[dict[str, Any]]:
         conn = ctx.connection_id

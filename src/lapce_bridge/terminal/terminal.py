@@ -427,16 +427,29 @@ class Terminal:
         if self.proc is None or not self.proc.alive:
             raise ShellCrashed(f"terminal {self.terminal_id} has no running shell")
 
-    async def wait(self, execution_id: str, within: float | None = None) -> ExecResult:
-        """The final result of an execution (waiting for it if it still runs)."""
+    async def wait(
+        self, execution_id: str, within: float | None = None, idle_timeout: float | None = None
+    ) -> ExecResult:
+        """The final result of an execution (waiting for it if it still runs).
+
+        With `idle_timeout`, a program that asks for input again (quiet while it reads the
+        terminal) is answered `waiting_for_input` once more, with only the output printed
+        since the last such answer; a quiet program that reads nothing is waited for."""
         done = self._results.get(execution_id)
         if done is not None:
             return done
         ex = self._exec
         if ex is None or ex.execution_id != execution_id:
             raise InvalidParams(f"unknown executionId {execution_id!r} on {self.terminal_id}")
-        async with self.clock.timeout(within):
-            return await asyncio.shield(ex.done)
+        if idle_timeout is None:
+            async with self.clock.timeout(within):
+                return await asyncio.shield(ex.done)
+        result = await await_result(
+            ex, self.clock, self._hooks, None, idle_timeout, within, quiet_is_running=False
+        )
+        if result.status is Status.RUNNING:
+            raise TimeoutError(f"{execution_id} still runs after {within} s")
+        return result
 
     def result_of(self, execution_id: str) -> ExecResult | None:
         return self._results.get(execution_id)

@@ -67,7 +67,11 @@ async def await_result(
     limit: float | None,
     idle_timeout: float | None,
     max_wait: float | None = None,
+    *,
+    quiet_is_running: bool = True,
 ) -> ExecResult:
+    """`quiet_is_running`: answer a quiet program that reads nothing `running` at the idle
+    timeout (an execute request), or keep waiting for it (a wait for the final result)."""
     start = clock.now()
     deadline = None if limit is None else start + limit
     hold_until = None if max_wait is None else start + max_wait
@@ -107,7 +111,7 @@ async def await_result(
             if not idle_now:
                 continue
             if fg is not None and fg.state is InputState.RUNNING:
-                if not ex.started:
+                if not ex.started or not quiet_is_running:
                     rearmed = now  # the shell has not even begun it (a loaded machine)
                     continue
                 return ex.snapshot(Status.RUNNING, now, hooks.cwd())
