@@ -333,3 +333,26 @@ async def test_exits_asked_for_in_zsh_and_fish(tmp_path: Path, shell: str) -> No
             after = await term.execute('pwd; echo "$VAR"', timeout=10)
             assert after.output == "/usr\nkept\n"
         assert term.deaths == []
+
+
+async def test_a_shell_that_exits_at_once_falls_back(tmp_path: Path) -> None:
+    broken = tmp_path / "brokensh"
+    broken.write_text("#!/bin/sh\necho 'cannot start' >&2\nexit 2\n")
+    broken.chmod(0o755)
+    exits: list[TerminalExited] = []
+    async with await Terminal.start(
+        shell=str(broken),
+        cwd=str(tmp_path),
+        env={"HOME": str(tmp_path)},
+        state_dir=tmp_path / "state",
+        on_exit=exits.append,
+        crash_policy=CrashLoopPolicy(fallback_shells=("zsh", "bash")),
+    ) as term:
+        assert term.mode is Mode.ALTERNATIVE_SHELL
+        assert term.shell.endswith("zsh")
+        result = await term.execute("echo up; (exit 4)", timeout=10)
+        assert (result.output, result.exit_code) == ("up\n", 4)
+        assert [r.action for r in result.recoveries] == ["alternative_shell"]
+        assert "exits at once (status 2)" in result.recoveries[0].reason
+        assert exits == []  # start-up failures are not deaths of a running terminal
+        assert term.deaths == []

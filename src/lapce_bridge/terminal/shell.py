@@ -199,8 +199,8 @@ class ShellProcess:
     # -- stopping -----------------------------------------------------------------------------
     async def stop(self, clock: Clock, grace: float) -> None:
         proc = self.proc
-        self.stopping = True
         if proc.alive:
+            self.stopping = True
             proc.signal(signal.SIGHUP)
             proc.close()
             try:

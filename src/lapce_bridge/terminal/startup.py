@@ -108,6 +108,15 @@ async def climb(plan: Plan, rungs: Rungs) -> Outcome:
         )
 
     alt = plan.alternative
+    spawned: list[ShellProcess] = []
+    spawn = rungs.spawn
+
+    def tracked(launch: Launch, exe: str, detection: EndDetection) -> ShellProcess:
+        shell = spawn(launch, exe, detection)
+        spawned.append(shell)
+        return shell
+
+    rungs = Rungs(tracked, rungs.probe, rungs.stop, rungs.wait_ready)
     if plan.integration and kind != "posix":
         shell = rungs.spawn(launch(True, True, plan.restore), exe, EndDetection.INTEGRATION)
         if await rungs.wait_ready(shell):
@@ -135,6 +144,10 @@ async def climb(plan: Plan, rungs: Rungs) -> Outcome:
         if await rungs.probe(shell):
             return Outcome(shell, EndDetection.END_MARKER, _label(alt, Mode.NO_SHELL_INTEGRATION))
         await rungs.stop(shell)
+    codes = [s.exited.result() for s in spawned if s.exited.done() and not s.stopping]
+    if spawned and len(codes) == len(spawned):
+        # Every rung's shell ended by itself, before we stopped it: this shell cannot run here.
+        raise ShellCrashed(f"{exe} exits at once (status {codes[-1]}), with or without rc files")
     plain = launch(False, False, None)
     # No rc files and no prompt, so nothing but the command's output follows our line.
     raw_env = {k: v for k, v in plain.env.items() if k not in ("ENV", "BASH_ENV")}

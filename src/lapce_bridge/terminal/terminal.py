@@ -156,6 +156,7 @@ class Terminal:
         )
         self._closing = False
         self._closed = False
+        self._starting = False
         self.restarting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.failed: BaseException | None = None
@@ -194,7 +195,31 @@ class Terminal:
             self.pending_recoveries.append(recovery)
         if not _is_dir(self.initial_cwd):
             raise TerminalError(f"cwd {self.initial_cwd!r} is not a directory", retryable=False)
-        await self._start_shell(exe, restore=None, alternative=recovery is not None)
+        alternative = recovery is not None
+        while True:
+            try:
+                await self._start_shell(exe, restore=None, alternative=alternative)
+                return
+            except ShellCrashed as exc:
+                # A shell that exits at once: the next of the fallback shells, $SHELL, /bin/sh.
+                self.tried_shells.append(exe)
+                nxt = self._next_start_shell()
+                if nxt is None:
+                    raise ShellCrashed(f"{exc}; no fallback shell starts either") from exc
+                self.pending_recoveries.append(Recovery("alternative_shell", f"{exc}; using {nxt}"))
+                exe, alternative = nxt, True
+
+    def _next_start_shell(self) -> str | None:
+        env = self.base_env or os.environ
+        candidates = (*self.crash_policy.fallback_shells, env.get("SHELL") or "", "/bin/sh")
+        tried = {os.path.basename(s) for s in self.tried_shells} | set(self.tried_shells)
+        for name in candidates:
+            if not name or name in tried or os.path.basename(name) in tried:
+                continue
+            exe = resolve_shell(name, self._path())
+            if exe is not None and exe not in tried:
+                return exe
+        return None
 
     async def __aenter__(self) -> Terminal:
         if self.shell_proc is None:
@@ -275,6 +300,13 @@ class Terminal:
 
     # -- starting a shell ------------------------------------------------------------------
     async def _start_shell(self, exe: str, *, restore: Path | None, alternative: bool) -> None:
+        self._starting = True
+        try:
+            await self._climb(exe, restore=restore, alternative=alternative)
+        finally:
+            self._starting = False
+
+    async def _climb(self, exe: str, *, restore: Path | None, alternative: bool) -> None:
         cwd = self.cwd if self.cwd and _is_dir(self.cwd) else self.initial_cwd
         plan = Plan(
             exe=exe,
@@ -606,6 +638,8 @@ class Terminal:
         shell.on_exit(code)
         if self._closing or self._closed or shell.stopping or shell is not self.shell_proc:
             return
+        if self._starting:
+            return  # the start-up ladder sees it (shell.exited) and climbs on
         self._on_death(code)
 
     def _asked_for(self, code: int) -> bool:
