@@ -2,8 +2,8 @@
 
 A separate process turns the workspace folder `d` into a symlink to a folder outside and
 back, and `d/f.txt` into a symlink to a file outside and back, as fast as it can, while
-requests through the real connection and dispatcher read, write, stat, list and search
-through `d`. Every answer is checked against what lies outside (distinct content, size and
+requests through the real connection and dispatcher read, write, stat, list, search and
+tree through `d`. Every answer is checked against what lies outside (distinct content, size and
 names), and afterwards the outside folder must hold exactly what it held before: no write,
 no temporary file. Both ways of confining are driven: `openat2` and the descriptor walk.
 """
@@ -95,7 +95,7 @@ async def test_swapped_symlinks_never_lead_a_request_outside(tmp_path: Path, ops
         assert await asyncio.wait_for(swapper.stdout.readline(), 60) == b"ready\n"
         async with svc:
             for i in range(OPERATIONS):
-                kind = i % 5
+                kind = i % 6
                 try:
                     if kind == 0:
                         got = await call("fs/read", {"path": "d/f.txt", "encoding": "base64"})
@@ -111,10 +111,14 @@ async def test_swapped_symlinks_never_lead_a_request_outside(tmp_path: Path, ops
                         names = {e["name"] for e in await call("fs/list", {"path": "d"})}
                         if "secret.txt" in names:
                             escapes.append("list showed the outside folder")
-                    else:
+                    elif kind == 4:
                         found = await call("fs/search", {"query": "OUTSIDE", "path": "d"})
                         if found["matches"]:
                             escapes.append(f"search read outside: {found['matches'][0]}")
+                    else:
+                        tree = await call("fs/tree", {"path": "d"})
+                        if "secret.txt" in {e["name"] for e in tree["entries"]}:
+                            escapes.append("tree showed the outside folder")
                 except BridgeError:
                     refused += 1  # refused (-32006) or missing mid-swap: never an escape
                 else:

@@ -13,22 +13,40 @@ listed the walk stops and `truncated` says so; folders it never reached have `ch
 from __future__ import annotations
 
 import asyncio
+import os
 import stat as st_mod
 from collections import deque
 
 import msgspec
 
+from lapce_bridge.core.errors import PermissionDenied
 from lapce_bridge.fs.atomic import is_temp_name
 from lapce_bridge.fs.files import FileStore
 from lapce_bridge.fs.ignore import IgnoreRules
 from lapce_bridge.fs.listing import fs_error, kind_of
 from lapce_bridge.fs.ops import FsOps
-from lapce_bridge.fs.paths import for_wire
+from lapce_bridge.fs.paths import Workspace, for_wire
 from lapce_bridge.rpc import Params
 from lapce_bridge.schema.files import TreeEntry, TreeParams, TreeResult
 from lapce_bridge.schema.validate import convert, refuse
 
 METHOD = "fs/tree"
+
+
+def _listed(workspace: Workspace, folder: str, ops: FsOps) -> list[tuple[str, os.stat_result]]:
+    """(name, lstat) of each entry of `folder`, by name, read through one descriptor."""
+    fd = workspace.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, ops=ops)
+    try:
+        found = []
+        for entry in ops.scandir(fd):
+            try:
+                found.append((entry.name, entry.stat(follow_symlinks=False)))
+            except OSError:
+                continue  # removed while listed
+    finally:
+        ops.close(fd)
+    found.sort(key=lambda item: item[0])
+    return found
 
 
 def build_tree(
@@ -39,6 +57,7 @@ def build_tree(
     max_entries: int,
     rules: IgnoreRules | None,
     ops: FsOps,
+    workspace: Workspace,
 ) -> TreeResult:
     """The tree below the folder `real` (workspace-relative `rel`)."""
     top: list[TreeEntry] = []
@@ -53,16 +72,13 @@ def build_tree(
         folder, prefix, level, parent, here = queue.popleft()
         into = top if parent is None or parent.children is None else parent.children
         try:
-            entries = sorted(ops.scandir(folder), key=lambda e: e.name)
-        except OSError:
-            continue  # vanished or unreadable since its parent was listed: no children
-        for entry in entries:
-            name = entry.name
+            # Listed and stat'ed through a descriptor opened beneath the workspace root: a
+            # folder swapped for a symlink since its parent was listed shows nothing outside.
+            entries = _listed(workspace, folder, ops)
+        except (OSError, PermissionDenied):
+            continue  # vanished, unreadable or redirected since its parent was listed
+        for name, info in entries:
             if is_temp_name(name):
-                continue
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except OSError:
                 continue
             kind = kind_of(info.st_mode)
             child_rel = prefix + name
@@ -82,8 +98,9 @@ def build_tree(
             into.append(node)
             if is_dir and level < depth:
                 node.children = []
-                inner = here.descend(entry.path, child_rel) if here is not None else None
-                queue.append((entry.path, child_rel + "/", level + 1, node, inner))
+                path = os.path.join(folder, name)
+                inner = here.descend(path, child_rel) if here is not None else None
+                queue.append((path, child_rel + "/", level + 1, node, inner))
         if truncated:
             break
     # Folders queued but never listed get null, not an empty (and false) list.
@@ -109,7 +126,13 @@ async def tree(store: FileStore, params: Params) -> dict[str, object]:
     def run() -> TreeResult:
         rules = IgnoreRules.for_folder(workspace.root, rel) if p.gitignore else None
         return build_tree(
-            real, rel, depth=p.depth, max_entries=p.max_entries, rules=rules, ops=store.ops
+            real,
+            rel,
+            depth=p.depth,
+            max_entries=p.max_entries,
+            rules=rules,
+            ops=store.ops,
+            workspace=workspace,
         )
 
     result = await asyncio.to_thread(run)

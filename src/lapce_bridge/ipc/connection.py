@@ -14,6 +14,15 @@ transport's buffer with a high-water mark: above it, this client's further reque
 unread (a client that does not read its answers cannot make us buffer more of them), and
 above the hard `write_buffer_limit` (notifications keep coming) the client is disconnected.
 A connection's problems never reach another connection or the server.
+
+Defences against a hostile client (the limits are `ipc.state.Limits`): a TCP connection
+must authenticate within `auth_timeout` seconds, and until then may send one small message
+(a larger frame is refused before its body is read, so unauthenticated connections cannot
+make us buffer); a failed authentication is answered only after a delay that doubles with
+each failure in a row; past `max_silent` connections that have sent nothing, the oldest is
+closed; answers already due are written before a connection is
+closed for a bad frame; at close every reference the connection holds is dropped, so its
+memory is freed at once, not when the cycle collector happens to run.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from typing import Any, cast
 from lapce_bridge.core.errors import AuthenticationFailed, ParseError
 from lapce_bridge.ipc import jsonrpc
 from lapce_bridge.ipc.dispatch import CANCEL, Dispatcher, RequestContext
-from lapce_bridge.ipc.framing import Event, Frame, FrameDecoder, FrameError, encode
+from lapce_bridge.ipc.framing import Event, Frame, FrameDecoder, FrameError, RequestId, encode
 from lapce_bridge.ipc.jsonrpc import Batch, Invalid, Notification, Request
 from lapce_bridge.ipc.state import ServerState
 
@@ -43,7 +52,11 @@ class Connection(asyncio.Protocol):
         self.id = conn_id
         self.label = label
         self._needs_auth = needs_auth
-        self._decoder = FrameDecoder(state.limits.max_message_bytes)
+        limit = state.limits.max_message_bytes
+        if needs_auth:
+            limit = min(limit, state.limits.unauthenticated_max_message_bytes)
+        self._decoder = FrameDecoder(limit, max_skip_bytes=limit if needs_auth else None)
+        self._heard = False  # any byte has arrived (see Limits.max_silent)
         self._in: asyncio.BaseTransport | None = None
         self._out: asyncio.WriteTransport | None = None
         self.dispatcher = Dispatcher(state, self)
@@ -66,6 +79,10 @@ class Connection(asyncio.Protocol):
             self.attach_writer(cast(asyncio.WriteTransport, transport))
         if not self._state.register(self):
             self.close()
+            return
+        self._deadline_task: asyncio.Task[None] | None = None
+        if self._needs_auth:
+            self._deadline_task = asyncio.get_running_loop().create_task(self._watch_auth())
 
     def attach_writer(self, transport: asyncio.WriteTransport) -> None:
         self._out = transport
@@ -73,6 +90,9 @@ class Connection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=high, low=high // 4)
 
     def data_received(self, data: bytes) -> None:
+        if not self._heard:
+            self._heard = True
+            self._state.heard(self)
         events = self._decoder.feed(data)
         if self._decoder.in_frame:  # only a partial frame is timed (see _watch_stall)
             self._last_data = self._state.clock.now()
@@ -110,6 +130,7 @@ class Connection(asyncio.Protocol):
                 self._state.counters.frame_errors += 1
                 self.write(jsonrpc.error_bytes(event.request_id, event.error))
                 if event.fatal:
+                    self._flush_coalesced()  # the answers due before the bad frame go first
                     self.close()
                     return
             if self._coalesced_bytes > self._state.limits.write_buffer_high:
@@ -133,8 +154,9 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self.dispatcher.cancel_all()
-        if self._stall_task is not None:
-            self._stall_task.cancel()
+        for task in (self._stall_task, getattr(self, "_deadline_task", None)):
+            if task is not None:
+                task.cancel()
         callbacks, self._close_callbacks = self._close_callbacks, []
         for callback in callbacks:
             try:
@@ -144,6 +166,14 @@ class Connection(asyncio.Protocol):
         self._state.unregister(self)
         if not self.closed.done():
             self.closed.set_result(None)
+        # Drop what this connection holds (buffers, transports, its dispatcher's link back to
+        # it): freed now by reference counting, never left for the cycle collector.
+        self._backlog.clear()
+        self._coalesced = None
+        self._decoder = FrameDecoder(1)
+        self._in = self._out = None
+        self.dispatcher.detach()
+        self._stall_task = self._deadline_task = None
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -266,13 +296,43 @@ class Connection(asyncio.Protocol):
             and hmac.compare_digest(msg.params["token"].encode(), token.encode())
         ):
             self._needs_auth = False
+            self._state.auth_failure_streak = 0
+            limits = self._state.limits
+            self._decoder.max_message_bytes = limits.max_message_bytes
+            self._decoder.max_skip_bytes = 4 * limits.max_message_bytes
             return True
         msg_id = msg.id if type(msg) is Request or type(msg) is Invalid else None
         denied = AuthenticationFailed("the first request must be initialize with the right token")
-        self.write(jsonrpc.error_bytes(msg_id, denied))
-        self._state.counters.auth_failures += 1
-        self.close()
+        state = self._state
+        state.counters.auth_failures += 1
+        delay = state.auth_delay()
+        state.auth_failure_streak += 1
+        self._needs_auth = True
+        self._closing = True  # nothing more is read or answered on it
+        self._flush_coalesced()
+        asyncio.get_running_loop().create_task(self._refuse(msg_id, denied, delay))
         return False
+
+    async def _refuse(self, msg_id: RequestId, denied: AuthenticationFailed, delay: float) -> None:
+        """Answer a failed authentication after `delay` (guessing is slow), then close."""
+        if delay > 0:
+            await self._state.clock.sleep(delay)
+        out = self._out
+        if out is not None and not out.is_closing():
+            out.write(encode(jsonrpc.error_bytes(msg_id, denied)))
+        self.close()
+
+    async def _watch_auth(self) -> None:
+        """Close a TCP connection not authenticated within `auth_timeout`."""
+        limits = self._state.limits
+        await self._state.clock.sleep(limits.auth_timeout)
+        if self._needs_auth and not self._closing:
+            self._state.counters.auth_timeouts += 1
+            late = AuthenticationFailed(
+                f"not authenticated within {limits.auth_timeout:g} s", data={"timeout": True}
+            )
+            self.write(jsonrpc.error_bytes(None, late))
+            self.close()
 
     async def _watch_stall(self) -> None:
         clock = self._state.clock

@@ -41,12 +41,19 @@ from lapce_bridge.core.errors import (
     InvalidParams,
     InvalidRequest,
     MethodNotFound,
+    ResourceExhausted,
     Unavailable,
     is_server_fault,
 )
 from lapce_bridge.ipc import jsonrpc
 from lapce_bridge.ipc.framing import RequestId
-from lapce_bridge.ipc.idempotency import Outcome, check_key, encode_outcome, shutting_down
+from lapce_bridge.ipc.idempotency import (
+    Outcome,
+    check_key,
+    encode_outcome,
+    shutting_down,
+    signature,
+)
 from lapce_bridge.ipc.jsonrpc import Batch, Invalid, Notification, Request
 from lapce_bridge.ipc.state import ServerState
 from lapce_bridge.rpc import Method, Params, request_limit
@@ -70,6 +77,25 @@ class Outlet(Protocol):
     def notify(self, method: str, params: Any) -> None: ...
 
     def on_close(self, callback: Callable[[], None]) -> None: ...
+
+
+class _Detached:
+    """The outlet of a connection that is gone: writes go nowhere (its tasks were cancelled)."""
+
+    id = 0
+    closing = True
+
+    def write(self, payload: bytes) -> None:
+        pass
+
+    def notify(self, method: str, params: Any) -> None:
+        pass
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        callback()
+
+
+_DETACHED = _Detached()
 
 
 class RequestContext:
@@ -146,6 +172,11 @@ class Dispatcher:
         for task in self.tasks():
             task.cancel()  # nobody is left to answer; keyed executions go on (server-owned)
 
+    def detach(self) -> None:
+        """Forget the connection (it is gone): no reference cycle outlives it."""
+        self.outlet = _DETACHED
+        self._cancelled_ids.clear()
+
     # -- the one outcome path --------------------------------------------------------------
     def _conclude(
         self, name: str, started: float, result: Any, error: BaseException | None
@@ -211,6 +242,13 @@ class Dispatcher:
             raise InvalidParams(f"{req.method} takes its params as an object")
         if req.id in self._inflight:
             raise InvalidRequest(f"request id {req.id!r} is already in flight")
+        limit_inflight = state.limits.max_inflight
+        if len(self._inflight) + len(self._owned) >= limit_inflight and method.is_async:
+            raise ResourceExhausted(
+                f"{limit_inflight} requests are already in flight on this connection; "
+                "wait for some answers first",
+                data={"limit": limit_inflight},
+            )
         if method.validate is not None:
             method.validate(params)  # the one place params are checked before a handler
         limit: float | None = None
@@ -296,11 +334,12 @@ class Dispatcher:
         key = prep.key
         assert key is not None
         try:
-            found = idem.lookup(key, prep.name)
+            bound = signature(prep.name, prep.params)
+            found = idem.lookup(key, bound)
             if found is None:
                 if not prep.method.is_async:
-                    return idem.run_sync(key, prep.name, lambda: self._call_sync(prep))
-                found = idem.start(key, prep.name, lambda: self._run(prep))
+                    return idem.run_sync(key, bound, lambda: self._call_sync(prep))
+                found = idem.start(key, bound, lambda: self._run(prep))
         except BridgeError as exc:
             return encode_outcome(False, exc)
         if isinstance(found, tuple):
@@ -357,8 +396,39 @@ class Dispatcher:
 
     # -- batches ----------------------------------------------------------------------------
     def batch(self, batch: Batch) -> None:
+        limits = self.state.limits
+        if len(batch.items) > limits.max_batch:
+            too_long = InvalidRequest(
+                f"a batch holds at most {limits.max_batch} messages, this one {len(batch.items)}",
+                data={"limit": limits.max_batch},
+            )
+            self.outlet.write(jsonrpc.error_bytes(None, too_long))
+            return
+        if len(batch.items) > limits.batch_slice:
+            # A long batch is handled a slice at a time, other clients served in between.
+            self._own(self._sliced_batch(batch.items, limits.batch_slice))
+            return
+        self._batch_items(batch.items, [])
+
+    async def _sliced_batch(self, items: list[Any], size: int) -> None:
         answers: list[bytes | asyncio.Task[bytes]] = []
-        for item in batch.items:
+        for start in range(0, len(items), size):
+            if start:
+                await asyncio.sleep(0)
+            self._collect(items[start : start + size], answers)
+        await self._finish_batch(answers)
+
+    def _batch_items(self, items: list[Any], answers: list[bytes | asyncio.Task[bytes]]) -> None:
+        self._collect(items, answers)
+        if not answers:
+            return  # a batch of notifications only: no response at all
+        if all(type(a) is bytes for a in answers):
+            self.outlet.write(_array(answers))  # type: ignore[arg-type]
+            return
+        self._own(self._finish_batch(answers))
+
+    def _collect(self, items: list[Any], answers: list[bytes | asyncio.Task[bytes]]) -> None:
+        for item in items:
             kind = type(item)
             if kind is Invalid:
                 assert isinstance(item, Invalid)
@@ -376,12 +446,6 @@ class Dispatcher:
                     continue
                 # Requests inside a batch run together, cancelled only with the connection.
                 answers.append(self._own(self._execute(item.id, prep)))
-        if not answers:
-            return  # a batch of notifications only: no response at all
-        if all(type(a) is bytes for a in answers):
-            self.outlet.write(_array(answers))  # type: ignore[arg-type]
-            return
-        self._own(self._respond_batch(answers))
 
     def _own(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -389,7 +453,9 @@ class Dispatcher:
         task.add_done_callback(_forget(self._owned))
         return task
 
-    async def _respond_batch(self, answers: list[bytes | asyncio.Task[bytes]]) -> None:
+    async def _finish_batch(self, answers: list[bytes | asyncio.Task[bytes]]) -> None:
+        if not answers:
+            return
         done = [a if type(a) is bytes else await a for a in answers]  # type: ignore[misc]
         self.outlet.write(_array(done))
 

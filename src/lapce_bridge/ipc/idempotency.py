@@ -19,6 +19,7 @@ recorded as its outcome. A cancellation from the server shutting down leaves the
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -87,7 +88,7 @@ class Idempotency:
         if entry.state is EntryState.DONE:
             return (entry.ok, entry.payload)
         unknown = OutcomeUnknown(
-            f"request {key!r} ({method}) was running when the server stopped; "
+            f"request {key!r} ({method.partition('#')[0]}) was running when the server stopped; "
             "its outcome is unknown and it is not run again",
             data={"idempotencyKey": key, "outcome": "unknown"},
         )
@@ -180,12 +181,31 @@ def _refused(outcome: Outcome) -> bool:
     )
 
 
+def signature(method: str, params: dict[str, Any]) -> str:
+    """What a key is bound to: the method and a digest of its params (the key aside), so a
+    key reused for a different request is refused instead of answered with another's result."""
+    rest = {k: v for k, v in params.items() if k != "idempotencyKey"}
+    try:
+        body = orjson.dumps(rest, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return method
+    return f"{method}#{hashlib.blake2b(body, digest_size=12).hexdigest()}"
+
+
 def _same_method(key: str, first: str, now: str) -> None:
-    if first != now:
+    first_name, _, first_digest = first.partition("#")
+    now_name, _, now_digest = now.partition("#")
+    if first_name != now_name:
         raise InvalidParams(
-            f"idempotencyKey {key!r} was first used for {first}, not {now}",
+            f"idempotencyKey {key!r} was first used for {first_name}, not {now_name}",
             data={"idempotencyKey": key},
+        )
+    if first_digest and now_digest and first_digest != now_digest:
+        raise InvalidParams(
+            f"idempotencyKey {key!r} was first used for {first_name} with other params; "
+            "a different request needs a key of its own",
+            data={"idempotencyKey": key, "reason": "params differ"},
         )
 
 
-__all__ = ["Idempotency", "Outcome", "check_key", "encode_outcome", "shutting_down"]
+__all__ = ["Idempotency", "Outcome", "check_key", "encode_outcome", "shutting_down", "signature"]

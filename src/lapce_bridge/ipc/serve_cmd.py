@@ -18,7 +18,7 @@ import importlib
 import logging
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,14 +107,14 @@ async def run_server(opts: ServeOptions, *, announce: Callable[[str], None] | No
             journal=journal,
             shutdown_grace=opts.shutdown_grace,
         )
-        stop_exporter: Callable[[], None] | None = None
+        stop_exporter: Callable[[], Awaitable[None]] | None = None
         if opts.metrics_port is not None:
-            from lapce_bridge.metrics_export import start_exporter
+            from lapce_bridge.ipc.metrics_http import serve_metrics
 
-            port, stop_exporter = start_exporter(app.metrics, opts.metrics_port)
+            port, stop_exporter = await serve_metrics(app.metrics, opts.metrics_port)
             log.info("Prometheus metrics on http://127.0.0.1:%d/metrics", port)
         # Signals stay captured through the drain in aclose(): a second one cuts it short.
-        with capture_signals(server.request_shutdown), _finally(stop_exporter):
+        with capture_signals(server.request_shutdown):
             try:
                 if opts.stdio:
                     await server.serve_stdio()
@@ -129,16 +129,9 @@ async def run_server(opts: ServeOptions, *, announce: Callable[[str], None] | No
                 (announce or _announce)(where)
                 await server.wait_for_shutdown()
             finally:
+                if stop_exporter is not None:
+                    await stop_exporter()
                 await server.aclose()
-
-
-@contextlib.contextmanager
-def _finally(action: Callable[[], None] | None) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        if action is not None:
-            action()
 
 
 def _announce(where: str) -> None:

@@ -87,6 +87,8 @@ class ServerStats:
     auth_failures: int
     frame_errors: int
     invalid_messages: int
+    auth_timeouts: int
+    idle_closed: int
 
     def counters(self) -> dict[str, int]:
         """These figures as `metrics/get` counters (`ipc.<name>`)."""
@@ -106,6 +108,7 @@ class BridgeServer:
         shutdown_grace: float = 10.0,
         token: str | None = None,
         journal: IdempotencyJournal | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.app = app
         self.clock = clock if clock is not None else app.clock
@@ -119,7 +122,8 @@ class BridgeServer:
             observe=app.observe,
             admit=app.admit,
             idempotency=self.idempotency,
-            limits=Limits(
+            limits=limits
+            or Limits(
                 max_message_bytes=max_message_bytes,
                 frame_timeout=frame_timeout,
                 write_buffer_high=write_buffer_high,
@@ -339,6 +343,8 @@ class BridgeServer:
             auth_failures=counts.auth_failures,
             frame_errors=counts.frame_errors,
             invalid_messages=counts.invalid_messages,
+            auth_timeouts=counts.auth_timeouts,
+            idle_closed=counts.idle_closed,
         )
 
 

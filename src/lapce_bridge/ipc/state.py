@@ -34,6 +34,15 @@ class Limits:
     frame_timeout: float = 30.0  # a frame that stops arriving this long closes the connection
     write_buffer_high: int = 256 * 1024  # above it, the client's next requests wait unread
     write_buffer_limit: int = 64 * 1024 * 1024  # above it, a client that reads nothing goes
+    # Before a TCP client has authenticated it may send one small message, within seconds.
+    auth_timeout: float = 5.0
+    unauthenticated_max_message_bytes: int = 64 * 1024
+    # Connections that have sent nothing yet: past this many, the oldest is closed (idle
+    # sockets would otherwise hold descriptors until none is left for real clients).
+    max_silent: int = 128
+    max_inflight: int = 1024  # requests in flight on one connection (-32005 past it)
+    max_batch: int = 1000  # requests in one batch (-32600 past it)
+    batch_slice: int = 64  # batch members handled before other clients get a turn
 
 
 @dataclass(slots=True)
@@ -48,6 +57,8 @@ class Counters:
     auth_failures: int = 0
     frame_errors: int = 0
     invalid_messages: int = 0
+    auth_timeouts: int = 0
+    idle_closed: int = 0
 
 
 class Peer(Protocol):
@@ -104,17 +115,35 @@ class ServerState:
         self.token = token
         self.counters = Counters()
         self.connections: dict[int, Peer] = {}
+        self.silent: dict[int, Peer] = {}  # in connection order, oldest first
         self.shutting_down = False
         self._on_stdio_closed = on_stdio_closed
+        self.auth_failure_streak = 0  # failed authentications since the last success
+
+    def auth_delay(self) -> float:
+        """How long a failed authentication waits before its answer: doubling with each
+        failure in a row (from 50 ms, at most 2 s), so guessing a token is slow."""
+        streak = min(self.auth_failure_streak, 16)
+        return 0.0 if streak == 0 else min(2.0, 0.05 * 2 ** (streak - 1))
 
     def register(self, peer: Peer) -> bool:
         """Admit a new connection; False (and the caller closes it) while shutting down."""
         if self.shutting_down:
             return False
         self.connections[peer.id] = peer
+        self.silent[peer.id] = peer
+        if len(self.silent) > self.limits.max_silent:
+            oldest = self.silent.pop(next(iter(self.silent)))
+            self.counters.idle_closed += 1
+            oldest.close()
         return True
 
+    def heard(self, peer: Peer) -> None:
+        """`peer` has sent its first bytes: no longer a candidate for the idle limit."""
+        self.silent.pop(peer.id, None)
+
     def unregister(self, peer: Peer) -> None:
+        self.silent.pop(peer.id, None)
         if self.connections.pop(peer.id, None) is not None:
             self.counters.requests_closed += peer.requests
             self.counters.dropped_closed += peer.dropped
