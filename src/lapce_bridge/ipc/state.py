@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from lapce_bridge.core.clock import Clock
@@ -24,6 +24,18 @@ from lapce_bridge.core.timeouts import TimeoutManager
 from lapce_bridge.ipc.framing import DEFAULT_MAX_MESSAGE_BYTES
 from lapce_bridge.ipc.idempotency import Idempotency
 from lapce_bridge.rpc import Method, Observe
+
+
+def default_max_silent() -> int:
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, ValueError, OSError):  # pragma: no cover - not POSIX
+        soft = 1024
+    if soft == getattr(resource, "RLIM_INFINITY", -1) or soft <= 0:
+        soft = 1 << 16
+    return max(64, min(soft // 4, 16384))
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +50,10 @@ class Limits:
     auth_timeout: float = 5.0
     unauthenticated_max_message_bytes: int = 64 * 1024
     # Connections that have sent nothing yet: past this many, the oldest is closed (idle
-    # sockets would otherwise hold descriptors until none is left for real clients).
-    max_silent: int = 128
+    # sockets would otherwise hold descriptors until none is left for real clients). A
+    # quarter of the descriptors this process may open, so 1,000 clients connecting at
+    # once are all served.
+    max_silent: int = field(default_factory=lambda: default_max_silent())
     max_inflight: int = 1024  # requests in flight on one connection (-32005 past it)
     max_batch: int = 1000  # requests in one batch (-32600 past it)
     batch_slice: int = 64  # batch members handled before other clients get a turn
