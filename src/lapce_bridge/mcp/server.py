@@ -319,7 +319,7 @@ def build_server(backend: Backend) -> Server[Any]:
             structured_content=structured,
         )
 
-    return Server(
+    server: Server[Any] = Server(
         "lapce-bridge",
         version=__version__,
         title="lapce-bridge",
@@ -327,6 +327,11 @@ def build_server(backend: Backend) -> Server[Any]:
         on_list_tools=on_list_tools,
         on_call_tool=on_call_tool,
     )
+    # The only default middleware is the SDK's OpenTelemetry span per message, which the
+    # SDK lets a server drop from this list; our calls are observed into metrics already,
+    # and the span costs a tenth of a millisecond on every call.
+    server.middleware.clear()
+    return server
 
 
 __all__ = ["Backend", "ToolCallContext", "build_server", "call_tool", "error_result", "tool_list"]
