@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.degradation import DegradationManager
-from lapce_bridge.core.errors import ErrorCategory, ErrorSeverity
+from lapce_bridge.core.errors import ErrorCategory, ErrorSeverity, Fault, classify
 from lapce_bridge.core.events import EventBus
 from lapce_bridge.core.health import ALERT_TYPES, AlertCleared, HealthMonitor
 from lapce_bridge.core.incidents import (
@@ -120,6 +120,14 @@ class App:
     @property
     def methods(self) -> Mapping[str, Method]:
         return self._methods
+
+    def record_error(self, op: str, error: BaseException) -> None:
+        """Count an error answer by its classification; log the server's own timeouts, which
+        leave no other trace at the default level (a caller's mistake is not logged)."""
+        found = classify(error).classification
+        self.metrics.record_error(op, found.category.value, found.fault.value)
+        if found.category is ErrorCategory.TIMEOUT and found.fault is Fault.SERVER:
+            log.warning("%s timed out: %s", op, error)
 
     def observe(self, op: str, seconds: float, ok: bool) -> None:
         self.metrics.observe(op, seconds, ok)

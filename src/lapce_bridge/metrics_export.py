@@ -11,6 +11,8 @@ Each scrape reads fresh snapshots and yields:
 - `lapce_bridge_operation_calls_total{operation, outcome}`: calls by outcome, `ok` or
   `server_error` (an error that was the server's fault; a caller's mistake counts as `ok`
   here, as it does for health and SLOs).
+- `lapce_bridge_operation_errors_total{operation, category, fault}`: error answers by their
+  classification (the caller's mistakes included), so a fleet sees which kind of failure rose.
 - `lapce_bridge_counter_total{counter}`: every registry counter, its name kept verbatim in a
   label, because counter names are free-form ("ipc.reconnects") and turning them into metric
   names could make two of them collide.
@@ -120,6 +122,15 @@ class MetricsCollector(Collector):
             calls.add_metric([op, "server_error"], stats.errors)
         yield durations
         yield calls
+        errors = CounterMetricFamily(
+            f"{p}_operation_errors",
+            "Error answers of each operation by classification: category, and whose fault "
+            "(caller: a bad request; server: the bridge failed).",
+            labels=["operation", "category", "fault"],
+        )
+        for (op, category, fault), count in sorted(self.metrics.errors().items()):
+            errors.add_metric([op, category, fault], count)
+        yield errors
         counters = CounterMetricFamily(
             f"{p}_counter", "The bridge's named event counters.", labels=["counter"]
         )

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from lapce_bridge.app import App
+from lapce_bridge.core.errors import BridgeTimeout, PermissionDenied
 from lapce_bridge.core.health import AlertCleared, HighFailureRate
 from lapce_bridge.testing import FakeClock
 
@@ -58,3 +59,23 @@ async def test_watch_fallback_to_polling_is_counted_and_broadcast(
             },
         )
     ]
+
+
+async def test_error_answers_are_counted_by_class_and_server_timeouts_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    refused = PermissionDenied("../x is outside the workspace")
+    timed_out = BridgeTimeout("terminal/execute timed out after 30 s")
+    async with App(workspace=tmp_path, services=False, clock=FakeClock()) as app:
+        with caplog.at_level("WARNING", logger="lapce_bridge.app"):
+            app.record_error("fs/read", refused)
+            app.record_error("fs/read", refused)
+            app.record_error("terminal/execute", timed_out)
+        assert app.metrics.errors() == {
+            ("fs/read", refused.classification.category.value, "caller"): 2,
+            ("terminal/execute", "timeout", "server"): 1,
+        }
+        # The server's own timeout is logged; the caller's mistakes are not.
+        assert [r.getMessage() for r in caplog.records] == [
+            "terminal/execute timed out: terminal/execute timed out after 30 s"
+        ]

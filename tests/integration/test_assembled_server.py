@@ -153,22 +153,38 @@ async def test_caller_errors_are_marked_as_theirs_and_never_count_as_failures(
     outside.write_text("not yours")
     async with serve(tmp_path) as srv:
         client = await RawClient.connect_unix(srv.socket)
+        answered: dict[tuple[str, str, str], int] = {}
+
+        def tally(op: str, reply: dict[str, Any]) -> dict[str, Any]:
+            data = reply["error"]["data"]
+            key = (op, data["category"], data["fault"])
+            answered[key] = answered.get(key, 0) + 1
+            return reply
+
         try:
             for _ in range(12):
-                reply = await client.request("fs/read", {"path": str(outside)})
+                reply = tally("fs/read", await client.request("fs/read", {"path": str(outside)}))
                 assert reply["error"]["code"] == -32006
                 assert reply["error"]["data"]["fault"] == "caller"
-                missing = await client.request("fs/read", {"path": "missing.txt"})
+                missing = tally("fs/read", await client.request("fs/read", {"path": "missing.txt"}))
                 assert missing["error"]["data"]["fault"] == "caller"
-                bad = await client.request("terminal/execute", {"command": 3})
+                bad = tally(
+                    "terminal/execute",
+                    await client.request("terminal/execute", {"command": 3}),
+                )
                 assert (bad["error"]["code"], bad["error"]["data"]["fault"]) == (-32602, "caller")
             health = (await client.request("health/get"))["result"]
             failing = [a for a in health["alerts"] if a["kind"] != "HighLatency"]
             assert failing == []  # latency on two shared cores is not what this test is about
             assert health["operations"]["fs/read"]["failureRate"] == 0.0
             assert health["slo"]["errorRate"] == 0.0
-            metrics = (await client.request("metrics/get"))["result"]["operations"]
-            assert metrics["fs/read"]["count"] == 24
+            snapshot = (await client.request("metrics/get"))["result"]
+            assert snapshot["operations"]["fs/read"]["count"] == 24
+            # Every error answer counted by its classification, as the client saw it.
+            counted = {
+                (e["operation"], e["category"], e["fault"]): e["count"] for e in snapshot["errors"]
+            }
+            assert counted == answered
         finally:
             await client.close()
 

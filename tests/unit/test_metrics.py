@@ -327,8 +327,9 @@ def test_registry_snapshot_has_the_metrics_get_shape() -> None:
     registry.counter("ipc.reconnects").inc(2)
     assert registry.counter("ipc.reconnects") is registry.counter("ipc.reconnects")
     snap = registry.snapshot()
-    assert set(snap) == {"operations", "counters"}
+    assert set(snap) == {"operations", "counters", "errors"}  # errors: added, by class
     assert snap["counters"] == {"ipc.reconnects": 2}
+    assert snap["errors"] == []
     assert set(snap["operations"]) == {"ping", "terminal/execute"}
     execute = snap["operations"]["terminal/execute"]
     assert set(execute) == {"count", "errors", "p50Us", "p99Us", "p999Us"}

@@ -172,3 +172,40 @@ def test_a_real_http_scrape_returns_the_text_format() -> None:
     parsed = families(body)
     durations = parsed["lapce_bridge_operation_duration_seconds"]
     assert sample_value(durations, durations.name + "_count", operation="fs/read") == 5000
+
+
+def test_error_answers_are_exported_by_classification() -> None:
+    metrics = MetricsRegistry()
+    metrics.observe("fs/read", 1e-4, True)
+    for _ in range(3):
+        metrics.record_error("fs/read", "filesystem", "caller")
+    metrics.record_error("fs/read", "timeout", "server")
+    metrics.record_error("terminal/execute", "terminal", "server")
+    parsed = families(render(metrics))
+    errors = parsed["lapce_bridge_operation_errors"]
+    assert errors.type == "counter"
+    total = errors.name + "_total"
+    assert (
+        sample_value(errors, total, operation="fs/read", category="filesystem", fault="caller") == 3
+    )
+    assert sample_value(errors, total, operation="fs/read", category="timeout", fault="server") == 1
+    assert (
+        sample_value(
+            errors, total, operation="terminal/execute", category="terminal", fault="server"
+        )
+        == 1
+    )
+    assert len([s for s in errors.samples if s.name == total]) == 3
+
+
+def test_error_classes_stay_bounded_like_the_operations() -> None:
+    metrics = MetricsRegistry(max_operations=2)
+    metrics.observe("a", 1e-4, True)
+    metrics.observe("b", 1e-4, True)
+    for i in range(50):  # a flood of names: folded into "other", memory stays bounded
+        metrics.record_error(f"x{i}", "network", "caller")
+    metrics.record_error("a", "network", "caller")
+    assert metrics.errors() == {("other", "network", "caller"): 50, ("a", "network", "caller"): 1}
+    assert {"operation": "a", "category": "network", "fault": "caller", "count": 1} in (
+        metrics.snapshot()["errors"]
+    )

@@ -335,7 +335,7 @@ OTHER_OPERATION = "other"
 class MetricsRegistry:
     """Per-operation latency and errors, plus named counters; the source of `metrics/get`."""
 
-    __slots__ = ("_counters", "_ops", "max_operations")
+    __slots__ = ("_counters", "_errors", "_ops", "max_operations")
 
     def __init__(self, *, max_operations: int = 256) -> None:
         if max_operations < 1:
@@ -343,6 +343,9 @@ class MetricsRegistry:
         self.max_operations = max_operations
         self._ops: dict[str, _Operation] = {}
         self._counters: dict[str, Counter] = {}
+        # (operation, category, fault) -> errors answered; every error, the caller's too,
+        # since "who gets it wrong, and how" is what a fleet's dashboard asks.
+        self._errors: dict[tuple[str, str, str], int] = {}
 
     def observe(self, op: str, seconds: float, ok: bool) -> None:
         """Record one call of `op` that took `seconds` and succeeded or not."""
@@ -361,6 +364,17 @@ class MetricsRegistry:
                 return found
         entry = self._ops[op] = _Operation()
         return entry
+
+    def record_error(self, op: str, category: str, fault: str) -> None:
+        """Count one error answer of `op` by its classification (category, whose fault)."""
+        if op not in self._ops and len(self._ops) >= self.max_operations:
+            op = OTHER_OPERATION  # the same bound as the latency table
+        key = (op, category, fault)
+        self._errors[key] = self._errors.get(key, 0) + 1
+
+    def errors(self) -> dict[tuple[str, str, str], int]:
+        """Error answers by `(operation, category, fault)`."""
+        return dict(self._errors)
 
     def counter(self, name: str) -> Counter:
         """The counter called `name`, created at zero on first use."""
@@ -392,4 +406,8 @@ class MetricsRegistry:
         return {
             "operations": {op: s.to_wire() for op, s in self.operations().items()},
             "counters": self.counters(),
+            "errors": [
+                {"operation": op, "category": category, "fault": fault, "count": count}
+                for (op, category, fault), count in sorted(self.errors().items())
+            ],
         }

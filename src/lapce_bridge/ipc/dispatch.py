@@ -45,6 +45,7 @@ from lapce_bridge.core.errors import (
     Unavailable,
     is_server_fault,
 )
+from lapce_bridge.core.metrics import OTHER_OPERATION
 from lapce_bridge.ipc import jsonrpc
 from lapce_bridge.ipc.framing import RequestId
 from lapce_bridge.ipc.idempotency import (
@@ -195,8 +196,16 @@ class Dispatcher:
                 error.__cause__ = exc
         if error is not None:
             outcome = encode_outcome(False, error)
+            state.record_error(name, error)
         state.observe(name, elapsed, error is None or not is_server_fault(error))
         return outcome
+
+    def _refused(self, req: Request, exc: BridgeError) -> bytes:
+        """The answer to a request refused before its handler ran (params, admission, ...),
+        counted by its classification like any other error answer."""
+        state = self.state
+        state.record_error(req.method if req.method in state.methods else OTHER_OPERATION, exc)
+        return jsonrpc.error_bytes(req.id, exc)
 
     def _call_sync(self, prep: Prepared) -> Outcome:
         try:
@@ -297,7 +306,7 @@ class Dispatcher:
                 raise shutting_down()
             prep = self._prepare(req)
         except BridgeError as exc:
-            self.outlet.write(jsonrpc.error_bytes(req.id, exc))
+            self.outlet.write(self._refused(req, exc))
             return
         if prep.method.is_async or prep.key is not None:
             task = asyncio.get_running_loop().create_task(self._respond(req.id, prep))
@@ -442,7 +451,7 @@ class Dispatcher:
                 try:
                     prep = self._prepare(item)
                 except BridgeError as exc:
-                    answers.append(jsonrpc.error_bytes(item.id, exc))
+                    answers.append(self._refused(item, exc))
                     continue
                 # Requests inside a batch run together, cancelled only with the connection.
                 answers.append(self._own(self._execute(item.id, prep)))

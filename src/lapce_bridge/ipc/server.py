@@ -65,6 +65,8 @@ class ServerApp(Protocol):
 
     def observe(self, op: str, seconds: float, ok: bool) -> None: ...
 
+    def record_error(self, op: str, error: BaseException) -> None: ...
+
     def features(self) -> dict[str, bool]: ...
 
     def admit(self, operation: str) -> None: ...
@@ -132,6 +134,7 @@ class BridgeServer:
             ),
             token=token,
             on_stdio_closed=self.request_shutdown,
+            on_error=app.record_error,
         )
         self.socket_path: Path | None = None
         self._socket_identity: tuple[int, int] | None = None

@@ -121,6 +121,7 @@ class ServerState:
         limits: Limits,
         token: str | None = None,
         on_stdio_closed: Callable[[str], None] | None = None,
+        on_error: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         self.clock = clock
         self.methods = methods
@@ -135,7 +136,13 @@ class ServerState:
         self.silent: dict[int, Peer] = {}  # in connection order, oldest first
         self.shutting_down = False
         self._on_stdio_closed = on_stdio_closed
+        self._on_error = on_error
         self.auth_failure_streak = 0  # failed authentications since the last success
+
+    def record_error(self, operation: str, error: BaseException) -> None:
+        """Report one error answer (the caller's fault or the server's) to the observer."""
+        if self._on_error is not None:
+            self._on_error(operation, error)
 
     def auth_delay(self) -> float:
         """How long a failed authentication waits before its answer: doubling with each

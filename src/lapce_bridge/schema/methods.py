@@ -233,9 +233,19 @@ class HealthReport(Result):
     alerts: list[dict[str, Any]]
 
 
+class ErrorCount(Result):
+    """Error answers of one operation with one classification (the caller's too)."""
+
+    operation: str
+    category: str
+    fault: Literal["caller", "server"]
+    count: int
+
+
 class MetricsResult(Result):
     operations: dict[str, dict[str, Any]]
     counters: dict[str, Any]
+    errors: list[ErrorCount] = []
 
 
 @dataclass(frozen=True, slots=True)

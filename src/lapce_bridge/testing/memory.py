@@ -164,6 +164,7 @@ class MemoryServer:
     ) -> None:
         self.clock = clock if clock is not None else SYSTEM_CLOCK
         self.observed: list[tuple[str, float, bool]] = []
+        self.errors: list[tuple[str, BaseException]] = []  # every error answer, classified
         self.journal = IdempotencyJournal(None).open()
         self.state = ServerState(
             clock=self.clock,
@@ -173,6 +174,7 @@ class MemoryServer:
             admit=lambda name: None,
             idempotency=Idempotency(self.journal),
             limits=limits or Limits(),
+            on_error=lambda name, error: self.errors.append((name, error)),
         )
         self._ids = itertools.count(1)
         self.clients: list[MemoryClient] = []
