@@ -14,7 +14,9 @@ replaces the file with one atomic write (`FileStore.write`). Invariants:
   write is refused (ConflictError), and the edit is re-applied to the new version (the edits
   are exact, so they either still match as stated or fail as above). With the caller's own
   `expectedMtimeNs`, a changed file is a ConflictError at once: the caller asked to edit the
-  version it saw, not whatever is there now.
+  version it saw, not whatever is there now. The read and the write happen under the path's
+  write lock in the file store, so this server's own writers (fs/write, other edits) wait
+  their turn instead of starving an edit; only a writer outside the server makes it retry.
 - A reader (or a crash) sees the whole old file or the whole new one, never a mix: the
   write is `write_atomic`'s temp file + fsync + rename.
 - `dryRun` computes the same answer (the unified diff, the replacement count) and writes
@@ -185,47 +187,50 @@ async def edit(store: FileStore, params: Params) -> dict[str, object]:
     attempt = 0
     while True:
         attempt += 1
-        current = await store.read_with_recovery(real)
-        if current.stale:
-            raise FileSystemError(
-                f"{METHOD}: {rel} could not be read afresh ({current.stale_reason})",
-                retryable=True,
-                data={"path": rel},
-            )
-        expected = p.expected_mtime_ns
-        if expected is not None and current.mtime_ns != expected:
-            raise ConflictError(
-                f"{rel} changed since it was read (mtimeNs {current.mtime_ns}, expected "
-                f"{expected}); read it again and redo the edits",
-                data={"mtimeNs": current.mtime_ns, "path": rel},
-            )
-        try:
-            text = current.data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidParams(
-                f"{METHOD}: {rel} is not UTF-8 text (byte {exc.start}); use fs/write",
-                data={"path": rel},
-            ) from exc
-        if len(current.data) > THREAD_EDIT_BYTES:
-            new, replaced, diff = await asyncio.to_thread(_prepare, text, p.edits, rel)
-        else:
-            new, replaced, diff = _prepare(text, p.edits, rel)
-        if p.dry_run:
-            mtime_ns, size = current.mtime_ns, len(current.data)
-        else:
-            data = new.encode("utf-8")
+        # Under the path's write lock this server's other writes wait, so a retry is
+        # needed only when a writer outside the server changed the file meanwhile.
+        async with store.writer(real):
+            current = await store.read_with_recovery(real)
+            if current.stale:
+                raise FileSystemError(
+                    f"{METHOD}: {rel} could not be read afresh ({current.stale_reason})",
+                    retryable=True,
+                    data={"path": rel},
+                )
+            expected = p.expected_mtime_ns
+            if expected is not None and current.mtime_ns != expected:
+                raise ConflictError(
+                    f"{rel} changed since it was read (mtimeNs {current.mtime_ns}, expected "
+                    f"{expected}); read it again and redo the edits",
+                    data={"mtimeNs": current.mtime_ns, "path": rel},
+                )
             try:
-                st = await store.write(real, data, expected_mtime_ns=current.mtime_ns)
-            except ConflictError:
-                if expected is not None or attempt >= CONFLICT_ATTEMPTS:
-                    raise
-                continue  # another writer got there first: apply the edits to its version
-            mtime_ns, size = st.st_mtime_ns, st.st_size
-        result = EditResult(
-            path=rel, diff=diff, mtime_ns=mtime_ns, size=size, dry_run=p.dry_run,
-            replacements=replaced,
-        )  # fmt: skip
-        return msgspec.to_builtins(result)  # type: ignore[no-any-return]
+                text = current.data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidParams(
+                    f"{METHOD}: {rel} is not UTF-8 text (byte {exc.start}); use fs/write",
+                    data={"path": rel},
+                ) from exc
+            if len(current.data) > THREAD_EDIT_BYTES:
+                new, replaced, diff = await asyncio.to_thread(_prepare, text, p.edits, rel)
+            else:
+                new, replaced, diff = _prepare(text, p.edits, rel)
+            if p.dry_run:
+                mtime_ns, size = current.mtime_ns, len(current.data)
+            else:
+                data = new.encode("utf-8")
+                try:
+                    st = await store.write_locked(real, data, expected_mtime_ns=current.mtime_ns)
+                except ConflictError:
+                    if expected is not None or attempt >= CONFLICT_ATTEMPTS:
+                        raise
+                    continue  # a writer outside the server won: apply the edits to its version
+                mtime_ns, size = st.st_mtime_ns, st.st_size
+            result = EditResult(
+                path=rel, diff=diff, mtime_ns=mtime_ns, size=size, dry_run=p.dry_run,
+                replacements=replaced,
+            )  # fmt: skip
+            return msgspec.to_builtins(result)  # type: ignore[no-any-return]
 
 
 __all__ = ["EditMismatch", "apply_edits", "edit", "unified_diff"]

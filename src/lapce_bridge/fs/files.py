@@ -34,7 +34,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -279,6 +280,31 @@ class FileStore:
         create_dirs: bool = False,
     ) -> os.stat_result:
         """Replace `real` with `data` atomically; returns the new file's stat."""
+        async with self.writer(real):
+            return await self.write_locked(
+                real, data, expected_mtime_ns=expected_mtime_ns, create_dirs=create_dirs
+            )
+
+    @asynccontextmanager
+    async def writer(self, real: str) -> AsyncIterator[None]:
+        """Hold `real`'s write lock: a read-modify-write (fs/edit) inside it cannot lose to
+        another of this server's writes, only to a writer outside the server."""
+        lock = self._lock_for(real)
+        try:
+            async with lock:
+                yield
+        finally:
+            self._unlock_for(real)
+
+    async def write_locked(
+        self,
+        real: str,
+        data: bytes,
+        *,
+        expected_mtime_ns: int | None = None,
+        create_dirs: bool = False,
+    ) -> os.stat_result:
+        """`write`, for a caller that holds `writer(real)`."""
         rel = self.workspace.relative(real)
         if len(data) > self.max_file_bytes:
             raise FileTooLarge(
@@ -298,12 +324,10 @@ class FileStore:
             sync_folder=False,
             workspace=self.workspace,
         )
-        lock = self._lock_for(real)
         try:
-            async with lock:
-                st = await self.retry.run_async(partial(asyncio.to_thread, replace))
-                if self.durable:
-                    await self._sync_folder(real, rel)
+            st = await self.retry.run_async(partial(asyncio.to_thread, replace))
+            if self.durable:
+                await self._sync_folder(real, rel)
         except Exception as exc:
             error = fs_error(exc, "write", rel)
             if isinstance(error, ConflictError):
@@ -311,8 +335,6 @@ class FileStore:
             else:
                 n.write_failures += 1
             raise error from exc
-        finally:
-            self._unlock_for(real)
         ident = identity_of(st)
         racy = self.wall_ns() - max(ident[0], ident[1]) < self.racy_window_ns
         self.cache.put(real, data, ident, racy=racy)
