@@ -40,6 +40,7 @@ from lapce_bridge.core.errors import (
     InternalError,
     InvalidParams,
     InvalidRequest,
+    MessageTooLarge,
     MethodNotFound,
     ResourceExhausted,
     Unavailable,
@@ -194,6 +195,16 @@ class Dispatcher:
                     data={"method": name},
                 )
                 error.__cause__ = exc
+            else:
+                # The last guard on every reply: a service that let one grow past the message
+                # limit (the client's decoder would drop the connection) answers -32007.
+                limit = state.limits.max_message_bytes
+                if len(outcome[1]) > limit:
+                    error = MessageTooLarge(
+                        f"{name}: the result is {len(outcome[1])} bytes, over the message limit "
+                        f"of {limit}; ask for less (a page, a range, base64 of a smaller file)",
+                        data={"method": name, "size": len(outcome[1]), "limit": limit},
+                    )
         if error is not None:
             outcome = encode_outcome(False, error)
             state.record_error(name, error)
