@@ -107,7 +107,9 @@ async def test_exit_reports_its_code_and_the_terminal_comes_back(tmp_path: Path)
         shell="bash", cwd=str(tmp_path), env={"HOME": str(tmp_path)}, state_dir=tmp_path
     ) as term:
         result = await term.execute("echo bye; exit 4", timeout=10)
-        assert (result.status, result.exit_code, result.output) == (Status.INTERRUPTED, 4, "bye\n")
+        # As typed: bash says `exit` as it leaves.
+        assert (result.status, result.exit_code) == (Status.INTERRUPTED, 4)
+        assert result.output == "bye\nexit\n"
         assert (await term.execute("echo back", timeout=10)).output == "back\n"
 
 
@@ -177,7 +179,8 @@ async def test_user_rc_prompt_command_debug_trap_and_colour_prompt_keep_working(
         assert dbg2 > dbg1  # and their DEBUG trap saw the commands
         assert second.output.splitlines()[1] == "rc-alias"
         ps1 = await term.execute('printf "%s" "$PS1"', timeout=10)
-        assert ps1.output.startswith("\\[\\e[32m\\]\\u@\\h")
+        # Theirs, between our prompt-start and prompt-end marks.
+        assert ps1.output.startswith("\\[${__lb_mark}\\e]633;A\\a\\]\\[\\e[32m\\]\\u@\\h")
         status = await term.execute("(exit 5)", timeout=10)
         assert status.exit_code == 5  # $? reaches our hook through theirs
 

@@ -33,6 +33,7 @@ class Execution:
         "exit_code",
         "interrupted",
         "last_activity",
+        "lines_left",
         "mode",
         "on_data",
         "raw",
@@ -78,6 +79,7 @@ class Execution:
         self.timed_out = False
         self.interrupted = False
         self.exit_code: int | None = None
+        self.lines_left = 0  # typed delivery: lines the shell has not asked for yet
         self.reported = 0  # output bytes already answered in a waiting_for_input snapshot
         self.cwd: str | None = None
         self.ended_at: float | None = None

@@ -46,7 +46,15 @@ from lapce_bridge.terminal import modes
 from lapce_bridge.terminal.execution import Execution
 from lapce_bridge.terminal.files import CommandFile, new_private_dir, runtime_base
 from lapce_bridge.terminal.foreground import Foreground
-from lapce_bridge.terminal.modes import Launch, build_env, resolve_shell, run_line
+from lapce_bridge.terminal.modes import (
+    INTERRUPT_KEY,
+    Launch,
+    build_env,
+    load_keys,
+    resolve_shell,
+    run_line,
+    typed,
+)
 from lapce_bridge.terminal.osc import OscParser
 from lapce_bridge.terminal.pty import PtyProcess
 from lapce_bridge.terminal.recovery import (
@@ -72,6 +80,7 @@ from lapce_bridge.terminal.tracker import (
     CommandTracker,
     EndDetection,
     Finished,
+    LineWanted,
     Output,
     ProbeAnswered,
     Ready,
@@ -434,9 +443,13 @@ class Terminal:
             ex.done.add_done_callback(lambda f: f.cancelled() or on_finished(f.result()))
         self._exec = ex
         self.parser.strip_ansi = ansi == "strip"
-        self.tracker.submit(secret)
+        by_line = typed(kind, detection)
+        text = command_file_text(kind, command, cwd, by_line)
+        if by_line:
+            ex.lines_left = text.count("\n") - 1
+        self.tracker.submit(secret, typed=by_line)
         try:
-            cmd_file.write(command_file_text(kind, command, cwd).encode())
+            cmd_file.write(text.encode())
             proc.write(run_line(kind, detection, self.cmd_path, secret))
         except OSError as exc:
             self._finish(ex, exit_code=None, status=Status.INTERRUPTED)
@@ -627,11 +640,43 @@ class Terminal:
                 if self._exec is not None:
                     code = event.exit_code  # type: ignore[union-attr]
                     self._finish(self._exec, exit_code=code, status=Status.COMPLETED)
+            elif kind is LineWanted:
+                self._next_line(event.continuation)  # type: ignore[union-attr]
             elif kind is Ready:
                 if self.shell_proc is not None:
                     self.shell_proc.mark_ready()
             elif kind is ProbeAnswered and self.shell_proc is not None:
                 self.shell_proc.answer_probe(event.exit_code)  # type: ignore[union-attr]
+
+    def _next_line(self, continuation: bool) -> None:
+        """The shell asks for the command's next line (typed delivery): type the load key; or,
+        for a command that was interrupted or is still incomplete after its last line,
+        abandon the rest as a user would (Ctrl-C at a continuation prompt)."""
+        ex, shell = self._exec, self.shell_proc
+        if ex is None or shell is None or not shell.alive:
+            return
+        stopping = ex.interrupted or ex.timed_out
+        if continuation and (stopping or ex.lines_left <= 0):
+            if not stopping and ex.lines_left == 0:
+                ex.recoveries.append(
+                    Recovery(
+                        "incomplete_command",
+                        "the command was still incomplete after its last line (an unclosed "
+                        "quote, bracket, block or heredoc); its continuation prompt was "
+                        "abandoned with Ctrl-C",
+                    )
+                )
+                ex.lines_left = -1  # reported once, whatever the shell asks next
+            keys = INTERRUPT_KEY
+        elif stopping or ex.lines_left <= 0:
+            keys = load_keys(shell.kind, "-")  # the rest of the command is dropped
+        else:
+            ex.lines_left -= 1
+            keys = load_keys(shell.kind)
+        try:
+            shell.proc.write(keys)
+        except OSError:
+            pass  # the shell is gone: its death ends the command
 
     # -- deaths and restarts ----------------------------------------------------------------
     def _on_shell_exit(self, shell: ShellProcess, code: int) -> None:

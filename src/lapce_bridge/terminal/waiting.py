@@ -186,12 +186,22 @@ async def _interrupt(proc: PtyProcess, ex: Execution, clock: Clock, grace: float
     return ex.done.done()
 
 
-def command_file_text(kind: str, command: str, cwd: str | None) -> str:
-    """What the shell sources: the command, after a `cd` when the request names a cwd."""
+def command_file_text(kind: str, command: str, cwd: str | None, typed: bool = False) -> str:
+    """What the shell reads: the command, after a `cd` when the request names a cwd.
+
+    Typed line by line (`modes.typed`), the text is lines ending in a newline (a `\\r\\n` is
+    a line end, as Enter would be), and a `cd` that fails skips the rest with `__lb_skip`
+    (`return` only works in a sourced file)."""
+    if typed:
+        command = command.replace("\r\n", "\n")
+        if not command.endswith("\n"):
+            command += "\n"
     if cwd is None:
         return command
     quoted = "'" + cwd.replace("'", "'\\''") + "'"
     if kind == "fish":
         quoted = "'" + cwd.replace("\\", "\\\\").replace("'", "\\'") + "'"
         return f"cd {quoted}; or return 1\n{command}"
+    if typed:
+        return f"cd -- {quoted} || __lb_skip\n{command}"
     return f"cd -- {quoted} || return 1\n{command}"
