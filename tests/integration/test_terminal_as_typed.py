@@ -99,10 +99,12 @@ CORPUS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("sleep 30 > server.log 2>&1 &", ("bash", "zsh")),
     ("jobs", ("bash", "zsh")),
-    ("kill %1", ("bash", "zsh")),
+    # `wait` makes the notice's place certain (without it, whether the job has died by the next
+    # prompt is a race, typed or not); 143: `kill %1` stopped the server, not another job.
+    ("kill %1; wait %1", ("bash", "zsh")),
     ("echo after the server", ("bash", "zsh")),
     ("sleep 0.1 &", ("bash", "zsh")),
-    ("sleep 0.3; echo waited", ("bash", "zsh")),
+    ("wait; echo waited", ("bash", "zsh")),
     ("echo 'unclosed", ("bash", "zsh")),
     ("echo still here", ("bash", "zsh")),
     ("cat <<EOF\nline with  two spaces\n  indented $HOME\nEOF", ("bash", "zsh")),
