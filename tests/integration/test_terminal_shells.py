@@ -122,7 +122,9 @@ async def test_user_configuration_still_applies(term: Terminal) -> None:
         assert env_flag == "1"
         assert int(precmds) >= 1
         assert result.output.splitlines()[1] == "zal"
-        assert (await term.execute("print -r -- $PS1", timeout=10)).output.startswith("%F{green}")
+        # Theirs, between our prompt-start and prompt-end marks (stripped from the output).
+        ps1 = (await term.execute("print -r -- $PS1", timeout=10)).output
+        assert ps1.startswith("%{%}%F{green}")
     elif term.kind == "fish":
         assert (await term.execute("echo $LB_FISHCONF", timeout=10)).output == "1\n"
     else:

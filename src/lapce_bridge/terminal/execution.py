@@ -47,6 +47,7 @@ class Execution:
         "terminal_id",
         "timed_out",
         "token",
+        "typed",
     )
 
     def __init__(
@@ -75,6 +76,7 @@ class Execution:
         self.on_data = on_data
         self.recoveries = recoveries
         self.started = False
+        self.typed = False  # delivered line by line: `began` waits for the shell to run a line
         self.skip_cr = False  # fish returns the cursor to column 0 as the command starts
         self.timed_out = False
         self.interrupted = False
@@ -93,8 +95,14 @@ class Execution:
         return self.done.done()
 
     def begin(self, now: float) -> None:
+        """Output starts (the start mark, or the echo's end of a typed line)."""
         self.started = True
         self.last_activity = now
+        if not self.typed and not self.began.done():
+            self.began.set_result(None)
+
+    def executing(self) -> None:
+        """The shell runs a line it parsed (typed delivery): a SIGINT now reaches the command."""
         if not self.began.done():
             self.began.set_result(None)
 

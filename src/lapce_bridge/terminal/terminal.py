@@ -79,6 +79,7 @@ from lapce_bridge.terminal.startup import Outcome, Plan, Rungs, choose_shell, cl
 from lapce_bridge.terminal.tracker import (
     CommandTracker,
     EndDetection,
+    Executing,
     Finished,
     LineWanted,
     Output,
@@ -447,6 +448,7 @@ class Terminal:
         text = command_file_text(kind, command, cwd, by_line)
         if by_line:
             ex.lines_left = text.count("\n") - 1
+            ex.typed = True
         self.tracker.submit(secret, typed=by_line)
         try:
             cmd_file.write(text.encode())
@@ -640,6 +642,9 @@ class Terminal:
                 if self._exec is not None:
                     code = event.exit_code  # type: ignore[union-attr]
                     self._finish(self._exec, exit_code=code, status=Status.COMPLETED)
+            elif kind is Executing:
+                if self._exec is not None:
+                    self._exec.executing()
             elif kind is LineWanted:
                 self._next_line(event.continuation)  # type: ignore[union-attr]
             elif kind is Ready:

@@ -50,6 +50,7 @@ __all__ = [
     "CommandTracker",
     "CwdChanged",
     "EndDetection",
+    "Executing",
     "Finished",
     "LineWanted",
     "Output",
@@ -87,6 +88,12 @@ class Finished:
 
 
 @dataclass(frozen=True, slots=True)
+class Executing:
+    """Typed delivery: the shell parsed a line and runs it (`633;C` from PS0 or preexec).
+    Until then a SIGINT would reach the shell's reader, not the command."""
+
+
+@dataclass(frozen=True, slots=True)
 class LineWanted:
     """The shell asks for the command's next line (typed delivery); `continuation`: at its
     continuation prompt (inside a block, a quote or a heredoc), not its primary prompt."""
@@ -110,10 +117,11 @@ class ProbeAnswered:
 
 
 TrackerEvent: TypeAlias = (
-    Started | Output | Finished | Ready | CwdChanged | ProbeAnswered | LineWanted
+    Started | Output | Finished | Ready | CwdChanged | ProbeAnswered | LineWanted | Executing
 )
 
 _STARTED = Started()
+_EXECUTING = Executing()
 _READY = Ready()
 
 
@@ -265,7 +273,10 @@ class CommandTracker:
         if kind == "E":
             self._announced = self._secret is not None and m.nonce == self._secret
         elif kind == "C":
-            if self._announced and not self.started:
+            if self._typed:
+                if self.started and not self._hide and self._secret is not None:
+                    out.append(_EXECUTING)
+            elif self._announced and not self.started:
                 self._announced = False
                 self._start(out)
         elif kind == "D":

@@ -21,7 +21,8 @@
 #   at the command's end;
 # - the user's ~/.bashrc, PS1, PS2, PROMPT_COMMAND (string or array) and DEBUG trap keep
 #   working: ours run around theirs, and $? is handed on unchanged;
-# - after a command's last line the prompt itself prints P;Cwd and D;<status>;<nonce> (after
+# - each line that runs is announced by C (PS0); after a command's last line the prompt itself
+#   prints P;Cwd and D;<status>;<nonce> (after
 #   bash's job notices, which are the command's output), then A; B ends PS1.
 # Without line editing (`bash --noediting`) nothing is installed: the bridge finds the end of
 # each command with a tokened end marker instead.
@@ -120,12 +121,16 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
         if [[ $PS1 != "$__lb_a"* ]]; then PS1=$__lb_a$PS1; fi
         if [[ $PS1 != *"$__lb_b" ]]; then PS1=$PS1$__lb_b; fi
         if [[ $PS2 != "$__lb_f"* ]]; then PS2=$__lb_f$PS2; fi
+        if [[ ${PS0-} != "$__lb_c"* ]]; then PS0=$__lb_c${PS0-}; fi
         return "$__lb_status"
     }
     # Expanded when the prompt is shown (promptvars): the marks of the moment.
     __lb_a='\[${__lb_mark}\e]633;A\a\]'
     __lb_b='\[\e]633;B\a\]'
     __lb_f='\[\e]633;P;LbCont=${__lb_n}\a\]'
+    # PS0 is printed once a line is parsed, just before it runs: until then a SIGINT would
+    # reach bash between reading the line and running it (it drops a character, runs the rest).
+    __lb_c='\e]633;C\a'
 
     # Commands come from a program, not a person's history: `!` is just a character.
     set +H

@@ -124,6 +124,11 @@ __lb_precmd() {
     return st
 }
 
+# A line parsed is about to run: from now on a SIGINT reaches the command, not zle.
+__lb_preexec() {
+    builtin printf '\e]633;C\a'
+}
+
 # The prompt starts with A and ends with B, also when zle redraws it after a job's notice.
 __lb_prompt_end() {
     if [[ $PS1 != "$__lb_a"* ]]; then
@@ -137,7 +142,8 @@ __lb_prompt_end() {
 # Without zle (`zsh +Z`) nothing is installed: the bridge finds the end of each command with
 # a tokened end marker instead.
 if [[ -o zle ]]; then
-    typeset -ga precmd_functions
+    typeset -ga precmd_functions preexec_functions
+    preexec_functions=(${preexec_functions:#__lb_preexec} __lb_preexec)
     precmd_functions=(__lb_precmd ${precmd_functions:#__lb_*} __lb_prompt_end)
     POSTEDIT=${POSTEDIT-}$'\e]633;P;LbEdit\a'
     zle -N __lb_load
