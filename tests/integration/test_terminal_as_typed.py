@@ -297,3 +297,24 @@ async def test_commands_behave_as_typed_into_a_plain_shell(shell: str, tmp_path:
     finally:
         await asyncio.to_thread(typed.close)
     assert not mismatches, f"{len(mismatches)} of {len(commands)} differ:\n" + "\n".join(mismatches)
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+async def test_an_interrupted_command_gains_no_blank_line(shell: str, tmp_path: Path) -> None:
+    """bash and zsh end the line a typed ^C was echoed on; ours is a signal, never echoed."""
+    async with await Terminal.start(
+        shell=shell, cwd=str(tmp_path), env={"HOME": str(tmp_path)}, state_dir=tmp_path / "s"
+    ) as term:
+        for command, output in (
+            ("echo a; sleep 30", "a\n"),
+            ("sleep 30", ""),
+            # bash and zsh end an unfinished line (that newline is kept); fish does not.
+            ("printf 'no newline'; sleep 30", "no newline" + ("" if shell == "fish" else "\n")),
+        ):
+            running = asyncio.ensure_future(term.execute(command, timeout=20))
+            while not term.busy or term.current is None or not term.current.began.done():
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            await term.interrupt()
+            result = await asyncio.wait_for(running, 10)
+            assert (result.output, result.exit_code) == (output, 130), command

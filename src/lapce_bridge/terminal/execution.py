@@ -24,6 +24,8 @@ from lapce_bridge.terminal.spool import Spool
 
 class Execution:
     __slots__ = (
+        "_held_nl",
+        "_last_nl",
         "_normalizer",
         "began",
         "cwd",
@@ -86,6 +88,11 @@ class Execution:
         self.cwd: str | None = None
         self.ended_at: float | None = None
         self._normalizer = OutputNormalizer()
+        # A stopped command's last newline is held back: bash and zsh print one when the
+        # foreground job dies of SIGINT (to end the line a typed ^C was echoed on); ours was
+        # never echoed, so after a line that already ended it would be a blank line.
+        self._held_nl = False
+        self._last_nl = True
         loop = asyncio.get_running_loop()
         self.done: asyncio.Future[ExecResult] = loop.create_future()
         self.began: asyncio.Future[None] = loop.create_future()
@@ -112,7 +119,15 @@ class Execution:
         if text:
             self._emit(text)
 
-    def _emit(self, text: str) -> None:
+    def _emit(self, text: str, *, hold: bool = True) -> None:
+        if self._held_nl:
+            self._held_nl = False
+            text = "\n" + text
+        if hold and (self.interrupted or self.timed_out) and text.endswith("\n"):
+            self._held_nl = True
+            text = text[:-1]
+            if not text:
+                return
         if self.skip_cr:
             self.skip_cr = False
             if text[0] == "\r" and text[1:2] != "\n":
@@ -120,6 +135,7 @@ class Execution:
                 if not text:
                     return
         self.spool.write(text)
+        self._last_nl = text.endswith("\n")
         if self.on_data is not None:
             self.on_data(text)
 
@@ -137,6 +153,10 @@ class Execution:
         tail = self._normalizer.flush()
         if tail:
             self._emit(tail)
+        if self._held_nl:
+            self._held_nl = False
+            if not self._last_nl:
+                self._emit("\n", hold=False)
         if not self.began.done():
             self.began.set_result(None)
         self.exit_code = exit_code
