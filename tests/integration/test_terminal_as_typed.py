@@ -312,8 +312,12 @@ async def test_an_interrupted_command_gains_no_blank_line(shell: str, tmp_path: 
             ("printf 'no newline'; sleep 30", "no newline" + ("" if shell == "fish" else "\n")),
         ):
             running = asyncio.ensure_future(term.execute(command, timeout=20))
-            while not term.busy or term.current is None or not term.current.began.done():
-                await asyncio.sleep(0.01)
+            for _ in range(1000):  # execute() hands the command over after a few awaits
+                if term.current is not None:
+                    break
+                await asyncio.sleep(0.005)
+            assert term.current is not None
+            await asyncio.wait_for(asyncio.shield(term.current.began), 10)  # it runs
             await asyncio.sleep(0.2)
             await term.interrupt()
             result = await asyncio.wait_for(running, 10)

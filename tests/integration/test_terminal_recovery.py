@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,7 @@ async def test_crash_loop_moves_to_another_shell_then_gives_up(tmp_path: Path) -
         crash_policy=CrashLoopPolicy(max_deaths=2, window_s=60, fallback_shells=("bash", "sh")),
     ) as term:
         # Deaths nobody asked for (an exit a command asks for is not a crash).
+        await term.execute("export LB_KEEP='it'\\''s kept'; cd /", timeout=10)
         await _kill_mid_command(term)
         await _restarted(term, 1)
         await _kill_mid_command(term)
@@ -135,6 +137,9 @@ async def test_crash_loop_moves_to_another_shell_then_gives_up(tmp_path: Path) -
         assert result.mode is Mode.ALTERNATIVE_SHELL
         assert [r.action for r in result.recoveries] == ["alternative_shell"]
         assert result.output.strip() in ("sh", "/bin/sh", "/usr/bin/sh")
+        # The exported environment and the cwd came along into sh.
+        kept = await term.execute('echo "$LB_KEEP"; pwd', timeout=10)
+        assert kept.output == "it's kept\n/\n"
         await _kill_mid_command(term)
         await _restarted(term, 3)
         await _kill_mid_command(term)
@@ -359,3 +364,26 @@ async def test_a_shell_that_exits_at_once_falls_back(tmp_path: Path) -> None:
         assert "exits at once (status 2)" in result.recoveries[0].reason
         assert exits == []  # start-up failures are not deaths of a running terminal
         assert term.deaths == []
+
+
+@pytest.mark.parametrize(
+    ("user_shell", "expected"), [("/usr/bin/zsh", "zsh"), ("/no/such/shell", "sh")]
+)
+async def test_missing_shell_without_fallbacks_uses_shell_then_bin_sh(
+    tmp_path: Path, user_shell: str, expected: str
+) -> None:
+    """Spec 2.2: no configured fallback runs, so the user's $SHELL, else /bin/sh."""
+    base = {**os.environ, "SHELL": user_shell}
+    async with await Terminal.start(
+        shell="no-such-shell-here",
+        cwd=str(tmp_path),
+        env={"HOME": str(tmp_path)},
+        state_dir=tmp_path,
+        base_env=base,
+        crash_policy=CrashLoopPolicy(fallback_shells=("no-such-fallback",)),
+    ) as term:
+        assert term.mode is Mode.ALTERNATIVE_SHELL
+        assert os.path.basename(term.shell) == expected
+        result = await term.execute("(exit 2)", timeout=10)
+        assert result.exit_code == 2
+        assert result.recoveries[0].action == "alternative_shell"

@@ -127,6 +127,8 @@ def launch(
 ) -> Launch:
     kind = shell_kind(executable)
     env = dict(env)
+    if kind == "posix" and restore is not None:
+        env["ENV"] = str(restore)  # what an interactive sh reads first: the restored exports
     if not integration or kind == "posix":
         argv: tuple[str, ...] = (executable, "-i")
         if kind == "bash" and not user_rc:

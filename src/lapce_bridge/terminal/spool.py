@@ -79,9 +79,7 @@ def whole_bytes(data: bytes | bytearray, *, at_start: bool, at_end: bool) -> byt
     return bytes(data[start:end])
 
 
-def at_line_ends(
-    head: bytearray, tail: bytearray, half: int
-) -> tuple[bytearray, bytearray]:
+def at_line_ends(head: bytearray, tail: bytearray, half: int) -> tuple[bytearray, bytearray]:
     """The head and tail a truncated result keeps, cut at line ends where one is near (within
     a quarter of `half`, at most 4 KiB): the head after its last newline, the tail after the
     first. `tail` may start with the byte before it (one more than `half`), which tells

@@ -53,6 +53,7 @@ from lapce_bridge.terminal.modes import (
     load_keys,
     resolve_shell,
     run_line,
+    shell_kind,
     typed,
 )
 from lapce_bridge.terminal.osc import OscParser
@@ -199,7 +200,7 @@ class Terminal:
         self.cmd_path = str(self._cmd_file.path)
         requested = self.requested_shell or modes.default_shell(self.base_env)
         exe, recovery = choose_shell(
-            requested, self._path(), self.tried_shells, self.crash_policy.fallback_shells
+            requested, self._path(), self.tried_shells, self._start_candidates()
         )
         if recovery is not None:
             self.pending_recoveries.append(recovery)
@@ -219,9 +220,14 @@ class Terminal:
                 self.pending_recoveries.append(Recovery("alternative_shell", f"{exc}; using {nxt}"))
                 exe, alternative = nxt, True
 
-    def _next_start_shell(self) -> str | None:
+    def _start_candidates(self) -> tuple[str, ...]:
+        """Where creation falls back to (spec 2.2): the configured fallback shells, then the
+        user's $SHELL, then /bin/sh."""
         env = self.base_env or os.environ
-        candidates = (*self.crash_policy.fallback_shells, env.get("SHELL") or "", "/bin/sh")
+        return (*self.crash_policy.fallback_shells, env.get("SHELL") or "", "/bin/sh")
+
+    def _next_start_shell(self) -> str | None:
+        candidates = self._start_candidates()
         tried = {os.path.basename(s) for s in self.tried_shells} | set(self.tried_shells)
         for name in candidates:
             if not name or name in tried or os.path.basename(name) in tried:
@@ -763,8 +769,9 @@ class Terminal:
                 return
             exe, alternative = alt, True
             self.pending_recoveries.append(Recovery("alternative_shell", decision.reason))
-        elif old is not None:
-            restore = restore_file(self.dir, old.kind)
+        if old is not None:
+            # The exported environment comes along, into another kind of shell too.
+            restore = restore_file(self.dir, old.kind, shell_kind(exe))
         try:
             await self._start_shell(exe, restore=restore, alternative=alternative)
         except Exception as exc:
