@@ -326,15 +326,16 @@ async def test_exits_asked_for_in_zsh_and_fish(tmp_path: Path, shell: str) -> No
     ) as term:
         export = "set -gx VAR kept" if shell == "fish" else "export VAR=kept"
         await term.execute(f"cd /usr; {export}", timeout=10)
-        # (fish's `exit` inside a sourced file leaves only that file: the shell stays.)
-        steps = [("exec false", 1)]
+        steps = [("exec false", 1), ("exit 3", 3), ("echo bye; exit 4", 4)]
         if shell == "zsh":
-            steps += [("setopt err_exit; false", 1), ("exit 3", 3)]
+            steps.append(("setopt err_exit; false", 1))
         for restarts, (command, code) in enumerate(steps, start=1):
             result = await term.execute(command, timeout=10)
-            # fish runs its end hooks before `exit` ends it: that command completes.
+            # fish runs its end hooks before `exec` ends it: that command completes.
             ended = (
-                (Status.INTERRUPTED, Status.COMPLETED) if shell == "fish" else (Status.INTERRUPTED,)
+                (Status.INTERRUPTED, Status.COMPLETED)
+                if shell == "fish" and command.startswith("exec")
+                else (Status.INTERRUPTED,)
             )
             assert (result.status in ended, result.exit_code) == (True, code)
             await _restarted(term, restarts)

@@ -56,7 +56,7 @@ def test_typed_shells_get_the_nonce_and_keys_only_and_fish_a_short_line() -> Non
     assert typed("zsh", integration)
     assert not typed("fish", integration)
     assert not typed("bash", EndDetection.END_MARKER)
-    fish = f"set -g __lb_n {nonce}; source $__lb_cf\n".encode()
+    fish = f"set -g __lb_n {nonce}; source $__lb_cf; __lb_exited\n".encode()
     assert run_line("fish", integration, path, nonce) == fish
 
 

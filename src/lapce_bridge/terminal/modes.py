@@ -193,7 +193,8 @@ def integration_line(kind: str, nonce: str) -> bytes:
     """What runs the command file under our hooks, handing them the nonce."""
     if kind in TYPED:
         return load_keys(kind, nonce)
-    return f"set -g __lb_n {nonce}; source $__lb_cf\n".encode()
+    # `__lb_exited`: an `exit` in the file ends the shell, not only the file.
+    return f"set -g __lb_n {nonce}; source $__lb_cf; __lb_exited\n".encode()
 
 
 def raw_line(kind: str, cmd_file: str) -> bytes:
