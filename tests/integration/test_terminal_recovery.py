@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -388,3 +389,30 @@ async def test_missing_shell_without_fallbacks_uses_shell_then_bin_sh(
         result = await term.execute("(exit 2)", timeout=10)
         assert result.exit_code == 2
         assert result.recoveries[0].action == "alternative_shell"
+
+
+@pytest.mark.shells
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+async def test_a_command_the_dying_shell_never_started_runs_on_the_new_one(
+    tmp_path: Path, shell: str
+) -> None:
+    """The shell is stopped (so it provably reads nothing), handed a command, then killed:
+    the command is not lost as "interrupted" but runs on the restarted shell."""
+    async with await Terminal.start(
+        shell=shell, cwd=str(tmp_path), env={"HOME": str(tmp_path)}, state_dir=tmp_path / "s"
+    ) as term:
+        export = "set -gx VAR kept" if shell == "fish" else "export VAR=kept"
+        await term.execute(f"cd /usr; {export}", timeout=10)
+        assert term.pid is not None
+        os.kill(term.pid, signal.SIGSTOP)
+        running = asyncio.ensure_future(term.execute('echo "ran $VAR"; pwd', timeout=20))
+        for _ in range(1000):
+            if term.current is not None:
+                break
+            await asyncio.sleep(0.005)
+        term.kill()
+        result = await asyncio.wait_for(running, 20)
+        assert (result.status, result.exit_code) == (Status.COMPLETED, 0)
+        assert (result.output, result.cwd) == ("ran kept\n/usr\n", "/usr")
+        assert any("before the command started" in r.reason for r in result.recoveries)
+        assert (await term.execute("echo next", timeout=10)).output == "next\n"

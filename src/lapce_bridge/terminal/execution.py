@@ -28,6 +28,7 @@ class Execution:
         "_last_nl",
         "_normalizer",
         "began",
+        "command",
         "cwd",
         "done",
         "ended_at",
@@ -38,10 +39,12 @@ class Execution:
         "lines_left",
         "mode",
         "on_data",
+        "prompted",
         "raw",
         "received_at",
         "recoveries",
         "reported",
+        "run_cwd",
         "shell",
         "skip_cr",
         "spool",
@@ -83,6 +86,9 @@ class Execution:
         self.timed_out = False
         self.interrupted = False
         self.exit_code: int | None = None
+        self.command = ""  # what was asked, and in which cwd (handed over again after a
+        self.run_cwd: str | None = None  # death before it started)
+        self.prompted = False  # a prompt mark came after its output began (fish: hooks gone?)
         self.lines_left = 0  # typed delivery: lines the shell has not asked for yet
         self.reported = 0  # output bytes already answered in a waiting_for_input snapshot
         self.cwd: str | None = None

@@ -156,6 +156,7 @@ class Terminal:
         self.cmd_path = ""
         self.pending_recoveries: list[Recovery] = []
         self._exec: Execution | None = None
+        self._replay: Execution | None = None  # never started when its shell died: run again
         self._results: OrderedDict[str, ExecResult] = OrderedDict()
         self._hooks = Hooks(
             stop=self._stop_current,
@@ -427,7 +428,6 @@ class Terminal:
         now = self.clock.now()
         self.last_used = now
         execution_id = f"{self.terminal_id}-{self.executions}-{secrets.token_hex(3)}"
-        detection = self.tracker.detection
         # The command's own secret: it ends this command and no other (tracker.py, rule 1).
         secret = secrets.token_hex(16)
         ex = Execution(
@@ -443,22 +443,13 @@ class Terminal:
             recoveries=self.pending_recoveries,
         )
         self.pending_recoveries = []
-        kind = shell.kind
-        ex.skip_cr = kind == "fish"
-        ex.raw = detection is EndDetection.RAW
         if on_finished is not None:
             ex.done.add_done_callback(lambda f: f.cancelled() or on_finished(f.result()))
         self._exec = ex
         self.parser.strip_ansi = ansi == "strip"
-        by_line = typed(kind, detection)
-        text = command_file_text(kind, command, cwd, by_line)
-        if by_line:
-            ex.lines_left = text.count("\n") - 1
-            ex.typed = True
-        self.tracker.submit(secret, typed=by_line)
+        ex.command, ex.run_cwd = command, cwd
         try:
-            cmd_file.write(text.encode())
-            proc.write(run_line(kind, detection, self.cmd_path, secret))
+            self._hand_over(ex)
         except OSError as exc:
             self._finish(ex, exit_code=None, status=Status.INTERRUPTED)
             raise ShellCrashed(f"could not write to the shell: {exc}") from exc
@@ -592,7 +583,9 @@ class Terminal:
         return self.shell_proc.foreground() if self.shell_proc is not None else None
 
     def _at_prompt(self, fg: Foreground) -> bool:
-        return self.shell_proc is not None and self.shell_proc.at_prompt(fg)
+        ex = self._exec
+        prompted = ex is not None and ex.prompted
+        return self.shell_proc is not None and self.shell_proc.at_prompt(fg, prompted)
 
     async def _recover_integration(self) -> None:
         """The shell is back at its prompt but the command's end mark never came: the command
@@ -601,8 +594,8 @@ class Terminal:
         later commands' ends with an end marker (this terminal only; cwd and env are the
         shell's own, untouched)."""
         ex, shell = self._exec, self.shell_proc
-        if ex is None or shell is None:
-            return
+        if ex is None or shell is None or (self.restarting and not self.restarting.done()):
+            return  # (a command waiting for the restarted shell is handed over again)
         started = self.clock.now()
         kind = shell.current_kind()
         self.tracker.hold_output()
@@ -654,10 +647,29 @@ class Terminal:
             elif kind is LineWanted:
                 self._next_line(event.continuation)  # type: ignore[union-attr]
             elif kind is Ready:
+                if self._exec is not None and self._exec.started:
+                    self._exec.prompted = True
                 if self.shell_proc is not None:
                     self.shell_proc.mark_ready()
             elif kind is ProbeAnswered and self.shell_proc is not None:
                 self.shell_proc.answer_probe(event.exit_code)  # type: ignore[union-attr]
+
+    def _hand_over(self, ex: Execution) -> None:
+        """Give the shell the command: its text to the command file, then what is typed to
+        run it (the nonce and the load key, or the line that sources the file)."""
+        shell, cmd_file = self.shell_proc, self._cmd_file
+        assert shell is not None
+        assert cmd_file is not None
+        kind, detection = shell.kind, self.tracker.detection
+        by_line = typed(kind, detection)
+        text = command_file_text(kind, ex.command, ex.run_cwd, by_line)
+        ex.typed = by_line
+        ex.lines_left = text.count("\n") - 1 if by_line else 0
+        ex.skip_cr = kind == "fish"
+        ex.raw = detection is EndDetection.RAW
+        self.tracker.submit(ex.token, typed=by_line)
+        cmd_file.write(text.encode())
+        shell.proc.write(run_line(kind, detection, self.cmd_path, ex.token))
 
     def _next_line(self, continuation: bool) -> None:
         """The shell asks for the command's next line (typed delivery): type the load key; or,
@@ -736,7 +748,19 @@ class Terminal:
             recovery = Recovery(recreate_strategy().value, f"shell exited with code {code}")
         else:
             recovery = Recovery(give_up_strategy().value, decision.reason)
-        if self._exec is not None:
+        ex = self._exec
+        if ex is not None and will_recover and not (ex.started or ex.interrupted or ex.timed_out):
+            # It provably never started (no start mark): it runs on the restarted shell
+            # instead of being lost.
+            ex.recoveries.append(
+                Recovery(
+                    recreate_strategy().value,
+                    f"the shell died (code {code}) before the command started; it ran on the "
+                    "restarted shell",
+                )
+            )
+            self._replay = ex
+        elif ex is not None:
             # `exit 3` ends the shell with the command's own status; a signal leaves it unknown.
             self._finish_current(Status.INTERRUPTED, recovery, code if code >= 0 else None)
         elif will_recover:
@@ -776,10 +800,16 @@ class Terminal:
             await self._start_shell(exe, restore=restore, alternative=alternative)
         except Exception as exc:
             self.failed = exc
+            replay, self._replay = self._replay, None
+            if replay is not None:
+                self._finish(replay, exit_code=None, status=Status.INTERRUPTED)
             if self.observe is not None:
                 self.observe("terminal.recover", self.clock.now() - died_at, False)
             return
         self.restarts += 1
+        replay, self._replay = self._replay, None
+        if replay is not None and not replay.done.done():
+            self._hand_over(replay)
         elapsed = self.clock.now() - died_at
         self.last_recovery_ms = elapsed * 1000.0
         if self.observe is not None:

@@ -31,8 +31,10 @@ if not set -q __lb_installed
     end
     set -e __lb_fn
     if not functions -q fish_prompt
+        # Its prompt-start mark outlives our hooks: a prompt without an end mark means
+        # they were removed (the bridge then asks for $status; see shell.py at_prompt).
         function fish_prompt
-            printf '$ '
+            printf '\e]633;A\a$ '
         end
     end
 
