@@ -32,12 +32,17 @@ import termios
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from lapce_bridge.ipc.client import BridgeClient
 from lapce_bridge.terminal.modes import resolve_shell
 from lapce_bridge.terminal.result import Mode
+from lapce_bridge.terminal.service import TerminalService
 from lapce_bridge.terminal.terminal import Terminal
+from lapce_bridge.testing.memory import MemoryServer
+from tests.integration.serve_process import serve
 
 pytestmark = [pytest.mark.shells, pytest.mark.asyncio(loop_scope="function")]
 
@@ -322,3 +327,57 @@ async def test_an_interrupted_command_gains_no_blank_line(shell: str, tmp_path: 
             await term.interrupt()
             result = await asyncio.wait_for(running, 10)
             assert (result.output, result.exit_code) == (output, 130), command
+
+
+def _check_typed_answers(shell: str, answers: dict[str, dict[str, Any]]) -> None:
+    """What a user relies on from "as typed", as it comes over the protocol."""
+    started = answers["sleep 30 > server.log 2>&1 &"]
+    assert re.fullmatch(r"\[1\] \d+\n", started["output"]), started
+    stopped = answers["kill %1; wait %1"]
+    assert stopped["exitCode"] == 143  # the server, job 1, was the one stopped
+    assert "erminated" in stopped["output"]
+    assert "sleep 30" in stopped["output"]
+    lines = answers["echo one\nif then fi\necho three"]
+    assert lines["output"].startswith("one\n")
+    assert lines["output"].endswith("three\n")
+    assert "/cmd" not in lines["output"]  # the error names the shell, not a file
+    assert answers["echo $0"]["output"].strip().endswith(shell)
+    missing = answers["nosuchcommand"]
+    assert (missing["exitCode"], "/cmd" in missing["output"]) == (127, False)
+    assert missing["output"].startswith(f"{shell}:")
+    unclosed = answers["echo 'unclosed"]
+    assert unclosed["exitCode"] == 130
+    assert [r["action"] for r in unclosed["recoveries"]] == ["incomplete_command"]
+
+
+TYPED_CHECKS = [
+    "sleep 30 > server.log 2>&1 &",
+    "kill %1; wait %1",
+    "echo one\nif then fi\necho three",
+    "echo $0",
+    "nosuchcommand",
+    "echo 'unclosed",
+]
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+async def test_as_typed_through_the_dispatcher(shell: str, tmp_path: Path) -> None:
+    async with TerminalService(
+        workspace=tmp_path, state_dir=tmp_path / "state", default_shell=shell
+    ) as svc:
+        client = MemoryServer(svc.methods(), clock=svc.clock).connect()
+        answers = {
+            cmd: await client.request("terminal/execute", {"command": cmd}) for cmd in TYPED_CHECKS
+        }
+    _check_typed_answers(shell, answers)
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+async def test_as_typed_through_a_real_serve(shell: str, tmp_path: Path) -> None:
+    async with serve(tmp_path) as srv, BridgeClient(srv.socket) as client:
+        tid = (await client.request("terminal/create", {"shell": shell}))["terminalId"]
+        answers = {
+            cmd: await client.request("terminal/execute", {"terminalId": tid, "command": cmd})
+            for cmd in TYPED_CHECKS
+        }
+    _check_typed_answers(shell, answers)
