@@ -176,7 +176,7 @@ async def test_fish_stock_prompt_is_replaced_but_a_user_prompt_is_kept(tmp_path:
     (stock_home / ".config" / "fish").mkdir(parents=True)
     stock = await _fish_prompt_source(stock_home, tmp_path / "s1")
     assert "fish_vcs_prompt" not in stock
-    assert "printf '$ '" in stock
+    assert "printf '\\e]633;A\\a$ '" in stock  # ours: a prompt-start mark and "$ "
 
     user_home = tmp_path / "user"
     (user_home / ".config" / "fish").mkdir(parents=True)

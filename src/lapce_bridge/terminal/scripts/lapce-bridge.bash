@@ -78,14 +78,15 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
             local text=
             IFS= builtin read -r -d '' -N 4096 text <"$__lb_cf"
             if ((${#text} < 4096)); then __lb_escape "${text%$'\n'}"; else __lb_out=; fi
-            builtin printf '\e]633;E;%s;%s\a' "$__lb_out" "$__lb_n"
-        elif [[ $READLINE_LINE == - ]]; then
-            __lb_i=${#__lb_lines[@]}
+            # One write for both marks: each write wakes the reader on the other side.
+            builtin printf '\e]633;E;%s;%s\a\e]633;P;LbEcho=%s\a' "$__lb_out" "$__lb_n" "$__lb_n"
+        else
+            if [[ $READLINE_LINE == - ]]; then __lb_i=${#__lb_lines[@]}; fi
+            builtin printf '\e]633;P;LbEcho=%s\a' "$__lb_n"
         fi
         READLINE_LINE=${__lb_lines[__lb_i]-}
         READLINE_POINT=${#READLINE_LINE}
         __lb_i=$((__lb_i + 1))
-        builtin printf '\e]633;P;LbEcho=%s\a' "$__lb_n"
     }
 
     # The `cwd` the bridge was asked to run a command in could not be entered: skip the rest.

@@ -79,7 +79,6 @@ __lb_load() {
         text=${text%$'\n'}
         __lb_lines=("${(@f)text}")
         if (( ${#text} < 4096 )); then __lb_escape "$text"; else __lb_out=; fi
-        builtin printf '\e]633;E;%s;%s\a' "$__lb_out" "$__lb_n"
         # A continuation prompt asks for the next line (and is hidden from the output): at
         # its start, before zle draws anything.
         __lb_ps2=$PS2
@@ -90,7 +89,12 @@ __lb_load() {
     BUFFER=${__lb_lines[__lb_i + 1]-}
     CURSOR=${#BUFFER}
     __lb_i+=1
-    builtin printf '\e]633;P;LbZle=%s\a' "$__lb_n"
+    if (( __lb_i == 1 )); then
+        # One write for both marks: each write wakes the reader on the other side.
+        builtin printf '\e]633;E;%s;%s\a\e]633;P;LbZle=%s\a' "$__lb_out" "$__lb_n" "$__lb_n"
+    else
+        builtin printf '\e]633;P;LbZle=%s\a' "$__lb_n"
+    fi
     zle .accept-line
 }
 
