@@ -40,7 +40,11 @@ async def serve(tmp_path: Path, *args: str) -> AsyncIterator[Served]:
     )  # fmt: skip
     try:
         assert proc.stderr is not None
-        ready = await asyncio.wait_for(proc.stderr.readline(), 30)
+        async with asyncio.timeout(30):
+            ready = await proc.stderr.readline()
+            # After a crash the new server first logs the incident (a line at WARNING).
+            while b" WARNING " in ready:
+                ready = await proc.stderr.readline()
         assert ready.decode().strip() == f"lapce-bridge: listening on unix:{sock}", ready
         yield Served(proc, sock, ws)
     finally:
