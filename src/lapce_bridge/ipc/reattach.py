@@ -153,9 +153,10 @@ class Reattach:
         self._task = asyncio.get_running_loop().create_task(self.reattach())
 
     async def reattach(self) -> None:
-        """Send every watch again and resume every output stream; a connection lost meanwhile
-        leaves the rest to the next reconnect."""
+        """Resume every output stream and send every watch again; a connection lost
+        meanwhile leaves the rest to the next reconnect."""
         with contextlib.suppress(ConnectionLost):
+            await self._resume()  # first: the server's rings are losing output meanwhile
             for watch_id, params in list(self._watches.items()):
                 try:
                     await self.link.call("fs/watch", params, None, cancel=False)
@@ -164,7 +165,6 @@ class Reattach:
                         raise
                     log.warning("watch %s could not be re-attached: %s", watch_id, exc)
                     self._watches.pop(watch_id, None)
-            await self._resume()
             self.reattached += 1
 
     async def _resume(self) -> None:
