@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from lapce_bridge.ipc.raw import RawClient
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -57,4 +59,16 @@ async def serve(tmp_path: Path, *args: str) -> AsyncIterator[Served]:
                 await proc.wait()
 
 
-__all__ = ["REPO", "Served", "serve", "server_env"]
+async def until_written(client: RawClient, execution_id: str, offset: int) -> None:
+    """Wait (polling readOutput, a state no notification announces to this client) until a
+    command's output reaches `offset` bytes, or it ended."""
+    while True:
+        page = await client.request(
+            "terminal/readOutput", {"executionId": execution_id, "offset": offset, "limit": 1}
+        )
+        if page["result"]["data"] or page["result"]["eof"]:
+            return
+        await asyncio.sleep(0.01)
+
+
+__all__ = ["REPO", "Served", "serve", "server_env", "until_written"]

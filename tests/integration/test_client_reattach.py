@@ -14,7 +14,7 @@ from typing import Any
 
 from lapce_bridge.ipc.client import BridgeClient
 from lapce_bridge.ipc.raw import RawClient
-from tests.integration.serve_process import serve
+from tests.integration.serve_process import serve, until_written
 
 FIFTY_MB = 50_000_000
 REAL_BOUND = 60.0
@@ -60,21 +60,6 @@ async def _socket_away(sock: Path) -> AsyncIterator[Path]:
         os.rename(away, sock)
 
 
-async def _until_written(path: Path, execution_id: str, offset: int) -> None:
-    """Wait (polling readOutput on a connection of its own) until the output reaches offset."""
-    side = await RawClient.connect_unix(path)
-    try:
-        while True:
-            page = await side.request(
-                "terminal/readOutput", {"executionId": execution_id, "offset": offset, "limit": 1}
-            )
-            if page["result"]["data"] or page["result"]["eof"]:
-                return
-            await asyncio.sleep(0.01)
-    finally:
-        await side.close()
-
-
 async def test_a_stream_is_resumed_past_the_ring_after_a_reconnect(tmp_path: Path) -> None:
     async with serve(tmp_path) as served:
         client = BridgeClient(served.socket, outage_grace=REAL_BOUND)
@@ -93,7 +78,9 @@ async def test_a_stream_is_resumed_past_the_ring_after_a_reconnect(tmp_path: Pat
             assert client.link.wire is not None
             client.link.wire.close()  # the connection drops; reconnecting fails meanwhile
             # Away long enough for the server's 1 MiB ring to lose output: the spool path.
-            await _until_written(away, out.execution_id, out.size + (4 << 20))
+            side = await RawClient.connect_unix(away)
+            await until_written(side, out.execution_id, out.size + (4 << 20))
+            await side.close()
         result = await asyncio.wait_for(run, REAL_BOUND)
         await _eventually(lambda: out.size >= FIFTY_MB, "every byte delivered")
         reattached = client.reattach.reattached

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lapce_bridge.ipc.raw import RawClient
-from tests.integration.serve_process import serve
+from tests.integration.serve_process import serve, until_written
 
 FIFTY_MB = 50_000_000
 
@@ -56,17 +56,6 @@ async def _read_range(client: RawClient, execution_id: str, start: int, end: int
         assert data, page
         got += data
     return got[: end - start]
-
-
-async def _until_written(client: RawClient, execution_id: str, offset: int) -> None:
-    """Wait (polling readOutput) until the command's output reaches `offset` bytes."""
-    while True:
-        page = await client.request(
-            "terminal/readOutput", {"executionId": execution_id, "offset": offset, "limit": 1}
-        )
-        if page["result"]["data"] or page["result"]["eof"]:
-            return
-        await asyncio.sleep(0.01)
 
 
 async def _follow(client: RawClient, seen: Collected, stop_after: int | None) -> bool:
@@ -115,7 +104,7 @@ async def test_fifty_megabytes_across_a_reconnect_every_byte_once(tmp_path: Path
         second = await RawClient.connect_unix(served.socket)
         assert seen.execution_id is not None
         # Away long enough for the 1 MiB ring to lose some: the overflow path.
-        await _until_written(second, seen.execution_id, seen.end + (4 << 20))
+        await until_written(second, seen.execution_id, seen.end + (4 << 20))
         answer = await _resume(second, seen)
         finished = answer["finished"] or await _follow(second, seen, stop_after=None)
         assert finished
@@ -144,7 +133,7 @@ async def test_slow_output_resumed_from_the_ring(tmp_path: Path) -> None:
         second = await RawClient.connect_unix(served.socket)
         assert seen.execution_id is not None
         # Missed while away: 10 lines more (within the ring).
-        await _until_written(second, seen.execution_id, seen.end + 70)
+        await until_written(second, seen.execution_id, seen.end + 70)
         answer = await _resume(second, seen)
         assert "overflow" not in answer
         assert answer["replayed"] > 0
