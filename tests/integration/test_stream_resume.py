@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from lapce_bridge.ipc.raw import RawClient
+from lapce_bridge.testing import FakeClock
 from tests.integration.serve_process import serve, until_written
+from tests.integration.test_terminal_ownership import served
 
 FIFTY_MB = 50_000_000
 
@@ -148,3 +150,35 @@ async def test_slow_output_resumed_from_the_ring(tmp_path: Path) -> None:
         await second.close()
     expected = "".join(f"line{i}\n" for i in range(1, 61))
     assert b"".join(seen.parts).decode() == expected == result["output"]
+
+
+async def test_a_resumed_stream_keeps_its_terminal_past_the_orphan_grace(tmp_path: Path) -> None:
+    clock = FakeClock(1000.0)
+    async with served(tmp_path, clock) as (_, svc, sock):
+        first = await RawClient.connect_unix(sock)
+        first.request_nowait(
+            "terminal/execute",
+            {"command": "echo start; read x; echo got-$x", "stream": True, "idempotencyKey": "k"},
+        )
+        seen = Collected()
+        assert not await _follow(first, seen, stop_after=len("start\n"))
+        await first.close()
+        for _ in range(500):  # the server notices the closed connection (real I/O)
+            if svc.owners.orphans():
+                break
+            await asyncio.sleep(0.01)
+        [tid] = svc.owners.orphans()
+        second = await RawClient.connect_unix(sock)
+        try:
+            reply = await second.request(
+                "terminal/resume", {"streams": [{"idempotencyKey": "k", "seq": seen.seq}]}
+            )
+            [answer] = reply["result"]["streams"]
+            assert (answer["terminalId"], answer["finished"]) == (tid, False)
+            await clock.advance(60.0)  # past the 30 s grace of the old connection's orphans
+            assert tid in svc.terminals  # the resuming connection adopted it
+            await second.request("terminal/sendText", {"terminalId": tid, "text": "hi\n"})
+            assert await _follow(second, seen, stop_after=None)
+            assert b"".join(seen.parts).decode() == "start\nhi\ngot-hi\n"  # typed, echoed
+        finally:
+            await second.close()

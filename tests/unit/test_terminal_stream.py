@@ -43,7 +43,7 @@ def test_each_notification_is_numbered_with_its_offset() -> None:
 def test_resume_replays_what_was_missed_and_moves_the_stream() -> None:
     streams = OutputStreams()
     old, new = Inbox(), Inbox()
-    stream = streams.open(old, key="k1")
+    stream = streams.open(old, key="k1", terminal_id="t1")
     streams.name(stream, "e1")
     for i in range(5):
         _send(streams, stream, f"line{i}\n")
@@ -51,6 +51,7 @@ def test_resume_replays_what_was_missed_and_moves_the_stream() -> None:
     assert answer == [
         {
             "executionId": "e1",
+            "terminalId": "t1",
             "lastSeq": 5,
             "finished": False,
             "idempotencyKey": "k1",

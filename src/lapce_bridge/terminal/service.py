@@ -499,7 +499,9 @@ class TerminalService:
         on_data = (
             Streamer(
                 self.streams,
-                self.streams.open(ctx.notify, key=params.get("idempotencyKey")),
+                self.streams.open(
+                    ctx.notify, key=params.get("idempotencyKey"), terminal_id=term.terminal_id
+                ),
                 lambda: term.current,
             )
             if stream
@@ -596,8 +598,15 @@ class TerminalService:
     def resume(self, params: Params, ctx: CallContext) -> dict[str, Any]:
         """`{streams: [{executionId | idempotencyKey, seq, offset?}]}`: send the calling
         connection what it missed of each stream (after `seq`) and the streams' output from
-        now on; an `overflow` names the bytes to read with readOutput (`terminal/stream`)."""
-        return {"streams": self.streams.resume(params.get("streams"), ctx.notify)}
+        now on; an `overflow` names the bytes to read with readOutput (`terminal/stream`).
+        The terminal of a stream still running becomes the caller's (a client back after a
+        reconnect), so it is not reaped as its old connection's orphan."""
+        answers = self.streams.resume(params.get("streams"), ctx.notify)
+        for answer in answers:
+            terminal_id = answer.get("terminalId")
+            if terminal_id is not None and not answer.get("finished"):
+                self.owners.adopt(terminal_id, self._track(ctx))
+        return {"streams": answers}
 
     def max_output_ceiling(self) -> int:
         """The largest `maxOutputBytes` whose result fits one message however it escapes."""

@@ -66,6 +66,7 @@ class Stream:
     execution_id: str | None
     key: str | None
     notify: Notify
+    terminal_id: str | None = None
     seq: int = 0
     end: int = 0  # UTF-8 bytes sent so far: the offset of the next notification
     finished: bool = False
@@ -73,7 +74,12 @@ class Stream:
     ring_bytes: int = 0
 
     def answer(self) -> dict[str, Any]:
-        return {"executionId": self.execution_id, "lastSeq": self.seq, "finished": self.finished}
+        return {
+            "executionId": self.execution_id,
+            "terminalId": self.terminal_id,
+            "lastSeq": self.seq,
+            "finished": self.finished,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +112,12 @@ class OutputStreams:
         self._bytes = 0
         self._sent = self._replayed = self._overflows = self._evicted = 0
 
-    def open(self, notify: Notify, *, key: str | None = None) -> Stream:
+    def open(
+        self, notify: Notify, *, key: str | None = None, terminal_id: str | None = None
+    ) -> Stream:
         """A new stream of a command about to start; its execution id comes with `name`.
         A keyed stream (`key`: the request's idempotencyKey) can be resumed by key at once."""
-        stream = Stream(None, key, notify)
+        stream = Stream(None, key, notify, terminal_id)
         if key is not None:
             self._by_key[key] = stream
         return stream
