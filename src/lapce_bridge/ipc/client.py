@@ -9,7 +9,8 @@ send the same request with that key to wait for its result), and the work goes o
 the caller asked for `cancel=True` (then a `$/cancelRequest` goes to the server).
 `send_with_recovery()` (`ipc.recovery`) queues,
 reconnects and resends so that nothing is lost and nothing runs twice. `spawn()` starts the
-server when none listens and restarts it when it dies (`ipc.spawn`).
+server when none listens and restarts it when it dies (`ipc.spawn`). Beside `request`, the
+client has a typed method per protocol method (`execute`, `search`, ...: `typed_client`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from lapce_bridge.ipc.paths import default_socket_path
 from lapce_bridge.ipc.recovery import RecoveryPath, refused_before_running, retry_schedule
 from lapce_bridge.ipc.spawn import ServerSupervisor
 from lapce_bridge.ipc.wire import Wire, settle
+from lapce_bridge.typed_client import TypedMethods
 
 log = logging.getLogger("lapce_bridge.client")
 
@@ -65,7 +67,7 @@ def default_retry(clock: Clock) -> RetryPolicy:
     )
 
 
-class BridgeClient(RecoveryPath):
+class BridgeClient(RecoveryPath, TypedMethods):
     def __init__(
         self,
         socket_path: Path | str | None = None,
