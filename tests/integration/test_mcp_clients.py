@@ -290,9 +290,9 @@ def test_every_tool_schema_is_generated_from_its_structs() -> None:
         # folder entry, which contains itself, is referenced.
         for schema in (object_schema(tool.input), output_schema(tool)):
             text = json.dumps(schema)
-            expected = {'"$ref": "#/$defs/DirEntry"'} if "DirEntry" in text else set()
+            expected = {'"$ref": "#/$defs/TreeEntry"'} if "TreeEntry" in text else set()
             assert set(re.findall(r'"\$ref": "[^"]*"', text)) == expected
-            assert set(schema.get("$defs", {})) == ({"DirEntry"} if expected else set())
+            assert set(schema.get("$defs", {})) == ({"TreeEntry"} if expected else set())
             jsonschema.Draft202012Validator.check_schema(schema)
     out = subprocess.run(
         [sys.executable, "-m", "lapce_bridge", "mcp", "--http", "10.1.2.3:0"],

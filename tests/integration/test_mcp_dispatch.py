@@ -12,7 +12,9 @@ import pytest
 from lapce_bridge.app import App
 from lapce_bridge.core.errors import PermissionDenied, ResourceExhausted
 from lapce_bridge.mcp.server import Backend, call_tool
-from lapce_bridge.mcp.tools import BY_NAME
+from lapce_bridge.mcp.tools import BY_NAME, output_schema
+from lapce_bridge.schema.files import SearchResult
+from lapce_bridge.schema.methods import ExecResult
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
@@ -99,5 +101,31 @@ async def test_a_cancelled_call_interrupts_its_command_and_frees_the_terminal(
             call_tool(backend, BY_NAME["run_command"], {"command": "echo next"}), 20
         )
         assert (after["exit_code"], after["output"]) == (0, "next\n")
+    finally:
+        await backend.aclose()
+
+
+async def test_a_tool_answers_its_method_result_under_the_python_names(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "a.py").write_text("x = 1\nneedle = 2\n")
+    backend = backend_for(ws, tmp_path / "state")
+    try:
+        mcp = await call_tool(backend, BY_NAME["search_files"], {"query": "needle"})
+        wire = await (await backend.channel()).call("fs/search", {"query": "needle"})
+        # One definition (schema.files.SearchResult): the same answer, names snake_cased.
+        assert (wire["nextCursor"], wire["filesSearched"]) == (None, 1)
+        assert mcp == {
+            "matches": [{"path": "a.py", "line": 2, "text": "needle = 2"}],
+            "next_cursor": None,
+            "complete": True,
+            "timed_out": False,
+            "files_searched": 1,
+            "files_skipped": 0,
+        }
+        schema = output_schema(BY_NAME["search_files"])
+        assert set(schema["properties"]) == {*mcp, "error"}
+        assert BY_NAME["search_files"].output is SearchResult
+        assert BY_NAME["run_command"].output is ExecResult
     finally:
         await backend.aclose()

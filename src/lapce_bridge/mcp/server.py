@@ -46,7 +46,7 @@ from lapce_bridge.app import App
 from lapce_bridge.core.errors import BridgeError, InvalidParams, MethodNotFound, to_bridge_error
 from lapce_bridge.ipc.server import BridgeServer
 from lapce_bridge.mcp.channel import Channel
-from lapce_bridge.mcp.tools import BY_NAME, TOOLS, Tool, object_schema, output_schema
+from lapce_bridge.mcp.tools import BY_NAME, TOOLS, Tool, object_schema, output_schema, to_snake
 from lapce_bridge.schema.validate import describe
 
 log = logging.getLogger("lapce_bridge.mcp")
@@ -226,7 +226,7 @@ async def call_tool(
     finally:
         if progress is not None:
             progress.close()
-    out: dict[str, Any] = msgspec.to_builtins(tool.answer(inp, result))
+    out: dict[str, Any] = to_snake(tool.answer(inp, result))
     return out
 
 
