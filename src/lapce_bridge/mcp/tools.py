@@ -499,13 +499,21 @@ def snake_names(kind: type[msgspec.Struct]) -> dict[str, str]:
     return names
 
 
+_PLAIN = (str, int, float, bool, type(None))
+
+
 def to_snake(value: Any) -> Any:
     """A Struct as JSON-ready builtins under its fields' Python names (the MCP side's
-    snake_case), Structs inside it too; other values as `msgspec.to_builtins` gives them."""
-    if isinstance(value, msgspec.Struct):
-        return {f.name: to_snake(getattr(value, f.name)) for f in msgspec.structs.fields(value)}
-    if isinstance(value, list):
+    snake_case), Structs inside it too; other values as `msgspec.to_builtins` gives them.
+    (`__struct_fields__` is the Struct's own tuple of names: `msgspec.structs.fields`
+    evaluates the annotations on every call, 0.5 ms a result.)"""
+    names = getattr(type(value), "__struct_fields__", None)
+    if names is not None:
+        return {name: to_snake(getattr(value, name)) for name in names}
+    if type(value) is list:
         return [to_snake(item) for item in value]
+    if isinstance(value, _PLAIN):
+        return value
     return msgspec.to_builtins(value)
 
 
