@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -43,9 +43,12 @@ from mcp.server.lowlevel import Server
 
 from lapce_bridge import __version__
 from lapce_bridge.app import App
+from lapce_bridge.clock import SYSTEM_CLOCK
+from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import BridgeError, InvalidParams, MethodNotFound, to_bridge_error
 from lapce_bridge.ipc.server import BridgeServer
 from lapce_bridge.mcp.channel import Channel
+from lapce_bridge.mcp.tasks import TASK_TOOLS, TaskMiddleware
 from lapce_bridge.mcp.tools import BY_NAME, TOOLS, Tool, object_schema, output_schema, to_snake
 from lapce_bridge.schema.validate import describe
 
@@ -81,6 +84,7 @@ class Backend:
         self._channel: Channel | None = None
         self._lock = asyncio.Lock()
         self._stack = AsyncExitStack()
+        self._closers: list[Callable[[], Awaitable[None]]] = []
 
     async def app(self, ctx: ServerRequestContext[Any, Any] | None = None) -> App:
         if self._app is None:
@@ -114,7 +118,14 @@ class Backend:
             self._stack.callback(channel.close)
             self._app, self._channel = opened, channel
 
+    def on_close(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Await `callback` first when the backend closes (before the server and the App)."""
+        self._closers.append(callback)
+
     async def aclose(self) -> None:
+        closers, self._closers = self._closers, []
+        for callback in reversed(closers):
+            await callback()
         await self._stack.aclose()
         self._app = self._channel = None
 
@@ -204,10 +215,11 @@ def error_result(exc: BaseException, tool: str) -> types.CallToolResult:
 
 async def call_tool(
     backend: Backend, tool: Tool, arguments: dict[str, Any] | None,
-    ctx: ServerRequestContext[Any, Any] | None = None,
+    ctx: ServerRequestContext[Any, Any] | None = None, *, progress_allowed: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """Run one tool call through the backend's server; its structured result, or the
-    call's BridgeError."""
+    call's BridgeError. Progress goes to `ctx`'s request (not for a task: that request is
+    answered at once)."""
     try:
         inp = msgspec.convert(arguments or {}, tool.input)
     except msgspec.ValidationError as exc:
@@ -218,7 +230,12 @@ async def call_tool(
         raise InvalidParams(f"{tool.name}: {exc}") from None
     channel = await backend.channel(ctx)
     progress: ProgressLines | None = None
-    if tool.name == "run_command" and ctx is not None and _progress_token(ctx) is not None:
+    if (
+        tool.name == "run_command"
+        and progress_allowed
+        and ctx is not None
+        and _progress_token(ctx) is not None
+    ):
         progress = ProgressLines(ctx, await backend.app(ctx))
         params["stream"] = True
     try:
@@ -238,6 +255,9 @@ def tool_list() -> list[types.Tool]:
             description=tool.description,
             input_schema=object_schema(tool.input),
             output_schema=output_schema(tool),
+            execution=(
+                types.ToolExecution(task_support="optional") if tool.name in TASK_TOOLS else None
+            ),
             annotations=types.ToolAnnotations(
                 title=tool.title,
                 read_only_hint=tool.annotations.read_only,
@@ -250,8 +270,9 @@ def tool_list() -> list[types.Tool]:
     ]
 
 
-def build_server(backend: Backend) -> Server[Any]:
-    """The SDK server with our two handlers: list the tools, call one."""
+def build_server(backend: Backend, *, clock: Clock = SYSTEM_CLOCK) -> Server[Any]:
+    """The SDK server with our two handlers (list the tools, call one) and the middleware
+    that runs a call as an MCP task when the client asks (`mcp.tasks`)."""
     tools = tool_list()
 
     async def on_list_tools(
@@ -259,16 +280,20 @@ def build_server(backend: Backend) -> Server[Any]:
     ) -> types.ListToolsResult:
         return types.ListToolsResult(tools=tools)
 
-    async def on_call_tool(
-        ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    async def answer(
+        name: str,
+        arguments: dict[str, Any] | None,
+        ctx: ServerRequestContext[Any, Any],
+        *,
+        progress_allowed: bool = True,
     ) -> types.CallToolResult:
-        tool = BY_NAME.get(params.name)
+        tool = BY_NAME.get(name)
         if tool is None:
-            return error_result(
-                MethodNotFound(f"no tool {params.name!r}; see tools/list"), params.name
-            )
+            return error_result(MethodNotFound(f"no tool {name!r}; see tools/list"), name)
         try:
-            structured = await call_tool(backend, tool, params.arguments, ctx)
+            structured = await call_tool(
+                backend, tool, arguments, ctx, progress_allowed=progress_allowed
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -279,6 +304,16 @@ def build_server(backend: Backend) -> Server[Any]:
             content=[types.TextContent(type="text", text=orjson.dumps(structured).decode())],
             structured_content=structured,
         )
+
+    async def on_call_tool(
+        ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        return await answer(params.name, params.arguments, ctx)
+
+    async def as_task(
+        name: str, arguments: dict[str, Any] | None, ctx: ServerRequestContext[Any, Any]
+    ) -> types.CallToolResult:
+        return await answer(name, arguments, ctx, progress_allowed=False)
 
     server: Server[Any] = Server(
         "lapce-bridge",
@@ -292,6 +327,9 @@ def build_server(backend: Backend) -> Server[Any]:
     # SDK lets a server drop from this list; our calls are observed into metrics already,
     # and the span costs a tenth of a millisecond on every call.
     server.middleware.clear()
+    tasks = TaskMiddleware(as_task, clock)
+    server.middleware.append(tasks)
+    backend.on_close(tasks.aclose)
     return server
 
 
