@@ -108,8 +108,10 @@ CORPUS: list[tuple[str, tuple[str, ...]]] = [
     # prompt is a race, typed or not); 143: `kill %1` stopped the server, not another job.
     ("kill %1; wait %1", ("bash", "zsh")),
     ("echo after the server", ("bash", "zsh")),
-    ("sleep 0.1 &", ("bash", "zsh")),
-    ("wait; echo waited", ("bash", "zsh")),
+    # A job that ends only when a later command lets it (a FIFO), so that its notice comes
+    # during that command on both sides, never at an idle prompt at a moment load decides.
+    ("mkfifo gate && cat gate > /dev/null &", ("bash", "zsh")),
+    ("echo go > gate; wait; echo waited", ("bash", "zsh")),
     ("echo 'unclosed", ("bash", "zsh")),
     ("echo still here", ("bash", "zsh")),
     ("cat <<EOF\nline with  two spaces\n  indented $HOME\nEOF", ("bash", "zsh")),
@@ -180,6 +182,7 @@ class TypedShell:
         self.prompt = re.compile(rb"@@P" + tok.encode() + rb":(-?\d+):(.*?)@@")
         self.cont = b"@@C" + tok.encode() + b"@@"
         self._buf = b""
+        self.last = setup
         self.write(setup.encode())
         self._until_prompt(20.0)
         self.quiet(0.5)  # a redrawn first prompt
@@ -211,7 +214,9 @@ class TypedShell:
                 text, self._buf = self._buf[:c], self._buf[c + len(self.cont) :]
                 return text, None
             self._buf += self._read(0.05)
-        raise AssertionError(f"no prompt from the typed shell; got {self._buf[-300:]!r}")
+        raise AssertionError(
+            f"no prompt from the typed shell after {self.last!r}; got {self._buf[-300:]!r}"
+        )
 
     def quiet(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -219,6 +224,7 @@ class TypedShell:
             self._buf += self._read(max(0.0, end - time.monotonic()))
 
     def run(self, command: str) -> Answer:
+        self.last = command
         lines = command.split("\n")
         # Printed at the prompt since the last command (a job's notice): after the prompt's
         # own line, and without the prompt redrawn under it.
