@@ -419,11 +419,6 @@ class Terminal:
                 retryable=False,
                 data={"executionId": self._exec.execution_id, "terminalId": self.terminal_id},
             )
-        shell = self.shell_proc
-        cmd_file = self._cmd_file
-        assert shell is not None
-        assert cmd_file is not None
-        proc = shell.proc
         self.executions += 1
         now = self.clock.now()
         self.last_used = now
@@ -456,9 +451,12 @@ class Terminal:
         try:
             return await await_result(ex, self.clock, self._hooks, timeout, idle_timeout, max_wait)
         except asyncio.CancelledError:
-            # The request was cancelled: stop the command rather than leave it running unseen.
+            # The request was cancelled: stop the command rather than leave it running unseen
+            # (escalating as `interrupt` does: one SIGINT can land between two commands of a
+            # list, or before the command runs, and stop nothing).
             ex.interrupted = True
-            proc.signal_foreground(signal.SIGINT)
+            if not ex.done.done() and self.proc is not None:
+                self._spawn_task(stop_foreground(self.proc, ex, self.clock, self.interrupt_grace))
             raise
 
     async def _usable(self) -> None:
