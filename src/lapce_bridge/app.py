@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lapce_bridge.clock import SYSTEM_CLOCK
+from lapce_bridge.core.breaker import BreakerStateChanged, CircuitBreaker, CircuitBreakerConfig
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.degradation import DegradationManager
 from lapce_bridge.core.errors import ErrorCategory, ErrorSeverity, Fault, classify
@@ -45,6 +46,7 @@ from lapce_bridge.core.incidents import (
 from lapce_bridge.core.matrix import DEFAULT_MATRIX, RecoveryMatrix
 from lapce_bridge.core.metrics import MetricsRegistry
 from lapce_bridge.core.timeouts import TimeoutManager
+from lapce_bridge.fs.files import DISK_BREAKER
 from lapce_bridge.fs.ops import REAL_FS, FsOps
 from lapce_bridge.fs.service import FileService
 from lapce_bridge.fs.service import default_retry as fs_default_retry
@@ -93,6 +95,8 @@ class App:
         self.health = HealthMonitor(clock=self.clock, bus=self.bus)
         self.degradation = DegradationManager(bus=self.bus, clock=self.clock)
         self.incidents = IncidentLog(clock=self.clock, bus=self.bus)
+        self._counted_open: set[int] = set()  # incidents counted at their start
+        self.breakers: dict[str, CircuitBreaker] = {}  # the server's own, by name
         # The SLOs of the specification, kept where the next server finds them (in memory
         # when there is no file to keep them in: a bare method table, a stdio pipe).
         self.slo = SloStore(slo_path, wall=_wall_clock(self.clock))
@@ -115,6 +119,7 @@ class App:
         self._unsubscribe = [self.bus.subscribe(kind, self._on_alert) for kind in ALERT_TYPES]
         self._unsubscribe.append(self.bus.subscribe(IncidentStarted, self._on_incident_started))
         self._unsubscribe.append(self.bus.subscribe(IncidentEnded, self._on_incident_ended))
+        self._unsubscribe.append(self.bus.subscribe(BreakerStateChanged, self._on_breaker))
 
     # -- what the server uses -------------------------------------------------------------
     @property
@@ -173,8 +178,11 @@ class App:
     # -- reports --------------------------------------------------------------------------
     def gauges(self) -> dict[str, Any]:
         """Figures of the moment for the Prometheus exporter (read from its thread)."""
-        # No breakers: the server runs none of its own (the client does).
-        out: dict[str, Any] = {"quality": self.degradation.level}
+        out: dict[str, Any] = {
+            "quality": self.degradation.level,
+            "open_incidents": len(self.incidents.open_incidents()),
+            "breakers": self.breaker_states(),
+        }
         if self.resources is not None:
             stats = self.resources.statistics()
             out.update(
@@ -200,11 +208,14 @@ class App:
                 )
         return out
 
+    def breaker_states(self) -> dict[str, str]:
+        return {name: b.state.value for name, b in list(self.breakers.items())}
+
     def health_report(self) -> dict[str, Any]:
         report = self.health.report(
             quality_level=self.degradation.level,
             features=self.degradation.features(),
-            breakers={},  # the server runs no breakers of its own (the client does)
+            breakers=self.breaker_states(),
             pressure=min(100.0, max(0.0, self.resources.pressure)) if self.resources else 0.0,
         )
         if self.resources is not None:
@@ -242,9 +253,16 @@ class App:
     def _on_incident_started(self, event: IncidentStarted) -> None:
         i = event.incident
         log.warning("incident %d started: %s %s: %s", i.id, i.kind, i.subject, i.detail)
+        # Counted when it starts, so a long one (a disk failing for an hour) shows at once.
+        self.metrics.counter(f"incidents.{i.kind}").inc()
+        self._counted_open.add(i.id)
 
     def _on_incident_ended(self, event: IncidentEnded) -> None:
         i = event.incident
+        if i.id in self._counted_open:
+            self._counted_open.discard(i.id)
+        else:  # reported whole by its component: never started on the bus
+            self.metrics.counter(f"incidents.{i.kind}").inc()
         outcome = "recovered" if i.recovered else "not recovered"
         log.warning(
             "incident %d %s after %.0f ms: %s %s%s",
@@ -380,7 +398,18 @@ class App:
             on_degraded=self.watch_degraded,
             retry=retry,
             ops=self._fs_ops,
+            incidents=self.incidents,
+            breaker=self._breaker("fs.disk", DISK_BREAKER),
         )
+
+    def _breaker(self, name: str, config: CircuitBreakerConfig) -> CircuitBreaker:
+        """A breaker of the server's, on its clock and bus, reported in health and metrics."""
+        breaker = CircuitBreaker(name, config, clock=self.clock, bus=self.bus)
+        self.breakers[name] = breaker
+        return breaker
+
+    def _on_breaker(self, event: BreakerStateChanged) -> None:
+        log.warning("circuit breaker %s: %s -> %s", event.name, event.from_state, event.to_state)
 
     def watch_degraded(self, detail: str) -> None:
         """A watch fell back to polling: count it and tell every client."""
