@@ -194,36 +194,74 @@ class EscapeStripper:
     stops learning for the next `rest` ones.
     """
 
-    __slots__ = ("_escapes", "_idle", "_known", "_misses", "max_known", "patience", "rest")
+    __slots__ = (
+        "_escapes",
+        "_idle",
+        "_known",
+        "_misses",
+        "dense",
+        "max_known",
+        "patience",
+        "rest",
+    )
 
     # A replace pass costs about what the regex pays for one match per 100 bytes scanned:
     # passes are worth it when escapes * _PASS_RATIO > len(known) * len(text).
     _PASS_RATIO = 100
+    _MIN_RUN = 512
+    _MIN_ESCAPES = _MIN_RUN // _PASS_RATIO  # fewer in a run of _MIN_RUN bytes: sparse
 
     def __init__(self, *, max_known: int = 8, patience: int = 8, rest: int = 256) -> None:
         self.max_known = max_known
         self.patience = patience
         self.rest = rest
+        # Whether the last run was dense in escapes: only then are they counted up front (a
+        # pass over the run, which sparse output, most of it, would pay for nothing).
+        self.dense = False
         self._known: dict[bytes, int] = {}  # sequence -> times seen, the most seen first
         self._escapes = 0  # ESCs in the run `reduce` last passed
         self._misses = 0  # dense runs in a row that the known sequences covered poorly
         self._idle = 0  # dense runs left before learning is tried again
 
+    @property
+    def known(self) -> tuple[bytes, ...]:
+        """The sequences learned, the most seen first."""
+        return tuple(self._known)
+
     def __call__(self, text: bytes) -> bytes:
-        if b"\x1b" not in text:
+        if 27 not in text:  # ESC
             return text
-        reduced = self.reduce(text)
-        return _ESCAPE.sub(b"", text) if reduced is None else self.finish(reduced)
+        if self.dense:
+            reduced = self.reduce(text)
+            if reduced is not None:
+                return self.finish(reduced)
+            return _ESCAPE.sub(b"", text)
+        stripped, escapes = _ESCAPE.subn(b"", text)  # every ESC is a match: counted for free
+        if escapes > self._MIN_ESCAPES and self._worth_passes(escapes, len(text)):
+            self.dense = True
+            self._escapes = escapes
+            self._learn(text, escapes)
+        return stripped
+
+    def _worth_passes(self, escapes: int, size: int) -> bool:
+        # A short run (between two markers, say) costs the regex little whatever it holds.
+        return (
+            size >= self._MIN_RUN and escapes * self._PASS_RATIO > max(1, len(self._known)) * size
+        )
 
     def reduce(self, text: bytes) -> bytes | None:
-        """`text` with every known sequence replaced by NUL; None for a run with few escapes
+        """`text` with every known sequence replaced by NULs; None for a run with few escapes
         (the regex alone is cheaper) or one holding NUL itself."""
-        escapes = text.count(b"\x1b")
-        if escapes * self._PASS_RATIO <= max(1, len(self._known)) * len(text):
-            return None
+        if self.dense and self._known:
+            self._escapes = -1  # a dense stream: counted after the passes (`finish`), not before
+        else:
+            escapes = text.count(b"\x1b")
+            self.dense = self._worth_passes(escapes, len(text))
+            if not self.dense:
+                return None
+            self._escapes = escapes
         if b"\x00" in text:
             return None
-        self._escapes = escapes
         for sequence in self._known:
             # As long as the sequence: a replacement of the same length is made in place, in
             # one pass (a shorter one counts the matches first, then builds: two).
@@ -234,11 +272,21 @@ class EscapeStripper:
         """The stripped text from what `reduce` gave."""
         left = reduced.count(b"\x1b")
         if left:
+            stripped = _ESCAPE.sub(b"", reduced)
+            out = stripped.translate(None, b"\x00")
+            placeholders = len(stripped) - len(out)
+        else:
+            out = reduced.translate(None, b"\x00")
+            placeholders = len(reduced) - len(out)
+        if self._escapes < 0:
+            # At most one sequence for every 4 placeholders (`ESC [ 0 m` is the shortest).
+            self._escapes = left + placeholders // 4
+            self.dense = self._worth_passes(self._escapes, len(reduced))
+        if left:
             self._learn(reduced, left)
-            reduced = _ESCAPE.sub(b"", reduced)
         else:
             self._misses = 0
-        return reduced.translate(None, b"\x00")
+        return out
 
     def _learn(self, reduced: bytes, left: int) -> None:
         if self._idle:
@@ -349,9 +397,10 @@ class OscParser:
         if self.passthrough:
             return [Text(data)]
         if self.strip_ansi:
-            fast = self._strip_fast(data)
-            if fast is not None:
-                return fast
+            if self._strip.dense:
+                fast = self._strip_fast(data)
+                if fast is not None:
+                    return fast
         elif data.find(_OSC_START) < 0:
             # Fast path: the common chunk holds no OSC at all.
             if data[-1] == 0x1B:
@@ -410,7 +459,8 @@ class OscParser:
             if i < 0:
                 break
             if i > pos:
-                text.append(self._strip(data[pos:i]) if strip else data[pos:i])
+                run = data[pos:i]
+                text.append(self._strip(run) if strip and 27 in run else run)
             is_osc = data[i + 1] == 0x5D
             stop = _OSC_STOP if is_osc else _STRING_STOP
             limit = i + max_buffer  # a deciding byte must lie before this index
@@ -487,7 +537,7 @@ class OscParser:
                 elif tail[-1] == 0x1B:
                     self._buf = bytearray(b"\x1b")
                     tail = tail[:-1]
-            text.append(self._strip(tail) if strip else tail)
+            text.append(self._strip(tail) if strip and 27 in tail else tail)
         if text:
             joined = b"".join(text)
             if joined:
