@@ -28,10 +28,9 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lapce_bridge.clock import SYSTEM_CLOCK
-from lapce_bridge.core.breaker import BreakerStateChanged, CircuitBreaker, CircuitBreakerConfig
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.degradation import DegradationManager
 from lapce_bridge.core.errors import ErrorCategory, ErrorSeverity, Fault, classify
@@ -46,15 +45,17 @@ from lapce_bridge.core.incidents import (
 from lapce_bridge.core.matrix import DEFAULT_MATRIX, RecoveryMatrix
 from lapce_bridge.core.metrics import MetricsRegistry
 from lapce_bridge.core.timeouts import TimeoutManager
-from lapce_bridge.fs.files import DISK_BREAKER
-from lapce_bridge.fs.ops import REAL_FS, FsOps
-from lapce_bridge.fs.service import FileService
-from lapce_bridge.fs.service import default_retry as fs_default_retry
-from lapce_bridge.resources import DEFAULT_BUDGET_BYTES, Relief, ResourceManager
 from lapce_bridge.rpc import Broadcast, CallContext, Method, Params, method
 from lapce_bridge.schema.checks import checked
 from lapce_bridge.slo import SloStore
-from lapce_bridge.terminal.service import TerminalService
+
+if TYPE_CHECKING:
+    from lapce_bridge.core.breaker import BreakerStateChanged, CircuitBreaker, CircuitBreakerConfig
+    from lapce_bridge.core.relief import Relief
+    from lapce_bridge.fs.ops import FsOps
+    from lapce_bridge.fs.service import FileService
+    from lapce_bridge.resources import ResourceManager
+    from lapce_bridge.terminal.service import TerminalService
 
 log = logging.getLogger("lapce_bridge.app")
 
@@ -82,7 +83,7 @@ class App:
         timeouts: TimeoutManager | None = None,
         monitor_resources: bool | None = None,
         matrix: RecoveryMatrix = DEFAULT_MATRIX,
-        fs_ops: FsOps = REAL_FS,
+        fs_ops: FsOps | None = None,
         memory_budget: int | None = None,
         slo_path: Path | None = None,
     ) -> None:
@@ -103,13 +104,15 @@ class App:
         self._lost_seen = 0
         self.timeouts = timeouts or TimeoutManager(clock=self.clock)
         self.matrix = matrix
-        self._fs_ops = fs_ops  # a fault-injecting FsOps in tests; the real calls otherwise
+        self._fs_ops = fs_ops  # a fault-injecting FsOps in tests; None: the real calls
         self._want_services = services
         self.health_interval = 5.0  # seconds between alert re-checks without traffic
         # The serving configuration samples memory pressure; a bare method table does not.
         self._want_resources = services if monitor_resources is None else monitor_resources
         self.resources: ResourceManager | None = None
-        self.memory_budget = memory_budget or DEFAULT_BUDGET_BYTES
+        self.memory_budget = memory_budget  # None: the resource manager's default
+        self._reliefs: list[Relief] = []  # offered before the resource manager was open
+        self._withdraw: dict[int, Callable[[], None]] = {}  # by id: theirs, once registered
         self._extra = extra_methods
         self._sinks: list[Broadcast] = []
         self._counter_sources: list[Callable[[], Mapping[str, int]]] = []
@@ -119,7 +122,6 @@ class App:
         self._unsubscribe = [self.bus.subscribe(kind, self._on_alert) for kind in ALERT_TYPES]
         self._unsubscribe.append(self.bus.subscribe(IncidentStarted, self._on_incident_started))
         self._unsubscribe.append(self.bus.subscribe(IncidentEnded, self._on_incident_ended))
-        self._unsubscribe.append(self.bus.subscribe(BreakerStateChanged, self._on_breaker))
 
     # -- what the server uses -------------------------------------------------------------
     @property
@@ -285,15 +287,25 @@ class App:
         self._stack = stack
         try:
             self._open_slo(stack)
+            if self._want_resources or self._want_services:
+                await _import_in_worker(
+                    "lapce_bridge.resources",
+                    "lapce_bridge.terminal.service",
+                    "lapce_bridge.fs.service",
+                )
             if self._want_resources:
+                from lapce_bridge.resources import DEFAULT_BUDGET_BYTES, ResourceManager
+
                 self.resources = await stack.enter_async_context(
                     ResourceManager(
-                        budget_bytes=self.memory_budget,
+                        budget_bytes=self.memory_budget or DEFAULT_BUDGET_BYTES,
                         clock=self.clock,
                         degrade=self.degradation.degrade,
                         restore=self.degradation.restore,
                     )
                 )
+                for relief in self._reliefs:
+                    self._withdraw[id(relief)] = self.resources.register(relief)
             if self._want_services:
                 await self._open_services(stack)
             await stack.enter_async_context(self._periodic_evaluation())
@@ -370,12 +382,24 @@ class App:
                 self.resources.register(opened.relief())
 
     def add_relief(self, relief: Relief) -> Callable[[], None]:
-        """Let the resource manager take back what a component holds (no-op unmonitored)."""
+        """Let the resource manager take back what a component holds (no-op unmonitored);
+        offered before it opens (a server built before the services), it is registered then."""
         if self.resources is None:
-            return lambda: None
+            self._reliefs.append(relief)
+
+            def withdraw() -> None:
+                if relief in self._reliefs:
+                    self._reliefs.remove(relief)
+                registered = self._withdraw.pop(id(relief), None)
+                if registered is not None:
+                    registered()
+
+            return withdraw
         return self.resources.register(relief)
 
     def _terminal_service(self) -> TerminalService:
+        from lapce_bridge.terminal.service import TerminalService
+
         return TerminalService(
             workspace=self.workspace,
             state_dir=self.state_dir or self.workspace / ".lapce-bridge",
@@ -387,6 +411,11 @@ class App:
         )
 
     def _file_service(self) -> FileService:
+        from lapce_bridge.fs.files import DISK_BREAKER
+        from lapce_bridge.fs.ops import REAL_FS
+        from lapce_bridge.fs.service import FileService
+        from lapce_bridge.fs.service import default_retry as fs_default_retry
+
         retry = self.matrix.retry_policy(
             ErrorCategory.FILESYSTEM, ErrorSeverity.RECOVERABLE, fs_default_retry(self.clock)
         )
@@ -397,13 +426,17 @@ class App:
             features=self.degradation,
             on_degraded=self.watch_degraded,
             retry=retry,
-            ops=self._fs_ops,
+            ops=self._fs_ops or REAL_FS,
             incidents=self.incidents,
             breaker=self._breaker("fs.disk", DISK_BREAKER),
         )
 
     def _breaker(self, name: str, config: CircuitBreakerConfig) -> CircuitBreaker:
         """A breaker of the server's, on its clock and bus, reported in health and metrics."""
+        from lapce_bridge.core.breaker import BreakerStateChanged, CircuitBreaker
+
+        if not self.breakers:  # (imported with the services, off the start-up path)
+            self._unsubscribe.append(self.bus.subscribe(BreakerStateChanged, self._on_breaker))
         breaker = CircuitBreaker(name, config, clock=self.clock, bus=self.bus)
         self.breakers[name] = breaker
         return breaker
@@ -417,6 +450,17 @@ class App:
         self.broadcast(
             "health/alert", {"kind": "WatcherDegraded", "operation": "fs/watch", "detail": detail}
         )
+
+
+async def _import_in_worker(*modules: str) -> None:
+    """Import what is not loaded yet in a worker thread: a server answers `ping` while its
+    services' modules load (imports hold the GIL only in slices; the loop keeps turning)."""
+    import importlib
+    import sys
+
+    missing = [name for name in modules if name not in sys.modules]
+    if missing:
+        await asyncio.to_thread(lambda: [importlib.import_module(name) for name in missing])
 
 
 def _wall_clock(clock: Clock) -> Callable[[], float]:

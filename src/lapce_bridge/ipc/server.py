@@ -118,9 +118,11 @@ class BridgeServer:
         self.shutdown_grace = shutdown_grace
         self.journal = (journal or IdempotencyJournal(None)).open()
         self.idempotency = Idempotency(self.journal)
+        builtins = self._builtins()
+        self._builtin_names = frozenset(builtins)
         self.state = ServerState(
             clock=self.clock,
-            methods={**app.methods, **self._builtins()},
+            methods={**app.methods, **builtins},
             timeouts=app.timeouts,
             observe=app.observe,
             admit=app.admit,
@@ -185,6 +187,32 @@ class BridgeServer:
             "exit": method(shutdown),
             "ping": method(ping),
         }
+
+    # -- services opening after the listener ---------------------------------------------------
+    def hold_until_open(self) -> None:
+        """The app is not open yet: answer `ping`, `shutdown` and `exit` (they need nothing
+        of it), and let everything else wait for `opened()` (`initialize` lists the methods
+        and features; `health/get` reports what opening restores, the SLOs, incidents)."""
+        if self.state.opening is None:
+            self.state.served_while_opening = frozenset(("ping", "shutdown", "exit"))
+            self.state.opening = asyncio.get_running_loop().create_future()
+
+    def opened(self, error: BaseException | None = None) -> None:
+        """The services are open: their methods join the table and what waited runs. With
+        `error` they failed: the server shuts down, and what waited is answered so."""
+        opening, self.state.opening = self.state.opening, None
+        if error is None:
+            for name, entry in self.app.methods.items():
+                if name not in self._builtin_names:
+                    self.state.methods[name] = entry
+        else:
+            self.state.shutting_down = True  # answered -32002 from here on
+            self.request_shutdown(f"the services failed to open: {error}")
+        if opening is not None and not opening.done():
+            if error is None:
+                opening.set_result(None)
+            else:
+                opening.set_exception(error)
 
     # -- connections ----------------------------------------------------------------------
     @property
@@ -392,7 +420,7 @@ def _register_relief(app: ServerApp, server: BridgeServer) -> Callable[[], None]
     add_relief = getattr(app, "add_relief", None)
     if add_relief is None:
         return lambda: None
-    from lapce_bridge.resources import Relief
+    from lapce_bridge.core.relief import Relief
 
     async def reap() -> int:
         return server.reap_idle_connections(IDLE_CONNECTION_S)
