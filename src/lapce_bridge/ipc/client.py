@@ -10,7 +10,8 @@ send the same request with that key to wait for its result), and the work goes o
 the caller asked for `cancel=True` (then a `$/cancelRequest` goes to the server).
 `send_with_recovery()` (`ipc.recovery`) queues,
 reconnects and resends so that nothing is lost and nothing runs twice. `spawn()` starts the
-server when none listens and restarts it when it dies (`ipc.spawn`).
+server when none listens and restarts it when it dies (`ipc.spawn`). Beside `request`, the
+client has a typed method per protocol method (`execute`, `search`, ...: `typed_client`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from lapce_bridge.ipc.outbox import Outbox
 from lapce_bridge.ipc.paths import default_socket_path
 from lapce_bridge.ipc.recovery import AnswerRetry, RecoveryPath, Refused, refused_before_running
 from lapce_bridge.ipc.spawn import ServerSupervisor
+from lapce_bridge.typed_client import TypedMethods
 
 # Methods that start work outliving a caller's timeout: keyed, so the work can be found again.
 KEYED_ON_TIMEOUT = frozenset({"terminal/execute", "fs/write", "fs/edit"})
@@ -53,9 +55,11 @@ def default_retry(clock: Clock) -> RetryPolicy:
     )
 
 
-class BridgeClient:
+class BridgeClient(TypedMethods):
     """A `Link` (the connection and plain calls), an `AnswerRetry` (the matrix's retries) and a
-    `RecoveryPath` (queue, reconnect, resend), composed; each is reachable for what it owns."""
+    `RecoveryPath` (queue, reconnect, resend), composed; each is reachable for what it owns.
+    The typed protocol methods (`TypedMethods`: stateless, written against `request`) are
+    its own."""
 
     def __init__(
         self,
