@@ -429,6 +429,8 @@ class App:
             ops=self._fs_ops or REAL_FS,
             incidents=self.incidents,
             breaker=self._breaker("fs.disk", DISK_BREAKER),
+            # Keyed watches come back after a restart (an in-process App keeps none).
+            watch_state=self.state_dir / "watches" if self.state_dir is not None else None,
         )
 
     def _breaker(self, name: str, config: CircuitBreakerConfig) -> CircuitBreaker:

@@ -31,6 +31,7 @@ from lapce_bridge.core.retry import RetryPolicy
 from lapce_bridge.ipc.link import Endpoint, Link, NotificationHandler
 from lapce_bridge.ipc.outbox import Outbox
 from lapce_bridge.ipc.paths import default_socket_path
+from lapce_bridge.ipc.reattach import STREAMS, Reattach
 from lapce_bridge.ipc.recovery import AnswerRetry, RecoveryPath, Refused, refused_before_running
 from lapce_bridge.ipc.spawn import ServerSupervisor
 from lapce_bridge.typed_client import TypedMethods
@@ -103,6 +104,10 @@ class BridgeClient(TypedMethods):
             matrix=matrix,
             outage_grace=outage_grace,
         )
+        # Watches and output streams, re-attached after each reconnect (`ipc.reattach`).
+        self.reattach = Reattach(self.link)
+        self.recovery.on_reconnected(self.reattach.reconnected)
+        self.recovery.reconnect_while(lambda: self.reattach.holds)
 
     # -- what the composed parts count and hold --------------------------------------------
     @property
@@ -164,10 +169,13 @@ class BridgeClient(TypedMethods):
         limit = timeout if timeout is not None else self.request_timeout
         if limit is not None and method in KEYED_ON_TIMEOUT and type(params) is dict:
             params = {"idempotencyKey": uuid.uuid4().hex, **params}
+        params = self.reattach.before(method, params)
 
         async def attempt() -> Any:
             try:
-                return await link.call(method, params, limit, cancel=cancel)
+                result = await link.call(method, params, limit, cancel=cancel)
+                self.reattach.answered(method, params, result)
+                return result
             except BridgeError as exc:
                 if refused_before_running(exc):
                     raise Refused(exc) from exc
@@ -184,14 +192,24 @@ class BridgeClient(TypedMethods):
         cancel: bool = False,
     ) -> Any:
         """Deliver a request whatever happens to the connection; executed at most once
-        (`ipc.recovery`)."""
-        return await self.recovery.send(method, params, timeout=timeout, cancel=cancel)
+        (`ipc.recovery`). A streamed `terminal/execute` sent this way resumes its output
+        after a reconnect (`ipc.reattach`)."""
+        params = dict(params or {})
+        if not params.get("idempotencyKey"):
+            params["idempotencyKey"] = uuid.uuid4().hex  # one key for every retry
+        self.reattach.sent_with_recovery(method, params)
+        result = await self.recovery.send(method, params, timeout=timeout, cancel=cancel)
+        self.reattach.answered(method, params, result)
+        return result
 
     def notify(self, method: str, params: Any = None) -> None:
         self.link.notify(method, params)
 
     def on_notification(self, method: str, handler: NotificationHandler) -> Callable[[], None]:
-        """Call `handler(params)` for each notification `method`; returns an unsubscribe."""
+        """Call `handler(params)` for each notification `method`; returns an unsubscribe.
+        `terminal/data` comes in order, each byte once, across reconnects (`ipc.reattach`)."""
+        if method in STREAMS:
+            return self.reattach.on_notification(method, handler)
         return self.link.on_notification(method, handler)
 
     def on_reconnected(self, listener: Callable[[], None]) -> Callable[[], None]:
@@ -202,6 +220,7 @@ class BridgeClient(TypedMethods):
     # -- life cycle -----------------------------------------------------------------------
     async def close(self, *, stop_server: bool = True) -> None:
         await self.recovery.close()  # stops reconnecting before the link closes
+        await self.reattach.close()
         self.link.close()
         if self.supervisor is not None and stop_server:
             await self.supervisor.stop()
