@@ -54,8 +54,6 @@ from lapce_bridge.terminal.recovery import (
     RestartAction,
     RestartDecision,
     decide_restart,
-    give_up_strategy,
-    recreate_strategy,
 )
 from lapce_bridge.terminal.result import (
     ExecResult,
@@ -672,14 +670,14 @@ class Terminal:
         will_recover = decision.action is not RestartAction.GIVE_UP
         if asked:
             recovery = Recovery(
-                recreate_strategy().value,
+                self.crash_policy.remedy.value,
                 f"the command ended the shell (exit status {code}); the same shell was "
                 "started again with the cwd and exported environment it had before it",
             )
         elif will_recover:
-            recovery = Recovery(recreate_strategy().value, f"shell exited with code {code}")
+            recovery = Recovery(self.crash_policy.remedy.value, f"shell exited with code {code}")
         else:
-            recovery = Recovery(give_up_strategy().value, decision.reason)
+            recovery = Recovery(self.crash_policy.fallback.value, decision.reason)
         if self._exec is not None:
             # `exit 3` ends the shell with the command's own status; a signal leaves it unknown.
             self._finish_current(Status.INTERRUPTED, recovery, code if code >= 0 else None)
