@@ -481,9 +481,6 @@ class Terminal:
             raise TimeoutError(f"{execution_id} still runs after {within} s")
         return result
 
-    def result_of(self, execution_id: str) -> ExecResult | None:
-        return self._results.get(execution_id)
-
     def send_text(self, text: str) -> None:
         if not isinstance(text, str):
             raise InvalidParams("text must be a string")
