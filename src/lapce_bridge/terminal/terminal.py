@@ -94,6 +94,8 @@ __all__ = ["Terminal", "TerminalExited", "TerminalStats"]
 Observe = Callable[[str, float, bool], None]
 _ids = itertools.count(1)
 _RESULTS_KEPT = 64
+_ABANDON_POLLS = 500  # a second of 2 ms looks for the line editor, then Ctrl-C regardless
+_ABANDON_POLL_S = 0.002
 
 
 def _is_dir(path: str) -> bool:
@@ -683,8 +685,9 @@ class Terminal:
                     )
                 )
                 ex.lines_left = -1  # reported once, whatever the shell asks next
-            keys = INTERRUPT_KEY
-        elif stopping or ex.lines_left <= 0:
+            self._spawn_task(self._abandon_input(shell, ex))
+            return
+        if stopping or ex.lines_left <= 0:
             keys = load_keys(shell.kind, "-")  # the rest of the command is dropped
         else:
             ex.lines_left -= 1
@@ -693,6 +696,19 @@ class Terminal:
             shell.proc.write(keys)
         except OSError:
             pass  # the shell is gone: its death ends the command
+
+    async def _abandon_input(self, shell: ShellProcess, ex: Execution) -> None:
+        """Ctrl-C at the continuation prompt, once the line editor reads it: the prompt is
+        printed before the editor starts, and a SIGINT in between leaves `$?` as it was
+        (the incomplete command would be answered with the previous command's status)."""
+        for _ in range(_ABANDON_POLLS):
+            fg = shell.foreground()
+            if ex.done.done() or fg is None or shell.at_prompt(fg, prompted=True):
+                break
+            await self.clock.sleep(_ABANDON_POLL_S)
+        if not ex.done.done() and shell.alive:
+            with contextlib.suppress(OSError):
+                shell.proc.write(INTERRUPT_KEY)
 
     # -- deaths and restarts ----------------------------------------------------------------
     def _on_shell_exit(self, shell: ShellProcess, code: int) -> None:
