@@ -12,7 +12,9 @@ and `relief()`), leaving it closes them in reverse order. Wiring, in one place:
 - Health alerts published on the bus leave as `health/alert` broadcasts.
 - The degradation manager decides which optional features are on; services ask it.
 - The recovery matrix is the running policy: the file service's read retries are the
-  filesystem/recoverable row's (`RecoveryMatrix.retry_policy`); change the row, and they change.
+  filesystem/recoverable row's (`RecoveryMatrix.retry_policy`); whether a dead shell is
+  recreated, and the alert when it is not, are the terminal/critical row's; change a row, and
+  what it governs changes.
 - With services (the serving configuration) a resource manager samples pressure (what the
   bridge owns against `memory_budget`, its cgroup limit, the machine only as a last-resort
   floor; CPU as a second signal): it steps quality down and up with the bands, feeds
@@ -42,7 +44,7 @@ from lapce_bridge.core.incidents import (
     IncidentLog,
     IncidentStarted,
 )
-from lapce_bridge.core.matrix import DEFAULT_MATRIX, RecoveryMatrix
+from lapce_bridge.core.matrix import DEFAULT_MATRIX, RecoveryMatrix, Strategy
 from lapce_bridge.core.metrics import MetricsRegistry
 from lapce_bridge.core.timeouts import TimeoutManager
 from lapce_bridge.rpc import Broadcast, CallContext, Method, Params, method
@@ -382,6 +384,7 @@ class App:
         return self.resources.register(relief)
 
     def _terminal_service(self) -> TerminalService:
+        from lapce_bridge.terminal.recovery import CrashLoopPolicy
         from lapce_bridge.terminal.service import TerminalService
 
         return TerminalService(
@@ -389,10 +392,30 @@ class App:
             state_dir=self.state_dir or self.workspace / ".lapce-bridge",
             clock=self.clock,
             observe=self.observe,
-            broadcast=self.broadcast,
+            broadcast=self._terminal_broadcast,
             features=self.degradation,
             default_shell=self.default_shell,
+            crash_policy=CrashLoopPolicy.from_matrix(self.matrix),
         )
+
+    def _terminal_broadcast(self, method_name: str, params: Any) -> None:
+        """The terminal service's notifications. A shell that is not recreated ends in the
+        matrix's terminal/critical fallback, which the app carries out: `alert_user` is a
+        `health/alert` to every client (kind `TerminalFailed`)."""
+        self.broadcast(method_name, params)
+        if method_name != "terminal/exited" or params.get("willRecover", True):
+            return
+        row = self.matrix.lookup(ErrorCategory.TERMINAL, ErrorSeverity.CRITICAL)
+        if row.fallback is Strategy.ALERT_USER:
+            detail = (
+                f"the shell of terminal {params.get('terminalId')} exited "
+                f"(status {params.get('exitCode')}) and is not started again"
+            )
+            log.warning("alert raised: TerminalFailed: %s", detail)
+            self.broadcast(
+                "health/alert",
+                {"kind": "TerminalFailed", "operation": "terminal/execute", "detail": detail},
+            )
 
     def _file_service(self) -> FileService:
         from lapce_bridge.fs.ops import REAL_FS
@@ -410,6 +433,8 @@ class App:
             on_degraded=self.watch_degraded,
             retry=retry,
             ops=self._fs_ops or REAL_FS,
+            # Keyed watches come back after a restart (an in-process App keeps none).
+            watch_state=self.state_dir / "watches" if self.state_dir is not None else None,
         )
 
     def watch_degraded(self, detail: str) -> None:

@@ -147,11 +147,6 @@ class FileStore:
         self._n = _Counts()
 
     # -- reads ------------------------------------------------------------------------------
-    def cached(self, raw: str) -> CacheEntry | None:
-        """The fresh cache entry for the client path `raw`, if any: one stat, one lookup."""
-        found = self.probe(raw)
-        return found if isinstance(found, CacheEntry) else None
-
     def probe(self, raw: str) -> CacheEntry | int:
         """One stat: the fresh entry for `raw`, else its size (-1 if unknown) for `read_path`."""
         real = self.workspace.remembered(raw)

@@ -25,13 +25,20 @@ from typing import Any
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.breaker import CircuitBreaker, CircuitBreakerConfig
 from lapce_bridge.core.clock import Clock
-from lapce_bridge.core.errors import BridgeError
+from lapce_bridge.core.errors import BridgeError, ErrorCategory, ErrorSeverity
 from lapce_bridge.core.matrix import DEFAULT_MATRIX, RecoveryMatrix
 from lapce_bridge.core.retry import RetryPolicy
 from lapce_bridge.ipc.link import Endpoint, Link, NotificationHandler
 from lapce_bridge.ipc.outbox import Outbox
 from lapce_bridge.ipc.paths import default_socket_path
-from lapce_bridge.ipc.recovery import AnswerRetry, RecoveryPath, Refused, refused_before_running
+from lapce_bridge.ipc.reattach import STREAMS, Reattach
+from lapce_bridge.ipc.recovery import (
+    UNBOUNDED_RETRIES,
+    AnswerRetry,
+    RecoveryPath,
+    Refused,
+    refused_before_running,
+)
 from lapce_bridge.ipc.spawn import ServerSupervisor
 from lapce_bridge.typed_client import TypedMethods
 
@@ -103,6 +110,10 @@ class BridgeClient(TypedMethods):
             matrix=matrix,
             outage_grace=outage_grace,
         )
+        # Watches and output streams, re-attached after each reconnect (`ipc.reattach`).
+        self.reattach = Reattach(self.link)
+        self.recovery.on_reconnected(self.reattach.reconnected)
+        self.recovery.reconnect_while(lambda: self.reattach.holds)
 
     # -- what the composed parts count and hold --------------------------------------------
     @property
@@ -164,10 +175,13 @@ class BridgeClient(TypedMethods):
         limit = timeout if timeout is not None else self.request_timeout
         if limit is not None and method in KEYED_ON_TIMEOUT and type(params) is dict:
             params = {"idempotencyKey": uuid.uuid4().hex, **params}
+        params = self.reattach.before(method, params)
 
         async def attempt() -> Any:
             try:
-                return await link.call(method, params, limit, cancel=cancel)
+                result = await link.call(method, params, limit, cancel=cancel)
+                self.reattach.answered(method, params, result)
+                return result
             except BridgeError as exc:
                 if refused_before_running(exc):
                     raise Refused(exc) from exc
@@ -184,14 +198,24 @@ class BridgeClient(TypedMethods):
         cancel: bool = False,
     ) -> Any:
         """Deliver a request whatever happens to the connection; executed at most once
-        (`ipc.recovery`)."""
-        return await self.recovery.send(method, params, timeout=timeout, cancel=cancel)
+        (`ipc.recovery`). A streamed `terminal/execute` sent this way resumes its output
+        after a reconnect (`ipc.reattach`)."""
+        params = dict(params or {})
+        if not params.get("idempotencyKey"):
+            params["idempotencyKey"] = uuid.uuid4().hex  # one key for every retry
+        self.reattach.sent_with_recovery(method, params)
+        result = await self.recovery.send(method, params, timeout=timeout, cancel=cancel)
+        self.reattach.answered(method, params, result)
+        return result
 
     def notify(self, method: str, params: Any = None) -> None:
         self.link.notify(method, params)
 
     def on_notification(self, method: str, handler: NotificationHandler) -> Callable[[], None]:
-        """Call `handler(params)` for each notification `method`; returns an unsubscribe."""
+        """Call `handler(params)` for each notification `method`; returns an unsubscribe.
+        `terminal/data` comes in order, each byte once, across reconnects (`ipc.reattach`)."""
+        if method in STREAMS:
+            return self.reattach.on_notification(method, handler)
         return self.link.on_notification(method, handler)
 
     def on_reconnected(self, listener: Callable[[], None]) -> Callable[[], None]:
@@ -202,6 +226,7 @@ class BridgeClient(TypedMethods):
     # -- life cycle -----------------------------------------------------------------------
     async def close(self, *, stop_server: bool = True) -> None:
         await self.recovery.close()  # stops reconnecting before the link closes
+        await self.reattach.close()
         self.link.close()
         if self.supervisor is not None and stop_server:
             await self.supervisor.stop()
@@ -221,19 +246,28 @@ class BridgeClient(TypedMethods):
         *,
         server_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
-        max_crashes: int = 5,
+        max_crashes: int | None = None,
         crash_window: float = 60.0,
         stderr_path: Path | None = None,
         **kwargs: Any,
     ) -> BridgeClient:
-        """A connected client to a server it starts if none listens, and restarts if it dies."""
+        """A connected client to a server it starts if none listens, and restarts if it dies.
+
+        A server that dies `max_crashes` times within `crash_window` seconds is given up:
+        by default as often as the network/critical row of the recovery matrix (`matrix=`)
+        allows reconnecting (`reconnect_ipc`, 5 retries: the sixth death ends it)."""
+        if max_crashes is None:
+            matrix: RecoveryMatrix = kwargs.get("matrix", DEFAULT_MATRIX)
+            max_crashes = matrix.attempts(
+                ErrorCategory.NETWORK, ErrorSeverity.CRITICAL, unbounded=UNBOUNDED_RETRIES
+            )
         path = Path(socket_path) if socket_path is not None else default_socket_path()
         supervisor = ServerSupervisor(
             path,
             args=server_args,
             env=env,
             clock=kwargs.get("clock"),
-            max_crashes=max_crashes,
+            max_crashes=max_crashes or 1,
             crash_window=crash_window,
             stderr_path=stderr_path,
         )

@@ -151,6 +151,7 @@ class RecoveryPath:
         self.recovered: dict[str, asyncio.Future[Any]] = {}
         self._reconnect_task: asyncio.Task[None] | None = None
         self._reconnected: list[Callable[[], None]] = []
+        self._holds: list[Callable[[], bool]] = []
         self._closed = False
         link.on_lost(self._connection_lost)
 
@@ -172,6 +173,11 @@ class RecoveryPath:
                 self._reconnected.remove(listener)
 
         return remove
+
+    def reconnect_while(self, holds: Callable[[], bool]) -> None:
+        """Reconnect after a lost connection also while `holds()` (something on the server
+        is to be re-attached: a watch, a stream), not only with requests queued."""
+        self._holds.append(holds)
 
     def adopt_recovered(self) -> None:
         """Give each entry a previous run left in the durable outbox a future to answer."""
@@ -292,7 +298,7 @@ class RecoveryPath:
             return
         # One lost connection is one failure, however many requests were on it.
         self.breaker.on_error(0.0, lost)
-        if len(self.outbox) or self.supervised:
+        if len(self.outbox) or self.supervised or any(holds() for holds in self._holds):
             self._start_reconnect()
 
     def _start_reconnect(self) -> None:
@@ -302,8 +308,9 @@ class RecoveryPath:
 
     def _reconnect_attempts(self) -> int | None:
         """How many failed connects past the outage grace end the reconnecting: the
-        network/critical row's (reconnect_ipc) without a supervisor; with one, None (it
-        restarts the server and gives up itself on a crash loop)."""
+        network/critical row's (reconnect_ipc) without a supervisor; with one, None: it
+        restarts the server and gives up on a crash loop, whose bound is the same row's
+        (`BridgeClient.spawn`), so a restart that is slow on a loaded machine is waited for."""
         if self.supervised:
             return None
         return self.matrix.attempts(
@@ -400,4 +407,4 @@ class RecoveryPath:
         self.outbox.close()
 
 
-__all__ = ["AnswerRetry", "RecoveryPath", "Refused", "refused_before_running"]
+__all__ = ["UNBOUNDED_RETRIES", "AnswerRetry", "RecoveryPath", "Refused", "refused_before_running"]
