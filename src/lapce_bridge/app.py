@@ -52,6 +52,7 @@ from lapce_bridge.schema.checks import checked
 from lapce_bridge.slo import SloStore
 
 if TYPE_CHECKING:
+    from lapce_bridge.core.breaker import BreakerStateChanged, CircuitBreaker, CircuitBreakerConfig
     from lapce_bridge.core.relief import Relief
     from lapce_bridge.fs.ops import FsOps
     from lapce_bridge.fs.service import FileService
@@ -97,6 +98,8 @@ class App:
         self.health = HealthMonitor(clock=self.clock, bus=self.bus)
         self.degradation = DegradationManager(bus=self.bus, clock=self.clock)
         self.incidents = IncidentLog(clock=self.clock, bus=self.bus)
+        self._counted_open: set[int] = set()  # incidents counted at their start
+        self.breakers: dict[str, CircuitBreaker] = {}  # the server's own, by name
         # The SLOs of the specification, kept where the next server finds them (in memory
         # when there is no file to keep them in: a bare method table, a stdio pipe).
         self.slo = SloStore(slo_path, wall=_wall_clock(self.clock))
@@ -179,8 +182,11 @@ class App:
     # -- reports --------------------------------------------------------------------------
     def gauges(self) -> dict[str, Any]:
         """Figures of the moment for the Prometheus exporter (read from its thread)."""
-        # No breakers: the server runs none of its own (the client does).
-        out: dict[str, Any] = {"quality": self.degradation.level}
+        out: dict[str, Any] = {
+            "quality": self.degradation.level,
+            "open_incidents": len(self.incidents.open_incidents()),
+            "breakers": self.breaker_states(),
+        }
         if self.resources is not None:
             stats = self.resources.statistics()
             out.update(
@@ -206,11 +212,14 @@ class App:
                 )
         return out
 
+    def breaker_states(self) -> dict[str, str]:
+        return {name: b.state.value for name, b in list(self.breakers.items())}
+
     def health_report(self) -> dict[str, Any]:
         report = self.health.report(
             quality_level=self.degradation.level,
             features=self.degradation.features(),
-            breakers={},  # the server runs no breakers of its own (the client does)
+            breakers=self.breaker_states(),
             pressure=min(100.0, max(0.0, self.resources.pressure)) if self.resources else 0.0,
         )
         if self.resources is not None:
@@ -248,9 +257,16 @@ class App:
     def _on_incident_started(self, event: IncidentStarted) -> None:
         i = event.incident
         log.warning("incident %d started: %s %s: %s", i.id, i.kind, i.subject, i.detail)
+        # Counted when it starts, so a long one (a disk failing for an hour) shows at once.
+        self.metrics.counter(f"incidents.{i.kind}").inc()
+        self._counted_open.add(i.id)
 
     def _on_incident_ended(self, event: IncidentEnded) -> None:
         i = event.incident
+        if i.id in self._counted_open:
+            self._counted_open.discard(i.id)
+        else:  # reported whole by its component: never started on the bus
+            self.metrics.counter(f"incidents.{i.kind}").inc()
         outcome = "recovered" if i.recovered else "not recovered"
         log.warning(
             "incident %d %s after %.0f ms: %s %s%s",
@@ -418,6 +434,7 @@ class App:
             )
 
     def _file_service(self) -> FileService:
+        from lapce_bridge.fs.files import DISK_BREAKER
         from lapce_bridge.fs.ops import REAL_FS
         from lapce_bridge.fs.service import FileService
         from lapce_bridge.fs.service import default_retry as fs_default_retry
@@ -433,9 +450,24 @@ class App:
             on_degraded=self.watch_degraded,
             retry=retry,
             ops=self._fs_ops or REAL_FS,
+            incidents=self.incidents,
+            breaker=self._breaker("fs.disk", DISK_BREAKER),
             # Keyed watches come back after a restart (an in-process App keeps none).
             watch_state=self.state_dir / "watches" if self.state_dir is not None else None,
         )
+
+    def _breaker(self, name: str, config: CircuitBreakerConfig) -> CircuitBreaker:
+        """A breaker of the server's, on its clock and bus, reported in health and metrics."""
+        from lapce_bridge.core.breaker import BreakerStateChanged, CircuitBreaker
+
+        if not self.breakers:  # (imported with the services, off the start-up path)
+            self._unsubscribe.append(self.bus.subscribe(BreakerStateChanged, self._on_breaker))
+        breaker = CircuitBreaker(name, config, clock=self.clock, bus=self.bus)
+        self.breakers[name] = breaker
+        return breaker
+
+    def _on_breaker(self, event: BreakerStateChanged) -> None:
+        log.warning("circuit breaker %s: %s -> %s", event.name, event.from_state, event.to_state)
 
     def watch_degraded(self, detail: str) -> None:
         """A watch fell back to polling: count it and tell every client."""
