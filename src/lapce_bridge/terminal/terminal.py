@@ -317,6 +317,7 @@ class Terminal:
             alternative=alternative,
             startup_timeout=self.startup_timeout,
             probe_timeout=self.probe_timeout,
+            unmarked=self.crash_policy.unmarked,
         )
         clock, grace = self.clock, self.interrupt_grace
 
