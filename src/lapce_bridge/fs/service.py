@@ -366,7 +366,7 @@ class FileService:
                 return {"watchId": live.persisted.watch_id}  # a plain repeat
             # Another connection's (one going away as its client reconnects): taken over.
             self._release(live.persisted.watch_id, self._owners.get(live.persisted.watch_id))
-        persisted = store.load(key)
+        persisted = await asyncio.to_thread(store.load, key)  # a large tree: 10 MB to parse
         if persisted is not None:
             _same_watch(key, persisted, roots, recursive)
         baseline = persisted.snapshot if persisted is not None else None
