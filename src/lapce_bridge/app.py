@@ -83,6 +83,7 @@ class App:
         fs_ops: FsOps = REAL_FS,
         memory_budget: int | None = None,
         slo_path: Path | None = None,
+        terminal_host: bool = False,
     ) -> None:
         self.clock: Clock = clock if clock is not None else SYSTEM_CLOCK
         self.workspace = (workspace or Path.cwd()).resolve()
@@ -101,6 +102,10 @@ class App:
         self.matrix = matrix
         self._fs_ops = fs_ops  # a fault-injecting FsOps in tests; the real calls otherwise
         self._want_services = services
+        # Terminals in a host process of their own (`lapce_bridge.host`): a server restart
+        # loses none. Off, they live in this process (`lapce-bridge mcp`, tests, a bare table).
+        self.terminal_host = terminal_host
+        self.keyed_elsewhere: Any = None  # the host proxy: keyed terminal work outlives us
         self.health_interval = 5.0  # seconds between alert re-checks without traffic
         # The serving configuration samples memory pressure; a bare method table does not.
         self._want_resources = services if monitor_resources is None else monitor_resources
@@ -357,10 +362,27 @@ class App:
             return lambda: None
         return self.resources.register(relief)
 
-    def _terminal_service(self) -> TerminalService:
+    def _terminal_service(self) -> Service:
+        state_dir = self.state_dir or self.workspace / ".lapce-bridge"
+        if self.terminal_host:
+            from lapce_bridge.host.proxy import HostProxy
+
+            proxy = HostProxy(
+                workspace=self.workspace,
+                state_dir=state_dir,
+                clock=self.clock,
+                observe=self.observe,
+                broadcast=self.broadcast,
+                features=self.degradation.features,
+                bus=self.bus,
+                incident=self._host_incident,
+                default_shell=self.default_shell,
+            )
+            self.keyed_elsewhere = proxy
+            return proxy
         return TerminalService(
             workspace=self.workspace,
-            state_dir=self.state_dir or self.workspace / ".lapce-bridge",
+            state_dir=state_dir,
             clock=self.clock,
             observe=self.observe,
             broadcast=self.broadcast,
@@ -380,6 +402,14 @@ class App:
             on_degraded=self.watch_degraded,
             retry=retry,
             ops=self._fs_ops,
+        )
+
+    def _host_incident(
+        self, subject: str, started: float, ended: float, recovered: bool, detail: str
+    ) -> None:
+        """The terminal host died (and was replaced, or not): never hidden."""
+        self.incidents.record(
+            "terminal", subject, started=started, ended=ended, recovered=recovered, detail=detail
         )
 
     def watch_degraded(self, detail: str) -> None:

@@ -117,7 +117,7 @@ class BridgeServer:
         self.clock = clock if clock is not None else app.clock
         self.shutdown_grace = shutdown_grace
         self.journal = (journal or IdempotencyJournal(None)).open()
-        self.idempotency = Idempotency(self.journal)
+        self.idempotency = Idempotency(self.journal, getattr(app, "keyed_elsewhere", None))
         self.state = ServerState(
             clock=self.clock,
             methods={**app.methods, **self._builtins()},
