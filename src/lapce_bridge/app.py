@@ -48,7 +48,7 @@ from lapce_bridge.core.timeouts import TimeoutManager
 from lapce_bridge.fs.ops import REAL_FS, FsOps
 from lapce_bridge.fs.service import FileService
 from lapce_bridge.fs.service import default_retry as fs_default_retry
-from lapce_bridge.resources import DEFAULT_BUDGET_BYTES, Relief, ResourceManager
+from lapce_bridge.resources import DEFAULT_BUDGET_BYTES, Relief, ResourceManager, psutil_sampler
 from lapce_bridge.rpc import Broadcast, CallContext, Method, Params, method
 from lapce_bridge.schema.checks import checked
 from lapce_bridge.slo import SloStore
@@ -276,6 +276,7 @@ class App:
                 self.resources = await stack.enter_async_context(
                     ResourceManager(
                         budget_bytes=self.memory_budget,
+                        sampler=psutil_sampler(also=self._host_pids),
                         clock=self.clock,
                         degrade=self.degradation.degrade,
                         restore=self.degradation.restore,
@@ -403,6 +404,11 @@ class App:
             retry=retry,
             ops=self._fs_ops,
         )
+
+    def _host_pids(self) -> list[int]:
+        """The terminal host's pid: its shells are ours too, for memory pressure."""
+        pid = getattr(self.keyed_elsewhere, "host_pid", None)
+        return [pid] if isinstance(pid, int) else []
 
     def _host_incident(
         self, subject: str, started: float, ended: float, recovered: bool, detail: str

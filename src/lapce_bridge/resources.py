@@ -27,7 +27,7 @@ import contextlib
 import gc
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,8 +144,11 @@ class ProcessTreeSampler:
         cgroup: CgroupMemory | None = None,
         clock: Callable[[], float] | None = None,
         use_pss: bool = True,
+        also: Callable[[], Sequence[int]] | None = None,
     ) -> None:
         self.pid = pid or os.getpid()
+        # More trees the bridge owns though they are not our children: the terminal host.
+        self._also = also
         self._cgroup = cgroup if cgroup is not None else CgroupMemory.for_self()
         self._clock = clock or _monotonic
         self._use_pss = use_pss
@@ -161,8 +164,10 @@ class ProcessTreeSampler:
         self._at: float | None = None
 
     def tree(self) -> list[int]:
-        """This process and its descendants, parents first."""
+        """This process and its descendants (and the `also` trees), parents first."""
         pids, i = [self.pid], 0
+        if self._also is not None:
+            pids += [pid for pid in self._also() if pid not in pids]
         while i < len(pids):
             pid = pids[i]
             i += 1
@@ -221,9 +226,9 @@ def _monotonic() -> float:
     return time.monotonic()
 
 
-def psutil_sampler() -> Sampler:
-    """The default sampler: this process and its descendants."""
-    return ProcessTreeSampler()
+def psutil_sampler(also: Callable[[], Sequence[int]] | None = None) -> Sampler:
+    """The default sampler: this process and its descendants (and the `also` trees)."""
+    return ProcessTreeSampler(also=also)
 
 
 # -- reliefs ----------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from lapce_bridge.core.errors import TerminalError
+from lapce_bridge.core.errors import Cancelled, TerminalError
 from lapce_bridge.host import link
 from lapce_bridge.host.places import HostPlaces, host_places
 from lapce_bridge.host.process import host_pid
@@ -258,3 +258,29 @@ async def test_the_host_socket_and_files_are_private(tmp_path: Path) -> None:
         for private in (places.lock, places.terminals, places.journal, places.log):
             assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
         await client.close()
+
+
+async def test_a_client_cancels_by_key_a_command_started_before_the_crash(tmp_path: Path) -> None:
+    async with host_stopped_after(tmp_path):
+        async with serve(tmp_path, *HOST) as served:
+            client = await BridgeClient(served.socket).connect()
+            tid = (await client.request("terminal/create", {}))["terminalId"]
+            keyed = {"terminalId": tid, "command": "sleep 30", "idempotencyKey": "long-1"}
+            running = asyncio.ensure_future(client.request("terminal/execute", keyed))
+            await asyncio.sleep(0.5)
+            await kill(served)
+            await client.close()
+            with pytest.raises(Exception):  # noqa: B017 - its connection died with the server
+                await running
+        async with serve(tmp_path, *HOST) as served:
+            client = await BridgeClient(served.socket).connect()
+            busy = {t["terminalId"]: t["busy"] for t in await client.request("terminal/list")}
+            assert busy[tid] is True
+            client.notify("$/cancelRequest", {"idempotencyKey": "long-1"})
+            with pytest.raises(Cancelled):
+                await client.request("terminal/execute", keyed)
+            after = await client.request(
+                "terminal/execute", {"terminalId": tid, "command": "echo free"}
+            )
+            assert after["output"] == "free\n"
+            await client.close()

@@ -5,7 +5,9 @@ Theory of operation: `HostProxy` is a `Service` like `TerminalService` (the same
 and limits, taken from `TerminalService` itself, so a method added there is forwarded here
 with no change). Entering it starts attaching in the background and returns at once: the
 server binds its socket and answers `ping` without waiting for the host; a terminal request
-waits for the attach (`ready`).
+waits for the attach (`ready`). A host already running (a restarted server's) is attached at
+once; a new one is started only when a terminal request first needs it, so a server whose
+clients never use a terminal never starts one.
 
 - Forwarding: a request is sent as its params (encoded once) with the client connection's id,
   the session it named and its arrival time; the answer's payload is spliced into the
@@ -169,11 +171,13 @@ class HostProxy:
         self.host_deaths: list[float] = []
         self.failed: Unavailable | None = None
         self._draining: set[ServerLink] = set()
+        self._wanted: asyncio.Event | None = None  # set by the first terminal request
 
     # -- Service ---------------------------------------------------------------------------
     async def __aenter__(self) -> HostProxy:
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
+        self._wanted = asyncio.Event()
         self._keeper = loop.create_task(self._keep_attached(), name="terminal-host")
         if self.bus is not None:
             self._unsubscribe = self.bus.subscribe(QualityChanged, self._quality_changed)
@@ -207,7 +211,9 @@ class HostProxy:
             return 0  # the host spills on its own loop; what it freed is in its spool stats
 
         async def reap() -> int:
-            lk = await self.ready()
+            lk = self._link
+            if lk is None:
+                return 0  # no host attached: no terminal to reap
             outcome = await self._call(lk, "host/reapIdle", {}, None)
             return int(outcome) if isinstance(outcome, int) else 0
 
@@ -222,6 +228,8 @@ class HostProxy:
         if lk is not None and lk.transport is not None:
             return lk
         assert self._ready is not None, "HostProxy used before it was entered"
+        assert self._wanted is not None
+        self._wanted.set()
         async with self.clock.timeout(ATTACH_WITHIN):
             return await asyncio.shield(self._ready)
 
@@ -291,9 +299,13 @@ class HostProxy:
             max_message_bytes=self.max_message_bytes,
             features=self.features(),
         )
+        lk = await open_link(places, lambda: ServerLink(self), greeting)
+        if lk is None and self._wanted is not None:
+            await self._wanted.wait()  # no host runs: start one when a terminal is needed
         async with self.clock.timeout(ATTACH_WITHIN):
             while True:
-                lk = await open_link(places, lambda: ServerLink(self), greeting)
+                if lk is None:
+                    lk = await open_link(places, lambda: ServerLink(self), greeting)
                 if lk is None:
                     await start_host(
                         places,
@@ -310,8 +322,10 @@ class HostProxy:
                     # It drains (it stopped listening); the next one waits for its lock.
                     log.warning("replacing the terminal host: %s", exc)
                     lk.close()
+                    lk = None
                     continue
                 except Unavailable:
+                    lk = None
                     continue  # it closed as we came: start or find the next one
                 return lk, info
 
