@@ -13,7 +13,10 @@ minutes away; so before any sample that would tighten admission, and at most eve
 by default) and samples again, and decides on the second reading: a refusal never outlives
 its cause by more than one collection.
 
-Sampling runs on the injected clock; the sampler is injectable too. The default one
+Sampling runs on the injected clock, every `interval` seconds while the policy is settled
+and every `busy_interval` while it is not (a quality step pending, or memory admission
+tight), so a load's end is seen, and quality given back, within a fraction of a second of
+each step being due; the sampler is injectable too. The default one
 (`ProcessTreeSampler`) reads the server's and its terminals' proportional set size (PSS,
 from `/proc/PID/smaps_rollup`; RSS where that is missing), the cgroup v2 working set and limit
 of the process's own cgroup (the tightest limit up the tree), the machine's available memory,
@@ -289,6 +292,7 @@ class ResourceManager:
         sampler: Sampler | None = None,
         policy: PressurePolicy | None = None,
         interval: float = 1.0,
+        busy_interval: float = 0.25,
         degrade: Callable[[str], object] | None = None,
         restore: Callable[[str], object] | None = None,
         collect: Callable[[], object] = gc.collect,
@@ -302,6 +306,7 @@ class ResourceManager:
         self._sampler = sampler or psutil_sampler()
         self.policy = policy or PressurePolicy()
         self.interval = interval
+        self.busy_interval = min(busy_interval, interval)
         self._degrade = degrade
         self._restore = restore
         self._collect = collect
@@ -437,7 +442,11 @@ class ResourceManager:
                 await self.check()
             except Exception:  # a failed sample must not end sampling for good
                 log.exception("resource sampling failed")
-            await self._clock.sleep(self.interval)
+            await self._clock.sleep(self.next_interval())
+
+    def next_interval(self) -> float:
+        """Seconds to the next sample: short while a quality step or a refusal is pending."""
+        return self.interval if self.policy.settled else self.busy_interval
 
     async def __aenter__(self) -> ResourceManager:
         self._task = asyncio.get_running_loop().create_task(self.run(), name="resource-manager")

@@ -84,7 +84,13 @@ async def test_file_system_faults_recover_and_a_broken_recovery_is_seen(tmp_path
     assert broken_watch.rto_ms == float("inf")
 
 
-async def test_memory_pressure_sees_pressure_and_a_load_never_released(tmp_path: Path) -> None:
+async def test_memory_pressure_restores_quality_and_sees_a_load_never_released(
+    tmp_path: Path,
+) -> None:
+    ok = await memory.run(ctx(tmp_path))
+    assert ok.ok, ok  # every spool read back, quality back within 5 s of the release
+    assert ok.extra["peak_pressure"] >= 85
+    assert ok.rto_ms < 5_000
     result = await memory.run(ctx(tmp_path, broken=True))
     assert result.extra["peak_pressure"] >= 85  # the server's own allocation was seen
     assert_sees_loss(result, 1)

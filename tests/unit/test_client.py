@@ -296,6 +296,34 @@ async def test_a_dropped_connection_resends_and_nothing_runs_twice(tmp_path: Pat
         await client.close()
 
 
+async def test_reconnect_listeners_run_once_the_queue_went_again(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    ledger = Ledger()
+    ledger.gate.clear()
+    seen: list[tuple[bool, int]] = []
+    async with server_at(path, ledger) as server:
+        client = await BridgeClient(path).connect()
+        stop = client.on_reconnected(
+            lambda: seen.append(
+                (client.connected, sum(e.sent_id is None for e in client.outbox.pending()))
+            )
+        )
+        gated = asyncio.create_task(client.send_with_recovery("test/gated", {"value": "g"}))
+        await asyncio.sleep(0.02)
+        for conn in list(server.connections.values()):
+            conn.abort()
+        ledger.gate.set()
+        assert await asyncio.wait_for(gated, 5) == 1
+        assert seen == [(True, 0)]  # connected again, nothing left unsent
+        stop()
+        for conn in list(server.connections.values()):
+            conn.abort()
+        assert await client.send_with_recovery("test/append", {"value": "x"}) == 2
+        assert seen == [(True, 0)]
+        assert client.reconnects == 2
+        await client.close()
+
+
 async def test_a_durable_outbox_delivers_after_a_client_restart(tmp_path: Path) -> None:
     path = tmp_path / "s.sock"
     box = tmp_path / "outbox.sqlite3"

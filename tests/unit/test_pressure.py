@@ -149,6 +149,33 @@ def test_a_sample_back_in_a_worse_band_restarts_the_calm_period() -> None:
     assert policy.decide(40, 6).quality == 2
 
 
+def settled(policy: PressurePolicy) -> bool:
+    return policy.settled  # read afresh: an assert on the property would narrow it for mypy
+
+
+def test_settled_only_with_quality_at_the_ceiling_and_memory_admitting_all() -> None:
+    policy = PressurePolicy()
+    assert policy.restore_after == 0.5
+    assert settled(policy)
+    policy.decide(45, 0)  # elevated: one step down to its ceiling, then settled there
+    assert policy.quality == 2
+    assert settled(policy)
+    policy.decide(70, 1)  # high: quality above the ceiling, and new terminals refused
+    assert not settled(policy)
+    policy.decide(70, 2)
+    assert policy.quality == 1
+    assert not settled(policy)  # at its ceiling, but refusing: its end must be seen soon
+    policy.decide(10, 3)
+    assert not settled(policy)  # normal, quality 1 of 3: steps up pending
+    policy.decide(10, 3.5)
+    policy.decide(10, 4)
+    assert policy.quality == 3
+    assert settled(policy)
+    policy.decide(10, 5, cpu_percent=99)
+    assert policy.throttled
+    assert settled(policy)  # CPU overload alone
+
+
 def test_cpu_overload_throttles_new_terminals_with_hysteresis() -> None:
     policy = PressurePolicy(cpu_high=90, cpu_low=70)
     calm = policy.decide(10, 0, cpu_percent=85)

@@ -174,37 +174,71 @@ async def test_collects_periodically_while_throttled_so_refusals_end_with_their_
 async def test_quality_steps_through_the_callbacks_on_virtual_time(clock: FakeClock) -> None:
     dial = Dial()
     levels = [3]
+    changes: list[float] = []
 
     def degrade(reason: str) -> None:
         levels.append(levels[-1] - 1)
+        changes.append(clock.now())
 
     def restore(reason: str) -> None:
         levels.append(levels[-1] + 1)
+        changes.append(clock.now())
 
     mgr = ResourceManager(
         budget_bytes=100,
         clock=clock,
         sampler=dial,
-        interval=1.0,
         degrade=degrade,
         restore=restore,
         collect=lambda: None,
     )
+    assert (mgr.interval, mgr.busy_interval, mgr.policy.restore_after) == (1.0, 0.25, 0.5)
     async with mgr:
-        dial.owned = 95
-        await clock.advance(3.0)
+        await clock.wait_for_sleepers()
+        assert mgr.next_interval() == 1.0  # settled: one sample a second
+        dial.owned = 95  # a load arrives just after the sample at t=0
+        await clock.advance(1.5)
+        # Seen at t=1; unsettled from then on, so sampled every 0.25 s: one step a sample.
+        assert changes == [1.0, 1.25, 1.5]
         assert levels[-1] == 0
+        assert mgr.next_interval() == 0.25  # critical: admission tight, still sampled often
+        await clock.advance(3.0 - clock.now())
         dial.owned = 10  # the load ends, just after the sample at t=3
-        await clock.advance(1.0)
-        assert levels[-1] == 0  # t=4: the first calm sample starts the calm period
-        await clock.advance(1.0)
-        assert levels[-1] == 1  # t=5: one step after restore_after (1 s)
-        await clock.advance(1.0)
+        await clock.advance(0.25)
+        assert levels[-1] == 0  # t=3.25: the first calm sample starts the calm period
+        await clock.advance(0.5)
+        assert levels[-1] == 1  # t=3.75: one step after restore_after (0.5 s)
+        await clock.advance(0.5)
         assert levels[-1] == 2
-        await clock.advance(1.0)
-        assert levels[-1] == 3  # t=7: every level back within 4 s of the load ending
+        await clock.advance(0.5)
+        assert levels[-1] == 3  # t=4.75: every level back within 1.75 s of the load ending
+        assert changes[3:] == [3.75, 4.25, 4.75]
+        assert mgr.next_interval() == 1.0  # settled again
+        samples = mgr.statistics().samples
         await clock.advance(20.0)
+        assert mgr.statistics().samples - samples == 20
     assert levels == [3, 2, 1, 0, 1, 2, 3]
+
+
+async def test_a_band_held_at_its_ceiling_is_sampled_at_the_slow_interval(
+    clock: FakeClock,
+) -> None:
+    dial = Dial()
+    mgr = ResourceManager(budget_bytes=100, clock=clock, sampler=dial, collect=lambda: None)
+    dial.owned = 45  # elevated: quality 2, every new request admitted
+    await mgr.check()
+    assert mgr.policy.quality == 2
+    assert mgr.next_interval() == 1.0
+    dial.owned = 70  # high: new terminals refused, so the end of it is looked for often
+    await mgr.check()
+    assert mgr.next_interval() == 0.25
+    dial.owned, dial.cpu = 10, 99.0  # CPU overload alone: faster sampling would add to it
+    for t in (1.0, 1.5, 2.0):
+        await clock.advance(t - clock.now())
+        await mgr.check()
+    assert mgr.policy.quality == 3
+    assert mgr.policy.throttled
+    assert mgr.next_interval() == 1.0
 
 
 async def test_cpu_refusal_names_the_cpu(clock: FakeClock) -> None:

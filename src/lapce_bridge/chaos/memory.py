@@ -1,14 +1,15 @@
 """Memory pressure inside a real server: its own allocations past its budget.
 
-The server (default policies) first runs commands whose output overflows `maxOutputBytes`,
-so each leaves a spool to be read through `terminal/readOutput`. Its budget is then set a
-little above its resident size, live (`test/memory/budget` of
-`lapce_bridge.testing.server_faults`: the size is known only once the server runs), and it
-allocates real, touched memory past it (`test/memory/allocate`), as a leak or a huge output
-would. Checked item by item: pressure is seen (`health/get`), every request sent under
-pressure is answered (served, or refused with a retryable error: never dropped), quality
-returns to what it was within 5 s of the memory being released (RTO, BENCHMARKS.md; seed
-30 s), and every spool still reads back whole. With `break_recovery` the memory is never released.
+The server is started with a low `--memory-budget` (160 MiB: an idle server with a terminal
+owns about a sixth of it, so it starts in the normal band at quality 3) and the default
+policies. It first runs commands whose output overflows `maxOutputBytes`, so each leaves a
+spool to be read through `terminal/readOutput`. Then it allocates real, touched memory past
+its budget (`test/memory/allocate` of `lapce_bridge.testing.server_faults`), as a leak or a
+huge output would. Checked item by item: the server starts under its budget at full
+quality, pressure is seen (`health/get`), every request sent under pressure is answered
+(served, or refused with a retryable error: never dropped), quality returns to what it was
+within 5 s of the memory being released (RTO, BENCHMARKS.md; seed 30 s), and every spool
+still reads back whole. With `break_recovery` the memory is never released.
 """
 
 from __future__ import annotations
@@ -17,15 +18,11 @@ import asyncio
 import time
 from typing import Any
 
-import psutil
-
 from lapce_bridge.chaos.harness import ServerUnderTest, Tally
 from lapce_bridge.chaos.scenario import ChaosContext, ChaosResult
 from lapce_bridge.chaos.terminal import execute, new_terminal
 from lapce_bridge.core.errors import BridgeError
 from lapce_bridge.ipc.client import BridgeClient
-
-MiB = 1024 * 1024
 
 
 async def _health(client: BridgeClient) -> dict[str, Any]:
@@ -49,10 +46,10 @@ async def _read_spool(client: BridgeClient, execution: str) -> int:
 
 async def run(ctx: ChaosContext) -> ChaosResult:
     spools = ctx.n(5, 2)
-    load_mib = 192
+    budget_mib, load_mib = 160, 192
     tally = Tally()
     rto = float("inf")
-    sut = ServerUnderTest(ctx.workdir, "memory")
+    sut = ServerUnderTest(ctx.workdir, "memory", "--memory-budget", f"{budget_mib}M")
     async with sut as client:
         tid = await new_terminal(client, "bash", sut.workspace)
         outputs: dict[str, int] = {}
@@ -61,9 +58,10 @@ async def run(ctx: ChaosContext) -> ChaosResult:
             outputs[str(answer["executionId"])] = int(answer["outputBytes"])
             tally.check(bool(answer.get("truncated")), "output not spooled")
         before = await _health(client)
-        rss = psutil.Process(sut.pid).memory_info().rss
-        budget = rss + 64 * MiB
-        await client.request("test/memory/budget", {"bytes": budget})
+        tally.check(
+            before.get("qualityLevel") == 3 and float(before.get("pressure", 100)) < 30,
+            "server not idle under its budget",
+        )
         await client.request("test/memory/allocate", {"mib": load_mib}, timeout=30)
         peak = 0.0
         deadline = time.monotonic() + 10
@@ -106,7 +104,7 @@ async def run(ctx: ChaosContext) -> ChaosResult:
         1,
         seed_ms=30_000,
         goal_ms=5_000,
-        detail=f"budget = RSS + 64 MiB, {load_mib} MiB allocated in the server; RTO = release "
-        f"to quality back.",
+        detail=f"serve --memory-budget {budget_mib}M, {load_mib} MiB allocated in the server; "
+        "RTO = release to quality back.",
         extra={"peak_pressure": peak},
     )

@@ -1,6 +1,7 @@
 """`BridgeClient`: requests over LSP framing, and a recovery path that loses nothing.
 
-Theory of operation: a client holds at most one connection (`ipc.wire.Wire`). `request()` is
+Theory of operation: a client composes a `Link` (`ipc.link`: at most one connection, plain
+calls, notifications), an `AnswerRetry` and a `RecoveryPath` (`ipc.recovery`). `request()` is
 the plain path: it fails with `ConnectionLost` if the connection drops. It never cuts work
 short by default (no client timeout: every method is bounded on the server, long commands
 by their own `timeoutMs`/`maxWaitMs`). When a caller's own `timeout` passes, the request
@@ -15,35 +16,22 @@ server when none listens and restarts it when it dies (`ipc.spawn`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
-import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lapce_bridge import __version__
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.breaker import CircuitBreaker, CircuitBreakerConfig
 from lapce_bridge.core.clock import Clock
-from lapce_bridge.core.errors import (
-    BridgeError,
-    BridgeTimeout,
-    ConnectionLost,
-)
+from lapce_bridge.core.errors import BridgeError
 from lapce_bridge.core.matrix import DEFAULT_MATRIX, RecoveryMatrix
 from lapce_bridge.core.retry import RetryPolicy
-from lapce_bridge.ipc import jsonrpc
+from lapce_bridge.ipc.link import Endpoint, Link, NotificationHandler
 from lapce_bridge.ipc.outbox import Outbox
 from lapce_bridge.ipc.paths import default_socket_path
-from lapce_bridge.ipc.recovery import RecoveryPath, refused_before_running, retry_schedule
+from lapce_bridge.ipc.recovery import AnswerRetry, RecoveryPath, Refused, refused_before_running
 from lapce_bridge.ipc.spawn import ServerSupervisor
-from lapce_bridge.ipc.wire import Wire, settle
-
-log = logging.getLogger("lapce_bridge.client")
-
-NotificationHandler = Callable[[Any], None]
 
 # Methods that start work outliving a caller's timeout: keyed, so the work can be found again.
 KEYED_ON_TIMEOUT = frozenset({"terminal/execute", "fs/write", "fs/edit"})
@@ -65,7 +53,10 @@ def default_retry(clock: Clock) -> RetryPolicy:
     )
 
 
-class BridgeClient(RecoveryPath):
+class BridgeClient:
+    """A `Link` (the connection and plain calls), an `AnswerRetry` (the matrix's retries) and a
+    `RecoveryPath` (queue, reconnect, resend), composed; each is reachable for what it owns."""
+
     def __init__(
         self,
         socket_path: Path | str | None = None,
@@ -85,92 +76,73 @@ class BridgeClient(RecoveryPath):
     ) -> None:
         self.socket_path = Path(socket_path) if socket_path is not None else default_socket_path()
         self.clock = clock or SYSTEM_CLOCK
+        self.request_timeout = request_timeout
+        self.supervisor = supervisor
+        self.matrix = matrix
+        self.link = Link(
+            Endpoint(self.socket_path, tcp=tcp, token=token, client_name=client_name),
+            self.clock,
+            supervisor,
+        )
+        self.retry = retry or default_retry(self.clock)
+        self.answers = AnswerRetry(matrix, self.retry, self.clock)
         self.breaker = CircuitBreaker(
             "ipc-client", breaker_config or DEFAULT_BREAKER, clock=self.clock
         )
-        self.retry = retry or default_retry(self.clock)
-        self.outbox = Outbox(outbox_limit, durable_outbox)
-        self.request_timeout = request_timeout
-        self.tcp = tcp
-        self.token = token
-        self.supervisor = supervisor
-        self.client_name = client_name
-        self.outage_grace = outage_grace
-        self.matrix = matrix
-        self.retried = 0  # answers retried because their row said so
-        self.server_info: dict[str, Any] | None = None
-        self.reconnects = 0
-        self._wire: Wire | None = None
-        self._ids = itertools.count(1)
-        self._handlers: dict[str, list[NotificationHandler]] = {}
-        self._reconnect_task: asyncio.Task[None] | None = None
-        self._closed = False
-        # Entries a previous run left in the durable outbox: their answers land here.
-        self.recovered: dict[str, asyncio.Future[Any]] = {}
+        self.recovery = RecoveryPath(
+            self.link,
+            clock=self.clock,
+            breaker=self.breaker,
+            retry=self.retry,
+            answers=self.answers,
+            outbox=Outbox(outbox_limit, durable_outbox),
+            matrix=matrix,
+            outage_grace=outage_grace,
+        )
 
-    # -- connection -----------------------------------------------------------------------
+    # -- what the composed parts count and hold --------------------------------------------
+    @property
+    def outbox(self) -> Outbox:
+        return self.recovery.outbox
+
+    @property
+    def recovered(self) -> dict[str, asyncio.Future[Any]]:
+        """Futures for the entries a previous run left in the durable outbox, by key."""
+        return self.recovery.recovered
+
+    @property
+    def reconnects(self) -> int:
+        return self.recovery.reconnects
+
+    @property
+    def retried(self) -> int:
+        """Answers sent again because their row of the recovery matrix said so."""
+        return self.answers.retried
+
+    @property
+    def server_info(self) -> dict[str, Any] | None:
+        return self.link.server_info
+
     @property
     def supervised(self) -> bool:
         return self.supervisor is not None
 
     @property
     def connected(self) -> bool:
-        return self._wire is not None and not self._wire.lost
+        return self.link.connected
 
+    # -- connection -----------------------------------------------------------------------
     async def connect(self, *, startup_timeout: float = 15.0) -> BridgeClient:
         """Connect (starting a supervised server and waiting for it) and send what is queued."""
-        loop = asyncio.get_running_loop()
-        for entry in self.outbox.recovered():
-            if entry.future is None:
-                entry.future = loop.create_future()
-                self.recovered[entry.key] = entry.future
+        self.recovery.adopt_recovered()
         if self.supervisor is None:
-            await self._open()
+            await self.link.open()
         else:
-            await self._open_with_retry(startup_timeout)
-        self._flush()
+            await self.recovery.open_within(startup_timeout)
+        self.recovery.flush()
         return self
 
-    async def _open_with_retry(self, within: float) -> None:
-        delays = self.retry.schedule(None)
-        async with self.clock.timeout(within):
-            while True:
-                try:
-                    await self._open()
-                    return
-                except ConnectionLost:
-                    await self.clock.sleep(next(delays))
-
-    async def _open(self) -> None:
-        if self.supervisor is not None:
-            await self.supervisor.ensure_running()
-        loop = asyncio.get_running_loop()
-        try:
-            if self.tcp is not None:
-                _, wire = await loop.create_connection(lambda: Wire(self), *self.tcp)
-            else:
-                _, wire = await loop.create_unix_connection(
-                    lambda: Wire(self), str(self.socket_path)
-                )
-        except OSError as exc:
-            raise ConnectionLost(f"cannot connect to {self._where()}: {exc}") from exc
-        params: dict[str, Any] = {
-            "protocolVersion": 1,
-            "clientInfo": {"name": self.client_name, "version": __version__},
-        }
-        if self.token is not None:
-            params["token"] = self.token
-        try:
-            self.server_info = await self._call(wire, "initialize", params, 10.0)
-        except BaseException:
-            wire.close()
-            raise
-        self._wire = wire
-
-    def _where(self) -> str:
-        return f"tcp:{self.tcp[0]}:{self.tcp[1]}" if self.tcp else str(self.socket_path)
-
-    # -- plain requests -------------------------------------------------------------------
+    # -- requests -------------------------------------------------------------------------
     async def request(
         self, method: str, params: dict[str, Any] | list[Any] | None = None, *,
         timeout: float | None = None,  # noqa: ASYNC109 - on the injected clock
@@ -181,149 +153,52 @@ class BridgeClient(RecoveryPath):
         With a `timeout` (else `request_timeout`, None by default), work that started a
         command is keyed (an `idempotencyKey` is added unless the caller chose one), so the
         `BridgeTimeout` carries the key that finds it again; it keeps running unless `cancel`.
+        An answer refusing it before it ran is sent again as its row of the matrix says.
         """
-        wire = self._wire
-        if wire is None or wire.lost:
-            raise ConnectionLost(f"not connected to {self._where()}")
+        link = self.link
+        link.current()  # not connected: `ConnectionLost` at once
         limit = timeout if timeout is not None else self.request_timeout
         if limit is not None and method in KEYED_ON_TIMEOUT and type(params) is dict:
             params = {"idempotencyKey": uuid.uuid4().hex, **params}
-        delays: Iterator[float] | None = None
-        while True:
+
+        async def attempt() -> Any:
             try:
-                return await self._call(wire, method, params, limit, cancel=cancel)
+                return await link.call(method, params, limit, cancel=cancel)
             except BridgeError as exc:
-                if not refused_before_running(exc):
-                    raise  # it ran: running it again is the server's call (its own row)
-                if delays is None:
-                    delays = self.retry_schedule(exc)
-                delay = next(delays, None)
-                if delay is None:
-                    raise
-            self.retried += 1
-            await self.clock.sleep(delay)
-            wire = self._wire
-            if wire is None or wire.lost:
-                raise ConnectionLost(f"not connected to {self._where()}")
+                if refused_before_running(exc):
+                    raise Refused(exc) from exc
+                raise  # it ran: running it again is the server's call (its own row)
 
-    def retry_schedule(self, exc: BaseException) -> Iterator[float]:
-        return retry_schedule(self.matrix, self.retry, exc)
+        return await self.answers.run(attempt)
 
-    async def _call(
+    async def send_with_recovery(
         self,
-        wire: Wire,
         method: str,
-        params: Any,
-        timeout: float | None,  # noqa: ASYNC109
+        params: dict[str, Any] | None = None,
         *,
-        cancel: bool = True,
+        timeout: float | None = None,  # noqa: ASYNC109 - on the injected clock
+        cancel: bool = False,
     ) -> Any:
-        msg_id = next(self._ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        wire.pending[msg_id] = future
-        try:
-            wire.send(jsonrpc.request_bytes(msg_id, method, params))
-            async with self.clock.timeout(timeout):
-                return await future
-        except TimeoutError as exc:
-            data: dict[str, Any] = {"operation": method, "seconds": timeout, "cancelled": cancel}
-            key = params.get("idempotencyKey") if type(params) is dict else None
-            if key is not None:
-                data["idempotencyKey"] = key
-            if cancel:
-                self._cancel_on(wire, {"id": msg_id})
-                how = "cancelled"
-            elif key is not None:
-                how = f"still running: send it again with idempotencyKey {key!r} for its result"
-            else:
-                how = "still running on the server"
-            raise BridgeTimeout(
-                f"{method}: no answer within {timeout:g} s ({how})", data=data
-            ) from exc
-        except asyncio.CancelledError:
-            if not future.done():
-                self._cancel_on(wire, {"id": msg_id})
-            raise
-        finally:
-            wire.pending.pop(msg_id, None)
+        """Deliver a request whatever happens to the connection; executed at most once
+        (`ipc.recovery`)."""
+        return await self.recovery.send(method, params, timeout=timeout, cancel=cancel)
 
     def notify(self, method: str, params: Any = None) -> None:
-        wire = self._wire
-        if wire is None or wire.lost:
-            raise ConnectionLost(f"not connected to {self._where()}")
-        wire.send(jsonrpc.notification_bytes(method, params))
+        self.link.notify(method, params)
 
     def on_notification(self, method: str, handler: NotificationHandler) -> Callable[[], None]:
         """Call `handler(params)` for each notification `method`; returns an unsubscribe."""
-        self._handlers.setdefault(method, []).append(handler)
+        return self.link.on_notification(method, handler)
 
-        def remove() -> None:
-            handlers = self._handlers.get(method, [])
-            if handler in handlers:
-                handlers.remove(handler)
-
-        return remove
-
-    def _cancel_on(self, wire: Wire, params: dict[str, Any]) -> None:
-        with contextlib.suppress(ConnectionLost):
-            wire.send(jsonrpc.notification_bytes("$/cancelRequest", params))
-
-    # -- incoming -------------------------------------------------------------------------
-    def _on_message(self, wire: Wire, msg: dict[str, Any]) -> None:
-        method = msg.get("method")
-        if method is not None:
-            for handler in list(self._handlers.get(method, ())):
-                try:
-                    handler(msg.get("params"))
-                except Exception:
-                    log.exception("notification handler for %s failed", method)
-            return
-        msg_id = msg.get("id")
-        if type(msg_id) is not int:
-            return
-        future = wire.pending.pop(msg_id, None)
-        if future is not None:
-            if not future.done():
-                settle(future, msg)
-            return
-        entry = wire.entries.pop(msg_id, None)
-        if entry is not None:
-            self._entry_answered(entry, msg)
-
-    def _on_lost(self, wire: Wire, exc: Exception | None) -> None:
-        if self._wire is wire:
-            self._wire = None
-        lost = ConnectionLost(f"connection to {self._where()} lost" + (f": {exc}" if exc else ""))
-        for future in wire.pending.values():
-            if not future.done():
-                future.set_exception(lost)
-        wire.pending.clear()
-        for entry in wire.entries.values():
-            entry.sent_id = None  # still queued; it votes when its answer finally comes
-        wire.entries.clear()
-        if self._closed:
-            return
-        # One lost connection is one failure, however many requests were on it.
-        self.breaker.on_error(0.0, lost)
-        if len(self.outbox) or self.supervisor is not None:
-            self._start_reconnect()
+    def on_reconnected(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener()` after each reconnect of the recovery path (queued requests
+        already resent); returns an unsubscribe."""
+        return self.recovery.on_reconnected(listener)
 
     # -- life cycle -----------------------------------------------------------------------
     async def close(self, *, stop_server: bool = True) -> None:
-        self._closed = True
-        task = self._reconnect_task
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        wire, self._wire = self._wire, None
-        if wire is not None:
-            wire.close()
-        closed = ConnectionLost("the client was closed")
-        for entry in self.outbox.pending():
-            if entry.future is not None and not entry.future.done():
-                entry.future.set_exception(closed)
-                entry.future.exception()
-        self.outbox.close()  # a durable outbox keeps what was not answered for next time
+        await self.recovery.close()  # stops reconnecting before the link closes
+        self.link.close()
         if self.supervisor is not None and stop_server:
             await self.supervisor.stop()
 

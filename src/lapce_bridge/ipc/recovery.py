@@ -1,5 +1,8 @@
 """The recovery path of `BridgeClient`: `send_with_recovery()` loses nothing.
 
+`RecoveryPath` is composed with the client's `Link` (the connection) and `AnswerRetry` (the
+matrix's retries, shared with plain requests); it never reaches into either.
+
 Theory of operation: a request sent this way goes through four steps.
 
 1. the circuit breaker admits it (`Unavailable` at once while it is open: the caller learns
@@ -30,8 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 from lapce_bridge.core.breaker import CircuitBreaker
 from lapce_bridge.core.clock import Clock
@@ -46,13 +49,11 @@ from lapce_bridge.core.errors import (
 )
 from lapce_bridge.core.matrix import RecoveryMatrix
 from lapce_bridge.core.retry import RetryPolicy
-from lapce_bridge.ipc import jsonrpc
+from lapce_bridge.ipc.link import Link
 from lapce_bridge.ipc.outbox import Outbox, OutboxEntry
-from lapce_bridge.ipc.wire import Wire, settle
+from lapce_bridge.ipc.wire import settle
 
-if TYPE_CHECKING:
-    import itertools
-
+T = TypeVar("T")
 
 # A row with no bound of its own still stops here: no request is retried forever.
 UNBOUNDED_RETRIES = 10
@@ -64,19 +65,7 @@ def refused_before_running(exc: BridgeError) -> bool:
     return exc.classification.retryable and isinstance(exc, ResourceExhausted | Unavailable)
 
 
-def retry_schedule(
-    matrix: RecoveryMatrix, retry: RetryPolicy, exc: BaseException
-) -> Iterator[float]:
-    """The delays before each retry of an answer failing with `exc`: as many as its row of
-    the recovery matrix allows (none when its strategy does not re-run), on `retry`'s backoff."""
-    row = matrix.lookup_error(exc)
-    attempts = matrix.attempts(
-        row.category, row.severity, unbounded=retry.max_attempts or UNBOUNDED_RETRIES
-    )
-    return retry.schedule((attempts or 1) - 1)
-
-
-class _Refused(Exception):
+class Refused(Exception):
     """The server answered a refusal before running: the request may be sent again."""
 
     def __init__(self, error: BridgeError) -> None:
@@ -84,36 +73,126 @@ class _Refused(Exception):
         self.error = error
 
 
-class RecoveryPath:
-    """Mixed into `BridgeClient`, which sets these attributes and provides `_open`."""
+class AnswerRetry:
+    """Sends again what the server refused before running, as often as the refusal's row of
+    the recovery matrix allows (none when its strategy does not re-run), on `policy`'s
+    backoff. `retried` counts the re-sends."""
 
-    clock: Clock
-    breaker: CircuitBreaker
-    retry: RetryPolicy
-    outbox: Outbox
-    outage_grace: float
-    reconnects: int
-    _wire: Wire | None
-    _ids: itertools.count[int]
-    _reconnect_task: asyncio.Task[None] | None
-    _closed: bool
-    retried: int
-    matrix: RecoveryMatrix
+    def __init__(self, matrix: RecoveryMatrix, policy: RetryPolicy, clock: Clock) -> None:
+        self.matrix = matrix
+        self.policy = policy
+        self.clock = clock
+        self.retried = 0
+
+    def schedule(self, exc: BaseException) -> Iterator[float]:
+        """The delays before each retry of an answer failing with `exc`."""
+        row = self.matrix.lookup_error(exc)
+        attempts = self.matrix.attempts(
+            row.category, row.severity, unbounded=self.policy.max_attempts or UNBOUNDED_RETRIES
+        )
+        return self.policy.schedule((attempts or 1) - 1)
+
+    async def run(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """`attempt()` until it returns; it raises `Refused` for what may be sent again."""
+        delays: Iterator[float] | None = None
+        while True:
+            try:
+                return await attempt()
+            except Refused as refused:
+                exc = refused.error
+                if delays is None:
+                    delays = self.schedule(exc)
+                delay = next(delays, None)
+                if delay is None:
+                    raise exc from None
+            self.retried += 1
+            await self.clock.sleep(delay)
+
+
+class _EntryWaiter:
+    """An outbox entry on the wire: its answer settles it; a lost wire leaves it queued."""
+
+    __slots__ = ("entry", "path")
+
+    def __init__(self, path: RecoveryPath, entry: OutboxEntry) -> None:
+        self.path = path
+        self.entry = entry
+
+    def answered(self, msg: dict[str, Any]) -> None:
+        self.path.entry_answered(self.entry, msg)
+
+    def lost(self, exc: ConnectionLost) -> None:
+        self.entry.sent_id = None  # still queued; it votes when its answer finally comes
+
+
+class RecoveryPath:
+    def __init__(
+        self,
+        link: Link,
+        *,
+        clock: Clock,
+        breaker: CircuitBreaker,
+        retry: RetryPolicy,
+        answers: AnswerRetry,
+        outbox: Outbox,
+        matrix: RecoveryMatrix,
+        outage_grace: float,
+    ) -> None:
+        self.link = link
+        self.clock = clock
+        self.breaker = breaker
+        self.retry = retry
+        self.answers = answers
+        self.outbox = outbox
+        self.matrix = matrix
+        self.outage_grace = outage_grace
+        self.reconnects = 0
+        # Entries a previous run left in the durable outbox: their answers land here.
+        self.recovered: dict[str, asyncio.Future[Any]] = {}
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._reconnected: list[Callable[[], None]] = []
+        self._closed = False
+        link.on_lost(self._connection_lost)
 
     @property
     def supervised(self) -> bool:
-        raise NotImplementedError
+        return self.link.supervisor is not None
 
-    def retry_schedule(self, exc: BaseException) -> Iterator[float]:
-        raise NotImplementedError
+    @property
+    def reconnecting(self) -> bool:
+        return self._reconnect_task is not None and not self._reconnect_task.done()
 
-    async def _open(self) -> None:
-        raise NotImplementedError
+    def on_reconnected(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener()` after each reconnect, once the queued entries went again;
+        returns an unsubscribe."""
+        self._reconnected.append(listener)
 
-    def _cancel_on(self, wire: Wire, params: dict[str, Any]) -> None:
-        raise NotImplementedError
+        def remove() -> None:
+            if listener in self._reconnected:
+                self._reconnected.remove(listener)
 
-    async def send_with_recovery(
+        return remove
+
+    def adopt_recovered(self) -> None:
+        """Give each entry a previous run left in the durable outbox a future to answer."""
+        loop = asyncio.get_running_loop()
+        for entry in self.outbox.recovered():
+            if entry.future is None:
+                entry.future = loop.create_future()
+                self.recovered[entry.key] = entry.future
+
+    async def open_within(self, within: float) -> None:
+        """Connect, retrying on the backoff for `within` seconds (a server starting up)."""
+        delays = self.retry.schedule(None)
+        async with self.clock.timeout(within):
+            while True:
+                try:
+                    await self.link.open()
+                    return
+                except ConnectionLost:
+                    await self.clock.sleep(next(delays))
+
+    async def send(
         self,
         method: str,
         params: dict[str, Any] | None = None,
@@ -128,20 +207,9 @@ class RecoveryPath:
         refusing it before it ran (retryable -32005/-32002) is sent again, as often and as
         far apart as its row of the recovery matrix says."""
         params = dict(params or {})
-        params.setdefault("idempotencyKey", uuid.uuid4().hex)
-        delays: Iterator[float] | None = None
-        while True:
-            try:
-                return await self._deliver(method, params, timeout, cancel)
-            except _Refused as refused:
-                exc = refused.error
-                if delays is None:
-                    delays = self.retry_schedule(exc)
-                delay = next(delays, None)
-                if delay is None:
-                    raise exc from None
-            self.retried += 1
-            await self.clock.sleep(delay)
+        if not params.get("idempotencyKey"):
+            params["idempotencyKey"] = uuid.uuid4().hex  # one key for every retry
+        return await self.answers.run(lambda: self._deliver(method, params, timeout, cancel))
 
     async def _deliver(
         self,
@@ -152,13 +220,11 @@ class RecoveryPath:
     ) -> Any:
         if self._closed:
             raise ConnectionLost("the client is closed")
-        params = dict(params or {})
-        key = params.get("idempotencyKey") or uuid.uuid4().hex
-        params["idempotencyKey"] = key
+        key = params["idempotencyKey"]
         self.breaker.acquire()
         generation = self.breaker.generation
         try:
-            entry = self.outbox.put(method, params, key, now=self.clock.now())
+            entry = self.outbox.put(method, dict(params), key, now=self.clock.now())
         except BaseException:
             self.breaker.release(generation=generation)
             raise
@@ -171,7 +237,7 @@ class RecoveryPath:
                 return await asyncio.shield(future)
         except BridgeError as exc:
             if refused_before_running(exc):
-                raise _Refused(exc) from exc  # the server's answer: it did not run
+                raise Refused(exc) from exc  # the server's answer: it did not run
             raise
         except TimeoutError as exc:
             self._abandon(entry, cancel=cancel)
@@ -185,46 +251,52 @@ class RecoveryPath:
             raise
 
     def _dispatch(self, entry: OutboxEntry) -> None:
-        wire = self._wire
-        recovering = self._reconnect_task is not None and not self._reconnect_task.done()
-        if wire is not None and not wire.lost and not recovering:
-            self._send_entry(wire, entry)
+        if self.link.connected and not self.reconnecting:
+            self._send_entry(entry)
         else:
             self._start_reconnect()
 
-    def _send_entry(self, wire: Wire, entry: OutboxEntry) -> None:
-        msg_id = next(self._ids)
-        entry.sent_id = msg_id
-        entry.attempts += 1
-        wire.entries[msg_id] = entry
+    def _send_entry(self, entry: OutboxEntry) -> None:
         try:
-            wire.send(jsonrpc.request_bytes(msg_id, entry.method, entry.params))
+            wire = self.link.current()
+            entry.sent_id = self.link.send(
+                wire, entry.method, entry.params, _EntryWaiter(self, entry)
+            )
         except ConnectionLost:
-            wire.entries.pop(msg_id, None)
             entry.sent_id = None
             self._start_reconnect()
+            return
+        entry.attempts += 1
 
-    def _flush(self) -> None:
-        wire = self._wire
-        if wire is None or wire.lost:
+    def flush(self) -> None:
+        """Send every queued entry not on the wire, oldest first."""
+        if not self.link.connected:
             return
         for entry in self.outbox.pending():
             if entry.sent_id is None and (entry.future is None or not entry.future.done()):
-                self._send_entry(wire, entry)
+                self._send_entry(entry)
 
     def _abandon(self, entry: OutboxEntry, *, cancel: bool) -> None:
         self.outbox.done(entry)
-        wire = self._wire
+        wire = self.link.wire
         if entry.sent_id is not None and wire is not None:
-            wire.entries.pop(entry.sent_id, None)
+            wire.forget(entry.sent_id)
             if cancel:
-                self._cancel_on(wire, {"idempotencyKey": entry.key})
+                self.link.cancel_on(wire, {"idempotencyKey": entry.key})
         if entry.generation is not None:
             self.breaker.release(generation=entry.generation)
             entry.generation = None
 
+    def _connection_lost(self, lost: ConnectionLost) -> None:
+        if self._closed:
+            return
+        # One lost connection is one failure, however many requests were on it.
+        self.breaker.on_error(0.0, lost)
+        if len(self.outbox) or self.supervised:
+            self._start_reconnect()
+
     def _start_reconnect(self) -> None:
-        if self._closed or (self._reconnect_task is not None and not self._reconnect_task.done()):
+        if self._closed or self.reconnecting:
             return
         self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
 
@@ -253,7 +325,7 @@ class RecoveryPath:
             generation = breaker.generation
             started = clock.now()
             try:
-                await self._open()
+                await self.link.open()
             except (ConnectionLost, BridgeTimeout) as exc:
                 if started - outage_started >= self.outage_grace:
                     attempts += 1
@@ -278,8 +350,12 @@ class RecoveryPath:
                 )
                 return
             await clock.sleep(delay)
+        if self._closed:
+            return
         self.reconnects += 1
-        self._flush()
+        self.flush()
+        for listener in list(self._reconnected):
+            listener()
 
     def _fail_outbox(self, error: BridgeError) -> None:
         for entry in self.outbox.pending():
@@ -290,7 +366,7 @@ class RecoveryPath:
                 entry.future.set_exception(error)
                 entry.future.exception()  # the caller may be gone; never "never retrieved"
 
-    def _entry_answered(self, entry: OutboxEntry, msg: dict[str, Any]) -> None:
+    def entry_answered(self, entry: OutboxEntry, msg: dict[str, Any]) -> None:
         entry.sent_id = None
         error = msg.get("error")
         if (
@@ -309,5 +385,19 @@ class RecoveryPath:
             if entry.recovered:
                 entry.future.exception()  # kept in `recovered`; no warning if nobody looks
 
+    async def close(self) -> None:
+        """Stop reconnecting; every entry still waiting fails (a durable outbox keeps it)."""
+        self._closed = True
+        task = self._reconnect_task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        closed = ConnectionLost("the client was closed")
+        for entry in self.outbox.pending():
+            if entry.future is not None and not entry.future.done():
+                entry.future.set_exception(closed)
+                entry.future.exception()
+        self.outbox.close()
 
-__all__ = ["RecoveryPath"]
+
+__all__ = ["AnswerRetry", "RecoveryPath", "Refused", "refused_before_running"]

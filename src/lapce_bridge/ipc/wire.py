@@ -1,14 +1,18 @@
-"""One client connection: an asyncio Protocol with the framing codec, nothing more.
+"""One client connection: an asyncio Protocol with the framing codec and its waiters.
 
-It decodes what arrives into messages for its owner (`on_message`, batches split) and tells
-the owner once when it is gone (`on_lost`); the owner keeps the maps of what is pending on
-it, so everything waiting on a lost connection is found in one place.
+Theory of operation: every request sent on a wire registers a `Waiter` under its message id
+(`expect`). An answer goes to its waiter (`answered`); a notification goes to the wire's
+`on_notification` callback. When the connection is gone, every waiter still registered is
+told once (`lost`), then the `on_lost` callback; so everything waiting on a lost connection
+is found in one place, and the wire knows nothing of what its waiters are (a plain call's
+future, a recovery entry).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
@@ -16,24 +20,48 @@ import orjson
 from lapce_bridge.core.errors import ConnectionLost
 from lapce_bridge.ipc import jsonrpc
 from lapce_bridge.ipc.framing import Frame, FrameDecoder, encode
-from lapce_bridge.ipc.outbox import OutboxEntry
 
 log = logging.getLogger("lapce_bridge.client")
 
 
-class WireOwner(Protocol):
-    def _on_message(self, wire: Wire, msg: dict[str, Any]) -> None: ...
+class Waiter(Protocol):
+    """What waits for the answer to one message id."""
 
-    def _on_lost(self, wire: Wire, exc: Exception | None) -> None: ...
+    def answered(self, msg: dict[str, Any]) -> None: ...
+
+    def lost(self, exc: ConnectionLost) -> None: ...
+
+
+class FutureWaiter:
+    """A plain call's waiter: the answer settles the future; a lost connection fails it."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[Any]) -> None:
+        self.future = future
+
+    def answered(self, msg: dict[str, Any]) -> None:
+        if not self.future.done():
+            settle(self.future, msg)
+
+    def lost(self, exc: ConnectionLost) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
 
 
 class Wire(asyncio.Protocol):
-    def __init__(self, client: WireOwner) -> None:
-        self.client = client
+    def __init__(
+        self,
+        where: str,
+        on_notification: Callable[[str, Any], None],
+        on_lost: Callable[[Wire, ConnectionLost], None],
+    ) -> None:
+        self.where = where
+        self.on_notification = on_notification
+        self.on_lost = on_lost
         self.decoder = FrameDecoder(1 << 30)
         self.transport: asyncio.Transport | None = None
-        self.pending: dict[int, asyncio.Future[Any]] = {}
-        self.entries: dict[int, OutboxEntry] = {}
+        self.waiters: dict[int, Waiter] = {}
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -49,11 +77,33 @@ class Wire(asyncio.Protocol):
                     continue
                 for msg in message if type(message) is list else [message]:
                     if type(msg) is dict:
-                        self.client._on_message(self, msg)
+                        self._route(msg)
+
+    def _route(self, msg: dict[str, Any]) -> None:
+        method = msg.get("method")
+        if method is not None:
+            self.on_notification(method, msg.get("params"))
+            return
+        msg_id = msg.get("id")
+        if type(msg_id) is int:
+            waiter = self.waiters.pop(msg_id, None)
+            if waiter is not None:
+                waiter.answered(msg)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self.client._on_lost(self, exc)
+        lost = ConnectionLost(f"connection to {self.where} lost" + (f": {exc}" if exc else ""))
+        waiters = list(self.waiters.values())
+        self.waiters.clear()
+        for waiter in waiters:
+            waiter.lost(lost)
+        self.on_lost(self, lost)
+
+    def expect(self, msg_id: int, waiter: Waiter) -> None:
+        self.waiters[msg_id] = waiter
+
+    def forget(self, msg_id: int) -> None:
+        self.waiters.pop(msg_id, None)
 
     def send(self, payload: bytes) -> None:
         if self.transport is None or self.lost or self.transport.is_closing():
@@ -75,4 +125,4 @@ def settle(future: asyncio.Future[Any], msg: dict[str, Any]) -> None:
         future.set_result(msg.get("result"))
 
 
-__all__ = ["Wire", "WireOwner", "settle"]
+__all__ = ["FutureWaiter", "Waiter", "Wire", "settle"]

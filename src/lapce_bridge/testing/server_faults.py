@@ -9,7 +9,8 @@ Loaded with `lapce-bridge serve --extra-methods lapce_bridge.testing.server_faul
 - `test/faults/clear` removes them; `test/faults/count {op, outcome?}` counts calls seen;
 - `test/memory/allocate {mib}` allocates and touches real memory in the server process (held
   until `test/memory/release`), so memory pressure is the server's own, as a leak would be;
-- `test/memory/budget {bytes}` sets the resource manager's budget when serve has no option.
+- `test/memory/budget {bytes}` sets the resource manager's budget live (`serve
+  --memory-budget` sets it at start).
 
 These exist because a healthy disk cannot be made to fail on demand; everything else in a
 chaos run is real.
