@@ -242,12 +242,16 @@ class HostProxy:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                # Those waiting now are answered -32002 (retryable); attaching goes on (a
+                # host that drains a long command keeps its successor waiting).
                 log.error("cannot attach the terminal host: %s", exc)
-                self.failed = Unavailable(f"the terminal host is unavailable: {exc}")
+                refused = Unavailable(f"the terminal host is unavailable: {exc}")
                 if self._ready is not None and not self._ready.done():
-                    self._ready.set_exception(self.failed)
+                    self._ready.set_exception(refused)
                     self._ready.exception()
-                return
+                self._ready = loop.create_future()
+                await self.clock.sleep(1.0)
+                continue
             self._link = lk
             self.attaches += 1
             self.host_pid = info.get("pid")
