@@ -28,7 +28,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.clock import Clock
@@ -45,14 +45,15 @@ from lapce_bridge.core.incidents import (
 from lapce_bridge.core.matrix import DEFAULT_MATRIX, RecoveryMatrix
 from lapce_bridge.core.metrics import MetricsRegistry
 from lapce_bridge.core.timeouts import TimeoutManager
-from lapce_bridge.fs.ops import REAL_FS, FsOps
-from lapce_bridge.fs.service import FileService
-from lapce_bridge.fs.service import default_retry as fs_default_retry
-from lapce_bridge.resources import DEFAULT_BUDGET_BYTES, Relief, ResourceManager, psutil_sampler
 from lapce_bridge.rpc import Broadcast, CallContext, Method, Params, method
 from lapce_bridge.schema.checks import checked
 from lapce_bridge.slo import SloStore
-from lapce_bridge.terminal.service import TerminalService
+
+if TYPE_CHECKING:
+    from lapce_bridge.core.relief import Relief
+    from lapce_bridge.fs.ops import FsOps
+    from lapce_bridge.fs.service import FileService
+    from lapce_bridge.resources import ResourceManager
 
 log = logging.getLogger("lapce_bridge.app")
 
@@ -80,7 +81,7 @@ class App:
         timeouts: TimeoutManager | None = None,
         monitor_resources: bool | None = None,
         matrix: RecoveryMatrix = DEFAULT_MATRIX,
-        fs_ops: FsOps = REAL_FS,
+        fs_ops: FsOps | None = None,
         memory_budget: int | None = None,
         slo_path: Path | None = None,
         terminal_host: bool = False,
@@ -100,7 +101,7 @@ class App:
         self._lost_seen = 0
         self.timeouts = timeouts or TimeoutManager(clock=self.clock)
         self.matrix = matrix
-        self._fs_ops = fs_ops  # a fault-injecting FsOps in tests; the real calls otherwise
+        self._fs_ops = fs_ops  # a fault-injecting FsOps in tests; None: the real calls
         self._want_services = services
         # Terminals in a host process of their own (`lapce_bridge.host`): a server restart
         # loses none. Off, they live in this process (`lapce-bridge mcp`, tests, a bare table).
@@ -110,7 +111,9 @@ class App:
         # The serving configuration samples memory pressure; a bare method table does not.
         self._want_resources = services if monitor_resources is None else monitor_resources
         self.resources: ResourceManager | None = None
-        self.memory_budget = memory_budget or DEFAULT_BUDGET_BYTES
+        self.memory_budget = memory_budget  # None: the resource manager's default
+        self._reliefs: list[Relief] = []  # offered before the resource manager was open
+        self._withdraw: dict[int, Callable[[], None]] = {}  # by id: theirs, once registered
         self._extra = extra_methods
         self._sinks: list[Broadcast] = []
         self._counter_sources: list[Callable[[], Mapping[str, int]]] = []
@@ -272,16 +275,30 @@ class App:
         self._stack = stack
         try:
             self._open_slo(stack)
+            if self._want_resources or self._want_services:
+                await _import_in_worker(
+                    "lapce_bridge.resources",
+                    "lapce_bridge.terminal.service",
+                    "lapce_bridge.fs.service",
+                )
             if self._want_resources:
+                from lapce_bridge.resources import (
+                    DEFAULT_BUDGET_BYTES,
+                    ResourceManager,
+                    psutil_sampler,
+                )
+
                 self.resources = await stack.enter_async_context(
                     ResourceManager(
-                        budget_bytes=self.memory_budget,
+                        budget_bytes=self.memory_budget or DEFAULT_BUDGET_BYTES,
                         sampler=psutil_sampler(also=self._host_pids),
                         clock=self.clock,
                         degrade=self.degradation.degrade,
                         restore=self.degradation.restore,
                     )
                 )
+                for relief in self._reliefs:
+                    self._withdraw[id(relief)] = self.resources.register(relief)
             if self._want_services:
                 await self._open_services(stack)
             await stack.enter_async_context(self._periodic_evaluation())
@@ -358,9 +375,19 @@ class App:
                 self.resources.register(opened.relief())
 
     def add_relief(self, relief: Relief) -> Callable[[], None]:
-        """Let the resource manager take back what a component holds (no-op unmonitored)."""
+        """Let the resource manager take back what a component holds (no-op unmonitored);
+        offered before it opens (a server built before the services), it is registered then."""
         if self.resources is None:
-            return lambda: None
+            self._reliefs.append(relief)
+
+            def withdraw() -> None:
+                if relief in self._reliefs:
+                    self._reliefs.remove(relief)
+                registered = self._withdraw.pop(id(relief), None)
+                if registered is not None:
+                    registered()
+
+            return withdraw
         return self.resources.register(relief)
 
     def _terminal_service(self) -> Service:
@@ -381,6 +408,8 @@ class App:
             )
             self.keyed_elsewhere = proxy
             return proxy
+        from lapce_bridge.terminal.service import TerminalService
+
         return TerminalService(
             workspace=self.workspace,
             state_dir=state_dir,
@@ -392,6 +421,10 @@ class App:
         )
 
     def _file_service(self) -> FileService:
+        from lapce_bridge.fs.ops import REAL_FS
+        from lapce_bridge.fs.service import FileService
+        from lapce_bridge.fs.service import default_retry as fs_default_retry
+
         retry = self.matrix.retry_policy(
             ErrorCategory.FILESYSTEM, ErrorSeverity.RECOVERABLE, fs_default_retry(self.clock)
         )
@@ -402,8 +435,18 @@ class App:
             features=self.degradation,
             on_degraded=self.watch_degraded,
             retry=retry,
-            ops=self._fs_ops,
+            ops=self._fs_ops or REAL_FS,
         )
+
+    def outlives(self, method_name: str) -> bool:
+        """Keyed work of `method_name` outlives this server (the terminal host keeps it)."""
+        proxy = self.keyed_elsewhere
+        return proxy is not None and bool(proxy.outlives(method_name))
+
+    def cancel_key(self, key: str) -> None:
+        """A client cancelled keyed work: it may run in the terminal host."""
+        if self.keyed_elsewhere is not None:
+            self.keyed_elsewhere.cancel_key(key)
 
     def _host_pids(self) -> list[int]:
         """The terminal host's pid: its shells are ours too, for memory pressure."""
@@ -424,6 +467,17 @@ class App:
         self.broadcast(
             "health/alert", {"kind": "WatcherDegraded", "operation": "fs/watch", "detail": detail}
         )
+
+
+async def _import_in_worker(*modules: str) -> None:
+    """Import what is not loaded yet in a worker thread: a server answers `ping` while its
+    services' modules load (imports hold the GIL only in slices; the loop keeps turning)."""
+    import importlib
+    import sys
+
+    missing = [name for name in modules if name not in sys.modules]
+    if missing:
+        await asyncio.to_thread(lambda: [importlib.import_module(name) for name in missing])
 
 
 def _wall_clock(clock: Clock) -> Callable[[], float]:

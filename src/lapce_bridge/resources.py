@@ -30,7 +30,7 @@ import contextlib
 import gc
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +47,7 @@ from lapce_bridge.core.pressure import (
     PressurePolicy,
     ResourceSample,
 )
+from lapce_bridge.core.relief import Relief as Relief  # where components import it from
 
 log = logging.getLogger("lapce_bridge.resources")
 
@@ -232,18 +233,6 @@ def _monotonic() -> float:
 def psutil_sampler(also: Callable[[], Sequence[int]] | None = None) -> Sampler:
     """The default sampler: this process and its descendants (and the `also` trees)."""
     return ProcessTreeSampler(also=also)
-
-
-# -- reliefs ----------------------------------------------------------------------------------
-@dataclass
-class Relief:
-    """What a component can give back. Each callback returns how many bytes/items it freed."""
-
-    name: str
-    trim_cache: Callable[[float], int] | None = None  # fraction to drop
-    clear_cache: Callable[[], int] | None = None
-    spill_spools: Callable[[], int] | None = None
-    reap_idle: Callable[[], Awaitable[int]] | None = None
 
 
 @dataclass

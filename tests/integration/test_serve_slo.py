@@ -67,7 +67,13 @@ async def test_slos_survive_a_restart_and_a_crash_is_an_incident(tmp_path: Path)
         assert restarts[0]["recovered"] is True
         assert restarts[0]["durationMs"] >= 0
         assert report["slos"]["recoveryTime"]["incidents"] == 1
-        # The default log level tells of it too.
+        # The default log level tells of it too (once the services are open, behind the
+        # listener: before health/get is answered).
+        assert proc.stderr is not None
+        while b"incident 1 recovered after" not in logged:
+            line = await asyncio.wait_for(proc.stderr.readline(), 30)
+            assert line, logged
+            logged += line
         assert b"WARNING lapce_bridge.app: incident 1 recovered after" in logged
         assert b"server_restart" in logged
     finally:

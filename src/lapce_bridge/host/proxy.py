@@ -46,12 +46,12 @@ from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.degradation import QualityChanged
 from lapce_bridge.core.errors import TerminalError, Unavailable
 from lapce_bridge.core.events import EventBus
+from lapce_bridge.core.relief import Relief
 from lapce_bridge.host import link
 from lapce_bridge.host.attach import HostRefused, hello, open_link, start_host
 from lapce_bridge.host.places import HostPlaces, host_places
 from lapce_bridge.ipc.framing import Frame, FrameDecoder
 from lapce_bridge.ipc.jsonrpc import error_from_wire
-from lapce_bridge.resources import Relief
 from lapce_bridge.rpc import DEFAULT_MAX_MESSAGE_BYTES, Broadcast, CallContext, Method, Observe
 from lapce_bridge.rpc import method as make_method
 from lapce_bridge.terminal.service import TerminalService

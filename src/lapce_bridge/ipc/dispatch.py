@@ -13,6 +13,8 @@ A method's name is the key it is registered under; that name is its operation ev
   `maxWaitMs`): long work is governed by its own limits, never cut short by ours.
 - A keyed request goes through `Idempotency` (journalled, at most once, outcome shared).
 - Params are checked in one place before any handler runs (`Method.validate`).
+- While the server's services are still opening (`ServerState.opening`), what needs them
+  waits, in arrival order, and runs once they are open; `ping` and the like are answered.
 - Every task has an owner: requests, batch members and a notification's work are all listed
   here, cancelled when the connection closes, and drained by the server on shutdown.
 
@@ -28,6 +30,7 @@ except a notification, which never gets one, and a request whose connection is g
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
@@ -161,6 +164,7 @@ class Dispatcher:
         self._inflight_keys: dict[RequestId, str] = {}
         self._cancelled_ids: set[RequestId] = set()
         self._owned: set[asyncio.Task[Any]] = set()  # batch members, notifications' work
+        self._held: list[Callable[[], None]] | None = None  # waiting for the services
         self.requests = 0
 
     @property
@@ -284,9 +288,35 @@ class Dispatcher:
     def _limit(self, name: str, method: Method, params: Params) -> float | None:
         return request_limit(self.state.timeouts.timeout_for(name), method, params)
 
+    # -- while the services are opening -----------------------------------------------------
+    def _must_wait(self, name: str | None) -> bool:
+        """Anything but what the server answers while opening (`ping`, `shutdown`), and
+        everything after a message that waits: the order of one connection is kept."""
+        return self._held is not None or name not in self.state.served_while_opening
+
+    def _hold(self, handle: Callable[[], None]) -> None:
+        if self._held is None:
+            self._held = [handle]
+            self._own(self._release_when_open())  # owned: cancelled if the connection goes
+        else:
+            self._held.append(handle)
+
+    async def _release_when_open(self) -> None:
+        opening = self.state.opening
+        if opening is not None:
+            with contextlib.suppress(Exception):  # a failed start is answered "shutting down"
+                await asyncio.shield(opening)
+        held, self._held = self._held or [], None
+        for handle in held:
+            handle()
+
+    # -- requests (continued) ----------------------------------------------------------------
     def request(self, req: Request) -> None:
-        self.requests += 1
         state = self.state
+        if state.opening is not None and self._must_wait(req.method):
+            self._hold(lambda: self.request(req))
+            return
+        self.requests += 1
         method = state.methods.get(req.method)
         params = req.params
         if params is None:
@@ -371,6 +401,9 @@ class Dispatcher:
 
     # -- notifications ------------------------------------------------------------------------
     def notification(self, note: Notification) -> None:
+        if self.state.opening is not None and self._must_wait(note.method):
+            self._hold(lambda: self.notification(note))
+            return
         if note.method == CANCEL:
             self._on_cancel(note.params)
             return
@@ -416,6 +449,9 @@ class Dispatcher:
 
     # -- batches ----------------------------------------------------------------------------
     def batch(self, batch: Batch) -> None:
+        if self.state.opening is not None:
+            self._hold(lambda: self.batch(batch))
+            return
         limits = self.state.limits
         if len(batch.items) > limits.max_batch:
             too_long = InvalidRequest(

@@ -103,7 +103,7 @@ async def run_server(opts: ServeOptions, *, announce: Callable[[str], None] | No
     timeouts = TimeoutManager()
     for name, seconds in opts.timeouts:
         timeouts.set_override(name, seconds)
-    async with App(
+    app = App(
         workspace=opts.workspace,
         state_dir=state_dir,
         default_shell=opts.shell,
@@ -112,22 +112,20 @@ async def run_server(opts: ServeOptions, *, announce: Callable[[str], None] | No
         memory_budget=opts.memory_budget,
         slo_path=slo_path,
         terminal_host=opts.terminal_host,
-    ) as app:
-        server = BridgeServer(
-            app,
-            max_message_bytes=opts.max_message_bytes,
-            token=opts.token,
-            journal=journal,
-            shutdown_grace=opts.shutdown_grace,
-        )
+    )
+    server = BridgeServer(
+        app,
+        max_message_bytes=opts.max_message_bytes,
+        token=opts.token,
+        journal=journal,
+        shutdown_grace=opts.shutdown_grace,
+    )
+    # Listening comes first: the services open behind it (`ping` is answered meanwhile, and
+    # what needs them waits for them), so an editor's first answer does not pay for them.
+    server.hold_until_open()
+    async with contextlib.AsyncExitStack() as stack:
+        opening: asyncio.Task[None] | None = None
         stop_exporter: Callable[[], Awaitable[None]] | None = None
-        metrics_port = None
-        if opts.metrics_port is not None:
-            from lapce_bridge.ipc.metrics_http import serve_metrics
-
-            metrics_port, stop_exporter = await serve_metrics(
-                app.metrics, opts.metrics_port, gauges=app.gauges
-            )
         # Signals stay captured through the drain in aclose(): a second one cuts it short.
         with capture_signals(server.request_shutdown):
             try:
@@ -142,14 +140,39 @@ async def run_server(opts: ServeOptions, *, announce: Callable[[str], None] | No
                     assert socket_path is not None
                     await server.listen_unix(socket_path)
                 (announce or _announce)(where)
-                if metrics_port is not None:  # after the line clients wait for
+                opening = asyncio.get_running_loop().create_task(
+                    _open_services(app, server, stack), name="open-services"
+                )
+                if opts.metrics_port is not None:  # after the line clients wait for
+                    from lapce_bridge.ipc.metrics_http import serve_metrics
+
+                    metrics_port, stop_exporter = await serve_metrics(
+                        app.metrics, opts.metrics_port, gauges=app.gauges
+                    )
                     log.info("Prometheus metrics on http://127.0.0.1:%d/metrics", metrics_port)
                 await server.wait_for_shutdown()
             finally:
                 if stop_exporter is not None:
                     await stop_exporter()
                 await server.aclose()
+                if opening is not None and not opening.done():
+                    opening.cancel()  # shut down while opening: what opened is closed
+                    await asyncio.gather(opening, return_exceptions=True)
+        # The app's services close after the server (the stack), as they opened after it.
+        if opening is not None and not opening.cancelled() and opening.exception() is not None:
+            raise opening.exception()  # type: ignore[misc]
     log.info("stopped (%s)", where)
+
+
+async def _open_services(app: Any, server: Any, stack: contextlib.AsyncExitStack) -> None:
+    """Open the app (its services) behind the listener; a failure shuts the server down."""
+    try:
+        await stack.enter_async_context(app)
+    except Exception as exc:
+        log.error("the services failed to open: %s", exc)
+        server.opened(exc)
+        raise
+    server.opened()
 
 
 def _announce(where: str) -> None:

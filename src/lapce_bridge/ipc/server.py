@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 from lapce_bridge import __version__
 from lapce_bridge.core.clock import Clock
@@ -37,7 +37,7 @@ from lapce_bridge.core.timeouts import TimeoutManager
 from lapce_bridge.ipc import jsonrpc
 from lapce_bridge.ipc.connection import CANCEL, Connection
 from lapce_bridge.ipc.framing import DEFAULT_MAX_MESSAGE_BYTES, encode
-from lapce_bridge.ipc.idempotency import Idempotency
+from lapce_bridge.ipc.idempotency import Elsewhere, Idempotency
 from lapce_bridge.ipc.journal import IdempotencyJournal
 from lapce_bridge.ipc.paths import bind_unix_socket, file_identity, remove_socket
 from lapce_bridge.ipc.state import Limits, Peer, ServerState
@@ -117,10 +117,14 @@ class BridgeServer:
         self.clock = clock if clock is not None else app.clock
         self.shutdown_grace = shutdown_grace
         self.journal = (journal or IdempotencyJournal(None)).open()
-        self.idempotency = Idempotency(self.journal, getattr(app, "keyed_elsewhere", None))
+        # Keyed work that outlives this server (terminal commands in the terminal host).
+        elsewhere = cast(Elsewhere, app) if hasattr(app, "outlives") else None
+        self.idempotency = Idempotency(self.journal, elsewhere)
+        builtins = self._builtins()
+        self._builtin_names = frozenset(builtins)
         self.state = ServerState(
             clock=self.clock,
-            methods={**app.methods, **self._builtins()},
+            methods={**app.methods, **builtins},
             timeouts=app.timeouts,
             observe=app.observe,
             admit=app.admit,
@@ -185,6 +189,32 @@ class BridgeServer:
             "exit": method(shutdown),
             "ping": method(ping),
         }
+
+    # -- services opening after the listener ---------------------------------------------------
+    def hold_until_open(self) -> None:
+        """The app is not open yet: answer `ping`, `shutdown` and `exit` (they need nothing
+        of it), and let everything else wait for `opened()` (`initialize` lists the methods
+        and features; `health/get` reports what opening restores, the SLOs, incidents)."""
+        if self.state.opening is None:
+            self.state.served_while_opening = frozenset(("ping", "shutdown", "exit"))
+            self.state.opening = asyncio.get_running_loop().create_future()
+
+    def opened(self, error: BaseException | None = None) -> None:
+        """The services are open: their methods join the table and what waited runs. With
+        `error` they failed: the server shuts down, and what waited is answered so."""
+        opening, self.state.opening = self.state.opening, None
+        if error is None:
+            for name, entry in self.app.methods.items():
+                if name not in self._builtin_names:
+                    self.state.methods[name] = entry
+        else:
+            self.state.shutting_down = True  # answered -32002 from here on
+            self.request_shutdown(f"the services failed to open: {error}")
+        if opening is not None and not opening.done():
+            if error is None:
+                opening.set_result(None)
+            else:
+                opening.set_exception(error)
 
     # -- connections ----------------------------------------------------------------------
     @property
@@ -392,7 +422,7 @@ def _register_relief(app: ServerApp, server: BridgeServer) -> Callable[[], None]
     add_relief = getattr(app, "add_relief", None)
     if add_relief is None:
         return lambda: None
-    from lapce_bridge.resources import Relief
+    from lapce_bridge.core.relief import Relief
 
     async def reap() -> int:
         return server.reap_idle_connections(IDLE_CONNECTION_S)

@@ -6,6 +6,10 @@ timeouts, the limits and the idempotency table from it, and reports to its obser
 counters. Nothing here knows the server or the connection classes (a connection is seen
 through `Peer`), so the import graph runs one way: server -> connection -> dispatch -> state.
 
+While `opening` is set (a server answers `ping` before its services are open), every message
+but those `served_while_opening`, and every message after one that waits, wait for it on
+their connection, in the order they came.
+
 Invariants: the method table's keys are the only names an operation has (timeouts, health
 targets, metrics, logs, alerts); `shutting_down` only ever goes from False to True; a peer is
 in `connections` from its first byte until it is gone, and its counts then move into the
@@ -135,6 +139,10 @@ class ServerState:
         self.connections: dict[int, Peer] = {}
         self.silent: dict[int, Peer] = {}  # in connection order, oldest first
         self.shutting_down = False
+        # Set while the app's services are still opening (the table lacks their methods):
+        # what needs them waits for it, in order (`Dispatcher`); None once the table is whole.
+        self.opening: asyncio.Future[None] | None = None
+        self.served_while_opening: frozenset[str | None] = frozenset()
         self._on_stdio_closed = on_stdio_closed
         self._on_error = on_error
         self.auth_failure_streak = 0  # failed authentications since the last success

@@ -1,0 +1,93 @@
+"""A server answers before its services are open; what needs them waits for them, in order.
+
+`lapce-bridge serve` listens first and opens the app's services behind the listener (its
+start-up is measured to the first `ping`). Here the same steps are taken by hand, so each
+phase can be looked at: a real `App`, a real `BridgeServer` on a Unix socket, real clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from lapce_bridge.app import App
+from lapce_bridge.core.errors import InvalidParams
+from lapce_bridge.ipc.raw import RawClient
+from lapce_bridge.ipc.server import BridgeServer
+from lapce_bridge.rpc import Method
+
+
+async def test_ping_is_answered_while_the_services_open_and_the_rest_waits_in_order(
+    tmp_path: Path,
+) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "a.txt").write_text("a")
+    app = App(workspace=ws, state_dir=tmp_path / "state")
+    server = BridgeServer(app)
+    server.hold_until_open()
+    path = await server.listen_unix(tmp_path / "s.sock")
+    try:
+        early = await RawClient.connect_unix(path)
+        assert (await early.request("ping"))["result"] == {"pong": True}
+        assert "fs/stat" not in server.methods  # not open yet
+
+        waiting = await RawClient.connect_unix(path)
+        waiting.request_nowait("fs/stat", {"path": "a.txt"}, msg_id=1)
+        waiting.request_nowait("ping", msg_id=2)  # behind a request that waits: waits too
+        waiting.request_nowait("initialize", {"protocolVersion": 1}, msg_id=3)
+        waiting.request_nowait("health/get", msg_id=4)
+        await waiting.drain()
+        assert (await early.request("ping"))["result"] == {"pong": True}
+        assert server.statistics().requests == 2  # the early client's two pings, no more
+
+        async with app:
+            server.opened()
+            answers = [await waiting.recv() for _ in range(4)]
+            assert [a["id"] for a in answers] == [1, 2, 3, 4]  # in the order they came
+            assert answers[0]["result"]["size"] == 1
+            assert answers[1]["result"] == {"pong": True}
+            methods = answers[2]["result"]["capabilities"]["methods"]
+            assert {"fs/stat", "terminal/execute", "ping"} <= set(methods)
+            assert answers[3]["result"]["slos"]["availability"]["calls"] >= 2  # early pings
+            # Offered before the resource manager was open, the server's relief is in it now.
+            assert app.resources is not None
+            assert "connections" in [r.name for r in app.resources._reliefs]
+            for client in (early, waiting):
+                await client.close()
+            await server.aclose()
+    finally:
+        await server.aclose()
+
+
+async def test_services_that_fail_to_open_answer_what_waited_and_shut_the_server_down(
+    tmp_path: Path,
+) -> None:
+    def broken(app: App) -> dict[str, Method]:
+        raise InvalidParams("the extra methods cannot be built")
+
+    app = App(workspace=tmp_path, state_dir=tmp_path / "state", extra_methods=broken)
+    server = BridgeServer(app)
+    server.hold_until_open()
+    path = await server.listen_unix(tmp_path / "s.sock")
+    try:
+        client = await RawClient.connect_unix(path)
+        client.request_nowait("fs/stat", {"path": "x"}, msg_id=1)
+        await client.drain()
+        failure: Any = None
+        try:
+            await app.__aenter__()
+        except InvalidParams as exc:
+            failure = exc
+        assert failure is not None
+        server.opened(failure)
+        answer = await client.recv()
+        assert answer["id"] == 1
+        assert answer["error"]["code"] == -32002
+        assert answer["error"]["data"]["shuttingDown"] is True
+        async with asyncio.timeout(5):
+            await server.wait_for_shutdown()  # requested by the failure
+        await client.close()
+    finally:
+        await server.aclose()
