@@ -436,6 +436,8 @@ class App:
             on_degraded=self.watch_degraded,
             retry=retry,
             ops=self._fs_ops or REAL_FS,
+            # Keyed watches come back after a restart (an in-process App keeps none).
+            watch_state=self.state_dir / "watches" if self.state_dir is not None else None,
         )
 
     def outlives(self, method_name: str) -> bool:

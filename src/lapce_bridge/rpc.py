@@ -66,6 +66,9 @@ class Method:
     is_async: bool
     limit: Limit | None = None
     validate: Validate | None = None
+    idempotent: bool = False
+    """The handler is idempotent by `idempotencyKey` itself (`fs/watch`: a repeat gets the
+    watch back, alive): the dispatcher checks the key but journals nothing for it."""
 
 
 def method(
@@ -73,8 +76,9 @@ def method(
     *,
     limit: Limit | None = None,
     validate: Validate | None = None,
+    idempotent: bool = False,
 ) -> Method:
-    return Method(handler, inspect.iscoroutinefunction(handler), limit, validate)
+    return Method(handler, inspect.iscoroutinefunction(handler), limit, validate, idempotent)
 
 
 def request_limit(configured: float, meth: Method, params: Params) -> float | None:

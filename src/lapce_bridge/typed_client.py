@@ -1,33 +1,28 @@
-"""A typed client: one Python method per protocol method, results as the schema's Structs.
+"""Typed methods: one Python method per protocol method, results as the schema's Structs.
 
-Theory of operation: `TypedClient` wraps a connected `BridgeClient` (which keeps the
-connection alive, retries, reconnects and spawns the server) and adds types: each method
-builds the method's params Struct from `schema.methods` (so a misspelt keyword is a
-TypeError before anything is sent), sends it with the wire's camelCase names, and converts
-the answer into the result Struct (`execute(...) -> ExecResult`). Errors are the bridge's
+Theory of operation: `TypedMethods` is what `BridgeClient` (which keeps the connection
+alive, retries, reconnects and spawns the server) offers beside its untyped `request`: each
+method builds the method's params Struct from `schema.methods` (so a misspelt keyword is a
+TypeError before anything is sent), sends it through `request` with the wire's camelCase
+names, and converts the answer into the result Struct (`execute(...) -> ExecResult`). It
+holds no state and declares nothing it does not implement: its methods are written against
+`Requests`, the one method of the client they use. Errors are the bridge's
 own tree, one class per code (`InvalidParams` -32602, `PermissionDenied` -32006, ...),
 refined where the code is shared: a stale `expectedMtimeNs` raises `ConflictError`, a file
 over the limit `FileTooLarge`, and an error naming an errno (`data.errno: "ENOENT"`) carries
 it as `.errno` (the number) and `.errno_name`.
 
-`SyncClient` is the same for scripts: it runs an event loop in a daemon thread and makes
-every method blocking (`SyncClient.spawn().execute("make test").exit_code`).
+`lapce_bridge.sync_client.SyncClient` makes them blocking, for scripts.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno as errno_mod
-import threading
-from collections.abc import Coroutine
-from concurrent.futures import Future
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol
 
 import msgspec
 
 from lapce_bridge.core.errors import BridgeError, ConflictError, FileSystemError, FileTooLarge
-from lapce_bridge.ipc.client import BridgeClient
 from lapce_bridge.schema.base import Params, Strict
 from lapce_bridge.schema.files import (
     EditParams,
@@ -63,7 +58,11 @@ from lapce_bridge.schema.methods import (
     WriteResult,
 )
 
-T = TypeVar("T")
+
+class Requests(Protocol):
+    """The one thing typed methods need of a client: an untyped request."""
+
+    async def request(self: Requests, method: str, params: dict[str, Any] | None = None) -> Any: ...
 
 
 def refine(exc: BridgeError) -> BridgeError:
@@ -93,100 +92,86 @@ def _wire(params: Strict) -> dict[str, Any]:
     return {k: v for k, v in built.items() if v is not None}
 
 
-class TypedClient:
-    """Typed calls over a `BridgeClient` (see the module docstring)."""
+async def call(client: Requests, method: str, params: Params, result: Any) -> Any:
+    """Send `params` to `method`; its answer converted to `result` (a type, or None), errors
+    refined (see `refine`)."""
+    try:
+        raw = await client.request(method, _wire(params))
+    except BridgeError as exc:
+        raise refine(exc) from None
+    if result is None:
+        return None
+    return msgspec.convert(raw, result)
 
-    def __init__(self, client: BridgeClient) -> None:
-        self.client = client
 
-    @classmethod
-    async def spawn(cls, socket_path: Path | str | None = None, **kwargs: Any) -> TypedClient:
-        """A client to the server on `socket_path`, started (and kept running) if need be."""
-        return cls(await BridgeClient.spawn(socket_path, **kwargs))
+async def _call(client: Requests, method: str, params: Params) -> Any:
+    return await call(client, method, params, METHODS[method].result)
 
-    async def __aenter__(self) -> TypedClient:
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+class TypedMethods:
+    """The typed protocol methods of `BridgeClient` (see the module docstring)."""
 
-    async def close(self) -> None:
-        await self.client.close()
-
-    async def call(self, method: str, params: Params, result: Any) -> Any:
-        """Send `params` to `method`; its answer converted to `result` (a type, or None)."""
-        try:
-            raw = await self.client.request(method, _wire(params))
-        except BridgeError as exc:
-            raise refine(exc) from None
-        if result is None:
-            return None
-        return msgspec.convert(raw, result)
-
-    async def call_raw(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        """An untyped call (the answer as decoded JSON), errors refined as in `call`."""
-        try:
-            return await self.client.request(method, params)
-        except BridgeError as exc:
-            raise refine(exc) from None
-
-    async def _call(self, method: str, params: Params) -> Any:
-        return await self.call(method, params, METHODS[method].result)
+    __slots__ = ()
 
     # -- terminals ----------------------------------------------------------------------------
-    async def execute(self, command: str, **options: Any) -> ExecResult:
+    async def execute(self: Requests, command: str, **options: Any) -> ExecResult:
         """Run `command` (options: terminal_id, cwd, timeout_ms, idle_timeout_ms, max_wait_ms,
         max_output_bytes, ansi); the exit code, output and cwd."""
-        result: ExecResult = await self._call(
-            "terminal/execute", ExecuteParams(command=command, **options)
+        result: ExecResult = await _call(
+            self, "terminal/execute", ExecuteParams(command=command, **options)
         )
         return result
 
-    async def wait(self, execution_id: str, timeout_ms: int | None = None) -> ExecResult:
-        result: ExecResult = await self._call(
-            "terminal/wait", WaitParams(execution_id=execution_id, timeout_ms=timeout_ms)
+    async def wait(self: Requests, execution_id: str, timeout_ms: int | None = None) -> ExecResult:
+        result: ExecResult = await _call(
+            self, "terminal/wait", WaitParams(execution_id=execution_id, timeout_ms=timeout_ms)
         )
         return result
 
     async def read_output(
-        self, execution_id: str, offset: int = 0, limit: int | None = None
+        self: Requests, execution_id: str, offset: int = 0, limit: int | None = None
     ) -> ReadOutputResult:
-        result: ReadOutputResult = await self._call(
+        result: ReadOutputResult = await _call(
+            self,
             "terminal/readOutput",
             ReadOutputParams(execution_id=execution_id, offset=offset, limit=limit),
         )
         return result
 
-    async def send_text(self, terminal_id: str, text: str, *, at_prompt: bool = False) -> None:
-        await self._call(
+    async def send_text(
+        self: Requests, terminal_id: str, text: str, *, at_prompt: bool = False
+    ) -> None:
+        await _call(
+            self,
             "terminal/sendText",
             SendTextParams(terminal_id=terminal_id, text=text, at_prompt=at_prompt),
         )
 
-    async def interrupt(self, terminal_id: str) -> None:
-        await self._call("terminal/interrupt", TerminalParams(terminal_id=terminal_id))
+    async def interrupt(self: Requests, terminal_id: str) -> None:
+        await _call(self, "terminal/interrupt", TerminalParams(terminal_id=terminal_id))
 
-    async def create_terminal(self, **options: Any) -> CreateResult:
-        result: CreateResult = await self._call("terminal/create", CreateParams(**options))
+    async def create_terminal(self: Requests, **options: Any) -> CreateResult:
+        result: CreateResult = await _call(self, "terminal/create", CreateParams(**options))
         return result
 
-    async def list_terminals(self) -> list[TerminalInfo]:
-        result: list[TerminalInfo] = await self._call("terminal/list", NoParams())
+    async def list_terminals(self: Requests) -> list[TerminalInfo]:
+        result: list[TerminalInfo] = await _call(self, "terminal/list", NoParams())
         return result
 
-    async def close_terminal(self, terminal_id: str) -> None:
-        await self._call("terminal/close", TerminalParams(terminal_id=terminal_id))
+    async def close_terminal(self: Requests, terminal_id: str) -> None:
+        await _call(self, "terminal/close", TerminalParams(terminal_id=terminal_id))
 
     # -- files --------------------------------------------------------------------------------
-    async def read_file(self, path: str, encoding: str | None = None) -> ReadResult:
-        result: ReadResult = await self._call(
+    async def read_file(self: Requests, path: str, encoding: str | None = None) -> ReadResult:
+        result: ReadResult = await _call(
+            self,
             "fs/read",
             ReadParams(path=path, encoding=encoding),  # type: ignore[arg-type]
         )
         return result
 
     async def write_file(
-        self,
+        self: Requests,
         path: str,
         content: str,
         *,
@@ -194,7 +179,8 @@ class TypedClient:
         expected_mtime_ns: int | None = None,
         create_dirs: bool = False,
     ) -> WriteResult:
-        result: WriteResult = await self._call(
+        result: WriteResult = await _call(
+            self,
             "fs/write",
             WriteParams(
                 path=path,
@@ -206,16 +192,16 @@ class TypedClient:
         )
         return result
 
-    async def stat(self, path: str) -> StatResult:
-        result: StatResult = await self._call("fs/stat", PathParams(path=path))
+    async def stat(self: Requests, path: str) -> StatResult:
+        result: StatResult = await _call(self, "fs/stat", PathParams(path=path))
         return result
 
-    async def list_dir(self, path: str = ".") -> list[ListEntry]:
-        result: list[ListEntry] = await self._call("fs/list", ListParams(path=path))
+    async def list_dir(self: Requests, path: str = ".") -> list[ListEntry]:
+        result: list[ListEntry] = await _call(self, "fs/list", ListParams(path=path))
         return result
 
     async def edit(
-        self,
+        self: Requests,
         path: str,
         edits: list[TextEdit] | list[tuple[str, str]],
         *,
@@ -231,93 +217,29 @@ class TypedClient:
         built = _wire(params)
         built["edits"] = [_wire(e) for e in specs]
         try:
-            raw = await self.client.request("fs/edit", built)
+            raw = await self.request("fs/edit", built)
         except BridgeError as exc:
             raise refine(exc) from None
         return msgspec.convert(raw, EditResult)
 
-    async def search(self, query: str, **options: Any) -> SearchResult:
+    async def search(self: Requests, query: str, **options: Any) -> SearchResult:
         """Search file contents (options: regex, case_sensitive, path, include, exclude,
         gitignore, max_results, timeout_ms, cursor)."""
-        result: SearchResult = await self._call("fs/search", SearchParams(query=query, **options))
+        result: SearchResult = await _call(self, "fs/search", SearchParams(query=query, **options))
         return result
 
-    async def tree(self, path: str = ".", **options: Any) -> TreeResult:
-        result: TreeResult = await self._call("fs/tree", TreeParams(path=path, **options))
+    async def tree(self: Requests, path: str = ".", **options: Any) -> TreeResult:
+        result: TreeResult = await _call(self, "fs/tree", TreeParams(path=path, **options))
         return result
 
     # -- health -------------------------------------------------------------------------------
-    async def health(self) -> HealthReport:
-        result: HealthReport = await self._call("health/get", NoParams())
+    async def health(self: Requests) -> HealthReport:
+        result: HealthReport = await _call(self, "health/get", NoParams())
         return result
 
-    async def metrics(self) -> MetricsResult:
-        result: MetricsResult = await self._call("metrics/get", NoParams())
+    async def metrics(self: Requests) -> MetricsResult:
+        result: MetricsResult = await _call(self, "metrics/get", NoParams())
         return result
 
 
-class SyncClient:
-    """`TypedClient` for scripts: every method blocks until its answer."""
-
-    def __init__(self, opener: Coroutine[Any, Any, TypedClient]) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="lapce-bridge client", daemon=True
-        )
-        self._thread.start()
-        try:
-            self._typed = _run(self._loop, opener)
-        except BaseException:
-            self._stop()
-            raise
-
-    @classmethod
-    def spawn(cls, socket_path: Path | str | None = None, **kwargs: Any) -> SyncClient:
-        """A client to the server on `socket_path`, started (and kept running) if need be."""
-        return cls(TypedClient.spawn(socket_path, **kwargs))
-
-    @classmethod
-    def connect(cls, socket_path: Path | str | None = None, **kwargs: Any) -> SyncClient:
-        """A client to a server already listening on `socket_path`."""
-
-        async def open_client() -> TypedClient:
-            client = BridgeClient(socket_path, **kwargs)
-            await client.connect()
-            return TypedClient(client)
-
-        return cls(open_client())
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self._typed, name)
-        if not callable(method) or name.startswith("_"):
-            return method
-
-        def blocking(*args: Any, **kwargs: Any) -> Any:
-            return _run(self._loop, method(*args, **kwargs))
-
-        return blocking
-
-    def close(self) -> None:
-        try:
-            _run(self._loop, self._typed.close())
-        finally:
-            self._stop()
-
-    def _stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
-
-    def __enter__(self) -> SyncClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _run(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
-    future: Future[T] = asyncio.run_coroutine_threadsafe(coro, loop)
-    return future.result()
-
-
-__all__ = ["SyncClient", "TypedClient", "refine"]
+__all__ = ["Requests", "TypedMethods", "call", "refine"]

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from lapce_bridge.ipc.raw import RawClient
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -40,11 +42,11 @@ async def serve(tmp_path: Path, *args: str) -> AsyncIterator[Served]:
     )  # fmt: skip
     try:
         assert proc.stderr is not None
-        ready = await asyncio.wait_for(proc.stderr.readline(), 30)
-        for _ in range(10):  # a restarted server may log the incident of its predecessor first
-            if not ready or ready.startswith(b"lapce-bridge:"):
-                break
-            ready = await asyncio.wait_for(proc.stderr.readline(), 30)
+        async with asyncio.timeout(30):
+            ready = await proc.stderr.readline()
+            # After a crash the new server first logs the incident (a line at WARNING).
+            while b" WARNING " in ready:
+                ready = await proc.stderr.readline()
         assert ready.decode().strip() == f"lapce-bridge: listening on unix:{sock}", ready
         yield Served(proc, sock, ws)
     finally:
@@ -57,4 +59,16 @@ async def serve(tmp_path: Path, *args: str) -> AsyncIterator[Served]:
                 await proc.wait()
 
 
-__all__ = ["REPO", "Served", "serve", "server_env"]
+async def until_written(client: RawClient, execution_id: str, offset: int) -> None:
+    """Wait (polling readOutput, a state no notification announces to this client) until a
+    command's output reaches `offset` bytes, or it ended."""
+    while True:
+        page = await client.request(
+            "terminal/readOutput", {"executionId": execution_id, "offset": offset, "limit": 1}
+        )
+        if page["result"]["data"] or page["result"]["eof"]:
+            return
+        await asyncio.sleep(0.01)
+
+
+__all__ = ["REPO", "Served", "serve", "server_env", "until_written"]

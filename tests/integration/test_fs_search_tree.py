@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,26 @@ async def test_regex_errors_and_bad_params_are_refused(tmp_path: Path) -> None:
         await c.close()
 
 
+async def test_a_fifo_is_skipped_without_blocking_and_either_case_is_found(
+    tmp_path: Path,
+) -> None:
+    async with serving(tmp_path) as srv:
+        os.mkfifo(srv.workspace / "pipe")
+        (srv.workspace / "a.txt").write_text("Kelp\nkelp\nKELP\nhelp\n")
+        (srv.workspace / "b.txt").write_text("no such word, only a k and a K\n")
+        c = await srv.client()
+        # Nobody writes to the FIFO: opening or reading it for real would block forever.
+        fifo = (await search(c, query="x", path="pipe"))["result"]
+        assert (fifo["matches"], fifo["filesSkipped"], fifo["complete"]) == ([], 1, True)
+        # 'k' is the needle's rarest byte; files holding it in either case are searched.
+        anycase = (await search(c, query="kelp", caseSensitive=False))["result"]
+        assert hits(anycase) == [("a.txt", 1), ("a.txt", 2), ("a.txt", 3)]
+        exact = (await search(c, query="Kelp"))["result"]
+        assert hits(exact) == [("a.txt", 1)]
+        assert exact["filesSkipped"] == 0  # the walk passes the FIFO by (not a regular file)
+        await c.close()
+
+
 async def test_paging_with_a_cursor_covers_every_match_once(tmp_path: Path) -> None:
     async with serving(tmp_path) as srv:
         for i in range(7):
@@ -155,6 +176,13 @@ def test_a_search_out_of_time_stops_with_a_cursor_that_resumes(tmp_path: Path) -
     root = str(tmp_path)
 
     def scan(deadline: float, resume: tuple[str, int] | None) -> Any:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return scan_folder(fd, deadline, resume)
+        finally:
+            os.close(fd)
+
+    def scan_folder(fd: int, deadline: float, resume: tuple[str, int] | None) -> Any:
         return Scan(
             finder=compile_finder("needle", regex=False, case_sensitive=True),
             ops=REAL_FS,
@@ -166,7 +194,7 @@ def test_a_search_out_of_time_stops_with_a_cursor_that_resumes(tmp_path: Path) -
             deadline=deadline,
             clock=clock,
             stop=threading.Event(),
-        ).run(".", root, True)
+        ).run(".", fd, True)
 
     late = scan(clock.now(), None)  # the deadline has already come
     assert (late.timed_out, late.stop_at, late.matches) == (True, ("f000.txt", 0), [])

@@ -146,7 +146,11 @@ async def test_did_change_reaches_the_watching_client_and_ends_with_it(tmp_path:
         assert note == {
             "jsonrpc": "2.0",
             "method": "fs/didChange",
-            "params": {"watchId": watch_id, "changes": [{"path": "src/new.py", "kind": "added"}]},
+            "params": {
+                "watchId": watch_id,
+                "changes": [{"path": "src/new.py", "kind": "added"}],
+                "seq": 1,
+            },
         }
         other = await srv.client()
         refused = (await other.request("fs/unwatch", {"watchId": watch_id}))["error"]

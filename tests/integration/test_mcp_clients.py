@@ -4,6 +4,7 @@ Streamable HTTP: a real server process, a real shell, real files."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -23,7 +24,7 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from lapce_bridge.mcp.tools import TOOLS
+from lapce_bridge.mcp.tools import TOOLS, object_schema, output_schema
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
@@ -285,6 +286,14 @@ async def test_progress_carries_output_and_cancelling_interrupts(tmp_path: Path)
 def test_every_tool_schema_is_generated_from_its_structs() -> None:
     for tool in TOOLS:
         assert tool.input.__struct_config__.forbid_unknown_fields
+        # Nested Structs are written in place (clients resolve no $ref per item); only the
+        # folder entry, which contains itself, is referenced.
+        for schema in (object_schema(tool.input), output_schema(tool)):
+            text = json.dumps(schema)
+            expected = {'"$ref": "#/$defs/TreeEntry"'} if "TreeEntry" in text else set()
+            assert set(re.findall(r'"\$ref": "[^"]*"', text)) == expected
+            assert set(schema.get("$defs", {})) == ({"TreeEntry"} if expected else set())
+            jsonschema.Draft202012Validator.check_schema(schema)
     out = subprocess.run(
         [sys.executable, "-m", "lapce_bridge", "mcp", "--http", "10.1.2.3:0"],
         capture_output=True,

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.skipif(
 
 CHECKS = [
     "tool names", "schemas", "run_command", "prompt detected", "prompt answered",
-    "edit unique", "edit ambiguous refused", "search", "read back",
+    "edit unique", "edit ambiguous refused", "search", "read back", "tasks capability",
+    "task runs to its result", "task cancelled",
 ]  # fmt: skip
 
 

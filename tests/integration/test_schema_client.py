@@ -20,7 +20,7 @@ from referencing.jsonschema import DRAFT202012
 from lapce_bridge.core.errors import ConflictError, FileSystemError, InvalidParams
 from lapce_bridge.schema.document import build, render, shipped
 from lapce_bridge.schema.methods import METHODS, ExecResult
-from lapce_bridge.typed_client import SyncClient
+from lapce_bridge.sync_client import SyncClient
 
 
 def test_the_shipped_document_is_the_generated_one() -> None:
@@ -152,7 +152,7 @@ def test_the_typed_client_against_a_real_server(server: tuple[Path, Path]) -> No
             ("health/get", {"verbose": True}, "unknown parameter 'verbose'"),
         ]:
             with pytest.raises(InvalidParams) as refused:
-                client.call_raw(method, params)
+                client.request(method, params)
             assert str(refused.value).startswith(f"{method}: "), refused.value
             assert wrong in str(refused.value)
         # The answers validate against the published schema too.
@@ -165,7 +165,7 @@ def test_the_typed_client_against_a_real_server(server: tuple[Path, Path]) -> No
             ("health/get", {}),
             ("terminal/list", {}),
         ]:
-            answer = client.call_raw(method, params)
+            answer = client.request(method, params)
             result_validator(doc, method).validate(answer)
 
 

@@ -1,6 +1,7 @@
 // Drives `lapce-bridge mcp` over stdio with the official Node MCP client
 // (@modelcontextprotocol/sdk): list the tools, run a command, answer an input prompt, edit
-// a file (a unique match, an ambiguous one refused), search, read back.
+// a file (a unique match, an ambiguous one refused), search, read back; run a command as an
+// MCP task to its result, and cancel another.
 // Usage: node mcp.mjs PYTHON WORKSPACE. Prints one JSON line per check; exits 1 on failure.
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
@@ -84,6 +85,51 @@ try {
     arguments: { path: "calc.py", start_line: 6, end_line: 6 },
   })).structuredContent;
   check("read back", read.content === "    return b - a\n", read);
+
+  // MCP tasks (2025-11-25): run_command as a task, polled to its end, its result fetched.
+  check("tasks capability", client.getServerCapabilities()?.tasks?.requests?.tools?.call !== undefined &&
+    tools.find((t) => t.name === "run_command")?.execution?.taskSupport === "optional",
+    client.getServerCapabilities()?.tasks);
+  const seen = [];
+  let taskResult;
+  for await (const message of client.experimental.tasks.callToolStream(
+    { name: "run_command", arguments: { command: "sleep 0.5; echo as a task" } },
+    undefined,
+    { task: { ttl: 60000 } },
+  )) {
+    seen.push(message.type === "error" ? `error ${message.error}` : message.type);
+    if (message.type === "result") {
+      taskResult = message.result;
+    }
+  }
+  check("task runs to its result", seen[0] === "taskCreated" && seen.includes("taskStatus") &&
+    seen.at(-1) === "result" && taskResult?.structuredContent?.exit_code === 0 &&
+    taskResult.structuredContent.output === "as a task\n", { seen, taskResult });
+
+  // Cancelling the task interrupts its command: the terminal runs the next one.
+  let taskId;
+  for await (const message of client.experimental.tasks.callToolStream(
+    { name: "run_command", arguments: { command: "sleep 60; echo never" } },
+    undefined,
+    { task: { ttl: 60000 } },
+  )) {
+    if (message.type === "taskCreated") {
+      taskId = message.task.taskId;
+      break;
+    }
+  }
+  const cancelled = await client.experimental.tasks.cancelTask(taskId);
+  const status = await client.experimental.tasks.getTask(taskId);
+  let after;
+  for (let i = 0; i < 100; i++) {
+    after = await client.callTool({ name: "run_command", arguments: { command: "echo after" } });
+    if (!after.isError) {
+      break;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  check("task cancelled", cancelled.status === "cancelled" && status.status === "cancelled" &&
+    after?.structuredContent?.output === "after\n", { cancelled, status, after });
 } finally {
   await client.close();
 }

@@ -284,7 +284,11 @@ async def test_watch_notifies_the_connection_and_ends_with_it(svc: FileService, 
             await ctx.noted.wait()
     method, params = ctx.notes[0]
     assert method == "fs/didChange"
-    assert params == {"watchId": watch_id, "changes": [{"path": "src/new.py", "kind": "added"}]}
+    assert params == {
+        "watchId": watch_id,
+        "changes": [{"path": "src/new.py", "kind": "added"}],
+        "seq": 1,
+    }
     with pytest.raises(InvalidParams):
         await call(svc, "fs/unwatch", {"watchId": watch_id})  # another connection's watch
     assert svc.watcher.watch_ids() == [watch_id]

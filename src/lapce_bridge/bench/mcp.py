@@ -1,12 +1,19 @@
-"""The MCP rows: `run_command` of `echo test` and `search_files` against `grep -rn`.
+"""The MCP rows: `run_command` of `echo test`, `ping`, and content search against `grep -rn`.
 
-Both run through a real `lapce-bridge mcp` process over stdio, driven by the official MCP
-Python client, as an agent would drive it. The echo row times every call from the client's
-send to its parsed answer and checks each answer item by item (exit code 0, output `test`,
-cwd the workspace): a wrong or missing one counts as lost. The search row builds 10,000
-files of about 10 KB (100 MB; 1,000 in quick mode) with a rare token in some lines, then
-alternates `search_files` and `grep -rn` on the same tree (warm page cache for both), and
-reports the ratio of their medians; both must find the same lines.
+The MCP rows run through a real `lapce-bridge mcp` process over stdio, driven by the
+official MCP Python client, as an agent would drive it. The echo row times every call from
+the client's send to its parsed answer and checks each answer item by item (exit code 0,
+output `test`, cwd the workspace): a wrong or missing one counts as lost. The ping row times
+the protocol's own `ping` on the same session: the SDK's request path, client and server,
+with no tool behind it (the floor under every tool call).
+
+The search rows build 10,000 files of about 10 KB (100 MB; 1,000 in quick mode) with a rare
+token in some lines, then alternate our search and `grep -rn` on the same tree (warm page
+cache for both) and report the ratio of their medians; all must find the same lines. Once
+through a real `lapce-bridge serve` over its Unix socket (`fs/search`, the `BridgeClient`),
+once through MCP (`search_files`), whose note says how much of the call the SDK client
+spends validating the answer against the tool's outputSchema (timed apart, the way the
+SDK validates: `jsonschema`, draft 2020-12).
 """
 
 from __future__ import annotations
@@ -71,18 +78,30 @@ async def run(ctx: BenchContext) -> list[Row]:
     from mcp import ClientSession, StdioServerParameters
     from mcp.client.stdio import stdio_client
 
+    from lapce_bridge.bench.ipc import server_process
+    from lapce_bridge.ipc.client import BridgeClient
+
     ws = ctx.workdir / "mcp-ws"
     ws.mkdir(parents=True, exist_ok=True)
-    tree = ctx.workdir / "mcp-search-tree"
+    rows: list[Row] = []
     files = ctx.n(10_000, 1_000)
-    needles = await asyncio.to_thread(build_tree, tree, files)
+    has_grep = shutil.which("grep") is not None
+    async with server_process(ctx.workdir, "mcp-serve") as sock:
+        # The tree lies in the serve process's workspace, which is inside the MCP one.
+        tree = sock.parent / "workspace" / "search-tree"
+        needles = await asyncio.to_thread(build_tree, tree, files)
+        if has_grep:
+            client = await BridgeClient(sock).connect()
+            try:
+                rows.append(await _rpc_search_row(ctx, client, tree, files, needles))
+            finally:
+                await client.close(stop_server=False)
     params = StdioServerParameters(
         command=sys.executable,
         args=["-m", "lapce_bridge", "mcp", "--workspace", str(ctx.workdir), "--shell", "bash"],
         env=dict(os.environ),
         cwd=str(ws),
     )
-    rows: list[Row] = []
     with (ctx.workdir / "mcp-server.log").open("w") as errlog:
         async with (
             stdio_client(params, errlog=errlog) as (read, write),
@@ -90,9 +109,73 @@ async def run(ctx: BenchContext) -> list[Row]:
         ):
             await session.initialize()
             rows.append(await _echo_row(ctx, session))
-            if shutil.which("grep") is not None:
+            rows.append(await _ping_row(ctx, session))
+            if has_grep:
                 rows.append(await _search_row(ctx, session, tree, files, needles))
     return rows
+
+
+async def _ping_row(ctx: BenchContext, session: Any) -> Row:
+    calls = ctx.n(10_000, 300)
+    samples: list[float] = []
+    for i in range(20 + calls):
+        started = time.perf_counter()
+        await session.send_ping()
+        if i >= 20:
+            samples.append(time.perf_counter() - started)
+    return latency_row(
+        SUITE,
+        "ping (MCP stdio): the SDK's request path",
+        samples,
+        note=f"{calls} pings through the Python MCP client: the floor under every tool call",
+    )
+
+
+async def _rpc_search_row(
+    ctx: BenchContext, client: Any, tree: Path, files: int, needles: int
+) -> Row:
+    params = {"query": NEEDLE, "path": tree.name, "maxResults": 10_000, "gitignore": False}
+    ours: list[float] = []
+    theirs: list[float] = []
+    found_ours = found_grep = 0
+    await client.request("fs/search", params)  # warm: the module is imported on first use
+    for _ in range(ctx.n(7, 3)):
+        started = time.perf_counter()
+        result = await client.request("fs/search", params)
+        ours.append(time.perf_counter() - started)
+        found_ours = len(result["matches"])
+        elapsed, found_grep = await asyncio.to_thread(grep_lines, tree)
+        theirs.append(elapsed)
+    return _ratio_row(
+        f"fs/search / grep -rn, {files} files (JSON-RPC)", "fs/search", ours, theirs,
+        (found_ours, found_grep, needles),
+    )  # fmt: skip
+
+
+def _ratio_row(
+    name: str, label: str, ours: list[float], theirs: list[float],
+    found: tuple[int, int, int], note: str = "",
+) -> Row:  # fmt: skip
+    ours_ms = statistics.median(ours) * 1000
+    grep_ms = statistics.median(theirs) * 1000
+    found_ours, found_grep, needles = found
+    same = found_ours == found_grep == needles
+    return figure_row(
+        SUITE,
+        name,
+        ours_ms / grep_ms,
+        "x",
+        higher_is_better=False,
+        goal=1.0,
+        samples=len(ours),
+        note=(
+            f"{label} {ours_ms:.0f} ms, grep -rn {grep_ms:.0f} ms (medians); "
+            f"{found_ours} lines found, grep {found_grep}, written {needles}"
+            + ("" if same else "; MISMATCH") + note
+        ),
+        extra={"search_ms": ours_ms, "grep_ms": grep_ms, "matches": float(found_ours),
+               "grep_matches": float(found_grep)},
+    )  # fmt: skip
 
 
 async def _echo_row(ctx: BenchContext, session: Any) -> Row:
@@ -131,37 +214,41 @@ async def _echo_row(ctx: BenchContext, session: Any) -> Row:
 
 
 async def _search_row(ctx: BenchContext, session: Any, tree: Path, files: int, needles: int) -> Row:
-    rel = tree.name
+    rel = str(tree.relative_to(ctx.workdir))
     ours: list[float] = []
     theirs: list[float] = []
     found_ours = found_grep = 0
+    got: dict[str, Any] = {}
+    args = {"query": NEEDLE, "path": rel, "max_results": 10_000, "gitignore": False}
+    await session.call_tool("search_files", args)  # warm, as the JSON-RPC row
     for _ in range(ctx.n(7, 3)):
         started = time.perf_counter()
-        result = await session.call_tool(
-            "search_files",
-            {"query": NEEDLE, "path": rel, "max_results": 10_000, "gitignore": False},
-        )
+        result = await session.call_tool("search_files", args)
         ours.append(time.perf_counter() - started)
         got = result.structured_content or {}
         found_ours = len(got.get("matches", []))
         elapsed, found_grep = await asyncio.to_thread(grep_lines, tree)
         theirs.append(elapsed)
-    ours_ms = statistics.median(ours) * 1000
-    grep_ms = statistics.median(theirs) * 1000
-    same = found_ours == found_grep == needles
-    return figure_row(
-        SUITE,
-        f"search_files / grep -rn, {files} files",
-        ours_ms / grep_ms,
-        "x",
-        higher_is_better=False,
-        goal=1.0,
-        samples=len(ours),
-        note=(
-            f"search_files {ours_ms:.0f} ms, grep -rn {grep_ms:.0f} ms (medians); "
-            f"{found_ours} lines found, grep {found_grep}, written {needles}"
-            + ("" if same else "; MISMATCH")
-        ),
-        extra={"search_ms": ours_ms, "grep_ms": grep_ms, "matches": float(found_ours),
-               "grep_matches": float(found_grep)},
+    validating = _validation_ms(got)
+    return _ratio_row(
+        f"search_files / grep -rn, {files} files (MCP stdio)", "search_files", ours, theirs,
+        (found_ours, found_grep, needles),
+        f"; of each call, the SDK client's outputSchema check of the answer {validating:.0f} ms",
     )  # fmt: skip
+
+
+def _validation_ms(structured: dict[str, Any]) -> float:
+    """How long the SDK client takes to check one answer against the outputSchema (median of
+    3, done as `ClientSession.validate_tool_result` does it)."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    from lapce_bridge.mcp.tools import BY_NAME, output_schema
+
+    validator = Draft202012Validator(output_schema(BY_NAME["search_files"]))
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        best_match(validator.iter_errors(structured))
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000

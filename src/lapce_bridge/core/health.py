@@ -81,6 +81,7 @@ DEFAULT_TARGETS: Mapping[str, float] = {
     "terminal/readOutput": 5e-3,
     "terminal/list": 1e-3,
     "terminal/close": 200e-3,
+    "terminal/resume": 5e-3,  # replays at most a ring (1 MiB) per stream
     "fs/write": 10e-3,  # temp file, fsync, rename
     "fs/stat": 200e-6,
     "fs/list": 10e-3,

@@ -90,6 +90,7 @@ RELIEVING_OPERATIONS = frozenset(
         "terminal/sendText",
         "terminal/wait",
         "terminal/readOutput",
+        "terminal/resume",
         "fs/unwatch",
         "shutdown",
     }

@@ -47,6 +47,7 @@ DEFAULT_TIMEOUTS: Mapping[str, float] = {
     "terminal/readOutput": 10.0,
     "terminal/list": 5.0,
     "terminal/close": 10.0,
+    "terminal/resume": 5.0,
     "fs/read": 10.0,
     "fs/write": 30.0,
     "fs/stat": 5.0,

@@ -23,6 +23,8 @@ from pathspec import GitIgnoreSpec
 GITIGNORE = ".gitignore"
 ALWAYS_IGNORED = frozenset({".git"})
 _MAX_GITIGNORE_BYTES = 1 << 20
+# O_NONBLOCK: a FIFO named .gitignore must not block a walk.
+_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
 
 
 class _Matcher:
@@ -76,7 +78,15 @@ class IgnoreRules:
 
     def descend(self, real: str, rel: str) -> IgnoreRules:
         """The rules for the subfolder `real` (workspace-relative `rel`)."""
-        lines = _read_lines(os.path.join(real, GITIGNORE))
+        return self._with(_read_lines(os.path.join(real, GITIGNORE)), rel)
+
+    def descend_at(self, dir_fd: int, rel: str) -> IgnoreRules:
+        """The rules for the subfolder open as `dir_fd` (workspace-relative `rel`): its
+        `.gitignore` read through the descriptor, so a walk by descriptors reads the one in
+        the folder it is in, whatever was swapped along the path meanwhile."""
+        return self._with(_read_lines(GITIGNORE, dir_fd), rel)
+
+    def _with(self, lines: list[str] | None, rel: str) -> IgnoreRules:
         if lines is None:
             return self
         base = "" if rel in (".", "") else rel + "/"
@@ -113,9 +123,13 @@ class Globs:
         return self._matcher.check(rel + "/" if is_dir else rel) is True
 
 
-def _read_lines(path: str) -> list[str] | None:
+def _read_lines(path: str, dir_fd: int | None = None) -> list[str] | None:
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, _FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        with open(fd, "rb") as f:
             raw = f.read(_MAX_GITIGNORE_BYTES)
     except OSError:
         return None

@@ -1,13 +1,23 @@
 """`fs/search`: literal or regex search over file contents, paged, bounded in time and size.
 
 Theory of operation: one worker thread walks the folder depth first, entries sorted by name,
-and searches each file's bytes whole: a file is opened, read in 64 KiB blocks (most source
-files in one `read`), and searched with `bytes.find` (a literal, case-sensitive) or one
-compiled bytes regex (everything else, `re.MULTILINE` so `^` and `$` are per line). Only a
-hit costs Python work: the line around it is cut out, its number counted, and the search
-goes on after that line (one result per matching line, as `grep -n` prints). Searching bytes
-spares decoding 100 MB that mostly does not match; a pattern with non-ASCII characters is
-encoded as UTF-8, so it matches UTF-8 text exactly (`\\w` and case folding are ASCII).
+through folder descriptors: the search's folder is opened beneath the workspace root in one
+step (`Workspace.open`, openat2), and every folder and file below it is opened relative to
+its parent's descriptor by its bare name with `O_NOFOLLOW`. A name holds no `/` and a
+symlink in its place fails to open, so nothing the walk reaches can lie outside the folder it
+started in, whatever is swapped meanwhile; and the kernel resolves one component per open,
+not the whole path. Each file is read whole (one `read` for most source files) and searched
+as bytes: a literal is ruled out by its rarest byte first (one `memchr`, about ten times
+faster than a substring search of the same bytes: most files hold no match), then found with
+`bytes.find`; a regex is one compiled bytes pattern with `re.MULTILINE`. Only a hit costs
+Python work: the line around it is cut out, its number counted, and the search goes on after
+that line (one result per matching line, as `grep -n` prints). Searching bytes spares
+decoding 100 MB that mostly does not match; a pattern with non-ASCII characters is encoded as
+UTF-8, so it matches UTF-8 text exactly (`\\w` and case folding are ASCII).
+
+One thread, no pool: the work per file is a few system calls and a `memchr`, and two threads
+sharing the GIL hand it over at every call, which costs more than it overlaps (measured: two
+threads were no faster than one on this tree).
 
 Skipped: `.git`, folders and files `.gitignore` excludes (unless `gitignore: false`),
 symbolic links (their targets inside the workspace are found under their own names), our
@@ -16,10 +26,11 @@ over `MAX_FILE_BYTES`, and unreadable files (counted in `filesSkipped`, never fa
 
 Paging: the walk's order is the order of paths compared component by component, so a
 position is a (path, line) pair. A page ends after `maxResults` lines or at the deadline
-(`timeoutMs`, on the injected clock); its `nextCursor` encodes the position and a digest of
-the query, and the next request skips everything up to it without reading it: whole folders
-before it are pruned by name. A cursor from a different query is refused. Results are
-bounded: at most 10,000 lines a page, each cut to `MAX_LINE_CHARS` characters.
+(`timeoutMs`, on the injected clock, read every `CHECK_EVERY` files); its `nextCursor`
+encodes the position and a digest of the query, and the next request skips everything up to
+it without reading it: whole folders before it are pruned by name. A cursor from a
+different query is refused. Results are bounded: at most 10,000 lines a page, each cut to
+`MAX_LINE_CHARS` characters.
 """
 
 from __future__ import annotations
@@ -31,21 +42,17 @@ import os
 import re
 import stat as st_mod
 import threading
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import msgspec
 
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import InvalidParams
-from lapce_bridge.fs.atomic import is_temp_name
+from lapce_bridge.fs.atomic import TEMP_PREFIX, is_temp_name
 from lapce_bridge.fs.files import FileStore
 from lapce_bridge.fs.ignore import ALWAYS_IGNORED, Globs, IgnoreRules
 from lapce_bridge.fs.listing import fs_error
 from lapce_bridge.fs.ops import FsOps
-from lapce_bridge.fs.paths import OpensBeneath
 from lapce_bridge.rpc import Params
 from lapce_bridge.schema.files import SearchMatch, SearchParams, SearchResult
 from lapce_bridge.schema.validate import convert, refuse
@@ -55,20 +62,37 @@ BLOCK = 64 * 1024
 BINARY_PROBE = 8192
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_LINE_CHARS = 500
-BATCH = 64  # files a worker searches per task (the clock is read between batches)
-WORKERS = min(2, os.cpu_count() or 1)
-_O_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | getattr(os, "O_NOCTTY", 0)
+CHECK_EVERY = 64  # files searched between two looks at the clock and the stop flag
+# O_NONBLOCK: a file swapped for a FIFO after it was listed must not block the walk.
+FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+DIR_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_DIRECTORY
+
+# Bytes by how often they occur in source code and prose, most common first (spaces, lower
+# case letters, punctuation, digits, then upper case); a byte not listed is rarer than all.
+# The needle's byte that comes last here is the one least likely to be in a file.
+_BY_FREQUENCY = (
+    b" etaoinsrlcdhupmfgy.,_\n()=:;bwv\"'/-kx0123456789>{}<[]#*+\tjqzETSIACRNOLDPMF!&|%$@"
+    b"BUGHWVKYXJQZ\\^`~?"
+)
+_RANK = {byte: rank for rank, byte in enumerate(_BY_FREQUENCY)}
+
+
+def rarest_byte(needle: bytes) -> int:
+    """The byte of `needle` least likely to occur in a file (by `_BY_FREQUENCY`)."""
+    return max(needle, key=lambda b: _RANK.get(b, 256))
 
 
 @dataclass(frozen=True, slots=True)
 class Finder:
-    """How one query finds its matches. Exactly one of `literal` (searched with `in` and
-    `bytes.find`, on the lowered bytes when `lower`) and `regex` is set. Lowering keeps every
-    byte where it is, so a position found in the lowered bytes is one in the file."""
+    """How one query finds its matches. Exactly one of `literal` (searched with `bytes.find`,
+    on the lowered bytes when `lower`) and `regex` is set. Lowering keeps every byte where it
+    is, so a position found in the lowered bytes is one in the file. `rare` holds the bytes
+    (one, or a letter's two cases) of which a file must contain one to match at all."""
 
     literal: bytes | None = None
     lower: bool = False
     regex: re.Pattern[bytes] | None = None
+    rare: tuple[bytes, ...] = ()
 
     def find(self, hay: bytes, pos: int) -> int:
         """Where the next match starts at or after `pos`, or -1."""
@@ -83,10 +107,12 @@ def compile_finder(query: str, *, regex: bool, case_sensitive: bool) -> Finder:
     """How to find `query`, or InvalidParams for a bad regular expression."""
     needle = query.encode("utf-8")
     if not regex and case_sensitive:
-        return Finder(literal=needle)
+        return Finder(literal=needle, rare=(bytes([rarest_byte(needle)]),))
     if not regex and needle.isascii():
         # bytes.lower() and find: about 5x faster than re.IGNORECASE on the same bytes.
-        return Finder(literal=needle.lower(), lower=True)
+        rare = bytes([rarest_byte(needle)])
+        cases = tuple(dict.fromkeys((rare.lower(), rare.upper())))
+        return Finder(literal=needle.lower(), lower=True, rare=cases)
     pattern = needle if regex else re.escape(needle)
     flags = re.MULTILINE | (0 if case_sensitive else re.IGNORECASE)
     try:
@@ -106,13 +132,6 @@ class Page:
     skipped: int = 0
     stop_at: tuple[str, int] | None = None  # the position to resume from, if cut short
     timed_out: bool = False
-
-
-Job = tuple[str, str, int]  # (real path, workspace-relative path, resume after this line)
-SKIPPED: list[SearchMatch] = []  # the marker (by identity) of a file that was not searched
-Batch = tuple[int, list[tuple[str, list[SearchMatch]]]]
-"""A searched batch: how many files it held, and the (path, matches) of those that matched
-or were skipped (SKIPPED), in order."""
 
 
 def matching_lines(
@@ -163,14 +182,12 @@ def read_rest(fd: int, head: bytes, ops: FsOps) -> bytes | None:
             return None
 
 
-class Scan:
-    """One page of a search, run synchronously (in a worker thread) from `run()`.
+class _Done(Exception):
+    """The page is complete (full, out of time, or stopped): unwinds the walk."""
 
-    The walk happens here, in order; files are searched in batches by `workers` threads
-    (open and read release the GIL, so a second thread reads while the first searches), and
-    their answers are merged back in walk order, so paging sees one sequence whatever the
-    threads did.
-    """
+
+class Scan:
+    """One page of a search, run synchronously (in a worker thread) from `run()`."""
 
     def __init__(
         self,
@@ -185,7 +202,6 @@ class Scan:
         deadline: float,
         clock: Clock,
         stop: threading.Event,
-        workers: int = WORKERS,
     ) -> None:
         self.finder = finder
         self.ops = ops
@@ -196,101 +212,78 @@ class Scan:
         self.clock = clock
         self.stop = stop
         self.rules = rules
-        self.workers = workers
         self.page = Page()
         self._resume = None if resume is None else (tuple(resume[0].split("/")), resume[1])
+        self._until_check = 0
 
-    def run(self, rel: str, real: str, is_dir: bool) -> Page:
-        if is_dir:
-            jobs = self._walk(real, "" if rel == "." else rel + "/", self.rules)
-        else:
-            after = self._resume_line(rel)
-            jobs = iter([(real, rel, after)] if after >= 0 else [])
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="fs-search") as pool:
-            window: deque[tuple[str, Future[Batch]]] = deque()
-            batches = _batches(jobs, self.stop)
-            try:
-                for batch in batches:
-                    window.append((batch[0][1], pool.submit(self._batch, batch)))
-                    if len(window) > 2 * self.workers and not self._take(window):
-                        return self.page
-                while window:
-                    if not self._take(window):
-                        return self.page
-            finally:
-                for _, future in window:
-                    future.cancel()
+    def run(self, rel: str, fd: int, is_dir: bool) -> Page:
+        """Search `fd` (workspace-relative `rel`): a folder's descriptor, or a file's. The
+        descriptor stays the caller's."""
+        try:
+            if is_dir:
+                self._walk(fd, "" if rel == "." else rel + "/", self.rules)
+            else:
+                after = self._resume_line(rel)
+                if after >= 0:
+                    self._check(rel, after)
+                    self._file(fd, rel, after)
+        except _Done:
+            pass
         return self.page
 
-    def _take(self, window: deque[tuple[str, Future[Batch]]]) -> bool:
-        """Merge the oldest batch; False once the page is complete."""
-        first, future = window[0]
-        if self.stop.is_set() or self.clock.now() >= self.deadline:
-            self.page.timed_out = not self.stop.is_set()
-            self.page.stop_at = (first, 0)
-            return False
-        window.popleft()
-        return self._merge(future.result())
+    def _check(self, rel: str, after: int) -> None:
+        """Every `CHECK_EVERY` files: stop here (before `rel`) when out of time or stopped."""
+        self._until_check -= 1
+        if self._until_check > 0:
+            return
+        self._until_check = CHECK_EVERY
+        stopped = self.stop.is_set()
+        if stopped or self.clock.now() >= self.deadline:
+            self.page.timed_out = not stopped
+            self.page.stop_at = (rel, after)
+            raise _Done
 
-    def _merge(self, batch: Batch) -> bool:
+    def _file(self, fd: int, rel: str, after: int) -> None:
+        """Read and search one open file. The hot path: for the common file (no match) it
+        costs one read and one `memchr`."""
         page = self.page
-        files, found = batch
-        page.searched += files
-        for _, matches in found:
-            if matches is SKIPPED:
-                page.searched -= 1
-                page.skipped += 1
-                continue
-            for match in matches:
-                if len(page.matches) >= self.max_results:
-                    page.stop_at = (match.path, match.line - 1)
-                    return False
-                page.matches.append(match)
-        return True
-
-    def _batch(self, jobs: list[Job]) -> Batch:
-        """Search a batch of files: the hot loop, so the common case (no match) costs an
-        open, one read, a close and one `in` or regex search, and no Python call beyond."""
-        finder = self.finder
-        literal, lower, regex = finder.literal, finder.lower, finder.regex
-        probe = regex.search if regex is not None else None
         ops = self.ops
-        open_, read, close = ops.open, ops.read, ops.close
-        cap = self.max_results + 1
-        found: list[tuple[str, list[SearchMatch]]] = []
-        for real, rel, after in jobs:
-            try:
-                fd = open_(real, _O_FLAGS)
-            except OSError:
-                found.append((rel, SKIPPED))
-                continue
-            try:
-                data: bytes | None = read(fd, BLOCK)
-                if data is not None and len(data) == BLOCK:
-                    data = read_rest(fd, data, ops)
-            except OSError:
-                data = None
-            finally:
-                try:
-                    close(fd)
-                except OSError:
-                    pass
-            if data is None:
-                found.append((rel, SKIPPED))
-                continue
-            hay = data.lower() if lower else data
-            if probe is None:
-                if literal not in hay:  # type: ignore[operator]
-                    continue
-            elif probe(hay) is None:
-                continue
-            if data.find(b"\0", 0, BINARY_PROBE) >= 0:
-                found.append((rel, SKIPPED))
-                continue
-            found.append((rel, matching_lines(data, hay, rel, after, finder, cap)))
-            if self.stop.is_set():
-                break
-        return len(jobs), found
+        try:
+            data: bytes = ops.read(fd, BLOCK)
+            if len(data) == BLOCK:
+                whole = read_rest(fd, data, ops)
+                if whole is None:
+                    page.skipped += 1  # too large, or no longer a regular file
+                    return
+                data = whole
+        except OSError:  # EAGAIN included: a FIFO swapped in for the file
+            page.skipped += 1
+            return
+        rare = self.finder.rare
+        # Ruled out by one memchr (two for a letter searched in either case), the common
+        # case, without a substring search.
+        if rare and data.find(rare[0]) < 0 and (len(rare) == 1 or data.find(rare[1]) < 0):
+            page.searched += 1
+            return
+        self._search(data, rel, after)
+
+    def _search(self, data: bytes, rel: str, after: int) -> None:
+        page = self.page
+        finder = self.finder
+        hay = data.lower() if finder.lower else data
+        if finder.find(hay, 0) < 0:
+            page.searched += 1
+            return
+        if data.find(b"\0", 0, BINARY_PROBE) >= 0:
+            page.skipped += 1
+            return
+        page.searched += 1
+        room = self.max_results - len(page.matches)
+        for match in matching_lines(data, hay, rel, after, finder, room + 1):
+            if len(page.matches) >= self.max_results:
+                page.stop_at = (match.path, match.line - 1)
+                raise _Done
+            page.matches.append(match)
 
     def _resume_line(self, rel: str) -> int:
         resume = self._resume
@@ -301,61 +294,74 @@ class Scan:
             return -1  # before the cursor: already searched
         return resume[1] if parts == resume[0] else 0
 
-    def _walk(self, real: str, prefix: str, rules: IgnoreRules | None) -> Iterator[Job]:
-        """The files to search below `real` (workspace-relative `prefix`, '' or ending in
-        '/'), in order, each with the line to resume after."""
+    def _walk(self, dir_fd: int, prefix: str, rules: IgnoreRules | None) -> None:
+        """Search the folder open as `dir_fd` (workspace-relative `prefix`, '' or ending in
+        '/'), in order."""
+        ops = self.ops
         try:
-            entries = self.ops.scandir(real)
+            entries = ops.scandir(dir_fd)
         except OSError:
             self.page.skipped += 1
             return
         entries.sort(key=_name)
         resume = self._resume
+        exclude, include = self.exclude, self.include
+        open_, close = ops.open, ops.close
+        page = self.page
         for entry in entries:
             name = entry.name
-            rel = prefix + name
             try:
-                is_dir = entry.is_dir(follow_symlinks=False)
-                if not is_dir and not entry.is_file(follow_symlinks=False):
+                is_file = entry.is_file(follow_symlinks=False)
+                if not is_file and not entry.is_dir(follow_symlinks=False):
                     continue  # symlinks, sockets, fifos, devices
             except OSError:
                 continue
+            rel = prefix + name
             after = 0
             if resume is not None:
                 parts = tuple(rel.split("/"))
-                if is_dir:
+                if not is_file:
                     if parts < resume[0][: len(parts)]:
                         continue  # the whole folder lies before the cursor
                 elif parts < resume[0]:
                     continue
                 elif parts == resume[0]:
                     after = resume[1]
-            if is_dir and name in ALWAYS_IGNORED:
+            if is_file:
+                if (
+                    (name.startswith(TEMP_PREFIX) and is_temp_name(name))
+                    or (rules is not None and rules.ignored(rel, is_dir=False))
+                    or (exclude is not None and exclude.matches(rel, is_dir=False))
+                    or (include is not None and not include.matches(rel, is_dir=False))
+                ):
+                    continue
+                self._check(rel, after)
+                try:
+                    fd = open_(name, FILE_FLAGS, dir_fd=dir_fd)
+                except OSError:
+                    page.skipped += 1
+                    continue
+                try:
+                    self._file(fd, rel, after)
+                finally:
+                    close(fd)
                 continue
-            if rules is not None and rules.ignored(rel, is_dir=is_dir):
-                continue
-            if self.exclude is not None and self.exclude.matches(rel, is_dir=is_dir):
-                continue
-            if is_dir:
-                inner = rules.descend(entry.path, rel) if rules is not None else None
-                yield from self._walk(entry.path, rel + "/", inner)
-            elif not is_temp_name(name) and (
-                self.include is None or self.include.matches(rel, is_dir=False)
+            if (
+                name in ALWAYS_IGNORED
+                or (rules is not None and rules.ignored(rel, is_dir=True))
+                or (exclude is not None and exclude.matches(rel, is_dir=True))
             ):
-                yield entry.path, rel, after
-
-
-def _batches(jobs: Iterator[Job], stop: threading.Event) -> Iterator[list[Job]]:
-    batch: list[Job] = []
-    for job in jobs:
-        batch.append(job)
-        if len(batch) >= BATCH:
-            yield batch
-            batch = []
-            if stop.is_set():
-                return
-    if batch:
-        yield batch
+                continue
+            try:
+                sub = open_(name, DIR_FLAGS, dir_fd=dir_fd)
+            except OSError:
+                page.skipped += 1  # gone, unreadable, or swapped for a symlink
+                continue
+            try:
+                inner = rules.descend_at(sub, rel) if rules is not None else None
+                self._walk(sub, rel + "/", inner)
+            finally:
+                close(sub)
 
 
 def _name(entry: os.DirEntry[str]) -> str:
@@ -407,10 +413,17 @@ async def search(store: FileStore, params: Params, *, clock: Clock) -> dict[str,
     stop = threading.Event()
 
     def run() -> Page:
+        if not is_dir and not st_mod.S_ISREG(info.st_mode):
+            return Page(skipped=1)  # a FIFO, a socket, a device: not searched, never opened
         rules = IgnoreRules.for_folder(workspace.root, rel if is_dir else _parent(rel))
+        # Opened beneath the root in one step; everything below it by name from here.
+        try:
+            fd = workspace.open(real, DIR_FLAGS if is_dir else FILE_FLAGS, ops=store.ops)
+        except OSError as exc:
+            raise fs_error(exc, "search", rel) from exc
         scan = Scan(
             finder=finder,
-            ops=OpensBeneath(workspace, store.ops),  # files are read beneath the root
+            ops=store.ops,
             rules=rules if p.gitignore else None,
             include=include,
             exclude=exclude,
@@ -420,7 +433,10 @@ async def search(store: FileStore, params: Params, *, clock: Clock) -> dict[str,
             clock=clock,
             stop=stop,
         )
-        return scan.run(rel, real, is_dir)
+        try:
+            return scan.run(rel, fd, is_dir)
+        finally:
+            store.ops.close(fd)
 
     try:
         page = await asyncio.to_thread(run)

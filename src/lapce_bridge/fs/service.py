@@ -26,8 +26,14 @@ Wire decisions (PROTOCOL.md leaves these open):
   a quote or backslash in 2, so a large text full of them could outgrow the limit the
   client decodes with (`max_message_bytes`, the server's default). Such a read is refused
   with FileTooLarge naming base64, which grows by 4/3 at most and always fits.
-- `fs/didChange` paths are workspace-relative POSIX paths. Watches belong to the connection
-  that made them: only it may `fs/unwatch` them, and they end when it closes. When the
+- `fs/didChange` paths are workspace-relative POSIX paths, and each notification carries
+  `seq`, numbered per watch from 1. Watches belong to the connection that made them: only
+  it may `fs/unwatch` them, and they end when it closes. A watch made with an
+  `idempotencyKey` is saved in the state directory (`fs.watch_store`) and comes back when
+  `fs/watch` is sent again with that key and the same params, from this connection or a
+  later one, after a reconnect or a server restart: the same `watchId`, `seq` going on, and
+  one `fs/didChange` with what changed while it was not watched (its saved snapshot against
+  a fresh scan). The same key with other params is refused (-32602). When the
   `file_watching` feature is off (quality level 0), `fs/watch` answers -32002 Unavailable:
   the level exists to shed load, and polling would add load.
 """
@@ -60,9 +66,10 @@ from lapce_bridge.fs.files import (
 from lapce_bridge.fs.listing import fs_error
 from lapce_bridge.fs.ops import REAL_FS, FsOps
 from lapce_bridge.fs.paths import Workspace
-from lapce_bridge.fs.snapshot import DEFAULT_SKIP_DIRS
-from lapce_bridge.fs.watch import WatchBackend, WatcherRecovery, WatchStats
+from lapce_bridge.fs.snapshot import DEFAULT_SKIP_DIRS, Change, Snapshot
+from lapce_bridge.fs.watch import MAX_CHANGES_PER_NOTICE, WatchBackend, WatcherRecovery, WatchStats
 from lapce_bridge.fs.watch_quota import WatchQuota
+from lapce_bridge.fs.watch_store import Persisted, WatchStore
 from lapce_bridge.resources import Relief
 from lapce_bridge.rpc import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -119,6 +126,7 @@ class FileService:
         sweep_on_start: bool = True,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         watch_quota: WatchQuota | None = None,
+        watch_state: Path | None = None,
     ) -> None:
         self.clock = clock
         self.workspace = Workspace(workspace)
@@ -152,6 +160,9 @@ class FileService:
         else:
             self._enabled = features.is_enabled
         self._owners: dict[str, int] = {}
+        # Keyed watches are kept on disk (None: not kept, as for an in-process caller).
+        self.watch_store = WatchStore(watch_state) if watch_state is not None else None
+        self._keyed: dict[str, _Kept] = {}  # by key, while open
         self._skip_dirs = skip_dirs
         self._sweep_on_start = sweep_on_start
         self.max_message_bytes = max_message_bytes
@@ -171,8 +182,11 @@ class FileService:
 
     async def __aexit__(self, *exc: object) -> None:
         self._owners.clear()
+        self._keyed.clear()  # their files stay: a later server gets them back
         self._stop_sweep.set()
         await self.watcher.aclose()
+        if self.watch_store is not None:
+            self.watch_store.close()
         sweeper, self._sweeper = self._sweeper, None
         if sweeper is not None:
             await asyncio.wait({sweeper})  # the thread stops at its next folder
@@ -213,7 +227,7 @@ class FileService:
             "fs/write": method(self._write),
             "fs/stat": method(self._stat),
             "fs/list": method(self._list),
-            "fs/watch": method(self._watch),
+            "fs/watch": method(self._watch, idempotent=True),
             "fs/unwatch": method(self._unwatch),
             "fs/edit": method(self._edit),
             "fs/search": method(self._search),
@@ -316,26 +330,89 @@ class FileService:
                 self.store.ops.stat(root)
             except OSError as exc:
                 raise fs_error(exc, "watch", self.workspace.relative(root)) from exc
+        key = p.get("idempotencyKey")
+        store = self.watch_store
+        if isinstance(key, str) and store is not None:
+            return await self._watch_kept(key, store, roots, recursive, ctx)
         notify = ctx.notify
+        numbered = _Numbered()
 
         def sink(watch_id: str, changes: list[dict[str, str]]) -> None:
-            notify("fs/didChange", {"watchId": watch_id, "changes": changes})
+            numbered.seq += 1
+            notify("fs/didChange", {"watchId": watch_id, "changes": changes, "seq": numbered.seq})
 
         watch_id = await self.watcher.watch(
             roots, sink=sink, recursive=recursive, owner=ctx.connection_id
         )
         self._owners[watch_id] = ctx.connection_id
-        ctx.on_close(partial(self._release, watch_id))
+        ctx.on_close(partial(self._release, watch_id, ctx.connection_id))
+        return {"watchId": watch_id}
+
+    async def _watch_kept(
+        self, key: str, store: WatchStore, roots: list[str], recursive: bool, ctx: CallContext
+    ) -> dict[str, str]:
+        """`fs/watch` with a key: the saved watch back (what changed since reported), or a
+        new one saved from its first scan on."""
+        live = self._keyed.get(key)
+        if live is not None:
+            _same_watch(key, live.persisted, roots, recursive)
+            if self._owners.get(live.persisted.watch_id) == ctx.connection_id:
+                return {"watchId": live.persisted.watch_id}  # a plain repeat
+            # Another connection's (one going away as its client reconnects): taken over.
+            self._release(live.persisted.watch_id, self._owners.get(live.persisted.watch_id))
+        persisted = store.load(key)
+        if persisted is not None:
+            _same_watch(key, persisted, roots, recursive)
+        baseline = persisted.snapshot if persisted is not None else None
+        if persisted is None:
+            persisted = Persisted(key, f"w-{store.name(key)[:12]}", roots, recursive)
+        kept = _Kept(store, persisted)
+        notify = ctx.notify
+
+        def sink(watch_id: str, changes: list[dict[str, str]]) -> None:
+            kept.persisted.seq += 1
+            notify(
+                "fs/didChange",
+                {"watchId": watch_id, "changes": changes, "seq": kept.persisted.seq},
+            )
+
+        try:
+            watch_id = await self.watcher.watch(
+                roots,
+                sink=sink,
+                recursive=recursive,
+                owner=ctx.connection_id,
+                watch_id=persisted.watch_id,
+                baseline=baseline,
+                journal=kept,
+            )
+        except BaseException:
+            if baseline is None:  # refused (a quota, say): nothing of it is to come back
+                store.forget(key)
+            raise
+        self._owners[watch_id] = ctx.connection_id
+        self._keyed[key] = kept
+        ctx.on_close(partial(self._release, watch_id, ctx.connection_id))
         return {"watchId": watch_id}
 
     def _unwatch(self, params: Params, ctx: CallContext) -> None:
         watch_id = _object(params).get("watchId")
         if not isinstance(watch_id, str) or self._owners.get(watch_id) != ctx.connection_id:
             raise InvalidParams(f"no watch {watch_id!r} on this connection")
-        self._release(watch_id)
+        kept = next((k for k in self._keyed.values() if k.persisted.watch_id == watch_id), None)
+        self._release(watch_id, ctx.connection_id)
+        if kept is not None and self.watch_store is not None:
+            self.watch_store.forget(kept.persisted.key)  # unwatched: nothing to come back
 
-    def _release(self, watch_id: str) -> None:
-        self._owners.pop(watch_id, None)
+    def _release(self, watch_id: str, owner: int | None) -> None:
+        """Stop `owner`'s watch (its connection closed, or it unwatched); a keyed one stays
+        saved. A watch another connection took over since is not `owner`'s to stop."""
+        if owner is None or self._owners.get(watch_id) != owner:
+            return
+        del self._owners[watch_id]
+        for key, kept in list(self._keyed.items()):
+            if kept.persisted.watch_id == watch_id:
+                del self._keyed[key]
         self.watcher.unwatch(watch_id)
 
     def statistics(self) -> FileServiceStats:
@@ -345,6 +422,54 @@ class FileService:
             watch=self.watcher.statistics(),
             temp_files_swept=self._swept,
         )
+
+
+def _same_watch(key: str, persisted: Persisted, roots: list[str], recursive: bool) -> None:
+    if (persisted.roots, persisted.recursive) != (roots, recursive):
+        raise InvalidParams(
+            f"idempotencyKey {key!r} was first used for a watch of other paths; "
+            "a different watch needs a key of its own",
+            data={"idempotencyKey": key, "reason": "params differ"},
+        )
+
+
+class _Numbered:
+    """The `seq` of an unsaved watch's notifications."""
+
+    __slots__ = ("seq",)
+
+    def __init__(self) -> None:
+        self.seq = 0
+
+
+class _Kept:
+    """A keyed watch's journal: what it knows goes to its files before its client hears."""
+
+    __slots__ = ("persisted", "store")
+
+    def __init__(self, store: WatchStore, persisted: Persisted) -> None:
+        self.store = store
+        self.persisted = persisted
+
+    def rescanned(self, snapshot: Snapshot, changes: list[Change]) -> None:
+        self.persisted.snapshot = snapshot
+        self._ahead(changes, self.store.save, self.persisted)
+
+    def changed(self, changes: list[Change], snapshot: Snapshot) -> None:
+        self._ahead(changes, self.store.append, self.persisted, changes, snapshot)
+
+    def _ahead(self, changes: list[Change], write: Callable[..., None], *args: Any) -> None:
+        """Write with the seq the last notification of `changes` will carry (the sink counts
+        them as it sends them), so a restarted server never numbers one again."""
+        notices = -(-len(changes) // MAX_CHANGES_PER_NOTICE)
+        self.persisted.seq += notices
+        try:
+            write(*args)
+        except Exception:
+            # Live events still flow; only a restart's report could then be incomplete.
+            log.exception("saving watch %s failed", self.persisted.watch_id)
+        finally:
+            self.persisted.seq -= notices
 
 
 def _object(params: Any) -> dict[str, Any]:

@@ -15,10 +15,16 @@ at once: a watched file saved by rename is replaced on every save), or by the he
 check, which runs every `health_interval` seconds on the clock and compares each root's
 (device, inode) with the one recorded; a reported deletion of a root counts even when the
 root is already back, because a folder re-created at once often gets the very same inode. A
-root that is missing is rewatched at the first health check that finds it back. After the
-new backend is started the trees are rescanned and the difference from the last-known
-snapshot is sent as one `fs/didChange`: what changed while nothing was watching is reported,
-not lost. While a rescan runs, batches from the new backend are held and applied after it.
+root that is missing is looked for every `missing_interval` seconds (one `lstat`; nothing
+would tell us it is back) and rewatched as soon as it is. After the new backend is started
+(and has set up its OS watches: the scan waits one loop turn for its task to construct
+them, so a file made between the scan and the watch is not missed) the trees are rescanned
+and the difference from the last-known snapshot is sent as one `fs/didChange`: what changed
+while nothing was watching is reported, not lost. While a rescan runs, batches from the new
+backend are held and applied after it. A watch may start from a `baseline` snapshot (one
+saved by an earlier server, `fs.watch_store`): its first scan then reports the difference
+from it, and its `journal` hears of every full scan and every change applied, before the
+sink does.
 
 Invariants:
 - Every change to a covered path between `watch()` returning and `unwatch()` reaches the
@@ -44,6 +50,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Protocol
 
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.clock import Clock
@@ -56,12 +63,30 @@ from lapce_bridge.fs.backend import (
     watchfiles_backend,
 )
 from lapce_bridge.fs.paths import for_wire
-from lapce_bridge.fs.snapshot import DEFAULT_SKIP_DIRS, Reconciler, Scope, Snapshot, diff, scan
+from lapce_bridge.fs.snapshot import (
+    DEFAULT_SKIP_DIRS,
+    Change,
+    Reconciler,
+    Scope,
+    Snapshot,
+    diff,
+    scan,
+)
 from lapce_bridge.fs.watch_quota import WatchQuota
 from lapce_bridge.rpc import Observe
 
 log = logging.getLogger("lapce_bridge.fs.watch")
 MAX_CHANGES_PER_NOTICE = 1000  # keeps one notification far below the message size limit
+
+
+class WatchJournal(Protocol):
+    """Told what a watch knows, before its sink is (see `fs.watch_store`)."""
+
+    def rescanned(self, snapshot: Snapshot, changes: list[Change]) -> None:
+        """A full scan replaced the snapshot; `changes` are about to be reported."""
+        ...
+
+    def changed(self, changes: list[Change], snapshot: Snapshot) -> None: ...
 
 
 def _root_id(path: str) -> tuple[int, int] | None:
@@ -95,6 +120,7 @@ class _Watch:
     root_lost: bool = False  # the backend reported a root deleted or replaced
     closed: bool = False
     owner: int | None = None  # the connection that holds it (for its quota)
+    journal: WatchJournal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +156,7 @@ class WatcherRecovery:
         clock: Clock = SYSTEM_CLOCK,
         backend: WatchBackend | None = None,
         health_interval: float = 30.0,
+        missing_interval: float = 0.25,
         max_failures: int = 3,
         skip_dirs: frozenset[str] = DEFAULT_SKIP_DIRS,
         max_snapshot_entries: int = 100_000,
@@ -142,6 +169,7 @@ class WatcherRecovery:
         self._clock = clock
         self._backend = backend or watchfiles_backend()
         self.health_interval = health_interval
+        self.missing_interval = missing_interval
         self.max_failures = max_failures
         self.skip_dirs = skip_dirs
         self.max_snapshot_entries = max_snapshot_entries
@@ -184,25 +212,37 @@ class WatcherRecovery:
         sink: ChangeSink,
         recursive: bool = True,
         owner: int | None = None,
+        watch_id: str | None = None,
+        baseline: Snapshot | None = None,
+        journal: WatchJournal | None = None,
     ) -> str:
         """Start watching confined, existing `roots`; changes go to `sink`. Returns the id.
 
         `owner` (a connection id) is charged for it under the `quota` (-32005 past it).
+        `watch_id` names it (one not in use); with a `baseline`, what changed since that
+        snapshot is reported after the first scan; `journal` hears of each snapshot change.
         """
         held = [(o.owner, len(o.reconciler.snapshot)) for o in self._watches.values()]
         budget = self.quota.admit(owner, held)
         scope = Scope(tuple(dict.fromkeys(roots)), recursive, self.skip_dirs)
-        watch_id = f"w{next(self._ids)}"
+        if watch_id is None:
+            watch_id = f"w{next(self._ids)}"
+        elif watch_id in self._watches:
+            raise ValueError(f"watch {watch_id!r} is already open")
         w = _Watch(
-            watch_id, scope, sink, Reconciler(scope, {}, max_entries=self.max_snapshot_entries)
+            watch_id,
+            scope,
+            sink,
+            Reconciler(scope, dict(baseline or {}), max_entries=self.max_snapshot_entries),
         )
         w.owner = owner
+        w.journal = journal
         self._watches[watch_id] = w
         try:
             async with w.lock:
                 self._start(w)
                 limit = min(budget, self.max_snapshot_entries)
-                await self._rescan(w, report=False, limit=limit)
+                await self._rescan(w, report=baseline is not None, limit=limit)
                 if w.reconciler.truncated and limit < self.max_snapshot_entries:
                     mine = sum(n for o, n in held if owner is not None and o == owner)
                     raise self.quota.too_many_entries(owner, sum(n for _, n in held), mine)
@@ -286,14 +326,19 @@ class WatcherRecovery:
 
     # -- health ---------------------------------------------------------------------------------
     async def _supervise(self) -> None:
+        clock = self._clock
+        last_periodic = clock.now()
         while True:
-            periodic = False
-            try:
-                async with self._clock.timeout(self.health_interval):
+            wait = self.health_interval - (clock.now() - last_periodic)
+            if self._missing():
+                wait = min(wait, self.missing_interval)
+            with contextlib.suppress(TimeoutError):
+                async with clock.timeout(max(wait, 0.0)):
                     await self._wake.wait()
-            except TimeoutError:
-                periodic = True
             self._wake.clear()
+            periodic = clock.now() - last_periodic >= self.health_interval
+            if periodic:
+                last_periodic = clock.now()
             try:
                 await self.check(periodic=periodic)
             except Exception:
@@ -317,6 +362,15 @@ class WatcherRecovery:
                     await self._recover(w, reason)
                     recovered += 1
         return recovered
+
+    def _missing(self) -> bool:
+        """Whether some watch waits for a root to come back (looked for more often)."""
+        return any(
+            rid is None
+            for w in self._watches.values()
+            if not w.closed
+            for rid in w.root_ids.values()
+        )
 
     def _diagnose(self, w: _Watch) -> str | None:
         if w.task is not None and w.task.done():
@@ -354,6 +408,9 @@ class WatcherRecovery:
 
     async def _rescan(self, w: _Watch, *, report: bool, limit: int | None = None) -> None:
         w.scanning = True
+        # One loop turn first: the backend task just started constructs its OS watches in
+        # its first step; a scan racing ahead of them could miss a file made in between.
+        await asyncio.sleep(0)
         try:
             fresh, truncated = await asyncio.to_thread(
                 scan, w.scope, max_entries=self.max_snapshot_entries if limit is None else limit
@@ -363,8 +420,10 @@ class WatcherRecovery:
         old: Snapshot = w.reconciler.snapshot
         w.reconciler.snapshot = fresh
         w.reconciler.truncated = truncated
+        changes = diff(old, fresh) if report else []
+        if w.journal is not None and not w.closed:
+            w.journal.rescanned(fresh, changes)
         if report:
-            changes = diff(old, fresh)
             self._recovered += len(changes)
             self._send(w, changes)
         pending, w.pending = w.pending, []
@@ -374,6 +433,8 @@ class WatcherRecovery:
     def _apply(self, w: _Watch, batch: RawChanges) -> None:
         reported = [(path, int(kind) == MODIFIED) for kind, path in batch]
         changes = w.reconciler.apply(reported)
+        if changes and w.journal is not None and not w.closed:
+            w.journal.changed(changes, w.reconciler.snapshot)
         self._send(w, changes)
         # A root deleted (even if already back, often with the same inode) or replaced by a
         # rename (a watched file saved as editors and our own fs/write save) leaves the
@@ -418,6 +479,7 @@ __all__ = [
     "RawChanges",
     "WatchBackend",
     "WatchInfo",
+    "WatchJournal",
     "WatchStats",
     "WatcherRecovery",
     "is_watch_limit",

@@ -10,7 +10,8 @@ send the same request with that key to wait for its result), and the work goes o
 the caller asked for `cancel=True` (then a `$/cancelRequest` goes to the server).
 `send_with_recovery()` (`ipc.recovery`) queues,
 reconnects and resends so that nothing is lost and nothing runs twice. `spawn()` starts the
-server when none listens and restarts it when it dies (`ipc.spawn`).
+server when none listens and restarts it when it dies (`ipc.spawn`). Beside `request`, the
+client has a typed method per protocol method (`execute`, `search`, ...: `typed_client`).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from lapce_bridge.core.retry import RetryPolicy
 from lapce_bridge.ipc.link import Endpoint, Link, NotificationHandler
 from lapce_bridge.ipc.outbox import Outbox
 from lapce_bridge.ipc.paths import default_socket_path
+from lapce_bridge.ipc.reattach import STREAMS, Reattach
 from lapce_bridge.ipc.recovery import AnswerRetry, RecoveryPath, Refused, refused_before_running
 from lapce_bridge.ipc.spawn import ServerSupervisor
+from lapce_bridge.typed_client import TypedMethods
 
 # Methods that start work outliving a caller's timeout: keyed, so the work can be found again.
 KEYED_ON_TIMEOUT = frozenset({"terminal/execute", "fs/write", "fs/edit"})
@@ -53,9 +56,11 @@ def default_retry(clock: Clock) -> RetryPolicy:
     )
 
 
-class BridgeClient:
+class BridgeClient(TypedMethods):
     """A `Link` (the connection and plain calls), an `AnswerRetry` (the matrix's retries) and a
-    `RecoveryPath` (queue, reconnect, resend), composed; each is reachable for what it owns."""
+    `RecoveryPath` (queue, reconnect, resend), composed; each is reachable for what it owns.
+    The typed protocol methods (`TypedMethods`: stateless, written against `request`) are
+    its own."""
 
     def __init__(
         self,
@@ -99,6 +104,10 @@ class BridgeClient:
             matrix=matrix,
             outage_grace=outage_grace,
         )
+        # Watches and output streams, re-attached after each reconnect (`ipc.reattach`).
+        self.reattach = Reattach(self.link)
+        self.recovery.on_reconnected(self.reattach.reconnected)
+        self.recovery.reconnect_while(lambda: self.reattach.holds)
 
     # -- what the composed parts count and hold --------------------------------------------
     @property
@@ -160,10 +169,13 @@ class BridgeClient:
         limit = timeout if timeout is not None else self.request_timeout
         if limit is not None and method in KEYED_ON_TIMEOUT and type(params) is dict:
             params = {"idempotencyKey": uuid.uuid4().hex, **params}
+        params = self.reattach.before(method, params)
 
         async def attempt() -> Any:
             try:
-                return await link.call(method, params, limit, cancel=cancel)
+                result = await link.call(method, params, limit, cancel=cancel)
+                self.reattach.answered(method, params, result)
+                return result
             except BridgeError as exc:
                 if refused_before_running(exc):
                     raise Refused(exc) from exc
@@ -180,14 +192,24 @@ class BridgeClient:
         cancel: bool = False,
     ) -> Any:
         """Deliver a request whatever happens to the connection; executed at most once
-        (`ipc.recovery`)."""
-        return await self.recovery.send(method, params, timeout=timeout, cancel=cancel)
+        (`ipc.recovery`). A streamed `terminal/execute` sent this way resumes its output
+        after a reconnect (`ipc.reattach`)."""
+        params = dict(params or {})
+        if not params.get("idempotencyKey"):
+            params["idempotencyKey"] = uuid.uuid4().hex  # one key for every retry
+        self.reattach.sent_with_recovery(method, params)
+        result = await self.recovery.send(method, params, timeout=timeout, cancel=cancel)
+        self.reattach.answered(method, params, result)
+        return result
 
     def notify(self, method: str, params: Any = None) -> None:
         self.link.notify(method, params)
 
     def on_notification(self, method: str, handler: NotificationHandler) -> Callable[[], None]:
-        """Call `handler(params)` for each notification `method`; returns an unsubscribe."""
+        """Call `handler(params)` for each notification `method`; returns an unsubscribe.
+        `terminal/data` comes in order, each byte once, across reconnects (`ipc.reattach`)."""
+        if method in STREAMS:
+            return self.reattach.on_notification(method, handler)
         return self.link.on_notification(method, handler)
 
     def on_reconnected(self, listener: Callable[[], None]) -> Callable[[], None]:
@@ -198,6 +220,7 @@ class BridgeClient:
     # -- life cycle -----------------------------------------------------------------------
     async def close(self, *, stop_server: bool = True) -> None:
         await self.recovery.close()  # stops reconnecting before the link closes
+        await self.reattach.close()
         self.link.close()
         if self.supervisor is not None and stop_server:
             await self.supervisor.stop()

@@ -280,10 +280,12 @@ class Dispatcher:
             state.admit(req.method)  # cheap inline methods are always served
             limit = self._limit(req.method, method, params)
         key = params.get("idempotencyKey")
+        if key is not None:
+            key = check_key(key)
+            if method.idempotent:
+                key = None  # the handler answers a repeated key itself
         ctx = RequestContext(self.outlet, state.clock.now())
-        return Prepared(
-            req.method, method, params, ctx, None if key is None else check_key(key), limit
-        )
+        return Prepared(req.method, method, params, ctx, key, limit)
 
     def _limit(self, name: str, method: Method, params: Params) -> float | None:
         return request_limit(self.state.timeouts.timeout_for(name), method, params)

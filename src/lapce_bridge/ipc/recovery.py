@@ -151,6 +151,7 @@ class RecoveryPath:
         self.recovered: dict[str, asyncio.Future[Any]] = {}
         self._reconnect_task: asyncio.Task[None] | None = None
         self._reconnected: list[Callable[[], None]] = []
+        self._holds: list[Callable[[], bool]] = []
         self._closed = False
         link.on_lost(self._connection_lost)
 
@@ -172,6 +173,11 @@ class RecoveryPath:
                 self._reconnected.remove(listener)
 
         return remove
+
+    def reconnect_while(self, holds: Callable[[], bool]) -> None:
+        """Reconnect after a lost connection also while `holds()` (something on the server
+        is to be re-attached: a watch, a stream), not only with requests queued."""
+        self._holds.append(holds)
 
     def adopt_recovered(self) -> None:
         """Give each entry a previous run left in the durable outbox a future to answer."""
@@ -292,7 +298,7 @@ class RecoveryPath:
             return
         # One lost connection is one failure, however many requests were on it.
         self.breaker.on_error(0.0, lost)
-        if len(self.outbox) or self.supervised:
+        if len(self.outbox) or self.supervised or any(holds() for holds in self._holds):
             self._start_reconnect()
 
     def _start_reconnect(self) -> None:

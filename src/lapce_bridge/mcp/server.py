@@ -1,13 +1,14 @@
 """The MCP server: the tools of `mcp.tools` on the official SDK's low-level `Server`.
 
 Theory of operation: `Backend` owns one `App` (the same composition root `serve` uses: the
-terminal and file services, metrics, health), opened on the first tool call, when the
-workspace is known: `--workspace`, else the first `file://` root the client lists, else the
-current folder. A tool call is validated against the tool's input Struct, turned into the
-bridge's own JSON-RPC call, and run as the dispatcher runs it (admission under memory
-pressure, the operation's timeout for async methods, the latency observed into metrics and
-health), then answered with structured content matching the tool's `outputSchema` and the
-same JSON as text, for clients that read only text.
+terminal and file services, metrics, health) and a `BridgeServer` over it that never
+listens, opened on the first tool call, when the workspace is known: `--workspace`, else the
+first `file://` root the client lists, else the current folder. A tool call is validated
+against the tool's input Struct, turned into the bridge's own JSON-RPC request and sent
+through that server's dispatcher on the MCP session's one `Channel` (`mcp.channel`): the
+run path of `serve` itself, not a copy of it. The answer goes out as structured content
+matching the tool's `outputSchema` and the same JSON as text, for clients that read only
+text.
 
 Errors: every failure is a tool result with `isError: true` (so the model sees it and can
 act), never a protocol error. Its text leads with the error's name, code and
@@ -18,8 +19,8 @@ fallbackAvailable, ...data}}`.
 Long commands: when the client sent a progress token with `run_command`, the command's
 output is streamed from the terminal and the newest lines go out as progress
 notifications, at most one per `PROGRESS_INTERVAL` on the App's clock. Cancelling the
-request (`notifications/cancelled`) cancels the handler, and a cancelled execution
-interrupts its command (SIGINT to the foreground group), as `$/cancelRequest` does.
+request (`notifications/cancelled`) cancels the handler, which sends `$/cancelRequest` for
+its request: the command is interrupted (SIGINT to the foreground group) as for any client.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -42,15 +43,13 @@ from mcp.server.lowlevel import Server
 
 from lapce_bridge import __version__
 from lapce_bridge.app import App
-from lapce_bridge.core.errors import (
-    BridgeError,
-    InvalidParams,
-    MethodNotFound,
-    is_server_fault,
-    to_bridge_error,
-)
-from lapce_bridge.mcp.tools import BY_NAME, TOOLS, Tool, object_schema, output_schema
-from lapce_bridge.rpc import request_limit
+from lapce_bridge.clock import SYSTEM_CLOCK
+from lapce_bridge.core.clock import Clock
+from lapce_bridge.core.errors import BridgeError, InvalidParams, MethodNotFound, to_bridge_error
+from lapce_bridge.ipc.server import BridgeServer
+from lapce_bridge.mcp.channel import Channel
+from lapce_bridge.mcp.tasks import TASK_TOOLS, TaskMiddleware
+from lapce_bridge.mcp.tools import BY_NAME, TOOLS, Tool, object_schema, output_schema, to_snake
 from lapce_bridge.schema.validate import describe
 
 log = logging.getLogger("lapce_bridge.mcp")
@@ -82,36 +81,53 @@ class Backend:
         self._shell = shell
         self._factory = app_factory
         self._app: App | None = None
+        self._channel: Channel | None = None
         self._lock = asyncio.Lock()
         self._stack = AsyncExitStack()
-        self._closers: list[Callable[[], None]] = []
+        self._closers: list[Callable[[], Awaitable[None]]] = []
 
     async def app(self, ctx: ServerRequestContext[Any, Any] | None = None) -> App:
-        if self._app is not None:
-            return self._app
-        async with self._lock:
-            if self._app is None:
-                workspace = self.workspace or await _client_root(ctx) or Path.cwd()
-                self.workspace = workspace
-                app = (
-                    self._factory(workspace)
-                    if self._factory is not None
-                    else App(workspace=workspace, state_dir=self._state_dir,
-                             default_shell=self._shell)
-                )  # fmt: skip
-                self._app = await self._stack.enter_async_context(app)
-            return self._app
+        if self._app is None:
+            await self._open(ctx)
+        assert self._app is not None
+        return self._app
 
-    def on_close(self, callback: Callable[[], None]) -> None:
+    async def channel(self, ctx: ServerRequestContext[Any, Any] | None = None) -> Channel:
+        """The connection tool calls go through (the server opened on first use)."""
+        if self._channel is None:
+            await self._open(ctx)
+        assert self._channel is not None
+        return self._channel
+
+    async def _open(self, ctx: ServerRequestContext[Any, Any] | None) -> None:
+        async with self._lock:
+            if self._app is not None:
+                return
+            workspace = self.workspace or await _client_root(ctx) or Path.cwd()
+            self.workspace = workspace
+            app = (
+                self._factory(workspace)
+                if self._factory is not None
+                else App(workspace=workspace, state_dir=self._state_dir, default_shell=self._shell)
+            )
+            opened = await self._stack.enter_async_context(app)
+            # The server of `serve`, without a listener: its method table, dispatcher and
+            # limits run every tool call; closed before the App (in-flight work drained).
+            server = await self._stack.enter_async_context(BridgeServer(opened))
+            channel = Channel(server.state, CONNECTION_ID)
+            self._stack.callback(channel.close)
+            self._app, self._channel = opened, channel
+
+    def on_close(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Await `callback` first when the backend closes (before the server and the App)."""
         self._closers.append(callback)
 
     async def aclose(self) -> None:
-        for callback in reversed(self._closers):
-            with contextlib.suppress(Exception):
-                callback()
-        self._closers.clear()
+        closers, self._closers = self._closers, []
+        for callback in reversed(closers):
+            await callback()
         await self._stack.aclose()
-        self._app = None
+        self._app = self._channel = None
 
 
 async def _client_root(ctx: ServerRequestContext[Any, Any] | None) -> Path | None:
@@ -141,33 +157,6 @@ def _local_folder(uri: str) -> Path | None:
         return None
     path = Path(unquote(url.path))
     return path if path.is_dir() else None
-
-
-class ToolCallContext:
-    """The `CallContext` a service sees for one tool call."""
-
-    __slots__ = ("_backend", "_on_data", "received_at")
-
-    def __init__(
-        self,
-        backend: Backend,
-        received_at: float,
-        on_data: Callable[[str], None] | None = None,
-    ) -> None:
-        self._backend = backend
-        self.received_at = received_at
-        self._on_data = on_data
-
-    @property
-    def connection_id(self) -> int:
-        return CONNECTION_ID
-
-    def notify(self, method: str, params: Any) -> None:
-        if method == "terminal/data" and self._on_data is not None:
-            self._on_data(params.get("data", ""))
-
-    def on_close(self, callback: Callable[[], None]) -> None:
-        self._backend.on_close(callback)
 
 
 class ProgressLines:
@@ -226,9 +215,11 @@ def error_result(exc: BaseException, tool: str) -> types.CallToolResult:
 
 async def call_tool(
     backend: Backend, tool: Tool, arguments: dict[str, Any] | None,
-    ctx: ServerRequestContext[Any, Any] | None = None,
+    ctx: ServerRequestContext[Any, Any] | None = None, *, progress_allowed: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
-    """Run one tool call on the backend's App; its structured result, or a BridgeError."""
+    """Run one tool call through the backend's server; its structured result, or the
+    call's BridgeError. Progress goes to `ctx`'s request (not for a task: that request is
+    answered at once)."""
     try:
         inp = msgspec.convert(arguments or {}, tool.input)
     except msgspec.ValidationError as exc:
@@ -237,35 +228,22 @@ async def call_tool(
         method_name, params = tool.request(inp)
     except ValueError as exc:
         raise InvalidParams(f"{tool.name}: {exc}") from None
-    app = await backend.app(ctx)
-    method = app.methods.get(method_name)
-    if method is None:
-        raise MethodNotFound(f"{tool.name} needs {method_name}, which this server lacks")
+    channel = await backend.channel(ctx)
     progress: ProgressLines | None = None
-    if tool.name == "run_command" and ctx is not None and _progress_token(ctx) is not None:
-        progress = ProgressLines(ctx, app)
+    if (
+        tool.name == "run_command"
+        and progress_allowed
+        and ctx is not None
+        and _progress_token(ctx) is not None
+    ):
+        progress = ProgressLines(ctx, await backend.app(ctx))
         params["stream"] = True
-    started = app.clock.now()
-    call_ctx = ToolCallContext(backend, started, progress)
     try:
-        if method.is_async:
-            app.admit(method_name)
-            limit = request_limit(app.timeouts.timeout_for(method_name), method, params)
-            work = method.handler(params, call_ctx)
-            if limit is None:
-                result = await work
-            else:
-                result = await app.timeouts.with_timeout(method_name, work, seconds=limit)
-        else:
-            result = method.handler(params, call_ctx)
-    except BaseException as exc:
-        app.observe(method_name, app.clock.now() - started, not is_server_fault(exc))
-        raise
+        result = await channel.call(method_name, params, progress)
     finally:
         if progress is not None:
             progress.close()
-    app.observe(method_name, app.clock.now() - started, True)
-    out: dict[str, Any] = msgspec.to_builtins(tool.answer(inp, result))
+    out: dict[str, Any] = to_snake(tool.answer(inp, result))
     return out
 
 
@@ -277,6 +255,9 @@ def tool_list() -> list[types.Tool]:
             description=tool.description,
             input_schema=object_schema(tool.input),
             output_schema=output_schema(tool),
+            execution=(
+                types.ToolExecution(task_support="optional") if tool.name in TASK_TOOLS else None
+            ),
             annotations=types.ToolAnnotations(
                 title=tool.title,
                 read_only_hint=tool.annotations.read_only,
@@ -289,8 +270,9 @@ def tool_list() -> list[types.Tool]:
     ]
 
 
-def build_server(backend: Backend) -> Server[Any]:
-    """The SDK server with our two handlers: list the tools, call one."""
+def build_server(backend: Backend, *, clock: Clock = SYSTEM_CLOCK) -> Server[Any]:
+    """The SDK server with our two handlers (list the tools, call one) and the middleware
+    that runs a call as an MCP task when the client asks (`mcp.tasks`)."""
     tools = tool_list()
 
     async def on_list_tools(
@@ -298,16 +280,20 @@ def build_server(backend: Backend) -> Server[Any]:
     ) -> types.ListToolsResult:
         return types.ListToolsResult(tools=tools)
 
-    async def on_call_tool(
-        ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    async def answer(
+        name: str,
+        arguments: dict[str, Any] | None,
+        ctx: ServerRequestContext[Any, Any],
+        *,
+        progress_allowed: bool = True,
     ) -> types.CallToolResult:
-        tool = BY_NAME.get(params.name)
+        tool = BY_NAME.get(name)
         if tool is None:
-            return error_result(
-                MethodNotFound(f"no tool {params.name!r}; see tools/list"), params.name
-            )
+            return error_result(MethodNotFound(f"no tool {name!r}; see tools/list"), name)
         try:
-            structured = await call_tool(backend, tool, params.arguments, ctx)
+            structured = await call_tool(
+                backend, tool, arguments, ctx, progress_allowed=progress_allowed
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -318,6 +304,16 @@ def build_server(backend: Backend) -> Server[Any]:
             content=[types.TextContent(type="text", text=orjson.dumps(structured).decode())],
             structured_content=structured,
         )
+
+    async def on_call_tool(
+        ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        return await answer(params.name, params.arguments, ctx)
+
+    async def as_task(
+        name: str, arguments: dict[str, Any] | None, ctx: ServerRequestContext[Any, Any]
+    ) -> types.CallToolResult:
+        return await answer(name, arguments, ctx, progress_allowed=False)
 
     server: Server[Any] = Server(
         "lapce-bridge",
@@ -331,7 +327,10 @@ def build_server(backend: Backend) -> Server[Any]:
     # SDK lets a server drop from this list; our calls are observed into metrics already,
     # and the span costs a tenth of a millisecond on every call.
     server.middleware.clear()
+    tasks = TaskMiddleware(as_task, clock)
+    server.middleware.append(tasks)
+    backend.on_close(tasks.aclose)
     return server
 
 
-__all__ = ["Backend", "ToolCallContext", "build_server", "call_tool", "error_result", "tool_list"]
+__all__ = ["Backend", "build_server", "call_tool", "error_result", "tool_list"]

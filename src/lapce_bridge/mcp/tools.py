@@ -2,13 +2,21 @@
 
 Theory of operation: each tool is one `Tool` row: an input Struct and an output Struct
 (msgspec; their JSON Schemas are the tool's `inputSchema` and `outputSchema`), a paragraph
-for the model, the MCP annotations, and `call`: how to turn the validated input into the
-params of the bridge's own JSON-RPC method and its answer into the output. The tools run
-the same method table `serve` runs, in the same process, so an MCP client gets exactly the
-terminals and file safety a JSON-RPC client gets. Names are snake_case on the MCP side (the
-convention MCP clients and models expect) and camelCase on the JSON-RPC side; this module is
-the one place the two meet. Nothing here imports the MCP SDK: the table is plain data, so
-the schema document and the tests can read it without starting a server.
+for the model, the MCP annotations, and how to turn the validated input into the params of
+the bridge's own JSON-RPC method and its answer into the output. The tools run the same
+method table `serve` runs, in the same process, so an MCP client gets exactly the terminals
+and file safety a JSON-RPC client gets. Names are snake_case on the MCP side (the convention
+MCP clients and models expect) and camelCase on the JSON-RPC side; this module is the one
+place the two meet.
+
+One definition per concept: where a tool answers what its method answers (a command's
+result, search matches, an edit, a tree), its output Struct is the method's own result
+Struct from `schema`, shown with its fields' Python (snake_case) names: `snake_schema`
+renames the properties of its JSON Schema, `to_snake` its values. Only what exists for MCP
+alone is defined here: the tools' arguments (names and defaults chosen for models: `terminal`,
+a 200-match page) and the outputs no method has (`read_file`'s line range, `send_input`'s
+count). Nothing here imports the MCP SDK: the table is plain data, so the schema document and
+the tests can read it without starting a server.
 """
 
 from __future__ import annotations
@@ -20,6 +28,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
+
+from lapce_bridge.schema.files import EditResult, SearchResult, TreeResult
+from lapce_bridge.schema.methods import ExecResult, TerminalInfo
 
 Millis = Annotated[int, Meta(ge=1, le=86_400_000)]
 PathArg = Annotated[str, Meta(min_length=1, description="path, relative to the workspace")]
@@ -41,20 +52,6 @@ class RunCommandInput(Input):
     timeout_ms: Millis | None = None
     idle_timeout_ms: Millis | None = None
     max_wait_ms: Millis | None = None
-
-
-class CommandResult(Output):
-    exit_code: int | None
-    output: str
-    cwd: str | None
-    status: Literal["completed", "timed_out", "interrupted", "waiting_for_input", "running"]
-    execution_id: str
-    terminal_id: str
-    truncated: bool
-    output_bytes: int
-    duration_ms: float
-    shell: str
-    mode: str
 
 
 class SendInputInput(Input):
@@ -98,17 +95,8 @@ class ListTerminalsInput(Input):
     pass
 
 
-class TerminalInfo(Output):
-    terminal_id: str
-    shell: str
-    pid: int | None
-    mode: str
-    cwd: str | None
-    busy: bool
-
-
 class ListTerminalsResult(Output):
-    terminals: list[TerminalInfo]
+    terminals: list[TerminalInfo]  # the method's own Struct
 
 
 # -- files ----------------------------------------------------------------------------------
@@ -157,15 +145,6 @@ class EditFileInput(Input):
     expected_mtime_ns: Annotated[int, Meta(ge=0)] | None = None
 
 
-class EditFileResult(Output):
-    path: str
-    diff: str
-    mtime_ns: int
-    size: int
-    dry_run: bool
-    replacements: int
-
-
 class SearchFilesInput(Input):
     query: Annotated[str, Meta(min_length=1, max_length=4096)]
     regex: bool = False
@@ -178,41 +157,11 @@ class SearchFilesInput(Input):
     cursor: str | None = None
 
 
-class SearchHit(Output):
-    path: str
-    line: int
-    text: str
-
-
-class SearchFilesResult(Output):
-    matches: list[SearchHit]
-    next_cursor: str | None
-    complete: bool
-    timed_out: bool
-    files_searched: int
-    files_skipped: int
-
-
 class ListDirectoryInput(Input):
     path: PathArg = "."
     depth: Annotated[int, Meta(ge=1, le=32)] = 2
     gitignore: bool = True
     max_entries: Annotated[int, Meta(ge=1, le=100_000)] = 2_000
-
-
-class DirEntry(Output):
-    name: str
-    kind: Literal["file", "directory", "symlink", "other"]
-    size: int
-    mtime_ns: int
-    children: list[DirEntry] | None = None
-
-
-class ListDirectoryResult(Output):
-    path: str
-    entries: list[DirEntry]
-    count: int
-    truncated: bool
 
 
 class FileInfoInput(Input):
@@ -245,32 +194,16 @@ class Tool:
     title: str
     description: str
     input: type[Input]
-    output: type[Output]
+    output: type[msgspec.Struct]  # an Output, or the method's own result Struct
     annotations: Annotations
     request: Callable[[Any], Call]
     """The JSON-RPC call for a validated input."""
-    answer: Callable[[Any, Any], Output]
+    answer: Callable[[Any, Any], msgspec.Struct]
     """The output for (input, JSON-RPC result)."""
 
 
 def _drop_none(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
-
-
-def command_result(r: Mapping[str, Any]) -> CommandResult:
-    return CommandResult(
-        exit_code=r.get("exitCode"),
-        output=r.get("output", ""),
-        cwd=r.get("cwd"),
-        status=r.get("status", "completed"),
-        execution_id=r.get("executionId", ""),
-        terminal_id=r.get("terminalId", ""),
-        truncated=bool(r.get("truncated", False)),
-        output_bytes=int(r.get("outputBytes", 0)),
-        duration_ms=float(r.get("durationMs", 0.0)),
-        shell=r.get("shell", ""),
-        mode=r.get("mode", ""),
-    )
 
 
 def _read_file_answer(inp: ReadFileInput, r: Mapping[str, Any]) -> ReadFileResult:
@@ -312,19 +245,6 @@ def _write_request(inp: WriteFileInput) -> Call:
     )
 
 
-def _tree_entries(entries: list[dict[str, Any]]) -> list[DirEntry]:
-    return [
-        DirEntry(
-            name=e["name"],
-            kind=e["kind"],
-            size=e["size"],
-            mtime_ns=e["mtimeNs"],
-            children=None if e.get("children") is None else _tree_entries(e["children"]),
-        )
-        for e in entries
-    ]
-
-
 READ = Annotations(read_only=True, destructive=False, idempotent=True)
 
 TOOLS: tuple[Tool, ...] = (
@@ -341,7 +261,7 @@ TOOLS: tuple[Tool, ...] = (
         "read_output, interrupt). Long output is cut to head and tail (`truncated`); "
         "read_output pages through all of it.",
         RunCommandInput,
-        CommandResult,
+        ExecResult,
         Annotations(read_only=False, destructive=True, idempotent=False),
         lambda i: (
             "terminal/execute",
@@ -356,7 +276,7 @@ TOOLS: tuple[Tool, ...] = (
                 }
             ),
         ),
-        lambda i, r: command_result(r),
+        lambda i, r: msgspec.convert(r, ExecResult),
     ),
     Tool(
         "send_input",
@@ -382,13 +302,13 @@ TOOLS: tuple[Tool, ...] = (
         "`waiting_for_input`) to finish, and return its final exit code, output and working "
         "directory. timeout_ms bounds the wait (the command keeps running if it passes).",
         WaitCommandInput,
-        CommandResult,
+        ExecResult,
         READ,
         lambda i: (
             "terminal/wait",
             _drop_none({"executionId": i.execution_id, "timeoutMs": i.timeout_ms}),
         ),
-        lambda i, r: command_result(r),
+        lambda i, r: msgspec.convert(r, ExecResult),
     ),
     Tool(
         "read_output",
@@ -425,19 +345,7 @@ TOOLS: tuple[Tool, ...] = (
         ListTerminalsResult,
         READ,
         lambda i: ("terminal/list", {}),
-        lambda i, r: ListTerminalsResult(
-            terminals=[
-                TerminalInfo(
-                    terminal_id=t["terminalId"],
-                    shell=t["shell"],
-                    pid=t.get("pid"),
-                    mode=t["mode"],
-                    cwd=t.get("cwd"),
-                    busy=t["busy"],
-                )
-                for t in r
-            ]
-        ),
+        lambda i, r: ListTerminalsResult(terminals=msgspec.convert(r, list[TerminalInfo])),
     ),
     Tool(
         "read_file",
@@ -478,7 +386,7 @@ TOOLS: tuple[Tool, ...] = (
         "often it matched and at which lines (or the nearest lines). Returns a unified diff; "
         "dry_run shows the diff without writing.",
         EditFileInput,
-        EditFileResult,
+        EditResult,
         Annotations(read_only=False, destructive=True, idempotent=False),
         lambda i: (
             "fs/edit",
@@ -494,14 +402,7 @@ TOOLS: tuple[Tool, ...] = (
                 }
             ),
         ),
-        lambda i, r: EditFileResult(
-            path=r["path"],
-            diff=r["diff"],
-            mtime_ns=r["mtimeNs"],
-            size=r["size"],
-            dry_run=r["dryRun"],
-            replacements=r["replacements"],
-        ),
+        lambda i, r: msgspec.convert(r, EditResult),
     ),
     Tool(
         "search_files",
@@ -512,7 +413,7 @@ TOOLS: tuple[Tool, ...] = (
         "exclude take globs (`*.py`, `src/**/*.ts`, `build/`). Results come in pages: pass "
         "next_cursor back as cursor for more.",
         SearchFilesInput,
-        SearchFilesResult,
+        SearchResult,
         READ,
         lambda i: (
             "fs/search",
@@ -530,16 +431,7 @@ TOOLS: tuple[Tool, ...] = (
                 }
             ),
         ),
-        lambda i, r: SearchFilesResult(
-            matches=[
-                SearchHit(path=m["path"], line=m["line"], text=m["text"]) for m in r["matches"]
-            ],
-            next_cursor=r["nextCursor"],
-            complete=r["complete"],
-            timed_out=r["timedOut"],
-            files_searched=r["filesSearched"],
-            files_skipped=r["filesSkipped"],
-        ),
+        lambda i, r: msgspec.convert(r, SearchResult),
     ),
     Tool(
         "list_directory",
@@ -548,7 +440,7 @@ TOOLS: tuple[Tool, ...] = (
         "sizes and mtimes; .gitignore'd entries are left out unless gitignore is false. "
         "Folders below the depth limit have children null.",
         ListDirectoryInput,
-        ListDirectoryResult,
+        TreeResult,
         READ,
         lambda i: (
             "fs/tree",
@@ -559,12 +451,7 @@ TOOLS: tuple[Tool, ...] = (
                 "maxEntries": i.max_entries,
             },
         ),
-        lambda i, r: ListDirectoryResult(
-            path=r["path"],
-            entries=_tree_entries(r["entries"]),
-            count=r["count"],
-            truncated=r["truncated"],
-        ),
+        lambda i, r: msgspec.convert(r, TreeResult),
     ),
     Tool(
         "file_info",
@@ -589,17 +476,98 @@ TOOLS: tuple[Tool, ...] = (
 BY_NAME: dict[str, Tool] = {tool.name: tool for tool in TOOLS}
 
 
+def snake_names(kind: type[msgspec.Struct]) -> dict[str, str]:
+    """Wire name -> Python name of every field of `kind` and of the Structs inside it."""
+    names: dict[str, str] = {}
+
+    def visit(info: Any) -> None:
+        if isinstance(info, msgspec.inspect.StructType):
+            if info.cls.__name__ in seen:
+                return
+            seen.add(info.cls.__name__)
+            for f in info.fields:
+                names[f.encode_name] = f.name
+                visit(f.type)
+        for attr in ("item_type", "types", "key_type", "value_type"):
+            inner = getattr(info, attr, None)
+            for each in inner if isinstance(inner, tuple) else (inner,):
+                if each is not None:
+                    visit(each)
+
+    seen: set[str] = set()
+    visit(msgspec.inspect.type_info(kind))
+    return names
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def to_snake(value: Any) -> Any:
+    """A Struct as JSON-ready builtins under its fields' Python names (the MCP side's
+    snake_case), Structs inside it too; other values as `msgspec.to_builtins` gives them.
+    (`__struct_fields__` is the Struct's own tuple of names: `msgspec.structs.fields`
+    evaluates the annotations on every call, 0.5 ms a result.)"""
+    names = getattr(type(value), "__struct_fields__", None)
+    if names is not None:
+        return {name: to_snake(getattr(value, name)) for name in names}
+    if type(value) is list:
+        return [to_snake(item) for item in value]
+    if isinstance(value, _PLAIN):
+        return value
+    return msgspec.to_builtins(value)
+
+
 def object_schema(kind: type[msgspec.Struct]) -> dict[str, Any]:
     """The JSON Schema of a Struct with the Struct itself at the root (MCP wants an object
-    schema there, not a `$ref`); nested Structs stay in `$defs`."""
+    schema there, not a `$ref`). Nested Structs are written in place, not referenced: a
+    client validates every result against the schema (the Python SDK with `jsonschema`,
+    where resolving a `$ref` for each of 1,000 search matches took half of the call's
+    time). Only a Struct that contains itself (a folder's entries) stays in `$defs`."""
     schema = msgspec.json.schema(kind)
     defs: dict[str, Any] = dict(schema.get("$defs", {}))
     ref = schema.get("$ref", "")
-    root: dict[str, Any] = dict(defs.pop(ref.rpartition("/")[2])) if ref else dict(schema)
+    root: dict[str, Any] = dict(defs[ref.rpartition("/")[2]]) if ref else dict(schema)
+    kept: dict[str, Any] = {}
+    root = _inline(root, defs, kept, ())
     root.pop("title", None)
-    if defs:
-        root["$defs"] = defs
-    return root
+    if kept:
+        root["$defs"] = kept
+    renamed: dict[str, Any] = _renamed(root, snake_names(kind))
+    return renamed
+
+
+def _renamed(node: Any, names: dict[str, str]) -> Any:
+    """A schema with every object's property names given as `names` maps them."""
+    if isinstance(node, list):
+        return [_renamed(item, names) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _renamed(value, names) for key, value in node.items()}
+    props = node.get("properties")
+    if isinstance(props, dict):
+        out["properties"] = {names.get(k, k): _renamed(v, names) for k, v in props.items()}
+        if isinstance(node.get("required"), list):
+            out["required"] = [names.get(k, k) for k in node["required"]]
+    return out
+
+
+def _inline(node: Any, defs: dict[str, Any], kept: dict[str, Any], within: tuple[str, ...]) -> Any:
+    """`node` with every `$ref` to `defs` replaced by the definition, except a reference to a
+    definition it is already inside of, which stays a `$ref` (its definition put in `kept`)."""
+    if isinstance(node, list):
+        return [_inline(item, defs, kept, within) for item in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        name = ref.rpartition("/")[2]
+        if name in within:
+            if name not in kept:
+                kept[name] = {}  # claimed before filling: a definition is written once
+                kept[name] = _inline(defs[name], defs, kept, (*within, name))
+            return node
+        return _inline(defs[name], defs, kept, (*within, name))
+    return {key: _inline(value, defs, kept, within) for key, value in node.items()}
 
 
 ERROR_SCHEMA: dict[str, Any] = {
@@ -637,9 +605,9 @@ __all__ = [
     "BY_NAME",
     "TOOLS",
     "Annotations",
-    "CommandResult",
     "Tool",
-    "command_result",
     "object_schema",
     "output_schema",
+    "snake_names",
+    "to_snake",
 ]

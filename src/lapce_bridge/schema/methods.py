@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from msgspec import Meta
 
-from lapce_bridge.schema.base import Params, Result
+from lapce_bridge.schema.base import Params, Result, Strict
 from lapce_bridge.schema.files import (
     EditParams,
     EditResult,
@@ -137,6 +137,25 @@ class ReadOutputResult(Result):
     data: str
     offset: int
     eof: bool
+
+
+class ResumeStream(Strict):
+    """One stream to resume: by its executionId (or the idempotencyKey of the execute that
+    started it), after the last `seq` seen (0: none); `offset`: where the client's output
+    ends, used when the ring no longer holds `seq`."""
+
+    execution_id: str | None = None
+    idempotency_key: str | None = None
+    seq: NonNegative = 0
+    offset: NonNegative | None = None
+
+
+class ResumeParams(Params):
+    streams: Annotated[list[ResumeStream], Meta(max_length=256)]
+
+
+class ResumeResult(Result):
+    streams: list[dict[str, Any]]
 
 
 class WaitParams(Params):
@@ -273,6 +292,8 @@ METHODS: dict[str, Spec] = {
                           "The final result of a command still running."),
     "terminal/list": Spec(NoParams, list[TerminalInfo], "The open terminals."),
     "terminal/close": Spec(TerminalParams, None, "Close a terminal."),
+    "terminal/resume": Spec(ResumeParams, ResumeResult,
+                            "Get the terminal/data a reconnected client missed, and the rest."),
     "fs/read": Spec(ReadParams, ReadResult, "Read a file (cached, with recovery)."),
     "fs/write": Spec(WriteParams, WriteResult,
                      "Replace a file atomically, optionally only if unchanged."),

@@ -18,7 +18,10 @@ command (`TerminalError`, "busy") rather than interleave output; `idleTimeoutMs`
 `waiting_for_input`, keeps running, and its end arrives as `terminal/commandFinished` (or
 through `terminal/wait`). `maxWaitMs` (default 120 s) does the same for a command that keeps
 printing (a dev server): it is answered `running`. With `stream: true`, output is sent as
-`terminal/data`, one notification per loop turn however many reads it took. When
+`terminal/data`, one notification per loop turn however many reads it took, numbered per
+execution and kept in a bounded replay ring (`terminal.stream`), so a client that reconnects
+resumes it with `terminal/resume`; run under an `idempotencyKey`, the command belongs to the
+server and outlives the connection that started it. When
 `features("shell_integration")` is off (degraded), new terminals start without integration.
 """
 
@@ -63,6 +66,7 @@ from lapce_bridge.terminal.foreground import process_cwd
 from lapce_bridge.terminal.ownership import Ownership
 from lapce_bridge.terminal.result import ExecResult, TerminalExited
 from lapce_bridge.terminal.spool import SpoolStats, SpoolStore
+from lapce_bridge.terminal.stream import OutputStreams, Streamer, StreamStats
 from lapce_bridge.terminal.terminal import Terminal
 
 log = logging.getLogger("lapce_bridge.terminal")
@@ -93,6 +97,7 @@ class ServiceStats:
     restarts: int
     reaped: int
     spools: SpoolStats
+    streams: StreamStats
 
 
 def _param(
@@ -197,6 +202,7 @@ class TerminalService:
         self.max_terminals = max_terminals
         self.max_message_bytes = max_message_bytes
         self.spools = SpoolStore(self.state_dir / "spool")
+        self.streams = OutputStreams()  # `stream: true` output, numbered and resumable
         self.terminals: dict[str, Terminal] = {}
         self.owners = Ownership(per_connection=max_terminals_per_connection, grace=orphan_grace)
         self._default_locks: dict[int, asyncio.Lock] = {}
@@ -237,6 +243,7 @@ class TerminalService:
             "terminal/wait": method(self.wait, limit=wait_limit),
             "terminal/list": method(self.list),
             "terminal/close": method(self.close),
+            "terminal/resume": method(self.resume),
         }
 
     # -- helpers --------------------------------------------------------------------------
@@ -514,40 +521,57 @@ class TerminalService:
         idle = _seconds(params, "idleTimeoutMs", DEFAULT_IDLE_TIMEOUT_MS / 1000.0)
         max_wait = _seconds(params, "maxWaitMs", DEFAULT_MAX_WAIT_MS / 1000.0)
         stream = _param(params, "stream", bool, False)
-        on_data = _Streamer(ctx, term) if stream else None
+        on_data = (
+            Streamer(
+                self.streams,
+                self.streams.open(
+                    ctx.notify, key=params.get("idempotencyKey"), terminal_id=term.terminal_id
+                ),
+                lambda: term.current,
+            )
+            if stream
+            else None
+        )
         terminal_id = term.terminal_id
 
         def finished(result: ExecResult) -> None:
-            if on_data is not None:
-                on_data.flush()
             self._by_execution[result.execution_id] = terminal_id
+            done = {
+                "terminalId": terminal_id,
+                "executionId": result.execution_id,
+                "exitCode": result.exit_code,
+                "cwd": result.cwd,
+            }
+            if on_data is not None:
+                # A resumed stream's client hears of the end where its output now goes.
+                on_data.flush()
+                self.streams.name(on_data.stream, result.execution_id)
+                self.streams.finish(on_data.stream, "terminal/commandFinished", done)
+                return
             with contextlib.suppress(Exception):  # the connection may have gone meanwhile
-                ctx.notify(
-                    "terminal/commandFinished",
-                    {
-                        "terminalId": terminal_id,
-                        "executionId": result.execution_id,
-                        "exitCode": result.exit_code,
-                        "cwd": result.cwd,
-                    },
-                )
+                ctx.notify("terminal/commandFinished", done)
 
         if terminal_id in self._partial and not term.busy:
             # What sendText left unfinished at the prompt must not become part of this command.
             self._partial.discard(terminal_id)
             term.send_text(_KILL_LINE)
-        result = await term.execute(
-            command,
-            timeout=timeout,
-            idle_timeout=idle,
-            max_wait=max_wait,
-            max_output_bytes=max_bytes,
-            ansi=ansi,
-            on_data=on_data,
-            received_at=ctx.received_at,
-            cwd=self.resolve_dir(cwd) if cwd is not None else None,
-            on_finished=finished,
-        )
+        try:
+            result = await term.execute(
+                command,
+                timeout=timeout,
+                idle_timeout=idle,
+                max_wait=max_wait,
+                max_output_bytes=max_bytes,
+                ansi=ansi,
+                on_data=on_data,
+                received_at=ctx.received_at,
+                cwd=self.resolve_dir(cwd) if cwd is not None else None,
+                on_finished=finished,
+            )
+        except BaseException:
+            if on_data is not None and on_data.stream.execution_id is None:
+                self.streams.drop(on_data.stream)  # refused before it started
+            raise
         self._by_execution[result.execution_id] = terminal_id
         if len(self._by_execution) > 4 * self.spools.max_count:
             for key in list(self._by_execution)[: self.spools.max_count]:
@@ -595,6 +619,19 @@ class TerminalService:
                     answer["lostBytes"] = spool.lost_bytes
                 return answer
             limit = max(1, min(limit // 2, limit * budget // len(encoded)))
+
+    def resume(self, params: Params, ctx: CallContext) -> dict[str, Any]:
+        """`{streams: [{executionId | idempotencyKey, seq, offset?}]}`: send the calling
+        connection what it missed of each stream (after `seq`) and the streams' output from
+        now on; an `overflow` names the bytes to read with readOutput (`terminal/stream`).
+        The terminal of a stream still running becomes the caller's (a client back after a
+        reconnect), so it is not reaped as its old connection's orphan."""
+        answers = self.streams.resume(params.get("streams"), ctx.notify)
+        for answer in answers:
+            terminal_id = answer.get("terminalId")
+            if terminal_id is not None and not answer.get("finished"):
+                self.owners.adopt(terminal_id, self._track(ctx))
+        return {"streams": answers}
 
     def max_output_ceiling(self) -> int:
         """The largest `maxOutputBytes` whose result fits one message however it escapes."""
@@ -687,34 +724,5 @@ class TerminalService:
             restarts=sum(t.restarts for t in terms),
             reaped=self._reaped,
             spools=self.spools.statistics(),
+            streams=self.streams.statistics(),
         )
-
-
-class _Streamer:
-    """Collects output chunks and sends them as one `terminal/data` per loop turn."""
-
-    __slots__ = ("_ctx", "_execution_id", "_parts", "_scheduled", "_term")
-
-    def __init__(self, ctx: CallContext, term: Terminal) -> None:
-        self._ctx = ctx
-        self._term = term
-        self._parts: list[str] = []
-        self._scheduled = False
-        self._execution_id: str | None = None
-
-    def __call__(self, text: str) -> None:
-        if self._execution_id is None and self._term.current is not None:
-            self._execution_id = self._term.current.execution_id
-        self._parts.append(text)
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
-
-    def flush(self) -> None:
-        self._scheduled = False
-        if not self._parts:
-            return
-        data = "".join(self._parts)
-        self._parts.clear()
-        with contextlib.suppress(Exception):
-            self._ctx.notify("terminal/data", {"executionId": self._execution_id, "data": data})

@@ -1,0 +1,113 @@
+"""The MCP front end as one connection of the JSON-RPC server: the same run path, not a copy.
+
+Theory of operation: `lapce-bridge mcp` builds a `BridgeServer` over the same `App` as
+`serve`, but never listens. A `Channel` is its one connection as the services see it (one
+connection id: one default terminal, close callbacks run when the MCP session ends), and
+`Channel.call(method, params)` sends each tool call as a JSON-RPC request through that
+server's own `Dispatcher`: params checked by `Method.validate`, admission under memory
+pressure, the method's limit and timeout, idempotency keys, the reply size limit, latency
+observed into metrics and health under the method's name, errors counted by their
+classification. Whatever runs behind a method name (terminals in this process or in a host
+process) is what the tool gets, exactly as a JSON-RPC client would.
+
+A dispatcher per call: a service addresses notifications to the request's connection
+(`terminal/data` while a command streams), so a call's own outlet receives them and hands
+them to that call's progress reporter; every outlet of the channel carries the channel's
+connection id. The in-flight bound of one socket connection does not apply: the MCP SDK
+runs each request in its own task before the call reaches us, so it would bound nothing.
+
+Answers come back as the encoded JSON-RPC response the dispatcher wrote (decoded here);
+an error is rebuilt into its classified `BridgeError` (`jsonrpc.error_from_wire`), the
+class the service raised. Cancelling a call (the SDK cancels the handler on
+`notifications/cancelled`) sends `$/cancelRequest` for it, which interrupts a running
+command exactly as it does for a JSON-RPC client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from lapce_bridge.ipc import jsonrpc
+from lapce_bridge.ipc.dispatch import CANCEL, Dispatcher
+from lapce_bridge.ipc.jsonrpc import Notification, Request
+from lapce_bridge.ipc.state import ServerState
+
+OnData = Callable[[str], None]
+
+
+class Channel:
+    """One connection to a server's dispatcher, in process."""
+
+    def __init__(self, state: ServerState, conn_id: int) -> None:
+        self.state = state
+        self.id = conn_id
+        self.closing = False
+        self._ids = itertools.count(1)
+        self._closers: list[Callable[[], None]] = []
+
+    async def call(self, method: str, params: dict[str, Any], on_data: OnData | None = None) -> Any:
+        """The result of `method`, run as the server runs a request; raises its BridgeError."""
+        outlet = _CallOutlet(self, on_data)
+        dispatcher = Dispatcher(self.state, outlet)
+        req_id = next(self._ids)
+        dispatcher.request(Request(req_id, method, params))
+        try:
+            payload = await outlet.answer
+        except asyncio.CancelledError:
+            dispatcher.notification(Notification(CANCEL, {"id": req_id}))
+            raise
+        message = orjson.loads(payload)
+        error = message.get("error")
+        if error is not None:
+            raise jsonrpc.error_from_wire(error)
+        return message.get("result")
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        self._closers.append(callback)
+
+    def close(self) -> None:
+        """The MCP session is over: what the services tied to this connection is released."""
+        self.closing = True
+        closers, self._closers = self._closers, []
+        for callback in reversed(closers):
+            with contextlib.suppress(Exception):
+                callback()
+
+
+class _CallOutlet:
+    """The dispatcher's `Outlet` for one call: the answer, and the call's notifications."""
+
+    __slots__ = ("_channel", "_on_data", "answer")
+
+    def __init__(self, channel: Channel, on_data: OnData | None) -> None:
+        self._channel = channel
+        self._on_data = on_data
+        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    @property
+    def id(self) -> int:
+        return self._channel.id
+
+    @property
+    def closing(self) -> bool:
+        return self._channel.closing
+
+    def write(self, payload: bytes) -> None:
+        if not self.answer.done():
+            self.answer.set_result(payload)
+
+    def notify(self, method: str, params: Any) -> None:
+        if method == "terminal/data" and self._on_data is not None:
+            self._on_data(params.get("data", ""))
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        self._channel.on_close(callback)
+
+
+__all__ = ["Channel"]

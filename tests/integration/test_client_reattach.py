@@ -1,0 +1,137 @@
+"""`BridgeClient` re-attaches by itself: its output streams and watches, across a reconnect
+and across a server SIGKILL + restart. Real `serve` processes, real bash, real watchers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from lapce_bridge.ipc.client import BridgeClient
+from lapce_bridge.ipc.raw import RawClient
+from tests.integration.serve_process import serve, until_written
+
+FIFTY_MB = 50_000_000
+REAL_BOUND = 60.0
+
+
+async def _eventually(condition: Callable[[], bool], what: str) -> None:
+    try:
+        async with asyncio.timeout(REAL_BOUND):
+            for _ in itertools.count():  # state that real events and threads change
+                if condition():
+                    return
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"not within {REAL_BOUND} s: {what}") from None
+
+
+class Output:
+    """What the user's terminal/data handler received, checked for gaps and repeats."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.seqs: list[int] = []
+        self.execution_id: str | None = None
+
+    def __call__(self, params: dict[str, Any]) -> None:
+        data = params["data"].encode()
+        assert params["offset"] == self.size, "a gap or a repeat"
+        self.parts.append(data)
+        self.size += len(data)
+        self.seqs.append(params["seq"])
+        self.execution_id = params["executionId"]
+
+
+@contextlib.asynccontextmanager
+async def _socket_away(sock: Path) -> AsyncIterator[Path]:
+    """The server's socket under another name: the client cannot reconnect meanwhile."""
+    away = sock.with_name("away.sock")
+    os.rename(sock, away)
+    try:
+        yield away
+    finally:
+        os.rename(away, sock)
+
+
+async def test_a_stream_is_resumed_past_the_ring_after_a_reconnect(tmp_path: Path) -> None:
+    async with serve(tmp_path) as served:
+        client = BridgeClient(served.socket, outage_grace=REAL_BOUND)
+        await client.connect()
+        out = Output()
+        client.on_notification("terminal/data", out)
+        run = asyncio.ensure_future(
+            client.send_with_recovery(
+                "terminal/execute",
+                {"command": f"yes | head -c {FIFTY_MB}", "stream": True, "maxOutputBytes": 4096},
+            )
+        )
+        await _eventually(lambda: out.size >= 1 << 20, "the stream started")
+        assert out.execution_id is not None
+        async with _socket_away(served.socket) as away:
+            assert client.link.wire is not None
+            client.link.wire.close()  # the connection drops; reconnecting fails meanwhile
+            # Away long enough for the server's 1 MiB ring to lose output: the spool path.
+            side = await RawClient.connect_unix(away)
+            await until_written(side, out.execution_id, out.size + (4 << 20))
+            await side.close()
+        result = await asyncio.wait_for(run, REAL_BOUND)
+        await _eventually(lambda: out.size >= FIFTY_MB, "every byte delivered")
+        reattached = client.reattach.reattached
+        await client.close()
+    assert result["outputBytes"] == out.size == FIFTY_MB
+    whole = b"".join(out.parts)
+    assert hashlib.sha256(whole).digest() == hashlib.sha256(b"y\n" * (FIFTY_MB // 2)).digest()
+    assert out.seqs == sorted(set(out.seqs))  # in order, none twice
+    # Past the ring: the bytes of several notifications came as one read from the spool.
+    assert any(b - a > 1 for a, b in zip(out.seqs, out.seqs[1:], strict=False))
+    assert reattached >= 1
+
+
+async def test_watches_are_reattached_after_a_server_sigkill_and_restart(tmp_path: Path) -> None:
+    proj = tmp_path / "ws" / "proj"
+    proj.mkdir(parents=True)
+    (proj / "kept.txt").write_text("old")
+    (proj / "gone.txt").write_text("x")
+    changes: list[tuple[str, str]] = []
+    ids: set[str] = set()
+
+    def on_change(params: dict[str, Any]) -> None:
+        ids.add(params["watchId"])
+        changes.extend((c["path"], c["kind"]) for c in params["changes"])
+
+    client: BridgeClient | None = None
+    try:
+        async with serve(tmp_path) as served:
+            client = BridgeClient(served.socket, outage_grace=REAL_BOUND)
+            await client.connect()
+            client.on_notification("fs/didChange", on_change)
+            watch_id = (await client.request("fs/watch", {"paths": ["proj"]}))["watchId"]
+            (proj / "live.txt").write_text("l")
+            await _eventually(lambda: ("proj/live.txt", "added") in changes, "a live change")
+            served.proc.kill()
+            await served.proc.wait()
+        before = len(changes)
+        (proj / "added.txt").write_text("a")
+        (proj / "kept.txt").write_text("new content")
+        (proj / "gone.txt").unlink()
+        async with serve(tmp_path):
+            missed = {
+                ("proj/added.txt", "added"),
+                ("proj/kept.txt", "modified"),
+                ("proj/gone.txt", "deleted"),
+            }
+            await _eventually(lambda: missed <= set(changes[before:]), "the missed changes")
+            assert set(changes[before:]) == missed
+            assert ids == {watch_id}  # the same watch, back by itself
+            (proj / "after.txt").write_text("z")
+            await _eventually(lambda: ("proj/after.txt", "added") in changes, "a live change")
+    finally:
+        if client is not None:
+            await client.close()

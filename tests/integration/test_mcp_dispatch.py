@@ -1,0 +1,131 @@
+"""MCP tool calls run the JSON-RPC server's own request path: the same dispatcher, checks,
+observation and error accounting as a socket client's request (a real App, a real bash)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lapce_bridge.app import App
+from lapce_bridge.core.errors import PermissionDenied, ResourceExhausted
+from lapce_bridge.mcp.server import Backend, call_tool
+from lapce_bridge.mcp.tools import BY_NAME, output_schema
+from lapce_bridge.schema.files import SearchResult
+from lapce_bridge.schema.methods import ExecResult
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+
+
+def backend_for(ws: Path, state: Path, memory_budget: int | None = None) -> Backend:
+    def factory(workspace: Path) -> App:
+        return App(
+            workspace=workspace, state_dir=state, default_shell="bash", memory_budget=memory_budget
+        )
+
+    return Backend(workspace=ws, app_factory=factory)
+
+
+async def test_tool_calls_are_requests_of_the_server_dispatcher(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    backend = backend_for(ws, tmp_path / "state")
+    try:
+        done = await call_tool(backend, BY_NAME["run_command"], {"command": "echo hi"})
+        assert (done["exit_code"], done["output"], done["cwd"]) == (0, "hi\n", str(ws))
+        app = await backend.app()
+        # Observed under the method's name, as the dispatcher observes every request.
+        assert app.metrics.histogram("terminal/execute").count == 1
+
+        with pytest.raises(PermissionDenied):
+            await call_tool(backend, BY_NAME["read_file"], {"path": "../outside.txt"})
+        # Counted by its classification, the caller's fault (only the dispatcher does this).
+        assert app.metrics.errors() == {("fs/read", "filesystem", "caller"): 1}
+    finally:
+        await backend.aclose()
+
+
+async def test_admission_under_memory_pressure_refuses_new_work(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    # A budget this process alone already exceeds many times over: real, critical pressure.
+    backend = backend_for(ws, tmp_path / "state", memory_budget=1 << 20)
+    try:
+        app = await backend.app()
+        assert app.resources is not None
+        for _ in range(500):  # until the first sample is in (a real reading, no clock)
+            if not app.resources.policy.admits("terminal/execute"):
+                break
+            await asyncio.sleep(0.01)
+        with pytest.raises(ResourceExhausted) as refused:
+            await call_tool(backend, BY_NAME["run_command"], {"command": "echo hi"})
+        assert "memory pressure" in str(refused.value)
+        assert app.metrics.errors() == {("terminal/execute", "resource", "server"): 1}
+        # Cheap inline methods are always served, as for any client.
+        info = await call_tool(backend, BY_NAME["file_info"], {"path": "."})
+        assert info["kind"] == "directory"
+    finally:
+        await backend.aclose()
+
+
+async def test_a_cancelled_call_interrupts_its_command_and_frees_the_terminal(
+    tmp_path: Path,
+) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    backend = backend_for(ws, tmp_path / "state")
+    try:
+        call = asyncio.ensure_future(
+            call_tool(
+                backend, BY_NAME["run_command"], {"command": "touch started; sleep 30; echo late"}
+            )
+        )
+        for _ in range(1000):  # until the command runs (a real shell: no clock to advance)
+            if (ws / "started").exists():
+                break
+            await asyncio.sleep(0.01)
+        app = await backend.app()
+        terminals = next(s for s in app.services if hasattr(s, "terminals")).terminals
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        # $/cancelRequest went through the dispatcher: the command is interrupted (SIGINT),
+        # so the default terminal is free again long before the 30 s sleep would end.
+        for _ in range(1000):
+            if not any(t.busy for t in terminals.values()):
+                break
+            await asyncio.sleep(0.01)
+        after = await asyncio.wait_for(
+            call_tool(backend, BY_NAME["run_command"], {"command": "echo next"}), 20
+        )
+        assert (after["exit_code"], after["output"]) == (0, "next\n")
+    finally:
+        await backend.aclose()
+
+
+async def test_a_tool_answers_its_method_result_under_the_python_names(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "a.py").write_text("x = 1\nneedle = 2\n")
+    backend = backend_for(ws, tmp_path / "state")
+    try:
+        mcp = await call_tool(backend, BY_NAME["search_files"], {"query": "needle"})
+        wire = await (await backend.channel()).call("fs/search", {"query": "needle"})
+        # One definition (schema.files.SearchResult): the same answer, names snake_cased.
+        assert (wire["nextCursor"], wire["filesSearched"]) == (None, 1)
+        assert mcp == {
+            "matches": [{"path": "a.py", "line": 2, "text": "needle = 2"}],
+            "next_cursor": None,
+            "complete": True,
+            "timed_out": False,
+            "files_searched": 1,
+            "files_skipped": 0,
+        }
+        schema = output_schema(BY_NAME["search_files"])
+        assert set(schema["properties"]) == {*mcp, "error"}
+        assert BY_NAME["search_files"].output is SearchResult
+        assert BY_NAME["run_command"].output is ExecResult
+    finally:
+        await backend.aclose()
