@@ -480,10 +480,19 @@ class TerminalHost:
 
     async def _drain(self) -> None:
         deadline = self.clock.now() + DRAIN_LIMIT
-        while self.clock.now() < deadline and any(t.busy for t in self.service.terminals.values()):
+        while self.clock.now() < deadline and self._working():
             await self.clock.sleep(0.05)
         self.service.spools.spill()  # finished output to disk, readable after we are gone
         self.stop(keep_specs=True)
+
+    def _working(self) -> bool:
+        """A command runs, or a request taken before the drain has not been answered (it
+        may not have reached its terminal yet)."""
+        return (
+            any(t.busy for t in self.service.terminals.values())
+            or any(lk.tasks for lk in self.links)
+            or self.idempotency.running > 0
+        )
 
     def stop(self, *, keep_specs: bool = False) -> None:
         if not self.stopped.done():
