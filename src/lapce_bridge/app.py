@@ -12,7 +12,9 @@ and `relief()`), leaving it closes them in reverse order. Wiring, in one place:
 - Health alerts published on the bus leave as `health/alert` broadcasts.
 - The degradation manager decides which optional features are on; services ask it.
 - The recovery matrix is the running policy: the file service's read retries are the
-  filesystem/recoverable row's (`RecoveryMatrix.retry_policy`); change the row, and they change.
+  filesystem/recoverable row's (`RecoveryMatrix.retry_policy`); whether a dead shell is
+  recreated, and the alert when it is not, are the terminal/critical row's; change a row, and
+  what it governs changes.
 - With services (the serving configuration) a resource manager samples pressure (what the
   bridge owns against `memory_budget`, its cgroup limit, the machine only as a last-resort
   floor; CPU as a second signal): it steps quality down and up with the bands, feeds
@@ -42,7 +44,7 @@ from lapce_bridge.core.incidents import (
     IncidentLog,
     IncidentStarted,
 )
-from lapce_bridge.core.matrix import DEFAULT_MATRIX, RecoveryMatrix
+from lapce_bridge.core.matrix import DEFAULT_MATRIX, RecoveryMatrix, Strategy
 from lapce_bridge.core.metrics import MetricsRegistry
 from lapce_bridge.core.timeouts import TimeoutManager
 from lapce_bridge.rpc import Broadcast, CallContext, Method, Params, method
@@ -50,6 +52,7 @@ from lapce_bridge.schema.checks import checked
 from lapce_bridge.slo import SloStore
 
 if TYPE_CHECKING:
+    from lapce_bridge.core.breaker import BreakerStateChanged, CircuitBreaker, CircuitBreakerConfig
     from lapce_bridge.core.relief import Relief
     from lapce_bridge.fs.ops import FsOps
     from lapce_bridge.fs.service import FileService
@@ -95,6 +98,8 @@ class App:
         self.health = HealthMonitor(clock=self.clock, bus=self.bus)
         self.degradation = DegradationManager(bus=self.bus, clock=self.clock)
         self.incidents = IncidentLog(clock=self.clock, bus=self.bus)
+        self._counted_open: set[int] = set()  # incidents counted at their start
+        self.breakers: dict[str, CircuitBreaker] = {}  # the server's own, by name
         # The SLOs of the specification, kept where the next server finds them (in memory
         # when there is no file to keep them in: a bare method table, a stdio pipe).
         self.slo = SloStore(slo_path, wall=_wall_clock(self.clock))
@@ -181,8 +186,11 @@ class App:
     # -- reports --------------------------------------------------------------------------
     def gauges(self) -> dict[str, Any]:
         """Figures of the moment for the Prometheus exporter (read from its thread)."""
-        # No breakers: the server runs none of its own (the client does).
-        out: dict[str, Any] = {"quality": self.degradation.level}
+        out: dict[str, Any] = {
+            "quality": self.degradation.level,
+            "open_incidents": len(self.incidents.open_incidents()),
+            "breakers": self.breaker_states(),
+        }
         if self.resources is not None:
             stats = self.resources.statistics()
             out.update(
@@ -208,11 +216,14 @@ class App:
                 )
         return out
 
+    def breaker_states(self) -> dict[str, str]:
+        return {name: b.state.value for name, b in list(self.breakers.items())}
+
     def health_report(self) -> dict[str, Any]:
         report = self.health.report(
             quality_level=self.degradation.level,
             features=self.degradation.features(),
-            breakers={},  # the server runs no breakers of its own (the client does)
+            breakers=self.breaker_states(),
             pressure=min(100.0, max(0.0, self.resources.pressure)) if self.resources else 0.0,
         )
         if self.resources is not None:
@@ -250,9 +261,16 @@ class App:
     def _on_incident_started(self, event: IncidentStarted) -> None:
         i = event.incident
         log.warning("incident %d started: %s %s: %s", i.id, i.kind, i.subject, i.detail)
+        # Counted when it starts, so a long one (a disk failing for an hour) shows at once.
+        self.metrics.counter(f"incidents.{i.kind}").inc()
+        self._counted_open.add(i.id)
 
     def _on_incident_ended(self, event: IncidentEnded) -> None:
         i = event.incident
+        if i.id in self._counted_open:
+            self._counted_open.discard(i.id)
+        else:  # reported whole by its component: never started on the bus
+            self.metrics.counter(f"incidents.{i.kind}").inc()
         outcome = "recovered" if i.recovered else "not recovered"
         log.warning(
             "incident %d %s after %.0f ms: %s %s%s",
@@ -400,7 +418,7 @@ class App:
                 state_dir=state_dir,
                 clock=self.clock,
                 observe=self.observe,
-                broadcast=self.broadcast,
+                broadcast=self._terminal_broadcast,
                 features=self.degradation.features,
                 bus=self.bus,
                 incident=self._host_incident,
@@ -408,6 +426,7 @@ class App:
             )
             self.keyed_elsewhere = proxy
             return proxy
+        from lapce_bridge.terminal.recovery import CrashLoopPolicy
         from lapce_bridge.terminal.service import TerminalService
 
         return TerminalService(
@@ -415,12 +434,33 @@ class App:
             state_dir=state_dir,
             clock=self.clock,
             observe=self.observe,
-            broadcast=self.broadcast,
+            broadcast=self._terminal_broadcast,
             features=self.degradation,
             default_shell=self.default_shell,
+            crash_policy=CrashLoopPolicy.from_matrix(self.matrix),
         )
 
+    def _terminal_broadcast(self, method_name: str, params: Any) -> None:
+        """The terminal service's notifications. A shell that is not recreated ends in the
+        matrix's terminal/critical fallback, which the app carries out: `alert_user` is a
+        `health/alert` to every client (kind `TerminalFailed`)."""
+        self.broadcast(method_name, params)
+        if method_name != "terminal/exited" or params.get("willRecover", True):
+            return
+        row = self.matrix.lookup(ErrorCategory.TERMINAL, ErrorSeverity.CRITICAL)
+        if row.fallback is Strategy.ALERT_USER:
+            detail = (
+                f"the shell of terminal {params.get('terminalId')} exited "
+                f"(status {params.get('exitCode')}) and is not started again"
+            )
+            log.warning("alert raised: TerminalFailed: %s", detail)
+            self.broadcast(
+                "health/alert",
+                {"kind": "TerminalFailed", "operation": "terminal/execute", "detail": detail},
+            )
+
     def _file_service(self) -> FileService:
+        from lapce_bridge.fs.files import DISK_BREAKER
         from lapce_bridge.fs.ops import REAL_FS
         from lapce_bridge.fs.service import FileService
         from lapce_bridge.fs.service import default_retry as fs_default_retry
@@ -436,6 +476,8 @@ class App:
             on_degraded=self.watch_degraded,
             retry=retry,
             ops=self._fs_ops or REAL_FS,
+            incidents=self.incidents,
+            breaker=self._breaker("fs.disk", DISK_BREAKER),
             # Keyed watches come back after a restart (an in-process App keeps none).
             watch_state=self.state_dir / "watches" if self.state_dir is not None else None,
         )
@@ -462,6 +504,19 @@ class App:
         self.incidents.record(
             "terminal", subject, started=started, ended=ended, recovered=recovered, detail=detail
         )
+
+    def _breaker(self, name: str, config: CircuitBreakerConfig) -> CircuitBreaker:
+        """A breaker of the server's, on its clock and bus, reported in health and metrics."""
+        from lapce_bridge.core.breaker import BreakerStateChanged, CircuitBreaker
+
+        if not self.breakers:  # (imported with the services, off the start-up path)
+            self._unsubscribe.append(self.bus.subscribe(BreakerStateChanged, self._on_breaker))
+        breaker = CircuitBreaker(name, config, clock=self.clock, bus=self.bus)
+        self.breakers[name] = breaker
+        return breaker
+
+    def _on_breaker(self, event: BreakerStateChanged) -> None:
+        log.warning("circuit breaker %s: %s -> %s", event.name, event.from_state, event.to_state)
 
     def watch_degraded(self, detail: str) -> None:
         """A watch fell back to polling: count it and tell every client."""

@@ -73,6 +73,11 @@ GAUGES: Mapping[str, tuple[str, str]] = {
     "connections": ("connections", "Connected clients."),
     "spool_disk_bytes": ("spool_disk_bytes", "Command output kept on disk."),
     "spool_memory_bytes": ("spool_memory_bytes", "Command output kept in memory."),
+    "open_incidents": (
+        "incidents_open",
+        "Incidents under way (a recovery not yet over; a file served from the cache while "
+        "the disk fails).",
+    ),
 }
 BREAKER_STATES = ("closed", "open", "half_open")
 

@@ -18,9 +18,10 @@ and every `busy_interval` while it is not (a quality step pending, or memory adm
 tight), so a load's end is seen, and quality given back, within a fraction of a second of
 each step being due; the sampler is injectable too. The default one
 (`ProcessTreeSampler`) reads the server's and its terminals' proportional set size (PSS,
-from `/proc/PID/smaps_rollup`; RSS where that is missing), the cgroup v2 working set and limit
-of the process's own cgroup (the tightest limit up the tree), the machine's available memory,
-and the tree's CPU time since the previous sample.
+from `/proc/PID/smaps_rollup`; RSS where that is missing), the working set and limit of the
+process's own memory cgroup, v2 or v1 (`lapce_bridge.cgroup`), the machine's available memory,
+and the tree's CPU time since the previous sample, as a share of the cores it may use (its
+affinity, or its cgroup's CPU quota where that is less).
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import psutil
 
+from lapce_bridge.cgroup import CgroupCpu, CgroupMemory
+from lapce_bridge.cgroup import for_self as cgroup_for_self
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import ResourceExhausted
@@ -68,67 +70,6 @@ def proportional_set_size(pid: int, rss: int) -> int:
     return rss
 
 
-def _read_int(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-class CgroupMemory:
-    """The cgroup v2 working set and limit of a process's cgroup (None outside a limit).
-
-    `root` is where the unified hierarchy is mounted and `path` the cgroup inside it (from
-    `/proc/self/cgroup`'s `0::` line); both are found by `for_self()`. The limit is the
-    tightest `memory.max` from the cgroup up to the root; the working set is that cgroup's
-    `memory.current` less its `inactive_file` (page cache the kernel reclaims first, as
-    container runtimes count it).
-    """
-
-    def __init__(self, root: Path, path: str) -> None:
-        self.root = root
-        self.cgroup = root / path.lstrip("/")
-
-    @classmethod
-    def for_self(cls) -> CgroupMemory | None:
-        try:
-            lines = Path("/proc/self/cgroup").read_text().splitlines()
-            mounts = Path("/proc/self/mountinfo").read_text().splitlines()
-        except OSError:
-            return None
-        path = next((line[3:] for line in lines if line.startswith("0::")), None)
-        root = next((m.split()[4] for m in mounts if " - cgroup2 " in m), None)
-        if path is None or root is None:
-            return None
-        return cls(Path(root), path)
-
-    def read(self) -> tuple[int | None, int | None]:
-        """(working set bytes, limit bytes) of the cgroup holding the tightest limit."""
-        limit: int | None = None
-        holder: Path | None = None
-        directory = self.cgroup
-        while True:
-            found = _read_int(directory / "memory.max")  # "max" (no limit) reads as None
-            if found is not None and (limit is None or found < limit):
-                limit, holder = found, directory
-            if directory == self.root or self.root not in directory.parents:
-                break
-            directory = directory.parent
-        if limit is None or holder is None:
-            return None, None
-        current = _read_int(holder / "memory.current")
-        if current is None:
-            return None, None
-        inactive = 0
-        with contextlib.suppress(OSError, ValueError):
-            for line in (holder / "memory.stat").read_text().splitlines():
-                if line.startswith("inactive_file "):
-                    inactive = int(line.split()[1])
-                    break
-        return max(0, current - inactive), limit
-
-
 class ProcessTreeSampler:
     """Reads a `ResourceSample` for a process and its descendants (the server's terminals).
 
@@ -146,22 +87,26 @@ class ProcessTreeSampler:
         pid: int | None = None,
         *,
         cgroup: CgroupMemory | None = None,
+        cgroup_cpu: CgroupCpu | None = None,
         clock: Callable[[], float] | None = None,
         use_pss: bool = True,
+        find_cgroups: bool = True,
         also: Callable[[], Sequence[int]] | None = None,
     ) -> None:
         self.pid = pid or os.getpid()
         # More trees the bridge owns though they are not our children: the terminal host.
         self._also = also
-        self._cgroup = cgroup if cgroup is not None else CgroupMemory.for_self()
+        found_memory, found_cpu = cgroup_for_self() if find_cgroups else (None, None)
+        self._cgroup = cgroup if cgroup is not None else found_memory
+        self._cgroup_cpu = cgroup_cpu if cgroup_cpu is not None else found_cpu
         self._clock = clock or _monotonic
         self._use_pss = use_pss
         self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
         try:
-            self._cores = len(os.sched_getaffinity(0)) or (os.cpu_count() or 1)
+            self._affinity = len(os.sched_getaffinity(0)) or (os.cpu_count() or 1)
         except (AttributeError, OSError):
-            self._cores = os.cpu_count() or 1
+            self._affinity = os.cpu_count() or 1
         # CPU seconds per live pid at the previous sample: a process that exited in between
         # takes its time with it, so the delta is taken per pid, never on a total.
         self._cpu: dict[int, float] = {}
@@ -186,6 +131,12 @@ class ProcessTreeSampler:
                 except (OSError, ValueError):
                     continue
         return pids
+
+    def usable_cores(self) -> float:
+        """The cores this process may run on: its affinity, or its cgroup's CPU quota where
+        that is less (a container allowed half a core is overloaded at half a core)."""
+        quota = self._cgroup_cpu.cores() if self._cgroup_cpu is not None else None
+        return min(float(self._affinity), quota) if quota else float(self._affinity)
 
     def _process(self, pid: int) -> tuple[int, float] | None:
         """(memory bytes, CPU seconds) of one process, None if it is gone."""
@@ -214,7 +165,7 @@ class ProcessTreeSampler:
         cpu_percent = 0.0
         if self._at is not None and now > self._at:
             used = sum(max(0.0, t - self._cpu.get(pid, t)) for pid, t in cpu_now.items())
-            cpu_percent = min(100.0, 100.0 * used / ((now - self._at) * self._cores))
+            cpu_percent = min(100.0, 100.0 * used / ((now - self._at) * self.usable_cores()))
         self._cpu, self._at = cpu_now, now
         cgroup_bytes = cgroup_limit = None
         if self._cgroup is not None:

@@ -4,12 +4,17 @@ Server: the file service's read retries are the filesystem/recoverable row's (a 
 injected where a healthy disk cannot produce one, is retried or not). Client, against a real
 `serve` process: an answer refused before running (-32005) is retried as often as its row
 says; reconnecting to a server that is gone gives up after the network/critical row's
-attempts with a clear error.
+attempts with a clear error, and a supervised server is restarted as often as that row
+allows. Terminal: whether a dead shell is recreated, and the alert when it is not, are the
+terminal/critical row's (a real bash, killed).
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import os
+import signal
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,7 @@ from lapce_bridge.core.errors import (
     ErrorCategory,
     ErrorSeverity,
     ResourceExhausted,
+    Unavailable,
 )
 from lapce_bridge.core.matrix import DEFAULT_MATRIX, RecoveryMatrix
 from lapce_bridge.core.retry import RetryPolicy
@@ -126,3 +132,59 @@ async def test_reconnecting_gives_up_after_the_rows_attempts(tmp_path: Path, ret
             await client.send_with_recovery("ping")
         assert info.value.data["attempts"] == 1 + retries
         await client.close()
+
+
+@pytest.mark.parametrize("retries", [1, 2])
+async def test_a_changed_network_row_bounds_the_supervisors_restarts(
+    tmp_path: Path, retries: int
+) -> None:
+    matrix = _with(ErrorCategory.NETWORK, ErrorSeverity.CRITICAL, retries)
+    with pytest.raises(Unavailable, match=rf"died {1 + retries} times within 60 s"):
+        await BridgeClient.spawn(
+            tmp_path / "run" / "bridge.sock",
+            server_args=("--max-message-bytes", "1"),  # refused at start-up: exits at once
+            matrix=matrix,
+        )
+
+
+async def _notification(client: RawClient, name: str) -> dict[str, Any]:
+    while True:
+        msg = await asyncio.wait_for(client.recv(), 30)
+        if msg.get("method") == name:
+            params: dict[str, Any] = msg["params"]
+            return params
+
+
+@pytest.mark.shells
+@pytest.mark.parametrize(("retries", "recreated"), [(1, True), (0, False)])
+async def test_a_changed_terminal_row_decides_whether_a_dead_shell_comes_back(
+    tmp_path: Path, retries: int, recreated: bool
+) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    matrix = _with(ErrorCategory.TERMINAL, ErrorSeverity.CRITICAL, retries)
+    async with App(workspace=ws, state_dir=tmp_path / "state", matrix=matrix) as app:
+        server = BridgeServer(app)
+        await server.listen_unix(tmp_path / "bridge.sock")
+        client = await RawClient.connect_unix(tmp_path / "bridge.sock")
+        try:
+            created = await client.request("terminal/create", {"shell": "bash"})
+            tid, pid = created["result"]["terminalId"], created["result"]["pid"]
+            os.kill(pid, signal.SIGKILL)  # the shell dies: terminal/critical
+            exited = await _notification(client, "terminal/exited")
+            assert exited["terminalId"] == tid
+            assert exited["willRecover"] is recreated
+            if not recreated:  # the row's fallback, alert_user, carried out
+                alert = await _notification(client, "health/alert")
+                assert alert["kind"] == "TerminalFailed"
+                assert tid in alert["detail"]
+            reply = await client.request(
+                "terminal/execute", {"terminalId": tid, "command": "echo back"}
+            )
+            if recreated:
+                assert reply["result"]["output"] == "back\n", reply
+            else:
+                assert "error" in reply, reply
+        finally:
+            await client.close()
+            await server.aclose()

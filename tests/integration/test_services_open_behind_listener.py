@@ -11,11 +11,14 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from lapce_bridge.app import App
 from lapce_bridge.core.errors import InvalidParams
 from lapce_bridge.ipc.raw import RawClient
 from lapce_bridge.ipc.server import BridgeServer
 from lapce_bridge.rpc import Method
+from tests.integration.serve_process import serve
 
 
 async def test_ping_is_answered_while_the_services_open_and_the_rest_waits_in_order(
@@ -91,3 +94,25 @@ async def test_services_that_fail_to_open_answer_what_waited_and_shut_the_server
         await client.close()
     finally:
         await server.aclose()
+
+
+@pytest.mark.shells
+async def test_serve_answers_what_is_sent_the_moment_it_listens(tmp_path: Path) -> None:
+    """Through a real `serve`: the first messages, sent as soon as it listens (while its
+    services are most likely still opening), are all answered as they would be later."""
+    async with serve(tmp_path) as srv:
+        client = await RawClient.connect_unix(srv.socket)
+        try:
+            client.request_nowait("terminal/execute", {"command": "echo first"}, msg_id=1)
+            client.request_nowait("ping", msg_id=2)
+            client.request_nowait("fs/stat", {"path": "."}, msg_id=3)
+            await client.drain()
+            answers = {}
+            for msg_id in (1, 2, 3):
+                answer = await asyncio.wait_for(client.response(msg_id), 30)
+                answers[msg_id] = answer
+            assert answers[1]["result"]["output"] == "first\n", answers[1]
+            assert answers[2]["result"] == {"pong": True}
+            assert answers[3]["result"]["kind"] == "directory", answers[3]
+        finally:
+            await client.close()

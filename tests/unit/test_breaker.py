@@ -28,7 +28,6 @@ from lapce_bridge.core.events import EventBus
 from lapce_bridge.testing import FakeClock
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
-DISABLED, FORCED_OPEN = CircuitState.DISABLED, CircuitState.FORCED_OPEN
 
 
 def make(clock: FakeClock, **kw: Any) -> tuple[CircuitBreaker, list[BreakerStateChanged]]:
@@ -86,8 +85,6 @@ def test_state_values_are_the_wire_names() -> None:
         "closed",
         "open",
         "half_open",
-        "disabled",
-        "forced_open",
     ]
 
 
@@ -300,25 +297,17 @@ def test_custom_record_exception(clock: FakeClock) -> None:
     assert b.state is OPEN
 
 
-async def test_disabled_and_forced_open_ignore_the_window(clock: FakeClock) -> None:
+async def test_reset_closes_an_open_breaker_with_an_empty_window(clock: FakeClock) -> None:
     b, events = make(clock)
-    b.transition_to_disabled()
-    fail(b, 20)
-    assert b.state is DISABLED
-    assert b.metrics().buffered_calls == 0
-    b.transition_to_forced_open()
-    await clock.advance(1000)
+    trip(b)
+    assert b.state is OPEN
     assert not b.try_acquire()
-    assert b.state is FORCED_OPEN
     b.reset()
     assert b.state is CLOSED
+    assert b.try_acquire()
     m = b.metrics()
     assert (m.not_permitted_calls, m.buffered_calls) == (0, 0)
-    assert [(e.from_state, e.to_state) for e in events] == [
-        (CLOSED, CircuitState.DISABLED),
-        (CircuitState.DISABLED, CircuitState.FORCED_OPEN),
-        (CircuitState.FORCED_OPEN, CLOSED),
-    ]
+    assert [(e.from_state, e.to_state) for e in events] == [(CLOSED, OPEN), (OPEN, CLOSED)]
 
 
 def test_reset_in_closed_clears_metrics_without_an_event(clock: FakeClock) -> None:
@@ -496,7 +485,7 @@ class ReferenceBreaker:
         return self.state
 
     def try_acquire(self, now: float) -> bool:
-        if self.state in (CLOSED, CircuitState.DISABLED):
+        if self.state is CLOSED:
             return True
         if self.state is OPEN and now - self.opened_at >= self.c.wait_duration_in_open:
             self.go(HALF_OPEN, now)
@@ -601,20 +590,16 @@ class BreakerMachine(RuleBasedStateMachine):
     def advance(self, dt: float) -> None:
         self.loop.run_until_complete(self.clock.advance(dt))
 
-    @rule(to=st.sampled_from(["forced_open", "disabled", "closed", "reset"]))
-    def transition(self, to: str) -> None:
+    @rule()
+    def reset(self) -> None:
         now = self.clock.now()
-        if to == "reset":
-            self.real.reset()
-            was_closed = self.model.state is CLOSED
-            self.model.go(CLOSED, now)
-            if was_closed:
-                self.model.generation += 1
-                self.model.outcomes = []
-            self.model.not_permitted = 0
-            return
-        getattr(self.real, f"transition_to_{to}")()
-        self.model.go(CircuitState(to), now)
+        self.real.reset()
+        was_closed = self.model.state is CLOSED
+        self.model.go(CLOSED, now)
+        if was_closed:
+            self.model.generation += 1
+            self.model.outcomes = []
+        self.model.not_permitted = 0
 
     @invariant()
     def agrees_with_the_model(self) -> None:

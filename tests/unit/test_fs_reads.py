@@ -10,16 +10,19 @@ from pathlib import Path
 
 import pytest
 
+from lapce_bridge.core.breaker import CircuitBreaker, CircuitState
 from lapce_bridge.core.errors import (
     ErrorCategory,
     FileSystemError,
     FileTooLarge,
     InvalidParams,
     PermissionDenied,
+    Unavailable,
 )
+from lapce_bridge.core.incidents import IncidentLog
 from lapce_bridge.core.retry import RetryPolicy
 from lapce_bridge.fs.cache import FileCache
-from lapce_bridge.fs.files import FileStore
+from lapce_bridge.fs.files import DISK_BREAKER, FileStore
 from lapce_bridge.fs.ops import REAL_FS, FsOps
 from lapce_bridge.fs.paths import Workspace
 from lapce_bridge.testing import FakeClock
@@ -141,6 +144,131 @@ async def test_exhausted_retries_serve_the_previous_content_as_stale(
     assert jumpy.sleeps == SCHEDULE
     assert fs.count("open", "EIO") == 4
     assert store.statistics().stale_served == 1
+
+
+async def test_a_stale_answer_is_an_incident_from_the_first_until_the_disk_answers(
+    root: Path, jumpy: FakeClock
+) -> None:
+    fs = FaultyFs()
+    log = IncidentLog(clock=jumpy)
+    store = make_store(root, jumpy, fs, incidents=log)
+    await store.read("a.txt")
+    (root / "a.txt").write_text("changed on a disk that now fails")
+    fs.add(Fault("open", errno.EIO, times=None))
+    started = jumpy.now()
+    assert (await store.read("a.txt")).stale
+    (incident,) = log.open_incidents()
+    assert (incident.kind, incident.subject) == ("cache_fallback", "fs/read a.txt")
+    assert "EIO" in incident.detail
+    assert incident.started == started + sum(SCHEDULE)  # when the cached copy was served
+    assert (await store.read("a.txt")).stale  # the same failure: the same incident
+    assert len(log.open_incidents()) == 1
+    assert log.total == 1
+    fs.clear()
+    await jumpy.advance(10.0)
+    fresh = await store.read("a.txt")
+    assert (fresh.data, fresh.stale) == (b"changed on a disk that now fails", False)
+    assert log.open_incidents() == []
+    (ended,) = log.recent()
+    assert ended.recovered is True
+    assert ended.detail == "read from the disk again"
+    assert ended.duration == pytest.approx(jumpy.now() - incident.started)
+    assert ended.duration is not None
+    assert ended.duration > 10.0
+
+
+async def test_a_cache_fallback_ends_with_a_write_or_a_definite_answer(
+    root: Path, jumpy: FakeClock
+) -> None:
+    (root / "b.txt").write_text("beta")
+    fs = FaultyFs()
+    log = IncidentLog(clock=jumpy)
+    store = make_store(root, jumpy, fs, incidents=log)
+    for name in ("a.txt", "b.txt"):
+        await store.read(name)
+        (root / name).write_text(f"{name} changed")
+    fs.add(Fault("open", errno.EIO, times=None, path_glob="*.txt"))
+    assert (await store.read("a.txt")).stale
+    assert (await store.read("b.txt")).stale
+    assert len(log.open_incidents()) == 2
+    fs.clear()
+    await store.write(store.workspace.resolve("a.txt"), b"rewritten")
+    (root / "b.txt").unlink()
+    with pytest.raises(FileSystemError):
+        await store.read("b.txt")
+    assert log.open_incidents() == []
+    written, gone = log.recent()
+    assert (written.subject, written.recovered, written.detail) == (
+        "fs/read a.txt",
+        True,
+        "written to the disk",
+    )
+    assert gone.subject == "fs/read b.txt"
+    assert gone.recovered is True  # the disk answered: the file is gone, not failing
+    assert "ENOENT" in gone.detail
+
+
+async def test_open_cache_fallbacks_are_bounded(
+    root: Path, jumpy: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("lapce_bridge.fs.files.MAX_FALLBACKS", 2)
+    fs = FaultyFs()
+    log = IncidentLog(clock=jumpy)
+    store = make_store(root, jumpy, fs, incidents=log)
+    for i in range(3):
+        (root / f"f{i}.txt").write_text(str(i))
+        await store.read(f"f{i}.txt")
+        (root / f"f{i}.txt").write_text(f"{i} changed")
+    fs.add(Fault("open", errno.EIO, times=None))
+    for i in range(3):
+        assert (await store.read(f"f{i}.txt")).stale
+    assert [i.subject for i in log.open_incidents()] == ["fs/read f1.txt", "fs/read f2.txt"]
+    (dropped,) = log.recent()
+    assert (dropped.subject, dropped.recovered) == ("fs/read f0.txt", False)
+
+
+def state_of(breaker: CircuitBreaker) -> CircuitState:
+    return breaker.state  # read afresh: an assert on the property would narrow it for mypy
+
+
+async def test_a_failing_disk_opens_the_breaker_and_reads_skip_it_until_trials_pass(
+    root: Path, jumpy: FakeClock
+) -> None:
+    (root / "b.txt").write_text("beta")
+    fs = FaultyFs()
+    breaker = CircuitBreaker("fs.disk", DISK_BREAKER, clock=jumpy)
+    store = make_store(root, jumpy, fs, breaker=breaker)
+    await store.read("a.txt")  # cached
+    (root / "a.txt").write_text("alpha, changed")
+    fs.add(Fault("open", errno.EIO, times=None, path_glob="*/b.txt"))
+    for _ in range(10):  # a missing file is the caller's: it never counts against the disk
+        with pytest.raises(FileSystemError):
+            await store.read("missing.txt")
+    for _ in range(9):
+        with pytest.raises(FileSystemError):
+            await store.read("b.txt")
+    assert state_of(breaker) is CircuitState.CLOSED  # 9 failures of 19: under half
+    with pytest.raises(FileSystemError):
+        await store.read("b.txt")
+    assert state_of(breaker) is CircuitState.OPEN  # 10 of the last 20
+    opens = fs.count("open")
+    sleeps = len(jumpy.sleeps)
+    # Open: no disk, no retry schedule; the cached copy at once, else -32002 naming it.
+    stale = await store.read("a.txt")
+    assert (stale.data, stale.stale) == (b"alpha", True)
+    assert "fs.disk" in stale.stale_reason
+    with pytest.raises(Unavailable) as info:
+        await store.read("b.txt")
+    assert info.value.code == -32002
+    assert info.value.classification.retryable
+    assert (fs.count("open"), len(jumpy.sleeps)) == (opens, sleeps)
+    # After 5 s two trial reads go to the disk; both succeed: closed again.
+    fs.clear()
+    await jumpy.advance(DISK_BREAKER.wait_duration_in_open + 0.001)  # (3.5 + 5 - 3.5 < 5)
+    assert (await store.read("a.txt")).data == b"alpha, changed"
+    assert state_of(breaker) is CircuitState.HALF_OPEN
+    assert (await store.read("b.txt")).data == b"beta"
+    assert state_of(breaker) is CircuitState.CLOSED
 
 
 async def test_exhausted_retries_without_a_cached_copy_fail_classified(

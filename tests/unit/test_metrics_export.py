@@ -103,6 +103,7 @@ def test_gauges_pressure_quality_terminals_connections_breakers_spools() -> None
         "connections": 4,
         "spool_disk_bytes": 1234,
         "spool_memory_bytes": 99,
+        "open_incidents": 2,
         "breakers": {"fs": "open", "terminal": "closed"},
     }
     parsed = families(render(MetricsRegistry(), gauges=lambda: gauges))

@@ -11,7 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lapce_bridge.terminal.osc import Event, Marker, OscParser, ParserStats, Text, strip_markers
+from lapce_bridge.terminal.osc import (
+    _ESCAPE,
+    EscapeStripper,
+    Event,
+    Marker,
+    OscParser,
+    ParserStats,
+    Text,
+    strip_markers,
+)
 
 ESC = b"\x1b"
 BEL = b"\x07"
@@ -530,3 +539,110 @@ def test_strip_mode_leaves_no_esc_and_finds_the_same_markers(data: bytes, max_bu
     assert all(ESC not in e.data for e in stripped if isinstance(e, Text))
     assert markers(stripped) == markers(plain)
     assert stripped_stats.markers == plain_stats.markers
+
+
+# --- the escape stripper's fast path ----------------------------------------------------------
+
+DENSE = [
+    b"\x1b[0m", b"\x1b[01;34m", b"\x1b[00m", b"\x1b[1;31m", b"\x1b(B", b"\x1b7", b"\x1b[K",
+    b"\x1b", b"\x1b[", b"\x1b[1", b"\x1b[12;3", b"m", b"[0m", b"x", b"ab", b"\x00", b";",
+    b"\x1b]", b"\x1bP", b"\x1b\\", b"\x07", b"(", b"\x1b[?25l", b"\x1b[2 q",
+]  # fmt: skip
+dense_runs = st.lists(st.sampled_from(DENSE), max_size=60).map(b"".join)
+
+
+class RegexOnly(EscapeStripper):
+    """The reference: every run through the regex, nothing learned."""
+
+    def __call__(self, text: bytes) -> bytes:
+        return _ESCAPE.sub(b"", text)
+
+    def reduce(self, text: bytes) -> bytes | None:
+        return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    runs=st.lists(dense_runs, min_size=1, max_size=12),
+    max_known=st.sampled_from([1, 2, 8]),
+    patience=st.sampled_from([0, 1, 8]),
+)
+def test_the_stripper_answers_what_the_regex_does(
+    runs: list[bytes], max_known: int, patience: int
+) -> None:
+    stripper = EscapeStripper(max_known=max_known, patience=patience, rest=2)
+    for run in runs * 3:  # again and again: with what earlier runs taught it
+        assert stripper(run) == _ESCAPE.sub(b"", run)
+        reduced = stripper.reduce(run)
+        if reduced is not None:
+            assert stripper.finish(reduced) == _ESCAPE.sub(b"", run)
+
+
+def test_the_stripper_learns_what_repeats_and_replaces_it() -> None:
+    stripper = EscapeStripper()
+    run = b"\x1b[0m\x1b[01;34mdir\x1b[0m  \x1b[0m\x1b[01;32mexe\x1b[0m\n" * 20
+    assert stripper(run) == b"dir  exe\n" * 20  # the regex's answer, and learned from it
+    reduced = stripper.reduce(run)
+    assert reduced is not None
+    assert b"\x1b" not in reduced  # every escape replaced without the regex
+    assert stripper.finish(reduced) == b"dir  exe\n" * 20
+    sparse = b"prose with one \x1b[0m escape in a line of a hundred bytes or so, as a log has it\n"
+    assert stripper(sparse * 4) == _ESCAPE.sub(b"", sparse * 4)  # seen to be sparse now
+    assert stripper.reduce(sparse * 4) is None  # few escapes: the regex is cheaper
+    assert stripper.reduce(b"\x00" + run) is None  # NUL in the text: no placeholder to use
+
+
+def test_a_stream_that_never_repeats_stops_the_learning_for_a_while() -> None:
+    stripper = EscapeStripper(patience=2, rest=3)
+    moves = [b"".join(b"\x1b[%d;%dHx" % (row, col) for col in range(80)) for row in range(12)]
+    learned = []
+    for run in moves:
+        assert stripper(run) == b"x" * 80
+        learned.append(len(stripper.known))
+    # Learned from the first runs; three poor runs in a row (patience 2): forgotten, and
+    # nothing learned for the next three; then it tries again.
+    assert learned[:3] == [8, 8, 0]
+    assert learned[3:6] == [0, 0, 0]
+    assert learned[6] == 8
+
+
+def test_introducers_are_never_learned() -> None:
+    stripper = EscapeStripper()
+    run = b"\x1b]\x1bP\x1bX\x1b^\x1b_\x1b[0mx" * 40
+    assert stripper(run) == _ESCAPE.sub(b"", run)
+    reduced = stripper.reduce(run)
+    assert reduced is not None
+    assert reduced.count(b"\x1b") == 5 * 40
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.lists(st.sampled_from([*DENSE, *PIECES]), max_size=120).map(b"".join),
+    cuts=st.lists(st.integers(0, 600), max_size=10),
+    max_buffer=st.sampled_from([16, 64 * 1024]),
+)
+def test_strip_mode_with_the_fast_path_gives_the_regex_only_events(
+    data: bytes, cuts: list[int], max_buffer: int
+) -> None:
+    chunks = split_at(data, [c for c in cuts if c <= len(data)])
+    reference = OscParser(strip_ansi=True, max_buffer=max_buffer, nonce="N")
+    reference._strip = RegexOnly()
+    events: list[Event] = []
+    for chunk in chunks * 2:  # twice: the second time with what the first taught it
+        events.extend(reference.feed(chunk))
+    events.extend(reference.flush())
+    fast = run_chunks(chunks * 2, strip_ansi=True, max_buffer=max_buffer, nonce="N")
+    assert fast[0] == coalesce(events)
+    assert fast[1] == reference.statistics()
+
+
+def test_colour_dense_output_goes_through_the_fast_path() -> None:
+    listing = b"\x1b[0m\x1b[01;34msrc\x1b[0m  \x1b[0m\x1b[01;32mrun.sh\x1b[0m\r\n" * 400
+    parser = OscParser(strip_ansi=True)
+    out: list[Event] = []
+    for i in range(0, len(listing), 4096):
+        out.extend(parser.feed(listing[i : i + 4096]))
+    out.extend(parser.feed(osc(b"633;D;0")))  # a marker after it is still found
+    out.extend(parser.flush())
+    assert texts(out) == b"src  run.sh\r\n" * 400
+    assert kinds(out) == [(633, "D")]

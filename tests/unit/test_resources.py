@@ -11,10 +11,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from lapce_bridge.cgroup import CgroupCpu, CgroupMemory, locate
 from lapce_bridge.core.errors import ResourceExhausted
 from lapce_bridge.core.pressure import Admission, ResourceSample
 from lapce_bridge.resources import (
-    CgroupMemory,
     ProcessTreeSampler,
     Relief,
     ResourceManager,
@@ -267,6 +267,71 @@ def test_cgroup_v2_limit_is_the_tightest_up_the_tree(tmp_path: Path) -> None:
     (root / "pod" / "memory.max").write_text("max\n")
     (leaf / "memory.max").write_text("max\n")
     assert CgroupMemory(root, "/pod/ctr").read() == (None, None)
+
+
+def test_cgroup_v1_memory_limit_is_the_tightest_up_the_tree(tmp_path: Path) -> None:
+    root = tmp_path / "memory"
+    leaf = root / "docker" / "abc"
+    leaf.mkdir(parents=True)
+    unlimited = "9223372036854771712\n"  # v1's "no limit"
+    (root / "memory.limit_in_bytes").write_text(unlimited)
+    (root / "docker" / "memory.limit_in_bytes").write_text(unlimited)
+    (leaf / "memory.limit_in_bytes").write_text(f"{300 * MiB}\n")
+    (leaf / "memory.usage_in_bytes").write_text(f"{250 * MiB}\n")
+    (leaf / "memory.stat").write_text(
+        f"cache 1\ninactive_file {10 * MiB}\ntotal_inactive_file {50 * MiB}\n"
+    )
+    assert CgroupMemory(root, "/docker/abc", v1=True).read() == (200 * MiB, 300 * MiB)
+    (leaf / "memory.limit_in_bytes").write_text(unlimited)
+    assert CgroupMemory(root, "/docker/abc", v1=True).read() == (None, None)
+
+
+def test_cgroup_cpu_quota_in_cores_v2_and_v1(tmp_path: Path) -> None:
+    v2 = tmp_path / "unified"
+    (v2 / "pod" / "ctr").mkdir(parents=True)
+    (v2 / "cpu.max").write_text("max 100000\n")
+    (v2 / "pod" / "cpu.max").write_text("150000 100000\n")
+    (v2 / "pod" / "ctr" / "cpu.max").write_text("50000 100000\n")
+    assert CgroupCpu(v2, "/pod/ctr").cores() == 0.5
+    (v2 / "pod" / "ctr" / "cpu.max").write_text("max 100000\n")
+    assert CgroupCpu(v2, "/pod/ctr").cores() == 1.5  # the parent's limit holds
+    v1 = tmp_path / "cpu"
+    (v1 / "job").mkdir(parents=True)
+    (v1 / "job" / "cpu.cfs_quota_us").write_text("-1\n")
+    (v1 / "job" / "cpu.cfs_period_us").write_text("100000\n")
+    assert CgroupCpu(v1, "/job", v1=True).cores() is None
+    (v1 / "job" / "cpu.cfs_quota_us").write_text("25000\n")
+    assert CgroupCpu(v1, "/job", v1=True).cores() == 0.25
+
+
+def test_cgroups_are_found_from_the_proc_files(tmp_path: Path) -> None:
+    v1_cgroups = "4:memory:/process_api/abc\n2:cpu,cpuacct:/job\n0::/\n"
+    mountinfo = (
+        f"31 23 0:28 / {tmp_path}/unified rw - cgroup2 cgroup2 rw\n"
+        f"35 31 0:32 / {tmp_path}/memory rw,relatime - cgroup cgroup rw,memory\n"
+        f"32 31 0:29 /job {tmp_path}/cpu rw,relatime - cgroup cgroup rw,cpu,cpuacct\n"
+    )
+    (tmp_path / "unified").mkdir()  # a hybrid machine: v2 mounted, without the controllers
+    assert locate(v1_cgroups, mountinfo, "memory") == (
+        tmp_path / "memory",
+        "/process_api/abc",
+        True,
+    )
+    # A mount that shows the cgroup as its root: the path is taken relative to it.
+    assert locate(v1_cgroups, mountinfo, "cpu") == (tmp_path / "cpu", "/", True)
+    (tmp_path / "unified" / "ctr").mkdir()
+    (tmp_path / "unified" / "ctr" / "memory.max").write_text("max\n")
+    v2_cgroups = "0::/ctr\n"
+    assert locate(v2_cgroups, mountinfo, "memory") == (tmp_path / "unified", "/ctr", False)
+    assert locate("0::/ctr\n", "", "memory") is None
+
+
+def test_cpu_is_a_share_of_the_cgroup_quota_when_it_is_less(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("50000 100000\n")
+    sampler = ProcessTreeSampler(cgroup_cpu=CgroupCpu(tmp_path, "/"), find_cgroups=False)
+    assert sampler.usable_cores() == 0.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert sampler.usable_cores() == len(os.sched_getaffinity(0))
 
 
 def test_process_tree_sampler_counts_the_terminals_not_the_machine() -> None:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from lapce_bridge.core.matrix import Strategy
+from dataclasses import replace
+
+from lapce_bridge.core.errors import ErrorCategory, ErrorSeverity
+from lapce_bridge.core.matrix import DEFAULT_MATRIX, Strategy
 from lapce_bridge.terminal.recovery import (
     CrashLoopPolicy,
     RestartAction,
     decide_restart,
-    give_up_strategy,
     next_shell,
     recent_deaths,
-    recreate_strategy,
 )
 
 POLICY = CrashLoopPolicy(max_deaths=3, window_s=10.0, fallback_shells=("bash", "sh"))
@@ -20,9 +21,17 @@ def can_run(shell: str) -> bool:
     return shell in ("bash", "sh", "zsh")
 
 
-def test_the_matrix_names_the_remedies() -> None:
-    assert recreate_strategy() is Strategy.RECREATE_TERMINAL
-    assert give_up_strategy() is Strategy.ALERT_USER
+def test_the_matrix_row_names_the_remedies_and_decides_whether_they_run() -> None:
+    policy = CrashLoopPolicy.from_matrix(DEFAULT_MATRIX)
+    assert policy.remedy is Strategy.RECREATE_TERMINAL
+    assert policy.fallback is Strategy.ALERT_USER
+    assert policy.recreates
+    row = DEFAULT_MATRIX.lookup(ErrorCategory.TERMINAL, ErrorSeverity.CRITICAL)
+    never = CrashLoopPolicy.from_matrix(DEFAULT_MATRIX.with_row(replace(row, max_retries=0)))
+    assert not never.recreates
+    decision = decide_restart([0.0], 0.0, shell="zsh", tried=[], policy=never, can_run=can_run)
+    assert decision.action is RestartAction.GIVE_UP  # the first death, no crash loop needed
+    assert "recreate_terminal" in decision.reason
 
 
 def test_deaths_outside_the_window_do_not_count() -> None:

@@ -51,19 +51,22 @@ def colour_dense_output(size: int, rng: random.Random) -> bytes:
     return bytes(out[:size])
 
 
-def throughput(data: bytes, strip: bool, rounds: int, chunk: int = 4096) -> float:
-    """MB/s feeding `data` in PTY-sized chunks; the best of `rounds` (least disturbed)."""
+def throughput(data: bytes, strip: bool, rounds: int, chunk: int = 4096) -> tuple[float, float]:
+    """MB/s feeding `data` in PTY-sized chunks, the best of `rounds` (least disturbed): on the
+    wall clock, and on this thread's CPU clock (what the parser costs, without the time other
+    processes on a busy machine take from it)."""
     chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)]
-    best = float("inf")
+    best = best_cpu = float("inf")
     for _ in range(rounds):
         parser = OscParser(nonce="f00dfeed", strip_ansi=strip)
         feed = parser.feed
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.thread_time()
         for piece in chunks:
             feed(piece)
         parser.flush()
         best = min(best, time.perf_counter() - started)
-    return len(data) / best / 1e6
+        best_cpu = min(best_cpu, time.thread_time() - started_cpu)
+    return len(data) / best / 1e6, len(data) / max(best_cpu, 1e-9) / 1e6
 
 
 def per_kib_samples(data: bytes, strip: bool) -> list[float]:
@@ -96,26 +99,21 @@ async def run(ctx: BenchContext) -> list[Row]:
                 goal=(7, 20),
             )
         )
-        rows.append(
-            figure_row(
-                "parser",
-                f"OSC parser, typical output ({mode})",
-                throughput(typical, strip, rounds),
-                "MB/s",
-                higher_is_better=True,
-                seed=100,
-                goal=150,
+        for label, data, goal in (
+            ("typical output", typical, 150),
+            ("colour-dense ls --color", dense, 100),
+        ):
+            wall, cpu = throughput(data, strip, rounds)
+            rows.append(
+                figure_row(
+                    "parser",
+                    f"OSC parser, {label} ({mode})",
+                    wall,
+                    "MB/s",
+                    higher_is_better=True,
+                    seed=100,
+                    goal=goal,
+                    note=f"wall clock, best of {rounds}; on the thread's CPU clock {cpu:.0f} MB/s",
+                )
             )
-        )
-        rows.append(
-            figure_row(
-                "parser",
-                f"OSC parser, colour-dense ls --color ({mode})",
-                throughput(dense, strip, rounds),
-                "MB/s",
-                higher_is_better=True,
-                seed=100,
-                goal=100,
-            )
-        )
     return rows

@@ -6,7 +6,9 @@ healthy disk cannot be made to fail on demand); the folder is deleted and re-cre
 - transient: the next two `open`s of a file fail with EIO; `fs/read` must still answer the
   file's current content, not stale, within the retry schedule (goal under 1 s; seed 10 s).
 - permanent: every `open` of a file read before fails; `fs/read` must answer the cached
-  content marked `stale: true` instead of failing (RTO: that answer's time).
+  content marked `stale: true` instead of failing (RTO: that answer's time). The fallback
+  is an incident a user can see: open in `health/get` while the disk fails, counted in
+  `metrics/get`, and ended (recovered) by the first read that reaches the disk again.
 - watched folder deleted and re-created: a file created in the new folder must be reported
   to the watch (RTO: re-creation to the event).
 """
@@ -86,17 +88,36 @@ async def run_permanent(ctx: ChaosContext) -> ChaosResult:
                 "test/faults/add", {"op": "open", "times": None, "pathGlob": f"*/{path}"}
             )
             elapsed, answer = await _read(client, path)
+            subject = f"fs/read {path}"
+            health = await client.request("health/get")
+            opened = [x for x in health["incidents"]["open"] if x["subject"] == subject]
+            tally.check(
+                [x["kind"] for x in opened] == ["cache_fallback"], "fallback not an open incident"
+            )
+            counters = (await client.request("metrics/get"))["counters"]
+            tally.check(
+                counters.get("incidents.cache_fallback", 0) >= i + 1, "fallback not counted"
+            )
             await client.request("test/faults/clear")
             if tally.check(answer.get("content") == text, "failed instead of the cached copy"):
                 rtos.append(elapsed)
             tally.check(answer.get("stale") is True, "cached copy not marked stale")
+            _, fresh = await _read(client, path)
+            tally.check(fresh.get("stale") is False, "not read afresh once the disk was back")
+            health = await client.request("health/get")
+            ended = [x for x in health["incidents"]["recent"] if x["subject"] == subject]
+            tally.check(
+                len(ended) == 1 and ended[0]["recovered"] is True and ended[0]["durationMs"] > 0,
+                "fallback incident not ended when the disk was back",
+            )
     return tally.result(
         "permanent file-system error",
         _median(rtos),
         rounds,
         seed_ms=10_000,
         goal_ms=1_000,
-        detail="every open fails with EIO after a read; the cached copy answered as stale.",
+        detail="every open fails with EIO after a read; the cached copy answered as stale, an "
+        "incident until the disk answers again.",
     )
 
 

@@ -8,8 +8,7 @@ record is O(1) and the window's totals are kept, not summed). States:
     OPEN ──(wait_duration_in_open passed; on the next acquire, lazily)──▶ HALF_OPEN
     HALF_OPEN ──(all permitted calls recorded: rates below the thresholds)──▶ CLOSED
     HALF_OPEN ──(... rates at or above a threshold)──▶ OPEN
-    DISABLED (always permits, records nothing) and FORCED_OPEN (never permits) are left
-    only by an explicit transition or `reset()`.
+    any ──(`reset()`)──▶ CLOSED, with an empty window
 
 Invariants:
 - In HALF_OPEN at most `permitted_calls_in_half_open` permits are out at once; a permit given
@@ -47,8 +46,6 @@ class CircuitState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
-    DISABLED = "disabled"
-    FORCED_OPEN = "forced_open"
 
 
 def default_record_exception(exc: BaseException) -> bool:
@@ -254,7 +251,7 @@ class CircuitBreaker:
     # -- permits --------------------------------------------------------------------------
     def try_acquire(self) -> bool:
         state = self._state
-        if state is CircuitState.CLOSED or state is CircuitState.DISABLED:
+        if state is CircuitState.CLOSED:
             return True
         if state is CircuitState.OPEN and self._wait_over():
             self._to(CircuitState.HALF_OPEN)
@@ -317,22 +314,7 @@ class CircuitBreaker:
         self.on_success(clock.now() - started, generation=generation)
         return result
 
-    # -- explicit transitions -------------------------------------------------------------
-    def transition_to_closed(self) -> None:
-        self._to(CircuitState.CLOSED)
-
-    def transition_to_open(self) -> None:
-        self._to(CircuitState.OPEN)
-
-    def transition_to_half_open(self) -> None:
-        self._to(CircuitState.HALF_OPEN)
-
-    def transition_to_forced_open(self) -> None:
-        self._to(CircuitState.FORCED_OPEN)
-
-    def transition_to_disabled(self) -> None:
-        self._to(CircuitState.DISABLED)
-
+    # -- explicit transition --------------------------------------------------------------
     def reset(self) -> None:
         """Back to CLOSED with empty metrics and no not-permitted count."""
         self._not_permitted = 0
@@ -405,7 +387,7 @@ class CircuitBreaker:
                 rates = window.rates()
                 tripped = rates is not None and self._tripped(rates)
                 self._to(CircuitState.OPEN if tripped else CircuitState.CLOSED)
-        # OPEN, FORCED_OPEN, DISABLED: no permit was issued in this state; nothing to count.
+        # OPEN: no permit was issued in this state; nothing to count.
 
     def _to(self, new: CircuitState) -> None:
         old = self._state

@@ -3,13 +3,15 @@
 Theory of operation: pressure is a number 0..100, the largest of
 - the memory the bridge owns (the server and its terminals, the process tree's proportional
   set size) as a share of its budget (`serve --memory-budget`);
-- the working set of the bridge's container as a share of its cgroup v2 limit (`memory.max`),
-  when there is one: a container is killed at its limit, whatever the budget says;
+- the working set of the bridge's container as a share of its cgroup limit (v2 `memory.max`
+  or v1 `memory.limit_in_bytes`), when there is one: a container is killed at its limit,
+  whatever the budget says;
 - the machine, only as a last resort: when less than `machine_floor_percent` (5 %) of its
   memory is available, pressure is `100 - available %`, so critical. Above that floor the
   machine's use plays no part: a developer laptop at 70 % is not the bridge's problem, and
   shedding our load would not relieve it.
-CPU (the server and its terminals, as a share of the cores this process may run on) is a
+CPU (the server and its terminals, as a share of the cores this process may use: its
+affinity, or its cgroup's CPU quota where that is less) is a
 second, separate signal: past `cpu_high` it throttles new terminals, until it falls under
 `cpu_low`; it never sheds or degrades anything.
 

@@ -9,7 +9,16 @@ Theory of operation:
   before the size `fstat` gave (it shrank mid-read) after a jittered exponential backoff on
   the clock. When the retries run out on a transient error, the last cached content is
   served marked `stale` ("cache previous" in the recovery matrix); an error the caller must
-  fix (ENOENT, EACCES, EISDIR, ENOTDIR, too large) fails at once.
+  fix (ENOENT, EACCES, EISDIR, ENOTDIR, too large) fails at once. Serving a file from the
+  cache while the disk fails is an incident (`cache_fallback`, one per file): opened at the
+  first stale answer, ended by the next read or write of that file that reaches the disk
+  (recovered), or by a definite answer that leaves nothing to fall back on.
+- Reads that reach the disk pass a circuit breaker (`breaker`, the app's `fs.disk`, see
+  `DISK_BREAKER`): when half of the last 20 failed for the server's reasons (an errno the
+  retries could not get past; a missing file is the caller's and counts as a success), it
+  opens for 5 s, and reads then skip the disk and its retry schedule: the cached copy at
+  once (stale), or -32002 (retryable, naming the breaker) when there is none. Two trial
+  reads then decide whether it closes.
 - One attempt is `fs.reading.read_file`, on the event loop's thread: 4 KiB costs about
   10 us and 1 MiB about 55 us here, while a hop to a worker thread costs 75-125 us. Files
   above `thread_read_bytes` (1 MiB) are read in a thread, so no single read stalls the loop
@@ -34,17 +43,20 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from lapce_bridge.clock import SYSTEM_CLOCK
+from lapce_bridge.core.breaker import CircuitBreaker, CircuitBreakerConfig
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import (
     ConflictError,
     FileTooLarge,
+    Unavailable,
     classify,
     is_server_fault,
 )
@@ -68,6 +80,22 @@ THREAD_READ_BYTES = 1024 * 1024
 Listing = list[dict[str, Any]]
 THREAD_LIST_DIR_BYTES = 4096  # a folder larger than one block (ext4: over ~100 entries)
 RACY_WINDOW_NS = 50_000_000  # well above the coarsest timestamp tick in use (10 ms at HZ=100)
+MAX_FALLBACKS = 256  # files followed as open cache-fallback incidents at once
+DISK_BREAKER = CircuitBreakerConfig(
+    failure_rate_threshold=50.0,
+    sliding_window_size=20,
+    minimum_number_of_calls=10,
+    wait_duration_in_open=5.0,
+    permitted_calls_in_half_open=2,
+)
+
+
+class Incidents(Protocol):
+    """Where incidents go (`core.incidents.IncidentLog`)."""
+
+    def open(self, kind: str, subject: str, detail: str = "") -> int: ...
+
+    def close(self, incident_id: int, *, recovered: bool, detail: str = "") -> object: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +158,8 @@ class FileStore:
         durable: bool = True,
         clock: Clock = SYSTEM_CLOCK,
         observe: Observe | None = None,
+        incidents: Incidents | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.workspace = workspace
         self.cache = cache
@@ -143,15 +173,13 @@ class FileStore:
         self.durable = durable
         self.clock = clock
         self.observe = observe
+        self.incidents = incidents
+        self.breaker = breaker
+        self._fallbacks: OrderedDict[str, int] = OrderedDict()  # real path -> incident id
         self._writers: dict[str, tuple[asyncio.Lock, int]] = {}
         self._n = _Counts()
 
     # -- reads ------------------------------------------------------------------------------
-    def cached(self, raw: str) -> CacheEntry | None:
-        """The fresh cache entry for the client path `raw`, if any: one stat, one lookup."""
-        found = self.probe(raw)
-        return found if isinstance(found, CacheEntry) else None
-
     def probe(self, raw: str) -> CacheEntry | int:
         """One stat: the fresh entry for `raw`, else its size (-1 if unknown) for `read_path`."""
         real = self.workspace.remembered(raw)
@@ -232,33 +260,78 @@ class FileStore:
                 size_hint = st.st_size
         n = self._n
         n.reads += 1
+        breaker, generation = self.breaker, 0
+        if breaker is not None:
+            try:
+                breaker.acquire()  # open: the disk has been failing, skip it for now
+            except Unavailable as exc:
+                return self._read_failed(real, exc)
+            generation = breaker.generation
         fn = partial(self.read_once, real, verify=verify)
+        started = self.clock.now()
         try:
             if size_hint > self.thread_read_bytes:
                 n.threaded_reads += 1
                 data, ident = await self.retry.run_async(partial(asyncio.to_thread, fn))
             else:
                 data, ident = await self.retry.run(fn)
-        except Relocated:
+        except Relocated:  # not the disk's failure: the path is resolved afresh
+            if breaker is not None:
+                breaker.release(generation=generation)
             raise
         except Exception as exc:
+            if breaker is not None:
+                breaker.on_error(self.clock.now() - started, exc, generation=generation)
             return self._read_failed(real, exc)
+        except BaseException:  # cancelled: no outcome
+            if breaker is not None:
+                breaker.release(generation=generation)
+            raise
+        if breaker is not None:
+            breaker.on_success(self.clock.now() - started, generation=generation)
         n.disk_reads += 1
         racy = self.wall_ns() - max(ident[0], ident[1]) < self.racy_window_ns
         self.cache.put(real, data, ident, racy=racy)
+        if self._fallbacks:
+            self._fallback_ended(real, True, "read from the disk again")
         return ReadResult(data, ident, False)
 
     def _read_failed(self, real: str, exc: Exception) -> ReadResult:
         rel = self.workspace.relative(real)
         entry = self.cache.get_any(real)
-        if entry is not None and classify(exc).retryable:
+        retryable = classify(exc).retryable
+        if entry is not None and retryable:
             self._n.stale_served += 1
             reason = str(fs_error(exc, "read", rel))
+            self._fallback_started(real, rel, reason)
             return ReadResult(entry.data, entry.identity, True, True, reason)
         self._n.read_failures += 1
         if isinstance(exc, FileNotFoundError | NotADirectoryError | IsADirectoryError):
             self.cache.invalidate(real)
-        raise fs_error(exc, "read", rel) from exc
+        error = fs_error(exc, "read", rel)
+        if self._fallbacks:
+            # A definite answer from the disk (the file is gone) ends the fallback; a failure
+            # with no copy left to serve ends it unrecovered.
+            self._fallback_ended(real, not retryable, f"no cached copy left: {error}")
+        if error is exc:  # already ours (the breaker's refusal)
+            raise error
+        raise error from exc
+
+    def _fallback_started(self, real: str, rel: str, reason: str) -> None:
+        """The first stale answer for `real` opens its incident; later ones are part of it."""
+        if self.incidents is None or real in self._fallbacks:
+            return
+        self._fallbacks[real] = self.incidents.open("cache_fallback", f"fs/read {rel}", reason)
+        while len(self._fallbacks) > MAX_FALLBACKS:
+            _, oldest = self._fallbacks.popitem(last=False)
+            self.incidents.close(
+                oldest, recovered=False, detail="no longer followed: too many files in fallback"
+            )
+
+    def _fallback_ended(self, real: str, recovered: bool, detail: str) -> None:
+        found = self._fallbacks.pop(real, None)
+        if found is not None and self.incidents is not None:
+            self.incidents.close(found, recovered=recovered, detail=detail)
 
     def read_once(self, real: str, *, verify: bool = False) -> tuple[bytes, Identity]:
         """One attempt at reading `real` whole (see `fs.reading.read_file`)."""
@@ -338,6 +411,8 @@ class FileStore:
         ident = identity_of(st)
         racy = self.wall_ns() - max(ident[0], ident[1]) < self.racy_window_ns
         self.cache.put(real, data, ident, racy=racy)
+        if self._fallbacks:
+            self._fallback_ended(real, True, "written to the disk")
         return st
 
     async def _sync_folder(self, real: str, rel: str) -> None:

@@ -99,9 +99,6 @@ class Workspace:
             )
         return real
 
-    def contains(self, real: str) -> bool:
-        return real == self.root or real.startswith(self._prefix)
-
     def resolve(self, raw: object, *, what: str = "path") -> str:
         """The real absolute path `raw` names, refused unless it lies inside the workspace."""
         if not isinstance(raw, str):
@@ -137,9 +134,6 @@ class Workspace:
             return "."
         rel = real[len(self._prefix) :] if real.startswith(self._prefix) else real
         return rel if os.sep == "/" else rel.replace(os.sep, "/")
-
-    def forget(self) -> None:
-        self._memo.clear()
 
 
 class OpensBeneath:

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lapce_bridge.clock import SYSTEM_CLOCK
+from lapce_bridge.core.breaker import CircuitBreaker
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import FileTooLarge, InvalidParams, Unavailable
 from lapce_bridge.core.retry import RetryPolicy
@@ -60,6 +61,7 @@ from lapce_bridge.fs.files import (
     DEFAULT_MAX_FILE_BYTES,
     RACY_WINDOW_NS,
     FileStore,
+    Incidents,
     ReadResult,
     StoreStats,
 )
@@ -126,6 +128,8 @@ class FileService:
         sweep_on_start: bool = True,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         watch_quota: WatchQuota | None = None,
+        incidents: Incidents | None = None,
+        breaker: CircuitBreaker | None = None,
         watch_state: Path | None = None,
     ) -> None:
         self.clock = clock
@@ -142,6 +146,8 @@ class FileService:
             durable=durable,
             clock=clock,
             observe=observe,
+            incidents=incidents,
+            breaker=breaker,
         )
         self.watcher = WatcherRecovery(
             relative=self.workspace.relative,
@@ -360,7 +366,7 @@ class FileService:
                 return {"watchId": live.persisted.watch_id}  # a plain repeat
             # Another connection's (one going away as its client reconnects): taken over.
             self._release(live.persisted.watch_id, self._owners.get(live.persisted.watch_id))
-        persisted = store.load(key)
+        persisted = await asyncio.to_thread(store.load, key)  # a large tree: 10 MB to parse
         if persisted is not None:
             _same_watch(key, persisted, roots, recursive)
         baseline = persisted.snapshot if persisted is not None else None

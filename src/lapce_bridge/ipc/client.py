@@ -25,14 +25,20 @@ from typing import Any
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.breaker import CircuitBreaker, CircuitBreakerConfig
 from lapce_bridge.core.clock import Clock
-from lapce_bridge.core.errors import BridgeError
+from lapce_bridge.core.errors import BridgeError, ErrorCategory, ErrorSeverity
 from lapce_bridge.core.matrix import DEFAULT_MATRIX, RecoveryMatrix
 from lapce_bridge.core.retry import RetryPolicy
 from lapce_bridge.ipc.link import Endpoint, Link, NotificationHandler
 from lapce_bridge.ipc.outbox import Outbox
 from lapce_bridge.ipc.paths import default_socket_path
 from lapce_bridge.ipc.reattach import STREAMS, Reattach
-from lapce_bridge.ipc.recovery import AnswerRetry, RecoveryPath, Refused, refused_before_running
+from lapce_bridge.ipc.recovery import (
+    UNBOUNDED_RETRIES,
+    AnswerRetry,
+    RecoveryPath,
+    Refused,
+    refused_before_running,
+)
 from lapce_bridge.ipc.spawn import ServerSupervisor
 from lapce_bridge.typed_client import TypedMethods
 
@@ -240,19 +246,28 @@ class BridgeClient(TypedMethods):
         *,
         server_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
-        max_crashes: int = 5,
+        max_crashes: int | None = None,
         crash_window: float = 60.0,
         stderr_path: Path | None = None,
         **kwargs: Any,
     ) -> BridgeClient:
-        """A connected client to a server it starts if none listens, and restarts if it dies."""
+        """A connected client to a server it starts if none listens, and restarts if it dies.
+
+        A server that dies `max_crashes` times within `crash_window` seconds is given up:
+        by default as often as the network/critical row of the recovery matrix (`matrix=`)
+        allows reconnecting (`reconnect_ipc`, 5 retries: the sixth death ends it)."""
+        if max_crashes is None:
+            matrix: RecoveryMatrix = kwargs.get("matrix", DEFAULT_MATRIX)
+            max_crashes = matrix.attempts(
+                ErrorCategory.NETWORK, ErrorSeverity.CRITICAL, unbounded=UNBOUNDED_RETRIES
+            )
         path = Path(socket_path) if socket_path is not None else default_socket_path()
         supervisor = ServerSupervisor(
             path,
             args=server_args,
             env=env,
             clock=kwargs.get("clock"),
-            max_crashes=max_crashes,
+            max_crashes=max_crashes or 1,
             crash_window=crash_window,
             stderr_path=stderr_path,
         )

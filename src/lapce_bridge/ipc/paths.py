@@ -31,6 +31,9 @@ APP_DIR = "lapce-bridge"
 SOCKET_NAME = "bridge.sock"
 # sun_path is 108 bytes on Linux including the terminating NUL.
 MAX_SOCKET_PATH = 107
+# Connections waiting to be accepted: a thousand clients may arrive at once (1,000 at once is
+# a figure the bridge is held to), faster than a loop busy opening its services accepts them.
+LISTEN_BACKLOG = 1024
 
 
 class ServerAlreadyRunning(Unavailable):
@@ -108,7 +111,7 @@ def prepare_socket_path(path: Path) -> None:
         path.unlink()
 
 
-def bind_unix_socket(path: Path, backlog: int = 1024) -> socket.socket:
+def bind_unix_socket(path: Path, backlog: int = LISTEN_BACKLOG) -> socket.socket:
     """A listening socket at `path`, mode 0600 from creation."""
     prepare_socket_path(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -146,6 +149,7 @@ def remove_socket(path: Path, identity: tuple[int, int] | None = None) -> None:
 
 
 __all__ = [
+    "LISTEN_BACKLOG",
     "ServerAlreadyRunning",
     "bind_unix_socket",
     "default_socket_path",

@@ -308,8 +308,9 @@ class RecoveryPath:
 
     def _reconnect_attempts(self) -> int | None:
         """How many failed connects past the outage grace end the reconnecting: the
-        network/critical row's (reconnect_ipc) without a supervisor; with one, None (it
-        restarts the server and gives up itself on a crash loop)."""
+        network/critical row's (reconnect_ipc) without a supervisor; with one, None: it
+        restarts the server and gives up on a crash loop, whose bound is the same row's
+        (`BridgeClient.spawn`), so a restart that is slow on a loaded machine is waited for."""
         if self.supervised:
             return None
         return self.matrix.attempts(
@@ -406,4 +407,4 @@ class RecoveryPath:
         self.outbox.close()
 
 
-__all__ = ["AnswerRetry", "RecoveryPath", "Refused", "refused_before_running"]
+__all__ = ["UNBOUNDED_RETRIES", "AnswerRetry", "RecoveryPath", "Refused", "refused_before_running"]

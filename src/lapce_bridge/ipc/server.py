@@ -39,7 +39,7 @@ from lapce_bridge.ipc.connection import CANCEL, Connection
 from lapce_bridge.ipc.framing import DEFAULT_MAX_MESSAGE_BYTES, encode
 from lapce_bridge.ipc.idempotency import Elsewhere, Idempotency
 from lapce_bridge.ipc.journal import IdempotencyJournal
-from lapce_bridge.ipc.paths import bind_unix_socket, file_identity, remove_socket
+from lapce_bridge.ipc.paths import LISTEN_BACKLOG, bind_unix_socket, file_identity, remove_socket
 from lapce_bridge.ipc.state import Limits, Peer, ServerState
 from lapce_bridge.rpc import Broadcast, CallContext, Method, Params, method
 
@@ -268,8 +268,10 @@ class BridgeServer:
     async def listen_unix(self, path: Path) -> Path:
         sock = bind_unix_socket(path)
         try:
+            # The backlog again: the loop listens once more when it starts serving, with its
+            # own default (100), and uvloop refuses connections past it at once.
             listener = await asyncio.get_running_loop().create_unix_server(
-                self._factory("unix"), sock=sock
+                self._factory("unix"), sock=sock, backlog=LISTEN_BACKLOG
             )
         except BaseException:
             sock.close()
@@ -290,7 +292,7 @@ class BridgeServer:
                 f"refusing to listen on non-loopback address {host!r} without --allow-remote"
             )
         listener = await asyncio.get_running_loop().create_server(
-            self._factory("tcp", needs_auth=True), host, port
+            self._factory("tcp", needs_auth=True), host, port, backlog=LISTEN_BACKLOG
         )
         self._listeners.append(listener)
         bound = listener.sockets[0].getsockname()

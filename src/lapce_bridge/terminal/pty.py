@@ -141,15 +141,6 @@ class PtyProcess:
             self._reading = False
             self._loop.remove_reader(self.master)
 
-    def pause_reading(self) -> None:
-        """Stop taking output (the child blocks when the PTY buffer fills): backpressure."""
-        self._stop_reading()
-
-    def resume_reading(self) -> None:
-        if not self._reading and self.returncode is None and self.master >= 0:
-            self._reading = True
-            self._loop.add_reader(self.master, self._on_readable)
-
     def _on_child_exit(self) -> None:
         self._reap(block=False)
 
@@ -219,10 +210,6 @@ class PtyProcess:
         if self._writing:
             self._writing = False
             self._loop.remove_writer(self.master)
-
-    @property
-    def pending_write(self) -> int:
-        return sum(len(v) for v in self._queue)
 
     # -- control ------------------------------------------------------------------------
     def resize(self, cols: int, rows: int) -> None:

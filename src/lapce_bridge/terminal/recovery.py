@@ -1,8 +1,10 @@
 """What to do when a terminal's shell dies: the decision, kept pure.
 
-Theory of operation: a shell death is a `ShellCrashed` (terminal, critical); the kernel's
-recovery matrix names the remedy, `recreate_terminal`, and its fallback, `alert_user`. This
-module adds what the matrix cannot know: crash loops. Deaths are remembered as clock times; a
+Theory of operation: a shell death is a `ShellCrashed` (terminal, critical); the recovery
+matrix's row for it names the remedy (`recreate_terminal`), whether it may run (the row allows
+a retry) and its fallback (`alert_user`): `CrashLoopPolicy.from_matrix` carries the row, so
+a changed row changes what a terminal does. This module adds what the matrix cannot know:
+crash loops. Deaths are remembered as clock times; a
 death is answered by a restart of the same shell while fewer than `max_deaths` fall inside the
 last `window_s` seconds; past that the next shell of `fallback_shells` that can be run and has
 not been tried is started instead (mode `alternative_shell`, with a fresh count); when none is
@@ -20,8 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from lapce_bridge.core.errors import ShellCrashed
-from lapce_bridge.core.matrix import DEFAULT_MATRIX, Strategy
+from lapce_bridge.core.errors import ErrorCategory, ErrorSeverity
+from lapce_bridge.core.matrix import DEFAULT_MATRIX, RecoveryMatrix, Strategy
 
 
 class RestartAction(StrEnum):
@@ -35,6 +37,19 @@ class CrashLoopPolicy:
     max_deaths: int = 3  # deaths within the window that make the shell "crash-looping"
     window_s: float = 30.0
     fallback_shells: tuple[str, ...] = ("bash", "sh")
+    # The recovery matrix's terminal/critical row: the remedy, whether it runs, the fallback.
+    remedy: Strategy = Strategy.RECREATE_TERMINAL
+    recreates: bool = True
+    fallback: Strategy = Strategy.ALERT_USER
+
+    @classmethod
+    def from_matrix(cls, matrix: RecoveryMatrix = DEFAULT_MATRIX) -> CrashLoopPolicy:
+        """The policy the matrix's terminal/critical row sets: the shell is recreated only
+        when the row allows the remedy a run (a retry)."""
+        category, severity = ErrorCategory.TERMINAL, ErrorSeverity.CRITICAL
+        row = matrix.lookup(category, severity)
+        attempts = matrix.attempts(category, severity, unbounded=2)
+        return cls(remedy=row.primary, recreates=(attempts or 1) > 1, fallback=row.fallback)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,15 +57,6 @@ class RestartDecision:
     action: RestartAction
     shell: str | None
     reason: str
-
-
-def recreate_strategy() -> Strategy:
-    """The matrix's remedy for a dead shell (recreate_terminal)."""
-    return DEFAULT_MATRIX.lookup_error(ShellCrashed("shell exited")).primary
-
-
-def give_up_strategy() -> Strategy:
-    return DEFAULT_MATRIX.lookup_error(ShellCrashed("shell exited")).fallback
 
 
 def recent_deaths(deaths: Sequence[float], now: float, window_s: float) -> int:
@@ -78,6 +84,10 @@ def decide_restart(
     can_run: Callable[[str], bool],
 ) -> RestartDecision:
     """`deaths` includes the one being answered."""
+    if not policy.recreates:
+        return RestartDecision(
+            RestartAction.GIVE_UP, None, f"the recovery matrix allows no {policy.remedy}"
+        )
     count = recent_deaths(deaths, now, policy.window_s)
     if count < policy.max_deaths:
         return RestartDecision(

@@ -64,6 +64,7 @@ from lapce_bridge.rpc import (
 )
 from lapce_bridge.terminal.foreground import process_cwd
 from lapce_bridge.terminal.ownership import Ownership
+from lapce_bridge.terminal.recovery import CrashLoopPolicy
 from lapce_bridge.terminal.result import ExecResult, TerminalExited
 from lapce_bridge.terminal.spool import SpoolStats, SpoolStore
 from lapce_bridge.terminal.stream import OutputStreams, Streamer, StreamStats
@@ -189,8 +190,10 @@ class TerminalService:
         max_terminals_per_connection: int = 32,
         orphan_grace: float = 30.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        crash_policy: CrashLoopPolicy | None = None,  # the recovery matrix's (App)
     ) -> None:
         self.workspace = Path(workspace).resolve()
+        self.crash_policy = crash_policy
         self.state_dir = Path(state_dir)
         self.clock = clock
         self.observe = observe
@@ -448,6 +451,7 @@ class TerminalService:
             observe=self.observe,
             spools=self.spools,
             on_exit=self._on_exit,
+            crash_policy=self.crash_policy,
         )
         self.terminals[terminal_id] = term
         try:

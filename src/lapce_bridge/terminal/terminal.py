@@ -54,8 +54,6 @@ from lapce_bridge.terminal.recovery import (
     RestartAction,
     RestartDecision,
     decide_restart,
-    give_up_strategy,
-    recreate_strategy,
 )
 from lapce_bridge.terminal.result import (
     ExecResult,
@@ -485,9 +483,6 @@ class Terminal:
             raise TimeoutError(f"{execution_id} still runs after {within} s")
         return result
 
-    def result_of(self, execution_id: str) -> ExecResult | None:
-        return self._results.get(execution_id)
-
     def send_text(self, text: str) -> None:
         if not isinstance(text, str):
             raise InvalidParams("text must be a string")
@@ -674,14 +669,14 @@ class Terminal:
         will_recover = decision.action is not RestartAction.GIVE_UP
         if asked:
             recovery = Recovery(
-                recreate_strategy().value,
+                self.crash_policy.remedy.value,
                 f"the command ended the shell (exit status {code}); the same shell was "
                 "started again with the cwd and exported environment it had before it",
             )
         elif will_recover:
-            recovery = Recovery(recreate_strategy().value, f"shell exited with code {code}")
+            recovery = Recovery(self.crash_policy.remedy.value, f"shell exited with code {code}")
         else:
-            recovery = Recovery(give_up_strategy().value, decision.reason)
+            recovery = Recovery(self.crash_policy.fallback.value, decision.reason)
         if self._exec is not None:
             # `exit 3` ends the shell with the command's own status; a signal leaves it unknown.
             self._finish_current(Status.INTERRUPTED, recovery, code if code >= 0 else None)
