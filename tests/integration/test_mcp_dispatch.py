@@ -7,13 +7,14 @@ import asyncio
 import shutil
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from lapce_bridge.app import App
 from lapce_bridge.core.errors import PermissionDenied, ResourceExhausted
 from lapce_bridge.mcp.server import Backend, call_tool
 from lapce_bridge.mcp.tools import BY_NAME, output_schema
-from lapce_bridge.schema.files import SearchResult
+from lapce_bridge.schema.files import EditParams, SearchParams, SearchResult
 from lapce_bridge.schema.methods import ExecResult
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
@@ -127,5 +128,16 @@ async def test_a_tool_answers_its_method_result_under_the_python_names(tmp_path:
         assert set(schema["properties"]) == {*mcp, "error"}
         assert BY_NAME["search_files"].output is SearchResult
         assert BY_NAME["run_command"].output is ExecResult
+        # The arguments are the method's params under the same names (a model's defaults).
+        wire_names = [f.name for f in msgspec.structs.fields(SearchParams)]
+        tool_fields = msgspec.structs.fields(BY_NAME["search_files"].input)
+        assert [f.name for f in tool_fields] == [
+            n for n in wire_names if n not in ("idempotency_key", "timeout_ms")
+        ]
+        assert {f.name: f.default for f in tool_fields}["max_results"] == 200
+        edit_args = {f.name for f in msgspec.structs.fields(BY_NAME["edit_file"].input)}
+        assert edit_args == {f.name for f in msgspec.structs.fields(EditParams)} - {
+            "idempotency_key"
+        }
     finally:
         await backend.aclose()

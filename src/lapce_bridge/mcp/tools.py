@@ -11,12 +11,14 @@ place the two meet.
 
 One definition per concept: where a tool answers what its method answers (a command's
 result, search matches, an edit, a tree), its output Struct is the method's own result
-Struct from `schema`, shown with its fields' Python (snake_case) names: `snake_schema`
-renames the properties of its JSON Schema, `to_snake` its values. Only what exists for MCP
-alone is defined here: the tools' arguments (names and defaults chosen for models: `terminal`,
-a 200-match page) and the outputs no method has (`read_file`'s line range, `send_input`'s
-count). Nothing here imports the MCP SDK: the table is plain data, so the schema document and
-the tests can read it without starting a server.
+Struct from `schema`, shown with its fields' Python (snake_case) names (`object_schema`
+renames the properties of its JSON Schema, `to_snake` its values); where a tool takes what
+its method takes (`edit_file`, `search_files`, `list_directory`), its arguments are the
+method's params Struct under the same names (`params_view`), with a model's defaults where
+they differ. Only what exists for MCP alone is defined here: arguments named for models
+(`terminal` for a terminal id) and outputs no method has (`read_file`'s line range,
+`send_input`'s count). Nothing here imports the MCP SDK: the table is plain data, so the
+schema document and the tests can read it without starting a server.
 """
 
 from __future__ import annotations
@@ -24,12 +26,20 @@ from __future__ import annotations
 import binascii
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import msgspec
 from msgspec import Meta
 
-from lapce_bridge.schema.files import EditResult, SearchResult, TreeResult
+from lapce_bridge.schema.files import (
+    EditParams,
+    EditResult,
+    SearchParams,
+    SearchResult,
+    TreeParams,
+    TreeResult,
+)
 from lapce_bridge.schema.methods import ExecResult, TerminalInfo
 
 Millis = Annotated[int, Meta(ge=1, le=86_400_000)]
@@ -132,36 +142,82 @@ class WriteFileResult(Output):
     mtime_ns: int
 
 
-class EditSpec(Input):
-    old_text: Annotated[str, Meta(min_length=1)]
-    new_text: str
-    count: Annotated[int, Meta(ge=1)] = 1
+def params_view(
+    kind: type[msgspec.Struct],
+    name: str | None = None,
+    *,
+    drop: tuple[str, ...] = ("idempotency_key",),
+    defaults: Mapping[str, Any] | None = None,
+) -> type[msgspec.Struct]:
+    """The arguments of a tool that takes what its method takes: `kind` (a method's params
+    Struct from `schema`) under its fields' Python names, unknown fields refused, Structs
+    inside it viewed the same way; `drop` leaves fields out, `defaults` changes defaults
+    (a model's page of search results is smaller). One definition, two spellings."""
+    made = _VIEWS.get(kind) if name is None else None
+    if made is not None:
+        return made
+    hints = get_type_hints(kind, include_extras=True)
+    fields: list[Any] = []
+    for f in msgspec.structs.fields(kind):
+        if f.name in drop:
+            continue
+        hint = _viewed(hints[f.name])
+        if defaults is not None and f.name in defaults:
+            fields.append((f.name, hint, defaults[f.name]))
+        elif f.default is not msgspec.NODEFAULT:
+            fields.append((f.name, hint, f.default))
+        elif f.default_factory is not msgspec.NODEFAULT:
+            fields.append((f.name, hint, msgspec.field(default_factory=f.default_factory)))
+        else:
+            fields.append((f.name, hint))
+    view = msgspec.defstruct(
+        name or kind.__name__,
+        fields,
+        kw_only=True,
+        forbid_unknown_fields=True,
+        module=__name__,
+    )
+    if name is None:
+        _VIEWS[kind] = view
+    return view
 
 
-class EditFileInput(Input):
-    path: PathArg
-    edits: Annotated[list[EditSpec], Meta(min_length=1, max_length=1000)]
-    dry_run: bool = False
-    expected_mtime_ns: Annotated[int, Meta(ge=0)] | None = None
+_VIEWS: dict[type[msgspec.Struct], type[msgspec.Struct]] = {}
 
 
-class SearchFilesInput(Input):
-    query: Annotated[str, Meta(min_length=1, max_length=4096)]
-    regex: bool = False
-    case_sensitive: bool = True
-    path: PathArg = "."
-    include: list[str] = []
-    exclude: list[str] = []
-    gitignore: bool = True
-    max_results: Annotated[int, Meta(ge=1, le=10_000)] = 200
-    cursor: str | None = None
+def _viewed(hint: Any) -> Any:
+    """`hint` with every Struct in it replaced by its `params_view`."""
+    if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
+        return params_view(hint, drop=())
+    origin = get_origin(hint)
+    if origin is Annotated:
+        base, *meta = get_args(hint)
+        return Annotated[(_viewed(base), *meta)]
+    if origin in (Union, UnionType):
+        return Union[tuple(_viewed(arg) for arg in get_args(hint))]  # noqa: UP007
+    if origin is list:
+        return list[_viewed(get_args(hint)[0])]  # type: ignore[misc]
+    return hint
 
 
-class ListDirectoryInput(Input):
-    path: PathArg = "."
-    depth: Annotated[int, Meta(ge=1, le=32)] = 2
-    gitignore: bool = True
-    max_entries: Annotated[int, Meta(ge=1, le=100_000)] = 2_000
+def wire_params(kind: type[msgspec.Struct], inp: msgspec.Struct) -> dict[str, Any]:
+    """A view's arguments as the params of its method (camelCase, unset ones left out)."""
+    built = msgspec.to_builtins(msgspec.convert(inp, kind, from_attributes=True))
+    return {k: v for k, v in built.items() if v is not None}
+
+
+EditFileInput = params_view(EditParams, "EditFileInput")
+SearchFilesInput = params_view(
+    SearchParams,
+    "SearchFilesInput",
+    drop=("idempotency_key", "timeout_ms"),
+    defaults={"max_results": 200},
+)
+ListDirectoryInput = params_view(
+    TreeParams,
+    "ListDirectoryInput",
+    defaults={"gitignore": True, "max_entries": 2_000},
+)
 
 
 class FileInfoInput(Input):
@@ -193,7 +249,7 @@ class Tool:
     name: str
     title: str
     description: str
-    input: type[Input]
+    input: type[msgspec.Struct]  # an Input, or the `params_view` of the method's params
     output: type[msgspec.Struct]  # an Output, or the method's own result Struct
     annotations: Annotations
     request: Callable[[Any], Call]
@@ -388,20 +444,7 @@ TOOLS: tuple[Tool, ...] = (
         EditFileInput,
         EditResult,
         Annotations(read_only=False, destructive=True, idempotent=False),
-        lambda i: (
-            "fs/edit",
-            _drop_none(
-                {
-                    "path": i.path,
-                    "edits": [
-                        {"oldText": e.old_text, "newText": e.new_text, "count": e.count}
-                        for e in i.edits
-                    ],
-                    "dryRun": i.dry_run,
-                    "expectedMtimeNs": i.expected_mtime_ns,
-                }
-            ),
-        ),
+        lambda i: ("fs/edit", wire_params(EditParams, i)),
         lambda i, r: msgspec.convert(r, EditResult),
     ),
     Tool(
@@ -415,22 +458,7 @@ TOOLS: tuple[Tool, ...] = (
         SearchFilesInput,
         SearchResult,
         READ,
-        lambda i: (
-            "fs/search",
-            _drop_none(
-                {
-                    "query": i.query,
-                    "regex": i.regex,
-                    "caseSensitive": i.case_sensitive,
-                    "path": i.path,
-                    "include": i.include,
-                    "exclude": i.exclude,
-                    "gitignore": i.gitignore,
-                    "maxResults": i.max_results,
-                    "cursor": i.cursor,
-                }
-            ),
-        ),
+        lambda i: ("fs/search", wire_params(SearchParams, i)),
         lambda i, r: msgspec.convert(r, SearchResult),
     ),
     Tool(
@@ -442,15 +470,7 @@ TOOLS: tuple[Tool, ...] = (
         ListDirectoryInput,
         TreeResult,
         READ,
-        lambda i: (
-            "fs/tree",
-            {
-                "path": i.path,
-                "depth": i.depth,
-                "gitignore": i.gitignore,
-                "maxEntries": i.max_entries,
-            },
-        ),
+        lambda i: ("fs/tree", wire_params(TreeParams, i)),
         lambda i, r: msgspec.convert(r, TreeResult),
     ),
     Tool(
@@ -608,6 +628,8 @@ __all__ = [
     "Tool",
     "object_schema",
     "output_schema",
+    "params_view",
     "snake_names",
     "to_snake",
+    "wire_params",
 ]

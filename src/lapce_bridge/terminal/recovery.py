@@ -77,7 +77,7 @@ def next_shell(
     # Compared by name: "/usr/bin/bash" and "bash" are the same shell.
     skip = {os.path.basename(s) for s in (current, *tried)}
     for shell in fallbacks:
-        if os.path.basename(shell) not in skip and can_run(shell):
+        if shell and os.path.basename(shell) not in skip and can_run(shell):
             return shell
     return None
 

@@ -14,13 +14,14 @@ probe and stop a shell), so it knows nothing of the terminal that uses it.
 
 `choose_shell` picks the executable (missing: the first runnable fallback shell, reported as
 `alternative_shell`). `restore_file` turns the environment a dead shell's hooks last saved
-into a file its replacement sources (same shell kind only), minus the variables that describe
-the dead process itself.
+into a file its replacement sources (in the replacement's syntax when the kind of shell
+changes), minus the variables that describe the dead process itself.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,7 +144,7 @@ async def climb(plan: Plan, rungs: Rungs) -> Outcome:
             )
         await rungs.stop(shell)
     else:
-        shell = rungs.spawn(launch(False, True, None), exe, EndDetection.END_MARKER)
+        shell = rungs.spawn(launch(False, True, plan.restore), exe, EndDetection.END_MARKER)
         if await rungs.probe(shell):
             return Outcome(shell, EndDetection.END_MARKER, _label(alt, Mode.NO_SHELL_INTEGRATION))
         await rungs.stop(shell)
@@ -173,16 +174,86 @@ async def climb(plan: Plan, rungs: Rungs) -> Outcome:
     )
 
 
-def restore_file(term_dir: Path, kind: str) -> Path | None:
-    """The dead shell's exported variables as a file to source, or None when none were saved."""
+def restore_file(term_dir: Path, kind: str, into: str | None = None) -> Path | None:
+    """The dead shell's exported variables as a file its replacement sources, or None when
+    none were saved. `kind` is the dead shell's; `into`, the replacement's when the ladder
+    moved to another kind of shell (bash <-> zsh <-> fish <-> sh): the variables are read
+    from the one syntax and written in the other."""
+    into = into or kind
     data = read_private(term_dir / ("env.fish" if kind == "fish" else "env"))
     if data is None:
         return None
     text = data.decode("utf-8", "surrogateescape")
-    if kind == "fish":
-        # `set -xL` lists "NAME escaped-value(s)": valid fish words after `set -gx`.
-        text = "".join("set -gx " + line for line in text.splitlines(keepends=True))
-    kept = [line for line in text.splitlines(keepends=True) if not _VOLATILE.match(line)]
+    if kind == into and kind != "posix":  # sh saves nothing: the file is an earlier shell's
+        if kind == "fish":
+            # `set -xL` lists "NAME escaped-value(s)": valid fish words after `set -gx`.
+            text = "".join("set -gx " + line for line in text.splitlines(keepends=True))
+        kept = [line for line in text.splitlines(keepends=True) if not _VOLATILE.match(line)]
+        out = "".join(kept)
+    else:
+        env = {k: v for k, v in saved_env(kind, text).items() if k not in _VOLATILE_NAMES}
+        out = "".join(export_line(into, k, v) for k, v in env.items())
     target = term_dir / "restore"
-    write_private(target, "".join(kept).encode("utf-8", "surrogateescape"))
+    write_private(target, out.encode("utf-8", "surrogateescape"))
     return target
+
+
+_VOLATILE_NAMES = frozenset(("PWD", "OLDPWD", "SHLVL", "_"))
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def saved_env(kind: str, text: str) -> dict[str, str]:
+    """The variables in what a shell's hook saved: bash `declare -x NAME="value"`, zsh
+    `export NAME=value` (bare, '...' or $'...'), fish `set -xL` ("NAME value..."; fish does
+    not quote a value with a quote in it, so only plain values and lists are read there).
+    An entry that does not parse is skipped."""
+    env: dict[str, str] = {}
+    if kind == "fish":
+        for line in text.splitlines():
+            try:
+                words = shlex.split(line, posix=True)
+            except ValueError:
+                continue
+            if words and _NAME.match(words[0]):
+                # A list, joined as fish exports it: path lists with ':', others with ' '.
+                sep = ":" if words[0].endswith("PATH") else " "
+                env[words[0]] = sep.join(words[1:])
+        return env
+    for m in _ENTRY.finditer(text):
+        name, dq, sq, ansi, bare = m.group(1, 2, 3, 4, 5)
+        if dq is not None:
+            env[name] = re.sub(r'\\([\\"$`])', r"\1", dq)
+        elif sq is not None:
+            env[name] = sq.replace("'\\''", "'")
+        elif ansi is not None:
+            env[name] = _ansi_c(ansi)
+        elif bare is not None:
+            env[name] = re.sub(r"\\(.)", r"\1", bare)
+    return env
+
+
+# One `declare -x NAME="..."` / `export NAME=...` entry; values may span lines.
+_ENTRY = re.compile(
+    r"^(?:declare -\S+|export|typeset -\S+) ([A-Za-z_][A-Za-z0-9_]*)="
+    r'(?:"((?:[^"\\]|\\.)*)"'  # bash: double quotes, \ escapes
+    r"|'((?:[^']|'\\'')*)'(?=\s|$)"  # zsh: single quotes, '\'' for a quote
+    r"|\$'((?:[^'\\]|\\.)*)'"  # zsh: $'...' for control characters
+    r"|((?:[^\s\\]|\\.)*))",  # zsh: a bare word
+    re.MULTILINE | re.DOTALL,
+)
+
+
+def _ansi_c(body: str) -> str:
+    """The value of a $'...' string (the escapes zsh writes)."""
+    try:
+        return body.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError:
+        return body
+
+
+def export_line(kind: str, name: str, value: str) -> str:
+    """One exported variable in `kind`'s syntax."""
+    if kind == "fish":
+        quoted = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return f"set -gx {name} {quoted}\n"
+    return f"export {name}='" + value.replace("'", "'\\''") + "'\n"
