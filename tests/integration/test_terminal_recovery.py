@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -107,7 +109,9 @@ async def test_exit_reports_its_code_and_the_terminal_comes_back(tmp_path: Path)
         shell="bash", cwd=str(tmp_path), env={"HOME": str(tmp_path)}, state_dir=tmp_path
     ) as term:
         result = await term.execute("echo bye; exit 4", timeout=10)
-        assert (result.status, result.exit_code, result.output) == (Status.INTERRUPTED, 4, "bye\n")
+        # As typed: bash says `exit` as it leaves.
+        assert (result.status, result.exit_code) == (Status.INTERRUPTED, 4)
+        assert result.output == "bye\nexit\n"
         assert (await term.execute("echo back", timeout=10)).output == "back\n"
 
 
@@ -122,6 +126,7 @@ async def test_crash_loop_moves_to_another_shell_then_gives_up(tmp_path: Path) -
         crash_policy=CrashLoopPolicy(max_deaths=2, window_s=60, fallback_shells=("bash", "sh")),
     ) as term:
         # Deaths nobody asked for (an exit a command asks for is not a crash).
+        await term.execute("export LB_KEEP='it'\\''s kept'; cd /", timeout=10)
         await _kill_mid_command(term)
         await _restarted(term, 1)
         await _kill_mid_command(term)
@@ -133,6 +138,9 @@ async def test_crash_loop_moves_to_another_shell_then_gives_up(tmp_path: Path) -
         assert result.mode is Mode.ALTERNATIVE_SHELL
         assert [r.action for r in result.recoveries] == ["alternative_shell"]
         assert result.output.strip() in ("sh", "/bin/sh", "/usr/bin/sh")
+        # The exported environment and the cwd came along into sh.
+        kept = await term.execute('echo "$LB_KEEP"; pwd', timeout=10)
+        assert kept.output == "it's kept\n/\n"
         await _kill_mid_command(term)
         await _restarted(term, 3)
         await _kill_mid_command(term)
@@ -177,7 +185,8 @@ async def test_user_rc_prompt_command_debug_trap_and_colour_prompt_keep_working(
         assert dbg2 > dbg1  # and their DEBUG trap saw the commands
         assert second.output.splitlines()[1] == "rc-alias"
         ps1 = await term.execute('printf "%s" "$PS1"', timeout=10)
-        assert ps1.output.startswith("\\[\\e[32m\\]\\u@\\h")
+        # Theirs, between our prompt-start and prompt-end marks.
+        assert ps1.output.startswith("\\[${__lb_mark}\\e]633;A\\a\\]\\[\\e[32m\\]\\u@\\h")
         status = await term.execute("(exit 5)", timeout=10)
         assert status.exit_code == 5  # $? reaches our hook through theirs
 
@@ -318,15 +327,16 @@ async def test_exits_asked_for_in_zsh_and_fish(tmp_path: Path, shell: str) -> No
     ) as term:
         export = "set -gx VAR kept" if shell == "fish" else "export VAR=kept"
         await term.execute(f"cd /usr; {export}", timeout=10)
-        # (fish's `exit` inside a sourced file leaves only that file: the shell stays.)
-        steps = [("exec false", 1)]
+        steps = [("exec false", 1), ("exit 3", 3), ("echo bye; exit 4", 4)]
         if shell == "zsh":
-            steps += [("setopt err_exit; false", 1), ("exit 3", 3)]
+            steps.append(("setopt err_exit; false", 1))
         for restarts, (command, code) in enumerate(steps, start=1):
             result = await term.execute(command, timeout=10)
-            # fish runs its end hooks before `exit` ends it: that command completes.
+            # fish runs its end hooks before `exec` ends it: that command completes.
             ended = (
-                (Status.INTERRUPTED, Status.COMPLETED) if shell == "fish" else (Status.INTERRUPTED,)
+                (Status.INTERRUPTED, Status.COMPLETED)
+                if shell == "fish" and command.startswith("exec")
+                else (Status.INTERRUPTED,)
             )
             assert (result.status in ended, result.exit_code) == (True, code)
             await _restarted(term, restarts)
@@ -356,3 +366,53 @@ async def test_a_shell_that_exits_at_once_falls_back(tmp_path: Path) -> None:
         assert "exits at once (status 2)" in result.recoveries[0].reason
         assert exits == []  # start-up failures are not deaths of a running terminal
         assert term.deaths == []
+
+
+@pytest.mark.parametrize(
+    ("user_shell", "expected"), [("/usr/bin/zsh", "zsh"), ("/no/such/shell", "sh")]
+)
+async def test_missing_shell_without_fallbacks_uses_shell_then_bin_sh(
+    tmp_path: Path, user_shell: str, expected: str
+) -> None:
+    """Spec 2.2: no configured fallback runs, so the user's $SHELL, else /bin/sh."""
+    base = {**os.environ, "SHELL": user_shell}
+    async with await Terminal.start(
+        shell="no-such-shell-here",
+        cwd=str(tmp_path),
+        env={"HOME": str(tmp_path)},
+        state_dir=tmp_path,
+        base_env=base,
+        crash_policy=CrashLoopPolicy(fallback_shells=("no-such-fallback",)),
+    ) as term:
+        assert term.mode is Mode.ALTERNATIVE_SHELL
+        assert os.path.basename(term.shell) == expected
+        result = await term.execute("(exit 2)", timeout=10)
+        assert result.exit_code == 2
+        assert result.recoveries[0].action == "alternative_shell"
+
+
+@pytest.mark.shells
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+async def test_a_command_the_dying_shell_never_started_runs_on_the_new_one(
+    tmp_path: Path, shell: str
+) -> None:
+    """The shell is stopped (so it provably reads nothing), handed a command, then killed:
+    the command is not lost as "interrupted" but runs on the restarted shell."""
+    async with await Terminal.start(
+        shell=shell, cwd=str(tmp_path), env={"HOME": str(tmp_path)}, state_dir=tmp_path / "s"
+    ) as term:
+        export = "set -gx VAR kept" if shell == "fish" else "export VAR=kept"
+        await term.execute(f"cd /usr; {export}", timeout=10)
+        assert term.pid is not None
+        os.kill(term.pid, signal.SIGSTOP)
+        running = asyncio.ensure_future(term.execute('echo "ran $VAR"; pwd', timeout=20))
+        for _ in range(1000):
+            if term.current is not None:
+                break
+            await asyncio.sleep(0.005)
+        term.kill()
+        result = await asyncio.wait_for(running, 20)
+        assert (result.status, result.exit_code) == (Status.COMPLETED, 0)
+        assert (result.output, result.cwd) == ("ran kept\n/usr\n", "/usr")
+        assert any("before the command started" in r.reason for r in result.recoveries)
+        assert (await term.execute("echo next", timeout=10)).output == "next\n"

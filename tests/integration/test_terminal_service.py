@@ -274,9 +274,12 @@ async def test_reap_idle_and_trim_spools(workspace: Path, tmp_path: Path) -> Non
 async def test_exec_command_line(tmp_path: Path) -> None:
     run = [sys.executable, "-m", "lapce_bridge", "exec"]
     plain = await asyncio.to_thread(
-        subprocess.run, [*run, "--", "echo out; exit 7"], capture_output=True, timeout=60
+        subprocess.run,
+        [*run, "--shell", "bash", "--", "echo out; exit 7"],
+        capture_output=True,
+        timeout=60,
     )
-    assert plain.stdout == b"out\n"
+    assert plain.stdout == b"out\nexit\n"  # bash says `exit` as it does when one types it
     assert plain.returncode == 7
     timed = await asyncio.to_thread(
         subprocess.run,

@@ -122,7 +122,9 @@ async def test_user_configuration_still_applies(term: Terminal) -> None:
         assert env_flag == "1"
         assert int(precmds) >= 1
         assert result.output.splitlines()[1] == "zal"
-        assert (await term.execute("print -r -- $PS1", timeout=10)).output.startswith("%F{green}")
+        # Theirs, between our prompt-start and prompt-end marks (stripped from the output).
+        ps1 = (await term.execute("print -r -- $PS1", timeout=10)).output
+        assert ps1.startswith("%{%}%F{green}")
     elif term.kind == "fish":
         assert (await term.execute("echo $LB_FISHCONF", timeout=10)).output == "1\n"
     else:
@@ -174,7 +176,7 @@ async def test_fish_stock_prompt_is_replaced_but_a_user_prompt_is_kept(tmp_path:
     (stock_home / ".config" / "fish").mkdir(parents=True)
     stock = await _fish_prompt_source(stock_home, tmp_path / "s1")
     assert "fish_vcs_prompt" not in stock
-    assert "printf '$ '" in stock
+    assert "printf '\\e]633;A\\a$ '" in stock  # ours: a prompt-start mark and "$ "
 
     user_home = tmp_path / "user"
     (user_home / ".config" / "fish").mkdir(parents=True)

@@ -113,3 +113,29 @@ async def test_a_keyed_watch_comes_back_after_a_reconnect(tmp_path: Path) -> Non
         notes = await _changes(second, watch_id, {("proj/while-away.txt", "added")})
         assert _kinds(notes) == {("proj/while-away.txt", "added")}
         await second.close()
+
+
+async def test_a_saved_watch_whose_folder_went_away_reports_it_and_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    proj = tmp_path / "ws" / "proj"
+    proj.mkdir(parents=True)
+    (proj / "a.txt").write_text("a")
+    async with serve(tmp_path) as served:
+        client = await RawClient.connect_unix(served.socket)
+        watch_id = (await _watch(client, "k-gone", ["proj"]))["result"]["watchId"]
+        served.proc.kill()
+        await served.proc.wait()
+        await client.close()
+    (proj / "a.txt").unlink()
+    proj.rmdir()  # the watched folder itself is gone while no server runs
+    async with serve(tmp_path) as served:
+        client = await RawClient.connect_unix(served.socket)
+        assert (await _watch(client, "k-gone", ["proj"]))["result"]["watchId"] == watch_id
+        gone = {("proj", "deleted"), ("proj/a.txt", "deleted")}
+        assert _kinds(await _changes(client, watch_id, gone)) == gone
+        proj.mkdir()
+        (proj / "b.txt").write_text("b")
+        back = {("proj", "added"), ("proj/b.txt", "added")}
+        assert back <= _kinds(await _changes(client, watch_id, back))
+        await client.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lapce_bridge.terminal.exec_cmd import exit_status
-from lapce_bridge.terminal.modes import build_env, run_line, shell_kind
+from lapce_bridge.terminal.modes import LOAD_KEY, build_env, load_keys, run_line, shell_kind, typed
 from lapce_bridge.terminal.result import ExecResult, Mode, Recovery, Status
 from lapce_bridge.terminal.tracker import EndDetection
 from lapce_bridge.terminal.waiting import command_file_text
@@ -42,13 +42,21 @@ def test_terminal_environment() -> None:
     assert build_env(base, {"PAGER": "more"})["PAGER"] == "more"
 
 
-def test_integration_lines_are_short_and_carry_the_nonce_as_typed_text() -> None:
+def test_typed_shells_get_the_nonce_and_keys_only_and_fish_a_short_line() -> None:
     path = "/x/cmd"
     nonce = "0123abcd" * 4
     integration = EndDetection.INTEGRATION
-    assert run_line("bash", integration, path, nonce) == f'__lb_n={nonce}; . "$__lb_cf"\n'.encode()
-    assert run_line("zsh", integration, path, nonce) == f'__lb_n={nonce}; . "$__lb_cf"\n'.encode()
-    fish = f"set -g __lb_n {nonce}; source $__lb_cf\n".encode()
+    # bash: the nonce, the load key (a `bind -x` function) and the accept key; zsh's widget
+    # accepts as it loads. No command text, no newline: nothing for the tty to echo or cut.
+    assert run_line("bash", integration, path, nonce) == nonce.encode() + LOAD_KEY + b"\x1b[7798~"
+    assert run_line("zsh", integration, path, nonce) == nonce.encode() + LOAD_KEY
+    assert load_keys("zsh") == LOAD_KEY
+    assert load_keys("bash", "-").startswith(b"-" + LOAD_KEY)
+    assert typed("bash", integration)
+    assert typed("zsh", integration)
+    assert not typed("fish", integration)
+    assert not typed("bash", EndDetection.END_MARKER)
+    fish = f"set -g __lb_n {nonce}; source $__lb_cf; __lb_exited\n".encode()
     assert run_line("fish", integration, path, nonce) == fish
 
 
@@ -69,6 +77,9 @@ def test_fallback_lines_carry_the_token_as_text_only() -> None:
 
 def test_cwd_prefix_stops_the_command_when_cd_fails() -> None:
     assert command_file_text("bash", "ls", None) == "ls"
+    # Typed line by line: lines end in a newline (CRLF too) and a failed cd skips the rest.
+    assert command_file_text("bash", "ls\r\npwd", None, typed=True) == "ls\npwd\n"
+    assert command_file_text("zsh", "ls", "/a", typed=True) == "cd -- '/a' || __lb_skip\nls\n"
     assert command_file_text("bash", "ls", "/a b/c'd") == "cd -- '/a b/c'\\''d' || return 1\nls"
     assert command_file_text("fish", "ls", "/a'b") == "cd '/a\\'b'; or return 1\nls"
 

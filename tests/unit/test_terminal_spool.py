@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -39,9 +40,8 @@ def test_large_output_keeps_head_and_tail_and_moves_to_disk(tmp_path: Path) -> N
     output, truncated = spool.result()
     assert truncated
     assert spool.on_disk
-    head, tail = output.split(truncation_marker(len(text) - 20))
-    assert head == text[:10]
-    assert tail == text[-10:]
+    # Cut at line ends: the head ends its own line, so the marker adds no blank line.
+    assert output == text[:10] + truncation_marker(len(text) - 20)[1:] + text[-10:]
     assert spool.memory_bytes <= 3 * 20
     spool.finish()
     assert (tmp_path / "b.out").read_text() == text
@@ -62,7 +62,7 @@ def test_cuts_never_split_a_character(tmp_path: Path) -> None:
     output, truncated = spool.result()
     assert truncated
     assert "\ufffd" not in output
-    head, tail = output.split(truncation_marker(120 - 10))
+    head, tail = output.split(truncation_marker(120 - 6))  # what was left out, exactly
     assert head == "€"
     assert tail == "€"
     spool.delete()
@@ -101,7 +101,7 @@ def test_pages_reassemble_the_whole_output(
         assert output == whole
     else:
         assert len(output.encode()) <= max_bytes + len(truncation_marker(spool.total).encode())
-        head = output.split("\n[... ")[0]
+        head = re.split(r"\n?\[\.\.\. ", output, maxsplit=1)[0]
         assert whole.startswith(head)
     pages: list[str] = []
     offset, eof = 0, spool.total == 0
@@ -246,3 +246,30 @@ def test_running_cap_never_splits_a_character(tmp_path: Path) -> None:
         data, offset, _ = spool.read(offset, 7)
         out.append(data)
     assert "\ufffd" not in "".join(out)
+
+
+def test_truncation_cuts_at_a_line_end_when_one_is_near(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "lines.out", 200)
+    lines = [f"line {i:03d} " + "x" * 20 + "\n" for i in range(50)]  # 30 bytes each
+    for line in lines:
+        spool.write(line)
+    output, truncated = spool.result()
+    assert truncated
+    head, marker, tail = re.split(r"(\[\.\.\. \d+ bytes omitted[^\n]*\]\n)", output)
+    # Whole lines on both sides of the marker, and no blank line around it.
+    assert head == "".join(lines[:3])
+    assert tail == "".join(lines[-3:])
+    assert f"[... {30 * 44} bytes omitted" in marker
+    spool.delete()
+    # No newline near the cut: cut where the budget ends, the marker on a line of its own.
+    flat = Spool(tmp_path / "flat.out", 200)
+    flat.write("y" * 1000)
+    text, _ = flat.result()
+    assert (
+        text
+        == "y" * 100
+        + "\n"
+        + "[... 800 bytes omitted; terminal/readOutput returns all of them ...]\n"
+        + "y" * 100
+    )
+    flat.delete()

@@ -11,6 +11,7 @@ from lapce_bridge.terminal.tracker import (
     CwdChanged,
     EndDetection,
     Finished,
+    LineWanted,
     Output,
     ProbeAnswered,
     Ready,
@@ -179,3 +180,75 @@ def test_the_same_events_for_every_split(cuts: list[int]) -> None:
     assert merged(run(split, *chunks)) == expected
     assert text(expected) == b"caf\xc3\xa9 bold\r\ntail\r\n"
     assert finished(expected) == [9]
+
+
+def p(key: str, value: str = "") -> bytes:
+    return f"\x1b]633;P;{key}={value}\x07".encode() if value else f"\x1b]633;P;{key}\x07".encode()
+
+
+def test_typed_bash_hides_the_echo_up_to_the_newline_after_its_echo_mark() -> None:
+    t = CommandTracker()
+    t.submit(N1, typed=True)
+    events = run(
+        t,
+        N1.encode(),  # readline's echo of the typed nonce
+        b"\r\x1b[K\r",
+        e(N1)[:-8],  # E (no C: typed lines start at their echo's end)
+        p("LbEcho", N2),  # another nonce's echo mark arms nothing
+        b"$ ech\n",
+        p("LbEcho", N1),
+        b"$ echo (b\r\n",
+        b"bash: syntax error\r\n",
+        p("LbMore", N2),  # a forged request (another nonce) is output's business, not ours
+        b"more\r\n",
+    )
+    assert events[0] == Started()
+    assert text(events) == b"bash: syntax error\r\nmore\r\n"
+    assert not any(isinstance(ev, LineWanted) for ev in events)
+
+
+def test_typed_line_requests_hide_the_prompt_and_the_next_echo() -> None:
+    t = CommandTracker()
+    t.submit(N1, typed=True)
+    events = run(
+        t,
+        p("LbEcho", N1),
+        b"$ for i in 1 2\r\n",
+        p("LbCont", N1),
+        b"> ",
+        p("LbEcho", N1),
+        p("LbCont", N1),  # PS2 redrawn inside the echo: not a request
+        b"> do echo $i; done\r\n1\r\n2\r\n",
+        p("LbMore", N1),
+        b"$ ",
+        p("LbEcho", N1),
+        b"$ echo x\r\nx\r\n",
+        d(0, N1),
+    )
+    wanted = [ev for ev in events if isinstance(ev, LineWanted)]
+    assert wanted == [LineWanted(True), LineWanted(False)]
+    assert text(events) == b"1\r\n2\r\nx\r\n"
+    assert finished(events) == [0]
+
+
+def test_typed_zsh_echo_ends_at_postedit_after_the_widget_and_notices_carry_over() -> None:
+    t = CommandTracker()
+    t.submit(N1, typed=True)
+    events = run(
+        t,
+        b"vm% " + N1.encode(),
+        p("LbEdit"),  # zle left its prompt for a job's notice before our widget ran
+        b"[1] + done\r\n",
+        p("LbZle", N1),
+        b"echo hi\r\r\n",
+        p("LbEdit"),
+        b"hi\r\n",
+        d(0, N1),
+    )
+    assert text(events) == b"hi\r\n"
+    # Between commands: a notice zle prints at its prompt goes to the next command's output.
+    run(t, b"\x1b]633;A\x07vm% \x1b]633;B\x07\r\r\n", p("LbEdit"), b"[2] + terminated\r\n")
+    run(t, b"\x1b]633;A\x07vm% \x1b]633;B\x07")
+    t.submit(N2, typed=True)
+    events = run(t, N2.encode(), p("LbZle", N2), b"ls\r\r\n", p("LbEdit"), b"a b\r\n", d(0, N2))
+    assert text(events) == b"[2] + terminated\r\na b\r\n"

@@ -33,7 +33,8 @@ Wire decisions (PROTOCOL.md leaves these open):
   `fs/watch` is sent again with that key and the same params, from this connection or a
   later one, after a reconnect or a server restart: the same `watchId`, `seq` going on, and
   one `fs/didChange` with what changed while it was not watched (its saved snapshot against
-  a fresh scan). The same key with other params is refused (-32602). When the
+  a fresh scan; a root deleted meanwhile is reported deleted, with all it held, and watched
+  again when it returns). The same key with other params is refused (-32602). When the
   `file_watching` feature is off (quality level 0), `fs/watch` answers -32002 Unavailable:
   the level exists to shed load, and polling would add load.
 """
@@ -331,15 +332,11 @@ class FileService:
         if type(recursive) is not bool:
             raise InvalidParams("recursive must be a boolean")
         roots = [self.workspace.resolve(raw, what="paths[]") for raw in paths]
-        for root in roots:
-            try:
-                self.store.ops.stat(root)
-            except OSError as exc:
-                raise fs_error(exc, "watch", self.workspace.relative(root)) from exc
         key = p.get("idempotencyKey")
         store = self.watch_store
         if isinstance(key, str) and store is not None:
             return await self._watch_kept(key, store, roots, recursive, ctx)
+        self._check_roots(roots)
         notify = ctx.notify
         numbered = _Numbered()
 
@@ -353,6 +350,13 @@ class FileService:
         self._owners[watch_id] = ctx.connection_id
         ctx.on_close(partial(self._release, watch_id, ctx.connection_id))
         return {"watchId": watch_id}
+
+    def _check_roots(self, roots: list[str]) -> None:
+        for root in roots:
+            try:
+                self.store.ops.stat(root)
+            except OSError as exc:
+                raise fs_error(exc, "watch", self.workspace.relative(root)) from exc
 
     async def _watch_kept(
         self, key: str, store: WatchStore, roots: list[str], recursive: bool, ctx: CallContext
@@ -369,6 +373,10 @@ class FileService:
         persisted = await asyncio.to_thread(store.load, key)  # a large tree: 10 MB to parse
         if persisted is not None:
             _same_watch(key, persisted, roots, recursive)
+        else:
+            # A saved watch comes back even when its folder went away meanwhile: what it held
+            # is reported deleted, and the folder is watched again when it returns.
+            self._check_roots(roots)
         baseline = persisted.snapshot if persisted is not None else None
         if persisted is None:
             persisted = Persisted(key, f"w-{store.name(key)[:12]}", roots, recursive)

@@ -249,6 +249,8 @@ class WatcherRecovery:
         except BaseException:
             self.unwatch(watch_id)
             raise
+        if self._missing():
+            self._wake.set()  # the health check looks for a missing root more often
         return watch_id
 
     def unwatch(self, watch_id: str) -> bool:

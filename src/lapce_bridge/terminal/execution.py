@@ -24,8 +24,11 @@ from lapce_bridge.terminal.spool import Spool
 
 class Execution:
     __slots__ = (
+        "_held_nl",
+        "_last_nl",
         "_normalizer",
         "began",
+        "command",
         "cwd",
         "done",
         "ended_at",
@@ -33,12 +36,15 @@ class Execution:
         "exit_code",
         "interrupted",
         "last_activity",
+        "lines_left",
         "mode",
         "on_data",
+        "prompted",
         "raw",
         "received_at",
         "recoveries",
         "reported",
+        "run_cwd",
         "shell",
         "skip_cr",
         "spool",
@@ -46,6 +52,7 @@ class Execution:
         "terminal_id",
         "timed_out",
         "token",
+        "typed",
     )
 
     def __init__(
@@ -74,14 +81,24 @@ class Execution:
         self.on_data = on_data
         self.recoveries = recoveries
         self.started = False
+        self.typed = False  # delivered line by line: `began` waits for the shell to run a line
         self.skip_cr = False  # fish returns the cursor to column 0 as the command starts
         self.timed_out = False
         self.interrupted = False
         self.exit_code: int | None = None
+        self.command = ""  # what was asked, and in which cwd (handed over again after a
+        self.run_cwd: str | None = None  # death before it started)
+        self.prompted = False  # a prompt mark came after its output began (fish: hooks gone?)
+        self.lines_left = 0  # typed delivery: lines the shell has not asked for yet
         self.reported = 0  # output bytes already answered in a waiting_for_input snapshot
         self.cwd: str | None = None
         self.ended_at: float | None = None
         self._normalizer = OutputNormalizer()
+        # A stopped command's last newline is held back: bash and zsh print one when the
+        # foreground job dies of SIGINT (to end the line a typed ^C was echoed on); ours was
+        # never echoed, so after a line that already ended it would be a blank line.
+        self._held_nl = False
+        self._last_nl = True
         loop = asyncio.get_running_loop()
         self.done: asyncio.Future[ExecResult] = loop.create_future()
         self.began: asyncio.Future[None] = loop.create_future()
@@ -91,8 +108,14 @@ class Execution:
         return self.done.done()
 
     def begin(self, now: float) -> None:
+        """Output starts (the start mark, or the echo's end of a typed line)."""
         self.started = True
         self.last_activity = now
+        if not self.typed and not self.began.done():
+            self.began.set_result(None)
+
+    def executing(self) -> None:
+        """The shell runs a line it parsed (typed delivery): a SIGINT now reaches the command."""
         if not self.began.done():
             self.began.set_result(None)
 
@@ -102,7 +125,15 @@ class Execution:
         if text:
             self._emit(text)
 
-    def _emit(self, text: str) -> None:
+    def _emit(self, text: str, *, hold: bool = True) -> None:
+        if self._held_nl:
+            self._held_nl = False
+            text = "\n" + text
+        if hold and (self.interrupted or self.timed_out) and text.endswith("\n"):
+            self._held_nl = True
+            text = text[:-1]
+            if not text:
+                return
         if self.skip_cr:
             self.skip_cr = False
             if text[0] == "\r" and text[1:2] != "\n":
@@ -110,6 +141,7 @@ class Execution:
                 if not text:
                     return
         self.spool.write(text)
+        self._last_nl = text.endswith("\n")
         if self.on_data is not None:
             self.on_data(text)
 
@@ -127,6 +159,10 @@ class Execution:
         tail = self._normalizer.flush()
         if tail:
             self._emit(tail)
+        if self._held_nl:
+            self._held_nl = False
+            if not self._last_nl:
+                self._emit("\n", hold=False)
         if not self.began.done():
             self.began.set_result(None)
         self.exit_code = exit_code

@@ -1,17 +1,25 @@
-"""How each shell is started, and the line typed into it to run a command, per detection.
+"""How each shell is started, and what is typed into it to run a command, per detection.
 
-Theory of operation: a command is never typed into the shell. It is written to a file in the
-terminal's own private folder and the shell is sent one short line that sources that file
-(`. "$__lb_cf"` in bash/zsh, `source $__lb_cf` in fish). So multi-line scripts, heredocs,
-`python -c` with newlines and any quoting reach the shell byte for byte, run in the shell
-itself (cd, export, functions and aliases persist), and `$?` is the status of the script's
-last command; the line editor, the tty's 4 KiB canonical line limit and bracketed paste
-never see the command text. Our preexec hook reads the file back for `633;E`.
+Theory of operation: a command is written to a file in the terminal's own private folder
+(the command file), so its text never passes through the tty's line discipline, and the
+shell gets it one of two ways:
 
-With integration the line first assigns the command's nonce to a shell variable
-(`__lb_n=<nonce>; . "$__lb_cf"`): the nonce reaches the shell only as typed text, never
-through an environment (which every child could read in `/proc/<pid>/environ`) or a file,
-and each command has its own. Our hooks print it back in `633;E` and `633;D`.
+- typed (bash and zsh with integration): the bridge types the command's nonce and a load key
+  at the prompt. Our key binding (readline `bind -x`, a zle widget) takes the nonce from the
+  edit line, puts the command's first line there instead and accepts it, exactly as if it had
+  been typed; each time the shell asks for another line (its next prompt, or the continuation
+  prompt inside a block, a quote or a heredoc) the hooks print `633;P;LbMore` (`LbCont` at a
+  continuation prompt) and the bridge types the load key again. So the shell's own reader runs
+  every line: job control and its notices, `$0`, error messages naming the shell, a syntax
+  error on one line not dropping the next, `exit` ending the shell. The line editor never
+  interprets the text (a tab, a `!`, a 100 KiB line arrive whole); the tty carries only the
+  nonce and the keys.
+- sourced (fish with integration, and every fallback mode): one short line sources the file
+  (`source $__lb_cf` in fish, `. file` in sh); `$?` is the status of its last command.
+
+The nonce reaches the shell only as typed text, never through an environment (which every
+child could read in `/proc/<pid>/environ`) or a file, and each command has its own. Our hooks
+print it back in `633;E` and `633;D`.
 
 Without integration (sh, dash, unknown shells, or integration that stopped answering) the
 line also prints a start mark and an end mark carrying a per-command random token, `$?` and
@@ -21,6 +29,7 @@ escape and output cannot spoof the end without knowing the token.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -78,10 +87,16 @@ def _script(name: str) -> str:
 
 def zdotdir(base: Path) -> Path:
     """A ZDOTDIR holding our .zshenv/.zshrc (zsh only looks for those exact names), in the
-    verified private folder `base`: zsh sources these files, so nobody else may write them."""
-    folder = private_dir(base / "zdotdir")
-    for src, dst in (("lapce-bridge.zshenv", ".zshenv"), ("lapce-bridge.zshrc", ".zshrc")):
-        text = (SCRIPTS / src).read_bytes()
+    verified private folder `base`: zsh sources these files, so nobody else may write them.
+    The folder is named after their content, so that two versions of the bridge running at
+    once never start each other's zsh with the wrong hooks."""
+    files = [
+        (dst, (SCRIPTS / src).read_bytes())
+        for src, dst in (("lapce-bridge.zshenv", ".zshenv"), ("lapce-bridge.zshrc", ".zshrc"))
+    ]
+    digest = hashlib.sha256(b"".join(text for _, text in files)).hexdigest()[:12]
+    folder = private_dir(base / f"zdotdir-{digest}")
+    for dst, text in files:
         target = folder / dst
         if read_private(target) != text:
             write_private(target, text)
@@ -112,6 +127,8 @@ def launch(
 ) -> Launch:
     kind = shell_kind(executable)
     env = dict(env)
+    if kind == "posix" and restore is not None:
+        env["ENV"] = str(restore)  # what an interactive sh reads first: the restored exports
     if not integration or kind == "posix":
         argv: tuple[str, ...] = (executable, "-i")
         if kind == "bash" and not user_rc:
@@ -152,11 +169,32 @@ def _sh_quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
+TYPED = ("bash", "zsh")  # the shells whose integration takes commands line by line
+# The keys our bindings answer: sequences no terminal sends. bash binds load and accept apart
+# (a `bind -x` function cannot accept the line itself); zsh's widget accepts as it loads.
+LOAD_KEY = b"\x1b[7799~"
+_ACCEPT_KEY = b"\x1b[7798~"
+INTERRUPT_KEY = b"\x03"  # Ctrl-C: what a user presses to abandon a continuation prompt
+
+
+def typed(kind: str, detection: EndDetection) -> bool:
+    """Whether commands reach this shell typed line by line (else the command file is sourced)."""
+    return detection is EndDetection.INTEGRATION and kind in TYPED
+
+
+def load_keys(kind: str, before: str = "") -> bytes:
+    """What the bridge types to hand the shell the command's next line: `before` (the nonce
+    of a new command, or "-" to drop the rest of the current one) and the load key."""
+    keys = before.encode() + LOAD_KEY
+    return keys + _ACCEPT_KEY if kind == "bash" else keys
+
+
 def integration_line(kind: str, nonce: str) -> bytes:
-    """The line that runs the command file under our hooks, handing them the nonce."""
-    if kind == "fish":
-        return f"set -g __lb_n {nonce}; source $__lb_cf\n".encode()
-    return f'__lb_n={nonce}; . "$__lb_cf"\n'.encode()
+    """What runs the command file under our hooks, handing them the nonce."""
+    if kind in TYPED:
+        return load_keys(kind, nonce)
+    # `__lb_exited`: an `exit` in the file ends the shell, not only the file.
+    return f"set -g __lb_n {nonce}; source $__lb_cf; __lb_exited\n".encode()
 
 
 def raw_line(kind: str, cmd_file: str) -> bytes:

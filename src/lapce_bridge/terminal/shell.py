@@ -188,13 +188,17 @@ class ShellProcess:
             return False
         return argv != [os.fsencode(a) for a in self.launch.argv]
 
-    def at_prompt(self, fg: Foreground) -> bool:
-        """The shell itself holds the terminal with its line editor reading (not a command)."""
+    def at_prompt(self, fg: Foreground, prompted: bool = False) -> bool:
+        """The shell itself holds the terminal with its line editor reading (not a command).
+
+        fish reads with its line editor for its `read` builtin too: for fish that counts
+        only after an `exec` (another program) or when a prompt mark came after the command's
+        output began (`prompted`: the prompt was drawn, the end hooks were not run)."""
         if not fg.shell or fg.pid != self.proc.pid or fg.state is not InputState.READING:
             return False
         if fg.canonical is not False:
             return False
-        return self.kind != "fish" or self.replaced()
+        return self.kind != "fish" or prompted or self.replaced()
 
     # -- stopping -----------------------------------------------------------------------------
     async def stop(self, clock: Clock, grace: float) -> None:

@@ -35,7 +35,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from lapce_bridge.core.errors import InvalidParams
 from lapce_bridge.private import create_private_file, private_dir
@@ -65,13 +65,39 @@ def dropped_marker(start: int, end: int) -> str:
 
 def whole_chars(data: bytes | bytearray, *, at_start: bool, at_end: bool) -> str:
     """Decode a slice of valid UTF-8 cut anywhere, dropping the partial characters at its cuts."""
+    return whole_bytes(data, at_start=at_start, at_end=at_end).decode("utf-8", "replace")
+
+
+def whole_bytes(data: bytes | bytearray, *, at_start: bool, at_end: bool) -> bytes:
+    """A slice of UTF-8 cut anywhere, without the partial characters at its cuts."""
     start, end = 0, len(data)
     if at_start:
         while start < end and start < 4 and (data[start] & 0xC0) == 0x80:
             start += 1
     if at_end:
         end = _char_boundary(data, start, end)
-    return bytes(data[start:end]).decode("utf-8", "replace")
+    return bytes(data[start:end])
+
+
+def at_line_ends(head: bytearray, tail: bytearray, half: int) -> tuple[bytearray, bytearray]:
+    """The head and tail a truncated result keeps, cut at line ends where one is near (within
+    a quarter of `half`, at most 4 KiB): the head after its last newline, the tail after the
+    first. `tail` may start with the byte before it (one more than `half`), which tells
+    whether it already starts a line."""
+    near = max(1, min(half // 4, 4096))
+    if len(tail) > half:
+        if tail[0] == 0x0A:
+            tail = tail[1:]
+        else:
+            tail = tail[1:]
+            nl = tail.find(b"\n", 0, near)
+            if nl >= 0:
+                tail = tail[nl + 1 :]
+    if head and head[-1] != 0x0A:
+        nl = head.rfind(b"\n", max(0, len(head) - near))
+        if nl >= 0:
+            head = head[: nl + 1]
+    return head, tail
 
 
 def _char_boundary(data: bytes | bytearray, start: int, end: int) -> int:
@@ -171,7 +197,7 @@ class Spool:
             tail = self._tail
             tail += data
             if len(tail) > 2 * self._half:
-                del tail[: len(tail) - self._half]
+                del tail[: len(tail) - self._half - 1]  # and the byte before: a line start?
         if self._file_len > self.max_running_bytes:
             self._compact()
 
@@ -186,7 +212,7 @@ class Spool:
         self._file.write(mem)
         self._file_len = len(mem)
         self._head = bytes(mem[: self._half])
-        self._tail = bytearray(mem[-self._half :])
+        self._tail = bytearray(mem[-self._half - 1 :])
         self._mem = None
 
     def _compact(self) -> None:
@@ -240,20 +266,21 @@ class Spool:
             return mem.decode("utf-8", "replace"), False
         if self._mem is None and self._total <= self._max:
             return self._bytes(0, self._total).decode("utf-8", "replace"), False
+        # The tail with the byte before it, when known (it says whether the tail starts a line).
         if mem is not None:
-            head, tail = mem[: self._half], mem[-self._half :]
+            head, tail = mem[: self._half], mem[-self._half - 1 :]
         elif self._head:
-            head, tail = bytearray(self._head), self._tail[-self._half :]
+            head, tail = bytearray(self._head), self._tail[-self._half - 1 :]
         else:  # spilled: nothing kept in memory
             head = bytearray(self._bytes(0, self._half))
-            tail = bytearray(self._bytes(self._total - self._half, self._half))
-        omitted = self._total - len(head) - len(tail)
-        text = (
-            whole_chars(head, at_start=False, at_end=True)
-            + truncation_marker(omitted, self.lost_bytes)
-            + whole_chars(tail, at_start=True, at_end=False)
-        )
-        return text, True
+            tail = bytearray(self._bytes(self._total - self._half - 1, self._half + 1))
+        head, tail = at_line_ends(head, tail, self._half)
+        first = whole_bytes(head, at_start=False, at_end=True)
+        last = whole_bytes(tail, at_start=True, at_end=False)
+        marker = truncation_marker(self._total - len(first) - len(last), self.lost_bytes)
+        if first.endswith(b"\n"):
+            marker = marker[1:]  # the head ends its own line
+        return first.decode("utf-8", "replace") + marker + last.decode("utf-8", "replace"), True
 
     def read(self, offset: int, limit: int = DEFAULT_READ_LIMIT) -> tuple[str, int, bool]:
         """`(text, next_offset, eof)` from byte `offset`, at most `limit` bytes of whole chars.
@@ -303,6 +330,30 @@ class Spool:
             with contextlib.suppress(OSError):
                 self._file.close()
             self._file = None
+
+    def saved(self) -> dict[str, int | None] | None:
+        """What reading a finished spool back from its file needs (None: not all on disk)."""
+        if not self.finished or self._mem is not None:
+            return None
+        return {
+            "total": self._total,
+            "fileBytes": self._file_len,
+            "headLen": self._head_len,
+            "tailStart": self._tail_start,
+        }
+
+    @classmethod
+    def reopened(cls, path: Path, max_output_bytes: int, saved: dict[str, Any]) -> Spool:
+        """A finished spool read back from the file another process left (`saved()`)."""
+        spool = cls(path, max_output_bytes)
+        spool._mem = None
+        spool._total = int(saved["total"])
+        spool._file_len = int(saved["fileBytes"])
+        head_len = saved.get("headLen")
+        spool._head_len = int(head_len) if head_len is not None else None
+        spool._tail_start = int(saved.get("tailStart") or 0)
+        spool.finished = True
+        return spool
 
     def delete(self) -> None:
         self.close()
@@ -430,6 +481,40 @@ class SpoolStore:
         while self._bytes > keep_bytes and self._drop_oldest_finished(why):
             pass
         return before - self._bytes
+
+    def saved(self) -> dict[str, dict[str, int | None]]:
+        """The finished outputs whose files hold them whole, by execution id (what a
+        successor process needs to read them: `adopt`)."""
+        found = {}
+        for key, spool in self._spools.items():
+            state = spool.saved()
+            if state is not None:
+                found[key] = state
+        return found
+
+    def adopt(self, saved: dict[str, Any], max_output_bytes: int = 256 * 1024) -> int:
+        """Serve the finished outputs another process left on disk (`saved()`); returns how
+        many files were found."""
+        adopted = 0
+        for key, state in saved.items():
+            path = self.directory / f"{key}.out"
+            if key in self._spools or type(state) is not dict or not path.is_file():
+                continue
+            spool = Spool.reopened(path, max_output_bytes, state)
+            self._spools[key] = spool
+            self._counted[key] = spool.stored_bytes
+            self._bytes += spool.stored_bytes
+            adopted += 1
+        self._evict()
+        return adopted
+
+    def release(self) -> None:
+        """Forget every spool but leave the files (a successor adopts them)."""
+        for spool in self._spools.values():
+            spool.close()
+        self._spools.clear()
+        self._counted.clear()
+        self._bytes = 0
 
     def close(self) -> None:
         for spool in self._spools.values():

@@ -6,25 +6,28 @@ on the clock, until one answers:
 2. the same process with a tokened end mark after each command (`no_shell_integration`),
    when the rc files broke the hooks but the shell runs commands;
 3. our integration without the user's rc files (`minimal_pty`);
-4. a plain shell without rc files and no marks at all (`raw_output`).
+4. a plain shell without rc files and no marks at all (`raw_output`), when the recovery
+   matrix's terminal/recoverable fallback is `raw_output_mode` (`Plan.unmarked`).
 sh, dash and unknown shells start at rung 2. Each rung taken is returned as a recovery for the
 terminal's next result. The ladder takes its collaborators explicitly (`Rungs`: how to spawn,
 probe and stop a shell), so it knows nothing of the terminal that uses it.
 
 `choose_shell` picks the executable (missing: the first runnable fallback shell, reported as
 `alternative_shell`). `restore_file` turns the environment a dead shell's hooks last saved
-into a file its replacement sources (same shell kind only), minus the variables that describe
-the dead process itself.
+into a file its replacement sources (in the replacement's syntax when the kind of shell
+changes), minus the variables that describe the dead process itself.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lapce_bridge.core.errors import ShellCrashed, TerminalError
+from lapce_bridge.core.matrix import Strategy
 from lapce_bridge.terminal import modes
 from lapce_bridge.terminal.files import read_private, write_private
 from lapce_bridge.terminal.modes import Launch, resolve_shell, shell_kind
@@ -52,6 +55,7 @@ class Plan:
     alternative: bool
     startup_timeout: float
     probe_timeout: float
+    unmarked: Strategy = Strategy.RAW_OUTPUT_MODE  # the matrix's fallback for the last rung
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +144,7 @@ async def climb(plan: Plan, rungs: Rungs) -> Outcome:
             )
         await rungs.stop(shell)
     else:
-        shell = rungs.spawn(launch(False, True, None), exe, EndDetection.END_MARKER)
+        shell = rungs.spawn(launch(False, True, plan.restore), exe, EndDetection.END_MARKER)
         if await rungs.probe(shell):
             return Outcome(shell, EndDetection.END_MARKER, _label(alt, Mode.NO_SHELL_INTEGRATION))
         await rungs.stop(shell)
@@ -148,6 +152,12 @@ async def climb(plan: Plan, rungs: Rungs) -> Outcome:
     if spawned and len(codes) == len(spawned):
         # Every rung's shell ended by itself, before we stopped it: this shell cannot run here.
         raise ShellCrashed(f"{exe} exits at once (status {codes[-1]}), with or without rc files")
+    if plan.unmarked is not Strategy.RAW_OUTPUT_MODE:
+        raise TerminalError(
+            f"{exe} answered no end marker within the bounds, and the recovery matrix's "
+            f"fallback for it is {plan.unmarked.value}, not raw_output_mode",
+            retryable=False,
+        )
     plain = launch(False, False, None)
     # No rc files and no prompt, so nothing but the command's output follows our line.
     raw_env = {k: v for k, v in plain.env.items() if k not in ("ENV", "BASH_ENV")}
@@ -164,16 +174,86 @@ async def climb(plan: Plan, rungs: Rungs) -> Outcome:
     )
 
 
-def restore_file(term_dir: Path, kind: str) -> Path | None:
-    """The dead shell's exported variables as a file to source, or None when none were saved."""
+def restore_file(term_dir: Path, kind: str, into: str | None = None) -> Path | None:
+    """The dead shell's exported variables as a file its replacement sources, or None when
+    none were saved. `kind` is the dead shell's; `into`, the replacement's when the ladder
+    moved to another kind of shell (bash <-> zsh <-> fish <-> sh): the variables are read
+    from the one syntax and written in the other."""
+    into = into or kind
     data = read_private(term_dir / ("env.fish" if kind == "fish" else "env"))
     if data is None:
         return None
     text = data.decode("utf-8", "surrogateescape")
-    if kind == "fish":
-        # `set -xL` lists "NAME escaped-value(s)": valid fish words after `set -gx`.
-        text = "".join("set -gx " + line for line in text.splitlines(keepends=True))
-    kept = [line for line in text.splitlines(keepends=True) if not _VOLATILE.match(line)]
+    if kind == into and kind != "posix":  # sh saves nothing: the file is an earlier shell's
+        if kind == "fish":
+            # `set -xL` lists "NAME escaped-value(s)": valid fish words after `set -gx`.
+            text = "".join("set -gx " + line for line in text.splitlines(keepends=True))
+        kept = [line for line in text.splitlines(keepends=True) if not _VOLATILE.match(line)]
+        out = "".join(kept)
+    else:
+        env = {k: v for k, v in saved_env(kind, text).items() if k not in _VOLATILE_NAMES}
+        out = "".join(export_line(into, k, v) for k, v in env.items())
     target = term_dir / "restore"
-    write_private(target, "".join(kept).encode("utf-8", "surrogateescape"))
+    write_private(target, out.encode("utf-8", "surrogateescape"))
     return target
+
+
+_VOLATILE_NAMES = frozenset(("PWD", "OLDPWD", "SHLVL", "_"))
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def saved_env(kind: str, text: str) -> dict[str, str]:
+    """The variables in what a shell's hook saved: bash `declare -x NAME="value"`, zsh
+    `export NAME=value` (bare, '...' or $'...'), fish `set -xL` ("NAME value..."; fish does
+    not quote a value with a quote in it, so only plain values and lists are read there).
+    An entry that does not parse is skipped."""
+    env: dict[str, str] = {}
+    if kind == "fish":
+        for line in text.splitlines():
+            try:
+                words = shlex.split(line, posix=True)
+            except ValueError:
+                continue
+            if words and _NAME.match(words[0]):
+                # A list, joined as fish exports it: path lists with ':', others with ' '.
+                sep = ":" if words[0].endswith("PATH") else " "
+                env[words[0]] = sep.join(words[1:])
+        return env
+    for m in _ENTRY.finditer(text):
+        name, dq, sq, ansi, bare = m.group(1, 2, 3, 4, 5)
+        if dq is not None:
+            env[name] = re.sub(r'\\([\\"$`])', r"\1", dq)
+        elif sq is not None:
+            env[name] = sq.replace("'\\''", "'")
+        elif ansi is not None:
+            env[name] = _ansi_c(ansi)
+        elif bare is not None:
+            env[name] = re.sub(r"\\(.)", r"\1", bare)
+    return env
+
+
+# One `declare -x NAME="..."` / `export NAME=...` entry; values may span lines.
+_ENTRY = re.compile(
+    r"^(?:declare -\S+|export|typeset -\S+) ([A-Za-z_][A-Za-z0-9_]*)="
+    r'(?:"((?:[^"\\]|\\.)*)"'  # bash: double quotes, \ escapes
+    r"|'((?:[^']|'\\'')*)'(?=\s|$)"  # zsh: single quotes, '\'' for a quote
+    r"|\$'((?:[^'\\]|\\.)*)'"  # zsh: $'...' for control characters
+    r"|((?:[^\s\\]|\\.)*))",  # zsh: a bare word
+    re.MULTILINE | re.DOTALL,
+)
+
+
+def _ansi_c(body: str) -> str:
+    """The value of a $'...' string (the escapes zsh writes)."""
+    try:
+        return body.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError:
+        return body
+
+
+def export_line(kind: str, name: str, value: str) -> str:
+    """One exported variable in `kind`'s syntax."""
+    if kind == "fish":
+        quoted = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return f"set -gx {name} {quoted}\n"
+    return f"export {name}='" + value.replace("'", "'\\''") + "'\n"

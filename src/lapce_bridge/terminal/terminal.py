@@ -46,7 +46,16 @@ from lapce_bridge.terminal import modes
 from lapce_bridge.terminal.execution import Execution
 from lapce_bridge.terminal.files import CommandFile, new_private_dir, runtime_base
 from lapce_bridge.terminal.foreground import Foreground
-from lapce_bridge.terminal.modes import Launch, build_env, resolve_shell, run_line
+from lapce_bridge.terminal.modes import (
+    INTERRUPT_KEY,
+    Launch,
+    build_env,
+    load_keys,
+    resolve_shell,
+    run_line,
+    shell_kind,
+    typed,
+)
 from lapce_bridge.terminal.osc import OscParser
 from lapce_bridge.terminal.pty import PtyProcess
 from lapce_bridge.terminal.recovery import (
@@ -69,7 +78,9 @@ from lapce_bridge.terminal.startup import Outcome, Plan, Rungs, choose_shell, cl
 from lapce_bridge.terminal.tracker import (
     CommandTracker,
     EndDetection,
+    Executing,
     Finished,
+    LineWanted,
     Output,
     ProbeAnswered,
     Ready,
@@ -83,6 +94,8 @@ __all__ = ["Terminal", "TerminalExited", "TerminalStats"]
 Observe = Callable[[str, float, bool], None]
 _ids = itertools.count(1)
 _RESULTS_KEPT = 64
+_ABANDON_POLLS = 500  # a second of 2 ms looks for the line editor, then Ctrl-C regardless
+_ABANDON_POLL_S = 0.002
 
 
 def _is_dir(path: str) -> bool:
@@ -143,6 +156,7 @@ class Terminal:
         self.cmd_path = ""
         self.pending_recoveries: list[Recovery] = []
         self._exec: Execution | None = None
+        self._replay: Execution | None = None  # never started when its shell died: run again
         self._results: OrderedDict[str, ExecResult] = OrderedDict()
         self._hooks = Hooks(
             stop=self._stop_current,
@@ -176,7 +190,9 @@ class Terminal:
         await term.boot()
         return term
 
-    async def boot(self) -> None:
+    async def boot(self, restore: Path | None = None) -> None:
+        """Start the shell; `restore` is a file of exported variables to source first (a
+        terminal recreated by a new terminal host from what its dead shell last saved)."""
         base = runtime_base(self.state_dir)
         self.dir = new_private_dir(base / f"{self.terminal_id}-{secrets.token_hex(4)}")
         self._cmd_file = CommandFile(self.dir / "cmd")
@@ -187,7 +203,7 @@ class Terminal:
         self.cmd_path = str(self._cmd_file.path)
         requested = self.requested_shell or modes.default_shell(self.base_env)
         exe, recovery = choose_shell(
-            requested, self._path(), self.tried_shells, self.crash_policy.fallback_shells
+            requested, self._path(), self.tried_shells, self._start_candidates()
         )
         if recovery is not None:
             self.pending_recoveries.append(recovery)
@@ -196,7 +212,7 @@ class Terminal:
         alternative = recovery is not None
         while True:
             try:
-                await self._start_shell(exe, restore=None, alternative=alternative)
+                await self._start_shell(exe, restore=restore, alternative=alternative)
                 return
             except ShellCrashed as exc:
                 # A shell that exits at once: the next of the fallback shells, $SHELL, /bin/sh.
@@ -207,9 +223,14 @@ class Terminal:
                 self.pending_recoveries.append(Recovery("alternative_shell", f"{exc}; using {nxt}"))
                 exe, alternative = nxt, True
 
-    def _next_start_shell(self) -> str | None:
+    def _start_candidates(self) -> tuple[str, ...]:
+        """Where creation falls back to (spec 2.2): the configured fallback shells, then the
+        user's $SHELL, then /bin/sh."""
         env = self.base_env or os.environ
-        candidates = (*self.crash_policy.fallback_shells, env.get("SHELL") or "", "/bin/sh")
+        return (*self.crash_policy.fallback_shells, env.get("SHELL") or "", "/bin/sh")
+
+    def _next_start_shell(self) -> str | None:
+        candidates = self._start_candidates()
         tried = {os.path.basename(s) for s in self.tried_shells} | set(self.tried_shells)
         for name in candidates:
             if not name or name in tried or os.path.basename(name) in tried:
@@ -317,6 +338,7 @@ class Terminal:
             alternative=alternative,
             startup_timeout=self.startup_timeout,
             probe_timeout=self.probe_timeout,
+            unmarked=self.crash_policy.unmarked,
         )
         clock, grace = self.clock, self.interrupt_grace
 
@@ -400,16 +422,10 @@ class Terminal:
                 retryable=False,
                 data={"executionId": self._exec.execution_id, "terminalId": self.terminal_id},
             )
-        shell = self.shell_proc
-        cmd_file = self._cmd_file
-        assert shell is not None
-        assert cmd_file is not None
-        proc = shell.proc
         self.executions += 1
         now = self.clock.now()
         self.last_used = now
         execution_id = f"{self.terminal_id}-{self.executions}-{secrets.token_hex(3)}"
-        detection = self.tracker.detection
         # The command's own secret: it ends this command and no other (tracker.py, rule 1).
         secret = secrets.token_hex(16)
         ex = Execution(
@@ -425,26 +441,25 @@ class Terminal:
             recoveries=self.pending_recoveries,
         )
         self.pending_recoveries = []
-        kind = shell.kind
-        ex.skip_cr = kind == "fish"
-        ex.raw = detection is EndDetection.RAW
         if on_finished is not None:
             ex.done.add_done_callback(lambda f: f.cancelled() or on_finished(f.result()))
         self._exec = ex
         self.parser.strip_ansi = ansi == "strip"
-        self.tracker.submit(secret)
+        ex.command, ex.run_cwd = command, cwd
         try:
-            cmd_file.write(command_file_text(kind, command, cwd).encode())
-            proc.write(run_line(kind, detection, self.cmd_path, secret))
+            self._hand_over(ex)
         except OSError as exc:
             self._finish(ex, exit_code=None, status=Status.INTERRUPTED)
             raise ShellCrashed(f"could not write to the shell: {exc}") from exc
         try:
             return await await_result(ex, self.clock, self._hooks, timeout, idle_timeout, max_wait)
         except asyncio.CancelledError:
-            # The request was cancelled: stop the command rather than leave it running unseen.
+            # The request was cancelled: stop the command rather than leave it running unseen
+            # (escalating as `interrupt` does: one SIGINT can land between two commands of a
+            # list, or before the command runs, and stop nothing).
             ex.interrupted = True
-            proc.signal_foreground(signal.SIGINT)
+            if not ex.done.done() and self.proc is not None:
+                self._spawn_task(stop_foreground(self.proc, ex, self.clock, self.interrupt_grace))
             raise
 
     async def _usable(self) -> None:
@@ -566,7 +581,9 @@ class Terminal:
         return self.shell_proc.foreground() if self.shell_proc is not None else None
 
     def _at_prompt(self, fg: Foreground) -> bool:
-        return self.shell_proc is not None and self.shell_proc.at_prompt(fg)
+        ex = self._exec
+        prompted = ex is not None and ex.prompted
+        return self.shell_proc is not None and self.shell_proc.at_prompt(fg, prompted)
 
     async def _recover_integration(self) -> None:
         """The shell is back at its prompt but the command's end mark never came: the command
@@ -575,8 +592,8 @@ class Terminal:
         later commands' ends with an end marker (this terminal only; cwd and env are the
         shell's own, untouched)."""
         ex, shell = self._exec, self.shell_proc
-        if ex is None or shell is None:
-            return
+        if ex is None or shell is None or (self.restarting and not self.restarting.done()):
+            return  # (a command waiting for the restarted shell is handed over again)
         started = self.clock.now()
         kind = shell.current_kind()
         self.tracker.hold_output()
@@ -622,11 +639,79 @@ class Terminal:
                 if self._exec is not None:
                     code = event.exit_code  # type: ignore[union-attr]
                     self._finish(self._exec, exit_code=code, status=Status.COMPLETED)
+            elif kind is Executing:
+                if self._exec is not None:
+                    self._exec.executing()
+            elif kind is LineWanted:
+                self._next_line(event.continuation)  # type: ignore[union-attr]
             elif kind is Ready:
+                if self._exec is not None and self._exec.started:
+                    self._exec.prompted = True
                 if self.shell_proc is not None:
                     self.shell_proc.mark_ready()
             elif kind is ProbeAnswered and self.shell_proc is not None:
                 self.shell_proc.answer_probe(event.exit_code)  # type: ignore[union-attr]
+
+    def _hand_over(self, ex: Execution) -> None:
+        """Give the shell the command: its text to the command file, then what is typed to
+        run it (the nonce and the load key, or the line that sources the file)."""
+        shell, cmd_file = self.shell_proc, self._cmd_file
+        assert shell is not None
+        assert cmd_file is not None
+        kind, detection = shell.kind, self.tracker.detection
+        by_line = typed(kind, detection)
+        text = command_file_text(kind, ex.command, ex.run_cwd, by_line)
+        ex.typed = by_line
+        ex.lines_left = text.count("\n") - 1 if by_line else 0
+        ex.skip_cr = kind == "fish"
+        ex.raw = detection is EndDetection.RAW
+        self.tracker.submit(ex.token, typed=by_line)
+        cmd_file.write(text.encode())
+        shell.proc.write(run_line(kind, detection, self.cmd_path, ex.token))
+
+    def _next_line(self, continuation: bool) -> None:
+        """The shell asks for the command's next line (typed delivery): type the load key; or,
+        for a command that was interrupted or is still incomplete after its last line,
+        abandon the rest as a user would (Ctrl-C at a continuation prompt)."""
+        ex, shell = self._exec, self.shell_proc
+        if ex is None or shell is None or not shell.alive:
+            return
+        stopping = ex.interrupted or ex.timed_out
+        if continuation and (stopping or ex.lines_left <= 0):
+            if not stopping and ex.lines_left == 0:
+                ex.recoveries.append(
+                    Recovery(
+                        "incomplete_command",
+                        "the command was still incomplete after its last line (an unclosed "
+                        "quote, bracket, block or heredoc); its continuation prompt was "
+                        "abandoned with Ctrl-C",
+                    )
+                )
+                ex.lines_left = -1  # reported once, whatever the shell asks next
+            self._spawn_task(self._abandon_input(shell, ex))
+            return
+        if stopping or ex.lines_left <= 0:
+            keys = load_keys(shell.kind, "-")  # the rest of the command is dropped
+        else:
+            ex.lines_left -= 1
+            keys = load_keys(shell.kind)
+        try:
+            shell.proc.write(keys)
+        except OSError:
+            pass  # the shell is gone: its death ends the command
+
+    async def _abandon_input(self, shell: ShellProcess, ex: Execution) -> None:
+        """Ctrl-C at the continuation prompt, once the line editor reads it: the prompt is
+        printed before the editor starts, and a SIGINT in between leaves `$?` as it was
+        (the incomplete command would be answered with the previous command's status)."""
+        for _ in range(_ABANDON_POLLS):
+            fg = shell.foreground()
+            if ex.done.done() or fg is None or shell.at_prompt(fg, prompted=True):
+                break
+            await self.clock.sleep(_ABANDON_POLL_S)
+        if not ex.done.done() and shell.alive:
+            with contextlib.suppress(OSError):
+                shell.proc.write(INTERRUPT_KEY)
 
     # -- deaths and restarts ----------------------------------------------------------------
     def _on_shell_exit(self, shell: ShellProcess, code: int) -> None:
@@ -675,7 +760,19 @@ class Terminal:
             recovery = Recovery(self.crash_policy.remedy.value, f"shell exited with code {code}")
         else:
             recovery = Recovery(self.crash_policy.fallback.value, decision.reason)
-        if self._exec is not None:
+        ex = self._exec
+        if ex is not None and will_recover and not (ex.started or ex.interrupted or ex.timed_out):
+            # It provably never started (no start mark): it runs on the restarted shell
+            # instead of being lost.
+            ex.recoveries.append(
+                Recovery(
+                    self.crash_policy.remedy.value,
+                    f"the shell died (code {code}) before the command started; it ran on the "
+                    "restarted shell",
+                )
+            )
+            self._replay = ex
+        elif ex is not None:
             # `exit 3` ends the shell with the command's own status; a signal leaves it unknown.
             self._finish_current(Status.INTERRUPTED, recovery, code if code >= 0 else None)
         elif will_recover:
@@ -708,16 +805,23 @@ class Terminal:
                 return
             exe, alternative = alt, True
             self.pending_recoveries.append(Recovery("alternative_shell", decision.reason))
-        elif old is not None:
-            restore = restore_file(self.dir, old.kind)
+        if old is not None:
+            # The exported environment comes along, into another kind of shell too.
+            restore = restore_file(self.dir, old.kind, shell_kind(exe))
         try:
             await self._start_shell(exe, restore=restore, alternative=alternative)
         except Exception as exc:
             self.failed = exc
+            replay, self._replay = self._replay, None
+            if replay is not None:
+                self._finish(replay, exit_code=None, status=Status.INTERRUPTED)
             if self.observe is not None:
                 self.observe("terminal.recover", self.clock.now() - died_at, False)
             return
         self.restarts += 1
+        replay, self._replay = self._replay, None
+        if replay is not None and not replay.done.done():
+            self._hand_over(replay)
         elapsed = self.clock.now() - died_at
         self.last_recovery_ms = elapsed * 1000.0
         if self.observe is not None:

@@ -12,6 +12,14 @@ command's end is found is the tracker's `detection`:
   a file, and the next command gets another one.
 - `END_MARKER`: the typed line itself prints `633;P;LbStart=<token>` before the command and
   `633;P;LbEnd=<status>:<token>` after it (sh, dash, or hooks that were removed).
+  Typed delivery (bash, zsh: `modes.typed`) adds the marks of the line-by-line hand-over:
+  the echo of what the bridge typed and of each loaded line is hidden up to the end of the
+  line editor's work (bash: the first newline after `633;P;LbEcho=<nonce>`, readline being
+  set to scroll long lines rather than wrap them; zsh: its POSTEDIT mark `633;P;LbEdit`
+  after `633;P;LbZle=<nonce>`);
+  the command starts at the first line's; `633;P;LbMore=<nonce>` (the next prompt) or
+  `633;P;LbCont=<nonce>` (a continuation prompt) asks for the next line (`LineWanted`) and
+  hides the prompt and the echo that follow.
 - `RAW`: no marks; output starts after the tty's echo of the typed line and the command ends
   when its output goes quiet (the waiting logic decides that, then calls `abandon`).
 
@@ -42,7 +50,9 @@ __all__ = [
     "CommandTracker",
     "CwdChanged",
     "EndDetection",
+    "Executing",
     "Finished",
+    "LineWanted",
     "Output",
     "ProbeAnswered",
     "Ready",
@@ -51,6 +61,7 @@ __all__ = [
 ]
 
 _PRESTART_LIMIT = 64 * 1024  # text kept from before a start mark, for rule 5
+_CARRY_LIMIT = 64 * 1024  # text kept from between commands, for the next one
 
 
 class EndDetection(StrEnum):
@@ -77,6 +88,20 @@ class Finished:
 
 
 @dataclass(frozen=True, slots=True)
+class Executing:
+    """Typed delivery: the shell parsed a line and runs it (`633;C` from PS0 or preexec).
+    Until then a SIGINT would reach the shell's reader, not the command."""
+
+
+@dataclass(frozen=True, slots=True)
+class LineWanted:
+    """The shell asks for the command's next line (typed delivery); `continuation`: at its
+    continuation prompt (inside a block, a quote or a heredoc), not its primary prompt."""
+
+    continuation: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Ready:
     """Integration announced itself: a prompt or cwd mark of our hooks."""
 
@@ -91,21 +116,30 @@ class ProbeAnswered:
     exit_code: int | None
 
 
-TrackerEvent: TypeAlias = Started | Output | Finished | Ready | CwdChanged | ProbeAnswered
+TrackerEvent: TypeAlias = (
+    Started | Output | Finished | Ready | CwdChanged | ProbeAnswered | LineWanted | Executing
+)
 
 _STARTED = Started()
+_EXECUTING = Executing()
 _READY = Ready()
 
 
 class CommandTracker:
     __slots__ = (
         "_announced",
+        "_carry",
         "_d_tail",
         "_held",
+        "_hide",
+        "_idle_capture",
         "_prestart",
         "_probe",
         "_secret",
         "_skip_echo",
+        "_typed",
+        "_until_edit",
+        "_until_lf",
         "cwd",
         "detection",
         "started",
@@ -122,14 +156,28 @@ class CommandTracker:
         self._skip_echo = False
         self._probe: str | None = None
         self._held = False
+        self._typed = False
+        self._hide = False  # typed delivery: the echo of typed keys and a loaded line
+        self._until_lf = False  # ... which ends at the next newline (bash)
+        self._until_edit = False  # ... or at zle's POSTEDIT mark (zsh)
+        # What zsh prints between commands (a job's notice, when it ends while zsh waits at
+        # its prompt): kept for the next command's output, where a typed session shows it.
+        self._carry = bytearray()
+        self._idle_capture = False
 
     @property
     def in_flight(self) -> bool:
         return self._secret is not None
 
-    def submit(self, secret: str) -> None:
-        """A command was handed to the shell with this nonce (or end-marker token)."""
+    def submit(self, secret: str, *, typed: bool = False) -> None:
+        """A command was handed to the shell with this nonce (or end-marker token); `typed`:
+        line by line through the line editor (`modes.typed`)."""
         self._secret = secret
+        self._typed = typed
+        self._hide = typed
+        self._until_lf = False
+        self._until_edit = False
+        self._idle_capture = False
         self._d_tail = (";" + secret + "\x07").encode()
         self.started = False
         self._announced = False
@@ -157,6 +205,8 @@ class CommandTracker:
         self.detection = detection
         self.abandon()
         self._probe = None
+        self._carry.clear()
+        self._idle_capture = False
 
     def feed(self, events: list[Event]) -> list[TrackerEvent]:
         out: list[TrackerEvent] = []
@@ -170,8 +220,23 @@ class CommandTracker:
 
     def _text(self, data: bytes, out: list[TrackerEvent]) -> None:
         if self._secret is None:
+            if self._idle_capture and len(self._carry) < _CARRY_LIMIT:
+                self._carry += data[: _CARRY_LIMIT - len(self._carry)]
             return
         if self._held:
+            return
+        if self._typed:
+            if self._hide:
+                if not self._until_lf:
+                    return
+                nl = data.find(b"\n")
+                if nl < 0:
+                    return
+                data = data[nl + 1 :]
+                self._echo_ended(out)
+                if not data:
+                    return
+            out.append(Output(data))
             return
         if self.started:
             out.append(Output(data))
@@ -198,6 +263,8 @@ class CommandTracker:
                 out.append(CwdChanged(m.value))
             return
         kind = m.kind
+        if kind in ("A", "B"):
+            self._idle_capture = False
         if kind == "P":
             self._property(m, out)
             return
@@ -206,7 +273,10 @@ class CommandTracker:
         if kind == "E":
             self._announced = self._secret is not None and m.nonce == self._secret
         elif kind == "C":
-            if self._announced and not self.started:
+            if self._typed:
+                if self.started and not self._hide and self._secret is not None:
+                    out.append(_EXECUTING)
+            elif self._announced and not self.started:
                 self._announced = False
                 self._start(out)
         elif kind == "D":
@@ -223,6 +293,28 @@ class CommandTracker:
             if self.detection is EndDetection.INTEGRATION:
                 out.append(_READY)
             return
+        if self._typed and self._secret is not None:
+            if key in ("LbEcho", "LbZle"):
+                if self._hide and value == self._secret:
+                    self._until_lf = key == "LbEcho"
+                    self._until_edit = key == "LbZle"
+                return
+            if key == "LbEdit":
+                # Only after our widget ran: zle also leaves its prompt to print a job's notice.
+                if self._hide and self._until_edit:
+                    self._echo_ended(out)
+                return
+            if key in ("LbMore", "LbCont"):
+                # The prompt and the echo that follow are not output; a redrawn prompt inside
+                # an echo is not a request.
+                if not self._hide and value == self._secret:
+                    self._hide = True
+                    self._until_lf = self._until_edit = False
+                    out.append(LineWanted(key == "LbCont"))
+                return
+        if key == "LbEdit" and self._secret is None:
+            self._idle_capture = True  # zle left its prompt to print something
+            return
         if key == "LbStart":
             if self._secret is not None and value == self._secret and not self.started:
                 self._start(out)
@@ -236,6 +328,14 @@ class CommandTracker:
             out.append(ProbeAnswered(code))
         elif self._secret is not None and token == self._secret:
             self._end(code, out)
+
+    def _echo_ended(self, out: list[TrackerEvent]) -> None:
+        self._hide = self._until_lf = self._until_edit = False
+        if not self.started:
+            self._start(out)
+            if self._carry:
+                out.append(Output(bytes(self._carry)))
+                self._carry.clear()
 
     def _start(self, out: list[TrackerEvent]) -> None:
         self.started = True

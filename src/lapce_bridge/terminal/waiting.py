@@ -136,10 +136,11 @@ async def _ended(clock: Clock, ex: Execution, seconds: float) -> bool:
 
 
 async def stop_foreground(proc: PtyProcess, ex: Execution, clock: Clock, grace: float) -> None:
-    if not ex.started:
-        # Before the start mark a signal would reach the line editor, which may drop our line
-        # or read it after all: wait for the command to start; a shell that never starts it is
-        # stuck, and only replacing it helps.
+    if not ex.began.done():
+        # Before the command runs a signal would reach the shell's reader (the line editor,
+        # or bash between reading a line and running it, which drops a character and runs the
+        # rest): wait for it to run; a shell that never runs it is stuck, and only replacing
+        # it helps.
         try:
             async with clock.timeout(grace):
                 await asyncio.shield(ex.began)
@@ -180,18 +181,32 @@ async def _interrupt(proc: PtyProcess, ex: Execution, clock: Clock, grace: float
         if await _ended(clock, ex, min(_REPOLL_S, left)):
             return True
         pgrp = proc.foreground_pgrp()
-        if proc.alive and (pgrp != sent_to or clock.now() - sent_at >= _RESEND_S):
+        # A group that took over gets one at once; the shell's own group only on the resend
+        # period: it takes over when the command has ended, and a SIGINT then would reach the
+        # line editor as it reads the next command's keys.
+        changed = pgrp != sent_to and pgrp != proc.pid
+        if proc.alive and (changed or clock.now() - sent_at >= _RESEND_S):
             sent_to = proc.signal_foreground(signal.SIGINT)
             sent_at = clock.now()
     return ex.done.done()
 
 
-def command_file_text(kind: str, command: str, cwd: str | None) -> str:
-    """What the shell sources: the command, after a `cd` when the request names a cwd."""
+def command_file_text(kind: str, command: str, cwd: str | None, typed: bool = False) -> str:
+    """What the shell reads: the command, after a `cd` when the request names a cwd.
+
+    Typed line by line (`modes.typed`), the text is lines ending in a newline (a `\\r\\n` is
+    a line end, as Enter would be), and a `cd` that fails skips the rest with `__lb_skip`
+    (`return` only works in a sourced file)."""
+    if typed:
+        command = command.replace("\r\n", "\n")
+        if not command.endswith("\n"):
+            command += "\n"
     if cwd is None:
         return command
     quoted = "'" + cwd.replace("'", "'\\''") + "'"
     if kind == "fish":
         quoted = "'" + cwd.replace("\\", "\\\\").replace("'", "\\'") + "'"
         return f"cd {quoted}; or return 1\n{command}"
+    if typed:
+        return f"cd -- {quoted} || __lb_skip\n{command}"
     return f"cd -- {quoted} || return 1\n{command}"

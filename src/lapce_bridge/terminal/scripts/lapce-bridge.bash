@@ -1,29 +1,41 @@
-# lapce-bridge shell integration for bash: OSC 633 markers around every command.
+# lapce-bridge shell integration for bash: commands typed line by line, OSC 633 marks around them.
 #
 # Read through `bash --init-file` (bash has already read /etc/bash.bashrc by then) or, for a
 # terminal started without the user's rc files, through $ENV of `bash --posix`.
 #
+# How a command arrives, so that it behaves exactly as if typed at this prompt (job control
+# and its notices, $0, error messages, a syntax error on one line not dropping the next): the
+# bridge writes it to the file $__lb_cf, then types its nonce (32 hex digits) and the load
+# key. The load key's function takes the nonce from the edit line, reads the file's lines and
+# puts the first into the edit line; the accept key then runs it as if typed. Whenever the
+# shell asks for another line while lines remain (its next prompt, or PS2 inside a block, a
+# quote or a heredoc), the prompt prints `633;P;LbMore=<nonce>` (PS2: `LbCont`) and the bridge
+# types the load key again. Readline scrolls a long line instead of wrapping it, so the echo of a loaded line
+# ends at the first newline after `633;P;LbEcho=<nonce>`: what follows is the line's output.
+#
 # Invariants:
 # - no hook forks: no $(...), no pipes, no external commands; text is escaped with parameter
 #   expansion, so a command costs microseconds of integration, not the ~2 ms of a fork;
-# - the nonce and our control variables never reach the environment user commands see: each
-#   command's nonce arrives as typed text (`__lb_n=<nonce>; . "$__lb_cf"`), is printed back
-#   in E and D, and is forgotten at the next prompt;
-# - the user's ~/.bashrc, PS1, PROMPT_COMMAND (string or array) and DEBUG trap keep working:
-#   ours run around theirs, and $? is handed on unchanged;
-# - after every command: P;Cwd, then D;<status>;<nonce>, then A; the prompt ends with B.
-if [[ -z ${__lb_installed-} ]]; then
+# - the nonce and our control variables never reach the environment user commands see: the
+#   nonce arrives as typed text, is printed back in E, LbEcho, LbMore and D, and is forgotten
+#   at the command's end;
+# - the user's ~/.bashrc, PS1, PS2, PROMPT_COMMAND (string or array) and DEBUG trap keep
+#   working: ours run around theirs, and $? is handed on unchanged;
+# - each line that runs is announced by C (PS0); after a command's last line the prompt itself
+#   prints P;Cwd and D;<status>;<nonce> (after
+#   bash's job notices, which are the command's output), then A; B ends PS1.
+# Without line editing (`bash --noediting`) nothing is installed: the bridge finds the end of
+# each command with a tokened end marker instead.
+if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
     __lb_installed=1
     if shopt -qo posix; then set +o posix; fi
 
-    __lb_nonce=
     __lb_dir=${LAPCE_BRIDGE_DIR-}
     __lb_use_rc=${LAPCE_BRIDGE_RC-1}
     __lb_restore=${LAPCE_BRIDGE_RESTORE-}
     unset LAPCE_BRIDGE_DIR LAPCE_BRIDGE_RC LAPCE_BRIDGE_RESTORE ENV
     __lb_cf=$__lb_dir/cmd
     __lb_ef=$__lb_dir/env
-    __lb_run_line='. "$__lb_cf"'
 
     if [[ $__lb_use_rc == 1 && -r ~/.bashrc ]]; then
         . ~/.bashrc
@@ -34,9 +46,12 @@ if [[ -z ${__lb_installed-} ]]; then
     fi
     unset __lb_restore
 
-    __lb_phase=pc  # pc: PROMPT_COMMAND running; prompt: waiting for input; run: command running
+    __lb_n=        # the nonce of the command in flight
+    __lb_lines=()  # its lines
+    __lb_i=0       # how many of them the line editor was given
     __lb_status=0
     __lb_out=
+    __lb_mark=     # what the next PS1 prints first: P;Cwd and D, or LbMore
 
     # OSC 633 value escaping: backslash, ';' and the bytes that would end or abort the sequence.
     __lb_escape() {
@@ -53,72 +68,79 @@ if [[ -z ${__lb_installed-} ]]; then
         fi
     }
 
-    __lb_preexec() {
-        local cmd=$BASH_COMMAND
-        if [[ ${cmd# } == "$__lb_run_line" && -r $__lb_cf ]]; then
-            # The command we were given, not the line that sources it (bounded: 4 KiB).
+    # The load key. After a nonce: a new command, its lines read from the file. After "-":
+    # the rest of the command is dropped (it was interrupted). Alone: the command's next line.
+    __lb_load() {
+        if [[ ${#READLINE_LINE} == 32 && $READLINE_LINE != *[!0-9a-f]* ]]; then
+            __lb_n=$READLINE_LINE
+            __lb_i=0
+            mapfile -t __lb_lines <"$__lb_cf"
             local text=
             IFS= builtin read -r -d '' -N 4096 text <"$__lb_cf"
-            if ((${#text} < 4096)); then cmd=$text; fi
+            if ((${#text} < 4096)); then __lb_escape "${text%$'\n'}"; else __lb_out=; fi
+            # One write for both marks: each write wakes the reader on the other side.
+            builtin printf '\e]633;E;%s;%s\a\e]633;P;LbEcho=%s\a' "$__lb_out" "$__lb_n" "$__lb_n"
+        else
+            if [[ $READLINE_LINE == - ]]; then __lb_i=${#__lb_lines[@]}; fi
+            builtin printf '\e]633;P;LbEcho=%s\a' "$__lb_n"
         fi
-        __lb_escape "$cmd"
-        builtin printf '\e]633;E;%s;%s\a\e]633;C\a' "$__lb_out" "$__lb_nonce"
+        READLINE_LINE=${__lb_lines[__lb_i]-}
+        READLINE_POINT=${#READLINE_LINE}
+        __lb_i=$((__lb_i + 1))
     }
 
-    __lb_debug() {
-        if [[ $__lb_phase == prompt && -z ${COMP_LINE-} && $BASH_COMMAND != __lb_precmd ]]; then
-            if [[ $BASH_COMMAND == __lb_n=* ]]; then
-                # Our typed line's first part: the command's nonce, then the command itself.
-                __lb_nonce=${BASH_COMMAND#__lb_n=}
-                return 0
-            fi
-            __lb_phase=run
-            __lb_preexec
-        fi
-        if [[ -n $__lb_prev_debug ]]; then
-            eval "$__lb_prev_debug"
-            return
-        fi
-        return 0  # under extdebug a non-zero status would skip the command
+    # The `cwd` the bridge was asked to run a command in could not be entered: skip the rest.
+    __lb_skip() {
+        __lb_i=${#__lb_lines[@]}
+        return 1
     }
 
     __lb_precmd() {
         __lb_status=$?
-        __lb_phase=pc
+        if [[ -n $__lb_n ]] && ((__lb_i < ${#__lb_lines[@]})); then
+            __lb_mark=$'\e]633;P;LbMore='$__lb_n$'\a'
+            return "$__lb_status"
+        fi
         # What a replacement shell restores if this one dies (a builtin writing a file), saved
         # before the end mark so that a death right after a command still finds it.
         builtin declare -x 2>/dev/null >"$__lb_ef"
         __lb_escape "$PWD"
-        # One write for all the marks: each write wakes the reader on the other side. The
-        # nonce comes from the typed line's assignment even when the DEBUG trap is gone.
-        if [[ -n ${__lb_n-} ]]; then
-            builtin printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a\e]633;A\a' \
+        if [[ -n $__lb_n ]]; then
+            builtin printf -v __lb_mark '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' \
                 "$__lb_out" "$__lb_status" "$__lb_n"
-            builtin unset __lb_n
-            __lb_nonce=
+            __lb_n=
+            __lb_lines=()
+            __lb_i=0
         else
-            builtin printf '\e]633;P;Cwd=%s\a\e]633;A\a' "$__lb_out"
+            builtin printf -v __lb_mark '\e]633;P;Cwd=%s\a' "$__lb_out"
         fi
         return "$__lb_status"
     }
 
+    # Prompt frameworks rebuild PS1 (and PS2) in their PROMPT_COMMAND: mark them again.
     __lb_prompt_end() {
-        # Prompt frameworks rebuild PS1 in their PROMPT_COMMAND: mark its end again.
-        if [[ $PS1 != *"$__lb_b" ]]; then
-            PS1=$PS1$__lb_b
-        fi
-        __lb_phase=prompt
+        if [[ $PS1 != "$__lb_a"* ]]; then PS1=$__lb_a$PS1; fi
+        if [[ $PS1 != *"$__lb_b" ]]; then PS1=$PS1$__lb_b; fi
+        if [[ $PS2 != "$__lb_f"* ]]; then PS2=$__lb_f$PS2; fi
+        if [[ ${PS0-} != "$__lb_c"* ]]; then PS0=$__lb_c${PS0-}; fi
         return "$__lb_status"
     }
+    # Expanded when the prompt is shown (promptvars): the marks of the moment.
+    __lb_a='\[${__lb_mark}\e]633;A\a\]'
     __lb_b='\[\e]633;B\a\]'
+    __lb_f='\[\e]633;P;LbCont=${__lb_n}\a\]'
+    # PS0 is printed once a line is parsed, just before it runs: until then a SIGINT would
+    # reach bash between reading the line and running it (it drops a character, runs the rest).
+    __lb_c='\e]633;C\a'
 
-    # Chain an existing DEBUG trap (a fork here is once per shell, not per command).
-    __lb_prev_debug=$(builtin trap -p DEBUG)
-    if [[ -n $__lb_prev_debug ]]; then
-        __lb_prev_debug=${__lb_prev_debug#"trap -- '"}
-        __lb_prev_debug=${__lb_prev_debug%"' DEBUG"}
-        __lb_prev_debug=${__lb_prev_debug//"'\\''"/"'"}
-    fi
+    # Commands come from a program, not a person's history: `!` is just a character.
+    set +H
+    builtin bind 'set horizontal-scroll-mode on' 'set enable-bracketed-paste off' 2>/dev/null
+    for __lb_km in emacs vi-insert; do
+        builtin bind -m "$__lb_km" -x '"\e[7799~": __lb_load' 2>/dev/null
+        builtin bind -m "$__lb_km" '"\e[7798~": accept-line' 2>/dev/null
+    done
+    unset __lb_km
 
     if ((${#PROMPT_COMMAND[@]} > 1)); then
         PROMPT_COMMAND=(__lb_precmd "${PROMPT_COMMAND[@]}" __lb_prompt_end)
@@ -127,5 +149,4 @@ if [[ -z ${__lb_installed-} ]]; then
 $PROMPT_COMMAND}
 __lb_prompt_end"
     fi
-    builtin trap '__lb_debug' DEBUG
 fi

@@ -31,8 +31,10 @@ if not set -q __lb_installed
     end
     set -e __lb_fn
     if not functions -q fish_prompt
+        # Its prompt-start mark outlives our hooks: a prompt without an end mark means
+        # they were removed (the bridge then asks for $status; see shell.py at_prompt).
         function fish_prompt
-            printf '$ '
+            printf '\e]633;A\a$ '
         end
     end
 
@@ -52,7 +54,7 @@ if not set -q __lb_installed
         function __lb_preexec --on-event fish_preexec
             set -l cmd $argv[1]
             # Our typed line carries the nonce (its assignment has not run yet).
-            set -l nonce (string match -r --groups-only -- '^set -g __lb_n ([0-9a-f]+); source \$__lb_cf$' $cmd)
+            set -l nonce (string match -r --groups-only -- '^set -g __lb_n ([0-9a-f]+); source \$__lb_cf; __lb_exited$' $cmd)
             if test -n "$nonce" -a -r "$__lb_cf"
                 read -z -l text <"$__lb_cf"
                 and set cmd $text
@@ -62,6 +64,9 @@ if not set -q __lb_installed
 
         function __lb_postexec --on-event fish_postexec
             set -l st $status
+            if set -q __lb_exiting
+                return  # the shell is leaving: its exit status is the command's end
+            end
             if set -q __lb_n
                 # What a replacement shell restores if this one dies ("NAME escaped-value" lines
                 # the bridge turns into `set -gx` commands), saved before the end mark.
@@ -74,6 +79,31 @@ if not set -q __lb_installed
         end
     end
     __lb_hooks
+
+    # `exit` in the command ends the shell, as typed: inside `source` it would end only the
+    # file, so it is noted here and done by the typed line once the file returns.
+    function exit --description 'Exit the shell'
+        set -l files (status stack-trace | string match -r --groups-only -- '^from sourcing file (.*)$')
+        if test "$files[1]" = "$__lb_cf"
+            if set -q argv[1]
+                set -g __lb_exit $argv[1]
+            else
+                set -g __lb_exit $status
+            end
+        end
+        builtin exit $argv
+    end
+
+    function __lb_exited
+        set -l st $status
+        if set -q __lb_exit
+            set -l code $__lb_exit
+            set -e __lb_exit
+            set -g __lb_exiting 1  # fish leaves once the line is done: no end mark before
+            builtin exit $code
+        end
+        return $st
+    end
 
     function __lb_prompt --on-event fish_prompt
         if set -q __lb_n

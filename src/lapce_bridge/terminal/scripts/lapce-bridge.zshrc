@@ -1,13 +1,24 @@
 # lapce-bridge shell integration for zsh, part 2: installed as $ZDOTDIR/.zshrc.
 #
+# How a command arrives, so that it behaves exactly as if typed at this prompt (job numbers
+# and notices, $0, error messages naming zsh, a syntax error on one line not dropping the
+# next): the bridge writes it to the file $__lb_cf, then types its nonce (32 hex digits) and
+# the load key. The load widget takes the nonce from the edit buffer, reads the file's lines,
+# puts the first into the buffer and accepts it as if typed. Whenever zsh asks for another
+# line while lines remain, precmd prints `633;P;LbMore=<nonce>` before the next prompt (PS2, at
+# a continuation prompt inside a block, a quote or a heredoc, starts with `633;P;LbCont`) and
+# the bridge types the load key again. The widget prints `633;P;LbZle=<nonce>`, and POSTEDIT
+# `633;P;LbEdit` as zle finishes the line: what follows is that line's output.
+#
 # Invariants:
 # - no hook forks: no $(...), no external commands; escaping is parameter expansion;
-# - the nonce and our control variables never reach the environment user commands see: each
-#   command's nonce arrives as typed text (`__lb_n=<nonce>; . "$__lb_cf"`), is printed back
-#   in E and D, and is forgotten at the next prompt;
+# - the nonce and our control variables never reach the environment user commands see: the
+#   nonce arrives as typed text, is printed back in E, LbMore and D, and is forgotten at the
+#   command's end;
 # - the user's .zshrc, prompt and hooks keep working: our precmd runs first (it needs $?),
 #   the prompt-end mark is added last (prompt frameworks rebuild PS1 in their precmd);
-# - after every command: P;Cwd, then D;<status>;<nonce>, then A; the prompt ends with B.
+# - after a command's last line: P;Cwd, then D;<status>;<nonce>; the prompt starts with A and
+#   ends with B.
 if [[ -n ${__lb_user_zdotdir+x} ]]; then
     ZDOTDIR=$__lb_user_zdotdir
 else
@@ -30,12 +41,18 @@ unset __lb_restore
 
 typeset -g __lb_cf=$__lb_dir/cmd
 typeset -g __lb_ef=$__lb_dir/env
-typeset -g __lb_run_tail='; . "$__lb_cf"'
 typeset -g __lb_out=
+typeset -g __lb_n=        # the nonce of the command in flight
+typeset -ga __lb_lines    # its lines
+typeset -gi __lb_i=0      # how many of them zle was given
+typeset -g __lb_ps2=      # the user's PS2, while ours asks for lines
+typeset -g __lb_a=$'%{\e]633;A\a%}'
 typeset -g __lb_b=$'%{\e]633;B\a%}'
 # The "%" mark and the carriage return zsh prints before a prompt would land inside the output
 # of a command that does not end in a newline.
 setopt no_prompt_sp no_prompt_cr
+# Commands come from a program, not a person's history: `!` is just a character.
+setopt no_bang_hist
 
 __lb_escape() {
     __lb_out=$1
@@ -51,46 +68,91 @@ __lb_escape() {
     fi
 }
 
+# The load key. After a nonce: a new command, its lines read from the file. After "-": the
+# rest of the command is dropped (it was interrupted). Alone: the command's next line.
+__lb_load() {
+    if [[ ${#BUFFER} == 32 && $BUFFER != *[^0-9a-f]* ]]; then
+        __lb_n=$BUFFER
+        __lb_i=0
+        local text=
+        IFS= builtin read -r -d '' text <"$__lb_cf"
+        text=${text%$'\n'}
+        __lb_lines=("${(@f)text}")
+        if (( ${#text} < 4096 )); then __lb_escape "$text"; else __lb_out=; fi
+        # A continuation prompt asks for the next line (and is hidden from the output): at
+        # its start, before zle draws anything.
+        __lb_ps2=$PS2
+        PS2=$'%{\e]633;P;LbCont='$__lb_n$'\a%}'$PS2
+    elif [[ $BUFFER == - ]]; then
+        __lb_i=${#__lb_lines}
+    fi
+    BUFFER=${__lb_lines[__lb_i + 1]-}
+    CURSOR=${#BUFFER}
+    __lb_i+=1
+    if (( __lb_i == 1 )); then
+        # One write for both marks: each write wakes the reader on the other side.
+        builtin printf '\e]633;E;%s;%s\a\e]633;P;LbZle=%s\a' "$__lb_out" "$__lb_n" "$__lb_n"
+    else
+        builtin printf '\e]633;P;LbZle=%s\a' "$__lb_n"
+    fi
+    zle .accept-line
+}
+
+# The `cwd` the bridge was asked to run a command in could not be entered: skip the rest.
+__lb_skip() {
+    __lb_i=${#__lb_lines}
+    return 1
+}
+
 __lb_precmd() {
     local st=$?
+    if [[ -n $__lb_n ]] && (( __lb_i < ${#__lb_lines} )); then
+        # More lines to come: ask for the next (before the prompt, which is not output).
+        builtin printf '\e]633;P;LbMore=%s\a' "$__lb_n"
+        return st
+    fi
     # What a replacement shell restores if this one dies (a builtin writing a file), saved
     # before the end mark so that a death right after a command still finds it.
     builtin export -p >|"$__lb_ef" 2>/dev/null
     __lb_escape "$PWD"
-    # One write for all the marks: each write wakes the reader on the other side. The
-    # nonce comes from the typed line's assignment even when preexec did not run.
-    if [[ -n ${__lb_n-} ]]; then
-        builtin printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a\e]633;A\a' \
-            "$__lb_out" "$st" "$__lb_n"
-        builtin unset __lb_n
+    # One write for all the marks: each write wakes the reader on the other side.
+    if [[ -n $__lb_n ]]; then
+        builtin printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' "$__lb_out" "$st" "$__lb_n"
+        __lb_n=
+        __lb_lines=()
+        __lb_i=0
+        PS2=$__lb_ps2
     else
-        builtin printf '\e]633;P;Cwd=%s\a\e]633;A\a' "$__lb_out"
+        builtin printf '\e]633;P;Cwd=%s\a' "$__lb_out"
     fi
     return st
 }
 
+# A line parsed is about to run: from now on a SIGINT reaches the command, not zle.
+__lb_preexec() {
+    builtin printf '\e]633;C\a'
+}
+
+# The prompt starts with A and ends with B, also when zle redraws it after a job's notice.
 __lb_prompt_end() {
+    if [[ $PS1 != "$__lb_a"* ]]; then
+        PS1=$__lb_a$PS1
+    fi
     if [[ $PS1 != *"$__lb_b" ]]; then
         PS1=$PS1$__lb_b
     fi
 }
 
-__lb_preexec() {
-    local cmd=$1 nonce=
-    if [[ $cmd == __lb_n=*"$__lb_run_tail" ]]; then
-        # Our typed line: the nonce is in it (the assignment has not run yet).
-        nonce=${${cmd#__lb_n=}%"$__lb_run_tail"}
-        cmd=
-        if [[ -r $__lb_cf ]]; then
-            local text=
-            IFS= builtin read -r -d '' text <"$__lb_cf"
-            if (( ${#text} < 4096 )); then cmd=$text; fi
-        fi
-    fi
-    __lb_escape "$cmd"
-    builtin printf '\e]633;E;%s;%s\a\e]633;C\a' "$__lb_out" "$nonce"
-}
-
-typeset -ga precmd_functions preexec_functions
-precmd_functions=(__lb_precmd ${precmd_functions:#__lb_*} __lb_prompt_end)
-preexec_functions=(${preexec_functions:#__lb_preexec} __lb_preexec)
+# Without zle (`zsh +Z`) nothing is installed: the bridge finds the end of each command with
+# a tokened end marker instead.
+if [[ -o zle ]]; then
+    typeset -ga precmd_functions preexec_functions
+    preexec_functions=(${preexec_functions:#__lb_preexec} __lb_preexec)
+    precmd_functions=(__lb_precmd ${precmd_functions:#__lb_*} __lb_prompt_end)
+    POSTEDIT=${POSTEDIT-}$'\e]633;P;LbEdit\a'
+    zle -N __lb_load
+    for __lb_km in emacs viins main; do
+        bindkey -M $__lb_km $'\e[7799~' __lb_load
+    done
+    unset __lb_km
+fi
