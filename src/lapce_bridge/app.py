@@ -57,7 +57,6 @@ if TYPE_CHECKING:
     from lapce_bridge.fs.ops import FsOps
     from lapce_bridge.fs.service import FileService
     from lapce_bridge.resources import ResourceManager
-    from lapce_bridge.terminal.service import TerminalService
 
 log = logging.getLogger("lapce_bridge.app")
 
@@ -88,6 +87,7 @@ class App:
         fs_ops: FsOps | None = None,
         memory_budget: int | None = None,
         slo_path: Path | None = None,
+        terminal_host: bool = False,
     ) -> None:
         self.clock: Clock = clock if clock is not None else SYSTEM_CLOCK
         self.workspace = (workspace or Path.cwd()).resolve()
@@ -108,6 +108,10 @@ class App:
         self.matrix = matrix
         self._fs_ops = fs_ops  # a fault-injecting FsOps in tests; None: the real calls
         self._want_services = services
+        # Terminals in a host process of their own (`lapce_bridge.host`): a server restart
+        # loses none. Off, they live in this process (`lapce-bridge mcp`, tests, a bare table).
+        self.terminal_host = terminal_host
+        self.keyed_elsewhere: Any = None  # the host proxy: keyed terminal work outlives us
         self.health_interval = 5.0  # seconds between alert re-checks without traffic
         # The serving configuration samples memory pressure; a bare method table does not.
         self._want_resources = services if monitor_resources is None else monitor_resources
@@ -296,11 +300,16 @@ class App:
                     "lapce_bridge.fs.service",
                 )
             if self._want_resources:
-                from lapce_bridge.resources import DEFAULT_BUDGET_BYTES, ResourceManager
+                from lapce_bridge.resources import (
+                    DEFAULT_BUDGET_BYTES,
+                    ResourceManager,
+                    psutil_sampler,
+                )
 
                 self.resources = await stack.enter_async_context(
                     ResourceManager(
                         budget_bytes=self.memory_budget or DEFAULT_BUDGET_BYTES,
+                        sampler=psutil_sampler(also=self._host_pids),
                         clock=self.clock,
                         degrade=self.degradation.degrade,
                         restore=self.degradation.restore,
@@ -399,13 +408,30 @@ class App:
             return withdraw
         return self.resources.register(relief)
 
-    def _terminal_service(self) -> TerminalService:
+    def _terminal_service(self) -> Service:
+        state_dir = self.state_dir or self.workspace / ".lapce-bridge"
+        if self.terminal_host:
+            from lapce_bridge.host.proxy import HostProxy
+
+            proxy = HostProxy(
+                workspace=self.workspace,
+                state_dir=state_dir,
+                clock=self.clock,
+                observe=self.observe,
+                broadcast=self._terminal_broadcast,
+                features=self.degradation.features,
+                bus=self.bus,
+                incident=self._host_incident,
+                default_shell=self.default_shell,
+            )
+            self.keyed_elsewhere = proxy
+            return proxy
         from lapce_bridge.terminal.recovery import CrashLoopPolicy
         from lapce_bridge.terminal.service import TerminalService
 
         return TerminalService(
             workspace=self.workspace,
-            state_dir=self.state_dir or self.workspace / ".lapce-bridge",
+            state_dir=state_dir,
             clock=self.clock,
             observe=self.observe,
             broadcast=self._terminal_broadcast,
@@ -454,6 +480,29 @@ class App:
             breaker=self._breaker("fs.disk", DISK_BREAKER),
             # Keyed watches come back after a restart (an in-process App keeps none).
             watch_state=self.state_dir / "watches" if self.state_dir is not None else None,
+        )
+
+    def outlives(self, method_name: str) -> bool:
+        """Keyed work of `method_name` outlives this server (the terminal host keeps it)."""
+        proxy = self.keyed_elsewhere
+        return proxy is not None and bool(proxy.outlives(method_name))
+
+    def cancel_key(self, key: str) -> None:
+        """A client cancelled keyed work: it may run in the terminal host."""
+        if self.keyed_elsewhere is not None:
+            self.keyed_elsewhere.cancel_key(key)
+
+    def _host_pids(self) -> list[int]:
+        """The terminal host's pid: its shells are ours too, for memory pressure."""
+        pid = getattr(self.keyed_elsewhere, "host_pid", None)
+        return [pid] if isinstance(pid, int) else []
+
+    def _host_incident(
+        self, subject: str, started: float, ended: float, recovered: bool, detail: str
+    ) -> None:
+        """The terminal host died (and was replaced, or not): never hidden."""
+        self.incidents.record(
+            "terminal", subject, started=started, ended=ended, recovered=recovered, detail=detail
         )
 
     def _breaker(self, name: str, config: CircuitBreakerConfig) -> CircuitBreaker:

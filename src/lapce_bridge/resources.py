@@ -31,7 +31,7 @@ import contextlib
 import gc
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import psutil
@@ -91,8 +91,11 @@ class ProcessTreeSampler:
         clock: Callable[[], float] | None = None,
         use_pss: bool = True,
         find_cgroups: bool = True,
+        also: Callable[[], Sequence[int]] | None = None,
     ) -> None:
         self.pid = pid or os.getpid()
+        # More trees the bridge owns though they are not our children: the terminal host.
+        self._also = also
         found_memory, found_cpu = cgroup_for_self() if find_cgroups else (None, None)
         self._cgroup = cgroup if cgroup is not None else found_memory
         self._cgroup_cpu = cgroup_cpu if cgroup_cpu is not None else found_cpu
@@ -110,8 +113,10 @@ class ProcessTreeSampler:
         self._at: float | None = None
 
     def tree(self) -> list[int]:
-        """This process and its descendants, parents first."""
+        """This process and its descendants (and the `also` trees), parents first."""
         pids, i = [self.pid], 0
+        if self._also is not None:
+            pids += [pid for pid in self._also() if pid not in pids]
         while i < len(pids):
             pid = pids[i]
             i += 1
@@ -176,9 +181,9 @@ def _monotonic() -> float:
     return time.monotonic()
 
 
-def psutil_sampler() -> Sampler:
-    """The default sampler: this process and its descendants."""
-    return ProcessTreeSampler()
+def psutil_sampler(also: Callable[[], Sequence[int]] | None = None) -> Sampler:
+    """The default sampler: this process and its descendants (and the `also` trees)."""
+    return ProcessTreeSampler(also=also)
 
 
 @dataclass

@@ -70,10 +70,17 @@ async def test_server_restart_delivers_the_queue_and_counts_what_it_lost(tmp_pat
         server.run(ctx(tmp_path)), server.run(ctx(tmp_path, broken=True))
     )
     queued = 10
-    assert result.extra["items"] == 3 * queued + 4 + 3 + 3  # queue, command, stream, state
+    # queue; command and its exit code; stream (result, read back, notifications); list;
+    # three terminals; env, cwd; watch
+    assert result.extra["items"] == 3 * queued + 2 + 3 + 1 + 3 + 2 + 1
     # Every queued request answered, every file whole:
     assert "not answered" not in result.detail
     assert "not on disk" not in result.detail
+    # Terminals live in the host: nothing of theirs is lost when the server is killed.
+    lost = result.detail.partition("lost:")[2]
+    for kept in ("running command", "streamed output", "terminal"):
+        assert kept not in lost, result.detail
+    assert result.extra["terminalsUsableMs"] < 10_000
     assert result.rto_ms < 5_000
     assert_sees_loss(broken, 2 * queued)
     assert "queued ping not answered" in broken.detail

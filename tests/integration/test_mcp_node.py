@@ -16,12 +16,17 @@ import pytest
 INTEROP = Path(__file__).resolve().parents[1] / "interop"
 NODE = shutil.which("node")
 
-pytestmark = pytest.mark.skipif(
-    NODE is None
-    or not (INTEROP / "node_modules" / "@modelcontextprotocol" / "sdk").is_dir()
-    or shutil.which("bash") is None,
-    reason="node, bash or tests/interop/node_modules is absent (run `npm ci` in tests/interop)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        NODE is None
+        or not (INTEROP / "node_modules" / "@modelcontextprotocol" / "sdk").is_dir()
+        or shutil.which("bash") is None,
+        reason="node, bash or tests/interop/node_modules is absent (run `npm ci` in tests/interop)",
+    ),
+    # One client session runs a dozen tool calls and two tasks: more than the default 60 s
+    # on a loaded machine.
+    pytest.mark.timeout(180),
+]
 
 CHECKS = [
     "tool names", "schemas", "run_command", "prompt detected", "prompt answered",

@@ -6,7 +6,8 @@ injected where a healthy disk cannot produce one, is retried or not). Client, ag
 says; reconnecting to a server that is gone gives up after the network/critical row's
 attempts with a clear error, and a supervised server is restarted as often as that row
 allows. Terminal: whether a dead shell is recreated, and the alert when it is not, are the
-terminal/critical row's (a real bash, killed).
+terminal/critical row's (a real bash, killed); falling back to raw output for a shell that
+prints no end marker is the terminal/recoverable row's.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from lapce_bridge.core.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from lapce_bridge.core.matrix import DEFAULT_MATRIX, RecoveryMatrix
+from lapce_bridge.core.matrix import DEFAULT_MATRIX, RecoveryMatrix, Strategy
 from lapce_bridge.core.retry import RetryPolicy
 from lapce_bridge.ipc.client import BridgeClient
 from lapce_bridge.ipc.raw import RawClient
@@ -185,6 +186,40 @@ async def test_a_changed_terminal_row_decides_whether_a_dead_shell_comes_back(
                 assert reply["result"]["output"] == "back\n", reply
             else:
                 assert "error" in reply, reply
+        finally:
+            await client.close()
+            await server.aclose()
+
+
+@pytest.mark.shells
+@pytest.mark.parametrize("fallback", [Strategy.RAW_OUTPUT_MODE, Strategy.NONE])
+async def test_a_changed_terminal_row_decides_the_fallback_for_a_shell_without_marks(
+    tmp_path: Path, fallback: Strategy
+) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    rc = tmp_path / "rc.sh"
+    rc.write_text("printf() { :; }\n")  # dash reads $ENV: no end mark can ever be printed
+    row = DEFAULT_MATRIX.lookup(ErrorCategory.TERMINAL, ErrorSeverity.RECOVERABLE)
+    matrix = DEFAULT_MATRIX.with_row(replace(row, fallback=fallback))
+    async with App(workspace=ws, state_dir=tmp_path / "state", matrix=matrix) as app:
+        server = BridgeServer(app)
+        await server.listen_unix(tmp_path / "bridge.sock")
+        client = await RawClient.connect_unix(tmp_path / "bridge.sock")
+        try:
+            created = await client.request(
+                "terminal/create", {"shell": "dash", "env": {"HOME": str(ws), "ENV": str(rc)}}
+            )
+            if fallback is Strategy.RAW_OUTPUT_MODE:
+                tid = created["result"]["terminalId"]
+                reply = await client.request(
+                    "terminal/execute", {"terminalId": tid, "command": "echo raw"}
+                )
+                assert reply["result"]["output"] == "raw\n", reply
+                assert [r["action"] for r in reply["result"]["recoveries"]] == ["raw_output_mode"]
+            else:
+                assert "raw_output_mode" in created["error"]["message"], created
+                assert "none" in created["error"]["message"]
         finally:
             await client.close()
             await server.aclose()

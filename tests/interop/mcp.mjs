@@ -109,7 +109,7 @@ try {
   // Cancelling the task interrupts its command: the terminal runs the next one.
   let taskId;
   for await (const message of client.experimental.tasks.callToolStream(
-    { name: "run_command", arguments: { command: "sleep 60; echo never" } },
+    { name: "run_command", arguments: { command: "touch task-started; sleep 60; echo never" } },
     undefined,
     { task: { ttl: 60000 } },
   )) {
@@ -117,6 +117,14 @@ try {
       taskId = message.task.taskId;
       break;
     }
+  }
+  // Cancelled once the command runs (its first step leaves a file), not before it starts.
+  for (let i = 0; i < 600; i++) {
+    const info = await client.callTool({ name: "file_info", arguments: { path: "task-started" } });
+    if (!info.isError) {
+      break;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
   }
   const cancelled = await client.experimental.tasks.cancelTask(taskId);
   const status = await client.experimental.tasks.getTask(taskId);

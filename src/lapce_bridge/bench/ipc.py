@@ -36,14 +36,15 @@ SUITE = "ipc"
 
 
 @asynccontextmanager
-async def server_process(workdir: Path, name: str) -> AsyncIterator[Path]:
-    """A `lapce-bridge serve` subprocess on a fresh socket; yields the socket path."""
+async def server_process(workdir: Path, name: str, *args: str) -> AsyncIterator[Path]:
+    """A `lapce-bridge serve` subprocess on a fresh socket (more options in `args`); yields
+    the socket path."""
     sock = workdir / name / "bridge.sock"
     workspace = workdir / name / "workspace"
     workspace.mkdir(parents=True, exist_ok=True)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "lapce_bridge", "serve", "--socket", str(sock),
-        "--state-dir", str(workdir / name / "state"), "--workspace", str(workspace),
+        "--state-dir", str(workdir / name / "state"), "--workspace", str(workspace), *args,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,

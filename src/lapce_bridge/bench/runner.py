@@ -29,6 +29,7 @@ SUITES: dict[str, str] = {
     "terminal": "lapce_bridge.bench.terminal",
     "fs": "lapce_bridge.bench.fs",
     "ipc": "lapce_bridge.bench.ipc",
+    "host": "lapce_bridge.bench.host",
     "startup": "lapce_bridge.bench.startup",
     "mcp": "lapce_bridge.bench.mcp",
 }

@@ -1,15 +1,15 @@
 """Memory pressure inside a real server: its own allocations past its budget.
 
-The server is started with a low `--memory-budget` (160 MiB: an idle server with a terminal
-owns about a sixth of it, so it starts in the normal band at quality 3) and the default
-policies. It first runs commands whose output overflows `maxOutputBytes`, so each leaves a
-spool to be read through `terminal/readOutput`. Then it allocates real, touched memory past
-its budget (`test/memory/allocate` of `lapce_bridge.testing.server_faults`), as a leak or a
-huge output would. Checked item by item: the server starts under its budget at full
-quality, pressure is seen (`health/get`), every request sent under pressure is answered
-(served, or refused with a retryable error: never dropped), quality returns to what it was
-within 5 s of the memory being released (RTO, BENCHMARKS.md; seed 30 s), and every spool
-still reads back whole. With `break_recovery` the memory is never released.
+The server is started with a low `--memory-budget` (200 MiB: an idle server with its terminal
+host and a terminal owns about a fifth of it, so it starts in the normal band at quality 3) and
+the default policies. It first runs commands whose output overflows `maxOutputBytes`, so each
+leaves a spool to be read through `terminal/readOutput`. Then it allocates real, touched memory
+past its budget (`test/memory/allocate` of `lapce_bridge.testing.server_faults`), as a leak or
+a huge output would. Checked item by item: the server starts under its budget at full quality,
+pressure is seen (`health/get`), every request sent under pressure is answered (served, or
+refused with a retryable error: never dropped), quality returns to what it was within 5 s of
+the memory being released (RTO, BENCHMARKS.md; seed 30 s), and every spool still reads back
+whole. With `break_recovery` the memory is never released.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ async def _read_spool(client: BridgeClient, execution: str) -> int:
 
 async def run(ctx: ChaosContext) -> ChaosResult:
     spools = ctx.n(5, 2)
-    budget_mib, load_mib = 160, 192
+    budget_mib, load_mib = 200, 240
     tally = Tally()
     rto = float("inf")
     sut = ServerUnderTest(ctx.workdir, "memory", "--memory-budget", f"{budget_mib}M")

@@ -1,26 +1,32 @@
 """Server killed with work in flight: terminals, a running command, a stream, a watch, a queue.
 
-One real server, driven by `BridgeClient.spawn` (its supervisor restarts the server, its
-outbox resends what was queued). Before the kill: a terminal with a cwd and an exported
-variable, a command running (`sleep 2; echo done`, sent with an idempotency key), output
-streaming from `yes` (`stream: true`), and a watch on a folder. Then SIGKILL, and during the
-outage requests are queued: pings and file writes. Each item is counted on its own:
+One real server with its terminals in the host process (`--terminal-host on`), driven by
+`BridgeClient.spawn` (its supervisor restarts the server, its outbox resends what was queued,
+keyed). Before the kill: a terminal with a cwd and an exported variable, a command running
+(`sleep 2; echo done`), output streaming from `yes | head -c 50M` (`stream: true`), and a
+watch on a folder. Then SIGKILL, and during the outage requests are queued: pings and file
+writes. Each item is counted on its own (RPO, item by item):
 
 - every queued request answered, and each written file whole on disk;
-- the running command's real result (`done`, exit code 0);
-- the stream's every byte (the `terminal/data` bytes and `outputBytes` equal to what `head`
-  sent);
-- each terminal listed again under its id, and the first keeping its cwd and env;
+- the running command's real result (`done`, exit code 0), its replay answered by the host;
+- the stream whole: its result's `outputBytes`, and the bytes and SHA-256 of the output read
+  back with `terminal/readOutput`, equal to what `head` sent; and the `terminal/data`
+  notifications' bytes (what was sent while no server was there is only replayed once
+  streams resume by sequence number);
+- `terminal/list` equal before and after (ids, pids, cwd), the first terminal keeping its cwd
+  and env;
 - the watch reporting a file created after the restart.
 
 RTO runs from the kill to the first queued ping answered by the new server (BENCHMARKS.md:
-goal 200 ms, seed 5 s). With `break_recovery` the client's supervisor may not restart the
+goal 200 ms, seed 5 s); the kill to a terminal made before it answering a command is
+reported beside it. With `break_recovery` the client's supervisor may not restart the
 server (one death is a crash loop), so everything sent during the outage is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import time
@@ -34,11 +40,17 @@ from lapce_bridge.chaos.terminal import execute, new_terminal
 from lapce_bridge.core.errors import BridgeError
 
 
-async def one_round(ctx: ChaosContext, i: int, tally: Tally) -> float:
+async def one_round(ctx: ChaosContext, i: int, tally: Tally, usable_after: list[float]) -> float:
     rng = ctx.rng(f"server-restart:{i}")
-    stream_bytes = ctx.n(20_000_000, 2_000_000)
+    stream_bytes = ctx.n(50_000_000, 2_000_000)
     queued = ctx.n(50, 10)
-    sut = ServerUnderTest(ctx.workdir, f"restart-{i}", max_crashes=1 if ctx.break_recovery else 5)
+    sut = ServerUnderTest(
+        ctx.workdir,
+        f"restart-{i}",
+        "--terminal-host",
+        "on",
+        max_crashes=1 if ctx.break_recovery else 5,
+    )
     async with sut as client:
         ws = sut.workspace
         sub = (ws / "sub").resolve()
@@ -72,7 +84,7 @@ async def one_round(ctx: ChaosContext, i: int, tally: Tally) -> float:
                 "terminal/execute",
                 {
                     "terminalId": t3,
-                    "command": f"yes 0123456789abcdef | head -c {stream_bytes}",
+                    "command": f"yes | head -c {stream_bytes}",
                     "stream": True,
                     "maxOutputBytes": 4096,
                     "timeoutMs": 60_000,
@@ -80,8 +92,10 @@ async def one_round(ctx: ChaosContext, i: int, tally: Tally) -> float:
             )
         )
         await asyncio.sleep(rng.uniform(0.3, 0.6))
+        before = await _listed(client)
         killed = time.monotonic()
         os.kill(sut.pid, signal.SIGKILL)
+        usable = asyncio.ensure_future(_usable(client, t1, killed))
         contents = {f"q/{n}.txt": f"queued {n} {rng.random()}\n" for n in range(queued)}
         pings = [asyncio.ensure_future(client.send_with_recovery("ping")) for _ in range(queued)]
         writes = [
@@ -121,9 +135,53 @@ async def one_round(ctx: ChaosContext, i: int, tally: Tally) -> float:
             and streamed_result.get("outputBytes") == stream_bytes,
             "streamed command's output lost",
         )
-        tally.check(streamed.get(str(execution), 0) == stream_bytes, "streamed bytes lost")
+        whole = await _read_back(client, str(execution))
+        expected = hashlib.sha256(b"y\n" * (stream_bytes // 2)).hexdigest()
+        tally.check(whole == (stream_bytes, expected), "streamed output not read back whole")
+        tally.check(streamed.get(str(execution), 0) == stream_bytes, "streamed notifications lost")
+        tally.check(await _listed(client) == before, "terminal/list changed")
         await _after_restart(client, sut.workspace, (t1, t2, t3), sub, value, events, tally)
+        (usable_ms,) = await _settle([usable], outage)
+        usable_after.append(usable_ms if isinstance(usable_ms, float) else float("inf"))
     return rto
+
+
+async def _listed(client: Any) -> list[tuple[Any, ...]]:
+    try:
+        terminals = await client.send_with_recovery("terminal/list")
+    except BridgeError:
+        return []
+    return sorted((t["terminalId"], t["pid"], t["cwd"], t["shell"]) for t in terminals)
+
+
+async def _usable(client: Any, tid: str, killed: float) -> float:
+    """Milliseconds from the kill to `tid` (made before it) answering a command."""
+    answer = await client.send_with_recovery(
+        "terminal/execute", {"terminalId": tid, "command": "echo usable"}
+    )
+    if answer.get("output") != "usable\n":
+        raise BridgeError(f"the terminal answered {answer.get('output')!r}")
+    return (time.monotonic() - killed) * 1000
+
+
+async def _read_back(client: Any, execution: str) -> tuple[int, str]:
+    """The bytes and SHA-256 of an execution's whole output, paged with readOutput."""
+    digest = hashlib.sha256()
+    size = offset = 0
+    try:
+        while True:
+            page = await client.request(
+                "terminal/readOutput", {"executionId": execution, "offset": offset}, timeout=30
+            )
+            data = page["data"].encode()
+            digest.update(data)
+            size += len(data)
+            offset = page["offset"]
+            if page["eof"] or not data:
+                break
+    except (BridgeError, TimeoutError):
+        return (-1, "")
+    return (size, digest.hexdigest())
 
 
 async def _after_restart(
@@ -177,15 +235,23 @@ async def _settle(futures: Sequence[asyncio.Future[Any]], within: float) -> list
 async def run(ctx: ChaosContext) -> ChaosResult:
     rounds = ctx.n(3, 1)
     tally = Tally()
-    rtos = [await one_round(ctx, i, tally) for i in range(rounds)]
-    finite = sorted(r for r in rtos if r != float("inf"))
-    rto = finite[len(finite) // 2] if len(finite) == len(rtos) else float("inf")
+    usable: list[float] = []
+    rtos = [await one_round(ctx, i, tally, usable) for i in range(rounds)]
+    rto = _median(rtos)
     return tally.result(
         "server killed and restarted",
         rto,
         rounds,
         seed_ms=5_000,
         goal_ms=200,
-        detail="SIGKILL with terminals, a running command, a stream, a watch and queued "
-        "requests; RTO = kill to the first queued ping answered.",
+        detail="SIGKILL with terminals in the host, a running command, a stream, a watch and "
+        "queued requests; RTO = kill to the first queued ping answered; terminalsUsableMs = kill "
+        "to a terminal made before it answering.",
+        extra={"terminalsUsableMs": _median(usable)},
     )
+
+
+def _median(values: list[float]) -> float:
+    """The median, infinite when any round never recovered."""
+    finite = sorted(v for v in values if v != float("inf"))
+    return finite[len(finite) // 2] if finite and len(finite) == len(values) else float("inf")

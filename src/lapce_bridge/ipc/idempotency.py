@@ -14,6 +14,11 @@ connection drops, the work goes on and its outcome waits in the journal for the 
 cancellation asked for by the client (`$/cancelRequest` by id or by key) ends it with -32800,
 recorded as its outcome. A cancellation from the server shutting down leaves the row
 `running`, so the next process answers the key with `OutcomeUnknown`.
+
+Work that outlives this process (terminal commands run by the terminal host, `Elsewhere`):
+a key whose row a dead server left `running` is passed on again instead of answered
+"unknown", because the process that runs it keeps its own at-most-once table and answers the
+repeat with the real outcome; a client's cancel of such a key is passed on too.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -62,9 +67,18 @@ def encode_outcome(ok: bool, value: Any) -> Outcome:
         return (False, jsonrpc.dumps(jsonrpc.error_object(exc)))
 
 
+class Elsewhere(Protocol):
+    """Where some methods' keyed executions run and are kept at most once, beyond us."""
+
+    def outlives(self, method: str) -> bool: ...
+
+    def cancel_key(self, key: str) -> None: ...
+
+
 class Idempotency:
-    def __init__(self, journal: IdempotencyJournal) -> None:
+    def __init__(self, journal: IdempotencyJournal, elsewhere: Elsewhere | None = None) -> None:
         self.journal = journal
+        self.elsewhere = elsewhere
         self._running: dict[
             str, tuple[str, asyncio.Future[Outcome], asyncio.Task[None] | None]
         ] = {}
@@ -87,6 +101,10 @@ class Idempotency:
         self.replayed += 1
         if entry.state is EntryState.DONE:
             return (entry.ok, entry.payload)
+        name = method.partition("#")[0]
+        if self.elsewhere is not None and self.elsewhere.outlives(name):
+            self.replayed -= 1
+            return None  # run it again: where it runs, the key joins it or has its outcome
         unknown = OutcomeUnknown(
             f"request {key!r} ({method.partition('#')[0]}) was running when the server stopped; "
             "its outcome is unknown and it is not run again",
@@ -151,6 +169,8 @@ class Idempotency:
 
     def cancel(self, key: str) -> bool:
         """Cancel the running execution of `key` at the client's request."""
+        if self.elsewhere is not None:
+            self.elsewhere.cancel_key(key)  # it may run where it outlives us
         running = self._running.get(key)
         if running is None or running[2] is None or running[2].done():
             return False
@@ -208,4 +228,12 @@ def _same_method(key: str, first: str, now: str) -> None:
         )
 
 
-__all__ = ["Idempotency", "Outcome", "check_key", "encode_outcome", "shutting_down", "signature"]
+__all__ = [
+    "Elsewhere",
+    "Idempotency",
+    "Outcome",
+    "check_key",
+    "encode_outcome",
+    "shutting_down",
+    "signature",
+]

@@ -151,7 +151,11 @@ class IdempotencyJournal:
         """Commit a `running` row before the handler starts (a crash then reads as unknown)."""
         try:
             self._conn().execute(
-                "INSERT INTO entries (key, method, state) VALUES (?, ?, 'running')",
+                # A row a dead server left running is begun again when its work outlived
+                # that server (`Idempotency.elsewhere`); a finished row never is.
+                "INSERT INTO entries (key, method, state) VALUES (?, ?, 'running') "
+                "ON CONFLICT(key) DO UPDATE SET method = excluded.method, state = 'running' "
+                "WHERE entries.state != 'done'",
                 (key, method),
             )
         except sqlite3.Error as exc:

@@ -48,6 +48,7 @@ class ServeOptions:
     metrics_port: int | None = None  # Prometheus /metrics on 127.0.0.1 (0: any free port)
     memory_budget: int | None = None  # bytes the server and its terminals may use
     timeouts: tuple[tuple[str, float], ...] = ()  # (method, seconds): the dispatcher's limits
+    terminal_host: bool = False  # terminals in a host process that outlives the server
 
 
 def journal_path(state_dir: Path, where: str) -> Path:
@@ -110,6 +111,7 @@ async def run_server(opts: ServeOptions, *, announce: Callable[[str], None] | No
         timeouts=timeouts,
         memory_budget=opts.memory_budget,
         slo_path=slo_path,
+        terminal_host=opts.terminal_host,
     )
     server = BridgeServer(
         app,
@@ -359,6 +361,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="METHOD=SECONDS",
         help="The server's limit for METHOD (a command's own timeoutMs/maxWaitMs may extend it).",
     )
+    p.add_argument(
+        "--terminal-host",
+        choices=["on", "off"],
+        default="off",
+        help="on: terminals live in a host process that survives a restart or crash of the "
+        "server; off: in the server's own process (default: %(default)s).",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
         "--log-format",
@@ -401,6 +410,7 @@ def options(argv: Sequence[str]) -> ServeOptions:
         metrics_port=args.metrics_port,
         memory_budget=args.memory_budget,
         timeouts=_parse_timeouts(args.timeout),
+        terminal_host=args.terminal_host == "on",
     )
 
 

@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 from lapce_bridge import __version__
 from lapce_bridge.core.clock import Clock
@@ -37,7 +37,7 @@ from lapce_bridge.core.timeouts import TimeoutManager
 from lapce_bridge.ipc import jsonrpc
 from lapce_bridge.ipc.connection import CANCEL, Connection
 from lapce_bridge.ipc.framing import DEFAULT_MAX_MESSAGE_BYTES, encode
-from lapce_bridge.ipc.idempotency import Idempotency
+from lapce_bridge.ipc.idempotency import Elsewhere, Idempotency
 from lapce_bridge.ipc.journal import IdempotencyJournal
 from lapce_bridge.ipc.paths import LISTEN_BACKLOG, bind_unix_socket, file_identity, remove_socket
 from lapce_bridge.ipc.state import Limits, Peer, ServerState
@@ -117,7 +117,9 @@ class BridgeServer:
         self.clock = clock if clock is not None else app.clock
         self.shutdown_grace = shutdown_grace
         self.journal = (journal or IdempotencyJournal(None)).open()
-        self.idempotency = Idempotency(self.journal)
+        # Keyed work that outlives this server (terminal commands in the terminal host).
+        elsewhere = cast(Elsewhere, app) if hasattr(app, "outlives") else None
+        self.idempotency = Idempotency(self.journal, elsewhere)
         builtins = self._builtins()
         self._builtin_names = frozenset(builtins)
         self.state = ServerState(

@@ -190,6 +190,15 @@ class Ownership:
         if entry.session is not None:
             self._sessions[entry.session] = terminal_id
 
+    def session_default(self, session: str) -> str | None:
+        """The default terminal a session left behind (what its next connection gets)."""
+        return self._sessions.get(session)
+
+    def restore_session_default(self, session: str, terminal_id: str) -> None:
+        """A terminal recreated under its old id was its session's default: it is again."""
+        if terminal_id in self.terminals:
+            self._sessions[session] = terminal_id
+
     def orphans(self) -> list[str]:
         """Terminals nobody owns: what may make room at the server-wide maximum."""
         return [t.terminal_id for t in self.terminals.values() if t.owner is None]

@@ -41,6 +41,8 @@ class CrashLoopPolicy:
     remedy: Strategy = Strategy.RECREATE_TERMINAL
     recreates: bool = True
     fallback: Strategy = Strategy.ALERT_USER
+    # The terminal/recoverable row's fallback, for a shell that prints no end marker at all.
+    unmarked: Strategy = Strategy.RAW_OUTPUT_MODE
 
     @classmethod
     def from_matrix(cls, matrix: RecoveryMatrix = DEFAULT_MATRIX) -> CrashLoopPolicy:
@@ -49,7 +51,13 @@ class CrashLoopPolicy:
         category, severity = ErrorCategory.TERMINAL, ErrorSeverity.CRITICAL
         row = matrix.lookup(category, severity)
         attempts = matrix.attempts(category, severity, unbounded=2)
-        return cls(remedy=row.primary, recreates=(attempts or 1) > 1, fallback=row.fallback)
+        unmarked = matrix.lookup(category, ErrorSeverity.RECOVERABLE).fallback
+        return cls(
+            remedy=row.primary,
+            recreates=(attempts or 1) > 1,
+            fallback=row.fallback,
+            unmarked=unmarked,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -402,6 +402,30 @@ class TerminalService:
             shell_integration=shell_integration,
         )
 
+    async def restore_terminal(
+        self,
+        terminal_id: str,
+        *,
+        name: str | None,
+        keep: bool,
+        session: str | None,
+        session_default: bool = False,
+        restore: Path | None,
+        **spec: Any,
+    ) -> Terminal:
+        """Open a terminal again under its old id (a new terminal host recreating what the
+        dead one had): an orphan until a connection adopts it by id or resumes its session;
+        `restore` is a file of the exported variables its old shell last saved."""
+        owned = self.owners.add(terminal_id, None, name=name, keep=keep)
+        owned.session = session
+        number = terminal_id[1:]
+        if number.isdigit():  # the next generated id comes after every restored one
+            self._ids = itertools.count(max(int(number) + 1, next(self._ids)))
+        term = await self._boot(terminal_id, restore=restore, **spec)
+        if session is not None and session_default:
+            self.owners.restore_session_default(session, terminal_id)
+        return term
+
     async def _boot(
         self,
         terminal_id: str,
@@ -412,6 +436,7 @@ class TerminalService:
         cols: int,
         rows: int,
         shell_integration: bool,
+        restore: Path | None = None,
     ) -> Terminal:
         term = Terminal(
             terminal_id=terminal_id,
@@ -430,7 +455,7 @@ class TerminalService:
         )
         self.terminals[terminal_id] = term
         try:
-            await term.boot()
+            await term.boot(restore)
         except BaseException:
             self._forget(terminal_id)
             await term.close()

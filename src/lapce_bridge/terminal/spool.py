@@ -35,7 +35,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from lapce_bridge.core.errors import InvalidParams
 from lapce_bridge.private import create_private_file, private_dir
@@ -331,6 +331,30 @@ class Spool:
                 self._file.close()
             self._file = None
 
+    def saved(self) -> dict[str, int | None] | None:
+        """What reading a finished spool back from its file needs (None: not all on disk)."""
+        if not self.finished or self._mem is not None:
+            return None
+        return {
+            "total": self._total,
+            "fileBytes": self._file_len,
+            "headLen": self._head_len,
+            "tailStart": self._tail_start,
+        }
+
+    @classmethod
+    def reopened(cls, path: Path, max_output_bytes: int, saved: dict[str, Any]) -> Spool:
+        """A finished spool read back from the file another process left (`saved()`)."""
+        spool = cls(path, max_output_bytes)
+        spool._mem = None
+        spool._total = int(saved["total"])
+        spool._file_len = int(saved["fileBytes"])
+        head_len = saved.get("headLen")
+        spool._head_len = int(head_len) if head_len is not None else None
+        spool._tail_start = int(saved.get("tailStart") or 0)
+        spool.finished = True
+        return spool
+
     def delete(self) -> None:
         self.close()
         if self._mem is None:
@@ -457,6 +481,40 @@ class SpoolStore:
         while self._bytes > keep_bytes and self._drop_oldest_finished(why):
             pass
         return before - self._bytes
+
+    def saved(self) -> dict[str, dict[str, int | None]]:
+        """The finished outputs whose files hold them whole, by execution id (what a
+        successor process needs to read them: `adopt`)."""
+        found = {}
+        for key, spool in self._spools.items():
+            state = spool.saved()
+            if state is not None:
+                found[key] = state
+        return found
+
+    def adopt(self, saved: dict[str, Any], max_output_bytes: int = 256 * 1024) -> int:
+        """Serve the finished outputs another process left on disk (`saved()`); returns how
+        many files were found."""
+        adopted = 0
+        for key, state in saved.items():
+            path = self.directory / f"{key}.out"
+            if key in self._spools or type(state) is not dict or not path.is_file():
+                continue
+            spool = Spool.reopened(path, max_output_bytes, state)
+            self._spools[key] = spool
+            self._counted[key] = spool.stored_bytes
+            self._bytes += spool.stored_bytes
+            adopted += 1
+        self._evict()
+        return adopted
+
+    def release(self) -> None:
+        """Forget every spool but leave the files (a successor adopts them)."""
+        for spool in self._spools.values():
+            spool.close()
+        self._spools.clear()
+        self._counted.clear()
+        self._bytes = 0
 
     def close(self) -> None:
         for spool in self._spools.values():

@@ -6,7 +6,8 @@ on the clock, until one answers:
 2. the same process with a tokened end mark after each command (`no_shell_integration`),
    when the rc files broke the hooks but the shell runs commands;
 3. our integration without the user's rc files (`minimal_pty`);
-4. a plain shell without rc files and no marks at all (`raw_output`).
+4. a plain shell without rc files and no marks at all (`raw_output`), when the recovery
+   matrix's terminal/recoverable fallback is `raw_output_mode` (`Plan.unmarked`).
 sh, dash and unknown shells start at rung 2. Each rung taken is returned as a recovery for the
 terminal's next result. The ladder takes its collaborators explicitly (`Rungs`: how to spawn,
 probe and stop a shell), so it knows nothing of the terminal that uses it.
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lapce_bridge.core.errors import ShellCrashed, TerminalError
+from lapce_bridge.core.matrix import Strategy
 from lapce_bridge.terminal import modes
 from lapce_bridge.terminal.files import read_private, write_private
 from lapce_bridge.terminal.modes import Launch, resolve_shell, shell_kind
@@ -53,6 +55,7 @@ class Plan:
     alternative: bool
     startup_timeout: float
     probe_timeout: float
+    unmarked: Strategy = Strategy.RAW_OUTPUT_MODE  # the matrix's fallback for the last rung
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +152,12 @@ async def climb(plan: Plan, rungs: Rungs) -> Outcome:
     if spawned and len(codes) == len(spawned):
         # Every rung's shell ended by itself, before we stopped it: this shell cannot run here.
         raise ShellCrashed(f"{exe} exits at once (status {codes[-1]}), with or without rc files")
+    if plan.unmarked is not Strategy.RAW_OUTPUT_MODE:
+        raise TerminalError(
+            f"{exe} answered no end marker within the bounds, and the recovery matrix's "
+            f"fallback for it is {plan.unmarked.value}, not raw_output_mode",
+            retryable=False,
+        )
     plain = launch(False, False, None)
     # No rc files and no prompt, so nothing but the command's output follows our line.
     raw_env = {k: v for k, v in plain.env.items() if k not in ("ENV", "BASH_ENV")}

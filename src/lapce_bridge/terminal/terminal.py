@@ -190,7 +190,9 @@ class Terminal:
         await term.boot()
         return term
 
-    async def boot(self) -> None:
+    async def boot(self, restore: Path | None = None) -> None:
+        """Start the shell; `restore` is a file of exported variables to source first (a
+        terminal recreated by a new terminal host from what its dead shell last saved)."""
         base = runtime_base(self.state_dir)
         self.dir = new_private_dir(base / f"{self.terminal_id}-{secrets.token_hex(4)}")
         self._cmd_file = CommandFile(self.dir / "cmd")
@@ -210,7 +212,7 @@ class Terminal:
         alternative = recovery is not None
         while True:
             try:
-                await self._start_shell(exe, restore=None, alternative=alternative)
+                await self._start_shell(exe, restore=restore, alternative=alternative)
                 return
             except ShellCrashed as exc:
                 # A shell that exits at once: the next of the fallback shells, $SHELL, /bin/sh.
@@ -336,6 +338,7 @@ class Terminal:
             alternative=alternative,
             startup_timeout=self.startup_timeout,
             probe_timeout=self.probe_timeout,
+            unmarked=self.crash_policy.unmarked,
         )
         clock, grace = self.clock, self.interrupt_grace
 

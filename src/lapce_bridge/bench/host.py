@@ -1,0 +1,181 @@
+"""What the terminal host costs and what it buys: `echo test` with and without it, and the
+recovery time of a killed server when terminals live in the host.
+
+Two real servers run side by side, one with `--terminal-host on` and one with `off`; the
+same client sends `echo test` to each in alternating blocks (so load on the shared machine
+falls on both alike), and the rows give both distributions and the difference of their
+medians (the goal: at most 100 us). The restart rows SIGKILL a supervised server whose
+terminals live in the host and time, from the kill, the first `ping` answered and the first
+command answered correctly by a terminal created before the kill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import statistics
+import time
+from pathlib import Path
+
+from lapce_bridge.bench.ipc import server_process
+from lapce_bridge.bench.report import Row, figure_row, latency_row
+from lapce_bridge.bench.runner import BenchContext
+from lapce_bridge.host.places import host_places
+from lapce_bridge.host.process import host_pid
+from lapce_bridge.ipc.client import BridgeClient
+
+SUITE = "host"
+BLOCK = 50
+
+
+async def echo_both(ctx: BenchContext) -> tuple[list[float], list[float]]:
+    """`echo test` round trips through a server with the host, and one without."""
+    hosted: list[float] = []
+    local: list[float] = []
+    on = ("--terminal-host", "on", "--shell", "bash")
+    off = ("--terminal-host", "off", "--shell", "bash")
+    async with (
+        server_process(ctx.workdir, "host-on", *on) as sock_on,
+        server_process(ctx.workdir, "host-off", *off) as sock_off,
+        BridgeClient(sock_on, request_timeout=120) as with_host,
+        BridgeClient(sock_off, request_timeout=120) as without,
+    ):
+        for client in (with_host, without):
+            for _ in range(20):  # the default terminal, and a warm path
+                await client.request("terminal/execute", {"command": "echo test"})
+        total = ctx.n(1000, 60)
+        while len(hosted) < total:
+            for client, samples in ((with_host, hosted), (without, local)):
+                for _ in range(BLOCK):
+                    started = time.perf_counter()
+                    await client.request("terminal/execute", {"command": "echo test"})
+                    samples.append(time.perf_counter() - started)
+    await stop_host(ctx.workdir / "host-on")
+    return hosted, local
+
+
+async def stop_host(base: Path) -> None:
+    """The host outlives its server on purpose; the bench leaves none behind."""
+    pid = host_pid(host_places(base / "state", base / "workspace"))
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    for _ in range(200):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        await asyncio.sleep(0.05)
+
+
+async def restart_rto(workdir: Path, rounds: int) -> tuple[list[float], list[float]]:
+    """Seconds from a server's SIGKILL to a ping answered, and to a terminal made before
+    the kill answering a command."""
+    base = workdir / "host-rto"
+    workspace = base / "workspace"
+    workspace.mkdir(parents=True, exist_ok=True)
+    args: tuple[str, ...] = ("--state-dir", str(base / "state"), "--workspace", str(workspace))
+    args = (*args, "--terminal-host", "on", "--shell", "bash")
+    client = await BridgeClient.spawn(
+        base / "bridge.sock", server_args=args, max_crashes=rounds + 2
+    )
+    answering: list[float] = []
+    usable: list[float] = []
+    try:
+        made = await client.send_with_recovery("terminal/create", {})
+        tid = made["terminalId"]
+        for i in range(rounds):
+            await client.send_with_recovery(
+                "terminal/execute", {"terminalId": tid, "command": "true"}
+            )
+            sup = client.supervisor
+            assert sup is not None
+            assert sup.process is not None
+            killed = time.perf_counter()
+            os.kill(sup.process.pid, signal.SIGKILL)
+
+            async def pinged(killed: float = killed) -> float:
+                await client.send_with_recovery("ping")
+                return time.perf_counter() - killed
+
+            async def commanded(n: int = i, killed: float = killed) -> float:
+                answer = await client.send_with_recovery(
+                    "terminal/execute", {"terminalId": tid, "command": f"echo round-{n}"}
+                )
+                if answer.get("output") != f"round-{n}\n":
+                    raise RuntimeError(f"the terminal answered {answer.get('output')!r}")
+                return time.perf_counter() - killed
+
+            first, second = await asyncio.gather(pinged(), commanded())
+            answering.append(first)
+            usable.append(second)
+    finally:
+        await client.close()
+        await stop_host(base)
+    return answering, usable
+
+
+async def run(ctx: BenchContext) -> list[Row]:
+    hosted, local = await echo_both(ctx)
+    rows = [
+        latency_row(
+            SUITE,
+            "echo test through IPC, terminals in the host process",
+            hosted,
+            seed=(1000, 10000, 100000),
+            note="server --terminal-host on; alternating blocks with the next row",
+        ),
+        latency_row(
+            SUITE,
+            "echo test through IPC, terminals in the server process",
+            local,
+            seed=(1000, 10000, 100000),
+            note="server --terminal-host off, in the same run",
+        ),
+        figure_row(
+            SUITE,
+            "terminal host's cost, echo test p50",
+            (statistics.median(hosted) - statistics.median(local)) * 1e6,
+            "us",
+            higher_is_better=False,
+            goal=100,
+            samples=len(hosted),
+            note="p50 with the host minus p50 without, measured in the same run",
+        ),
+    ]
+    answering, usable = await restart_rto(ctx.workdir, 3 if ctx.quick else 5)
+    rows.append(
+        figure_row(
+            SUITE,
+            "server SIGKILL to answering again (terminals in the host)",
+            statistics.median(answering) * 1e3,
+            "ms",
+            higher_is_better=False,
+            seed=5000,
+            goal=200,
+            samples=len(answering),
+            extra={"max_ms": max(answering) * 1e3},
+            note="kill to the first ping answered; includes the supervisor starting a new server",
+        )
+    )
+    rows.append(
+        figure_row(
+            SUITE,
+            "server SIGKILL to its terminals usable (terminals in the host)",
+            statistics.median(usable) * 1e3,
+            "ms",
+            higher_is_better=False,
+            seed=5000,
+            goal=200,
+            samples=len(usable),
+            extra={"max_ms": max(usable) * 1e3},
+            note="kill to a command answered by a terminal made before the kill (same id)",
+        )
+    )
+    return rows
+
+
+__all__ = ["run"]

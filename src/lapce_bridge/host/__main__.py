@@ -1,0 +1,5 @@
+import sys
+
+from lapce_bridge.host.process import main
+
+sys.exit(main())

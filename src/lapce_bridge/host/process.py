@@ -1,0 +1,626 @@
+"""The terminal host: the process that owns the terminals, so a server restart loses none.
+
+Theory of operation: the host runs the very `TerminalService` the server runs in-process (so
+every terminal behaviour is the same) and serves it over a private Unix socket to the server
+(`host.link` messages). It is small and dull on purpose: no client protocol, no files service,
+no pressure sampling, nothing but terminals, their spools and the keyed executions' journal.
+
+- Identity: the server tells, with each request, which of its client connections asked
+  (`c`) and under which session (`s`). The host gives each (link, connection) its own
+  connection id, so `terminal/ownership.py`'s rules apply unchanged: per-connection defaults,
+  quotas, sessions, orphans adopted by use of their id. When the server says a connection
+  closed, or when the server's link drops (it was killed), each of its connections is closed
+  for the service: their terminals become orphans with the usual grace. The restarted server's
+  clients take them back by session or by using their ids.
+- Work outlives the link: a command running when the server dies is not cancelled (its
+  answer has nowhere to go, but `terminal/wait` gets its result, and a keyed
+  `terminal/execute` sent again with its `idempotencyKey` joins it: the host keeps the key
+  to execution map (`ipc.idempotency`, with its own journal), so the replay is answered with
+  the real result). A streaming execution whose connection left sends its output to the
+  connection that joined it by key.
+- Only the server's cancel (`cancel`: the client cancelled, or left) stops a command.
+- Notifications (`terminal/data`, `terminal/commandFinished`) go to the connection they are
+  for; broadcasts (`terminal/exited`) to every server; operations the host times (a shell's
+  recovery) to the servers' metrics and incidents, kept until a server is there to hear.
+- Persistence: each terminal's id, name, shell, cwd, env and private folder are written to
+  `terminals.json` when they change; a host that starts and finds them (its predecessor was
+  killed) recreates the terminals under the same ids, restores cwd and exported env, and
+  reports each as a `recreate_terminal` recovery (in the next result, as `terminal/exited`
+  with `willRecover`, and as an incident).
+- Versions: the first message of a link is `hello` with the link's protocol version and the
+  package version; a mismatch is refused, and the host drains: it stops listening, tells its
+  servers (they attach a new host for new work), takes no new command, lets running ones
+  finish (bounded) with their answers going to who asked, spills finished output to disk,
+  writes down the terminals and those outputs, and exits. The new host, waiting for the
+  lock meanwhile, then recreates the terminals and serves the outputs.
+- One host per state folder and workspace: it holds an exclusive lock on `host.lock` for its
+  whole life (the file says its pid); a second host started meanwhile waits for the lock
+  while the first drains, or exits when the first still answers.
+- It exits by itself when no server has been attached for `linger` seconds, or sooner when it
+  has no terminal left; SIGTERM closes its terminals and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from lapce_bridge import __version__
+from lapce_bridge.clock import SYSTEM_CLOCK
+from lapce_bridge.core.errors import (
+    InvalidParams,
+    MethodNotFound,
+    Unavailable,
+)
+from lapce_bridge.host import link
+from lapce_bridge.host.places import HostPlaces, host_places
+from lapce_bridge.host.specs import EMPTY, SpecWriter, load, restore_all, snapshot
+from lapce_bridge.ipc.framing import Frame, FrameDecoder
+from lapce_bridge.ipc.idempotency import Idempotency, Outcome, encode_outcome, signature
+from lapce_bridge.ipc.journal import IdempotencyJournal
+from lapce_bridge.ipc.paths import bind_unix_socket, file_identity, probe, remove_socket
+from lapce_bridge.private import open_private_file
+from lapce_bridge.rpc import DEFAULT_MAX_MESSAGE_BYTES, CallContext, Method, method
+from lapce_bridge.terminal.service import TerminalService
+
+log = logging.getLogger("lapce_bridge.host")
+
+DRAIN_LIMIT = 600.0  # seconds a draining host waits for running commands
+SPEC_INTERVAL = 0.5
+_KEEP_OBSERVED = 256  # operations timed while no server listened, kept for the next one
+
+
+class _Client:
+    """One client connection of one server, as the terminal service sees it."""
+
+    __slots__ = ("callbacks", "closed", "conn", "id", "joined", "link", "session")
+
+    def __init__(self, host_id: int, link_: HostLink, conn: int, session: str | None) -> None:
+        self.id = host_id
+        self.link = link_
+        self.conn = conn
+        self.session = session
+        self.callbacks: list[Callable[[], None]] = []
+        self.closed = False
+        self.joined: _Client | None = None  # who took over its keyed work after it left
+
+    def notify(self, method: str, params: Any) -> None:
+        target = self
+        while target.closed and target.joined is not None:
+            target = target.joined
+        if not target.closed:
+            target.link.send({"n": method, "c": target.conn}, link.payload_of(params))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        callbacks, self.callbacks = self.callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("a close callback failed")
+
+
+class _Context:
+    """The `CallContext` the terminal service gets for one request."""
+
+    __slots__ = ("_client", "received_at")
+
+    def __init__(self, client: _Client, received_at: float) -> None:
+        self._client = client
+        self.received_at = received_at
+
+    @property
+    def connection_id(self) -> int:
+        return self._client.id
+
+    @property
+    def session(self) -> str | None:
+        return self._client.session
+
+    def notify(self, method: str, params: Any) -> None:
+        self._client.notify(method, params)
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        if self._client.closed:
+            callback()
+        else:
+            self._client.callbacks.append(callback)
+
+
+class HostLink(asyncio.Protocol):
+    """One server's link: frames in, requests to the host, answers and notifications out."""
+
+    def __init__(self, host: TerminalHost, link_id: int) -> None:
+        self.host = host
+        self.id = link_id
+        self.decoder = FrameDecoder(4 * DEFAULT_MAX_MESSAGE_BYTES)
+        self.transport: asyncio.Transport | None = None
+        self.welcomed = False
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.clients: dict[int, _Client] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        for event in self.decoder.feed(data):
+            if type(event) is not Frame:
+                log.error("link %d: a bad frame; closing it", self.id)
+                self.close()
+                return
+            try:
+                header, payload = link.split(event.body)
+                self.host.received(self, header, payload)
+            except Exception:
+                log.exception("link %d: a bad message; closing it", self.id)
+                self.close()
+                return
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.host.lost(self)
+
+    def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(link.frame(header, payload))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class TerminalHost:
+    def __init__(
+        self,
+        places: HostPlaces,
+        *,
+        workspace: Path,
+        state_dir: Path,
+        default_shell: str | None = None,
+        linger: float = 300.0,
+        clock: Any = SYSTEM_CLOCK,
+    ) -> None:
+        self.places = places
+        self.clock = clock
+        self.linger = linger
+        self._features: dict[str, bool] = {}
+        self.service = TerminalService(
+            workspace=workspace,
+            state_dir=state_dir,
+            clock=clock,
+            observe=self._observe,
+            broadcast=self._broadcast,
+            features=self._feature,
+            default_shell=default_shell,
+        )
+        self.methods: dict[str, Method] = {
+            **self.service.methods(),
+            "host/reapIdle": method(self._reap_idle),  # the server's memory pressure
+        }
+        self.idempotency = Idempotency(IdempotencyJournal(places.journal))
+        self.specs = SpecWriter(places.terminals, lambda: snapshot(self.service))
+        self.links: set[HostLink] = set()
+        self._link_ids = 0
+        self._client_ids = 0
+        self._observed: deque[tuple[dict[str, Any], bytes]] = deque(maxlen=_KEEP_OBSERVED)
+        self.draining = False
+        self.stopped = asyncio.get_running_loop().create_future()
+        self._alone_since: float | None = clock.now()
+        self._server: asyncio.AbstractServer | None = None
+        self._socket_identity: tuple[int, int] | None = None
+        self._lock_fd: int | None = None
+        self.restored: list[str] = []
+        self._owners: dict[str, _Client] = {}  # a keyed execution's first asker
+
+    # -- what the terminal service calls -------------------------------------------------
+    def _feature(self, name: str) -> bool:
+        return self._features.get(name, True)
+
+    def _observe(self, op: str, seconds: float, ok: bool) -> None:
+        self._to_servers({"o": op, "d": seconds, "ok": ok}, b"", keep=True)
+
+    def _broadcast(self, method: str, params: Any) -> None:
+        self._to_servers({"b": method}, link.payload_of(params), keep=True)
+
+    def _to_servers(self, header: dict[str, Any], payload: bytes, *, keep: bool) -> None:
+        listening = [lk for lk in self.links if lk.welcomed]
+        for lk in listening:
+            lk.send(header, payload)
+        if not listening and keep:
+            self._observed.append((header, payload))
+
+    async def _reap_idle(self, params: dict[str, Any], ctx: CallContext) -> int:
+        return await self.service.reap_idle(float(params.get("idleAfter", 300.0)))
+
+    # -- links ----------------------------------------------------------------------------
+    def new_link(self) -> HostLink:
+        self._link_ids += 1
+        lk = HostLink(self, self._link_ids)
+        self.links.add(lk)
+        self._alone_since = None
+        return lk
+
+    def lost(self, lk: HostLink) -> None:
+        """A server left (or was killed): its connections are closed; its work goes on."""
+        self.links.discard(lk)
+        for client in list(lk.clients.values()):
+            client.close()
+        lk.clients.clear()
+        lk.tasks.clear()  # not cancelled: the commands finish, their results stay readable
+        if not self.links:
+            self._alone_since = self.clock.now()
+
+    def received(self, lk: HostLink, header: dict[str, Any], payload: bytes) -> None:
+        if "q" in header:
+            if lk.welcomed:
+                self._request(lk, header, payload)
+            else:
+                lk.close()
+            return
+        kind = header.get("k")
+        if kind == "hello":
+            self._hello(lk, header)
+        elif kind == "closed":
+            client = lk.clients.pop(header.get("c", -1), None)
+            if client is not None:
+                client.close()
+        elif kind == "cancel":
+            task = lk.tasks.pop(header.get("q", -1), None)
+            if task is not None:
+                task.cancel()
+        elif kind == "cancelKey":
+            key = header.get("key")
+            if type(key) is str:
+                self.idempotency.cancel(key)
+        elif kind == "features":
+            features = link.value_of(payload)
+            if type(features) is dict:
+                self._features = {k: bool(v) for k, v in features.items()}
+        elif kind == "spill":
+            self.service.spools.spill()
+        elif kind == "drain":
+            self.drain("asked by the server")
+        elif kind == "stop":
+            self.stop()
+
+    def _hello(self, lk: HostLink, header: dict[str, Any]) -> None:
+        info = {"pid": os.getpid(), "version": __version__, "protocol": link.PROTOCOL_VERSION}
+        if header.get("protocol") != link.PROTOCOL_VERSION or header.get("version") != __version__:
+            reason = (
+                f"host {__version__} (link protocol {link.PROTOCOL_VERSION}), server "
+                f"{header.get('version')} (link protocol {header.get('protocol')})"
+            )
+            lk.send({"k": "refused", "reason": reason, **info})
+            self.drain(f"an incompatible server attached: {reason}")
+            return
+        if self.draining:
+            lk.send({"k": "refused", "reason": "this host is draining", **info})
+            return
+        shell = header.get("shell")
+        if shell is not None:
+            self.service.default_shell = shell
+        limit = header.get("maxMessageBytes")
+        if type(limit) is int:
+            self.service.max_message_bytes = limit
+        features = header.get("features")
+        if type(features) is dict:
+            self._features = {k: bool(v) for k, v in features.items()}
+        lk.welcomed = True
+        lk.send({"k": "welcome", "restored": self.restored, **info})
+        while self._observed:  # what happened while no server listened
+            lk.send(*self._observed.popleft())
+
+    def _client(self, lk: HostLink, conn: int, session: str | None) -> _Client:
+        client = lk.clients.get(conn)
+        if client is None:
+            self._client_ids += 1
+            client = _Client(self._client_ids, lk, conn, session)
+            lk.clients[conn] = client
+        elif session is not None and client.session is None:
+            client.session = session
+        return client
+
+    # -- requests -------------------------------------------------------------------------
+    def _request(self, lk: HostLink, header: dict[str, Any], payload: bytes) -> None:
+        q = header["q"]
+        name = header.get("m")
+        meth = self.methods.get(name) if type(name) is str else None
+        if meth is None or type(name) is not str:
+            self._answer(lk, q, encode_outcome(False, MethodNotFound(f"unknown method {name!r}")))
+            return
+        client = self._client(lk, header.get("c", 0), header.get("s"))
+        ctx = _Context(client, header.get("t") or self.clock.now())
+        params = link.value_of(payload)
+        if params is None:
+            params = {}
+        key = params.get("idempotencyKey")
+        if self.draining and name in ("terminal/create", "terminal/execute"):
+            refused = Unavailable("the terminal host is draining: no new command")
+            self._answer(lk, q, encode_outcome(False, refused))
+            return
+        if not meth.is_async and key is None:
+            self._answer(lk, q, self._call_sync(meth, params, ctx))
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._run(lk, q, name, meth, params, ctx, key)
+        )
+        lk.tasks[q] = task
+
+    def _call_sync(self, meth: Method, params: dict[str, Any], ctx: _Context) -> Outcome:
+        try:
+            return encode_outcome(True, meth.handler(params, ctx))
+        except Exception as exc:
+            return encode_outcome(False, exc)
+
+    async def _call(self, meth: Method, params: dict[str, Any], ctx: _Context) -> Outcome:
+        if not meth.is_async:
+            return self._call_sync(meth, params, ctx)
+        try:
+            return encode_outcome(True, await meth.handler(params, ctx))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return encode_outcome(False, exc)
+
+    async def _run(
+        self,
+        lk: HostLink,
+        q: int,
+        name: str,
+        meth: Method,
+        params: dict[str, Any],
+        ctx: _Context,
+        key: Any,
+    ) -> None:
+        try:
+            if key is None:
+                outcome = await self._call(meth, params, ctx)
+            else:
+                outcome = await self._keyed(name, meth, params, ctx, key)
+        except asyncio.CancelledError:
+            return  # the server no longer waits (it answers the client itself)
+        finally:
+            if lk.tasks.get(q) is asyncio.current_task():
+                del lk.tasks[q]
+        self._answer(lk, q, outcome)
+
+    async def _keyed(
+        self, name: str, meth: Method, params: dict[str, Any], ctx: _Context, key: Any
+    ) -> Outcome:
+        idem = self.idempotency
+        try:
+            if type(key) is not str:
+                raise InvalidParams("idempotencyKey must be a string")
+            bound = signature(name, params)
+            found = idem.lookup(key, bound)
+            if found is None:
+                found = idem.start(key, bound, lambda: self._call(meth, params, ctx))
+                self._owners[key] = ctx._client
+            else:
+                first = self._owners.get(key)
+                if first is not None and first is not ctx._client and first.closed:
+                    first.joined = ctx._client  # its stream now goes to who asked again
+        except Exception as exc:
+            return encode_outcome(False, exc)
+        if isinstance(found, tuple):
+            return found
+        try:
+            return await asyncio.shield(found)
+        except Unavailable as exc:
+            return encode_outcome(False, exc)
+        finally:
+            if found.done():
+                self._owners.pop(key, None)
+
+    def _answer(self, lk: HostLink, q: int, outcome: Outcome) -> None:
+        lk.send({"r": q, "ok": outcome[0]}, outcome[1])
+
+    # -- life cycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Take the lock, recreate what a dead predecessor left, listen."""
+        self._lock_fd = await _take_lock(self.places)
+        # Opened under the lock: rows a dead host left running become "interrupted" (their
+        # keys are answered "outcome unknown": the command died with that host).
+        self.idempotency.journal.open()
+        await self.service.__aenter__()
+        found = load(self.places.terminals)
+        adopted = self.service.spools.adopt(found["spools"])
+        if adopted:
+            log.info("%d finished outputs a previous host left are readable", adopted)
+        left = found["terminals"]
+        if left:
+            why = (
+                "the terminal host was restarted; a new shell started with the cwd and "
+                "exported environment the terminal had"
+            )
+            started = self.clock.now()
+            self.restored = await restore_all(self.service, left, why)
+            elapsed = self.clock.now() - started
+            for tid in self.restored:
+                self._broadcast(
+                    "terminal/exited", {"terminalId": tid, "exitCode": None, "willRecover": True}
+                )
+                self._observe("terminal.recover", elapsed, True)
+            for spec in left:
+                if spec["terminalId"] not in self.restored:
+                    self._observe("terminal.recover", elapsed, False)
+            log.warning(
+                "recreated %d of %d terminals a previous host left", len(self.restored), len(left)
+            )
+        self.specs.write()
+        sock = bind_unix_socket(self.places.socket)
+        self._socket_identity = file_identity(self.places.socket)
+        self._server = await asyncio.get_running_loop().create_unix_server(self.new_link, sock=sock)
+
+    def drain(self, why: str) -> None:
+        """Stop listening, finish running commands, write down what a successor needs (the
+        terminals, the outputs spilled to disk), then exit; the successor waits for our lock."""
+        if self.draining:
+            return
+        self.draining = True
+        log.warning("draining: %s", why)
+        for lk in self.links:  # their servers attach a new host for new work
+            lk.send({"k": "draining", "reason": why})
+        self._stop_listening()  # the lock stays ours: the next host waits for what we leave
+        asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        deadline = self.clock.now() + DRAIN_LIMIT
+        while self.clock.now() < deadline and self._working():
+            await self.clock.sleep(0.05)
+        self.service.spools.spill()  # finished output to disk, readable after we are gone
+        self.stop(keep_specs=True)
+
+    def _working(self) -> bool:
+        """A command runs, or a request taken before the drain has not been answered (it
+        may not have reached its terminal yet)."""
+        return (
+            any(t.busy for t in self.service.terminals.values())
+            or any(lk.tasks for lk in self.links)
+            or self.idempotency.running > 0
+        )
+
+    def stop(self, *, keep_specs: bool = False) -> None:
+        if not self.stopped.done():
+            self.stopped.set_result(keep_specs)
+
+    def _stop_listening(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        remove_socket(self.places.socket, self._socket_identity)
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def watch_idle(self) -> None:
+        """Exit when no server has been attached for `linger` s (sooner with no terminals)."""
+        grace = self.service.owners.grace
+        while True:
+            await self.clock.sleep(1.0)
+            alone = self._alone_since
+            if alone is None or self.draining:
+                continue
+            gone = self.clock.now() - alone
+            if gone >= self.linger or (gone >= grace and not self.service.terminals):
+                log.info("no server for %.0f s; exiting", gone)
+                self.stop()
+                return
+
+    async def close(self, *, keep_specs: bool) -> None:
+        self._stop_listening()
+        for lk in list(self.links):
+            lk.close()
+        with contextlib.suppress(OSError):
+            if keep_specs:  # the cwd each command left, the outputs on disk: for a successor
+                self.specs.write()
+                self.service.spools.release()
+            else:
+                self.specs.write(EMPTY)  # closed on purpose: nothing to recreate
+        await self.service.aclose()
+        self.idempotency.journal.close()
+        self._release_lock()
+
+
+async def _take_lock(places: HostPlaces) -> int:
+    """The host's lock, held for its life. Exits (status 0) when a live host answers; waits
+    while one drains (it no longer listens but still holds the lock)."""
+    fd = open_private_file(places.lock, os.O_RDWR, create=True)
+    deadline = asyncio.get_running_loop().time() + DRAIN_LIMIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if probe(places.socket, 0.5) or asyncio.get_running_loop().time() > deadline:
+                os.close(fd)
+                raise SystemExit(0) from None  # another host serves this state folder
+            await asyncio.sleep(0.05)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def host_pid(places: HostPlaces) -> int | None:
+    """The pid of the host holding the lock, or None when no host holds it."""
+    try:
+        fd = open_private_file(places.lock, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+async def run_host(
+    state_dir: Path, workspace: Path, *, shell: str | None = None, linger: float = 300.0
+) -> None:
+    places = host_places(state_dir, workspace)
+    host = TerminalHost(
+        places, workspace=workspace, state_dir=state_dir, default_shell=shell, linger=linger
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, host.stop)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)  # a closed terminal is no reason
+    await host.start()
+    log.info("terminal host %d ready on %s", os.getpid(), places.socket)
+    tasks = [
+        loop.create_task(host.watch_idle()),
+        loop.create_task(host.specs.run(SPEC_INTERVAL, host.clock.sleep)),
+    ]
+    try:
+        keep_specs = await host.stopped
+    finally:
+        for task in tasks:
+            task.cancel()
+    await host.close(keep_specs=bool(keep_specs))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lapce_bridge.host")
+    p.add_argument("--state-dir", type=Path, required=True)
+    p.add_argument("--workspace", type=Path, required=True)
+    p.add_argument("--shell")
+    p.add_argument("--linger", type=float, default=300.0)
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s host %(process)d %(levelname)s %(message)s"
+    )
+    from lapce_bridge.ipc.serve_cmd import run
+
+    run(
+        run_host(
+            args.state_dir.absolute(),
+            args.workspace.resolve(),
+            shell=args.shell,
+            linger=args.linger,
+        )
+    )
+    return 0
+
+
+__all__ = ["HostLink", "TerminalHost", "host_pid", "main", "run_host"]

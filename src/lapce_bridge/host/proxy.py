@@ -1,0 +1,431 @@
+"""The server's terminal service when terminals live in a host process: every `terminal/*`
+method forwarded over the private link, every notification routed back to its connection.
+
+Theory of operation: `HostProxy` is a `Service` like `TerminalService` (the same method names
+and limits, taken from `TerminalService` itself, so a method added there is forwarded here
+with no change). Entering it starts attaching in the background and returns at once: the
+server binds its socket and answers `ping` without waiting for the host; a terminal request
+waits for the attach (`ready`). A host already running (a restarted server's) is attached at
+once; a new one is started only when a terminal request first needs it, so a server whose
+clients never use a terminal never starts one.
+
+- Forwarding: a request is sent as its params (encoded once) with the client connection's id,
+  the session it named and its arrival time; the answer's payload is spliced into the
+  client's response unparsed (`orjson.Fragment`), and an error object is rebuilt as the
+  classified error the host raised. A cancelled request (the client's `$/cancelRequest`, its
+  connection closing, the server's timeout) is cancelled in the host. A keyed request keeps
+  its `idempotencyKey`: the host runs it at most once across server restarts, so a replay
+  after a crash joins the execution that still runs or gets its recorded result. The server's
+  own journal lets such keys through to the host (`Idempotency(outlives=...)`).
+- Routing: a notification from the host names its connection; it is written to that
+  connection if it is still here (its params spliced, not re-encoded), else dropped (the
+  connection left). Broadcasts go to every client; operations the host timed go to this
+  server's metrics, health and incidents.
+- Host death: when the link drops unasked, the requests waiting on it fail with a terminal
+  error that says so, an incident is opened, and a new host is started: it recreates the
+  terminals from what the dead one wrote down (same ids, cwd, env; `recreate_terminal` in
+  their next result, `terminal/exited` with `willRecover`), and the incident closes with what
+  was restored. Deaths in a row back off; `crash_limit` of them within `crash_window` s stop
+  the attempts, and terminal requests are then answered -32002.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from lapce_bridge.clock import SYSTEM_CLOCK
+from lapce_bridge.core.clock import Clock
+from lapce_bridge.core.degradation import QualityChanged
+from lapce_bridge.core.errors import TerminalError, Unavailable
+from lapce_bridge.core.events import EventBus
+from lapce_bridge.core.relief import Relief
+from lapce_bridge.host import link
+from lapce_bridge.host.attach import HostRefused, hello, open_link, start_host
+from lapce_bridge.host.places import HostPlaces, host_places
+from lapce_bridge.ipc.framing import Frame, FrameDecoder
+from lapce_bridge.ipc.jsonrpc import error_from_wire
+from lapce_bridge.rpc import DEFAULT_MAX_MESSAGE_BYTES, Broadcast, CallContext, Method, Observe
+from lapce_bridge.rpc import method as make_method
+from lapce_bridge.terminal.service import TerminalService
+
+log = logging.getLogger("lapce_bridge.host")
+
+Incident = Callable[[str, float, float, bool, str], None]
+"""(subject, started, ended, recovered, detail): a terminal-host incident for the server."""
+
+ATTACH_WITHIN = 30.0
+
+
+class ServerLink(asyncio.Protocol):
+    """The server's end of the link: answers resolve futures, notifications are routed."""
+
+    def __init__(self, proxy: HostProxy) -> None:
+        self.proxy = proxy
+        self.decoder = FrameDecoder(4 * DEFAULT_MAX_MESSAGE_BYTES)
+        self.transport: asyncio.Transport | None = None
+        self.pending: dict[int, asyncio.Future[tuple[bool, bytes]]] = {}
+        loop = asyncio.get_running_loop()
+        self.greeted: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.lost: asyncio.Future[None] = loop.create_future()  # or draining
+        self.closing = False
+        self.draining = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        for event in self.decoder.feed(data):
+            if type(event) is not Frame:
+                log.error("terminal host link: a bad frame; closing it")
+                self.close()
+                return
+            header, payload = link.split(event.body)
+            r = header.get("r")
+            if r is not None:
+                future = self.pending.pop(r, None)
+                if future is not None and not future.done():
+                    future.set_result((header["ok"], payload))
+                continue
+            self.proxy.received(header, payload, self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.proxy.link_closed(self)
+        if not self.greeted.done():
+            self.greeted.set_exception(Unavailable("the terminal host closed the link"))
+        died = TerminalError(
+            "the terminal host stopped while this request ran; terminals are recreated "
+            "(cwd and env restored), a running command is lost",
+            retryable=True,
+            data={"hostDied": True},
+        )
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(died)
+        self.pending.clear()
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(link.frame(header, payload))
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class HostProxy:
+    def __init__(
+        self,
+        *,
+        workspace: Path,
+        state_dir: Path,
+        clock: Clock = SYSTEM_CLOCK,
+        observe: Observe | None = None,
+        broadcast: Broadcast | None = None,
+        features: Callable[[], dict[str, bool]] | None = None,
+        bus: EventBus | None = None,
+        incident: Incident | None = None,
+        default_shell: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        linger: float = 300.0,
+        crash_limit: int = 5,
+        crash_window: float = 60.0,
+    ) -> None:
+        self.workspace = Path(workspace).resolve()
+        self.state_dir = Path(state_dir)
+        self.clock = clock
+        self.observe = observe
+        self.broadcast = broadcast
+        self.features = features or dict
+        self.bus = bus
+        self.incident = incident
+        self.default_shell = default_shell
+        self.max_message_bytes = max_message_bytes
+        self.linger = linger
+        self.crash_limit = crash_limit
+        self.crash_window = crash_window
+        # The names and limits of the methods the host serves: TerminalService's own.
+        probe = TerminalService(workspace=self.workspace, state_dir=self.state_dir)
+        self._limits = {name: m.limit for name, m in probe.methods().items()}
+        self.places: HostPlaces | None = None
+        self._link: ServerLink | None = None
+        self._ready: asyncio.Future[ServerLink] | None = None
+        self._ids = itertools.count(1)
+        self._contexts: dict[int, CallContext] = {}
+        self._keeper: asyncio.Task[None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self.host_pid: int | None = None
+        self.attaches = 0
+        self.host_deaths: list[float] = []
+        self.failed: Unavailable | None = None
+        self._draining: set[ServerLink] = set()
+        self._wanted: asyncio.Event | None = None  # set by the first terminal request
+
+    # -- Service ---------------------------------------------------------------------------
+    async def __aenter__(self) -> HostProxy:
+        loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        self._wanted = asyncio.Event()
+        self._keeper = loop.create_task(self._keep_attached(), name="terminal-host")
+        if self.bus is not None:
+            self._unsubscribe = self.bus.subscribe(QualityChanged, self._quality_changed)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+        for lk in (self._link, *self._draining):
+            if lk is not None:  # the host keeps the terminals for the next server
+                lk.close()
+
+    def methods(self) -> dict[str, Method]:
+        return {
+            name: make_method(self._forwarder(name), limit=limit)
+            for name, limit in self._limits.items()
+        }
+
+    def relief(self) -> Relief:
+        """Memory pressure reaches the host: its finished spools go to disk, idle terminals
+        close (their count comes back from the host)."""
+
+        def spill() -> int:
+            lk = self._link
+            if lk is not None:
+                lk.send({"k": "spill"})
+            return 0  # the host spills on its own loop; what it freed is in its spool stats
+
+        async def reap() -> int:
+            lk = self._link
+            if lk is None:
+                return 0  # no host attached: no terminal to reap
+            outcome = await self._call(lk, "host/reapIdle", {}, None)
+            return int(outcome) if isinstance(outcome, int) else 0
+
+        return Relief("terminals", spill_spools=spill, reap_idle=reap)
+
+    # -- attaching -------------------------------------------------------------------------
+    async def ready(self) -> ServerLink:
+        """The link to the host, once attached (terminal requests wait here)."""
+        if self.failed is not None:
+            raise self.failed
+        lk = self._link
+        if lk is not None and lk.transport is not None:
+            return lk
+        assert self._ready is not None, "HostProxy used before it was entered"
+        assert self._wanted is not None
+        self._wanted.set()
+        async with self.clock.timeout(ATTACH_WITHIN):
+            return await asyncio.shield(self._ready)
+
+    async def _keep_attached(self) -> None:
+        loop = asyncio.get_running_loop()
+        lost_at: float | None = None
+        while True:
+            try:
+                lk, info = await self._attach()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Those waiting now are answered -32002 (retryable); attaching goes on (a
+                # host that drains a long command keeps its successor waiting).
+                log.error("cannot attach the terminal host: %s", exc)
+                refused = Unavailable(f"the terminal host is unavailable: {exc}")
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_exception(refused)
+                    self._ready.exception()
+                self._ready = loop.create_future()
+                await self.clock.sleep(1.0)
+                continue
+            self._link = lk
+            self.attaches += 1
+            self.host_pid = info.get("pid")
+            if lost_at is not None and self.incident is not None:
+                restored = info.get("restored") or []
+                self.incident(
+                    "terminal host",
+                    lost_at,
+                    self.clock.now(),
+                    True,
+                    f"the terminal host died; a new one (pid {self.host_pid}) recreated "
+                    f"{len(restored)} terminal(s) {', '.join(restored)} with their cwd and "
+                    "env; commands running in the old one were lost",
+                )
+            if self._ready is None or self._ready.done():
+                self._ready = loop.create_future()
+            self._ready.set_result(lk)
+            await lk.lost
+            self._link = None
+            self._ready = loop.create_future()
+            if lk.closing:
+                return
+            if lk.draining:
+                self._draining.add(lk)  # answers still come on it until the host exits
+                continue
+            lost_at = self.clock.now()
+            log.error("the terminal host (pid %s) died; starting a new one", self.host_pid)
+            self.host_deaths = [t for t in self.host_deaths if t > lost_at - self.crash_window]
+            self.host_deaths.append(lost_at)
+            if len(self.host_deaths) >= self.crash_limit:
+                self.failed = Unavailable(
+                    f"the terminal host died {len(self.host_deaths)} times within "
+                    f"{self.crash_window:g} s; not starting it again"
+                )
+                if self.incident is not None:
+                    self.incident("terminal host", lost_at, lost_at, False, str(self.failed))
+                self._ready.set_exception(self.failed)
+                self._ready.exception()
+                return
+            await self.clock.sleep(0.05 * 2 ** (len(self.host_deaths) - 1))
+
+    async def _attach(self) -> tuple[ServerLink, dict[str, Any]]:
+        if self.places is None:
+            self.places = await asyncio.to_thread(host_places, self.state_dir, self.workspace)
+        places = self.places
+        greeting = hello(
+            workspace=self.workspace,
+            shell=self.default_shell,
+            max_message_bytes=self.max_message_bytes,
+            features=self.features(),
+        )
+        lk = await open_link(places, lambda: ServerLink(self), greeting)
+        if lk is None and self._wanted is not None:
+            await self._wanted.wait()  # no host runs: start one when a terminal is needed
+        async with self.clock.timeout(ATTACH_WITHIN):
+            while True:
+                if lk is None:
+                    lk = await open_link(places, lambda: ServerLink(self), greeting)
+                if lk is None:
+                    await start_host(
+                        places,
+                        state_dir=self.state_dir,
+                        workspace=self.workspace,
+                        shell=self.default_shell,
+                        linger=self.linger,
+                        sleep=self.clock.sleep,
+                    )
+                    continue
+                try:
+                    info = await lk.greeted
+                except HostRefused as exc:
+                    # It drains (it stopped listening); the next one waits for its lock.
+                    log.warning("replacing the terminal host: %s", exc)
+                    lk.close()
+                    lk = None
+                    continue
+                except Unavailable:
+                    lk = None
+                    continue  # it closed as we came: start or find the next one
+                return lk, info
+
+    def received(self, header: dict[str, Any], payload: bytes, lk: ServerLink) -> None:
+        """A message from the host other than an answer."""
+        method = header.get("n")
+        if method is not None:
+            ctx = self._contexts.get(header.get("c", -1))
+            if ctx is not None:
+                with contextlib.suppress(Exception):  # the connection may be closing
+                    ctx.notify(method, orjson.Fragment(payload) if payload else None)
+            return
+        method = header.get("b")
+        if method is not None:
+            if self.broadcast is not None:
+                self.broadcast(method, link.value_of(payload))
+            return
+        op = header.get("o")
+        if op is not None:
+            if self.observe is not None:
+                self.observe(op, float(header.get("d", 0.0)), bool(header.get("ok")))
+            return
+        kind = header.get("k")
+        if kind == "draining":
+            # Its running commands finish on this link; new work goes to the next host.
+            log.warning("the terminal host drains (%s); attaching a new one", header.get("reason"))
+            lk.draining = True
+            if not lk.lost.done():
+                lk.lost.set_result(None)
+        elif kind == "welcome" and not lk.greeted.done():
+            lk.greeted.set_result(header)
+        elif kind == "refused" and not lk.greeted.done():
+            lk.greeted.set_exception(HostRefused(str(header.get("reason"))))
+
+    def link_closed(self, lk: ServerLink) -> None:
+        self._draining.discard(lk)
+
+    def _quality_changed(self, event: QualityChanged) -> None:
+        lk = self._link
+        if lk is not None:
+            lk.send({"k": "features"}, link.payload_of(self.features()))
+
+    # -- forwarding ------------------------------------------------------------------------
+    def _forwarder(self, name: str) -> Callable[[dict[str, Any], CallContext], Any]:
+        async def forward(params: dict[str, Any], ctx: CallContext) -> Any:
+            lk = self._link
+            if lk is None or lk.transport is None:
+                lk = await self.ready()
+            return await self._call(lk, name, params, ctx)
+
+        forward.__name__ = f"forward {name}"
+        return forward
+
+    async def _call(
+        self, lk: ServerLink, name: str, params: dict[str, Any], ctx: CallContext | None
+    ) -> Any:
+        q = next(self._ids)
+        header: dict[str, Any] = {"q": q, "m": name}
+        if ctx is not None:
+            conn = ctx.connection_id
+            if conn not in self._contexts:
+                self._contexts[conn] = ctx
+                ctx.on_close(lambda: self._closed(conn))
+            header["c"] = conn
+            header["t"] = ctx.received_at
+            session = getattr(ctx, "session", None)
+            if session is not None:
+                header["s"] = session
+        future: asyncio.Future[tuple[bool, bytes]] = asyncio.get_running_loop().create_future()
+        lk.pending[q] = future
+        lk.send(header, orjson.dumps(params))
+        try:
+            ok, payload = await future
+        except asyncio.CancelledError:
+            lk.pending.pop(q, None)
+            lk.send({"k": "cancel", "q": q})
+            raise
+        if ok:
+            return orjson.Fragment(payload) if ctx is not None else link.value_of(payload)
+        raise error_from_wire(orjson.loads(payload))
+
+    def outlives(self, method: str) -> bool:
+        """Keyed `terminal/*` executions outlive this server: the host keeps them."""
+        return method in self._limits
+
+    def cancel_key(self, key: str) -> None:
+        """The client cancelled the keyed execution `key` (which runs in the host)."""
+        lk = self._link
+        if lk is not None:
+            lk.send({"k": "cancelKey", "key": key})
+
+    def _closed(self, conn: int) -> None:
+        self._contexts.pop(conn, None)
+        lk = self._link
+        if lk is not None:
+            lk.send({"k": "closed", "c": conn})
+
+
+__all__ = ["HostProxy", "ServerLink"]

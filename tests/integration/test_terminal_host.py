@@ -1,0 +1,286 @@
+"""Terminals in a host process, through real `lapce-bridge serve` processes and real bash.
+
+The server is killed with SIGKILL and started again while commands run; the host itself is
+killed; a host of another version is met. Every check is what a client sees over the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import stat
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lapce_bridge.core.errors import Cancelled, TerminalError
+from lapce_bridge.host import link
+from lapce_bridge.host.places import HostPlaces, host_places
+from lapce_bridge.host.process import host_pid
+from lapce_bridge.ipc.client import BridgeClient
+from tests.integration.serve_process import Served, serve
+
+pytestmark = pytest.mark.timeout(120)
+
+HOST = ("--terminal-host", "on", "--shell", "bash")
+
+
+def places_of(tmp_path: Path) -> HostPlaces:
+    return host_places(tmp_path / "state", tmp_path / "ws")
+
+
+async def _pid_gone(pid: int, within: float = 20.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+@contextlib.asynccontextmanager
+async def host_stopped_after(tmp_path: Path) -> AsyncIterator[None]:
+    """Stop whatever host the test left (it outlives its servers on purpose)."""
+    try:
+        yield
+    finally:
+        pid = host_pid(places_of(tmp_path))
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            await _pid_gone(pid)
+
+
+async def kill(served: Served) -> None:
+    served.proc.kill()
+    await served.proc.wait()
+
+
+def listed(terminals: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """What must be equal before and after a restart (ownership flags are per connection)."""
+    keys = ("terminalId", "shell", "pid", "mode", "cwd", "name")
+    return sorted(tuple(t[k] for k in keys) for t in terminals)
+
+
+async def test_a_killed_server_loses_no_terminal_command_or_result(tmp_path: Path) -> None:
+    async with host_stopped_after(tmp_path):
+        async with serve(tmp_path, *HOST) as served:
+            ws = served.workspace
+            (ws / "sub").mkdir()
+            client = await BridgeClient(served.socket).connect()
+            t1 = (await client.request("terminal/create", {"env": {"GIVEN": "g1"}}))["terminalId"]
+            t2 = (await client.request("terminal/create", {}))["terminalId"]
+            await client.request(
+                "terminal/execute", {"terminalId": t1, "command": "cd sub; export KEPT=k1"}
+            )
+            before = await client.request("terminal/list")
+            keyed = {
+                "terminalId": t1,
+                "command": "sleep 2; echo ran >> ../runs.txt; echo done",
+                "idempotencyKey": "restart-1",
+            }
+            running = asyncio.ensure_future(client.request("terminal/execute", keyed))
+            unanswered = await client.request(
+                "terminal/execute",
+                {"terminalId": t2, "command": "sleep 1.5; echo waited", "maxWaitMs": 300},
+            )
+            assert unanswered["status"] == "running"
+            await kill(served)
+            await client.close()
+            with pytest.raises(Exception):  # noqa: B017 - its connection died with the server
+                await running
+        async with serve(tmp_path, *HOST) as served:
+            client = await BridgeClient(served.socket).connect()
+            assert await client.request("ping") == {"pong": True}
+            after = await client.request("terminal/list")
+            assert listed(after) == listed(before)
+            replay = await client.request("terminal/execute", keyed)
+            assert (replay["output"], replay["exitCode"]) == ("done\n", 0)
+            assert replay["durationMs"] >= 1500  # the real run, joined; not run again
+            waited = await client.request(
+                "terminal/wait", {"executionId": unanswered["executionId"]}
+            )
+            assert (waited["output"], waited["exitCode"]) == ("waited\n", 0)
+            state = await client.request(
+                "terminal/execute", {"terminalId": t1, "command": 'echo "$GIVEN $KEPT"; pwd'}
+            )
+            assert state["output"] == f"g1 k1\n{(served.workspace / 'sub').resolve()}\n"
+            assert (served.workspace / "runs.txt").read_text() == "ran\n"  # once
+            await client.close()
+
+
+async def test_a_session_gets_its_default_terminal_back_after_a_crash(tmp_path: Path) -> None:
+    async with host_stopped_after(tmp_path):
+        async with serve(tmp_path, *HOST) as served:
+            client = await BridgeClient(served.socket).connect()
+            await client.request("initialize", {"protocolVersion": 1, "session": "agent-7"})
+            first = await client.request("terminal/execute", {"command": "export S=7; cd /"})
+            await kill(served)
+            await client.close()
+        async with serve(tmp_path, *HOST) as served:
+            client = await BridgeClient(served.socket).connect()
+            await client.request("initialize", {"protocolVersion": 1, "session": "agent-7"})
+            again = await client.request("terminal/execute", {"command": 'echo "$S"; pwd'})
+            assert again["terminalId"] == first["terminalId"]
+            assert again["output"] == "7\n/\n"
+            await client.close()
+
+
+async def test_a_killed_host_is_replaced_and_the_loss_is_reported(tmp_path: Path) -> None:
+    async with host_stopped_after(tmp_path), serve(tmp_path, *HOST) as served:
+        client = await BridgeClient(served.socket).connect()
+        exits: list[dict[str, Any]] = []
+        client.on_notification("terminal/exited", exits.append)
+        tid = (await client.request("terminal/create", {"env": {"GIVEN": "g2"}}))["terminalId"]
+        await client.request(
+            "terminal/execute", {"terminalId": tid, "command": "cd /tmp; export KEPT=k2"}
+        )
+        big = await client.request(
+            "terminal/execute",
+            {"terminalId": tid, "command": "seq 1 3000", "maxOutputBytes": 1024},
+        )
+        assert big["truncated"]
+        await asyncio.sleep(1.0)  # the host writes its terminals and spools down twice a second
+        old = host_pid(places_of(tmp_path))
+        assert old is not None
+        running = asyncio.ensure_future(
+            client.request("terminal/execute", {"terminalId": tid, "command": "sleep 30"})
+        )
+        await asyncio.sleep(0.3)
+        os.kill(old, signal.SIGKILL)
+        with pytest.raises(TerminalError) as lost:
+            await running
+        assert lost.value.data.get("hostDied") is True  # the loss is said, not hidden
+        again = await client.request(
+            "terminal/execute", {"terminalId": tid, "command": 'echo "$GIVEN $KEPT"; pwd'}
+        )
+        assert again["output"] == "g2 k2\n/tmp\n"
+        assert [r["action"] for r in again["recoveries"]] == ["recreate_terminal"]
+        new = host_pid(places_of(tmp_path))
+        assert new is not None
+        assert new != old
+        assert await _pid_gone(old)
+        assert {"terminalId": tid, "exitCode": None, "willRecover": True} in exits
+        page = await client.request("terminal/readOutput", {"executionId": big["executionId"]})
+        assert page["data"].splitlines()[-1] == "3000"
+        assert page["eof"]
+        health = await client.request("health/get")
+        details = [i["detail"] for i in health["incidents"]["recent"]]
+        assert any("terminal host died" in d and tid in d for d in details), details
+        await client.close()
+
+
+async def test_an_incompatible_host_is_drained_and_replaced(tmp_path: Path) -> None:
+    async with host_stopped_after(tmp_path), serve(tmp_path, *HOST) as served:
+        client = await BridgeClient(served.socket).connect()
+        tid = (await client.request("terminal/create", {"env": {"GIVEN": "g3"}}))["terminalId"]
+        finished = await client.request(
+            "terminal/execute", {"terminalId": tid, "command": "cd /tmp; echo kept"}
+        )
+        running = asyncio.ensure_future(
+            client.request(
+                "terminal/execute",
+                {"terminalId": tid, "command": "sleep 1; echo finished", "idempotencyKey": "d1"},
+            )
+        )
+        await asyncio.sleep(0.3)
+        old = host_pid(places_of(tmp_path))
+        assert old is not None
+        # A server of another version attaches: the host refuses it and drains.
+        reader, writer = await asyncio.open_unix_connection(str(places_of(tmp_path).socket))
+        writer.write(
+            link.frame({"k": "hello", "protocol": link.PROTOCOL_VERSION, "version": "0.0.1"})
+        )
+        await writer.drain()
+        answer = await reader.read(4096)
+        assert b'"refused"' in answer
+        writer.close()
+        done = await running  # the running command finishes in the draining host
+        assert (done["output"], done["exitCode"]) == ("finished\n", 0)
+        assert await _pid_gone(old)
+        again = await client.request(
+            "terminal/execute", {"terminalId": tid, "command": 'echo "$GIVEN"; pwd'}
+        )
+        assert again["output"] == "g3\n/tmp\n"
+        new = host_pid(places_of(tmp_path))
+        assert new is not None
+        assert new != old
+        page = await client.request("terminal/readOutput", {"executionId": finished["executionId"]})
+        assert page["data"] == "kept\n"
+        await client.close()
+
+
+async def test_two_servers_starting_together_share_one_host(tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    async with (
+        host_stopped_after(tmp_path),
+        serve(tmp_path, *HOST) as a,
+        serve(
+            other,
+            *HOST,
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--workspace",
+            str(tmp_path / "ws"),
+        ) as b,
+    ):
+        ca = await BridgeClient(a.socket).connect()
+        cb = await BridgeClient(b.socket).connect()
+        made = await asyncio.gather(
+            ca.request("terminal/create", {}), cb.request("terminal/create", {})
+        )
+        ids = {m["terminalId"] for m in made}
+        assert len(ids) == 2
+        seen = {t["terminalId"] for t in await ca.request("terminal/list")}
+        assert ids <= seen
+        await ca.close()
+        await cb.close()
+
+
+async def test_the_host_socket_and_files_are_private(tmp_path: Path) -> None:
+    async with host_stopped_after(tmp_path), serve(tmp_path, *HOST) as served:
+        client = await BridgeClient(served.socket).connect()
+        await client.request("terminal/create", {})
+        await asyncio.sleep(0.7)
+        places = places_of(tmp_path)
+        assert stat.S_IMODE(places.socket.stat().st_mode) == 0o600
+        assert stat.S_ISSOCK(places.socket.stat().st_mode)
+        for folder in (tmp_path / "state", places.folder):
+            assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        for private in (places.lock, places.terminals, places.journal, places.log):
+            assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
+        await client.close()
+
+
+async def test_a_client_cancels_by_key_a_command_started_before_the_crash(tmp_path: Path) -> None:
+    async with host_stopped_after(tmp_path):
+        async with serve(tmp_path, *HOST) as served:
+            client = await BridgeClient(served.socket).connect()
+            tid = (await client.request("terminal/create", {}))["terminalId"]
+            keyed = {"terminalId": tid, "command": "sleep 30", "idempotencyKey": "long-1"}
+            running = asyncio.ensure_future(client.request("terminal/execute", keyed))
+            await asyncio.sleep(0.5)
+            await kill(served)
+            await client.close()
+            with pytest.raises(Exception):  # noqa: B017 - its connection died with the server
+                await running
+        async with serve(tmp_path, *HOST) as served:
+            client = await BridgeClient(served.socket).connect()
+            busy = {t["terminalId"]: t["busy"] for t in await client.request("terminal/list")}
+            assert busy[tid] is True
+            client.notify("$/cancelRequest", {"idempotencyKey": "long-1"})
+            with pytest.raises(Cancelled):
+                await client.request("terminal/execute", keyed)
+            after = await client.request(
+                "terminal/execute", {"terminalId": tid, "command": "echo free"}
+            )
+            assert after["output"] == "free\n"
+            await client.close()

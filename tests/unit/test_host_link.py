@@ -1,0 +1,102 @@
+"""The terminal host's link codec, and the server's journal passing keys on to the host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lapce_bridge.core.errors import InvalidParams
+from lapce_bridge.host import link
+from lapce_bridge.ipc.framing import Frame, FrameDecoder
+from lapce_bridge.ipc.idempotency import Idempotency
+from lapce_bridge.ipc.journal import IdempotencyJournal
+
+MESSAGES: list[tuple[dict[str, Any], bytes]] = [
+    ({"q": 1, "m": "terminal/execute", "c": 3, "t": 12.5}, b'{"command":"echo \\n hi"}'),
+    ({"r": 1, "ok": True}, orjson.dumps({"output": "line\nline\n", "exitCode": 0})),
+    ({"n": "terminal/data", "c": 3}, b'{"data":"\\u001b[0m"}'),
+    ({"k": "closed", "c": 3}, b""),
+]
+
+
+def stream() -> bytes:
+    return b"".join(link.frame(header, payload) for header, payload in MESSAGES)
+
+
+def decoded(chunks: list[bytes]) -> list[tuple[dict[str, Any], bytes]]:
+    decoder = FrameDecoder(1 << 20)
+    out = []
+    for chunk in chunks:
+        for event in decoder.feed(chunk):
+            assert type(event) is Frame
+            out.append(link.split(event.body))
+    return out
+
+
+def test_messages_come_back_whole_at_every_split() -> None:
+    data = stream()
+    for cut in range(len(data) + 1):
+        assert decoded([data[:cut], data[cut:]]) == MESSAGES
+
+
+@given(st.lists(st.integers(min_value=0, max_value=400), max_size=8))
+def test_messages_come_back_whole_however_the_bytes_arrive(cuts: list[int]) -> None:
+    data = stream()
+    points = sorted({min(c, len(data)) for c in cuts})
+    chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    assert decoded(chunks) == MESSAGES
+
+
+def test_the_payload_is_carried_as_it_was_encoded() -> None:
+    payload = b'{"b":1,  "a":[1,2]}'  # not orjson's spelling: it must not be re-encoded
+    ((header, carried),) = decoded([link.frame({"r": 7, "ok": True}, payload)])
+    assert header == {"r": 7, "ok": True}
+    assert carried == payload
+
+
+@pytest.mark.parametrize("body", [b"no header line", b"[1,2]\n{}", b"not json\n{}"])
+def test_a_malformed_message_is_refused(body: bytes) -> None:
+    with pytest.raises(ValueError):
+        link.split(body)
+
+
+class Outlives:
+    def __init__(self) -> None:
+        self.cancelled: list[str] = []
+
+    def outlives(self, method: str) -> bool:
+        return method.startswith("terminal/")
+
+    def cancel_key(self, key: str) -> None:
+        self.cancelled.append(key)
+
+
+def test_a_key_a_dead_server_left_running_is_passed_on_when_its_work_outlives_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "journal.sqlite3"
+    with IdempotencyJournal(path) as first:
+        first.begin("k-term", "terminal/execute#abc")
+        first.begin("k-file", "fs/write#abc")
+        first.begin("k-done", "terminal/execute#abc")
+        first.finish("k-done", True, b'{"output":"x"}')
+    with IdempotencyJournal(path) as journal:  # the next server: rows left running
+        elsewhere = Outlives()
+        idem = Idempotency(journal, elsewhere)
+        assert idem.lookup("k-term", "terminal/execute#abc") is None  # asked again, there
+        unknown = idem.lookup("k-file", "fs/write#abc")
+        assert isinstance(unknown, tuple)
+        assert b"unknown" in unknown[1]
+        assert idem.lookup("k-done", "terminal/execute#abc") == (True, b'{"output":"x"}')
+        journal.begin("k-term", "terminal/execute#abc")  # begun again over the old row
+        journal.finish("k-term", True, b'{"output":"done"}')
+        assert idem.lookup("k-term", "terminal/execute#abc") == (True, b'{"output":"done"}')
+        with pytest.raises(InvalidParams):  # a key still belongs to its first params
+            idem.lookup("k-term", "terminal/execute#other")
+        idem.cancel("k-term")
+        assert elsewhere.cancelled == ["k-term"]
