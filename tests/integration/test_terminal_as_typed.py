@@ -112,7 +112,10 @@ CORPUS: list[tuple[str, tuple[str, ...]]] = [
     # during that command on both sides, never at an idle prompt at a moment load decides.
     ("mkfifo gate && cat gate > /dev/null &", ("bash", "zsh")),
     ("echo go > gate; wait; echo waited", ("bash", "zsh")),
-    ("echo 'unclosed", ("bash", "zsh")),
+    # A command still incomplete after its last line is abandoned with exit 130 and an
+    # `incomplete_command` recovery in every shell (checked below); zsh typed by a person
+    # reports 1 for Ctrl-C at its line editor, a difference the result's recovery names.
+    ("echo 'unclosed", ("bash",)),
     ("echo still here", ("bash", "zsh")),
     ("cat <<EOF\nline with  two spaces\n  indented $HOME\nEOF", ("bash", "zsh")),
     ("type cd", ("bash", "zsh")),
@@ -218,6 +221,15 @@ class TypedShell:
             f"no prompt from the typed shell after {self.last!r}; got {self._buf[-300:]!r}"
         )
 
+    def _until_editing(self, timeout: float) -> None:
+        """Wait until the shell's line editor reads the terminal: canonical mode is off (the
+        master shares the terminal's settings on Linux)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if not termios.tcgetattr(self.master)[3] & termios.ICANON:
+                return
+            self._buf += self._read(0.002)
+
     def quiet(self, seconds: float) -> None:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
@@ -240,7 +252,10 @@ class TypedShell:
             nl = text.find(b"\n")
             output += text[nl + 1 :] if nl >= 0 else b""
         if match is None:
-            # Still at a continuation prompt after the last line: abandon it, as a user would.
+            # Still at a continuation prompt after the last line: abandon it, as a user would,
+            # who presses Ctrl-C at a prompt the line editor reads (a SIGINT between the prompt
+            # being printed and the editor starting leaves `$?` as it was in zsh).
+            self._until_editing(2.0)
             self.write(b"\x03")
             while match is None:
                 _, match = self._until_prompt(30.0)
