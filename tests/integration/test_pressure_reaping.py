@@ -51,7 +51,9 @@ async def test_a_reaped_terminal_is_recreated_with_its_cwd_and_env(tmp_path: Pat
         created = await client.request("terminal/create", {"env": {"LB_KEPT": "yes"}})
         tid = created["result"]["terminalId"]
         first_pid = created["result"]["pid"]
-        moved = await client.request("terminal/execute", {"terminalId": tid, "command": "cd sub"})
+        moved = await client.request(
+            "terminal/execute", {"terminalId": tid, "command": "cd sub; export LB_LATER=later"}
+        )
         assert moved["result"]["cwd"].endswith("/ws/sub")
         # What the relief does under high pressure, to terminals idle for 5 minutes.
         assert await terminal_service(app).reap_idle(0.0) == 1
@@ -60,11 +62,12 @@ async def test_a_reaped_terminal_is_recreated_with_its_cwd_and_env(tmp_path: Pat
         refused = await client.request("terminal/sendText", {"terminalId": tid, "text": "x"})
         assert "relieve memory pressure" in refused["error"]["message"]
         again = await client.request(
-            "terminal/execute", {"terminalId": tid, "command": "pwd; echo $LB_KEPT"}
+            "terminal/execute", {"terminalId": tid, "command": "pwd; echo $LB_KEPT $LB_LATER"}
         )
         result = again["result"]
         assert result["terminalId"] == tid
-        assert result["output"].split() == [str(tmp_path / "ws" / "sub"), "yes"]
+        # The creation env and what the shell exported later, both back.
+        assert result["output"].split() == [str(tmp_path / "ws" / "sub"), "yes", "later"]
         listed = await client.request("terminal/list")
         assert [t["terminalId"] for t in listed["result"]] == [tid]
         assert listed["result"][0]["pid"] != first_pid

@@ -33,6 +33,7 @@ import itertools
 import logging
 import math
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,11 +63,13 @@ from lapce_bridge.rpc import (
     Params,
     method,
 )
+from lapce_bridge.terminal.files import new_private_dir, read_private, runtime_base, write_private
 from lapce_bridge.terminal.foreground import process_cwd
 from lapce_bridge.terminal.ownership import Ownership
 from lapce_bridge.terminal.recovery import CrashLoopPolicy
 from lapce_bridge.terminal.result import ExecResult, TerminalExited
 from lapce_bridge.terminal.spool import SpoolStats, SpoolStore
+from lapce_bridge.terminal.startup import restore_file
 from lapce_bridge.terminal.stream import OutputStreams, Streamer, StreamStats
 from lapce_bridge.terminal.terminal import Terminal
 
@@ -99,6 +102,19 @@ class ServiceStats:
     reaped: int
     spools: SpoolStats
     streams: StreamStats
+
+
+def _saved_exports(term: Terminal) -> bytes | None:
+    """What the terminal's shell last saved of its exported variables (its hooks save them
+    after every prompt), ready for a new shell of the same kind to source; None when nothing
+    was saved. Kept in memory: the terminal's private folder goes when it closes."""
+    if term.dir == Path():
+        return None
+    try:
+        path = restore_file(term.dir, term.kind)
+        return None if path is None else read_private(path)
+    except OSError:
+        return None
 
 
 def _param(
@@ -284,8 +300,23 @@ class TerminalService:
 
     async def _revive(self, terminal_id: str) -> Terminal:
         spec = self._remembered.pop(terminal_id)
+        exports: bytes | None = spec.pop("exports", None)
         await self._make_room()
-        return await self._boot(terminal_id, **spec)
+        if not exports:
+            return await self._boot(terminal_id, **spec)
+        # The variables its shell had exported when it was reaped, sourced by the new shell
+        # from a private folder of their own (the old terminal's folder went with it).
+        folder = new_private_dir(
+            runtime_base(self.state_dir) / f"{terminal_id}-revive-{secrets.token_hex(4)}"
+        )
+        restore = folder / "restore"
+        try:
+            write_private(restore, exports)
+            return await self._boot(terminal_id, restore=restore, **spec)
+        finally:
+            with contextlib.suppress(OSError):
+                restore.unlink(missing_ok=True)
+                folder.rmdir()
 
     def _use(self, params: Params, ctx: CallContext) -> Terminal:
         """`get`, by a connection that means to use the terminal: an orphan becomes its own."""
@@ -702,6 +733,7 @@ class TerminalService:
                 "cols": term.cols,
                 "rows": term.rows,
                 "shell_integration": term.shell_integration,
+                "exports": _saved_exports(term),
             }
         await asyncio.gather(*(t.close() for t in idle), return_exceptions=True)
         self._reaped += len(idle)
