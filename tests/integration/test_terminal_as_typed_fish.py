@@ -313,7 +313,10 @@ async def test_fish_as_typed_through_a_real_serve(tmp_path: Path) -> None:
     assert lines["output"].startswith("one\nfish: Unexpected ')'")  # fish's own message
     assert lines["output"].endswith("three\n")  # the line after the error still ran
     missing = answers["nosuchcommand"]
-    assert (missing["exitCode"], missing["output"]) == (127, "fish: Unknown command: nosuchcommand\n")
+    assert (missing["exitCode"], missing["output"]) == (
+        127,
+        "fish: Unknown command: nosuchcommand\n",
+    )
     assert answers["status filename"]["output"] == "Standard input\n"  # not a command file
     unclosed = answers["echo 'unclosed"]
     assert [r["action"] for r in unclosed["recoveries"]] == ["incomplete_command"]

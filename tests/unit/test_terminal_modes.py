@@ -47,7 +47,8 @@ def test_typed_shells_get_the_nonce_and_keys_only() -> None:
     nonce = "0123abcd" * 4
     integration = EndDetection.INTEGRATION
     # bash: the nonce, the load key (a `bind -x` function) and the accept key; zsh's widget
-    # and fish's bound function accept as they load. No command text, no newline: nothing for the tty to echo or cut.
+    # and fish's bound function accept as they load. No command text, no newline: nothing for
+    # the tty to echo or cut.
     assert run_line("bash", integration, path, nonce) == nonce.encode() + LOAD_KEY + b"\x1b[7798~"
     assert run_line("zsh", integration, path, nonce) == nonce.encode() + LOAD_KEY
     assert load_keys("zsh") == LOAD_KEY

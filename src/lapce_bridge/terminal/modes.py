@@ -10,9 +10,10 @@ shell gets it one of two ways:
   it, exactly as if it had been typed; each time the shell asks for another line (its next
   prompt, or the continuation prompt inside a block, a quote or a heredoc; fish, which has no
   continuation prompt, keeps an incomplete line in its buffer and asks for the next) the hooks
-  print `633;P;LbMore` (`LbCont` at a continuation) and the bridge types the load key again. So the shell's own reader runs
-  every line: job control and its notices, `$0`, error messages naming the shell, a syntax
-  error on one line not dropping the next, `exit` ending the shell. The line editor never
+  print `633;P;LbMore` (`LbCont` at a continuation) and the bridge types the load key again.
+  So the shell's own reader runs every line: job control and its notices, `$0`, error
+  messages naming the shell, a syntax error on one line not dropping the next, `exit` ending
+  the shell. The line editor never
   interprets the text (a tab, a `!`, a 100 KiB line arrive whole); the tty carries only the
   nonce and the keys.
 - sourced (every fallback mode): one short line sources the file (`source file` in fish,
