@@ -238,8 +238,8 @@ class TypedFish:
             _, status = self._until(self.prompt, 30.0)
             self.quiet(0.2)
             self._buf = b""
-        text = _DIM.sub("", output.decode("utf-8", "replace"))
-        return Answer(_ABANDON.sub("", text), int(status.group(1)), status.group(2).decode())
+        shown = _DIM.sub("", output.decode("utf-8", "replace"))
+        return Answer(_ABANDON.sub("", shown), int(status.group(1)), status.group(2).decode())
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
