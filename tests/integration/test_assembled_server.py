@@ -38,7 +38,20 @@ def methods(app: Any) -> dict[str, Method]:
             _note(ledger, "cancelled")
             raise
 
-    return {"test/linger": method(linger)}
+    async def brief(params: Params, ctx: CallContext) -> None:
+        ledger = Path(params["file"])
+        _note(ledger, "started")
+        await asyncio.sleep(params["seconds"])
+        _note(ledger, "finished")
+
+    def unencodable(params: Params, ctx: CallContext) -> object:
+        return {"value": object()}  # no JSON for it: the server's bug, not the caller's
+
+    return {
+        "test/linger": method(linger),
+        "test/brief": method(brief),
+        "test/unencodable": method(unencodable),
+    }
 
 
 def _note(ledger: Path, line: str) -> None:
@@ -144,6 +157,44 @@ async def test_a_notifications_work_is_cancelled_when_its_connection_closes(
         await _until(lambda: ledger.exists() and "started" in ledger.read_text())
         await client.close()
         await _until(lambda: "cancelled" in ledger.read_text())
+
+
+async def test_a_notifications_work_is_drained_at_shutdown_within_the_grace(
+    tmp_path: Path,
+) -> None:
+    """`shutdown` waits for a notification's work that ends within the grace, and cancels
+    what outlives it; the process then exits cleanly."""
+    brief, linger = tmp_path / "brief.txt", tmp_path / "linger.txt"
+    async with serve(tmp_path, "--extra-methods", EXTRA, "--shutdown-grace", "2") as srv:
+        client = await RawClient.connect_unix(srv.socket)
+        try:
+            client.notify("test/brief", {"file": str(brief), "seconds": 0.5})
+            client.notify("test/linger", {"file": str(linger)})
+            await _until(lambda: brief.exists() and linger.exists())
+            await _until(lambda: "started" in linger.read_text())
+            reply = await client.request("shutdown")
+            assert reply["result"] is None, reply
+            async with asyncio.timeout(30):
+                assert await srv.proc.wait() == 0
+        finally:
+            await client.close()
+    assert brief.read_text().split() == ["started", "finished"]  # drained
+    assert linger.read_text().split() == ["started", "cancelled"]  # outlived the grace
+
+
+async def test_an_unencodable_result_is_the_servers_fault(tmp_path: Path) -> None:
+    async with serve(tmp_path, "--extra-methods", EXTRA) as srv:
+        client = await RawClient.connect_unix(srv.socket)
+        try:
+            reply = await client.request("test/unencodable")
+            error = reply["error"]
+            assert error["code"] == -32603, reply
+            assert (error["data"]["fault"], error["data"]["retryable"]) == ("server", False)
+            assert (await client.request("ping"))["result"] == {"pong": True}
+            ops = (await client.request("metrics/get"))["result"]["operations"]
+            assert ops["test/unencodable"]["errors"] == 1
+        finally:
+            await client.close()
 
 
 async def test_caller_errors_are_marked_as_theirs_and_never_count_as_failures(

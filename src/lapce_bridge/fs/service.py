@@ -132,6 +132,7 @@ class FileService:
         incidents: Incidents | None = None,
         breaker: CircuitBreaker | None = None,
         watch_state: Path | None = None,
+        watch_restarts: int = 3,  # restarts of a failing watch before polling (App: its row)
     ) -> None:
         self.clock = clock
         self.workspace = Workspace(workspace)
@@ -159,6 +160,7 @@ class FileService:
             on_degraded=on_degraded,
             observe=observe,
             quota=watch_quota,
+            max_failures=watch_restarts,
         )
         if features is None:
             self._enabled: Callable[[str], bool] = lambda feature: True

@@ -249,13 +249,16 @@ class BridgeClient(TypedMethods):
         max_crashes: int | None = None,
         crash_window: float = 60.0,
         stderr_path: Path | None = None,
+        start_timeout: float = 15.0,
         **kwargs: Any,
     ) -> BridgeClient:
         """A connected client to a server it starts if none listens, and restarts if it dies.
 
         A server that dies `max_crashes` times within `crash_window` seconds is given up:
         by default as often as the network/critical row of the recovery matrix (`matrix=`)
-        allows reconnecting (`reconnect_ipc`, 5 retries: the sixth death ends it)."""
+        allows reconnecting (`reconnect_ipc`, 5 retries: the sixth death ends it). A server
+        it started has `start_timeout` seconds to listen; after that, refused connects count
+        against the same row's attempts, and reconnecting gives up after them."""
         if max_crashes is None:
             matrix: RecoveryMatrix = kwargs.get("matrix", DEFAULT_MATRIX)
             max_crashes = matrix.attempts(
@@ -270,10 +273,11 @@ class BridgeClient(TypedMethods):
             max_crashes=max_crashes or 1,
             crash_window=crash_window,
             stderr_path=stderr_path,
+            start_timeout=start_timeout,
         )
         client = cls(path, supervisor=supervisor, **kwargs)
         try:
-            await client.connect()
+            await client.connect(startup_timeout=start_timeout)
         except BaseException:
             await client.close()
             raise
