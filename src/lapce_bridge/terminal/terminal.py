@@ -827,7 +827,7 @@ class Terminal:
                 if replay is not None:
                     self._finish(replay, exit_code=None, status=Status.INTERRUPTED)
                 if self.observe is not None:
-                    self.observe("terminal.recover", self.clock.now() - died_at, False)
+                    self.observe("terminal/recover", self.clock.now() - died_at, False)
                 if self.on_exit is not None:  # given up: the row's fallback (an alert) follows
                     with contextlib.suppress(Exception):
                         self.on_exit(TerminalExited(self.terminal_id, code, False))
@@ -839,7 +839,7 @@ class Terminal:
         elapsed = self.clock.now() - died_at
         self.last_recovery_ms = elapsed * 1000.0
         if self.observe is not None:
-            self.observe("terminal.recover", elapsed, True)
+            self.observe("terminal/recover", elapsed, True)
 
     def statistics(self) -> TerminalStats:
         ps = self.parser.statistics()
