@@ -130,6 +130,12 @@ async def test_a_command_outlives_a_short_dispatcher_default(tmp_path: Path) -> 
             assert final["result"]["output"].split() == [str(i) for i in range(1, 11)]
         finally:
             await client.close()
+        # BridgeClient, as it comes: no limit of its own cuts the command short.
+        async with BridgeClient(srv.socket) as bridge:
+            done = await bridge.request(
+                "terminal/execute", {"command": "sleep 1.5; echo done", "timeoutMs": 20_000}
+            )
+            assert (done["status"], done["output"], done["exitCode"]) == ("completed", "done\n", 0)
 
 
 async def test_a_client_timeout_leaves_the_command_running_and_findable(tmp_path: Path) -> None:
