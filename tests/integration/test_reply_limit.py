@@ -55,7 +55,7 @@ async def test_a_result_is_encoded_once(
 ) -> None:
     """The dispatcher encodes a handler's result once and splices the bytes into the reply
     (and, keyed, into the journal's outcome): never a second `dumps` of the same value."""
-    results: list[Any] = []
+    results: list[dict[str, Any]] = []
 
     async def blob_async(params: Params, ctx: CallContext) -> dict[str, Any]:
         results.append(_blob(params, ctx))

@@ -129,7 +129,7 @@ class _Window(ABC):
     @abstractmethod
     def record(self, failed: bool, slow: bool, now: float) -> None: ...
 
-    def roll(self, now: float) -> None:
+    def roll(self, now: float) -> None:  # noqa: B027 - a hook: a count window keeps all
         """Expire what fell out of the window by `now` (only time windows expire)."""
 
     def rates(self) -> tuple[float, float] | None:

@@ -124,6 +124,10 @@ class MatrixRow:
         }
 
 
+# The tries a row "without bound" (`max_retries` None) still stops at, wherever it is read,
+# unless the reader has a bound of its own: nothing is retried forever.
+UNBOUNDED_RETRIES = 10
+
 _C, _V = ErrorCategory, ErrorSeverity
 _CRIT, _RECOV = _V.CRITICAL, _V.RECOVERABLE
 
@@ -299,6 +303,7 @@ __all__ = [
     "DEFAULT_MATRIX",
     "DEFAULT_ROWS",
     "STRATEGY_SPECS",
+    "UNBOUNDED_RETRIES",
     "MatrixRow",
     "RecoveryMatrix",
     "Strategy",

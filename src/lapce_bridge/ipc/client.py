@@ -26,14 +26,13 @@ from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.breaker import CircuitBreaker, CircuitBreakerConfig
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import BridgeError, ErrorCategory, ErrorSeverity
-from lapce_bridge.core.matrix import DEFAULT_MATRIX, RecoveryMatrix
+from lapce_bridge.core.matrix import DEFAULT_MATRIX, UNBOUNDED_RETRIES, RecoveryMatrix
 from lapce_bridge.core.retry import RetryPolicy
 from lapce_bridge.ipc.link import Endpoint, Link, NotificationHandler
 from lapce_bridge.ipc.outbox import Outbox
 from lapce_bridge.ipc.paths import default_socket_path
 from lapce_bridge.ipc.reattach import STREAMS, Reattach
 from lapce_bridge.ipc.recovery import (
-    UNBOUNDED_RETRIES,
     AnswerRetry,
     RecoveryPath,
     Refused,

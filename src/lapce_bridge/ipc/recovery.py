@@ -48,16 +48,13 @@ from lapce_bridge.core.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from lapce_bridge.core.matrix import RecoveryMatrix
+from lapce_bridge.core.matrix import UNBOUNDED_RETRIES, RecoveryMatrix
 from lapce_bridge.core.retry import RetryPolicy
 from lapce_bridge.ipc.link import Link
 from lapce_bridge.ipc.outbox import Outbox, OutboxEntry
 from lapce_bridge.ipc.wire import settle
 
 T = TypeVar("T")
-
-# A row with no bound of its own still stops here: no request is retried forever.
-UNBOUNDED_RETRIES = 10
 
 
 def refused_before_running(exc: BridgeError) -> bool:
@@ -416,4 +413,4 @@ class RecoveryPath:
         self.outbox.close()
 
 
-__all__ = ["UNBOUNDED_RETRIES", "AnswerRetry", "RecoveryPath", "Refused", "refused_before_running"]
+__all__ = ["AnswerRetry", "RecoveryPath", "Refused", "refused_before_running"]

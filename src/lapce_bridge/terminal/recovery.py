@@ -26,9 +26,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from lapce_bridge.core.errors import ErrorCategory, ErrorSeverity
-from lapce_bridge.core.matrix import DEFAULT_MATRIX, RecoveryMatrix, Strategy
-
-UNBOUNDED = 10  # tries a row "without bound" still stops at
+from lapce_bridge.core.matrix import (
+    DEFAULT_MATRIX,
+    UNBOUNDED_RETRIES,
+    RecoveryMatrix,
+    Strategy,
+)
 
 
 class RestartAction(StrEnum):
@@ -60,16 +63,18 @@ class CrashLoopPolicy:
     @classmethod
     def from_matrix(cls, matrix: RecoveryMatrix = DEFAULT_MATRIX) -> CrashLoopPolicy:
         """The policy the matrix's terminal rows set (a row without a bound of its own
-        allows `UNBOUNDED` tries: the crash loop bound ends them anyway)."""
+        allows `UNBOUNDED_RETRIES` tries: the crash loop bound ends them anyway)."""
         critical, recoverable = ErrorSeverity.CRITICAL, ErrorSeverity.RECOVERABLE
         died = matrix.lookup(ErrorCategory.TERMINAL, critical)
         lost = matrix.lookup(ErrorCategory.TERMINAL, recoverable)
         return cls(
             remedy=died.primary,
-            recreations=(matrix.attempts(died.category, critical, unbounded=UNBOUNDED) or 1) - 1,
+            recreations=(matrix.attempts(died.category, critical, unbounded=UNBOUNDED_RETRIES) or 1)
+            - 1,
             fallback=died.fallback,
             rerun=lost.primary,
-            reruns=(matrix.attempts(lost.category, recoverable, unbounded=UNBOUNDED) or 1) - 1,
+            reruns=(matrix.attempts(lost.category, recoverable, unbounded=UNBOUNDED_RETRIES) or 1)
+            - 1,
             unmarked=lost.fallback,
         )
 
