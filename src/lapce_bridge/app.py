@@ -11,8 +11,9 @@ and `relief()`), leaving it closes them in reverse order. Wiring, in one place:
   so services can be built before the server that will carry their notifications.
 - Health alerts published on the bus leave as `health/alert` broadcasts.
 - The degradation manager decides which optional features are on; services ask it.
-- The recovery matrix is the running policy: the file service's read retries and a failing
-  watch's restarts are the filesystem/recoverable row's (`RecoveryMatrix.retry_policy`), the
+- The recovery matrix is the running policy: the file service's read retries, its cached
+  copy served when they fail (`cache_previous`) and a failing watch's restarts are the
+  filesystem/recoverable row's (`RecoveryMatrix.retry_policy`), the
   alert when a watch falls back to polling the filesystem/critical row's; whether and how
   often a dead shell is recreated, and the alert when it is not, are the terminal/critical
   row's, running again a command it never started the terminal/recoverable row's; change a
@@ -470,8 +471,10 @@ class App:
         retry = self.matrix.retry_policy(
             ErrorCategory.FILESYSTEM, ErrorSeverity.RECOVERABLE, fs_default_retry(self.clock)
         )
-        # A failing watch is restarted as often as the same row allows, then polls.
+        # A failing watch is restarted as often as the same row allows, then polls; a read
+        # that fails for good is answered from the cache when the row's fallback says so.
         restarts = (retry.max_attempts or 1) - 1
+        row = self.matrix.lookup(ErrorCategory.FILESYSTEM, ErrorSeverity.RECOVERABLE)
         return FileService(
             workspace=self.workspace,
             clock=self.clock,
@@ -483,6 +486,7 @@ class App:
             incidents=self.incidents,
             breaker=self._breaker("fs.disk", DISK_BREAKER),
             watch_restarts=restarts,
+            serve_stale=row.fallback is Strategy.CACHE_PREVIOUS,
             # Keyed watches come back after a restart (an in-process App keeps none).
             watch_state=self.state_dir / "watches" if self.state_dir is not None else None,
         )

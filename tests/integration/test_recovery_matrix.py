@@ -224,6 +224,31 @@ async def test_a_matrix_file_sets_a_real_serves_read_retries(tmp_path: Path, ret
             await client.close()
 
 
+@pytest.mark.parametrize("fallback", [None, "none"])
+async def test_a_matrix_file_decides_whether_a_failing_disk_is_answered_from_the_cache(
+    tmp_path: Path, fallback: str | None
+) -> None:
+    row = {"category": "filesystem", "severity": "recoverable", "fallback": fallback}
+    args = ("--extra-methods", FAULTS, *(_rows(tmp_path, row) if fallback else ()))
+    async with serve(tmp_path, *args) as srv:
+        target = srv.workspace / "a.txt"
+        target.write_text("first")
+        client = await RawClient.connect_unix(srv.socket)
+        try:
+            assert (await client.request("fs/read", {"path": "a.txt"}))["result"]["content"] == (
+                "first"
+            )
+            target.write_text("second, longer")  # the cached copy is out of date now
+            await client.request("test/faults/add", {"op": "read", "times": None})
+            reply = await client.request("fs/read", {"path": "a.txt"})
+            if fallback is None:  # the default row: cache_previous
+                assert (reply["result"]["content"], reply["result"]["stale"]) == ("first", True)
+            else:
+                assert reply["error"]["data"]["errno"] == "EIO", reply
+        finally:
+            await client.close()
+
+
 @pytest.mark.shells
 @pytest.mark.parametrize(("retries", "recreated"), [(None, True), (0, False)])
 async def test_a_matrix_file_decides_whether_a_dead_shell_comes_back(

@@ -133,6 +133,7 @@ class FileService:
         breaker: CircuitBreaker | None = None,
         watch_state: Path | None = None,
         watch_restarts: int = 3,  # restarts of a failing watch before polling (App: its row)
+        serve_stale: bool = True,  # a cached copy when the disk fails (App: the row's fallback)
     ) -> None:
         self.clock = clock
         self.workspace = Workspace(workspace)
@@ -150,6 +151,7 @@ class FileService:
             observe=observe,
             incidents=incidents,
             breaker=breaker,
+            serve_stale=serve_stale,
         )
         self.watcher = WatcherRecovery(
             relative=self.workspace.relative,
