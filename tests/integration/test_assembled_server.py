@@ -203,6 +203,15 @@ async def test_an_unencodable_result_is_the_servers_fault(tmp_path: Path) -> Non
             await client.close()
 
 
+async def _until_busy(client: RawClient, terminal_id: str) -> None:
+    async with asyncio.timeout(30):
+        while True:
+            listed = (await client.request("terminal/list"))["result"]
+            if any(t["terminalId"] == terminal_id and t["busy"] for t in listed):
+                return
+            await asyncio.sleep(0.01)
+
+
 async def test_caller_errors_are_marked_as_theirs_and_never_count_as_failures(
     tmp_path: Path,
 ) -> None:
@@ -230,10 +239,35 @@ async def test_caller_errors_are_marked_as_theirs_and_never_count_as_failures(
                     await client.request("terminal/execute", {"command": 3}),
                 )
                 assert (bad["error"]["code"], bad["error"]["data"]["fault"]) == (-32602, "caller")
+            # A method that does not exist, a write over a newer file, a busy terminal.
+            unknown = tally("other", await client.request("no/such"))
+            assert (unknown["error"]["code"], unknown["error"]["data"]["fault"]) == (
+                -32601,
+                "caller",
+            )
+            (srv.workspace / "c.txt").write_text("theirs")
+            stale = {"path": "c.txt", "content": "mine", "expectedMtimeNs": 1}
+            conflict = tally("fs/write", await client.request("fs/write", stale))
+            assert conflict["error"]["data"]["fault"] == "caller", conflict
+            assert (srv.workspace / "c.txt").read_text() == "theirs"
+            tid = (await client.request("terminal/create", {"shell": "bash"}))["result"][
+                "terminalId"
+            ]
+            running = client.request_nowait(
+                "terminal/execute", {"terminalId": tid, "command": "sleep 1"}
+            )
+            await _until_busy(client, tid)
+            busy = tally(
+                "terminal/execute",
+                await client.request("terminal/execute", {"terminalId": tid, "command": "true"}),
+            )
+            assert (busy["error"]["code"], busy["error"]["data"]["fault"]) == (-32003, "caller")
+            assert (await client.response(running))["result"]["exitCode"] == 0
             health = (await client.request("health/get"))["result"]
             failing = [a for a in health["alerts"] if a["kind"] != "HighLatency"]
             assert failing == []  # latency on two shared cores is not what this test is about
-            assert health["operations"]["fs/read"]["failureRate"] == 0.0
+            for op in ("fs/read", "fs/write", "terminal/execute"):
+                assert health["operations"][op]["failureRate"] == 0.0, op
             assert health["slo"]["errorRate"] == 0.0
             snapshot = (await client.request("metrics/get"))["result"]
             assert snapshot["operations"]["fs/read"]["count"] == 24
