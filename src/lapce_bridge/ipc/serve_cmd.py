@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lapce_bridge.core.errors import BridgeError
+from lapce_bridge.core.errors import BridgeError, InvalidParams
 from lapce_bridge.ipc.framing import DEFAULT_MAX_MESSAGE_BYTES
 from lapce_bridge.ipc.journal import JOURNAL_FILE, IdempotencyJournal
 from lapce_bridge.ipc.paths import default_socket_path, default_state_dir, state_dir_ready
@@ -407,7 +407,6 @@ def options(argv: Sequence[str]) -> ServeOptions:
             raise UsageError(f"--extra-methods: expected MODULE:ATTRIBUTE, got {spec!r}")
     matrix = None
     if args.recovery_matrix is not None:
-        from lapce_bridge.core.errors import InvalidParams
         from lapce_bridge.core.matrix import load_matrix
 
         try:
