@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from importlib import resources
@@ -178,6 +179,21 @@ TYPED = ("bash", "zsh", "fish")  # the shells whose integration takes commands l
 LOAD_KEY = b"\x1b[7799~"
 _ACCEPT_KEY = b"\x1b[7798~"
 INTERRUPT_KEY = b"\x03"  # Ctrl-C: what a user presses to abandon a continuation prompt
+
+
+# What fish draws before each prompt to end a line the output left open: "⏎" (dim), spaces to
+# the margin, a carriage return, "⏎ ", a carriage return and a clear to the end of the line,
+# in one write. It lands in a command's output when the command's end mark came from the
+# prompt (our end hook was removed, or fish refused an `exit` with jobs running) or never came.
+_FISH_PROMPT_LINE = re.compile(
+    rb"\xe2\x8f\x8e(?:\x1b[\[(][0-9;]*[A-Za-z])* *\r\xe2\x8f\x8e \r(?:\x1b\[K)?"
+)
+
+
+def prompt_residue(kind: str) -> re.Pattern[bytes] | None:
+    """What this shell prints at its prompt and never in a command's output, to drop from
+    what it writes (a read holds one write whole unless the buffer splits it: rare)."""
+    return _FISH_PROMPT_LINE if kind == "fish" else None
 
 
 def typed(kind: str, detection: EndDetection) -> bool:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import signal
 from collections.abc import Callable
@@ -33,11 +34,26 @@ from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import ShellCrashed
 from lapce_bridge.terminal.foreground import Foreground, InputState
 from lapce_bridge.terminal.foreground import probe as probe_foreground
-from lapce_bridge.terminal.modes import Launch, probe_line, shell_kind, status_line
+from lapce_bridge.terminal.modes import (
+    Launch,
+    probe_line,
+    prompt_residue,
+    shell_kind,
+    status_line,
+)
 from lapce_bridge.terminal.pty import PtyProcess
 from lapce_bridge.terminal.tracker import CommandTracker
 
 __all__ = ["ShellProcess"]
+
+
+def _without(
+    residue: re.Pattern[bytes], on_data: Callable[[bytes], None]
+) -> Callable[[bytes], None]:
+    def deliver(data: bytes) -> None:
+        on_data(residue.sub(b"", data))
+
+    return deliver
 
 
 class ShellProcess:
@@ -67,6 +83,9 @@ class ShellProcess:
         on_exit: Callable[[ShellProcess, int], None],
     ) -> ShellProcess:
         box: list[ShellProcess] = []
+        residue = prompt_residue(launch.kind)
+        if residue is not None:
+            on_data = _without(residue, on_data)
         proc = PtyProcess.spawn(
             launch.argv,
             env=launch.env,
