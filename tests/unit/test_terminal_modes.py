@@ -9,7 +9,7 @@ from lapce_bridge.terminal.modes import (
     LOAD_KEY,
     build_env,
     load_keys,
-    prompt_residue,
+    prompt_filter,
     run_line,
     shell_kind,
     typed,
@@ -122,12 +122,15 @@ def test_wire_form_uses_protocol_names() -> None:
     ]  # fmt: skip
 
 
-def test_fish_prompt_line_is_dropped_from_what_fish_writes() -> None:
+def test_fish_prompt_drawing_is_dropped_from_what_fish_writes() -> None:
     line = b"\x1b[2m\xe2\x8f\x8e\x1b(B\x1b[m" + b" " * 119 + b"\r\xe2\x8f\x8e \r\x1b[K"
-    residue = prompt_residue("fish")
-    assert residue is not None
-    assert residue.sub(b"", b"after\r\n" + line + b"\x1b]633;A\x07") == (
-        b"after\r\n\x1b[2m\x1b]633;A\x07"
+    prompt = b"\x1b[30m\x1b(B\x1b[m\x1b]633;A\x07$ \x1b[K\r\x1b[C\x1b[C"
+    strip = prompt_filter("fish")
+    assert strip is not None
+    # The prompt-start mark stays (it says the prompt is back); the drawing goes.
+    assert strip(b"after\r\n" + line + prompt) == (
+        b"after\r\n\x1b[2m\x1b[30m\x1b(B\x1b[m\x1b]633;A\x07"
     )
-    assert residue.sub(b"", "a \u23ce in output\r\n".encode()) == "a \u23ce in output\r\n".encode()
-    assert prompt_residue("bash") is None
+    kept = "a \u23ce and a $ in output\r\n".encode()
+    assert strip(kept) == kept
+    assert prompt_filter("bash") is None

@@ -252,24 +252,3 @@ def test_typed_zsh_echo_ends_at_postedit_after_the_widget_and_notices_carry_over
     t.submit(N2, typed=True)
     events = run(t, N2.encode(), p("LbZle", N2), b"ls\r\r\n", p("LbEdit"), b"a b\r\n", d(0, N2))
     assert text(events) == b"[2] + terminated\r\na b\r\n"
-
-
-def test_typed_prompt_drawn_in_flight_is_not_output() -> None:
-    """fish with its end hook removed: the line ran (its echo ended at the preexec marks), the
-    prompt came without an end mark; the prompt and what follows are not the command's."""
-    t = CommandTracker()
-    t.submit(N1, typed=True)
-    events = run(
-        t,
-        N1.encode() + b"\r\x1b[K",
-        p("LbZle", N1) + p("LbEdit") + b"\x1b]633;C\x07",
-        b"before\r\nafter\r\n",
-        b"\x1b]633;A\x07$ \r",
-        b"more prompt",
-    )
-    assert text(events) == b"before\r\nafter\r\n"
-    assert Ready() in events  # the terminal still learns that the prompt is back
-    events = run(t, b"\x1b]633;P;LbEnd=0:tok\x07")
-    t.submit(N2, typed=True)  # the next command's output is its own again
-    events = run(t, p("LbZle", N2) + p("LbEdit"), b"next\r\n", d(0, N2))
-    assert (text(events), finished(events)) == (b"next\r\n", [0])

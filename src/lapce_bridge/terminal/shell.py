@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import secrets
 import signal
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from lapce_bridge.terminal.foreground import probe as probe_foreground
 from lapce_bridge.terminal.modes import (
     Launch,
     probe_line,
-    prompt_residue,
+    prompt_filter,
     shell_kind,
     status_line,
 )
@@ -47,11 +46,11 @@ from lapce_bridge.terminal.tracker import CommandTracker
 __all__ = ["ShellProcess"]
 
 
-def _without(
-    residue: re.Pattern[bytes], on_data: Callable[[bytes], None]
+def _filtered(
+    strip: Callable[[bytes], bytes], on_data: Callable[[bytes], None]
 ) -> Callable[[bytes], None]:
     def deliver(data: bytes) -> None:
-        on_data(residue.sub(b"", data))
+        on_data(strip(data))
 
     return deliver
 
@@ -83,9 +82,9 @@ class ShellProcess:
         on_exit: Callable[[ShellProcess, int], None],
     ) -> ShellProcess:
         box: list[ShellProcess] = []
-        residue = prompt_residue(launch.kind)
-        if residue is not None:
-            on_data = _without(residue, on_data)
+        strip = prompt_filter(launch.kind)
+        if strip is not None:
+            on_data = _filtered(strip, on_data)
         proc = PtyProcess.spawn(
             launch.argv,
             env=launch.env,

@@ -265,10 +265,6 @@ class CommandTracker:
         kind = m.kind
         if kind in ("A", "B"):
             self._idle_capture = False
-            if self._typed and self.started and not self._hide and self._secret is not None:
-                # A prompt drawn while a typed command is in flight (its end hook was removed):
-                # what follows is the prompt, not output. Its end is found without the hook.
-                self._held = True
         if kind == "P":
             self._property(m, out)
             return
