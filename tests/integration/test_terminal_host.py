@@ -182,7 +182,7 @@ async def test_an_incompatible_host_is_drained_and_replaced(tmp_path: Path) -> N
         client = await BridgeClient(served.socket).connect()
         tid = (await client.request("terminal/create", {"env": {"GIVEN": "g3"}}))["terminalId"]
         finished = await client.request(
-            "terminal/execute", {"terminalId": tid, "command": "cd /tmp; echo kept"}
+            "terminal/execute", {"terminalId": tid, "command": "cd /tmp; export KEPT=k3; echo kept"}
         )
         running = asyncio.ensure_future(
             client.request(
@@ -206,9 +206,9 @@ async def test_an_incompatible_host_is_drained_and_replaced(tmp_path: Path) -> N
         assert (done["output"], done["exitCode"]) == ("finished\n", 0)
         assert await _pid_gone(old)
         again = await client.request(
-            "terminal/execute", {"terminalId": tid, "command": 'echo "$GIVEN"; pwd'}
+            "terminal/execute", {"terminalId": tid, "command": 'echo "$GIVEN $KEPT"; pwd'}
         )
-        assert again["output"] == "g3\n/tmp\n"
+        assert again["output"] == "g3 k3\n/tmp\n"  # creation env, exported env, cwd
         new = host_pid(places_of(tmp_path))
         assert new is not None
         assert new != old

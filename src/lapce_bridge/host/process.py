@@ -58,13 +58,14 @@ from typing import Any
 from lapce_bridge import __version__
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.errors import (
+    BridgeError,
     InvalidParams,
     MethodNotFound,
     Unavailable,
 )
 from lapce_bridge.host import link
 from lapce_bridge.host.places import HostPlaces, host_places
-from lapce_bridge.host.specs import EMPTY, SpecWriter, load, restore_all, snapshot
+from lapce_bridge.host.specs import EMPTY, SpecWriter, hand_over, load, restore_all, snapshot
 from lapce_bridge.ipc.framing import Frame, FrameDecoder
 from lapce_bridge.ipc.idempotency import Idempotency, Outcome, encode_outcome, signature
 from lapce_bridge.ipc.journal import IdempotencyJournal
@@ -528,8 +529,14 @@ class TerminalHost:
         for lk in list(self.links):
             lk.close()
         with contextlib.suppress(OSError):
-            if keep_specs:  # the cwd each command left, the outputs on disk: for a successor
-                self.specs.write()
+            if keep_specs:  # the cwd and exported env each terminal has, the outputs on disk:
+                # for a successor (closing the terminals removes their own folders)
+                try:
+                    dirs = hand_over(self.service, self.places.folder / "handover")
+                except (OSError, BridgeError) as exc:  # a folder not private: not trusted
+                    log.warning("the terminals' exported env was not handed over: %s", exc)
+                    dirs = {}
+                self.specs.write(snapshot(self.service, dirs))
                 self.service.spools.release()
             else:
                 self.specs.write(EMPTY)  # closed on purpose: nothing to recreate
