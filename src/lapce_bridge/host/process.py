@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -55,6 +56,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from lapce_bridge import __version__
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.errors import (
@@ -64,6 +67,7 @@ from lapce_bridge.core.errors import (
     Unavailable,
 )
 from lapce_bridge.host import link
+from lapce_bridge.host.attach import policy_from_wire
 from lapce_bridge.host.places import HostPlaces, host_places
 from lapce_bridge.host.specs import EMPTY, SpecWriter, hand_over, load, restore_all, snapshot
 from lapce_bridge.ipc.framing import Frame, FrameDecoder
@@ -78,6 +82,7 @@ log = logging.getLogger("lapce_bridge.host")
 
 DRAIN_LIMIT = 600.0  # seconds a draining host waits for running commands
 SPEC_INTERVAL = 0.5
+STATS_INTERVAL = 1.0
 _KEEP_OBSERVED = 256  # operations timed while no server listened, kept for the next one
 
 
@@ -226,6 +231,8 @@ class TerminalHost:
         self._lock_fd: int | None = None
         self.restored: list[str] = []
         self._owners: dict[str, _Client] = {}  # a keyed execution's first asker
+        self._stats_sent = b""  # the statistics the servers last heard
+        self._stats_due = False
 
     # -- what the terminal service calls -------------------------------------------------
     def _feature(self, name: str) -> bool:
@@ -320,8 +327,12 @@ class TerminalHost:
         features = header.get("features")
         if type(features) is dict:
             self._features = {k: bool(v) for k, v in features.items()}
+        policy = policy_from_wire(header.get("crashPolicy"))
+        if policy is not None:  # the server's recovery matrix, for the shells made from now
+            self.service.crash_policy = policy
         lk.welcomed = True
         lk.send({"k": "welcome", "restored": self.restored, **info})
+        lk.send({"k": "stats"}, self._stats())
         while self._observed:  # what happened while no server listened
             lk.send(*self._observed.popleft())
 
@@ -429,6 +440,27 @@ class TerminalHost:
 
     def _answer(self, lk: HostLink, q: int, outcome: Outcome) -> None:
         lk.send({"r": q, "ok": outcome[0]}, outcome[1])
+        if not self._stats_due:  # after the answer, once for what is answered meanwhile
+            self._stats_due = True
+            asyncio.get_running_loop().call_soon(self.push_stats)
+
+    # -- statistics (the server's gauges) --------------------------------------------------
+    def _stats(self) -> bytes:
+        self._stats_sent = orjson.dumps(dataclasses.asdict(self.service.statistics()))
+        return self._stats_sent
+
+    def push_stats(self) -> None:
+        """The terminal service's statistics to the servers, when they changed."""
+        self._stats_due = False
+        last = self._stats_sent
+        if self._stats() != last:
+            self._to_servers({"k": "stats"}, self._stats_sent, keep=False)
+
+    async def watch_stats(self, interval: float) -> None:
+        """What changes with no request (a shell dies, an orphan is reaped) is told too."""
+        while True:
+            await self.clock.sleep(interval)
+            self.push_stats()
 
     # -- life cycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -598,6 +630,7 @@ async def run_host(
     tasks = [
         loop.create_task(host.watch_idle()),
         loop.create_task(host.specs.run(SPEC_INTERVAL, host.clock.sleep)),
+        loop.create_task(host.watch_stats(STATS_INTERVAL)),
     ]
     try:
         keep_specs = await host.stopped

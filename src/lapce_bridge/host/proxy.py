@@ -54,7 +54,10 @@ from lapce_bridge.ipc.framing import Frame, FrameDecoder
 from lapce_bridge.ipc.jsonrpc import error_from_wire
 from lapce_bridge.rpc import DEFAULT_MAX_MESSAGE_BYTES, Broadcast, CallContext, Method, Observe
 from lapce_bridge.rpc import method as make_method
-from lapce_bridge.terminal.service import TerminalService
+from lapce_bridge.terminal.recovery import CrashLoopPolicy
+from lapce_bridge.terminal.service import ServiceStats, TerminalService
+from lapce_bridge.terminal.spool import SpoolStats
+from lapce_bridge.terminal.stream import StreamStats
 
 log = logging.getLogger("lapce_bridge.host")
 
@@ -142,6 +145,7 @@ class HostProxy:
         linger: float = 300.0,
         crash_limit: int = 5,
         crash_window: float = 60.0,
+        crash_policy: CrashLoopPolicy | None = None,
     ) -> None:
         self.workspace = Path(workspace).resolve()
         self.state_dir = Path(state_dir)
@@ -156,6 +160,7 @@ class HostProxy:
         self.linger = linger
         self.crash_limit = crash_limit
         self.crash_window = crash_window
+        self.crash_policy = crash_policy  # the shells' (the host's own death is crash_limit's)
         # The names and limits of the methods the host serves: TerminalService's own.
         probe = TerminalService(workspace=self.workspace, state_dir=self.state_dir)
         self._limits = {name: m.limit for name, m in probe.methods().items()}
@@ -172,6 +177,7 @@ class HostProxy:
         self.failed: Unavailable | None = None
         self._draining: set[ServerLink] = set()
         self._wanted: asyncio.Event | None = None  # set by the first terminal request
+        self._stats: ServiceStats | None = None  # the host's, as it last told them
 
     # -- Service ---------------------------------------------------------------------------
     async def __aenter__(self) -> HostProxy:
@@ -199,6 +205,11 @@ class HostProxy:
             name: make_method(self._forwarder(name), limit=limit)
             for name, limit in self._limits.items()
         }
+
+    def statistics(self) -> ServiceStats | None:
+        """The host's terminal statistics as it last told them (it tells each change); None
+        while no host is attached (the gauges then show no terminal figures)."""
+        return self._stats if self._link is not None else None
 
     def relief(self) -> Relief:
         """Memory pressure reaches the host: its finished spools go to disk, idle terminals
@@ -302,6 +313,7 @@ class HostProxy:
             shell=self.default_shell,
             max_message_bytes=self.max_message_bytes,
             features=self.features(),
+            crash_policy=self.crash_policy,
         )
         lk = await open_link(places, lambda: ServerLink(self), greeting)
         if lk is None and self._wanted is not None:
@@ -359,6 +371,8 @@ class HostProxy:
             lk.draining = True
             if not lk.lost.done():
                 lk.lost.set_result(None)
+        elif kind == "stats":
+            self._stats = _service_stats(link.value_of(payload))
         elif kind == "welcome" and not lk.greeted.done():
             lk.greeted.set_result(header)
         elif kind == "refused" and not lk.greeted.done():
@@ -426,6 +440,16 @@ class HostProxy:
         lk = self._link
         if lk is not None:
             lk.send({"k": "closed", "c": conn})
+
+
+def _service_stats(value: Any) -> ServiceStats | None:
+    try:
+        fields = dict(value)
+        fields["spools"] = SpoolStats(**fields["spools"])
+        fields["streams"] = StreamStats(**fields["streams"])
+        return ServiceStats(**fields)
+    except (TypeError, KeyError, ValueError):  # another version's figures: none rather than wrong
+        return None
 
 
 __all__ = ["HostProxy", "ServerLink"]
