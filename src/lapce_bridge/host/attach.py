@@ -26,9 +26,11 @@ from typing import Any, TypeVar
 
 from lapce_bridge import __version__
 from lapce_bridge.core.errors import Unavailable
+from lapce_bridge.core.matrix import Strategy
 from lapce_bridge.host import link
 from lapce_bridge.host.places import HostPlaces
 from lapce_bridge.private import open_private_file
+from lapce_bridge.terminal.recovery import CrashLoopPolicy
 
 P = TypeVar("P", bound=asyncio.Protocol)
 
@@ -43,8 +45,9 @@ def hello(
     shell: str | None,
     max_message_bytes: int,
     features: dict[str, bool],
+    crash_policy: CrashLoopPolicy | None = None,
 ) -> dict[str, Any]:
-    return {
+    greeting = {
         "k": "hello",
         "protocol": link.PROTOCOL_VERSION,
         "version": __version__,
@@ -54,6 +57,41 @@ def hello(
         "features": features,
         "pid": os.getpid(),
     }
+    if crash_policy is not None:
+        greeting["crashPolicy"] = policy_to_wire(crash_policy)
+    return greeting
+
+
+def policy_to_wire(policy: CrashLoopPolicy) -> dict[str, Any]:
+    """The server's crash-loop policy (its recovery matrix's rows) for the host's shells."""
+    return {
+        "maxDeaths": policy.max_deaths,
+        "windowS": policy.window_s,
+        "fallbackShells": list(policy.fallback_shells),
+        "remedy": policy.remedy.value,
+        "recreates": policy.recreates,
+        "fallback": policy.fallback.value,
+        "unmarked": policy.unmarked.value,
+    }
+
+
+def policy_from_wire(value: Any) -> CrashLoopPolicy | None:
+    """`policy_to_wire`'s policy; None when it is missing or not understood (the host then
+    keeps the one it has)."""
+    if type(value) is not dict:
+        return None
+    try:
+        return CrashLoopPolicy(
+            max_deaths=int(value["maxDeaths"]),
+            window_s=float(value["windowS"]),
+            fallback_shells=tuple(str(s) for s in value["fallbackShells"]),
+            remedy=Strategy(value["remedy"]),
+            recreates=bool(value["recreates"]),
+            fallback=Strategy(value["fallback"]),
+            unmarked=Strategy(value["unmarked"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def host_command(
@@ -144,4 +182,13 @@ async def start_host(
             delay = min(0.05, delay * 2)
 
 
-__all__ = ["HostRefused", "hello", "host_command", "open_link", "spawn_detached", "start_host"]
+__all__ = [
+    "HostRefused",
+    "hello",
+    "host_command",
+    "open_link",
+    "policy_from_wire",
+    "policy_to_wire",
+    "spawn_detached",
+    "start_host",
+]
