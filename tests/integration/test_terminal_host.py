@@ -12,7 +12,7 @@ import os
 import signal
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from lapce_bridge.core.errors import Cancelled, TerminalError
 from lapce_bridge.host import link
 from lapce_bridge.host.places import HostPlaces, host_places
 from lapce_bridge.host.process import host_pid
+from lapce_bridge.host.proxy import HostProxy
 from lapce_bridge.ipc.client import BridgeClient
 from tests.integration.serve_process import Served, serve
 
@@ -284,3 +285,27 @@ async def test_a_client_cancels_by_key_a_command_started_before_the_crash(tmp_pa
             )
             assert after["output"] == "free\n"
             await client.close()
+
+
+async def test_memory_pressure_spills_the_hosts_spools_and_says_how_much(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    async with (
+        host_stopped_after(tmp_path),
+        HostProxy(workspace=ws, state_dir=tmp_path / "state", default_shell="bash") as proxy,
+    ):
+        lk = await proxy.ready()
+        ran = await proxy._call(lk, "terminal/execute", {"command": "seq 1 2000"}, None)
+        assert ran["outputBytes"] == len("".join(f"{n}\n" for n in range(1, 2001)))
+        spill = proxy.relief().spill_spools
+        assert spill is not None
+        freed = spill()
+        assert isinstance(freed, Awaitable)
+        assert await freed == ran["outputBytes"]  # what the host really moved to disk
+        again = spill()
+        assert isinstance(again, Awaitable)
+        assert await again == 0  # nothing finished is left in its memory
+        page = await proxy._call(
+            lk, "terminal/readOutput", {"executionId": ran["executionId"]}, None
+        )
+        assert page["data"].splitlines()[-1] == "2000"  # read back from the disk

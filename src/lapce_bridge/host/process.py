@@ -216,6 +216,7 @@ class TerminalHost:
         self.methods: dict[str, Method] = {
             **self.service.methods(),
             "host/reapIdle": method(self._reap_idle),  # the server's memory pressure
+            "host/spill": method(self._spill),
         }
         self.idempotency = Idempotency(IdempotencyJournal(places.journal))
         self.specs = SpecWriter(places.terminals, lambda: snapshot(self.service))
@@ -250,6 +251,9 @@ class TerminalHost:
             lk.send(header, payload)
         if not listening and keep:
             self._observed.append((header, payload))
+
+    def _spill(self, params: dict[str, Any], ctx: CallContext) -> int:
+        return self.service.spools.spill()  # the memory freed
 
     async def _reap_idle(self, params: dict[str, Any], ctx: CallContext) -> int:
         return await self.service.reap_idle(float(params.get("idleAfter", 300.0)))
@@ -298,8 +302,6 @@ class TerminalHost:
             features = link.value_of(payload)
             if type(features) is dict:
                 self._features = {k: bool(v) for k, v in features.items()}
-        elif kind == "spill":
-            self.service.spools.spill()
         elif kind == "drain":
             self.drain("asked by the server")
         elif kind == "stop":

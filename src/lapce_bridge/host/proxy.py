@@ -213,13 +213,14 @@ class HostProxy:
 
     def relief(self) -> Relief:
         """Memory pressure reaches the host: its finished spools go to disk, idle terminals
-        close (their count comes back from the host)."""
+        close (the bytes spilled and the terminals closed come back from the host)."""
 
-        def spill() -> int:
+        async def spill() -> int:
             lk = self._link
-            if lk is not None:
-                lk.send({"k": "spill"})
-            return 0  # the host spills on its own loop; what it freed is in its spool stats
+            if lk is None:
+                return 0  # no host attached: no spool to spill
+            outcome = await self._call(lk, "host/spill", {}, None)
+            return int(outcome) if isinstance(outcome, int) else 0
 
         async def reap() -> int:
             lk = self._link
