@@ -148,6 +148,11 @@ async def test_a_killed_host_is_replaced_and_the_loss_is_reported(tmp_path: Path
             {"terminalId": tid, "command": "seq 1 3000", "maxOutputBytes": 1024},
         )
         assert big["truncated"]
+        t2 = (await client.request("terminal/create", {}))["terminalId"]
+        unanswered = await client.request(
+            "terminal/execute", {"terminalId": t2, "command": "sleep 30", "maxWaitMs": 300}
+        )
+        assert unanswered["status"] == "running"
         await asyncio.sleep(1.0)  # the host writes its terminals and spools down twice a second
         old = host_pid(places_of(tmp_path))
         assert old is not None
@@ -172,6 +177,14 @@ async def test_a_killed_host_is_replaced_and_the_loss_is_reported(tmp_path: Path
         page = await client.request("terminal/readOutput", {"executionId": big["executionId"]})
         assert page["data"].splitlines()[-1] == "3000"
         assert page["eof"]
+        with pytest.raises(TerminalError) as gone:  # the command running in t2 died with it
+            await client.request("terminal/wait", {"executionId": unanswered["executionId"]})
+        assert gone.value.data == {
+            "executionId": unanswered["executionId"],
+            "terminalId": t2,
+            "hostDied": True,
+            "lost": True,
+        }
         health = await client.request("health/get")
         details = [i["detail"] for i in health["incidents"]["recent"]]
         assert any("terminal host died" in d and tid in d for d in details), details

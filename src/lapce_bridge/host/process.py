@@ -64,6 +64,7 @@ from lapce_bridge.core.errors import (
     BridgeError,
     InvalidParams,
     MethodNotFound,
+    TerminalError,
     Unavailable,
 )
 from lapce_bridge.host import link
@@ -213,8 +214,11 @@ class TerminalHost:
             features=self._feature,
             default_shell=default_shell,
         )
+        served = self.service.methods()
+        self._wait = served["terminal/wait"]
         self.methods: dict[str, Method] = {
-            **self.service.methods(),
+            **served,
+            "terminal/wait": method(self._wait_or_lost, limit=self._wait.limit),
             "host/reapIdle": method(self._reap_idle),  # the server's memory pressure
             "host/spill": method(self._spill),
         }
@@ -232,6 +236,7 @@ class TerminalHost:
         self._lock_fd: int | None = None
         self.restored: list[str] = []
         self._owners: dict[str, _Client] = {}  # a keyed execution's first asker
+        self.lost_executions: dict[str, str] = {}  # running when a host died: execution -> terminal
         self._stats_sent = b""  # the statistics the servers last heard
         self._stats_due = False
 
@@ -251,6 +256,25 @@ class TerminalHost:
             lk.send(header, payload)
         if not listening and keep:
             self._observed.append((header, payload))
+
+    async def _wait_or_lost(self, params: dict[str, Any], ctx: CallContext) -> Any:
+        """`terminal/wait`; for a command that died with a previous host, that loss."""
+        execution_id = params.get("executionId")
+        terminal_id = self.lost_executions.get(execution_id) if type(execution_id) is str else None
+        if terminal_id is not None:
+            raise TerminalError(
+                f"execution {execution_id!r} was running in terminal {terminal_id} when the "
+                "terminal host died: its command was lost (its result is unknown); the "
+                "terminal was recreated with its cwd and env",
+                retryable=False,
+                data={
+                    "executionId": execution_id,
+                    "terminalId": terminal_id,
+                    "hostDied": True,
+                    "lost": True,
+                },
+            )
+        return await self._wait.handler(params, ctx)
 
     def _spill(self, params: dict[str, Any], ctx: CallContext) -> int:
         return self.service.spools.spill()  # the memory freed
@@ -484,6 +508,9 @@ class TerminalHost:
             )
             started = self.clock.now()
             self.restored = await restore_all(self.service, left, why)
+            self.lost_executions = {
+                str(s["running"]): str(s["terminalId"]) for s in left if s.get("running")
+            }
             elapsed = self.clock.now() - started
             for tid in self.restored:
                 self._broadcast(

@@ -85,6 +85,8 @@ def terminals(service: TerminalService, dirs: dict[str, str] | None = None) -> l
                 "rows": term.rows,
                 "shellIntegration": term.shell_integration,
                 "dir": (dirs or {}).get(term.terminal_id, str(term.dir)),
+                # What it ran: a successor says it was lost, not that it never existed.
+                "running": term.current.execution_id if term.current is not None else None,
             }
         )
     return specs
