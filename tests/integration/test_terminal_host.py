@@ -134,6 +134,23 @@ async def test_a_session_gets_its_default_terminal_back_after_a_crash(tmp_path: 
             await client.close()
 
 
+async def test_a_bridge_client_gets_its_default_terminal_back_after_a_crash(
+    tmp_path: Path,
+) -> None:
+    async with host_stopped_after(tmp_path):
+        async with serve(tmp_path, *HOST) as served:
+            client = await BridgeClient(served.socket).connect()  # names a session of its own
+            first = await client.request("terminal/execute", {"command": "export D=4; cd /"})
+            await kill(served)
+        async with serve(tmp_path, *HOST):
+            again = await client.send_with_recovery(
+                "terminal/execute", {"command": 'echo "$D"; pwd'}, timeout=30
+            )
+            assert again["terminalId"] == first["terminalId"]
+            assert again["output"] == "4\n/\n"
+            await client.close()
+
+
 async def test_a_killed_host_is_replaced_and_the_loss_is_reported(tmp_path: Path) -> None:
     async with host_stopped_after(tmp_path), serve(tmp_path, *HOST) as served:
         client = await BridgeClient(served.socket).connect()
