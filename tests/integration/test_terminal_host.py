@@ -339,3 +339,28 @@ async def test_memory_pressure_spills_the_hosts_spools_and_says_how_much(tmp_pat
             lk, "terminal/readOutput", {"executionId": ran["executionId"]}, None
         )
         assert page["data"].splitlines()[-1] == "2000"  # read back from the disk
+
+
+async def test_a_host_stopped_on_purpose_is_no_death(tmp_path: Path) -> None:
+    async with host_stopped_after(tmp_path), serve(tmp_path, *HOST) as served:
+        client = await BridgeClient(served.socket).connect()
+        tid = (await client.request("terminal/create", {}))["terminalId"]
+        old = host_pid(places_of(tmp_path))
+        assert old is not None
+        running = asyncio.ensure_future(
+            client.request("terminal/execute", {"terminalId": tid, "command": "sleep 30"})
+        )
+        await asyncio.sleep(0.3)
+        os.kill(old, signal.SIGTERM)
+        with pytest.raises(TerminalError) as stopped:
+            await running
+        assert stopped.value.data.get("hostStopped") is True
+        assert await _pid_gone(old)
+        assert await client.request("terminal/list") == []  # it closed them; none recreated
+        made = await client.request("terminal/execute", {"command": "echo again"})
+        assert made["output"] == "again\n"  # a new host, started when a terminal was wanted
+        assert host_pid(places_of(tmp_path)) not in (None, old)
+        health = await client.request("health/get")
+        details = [i["detail"] for i in health["incidents"]["recent"]]
+        assert not any("terminal host" in d for d in details), details
+        await client.close()

@@ -588,6 +588,8 @@ class TerminalHost:
     async def close(self, *, keep_specs: bool) -> None:
         self._stop_listening()
         for lk in list(self.links):
+            if not keep_specs:  # stopped on purpose: its servers are not to see a death
+                lk.send({"k": "stopping"})
             lk.close()
         with contextlib.suppress(OSError):
             if keep_specs:  # the cwd and exported env each terminal has, the outputs on disk:

@@ -80,6 +80,7 @@ class ServerLink(asyncio.Protocol):
         self.lost: asyncio.Future[None] = loop.create_future()  # or draining
         self.closing = False
         self.draining = False
+        self.stopped = False  # the host said it stops on purpose (SIGTERM): no death
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -104,11 +105,20 @@ class ServerLink(asyncio.Protocol):
         self.proxy.link_closed(self)
         if not self.greeted.done():
             self.greeted.set_exception(Unavailable("the terminal host closed the link"))
-        died = TerminalError(
-            "the terminal host stopped while this request ran; terminals are recreated "
-            "(cwd and env restored), a running command is lost",
-            retryable=True,
-            data={"hostDied": True},
+        died = (
+            TerminalError(
+                "the terminal host was stopped (SIGTERM) while this request ran; it closed "
+                "its terminals",
+                retryable=True,
+                data={"hostStopped": True},
+            )
+            if self.stopped
+            else TerminalError(
+                "the terminal host stopped while this request ran; terminals are recreated "
+                "(cwd and env restored), a running command is lost",
+                retryable=True,
+                data={"hostDied": True},
+            )
         )
         for future in self.pending.values():
             if not future.done():
@@ -289,6 +299,11 @@ class HostProxy:
             if lk.draining:
                 self._draining.add(lk)  # answers still come on it until the host exits
                 continue
+            if lk.stopped:  # on purpose, its terminals closed: a new one when one is needed
+                log.warning("the terminal host (pid %s) was stopped", self.host_pid)
+                if self._wanted is not None:
+                    self._wanted.clear()
+                continue
             lost_at = self.clock.now()
             log.error("the terminal host (pid %s) died; starting a new one", self.host_pid)
             self.host_deaths = [t for t in self.host_deaths if t > lost_at - self.crash_window]
@@ -372,6 +387,8 @@ class HostProxy:
             lk.draining = True
             if not lk.lost.done():
                 lk.lost.set_result(None)
+        elif kind == "stopping":
+            lk.stopped = True
         elif kind == "stats":
             self._stats = _service_stats(link.value_of(payload))
         elif kind == "welcome" and not lk.greeted.done():
