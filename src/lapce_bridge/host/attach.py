@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import os
 import shlex
@@ -63,34 +64,38 @@ def hello(
 
 
 def policy_to_wire(policy: CrashLoopPolicy) -> dict[str, Any]:
-    """The server's crash-loop policy (its recovery matrix's rows) for the host's shells."""
+    """The server's crash-loop policy (its recovery matrix's rows) for the host's shells:
+    every field by name (a strategy by its value)."""
     return {
-        "maxDeaths": policy.max_deaths,
-        "windowS": policy.window_s,
-        "fallbackShells": list(policy.fallback_shells),
-        "remedy": policy.remedy.value,
-        "recreates": policy.recreates,
-        "fallback": policy.fallback.value,
-        "unmarked": policy.unmarked.value,
+        f.name: list(v) if isinstance(v := getattr(policy, f.name), tuple) else v
+        for f in dataclasses.fields(policy)
     }
 
 
 def policy_from_wire(value: Any) -> CrashLoopPolicy | None:
-    """`policy_to_wire`'s policy; None when it is missing or not understood (the host then
-    keeps the one it has)."""
+    """`policy_to_wire`'s policy, each field read as its default's type; None when it is
+    missing or not understood (the host then keeps the one it has)."""
     if type(value) is not dict:
         return None
+    defaults = CrashLoopPolicy()
+    given: dict[str, Any] = {}
     try:
-        return CrashLoopPolicy(
-            max_deaths=int(value["maxDeaths"]),
-            window_s=float(value["windowS"]),
-            fallback_shells=tuple(str(s) for s in value["fallbackShells"]),
-            remedy=Strategy(value["remedy"]),
-            recreates=bool(value["recreates"]),
-            fallback=Strategy(value["fallback"]),
-            unmarked=Strategy(value["unmarked"]),
-        )
-    except (KeyError, TypeError, ValueError):
+        for f in dataclasses.fields(CrashLoopPolicy):
+            if f.name not in value:
+                continue  # another version's field set: its default
+            default, raw = getattr(defaults, f.name), value[f.name]
+            if isinstance(default, Strategy):
+                given[f.name] = Strategy(raw)
+            elif isinstance(default, tuple):
+                given[f.name] = tuple(str(item) for item in raw)
+            elif type(raw) is not type(default) and not (
+                type(default) is float and type(raw) is int
+            ):
+                return None
+            else:
+                given[f.name] = type(default)(raw)
+        return CrashLoopPolicy(**given)
+    except (TypeError, ValueError):
         return None
 
 
