@@ -2,12 +2,13 @@
 method forwarded over the private link, every notification routed back to its connection.
 
 Theory of operation: `HostProxy` is a `Service` like `TerminalService` (the same method names
-and limits, taken from `TerminalService` itself, so a method added there is forwarded here
-with no change). Entering it starts attaching in the background and returns at once: the
-server binds its socket and answers `ping` without waiting for the host; a terminal request
-waits for the attach (`ready`). A host already running (a restarted server's) is attached at
-once; a new one is started only when a terminal request first needs it, so a server whose
-clients never use a terminal never starts one.
+and limits: `terminal.params.METHODS`, the table `TerminalService` serves, so a method added
+there is forwarded here with no change, and the server never loads the terminals' code).
+Entering it starts attaching in the background and returns at once: the server binds its
+socket and answers `ping` without waiting for the host; a terminal request waits for the
+attach (`ready`). A host already running (a restarted server's) is attached at once; a new
+one is started only when a terminal request first needs it, so a server whose clients never
+use a terminal never starts one.
 
 - Forwarding: a request is sent as its params (encoded once) with the client connection's id,
   the session it named and its arrival time; the answer's payload is spliced into the
@@ -16,7 +17,8 @@ clients never use a terminal never starts one.
   connection closing, the server's timeout) is cancelled in the host. A keyed request keeps
   its `idempotencyKey`: the host runs it at most once across server restarts, so a replay
   after a crash joins the execution that still runs or gets its recorded result. The server's
-  own journal lets such keys through to the host (`Idempotency(outlives=...)`).
+  own journal writes nothing for such keys and lets them through to the host
+  (`Idempotency(elsewhere)`): one journal write per command, in the host.
 - Routing: a notification from the host names its connection; it is written to that
   connection if it is still here (its params spliced, not re-encoded), else dropped (the
   connection left). Broadcasts go to every client; operations the host timed go to this
@@ -54,7 +56,7 @@ from lapce_bridge.ipc.framing import Frame, FrameDecoder
 from lapce_bridge.ipc.jsonrpc import error_from_wire
 from lapce_bridge.rpc import DEFAULT_MAX_MESSAGE_BYTES, Broadcast, CallContext, Method, Observe
 from lapce_bridge.rpc import method as make_method
-from lapce_bridge.terminal.service import TerminalService
+from lapce_bridge.terminal.params import METHODS
 
 log = logging.getLogger("lapce_bridge.host")
 
@@ -156,9 +158,9 @@ class HostProxy:
         self.linger = linger
         self.crash_limit = crash_limit
         self.crash_window = crash_window
-        # The names and limits of the methods the host serves: TerminalService's own.
-        probe = TerminalService(workspace=self.workspace, state_dir=self.state_dir)
-        self._limits = {name: m.limit for name, m in probe.methods().items()}
+        # The names and limits of the methods the host serves (TerminalService's), from the
+        # light table: the terminals' code is the host's to load, not the server's.
+        self._limits = dict(METHODS)
         self.places: HostPlaces | None = None
         self._link: ServerLink | None = None
         self._ready: asyncio.Future[ServerLink] | None = None
