@@ -16,9 +16,10 @@ use a terminal never starts one.
   classified error the host raised. A cancelled request (the client's `$/cancelRequest`, its
   connection closing, the server's timeout) is cancelled in the host. A keyed request keeps
   its `idempotencyKey`: the host runs it at most once across server restarts, so a replay
-  after a crash joins the execution that still runs or gets its recorded result. The server's
-  own journal writes nothing for such keys and lets them through to the host
-  (`Idempotency(elsewhere)`): one journal write per command, in the host.
+  after a crash joins the execution that still runs or gets its recorded result. The server
+  keeps no key of its own for these methods (they are `idempotent` to its dispatcher: no
+  journal row, no task of its own, one journal write per command, in the host); a client's
+  cancel, by key or by request id, reaches the execution in the host (`cancel_key`).
 - Routing: a notification from the host names its connection; it is written to that
   connection if it is still here (its params spliced, not re-encoded), else dropped (the
   connection left). Broadcasts go to every client; operations the host timed go to this
@@ -197,8 +198,10 @@ class HostProxy:
                 lk.close()
 
     def methods(self) -> dict[str, Method]:
+        # idempotent: the host keeps every key at most once (its own journal), so the
+        # server's dispatcher checks a key and passes it on, journalling and joining nothing.
         return {
-            name: make_method(self._forwarder(name), limit=limit)
+            name: make_method(self._forwarder(name), limit=limit, idempotent=True)
             for name, limit in self._limits.items()
         }
 
