@@ -47,8 +47,13 @@ def test_a_server_with_the_terminal_host_opens_without_the_terminals_code(
         timeout=120,
     )
     found = orjson.loads(done.stdout)
-    # Only the light table of names and limits, not the terminal service, PTYs or parsers.
-    assert found["loaded"] == ["lapce_bridge.terminal.params"]
+    # Only the light table of names and limits (and the crash policy the server hands the
+    # host), not the terminal service, PTYs, parsers or spools.
+    assert "lapce_bridge.terminal.params" in found["loaded"]
+    assert set(found["loaded"]) <= {
+        "lapce_bridge.terminal.params",
+        "lapce_bridge.terminal.recovery",
+    }
     assert found["methods"] == found["served"]
     assert "terminal/execute" in found["methods"]
     for name, (own, forwarded) in found["limits"].items():
