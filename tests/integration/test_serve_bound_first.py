@@ -51,9 +51,12 @@ async def test_a_client_connecting_while_the_server_starts_is_answered_once_it_i
     sock = tmp_path / "b.sock"
     try:
         async with asyncio.timeout(30):
-            while not sock.exists():  # noqa: ASYNC110 - another process binds it (held in its start)
-                await asyncio.sleep(0.005)
-            client = await RawClient.connect_unix(sock)  # accepted by the kernel
+            while True:  # bound, then listening (refused for the moment between the two)
+                try:
+                    client = await RawClient.connect_unix(sock)  # accepted by the kernel
+                    break
+                except (FileNotFoundError, ConnectionRefusedError):
+                    await asyncio.sleep(0.005)
             asked = asyncio.ensure_future(client.request("initialize", {"protocolVersion": 1}))
             await asyncio.sleep(0.2)
             assert not asked.done()  # the server is not up yet: nobody answers
