@@ -238,6 +238,7 @@ class TerminalHost:
         self._owners: dict[str, _Client] = {}  # a keyed execution's first asker
         self.lost_executions: dict[str, str] = {}  # running when a host died: execution -> terminal
         self._stats_sent = b""  # the statistics the servers last heard
+        self._shape_sent = (0, 0)  # their terminals open and busy
         self._stats_due = False
 
     # -- what the terminal service calls -------------------------------------------------
@@ -466,12 +467,21 @@ class TerminalHost:
 
     def _answer(self, lk: HostLink, q: int, outcome: Outcome) -> None:
         lk.send({"r": q, "ok": outcome[0]}, outcome[1])
-        if not self._stats_due:  # after the answer, once for what is answered meanwhile
-            self._stats_due = True
+        # Terminals opened, closed, busy or freed are told right after the answer (a caller
+        # reading the gauges next sees them); counters and byte figures, which move with every
+        # command, wait for the next second's push: a message, a wake-up of every server and a
+        # conversion per command cost the host's path more than the gauges are worth.
+        if not self._stats_due and self._shape() != self._shape_sent:
+            self._stats_due = True  # once for what is answered in this loop turn
             asyncio.get_running_loop().call_soon(self.push_stats)
 
     # -- statistics (the server's gauges) --------------------------------------------------
+    def _shape(self) -> tuple[int, int]:
+        terminals = self.service.terminals.values()
+        return len(terminals), sum(1 for t in terminals if t.busy)
+
     def _stats(self) -> bytes:
+        self._shape_sent = self._shape()
         self._stats_sent = orjson.dumps(dataclasses.asdict(self.service.statistics()))
         return self._stats_sent
 
