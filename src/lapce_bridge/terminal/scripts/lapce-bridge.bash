@@ -74,10 +74,20 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
         if [[ ${#READLINE_LINE} == 32 && $READLINE_LINE != *[!0-9a-f]* ]]; then
             __lb_n=$READLINE_LINE
             __lb_i=0
-            mapfile -t __lb_lines <"$__lb_cf"
             local text=
             IFS= builtin read -r -d '' -N 4096 text <"$__lb_cf"
-            if ((${#text} < 4096)); then __lb_escape "${text%$'\n'}"; else __lb_out=; fi
+            if ((${#text} < 4096)); then
+                text=${text%$'\n'}
+                __lb_escape "$text"
+            else
+                __lb_out=
+            fi
+            # One line (most commands): no second read of the file.
+            if ((${#text} < 4096)) && [[ $text != *$'\n'* ]]; then
+                __lb_lines=("$text")
+            else
+                mapfile -t __lb_lines <"$__lb_cf"
+            fi
             # One write for both marks: each write wakes the reader on the other side.
             builtin printf '\e]633;E;%s;%s\a\e]633;P;LbEcho=%s\a' "$__lb_out" "$__lb_n" "$__lb_n"
         else
@@ -87,6 +97,52 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
         READLINE_LINE=${__lb_lines[__lb_i]-}
         READLINE_POINT=${#READLINE_LINE}
         __lb_i=$((__lb_i + 1))
+    }
+
+    # Whether the command in flight may have changed the exported environment. Looked for
+    # anywhere in its text, so a mere mention counts (a snapshot too many costs microseconds,
+    # one too few loses a variable after a crash): an assignment, the builtins that set,
+    # unset or read variables, sourcing, eval, `cd` (PWD), arithmetic, loops (their variable),
+    # a function definition, and any word that names a function or an alias (which may do
+    # any of these). The shell is back at its prompt only after all of it ran, so background
+    # jobs, which cannot touch its variables, do not matter.
+    __lb_may_export() {
+        local text="${__lb_lines[*]}" w f=$-
+        case $text in
+        *'('*')'* | *function* | *source* | *eval* | .[[:space:]]* | . | \
+            *[[:space:]\;\&\|\(\{\`].[[:space:]]*)
+            __lb_fns_stale=1 # it may also have defined functions
+            return 0
+            ;;
+        *=* | *export* | *declare* | *typeset* | *readonly* | *local* | *unset* | *set* | \
+            *cd* | *pushd* | *popd* | *read* | *mapfile* | *printf* | *getopts* | *let* | \
+            *for* | *select* | *wait* | *exec* | *enable* | *'$['* | *'['*'++'* | *'['*'--'*)
+            return 0
+            ;;
+        esac
+        ((${#__lb_fns[@]} + ${#BASH_ALIASES[@]})) || return 1
+        text=${text//[;&|()<>{\}\$\`\"\'\\!]/ }
+        set -f
+        for w in $text; do
+            if [[ -n ${__lb_fns[$w]-} || -n ${BASH_ALIASES[$w]-} ]]; then
+                [[ $f == *f* ]] || set +f
+                return 0
+            fi
+        done
+        [[ $f == *f* ]] || set +f
+        return 1
+    }
+
+    # The names of the user's functions (for `__lb_may_export`), read again after a command
+    # that may have defined some.
+    __lb_list_functions() {
+        local kw attr name
+        __lb_fns=()
+        builtin declare -F >"$__lb_dir/functions" 2>/dev/null
+        while IFS=' ' builtin read -r kw attr name; do
+            [[ $name == __lb_* ]] || __lb_fns[$name]=1
+        done <"$__lb_dir/functions"
+        __lb_fns_stale=
     }
 
     # The `cwd` the bridge was asked to run a command in could not be entered: skip the rest.
@@ -102,9 +158,14 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
             return "$__lb_status"
         fi
         # What a replacement shell restores if this one dies (a builtin writing a file), saved
-        # before the end mark so that a death right after a command still finds it.
-        builtin declare -x 2>/dev/null >"$__lb_ef"
+        # before the end mark so that a death right after a command still finds it; saved
+        # again only when the environment may have changed (it costs as much as a bare prompt).
+        if [[ -z $__lb_n || $PROMPT_COMMAND != "$__lb_pc" ]] || ((${#PROMPT_COMMAND[@]} > 1)) ||
+            __lb_may_export; then
+            builtin declare -x 2>/dev/null >"$__lb_ef"
+        fi
         __lb_escape "$PWD"
+        if [[ -n $__lb_fns_stale ]]; then __lb_list_functions; fi
         if [[ -n $__lb_n ]]; then
             builtin printf -v __lb_mark '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' \
                 "$__lb_out" "$__lb_status" "$__lb_n"
@@ -142,11 +203,23 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
     done
     unset __lb_km
 
+    # With no PROMPT_COMMAND of the user's, one call (the string is parsed at every prompt).
+    # `__lb_pc` is our own value: another one means the user's hooks run at each prompt too,
+    # and may export anything, so the environment is then saved after every command.
     if ((${#PROMPT_COMMAND[@]} > 1)); then
         PROMPT_COMMAND=(__lb_precmd "${PROMPT_COMMAND[@]}" __lb_prompt_end)
-    else
-        PROMPT_COMMAND="__lb_precmd${PROMPT_COMMAND:+
-$PROMPT_COMMAND}
+    elif [[ -n ${PROMPT_COMMAND-} ]]; then
+        PROMPT_COMMAND="__lb_precmd
+$PROMPT_COMMAND
 __lb_prompt_end"
+    else
+        PROMPT_COMMAND=__lb_prompt
     fi
+    __lb_pc=__lb_prompt
+    __lb_prompt() {
+        __lb_precmd
+        __lb_prompt_end
+    }
+    declare -A __lb_fns=()
+    __lb_fns_stale=1
 fi

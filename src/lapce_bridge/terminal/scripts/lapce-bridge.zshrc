@@ -98,6 +98,36 @@ __lb_load() {
     zle .accept-line
 }
 
+# Whether the command in flight may have changed the exported environment. Looked for
+# anywhere in its text, so a mere mention counts (a snapshot too many costs microseconds, one
+# too few loses a variable after a crash): an assignment, the builtins that set, unset or read
+# variables, sourcing, eval, `cd` (PWD), arithmetic, loops (their variable), and any word that
+# names a function or an alias (which may do any of these; zsh keeps their names in
+# $functions, $aliases and $galiases). Background jobs cannot touch the shell's variables.
+__lb_may_export() {
+    local text="${(j: :)__lb_lines}" w
+    case $text in
+    (*=* | *export* | *declare* | *typeset* | *readonly* | *local* | *integer* | *float* | \
+        *unset* | *source* | *eval* | *set* | *cd* | *pushd* | *popd* | *read* | *vared* | \
+        *zparseopts* | *getopts* | *print* | *let* | *for* | *select* | *repeat* | *wait* | \
+        *exec* | *enable* | *emulate* | *'(('* | *'$['* | *'['*'++'* | *'['*'--'* | \
+        *function* | *'()'* | .[[:space:]]* | . | *[[:space:]\;\&\|\(\{\`].[[:space:]]*)
+        return 0
+        ;;
+    esac
+    for w in ${=text//[;&|()<>\{\}\$\`\"\'\\!]/ }; do
+        if (( ${+functions[$w]} || ${+aliases[$w]} || ${+galiases[$w]} )); then
+            return 0
+        fi
+    done
+    return 1
+}
+
+__lb_user_hooks() {
+    (( ${#precmd_functions:#__lb_*} || ${#preexec_functions:#__lb_*} || ${#chpwd_functions} ||
+        ${+functions[precmd]} || ${+functions[preexec]} || ${+functions[chpwd]} ))
+}
+
 # The `cwd` the bridge was asked to run a command in could not be entered: skip the rest.
 __lb_skip() {
     __lb_i=${#__lb_lines}
@@ -112,8 +142,13 @@ __lb_precmd() {
         return st
     fi
     # What a replacement shell restores if this one dies (a builtin writing a file), saved
-    # before the end mark so that a death right after a command still finds it.
-    builtin export -p >|"$__lb_ef" 2>/dev/null
+    # before the end mark so that a death right after a command still finds it; saved again
+    # only when the environment may have changed (it costs about as much as a bare prompt).
+    # Hooks of the user's that run around every command (precmd, preexec, chpwd) may export
+    # anything.
+    if [[ -z $__lb_n ]] || __lb_user_hooks || __lb_may_export; then
+        builtin export -p >|"$__lb_ef" 2>/dev/null
+    fi
     __lb_escape "$PWD"
     # One write for all the marks: each write wakes the reader on the other side.
     if [[ -n $__lb_n ]]; then
