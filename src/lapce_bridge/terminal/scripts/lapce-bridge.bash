@@ -99,48 +99,43 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
         __lb_i=$((__lb_i + 1))
     }
 
-    # Whether the command in flight may have changed the exported environment. Looked for
-    # anywhere in its text, so a mere mention counts (a snapshot too many costs microseconds,
-    # one too few loses a variable after a crash): an assignment, the builtins that set,
-    # unset or read variables, sourcing, eval, `cd` (PWD), arithmetic, loops (their variable),
-    # a function definition, and any word that names a function or an alias (which may do
-    # any of these). The shell is back at its prompt only after all of it ran, so background
-    # jobs, which cannot touch its variables, do not matter.
+    # Whether the command in flight may have changed the exported environment, from its text:
+    # an `=` (any assignment), `(` or `[` (arithmetic, a subshell or a function definition),
+    # a backquote, a glob; or a word that is a builtin setting, unsetting or reading variables,
+    # sourcing, eval, `cd` (PWD), a loop (its variable), or one of the user's functions or
+    # aliases (which may do any of these). A mere mention counts: a snapshot too many costs
+    # microseconds, one too few loses a variable after a crash. One glob and a table lookup
+    # a word: a `case` of patterns costs tens of microseconds in a UTF-8 locale.
     __lb_may_export() {
-        local text="${__lb_lines[*]}" w f=$-
-        case $text in
-        *'('*')'* | *function* | *source* | *eval* | .[[:space:]]* | . | \
-            *[[:space:]\;\&\|\(\{\`].[[:space:]]*)
+        # (`*` and `?` too: the words below are split unquoted, and must not glob.)
+        if [[ ${__lb_lines[*]} == *[=\(\[\`\*\?]* ]]; then
             __lb_fns_stale=1 # it may also have defined functions
             return 0
-            ;;
-        *=* | *export* | *declare* | *typeset* | *readonly* | *local* | *unset* | *set* | \
-            *cd* | *pushd* | *popd* | *read* | *mapfile* | *printf* | *getopts* | *let* | \
-            *for* | *select* | *wait* | *exec* | *enable* | *'$['* | *'['*'++'* | *'['*'--'*)
-            return 0
-            ;;
-        esac
-        ((${#__lb_fns[@]} + ${#BASH_ALIASES[@]})) || return 1
-        text=${text//[;&|()<>{\}\$\`\"\'\\!]/ }
-        set -f
-        for w in $text; do
-            if [[ -n ${__lb_fns[$w]-} || -n ${BASH_ALIASES[$w]-} ]]; then
-                [[ $f == *f* ]] || set +f
+        fi
+        local w IFS=$' \t\n;&|<>{}$"\'\\!'
+        for w in ${__lb_lines[*]}; do
+            # (Two of those characters in a row split off an empty word.)
+            if [[ -n $w && (-n ${__lb_words[$w]-} || -n ${BASH_ALIASES[$w]-}) ]]; then
+                if [[ ${__lb_words[$w]-} == 2 ]]; then __lb_fns_stale=1; fi
                 return 0
             fi
         done
-        [[ $f == *f* ]] || set +f
         return 1
     }
 
-    # The names of the user's functions (for `__lb_may_export`), read again after a command
-    # that may have defined some.
+    # The words of `__lb_may_export`: ours (2: the command may also define functions), then
+    # the names of the user's functions, read again after a command that may have defined some.
     __lb_list_functions() {
         local kw attr name
-        __lb_fns=()
+        __lb_words=(
+            [export]=1 [declare]=1 [typeset]=1 [readonly]=1 [local]=1 [unset]=1 [set]=1
+            [cd]=1 [pushd]=1 [popd]=1 [read]=1 [mapfile]=1 [readarray]=1 [printf]=1
+            [getopts]=1 [let]=1 [for]=1 [select]=1 [wait]=1 [exec]=1 [enable]=1
+            [source]=2 [.]=2 [eval]=2 [function]=2
+        )
         builtin declare -F >"$__lb_dir/functions" 2>/dev/null
         while IFS=' ' builtin read -r kw attr name; do
-            [[ $name == __lb_* ]] || __lb_fns[$name]=1
+            [[ $name == __lb_* || -n ${__lb_words[$name]-} ]] || __lb_words[$name]=1
         done <"$__lb_dir/functions"
         __lb_fns_stale=
     }
@@ -164,8 +159,8 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
             __lb_may_export; then
             builtin declare -x 2>/dev/null >"$__lb_ef"
         fi
-        __lb_escape "$PWD"
         if [[ -n $__lb_fns_stale ]]; then __lb_list_functions; fi
+        __lb_escape "$PWD"
         if [[ -n $__lb_n ]]; then
             builtin printf -v __lb_mark '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' \
                 "$__lb_out" "$__lb_status" "$__lb_n"
@@ -220,6 +215,6 @@ __lb_prompt_end"
         __lb_precmd
         __lb_prompt_end
     }
-    declare -A __lb_fns=()
+    declare -A __lb_words=()
     __lb_fns_stale=1
 fi

@@ -98,25 +98,26 @@ __lb_load() {
     zle .accept-line
 }
 
-# Whether the command in flight may have changed the exported environment. Looked for
-# anywhere in its text, so a mere mention counts (a snapshot too many costs microseconds, one
-# too few loses a variable after a crash): an assignment, the builtins that set, unset or read
-# variables, sourcing, eval, `cd` (PWD), arithmetic, loops (their variable), and any word that
-# names a function or an alias (which may do any of these; zsh keeps their names in
-# $functions, $aliases and $galiases). Background jobs cannot touch the shell's variables.
+# Whether the command in flight may have changed the exported environment, from its text:
+# an `=` (any assignment), `(` or `[` (arithmetic, a subshell or a function definition), a
+# backquote, a glob; or a word that is a builtin setting, unsetting or reading variables,
+# sourcing, eval, `cd` (PWD), a loop (its variable), or one of the user's functions or aliases
+# (which may do any of these; zsh keeps their names in $functions, $aliases, $galiases). A
+# mere mention counts: a snapshot too many costs microseconds, one too few loses a variable
+# after a crash. Background jobs cannot touch the shell's variables.
+typeset -gA __lb_words
+__lb_words=(
+    export 1 declare 1 typeset 1 readonly 1 local 1 integer 1 float 1 unset 1 set 1 cd 1
+    pushd 1 popd 1 read 1 vared 1 zparseopts 1 getopts 1 print 1 printf 1 let 1 for 1
+    foreach 1 select 1 repeat 1 wait 1 exec 1 enable 1 emulate 1 source 1 . 1 eval 1
+    function 1 autoload 1
+)
 __lb_may_export() {
     local text="${(j: :)__lb_lines}" w
-    case $text in
-    (*=* | *export* | *declare* | *typeset* | *readonly* | *local* | *integer* | *float* | \
-        *unset* | *source* | *eval* | *set* | *cd* | *pushd* | *popd* | *read* | *vared* | \
-        *zparseopts* | *getopts* | *print* | *let* | *for* | *select* | *repeat* | *wait* | \
-        *exec* | *enable* | *emulate* | *'(('* | *'$['* | *'['*'++'* | *'['*'--'* | \
-        *function* | *'()'* | .[[:space:]]* | . | *[[:space:]\;\&\|\(\{\`].[[:space:]]*)
-        return 0
-        ;;
-    esac
-    for w in ${=text//[;&|()<>\{\}\$\`\"\'\\!]/ }; do
-        if (( ${+functions[$w]} || ${+aliases[$w]} || ${+galiases[$w]} )); then
+    [[ $text == *[=\(\[\`\*\?]* ]] && return 0
+    for w in ${=text//[;&|<>\{\}\$\"\'\\\!]/ }; do
+        if (( ${+__lb_words[$w]} || ${+functions[$w]} || ${+aliases[$w]} || ${+galiases[$w]} ))
+        then
             return 0
         fi
     done
@@ -150,7 +151,9 @@ __lb_precmd() {
         builtin export -p >|"$__lb_ef" 2>/dev/null
     fi
     __lb_escape "$PWD"
-    # One write for all the marks: each write wakes the reader on the other side.
+    # One write for all the marks: each write wakes the reader on the other side. The cwd
+    # comes at every prompt, just before the end mark: a P;Cwd that any program may print
+    # between commands is always overwritten by the shell's own.
     if [[ -n $__lb_n ]]; then
         builtin printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' "$__lb_out" "$st" "$__lb_n"
         __lb_n=
