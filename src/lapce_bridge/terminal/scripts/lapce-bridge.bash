@@ -69,7 +69,8 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
     }
 
     # The load key. After a nonce: a new command, its lines read from the file. After "-":
-    # the rest of the command is dropped (it was interrupted). Alone: the command's next line.
+    # the rest of the command is dropped (it was interrupted). After a count: that many of
+    # its next lines. Alone: its next line.
     __lb_load() {
         if [[ ${#READLINE_LINE} == 32 && $READLINE_LINE != *[!0-9a-f]* ]]; then
             __lb_n=$READLINE_LINE
@@ -91,8 +92,18 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
             # One write for both marks: each write wakes the reader on the other side.
             builtin printf '\e]633;E;%s;%s\a\e]633;P;LbEcho=%s\a' "$__lb_out" "$__lb_n" "$__lb_n"
         else
-            if [[ $READLINE_LINE == - ]]; then __lb_i=${#__lb_lines[@]}; fi
             builtin printf '\e]633;P;LbEcho=%s\a' "$__lb_n"
+            if [[ $READLINE_LINE == - ]]; then
+                __lb_i=${#__lb_lines[@]}
+            elif [[ -n $READLINE_LINE && $READLINE_LINE != *[!0-9]* ]]; then
+                # After a count: that many lines at once (a here-document's body and its
+                # delimiter line, which the shell reads as text, never as commands).
+                local IFS=$'\n' n=$READLINE_LINE
+                READLINE_LINE="${__lb_lines[*]:__lb_i:n}"
+                READLINE_POINT=${#READLINE_LINE}
+                __lb_i=$((__lb_i + n))
+                return
+            fi
         fi
         READLINE_LINE=${__lb_lines[__lb_i]-}
         READLINE_POINT=${#READLINE_LINE}

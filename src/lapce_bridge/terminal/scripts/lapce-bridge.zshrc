@@ -69,7 +69,8 @@ __lb_escape() {
 }
 
 # The load key. After a nonce: a new command, its lines read from the file. After "-": the
-# rest of the command is dropped (it was interrupted). Alone: the command's next line.
+# rest of the command is dropped (it was interrupted). After a count: that many of its next
+# lines. Alone: its next line.
 __lb_load() {
     if [[ ${#BUFFER} == 32 && $BUFFER != *[^0-9a-f]* ]]; then
         __lb_n=$BUFFER
@@ -85,6 +86,16 @@ __lb_load() {
         PS2=$'%{\e]633;P;LbCont='$__lb_n$'\a%}'$PS2
     elif [[ $BUFFER == - ]]; then
         __lb_i=${#__lb_lines}
+    elif [[ $BUFFER == <-> ]]; then
+        # After a count: that many lines at once (a here-document's body and its delimiter
+        # line, which the shell reads as text, never as commands).
+        local n=$BUFFER
+        BUFFER=${(pj:\n:)__lb_lines[__lb_i + 1, __lb_i + n]}
+        CURSOR=${#BUFFER}
+        __lb_i+=n
+        builtin printf '\e]633;P;LbZle=%s\a' "$__lb_n"
+        zle .accept-line
+        return
     fi
     BUFFER=${__lb_lines[__lb_i + 1]-}
     CURSOR=${#BUFFER}
