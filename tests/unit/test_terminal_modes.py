@@ -50,22 +50,24 @@ def test_terminal_environment() -> None:
     assert build_env(base, {"PAGER": "more"})["PAGER"] == "more"
 
 
-def test_typed_shells_get_the_nonce_and_keys_only_and_fish_a_short_line() -> None:
+def test_typed_shells_get_the_nonce_and_keys_only() -> None:
     path = "/x/cmd"
     nonce = "0123abcd" * 4
     integration = EndDetection.INTEGRATION
     # bash: the nonce, the load key (a `bind -x` function) and the accept key; zsh's widget
-    # accepts as it loads. No command text, no newline: nothing for the tty to echo or cut.
+    # and fish's bound function accept as they load. No command text, no newline: nothing for
+    # the tty to echo or cut.
     assert run_line("bash", integration, path, nonce) == nonce.encode() + LOAD_KEY + b"\x1b[7798~"
     assert run_line("zsh", integration, path, nonce) == nonce.encode() + LOAD_KEY
     assert load_keys("zsh") == LOAD_KEY
     assert load_keys("bash", "-").startswith(b"-" + LOAD_KEY)
     assert typed("bash", integration)
     assert typed("zsh", integration)
-    assert not typed("fish", integration)
+    assert typed("fish", integration)
     assert not typed("bash", EndDetection.END_MARKER)
-    fish = f"set -g __lb_n {nonce}; source $__lb_cf; __lb_exited\n".encode()
-    assert run_line("fish", integration, path, nonce) == fish
+    assert not typed("fish", EndDetection.END_MARKER)
+    assert run_line("fish", integration, path, nonce) == nonce.encode() + LOAD_KEY
+    assert load_keys("fish", "-") == b"-" + LOAD_KEY
 
 
 def test_fallback_lines_carry_the_token_as_text_only() -> None:
@@ -90,6 +92,8 @@ def test_cwd_prefix_stops_the_command_when_cd_fails() -> None:
     assert command_file_text("zsh", "ls", "/a", typed=True) == "cd -- '/a' || __lb_skip\nls\n"
     assert command_file_text("bash", "ls", "/a b/c'd") == "cd -- '/a b/c'\\''d' || return 1\nls"
     assert command_file_text("fish", "ls", "/a'b") == "cd '/a\\'b'; or return 1\nls"
+    typed_fish = command_file_text("fish", "ls", "/a'b", True)
+    assert typed_fish == "cd '/a\\'b'; or __lb_skip\nls\n"
 
 
 def _result(status: Status, code: int | None) -> ExecResult:

@@ -4,18 +4,20 @@ Theory of operation: a command is written to a file in the terminal's own privat
 (the command file), so its text never passes through the tty's line discipline, and the
 shell gets it one of two ways:
 
-- typed (bash and zsh with integration): the bridge types the command's nonce and a load key
-  at the prompt. Our key binding (readline `bind -x`, a zle widget) takes the nonce from the
-  edit line, puts the command's first line there instead and accepts it, exactly as if it had
-  been typed; each time the shell asks for another line (its next prompt, or the continuation
-  prompt inside a block, a quote or a heredoc) the hooks print `633;P;LbMore` (`LbCont` at a
-  continuation prompt) and the bridge types the load key again. So the shell's own reader runs
-  every line: job control and its notices, `$0`, error messages naming the shell, a syntax
-  error on one line not dropping the next, `exit` ending the shell. The line editor never
+- typed (bash, zsh and fish with integration): the bridge types the command's nonce and a load
+  key at the prompt. Our key binding (readline `bind -x`, a zle widget, a fish `bind` function)
+  takes the nonce from the edit line, puts the command's first line there instead and accepts
+  it, exactly as if it had been typed; each time the shell asks for another line (its next
+  prompt, or the continuation prompt inside a block, a quote or a heredoc; fish, which has no
+  continuation prompt, keeps an incomplete line in its buffer and asks for the next) the hooks
+  print `633;P;LbMore` (`LbCont` at a continuation) and the bridge types the load key again.
+  So the shell's own reader runs every line: job control and its notices, `$0`, error
+  messages naming the shell, a syntax error on one line not dropping the next, `exit` ending
+  the shell. The line editor never
   interprets the text (a tab, a `!`, a 100 KiB line arrive whole); the tty carries only the
   nonce and the keys.
-- sourced (fish with integration, and every fallback mode): one short line sources the file
-  (`source $__lb_cf` in fish, `. file` in sh); `$?` is the status of its last command.
+- sourced (every fallback mode): one short line sources the file (`source file` in fish,
+  `. file` in sh); `$?` is the status of its last command.
 
 The nonce reaches the shell only as typed text, never through an environment (which every
 child could read in `/proc/<pid>/environ`) or a file, and each command has its own. Our hooks
@@ -170,9 +172,10 @@ def _sh_quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
-TYPED = ("bash", "zsh")  # the shells whose integration takes commands line by line
+TYPED = ("bash", "zsh", "fish")  # the shells whose integration takes commands line by line
 # The keys our bindings answer: sequences no terminal sends. bash binds load and accept apart
-# (a `bind -x` function cannot accept the line itself); zsh's widget accepts as it loads.
+# (a `bind -x` function cannot accept the line itself); zsh's widget and fish's function
+# accept as they load.
 LOAD_KEY = b"\x1b[7799~"
 _ACCEPT_KEY = b"\x1b[7798~"
 INTERRUPT_KEY = b"\x03"  # Ctrl-C: what a user presses to abandon a continuation prompt
@@ -226,11 +229,9 @@ def load_groups(lines: list[str]) -> list[int]:
 
 
 def integration_line(kind: str, nonce: str) -> bytes:
-    """What runs the command file under our hooks, handing them the nonce."""
-    if kind in TYPED:
-        return load_keys(kind, nonce)
-    # `__lb_exited`: an `exit` in the file ends the shell, not only the file.
-    return f"set -g __lb_n {nonce}; source $__lb_cf; __lb_exited\n".encode()
+    """What runs the command file under our hooks, handing them the nonce: typed, its lines
+    given to the line editor one by one."""
+    return load_keys(kind, nonce)
 
 
 def raw_line(kind: str, cmd_file: str) -> bytes:

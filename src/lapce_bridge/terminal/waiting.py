@@ -206,7 +206,7 @@ def command_file_text(kind: str, command: str, cwd: str | None, typed: bool = Fa
     quoted = "'" + cwd.replace("'", "'\\''") + "'"
     if kind == "fish":
         quoted = "'" + cwd.replace("\\", "\\\\").replace("'", "\\'") + "'"
-        return f"cd {quoted}; or return 1\n{command}"
+        return f"cd {quoted}; or {'__lb_skip' if typed else 'return 1'}\n{command}"
     if typed:
         return f"cd -- {quoted} || __lb_skip\n{command}"
     return f"cd -- {quoted} || return 1\n{command}"

@@ -1,12 +1,29 @@
 # lapce-bridge shell integration for fish: read through `fish --init-command`, after config.fish.
 #
+# How a command arrives, so that it behaves exactly as if typed at this prompt (job control,
+# $status, error messages naming fish, a syntax error on one line not dropping the next): the
+# bridge writes it to the file $__lb_cf, then types its nonce (32 hex digits) and the load key.
+# The load key's function takes the nonce from the edit buffer, reads the file's lines and puts
+# the first into the buffer, then lets fish's reader run it (`commandline -f execute`) as if
+# Enter had been pressed. Whenever fish is ready for another line while lines remain, a mark
+# asks the bridge for it and the bridge types the load key again:
+# - after a line ran, fish_postexec prints `633;P;LbMore=<nonce>`;
+# - fish has no continuation prompt: a line that leaves the buffer incomplete (inside a block
+#   or a quote) is kept in the buffer, as Enter would, and the function prints
+#   `633;P;LbCont=<nonce>`; the next line is added after a newline;
+# - a line with a syntax error is not run, as at fish's prompt: fish's own message for it is
+#   printed (`fish -n`, fork only then) and the line leaves the buffer, as it does when a user
+#   clears it to type the next one; `$status` is left as it was.
+# Each line that runs starts with `633;P;LbZle=<nonce>` and `633;P;LbEdit` (the end of the
+# line editor's echo: what follows is output) and `633;C`, all printed by fish_preexec.
+#
 # Invariants:
 # - no hook forks: escaping and file reads use builtins only (fish runs builtins and command
 #   substitutions of builtins in-process);
 # - the nonce and our control variables never reach the environment user commands see: each
-#   command's nonce arrives as typed text (`set -g __lb_n <nonce>; source $__lb_cf`), is
-#   printed back in E and D, and is forgotten at the next prompt;
-# - after every command: P;Cwd, then D;<status>;<nonce>, then A.
+#   command's nonce arrives as typed text, is printed back in E, LbZle, LbMore and D, and is
+#   forgotten at the command's end;
+# - after a command's last line: P;Cwd, then D;<status>;<nonce>, then A at the prompt.
 if not set -q __lb_installed
     set -g __lb_installed 1
     set -g __lb_dir "$LAPCE_BRIDGE_DIR"
@@ -21,6 +38,12 @@ if not set -q __lb_installed
     end
     set -e __lb_restore
 
+    set -g __lb_n # the nonce of the command in flight
+    set -g __lb_lines # its lines
+    set -g __lb_i 1 # the index of the next line to give the reader
+    set -g __lb_buf # the incomplete lines in the buffer (a block, a quote)
+    set -g __lb_st 0 # $status after the last line that ran
+
     # Fish's stock prompt and title (VCS status, prompt_pwd) cost about 5 ms a command, and
     # nobody reads the prompt of an agent's terminal. Replace them only while they are the
     # stock ones shipped with fish: a prompt or title the user wrote is left alone.
@@ -30,6 +53,12 @@ if not set -q __lb_installed
         end
     end
     set -e __lb_fn
+    if not functions -q fish_title
+        # No title: fish would otherwise print its default one (and a carriage return after
+        # it) before each line's output.
+        function fish_title
+        end
+    end
     if not functions -q fish_prompt
         # Its prompt-start mark outlives our hooks: a prompt without an end mark means
         # they were removed (the bridge then asks for $status; see shell.py at_prompt).
@@ -40,77 +69,149 @@ if not set -q __lb_installed
 
     function __lb_escape
         # The common text needs no escaping: one builtin instead of a pipeline of six.
-        if not string match -qr '[\\\\;\a\e\n\r]' -- $argv[1]
+        if not string match -qr '[\\\\;\a\e\n\r\x18\x1a]' -- $argv[1]
             printf '%s' $argv[1]
             return
         end
         string replace -a -- '\\' '\\\\' $argv[1] | string replace -a -- ';' '\\x3b' \
             | string replace -a -- \a '\\x07' | string replace -a -- \e '\\x1b' \
-            | string replace -a -- \n '\\x0a' | string replace -a -- \r '\\x0d'
+            | string replace -a -- \n '\\x0a' | string replace -a -- \r '\\x0d' \
+            | string replace -a -- \x18 '\\x18' | string replace -a -- \x1a '\\x1a'
+    end
+
+    # The command's end, or the request for its next line: after a line ran (or was refused).
+    function __lb_after
+        if test $__lb_i -le (count $__lb_lines)
+            printf '\e]633;P;LbMore=%s\a' $__lb_n
+            return
+        end
+        # What a replacement shell restores if this one dies ("NAME escaped-value" lines the
+        # bridge turns into `set -gx` commands), saved before the end mark.
+        set -xL >"$__lb_ef"
+        printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' (__lb_escape "$PWD" | string collect) \
+            $argv[1] $__lb_n
+        set -g __lb_n
+        set -g __lb_lines
+        set -g __lb_buf
+        set -g __lb_i 1
+    end
+
+    # The load key. After a nonce: a new command, its lines read from the file. After "-": the
+    # rest of the command is dropped (it was interrupted). Alone: the command's next line.
+    function __lb_load
+        set -l typed (commandline | string collect)
+        if string match -qr '^[0-9a-f]{32}$' -- "$typed"
+            set -g __lb_n $typed
+            set -g __lb_i 1
+            set -g __lb_buf
+            set -l text
+            read -z text <"$__lb_cf"
+            set -g __lb_lines (string split -- \n (string replace -r -- '\n$' '' "$text"))
+            set -l shown ''
+            if test (string length -- "$text") -lt 4096
+                set shown (__lb_escape (string replace -r -- '\n$' '' "$text") | string collect)
+            end
+            printf '\e]633;E;%s;%s\a' "$shown" $__lb_n
+        else if test "$typed" = -
+            set -g __lb_i (math (count $__lb_lines) + 1)
+            commandline -r ''
+            __lb_after $__lb_st
+            return
+        end
+        if test -z "$__lb_n"
+            return
+        end
+        set -l line
+        while test $__lb_i -le (count $__lb_lines)
+            set line $__lb_lines[$__lb_i]
+            set -g __lb_i (math $__lb_i + 1)
+            # An empty line at the prompt runs nothing (fish only draws a new prompt).
+            if set -q __lb_buf[1]; or test -n "$line"
+                break
+            end
+            set line
+        end
+        if not set -q line[1]
+            commandline -r ''
+            __lb_after $__lb_st
+            return
+        end
+        if set -q __lb_buf[1]
+            set line (string join \n -- $__lb_buf $line)
+        end
+        commandline -r -- $line
+        commandline --is-valid
+        switch $status
+            case 0
+                set -g __lb_buf
+                commandline -f execute
+            case 2
+                # Incomplete: the line stays in the buffer, as Enter leaves it; ask for more.
+                set -g __lb_buf $line
+                printf '\e]633;P;LbZle=%s\a\e]633;P;LbEdit\a\e]633;P;LbCont=%s\a' $__lb_n $__lb_n
+            case '*'
+                # A syntax error: fish's own message, and nothing of the line runs.
+                set -g __lb_buf
+                commandline -r ''
+                printf '\n\e]633;P;LbZle=%s\a\e]633;P;LbEdit\a' $__lb_n
+                set -l fish (status fish-path)
+                $fish --no-config -n -c $line
+                __lb_after $__lb_st
+        end
+    end
+
+    # The `cwd` the bridge was asked to run a command in could not be entered: skip the rest.
+    function __lb_skip
+        set -g __lb_i (math (count $__lb_lines) + 1)
+        return 1
     end
 
     # The command hooks, defined again at a prompt that finds one erased (`functions -e`).
     function __lb_hooks
         function __lb_preexec --on-event fish_preexec
-            set -l cmd $argv[1]
-            # Our typed line carries the nonce (its assignment has not run yet).
-            set -l nonce (string match -r --groups-only -- '^set -g __lb_n ([0-9a-f]+); source \$__lb_cf; __lb_exited$' $cmd)
-            if test -n "$nonce" -a -r "$__lb_cf"
-                read -z -l text <"$__lb_cf"
-                and set cmd $text
+            if test -n "$__lb_n"
+                # The end of the line editor's echo, then the line runs.
+                printf '\e]633;P;LbZle=%s\a\e]633;P;LbEdit\a\e]633;C\a' $__lb_n
             end
-            printf '\e]633;E;%s;%s\a\e]633;C\a' (__lb_escape "$cmd" | string collect) "$nonce"
         end
 
         function __lb_postexec --on-event fish_postexec
-            set -l st $status
+            set -g __lb_st $status
             if set -q __lb_exiting
-                return  # the shell is leaving: its exit status is the command's end
+                return # the shell is leaving: its exit status is the command's end
             end
-            if set -q __lb_n
-                # What a replacement shell restores if this one dies ("NAME escaped-value" lines
-                # the bridge turns into `set -gx` commands), saved before the end mark.
-                set -xL >"$__lb_ef"
-                printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' (__lb_escape "$PWD" | string collect) \
-                    $st "$__lb_n"
-                set -e __lb_n
+            if test -n "$__lb_n"
+                __lb_after $__lb_st
                 set -g __lb_answered 1
             end
         end
     end
     __lb_hooks
 
-    # `exit` in the command ends the shell, as typed: inside `source` it would end only the
-    # file, so it is noted here and done by the typed line once the file returns.
+    # `exit` ends the shell, as typed; the end hook then prints no end mark (the shell's exit
+    # status is the command's end). Inside `source` it ends only the file.
     function exit --description 'Exit the shell'
-        set -l files (status stack-trace | string match -r --groups-only -- '^from sourcing file (.*)$')
-        if test "$files[1]" = "$__lb_cf"
-            if set -q argv[1]
-                set -g __lb_exit $argv[1]
-            else
-                set -g __lb_exit $status
-            end
+        if not status stack-trace | string match -q 'from sourcing file *'
+            set -g __lb_exiting 1
         end
         builtin exit $argv
     end
 
-    function __lb_exited
-        set -l st $status
-        if set -q __lb_exit
-            set -l code $__lb_exit
-            set -e __lb_exit
-            set -g __lb_exiting 1  # fish leaves once the line is done: no end mark before
-            builtin exit $code
+    # Ctrl-C at an incomplete buffer (the bridge abandons a command still incomplete after
+    # its last line, as a user would): nothing ran, `$status` is as it was.
+    function __lb_cancel --on-event fish_cancel
+        if test -n "$__lb_n"
+            set -g __lb_i (math (count $__lb_lines) + 1)
+            __lb_after $__lb_st
         end
-        return $st
     end
 
     function __lb_prompt --on-event fish_prompt
-        if set -q __lb_n
-            # The postexec hook is gone: the end mark still comes, from the prompt.
-            printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' (__lb_escape "$PWD" | string collect) \
-                $status "$__lb_n"
-            set -e __lb_n
+        set -l st $status
+        if test -n "$__lb_n"; and not set -q __lb_answered
+            # The postexec hook is gone: the end mark (or the next line's request) still comes.
+            set -g __lb_st $st
+            __lb_after $st
         else if not set -q __lb_answered
             printf '\e]633;P;Cwd=%s\a' (__lb_escape "$PWD" | string collect)
         end
@@ -120,4 +221,11 @@ if not set -q __lb_installed
         end
         printf '\e]633;A\a'
     end
+
+    # Commands come from a program: no suggestions from history while the bridge types.
+    set -g fish_autosuggestion_enabled 0
+    for __lb_mode in default insert
+        bind -M $__lb_mode \e\[7799~ __lb_load
+    end
+    set -e __lb_mode
 end
