@@ -194,6 +194,8 @@ def load_keys(kind: str, before: str = "") -> bytes:
     return keys + _ACCEPT_KEY if kind == "bash" else keys
 
 
+# The shells whose load key takes a count of lines (`load_groups`); fish has no here-documents.
+COUNTED_LOADS = ("bash", "zsh")
 # A here-document's operator and delimiter word: `<<EOF`, `<<-EOF`, `<< 'EOF'`, `<<"EOF"`,
 # `<<\EOF` (not the here-string `<<<`).
 _HEREDOC = re.compile(

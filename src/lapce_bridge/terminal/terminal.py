@@ -47,6 +47,7 @@ from lapce_bridge.terminal.execution import Execution
 from lapce_bridge.terminal.files import CommandFile, new_private_dir, runtime_base
 from lapce_bridge.terminal.foreground import Foreground
 from lapce_bridge.terminal.modes import (
+    COUNTED_LOADS,
     INTERRUPT_KEY,
     Launch,
     build_env,
@@ -664,7 +665,7 @@ class Terminal:
         text = command_file_text(kind, ex.command, ex.run_cwd, by_line)
         ex.typed = by_line
         ex.lines_left = text.count("\n") - 1 if by_line else 0
-        if by_line and ex.lines_left:
+        if by_line and ex.lines_left and kind in COUNTED_LOADS:
             ex.loads.extend(load_groups(text.split("\n")[:-1])[1:])
         ex.skip_cr = kind == "fish"
         ex.raw = detection is EndDetection.RAW
