@@ -11,10 +11,13 @@ and `relief()`), leaving it closes them in reverse order. Wiring, in one place:
   so services can be built before the server that will carry their notifications.
 - Health alerts published on the bus leave as `health/alert` broadcasts.
 - The degradation manager decides which optional features are on; services ask it.
-- The recovery matrix is the running policy: the file service's read retries are the
-  filesystem/recoverable row's (`RecoveryMatrix.retry_policy`); whether a dead shell is
-  recreated, and the alert when it is not, are the terminal/critical row's; change a row, and
-  what it governs changes.
+- The recovery matrix is the running policy: the file service's read retries, its cached
+  copy served when they fail (`cache_previous`) and a failing watch's restarts are the
+  filesystem/recoverable row's (`RecoveryMatrix.retry_policy`), the
+  alert when a watch falls back to polling the filesystem/critical row's; whether and how
+  often a dead shell is recreated, and the alert when it is not, are the terminal/critical
+  row's, running again a command it never started the terminal/recoverable row's; change a
+  row, and what it governs changes.
 - With services (the serving configuration) a resource manager samples pressure (what the
   bridge owns against `memory_budget`, its cgroup limit, the machine only as a last-resort
   floor; CPU as a second signal): it steps quality down and up with the bands, feeds
@@ -468,6 +471,10 @@ class App:
         retry = self.matrix.retry_policy(
             ErrorCategory.FILESYSTEM, ErrorSeverity.RECOVERABLE, fs_default_retry(self.clock)
         )
+        # A failing watch is restarted as often as the same row allows, then polls; a read
+        # that fails for good is answered from the cache when the row's fallback says so.
+        restarts = (retry.max_attempts or 1) - 1
+        row = self.matrix.lookup(ErrorCategory.FILESYSTEM, ErrorSeverity.RECOVERABLE)
         return FileService(
             workspace=self.workspace,
             clock=self.clock,
@@ -478,6 +485,8 @@ class App:
             ops=self._fs_ops or REAL_FS,
             incidents=self.incidents,
             breaker=self._breaker("fs.disk", DISK_BREAKER),
+            watch_restarts=restarts,
+            serve_stale=row.fallback is Strategy.CACHE_PREVIOUS,
             # Keyed watches come back after a restart (an in-process App keeps none).
             watch_state=self.state_dir / "watches" if self.state_dir is not None else None,
         )
@@ -519,8 +528,13 @@ class App:
         log.warning("circuit breaker %s: %s -> %s", event.name, event.from_state, event.to_state)
 
     def watch_degraded(self, detail: str) -> None:
-        """A watch fell back to polling: count it and tell every client."""
+        """A watch fell back to polling: count it. Its native watching is lost for good, a
+        filesystem/critical failure: every client is told when that row says `alert_user`."""
         self.metrics.counter("fs.watch.polling_fallbacks").inc()
+        row = self.matrix.lookup(ErrorCategory.FILESYSTEM, ErrorSeverity.CRITICAL)
+        if Strategy.ALERT_USER not in (row.primary, row.fallback):
+            log.warning("file watching degraded (the matrix asks no alert): %s", detail)
+            return
         self.broadcast(
             "health/alert", {"kind": "WatcherDegraded", "operation": "fs/watch", "detail": detail}
         )

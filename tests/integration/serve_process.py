@@ -29,13 +29,14 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def serve(tmp_path: Path, *args: str) -> AsyncIterator[Served]:
-    """`python -m lapce_bridge serve` on a socket in `tmp_path`, with the default policies."""
+async def serve(tmp_path: Path, *args: str, prefix: tuple[str, ...] = ()) -> AsyncIterator[Served]:
+    """`python -m lapce_bridge serve` on a socket in `tmp_path`, with the default policies;
+    `prefix`: a command that runs it (`sh -c '...; exec "$@"' sh`)."""
     sock = tmp_path / "run" / "bridge.sock"
     ws = tmp_path / "ws"
     ws.mkdir(exist_ok=True)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lapce_bridge", "serve", "--socket", str(sock),
+        *prefix, sys.executable, "-m", "lapce_bridge", "serve", "--socket", str(sock),
         "--state-dir", str(tmp_path / "state"), "--workspace", str(ws), *args,
         env=server_env(),
         stderr=asyncio.subprocess.PIPE,

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from lapce_bridge.app import App
-from lapce_bridge.core.errors import BridgeTimeout, PermissionDenied
+from lapce_bridge.core.errors import (
+    BridgeTimeout,
+    ErrorCategory,
+    ErrorSeverity,
+    PermissionDenied,
+)
 from lapce_bridge.core.health import AlertCleared, HighFailureRate
+from lapce_bridge.core.matrix import DEFAULT_MATRIX, Strategy
+from lapce_bridge.fs.service import FileService
 from lapce_bridge.testing import FakeClock
 
 
@@ -40,25 +48,42 @@ async def test_alert_clears_on_the_clock_without_traffic(tmp_path: Path) -> None
         assert any(isinstance(e, AlertCleared) for e in seen)
 
 
-async def test_watch_fallback_to_polling_is_counted_and_broadcast(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("alerts", [True, False])
+async def test_watch_fallback_to_polling_is_counted_and_broadcast_as_its_row_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, alerts: bool
 ) -> None:
+    critical = DEFAULT_MATRIX.lookup(ErrorCategory.FILESYSTEM, ErrorSeverity.CRITICAL)
+    matrix = (
+        DEFAULT_MATRIX
+        if alerts
+        else DEFAULT_MATRIX.with_row(replace(critical, primary=Strategy.NONE))
+    )
     sent: list[tuple[str, object]] = []
-    async with App(workspace=tmp_path, services=False) as app:
+    async with App(workspace=tmp_path, services=False, matrix=matrix) as app:
         monkeypatch.setattr(app, "broadcast", lambda method, params: sent.append((method, params)))
         app.watch_degraded("inotify watch limit reached; polling")
         counters = app.metrics.snapshot()["counters"]
     assert counters["fs.watch.polling_fallbacks"] == 1
-    assert sent == [
-        (
-            "health/alert",
-            {
-                "kind": "WatcherDegraded",
-                "operation": "fs/watch",
-                "detail": "inotify watch limit reached; polling",
-            },
-        )
-    ]
+    expected = (
+        "health/alert",
+        {
+            "kind": "WatcherDegraded",
+            "operation": "fs/watch",
+            "detail": "inotify watch limit reached; polling",
+        },
+    )
+    assert sent == ([expected] if alerts else [])
+
+
+@pytest.mark.parametrize("retries", [0, 5])
+async def test_a_failing_watch_is_restarted_as_often_as_the_filesystem_row_says(
+    tmp_path: Path, retries: int
+) -> None:
+    row = DEFAULT_MATRIX.lookup(ErrorCategory.FILESYSTEM, ErrorSeverity.RECOVERABLE)
+    matrix = DEFAULT_MATRIX.with_row(replace(row, max_retries=retries))
+    async with App(workspace=tmp_path, state_dir=tmp_path / "state", matrix=matrix) as app:
+        files = next(s for s in app.services if isinstance(s, FileService))
+        assert files.watcher.max_failures == retries  # then it polls (fs/watch's own tests)
 
 
 async def test_error_answers_are_counted_by_class_and_server_timeouts_logged(

@@ -38,7 +38,20 @@ def methods(app: Any) -> dict[str, Method]:
             _note(ledger, "cancelled")
             raise
 
-    return {"test/linger": method(linger)}
+    async def brief(params: Params, ctx: CallContext) -> None:
+        ledger = Path(params["file"])
+        _note(ledger, "started")
+        await asyncio.sleep(params["seconds"])
+        _note(ledger, "finished")
+
+    def unencodable(params: Params, ctx: CallContext) -> object:
+        return {"value": object()}  # no JSON for it: the server's bug, not the caller's
+
+    return {
+        "test/linger": method(linger),
+        "test/brief": method(brief),
+        "test/unencodable": method(unencodable),
+    }
 
 
 def _note(ledger: Path, line: str) -> None:
@@ -117,6 +130,12 @@ async def test_a_command_outlives_a_short_dispatcher_default(tmp_path: Path) -> 
             assert final["result"]["output"].split() == [str(i) for i in range(1, 11)]
         finally:
             await client.close()
+        # BridgeClient, as it comes: no limit of its own cuts the command short.
+        async with BridgeClient(srv.socket) as bridge:
+            done = await bridge.request(
+                "terminal/execute", {"command": "sleep 1.5; echo done", "timeoutMs": 20_000}
+            )
+            assert (done["status"], done["output"], done["exitCode"]) == ("completed", "done\n", 0)
 
 
 async def test_a_client_timeout_leaves_the_command_running_and_findable(tmp_path: Path) -> None:
@@ -146,6 +165,53 @@ async def test_a_notifications_work_is_cancelled_when_its_connection_closes(
         await _until(lambda: "cancelled" in ledger.read_text())
 
 
+async def test_a_notifications_work_is_drained_at_shutdown_within_the_grace(
+    tmp_path: Path,
+) -> None:
+    """`shutdown` waits for a notification's work that ends within the grace, and cancels
+    what outlives it; the process then exits cleanly."""
+    brief, linger = tmp_path / "brief.txt", tmp_path / "linger.txt"
+    async with serve(tmp_path, "--extra-methods", EXTRA, "--shutdown-grace", "2") as srv:
+        client = await RawClient.connect_unix(srv.socket)
+        try:
+            client.notify("test/brief", {"file": str(brief), "seconds": 0.5})
+            client.notify("test/linger", {"file": str(linger)})
+            await _until(lambda: brief.exists() and linger.exists())
+            await _until(lambda: "started" in linger.read_text())
+            reply = await client.request("shutdown")
+            assert reply["result"] is None, reply
+            async with asyncio.timeout(30):
+                assert await srv.proc.wait() == 0
+        finally:
+            await client.close()
+    assert brief.read_text().split() == ["started", "finished"]  # drained
+    assert linger.read_text().split() == ["started", "cancelled"]  # outlived the grace
+
+
+async def test_an_unencodable_result_is_the_servers_fault(tmp_path: Path) -> None:
+    async with serve(tmp_path, "--extra-methods", EXTRA) as srv:
+        client = await RawClient.connect_unix(srv.socket)
+        try:
+            reply = await client.request("test/unencodable")
+            error = reply["error"]
+            assert error["code"] == -32603, reply
+            assert (error["data"]["fault"], error["data"]["retryable"]) == ("server", False)
+            assert (await client.request("ping"))["result"] == {"pong": True}
+            ops = (await client.request("metrics/get"))["result"]["operations"]
+            assert ops["test/unencodable"]["errors"] == 1
+        finally:
+            await client.close()
+
+
+async def _until_busy(client: RawClient, terminal_id: str) -> None:
+    async with asyncio.timeout(30):
+        while True:
+            listed = (await client.request("terminal/list"))["result"]
+            if any(t["terminalId"] == terminal_id and t["busy"] for t in listed):
+                return
+            await asyncio.sleep(0.01)
+
+
 async def test_caller_errors_are_marked_as_theirs_and_never_count_as_failures(
     tmp_path: Path,
 ) -> None:
@@ -173,10 +239,35 @@ async def test_caller_errors_are_marked_as_theirs_and_never_count_as_failures(
                     await client.request("terminal/execute", {"command": 3}),
                 )
                 assert (bad["error"]["code"], bad["error"]["data"]["fault"]) == (-32602, "caller")
+            # A method that does not exist, a write over a newer file, a busy terminal.
+            unknown = tally("other", await client.request("no/such"))
+            assert (unknown["error"]["code"], unknown["error"]["data"]["fault"]) == (
+                -32601,
+                "caller",
+            )
+            (srv.workspace / "c.txt").write_text("theirs")
+            stale = {"path": "c.txt", "content": "mine", "expectedMtimeNs": 1}
+            conflict = tally("fs/write", await client.request("fs/write", stale))
+            assert conflict["error"]["data"]["fault"] == "caller", conflict
+            assert (srv.workspace / "c.txt").read_text() == "theirs"
+            tid = (await client.request("terminal/create", {"shell": "bash"}))["result"][
+                "terminalId"
+            ]
+            running = client.request_nowait(
+                "terminal/execute", {"terminalId": tid, "command": "sleep 1"}
+            )
+            await _until_busy(client, tid)
+            busy = tally(
+                "terminal/execute",
+                await client.request("terminal/execute", {"terminalId": tid, "command": "true"}),
+            )
+            assert (busy["error"]["code"], busy["error"]["data"]["fault"]) == (-32003, "caller")
+            assert (await client.response(running))["result"]["exitCode"] == 0
             health = (await client.request("health/get"))["result"]
             failing = [a for a in health["alerts"] if a["kind"] != "HighLatency"]
             assert failing == []  # latency on two shared cores is not what this test is about
-            assert health["operations"]["fs/read"]["failureRate"] == 0.0
+            for op in ("fs/read", "fs/write", "terminal/execute"):
+                assert health["operations"][op]["failureRate"] == 0.0, op
             assert health["slo"]["errorRate"] == 0.0
             snapshot = (await client.request("metrics/get"))["result"]
             assert snapshot["operations"]["fs/read"]["count"] == 24

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import errno
+import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -21,6 +23,7 @@ from lapce_bridge.core.matrix import (
     MatrixRow,
     RecoveryMatrix,
     Strategy,
+    load_matrix,
 )
 
 C, V, S = ErrorCategory, ErrorSeverity, Strategy
@@ -143,3 +146,84 @@ def test_rows_serialise_with_wire_names() -> None:
         "fallback": "reduce_quality",
         "maxRetries": None,
     }
+
+
+def test_a_matrix_file_lays_its_rows_over_the_default_ones(tmp_path: Path) -> None:
+    toml = tmp_path / "rows.toml"
+    toml.write_text(
+        "[[rows]]\n"
+        'category = "terminal"\nseverity = "critical"\nmaxRetries = 0\n'
+        "[[rows]]\n"
+        'category = "filesystem"\nseverity = "recoverable"\n'
+        'fallback = "none"\nmaxRetries = "unbounded"\n'
+    )
+    matrix = load_matrix(toml)
+    assert matrix.lookup(C.TERMINAL, V.CRITICAL) == MatrixRow(
+        C.TERMINAL, V.CRITICAL, S.RECREATE_TERMINAL, S.ALERT_USER, 0
+    )
+    assert matrix.lookup(C.FILESYSTEM, V.RECOVERABLE) == MatrixRow(
+        C.FILESYSTEM, V.RECOVERABLE, S.RETRY_WITH_BACKOFF, S.NONE, None
+    )
+    changed = {(C.TERMINAL, V.CRITICAL), (C.FILESYSTEM, V.RECOVERABLE)}
+    kept = [r for r in DEFAULT_MATRIX if (r.category, r.severity) not in changed]
+    assert [matrix.lookup(r.category, r.severity) for r in kept] == kept
+    assert len(matrix) == len(DEFAULT_MATRIX)
+    # The same rows in JSON (null: unbounded), a pair the table does not name added.
+    as_json = tmp_path / "rows.json"
+    as_json.write_text(
+        json.dumps({"rows": [{"category": "parser", "severity": "warning", "maxRetries": None}]})
+    )
+    added = load_matrix(as_json).lookup(C.PARSER, V.WARNING)
+    assert (added.primary, added.max_retries) == (S.NONE, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('rows = "x"', '"rows" must be a list'),
+        ('[[row]]\ncategory = "terminal"', 'one key, "rows"'),
+        ("[[rows]]\nseverity = 'critical'", "row 1: category is missing (one of terminal,"),
+        ("[[rows]]\ncategory = 'term'\nseverity = 'critical'", "unknown category 'term'"),
+        (
+            "[[rows]]\ncategory = 'terminal'\nseverity = 'critical'\nprimary = 'restart'",
+            "unknown primary 'restart' (one of none, recreate_terminal,",
+        ),
+        (
+            "[[rows]]\ncategory = 'terminal'\nseverity = 'critical'\nmax_retries = 1",
+            "unknown key 'max_retries' (known: category, severity, primary, fallback, maxRetries)",
+        ),
+        (
+            "[[rows]]\ncategory = 'terminal'\nseverity = 'critical'\nmaxRetries = -1",
+            "maxRetries must be a count (0 or more)",
+        ),
+        (
+            "[[rows]]\ncategory = 'terminal'\nseverity = 'critical'\n"
+            "[[rows]]\ncategory = 'network'\nseverity = 'critical'\n"
+            "[[rows]]\ncategory = 'terminal'\nseverity = 'critical'",
+            "row 3: a second row for terminal/critical",
+        ),
+        (
+            "[[rows]]\ncategory = 'user_cancelled'\nseverity = 'warning'\nmaxRetries = 1",
+            "row 1: user_cancelled failures are never retried",
+        ),
+        ("[[rows]\n", "not valid TOML"),
+    ],
+)
+def test_a_bad_matrix_file_is_refused_saying_where_and_why(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "rows.toml"
+    path.write_text(text)
+    with pytest.raises(InvalidParams) as info:
+        load_matrix(path)
+    assert info.value.detail.startswith(f"{path}: ")
+    assert message in info.value.detail
+
+
+def test_a_matrix_file_that_cannot_be_read_or_parsed_says_so(tmp_path: Path) -> None:
+    with pytest.raises(InvalidParams, match="cannot read it"):
+        load_matrix(tmp_path / "missing.toml")
+    bad = tmp_path / "rows.json"
+    bad.write_text("{rows: []}")
+    with pytest.raises(InvalidParams, match="not valid JSON"):
+        load_matrix(bad)

@@ -32,6 +32,17 @@ def test_the_matrix_row_names_the_remedies_and_decides_whether_they_run() -> Non
     decision = decide_restart([0.0], 0.0, shell="zsh", tried=[], policy=never, can_run=can_run)
     assert decision.action is RestartAction.GIVE_UP  # the first death, no crash loop needed
     assert "recreate_terminal" in decision.reason
+    # How many times: the critical row's retries re-create; the recoverable row's re-run a
+    # command the dying shell never started.
+    assert (policy.recreations, policy.rerun, policy.reruns) == (1, Strategy.RETRY_COMMAND, 3)
+    lost = DEFAULT_MATRIX.lookup(ErrorCategory.TERMINAL, ErrorSeverity.RECOVERABLE)
+    tuned = DEFAULT_MATRIX.with_row(replace(row, max_retries=4)).with_row(
+        replace(lost, primary=Strategy.ALERT_USER)  # a one-shot strategy re-runs nothing
+    )
+    assert (
+        CrashLoopPolicy.from_matrix(tuned).recreations,
+        CrashLoopPolicy.from_matrix(tuned).reruns,
+    ) == (4, 0)
 
 
 def test_deaths_outside_the_window_do_not_count() -> None:

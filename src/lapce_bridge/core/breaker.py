@@ -27,6 +27,7 @@ Invariants:
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -114,7 +115,7 @@ class BreakerMetrics:
     half_open_permits_left: int
 
 
-class _Window:
+class _Window(ABC):
     """Totals of the outcomes in a sliding window; subclasses decide what leaves it."""
 
     __slots__ = ("calls", "failed", "minimum", "size", "slow")
@@ -125,10 +126,10 @@ class _Window:
         self.minimum = minimum
         self.calls = self.failed = self.slow = 0
 
-    def record(self, failed: bool, slow: bool, now: float) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def record(self, failed: bool, slow: bool, now: float) -> None: ...
 
-    def roll(self, now: float) -> None:
+    def roll(self, now: float) -> None:  # noqa: B027 - a hook: a count window keeps all
         """Expire what fell out of the window by `now` (only time windows expire)."""
 
     def rates(self) -> tuple[float, float] | None:

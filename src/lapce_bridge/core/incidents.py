@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 # The operations whose observation is a whole recovery: name -> incident kind.
 RECOVERY_OPERATIONS = {
-    "terminal.recover": "terminal",
     "terminal/recover": "terminal",
     "fs/watch/recover": "watcher",
 }

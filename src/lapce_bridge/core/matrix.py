@@ -13,6 +13,10 @@ The matrix is the running policy: the server (`App`: the file service's read ret
 the client (`BridgeClient`: retrying retryable answers, reconnecting) take their retry counts
 from `attempts()`/`retry_policy()`, so changing a row changes what they do.
 
+A user changes rows without code: `load_matrix(path)` reads a TOML or JSON file of rows
+(`lapce-bridge serve --recovery-matrix FILE`), each laid over the default row of its pair;
+whatever is wrong in it is refused with the file, the row and the valid choices named.
+
 Invariants: every (category, severity) pair has exactly one row; pairs the table does not
 name get a row that retries nothing and has no fallback, so the error is surfaced:
 - warning and info failures are the request's own fault (ENOENT, bad params, a conflict) and
@@ -23,9 +27,11 @@ name get a row that retries nothing and has no fallback, so the error is surface
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from enum import StrEnum
+from pathlib import Path
+from typing import Any
 
 from lapce_bridge.core.errors import ErrorCategory, ErrorSeverity, InvalidParams, classify
 from lapce_bridge.core.retry import RetryPolicy
@@ -118,6 +124,10 @@ class MatrixRow:
         }
 
 
+# The tries a row "without bound" (`max_retries` None) still stops at, wherever it is read,
+# unless the reader has a bound of its own: nothing is retried forever.
+UNBOUNDED_RETRIES = 10
+
 _C, _V = ErrorCategory, ErrorSeverity
 _CRIT, _RECOV = _V.CRITICAL, _V.RECOVERABLE
 
@@ -198,13 +208,107 @@ class RecoveryMatrix:
 
 DEFAULT_MATRIX = RecoveryMatrix()
 
+_ROW_KEYS = ("category", "severity", "primary", "fallback", "maxRetries")
+
+
+def load_matrix(path: Path, base: RecoveryMatrix = DEFAULT_MATRIX) -> RecoveryMatrix:
+    """`base` with the rows of a TOML (`[[rows]]` tables) or JSON (`{"rows": [...]}`) file
+    laid over it. A row names its `category` and `severity` and any of `primary`,
+    `fallback` and `maxRetries` (a count, or "unbounded"); what it leaves out keeps the base
+    row's value. `InvalidParams` names the file, the row and what is wrong."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidParams(f"{path}: cannot read it: {exc}") from exc
+    try:
+        if path.suffix.lower() == ".json":
+            import json
+
+            data: Any = json.loads(text)
+        else:
+            import tomllib
+
+            data = tomllib.loads(text)
+    except ValueError as exc:  # json.JSONDecodeError, tomllib.TOMLDecodeError
+        kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
+        raise InvalidParams(f"{path}: not valid {kind}: {exc}") from exc
+    try:
+        return matrix_with_rows(data, base)
+    except InvalidParams as exc:
+        raise InvalidParams(f"{path}: {exc.detail}") from None
+
+
+def matrix_with_rows(data: object, base: RecoveryMatrix = DEFAULT_MATRIX) -> RecoveryMatrix:
+    """`base` with the rows of `{"rows": [{category, severity, ...}, ...]}` laid over it."""
+    if not isinstance(data, Mapping) or set(data) != {"rows"}:
+        raise InvalidParams('expected one key, "rows": a list of rows ([[rows]] in TOML)')
+    items = data["rows"]
+    if not isinstance(items, list):
+        raise InvalidParams('"rows" must be a list of rows')
+    seen: set[tuple[ErrorCategory, ErrorSeverity]] = set()
+    matrix = base
+    for number, item in enumerate(items, 1):
+        try:
+            row = _row(item, matrix)
+        except InvalidParams as exc:
+            raise InvalidParams(f"row {number}: {exc.detail}") from None
+        if (row.category, row.severity) in seen:
+            raise InvalidParams(f"row {number}: a second row for {row.category}/{row.severity}")
+        seen.add((row.category, row.severity))
+        try:
+            matrix = matrix.with_row(row)
+        except InvalidParams as exc:
+            raise InvalidParams(f"row {number}: {exc.detail}") from None
+    return matrix
+
+
+def _row(item: object, base: RecoveryMatrix) -> MatrixRow:
+    if not isinstance(item, Mapping):
+        raise InvalidParams("a row is a table of " + ", ".join(_ROW_KEYS))
+    unknown = sorted(str(k) for k in item if k not in _ROW_KEYS)
+    if unknown:
+        raise InvalidParams(f"unknown key {unknown[0]!r} (known: {', '.join(_ROW_KEYS)})")
+    category = _choice(item, "category", ErrorCategory)
+    severity = _choice(item, "severity", ErrorSeverity)
+    row = base.lookup(category, severity)
+    if "primary" in item:
+        row = replace(row, primary=_choice(item, "primary", Strategy))
+    if "fallback" in item:
+        row = replace(row, fallback=_choice(item, "fallback", Strategy))
+    if "maxRetries" in item:
+        value = item["maxRetries"]
+        if value == "unbounded" or value is None:
+            row = replace(row, max_retries=None)
+        elif type(value) is int and value >= 0:
+            row = replace(row, max_retries=value)
+        else:
+            raise InvalidParams(
+                f'maxRetries must be a count (0 or more) or "unbounded", not {value!r}'
+            )
+    return row
+
+
+def _choice(item: Mapping[str, object], key: str, kind: Any) -> Any:
+    valid = ", ".join(member.value for member in kind)
+    if key not in item:
+        raise InvalidParams(f"{key} is missing (one of {valid})")
+    value = item[key]
+    try:
+        return kind(value)
+    except (ValueError, TypeError):
+        raise InvalidParams(f"unknown {key} {value!r} (one of {valid})") from None
+
+
 __all__ = [
     "DEFAULT_MATRIX",
     "DEFAULT_ROWS",
     "STRATEGY_SPECS",
+    "UNBOUNDED_RETRIES",
     "MatrixRow",
     "RecoveryMatrix",
     "Strategy",
     "StrategySpec",
+    "load_matrix",
+    "matrix_with_rows",
     "surface_row",
 ]

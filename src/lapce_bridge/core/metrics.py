@@ -28,6 +28,7 @@ Invariants:
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -97,13 +98,13 @@ def check_quantile(q: float) -> None:
         raise InvalidParams(f"a quantile must be within 0..1, got {q!r}")
 
 
-class _Quantiles:
+class _Quantiles(ABC):
     """p50 / p99 / p999 for anything with a `quantile(q)`."""
 
     __slots__ = ()
 
-    def quantile(self, q: float) -> float:
-        raise NotImplementedError
+    @abstractmethod
+    def quantile(self, q: float) -> float: ...
 
     @property
     def p50(self) -> float:

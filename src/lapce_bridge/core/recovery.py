@@ -38,6 +38,7 @@ from lapce_bridge.core.errors import ClassifiedError, ErrorCategory, classify, t
 from lapce_bridge.core.matrix import (
     DEFAULT_MATRIX,
     STRATEGY_SPECS,
+    UNBOUNDED_RETRIES,
     MatrixRow,
     RecoveryMatrix,
     Strategy,
@@ -124,7 +125,7 @@ class RecoveryEngine:
         backoff: RetryPolicy | None = None,
         timeouts: TimeoutManager | None = None,
         deadline: float | None = None,
-        unbounded_retries: int = 10,
+        unbounded_retries: int = UNBOUNDED_RETRIES,
     ) -> None:
         self.matrix = matrix or DEFAULT_MATRIX
         self._clock = clock if clock is not None else system_clock()

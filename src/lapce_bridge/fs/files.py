@@ -8,7 +8,8 @@ Theory of operation:
   transient errnos (EIO, EAGAIN, ETIMEDOUT, ESTALE, ECONNRESET, ...) and a file that ended
   before the size `fstat` gave (it shrank mid-read) after a jittered exponential backoff on
   the clock. When the retries run out on a transient error, the last cached content is
-  served marked `stale` ("cache previous" in the recovery matrix); an error the caller must
+  served marked `stale` (`serve_stale`: the recovery matrix's filesystem/recoverable fallback
+  is `cache_previous`; with another, the error is answered); an error the caller must
   fix (ENOENT, EACCES, EISDIR, ENOTDIR, too large) fails at once. Serving a file from the
   cache while the disk fails is an incident (`cache_fallback`, one per file): opened at the
   first stale answer, ended by the next read or write of that file that reaches the disk
@@ -160,10 +161,12 @@ class FileStore:
         observe: Observe | None = None,
         incidents: Incidents | None = None,
         breaker: CircuitBreaker | None = None,
+        serve_stale: bool = True,  # the matrix's filesystem/recoverable fallback: cache_previous
     ) -> None:
         self.workspace = workspace
         self.cache = cache
         self.retry = retry
+        self.serve_stale = serve_stale
         self.ops = ops
         self.max_file_bytes = max_file_bytes
         self.thread_read_bytes = thread_read_bytes
@@ -300,7 +303,7 @@ class FileStore:
         rel = self.workspace.relative(real)
         entry = self.cache.get_any(real)
         retryable = classify(exc).retryable
-        if entry is not None and retryable:
+        if entry is not None and retryable and self.serve_stale:
             self._n.stale_served += 1
             reason = str(fs_error(exc, "read", rel))
             self._fallback_started(real, rel, reason)

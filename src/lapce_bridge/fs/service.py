@@ -132,6 +132,8 @@ class FileService:
         incidents: Incidents | None = None,
         breaker: CircuitBreaker | None = None,
         watch_state: Path | None = None,
+        watch_restarts: int = 3,  # restarts of a failing watch before polling (App: its row)
+        serve_stale: bool = True,  # a cached copy when the disk fails (App: the row's fallback)
     ) -> None:
         self.clock = clock
         self.workspace = Workspace(workspace)
@@ -149,6 +151,7 @@ class FileService:
             observe=observe,
             incidents=incidents,
             breaker=breaker,
+            serve_stale=serve_stale,
         )
         self.watcher = WatcherRecovery(
             relative=self.workspace.relative,
@@ -159,6 +162,7 @@ class FileService:
             on_degraded=on_degraded,
             observe=observe,
             quota=watch_quota,
+            max_failures=watch_restarts,
         )
         if features is None:
             self._enabled: Callable[[str], bool] = lambda feature: True

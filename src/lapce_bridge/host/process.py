@@ -454,10 +454,10 @@ class TerminalHost:
                 self._broadcast(
                     "terminal/exited", {"terminalId": tid, "exitCode": None, "willRecover": True}
                 )
-                self._observe("terminal.recover", elapsed, True)
+                self._observe("terminal/recover", elapsed, True)
             for spec in left:
                 if spec["terminalId"] not in self.restored:
-                    self._observe("terminal.recover", elapsed, False)
+                    self._observe("terminal/recover", elapsed, False)
             log.warning(
                 "recreated %d of %d terminals a previous host left", len(self.restored), len(left)
             )

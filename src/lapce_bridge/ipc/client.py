@@ -26,14 +26,13 @@ from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.breaker import CircuitBreaker, CircuitBreakerConfig
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import BridgeError, ErrorCategory, ErrorSeverity
-from lapce_bridge.core.matrix import DEFAULT_MATRIX, RecoveryMatrix
+from lapce_bridge.core.matrix import DEFAULT_MATRIX, UNBOUNDED_RETRIES, RecoveryMatrix
 from lapce_bridge.core.retry import RetryPolicy
 from lapce_bridge.ipc.link import Endpoint, Link, NotificationHandler
 from lapce_bridge.ipc.outbox import Outbox
 from lapce_bridge.ipc.paths import default_socket_path
 from lapce_bridge.ipc.reattach import STREAMS, Reattach
 from lapce_bridge.ipc.recovery import (
-    UNBOUNDED_RETRIES,
     AnswerRetry,
     RecoveryPath,
     Refused,
@@ -249,13 +248,16 @@ class BridgeClient(TypedMethods):
         max_crashes: int | None = None,
         crash_window: float = 60.0,
         stderr_path: Path | None = None,
+        start_timeout: float = 15.0,
         **kwargs: Any,
     ) -> BridgeClient:
         """A connected client to a server it starts if none listens, and restarts if it dies.
 
         A server that dies `max_crashes` times within `crash_window` seconds is given up:
         by default as often as the network/critical row of the recovery matrix (`matrix=`)
-        allows reconnecting (`reconnect_ipc`, 5 retries: the sixth death ends it)."""
+        allows reconnecting (`reconnect_ipc`, 5 retries: the sixth death ends it). A server
+        it started has `start_timeout` seconds to listen; after that, refused connects count
+        against the same row's attempts, and reconnecting gives up after them."""
         if max_crashes is None:
             matrix: RecoveryMatrix = kwargs.get("matrix", DEFAULT_MATRIX)
             max_crashes = matrix.attempts(
@@ -270,10 +272,11 @@ class BridgeClient(TypedMethods):
             max_crashes=max_crashes or 1,
             crash_window=crash_window,
             stderr_path=stderr_path,
+            start_timeout=start_timeout,
         )
         client = cls(path, supervisor=supervisor, **kwargs)
         try:
-            await client.connect()
+            await client.connect(startup_timeout=start_timeout)
         except BaseException:
             await client.close()
             raise

@@ -20,9 +20,10 @@ reached. A dropped connection counts as one failure (not one per request that wa
 and so does each failed reconnect attempt once the outage has lasted `outage_grace` seconds:
 a server that restarts in time never trips the breaker, one that stays down does, and then
 new calls fail fast while those already queued keep waiting. If reconnecting is given
-up (without a supervisor, after the network/critical row's attempts past the outage grace;
-the supervised server crash-loops; the token is refused), every waiting entry fails with
-that error: an explicit answer, never silence, and no request waits forever.
+up (after the network/critical row's attempts past the outage grace, with or without a
+supervisor: a supervised server's refusals while it starts, within its `start_timeout`, are
+not counted; the supervised server crash-loops; the token is refused), every waiting entry
+fails with that error: an explicit answer, never silence, and no request waits forever.
 
 Retries are the recovery matrix's: an answer refusing a request before it ran (retryable
 -32005 or -32002) is sent again as often as its row allows, on the client's backoff; an
@@ -47,16 +48,13 @@ from lapce_bridge.core.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from lapce_bridge.core.matrix import RecoveryMatrix
+from lapce_bridge.core.matrix import UNBOUNDED_RETRIES, RecoveryMatrix
 from lapce_bridge.core.retry import RetryPolicy
 from lapce_bridge.ipc.link import Link
 from lapce_bridge.ipc.outbox import Outbox, OutboxEntry
 from lapce_bridge.ipc.wire import settle
 
 T = TypeVar("T")
-
-# A row with no bound of its own still stops here: no request is retried forever.
-UNBOUNDED_RETRIES = 10
 
 
 def refused_before_running(exc: BridgeError) -> bool:
@@ -306,16 +304,22 @@ class RecoveryPath:
             return
         self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
 
-    def _reconnect_attempts(self) -> int | None:
+    def _reconnect_attempts(self) -> int:
         """How many failed connects past the outage grace end the reconnecting: the
-        network/critical row's (reconnect_ipc) without a supervisor; with one, None: it
-        restarts the server and gives up on a crash loop, whose bound is the same row's
-        (`BridgeClient.spawn`), so a restart that is slow on a loaded machine is waited for."""
-        if self.supervised:
-            return None
-        return self.matrix.attempts(
+        network/critical row's (reconnect_ipc), with or without a supervisor (whose restarts
+        the same row bounds, `BridgeClient.spawn`)."""
+        attempts = self.matrix.attempts(
             ErrorCategory.NETWORK, ErrorSeverity.CRITICAL, unbounded=UNBOUNDED_RETRIES
         )
+        return attempts or UNBOUNDED_RETRIES
+
+    def _counts(self, outage_started: float, attempt_started: float) -> bool:
+        """Whether a failed connect counts against the row: past the outage grace, and not
+        while a supervised server it restarted is still starting (slow on a loaded machine)."""
+        if attempt_started - outage_started < self.outage_grace:
+            return False
+        supervisor = self.link.supervisor
+        return supervisor is None or not supervisor.starting()
 
     async def _reconnect(self) -> None:
         delays = self.retry.delays()
@@ -334,7 +338,7 @@ class RecoveryPath:
             try:
                 await self.link.open()
             except (ConnectionLost, BridgeTimeout) as exc:
-                if started - outage_started >= self.outage_grace:
+                if self._counts(outage_started, started):
                     attempts += 1
                     breaker.on_error(clock.now() - started, exc, generation=generation)
                 else:  # a server restarting is expected to refuse for a moment
@@ -348,11 +352,13 @@ class RecoveryPath:
                 breaker.on_success(clock.now() - started, generation=generation)
                 break
             delay = next(delays, None)
-            if delay is None or (allowed is not None and attempts >= allowed):
+            if delay is None or attempts >= allowed:
                 self._fail_outbox(
                     ConnectionLost(
-                        f"gave up reconnecting after {attempts} attempts: {last.detail}",
-                        data={"attempts": attempts},
+                        f"gave up reconnecting to {self.link.endpoint} after {attempts} "
+                        f"attempts (the recovery matrix's network/critical row allows "
+                        f"{allowed}): {last.detail}",
+                        data={"attempts": attempts, "allowed": allowed},
                     )
                 )
                 return
@@ -407,4 +413,4 @@ class RecoveryPath:
         self.outbox.close()
 
 
-__all__ = ["UNBOUNDED_RETRIES", "AnswerRetry", "RecoveryPath", "Refused", "refused_before_running"]
+__all__ = ["AnswerRetry", "RecoveryPath", "Refused", "refused_before_running"]

@@ -21,13 +21,16 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lapce_bridge.core.errors import BridgeError
+from lapce_bridge.core.errors import BridgeError, InvalidParams
 from lapce_bridge.ipc.framing import DEFAULT_MAX_MESSAGE_BYTES
 from lapce_bridge.ipc.journal import JOURNAL_FILE, IdempotencyJournal
 from lapce_bridge.ipc.paths import default_socket_path, default_state_dir, state_dir_ready
 from lapce_bridge.slo import SLO_FILE
+
+if TYPE_CHECKING:
+    from lapce_bridge.core.matrix import RecoveryMatrix
 
 log = logging.getLogger("lapce_bridge.serve")
 
@@ -49,6 +52,7 @@ class ServeOptions:
     memory_budget: int | None = None  # bytes the server and its terminals may use
     timeouts: tuple[tuple[str, float], ...] = ()  # (method, seconds): the dispatcher's limits
     terminal_host: bool = False  # terminals in a host process that outlives the server
+    matrix: RecoveryMatrix | None = None  # --recovery-matrix's rows; None: the default table
 
 
 def journal_path(state_dir: Path, where: str) -> Path:
@@ -98,6 +102,7 @@ async def run_server(opts: ServeOptions, *, announce: Callable[[str], None] | No
             table.update(extra(app) if callable(extra) else extra)
         return table
 
+    from lapce_bridge.core.matrix import DEFAULT_MATRIX
     from lapce_bridge.core.timeouts import TimeoutManager
 
     timeouts = TimeoutManager()
@@ -112,6 +117,7 @@ async def run_server(opts: ServeOptions, *, announce: Callable[[str], None] | No
         memory_budget=opts.memory_budget,
         slo_path=slo_path,
         terminal_host=opts.terminal_host,
+        matrix=opts.matrix or DEFAULT_MATRIX,
     )
     server = BridgeServer(
         app,
@@ -368,6 +374,13 @@ def parser() -> argparse.ArgumentParser:
         help="on: terminals live in a host process that survives a restart or crash of the "
         "server; off: in the server's own process (default: %(default)s).",
     )
+    p.add_argument(
+        "--recovery-matrix",
+        type=Path,
+        metavar="FILE",
+        help="A TOML or JSON file of recovery matrix rows that replace the default ones "
+        "(README: The recovery matrix).",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
         "--log-format",
@@ -392,6 +405,14 @@ def options(argv: Sequence[str]) -> ServeOptions:
         module_name, _, attr = spec.partition(":")
         if not module_name or not attr:
             raise UsageError(f"--extra-methods: expected MODULE:ATTRIBUTE, got {spec!r}")
+    matrix = None
+    if args.recovery_matrix is not None:
+        from lapce_bridge.core.matrix import load_matrix
+
+        try:
+            matrix = load_matrix(args.recovery_matrix)
+        except InvalidParams as exc:
+            raise UsageError(f"--recovery-matrix: {exc.detail}") from exc
     from lapce_bridge.logsetup import configure
 
     configure(args.log_level, args.log_format)
@@ -411,6 +432,7 @@ def options(argv: Sequence[str]) -> ServeOptions:
         memory_budget=args.memory_budget,
         timeouts=_parse_timeouts(args.timeout),
         terminal_host=args.terminal_host == "on",
+        matrix=matrix,
     )
 
 

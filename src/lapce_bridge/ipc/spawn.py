@@ -7,7 +7,9 @@ server answers on the socket and our process is not alive, `ensure_running` star
 aimed at the editor does not reach it). Every exit we did not ask for is a death,
 timed on the clock; `max_crashes` deaths within `crash_window` seconds mean a crash loop:
 the supervisor gives up and `ensure_running()` raises `Unavailable` with the count and the
-last exit status, instead of restarting forever.
+last exit status, instead of restarting forever. A server it started has `start_timeout`
+seconds to listen (`starting()`): a client's refused connects meanwhile are a start-up, not
+a failure.
 """
 
 from __future__ import annotations
@@ -42,8 +44,11 @@ class ServerSupervisor:
         crash_window: float = 60.0,
         python: str = sys.executable,
         stderr_path: Path | None = None,
+        start_timeout: float = 15.0,
     ) -> None:
         self.socket_path = socket_path
+        self.start_timeout = start_timeout
+        self.started_at: float | None = None
         self.args = tuple(args)
         self.env = dict(env) if env is not None else None
         self.clock = clock or SYSTEM_CLOCK
@@ -64,6 +69,16 @@ class ServerSupervisor:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.returncode is None
+
+    def starting(self) -> bool:
+        """Our server is on its way: being restarted after an exit, or started less than
+        `start_timeout` seconds ago (it may not listen yet)."""
+        if self.failed is not None or self._stopping or self.process is None:
+            return False
+        if not self.running:
+            return True  # exited unasked: `_watch_exit` starts it again
+        started = self.started_at
+        return started is not None and self.clock.now() - started < self.start_timeout
 
     async def ensure_running(self) -> None:
         if self.failed is not None:
@@ -93,6 +108,7 @@ class ServerSupervisor:
             if stderr is not None:
                 os.close(stderr)
         self.starts += 1
+        self.started_at = self.clock.now()
         self._watch = asyncio.get_running_loop().create_task(self._watch_exit(self.process))
 
     async def _watch_exit(self, proc: asyncio.subprocess.Process) -> None:

@@ -1,11 +1,15 @@
 """A child process on a pseudo-terminal, driven from the asyncio loop without blocking it.
 
 Theory of operation:
-- Spawn: `subprocess.Popen` with `start_new_session=True` and the slave as fds 0-2 (no Python
-  code runs in the child, so no fork-with-threads hazard). `setsid()` leaves the child without a
-  controlling terminal, and dup'd fds do not give it one, so the child is `/bin/sh` running
-  `exec "$@" <>TTY`: a session leader *opening* the tty makes it the controlling terminal,
-  which gives the shell job control and lets SIGINT reach the foreground process group.
+- Spawn: `os.posix_spawn` in a new session with the slave as fds 0-2 (no Python code runs in
+  the child, so no fork-with-threads hazard), every signal's disposition reset to its default
+  and an empty signal mask: a server started with SIGINT ignored (under `nohup`, or as a
+  background job of a non-interactive shell) would otherwise hand that to its shells, and
+  Ctrl-C would stop nothing in them. The descriptors the server inherited are closed in the
+  child (its own are close-on-exec). `setsid()` leaves the child without a controlling
+  terminal, and dup'd fds do not give it one, so the child is `/bin/sh` running
+  `cd DIR && exec "$@" <>TTY`: a session leader *opening* the tty makes it the controlling
+  terminal, which gives the shell job control and lets SIGINT reach the foreground group.
 - Read: the master is non-blocking and read from `loop.add_reader`, up to `_READ_BURST` reads
   a wake-up (a busy command fills the PTY buffer in 4 KiB steps; one callback per step would
   cost more than the reads).
@@ -25,8 +29,8 @@ import errno
 import fcntl
 import os
 import signal
+import stat
 import struct
-import subprocess
 import termios
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -37,7 +41,12 @@ from lapce_bridge.core.errors import ResourceExhausted
 _EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EAGAIN, errno.ENOENT})
 _READ_SIZE = 256 * 1024
 _READ_BURST = 16
-_TRAMPOLINE = 'exec "$@" <>"$0" >&0 2>&0'
+_TRAMPOLINE = 'cd -- "$1" && shift && exec "$@" <>"$0" >&0 2>&0'
+_SH = "/bin/sh"
+# Every signal a parent may have left ignored: a terminal's shell starts with the defaults.
+_DEFAULTS = tuple(
+    sig for sig in signal.valid_signals() if sig not in (signal.SIGKILL, signal.SIGSTOP)
+)
 
 
 class PtyProcess:
@@ -45,13 +54,12 @@ class PtyProcess:
 
     def __init__(
         self,
-        popen: subprocess.Popen[bytes],
+        pid: int,
         master: int,
         on_data: Callable[[bytes], None],
         on_exit: Callable[[int], None],
     ) -> None:
-        self._popen = popen
-        self.pid = popen.pid
+        self.pid = pid
         self.master = master
         self._on_data = on_data
         self._on_exit = on_exit
@@ -95,15 +103,19 @@ class PtyProcess:
         try:
             _set_size(master, cols, rows)
             name = os.ttyname(slave)
-            popen = subprocess.Popen(
-                ["/bin/sh", "-c", _TRAMPOLINE, name, *argv],
-                stdin=slave,
-                stdout=slave,
-                stderr=slave,
-                cwd=cwd,
-                env=dict(env),
-                start_new_session=True,
-                close_fds=True,
+            folder = "." if cwd is None else cwd
+            if not stat.S_ISDIR(os.stat(folder).st_mode):  # as a chdir would fail, here
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), folder)
+            actions: list[tuple[int, ...]] = [(os.POSIX_SPAWN_DUP2, slave, fd) for fd in (0, 1, 2)]
+            actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited_fds(slave)]
+            pid = os.posix_spawn(
+                _SH,
+                [_SH, "-c", _TRAMPOLINE, name, folder, *argv],
+                dict(env),
+                file_actions=actions,
+                setsid=True,
+                setsigmask=(),
+                setsigdef=_DEFAULTS,
             )
         except BaseException:
             os.close(master)
@@ -111,7 +123,7 @@ class PtyProcess:
         finally:
             os.close(slave)
         os.set_blocking(master, False)
-        return cls(popen, master, on_data, on_exit)
+        return cls(pid, master, on_data, on_exit)
 
     @property
     def alive(self) -> bool:
@@ -154,7 +166,6 @@ class PtyProcess:
         if pid == 0:
             return
         self.returncode = os.waitstatus_to_exitcode(status)
-        self._popen.returncode = self.returncode  # so Popen's finaliser does not wait again
         if self._pidfd is not None:
             self._loop.remove_reader(self._pidfd)
             os.close(self._pidfd)
@@ -268,6 +279,22 @@ def _ignore_data(data: bytes) -> None:
 
 def _ignore_exit(code: int) -> None:
     pass
+
+
+def _inherited_fds(keep: int) -> list[int]:
+    """The descriptors above 2 a child would inherit (the server's are close-on-exec; these
+    came from whoever started it), but `keep`."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return []
+    fds = []
+    for fd in map(int, names):
+        if fd > 2 and fd != keep:
+            with contextlib.suppress(OSError):
+                if os.get_inheritable(fd):
+                    fds.append(fd)
+    return fds
 
 
 def _set_size(fd: int, cols: int, rows: int) -> None:

@@ -1,10 +1,13 @@
 """What to do when a terminal's shell dies: the decision, kept pure.
 
 Theory of operation: a shell death is a `ShellCrashed` (terminal, critical); the recovery
-matrix's row for it names the remedy (`recreate_terminal`), whether it may run (the row allows
-a retry) and its fallback (`alert_user`): `CrashLoopPolicy.from_matrix` carries the row, so
-a changed row changes what a terminal does. This module adds what the matrix cannot know:
-crash loops. Deaths are remembered as clock times; a
+matrix's row for it names the remedy (`recreate_terminal`), how many times a re-creation is
+tried (`max_retries`: none, and the shell is not recreated) and the fallback (`alert_user`).
+A command the dying shell never started is a terminal/recoverable failure: that row's primary
+(`retry_command`) runs it again on the new shell, at most `max_retries` times; its fallback
+is the start-up ladder's last rung (`raw_output_mode`). `CrashLoopPolicy.from_matrix`
+carries both rows, so a changed row changes what a terminal does. This module adds what the
+matrix cannot know: crash loops. Deaths are remembered as clock times; a
 death is answered by a restart of the same shell while fewer than `max_deaths` fall inside the
 last `window_s` seconds; past that the next shell of `fallback_shells` that can be run and has
 not been tried is started instead (mode `alternative_shell`, with a fresh count); when none is
@@ -23,7 +26,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from lapce_bridge.core.errors import ErrorCategory, ErrorSeverity
-from lapce_bridge.core.matrix import DEFAULT_MATRIX, RecoveryMatrix, Strategy
+from lapce_bridge.core.matrix import (
+    DEFAULT_MATRIX,
+    UNBOUNDED_RETRIES,
+    RecoveryMatrix,
+    Strategy,
+)
 
 
 class RestartAction(StrEnum):
@@ -37,26 +45,37 @@ class CrashLoopPolicy:
     max_deaths: int = 3  # deaths within the window that make the shell "crash-looping"
     window_s: float = 30.0
     fallback_shells: tuple[str, ...] = ("bash", "sh")
-    # The recovery matrix's terminal/critical row: the remedy, whether it runs, the fallback.
+    # The recovery matrix's terminal/critical row: the remedy, how many times a re-creation
+    # is tried after a death (0: the shell is not recreated), the fallback.
     remedy: Strategy = Strategy.RECREATE_TERMINAL
-    recreates: bool = True
+    recreations: int = 1
     fallback: Strategy = Strategy.ALERT_USER
-    # The terminal/recoverable row's fallback, for a shell that prints no end marker at all.
+    # The terminal/recoverable row: how a command the dying shell never started is run again
+    # (`rerun`, at most `reruns` times), and the fallback for a shell printing no end marker.
+    rerun: Strategy = Strategy.RETRY_COMMAND
+    reruns: int = 3
     unmarked: Strategy = Strategy.RAW_OUTPUT_MODE
+
+    @property
+    def recreates(self) -> bool:
+        return self.recreations > 0
 
     @classmethod
     def from_matrix(cls, matrix: RecoveryMatrix = DEFAULT_MATRIX) -> CrashLoopPolicy:
-        """The policy the matrix's terminal/critical row sets: the shell is recreated only
-        when the row allows the remedy a run (a retry)."""
-        category, severity = ErrorCategory.TERMINAL, ErrorSeverity.CRITICAL
-        row = matrix.lookup(category, severity)
-        attempts = matrix.attempts(category, severity, unbounded=2)
-        unmarked = matrix.lookup(category, ErrorSeverity.RECOVERABLE).fallback
+        """The policy the matrix's terminal rows set (a row without a bound of its own
+        allows `UNBOUNDED_RETRIES` tries: the crash loop bound ends them anyway)."""
+        critical, recoverable = ErrorSeverity.CRITICAL, ErrorSeverity.RECOVERABLE
+        died = matrix.lookup(ErrorCategory.TERMINAL, critical)
+        lost = matrix.lookup(ErrorCategory.TERMINAL, recoverable)
         return cls(
-            remedy=row.primary,
-            recreates=(attempts or 1) > 1,
-            fallback=row.fallback,
-            unmarked=unmarked,
+            remedy=died.primary,
+            recreations=(matrix.attempts(died.category, critical, unbounded=UNBOUNDED_RETRIES) or 1)
+            - 1,
+            fallback=died.fallback,
+            rerun=lost.primary,
+            reruns=(matrix.attempts(lost.category, recoverable, unbounded=UNBOUNDED_RETRIES) or 1)
+            - 1,
+            unmarked=lost.fallback,
         )
 
 

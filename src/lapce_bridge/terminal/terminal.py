@@ -766,12 +766,18 @@ class Terminal:
         else:
             recovery = Recovery(self.crash_policy.fallback.value, decision.reason)
         ex = self._exec
-        if ex is not None and will_recover and not (ex.started or ex.interrupted or ex.timed_out):
+        policy = self.crash_policy
+        if (
+            ex is not None
+            and will_recover
+            and not (ex.started or ex.interrupted or ex.timed_out)
+            and sum(r.action == policy.rerun.value for r in ex.recoveries) < policy.reruns
+        ):
             # It provably never started (no start mark): it runs on the restarted shell
-            # instead of being lost.
+            # instead of being lost, as often as the terminal/recoverable row allows.
             ex.recoveries.append(
                 Recovery(
-                    self.crash_policy.remedy.value,
+                    policy.rerun.value,
                     f"the shell died (code {code}) before the command started; it ran on the "
                     "restarted shell",
                 )
@@ -788,12 +794,12 @@ class Terminal:
             except Exception:  # a faulty listener must not stop the recovery
                 pass
         if will_recover:
-            task = asyncio.get_running_loop().create_task(self._restart(decision, now))
+            task = asyncio.get_running_loop().create_task(self._restart(decision, now, code))
             self.restarting = task
         else:
             self.failed = ShellCrashed(decision.reason)
 
-    async def _restart(self, decision: RestartDecision, died_at: float) -> None:
+    async def _restart(self, decision: RestartDecision, died_at: float, code: int) -> None:
         old = self.shell_proc
         if old is not None:
             old.proc.close()
@@ -813,16 +819,24 @@ class Terminal:
         if old is not None:
             # The exported environment comes along, into another kind of shell too.
             restore = restore_file(self.dir, old.kind, shell_kind(exe))
-        try:
-            await self._start_shell(exe, restore=restore, alternative=alternative)
-        except Exception as exc:
-            self.failed = exc
-            replay, self._replay = self._replay, None
-            if replay is not None:
-                self._finish(replay, exit_code=None, status=Status.INTERRUPTED)
-            if self.observe is not None:
-                self.observe("terminal.recover", self.clock.now() - died_at, False)
-            return
+        tries = max(1, self.crash_policy.recreations)  # the terminal/critical row's
+        for tried in range(1, tries + 1):
+            try:
+                await self._start_shell(exe, restore=restore, alternative=alternative)
+                break
+            except Exception as exc:
+                if tried < tries:
+                    continue
+                self.failed = exc
+                replay, self._replay = self._replay, None
+                if replay is not None:
+                    self._finish(replay, exit_code=None, status=Status.INTERRUPTED)
+                if self.observe is not None:
+                    self.observe("terminal/recover", self.clock.now() - died_at, False)
+                if self.on_exit is not None:  # given up: the row's fallback (an alert) follows
+                    with contextlib.suppress(Exception):
+                        self.on_exit(TerminalExited(self.terminal_id, code, False))
+                return
         self.restarts += 1
         replay, self._replay = self._replay, None
         if replay is not None and not replay.done.done():
@@ -830,7 +844,7 @@ class Terminal:
         elapsed = self.clock.now() - died_at
         self.last_recovery_ms = elapsed * 1000.0
         if self.observe is not None:
-            self.observe("terminal.recover", elapsed, True)
+            self.observe("terminal/recover", elapsed, True)
 
     def statistics(self) -> TerminalStats:
         ps = self.parser.statistics()
