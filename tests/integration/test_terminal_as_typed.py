@@ -325,26 +325,6 @@ async def test_commands_behave_as_typed_into_a_plain_shell(shell: str, tmp_path:
     assert not mismatches, f"{len(mismatches)} of {len(commands)} differ:\n" + "\n".join(mismatches)
 
 
-@pytest.mark.parametrize("shell", ["bash", "zsh"])
-async def test_a_job_notice_is_shown_once_whenever_the_job_ends(shell: str, tmp_path: Path) -> None:
-    """A background job ends while commands keep coming: its notice is in exactly one
-    command's output, whether the shell printed it during a command, at its prompt between
-    two, or (zsh) while the bridge typed the next command's keys."""
-    async with await Terminal.start(
-        shell=shell, cwd=str(tmp_path), env={"HOME": str(tmp_path)}, state_dir=tmp_path / "s"
-    ) as term:
-        for _ in range(8):
-            await term.execute("sleep 0.1 &", timeout=10)
-            outputs = []
-            started = time.monotonic()
-            while time.monotonic() - started < 0.3:  # commands across the job's end
-                outputs.append((await term.execute("echo x", timeout=10)).output)
-            outputs.append((await term.execute("echo end", timeout=10)).output)
-            shown = "".join(outputs)
-            assert shown.count("sleep 0.1") == 1, shown
-            assert re.search(r"(?i)\bdone\b", shown), shown
-
-
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 async def test_an_interrupted_command_gains_no_blank_line(shell: str, tmp_path: Path) -> None:
     """bash and zsh end the line a typed ^C was echoed on; ours is a signal, never echoed."""
