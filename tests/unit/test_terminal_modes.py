@@ -10,6 +10,7 @@ from lapce_bridge.terminal.modes import (
     build_env,
     load_groups,
     load_keys,
+    prompt_filter,
     run_line,
     shell_kind,
     typed,
@@ -147,3 +148,17 @@ def test_wire_form_uses_protocol_names() -> None:
 def test_load_groups_hand_a_heredoc_over_in_one_load(lines: list[str], groups: list[int]) -> None:
     assert load_groups(lines) == groups
     assert sum(groups) == len(lines)
+
+
+def test_fish_prompt_drawing_is_dropped_from_what_fish_writes() -> None:
+    line = b"\x1b[2m\xe2\x8f\x8e\x1b(B\x1b[m" + b" " * 119 + b"\r\xe2\x8f\x8e \r\x1b[K"
+    prompt = b"\x1b[30m\x1b(B\x1b[m\x1b]633;A\x07$ \x1b[K\r\x1b[C\x1b[C"
+    strip = prompt_filter("fish")
+    assert strip is not None
+    # The prompt-start mark stays (it says the prompt is back); the drawing goes.
+    assert strip(b"after\r\n" + line + prompt) == (
+        b"after\r\n\x1b[2m\x1b[30m\x1b(B\x1b[m\x1b]633;A\x07"
+    )
+    kept = "a \u23ce and a $ in output\r\n".encode()
+    assert strip(kept) == kept
+    assert prompt_filter("bash") is None
