@@ -170,32 +170,37 @@ async def test_paging_with_a_cursor_covers_every_match_once(tmp_path: Path) -> N
         await c.close()
 
 
+def scan_page(
+    root: Path, query: str, resume: tuple[str, int] | None, max_results: int,
+    clock: FakeClock, deadline: float, readers: Any = None, case_sensitive: bool = True,
+) -> Any:  # fmt: skip
+    """One page of a literal search of `root` by `Scan` itself (.gitignore respected)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return Scan(
+            finder=compile_finder(query, regex=False, case_sensitive=case_sensitive),
+            ops=REAL_FS,
+            rules=IgnoreRules.for_folder(str(root), "."),
+            include=None,
+            exclude=None,
+            resume=resume,
+            max_results=max_results,
+            deadline=deadline,
+            clock=clock,
+            stop=threading.Event(),
+            readers=readers,
+        ).run(".", fd, True)
+    finally:
+        os.close(fd)
+
+
 def test_a_search_out_of_time_stops_with_a_cursor_that_resumes(tmp_path: Path) -> None:
     for i in range(200):
         (tmp_path / f"f{i:03}.txt").write_text(f"needle {i}\n")
     clock = FakeClock()
-    root = str(tmp_path)
 
     def scan(deadline: float, resume: tuple[str, int] | None) -> Any:
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            return scan_folder(fd, deadline, resume)
-        finally:
-            os.close(fd)
-
-    def scan_folder(fd: int, deadline: float, resume: tuple[str, int] | None) -> Any:
-        return Scan(
-            finder=compile_finder("needle", regex=False, case_sensitive=True),
-            ops=REAL_FS,
-            rules=IgnoreRules.for_folder(root, "."),
-            include=None,
-            exclude=None,
-            resume=resume,
-            max_results=1000,
-            deadline=deadline,
-            clock=clock,
-            stop=threading.Event(),
-        ).run(".", fd, True)
+        return scan_page(tmp_path, "needle", resume, 1000, clock, deadline)
 
     late = scan(clock.now(), None)  # the deadline has already come
     assert (late.timed_out, late.stop_at, late.matches) == (True, ("f000.txt", 0), [])
@@ -220,27 +225,13 @@ def test_reader_threads_give_the_pages_of_a_search_in_place(tmp_path: Path) -> N
     (tmp_path / "d1" / "bin.dat").write_bytes(b"needle\x00binary")
     (tmp_path / "d2" / "a.log").write_text("needle ignored\n")
     (tmp_path / ".gitignore").write_text("*.log\n")
-    root = str(tmp_path)
     readers = ThreadPoolExecutor(2)
+    clock = FakeClock()
 
     def page(resume: tuple[str, int] | None, max_results: int, pool: Any) -> Any:
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            return Scan(
-                finder=compile_finder("NEEDLE", regex=False, case_sensitive=False),
-                ops=REAL_FS,
-                rules=IgnoreRules.for_folder(root, "."),
-                include=None,
-                exclude=None,
-                resume=resume,
-                max_results=max_results,
-                deadline=FakeClock().now() + 60,
-                clock=FakeClock(),
-                stop=threading.Event(),
-                readers=pool,
-            ).run(".", fd, True)
-        finally:
-            os.close(fd)
+        return scan_page(
+            tmp_path, "NEEDLE", resume, max_results, clock, clock.now() + 60, pool, False
+        )
 
     try:
         for max_results in (1, 37, 200, 10_000):

@@ -4,6 +4,7 @@ Streamable HTTP: a real server process, a real shell, real files."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -361,6 +362,52 @@ async def test_tasks_with_the_python_sdk_client(tmp_path: Path) -> None:
                 )
                 assert after["output"] == "after\n"
                 assert "never" not in after["output"]
+
+
+async def test_malformed_tool_calls_get_the_sdks_own_refusals(tmp_path: Path) -> None:
+    """A plain `tools/call` is answered by our middleware lane; anything malformed, and a
+    call before `initialize`, still gets the SDK's own refusal (raw JSON lines, no client
+    library in between)."""
+    ws = make_workspace(tmp_path)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lapce_bridge", "mcp", "--workspace", str(ws), "--shell", "bash",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL, env=server_env(tmp_path),
+    )  # fmt: skip
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    ids = itertools.count(1)
+
+    async def request(method: str, params: dict[str, Any]) -> dict[str, Any]:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        message = {"jsonrpc": "2.0", "id": next(ids), "method": method, "params": params}
+        proc.stdin.write(json.dumps(message).encode() + b"\n")
+        answer: dict[str, Any] = json.loads(await proc.stdout.readline())
+        assert answer["id"] == message["id"]
+        return answer
+
+    refused = {"code": -32602, "message": "Invalid request parameters", "data": ""}
+    call = {"name": "file_info", "arguments": {"path": "calc.py"}}
+    try:
+        with anyio.fail_after(60):
+            assert (await request("tools/call", call))["error"] == refused  # before initialize
+            client = {"name": "raw", "version": "0"}
+            init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": client}
+            assert "result" in await request("initialize", init)
+            proc.stdin.write(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}\n')
+            answered = (await request("tools/call", call))["result"]
+            assert answered["structuredContent"]["kind"] == "file"
+            assert json.loads(answered["content"][0]["text"]) == answered["structuredContent"]
+            for bad in (
+                {"name": "file_info", "arguments": ["calc.py"]},
+                {"name": 5, "arguments": {}},
+                {**call, "_meta": {"progressToken": [1]}},
+            ):
+                assert (await request("tools/call", bad))["error"] == refused, bad
+    finally:
+        proc.stdin.close()
+        await asyncio.wait_for(proc.wait(), 30)
 
 
 def test_every_tool_schema_is_generated_from_its_structs() -> None:

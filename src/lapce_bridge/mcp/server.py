@@ -321,6 +321,7 @@ class ToolCallLane:
             type(name) is not str
             or not (arguments is None or type(arguments) is dict)
             or not _LANE_KEYS.issuperset(params)
+            or ("_meta" in params and ctx.meta is None)  # a `_meta` the SDK could not read
         ):
             return await call_next(ctx)
         return await self._answer(name, arguments, ctx)

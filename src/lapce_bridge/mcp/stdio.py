@@ -24,12 +24,12 @@ import fcntl
 import os
 import stat
 from collections.abc import AsyncIterator
-from types import TracebackType
 from typing import Any
 
 import anyio
 import mcp_types as types
 import orjson
+from anyio.abc import AsyncResource
 from mcp.shared.message import SessionMessage
 
 LINE_LIMIT = 256 * 1024 * 1024  # one message a line; a write_file of a big file is one line
@@ -75,9 +75,10 @@ def encode(message: types.JSONRPCMessage) -> bytes:
     return message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
 
 
-class LineReader:
+class LineReader(AsyncResource):
     """The SDK's `ReadStream` on a pipe: one message a line, or the error that line gave (a
-    line over the limit, or not a JSON-RPC message; the SDK answers or logs it), until EOF."""
+    line over the limit, or not a JSON-RPC message; the SDK answers or logs it), until EOF.
+    (`AsyncResource`: a context manager that closes it.)"""
 
     def __init__(self, reader: asyncio.StreamReader) -> None:
         self._reader = reader
@@ -113,19 +114,8 @@ class LineReader:
     async def aclose(self) -> None:
         self._closed = True
 
-    async def __aenter__(self) -> LineReader:
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-
-class LineWriter:
+class LineWriter(AsyncResource):
     """The SDK's `WriteStream` on a pipe: each message written as one line, in the order
     `send` is called (one `write` a message, so concurrent senders never interleave), with
     the pipe's flow control (`drain`) holding a sender back while the reader lags."""
@@ -145,17 +135,6 @@ class LineWriter:
             self._closed = True
             with contextlib.suppress(ConnectionError):
                 await self._writer.drain()  # what is written goes out before the pipe closes
-
-    async def __aenter__(self) -> LineWriter:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 @contextlib.asynccontextmanager
