@@ -355,7 +355,13 @@ def _check_typed_answers(shell: str, answers: dict[str, dict[str, Any]]) -> None
     started = answers["sleep 30 > server.log 2>&1 &"]
     assert re.fullmatch(r"\[1\] \d+\n", started["output"]), started
     stopped = answers["kill %1; wait %1"]
-    assert stopped["exitCode"] == 143  # the server, job 1, was the one stopped
+    # The server, job 1, was the one stopped. zsh (option NOTIFY) reports a job's end as soon
+    # as it learns of it, also between `kill` and `wait`, and forgets the job: then `wait`
+    # finds no job, typed at a plain zsh's prompt as well (a few runs in a hundred here).
+    if stopped["exitCode"] == 127 and shell == "zsh":
+        assert stopped["output"].endswith("wait: %1: no such job\n"), stopped
+    else:
+        assert stopped["exitCode"] == 143, stopped
     assert "erminated" in stopped["output"]
     assert "sleep 30" in stopped["output"]
     lines = answers["echo one\nif then fi\necho three"]

@@ -8,6 +8,7 @@ from lapce_bridge.terminal.exec_cmd import exit_status
 from lapce_bridge.terminal.modes import (
     LOAD_KEY,
     build_env,
+    load_groups,
     load_keys,
     prompt_filter,
     run_line,
@@ -120,6 +121,33 @@ def test_wire_form_uses_protocol_names() -> None:
         "executionId", "terminalId", "exitCode", "output", "outputBytes", "truncated", "cwd",
         "durationMs", "status", "mode", "shell", "recoveries",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("lines", "groups"),
+    [
+        (["echo a", "echo b"], [1, 1]),
+        # a here-document's body and its delimiter line go in one load
+        (["cat > f <<EOF", "a", "b", "EOF", "echo done"], [1, 3, 1]),
+        (["cat <<'E O'", "$x", "E O"], [1, 2]),
+        (['cat << "EOF"', "x", "EOF"], [1, 2]),
+        (["cat <<\\EOF", "x", "EOF"], [1, 2]),
+        # <<- strips leading tabs from the delimiter line
+        (["cat <<-X", "\ta", "\tX", "b"], [1, 2, 1]),
+        # two on one line: both bodies, in order
+        (["cat <<A <<B", "1", "A", "2", "B", "echo"], [1, 4, 1]),
+        # inside a block
+        (["if true; then", "cat <<EOF", "x", "EOF", "fi"], [1, 1, 2, 1]),
+        # not here-documents: a here-string, a shift, a delimiter that never comes
+        (["cat <<< hi", "hi"], [1, 1]),
+        (["echo $((1<<2))", "2"], [1, 1]),
+        (["cat <<EOF", "a", "b"], [1, 1, 1]),
+        (["cat <<EOF", "EOFX", "EOF "], [1, 1, 1]),
+    ],
+)
+def test_load_groups_hand_a_heredoc_over_in_one_load(lines: list[str], groups: list[int]) -> None:
+    assert load_groups(lines) == groups
+    assert sum(groups) == len(lines)
 
 
 def test_fish_prompt_drawing_is_dropped_from_what_fish_writes() -> None:

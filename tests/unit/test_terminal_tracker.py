@@ -274,10 +274,32 @@ def test_typed_zsh_echo_ends_at_postedit_after_the_widget_and_notices_carry_over
         b"hi\r\n",
         d(0, N1),
     )
-    assert text(events) == b"hi\r\n"
+    # The notice zle printed while the keys were typed is the command's output, first.
+    assert text(events) == b"[1] + done\r\nhi\r\n"
     # Between commands: a notice zle prints at its prompt goes to the next command's output.
     run(t, b"\x1b]633;A\x07vm% \x1b]633;B\x07\r\r\n", p("LbEdit"), b"[2] + terminated\r\n")
     run(t, b"\x1b]633;A\x07vm% \x1b]633;B\x07")
     t.submit(N2, typed=True)
     events = run(t, N2.encode(), p("LbZle", N2), b"ls\r\r\n", p("LbEdit"), b"a b\r\n", d(0, N2))
     assert text(events) == b"[2] + terminated\r\na b\r\n"
+
+
+def test_typed_zsh_notice_while_the_keys_are_typed_ends_at_the_redrawn_prompt() -> None:
+    """As zsh prints it: the notice, then the prompt and the keys typed so far drawn again."""
+    t = CommandTracker()
+    t.submit(N1, typed=True)
+    events = run(
+        t,
+        b"7\r\r\n",
+        p("LbEdit"),
+        b"[1]  + done       sleep 0.1\r\n\x1b[0m\x1b[J",
+        b"\x1b]633;A\x07vm# \x1b]633;B\x077\x1b[K\x08" + N1.encode(),
+        e(N1, "echo x")[:-8],  # the E mark alone (the C comes from preexec, later)
+        p("LbZle", N1),
+        b"\x1b[32Decho x   \x1b[26D\r\r\n",
+        p("LbEdit"),
+        b"\x1b]633;C\x07x\r\n",
+        d(0, N1),
+    )
+    assert text(events) == b"[1]  + done       sleep 0.1\r\nx\r\n"
+    assert finished(events) == [0]

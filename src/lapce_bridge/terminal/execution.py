@@ -15,6 +15,7 @@ the terminal's clock: `durationMs` runs from `received_at` to the end mark.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 
 from lapce_bridge.terminal.output import OutputNormalizer
@@ -37,6 +38,7 @@ class Execution:
         "interrupted",
         "last_activity",
         "lines_left",
+        "loads",
         "mode",
         "on_data",
         "prompted",
@@ -90,6 +92,7 @@ class Execution:
         self.run_cwd: str | None = None  # death before it started)
         self.prompted = False  # a prompt mark came after its output began (fish: hooks gone?)
         self.lines_left = 0  # typed delivery: lines the shell has not asked for yet
+        self.loads: deque[int] = deque()  # ... and how many of them each next load hands over
         self.reported = 0  # output bytes already answered in a waiting_for_input snapshot
         self.cwd: str | None = None
         self.ended_at: float | None = None

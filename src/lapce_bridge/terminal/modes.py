@@ -214,9 +214,46 @@ def typed(kind: str, detection: EndDetection) -> bool:
 
 def load_keys(kind: str, before: str = "") -> bytes:
     """What the bridge types to hand the shell the command's next line: `before` (the nonce
-    of a new command, or "-" to drop the rest of the current one) and the load key."""
+    of a new command, "-" to drop the rest of the current one, or a count of lines to hand
+    over at once) and the load key."""
     keys = before.encode() + LOAD_KEY
     return keys + _ACCEPT_KEY if kind == "bash" else keys
+
+
+# The shells whose load key takes a count of lines (`load_groups`); fish has no here-documents.
+COUNTED_LOADS = ("bash", "zsh")
+# A here-document's operator and delimiter word: `<<EOF`, `<<-EOF`, `<< 'EOF'`, `<<"EOF"`,
+# `<<\EOF` (not the here-string `<<<`).
+_HEREDOC = re.compile(
+    r"(?<!<)<<(?!<)(-?)[ \t]*(?:'([^'\n]*)'|\"([^\"\n]*)\"|\\?([^\s;&|<>()'\"`]+))"
+)
+
+
+def load_groups(lines: list[str]) -> list[int]:
+    """How many of the command's lines each load key hands the shell (typed delivery), in order:
+    one, except a here-document's body with its delimiter line, in one go. The shell reads those
+    as text, never as commands, so they need no round trip each (a 500-line heredoc would cost
+    500). A delimiter that never comes (or an operator that was not one, inside quotes or
+    `$((1<<2))`) groups nothing: each line is loaded alone, as before."""
+    groups: list[int] = []
+    i, n = 0, len(lines)
+    while i < n:
+        groups.append(1)
+        delimiters = _HEREDOC.findall(lines[i])
+        i += 1
+        j = i
+        for dash, single, double, bare in delimiters:
+            word = single or double or bare
+            while j < n and (lines[j].lstrip("\t") if dash else lines[j]) != word:
+                j += 1
+            if j == n:
+                break  # no delimiter line: not a here-document we can group
+            j += 1
+        else:
+            if j > i:
+                groups.append(j - i)
+                i = j
+    return groups
 
 
 def integration_line(kind: str, nonce: str) -> bytes:

@@ -47,9 +47,11 @@ from lapce_bridge.terminal.execution import Execution
 from lapce_bridge.terminal.files import CommandFile, new_private_dir, runtime_base
 from lapce_bridge.terminal.foreground import Foreground
 from lapce_bridge.terminal.modes import (
+    COUNTED_LOADS,
     INTERRUPT_KEY,
     Launch,
     build_env,
+    load_groups,
     load_keys,
     resolve_shell,
     run_line,
@@ -663,6 +665,8 @@ class Terminal:
         text = command_file_text(kind, ex.command, ex.run_cwd, by_line)
         ex.typed = by_line
         ex.lines_left = text.count("\n") - 1 if by_line else 0
+        if by_line and ex.lines_left and kind in COUNTED_LOADS:
+            ex.loads.extend(load_groups(text.split("\n")[:-1])[1:])
         ex.skip_cr = kind == "fish"
         ex.raw = detection is EndDetection.RAW
         self.tracker.submit(ex.token, typed=by_line)
@@ -693,8 +697,9 @@ class Terminal:
         if stopping or ex.lines_left <= 0:
             keys = load_keys(shell.kind, "-")  # the rest of the command is dropped
         else:
-            ex.lines_left -= 1
-            keys = load_keys(shell.kind)
+            count = ex.loads.popleft() if ex.loads else 1
+            ex.lines_left -= count
+            keys = load_keys(shell.kind, str(count) if count > 1 else "")
         try:
             shell.proc.write(keys)
         except OSError:

@@ -17,6 +17,9 @@ command's end is found is the tracker's `detection`:
   line editor's work (bash: the first newline after `633;P;LbEcho=<nonce>`, readline being
   set to scroll long lines rather than wrap them; zsh: its POSTEDIT mark `633;P;LbEdit`
   after `633;P;LbZle=<nonce>`);
+  a job's notice zle prints while the keys are typed (after its POSTEDIT mark, before our
+  widget's, up to the prompt it draws again) is the command's output, as it is between
+  commands (kept for the next command);
   the command starts at the first line's; `633;P;LbMore=<nonce>` (the next prompt) or
   `633;P;LbCont=<nonce>` (a continuation prompt) asks for the next line (`LineWanted`) and
   hides the prompt and the echo that follow.
@@ -227,8 +230,8 @@ class CommandTracker:
 
     def _text(self, data: bytes, out: list[TrackerEvent]) -> None:
         if self._secret is None:
-            if self._idle_capture and len(self._carry) < _CARRY_LIMIT:
-                self._carry += data[: _CARRY_LIMIT - len(self._carry)]
+            if self._idle_capture:
+                self._keep(data)
             return
         if self._held:
             if len(self._held_text) < _PRESTART_LIMIT:
@@ -236,6 +239,9 @@ class CommandTracker:
             return
         if self._typed:
             if self._hide:
+                if self._idle_capture:  # zle left its prompt to print a job's notice
+                    self._keep(data)
+                    return
                 if not self._until_lf:
                     return
                 nl = data.find(b"\n")
@@ -307,11 +313,16 @@ class CommandTracker:
                 if self._hide and value == self._secret:
                     self._until_lf = key == "LbEcho"
                     self._until_edit = key == "LbZle"
+                    self._idle_capture = False
                 return
             if key == "LbEdit":
-                # Only after our widget ran: zle also leaves its prompt to print a job's notice.
                 if self._hide and self._until_edit:
                     self._echo_ended(out)
+                elif self._hide:
+                    # Before our widget ran: zle left its prompt to print a job's notice (a
+                    # job ended while the keys were typed). It is this command's output, up to
+                    # the prompt zle draws again.
+                    self._idle_capture = True
                 return
             if key in ("LbMore", "LbCont"):
                 # The prompt and the echo that follow are not output; a redrawn prompt inside
@@ -338,13 +349,17 @@ class CommandTracker:
         elif self._secret is not None and token == self._secret:
             self._end(code, out)
 
+    def _keep(self, data: bytes) -> None:
+        if len(self._carry) < _CARRY_LIMIT:
+            self._carry += data[: _CARRY_LIMIT - len(self._carry)]
+
     def _echo_ended(self, out: list[TrackerEvent]) -> None:
-        self._hide = self._until_lf = self._until_edit = False
+        self._hide = self._until_lf = self._until_edit = self._idle_capture = False
         if not self.started:
             self._start(out)
-            if self._carry:
-                out.append(Output(bytes(self._carry)))
-                self._carry.clear()
+        if self._carry:
+            out.append(Output(bytes(self._carry)))
+            self._carry.clear()
 
     def _start(self, out: list[TrackerEvent]) -> None:
         self.started = True

@@ -69,24 +69,86 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
     }
 
     # The load key. After a nonce: a new command, its lines read from the file. After "-":
-    # the rest of the command is dropped (it was interrupted). Alone: the command's next line.
+    # the rest of the command is dropped (it was interrupted). After a count: that many of
+    # its next lines. Alone: its next line.
     __lb_load() {
         if [[ ${#READLINE_LINE} == 32 && $READLINE_LINE != *[!0-9a-f]* ]]; then
             __lb_n=$READLINE_LINE
             __lb_i=0
-            mapfile -t __lb_lines <"$__lb_cf"
             local text=
             IFS= builtin read -r -d '' -N 4096 text <"$__lb_cf"
-            if ((${#text} < 4096)); then __lb_escape "${text%$'\n'}"; else __lb_out=; fi
+            if ((${#text} < 4096)); then
+                text=${text%$'\n'}
+                __lb_escape "$text"
+            else
+                __lb_out=
+            fi
+            # One line (most commands): no second read of the file.
+            if ((${#text} < 4096)) && [[ $text != *$'\n'* ]]; then
+                __lb_lines=("$text")
+            else
+                mapfile -t __lb_lines <"$__lb_cf"
+            fi
             # One write for both marks: each write wakes the reader on the other side.
             builtin printf '\e]633;E;%s;%s\a\e]633;P;LbEcho=%s\a' "$__lb_out" "$__lb_n" "$__lb_n"
         else
-            if [[ $READLINE_LINE == - ]]; then __lb_i=${#__lb_lines[@]}; fi
             builtin printf '\e]633;P;LbEcho=%s\a' "$__lb_n"
+            if [[ $READLINE_LINE == - ]]; then
+                __lb_i=${#__lb_lines[@]}
+            elif [[ -n $READLINE_LINE && $READLINE_LINE != *[!0-9]* ]]; then
+                # After a count: that many lines at once (a here-document's body and its
+                # delimiter line, which the shell reads as text, never as commands).
+                local IFS=$'\n' n=$READLINE_LINE
+                READLINE_LINE="${__lb_lines[*]:__lb_i:n}"
+                READLINE_POINT=${#READLINE_LINE}
+                __lb_i=$((__lb_i + n))
+                return
+            fi
         fi
         READLINE_LINE=${__lb_lines[__lb_i]-}
         READLINE_POINT=${#READLINE_LINE}
         __lb_i=$((__lb_i + 1))
+    }
+
+    # Whether the command in flight may have changed the exported environment, from its text:
+    # an `=` (any assignment), `(` or `[` (arithmetic, a subshell or a function definition),
+    # a backquote, a glob; or a word that is a builtin setting, unsetting or reading variables,
+    # sourcing, eval, `cd` (PWD), a loop (its variable), or one of the user's functions or
+    # aliases (which may do any of these). A mere mention counts: a snapshot too many costs
+    # microseconds, one too few loses a variable after a crash. One glob and a table lookup
+    # a word: a `case` of patterns costs tens of microseconds in a UTF-8 locale.
+    __lb_may_export() {
+        # (`*` and `?` too: the words below are split unquoted, and must not glob.)
+        if [[ ${__lb_lines[*]} == *[=\(\[\`\*\?]* ]]; then
+            __lb_fns_stale=1 # it may also have defined functions
+            return 0
+        fi
+        local w IFS=$' \t\n;&|<>{}$"\'\\!'
+        for w in ${__lb_lines[*]}; do
+            # (Two of those characters in a row split off an empty word.)
+            if [[ -n $w && (-n ${__lb_words[$w]-} || -n ${BASH_ALIASES[$w]-}) ]]; then
+                if [[ ${__lb_words[$w]-} == 2 ]]; then __lb_fns_stale=1; fi
+                return 0
+            fi
+        done
+        return 1
+    }
+
+    # The words of `__lb_may_export`: ours (2: the command may also define functions), then
+    # the names of the user's functions, read again after a command that may have defined some.
+    __lb_list_functions() {
+        local kw attr name
+        __lb_words=(
+            [export]=1 [declare]=1 [typeset]=1 [readonly]=1 [local]=1 [unset]=1 [set]=1
+            [cd]=1 [pushd]=1 [popd]=1 [read]=1 [mapfile]=1 [readarray]=1 [printf]=1
+            [getopts]=1 [let]=1 [for]=1 [select]=1 [wait]=1 [exec]=1 [enable]=1
+            [source]=2 [.]=2 [eval]=2 [function]=2
+        )
+        builtin declare -F >"$__lb_dir/functions" 2>/dev/null
+        while IFS=' ' builtin read -r kw attr name; do
+            [[ $name == __lb_* || -n ${__lb_words[$name]-} ]] || __lb_words[$name]=1
+        done <"$__lb_dir/functions"
+        __lb_fns_stale=
     }
 
     # The `cwd` the bridge was asked to run a command in could not be entered: skip the rest.
@@ -102,8 +164,13 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
             return "$__lb_status"
         fi
         # What a replacement shell restores if this one dies (a builtin writing a file), saved
-        # before the end mark so that a death right after a command still finds it.
-        builtin declare -x 2>/dev/null >"$__lb_ef"
+        # before the end mark so that a death right after a command still finds it; saved
+        # again only when the environment may have changed (it costs as much as a bare prompt).
+        if [[ -z $__lb_n || $PROMPT_COMMAND != "$__lb_pc" ]] || ((${#PROMPT_COMMAND[@]} > 1)) ||
+            __lb_may_export; then
+            builtin declare -x 2>/dev/null >"$__lb_ef"
+        fi
+        if [[ -n $__lb_fns_stale ]]; then __lb_list_functions; fi
         __lb_escape "$PWD"
         if [[ -n $__lb_n ]]; then
             builtin printf -v __lb_mark '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' \
@@ -142,11 +209,23 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
     done
     unset __lb_km
 
+    # With no PROMPT_COMMAND of the user's, one call (the string is parsed at every prompt).
+    # `__lb_pc` is our own value: another one means the user's hooks run at each prompt too,
+    # and may export anything, so the environment is then saved after every command.
     if ((${#PROMPT_COMMAND[@]} > 1)); then
         PROMPT_COMMAND=(__lb_precmd "${PROMPT_COMMAND[@]}" __lb_prompt_end)
-    else
-        PROMPT_COMMAND="__lb_precmd${PROMPT_COMMAND:+
-$PROMPT_COMMAND}
+    elif [[ -n ${PROMPT_COMMAND-} ]]; then
+        PROMPT_COMMAND="__lb_precmd
+$PROMPT_COMMAND
 __lb_prompt_end"
+    else
+        PROMPT_COMMAND=__lb_prompt
     fi
+    __lb_pc=__lb_prompt
+    __lb_prompt() {
+        __lb_precmd
+        __lb_prompt_end
+    }
+    declare -A __lb_words=()
+    __lb_fns_stale=1
 fi

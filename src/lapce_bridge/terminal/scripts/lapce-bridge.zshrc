@@ -69,7 +69,8 @@ __lb_escape() {
 }
 
 # The load key. After a nonce: a new command, its lines read from the file. After "-": the
-# rest of the command is dropped (it was interrupted). Alone: the command's next line.
+# rest of the command is dropped (it was interrupted). After a count: that many of its next
+# lines. Alone: its next line.
 __lb_load() {
     if [[ ${#BUFFER} == 32 && $BUFFER != *[^0-9a-f]* ]]; then
         __lb_n=$BUFFER
@@ -85,6 +86,16 @@ __lb_load() {
         PS2=$'%{\e]633;P;LbCont='$__lb_n$'\a%}'$PS2
     elif [[ $BUFFER == - ]]; then
         __lb_i=${#__lb_lines}
+    elif [[ $BUFFER == <-> ]]; then
+        # After a count: that many lines at once (a here-document's body and its delimiter
+        # line, which the shell reads as text, never as commands).
+        local n=$BUFFER
+        BUFFER=${(pj:\n:)__lb_lines[__lb_i + 1, __lb_i + n]}
+        CURSOR=${#BUFFER}
+        __lb_i+=n
+        builtin printf '\e]633;P;LbZle=%s\a' "$__lb_n"
+        zle .accept-line
+        return
     fi
     BUFFER=${__lb_lines[__lb_i + 1]-}
     CURSOR=${#BUFFER}
@@ -96,6 +107,37 @@ __lb_load() {
         builtin printf '\e]633;P;LbZle=%s\a' "$__lb_n"
     fi
     zle .accept-line
+}
+
+# Whether the command in flight may have changed the exported environment, from its text:
+# an `=` (any assignment), `(` or `[` (arithmetic, a subshell or a function definition), a
+# backquote, a glob; or a word that is a builtin setting, unsetting or reading variables,
+# sourcing, eval, `cd` (PWD), a loop (its variable), or one of the user's functions or aliases
+# (which may do any of these; zsh keeps their names in $functions, $aliases, $galiases). A
+# mere mention counts: a snapshot too many costs microseconds, one too few loses a variable
+# after a crash. Background jobs cannot touch the shell's variables.
+typeset -gA __lb_words
+__lb_words=(
+    export 1 declare 1 typeset 1 readonly 1 local 1 integer 1 float 1 unset 1 set 1 cd 1
+    pushd 1 popd 1 read 1 vared 1 zparseopts 1 getopts 1 print 1 printf 1 let 1 for 1
+    foreach 1 select 1 repeat 1 wait 1 exec 1 enable 1 emulate 1 source 1 . 1 eval 1
+    function 1 autoload 1
+)
+__lb_may_export() {
+    local text="${(j: :)__lb_lines}" w
+    [[ $text == *[=\(\[\`\*\?]* ]] && return 0
+    for w in ${=text//[;&|<>\{\}\$\"\'\\\!]/ }; do
+        if (( ${+__lb_words[$w]} || ${+functions[$w]} || ${+aliases[$w]} || ${+galiases[$w]} ))
+        then
+            return 0
+        fi
+    done
+    return 1
+}
+
+__lb_user_hooks() {
+    (( ${#precmd_functions:#__lb_*} || ${#preexec_functions:#__lb_*} || ${#chpwd_functions} ||
+        ${+functions[precmd]} || ${+functions[preexec]} || ${+functions[chpwd]} ))
 }
 
 # The `cwd` the bridge was asked to run a command in could not be entered: skip the rest.
@@ -112,10 +154,17 @@ __lb_precmd() {
         return st
     fi
     # What a replacement shell restores if this one dies (a builtin writing a file), saved
-    # before the end mark so that a death right after a command still finds it.
-    builtin export -p >|"$__lb_ef" 2>/dev/null
+    # before the end mark so that a death right after a command still finds it; saved again
+    # only when the environment may have changed (it costs about as much as a bare prompt).
+    # Hooks of the user's that run around every command (precmd, preexec, chpwd) may export
+    # anything.
+    if [[ -z $__lb_n ]] || __lb_user_hooks || __lb_may_export; then
+        builtin export -p >|"$__lb_ef" 2>/dev/null
+    fi
     __lb_escape "$PWD"
-    # One write for all the marks: each write wakes the reader on the other side.
+    # One write for all the marks: each write wakes the reader on the other side. The cwd
+    # comes at every prompt, just before the end mark: a P;Cwd that any program may print
+    # between commands is always overwritten by the shell's own.
     if [[ -n $__lb_n ]]; then
         builtin printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' "$__lb_out" "$st" "$__lb_n"
         __lb_n=

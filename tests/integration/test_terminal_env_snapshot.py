@@ -1,0 +1,91 @@
+"""The exported environment a restarted shell gets back, saved only after commands that may
+have changed it (bash, zsh: real shells, real kills).
+
+The hooks save the environment after a command only when its text could change it (an
+assignment, `export`, `source`, `cd`, a loop variable, ...) or names one of the user's
+functions or aliases, which may do anything. Each way of changing an exported variable is
+followed by the kill of the shell, so a change whose save was skipped shows as a variable
+missing from the restarted shell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from lapce_bridge.terminal.recovery import CrashLoopPolicy
+from lapce_bridge.terminal.result import Status
+from lapce_bridge.terminal.terminal import Terminal
+
+# The user's rc: a function and an alias that export (as `nvm use` or `pyenv shell` do).
+RC = """
+usenode() { export BY_FUNCTION=function; }
+alias activate='export BY_ALIAS=alias'
+"""
+
+# (command, what `echo "$NAME"` prints in the restarted shell, NAME)
+CHANGES = [
+    ("export PLAIN=one", "one", "PLAIN"),
+    ("PLAIN=two", "two", "PLAIN"),  # an exported variable assigned without `export`
+    ("usenode", "function", "BY_FUNCTION"),
+    ("activate", "alias", "BY_ALIAS"),
+    (". ./vars.sh", "sourced", "BY_SOURCE"),
+    ("for PLAIN in loop; do :; done", "loop", "PLAIN"),
+    ("unset PLAIN", "", "PLAIN"),
+    ("declare -x DECLARED=declared", "declared", "DECLARED"),
+]
+
+
+async def _restarted(term: Terminal, count: int) -> None:
+    for _ in range(1000):
+        if term.restarts >= count and (term.restarting is None or term.restarting.done()):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"terminal did not restart {count} times")
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+async def test_every_way_of_exporting_survives_a_kill(shell: str, tmp_path: Path) -> None:
+    (tmp_path / (".bashrc" if shell == "bash" else ".zshrc")).write_text(RC)
+    (tmp_path / "vars.sh").write_text("export BY_SOURCE=sourced\n")
+    async with await Terminal.start(
+        shell=shell,
+        cwd=str(tmp_path),
+        env={"HOME": str(tmp_path)},
+        state_dir=tmp_path / "state",
+        crash_policy=CrashLoopPolicy(max_deaths=len(CHANGES) + 1),
+    ) as term:
+        for kills, (command, expected, name) in enumerate(CHANGES, start=1):
+            changed = await term.execute(command, timeout=10)
+            assert changed.status is Status.COMPLETED, (command, changed)
+            # A command that changes nothing, after it: the save must not depend on it.
+            assert (await term.execute("echo test", timeout=10)).output == "test\n"
+            term.kill()
+            await _restarted(term, kills)
+            after = await term.execute(f'echo "${{{name}-}}"', timeout=10)
+            assert after.output == f"{expected}\n", command
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+async def test_a_command_that_cannot_export_leaves_the_saved_environment_alone(
+    shell: str, tmp_path: Path
+) -> None:
+    async with await Terminal.start(
+        shell=shell, cwd=str(tmp_path), env={"HOME": str(tmp_path)}, state_dir=tmp_path / "state"
+    ) as term:
+        saved = term.dir / "env"
+        await term.execute("echo warm", timeout=10)
+        saved.write_text("# untouched\n")
+        for command, output in (
+            ("echo test", "test\n"),
+            ("echo \"${HOME}\" >/dev/null && echo 'a;b'", "a;b\n"),
+            ("git --version >/dev/null || true", ""),
+            ("grep -c x missing.txt", "grep: missing.txt: No such file or directory\n"),
+        ):
+            result = await term.execute(command, timeout=10)
+            assert result.output == output, command
+            assert saved.read_text() == "# untouched\n", command
+        await term.execute("export NOW=1", timeout=10)
+        assert "NOW" in saved.read_text()
