@@ -23,6 +23,7 @@ from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 
 from lapce_bridge.mcp.tools import TOOLS, object_schema, output_schema
 
@@ -281,6 +282,85 @@ async def test_progress_carries_output_and_cancelling_interrupts(tmp_path: Path)
                 pytest.fail("the cancelled command is still running")
             again = structured(await session.call_tool("run_command", {"command": "echo after"}))
             assert again["output"].strip() == "after"
+
+
+async def test_tasks_with_the_python_sdk_client(tmp_path: Path) -> None:
+    """MCP tasks (2025-11-25) driven by the Python SDK: its client has the task types and
+    sends `tasks/get`, `tasks/result`, `tasks/list` and `tasks/cancel` typed and checked,
+    but its `call_tool` reads every answer as a `CallToolResult`, so the task-augmented
+    `tools/call` goes through the session's own dispatcher (the SDK's public `Dispatcher`
+    API) and its answer is checked as a `CreateTaskResult`."""
+    ws = make_workspace(tmp_path)
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "lapce_bridge", "mcp", "--workspace", str(ws), "--shell", "bash"],
+        env=server_env(tmp_path),
+        cwd=str(tmp_path),
+    )
+
+    async def start(dispatcher: Any, command: str) -> str:
+        raw = await dispatcher.send_raw_request(
+            "tools/call",
+            {"name": "run_command", "arguments": {"command": command}, "task": {"ttl": 60_000}},
+        )
+        created = types.CreateTaskResult.model_validate(raw, by_name=False)
+        assert created.task.status == "working"
+        assert created.task.ttl == 60_000
+        return created.task.task_id
+
+    async def task(session: ClientSession, task_id: str) -> types.GetTaskResult:
+        request = types.GetTaskRequest(params=types.GetTaskRequestParams(task_id=task_id))
+        return await session.send_request(request, types.GetTaskResult)
+
+    with anyio.fail_after(120), (tmp_path / "server.log").open("w") as errlog:
+        async with stdio_client(params, errlog=errlog) as (read, write):
+            dispatcher: JSONRPCDispatcher[Any] = JSONRPCDispatcher(read, write)
+            async with ClientSession(dispatcher=dispatcher) as session:
+                init = await session.initialize()
+                assert init.protocol_version == "2025-11-25"
+                assert init.capabilities.tasks is not None
+                listed = {t.name: t for t in (await session.list_tools()).tools}
+                execution = listed["run_command"].execution
+                assert execution is not None
+                assert execution.task_support == "optional"
+
+                # To its end: polled, then its result, which names the task.
+                done_id = await start(dispatcher, "sleep 0.3; echo as a task")
+                assert (await task(session, done_id)).status in ("working", "completed")
+                payload = types.GetTaskPayloadRequest(
+                    params=types.GetTaskPayloadRequestParams(task_id=done_id)
+                )
+                result = await session.send_request(payload, types.CallToolResult)
+                assert result.structured_content is not None
+                assert result.structured_content["output"] == "as a task\n"
+                assert result.structured_content["exit_code"] == 0
+                assert result.meta is not None
+                assert result.meta["io.modelcontextprotocol/related-task"] == {"taskId": done_id}
+                assert (await task(session, done_id)).status == "completed"
+
+                # Cancelled: its command is interrupted, the terminal runs the next one.
+                cancel_id = await start(dispatcher, "touch started; sleep 60; echo never")
+                for _ in range(1200):  # its first step has run: the command is running
+                    if (ws / "started").exists():
+                        break
+                    await anyio.sleep(0.05)
+                cancelled = await session.send_request(
+                    types.CancelTaskRequest(
+                        params=types.CancelTaskRequestParams(task_id=cancel_id)
+                    ),
+                    types.CancelTaskResult,
+                )
+                assert cancelled.status == "cancelled"
+                tasks = await session.send_request(types.ListTasksRequest(), types.ListTasksResult)
+                assert {(t.task_id, t.status) for t in tasks.tasks} == {
+                    (done_id, "completed"),
+                    (cancel_id, "cancelled"),
+                }
+                after = structured(
+                    await session.call_tool("run_command", {"command": "echo after"})
+                )
+                assert after["output"] == "after\n"
+                assert "never" not in after["output"]
 
 
 def test_every_tool_schema_is_generated_from_its_structs() -> None:

@@ -8,6 +8,7 @@ import itertools
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_type_hints
 
 import msgspec
 import pytest
@@ -17,7 +18,7 @@ from lapce_bridge.core.errors import PermissionDenied, ResourceExhausted
 from lapce_bridge.mcp.server import Backend, call_tool
 from lapce_bridge.mcp.tools import BY_NAME, output_schema
 from lapce_bridge.schema.files import EditParams, SearchParams, SearchResult
-from lapce_bridge.schema.methods import ExecResult
+from lapce_bridge.schema.methods import ExecResult, ExecuteParams, WaitParams
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
@@ -146,5 +147,12 @@ async def test_a_tool_answers_its_method_result_under_the_python_names(tmp_path:
         assert edit_args == {f.name for f in msgspec.structs.fields(EditParams)} - {
             "idempotency_key"
         }
+        # One duration type: a tool's timeouts take exactly what its method's take.
+        for tool, params in (("run_command", ExecuteParams), ("wait_command", WaitParams)):
+            ours = get_type_hints(BY_NAME[tool].input, include_extras=True)
+            theirs = get_type_hints(params, include_extras=True)
+            for name in ("timeout_ms", "idle_timeout_ms", "max_wait_ms"):
+                if name in ours:
+                    assert ours[name] == theirs[name], (tool, name)
     finally:
         await backend.aclose()

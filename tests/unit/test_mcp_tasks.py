@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import mcp_types as types
 import pytest
 from mcp.server.context import HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
@@ -40,15 +39,15 @@ class Tool:
         self.started: list[str] = []
         self.failure: Exception | None = None
 
-    async def __call__(self, name: str, arguments: Any, ctx: Any) -> types.CallToolResult:
+    async def __call__(self, name: str, arguments: Any, ctx: Any) -> dict[str, Any]:
         self.started.append(name)
         await self.release.wait()
         if self.failure is not None:
             raise self.failure
-        return types.CallToolResult(
-            content=[types.TextContent(type="text", text="done")],
-            structured_content={"output": "done"},
-        )
+        return {
+            "content": [{"type": "text", "text": "done"}],
+            "structuredContent": {"output": "done"},
+        }
 
 
 async def call(mw: TaskMiddleware, method: str, **params: Any) -> Any:

@@ -3,7 +3,9 @@
 The MCP rows run through a real `lapce-bridge mcp` process over stdio, driven by the
 official MCP Python client, as an agent would drive it. The echo row times every call from
 the client's send to its parsed answer and checks each answer item by item (exit code 0,
-output `test`, cwd the workspace): a wrong or missing one counts as lost. The ping row times
+output `test`, cwd the workspace, where the default terminal starts): a wrong or missing one
+counts as lost. The command is `echo test` alone, as the issue's figure names it (a `cwd`
+argument would add a `cd` line to each command). The ping row times
 the protocol's own `ping` on the same session: the SDK's request path, client and server,
 with no tool behind it (the floor under every tool call).
 
@@ -181,7 +183,7 @@ def _ratio_row(
 async def _echo_row(ctx: BenchContext, session: Any) -> Row:
     calls = ctx.n(10_000, 300)
     warmup = 20
-    args = {"command": "echo test", "cwd": str(ctx.workdir)}
+    args = {"command": "echo test"}
     samples: list[float] = []
     lost = 0
     for i in range(warmup + calls):

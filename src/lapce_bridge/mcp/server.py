@@ -38,8 +38,9 @@ from urllib.parse import unquote, urlparse
 import mcp_types as types
 import msgspec
 import orjson
-from mcp.server.context import ServerRequestContext
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import Server
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from lapce_bridge import __version__
 from lapce_bridge.app import App
@@ -195,8 +196,9 @@ def _progress_token(ctx: ServerRequestContext[Any, Any]) -> Any:
     return meta.get("progress_token", meta.get("progressToken"))
 
 
-def error_result(exc: BaseException, tool: str) -> types.CallToolResult:
-    """A failure as a tool result the model can read: name, code and classification."""
+def error_result(exc: BaseException, tool: str) -> dict[str, Any]:
+    """A failure as a tool result the model can read (wire form): name, code and
+    classification."""
     err = to_bridge_error(exc)
     wire = err.to_wire()
     name = type(err).__name__
@@ -206,11 +208,20 @@ def error_result(exc: BaseException, tool: str) -> types.CallToolResult:
         f"{err.detail}"
     )
     structured = {"error": {"name": name, "code": err.code, "message": err.detail, **wire}}
-    return types.CallToolResult(
-        content=[types.TextContent(type="text", text=text)],
-        structured_content=structured,
-        is_error=True,
-    )
+    return {
+        "content": [{"type": "text", "text": text}],
+        "structuredContent": structured,
+        "isError": True,
+    }
+
+
+def tool_result(structured: dict[str, Any]) -> dict[str, Any]:
+    """A tool's answer (wire form): the structured content, and the same JSON as text for
+    clients that read only text."""
+    return {
+        "content": [{"type": "text", "text": orjson.dumps(structured).decode()}],
+        "structuredContent": structured,
+    }
 
 
 async def call_tool(
@@ -270,9 +281,58 @@ def tool_list() -> list[types.Tool]:
     ]
 
 
+Answer = Callable[..., Awaitable[dict[str, Any]]]
+
+
+class ToolCallLane:
+    """The SDK server middleware that answers a well-formed `tools/call` itself.
+
+    The SDK's own path for a call validates the request's params into its model, builds a
+    `CallToolResult` from the handler's answer, dumps it, validates the dump once more
+    against the protocol version's result model and dumps it again: about a tenth of a
+    millisecond of pydantic work on every call, most of a small call's server time. Here a
+    call whose params are a tool name and an arguments object, on a session past its
+    handshake and on a handshake-era protocol version, goes straight to `answer`, whose
+    result is the wire form of a `CallToolResult` (built by `tool_result` and
+    `error_result`; the arguments are checked against the tool's input Struct there).
+    Everything else (a task-augmented call, malformed params, a call before `initialize`,
+    the 2026-07-28 era, every other method) takes the SDK's path unchanged, so the SDK
+    still answers what is malformed with its own errors.
+    """
+
+    def __init__(self, answer: Answer) -> None:
+        self._answer = answer
+
+    async def __call__(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
+        params = ctx.params
+        if (
+            ctx.method != "tools/call"
+            or ctx.request_id is None
+            or ctx.protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS
+            or not isinstance(params, dict)
+            or ctx.session.client_params is None
+        ):
+            return await call_next(ctx)
+        name = params.get("name")
+        arguments = params.get("arguments")
+        if (
+            type(name) is not str
+            or not (arguments is None or type(arguments) is dict)
+            or not _LANE_KEYS.issuperset(params)
+        ):
+            return await call_next(ctx)
+        return await self._answer(name, arguments, ctx)
+
+
+_LANE_KEYS = frozenset({"name", "arguments", "_meta"})  # a `task` goes to the task middleware
+
+
 def build_server(backend: Backend, *, clock: Clock = SYSTEM_CLOCK) -> Server[Any]:
-    """The SDK server with our two handlers (list the tools, call one) and the middleware
-    that runs a call as an MCP task when the client asks (`mcp.tasks`)."""
+    """The SDK server with our two handlers (list the tools, call one), the middleware that
+    runs a call as an MCP task when the client asks (`mcp.tasks`), and the lane that answers
+    a plain call without the SDK's model round trips (`ToolCallLane`)."""
     tools = tool_list()
 
     async def on_list_tools(
@@ -286,7 +346,7 @@ def build_server(backend: Backend, *, clock: Clock = SYSTEM_CLOCK) -> Server[Any
         ctx: ServerRequestContext[Any, Any],
         *,
         progress_allowed: bool = True,
-    ) -> types.CallToolResult:
+    ) -> dict[str, Any]:
         tool = BY_NAME.get(name)
         if tool is None:
             return error_result(MethodNotFound(f"no tool {name!r}; see tools/list"), name)
@@ -300,19 +360,17 @@ def build_server(backend: Backend, *, clock: Clock = SYSTEM_CLOCK) -> Server[Any
             if not isinstance(exc, BridgeError):
                 log.exception("tool %s failed", tool.name)
             return error_result(exc, tool.name)
-        return types.CallToolResult(
-            content=[types.TextContent(type="text", text=orjson.dumps(structured).decode())],
-            structured_content=structured,
-        )
+        return tool_result(structured)
 
     async def on_call_tool(
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
-        return await answer(params.name, params.arguments, ctx)
+        wire = await answer(params.name, params.arguments, ctx)
+        return types.CallToolResult.model_validate(wire, by_name=False)
 
     async def as_task(
         name: str, arguments: dict[str, Any] | None, ctx: ServerRequestContext[Any, Any]
-    ) -> types.CallToolResult:
+    ) -> dict[str, Any]:
         return await answer(name, arguments, ctx, progress_allowed=False)
 
     server: Server[Any] = Server(
@@ -329,8 +387,17 @@ def build_server(backend: Backend, *, clock: Clock = SYSTEM_CLOCK) -> Server[Any
     server.middleware.clear()
     tasks = TaskMiddleware(as_task, clock)
     server.middleware.append(tasks)
+    server.middleware.append(ToolCallLane(answer))
     backend.on_close(tasks.aclose)
     return server
 
 
-__all__ = ["Backend", "build_server", "call_tool", "error_result", "tool_list"]
+__all__ = [
+    "Backend",
+    "ToolCallLane",
+    "build_server",
+    "call_tool",
+    "error_result",
+    "tool_list",
+    "tool_result",
+]

@@ -48,10 +48,16 @@ MAX_TTL_MS = 3_600_000
 POLL_INTERVAL_MS = 250
 RELATED_TASK = "io.modelcontextprotocol/related-task"
 INVALID_PARAMS = -32602
+_SERVED = frozenset(
+    {"initialize", "tools/call", "tasks/get", "tasks/result", "tasks/cancel", "tasks/list"}
+)
 CAPABILITY: dict[str, Any] = {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}
 
-Run = Callable[[str, dict[str, Any] | None, ServerRequestContext[Any, Any]], Awaitable[Any]]
-"""Answers one tool call: (tool name, arguments, request context) -> CallToolResult."""
+Run = Callable[
+    [str, dict[str, Any] | None, ServerRequestContext[Any, Any]], Awaitable[dict[str, Any]]
+]
+"""Answers one tool call: (tool name, arguments, request context) -> the wire form of a
+`CallToolResult`."""
 
 
 def _iso(seconds: float) -> str:
@@ -104,7 +110,12 @@ class TaskMiddleware:
         self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
     ) -> HandlerResult:
         method = ctx.method
-        if ctx.request_id is None or ctx.protocol_version != TASK_VERSION:
+        if (
+            ctx.request_id is None
+            or ctx.protocol_version != TASK_VERSION
+            or method not in _SERVED
+            or (method == "tools/call" and (ctx.params or {}).get("task") is None)
+        ):
             return await call_next(ctx)
         params = dict(ctx.params or {})
         if method == "initialize":
@@ -160,10 +171,9 @@ class TaskMiddleware:
         except Exception as exc:  # the call itself failed (a tool error is a result)
             task.finish("failed", self._wall(), str(exc) or type(exc).__name__)
             return
-        answer: dict[str, Any] = result.model_dump(by_alias=True, mode="json", exclude_none=True)
-        meta = dict(answer.get("_meta") or {})
+        meta = dict(result.get("_meta") or {})
         meta[RELATED_TASK] = {"taskId": task.task_id}
-        task.result = {**answer, "_meta": meta}
+        task.result = {**result, "_meta": meta}
         task.finish("completed", self._wall())
 
     def _find(self, params: dict[str, Any]) -> _Task:

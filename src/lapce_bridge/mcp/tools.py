@@ -32,6 +32,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_typ
 import msgspec
 from msgspec import Meta
 
+from lapce_bridge.schema.base import Millis
 from lapce_bridge.schema.files import (
     EditParams,
     EditResult,
@@ -42,7 +43,6 @@ from lapce_bridge.schema.files import (
 )
 from lapce_bridge.schema.methods import ExecResult, TerminalInfo
 
-Millis = Annotated[int, Meta(ge=1, le=86_400_000)]
 PathArg = Annotated[str, Meta(min_length=1, description="path, relative to the workspace")]
 
 

@@ -6,9 +6,8 @@ from typing import Annotated, Literal
 
 from msgspec import Meta
 
-from lapce_bridge.schema.base import Params, Result, Strict
+from lapce_bridge.schema.base import NonNegative, Params, Result, Strict
 
-NonNegative = Annotated[int, Meta(ge=0)]
 Path = Annotated[str, Meta(min_length=1, description="workspace-relative or absolute path")]
 
 

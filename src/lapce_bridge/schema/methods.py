@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from msgspec import Meta
 
-from lapce_bridge.schema.base import Params, Result, Strict
+from lapce_bridge.schema.base import Millis, NonNegative, Params, Result, Strict
 from lapce_bridge.schema.files import (
     EditParams,
     EditResult,
@@ -23,9 +23,6 @@ from lapce_bridge.schema.files import (
     TreeParams,
     TreeResult,
 )
-
-Millis = Annotated[float, Meta(gt=0, le=7 * 86_400_000)]  # at most 7 days, as the terminals take
-NonNegative = Annotated[int, Meta(ge=0)]
 
 
 # -- session ----------------------------------------------------------------------------------
