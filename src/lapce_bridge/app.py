@@ -413,6 +413,8 @@ class App:
 
     def _terminal_service(self) -> Service:
         state_dir = self.state_dir or self.workspace / ".lapce-bridge"
+        from lapce_bridge.terminal.recovery import CrashLoopPolicy
+
         if self.terminal_host:
             from lapce_bridge.host.proxy import HostProxy
 
@@ -426,10 +428,10 @@ class App:
                 bus=self.bus,
                 incident=self._host_incident,
                 default_shell=self.default_shell,
+                crash_policy=CrashLoopPolicy.from_matrix(self.matrix),
             )
             self.keyed_elsewhere = proxy
             return proxy
-        from lapce_bridge.terminal.recovery import CrashLoopPolicy
         from lapce_bridge.terminal.service import TerminalService
 
         return TerminalService(

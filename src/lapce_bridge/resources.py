@@ -31,7 +31,7 @@ import contextlib
 import gc
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import psutil
@@ -366,7 +366,8 @@ class ResourceManager:
                 elif action is Action.CLEAR_CACHE and relief.clear_cache is not None:
                     freed = relief.clear_cache()
                 elif action is Action.SPILL_SPOOLS and relief.spill_spools is not None:
-                    freed = relief.spill_spools()
+                    spilled = relief.spill_spools()
+                    freed = await spilled if isinstance(spilled, Awaitable) else spilled
                 elif action is Action.REAP_IDLE and relief.reap_idle is not None:
                     freed = await relief.reap_idle()
             except Exception:  # one failing relief must not stop the others, nor sampling

@@ -325,3 +325,29 @@ async def test_fish_as_typed_through_a_real_serve(tmp_path: Path) -> None:
     exited = answers["exit 3"]
     assert (exited["status"], exited["exitCode"]) == ("interrupted", 3)
     assert answers['echo "back $KEEP"']["output"] == "back kept\n"  # the same shell, restarted
+
+
+async def test_fish_prompt_drawing_never_lands_in_an_output(tmp_path: Path) -> None:
+    """The two ways a fish command's end comes from its prompt rather than its end hook: the
+    hooks were erased (the terminal recovers without them), or fish refused an `exit` while a
+    job runs. fish's "missing newline" line and the prompt are not the command's output."""
+    exe = _fish()
+    async with await Terminal.start(
+        shell=exe, cwd=str(tmp_path), env={"HOME": str(tmp_path)}, state_dir=tmp_path / "s"
+    ) as term:
+        refused = await term.execute("sleep 30 &\nexit 3", timeout=20)
+        assert refused.output.startswith("There are still jobs active:\n")
+        assert refused.output.endswith("without terminating them.\n")
+        after = await term.execute("echo still here; kill %1; wait", timeout=20)
+        assert after.output.startswith("still here\n")
+        assert after.output.endswith(
+            "'sleep 30 &' terminated by signal SIGTERM (Polite quit request)\n"
+        )
+        erased = await term.execute(
+            "echo before; functions -e __lb_preexec __lb_postexec __lb_prompt; echo after",
+            timeout=20,
+            idle_timeout=5,  # what finds a shell back at its prompt without an end mark
+        )
+        assert (erased.output, erased.exit_code) == ("before\nafter\n", 0)
+        assert [r.action for r in erased.recoveries] == ["no_shell_integration"]
+        assert (await term.execute("printf x", timeout=20)).output == "x"

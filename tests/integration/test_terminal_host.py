@@ -12,7 +12,7 @@ import os
 import signal
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from lapce_bridge.core.errors import Cancelled, TerminalError
 from lapce_bridge.host import link
 from lapce_bridge.host.places import HostPlaces, host_places
 from lapce_bridge.host.process import host_pid
+from lapce_bridge.host.proxy import HostProxy
 from lapce_bridge.ipc.client import BridgeClient
 from tests.integration.serve_process import Served, serve
 
@@ -133,6 +134,23 @@ async def test_a_session_gets_its_default_terminal_back_after_a_crash(tmp_path: 
             await client.close()
 
 
+async def test_a_bridge_client_gets_its_default_terminal_back_after_a_crash(
+    tmp_path: Path,
+) -> None:
+    async with host_stopped_after(tmp_path):
+        async with serve(tmp_path, *HOST) as served:
+            client = await BridgeClient(served.socket).connect()  # names a session of its own
+            first = await client.request("terminal/execute", {"command": "export D=4; cd /"})
+            await kill(served)
+        async with serve(tmp_path, *HOST):
+            again = await client.send_with_recovery(
+                "terminal/execute", {"command": 'echo "$D"; pwd'}, timeout=30
+            )
+            assert again["terminalId"] == first["terminalId"]
+            assert again["output"] == "4\n/\n"
+            await client.close()
+
+
 async def test_a_killed_host_is_replaced_and_the_loss_is_reported(tmp_path: Path) -> None:
     async with host_stopped_after(tmp_path), serve(tmp_path, *HOST) as served:
         client = await BridgeClient(served.socket).connect()
@@ -147,6 +165,11 @@ async def test_a_killed_host_is_replaced_and_the_loss_is_reported(tmp_path: Path
             {"terminalId": tid, "command": "seq 1 3000", "maxOutputBytes": 1024},
         )
         assert big["truncated"]
+        t2 = (await client.request("terminal/create", {}))["terminalId"]
+        unanswered = await client.request(
+            "terminal/execute", {"terminalId": t2, "command": "sleep 30", "maxWaitMs": 300}
+        )
+        assert unanswered["status"] == "running"
         await asyncio.sleep(1.0)  # the host writes its terminals and spools down twice a second
         old = host_pid(places_of(tmp_path))
         assert old is not None
@@ -171,6 +194,14 @@ async def test_a_killed_host_is_replaced_and_the_loss_is_reported(tmp_path: Path
         page = await client.request("terminal/readOutput", {"executionId": big["executionId"]})
         assert page["data"].splitlines()[-1] == "3000"
         assert page["eof"]
+        with pytest.raises(TerminalError) as gone:  # the command running in t2 died with it
+            await client.request("terminal/wait", {"executionId": unanswered["executionId"]})
+        assert gone.value.data == {
+            "executionId": unanswered["executionId"],
+            "terminalId": t2,
+            "hostDied": True,
+            "lost": True,
+        }
         health = await client.request("health/get")
         details = [i["detail"] for i in health["incidents"]["recent"]]
         assert any("terminal host died" in d and tid in d for d in details), details
@@ -182,7 +213,7 @@ async def test_an_incompatible_host_is_drained_and_replaced(tmp_path: Path) -> N
         client = await BridgeClient(served.socket).connect()
         tid = (await client.request("terminal/create", {"env": {"GIVEN": "g3"}}))["terminalId"]
         finished = await client.request(
-            "terminal/execute", {"terminalId": tid, "command": "cd /tmp; echo kept"}
+            "terminal/execute", {"terminalId": tid, "command": "cd /tmp; export KEPT=k3; echo kept"}
         )
         running = asyncio.ensure_future(
             client.request(
@@ -206,9 +237,9 @@ async def test_an_incompatible_host_is_drained_and_replaced(tmp_path: Path) -> N
         assert (done["output"], done["exitCode"]) == ("finished\n", 0)
         assert await _pid_gone(old)
         again = await client.request(
-            "terminal/execute", {"terminalId": tid, "command": 'echo "$GIVEN"; pwd'}
+            "terminal/execute", {"terminalId": tid, "command": 'echo "$GIVEN $KEPT"; pwd'}
         )
-        assert again["output"] == "g3\n/tmp\n"
+        assert again["output"] == "g3 k3\n/tmp\n"  # creation env, exported env, cwd
         new = host_pid(places_of(tmp_path))
         assert new is not None
         assert new != old
@@ -284,3 +315,52 @@ async def test_a_client_cancels_by_key_a_command_started_before_the_crash(tmp_pa
             )
             assert after["output"] == "free\n"
             await client.close()
+
+
+async def test_memory_pressure_spills_the_hosts_spools_and_says_how_much(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    async with (
+        host_stopped_after(tmp_path),
+        HostProxy(workspace=ws, state_dir=tmp_path / "state", default_shell="bash") as proxy,
+    ):
+        lk = await proxy.ready()
+        ran = await proxy._call(lk, "terminal/execute", {"command": "seq 1 2000"}, None)
+        assert ran["outputBytes"] == len("".join(f"{n}\n" for n in range(1, 2001)))
+        spill = proxy.relief().spill_spools
+        assert spill is not None
+        freed = spill()
+        assert isinstance(freed, Awaitable)
+        assert await freed == ran["outputBytes"]  # what the host really moved to disk
+        again = spill()
+        assert isinstance(again, Awaitable)
+        assert await again == 0  # nothing finished is left in its memory
+        page = await proxy._call(
+            lk, "terminal/readOutput", {"executionId": ran["executionId"]}, None
+        )
+        assert page["data"].splitlines()[-1] == "2000"  # read back from the disk
+
+
+async def test_a_host_stopped_on_purpose_is_no_death(tmp_path: Path) -> None:
+    async with host_stopped_after(tmp_path), serve(tmp_path, *HOST) as served:
+        client = await BridgeClient(served.socket).connect()
+        tid = (await client.request("terminal/create", {}))["terminalId"]
+        old = host_pid(places_of(tmp_path))
+        assert old is not None
+        running = asyncio.ensure_future(
+            client.request("terminal/execute", {"terminalId": tid, "command": "sleep 30"})
+        )
+        await asyncio.sleep(0.3)
+        os.kill(old, signal.SIGTERM)
+        with pytest.raises(TerminalError) as stopped:
+            await running
+        assert stopped.value.data.get("hostStopped") is True
+        assert await _pid_gone(old)
+        assert await client.request("terminal/list") == []  # it closed them; none recreated
+        made = await client.request("terminal/execute", {"command": "echo again"})
+        assert made["output"] == "again\n"  # a new host, started when a terminal was wanted
+        assert host_pid(places_of(tmp_path)) not in (None, old)
+        health = await client.request("health/get")
+        details = [i["detail"] for i in health["incidents"]["recent"]]
+        assert not any("terminal host" in d for d in details), details
+        await client.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lapce_bridge.core.errors import InvalidParams
+from lapce_bridge.core.errors import ErrorCategory, ErrorSeverity, InvalidParams
+from lapce_bridge.core.matrix import DEFAULT_MATRIX, MatrixRow, Strategy
 from lapce_bridge.host import link
+from lapce_bridge.host.attach import hello, policy_from_wire, policy_to_wire
+from lapce_bridge.host.places import host_places
+from lapce_bridge.host.process import TerminalHost
 from lapce_bridge.ipc.framing import Frame, FrameDecoder
 from lapce_bridge.ipc.idempotency import Idempotency
 from lapce_bridge.ipc.journal import IdempotencyJournal
+from lapce_bridge.terminal.recovery import CrashLoopPolicy
 
 MESSAGES: list[tuple[dict[str, Any], bytes]] = [
     ({"q": 1, "m": "terminal/execute", "c": 3, "t": 12.5}, b'{"command":"echo \\n hi"}'),
@@ -100,3 +106,39 @@ def test_a_key_a_dead_server_left_running_is_passed_on_when_its_work_outlives_it
             idem.lookup("k-term", "terminal/execute#other")
         idem.cancel("k-term")
         assert elsewhere.cancelled == ["k-term"]
+
+
+def test_the_servers_crash_loop_policy_reaches_the_hosts_shells(tmp_path: Path) -> None:
+    matrix = DEFAULT_MATRIX.with_row(
+        MatrixRow(
+            ErrorCategory.TERMINAL,
+            ErrorSeverity.CRITICAL,
+            Strategy.RECREATE_TERMINAL,
+            Strategy.ALERT_USER,
+            0,
+        )
+    )
+    policy = CrashLoopPolicy.from_matrix(matrix)
+    assert not policy.recreates  # the matrix says: no second run, so no recreation
+    assert policy_from_wire(orjson.loads(orjson.dumps(policy_to_wire(policy)))) == policy
+    assert policy_from_wire({"max_deaths": "three"}) is None
+    assert policy_from_wire({"remedy": "nonsense"}) is None
+    assert policy_from_wire("bash") is None
+
+    async def greet() -> CrashLoopPolicy | None:
+        places = host_places(tmp_path / "state", tmp_path / "ws")
+        host = TerminalHost(places, workspace=tmp_path / "ws", state_dir=tmp_path / "state")
+        greeting = hello(
+            workspace=tmp_path / "ws",
+            shell=None,
+            max_message_bytes=1 << 20,
+            features={},
+            crash_policy=policy,
+        )
+        lk = host.new_link()
+        host.received(lk, orjson.loads(orjson.dumps(greeting)), b"")
+        assert lk.welcomed
+        return host.service.crash_policy
+
+    (tmp_path / "ws").mkdir()
+    assert asyncio.run(greet()) == policy

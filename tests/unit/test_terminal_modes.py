@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from lapce_bridge.terminal.exec_cmd import exit_status
-from lapce_bridge.terminal.modes import LOAD_KEY, build_env, load_keys, run_line, shell_kind, typed
+from lapce_bridge.terminal.modes import (
+    LOAD_KEY,
+    build_env,
+    load_keys,
+    prompt_filter,
+    run_line,
+    shell_kind,
+    typed,
+)
 from lapce_bridge.terminal.result import ExecResult, Mode, Recovery, Status
 from lapce_bridge.terminal.tracker import EndDetection
 from lapce_bridge.terminal.waiting import command_file_text
@@ -112,3 +120,17 @@ def test_wire_form_uses_protocol_names() -> None:
         "executionId", "terminalId", "exitCode", "output", "outputBytes", "truncated", "cwd",
         "durationMs", "status", "mode", "shell", "recoveries",
     ]  # fmt: skip
+
+
+def test_fish_prompt_drawing_is_dropped_from_what_fish_writes() -> None:
+    line = b"\x1b[2m\xe2\x8f\x8e\x1b(B\x1b[m" + b" " * 119 + b"\r\xe2\x8f\x8e \r\x1b[K"
+    prompt = b"\x1b[30m\x1b(B\x1b[m\x1b]633;A\x07$ \x1b[K\r\x1b[C\x1b[C"
+    strip = prompt_filter("fish")
+    assert strip is not None
+    # The prompt-start mark stays (it says the prompt is back); the drawing goes.
+    assert strip(b"after\r\n" + line + prompt) == (
+        b"after\r\n\x1b[2m\x1b[30m\x1b(B\x1b[m\x1b]633;A\x07"
+    )
+    kept = "a \u23ce and a $ in output\r\n".encode()
+    assert strip(kept) == kept
+    assert prompt_filter("bash") is None

@@ -157,6 +157,35 @@ def test_probe_answers_only_its_token() -> None:
     assert run(t, b"\x1b]633;P;LbEnd=0:p1\x07") == []
 
 
+def test_output_held_for_a_prompt_check_is_the_commands_when_its_end_mark_comes() -> None:
+    # The prompt check found the shell at its prompt while the command's last output and its
+    # end mark were still unread in the PTY: the question's hold must not eat that output.
+    t = CommandTracker()
+    t.submit(N1, typed=True)
+    started = run(t, p("LbEcho", N1), b"$ sleep 1; echo finished\r\n\x1b]633;C\x07")
+    assert Started() in started
+    t.hold_output()
+    t.expect_probe("q1")
+    events = run(t, b"finished\r\n", d(0, N1))
+    assert text(events) == b"finished\r\n"
+    assert finished(events) == [0]
+    # The question's own answer, after the end, is nobody's output.
+    assert run(t, b"$ probe\r\n\x1b]633;P;LbEnd=0:q1\x07") == [ProbeAnswered(0)]
+
+
+def test_output_held_for_a_question_answered_is_dropped() -> None:
+    t = CommandTracker()
+    t.submit(N1, typed=True)
+    run(t, p("LbEcho", N1), b"$ PROMPT_COMMAND=\r\n")
+    t.hold_output()
+    t.expect_probe("q1")
+    assert run(t, b"$ probe line echo\r\n\x1b]633;P;LbEnd=0:q1\x07") == [ProbeAnswered(0)]
+    t.abandon()  # the terminal ends the command with the answer
+    t.submit(N2, typed=True)
+    events = run(t, p("LbEcho", N2), b"$ echo next\r\nnext\r\n", d(0, N2))
+    assert text(events) == b"next\r\n"
+
+
 def test_ready_marks_only_with_integration() -> None:
     assert Ready() in run(CommandTracker(), b"\x1b]633;A\x07")
     assert Ready() not in run(CommandTracker(EndDetection.END_MARKER), b"\x1b]633;A\x07")

@@ -18,7 +18,7 @@ class Relief:
     name: str
     trim_cache: Callable[[float], int] | None = None  # fraction to drop
     clear_cache: Callable[[], int] | None = None
-    spill_spools: Callable[[], int] | None = None
+    spill_spools: Callable[[], int | Awaitable[int]] | None = None  # (awaited: in another process)
     reap_idle: Callable[[], Awaitable[int]] | None = None
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import os
 import shlex
@@ -26,9 +27,11 @@ from typing import Any, TypeVar
 
 from lapce_bridge import __version__
 from lapce_bridge.core.errors import Unavailable
+from lapce_bridge.core.matrix import Strategy
 from lapce_bridge.host import link
 from lapce_bridge.host.places import HostPlaces
 from lapce_bridge.private import open_private_file
+from lapce_bridge.terminal.recovery import CrashLoopPolicy
 
 P = TypeVar("P", bound=asyncio.Protocol)
 
@@ -43,8 +46,9 @@ def hello(
     shell: str | None,
     max_message_bytes: int,
     features: dict[str, bool],
+    crash_policy: CrashLoopPolicy | None = None,
 ) -> dict[str, Any]:
-    return {
+    greeting = {
         "k": "hello",
         "protocol": link.PROTOCOL_VERSION,
         "version": __version__,
@@ -54,6 +58,45 @@ def hello(
         "features": features,
         "pid": os.getpid(),
     }
+    if crash_policy is not None:
+        greeting["crashPolicy"] = policy_to_wire(crash_policy)
+    return greeting
+
+
+def policy_to_wire(policy: CrashLoopPolicy) -> dict[str, Any]:
+    """The server's crash-loop policy (its recovery matrix's rows) for the host's shells:
+    every field by name (a strategy by its value)."""
+    return {
+        f.name: list(v) if isinstance(v := getattr(policy, f.name), tuple) else v
+        for f in dataclasses.fields(policy)
+    }
+
+
+def policy_from_wire(value: Any) -> CrashLoopPolicy | None:
+    """`policy_to_wire`'s policy, each field read as its default's type; None when it is
+    missing or not understood (the host then keeps the one it has)."""
+    if type(value) is not dict:
+        return None
+    defaults = CrashLoopPolicy()
+    given: dict[str, Any] = {}
+    try:
+        for f in dataclasses.fields(CrashLoopPolicy):
+            if f.name not in value:
+                continue  # another version's field set: its default
+            default, raw = getattr(defaults, f.name), value[f.name]
+            if isinstance(default, Strategy):
+                given[f.name] = Strategy(raw)
+            elif isinstance(default, tuple):
+                given[f.name] = tuple(str(item) for item in raw)
+            elif type(raw) is not type(default) and not (
+                type(default) is float and type(raw) is int
+            ):
+                return None
+            else:
+                given[f.name] = type(default)(raw)
+        return CrashLoopPolicy(**given)
+    except (TypeError, ValueError):
+        return None
 
 
 def host_command(
@@ -144,4 +187,13 @@ async def start_host(
             delay = min(0.05, delay * 2)
 
 
-__all__ = ["HostRefused", "hello", "host_command", "open_link", "spawn_detached", "start_host"]
+__all__ = [
+    "HostRefused",
+    "hello",
+    "host_command",
+    "open_link",
+    "policy_from_wire",
+    "policy_to_wire",
+    "spawn_detached",
+    "start_host",
+]

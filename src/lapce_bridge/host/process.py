@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -55,16 +56,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from lapce_bridge import __version__
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.errors import (
+    BridgeError,
     InvalidParams,
     MethodNotFound,
+    TerminalError,
     Unavailable,
 )
 from lapce_bridge.host import link
+from lapce_bridge.host.attach import policy_from_wire
 from lapce_bridge.host.places import HostPlaces, host_places
-from lapce_bridge.host.specs import EMPTY, SpecWriter, load, restore_all, snapshot
+from lapce_bridge.host.specs import EMPTY, SpecWriter, hand_over, load, restore_all, snapshot
 from lapce_bridge.ipc.framing import Frame, FrameDecoder
 from lapce_bridge.ipc.idempotency import Idempotency, Outcome, encode_outcome, signature
 from lapce_bridge.ipc.journal import IdempotencyJournal
@@ -77,6 +83,7 @@ log = logging.getLogger("lapce_bridge.host")
 
 DRAIN_LIMIT = 600.0  # seconds a draining host waits for running commands
 SPEC_INTERVAL = 0.5
+STATS_INTERVAL = 1.0
 _KEEP_OBSERVED = 256  # operations timed while no server listened, kept for the next one
 
 
@@ -207,9 +214,13 @@ class TerminalHost:
             features=self._feature,
             default_shell=default_shell,
         )
+        served = self.service.methods()
+        self._wait = served["terminal/wait"]
         self.methods: dict[str, Method] = {
-            **self.service.methods(),
+            **served,
+            "terminal/wait": method(self._wait_or_lost, limit=self._wait.limit),
             "host/reapIdle": method(self._reap_idle),  # the server's memory pressure
+            "host/spill": method(self._spill),
         }
         self.idempotency = Idempotency(IdempotencyJournal(places.journal))
         self.specs = SpecWriter(places.terminals, lambda: snapshot(self.service))
@@ -225,6 +236,9 @@ class TerminalHost:
         self._lock_fd: int | None = None
         self.restored: list[str] = []
         self._owners: dict[str, _Client] = {}  # a keyed execution's first asker
+        self.lost_executions: dict[str, str] = {}  # running when a host died: execution -> terminal
+        self._stats_sent = b""  # the statistics the servers last heard
+        self._stats_due = False
 
     # -- what the terminal service calls -------------------------------------------------
     def _feature(self, name: str) -> bool:
@@ -242,6 +256,28 @@ class TerminalHost:
             lk.send(header, payload)
         if not listening and keep:
             self._observed.append((header, payload))
+
+    async def _wait_or_lost(self, params: dict[str, Any], ctx: CallContext) -> Any:
+        """`terminal/wait`; for a command that died with a previous host, that loss."""
+        execution_id = params.get("executionId")
+        terminal_id = self.lost_executions.get(execution_id) if type(execution_id) is str else None
+        if terminal_id is not None:
+            raise TerminalError(
+                f"execution {execution_id!r} was running in terminal {terminal_id} when the "
+                "terminal host died: its command was lost (its result is unknown); the "
+                "terminal was recreated with its cwd and env",
+                retryable=False,
+                data={
+                    "executionId": execution_id,
+                    "terminalId": terminal_id,
+                    "hostDied": True,
+                    "lost": True,
+                },
+            )
+        return await self._wait.handler(params, ctx)
+
+    def _spill(self, params: dict[str, Any], ctx: CallContext) -> int:
+        return self.service.spools.spill()  # the memory freed
 
     async def _reap_idle(self, params: dict[str, Any], ctx: CallContext) -> int:
         return await self.service.reap_idle(float(params.get("idleAfter", 300.0)))
@@ -290,8 +326,6 @@ class TerminalHost:
             features = link.value_of(payload)
             if type(features) is dict:
                 self._features = {k: bool(v) for k, v in features.items()}
-        elif kind == "spill":
-            self.service.spools.spill()
         elif kind == "drain":
             self.drain("asked by the server")
         elif kind == "stop":
@@ -319,8 +353,12 @@ class TerminalHost:
         features = header.get("features")
         if type(features) is dict:
             self._features = {k: bool(v) for k, v in features.items()}
+        policy = policy_from_wire(header.get("crashPolicy"))
+        if policy is not None:  # the server's recovery matrix, for the shells made from now
+            self.service.crash_policy = policy
         lk.welcomed = True
         lk.send({"k": "welcome", "restored": self.restored, **info})
+        lk.send({"k": "stats"}, self._stats())
         while self._observed:  # what happened while no server listened
             lk.send(*self._observed.popleft())
 
@@ -428,6 +466,27 @@ class TerminalHost:
 
     def _answer(self, lk: HostLink, q: int, outcome: Outcome) -> None:
         lk.send({"r": q, "ok": outcome[0]}, outcome[1])
+        if not self._stats_due:  # after the answer, once for what is answered meanwhile
+            self._stats_due = True
+            asyncio.get_running_loop().call_soon(self.push_stats)
+
+    # -- statistics (the server's gauges) --------------------------------------------------
+    def _stats(self) -> bytes:
+        self._stats_sent = orjson.dumps(dataclasses.asdict(self.service.statistics()))
+        return self._stats_sent
+
+    def push_stats(self) -> None:
+        """The terminal service's statistics to the servers, when they changed."""
+        self._stats_due = False
+        last = self._stats_sent
+        if self._stats() != last:
+            self._to_servers({"k": "stats"}, self._stats_sent, keep=False)
+
+    async def watch_stats(self, interval: float) -> None:
+        """What changes with no request (a shell dies, an orphan is reaped) is told too."""
+        while True:
+            await self.clock.sleep(interval)
+            self.push_stats()
 
     # -- life cycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -449,6 +508,9 @@ class TerminalHost:
             )
             started = self.clock.now()
             self.restored = await restore_all(self.service, left, why)
+            self.lost_executions = {
+                str(s["running"]): str(s["terminalId"]) for s in left if s.get("running")
+            }
             elapsed = self.clock.now() - started
             for tid in self.restored:
                 self._broadcast(
@@ -526,10 +588,18 @@ class TerminalHost:
     async def close(self, *, keep_specs: bool) -> None:
         self._stop_listening()
         for lk in list(self.links):
+            if not keep_specs:  # stopped on purpose: its servers are not to see a death
+                lk.send({"k": "stopping"})
             lk.close()
         with contextlib.suppress(OSError):
-            if keep_specs:  # the cwd each command left, the outputs on disk: for a successor
-                self.specs.write()
+            if keep_specs:  # the cwd and exported env each terminal has, the outputs on disk:
+                # for a successor (closing the terminals removes their own folders)
+                try:
+                    dirs = hand_over(self.service, self.places.folder / "handover")
+                except (OSError, BridgeError) as exc:  # a folder not private: not trusted
+                    log.warning("the terminals' exported env was not handed over: %s", exc)
+                    dirs = {}
+                self.specs.write(snapshot(self.service, dirs))
                 self.service.spools.release()
             else:
                 self.specs.write(EMPTY)  # closed on purpose: nothing to recreate
@@ -591,6 +661,7 @@ async def run_host(
     tasks = [
         loop.create_task(host.watch_idle()),
         loop.create_task(host.specs.run(SPEC_INTERVAL, host.clock.sleep)),
+        loop.create_task(host.watch_stats(STATS_INTERVAL)),
     ]
     try:
         keep_specs = await host.stopped

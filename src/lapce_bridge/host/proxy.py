@@ -54,7 +54,10 @@ from lapce_bridge.ipc.framing import Frame, FrameDecoder
 from lapce_bridge.ipc.jsonrpc import error_from_wire
 from lapce_bridge.rpc import DEFAULT_MAX_MESSAGE_BYTES, Broadcast, CallContext, Method, Observe
 from lapce_bridge.rpc import method as make_method
-from lapce_bridge.terminal.service import TerminalService
+from lapce_bridge.terminal.recovery import CrashLoopPolicy
+from lapce_bridge.terminal.service import ServiceStats, TerminalService
+from lapce_bridge.terminal.spool import SpoolStats
+from lapce_bridge.terminal.stream import StreamStats
 
 log = logging.getLogger("lapce_bridge.host")
 
@@ -77,6 +80,7 @@ class ServerLink(asyncio.Protocol):
         self.lost: asyncio.Future[None] = loop.create_future()  # or draining
         self.closing = False
         self.draining = False
+        self.stopped = False  # the host said it stops on purpose (SIGTERM): no death
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -101,11 +105,20 @@ class ServerLink(asyncio.Protocol):
         self.proxy.link_closed(self)
         if not self.greeted.done():
             self.greeted.set_exception(Unavailable("the terminal host closed the link"))
-        died = TerminalError(
-            "the terminal host stopped while this request ran; terminals are recreated "
-            "(cwd and env restored), a running command is lost",
-            retryable=True,
-            data={"hostDied": True},
+        died = (
+            TerminalError(
+                "the terminal host was stopped (SIGTERM) while this request ran; it closed "
+                "its terminals",
+                retryable=True,
+                data={"hostStopped": True},
+            )
+            if self.stopped
+            else TerminalError(
+                "the terminal host stopped while this request ran; terminals are recreated "
+                "(cwd and env restored), a running command is lost",
+                retryable=True,
+                data={"hostDied": True},
+            )
         )
         for future in self.pending.values():
             if not future.done():
@@ -142,6 +155,7 @@ class HostProxy:
         linger: float = 300.0,
         crash_limit: int = 5,
         crash_window: float = 60.0,
+        crash_policy: CrashLoopPolicy | None = None,
     ) -> None:
         self.workspace = Path(workspace).resolve()
         self.state_dir = Path(state_dir)
@@ -156,6 +170,7 @@ class HostProxy:
         self.linger = linger
         self.crash_limit = crash_limit
         self.crash_window = crash_window
+        self.crash_policy = crash_policy  # the shells' (the host's own death is crash_limit's)
         # The names and limits of the methods the host serves: TerminalService's own.
         probe = TerminalService(workspace=self.workspace, state_dir=self.state_dir)
         self._limits = {name: m.limit for name, m in probe.methods().items()}
@@ -172,6 +187,7 @@ class HostProxy:
         self.failed: Unavailable | None = None
         self._draining: set[ServerLink] = set()
         self._wanted: asyncio.Event | None = None  # set by the first terminal request
+        self._stats: ServiceStats | None = None  # the host's, as it last told them
 
     # -- Service ---------------------------------------------------------------------------
     async def __aenter__(self) -> HostProxy:
@@ -200,15 +216,21 @@ class HostProxy:
             for name, limit in self._limits.items()
         }
 
+    def statistics(self) -> ServiceStats | None:
+        """The host's terminal statistics as it last told them (it tells each change); None
+        while no host is attached (the gauges then show no terminal figures)."""
+        return self._stats if self._link is not None else None
+
     def relief(self) -> Relief:
         """Memory pressure reaches the host: its finished spools go to disk, idle terminals
-        close (their count comes back from the host)."""
+        close (the bytes spilled and the terminals closed come back from the host)."""
 
-        def spill() -> int:
+        async def spill() -> int:
             lk = self._link
-            if lk is not None:
-                lk.send({"k": "spill"})
-            return 0  # the host spills on its own loop; what it freed is in its spool stats
+            if lk is None:
+                return 0  # no host attached: no spool to spill
+            outcome = await self._call(lk, "host/spill", {}, None)
+            return int(outcome) if isinstance(outcome, int) else 0
 
         async def reap() -> int:
             lk = self._link
@@ -277,6 +299,11 @@ class HostProxy:
             if lk.draining:
                 self._draining.add(lk)  # answers still come on it until the host exits
                 continue
+            if lk.stopped:  # on purpose, its terminals closed: a new one when one is needed
+                log.warning("the terminal host (pid %s) was stopped", self.host_pid)
+                if self._wanted is not None:
+                    self._wanted.clear()
+                continue
             lost_at = self.clock.now()
             log.error("the terminal host (pid %s) died; starting a new one", self.host_pid)
             self.host_deaths = [t for t in self.host_deaths if t > lost_at - self.crash_window]
@@ -302,6 +329,7 @@ class HostProxy:
             shell=self.default_shell,
             max_message_bytes=self.max_message_bytes,
             features=self.features(),
+            crash_policy=self.crash_policy,
         )
         lk = await open_link(places, lambda: ServerLink(self), greeting)
         if lk is None and self._wanted is not None:
@@ -359,6 +387,10 @@ class HostProxy:
             lk.draining = True
             if not lk.lost.done():
                 lk.lost.set_result(None)
+        elif kind == "stopping":
+            lk.stopped = True
+        elif kind == "stats":
+            self._stats = _service_stats(link.value_of(payload))
         elif kind == "welcome" and not lk.greeted.done():
             lk.greeted.set_result(header)
         elif kind == "refused" and not lk.greeted.done():
@@ -426,6 +458,16 @@ class HostProxy:
         lk = self._link
         if lk is not None:
             lk.send({"k": "closed", "c": conn})
+
+
+def _service_stats(value: Any) -> ServiceStats | None:
+    try:
+        fields = dict(value)
+        fields["spools"] = SpoolStats(**fields["spools"])
+        fields["streams"] = StreamStats(**fields["streams"])
+        return ServiceStats(**fields)
+    except (TypeError, KeyError, ValueError):  # another version's figures: none rather than wrong
+        return None
 
 
 __all__ = ["HostProxy", "ServerLink"]

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,13 @@ from typing import Any
 
 import orjson
 
-from lapce_bridge.private import open_private_dir, open_private_file, write_private_file
+from lapce_bridge.private import (
+    open_private_dir,
+    open_private_file,
+    private_dir,
+    write_private_file,
+)
+from lapce_bridge.terminal.files import new_private_dir, read_private, write_private
 from lapce_bridge.terminal.result import Recovery
 from lapce_bridge.terminal.service import TerminalService
 from lapce_bridge.terminal.startup import restore_file
@@ -34,12 +41,30 @@ log = logging.getLogger("lapce_bridge.host")
 Spec = dict[str, Any]
 
 
-def snapshot(service: TerminalService) -> dict[str, Any]:
-    """The terminals to recreate, and the finished outputs on disk a successor may read."""
-    return {"terminals": terminals(service), "spools": service.spools.saved()}
+def snapshot(service: TerminalService, dirs: dict[str, str] | None = None) -> dict[str, Any]:
+    """The terminals to recreate, and the finished outputs on disk a successor may read;
+    `dirs` names, by terminal, a folder holding its saved env other than its own."""
+    return {"terminals": terminals(service, dirs), "spools": service.spools.saved()}
 
 
-def terminals(service: TerminalService) -> list[Spec]:
+def hand_over(service: TerminalService, folder: Path) -> dict[str, str]:
+    """Copy each terminal's saved env into a folder of its own under `folder`, by terminal:
+    closing a terminal removes its folder, and a successor host sources that env."""
+    parent = private_dir(folder)
+    dirs: dict[str, str] = {}
+    for term in service.terminals.values():
+        if term.dir == Path():
+            continue
+        target = new_private_dir(parent / f"{term.terminal_id}-{secrets.token_hex(4)}")
+        for name in ("env", "env.fish"):
+            data = read_private(term.dir / name)
+            if data:
+                write_private(target / name, data)
+        dirs[term.terminal_id] = str(target)
+    return dirs
+
+
+def terminals(service: TerminalService, dirs: dict[str, str] | None = None) -> list[Spec]:
     specs: list[Spec] = []
     for term in service.terminals.values():
         owned = service.owners.describe(term.terminal_id)
@@ -59,7 +84,9 @@ def terminals(service: TerminalService) -> list[Spec]:
                 "cols": term.cols,
                 "rows": term.rows,
                 "shellIntegration": term.shell_integration,
-                "dir": str(term.dir),
+                "dir": (dirs or {}).get(term.terminal_id, str(term.dir)),
+                # What it ran: a successor says it was lost, not that it never existed.
+                "running": term.current.execution_id if term.current is not None else None,
             }
         )
     return specs
@@ -178,4 +205,4 @@ async def _restore(service: TerminalService, spec: Spec, why: str) -> str | None
     return tid
 
 
-__all__ = ["EMPTY", "SpecWriter", "load", "restore_all", "snapshot", "terminals"]
+__all__ = ["EMPTY", "SpecWriter", "hand_over", "load", "restore_all", "snapshot", "terminals"]

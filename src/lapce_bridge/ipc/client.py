@@ -83,6 +83,7 @@ class BridgeClient(TypedMethods):
         client_name: str = "lapce-bridge-client",
         outage_grace: float = 2.0,
         matrix: RecoveryMatrix = DEFAULT_MATRIX,
+        session: str | None = None,
     ) -> None:
         self.socket_path = Path(socket_path) if socket_path is not None else default_socket_path()
         self.clock = clock or SYSTEM_CLOCK
@@ -90,7 +91,15 @@ class BridgeClient(TypedMethods):
         self.supervisor = supervisor
         self.matrix = matrix
         self.link = Link(
-            Endpoint(self.socket_path, tcp=tcp, token=token, client_name=client_name),
+            Endpoint(
+                self.socket_path,
+                tcp=tcp,
+                token=token,
+                client_name=client_name,
+                # Named at each handshake: after a reconnect, or a restart of the server with
+                # its terminals in the host, this client's default terminal is its own again.
+                session=session or uuid.uuid4().hex,
+            ),
             self.clock,
             supervisor,
         )

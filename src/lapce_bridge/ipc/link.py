@@ -41,6 +41,7 @@ class Endpoint:
     tcp: tuple[str, int] | None = None
     token: str | None = None
     client_name: str = "lapce-bridge-client"
+    session: str | None = None  # named in `initialize`: the default terminal comes back
 
     def __str__(self) -> str:
         return f"tcp:{self.tcp[0]}:{self.tcp[1]}" if self.tcp else str(self.socket_path)
@@ -94,6 +95,8 @@ class Link:
         }
         if endpoint.token is not None:
             params["token"] = endpoint.token
+        if endpoint.session is not None:
+            params["session"] = endpoint.session
         try:
             self.server_info = await self.call_on(wire, "initialize", params, 10.0)
         except BaseException:

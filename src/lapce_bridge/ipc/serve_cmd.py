@@ -51,7 +51,7 @@ class ServeOptions:
     metrics_port: int | None = None  # Prometheus /metrics on 127.0.0.1 (0: any free port)
     memory_budget: int | None = None  # bytes the server and its terminals may use
     timeouts: tuple[tuple[str, float], ...] = ()  # (method, seconds): the dispatcher's limits
-    terminal_host: bool = False  # terminals in a host process that outlives the server
+    terminal_host: bool = True  # terminals in a host process that outlives the server
     matrix: RecoveryMatrix | None = None  # --recovery-matrix's rows; None: the default table
 
 
@@ -370,7 +370,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--terminal-host",
         choices=["on", "off"],
-        default="off",
+        default="on",
         help="on: terminals live in a host process that survives a restart or crash of the "
         "server; off: in the server's own process (default: %(default)s).",
     )

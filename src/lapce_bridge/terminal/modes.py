@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -178,6 +180,31 @@ TYPED = ("bash", "zsh", "fish")  # the shells whose integration takes commands l
 LOAD_KEY = b"\x1b[7799~"
 _ACCEPT_KEY = b"\x1b[7798~"
 INTERRUPT_KEY = b"\x03"  # Ctrl-C: what a user presses to abandon a continuation prompt
+
+
+# What fish draws at its prompt that lands in a command's output when the command's end mark
+# came from the prompt (our end hook was removed, or fish refused an `exit` with jobs running)
+# or never came: the line it draws to end a line the output left open ("⏎" dim, spaces to the
+# margin, a carriage return, "⏎ ", a carriage return, a clear to the end of the line), and the
+# text of our minimal prompt after its prompt-start mark (with the cursor moves of its redraw).
+# Each comes in one write.
+_FISH_PROMPT_DRAWING = re.compile(
+    rb"\xe2\x8f\x8e(?:\x1b[\[(][0-9;]*[A-Za-z])* *\r\xe2\x8f\x8e \r(?:\x1b\[K)?"
+    rb"|(\x1b\]633;A\x07)\$ (?:\x1b\[K)?(?:\r(?:\x1b\[C)*)?"
+)
+
+
+def _without_fish_prompt(data: bytes) -> bytes:
+    if b"\xe2\x8f\x8e" not in data and b"633;A" not in data:
+        return data
+    return _FISH_PROMPT_DRAWING.sub(lambda m: m.group(1) or b"", data)
+
+
+def prompt_filter(kind: str) -> Callable[[bytes], bytes] | None:
+    """What removes, from what this shell writes, the drawing of its prompt that is never a
+    command's output (the prompt marks stay; a read holds one write whole unless the buffer
+    splits it: rare)."""
+    return _without_fish_prompt if kind == "fish" else None
 
 
 def typed(kind: str, detection: EndDetection) -> bool:

@@ -33,11 +33,26 @@ from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import ShellCrashed
 from lapce_bridge.terminal.foreground import Foreground, InputState
 from lapce_bridge.terminal.foreground import probe as probe_foreground
-from lapce_bridge.terminal.modes import Launch, probe_line, shell_kind, status_line
+from lapce_bridge.terminal.modes import (
+    Launch,
+    probe_line,
+    prompt_filter,
+    shell_kind,
+    status_line,
+)
 from lapce_bridge.terminal.pty import PtyProcess
 from lapce_bridge.terminal.tracker import CommandTracker
 
 __all__ = ["ShellProcess"]
+
+
+def _filtered(
+    strip: Callable[[bytes], bytes], on_data: Callable[[bytes], None]
+) -> Callable[[bytes], None]:
+    def deliver(data: bytes) -> None:
+        on_data(strip(data))
+
+    return deliver
 
 
 class ShellProcess:
@@ -67,6 +82,9 @@ class ShellProcess:
         on_exit: Callable[[ShellProcess, int], None],
     ) -> ShellProcess:
         box: list[ShellProcess] = []
+        strip = prompt_filter(launch.kind)
+        if strip is not None:
+            on_data = _filtered(strip, on_data)
         proc = PtyProcess.spawn(
             launch.argv,
             env=launch.env,

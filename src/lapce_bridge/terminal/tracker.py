@@ -131,6 +131,7 @@ class CommandTracker:
         "_carry",
         "_d_tail",
         "_held",
+        "_held_text",
         "_hide",
         "_idle_capture",
         "_prestart",
@@ -156,6 +157,7 @@ class CommandTracker:
         self._skip_echo = False
         self._probe: str | None = None
         self._held = False
+        self._held_text = bytearray()  # output that came while held, the command's if it ends
         self._typed = False
         self._hide = False  # typed delivery: the echo of typed keys and a loaded line
         self._until_lf = False  # ... which ends at the next newline (bash)
@@ -184,10 +186,14 @@ class CommandTracker:
         self._prestart.clear()
         self._skip_echo = self.detection is EndDetection.RAW
         self._held = False
+        self._held_text.clear()
 
     def hold_output(self) -> None:
-        """Take no more output for the command in flight (its end mark still counts): the
-        terminal is about to type a question of its own, whose echo is not the command's."""
+        """Take no more output for the command in flight for now (its end mark still counts):
+        the terminal is about to type a question of its own, whose echo is not the command's.
+        What comes meanwhile is kept aside: when the command's own end mark comes after all
+        (the shell was found at its prompt before its last output was read), it was the
+        command's output and is given to it; when the question is answered, it is dropped."""
         self._held = True
 
     def abandon(self) -> None:
@@ -196,6 +202,7 @@ class CommandTracker:
         self.started = False
         self._announced = False
         self._prestart.clear()
+        self._held_text.clear()
 
     def expect_probe(self, token: str | None) -> None:
         self._probe = token
@@ -224,6 +231,8 @@ class CommandTracker:
                 self._carry += data[: _CARRY_LIMIT - len(self._carry)]
             return
         if self._held:
+            if len(self._held_text) < _PRESTART_LIMIT:
+                self._held_text += data[: _PRESTART_LIMIT - len(self._held_text)]
             return
         if self._typed:
             if self._hide:
@@ -343,6 +352,12 @@ class CommandTracker:
         out.append(_STARTED)
 
     def _end(self, code: int | None, out: list[TrackerEvent]) -> None:
+        if self._held:  # the end mark came after all: what was held is the command's
+            self._held = False
+            held = bytes(self._held_text)
+            self._held_text.clear()
+            if held:
+                self._text(held, out)
         if not self.started:
             # Rule 5: the start hook is gone; the output follows the echo of the typed line.
             text = bytes(self._prestart)

@@ -39,20 +39,25 @@ if not set -q __lb_installed
     set -e __lb_restore
 
     set -g __lb_n # the nonce of the command in flight
-    set -g __lb_lines # its lines
-    set -g __lb_i 1 # the index of the next line to give the reader
+    set -g __lb_lines # its lines not given to the reader yet
     set -g __lb_buf # the incomplete lines in the buffer (a block, a quote)
     set -g __lb_st 0 # $status after the last line that ran
+    set -g __lb_out # what __lb_escape made
+    set -g __lb_env # the exported variables last saved
 
     # Fish's stock prompt and title (VCS status, prompt_pwd) cost about 5 ms a command, and
     # nobody reads the prompt of an agent's terminal. Replace them only while they are the
     # stock ones shipped with fish: a prompt or title the user wrote is left alone.
-    for __lb_fn in fish_prompt fish_right_prompt fish_title
+    for __lb_fn in fish_prompt fish_right_prompt fish_title fish_mode_prompt
         if string match -q -- "$__fish_data_dir/functions/*" (functions --details $__lb_fn)
             functions -e $__lb_fn
         end
     end
     set -e __lb_fn
+    if not functions -q fish_mode_prompt
+        function fish_mode_prompt
+        end
+    end
     if not functions -q fish_title
         # No title: fish would otherwise print its default one (and a carriage return after
         # it) before each line's output.
@@ -67,53 +72,63 @@ if not set -q __lb_installed
         end
     end
 
+    # OSC 633 value escaping of its argument into $__lb_out. Neither a pipe from a function
+    # nor a command substitution of one: fish fills those through a thread, which costs
+    # milliseconds a command on a busy machine.
     function __lb_escape
-        # The common text needs no escaping: one builtin instead of a pipeline of six.
-        if not string match -qr '[\\\\;\a\e\n\r\x18\x1a]' -- $argv[1]
-            printf '%s' $argv[1]
-            return
+        set -g __lb_out "$argv[1]"
+        # The common text needs no escaping: one builtin instead of a pipeline of eight.
+        if string match -qr '[\\\\;\a\e\n\r\x18\x1a]' -- "$__lb_out"
+            set -g __lb_out (string replace -a -- '\\' '\\\\' "$__lb_out" \
+                | string replace -a -- ';' '\\x3b' | string replace -a -- \a '\\x07' \
+                | string replace -a -- \e '\\x1b' | string replace -a -- \n '\\x0a' \
+                | string replace -a -- \r '\\x0d' | string replace -a -- \x18 '\\x18' \
+                | string replace -a -- \x1a '\\x1a' | string collect)
         end
-        string replace -a -- '\\' '\\\\' $argv[1] | string replace -a -- ';' '\\x3b' \
-            | string replace -a -- \a '\\x07' | string replace -a -- \e '\\x1b' \
-            | string replace -a -- \n '\\x0a' | string replace -a -- \r '\\x0d' \
-            | string replace -a -- \x18 '\\x18' | string replace -a -- \x1a '\\x1a'
     end
 
     # The command's end, or the request for its next line: after a line ran (or was refused).
     function __lb_after
-        if test $__lb_i -le (count $__lb_lines)
+        if set -q __lb_lines[1]
             printf '\e]633;P;LbMore=%s\a' $__lb_n
             return
         end
         # What a replacement shell restores if this one dies ("NAME escaped-value" lines the
-        # bridge turns into `set -gx` commands), saved before the end mark.
-        set -xL >"$__lb_ef"
-        printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' (__lb_escape "$PWD" | string collect) \
-            $argv[1] $__lb_n
+        # bridge turns into `set -gx` commands), saved before the end mark, and only when it
+        # changed (writing a file costs more than the rest of the hooks together).
+        set -l env (set -xL)
+        if test "$env" != "$__lb_env"
+            set -g __lb_env $env
+            printf '%s\n' $env >"$__lb_ef"
+        end
+        __lb_escape $PWD
+        printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' $__lb_out $argv[1] $__lb_n
         set -g __lb_n
-        set -g __lb_lines
         set -g __lb_buf
-        set -g __lb_i 1
     end
 
     # The load key. After a nonce: a new command, its lines read from the file. After "-": the
     # rest of the command is dropped (it was interrupted). Alone: the command's next line.
     function __lb_load
-        set -l typed (commandline | string collect)
+        set -l typed (commandline)
         if string match -qr '^[0-9a-f]{32}$' -- "$typed"
             set -g __lb_n $typed
-            set -g __lb_i 1
             set -g __lb_buf
-            set -l text
-            read -z text <"$__lb_cf"
-            set -g __lb_lines (string split -- \n (string replace -r -- '\n$' '' "$text"))
-            set -l shown ''
-            if test (string length -- "$text") -lt 4096
-                set shown (__lb_escape (string replace -r -- '\n$' '' "$text") | string collect)
+            read -g -z -a -d \n __lb_lines <"$__lb_cf"
+            if test -z "$__lb_lines[-1]"
+                set -e __lb_lines[-1] # the file's last newline ends a line, it starts none
             end
-            printf '\e]633;E;%s;%s\a' "$shown" $__lb_n
+            set -l text "$__lb_lines[1]"
+            if set -q __lb_lines[2]
+                set text (string join \n -- $__lb_lines | string collect)
+            end
+            set -g __lb_out
+            if not string match -qr '^[\s\S]{4096}' -- "$text"
+                __lb_escape "$text"
+            end
+            printf '\e]633;E;%s;%s\a' "$__lb_out" $__lb_n
         else if test "$typed" = -
-            set -g __lb_i (math (count $__lb_lines) + 1)
+            set -g __lb_lines
             commandline -r ''
             __lb_after $__lb_st
             return
@@ -122,9 +137,9 @@ if not set -q __lb_installed
             return
         end
         set -l line
-        while test $__lb_i -le (count $__lb_lines)
-            set line $__lb_lines[$__lb_i]
-            set -g __lb_i (math $__lb_i + 1)
+        while set -q __lb_lines[1]
+            set line $__lb_lines[1]
+            set -e __lb_lines[1]
             # An empty line at the prompt runs nothing (fish only draws a new prompt).
             if set -q __lb_buf[1]; or test -n "$line"
                 break
@@ -162,7 +177,7 @@ if not set -q __lb_installed
 
     # The `cwd` the bridge was asked to run a command in could not be entered: skip the rest.
     function __lb_skip
-        set -g __lb_i (math (count $__lb_lines) + 1)
+        set -g __lb_lines
         return 1
     end
 
@@ -201,19 +216,21 @@ if not set -q __lb_installed
     # its last line, as a user would): nothing ran, `$status` is as it was.
     function __lb_cancel --on-event fish_cancel
         if test -n "$__lb_n"
-            set -g __lb_i (math (count $__lb_lines) + 1)
+            set -g __lb_lines
             __lb_after $__lb_st
         end
     end
 
     function __lb_prompt --on-event fish_prompt
         set -l st $status
+        set -e __lb_exiting # an `exit` that fish refused (jobs still running): still here
         if test -n "$__lb_n"; and not set -q __lb_answered
             # The postexec hook is gone: the end mark (or the next line's request) still comes.
             set -g __lb_st $st
             __lb_after $st
         else if not set -q __lb_answered
-            printf '\e]633;P;Cwd=%s\a' (__lb_escape "$PWD" | string collect)
+            __lb_escape $PWD
+            printf '\e]633;P;Cwd=%s\a' $__lb_out
         end
         set -e __lb_answered
         if not functions -q __lb_preexec; or not functions -q __lb_postexec
