@@ -297,10 +297,11 @@ class App:
         try:
             self._open_slo(stack)
             if self._want_resources or self._want_services:
+                # With the terminal host, the terminals' code is the host's: not loaded here.
+                host = self.terminal_host
+                terminals = "lapce_bridge.host.proxy" if host else "lapce_bridge.terminal.service"
                 await _import_in_worker(
-                    "lapce_bridge.resources",
-                    "lapce_bridge.terminal.service",
-                    "lapce_bridge.fs.service",
+                    "lapce_bridge.resources", terminals, "lapce_bridge.fs.service"
                 )
             if self._want_resources:
                 from lapce_bridge.resources import (

@@ -20,7 +20,7 @@ import pytest
 from lapce_bridge.core.errors import BridgeError
 from lapce_bridge.core.timeouts import TimeoutManager
 from lapce_bridge.fs.atomic import is_temp_name
-from lapce_bridge.fs.beneath import HAVE_OPENAT2
+from lapce_bridge.fs.beneath import have_openat2
 from lapce_bridge.fs.ops import REAL_FS, FsOps, WalkingFs
 from lapce_bridge.fs.service import FileService
 from lapce_bridge.testing.memory import MemoryServer
@@ -64,7 +64,7 @@ def temp_files(tree: Path) -> list[Path]:
         pytest.param(
             REAL_FS,
             id="openat2",
-            marks=pytest.mark.skipif(not HAVE_OPENAT2, reason="this kernel has no openat2"),
+            marks=pytest.mark.skipif(not have_openat2(), reason="this kernel has no openat2"),
         ),
         pytest.param(WalkingFs(), id="walk"),
     ],

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lapce_bridge.core.errors import PermissionDenied
-from lapce_bridge.fs.beneath import HAVE_OPENAT2, openat2, walk_open
+from lapce_bridge.fs.beneath import have_openat2, openat2, walk_open
 from lapce_bridge.fs.ops import REAL_FS, FsOps, WalkingFs
 from lapce_bridge.fs.paths import OpensBeneath, Workspace
 
@@ -25,7 +25,7 @@ OPENERS = [
     pytest.param(
         _openat2,
         id="openat2",
-        marks=pytest.mark.skipif(not HAVE_OPENAT2, reason="this kernel has no openat2"),
+        marks=pytest.mark.skipif(not have_openat2(), reason="this kernel has no openat2"),
     ),
     pytest.param(walk_open, id="walk"),
 ]
@@ -91,7 +91,7 @@ def test_a_symlink_out_is_refused_wherever_it_is(
 def test_a_link_that_stays_inside_is_followed_by_openat2_only(tree: tuple[Path, int]) -> None:
     root, fd = tree
     (root / "alias").symlink_to("a")
-    if HAVE_OPENAT2:
+    if have_openat2():
         assert read_through(_openat2, fd, "alias/b.txt") == b"inside"
     # The walk is handed paths realpath found link-free: any link it meets was swapped in.
     with pytest.raises(OSError) as info:
@@ -111,7 +111,7 @@ OPS = [
     pytest.param(
         REAL_FS,
         id="openat2",
-        marks=pytest.mark.skipif(not HAVE_OPENAT2, reason="this kernel has no openat2"),
+        marks=pytest.mark.skipif(not have_openat2(), reason="this kernel has no openat2"),
     ),
     pytest.param(WalkingFs(), id="walk"),
 ]

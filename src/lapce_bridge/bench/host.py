@@ -4,7 +4,10 @@ recovery time of a killed server when terminals live in the host.
 Two real servers run side by side, one with `--terminal-host on` and one with `off`; the
 same client sends `echo test` to each in alternating blocks (so load on the shared machine
 falls on both alike), and the rows give both distributions and the difference of their
-medians (the goal: at most 100 us). The restart rows SIGKILL a supervised server whose
+medians (the goal: at most 100 us). `terminal/list` is timed the same way, in the same
+blocks: it involves no shell, so its difference is the link's own round trip (two socket
+hops, the host's dispatch), the part of the echo cost that is not the host doing the same
+work as the server. The restart rows SIGKILL a supervised server whose
 terminals live in the host and time, from the kill, the first `ping` answered and the first
 command answered correctly by a terminal created before the kill.
 """
@@ -30,10 +33,13 @@ SUITE = "host"
 BLOCK = 50
 
 
-async def echo_both(ctx: BenchContext) -> tuple[list[float], list[float]]:
-    """`echo test` round trips through a server with the host, and one without."""
+async def echo_both(ctx: BenchContext) -> tuple[list[float], list[float], list[float], list[float]]:
+    """`echo test` round trips through a server with the host, and one without; then the
+    same for `terminal/list` (no shell involved: what is left is the link's own cost)."""
     hosted: list[float] = []
     local: list[float] = []
+    listed_hosted: list[float] = []
+    listed_local: list[float] = []
     on = ("--terminal-host", "on", "--shell", "bash")
     off = ("--terminal-host", "off", "--shell", "bash")
     async with (
@@ -46,14 +52,20 @@ async def echo_both(ctx: BenchContext) -> tuple[list[float], list[float]]:
             for _ in range(20):  # the default terminal, and a warm path
                 await client.request("terminal/execute", {"command": "echo test"})
         total = ctx.n(1000, 60)
+        echo = ("terminal/execute", {"command": "echo test"})
+        listing: tuple[str, dict[str, object]] = ("terminal/list", {})
         while len(hosted) < total:
-            for client, samples in ((with_host, hosted), (without, local)):
-                for _ in range(BLOCK):
-                    started = time.perf_counter()
-                    await client.request("terminal/execute", {"command": "echo test"})
-                    samples.append(time.perf_counter() - started)
+            for client, samples, listed in (
+                (with_host, hosted, listed_hosted),
+                (without, local, listed_local),
+            ):
+                for (method, params), into in ((echo, samples), (listing, listed)):
+                    for _ in range(BLOCK):
+                        started = time.perf_counter()
+                        await client.request(method, params)
+                        into.append(time.perf_counter() - started)
     await stop_host(ctx.workdir / "host-on")
-    return hosted, local
+    return hosted, local, listed_hosted, listed_local
 
 
 async def stop_host(base: Path) -> None:
@@ -119,7 +131,8 @@ async def restart_rto(workdir: Path, rounds: int) -> tuple[list[float], list[flo
 
 
 async def run(ctx: BenchContext) -> list[Row]:
-    hosted, local = await echo_both(ctx)
+    hosted, local, listed_hosted, listed_local = await echo_both(ctx)
+    listed_on, listed_off = statistics.median(listed_hosted), statistics.median(listed_local)
     rows = [
         latency_row(
             SUITE,
@@ -144,6 +157,17 @@ async def run(ctx: BenchContext) -> list[Row]:
             goal=100,
             samples=len(hosted),
             note="p50 with the host minus p50 without, measured in the same run",
+        ),
+        figure_row(
+            SUITE,
+            "terminal host's link, terminal/list p50",
+            (listed_on - listed_off) * 1e6,
+            "us",
+            higher_is_better=False,
+            samples=len(listed_hosted),
+            extra={"host_us": listed_on * 1e6, "server_us": listed_off * 1e6},
+            note=f"{listed_on * 1e6:,.0f} us with the host, {listed_off * 1e6:,.0f} us without "
+            "(same run): one round trip to the host, no shell",
         ),
     ]
     answering, usable = await restart_rto(ctx.workdir, 3 if ctx.quick else 5)

@@ -90,7 +90,10 @@ def chaos(
         raise click.BadParameter(f"unknown scenario(s): {', '.join(unknown)}", param_hint="--only")
     rounds = "quick smoke test: few rounds; not figures to quote" if quick else "full rounds"
     label = f"{rounds}; RTO is the median over a scenario's rounds; seed {seed}"
-    with tempfile.TemporaryDirectory(prefix="lapce-chaos-") as tmp:
+    # fish's first interactive start in a fresh HOME leaves a man-page parser running in the
+    # background (disowned), still writing there when the rounds end: what it leaves behind
+    # must not turn the figures into a traceback.
+    with tempfile.TemporaryDirectory(prefix="lapce-chaos-", ignore_cleanup_errors=True) as tmp:
         ctx = ChaosContext(Path(tmp), quick, tuple(s for s in shells.split(",") if s), seed)
         with ProgressBar(len(names), "chaos") as bar:
             results = run_scenarios(names, ctx, bar)

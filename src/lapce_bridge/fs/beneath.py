@@ -24,10 +24,11 @@ resolve its path afresh (see `Workspace.open`). `rel` must be relative and hold 
 
 from __future__ import annotations
 
-import ctypes
 import errno
+import functools
 import os
 import stat as st_mod
+from typing import Any
 
 SYS_OPENAT2 = 437
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -36,17 +37,22 @@ RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS
 _WALK_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = [
-        ("flags", ctypes.c_uint64),
-        ("mode", ctypes.c_uint64),
-        ("resolve", ctypes.c_uint64),
-    ]
+@functools.cache
+def _binding() -> tuple[Any, Any, Any]:
+    """ctypes, the `open_how` struct and libc's `syscall`: loaded on the first open, not when
+    the server starts (ctypes alone costs a server's start-up several milliseconds)."""
+    import ctypes
 
+    class OpenHow(ctypes.Structure):
+        _fields_ = [
+            ("flags", ctypes.c_uint64),
+            ("mode", ctypes.c_uint64),
+            ("resolve", ctypes.c_uint64),
+        ]
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
+    syscall = ctypes.CDLL(None, use_errno=True).syscall
+    syscall.restype = ctypes.c_long
+    return ctypes, OpenHow, syscall
 
 
 def openat2(dir_fd: int, rel: str, flags: int, mode: int = 0, resolve: int = RESOLVE) -> int:
@@ -55,8 +61,9 @@ def openat2(dir_fd: int, rel: str, flags: int, mode: int = 0, resolve: int = RES
     # openat2 refuses a mode without O_CREAT/O_TMPFILE (open(2) silently ignores it).
     # (O_TMPFILE includes O_DIRECTORY's bit, so it is tested whole.)
     creating = flags & os.O_CREAT or flags & os.O_TMPFILE == os.O_TMPFILE
-    how = _OpenHow(flags, mode if creating else 0, resolve)
-    fd = _syscall(
+    ctypes, open_how, syscall = _binding()
+    how = open_how(flags, mode if creating else 0, resolve)
+    fd = syscall(
         ctypes.c_long(SYS_OPENAT2),
         ctypes.c_int(dir_fd),
         ctypes.c_char_p(os.fsencode(rel)),
@@ -69,15 +76,17 @@ def openat2(dir_fd: int, rel: str, flags: int, mode: int = 0, resolve: int = RES
     return int(fd)
 
 
-def _probe_openat2() -> bool:
+@functools.cache
+def have_openat2() -> bool:
+    """Whether this kernel (and its seccomp filter) lets us call `openat2`, probed once."""
+    root = os.open("/", _WALK_DIR_FLAGS)
     try:
-        os.close(openat2(os.open("/", _WALK_DIR_FLAGS), ".", os.O_PATH | os.O_DIRECTORY))
+        os.close(openat2(root, ".", os.O_PATH | os.O_DIRECTORY))
     except OSError:
         return False  # ENOSYS (old kernel), EPERM (a seccomp filter), ...
+    finally:
+        os.close(root)
     return True
-
-
-HAVE_OPENAT2 = _probe_openat2()
 
 
 def _is_link(dir_fd: int, name: str) -> bool:
@@ -128,7 +137,7 @@ def walk_open(dir_fd: int, rel: str, flags: int, mode: int = 0o777) -> int:
 
 def open_beneath(dir_fd: int, rel: str, flags: int, mode: int = 0o777) -> int:
     """A descriptor of `rel` opened beneath `dir_fd` in one step (see the module docstring)."""
-    if not HAVE_OPENAT2:
+    if not have_openat2():
         return walk_open(dir_fd, rel, flags, mode)
     while True:
         try:
@@ -142,8 +151,8 @@ def open_beneath(dir_fd: int, rel: str, flags: int, mode: int = 0o777) -> int:
 
 
 __all__ = [
-    "HAVE_OPENAT2",
     "RESOLVE",
+    "have_openat2",
     "open_beneath",
     "openat2",
     "walk_open",

@@ -2,12 +2,13 @@
 method forwarded over the private link, every notification routed back to its connection.
 
 Theory of operation: `HostProxy` is a `Service` like `TerminalService` (the same method names
-and limits, taken from `TerminalService` itself, so a method added there is forwarded here
-with no change). Entering it starts attaching in the background and returns at once: the
-server binds its socket and answers `ping` without waiting for the host; a terminal request
-waits for the attach (`ready`). A host already running (a restarted server's) is attached at
-once; a new one is started only when a terminal request first needs it, so a server whose
-clients never use a terminal never starts one.
+and limits: `terminal.params.METHODS`, the table `TerminalService` serves, so a method added
+there is forwarded here with no change, and the server never loads the terminals' code).
+Entering it starts attaching in the background and returns at once: the server binds its
+socket and answers `ping` without waiting for the host; a terminal request waits for the
+attach (`ready`). A host already running (a restarted server's) is attached at once; a new
+one is started only when a terminal request first needs it, so a server whose clients never
+use a terminal never starts one.
 
 - Forwarding: a request is sent as its params (encoded once) with the client connection's id,
   the session it named and its arrival time; the answer's payload is spliced into the
@@ -15,8 +16,10 @@ clients never use a terminal never starts one.
   classified error the host raised. A cancelled request (the client's `$/cancelRequest`, its
   connection closing, the server's timeout) is cancelled in the host. A keyed request keeps
   its `idempotencyKey`: the host runs it at most once across server restarts, so a replay
-  after a crash joins the execution that still runs or gets its recorded result. The server's
-  own journal lets such keys through to the host (`Idempotency(outlives=...)`).
+  after a crash joins the execution that still runs or gets its recorded result. The server
+  keeps no key of its own for these methods (they are `idempotent` to its dispatcher: no
+  journal row, no task of its own, one journal write per command, in the host); a client's
+  cancel, by key or by request id, reaches the execution in the host (`cancel_key`).
 - Routing: a notification from the host names its connection; it is written to that
   connection if it is still here (its params spliced, not re-encoded), else dropped (the
   connection left). Broadcasts go to every client; operations the host timed go to this
@@ -37,7 +40,7 @@ import itertools
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -54,10 +57,11 @@ from lapce_bridge.ipc.framing import Frame, FrameDecoder
 from lapce_bridge.ipc.jsonrpc import error_from_wire
 from lapce_bridge.rpc import DEFAULT_MAX_MESSAGE_BYTES, Broadcast, CallContext, Method, Observe
 from lapce_bridge.rpc import method as make_method
-from lapce_bridge.terminal.recovery import CrashLoopPolicy
-from lapce_bridge.terminal.service import ServiceStats, TerminalService
-from lapce_bridge.terminal.spool import SpoolStats
-from lapce_bridge.terminal.stream import StreamStats
+from lapce_bridge.terminal.params import METHODS
+
+if TYPE_CHECKING:  # the terminals' code is the host's: the server loads it only for figures
+    from lapce_bridge.terminal.recovery import CrashLoopPolicy
+    from lapce_bridge.terminal.service import ServiceStats
 
 log = logging.getLogger("lapce_bridge.host")
 
@@ -171,9 +175,9 @@ class HostProxy:
         self.crash_limit = crash_limit
         self.crash_window = crash_window
         self.crash_policy = crash_policy  # the shells' (the host's own death is crash_limit's)
-        # The names and limits of the methods the host serves: TerminalService's own.
-        probe = TerminalService(workspace=self.workspace, state_dir=self.state_dir)
-        self._limits = {name: m.limit for name, m in probe.methods().items()}
+        # The names and limits of the methods the host serves (TerminalService's), from the
+        # light table: the terminals' code is the host's to load, not the server's.
+        self._limits = dict(METHODS)
         self.places: HostPlaces | None = None
         self._link: ServerLink | None = None
         self._ready: asyncio.Future[ServerLink] | None = None
@@ -211,8 +215,10 @@ class HostProxy:
                 lk.close()
 
     def methods(self) -> dict[str, Method]:
+        # idempotent: the host keeps every key at most once (its own journal), so the
+        # server's dispatcher checks a key and passes it on, journalling and joining nothing.
         return {
-            name: make_method(self._forwarder(name), limit=limit)
+            name: make_method(self._forwarder(name), limit=limit, idempotent=True)
             for name, limit in self._limits.items()
         }
 
@@ -461,6 +467,11 @@ class HostProxy:
 
 
 def _service_stats(value: Any) -> ServiceStats | None:
+    # Loaded on the first figures the host sends, not when the server starts.
+    from lapce_bridge.terminal.service import ServiceStats
+    from lapce_bridge.terminal.spool import SpoolStats
+    from lapce_bridge.terminal.stream import StreamStats
+
     try:
         fields = dict(value)
         fields["spools"] = SpoolStats(**fields["spools"])

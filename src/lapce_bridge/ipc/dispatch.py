@@ -162,6 +162,7 @@ class Dispatcher:
         self.outlet = outlet
         self._inflight: dict[RequestId, asyncio.Task[Any]] = {}
         self._inflight_keys: dict[RequestId, str] = {}
+        self._passed_keys: dict[RequestId, str] = {}  # keys an idempotent handler keeps itself
         self._cancelled_ids: set[RequestId] = set()
         self._owned: set[asyncio.Task[Any]] = set()  # batch members, notifications' work
         self._held: list[Callable[[], None]] | None = None  # waiting for the services
@@ -356,6 +357,8 @@ class Dispatcher:
             self._inflight[req.id] = task
             if prep.key is not None:
                 self._inflight_keys[req.id] = prep.key
+            elif prep.method.idempotent and "idempotencyKey" in prep.params:
+                self._passed_keys[req.id] = prep.params["idempotencyKey"]
             return
         self.outlet.write(_response(req.id, self._call_sync(prep)))
 
@@ -365,6 +368,7 @@ class Dispatcher:
         finally:
             self._inflight.pop(req_id, None)
             self._inflight_keys.pop(req_id, None)
+            self._passed_keys.pop(req_id, None)
         self.outlet.write(response)
 
     async def _execute(self, req_id: RequestId, prep: Prepared) -> bytes:
@@ -446,6 +450,9 @@ class Dispatcher:
             return
         task = self._inflight.get(req_id)
         if task is not None and not task.done():
+            passed = self._passed_keys.get(req_id)
+            if passed is not None:  # its work may run where the key is kept (the terminal host)
+                idem.cancel(passed)
             self._cancelled_ids.add(req_id)
             task.cancel()
 

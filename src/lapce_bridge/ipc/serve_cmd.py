@@ -17,6 +17,7 @@ import hashlib
 import importlib
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 from lapce_bridge.core.errors import BridgeError, InvalidParams
 from lapce_bridge.ipc.framing import DEFAULT_MAX_MESSAGE_BYTES
 from lapce_bridge.ipc.journal import JOURNAL_FILE, IdempotencyJournal
-from lapce_bridge.ipc.paths import default_socket_path, default_state_dir, state_dir_ready
+from lapce_bridge.ipc.paths import (
+    bind_unix_socket,
+    default_socket_path,
+    default_state_dir,
+    file_identity,
+    remove_socket,
+    state_dir_ready,
+)
 from lapce_bridge.slo import SLO_FILE
 
 if TYPE_CHECKING:
@@ -75,12 +83,10 @@ def load_extra_methods(spec: str) -> Any:
 
 
 async def run_server(opts: ServeOptions, *, announce: Callable[[str], None] | None = None) -> None:
-    from lapce_bridge.app import App
-    from lapce_bridge.ipc.server import BridgeServer
-
     # Private in every mode, --stdio included: spools hold command output (secrets too).
     state_dir = state_dir_ready(opts.state_dir or default_state_dir(), chosen=bool(opts.state_dir))
     socket_path = None
+    bound: socket.socket | None = None
     if opts.stdio:
         where = "stdio"
         journal = IdempotencyJournal(None)  # a pipe has one client and dies with it
@@ -91,6 +97,31 @@ async def run_server(opts: ServeOptions, *, announce: Callable[[str], None] | No
         socket_path = (opts.socket or default_socket_path()).absolute()
         where = f"unix:{socket_path}"
         journal = IdempotencyJournal(journal_path(state_dir, where))
+        # Bound before the server's modules load: a client connecting meanwhile (a
+        # supervisor's reconnect after a restart) waits in the kernel's queue and is served
+        # the moment the server is up, instead of being refused and retrying on a backoff.
+        bound = bind_unix_socket(socket_path)
+    identity = file_identity(socket_path) if socket_path is not None else None
+    try:
+        await _serve(opts, announce, state_dir, where, journal, socket_path, bound)
+    except BaseException:
+        if socket_path is not None and bound is not None and bound.fileno() >= 0:
+            bound.close()  # never served: the socket file is ours to take back
+            remove_socket(socket_path, identity)
+        raise
+
+
+async def _serve(
+    opts: ServeOptions,
+    announce: Callable[[str], None] | None,
+    state_dir: Path,
+    where: str,
+    journal: IdempotencyJournal,
+    socket_path: Path | None,
+    bound: socket.socket | None,
+) -> None:
+    from lapce_bridge.app import App
+    from lapce_bridge.ipc.server import BridgeServer
 
     extras = [load_extra_methods(spec) for spec in opts.extra_methods]
     # SLOs outlive the process, per endpoint; a stdio server's die with its pipe.
@@ -144,7 +175,7 @@ async def run_server(opts: ServeOptions, *, announce: Callable[[str], None] | No
                     where = f"tcp:{host}:{port}"
                 else:
                     assert socket_path is not None
-                    await server.listen_unix(socket_path)
+                    await server.listen_unix(socket_path, bound)
                 (announce or _announce)(where)
                 opening = asyncio.get_running_loop().create_task(
                     _open_services(app, server, stack), name="open-services"

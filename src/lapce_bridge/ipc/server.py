@@ -24,6 +24,7 @@ import contextlib
 import ipaddress
 import itertools
 import logging
+import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -265,8 +266,10 @@ class BridgeServer:
             conn.write_frame(frame)
 
     # -- listeners ------------------------------------------------------------------------
-    async def listen_unix(self, path: Path) -> Path:
-        sock = bind_unix_socket(path)
+    async def listen_unix(self, path: Path, sock: socket.socket | None = None) -> Path:
+        """Serve on the Unix socket `path` (bound here, or already bound there: `sock`)."""
+        if sock is None:
+            sock = bind_unix_socket(path)
         try:
             # The backlog again: the loop listens once more when it starts serving, with its
             # own default (100), and uvloop refuses connections past it at once.

@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import math
 import os
 import secrets
 from collections.abc import Callable
@@ -66,6 +65,12 @@ from lapce_bridge.rpc import (
 from lapce_bridge.terminal.files import new_private_dir, read_private, runtime_base, write_private
 from lapce_bridge.terminal.foreground import process_cwd
 from lapce_bridge.terminal.ownership import Ownership
+from lapce_bridge.terminal.params import (
+    DEFAULT_MAX_WAIT_MS,
+    METHODS,
+)
+from lapce_bridge.terminal.params import param as _param
+from lapce_bridge.terminal.params import seconds as _seconds
 from lapce_bridge.terminal.recovery import CrashLoopPolicy
 from lapce_bridge.terminal.result import ExecResult, TerminalExited
 from lapce_bridge.terminal.spool import SpoolStats, SpoolStore
@@ -76,15 +81,12 @@ from lapce_bridge.terminal.terminal import Terminal
 log = logging.getLogger("lapce_bridge.terminal")
 
 DEFAULT_IDLE_TIMEOUT_MS = 30_000
-DEFAULT_MAX_WAIT_MS = 120_000
-_MISSING = object()
 # Ceilings on what a client may ask for (issue: one request must not blow up memory or the
 # reply). readOutput pages further below, so that JSON escaping never pushes a page over the
 # message limit; an execute result holds at most maxOutputBytes of output, each byte escaping
 # to at most 6 in JSON, hence the sixth of the message limit.
 MAX_READ_LIMIT = 4 << 20
 MAX_OUTPUT_BYTES = 2 << 20
-MAX_WAIT_PARAM_MS = 7 * 24 * 3600 * 1000
 REPLY_ENVELOPE_BYTES = 4096  # the answer around the output: ids, flags, cwd, recoveries
 _KILL_LINE = "\x15"  # Ctrl-U: the line editors' (and the tty's VKILL) "erase this line"
 _NOT_FINAL = ("waiting_for_input", "running")
@@ -115,70 +117,6 @@ def _saved_exports(term: Terminal) -> bytes | None:
         return None if path is None else read_private(path)
     except OSError:
         return None
-
-
-def _param(
-    params: Params, name: str, kind: type | tuple[type, ...], default: Any = _MISSING
-) -> Any:
-    value = params.get(name, _MISSING)
-    if value is _MISSING or (value is None and default is not _MISSING):
-        if default is _MISSING:
-            raise InvalidParams(f"missing required parameter {name!r}")
-        return default
-    # bool is an int in Python, never in JSON-RPC params.
-    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
-        raise InvalidParams(
-            f"parameter {name!r} must be {_describe(kind)}, not {type(value).__name__}"
-        )
-    return value
-
-
-def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
-
-
-def _describe(kind: type | tuple[type, ...]) -> str:
-    names = {
-        str: "a string",
-        int: "an integer",
-        float: "a number",
-        bool: "a boolean",
-        dict: "an object",
-    }
-    return " or ".join(names.get(k, k.__name__) for k in _kinds(kind))
-
-
-def _seconds(params: Params, name: str, default: float | None) -> float | None:
-    value = _param(params, name, (int, float), None)
-    if value is None:
-        return default
-    if not 0 < value <= MAX_WAIT_PARAM_MS:
-        raise InvalidParams(
-            f"parameter {name!r} must be positive and at most {MAX_WAIT_PARAM_MS} (7 days)"
-        )
-    return float(value) / 1000.0
-
-
-# Beyond a command's own limit: starting the default terminal, then settling after SIGINT.
-ANSWER_MARGIN_S = 30.0
-
-
-def execute_limit(params: Params) -> float:
-    """How long `terminal/execute` may hold its request: its answer is due by `timeoutMs`
-    (`timed_out`) or `maxWaitMs` (`running`), whichever is first; the dispatcher's limit
-    is never shorter."""
-    timeout = _seconds(params, "timeoutMs", None)
-    max_wait = _seconds(params, "maxWaitMs", DEFAULT_MAX_WAIT_MS / 1000.0)
-    assert max_wait is not None
-    due = max_wait if timeout is None else min(timeout, max_wait)
-    return due + ANSWER_MARGIN_S
-
-
-def wait_limit(params: Params) -> float:
-    """`terminal/wait` lasts its `timeoutMs`, or, without one, as long as the command runs
-    (bounded by the command's own `timeoutMs`, and by the caller's `$/cancelRequest`)."""
-    within = _seconds(params, "timeoutMs", None)
-    return math.inf if within is None else within + ANSWER_MARGIN_S
 
 
 def _bounded(params: Params, name: str, default: int, ceiling: int, why: str) -> int:
@@ -253,17 +191,19 @@ class TerminalService:
         return True if self._features is None else bool(self._features(name))
 
     def methods(self) -> dict[str, Method]:
-        return {
-            "terminal/create": method(self.create),
-            "terminal/execute": method(self.execute, limit=execute_limit),
-            "terminal/sendText": method(self.send_text),
-            "terminal/interrupt": method(self.interrupt),
-            "terminal/readOutput": method(self.read_output),
-            "terminal/wait": method(self.wait, limit=wait_limit),
-            "terminal/list": method(self.list),
-            "terminal/close": method(self.close),
-            "terminal/resume": method(self.resume),
+        """The handler of each of `terminal.params.METHODS`, under the limit named there."""
+        handlers = {
+            "terminal/create": self.create,
+            "terminal/execute": self.execute,
+            "terminal/sendText": self.send_text,
+            "terminal/interrupt": self.interrupt,
+            "terminal/readOutput": self.read_output,
+            "terminal/wait": self.wait,
+            "terminal/list": self.list,
+            "terminal/close": self.close,
+            "terminal/resume": self.resume,
         }
+        return {name: method(handlers[name], limit=limit) for name, limit in METHODS.items()}
 
     # -- helpers --------------------------------------------------------------------------
     def resolve_dir(self, raw: str) -> str:
