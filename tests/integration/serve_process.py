@@ -72,4 +72,14 @@ async def until_written(client: RawClient, execution_id: str, offset: int) -> No
         await asyncio.sleep(0.01)
 
 
-__all__ = ["REPO", "Served", "serve", "server_env", "until_written"]
+async def until_busy(client: RawClient, terminal_id: str) -> None:
+    """Wait (polling terminal/list) until a terminal runs a command handed to it."""
+    async with asyncio.timeout(30):
+        while True:
+            listed = (await client.request("terminal/list"))["result"]
+            if any(t["terminalId"] == terminal_id and t["busy"] for t in listed):
+                return
+            await asyncio.sleep(0.01)
+
+
+__all__ = ["REPO", "Served", "serve", "server_env", "until_busy", "until_written"]

@@ -21,7 +21,7 @@ from lapce_bridge.ipc.raw import RawClient
 from lapce_bridge.ipc.server import BridgeServer
 from lapce_bridge.rpc import CallContext, Method, Params, method
 from lapce_bridge.testing import FakeClock
-from tests.integration.serve_process import serve
+from tests.integration.serve_process import serve, until_busy
 
 EXTRA = "tests.integration.test_assembled_server:methods"
 
@@ -203,15 +203,6 @@ async def test_an_unencodable_result_is_the_servers_fault(tmp_path: Path) -> Non
             await client.close()
 
 
-async def _until_busy(client: RawClient, terminal_id: str) -> None:
-    async with asyncio.timeout(30):
-        while True:
-            listed = (await client.request("terminal/list"))["result"]
-            if any(t["terminalId"] == terminal_id and t["busy"] for t in listed):
-                return
-            await asyncio.sleep(0.01)
-
-
 async def test_caller_errors_are_marked_as_theirs_and_never_count_as_failures(
     tmp_path: Path,
 ) -> None:
@@ -256,7 +247,7 @@ async def test_caller_errors_are_marked_as_theirs_and_never_count_as_failures(
             running = client.request_nowait(
                 "terminal/execute", {"terminalId": tid, "command": "sleep 1"}
             )
-            await _until_busy(client, tid)
+            await until_busy(client, tid)
             busy = tally(
                 "terminal/execute",
                 await client.request("terminal/execute", {"terminalId": tid, "command": "true"}),

@@ -161,10 +161,10 @@ async def test_a_keyed_request_interrupted_by_a_crash_is_not_run_again(tmp_path:
                 "test/hang", {"file": str(ledger), "idempotencyKey": "once-only"}
             )
         )
-        for _ in range(200):
-            if ledger.exists():
-                break
-            await asyncio.sleep(0.01)
+        # The handler has written its line (the file exists a moment before it holds it).
+        async with asyncio.timeout(60):
+            while not (ledger.exists() and ledger.read_text() == "started\n"):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
         kill(client)
         with pytest.raises(BridgeError) as info:
             await asyncio.wait_for(hung, 30)

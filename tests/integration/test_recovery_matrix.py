@@ -40,7 +40,7 @@ from lapce_bridge.ipc.raw import RawClient
 from lapce_bridge.ipc.server import BridgeServer
 from lapce_bridge.rpc import CallContext, Method, Params, method
 from lapce_bridge.testing import Fault, FaultyFs
-from tests.integration.serve_process import serve, server_env
+from tests.integration.serve_process import serve, server_env, until_busy
 
 EXTRA = "tests.integration.test_recovery_matrix:methods"
 FAULTS = "lapce_bridge.testing.server_faults:methods"  # shipped: injects errnos into a serve
@@ -336,12 +336,7 @@ async def test_a_matrix_file_decides_whether_a_command_the_shell_never_started_r
             sent = client.request_nowait(
                 "terminal/execute", {"terminalId": tid, "command": "echo ran"}
             )
-            async with asyncio.timeout(30):
-                while True:
-                    listed = (await watcher.request("terminal/list"))["result"]
-                    if any(t["terminalId"] == tid and t["busy"] for t in listed):
-                        break
-                    await asyncio.sleep(0.01)
+            await until_busy(watcher, tid)
             os.kill(pid, signal.SIGKILL)
             result = (await asyncio.wait_for(client.response(sent), 30))["result"]
             actions = [r["action"] for r in result["recoveries"]]
