@@ -1,6 +1,6 @@
 """Memory pressure inside a real server: its own allocations past its budget.
 
-The server is started with a low `--memory-budget` (200 MiB: an idle server with its terminal
+The server is started with a low `--memory-budget` (256 MiB: an idle server with its terminal
 host and a terminal owns about a fifth of it, so it starts in the normal band at quality 3) and
 the default policies. It first runs commands whose output overflows `maxOutputBytes`, so each
 leaves a spool to be read through `terminal/readOutput`. Then it allocates real, touched memory
@@ -46,7 +46,7 @@ async def _read_spool(client: BridgeClient, execution: str) -> int:
 
 async def run(ctx: ChaosContext) -> ChaosResult:
     spools = ctx.n(5, 2)
-    budget_mib, load_mib = 200, 240
+    budget_mib, load_mib = 256, 240
     tally = Tally()
     rto = float("inf")
     sut = ServerUnderTest(ctx.workdir, "memory", "--memory-budget", f"{budget_mib}M")
