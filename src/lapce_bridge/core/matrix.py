@@ -2,12 +2,13 @@
 
 Theory of operation: a failure is classified (`core.errors.classify`) into a category and a
 severity; the matrix maps that pair to one frozen `MatrixRow`: a primary strategy, tried up to
-`max_retries` times (None: as often as the engine's own bounds allow), then a fallback. The
+`max_retries` times (None: as often as the reader's own bounds allow), then a fallback. The
 table is the specification's, row for row. `STRATEGY_SPECS` says what each strategy *means* to
-the engine that carries it out (`core.recovery.RecoveryEngine`): whether the operation is run
-again after it, whether it is meaningless without an action supplied by the caller, whether
-re-runs wait on the backoff schedule, and whether, as a fallback, it ends in the error being
-raised (an alert, a shutdown, a cancellation) rather than in a value.
+the code that reads its row: whether the operation is run again after it, whether it is
+meaningless without an action supplied by the caller, whether re-runs wait on the backoff
+schedule, and whether, as a fallback, it ends in the error being raised (an alert, a
+shutdown, a cancellation) rather than in a value. Each recovery site reads its own row (there
+is no generic executor: a terminal, a disk read and a reconnect recover in different ways).
 
 The matrix is the running policy: the server (`App`: the file service's read retries) and
 the client (`BridgeClient`: retrying retryable answers, reconnecting) take their retry counts
@@ -108,7 +109,7 @@ class MatrixRow:
     severity: ErrorSeverity
     primary: Strategy
     fallback: Strategy
-    max_retries: int | None  # None: unbounded (the engine's deadline and cap still apply)
+    max_retries: int | None  # None: unbounded (the reader's own deadline and cap still apply)
 
     @property
     def unbounded(self) -> bool:
