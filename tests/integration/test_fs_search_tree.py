@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +171,7 @@ async def test_paging_with_a_cursor_covers_every_match_once(tmp_path: Path) -> N
 
 def scan_page(
     root: Path, query: str, resume: tuple[str, int] | None, max_results: int,
-    clock: FakeClock, deadline: float, readers: Any = None, case_sensitive: bool = True,
+    clock: FakeClock, deadline: float, case_sensitive: bool = True,
 ) -> Any:  # fmt: skip
     """One page of a literal search of `root` by `Scan` itself (.gitignore respected)."""
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
@@ -188,7 +187,6 @@ def scan_page(
             deadline=deadline,
             clock=clock,
             stop=threading.Event(),
-            readers=readers,
         ).run(".", fd, True)
     finally:
         os.close(fd)
@@ -209,46 +207,6 @@ def test_a_search_out_of_time_stops_with_a_cursor_that_resumes(tmp_path: Path) -
     assert [m.line for m in resumed.matches] == [1] * 200
     assert resumed.matches[0].path == "f000.txt"
     assert resumed.matches[-1].path == "f199.txt"
-
-
-def test_reader_threads_give_the_pages_of_a_search_in_place(tmp_path: Path) -> None:
-    """Files searched by the reader threads, in runs: the same matches in the same order,
-    the same counts, the same cuts and cursors as the walk searching each file itself."""
-    written = 0
-    for i in range(700):
-        # Files and folders interleaved by name; runs end at a folder and at RUN_FILES.
-        folder = tmp_path / f"d{i % 3}" / ("" if i % 5 else f"e{i % 7}")
-        folder.mkdir(parents=True, exist_ok=True)
-        lines = [f"line {n}" + (" needle" if (i * n) % 11 == 3 else "") for n in range(9)]
-        written += sum("needle" in line for line in lines)
-        (folder / f"f{i:03}.txt").write_text("\n".join(lines) + "\n")
-    (tmp_path / "d1" / "bin.dat").write_bytes(b"needle\x00binary")
-    (tmp_path / "d2" / "a.log").write_text("needle ignored\n")
-    (tmp_path / ".gitignore").write_text("*.log\n")
-    readers = ThreadPoolExecutor(2)
-    clock = FakeClock()
-
-    def page(resume: tuple[str, int] | None, max_results: int, pool: Any) -> Any:
-        return scan_page(
-            tmp_path, "NEEDLE", resume, max_results, clock, clock.now() + 60, pool, False
-        )
-
-    try:
-        for max_results in (1, 37, 200, 10_000):
-            resume, pages, found, searched, skipped = None, 0, 0, 0, 0
-            while pages < 12:
-                threaded = page(resume, max_results, readers)
-                assert threaded == page(resume, max_results, None)
-                found, pages, resume = found + len(threaded.matches), pages + 1, threaded.stop_at
-                searched, skipped = searched + threaded.searched, skipped + threaded.skipped
-                if resume is None:
-                    break
-            assert found == min(12 * max_results, written)
-            if resume is None:
-                # A cut file is counted in its page and again in the next (from its line).
-                assert (searched, skipped) == (701 + pages - 1, 1)  # .gitignore too; 1: binary
-    finally:
-        readers.shutdown()
 
 
 async def test_tree_is_depth_limited_with_sizes_and_kinds(tmp_path: Path) -> None:

@@ -16,13 +16,13 @@ that line (one result per matching line, as `grep -n` prints). Searching bytes s
 decoding 100 MB that mostly does not match; a pattern with non-ASCII characters is encoded as
 UTF-8, so it matches UTF-8 text exactly (`\\w` and case folding are ASCII).
 
-The walk and the reading are two jobs (`Scan`): the walk (the request's worker thread) lists
-folders, filters names, reads the clock and hands the files of a folder, in runs of
-`RUN_FILES`, to `READERS` reader threads shared by all searches, then takes their results
-back in the walk's order. Per file the work is three system calls (open, read, close), which
-release the GIL, and a `memchr`: with two readers the calls of one overlap the other's and
-the walk's. Measured on the bench tree on two busy cores: 150-180 ms where one thread took
-260-320 ms (`grep -rn` 200-460 ms beside it), for about a quarter more CPU time.
+The walk and the reading are two steps of one worker thread (`Scan`): the walk lists
+folders, filters names, reads the clock and gathers the files of a folder in runs of
+`RUN_FILES`, which are then read and searched in the walk's order. Per file the work is three
+system calls (open, read, close) and a `memchr`. Reader threads were tried: on two busy
+cores they overlapped the calls (150-180 ms against 260-320 in one thread), but on a quiet
+machine the GIL hand-offs made the search twice as slow (207-277 ms against 107-124 ms on
+the bench tree, `grep -rn` 83-107 ms beside it), so the search runs in one thread.
 
 Skipped: `.git`, folders and files `.gitignore` excludes (unless `gitignore: false`),
 symbolic links (their targets inside the workspace are found under their own names), our
@@ -42,15 +42,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import operator
 import os
 import re
 import stat as st_mod
 import threading
-from collections import deque
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import msgspec
@@ -73,8 +70,6 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_LINE_CHARS = 500
 CHECK_EVERY = 64  # files searched between two looks at the clock and the stop flag
 RUN_FILES = 64  # files of one folder read and searched as one job
-READ_AHEAD = 8  # runs handed to the readers before the walk takes back the oldest
-READERS = max(2, min(4, os.cpu_count() or 2))  # reader threads, shared by all searches
 # O_NONBLOCK: a file swapped for a FIFO after it was listed must not block the walk.
 FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
 DIR_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_DIRECTORY
@@ -244,8 +239,8 @@ class _Done(Exception):
 
 @dataclass(slots=True)
 class Run:
-    """Files of one folder, consecutive in the walk's order, read and searched together (by
-    a reader thread, or in place). `dir_fd` is the run's own duplicate of the folder's
+    """Files of one folder, consecutive in the walk's order, read and searched together.
+    `dir_fd` is the run's own duplicate of the folder's
     descriptor, closed when the run is done; each match keeps the run's counts through
     its file, so a page cut at that match counts exactly the files before the cut."""
 
@@ -260,12 +255,9 @@ class Scan:
     """One page of a search, run synchronously (in a worker thread) from `run()`.
 
     The walk (this thread) lists folders in order, applies the filters, reads the clock and
-    gathers the files to search into `Run`s of at most `RUN_FILES`; `readers` (a thread
-    pool; None: in place) read and search each run, and the walk takes their results back
-    in order, at most `READ_AHEAD` runs behind. Opening, reading and closing a file are
-    system calls that release the GIL, so two readers overlap them with each other and
-    with the walk; the order of the results, paging, the deadline and confinement are the
-    walk's, exactly as in place."""
+    gathers the files to search into `Run`s of at most `RUN_FILES`, each read and searched
+    as soon as it is complete; the order of the results, paging, the deadline and
+    confinement are the walk's."""
 
     def __init__(
         self,
@@ -280,7 +272,6 @@ class Scan:
         deadline: float,
         clock: Clock,
         stop: threading.Event,
-        readers: Executor | None = None,
     ) -> None:
         self.finder = finder
         self.ops = ops
@@ -291,12 +282,9 @@ class Scan:
         self.clock = clock
         self.stop = stop
         self.rules = rules
-        self.readers = readers
         self.page = Page()
         self._resume = None if resume is None else (tuple(resume[0].split("/")), resume[1])
         self._until_check = 0
-        self._pending: deque[tuple[Run, Future[None]]] = deque()
-        self._abandoned = False  # the page is decided: queued runs stop reading
 
     def run(self, rel: str, fd: int, is_dir: bool) -> Page:
         """Search `fd` (workspace-relative `rel`): a folder's descriptor, or a file's. The
@@ -304,7 +292,6 @@ class Scan:
         try:
             if is_dir:
                 self._walk(fd, "" if rel == "." else rel + "/", self.rules)
-                self._drain()
             else:
                 after = self._resume_line(rel)
                 if after >= 0:
@@ -314,44 +301,21 @@ class Scan:
                     self._merge(one)
         except _Done:
             pass
-        finally:
-            self._abandoned = True
-            for _, reading in self._pending:
-                with contextlib.suppress(Exception):
-                    reading.result()  # it stops at its next file and closes its descriptor
-            self._pending.clear()
         return self.page
 
     def _check(self, rel: str, after: int) -> None:
-        """Stop here (before `rel`) when out of time or stopped: what was queued before is
-        taken first, and it may end the page sooner."""
+        """Stop here (before `rel`) when out of time or stopped."""
         self._until_check = CHECK_EVERY
         stopped = self.stop.is_set()
         if stopped or self.clock.now() >= self.deadline:
-            self._drain()
             self.page.timed_out = not stopped
             self.page.stop_at = (rel, after)
             raise _Done
 
     def _queue(self, run: Run) -> None:
-        """Hand `run` to a reader (or read it here), then take back what is due."""
-        readers = self.readers
-        if readers is None:
-            self._read(run)
-            self._merge(run)
-            return
-        self._pending.append((run, readers.submit(self._read, run)))
-        while len(self._pending) > READ_AHEAD:
-            self._take()
-
-    def _take(self) -> None:
-        run, reading = self._pending.popleft()
-        reading.result()
+        """Read and search `run`, then add its results to the page."""
+        self._read(run)
         self._merge(run)
-
-    def _drain(self) -> None:
-        while self._pending:
-            self._take()
 
     def _merge(self, run: Run) -> None:
         """Add a read run's results to the page, in order; cut the page when it is full."""
@@ -379,7 +343,7 @@ class Scan:
         cap = self.max_results + 1  # with more, the page is cut within this run
         try:
             for name, rel, after in run.files:
-                if self._abandoned or len(run.matches) >= cap:
+                if len(run.matches) >= cap:
                     return
                 try:
                     fd = open_(name, FILE_FLAGS, dir_fd=run.dir_fd)
@@ -579,7 +543,6 @@ async def search(store: FileStore, params: Params, *, clock: Clock) -> dict[str,
             deadline=clock.now() + p.timeout_ms / 1000,
             clock=clock,
             stop=stop,
-            readers=_readers(),
         )
         try:
             return scan.run(rel, fd, is_dir)
@@ -600,18 +563,6 @@ async def search(store: FileStore, params: Params, *, clock: Clock) -> dict[str,
         files_skipped=page.skipped,
     )
     return msgspec.to_builtins(result)  # type: ignore[no-any-return]
-
-
-_POOL: list[ThreadPoolExecutor] = []
-_POOL_LOCK = threading.Lock()
-
-
-def _readers() -> ThreadPoolExecutor:
-    """The reader threads every search shares (started on the first search)."""
-    with _POOL_LOCK:
-        if not _POOL:
-            _POOL.append(ThreadPoolExecutor(READERS, thread_name_prefix="lapce-bridge-search"))
-        return _POOL[0]
 
 
 def _parent(rel: str) -> str:
