@@ -10,7 +10,6 @@ missing from the restarted shell.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import pytest
 from lapce_bridge.terminal.recovery import CrashLoopPolicy
 from lapce_bridge.terminal.result import Status
 from lapce_bridge.terminal.terminal import Terminal
+from tests.integration.test_terminal_recovery import _restarted
 
 # The user's rc: a function and an alias that export (as `nvm use` or `pyenv shell` do).
 RC = """
@@ -36,14 +36,6 @@ CHANGES = [
     ("unset PLAIN", "", "PLAIN"),
     ("declare -x DECLARED=declared", "declared", "DECLARED"),
 ]
-
-
-async def _restarted(term: Terminal, count: int) -> None:
-    for _ in range(1000):
-        if term.restarts >= count and (term.restarting is None or term.restarting.done()):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"terminal did not restart {count} times")
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh"])
