@@ -192,6 +192,7 @@ class HostProxy:
         self._draining: set[ServerLink] = set()
         self._wanted: asyncio.Event | None = None  # set by the first terminal request
         self._stats: ServiceStats | None = None  # the host's, as it last told them
+        self._stats_wire: bytes = b""  # ...as they came, read when they are asked for
 
     # -- Service ---------------------------------------------------------------------------
     async def __aenter__(self) -> HostProxy:
@@ -225,7 +226,11 @@ class HostProxy:
     def statistics(self) -> ServiceStats | None:
         """The host's terminal statistics as it last told them (it tells each change); None
         while no host is attached (the gauges then show no terminal figures)."""
-        return self._stats if self._link is not None else None
+        if self._link is None:
+            return None
+        if self._stats_wire:  # read here, not as they come: the types load on first use
+            self._stats, self._stats_wire = _service_stats(link.value_of(self._stats_wire)), b""
+        return self._stats
 
     def relief(self) -> Relief:
         """Memory pressure reaches the host: its finished spools go to disk, idle terminals
@@ -396,7 +401,7 @@ class HostProxy:
         elif kind == "stopping":
             lk.stopped = True
         elif kind == "stats":
-            self._stats = _service_stats(link.value_of(payload))
+            self._stats_wire = payload
         elif kind == "welcome" and not lk.greeted.done():
             lk.greeted.set_result(header)
         elif kind == "refused" and not lk.greeted.done():
@@ -467,7 +472,7 @@ class HostProxy:
 
 
 def _service_stats(value: Any) -> ServiceStats | None:
-    # Loaded on the first figures the host sends, not when the server starts.
+    # Loaded when the figures are first read, not when the server starts or attaches.
     from lapce_bridge.terminal.service import ServiceStats
     from lapce_bridge.terminal.spool import SpoolStats
     from lapce_bridge.terminal.stream import StreamStats
