@@ -64,6 +64,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("lapce_bridge.app")
 
 MethodsFactory = Callable[["App"], Mapping[str, Method]]
+SCHEMA_MODULES = ("lapce_bridge.schema.methods", "lapce_bridge.schema.validate")
+"""What `schema.checks.SchemaCheck` loads on its first call: loaded while the services open."""
 
 
 class Service(AbstractAsyncContextManager[Any], Protocol):
@@ -308,6 +310,9 @@ class App:
                 await _import_in_worker(terminals)
                 await self._open_service(stack, self._terminal_service())
             if self._want_resources or self._want_services:
+                # The params checks' schema (msgspec Structs) first: the first request that
+                # is checked would otherwise load it on the loop (30-120 ms with no answer).
+                await _import_in_worker(*SCHEMA_MODULES)
                 await _import_in_worker("lapce_bridge.resources", "lapce_bridge.fs.service")
             if self._want_resources:
                 from lapce_bridge.resources import (
