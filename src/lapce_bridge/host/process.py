@@ -81,7 +81,14 @@ from lapce_bridge.terminal.service import TerminalService
 
 log = logging.getLogger("lapce_bridge.host")
 
-DRAIN_LIMIT = 600.0  # seconds a draining host waits for running commands
+# Seconds a draining host waits for its running commands. Its successor cannot take the
+# terminals before it is gone, so new terminal requests are refused (-32002, retryable)
+# meanwhile: the wait is bounded by what a client can be kept waiting, not by the longest
+# build. Commands still running then are ended and reported lost (their terminals are
+# recreated by the successor with their cwd and env; `terminal/wait` says they were lost).
+DRAIN_LIMIT = 30.0
+# What the successor allows for the hand-over after that (spill, write down, close shells).
+HANDOVER_MARGIN = 30.0
 SPEC_INTERVAL = 0.5
 STATS_INTERVAL = 1.0
 _KEEP_OBSERVED = 256  # operations timed while no server listened, kept for the next one
@@ -200,10 +207,12 @@ class TerminalHost:
         default_shell: str | None = None,
         linger: float = 300.0,
         clock: Any = SYSTEM_CLOCK,
+        drain_limit: float = DRAIN_LIMIT,
     ) -> None:
         self.places = places
         self.clock = clock
         self.linger = linger
+        self.drain_limit = drain_limit
         self._features: dict[str, bool] = {}
         self.service = TerminalService(
             workspace=workspace,
@@ -501,7 +510,7 @@ class TerminalHost:
     # -- life cycle -----------------------------------------------------------------------
     async def start(self) -> None:
         """Take the lock, recreate what a dead predecessor left, listen."""
-        self._lock_fd = await _take_lock(self.places)
+        self._lock_fd = await _take_lock(self.places, self.drain_limit + HANDOVER_MARGIN)
         # Opened under the lock: rows a dead host left running become "interrupted" (their
         # keys are answered "outcome unknown": the command died with that host).
         self.idempotency.journal.open()
@@ -551,11 +560,24 @@ class TerminalHost:
         asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
-        deadline = self.clock.now() + DRAIN_LIMIT
+        deadline = self.clock.now() + self.drain_limit
         while self.clock.now() < deadline and self._working():
             await self.clock.sleep(0.05)
+        ended = self._running_executions()
+        if ended:
+            log.warning(
+                "drained for %.0f s; the commands still running are ended and reported lost "
+                "(%s): the successor recreates their terminals",
+                self.drain_limit,
+                ", ".join(ended),
+            )
         self.service.spools.spill()  # finished output to disk, readable after we are gone
         self.stop(keep_specs=True)
+
+    def _running_executions(self) -> list[str]:
+        return [
+            t.current.execution_id for t in self.service.terminals.values() if t.current is not None
+        ]
 
     def _working(self) -> bool:
         """A command runs, or a request taken before the drain has not been answered (it
@@ -618,11 +640,12 @@ class TerminalHost:
         self._release_lock()
 
 
-async def _take_lock(places: HostPlaces) -> int:
+async def _take_lock(places: HostPlaces, wait: float) -> int:
     """The host's lock, held for its life. Exits (status 0) when a live host answers; waits
     while one drains (it no longer listens but still holds the lock)."""
     fd = open_private_file(places.lock, os.O_RDWR, create=True)
-    deadline = asyncio.get_running_loop().time() + DRAIN_LIMIT
+    # A predecessor that drains holds it for its drain bound and its hand-over at most.
+    deadline = asyncio.get_running_loop().time() + wait
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -656,11 +679,21 @@ def host_pid(places: HostPlaces) -> int | None:
 
 
 async def run_host(
-    state_dir: Path, workspace: Path, *, shell: str | None = None, linger: float = 300.0
+    state_dir: Path,
+    workspace: Path,
+    *,
+    shell: str | None = None,
+    linger: float = 300.0,
+    drain_limit: float = DRAIN_LIMIT,
 ) -> None:
     places = host_places(state_dir, workspace)
     host = TerminalHost(
-        places, workspace=workspace, state_dir=state_dir, default_shell=shell, linger=linger
+        places,
+        workspace=workspace,
+        state_dir=state_dir,
+        default_shell=shell,
+        linger=linger,
+        drain_limit=drain_limit,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -687,6 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workspace", type=Path, required=True)
     p.add_argument("--shell")
     p.add_argument("--linger", type=float, default=300.0)
+    p.add_argument("--drain-limit", type=float, default=DRAIN_LIMIT)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s host %(process)d %(levelname)s %(message)s"
@@ -699,6 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.workspace.resolve(),
             shell=args.shell,
             linger=args.linger,
+            drain_limit=args.drain_limit,
         )
     )
     return 0
