@@ -427,6 +427,10 @@ class App:
             from lapce_bridge.terminal.params import METHODS
 
             names |= {*METHODS, *FILE_METHODS}
+            if self.terminal_host:
+                from lapce_bridge.host import STOP_HOST
+
+                names.add(STOP_HOST)
         return names
 
     def _extra_methods(self) -> Mapping[str, Method]:

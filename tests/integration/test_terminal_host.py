@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from lapce_bridge.core.errors import Cancelled, TerminalError
+from lapce_bridge.core.errors import BridgeError, Cancelled, TerminalError
 from lapce_bridge.host import link
 from lapce_bridge.host.attach import host_command, spawn_detached
 from lapce_bridge.host.places import HostPlaces, host_places
@@ -421,4 +421,63 @@ async def test_a_drain_is_bounded_and_what_it_ended_is_reported(tmp_path: Path) 
             await client.request("terminal/wait", {"executionId": execution})
         assert lost.value.data.get("lost") is True
         assert b"the commands still running are ended" in places_of(tmp_path).log.read_bytes()
+        await client.close()
+
+
+async def test_terminal_stop_host_ends_or_waits_for_running_commands(tmp_path: Path) -> None:
+    """`terminal/stopHost` through a real serve: the host stops, its terminals close and
+    none is recreated; a running command is ended (`running: "end"`, the default) or
+    finishes first (`"wait"`, new commands refused meanwhile); no death is reported."""
+    async with host_stopped_after(tmp_path), serve(tmp_path, *HOST) as served:
+        client = await BridgeClient(served.socket).connect()
+        assert await client.request("terminal/stopHost") == {
+            "stopped": False,  # none runs yet, and none is started for it
+            "terminals": [],
+            "ended": [],
+        }
+        tid = (await client.request("terminal/create", {}))["terminalId"]
+        old = host_pid(places_of(tmp_path))
+        running = asyncio.ensure_future(
+            client.request("terminal/execute", {"terminalId": tid, "command": "sleep 30"})
+        )
+        await asyncio.sleep(0.3)
+        stopped = await client.request("terminal/stopHost")
+        assert stopped["stopped"] is True
+        assert stopped["pid"] == old
+        assert stopped["terminals"] == [tid]
+        assert len(stopped["ended"]) == 1
+        with pytest.raises(TerminalError) as ended:
+            await running
+        assert ended.value.data.get("hostStopped") is True
+        assert host_pid(places_of(tmp_path)) is None  # answered once all closed (lock last)
+        assert old is not None
+        assert await _pid_gone(old)
+
+        # "wait": the running command finishes and is answered; a new one is refused.
+        tid = (await client.request("terminal/create", {}))["terminalId"]
+        second = host_pid(places_of(tmp_path))
+        assert second not in (None, old)
+        running = asyncio.ensure_future(
+            client.request("terminal/execute", {"terminalId": tid, "command": "sleep 1; echo done"})
+        )
+        await asyncio.sleep(0.3)
+        stopping = asyncio.ensure_future(
+            client.request("terminal/stopHost", {"running": "wait", "timeoutMs": 20_000})
+        )
+        await asyncio.sleep(0.2)
+        with pytest.raises(BridgeError) as refused:
+            await client.request("terminal/execute", {"command": "echo late"})
+        assert refused.value.code == -32002
+        done = await running
+        assert (done["output"], done["exitCode"]) == ("done\n", 0)
+        stopped = await stopping
+        assert (stopped["stopped"], stopped["ended"], stopped["pid"]) == (True, [], second)
+        with pytest.raises(BridgeError) as bad:
+            await client.request("terminal/stopHost", {"running": "later"})
+        assert bad.value.code == -32602
+
+        assert await client.request("terminal/list") == []  # a new host, nothing recreated
+        health = await client.request("health/get")
+        details = [i["detail"] for i in health["incidents"]["recent"]]
+        assert not any("terminal host" in d for d in details), details
         await client.close()

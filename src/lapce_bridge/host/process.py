@@ -69,7 +69,7 @@ from lapce_bridge.core.errors import (
 )
 from lapce_bridge.host import link
 from lapce_bridge.host.attach import policy_from_wire
-from lapce_bridge.host.places import HostPlaces, host_places
+from lapce_bridge.host.places import HostPlaces, host_pid, host_places
 from lapce_bridge.host.specs import EMPTY, SpecWriter, hand_over, load, restore_all, snapshot
 from lapce_bridge.ipc.framing import Frame, FrameDecoder
 from lapce_bridge.ipc.idempotency import Idempotency, Outcome, encode_outcome, signature
@@ -230,6 +230,7 @@ class TerminalHost:
             "terminal/wait": method(self._wait_or_lost, limit=self._wait.limit),
             "host/reapIdle": method(self._reap_idle),  # the server's memory pressure
             "host/spill": method(self._spill),
+            "host/stop": method(self._stop_on_request),  # a client's terminal/stopHost
         }
         self.idempotency = Idempotency(IdempotencyJournal(places.journal))
         self.specs = SpecWriter(places.terminals, lambda: snapshot(self.service))
@@ -238,6 +239,7 @@ class TerminalHost:
         self._client_ids = 0
         self._observed: deque[tuple[dict[str, Any], bytes]] = deque(maxlen=_KEEP_OBSERVED)
         self.draining = False
+        self.stopping = False  # stopped on a client's request: no new command
         self.stopped = asyncio.get_running_loop().create_future()
         self._alone_since: float | None = clock.now()
         self._server: asyncio.AbstractServer | None = None
@@ -285,6 +287,34 @@ class TerminalHost:
                 },
             )
         return await self._wait.handler(params, ctx)
+
+    async def _stop_on_request(self, params: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        """Stop on a client's request (`terminal/stopHost`, through its server). No new
+        command is taken from now on. `running: "wait"` lets the running commands finish
+        first (their answers go to who asked), for `timeoutMs` at most (default: the drain
+        bound); then, or at once with `running: "end"` (the default), every terminal is
+        closed, the commands still running are ended (their requests fail with -32003
+        `hostStopped`), nothing is kept to recreate, and the host exits after this answer."""
+        running = params.get("running", "end")
+        if running not in ("end", "wait"):
+            raise InvalidParams('parameter \'running\' must be "end" or "wait"')
+        timeout_ms = params.get("timeoutMs")
+        if timeout_ms is not None and (type(timeout_ms) is not int or timeout_ms <= 0):
+            raise InvalidParams("parameter 'timeoutMs' must be a positive integer")
+        self.stopping = True
+        if running == "wait":
+            limit = self.drain_limit if timeout_ms is None else timeout_ms / 1000.0
+            deadline = self.clock.now() + limit
+            while self.clock.now() < deadline and (
+                self._running_executions() or self.idempotency.running > 0
+            ):
+                await self.clock.sleep(0.05)
+        ended = self._running_executions()
+        if ended:
+            log.warning("stopping on request: ending %s", ", ".join(ended))
+        log.info("stopping on a client's request (terminal/stopHost)")
+        asyncio.get_running_loop().call_soon(self.stop)  # once this answer is written
+        return {"pid": os.getpid(), "terminals": sorted(self.service.terminals), "ended": ended}
 
     def _spill(self, params: dict[str, Any], ctx: CallContext) -> int:
         return self.service.spools.spill()  # the memory freed
@@ -396,8 +426,9 @@ class TerminalHost:
         if params is None:
             params = {}
         key = params.get("idempotencyKey")
-        if self.draining and name in ("terminal/create", "terminal/execute"):
-            refused = Unavailable("the terminal host is draining: no new command")
+        if (self.draining or self.stopping) and name in ("terminal/create", "terminal/execute"):
+            why = "draining" if self.draining else "stopping (terminal/stopHost)"
+            refused = Unavailable(f"the terminal host is {why}: no new command")
             self._answer(lk, q, encode_outcome(False, refused))
             return
         if not meth.is_async and key is None:
@@ -658,24 +689,6 @@ async def _take_lock(places: HostPlaces, wait: float) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
-
-
-def host_pid(places: HostPlaces) -> int | None:
-    """The pid of the host holding the lock, or None when no host holds it."""
-    try:
-        fd = open_private_file(places.lock, os.O_RDWR)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else None
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
 
 
 async def run_host(
