@@ -69,6 +69,7 @@ from lapce_bridge.core.errors import (
 )
 from lapce_bridge.host import link
 from lapce_bridge.host.attach import policy_from_wire
+from lapce_bridge.host.hostlog import BACKUPS, MAX_BYTES, bounded_log
 from lapce_bridge.host.places import HostPlaces, host_pid, host_places
 from lapce_bridge.host.specs import EMPTY, SpecWriter, hand_over, load, restore_all, snapshot
 from lapce_bridge.ipc.framing import Frame, FrameDecoder
@@ -734,10 +735,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--shell")
     p.add_argument("--linger", type=float, default=300.0)
     p.add_argument("--drain-limit", type=float, default=DRAIN_LIMIT)
+    p.add_argument("--log-max-bytes", type=int, default=MAX_BYTES)
+    p.add_argument("--log-backups", type=int, default=BACKUPS)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s host %(process)d %(levelname)s %(message)s"
-    )
+    # The log (and stderr) to host.log, rotated: a host may run for weeks.
+    places = host_places(args.state_dir.absolute(), args.workspace.resolve())
+    bounded_log(places.log, max_bytes=max(args.log_max_bytes, 1024), backups=args.log_backups)
     from lapce_bridge.ipc.serve_cmd import run
 
     run(
