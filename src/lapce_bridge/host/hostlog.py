@@ -13,11 +13,11 @@ file each time, never left writing to a rotated one.
 
 from __future__ import annotations
 
+import io
 import logging
 import logging.handlers
 import os
 from pathlib import Path
-from typing import TextIO
 
 from lapce_bridge.private import open_private_file
 
@@ -39,7 +39,7 @@ class BoundedLog(logging.handlers.RotatingFileHandler):
         super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
         self.setFormatter(logging.Formatter(FORMAT))
 
-    def _open(self) -> TextIO:
+    def _open(self) -> io.TextIOWrapper:
         fd = open_private_file(self.baseFilename, os.O_WRONLY | os.O_APPEND, create=True)
         stream = os.fdopen(fd, "a", encoding="utf-8")
         if self.stderr_fd is not None:
