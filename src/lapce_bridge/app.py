@@ -435,7 +435,8 @@ class App:
 
     def _extra_methods(self) -> Mapping[str, Method]:
         """The extra methods' table, built once (a factory is called with this app, before
-        its services open; its handlers run once they are)."""
+        its services open; its handlers run once they are, and what it must do to a
+        service when it opens it asks `on_open` for)."""
         if self._extra_table is None:
             extra = self._extra
             table = (extra(self) if callable(extra) else extra) if extra is not None else {}
