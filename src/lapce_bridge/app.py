@@ -310,9 +310,6 @@ class App:
                 await _import_in_worker(terminals)
                 await self._open_service(stack, self._terminal_service())
             if self._want_resources or self._want_services:
-                # The params checks' schema (msgspec Structs) first: the first request that
-                # is checked would otherwise load it on the loop (30-120 ms with no answer).
-                await _import_in_worker(*SCHEMA_MODULES)
                 await _import_in_worker("lapce_bridge.resources", "lapce_bridge.fs.service")
             if self._want_resources:
                 from lapce_bridge.resources import (
@@ -404,6 +401,11 @@ class App:
 
     async def _open_service(self, stack: AsyncExitStack, service: Service) -> None:
         opened: Service = await stack.enter_async_context(service)
+        # Its params are checked against the schema (msgspec Structs, loaded on the first
+        # check): loaded here, off the loop, before its methods are served, or the first
+        # request would load it on the loop (20-120 ms in which nothing is answered). The
+        # host's attach, started on entering, goes on meanwhile.
+        await _import_in_worker(*SCHEMA_MODULES)
         self.services.append(opened)
         served = checked(opened.methods())
         self._methods.update(served)
