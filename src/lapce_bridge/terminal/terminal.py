@@ -98,6 +98,7 @@ _ids = itertools.count(1)
 _RESULTS_KEPT = 64
 _ABANDON_POLLS = 500  # a second of 2 ms looks for the line editor, then Ctrl-C regardless
 _ABANDON_POLL_S = 0.002
+_DEAF_GRACE_S = 0.3  # a continuation prompt still there after Ctrl-C: the shell ignores SIGINT
 
 
 def _is_dir(path: str) -> bool:
@@ -584,6 +585,8 @@ class Terminal:
 
     def _at_prompt(self, fg: Foreground) -> bool:
         ex = self._exec
+        if ex is not None and ex.lines_left < 0:
+            return False  # a continuation prompt being abandoned: the editor reads on purpose
         prompted = ex is not None and ex.prompted
         return self.shell_proc is not None and self.shell_proc.at_prompt(fg, prompted)
 
@@ -708,15 +711,31 @@ class Terminal:
     async def _abandon_input(self, shell: ShellProcess, ex: Execution) -> None:
         """Ctrl-C at the continuation prompt, once the line editor reads it: the prompt is
         printed before the editor starts, and a SIGINT in between leaves `$?` as it was
-        (the incomplete command would be answered with the previous command's status)."""
+        (the incomplete command would be answered with the previous command's status).
+        A shell that ignores SIGINT (the user's `trap '' INT`) never hears it, and the
+        terminal would stay busy until the command's timeout: when the prompt is still there
+        after `_DEAF_GRACE_S`, bash and zsh are given the load key's abandon argument, which
+        aborts the prompt from inside the shell (zsh's mask shows no ignored SIGINT: it
+        catches it and drops it, so the kernel cannot tell beforehand)."""
         for _ in range(_ABANDON_POLLS):
             fg = shell.foreground()
             if ex.done.done() or fg is None or shell.at_prompt(fg, prompted=True):
                 break
             await self.clock.sleep(_ABANDON_POLL_S)
-        if not ex.done.done() and shell.alive:
+        if ex.done.done() or not shell.alive:
+            return
+        with contextlib.suppress(OSError):
+            shell.proc.write(INTERRUPT_KEY)
+        if shell.kind not in COUNTED_LOADS:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with self.clock.timeout(_DEAF_GRACE_S):
+                await asyncio.shield(ex.done)
+            return
+        fg = shell.foreground()
+        if not ex.done.done() and shell.alive and fg is not None and shell.at_prompt(fg):
             with contextlib.suppress(OSError):
-                shell.proc.write(INTERRUPT_KEY)
+                shell.proc.write(load_keys(shell.kind, "!"))
 
     # -- deaths and restarts ----------------------------------------------------------------
     def _on_shell_exit(self, shell: ShellProcess, code: int) -> None:
