@@ -99,6 +99,7 @@ _RESULTS_KEPT = 64
 _ABANDON_POLLS = 500  # a second of 2 ms looks for the line editor, then Ctrl-C regardless
 _ABANDON_POLL_S = 0.002
 _DEAF_GRACE_S = 0.3  # a continuation prompt still there after Ctrl-C: the shell ignores SIGINT
+_DEAF_TRIES = 5
 
 
 def _is_dir(path: str) -> bool:
@@ -716,26 +717,30 @@ class Terminal:
         terminal would stay busy until the command's timeout: when the prompt is still there
         after `_DEAF_GRACE_S`, bash and zsh are given the load key's abandon argument, which
         aborts the prompt from inside the shell (zsh's mask shows no ignored SIGINT: it
-        catches it and drops it, so the kernel cannot tell beforehand)."""
+        catches it and drops it, so the kernel cannot tell beforehand); fish, whose editor
+        reads Ctrl-C as a key, is given it again (once lost to a `trap '' INT` while its
+        editor was not yet reading)."""
         for _ in range(_ABANDON_POLLS):
             fg = shell.foreground()
             if ex.done.done() or fg is None or shell.at_prompt(fg, prompted=True):
                 break
             await self.clock.sleep(_ABANDON_POLL_S)
-        if ex.done.done() or not shell.alive:
-            return
-        with contextlib.suppress(OSError):
-            shell.proc.write(INTERRUPT_KEY)
-        if shell.kind not in COUNTED_LOADS:
-            return
-        with contextlib.suppress(TimeoutError):
-            async with self.clock.timeout(_DEAF_GRACE_S):
-                await asyncio.shield(ex.done)
-            return
-        fg = shell.foreground()
-        if not ex.done.done() and shell.alive and fg is not None and shell.at_prompt(fg):
+        keys = INTERRUPT_KEY
+        for _ in range(_DEAF_TRIES):
+            if ex.done.done() or not shell.alive:
+                return
             with contextlib.suppress(OSError):
-                shell.proc.write(load_keys(shell.kind, "!"))
+                shell.proc.write(keys)
+            with contextlib.suppress(TimeoutError):
+                async with self.clock.timeout(_DEAF_GRACE_S):
+                    await asyncio.shield(ex.done)
+                return
+            fg = shell.foreground()
+            if fg is None or not shell.at_prompt(fg, prompted=True):
+                return  # not at its prompt any more: the command's own end comes
+            # Still there: deaf to Ctrl-C, or (fish) it came before the editor read keys.
+            if shell.kind in COUNTED_LOADS:
+                keys = load_keys(shell.kind, "!")
 
     # -- deaths and restarts ----------------------------------------------------------------
     def _on_shell_exit(self, shell: ShellProcess, code: int) -> None:
