@@ -100,6 +100,7 @@ _ABANDON_POLLS = 500  # a second of 2 ms looks for the line editor, then Ctrl-C 
 _ABANDON_POLL_S = 0.002
 _DEAF_GRACE_S = 0.3  # a continuation prompt still there after Ctrl-C: the shell ignores SIGINT
 _DEAF_TRIES = 5
+_UNANSWERED_PROBES = 2  # status questions a shell at its prompt may leave unanswered
 
 
 def _is_dir(path: str) -> bool:
@@ -186,6 +187,9 @@ class Terminal:
         # removed or replaced integration).
         self.last_integration_recovery_ms: float | None = None
         self.last_used = clock.now()
+        # Status questions a shell at its prompt left unanswered, for the command in flight.
+        self._unanswered = 0
+        self._unanswered_exec: Execution | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     @classmethod
@@ -604,8 +608,29 @@ class Terminal:
         kind = shell.current_kind()
         self.tracker.hold_output()
         answered, code = await shell.status(self.tracker, kind, self.clock, self.probe_timeout)
-        if ex.done.done() or not answered:
-            return  # the end mark came after all, or the shell did not answer: wait on
+        if ex.done.done():
+            return  # the end mark came after all
+        if not answered:
+            self._unanswered = self._unanswered + 1 if self._unanswered_exec is ex else 1
+            self._unanswered_exec = ex
+            if self._unanswered >= _UNANSWERED_PROBES and shell.alive:
+                # At its prompt, reading, and deaf: its output goes nowhere (`exec >/dev/null
+                # 2>&1`), so nothing it prints can end a command again. Only a new shell (the
+                # same one, cwd and exported env restored) makes the terminal usable.
+                ex.recoveries.append(
+                    Recovery(
+                        "no_shell_integration",
+                        f"{kind} is at its prompt but printed no answer to "
+                        f"{self._unanswered} status questions (its output is redirected "
+                        "away); it was replaced",
+                    )
+                )
+                ex.interrupted = True  # it ran (the shell read it): never run it again
+                shell.proc.kill()
+                with contextlib.suppress(TimeoutError):  # its death ends the command
+                    async with self.clock.timeout(self.interrupt_grace):
+                        await asyncio.shield(ex.done)
+            return  # otherwise wait on: the next prompt check asks again
         shell.kind = kind
         self.tracker.detection = EndDetection.END_MARKER
         if self.mode is not Mode.ALTERNATIVE_SHELL:
