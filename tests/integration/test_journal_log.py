@@ -175,3 +175,19 @@ def test_the_sqlite_journal_of_an_earlier_version_is_taken_over(tmp_path: Path) 
             assert (failed.ok, failed.payload) == (False, b'{"code":-32004}')
             assert running.state is EntryState.INTERRUPTED
         assert not legacy.exists()
+
+
+def test_an_unreadable_earlier_journal_is_left_and_does_not_stop_the_start(
+    tmp_path: Path,
+) -> None:
+    legacy = tmp_path / "idempotency-abc.sqlite3"
+    legacy.write_bytes(b"not a database at all" * 100)
+    with IdempotencyJournal(tmp_path / "idempotency-abc.journal") as journal:
+        journal.begin("k", "m")
+        assert journal.get("k") is not None
+    assert legacy.exists()
+    # A journal whose own name ends in .sqlite3 is not taken for an earlier one.
+    with IdempotencyJournal(tmp_path / "j.sqlite3") as journal:
+        journal.begin("k", "m")
+    with IdempotencyJournal(tmp_path / "j.sqlite3") as journal:
+        assert journal.get("k") is not None

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import struct
 import time
@@ -60,6 +61,8 @@ from lapce_bridge.core.errors import (
     ResourceExhausted,
 )
 from lapce_bridge.private import create_private_file, open_private_dir, open_private_file
+
+logger = logging.getLogger("lapce_bridge.ipc")
 
 JOURNAL_FILE = "idempotency.journal"
 MAX_KEY_LENGTH = 256
@@ -199,7 +202,7 @@ class IdempotencyJournal:
     def _import_legacy(self, legacy: Path) -> None:
         """Take over the SQLite journal an earlier version kept beside this one: its rows
         are written into our log (rows of the logs are newer and win), then it is removed."""
-        if not legacy.exists():
+        if legacy == self.path or not legacy.is_file():
             return
         import sqlite3  # only on the first start after an upgrade
 
@@ -211,8 +214,9 @@ class IdempotencyJournal:
                 ).fetchall()
             finally:
                 db.close()
-        except sqlite3.Error as exc:
-            raise OSError(f"cannot read the earlier journal {legacy}: {exc}") from exc
+        except sqlite3.Error as exc:  # unreadable: left as it is, and not a reason to stop
+            logger.warning("cannot take over the earlier idempotency journal %s: %s", legacy, exc)
+            return
         for key, method, state, ok, payload in rows:
             if key in self._rows:
                 continue
