@@ -12,6 +12,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from lapce_bridge.core.errors import ConnectionLost
 from lapce_bridge.ipc.client import BridgeClient
 from lapce_bridge.ipc.raw import RawClient
 from tests.integration.serve_process import serve, until_written
@@ -94,6 +97,48 @@ async def test_a_stream_is_resumed_past_the_ring_after_a_reconnect(tmp_path: Pat
     assert reattached >= 1
 
 
+async def test_a_keyed_stream_that_ended_while_away_is_delivered_once(tmp_path: Path) -> None:
+    """A streamed `terminal/execute` sent with recovery is resumed by its id and by its key
+    (nothing tells the client they are one before its answer); when it ended while the
+    client was away, its output is still delivered once, never started over."""
+    size = 2_000_000
+    async with serve(tmp_path) as served:
+        client = BridgeClient(served.socket, outage_grace=REAL_BOUND)
+        await client.connect()
+        offsets: list[int] = []
+        delivered: list[bytes] = []
+        executions: set[str] = set()
+
+        def heard(params: dict[str, Any]) -> None:
+            offsets.append(params["offset"])
+            delivered.append(params["data"].encode())
+            executions.add(params["executionId"])
+
+        client.on_notification("terminal/data", heard)
+        run = asyncio.ensure_future(
+            client.send_with_recovery(
+                "terminal/execute",
+                {"command": f"yes | head -c {size}", "stream": True, "maxOutputBytes": 4096},
+            )
+        )
+        await _eventually(lambda: bool(delivered), "the stream started")
+        async with _socket_away(served.socket) as away:
+            assert client.link.wire is not None
+            client.link.wire.close()
+            side = await RawClient.connect_unix(away)
+            (execution,) = executions
+            await until_written(side, execution, size)  # it ends while the client is away
+            await side.close()
+        result = await asyncio.wait_for(run, REAL_BOUND)
+        await _eventually(lambda: sum(map(len, delivered)) >= size, "every byte delivered")
+        await asyncio.sleep(0.5)  # anything repeated would come now
+        await client.close()
+    assert result["outputBytes"] == size
+    assert sum(map(len, delivered)) == size  # once: not started over
+    assert offsets == sorted(set(offsets))
+    assert b"".join(delivered) == b"y\n" * (size // 2)
+
+
 async def test_watches_are_reattached_after_a_server_sigkill_and_restart(tmp_path: Path) -> None:
     proj = tmp_path / "ws" / "proj"
     proj.mkdir(parents=True)
@@ -132,6 +177,50 @@ async def test_watches_are_reattached_after_a_server_sigkill_and_restart(tmp_pat
             assert ids == {watch_id}  # the same watch, back by itself
             (proj / "after.txt").write_text("z")
             await _eventually(lambda: ("proj/after.txt", "added") in changes, "a live change")
+    finally:
+        if client is not None:
+            await client.close()
+
+
+async def test_a_plain_client_finds_a_restarted_server_with_its_default_terminal(
+    tmp_path: Path,
+) -> None:
+    """No watch, no stream, nothing queued: the client holds only its session's default
+    terminal. After the server's SIGKILL, a request made while it restarts waits for the
+    reconnect instead of failing "not connected", and finds the same terminal."""
+    client: BridgeClient | None = None
+    try:
+        async with serve(tmp_path) as served:
+            client = BridgeClient(served.socket, outage_grace=REAL_BOUND)
+            await client.connect()
+            first = await client.request(
+                "terminal/execute", {"command": "export KEPT=yes; cd /tmp"}
+            )
+            served.proc.kill()
+            await served.proc.wait()
+        await _eventually(lambda: client is not None and not client.connected, "the loss seen")
+        async with serve(tmp_path):
+            again = await client.request("terminal/execute", {"command": "echo $KEPT; pwd"})
+            assert again["terminalId"] == first["terminalId"]
+            assert again["output"] == "yes\n/tmp\n"
+            assert client.reconnects == 1
+    finally:
+        if client is not None:
+            await client.close()
+
+
+async def test_a_plain_request_fails_at_once_when_the_server_stays_away(tmp_path: Path) -> None:
+    client: BridgeClient | None = None
+    try:
+        async with serve(tmp_path) as served:
+            client = BridgeClient(served.socket, outage_grace=0.2)
+            await client.connect()
+            await client.request("ping")
+            served.proc.kill()
+            await served.proc.wait()
+        await _eventually(lambda: client is not None and not client.connected, "the loss seen")
+        with pytest.raises(ConnectionLost, match="not connected"):
+            await client.request("ping")
     finally:
         if client is not None:
             await client.close()

@@ -157,9 +157,11 @@ async def _serve(
         journal=journal,
         shutdown_grace=opts.shutdown_grace,
     )
-    # Listening comes first: the services open behind it (`ping` is answered meanwhile, and
-    # what needs them waits for them), so an editor's first answer does not pay for them.
-    server.hold_until_open()
+    # Listening comes first: the services open behind it (`initialize` and `ping` are
+    # answered meanwhile, each service's methods from the moment it is open, and what needs
+    # a service waits for it), so an editor's first answer does not pay for them.
+    server.hold_until_open(app.method_names())
+    app.on_open(server.serve_early)
     async with contextlib.AsyncExitStack() as stack:
         opening: asyncio.Task[None] | None = None
         stop_exporter: Callable[[], Awaitable[None]] | None = None
@@ -328,6 +330,15 @@ def byte_size(text: str) -> int:
     return int(number) * units[unit]
 
 
+def _folder(text: str) -> Path:
+    """An existing folder, checked before anything listens (a server that bound its socket
+    and then failed to open its services printed "listening" and a traceback)."""
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder")
+    return path
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value < 65536:
@@ -355,7 +366,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--allow-remote", action="store_true", help="Allow a non-loopback TCP address.")
     p.add_argument(
-        "--workspace", type=Path, help="Workspace root (default: the current directory)."
+        "--workspace", type=_folder, help="Workspace root (default: the current directory)."
     )
     p.add_argument(
         "--state-dir",

@@ -46,6 +46,7 @@ from lapce_bridge.core.errors import (
     Classification,
     ErrorCategory,
     ErrorSeverity,
+    Fault,
     InvalidParams,
     PermissionDenied,
     ResourceExhausted,
@@ -61,6 +62,7 @@ from lapce_bridge.rpc import (
     Observe,
     Params,
     method,
+    notify_with_answer,
 )
 from lapce_bridge.terminal.files import new_private_dir, read_private, runtime_base, write_private
 from lapce_bridge.terminal.foreground import process_cwd
@@ -91,7 +93,10 @@ REPLY_ENVELOPE_BYTES = 4096  # the answer around the output: ids, flags, cwd, re
 _KILL_LINE = "\x15"  # Ctrl-U: the line editors' (and the tty's VKILL) "erase this line"
 _NOT_FINAL = ("waiting_for_input", "running")
 # The caller's to fix: counted against neither health nor the error budget.
-_IDLE_SEND = Classification(ErrorCategory.TERMINAL, ErrorSeverity.WARNING, False, True)
+# The caller's to fix (it meant a command, or `atPrompt`): not against the server's health.
+_IDLE_SEND = Classification(
+    ErrorCategory.TERMINAL, ErrorSeverity.WARNING, False, True, Fault.CALLER
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,7 +529,8 @@ class TerminalService:
                 self.streams.finish(on_data.stream, "terminal/commandFinished", done)
                 return
             with contextlib.suppress(Exception):  # the connection may have gone meanwhile
-                ctx.notify("terminal/commandFinished", done)
+                # Just before the result when it is the answer: both leave in one write.
+                notify_with_answer(ctx, "terminal/commandFinished", done)
 
         if terminal_id in self._partial and not term.busy:
             # What sendText left unfinished at the prompt must not become part of this command.
