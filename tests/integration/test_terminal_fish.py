@@ -141,3 +141,15 @@ async def test_a_fresh_home_starts_no_man_page_parser(tmp_path: Path) -> None:
         assert not [c for c in _children(term.pid) if "manpage" in c]
         # The user's folder is left as it was: their own fish makes the completions.
         assert not (tmp_path / ".local" / "share" / "fish" / "generated_completions").exists()
+
+
+async def test_bracketed_paste_is_left_off(tmp_path: Path) -> None:
+    # fish turns it on at each prompt and off before each command; no terminal of ours pastes.
+    async with await Terminal.start(
+        shell="fish", cwd=str(tmp_path), env=_home(tmp_path), state_dir=tmp_path / "state"
+    ) as term:
+        result = await term.execute(
+            "functions -q __fish_enable_bracketed_paste; echo $status", timeout=10, ansi="keep"
+        )
+        assert result.output.endswith("1\n")
+        assert "\x1b[?2004" not in result.output

@@ -278,9 +278,16 @@ if not set -q __lb_installed
             functions -q __lb_preexec; or __lb_hooks
         else
             if set -q __lb_user_data_dir
-                # fish's own first-prompt handler, defined before ours, has run.
+                # fish's own first-prompt handler, defined before ours, has run. It also
+                # installed handlers that turn bracketed paste on at each prompt and off
+                # before each command: two function calls and two writes a command, for
+                # pastes no terminal of ours makes. They go, and the mode is left off.
                 set -g __fish_user_data_dir $__lb_user_data_dir
                 set -e __lb_user_data_dir
+                if functions -q __fish_enable_bracketed_paste
+                    functions -e __fish_enable_bracketed_paste __fish_disable_bracketed_paste
+                    printf '\e[?2004l'
+                end
             end
             set -e __lb_exiting # an `exit` that fish refused (jobs still running): still here
             if set -q __lb_n[1]
