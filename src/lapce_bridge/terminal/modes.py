@@ -256,9 +256,16 @@ def load_groups(lines: list[str]) -> list[int]:
     return groups
 
 
+# zsh's new-command key: the nonce comes after it and its widget reads it (zle would draw a
+# nonce typed into its buffer a character at a time, a write each).
+_NEW_KEY = b"\x1b[7797~"
+
+
 def integration_line(kind: str, nonce: str) -> bytes:
     """What runs the command file under our hooks, handing them the nonce: typed, its lines
     given to the line editor one by one."""
+    if kind == "zsh":
+        return _NEW_KEY + nonce.encode()
     return load_keys(kind, nonce)
 
 

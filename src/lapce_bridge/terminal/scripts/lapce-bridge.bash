@@ -181,6 +181,13 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
         else
             builtin printf -v __lb_mark '\e]633;P;Cwd=%s\a' "$__lb_out"
         fi
+        # Without jobs no notice can come before the prompt: the marks go out now, and the
+        # prompt (which readline expands again, a character at a time, when it redraws the
+        # line after the load key) stays short.
+        if [[ ${__lb_jobs@P} == 0 ]]; then
+            builtin printf %s "$__lb_mark"
+            __lb_mark=
+        fi
         return "$__lb_status"
     }
 
@@ -199,6 +206,7 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
     # PS0 is printed once a line is parsed, just before it runs: until then a SIGINT would
     # reach bash between reading the line and running it (it drops a character, runs the rest).
     __lb_c='\e]633;C\a'
+    __lb_jobs='\j' # how many jobs the shell has (a prompt escape: no fork)
 
     # Commands come from a program, not a person's history: `!` is just a character.
     set +H

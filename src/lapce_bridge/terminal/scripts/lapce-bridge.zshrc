@@ -71,6 +71,17 @@ __lb_escape() {
 # The load key. After a nonce: a new command, its lines read from the file. After "-": the
 # rest of the command is dropped (it was interrupted). After a count: that many of its next
 # lines. Alone: its next line.
+# The new-command key: the nonce follows it, read here rather than typed into the buffer
+# (zle would insert and draw it a character at a time, one write each).
+__lb_new() {
+    local n=
+    builtin read -k 32 n
+    if [[ ${#n} == 32 && $n != *[^0-9a-f]* ]]; then
+        BUFFER=$n
+        __lb_load
+    fi
+}
+
 __lb_load() {
     if [[ ${#BUFFER} == 32 && $BUFFER != *[^0-9a-f]* ]]; then
         __lb_n=$BUFFER
@@ -200,8 +211,10 @@ if [[ -o zle ]]; then
     precmd_functions=(__lb_precmd ${precmd_functions:#__lb_*} __lb_prompt_end)
     POSTEDIT=${POSTEDIT-}$'\e]633;P;LbEdit\a'
     zle -N __lb_load
+    zle -N __lb_new
     for __lb_km in emacs viins main; do
         bindkey -M $__lb_km $'\e[7799~' __lb_load
+        bindkey -M $__lb_km $'\e[7797~' __lb_new
     done
     unset __lb_km
 fi
