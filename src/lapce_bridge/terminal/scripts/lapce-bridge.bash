@@ -171,14 +171,18 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
         __lb_status=$?
         if [[ -n $__lb_n ]] && ((__lb_i < ${#__lb_lines[@]})); then
             __lb_mark=$'\e]633;P;LbMore='$__lb_n$'\a'
+            __lb_prompt_end # (the line may have set PS1: LbMore is printed by ours)
             return "$__lb_status"
         fi
         # What a replacement shell restores if this one dies (a builtin writing a file), saved
         # before the end mark so that a death right after a command still finds it; saved
         # again only when the environment may have changed (it costs as much as a bare prompt).
+        # The prompts are marked again then too: a command that cannot have set a variable
+        # cannot have set PS1 (the user's PROMPT_COMMAND, which may, ends with that check).
         if [[ -z $__lb_n || $PROMPT_COMMAND != "$__lb_pc" ]] || ((${#PROMPT_COMMAND[@]} > 1)) ||
             __lb_may_export; then
             builtin declare -x 2>/dev/null >"$__lb_ef"
+            __lb_prompt_end
         fi
         if [[ -n $__lb_fns_stale ]]; then __lb_list_functions; fi
         if [[ $PWD == *[\\\;$'\a\e\n\r\x18\x1a']* ]]; then
@@ -249,13 +253,9 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
 $PROMPT_COMMAND
 __lb_prompt_end"
     else
-        PROMPT_COMMAND=__lb_prompt
+        PROMPT_COMMAND=__lb_precmd
     fi
-    __lb_pc=__lb_prompt
-    __lb_prompt() {
-        __lb_precmd
-        __lb_prompt_end
-    }
+    __lb_pc=__lb_precmd
     declare -A __lb_words=()
     __lb_fns_stale=1
 fi
