@@ -69,9 +69,6 @@ __lb_escape() {
     fi
 }
 
-# The load key. After a nonce: a new command, its lines read from the file. After "-": the
-# rest of the command is dropped (it was interrupted). After a count: that many of its next
-# lines. Alone: its next line.
 # The new-command key: the nonce follows it and is read here (zle would insert and draw it a
 # character at a time, a write each); the command's lines come from the file (`$(<file)`
 # reads it whole without a fork, where `read` takes a byte a call), the first goes into the
@@ -102,11 +99,23 @@ __lb_new() {
     zle .accept-line
 }
 
-# The load key. After "-": the rest of the command is dropped (it was interrupted). After a
-# count: that many of its next lines. Alone: its next line.
+# The load key. After "-": the rest of the command is dropped (it was interrupted). After "!":
+# the same, and the continuation prompt abandoned. After a count: that many of its next lines.
+# Alone: its next line.
 __lb_load() {
     if [[ $BUFFER == - ]]; then
         __lb_i=${#__lb_lines}
+    elif [[ $BUFFER == '!' ]]; then
+        # Abandon a continuation prompt in a shell that ignores SIGINT (the user's
+        # `trap '' INT`), where Ctrl-C does nothing: as Ctrl-C would, with the user's trap
+        # set again at the next prompt.
+        __lb_i=${#__lb_lines}
+        builtin trap >|"$__lb_dir/int"
+        __lb_int=1
+        BUFFER=
+        builtin trap - INT
+        builtin kill -INT $$
+        return
     elif [[ $BUFFER == <-> ]]; then
         # After a count: that many lines at once (a here-document's body and its delimiter
         # line, which the shell reads as text, never as commands).
@@ -164,6 +173,10 @@ __lb_skip() {
 
 __lb_precmd() {
     local st=$?
+    if [[ -n ${__lb_int-} ]]; then
+        . "$__lb_dir/int"
+        __lb_int=
+    fi
     if [[ -n $__lb_n ]] && (( __lb_i < ${#__lb_lines} )); then
         # More lines to come: ask for the next (before the prompt, which is not output).
         builtin printf '\e]633;P;LbMore=%s\a' "$__lb_n"
