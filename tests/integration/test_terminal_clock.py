@@ -17,6 +17,7 @@ import pytest
 from lapce_bridge.terminal.foreground import InputState
 from lapce_bridge.terminal.result import Mode, Status
 from lapce_bridge.terminal.terminal import Terminal
+from lapce_bridge.terminal.waiting import PROMPT_CHECK_S
 from lapce_bridge.testing import FakeClock
 
 
@@ -64,7 +65,9 @@ async def test_timeout_fires_exactly_and_duration_is_virtual(tmp_path: Path) -> 
     async with await _start(tmp_path, clock) as term:
         task = asyncio.ensure_future(term.execute("sleep 60", timeout=5.0, received_at=99.5))
         await _running(term)
-        assert clock.next_deadline() == 105.0
+        # The soonest wake is the prompt check (is the shell back at its prompt?), and the
+        # timeout fires after the checks, exactly at its deadline.
+        assert clock.next_deadline() == 100.0 + PROMPT_CHECK_S
         await clock.advance(4.999)
         assert not task.done()
         await clock.advance(0.001)
