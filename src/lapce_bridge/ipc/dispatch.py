@@ -79,6 +79,10 @@ class Outlet(Protocol):
 
     def write(self, payload: bytes) -> None: ...
 
+    def write_many(self, payloads: list[bytes]) -> None:
+        """Several messages, in order, in one write where the transport allows."""
+        ...
+
     def notify(self, method: str, params: Any) -> None: ...
 
     def on_close(self, callback: Callable[[], None]) -> None: ...
@@ -93,6 +97,9 @@ class _Detached:
     def write(self, payload: bytes) -> None:
         pass
 
+    def write_many(self, payloads: list[bytes]) -> None:
+        pass
+
     def notify(self, method: str, params: Any) -> None:
         pass
 
@@ -104,13 +111,18 @@ _DETACHED = _Detached()
 
 
 class RequestContext:
-    """The `CallContext` a handler receives."""
+    """The `CallContext` a handler receives.
 
-    __slots__ = ("_outlet", "received_at")
+    While the dispatcher holds it (a request answered from a task: `hold`), notifications
+    sent with `notify_with_answer` wait and leave with the answer, in one write (`release`);
+    otherwise, and once the answer has gone, they are sent at once."""
+
+    __slots__ = ("_outlet", "_riders", "received_at")
 
     def __init__(self, outlet: Outlet, received_at: float) -> None:
         self._outlet = outlet
         self.received_at = received_at
+        self._riders: list[tuple[str, Any]] | None = None  # None: notifications go at once
 
     @property
     def connection_id(self) -> int:
@@ -121,6 +133,37 @@ class RequestContext:
 
     def on_close(self, callback: Callable[[], None]) -> None:
         self._outlet.on_close(callback)
+
+    def notify_with_answer(self, method: str, params: Any) -> None:
+        riders = self._riders
+        if riders is None:
+            self._outlet.notify(method, params)
+        else:
+            riders.append((method, params))
+
+    def hold(self) -> None:
+        self._riders = []
+
+    def release(self, answer: bytes | None) -> None:
+        """Write the held notifications, then `answer`, together (without an answer to give,
+        the notifications alone); from now on notifications go at once."""
+        riders, self._riders = self._riders, None
+        outlet = self._outlet
+        if not riders:
+            if answer is not None:
+                outlet.write(answer)
+        elif answer is None:
+            for method, params in riders:
+                outlet.notify(method, params)
+        else:
+            payloads = []
+            for method, params in riders:
+                try:
+                    payloads.append(jsonrpc.notification_bytes(method, params))
+                except TypeError:
+                    log.exception("notification %s is not JSON-serialisable", method)
+            payloads.append(answer)
+            outlet.write_many(payloads)
 
     @property
     def session(self) -> str | None:
@@ -165,7 +208,8 @@ class Dispatcher:
         self._passed_keys: dict[RequestId, str] = {}  # keys an idempotent handler keeps itself
         self._cancelled_ids: set[RequestId] = set()
         self._owned: set[asyncio.Task[Any]] = set()  # batch members, notifications' work
-        self._held: list[Callable[[], None]] | None = None  # waiting for the services
+        # Waiting for the services, with the method each waits for (None: a batch).
+        self._held: list[tuple[str | None, Callable[[], None]]] | None = None
         self.requests = 0
 
     @property
@@ -297,27 +341,37 @@ class Dispatcher:
         everything after a message that waits: the order of one connection is kept."""
         return self._held is not None or name not in self.state.served_while_opening
 
-    def _hold(self, handle: Callable[[], None]) -> None:
+    def _hold(self, name: str | None, handle: Callable[[], None]) -> None:
         if self._held is None:
-            self._held = [handle]
+            self._held = [(name, handle)]
             self._own(self._release_when_open())  # owned: cancelled if the connection goes
         else:
-            self._held.append(handle)
+            self._held.append((name, handle))
 
     async def _release_when_open(self) -> None:
-        opening = self.state.opening
-        if opening is not None:
+        state = self.state
+        while (opening := state.opening) is not None:
             with contextlib.suppress(Exception):  # a failed start is answered "shutting down"
-                await asyncio.shield(opening)
+                await asyncio.shield(state.serving_changed or opening)
+            if state.opening is None:
+                break
+            # A service opened before the others: what heads the queue for it goes now.
+            held = self._held or []
+            while held and held[0][0] in state.served_while_opening:
+                self._held = None  # so that it is served, not held again
+                held.pop(0)[1]()
+            self._held = held or None
+            if not held:
+                return
         held, self._held = self._held or [], None
-        for handle in held:
+        for _, handle in held:
             handle()
 
     # -- requests (continued) ----------------------------------------------------------------
     def request(self, req: Request) -> None:
         state = self.state
         if state.opening is not None and self._must_wait(req.method):
-            self._hold(lambda: self.request(req))
+            self._hold(req.method, lambda: self.request(req))
             return
         self.requests += 1
         method = state.methods.get(req.method)
@@ -353,6 +407,7 @@ class Dispatcher:
             self.outlet.write(self._refused(req, exc))
             return
         if prep.method.is_async or prep.key is not None:
+            prep.ctx.hold()  # what rides with the answer waits for it (`_respond`)
             task = asyncio.get_running_loop().create_task(self._respond(req.id, prep))
             self._inflight[req.id] = task
             if prep.key is not None:
@@ -363,13 +418,16 @@ class Dispatcher:
         self.outlet.write(_response(req.id, self._call_sync(prep)))
 
     async def _respond(self, req_id: RequestId, prep: Prepared) -> None:
+        response: bytes | None = None
         try:
             response = await self._execute(req_id, prep)
         finally:
             self._inflight.pop(req_id, None)
             self._inflight_keys.pop(req_id, None)
             self._passed_keys.pop(req_id, None)
-        self.outlet.write(response)
+            # The answer and what rides with it, in one write (the riders alone when there
+            # is no answer to give: the connection's outlet drops them if it is gone).
+            prep.ctx.release(response)
 
     async def _execute(self, req_id: RequestId, prep: Prepared) -> bytes:
         """One prepared request to its encoded response; raises only CancelledError."""
@@ -382,7 +440,7 @@ class Dispatcher:
                 self._cancelled_ids.discard(req_id)
                 return jsonrpc.error_bytes(req_id, Cancelled(f"request {req_id!r} was cancelled"))
             if self.state.shutting_down and not self.outlet.closing:
-                self.outlet.write(jsonrpc.error_bytes(req_id, shutting_down()))
+                prep.ctx.release(jsonrpc.error_bytes(req_id, shutting_down()))
             raise
 
     async def _keyed(self, prep: Prepared) -> Outcome:
@@ -408,7 +466,7 @@ class Dispatcher:
     # -- notifications ------------------------------------------------------------------------
     def notification(self, note: Notification) -> None:
         if self.state.opening is not None and self._must_wait(note.method):
-            self._hold(lambda: self.notification(note))
+            self._hold(note.method, lambda: self.notification(note))
             return
         if note.method == CANCEL:
             self._on_cancel(note.params)
@@ -459,7 +517,7 @@ class Dispatcher:
     # -- batches ----------------------------------------------------------------------------
     def batch(self, batch: Batch) -> None:
         if self.state.opening is not None:
-            self._hold(lambda: self.batch(batch))
+            self._hold(None, lambda: self.batch(batch))
             return
         limits = self.state.limits
         if len(batch.items) > limits.max_batch:
