@@ -393,14 +393,13 @@ class TerminalHost:
             self._alone_since = self.clock.now()
 
     def received(self, lk: HostLink, header: dict[str, Any], payload: bytes) -> None:
-        if "q" in header:
+        kind = header.get("k")
+        if kind is None:  # a request (a `cancel` names one too, but it has a kind)
             if lk.welcomed:
                 self._request(lk, header, payload)
             else:
                 lk.close()
-            return
-        kind = header.get("k")
-        if kind == "hello":
+        elif kind == "hello":
             self._hello(lk, header)
         elif kind == "closed":
             client = lk.clients.pop(header.get("c", -1), None)
