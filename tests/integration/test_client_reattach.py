@@ -12,6 +12,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from lapce_bridge.core.errors import ConnectionLost
 from lapce_bridge.ipc.client import BridgeClient
 from lapce_bridge.ipc.raw import RawClient
 from tests.integration.serve_process import serve, until_written
@@ -132,6 +135,50 @@ async def test_watches_are_reattached_after_a_server_sigkill_and_restart(tmp_pat
             assert ids == {watch_id}  # the same watch, back by itself
             (proj / "after.txt").write_text("z")
             await _eventually(lambda: ("proj/after.txt", "added") in changes, "a live change")
+    finally:
+        if client is not None:
+            await client.close()
+
+
+async def test_a_plain_client_finds_a_restarted_server_with_its_default_terminal(
+    tmp_path: Path,
+) -> None:
+    """No watch, no stream, nothing queued: the client holds only its session's default
+    terminal. After the server's SIGKILL, a request made while it restarts waits for the
+    reconnect instead of failing "not connected", and finds the same terminal."""
+    client: BridgeClient | None = None
+    try:
+        async with serve(tmp_path) as served:
+            client = BridgeClient(served.socket, outage_grace=REAL_BOUND)
+            await client.connect()
+            first = await client.request(
+                "terminal/execute", {"command": "export KEPT=yes; cd /tmp"}
+            )
+            served.proc.kill()
+            await served.proc.wait()
+        await _eventually(lambda: client is not None and not client.connected, "the loss seen")
+        async with serve(tmp_path):
+            again = await client.request("terminal/execute", {"command": "echo $KEPT; pwd"})
+            assert again["terminalId"] == first["terminalId"]
+            assert again["output"] == "yes\n/tmp\n"
+            assert client.reconnects == 1
+    finally:
+        if client is not None:
+            await client.close()
+
+
+async def test_a_plain_request_fails_at_once_when_the_server_stays_away(tmp_path: Path) -> None:
+    client: BridgeClient | None = None
+    try:
+        async with serve(tmp_path) as served:
+            client = BridgeClient(served.socket, outage_grace=0.2)
+            await client.connect()
+            await client.request("ping")
+            served.proc.kill()
+            await served.proc.wait()
+        await _eventually(lambda: client is not None and not client.connected, "the loss seen")
+        with pytest.raises(ConnectionLost, match="not connected"):
+            await client.request("ping")
     finally:
         if client is not None:
             await client.close()

@@ -174,6 +174,35 @@ async def scenario(session: ClientSession, ws: Path) -> None:
     assert (done["exit_code"], done["status"]) == (0, "completed")
     assert "hello bob" in done["output"]
 
+    # A second prompt: wait_command answers `waiting_for_input` again, with the new output.
+    first = structured(
+        await session.call_tool(
+            "run_command",
+            {"command": "read -p 'first? ' a && read -p 'second? ' b && echo \"=$a$b\"",
+             "idle_timeout_ms": 700},
+        )
+    )  # fmt: skip
+    assert first["status"] == "waiting_for_input"
+    await session.call_tool("send_input", {"terminal": first["terminal_id"], "text": "1"})
+    second = structured(
+        await session.call_tool(
+            "wait_command",
+            {"execution_id": first["execution_id"], "timeout_ms": 20_000,
+             "idle_timeout_ms": 700},
+        )
+    )  # fmt: skip
+    assert second["status"] == "waiting_for_input"
+    assert "second?" in second["output"]
+    assert "first?" not in second["output"]
+    await session.call_tool("send_input", {"terminal": first["terminal_id"], "text": "2"})
+    both = structured(
+        await session.call_tool(
+            "wait_command", {"execution_id": first["execution_id"], "timeout_ms": 20_000}
+        )
+    )
+    assert (both["exit_code"], both["status"]) == (0, "completed")
+    assert both["output"].endswith("=12\n")
+
     # Edits: a unique match is applied; an ambiguous one refused, nothing written.
     edited = structured(
         await session.call_tool(

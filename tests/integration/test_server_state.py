@@ -144,12 +144,14 @@ def test_each_endpoint_has_its_own_journal(tmp_path: Path) -> None:
         (["--listen", "127.0.0.1:9999"], "--listen needs --token-file"),
         (["--listen", "nonsense"], "expected HOST:PORT"),
         (["--extra-methods", "no_colon"], "expected MODULE:ATTRIBUTE"),
+        (["--workspace", "/nonexistent/workspace"], "'/nonexistent/workspace' is not a folder"),
     ],
 )
 def test_serve_refuses_bad_options(tmp_path: Path, args: list[str], message: str) -> None:
     result = CliRunner().invoke(serve, [*args, "--state-dir", str(tmp_path / "s")])
     assert result.exit_code == 2 or result.exit_code == 1
     assert message in result.output
+    assert "listening" not in result.output  # refused before anything listens
 
 
 def test_serve_refuses_an_empty_token_file(tmp_path: Path) -> None:

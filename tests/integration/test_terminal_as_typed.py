@@ -375,6 +375,14 @@ def _check_typed_answers(shell: str, answers: dict[str, dict[str, Any]]) -> None
     unclosed = answers["echo 'unclosed"]
     assert unclosed["exitCode"] == 130
     assert [r["action"] for r in unclosed["recoveries"]] == ["incomplete_command"]
+    # A shell that ignores SIGINT is deaf to Ctrl-C: its continuation prompt is abandoned
+    # all the same (bash 130 as for Ctrl-C, zsh 1 as for any aborted line), and the user's
+    # trap is still set afterwards.
+    deaf = answers["echo 'unclosed while SIGINT is ignored"]
+    assert (deaf["status"], deaf["output"]) == ("completed", ""), deaf
+    assert deaf["exitCode"] == (130 if shell == "bash" else 1), deaf
+    assert [r["action"] for r in deaf["recoveries"]] == ["incomplete_command"]
+    assert answers["trap"]["output"] in ("trap -- '' SIGINT\n", "trap -- '' INT\n")
 
 
 TYPED_CHECKS = [
@@ -384,6 +392,9 @@ TYPED_CHECKS = [
     "echo $0",
     "nosuchcommand",
     "echo 'unclosed",
+    "trap '' INT",
+    "echo 'unclosed while SIGINT is ignored",
+    "trap",
 ]
 
 

@@ -294,6 +294,9 @@ SERVE_CHECKS = [
     "nosuchcommand",
     "status filename",
     "echo 'unclosed",
+    "trap '' INT",
+    *(f"echo 'unclosed while SIGINT is ignored {i}" for i in range(5)),
+    "trap - INT",
     "kill %1; wait; echo waited",
     "exit 3",
     'echo "back $KEEP"',
@@ -321,6 +324,12 @@ async def test_fish_as_typed_through_a_real_serve(tmp_path: Path) -> None:
     unclosed = answers["echo 'unclosed"]
     assert [r["action"] for r in unclosed["recoveries"]] == ["incomplete_command"]
     assert unclosed["output"] == ""
+    # With SIGINT trapped away, each is still abandoned (a Ctrl-C that fish's editor did
+    # not read yet is pressed again), never left waiting at the continuation prompt.
+    for i in range(5):
+        deaf = answers[f"echo 'unclosed while SIGINT is ignored {i}"]
+        assert deaf["status"] == "completed", deaf
+        assert [r["action"] for r in deaf["recoveries"]] == ["incomplete_command"]
     assert answers["kill %1; wait; echo waited"]["output"].endswith("waited\n")
     exited = answers["exit 3"]
     assert (exited["status"], exited["exitCode"]) == ("interrupted", 3)

@@ -104,3 +104,26 @@ async def test_a_quiet_process_that_reads_nothing_is_running(tmp_path: Path) -> 
         assert (reader.status, reader.output) == (Status.WAITING_FOR_INPUT, "name? ")
         term.send_text("bob\n")
         assert (await term.wait(reader.execution_id, within=20)).output == "name? bob\nhi bob\n"
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+async def test_a_shell_whose_output_goes_nowhere_is_replaced(
+    shell: str, home: Path, tmp_path: Path
+) -> None:
+    """`exec >/dev/null 2>&1`: at its prompt, reading, and nothing it prints arrives, so no
+    end mark or status answer can come. Without an idle timeout or a hard one, the terminal
+    is not left busy: the shell is replaced (cwd and exported env restored), the command is
+    answered, and never run again."""
+    async with await Terminal.start(
+        shell=shell, cwd=str(home), env={"HOME": str(home)}, state_dir=tmp_path / "state"
+    ) as term:
+        await term.execute("export LB_KEEP=kept; cd sub", timeout=10, idle_timeout=5)
+        pid = term.pid
+        deaf = await term.execute("exec >/dev/null 2>&1")
+        assert deaf.status is Status.INTERRUPTED
+        assert [r.action for r in deaf.recoveries] == ["no_shell_integration", "recreate_terminal"]
+        assert "redirected away" in deaf.recoveries[0].reason
+        assert term.pid != pid
+        after = await term.execute('echo "v=$LB_KEEP"; echo err >&2; pwd', timeout=20)
+        sub = str(home / "sub")
+        assert (after.output, after.exit_code, after.cwd) == (f"v=kept\nerr\n{sub}\n", 0, sub)

@@ -140,6 +140,7 @@ async def test_send_text_needs_a_running_command_or_at_prompt(tmp_path: Path) ->
             assert "running nothing" in idle["data"]["detail"]
             assert "atPrompt" in idle["data"]["detail"]
             assert idle["data"]["retryable"] is False
+            assert idle["data"]["fault"] == "caller"  # the caller's mistake: no SLO failure
             # Typed at the prompt on purpose, and left unfinished: it must not join the next
             # command's line.
             await result(
@@ -188,6 +189,7 @@ async def test_quotas_reaping_and_eviction(tmp_path: Path) -> None:
             assert over["code"] == -32005
             assert "at most 2 each" in over["data"]["detail"]
             assert over["data"]["retryable"] is False
+            assert over["data"]["fault"] == "caller"  # close a terminal: not the server's fault
             mine = (await result(b, "terminal/create", {}))["terminalId"]
             full = await error(b, "terminal/create", {})
             assert full["code"] == -32005

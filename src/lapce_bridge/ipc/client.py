@@ -2,16 +2,18 @@
 
 Theory of operation: a client composes a `Link` (`ipc.link`: at most one connection, plain
 calls, notifications), an `AnswerRetry` and a `RecoveryPath` (`ipc.recovery`). `request()` is
-the plain path: it fails with `ConnectionLost` if the connection drops. It never cuts work
-short by default (no client timeout: every method is bounded on the server, long commands
-by their own `timeoutMs`/`maxWaitMs`). When a caller's own `timeout` passes, the request
-fails with `BridgeTimeout` whose `data` says how to find the work again (`idempotencyKey`:
-send the same request with that key to wait for its result), and the work goes on unless
-the caller asked for `cancel=True` (then a `$/cancelRequest` goes to the server).
-`send_with_recovery()` (`ipc.recovery`) queues,
-reconnects and resends so that nothing is lost and nothing runs twice. `spawn()` starts the
-server when none listens and restarts it when it dies (`ipc.spawn`). Beside `request`, the
-client has a typed method per protocol method (`execute`, `search`, ...: `typed_client`).
+the plain path: it fails with `ConnectionLost` if the connection drops under it; once
+connected, a lost connection is re-established in the background, and a request made
+meanwhile waits for that (up to the outage grace) instead of failing "not connected". It
+never cuts work short by default (no client timeout: every method is bounded on the server,
+long commands by their own `timeoutMs`/`maxWaitMs`). When a caller's own `timeout` passes,
+the request fails with `BridgeTimeout` whose `data` says how to find the work again
+(`idempotencyKey`: send the same request with that key to wait for its result), and the work
+goes on unless the caller asked for `cancel=True` (then a `$/cancelRequest` goes to the
+server). `send_with_recovery()` (`ipc.recovery`) queues, reconnects and resends so that
+nothing is lost and nothing runs twice. `spawn()` starts the server when none listens and
+restarts it when it dies (`ipc.spawn`). Beside `request`, the client has a typed method per
+protocol method (`execute`, `search`, ...: `typed_client`).
 """
 
 from __future__ import annotations
@@ -121,7 +123,6 @@ class BridgeClient(TypedMethods):
         # Watches and output streams, re-attached after each reconnect (`ipc.reattach`).
         self.reattach = Reattach(self.link)
         self.recovery.on_reconnected(self.reattach.reconnected)
-        self.recovery.reconnect_while(lambda: self.reattach.holds)
 
     # -- what the composed parts count and hold --------------------------------------------
     @property
@@ -179,7 +180,11 @@ class BridgeClient(TypedMethods):
         An answer refusing it before it ran is sent again as its row of the matrix says.
         """
         link = self.link
-        link.current()  # not connected: `ConnectionLost` at once
+        if not link.connected:
+            # A reconnect under way (the server restarting) is waited for, up to the outage
+            # grace; then, still not connected: `ConnectionLost` at once.
+            await self.recovery.reconnected_within(self.recovery.outage_grace)
+            link.current()
         limit = timeout if timeout is not None else self.request_timeout
         if limit is not None and method in KEYED_ON_TIMEOUT and type(params) is dict:
             params = {"idempotencyKey": uuid.uuid4().hex, **params}

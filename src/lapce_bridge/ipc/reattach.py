@@ -88,11 +88,6 @@ class Reattach:
         elif method == "fs/unwatch":
             self._watches.pop(params.get("watchId"), None)  # type: ignore[arg-type]
 
-    @property
-    def holds(self) -> bool:
-        """Whether anything is to be re-attached after a reconnect."""
-        return bool(self._watches or self._pending_keys or self._outputs)
-
     # -- what the user hears ----------------------------------------------------------------
     def on_notification(self, method: str, handler: NotificationHandler) -> Callable[[], None]:
         handlers = self._handlers[method]

@@ -33,6 +33,7 @@ answer from work that ran is never re-sent (running it again is the server's cal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -149,7 +150,6 @@ class RecoveryPath:
         self.recovered: dict[str, asyncio.Future[Any]] = {}
         self._reconnect_task: asyncio.Task[None] | None = None
         self._reconnected: list[Callable[[], None]] = []
-        self._holds: list[Callable[[], bool]] = []
         self._closed = False
         link.on_lost(self._connection_lost)
 
@@ -172,10 +172,15 @@ class RecoveryPath:
 
         return remove
 
-    def reconnect_while(self, holds: Callable[[], bool]) -> None:
-        """Reconnect after a lost connection also while `holds()` (something on the server
-        is to be re-attached: a watch, a stream), not only with requests queued."""
-        self._holds.append(holds)
+    async def reconnected_within(self, within: float) -> None:
+        """Wait up to `within` seconds for a reconnect under way (a server restarting) to
+        end, whichever way it ends; at once when none is."""
+        task = self._reconnect_task
+        if task is None or task.done():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with self.clock.timeout(within):
+                await asyncio.shield(task)
 
     def adopt_recovered(self) -> None:
         """Give each entry a previous run left in the durable outbox a future to answer."""
@@ -296,8 +301,10 @@ class RecoveryPath:
             return
         # One lost connection is one failure, however many requests were on it.
         self.breaker.on_error(0.0, lost)
-        if len(self.outbox) or self.supervised or any(holds() for holds in self._holds):
-            self._start_reconnect()
+        # Always: besides what is queued, the client's session holds its default terminal
+        # (cwd, env), its watches and streams; and its next plain request should find a
+        # restarted server instead of "not connected".
+        self._start_reconnect()
 
     def _start_reconnect(self) -> None:
         if self._closed or self.reconnecting:

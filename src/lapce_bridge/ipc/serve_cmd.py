@@ -328,6 +328,15 @@ def byte_size(text: str) -> int:
     return int(number) * units[unit]
 
 
+def _folder(text: str) -> Path:
+    """An existing folder, checked before anything listens (a server that bound its socket
+    and then failed to open its services printed "listening" and a traceback)."""
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder")
+    return path
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value < 65536:
@@ -355,7 +364,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--allow-remote", action="store_true", help="Allow a non-loopback TCP address.")
     p.add_argument(
-        "--workspace", type=Path, help="Workspace root (default: the current directory)."
+        "--workspace", type=_folder, help="Workspace root (default: the current directory)."
     )
     p.add_argument(
         "--state-dir",

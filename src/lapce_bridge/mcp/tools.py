@@ -78,6 +78,7 @@ class SendInputResult(Output):
 class WaitCommandInput(Input):
     execution_id: Annotated[str, Meta(min_length=1)]
     timeout_ms: Millis | None = None
+    idle_timeout_ms: Millis | None = None
 
 
 class ReadOutputInput(Input):
@@ -356,13 +357,22 @@ TOOLS: tuple[Tool, ...] = (
         "Wait for a command",
         "Wait for a command that run_command left running (status `running` or "
         "`waiting_for_input`) to finish, and return its final exit code, output and working "
-        "directory. timeout_ms bounds the wait (the command keeps running if it passes).",
+        "directory. timeout_ms bounds the wait (the command keeps running if it passes). A "
+        "program that asks for input again (a second prompt) is answered `waiting_for_input` "
+        "with only its new output once it has been quiet for idle_timeout_ms (30 s unless "
+        "given; pass about 1000 when a prompt is expected).",
         WaitCommandInput,
         ExecResult,
         READ,
         lambda i: (
             "terminal/wait",
-            _drop_none({"executionId": i.execution_id, "timeoutMs": i.timeout_ms}),
+            _drop_none(
+                {
+                    "executionId": i.execution_id,
+                    "timeoutMs": i.timeout_ms,
+                    "idleTimeoutMs": i.idle_timeout_ms,
+                }
+            ),
         ),
         lambda i, r: msgspec.convert(r, ExecResult),
     ),

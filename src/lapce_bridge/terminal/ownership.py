@@ -29,6 +29,7 @@ from lapce_bridge.core.errors import (
     Classification,
     ErrorCategory,
     ErrorSeverity,
+    Fault,
     InvalidParams,
     ResourceExhausted,
 )
@@ -38,7 +39,7 @@ __all__ = ["Owned", "Ownership"]
 GENERATED_ID = re.compile(r"t\d+")
 _MAX_NAME = 128
 # The caller's to fix (close a terminal): does not count against the server's health.
-_QUOTA = Classification(ErrorCategory.RESOURCE, ErrorSeverity.WARNING, False, True)
+_QUOTA = Classification(ErrorCategory.RESOURCE, ErrorSeverity.WARNING, False, True, Fault.CALLER)
 
 
 @dataclass(slots=True)

@@ -46,6 +46,7 @@ from lapce_bridge.core.errors import (
     Classification,
     ErrorCategory,
     ErrorSeverity,
+    Fault,
     InvalidParams,
     PermissionDenied,
     ResourceExhausted,
@@ -91,7 +92,10 @@ REPLY_ENVELOPE_BYTES = 4096  # the answer around the output: ids, flags, cwd, re
 _KILL_LINE = "\x15"  # Ctrl-U: the line editors' (and the tty's VKILL) "erase this line"
 _NOT_FINAL = ("waiting_for_input", "running")
 # The caller's to fix: counted against neither health nor the error budget.
-_IDLE_SEND = Classification(ErrorCategory.TERMINAL, ErrorSeverity.WARNING, False, True)
+# The caller's to fix (it meant a command, or `atPrompt`): not against the server's health.
+_IDLE_SEND = Classification(
+    ErrorCategory.TERMINAL, ErrorSeverity.WARNING, False, True, Fault.CALLER
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,6 +98,9 @@ _ids = itertools.count(1)
 _RESULTS_KEPT = 64
 _ABANDON_POLLS = 500  # a second of 2 ms looks for the line editor, then Ctrl-C regardless
 _ABANDON_POLL_S = 0.002
+_DEAF_GRACE_S = 0.3  # a continuation prompt still there after Ctrl-C: the shell ignores SIGINT
+_DEAF_TRIES = 5
+_UNANSWERED_PROBES = 2  # status questions a shell at its prompt may leave unanswered
 
 
 def _is_dir(path: str) -> bool:
@@ -184,6 +187,9 @@ class Terminal:
         # removed or replaced integration).
         self.last_integration_recovery_ms: float | None = None
         self.last_used = clock.now()
+        # Status questions a shell at its prompt left unanswered, for the command in flight.
+        self._unanswered = 0
+        self._unanswered_exec: Execution | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     @classmethod
@@ -584,6 +590,8 @@ class Terminal:
 
     def _at_prompt(self, fg: Foreground) -> bool:
         ex = self._exec
+        if ex is not None and ex.lines_left < 0:
+            return False  # a continuation prompt being abandoned: the editor reads on purpose
         prompted = ex is not None and ex.prompted
         return self.shell_proc is not None and self.shell_proc.at_prompt(fg, prompted)
 
@@ -600,8 +608,29 @@ class Terminal:
         kind = shell.current_kind()
         self.tracker.hold_output()
         answered, code = await shell.status(self.tracker, kind, self.clock, self.probe_timeout)
-        if ex.done.done() or not answered:
-            return  # the end mark came after all, or the shell did not answer: wait on
+        if ex.done.done():
+            return  # the end mark came after all
+        if not answered:
+            self._unanswered = self._unanswered + 1 if self._unanswered_exec is ex else 1
+            self._unanswered_exec = ex
+            if self._unanswered >= _UNANSWERED_PROBES and shell.alive:
+                # At its prompt, reading, and deaf: its output goes nowhere (`exec >/dev/null
+                # 2>&1`), so nothing it prints can end a command again. Only a new shell (the
+                # same one, cwd and exported env restored) makes the terminal usable.
+                ex.recoveries.append(
+                    Recovery(
+                        "no_shell_integration",
+                        f"{kind} is at its prompt but printed no answer to "
+                        f"{self._unanswered} status questions (its output is redirected "
+                        "away); it was replaced",
+                    )
+                )
+                ex.interrupted = True  # it ran (the shell read it): never run it again
+                shell.proc.kill()
+                with contextlib.suppress(TimeoutError):  # its death ends the command
+                    async with self.clock.timeout(self.interrupt_grace):
+                        await asyncio.shield(ex.done)
+            return  # otherwise wait on: the next prompt check asks again
         shell.kind = kind
         self.tracker.detection = EndDetection.END_MARKER
         if self.mode is not Mode.ALTERNATIVE_SHELL:
@@ -708,15 +737,35 @@ class Terminal:
     async def _abandon_input(self, shell: ShellProcess, ex: Execution) -> None:
         """Ctrl-C at the continuation prompt, once the line editor reads it: the prompt is
         printed before the editor starts, and a SIGINT in between leaves `$?` as it was
-        (the incomplete command would be answered with the previous command's status)."""
+        (the incomplete command would be answered with the previous command's status).
+        A shell that ignores SIGINT (the user's `trap '' INT`) never hears it, and the
+        terminal would stay busy until the command's timeout: when the prompt is still there
+        after `_DEAF_GRACE_S`, bash and zsh are given the load key's abandon argument, which
+        aborts the prompt from inside the shell (zsh's mask shows no ignored SIGINT: it
+        catches it and drops it, so the kernel cannot tell beforehand); fish, whose editor
+        reads Ctrl-C as a key, is given it again (once lost to a `trap '' INT` while its
+        editor was not yet reading)."""
         for _ in range(_ABANDON_POLLS):
             fg = shell.foreground()
             if ex.done.done() or fg is None or shell.at_prompt(fg, prompted=True):
                 break
             await self.clock.sleep(_ABANDON_POLL_S)
-        if not ex.done.done() and shell.alive:
+        keys = INTERRUPT_KEY
+        for _ in range(_DEAF_TRIES):
+            if ex.done.done() or not shell.alive:
+                return
             with contextlib.suppress(OSError):
-                shell.proc.write(INTERRUPT_KEY)
+                shell.proc.write(keys)
+            with contextlib.suppress(TimeoutError):
+                async with self.clock.timeout(_DEAF_GRACE_S):
+                    await asyncio.shield(ex.done)
+                return
+            fg = shell.foreground()
+            if fg is None or not shell.at_prompt(fg, prompted=True):
+                return  # not at its prompt any more: the command's own end comes
+            # Still there: deaf to Ctrl-C, or (fish) it came before the editor read keys.
+            if shell.kind in COUNTED_LOADS:
+                keys = load_keys(shell.kind, "!")
 
     # -- deaths and restarts ----------------------------------------------------------------
     def _on_shell_exit(self, shell: ShellProcess, code: int) -> None:

@@ -4,7 +4,7 @@ Theory of operation: `await_result` sleeps on the clock until the soonest of (th
 deadline, the moment output has been quiet for `idle_timeout`, the next prompt check),
 re-checking after each wake, because output moves the idle moment forward. Then:
 - the command ended: its final result;
-- a prompt check (every `PROMPT_CHECK_S` of quiet, when an idle timeout is given): the
+- a prompt check (every `PROMPT_CHECK_S` of quiet, or the idle timeout if shorter): the
   kernel is asked what the foreground is doing (`foreground.probe`); when it is the shell
   itself back at its line editor, the command is over but its end mark never came (the
   hooks were removed, or another shell was exec'd): `hooks.recover` ends it another way,
@@ -77,7 +77,7 @@ async def await_result(
     hold_until = None if max_wait is None else start + max_wait
     raw = ex.raw
     idle = idle_timeout if idle_timeout is not None else (RAW_IDLE_S if raw else None)
-    check = None if raw or idle_timeout is None else min(PROMPT_CHECK_S, idle_timeout)
+    check = None if raw else min(PROMPT_CHECK_S, idle_timeout or PROMPT_CHECK_S)
     rearmed = start  # quiet is counted from here too: a quiet process found not reading
     checked = start
     while not ex.done.done():

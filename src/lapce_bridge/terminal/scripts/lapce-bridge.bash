@@ -69,8 +69,9 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
     }
 
     # The load key. After a nonce: a new command, its lines read from the file. After "-":
-    # the rest of the command is dropped (it was interrupted). After a count: that many of
-    # its next lines. Alone: its next line.
+    # the rest of the command is dropped (it was interrupted). After "!": the same, and the
+    # continuation prompt abandoned. After a count: that many of its next lines. Alone: its
+    # next line.
     __lb_load() {
         if [[ ${#READLINE_LINE} == 32 && $READLINE_LINE != *[!0-9a-f]* ]]; then
             __lb_n=$READLINE_LINE
@@ -95,6 +96,17 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
             builtin printf '\e]633;P;LbEcho=%s\a' "$__lb_n"
             if [[ $READLINE_LINE == - ]]; then
                 __lb_i=${#__lb_lines[@]}
+            elif [[ $READLINE_LINE == '!' ]]; then
+                # Abandon a continuation prompt in a shell that ignores SIGINT (the user's
+                # `trap '' INT`), where Ctrl-C does nothing: as Ctrl-C would, with the user's
+                # trap set again at the next prompt.
+                __lb_i=${#__lb_lines[@]}
+                builtin trap -p INT >"$__lb_dir/int"
+                __lb_int=1
+                READLINE_LINE=
+                builtin trap - INT
+                builtin kill -INT $$
+                return
             elif [[ -n $READLINE_LINE && $READLINE_LINE != *[!0-9]* ]]; then
                 # After a count: that many lines at once (a here-document's body and its
                 # delimiter line, which the shell reads as text, never as commands).
@@ -159,6 +171,10 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
 
     __lb_precmd() {
         __lb_status=$?
+        if [[ -n ${__lb_int-} ]]; then
+            . "$__lb_dir/int"
+            __lb_int=
+        fi
         if [[ -n $__lb_n ]] && ((__lb_i < ${#__lb_lines[@]})); then
             __lb_mark=$'\e]633;P;LbMore='$__lb_n$'\a'
             return "$__lb_status"

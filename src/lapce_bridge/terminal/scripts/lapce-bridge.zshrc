@@ -69,8 +69,9 @@ __lb_escape() {
 }
 
 # The load key. After a nonce: a new command, its lines read from the file. After "-": the
-# rest of the command is dropped (it was interrupted). After a count: that many of its next
-# lines. Alone: its next line.
+# rest of the command is dropped (it was interrupted). After "!": the same, and the
+# continuation prompt abandoned. After a count: that many of its next lines. Alone: its next
+# line.
 __lb_load() {
     if [[ ${#BUFFER} == 32 && $BUFFER != *[^0-9a-f]* ]]; then
         __lb_n=$BUFFER
@@ -86,6 +87,17 @@ __lb_load() {
         PS2=$'%{\e]633;P;LbCont='$__lb_n$'\a%}'$PS2
     elif [[ $BUFFER == - ]]; then
         __lb_i=${#__lb_lines}
+    elif [[ $BUFFER == '!' ]]; then
+        # Abandon a continuation prompt in a shell that ignores SIGINT (the user's
+        # `trap '' INT`), where Ctrl-C does nothing: as Ctrl-C would, with the user's trap
+        # set again at the next prompt.
+        __lb_i=${#__lb_lines}
+        builtin trap >|"$__lb_dir/int"
+        __lb_int=1
+        BUFFER=
+        builtin trap - INT
+        builtin kill -INT $$
+        return
     elif [[ $BUFFER == <-> ]]; then
         # After a count: that many lines at once (a here-document's body and its delimiter
         # line, which the shell reads as text, never as commands).
@@ -148,6 +160,10 @@ __lb_skip() {
 
 __lb_precmd() {
     local st=$?
+    if [[ -n ${__lb_int-} ]]; then
+        . "$__lb_dir/int"
+        __lb_int=
+    fi
     if [[ -n $__lb_n ]] && (( __lb_i < ${#__lb_lines} )); then
         # More lines to come: ask for the next (before the prompt, which is not output).
         builtin printf '\e]633;P;LbMore=%s\a' "$__lb_n"
