@@ -38,6 +38,19 @@ class CallContext(Protocol):
         ...
 
 
+def notify_with_answer(ctx: CallContext, method: str, params: Any) -> None:
+    """Send `ctx`'s caller a notification that comes just before this request's answer
+    (`terminal/commandFinished` before the command's result). A server connection's context
+    (`notify_with_answer` of its own) holds it until the answer and writes both at once: one
+    write, one wake-up of the client, the same order on the wire. Once the answer has gone,
+    or from a context that cannot hold it, it is sent at once."""
+    hold = getattr(ctx, "notify_with_answer", None)
+    if hold is not None:
+        hold(method, params)
+    else:
+        ctx.notify(method, params)
+
+
 SyncHandler = Callable[[Params, CallContext], Any]
 AsyncHandler = Callable[[Params, CallContext], Awaitable[Any]]
 Broadcast = Callable[[str, Any], None]

@@ -65,6 +65,19 @@ async def test_user_exits_and_broken_integration_are_counted(tmp_path: Path) -> 
     assert_sees_loss(integ, 3 * 2)  # output and exit code of each command after the break
 
 
+async def test_deaf_shells_are_answered_and_a_closed_terminal_is_seen(tmp_path: Path) -> None:
+    [(ok,), (broken,)] = await together(
+        terminal.run_deaf_shells(ctx(tmp_path)),
+        terminal.run_deaf_shells(ctx(tmp_path, broken=True)),
+    )
+    assert ok.ok, ok.detail
+    cases = [row.name for row in ok.rows()[2:]]
+    assert len(cases) == 3  # Ctrl-C trapped, SIGINT ignored, output sent nowhere (bash)
+    assert all(row.value < 10_000 for row in ok.rows()[2:]), ok.detail
+    assert ok.extra["items"] >= 3 * 5  # each command answered; then output, env, cwd, code
+    assert_sees_loss(broken, 3)
+
+
 async def test_server_restart_delivers_the_queue_and_counts_what_it_lost(tmp_path: Path) -> None:
     result, broken = await together(
         server.run(ctx(tmp_path)), server.run(ctx(tmp_path, broken=True))

@@ -79,6 +79,17 @@ async def eventually(condition: Callable[[], bool]) -> None:
             await asyncio.sleep(0.01)
 
 
+async def test_a_write_into_a_missing_folder_says_how_to_make_it(tmp_path: Path) -> None:
+    async with serving(tmp_path) as srv:
+        c = await srv.client()
+        missing = await c.request("fs/write", {"path": "docs/a.md", "content": "# A\n"})
+        assert missing["error"]["data"]["errno"] == "ENOENT", missing
+        assert missing["error"]["data"]["fault"] == "caller"
+        assert "pass createDirs: true" in missing["error"]["data"]["detail"]
+        assert not (srv.workspace / "docs").exists()
+        await c.close()
+
+
 async def test_write_read_stat_list_over_the_socket(tmp_path: Path) -> None:
     async with serving(tmp_path) as srv:
         c = await srv.client()

@@ -7,11 +7,11 @@ stops one in the server."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
 import pytest
 
+from lapce_bridge.ipc.journal import read_keys
 from lapce_bridge.ipc.raw import RawClient
 from tests.integration.serve_process import serve
 from tests.integration.test_terminal_host import HOST, host_stopped_after
@@ -24,8 +24,7 @@ def journal_keys(state: Path, pattern: str) -> set[str]:
     assert paths, pattern  # the journal is there: a key missing from it means something
     keys: set[str] = set()
     for path in paths:
-        with sqlite3.connect(path) as db:
-            keys |= {row[0] for row in db.execute("SELECT key FROM entries")}
+        keys |= read_keys(path)
     return keys
 
 
@@ -46,8 +45,8 @@ async def test_a_keyed_command_is_kept_once_by_the_host_and_cancelled_by_request
         assert again["executionId"] == first["executionId"]  # answered, not run again
         assert (served.workspace / "runs").read_text() == "once\n"
         # The key is the host's (its journal in its own folder), not the server's as well.
-        assert "k1" not in journal_keys(tmp_path / "state", "idempotency-*.sqlite3")
-        assert "k1" in journal_keys(tmp_path / "state", "host-*/idempotency.sqlite3")
+        assert "k1" not in journal_keys(tmp_path / "state", "idempotency-*.journal")
+        assert "k1" in journal_keys(tmp_path / "state", "host-*/idempotency.journal")
 
         long = {"terminalId": tid, "command": "sleep 30; echo late", "idempotencyKey": "k2"}
         asked = client.request_nowait("terminal/execute", long)

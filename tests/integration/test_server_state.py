@@ -24,7 +24,7 @@ from lapce_bridge.ipc.serve_cmd import journal_path
 
 
 def test_journal_records_outcomes_and_survives_reopening(tmp_path: Path) -> None:
-    path = tmp_path / "state" / "j.sqlite3"
+    path = tmp_path / "state" / "j.journal"
     with IdempotencyJournal(path) as journal:
         journal.begin("done", "fs/write")
         journal.finish("done", True, b'{"size":3}')
@@ -42,7 +42,7 @@ def test_journal_records_outcomes_and_survives_reopening(tmp_path: Path) -> None
 
 
 def test_an_interrupted_key_is_answered_outcome_unknown_and_never_rerun(tmp_path: Path) -> None:
-    path = tmp_path / "j.sqlite3"
+    path = tmp_path / "j.journal"
     with IdempotencyJournal(path) as journal:
         journal.begin("k", "terminal/execute")
     table = Idempotency(IdempotencyJournal(path).open())
@@ -60,7 +60,7 @@ def test_an_interrupted_key_is_answered_outcome_unknown_and_never_rerun(tmp_path
 
 
 def test_journal_is_bounded_by_entries_and_bytes(tmp_path: Path) -> None:
-    with IdempotencyJournal(tmp_path / "j.sqlite3", max_entries=50, max_bytes=10_000) as j:
+    with IdempotencyJournal(tmp_path / "j.journal", max_entries=50, max_bytes=10_000) as j:
         j.begin("running", "m")  # a running row is never pruned
         for i in range(200):
             j.begin(f"k{i}", "m")
@@ -134,7 +134,7 @@ def test_each_endpoint_has_its_own_journal(tmp_path: Path) -> None:
     b = journal_path(tmp_path, "unix:/run/b.sock")
     assert a != b
     assert a == journal_path(tmp_path, "unix:/run/a.sock")
-    assert a.suffix == ".sqlite3"
+    assert a.suffix == ".journal"
 
 
 @pytest.mark.parametrize(
@@ -214,13 +214,13 @@ async def test_the_app_serves_the_file_service_when_present(tmp_path: Path) -> N
 
 
 async def test_an_outcome_the_journal_cannot_record_is_still_answered(tmp_path: Path) -> None:
-    journal = IdempotencyJournal(tmp_path / "j.sqlite3").open()
+    journal = IdempotencyJournal(tmp_path / "j.journal").open()
     table = Idempotency(journal)
 
     async def work() -> tuple[bool, bytes]:
-        # The database handle fails under the journal mid-request (as a full disk would).
-        assert journal._db is not None
-        journal._db.close()
+        # The log's descriptor fails under the journal mid-request (as a full disk would).
+        assert journal._own is not None
+        os.close(journal._own.fd)
         return (True, b'"done"')
 
     future = table.start("k", "m", work)

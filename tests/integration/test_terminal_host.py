@@ -286,8 +286,12 @@ async def test_the_host_socket_and_files_are_private(tmp_path: Path) -> None:
         assert stat.S_ISSOCK(places.socket.stat().st_mode)
         for folder in (tmp_path / "state", places.folder):
             assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-        for private in (places.lock, places.terminals, places.journal, places.log):
+        for private in (places.lock, places.terminals, places.log):
             assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
+        # The journal is a private folder of logs (`ipc.journal`).
+        assert stat.S_IMODE(places.journal.stat().st_mode) == 0o700
+        for log in places.journal.iterdir():
+            assert stat.S_IMODE(log.stat().st_mode) == 0o600, log
         await client.close()
 
 

@@ -83,6 +83,9 @@ async def test_execute_on_the_default_terminal(
             "cwd": str(workspace),
         }
     ]
+    # The notification rides with the result: one write (one wake-up of the client), and
+    # it still comes first.
+    assert ctx.writes[-1] == ["terminal/commandFinished", "answer"]
     again = await call(svc, "terminal/execute", {"command": "true"}, ctx)  # same connection
     assert again["terminalId"] == result["terminalId"]
     # Another connection's default terminal is its own, never this one.
@@ -192,6 +195,8 @@ async def test_waiting_for_input_busy_send_text_and_wait(
     assert ("terminal/commandFinished", {
         "terminalId": tid, "executionId": first["executionId"], "exitCode": 0, "cwd": final["cwd"],
     }) in ctx.notes  # fmt: skip
+    # Its answer (waiting_for_input) had gone: the end was sent at once, on its own.
+    assert ["terminal/commandFinished"] in ctx.writes
     page = await call(svc, "terminal/readOutput", {"executionId": first["executionId"], "limit": 4})
     assert page == {"data": "ok? ", "offset": 4, "eof": False}
     rest = await call(

@@ -116,7 +116,7 @@ class Outlives:
 def test_a_key_a_dead_server_left_running_is_passed_on_when_its_work_outlives_it(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "journal.sqlite3"
+    path = tmp_path / "journal"
     with IdempotencyJournal(path) as first:
         first.begin("k-term", "terminal/execute#abc")
         first.begin("k-file", "fs/write#abc")

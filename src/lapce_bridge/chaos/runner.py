@@ -19,6 +19,7 @@ SCENARIOS: dict[str, str] = {
     "shell-killed": "lapce_bridge.chaos.terminal:run_shell_killed",
     "integration-broken": "lapce_bridge.chaos.terminal:run_integration_broken",
     "user-exits": "lapce_bridge.chaos.terminal:run_user_exits",
+    "deaf-shells": "lapce_bridge.chaos.terminal:run_deaf_shells",
     "server-restart": "lapce_bridge.chaos.server:run",
     "memory-pressure": "lapce_bridge.chaos.memory:run",
     "fs-transient": "lapce_bridge.chaos.fs:run_transient",

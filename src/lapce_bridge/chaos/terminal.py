@@ -14,6 +14,11 @@ variable set before the fault.
   commands must still come back with their output and exit code.
 - user exits in a row: `exit` typed several times; each is answered and the terminal keeps
   working with the shell it had.
+- deaf shells: commands after which the shell no longer hears or says what the bridge relies
+  on (Ctrl-C trapped away then a quote left open; its output sent nowhere; a program that
+  ignores SIGINT past its timeout); each must be answered, and the next command must come
+  back right with its cwd and env, with no timeout of the caller's to end the wait. RTO runs
+  from sending the deafening command to that right answer.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lapce_bridge.bench.report import figure_row
 from lapce_bridge.chaos.harness import ServerUnderTest, Tally, until_ok
 from lapce_bridge.chaos.scenario import ChaosContext, ChaosResult
 from lapce_bridge.core.errors import BridgeError
@@ -38,6 +44,21 @@ BREAK_INTEGRATION = {
     "bash": "unset PROMPT_COMMAND; trap - DEBUG; PS1='$ '",
     "zsh": "precmd_functions=(); preexec_functions=(); PS1='%# '",
     "fish": "functions -e __lb_preexec __lb_postexec __lb_prompt",
+}
+
+
+# What leaves a shell deaf, per shell: (what the case is, its commands; the last deafens).
+# fish cannot `exec` with redirections alone.
+_IGNORES_SIGINT = (
+    "python3 -c 'import signal,time; signal.signal(2, signal.SIG_IGN); time.sleep(60)'"
+)
+DEAFENING: dict[str, list[tuple[str, list[str]]]] = {
+    shell: [
+        ("Ctrl-C trapped, a quote left open", ["trap '' INT", "echo 'unclosed", "trap - INT"]),
+        ("a program ignoring SIGINT past its timeout", [_IGNORES_SIGINT]),
+        *([("output sent nowhere", ["exec >/dev/null 2>&1"])] if shell != "fish" else []),
+    ]
+    for shell in ("bash", "zsh", "fish")
 }
 
 
@@ -231,6 +252,78 @@ async def user_exits(ctx: ChaosContext, shell: str) -> ChaosResult:
         detail=f"`exit` {exits} times; each answered, the next command works in the same "
         f"shell and mode.",
     )
+
+
+async def deaf_shell(ctx: ChaosContext, shell: str) -> ChaosResult:
+    rounds = ctx.n(3, 1)
+    tally = Tally()
+    rtos: dict[str, list[float]] = {case: [] for case, _ in DEAFENING[shell]}
+    sut = ServerUnderTest(ctx.workdir, f"deaf-{shell}")
+    async with sut as client:
+        for i in range(rounds):
+            for j, (case, commands) in enumerate(DEAFENING[shell]):
+                sub = (sut.workspace / f"sub-{i}-{j}").resolve()
+                sub.mkdir()
+                tid = await new_terminal(client, shell, sut.workspace)
+                value = f"deaf-{i}-{j}"
+                export = (
+                    f"set -gx CHAOS_KEEP {value}"
+                    if shell == "fish"
+                    else f"export CHAOS_KEEP={value}"
+                )
+                await execute(client, tid, f"cd {sub}; {export}")
+                if ctx.break_recovery:  # broken: the terminal is gone, not just deaf
+                    with contextlib.suppress(BridgeError):
+                        await client.request("terminal/close", {"terminalId": tid})
+                started = time.monotonic()
+                for command in commands:
+                    # No idle timeout of the caller's: only the terminal can end the wait
+                    # (a hard timeout for the program that ignores SIGINT, as its case says).
+                    params: dict[str, Any] = {"terminalId": tid, "command": command}
+                    if command == _IGNORES_SIGINT:
+                        params["timeoutMs"] = 1000
+                    try:
+                        answer = await client.request(
+                            "terminal/execute", params, timeout=ctx.patience(30)
+                        )
+                        tally.check(
+                            answer.get("status") != "waiting_for_input", f"{case}: left waiting"
+                        )
+                    except (BridgeError, TimeoutError) as exc:
+                        tally.check(False, f"{case}: {command!r} unanswered ({exc})"[:120])
+                before = tally.lost
+                await _state_kept(client, tid, sub, value, tally, within=ctx.patience(10))
+                if tally.lost == before:
+                    rtos[case].append((time.monotonic() - started) * 1000)
+                with contextlib.suppress(BridgeError):
+                    await client.request("terminal/close", {"terminalId": tid})
+    medians = {case: statistics.median(v) if v else float("inf") for case, v in rtos.items()}
+    return tally.result(
+        f"deaf shells ({shell})",
+        max(medians.values()),
+        rounds * len(DEAFENING[shell]),
+        seed_ms=10_000,
+        goal_ms=5_000,
+        detail="; ".join(medians) + "; RTO = the slowest case's median, from the deafening "
+        "command sent to the next right answer (cwd, env). ",
+        more=[
+            figure_row(
+                "chaos",
+                f"deaf shells ({shell}), {case}: RTO",
+                rto,
+                "ms",
+                higher_is_better=False,
+                seed=10_000,
+                goal=5_000,
+                samples=len(rtos[case]),
+            )
+            for case, rto in medians.items()
+        ],
+    )
+
+
+async def run_deaf_shells(ctx: ChaosContext) -> list[ChaosResult]:
+    return [await deaf_shell(ctx, shell) for shell in available_shells(ctx)]
 
 
 async def run_shell_killed(ctx: ChaosContext) -> list[ChaosResult]:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import errno
 import logging
 import threading
 from collections.abc import Callable
@@ -54,7 +55,7 @@ from typing import Any, Protocol
 from lapce_bridge.clock import SYSTEM_CLOCK
 from lapce_bridge.core.breaker import CircuitBreaker
 from lapce_bridge.core.clock import Clock
-from lapce_bridge.core.errors import FileTooLarge, InvalidParams, Unavailable
+from lapce_bridge.core.errors import FileSystemError, FileTooLarge, InvalidParams, Unavailable
 from lapce_bridge.core.retry import RetryPolicy
 from lapce_bridge.fs.atomic import sweep_temp_files
 from lapce_bridge.fs.cache import CacheEntry, CacheStats, FileCache
@@ -314,7 +315,20 @@ class FileService:
         create_dirs = p.get("createDirs", False)
         if type(create_dirs) is not bool:
             raise InvalidParams("createDirs must be a boolean")
-        st = await self.store.write(real, data, expected_mtime_ns=expected, create_dirs=create_dirs)
+        try:
+            st = await self.store.write(
+                real, data, expected_mtime_ns=expected, create_dirs=create_dirs
+            )
+        except FileSystemError as exc:
+            if exc.errno != errno.ENOENT or create_dirs or Path(real).parent.is_dir():
+                raise
+            # Say what to do: a new file in a new folder is what an agent writes most.
+            raise FileSystemError(
+                f"{exc.detail}: its folder does not exist; pass createDirs: true to make it",
+                errno=exc.errno,
+                classification=exc.classification,
+                data=exc.data,
+            ) from None
         return {"size": st.st_size, "mtimeNs": st.st_mtime_ns}
 
     def _stat(self, params: Params, ctx: CallContext) -> dict[str, Any]:

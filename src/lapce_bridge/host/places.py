@@ -41,7 +41,7 @@ class HostPlaces:
 
     @property
     def journal(self) -> Path:
-        return self.folder / "idempotency.sqlite3"
+        return self.folder / "idempotency.journal"
 
 
 def host_places(state_dir: Path, workspace: Path) -> HostPlaces:

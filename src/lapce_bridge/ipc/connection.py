@@ -212,6 +212,9 @@ class Connection(asyncio.Protocol):
     def write(self, payload: bytes) -> None:
         self.write_frame(encode(payload))
 
+    def write_many(self, payloads: list[bytes]) -> None:
+        self.write_frame(b"".join([encode(p) for p in payloads]))
+
     def write_frame(self, frame: bytes) -> None:
         """Write a framed message (a broadcast is encoded once for everyone)."""
         pending = self._coalesced

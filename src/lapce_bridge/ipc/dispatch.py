@@ -79,6 +79,10 @@ class Outlet(Protocol):
 
     def write(self, payload: bytes) -> None: ...
 
+    def write_many(self, payloads: list[bytes]) -> None:
+        """Several messages, in order, in one write where the transport allows."""
+        ...
+
     def notify(self, method: str, params: Any) -> None: ...
 
     def on_close(self, callback: Callable[[], None]) -> None: ...
@@ -93,6 +97,9 @@ class _Detached:
     def write(self, payload: bytes) -> None:
         pass
 
+    def write_many(self, payloads: list[bytes]) -> None:
+        pass
+
     def notify(self, method: str, params: Any) -> None:
         pass
 
@@ -104,13 +111,18 @@ _DETACHED = _Detached()
 
 
 class RequestContext:
-    """The `CallContext` a handler receives."""
+    """The `CallContext` a handler receives.
 
-    __slots__ = ("_outlet", "received_at")
+    While the dispatcher holds it (a request answered from a task: `hold`), notifications
+    sent with `notify_with_answer` wait and leave with the answer, in one write (`release`);
+    otherwise, and once the answer has gone, they are sent at once."""
+
+    __slots__ = ("_outlet", "_riders", "received_at")
 
     def __init__(self, outlet: Outlet, received_at: float) -> None:
         self._outlet = outlet
         self.received_at = received_at
+        self._riders: list[tuple[str, Any]] | None = None  # None: notifications go at once
 
     @property
     def connection_id(self) -> int:
@@ -121,6 +133,37 @@ class RequestContext:
 
     def on_close(self, callback: Callable[[], None]) -> None:
         self._outlet.on_close(callback)
+
+    def notify_with_answer(self, method: str, params: Any) -> None:
+        riders = self._riders
+        if riders is None:
+            self._outlet.notify(method, params)
+        else:
+            riders.append((method, params))
+
+    def hold(self) -> None:
+        self._riders = []
+
+    def release(self, answer: bytes | None) -> None:
+        """Write the held notifications, then `answer`, together (without an answer to give,
+        the notifications alone); from now on notifications go at once."""
+        riders, self._riders = self._riders, None
+        outlet = self._outlet
+        if not riders:
+            if answer is not None:
+                outlet.write(answer)
+        elif answer is None:
+            for method, params in riders:
+                outlet.notify(method, params)
+        else:
+            payloads = []
+            for method, params in riders:
+                try:
+                    payloads.append(jsonrpc.notification_bytes(method, params))
+                except TypeError:
+                    log.exception("notification %s is not JSON-serialisable", method)
+            payloads.append(answer)
+            outlet.write_many(payloads)
 
     @property
     def session(self) -> str | None:
@@ -353,6 +396,7 @@ class Dispatcher:
             self.outlet.write(self._refused(req, exc))
             return
         if prep.method.is_async or prep.key is not None:
+            prep.ctx.hold()  # what rides with the answer waits for it (`_respond`)
             task = asyncio.get_running_loop().create_task(self._respond(req.id, prep))
             self._inflight[req.id] = task
             if prep.key is not None:
@@ -363,13 +407,16 @@ class Dispatcher:
         self.outlet.write(_response(req.id, self._call_sync(prep)))
 
     async def _respond(self, req_id: RequestId, prep: Prepared) -> None:
+        response: bytes | None = None
         try:
             response = await self._execute(req_id, prep)
         finally:
             self._inflight.pop(req_id, None)
             self._inflight_keys.pop(req_id, None)
             self._passed_keys.pop(req_id, None)
-        self.outlet.write(response)
+            # The answer and what rides with it, in one write (the riders alone when there
+            # is no answer to give: the connection's outlet drops them if it is gone).
+            prep.ctx.release(response)
 
     async def _execute(self, req_id: RequestId, prep: Prepared) -> bytes:
         """One prepared request to its encoded response; raises only CancelledError."""
@@ -382,7 +429,7 @@ class Dispatcher:
                 self._cancelled_ids.discard(req_id)
                 return jsonrpc.error_bytes(req_id, Cancelled(f"request {req_id!r} was cancelled"))
             if self.state.shutting_down and not self.outlet.closing:
-                self.outlet.write(jsonrpc.error_bytes(req_id, shutting_down()))
+                prep.ctx.release(jsonrpc.error_bytes(req_id, shutting_down()))
             raise
 
     async def _keyed(self, prep: Prepared) -> Outcome:

@@ -102,6 +102,11 @@ class _CallOutlet:
         if not self.answer.done():
             self.answer.set_result(payload)
 
+    def write_many(self, payloads: list[bytes]) -> None:
+        # The answer comes last; the notifications riding with it are for socket clients
+        # (`terminal/commandFinished`), which an MCP call does not forward (see `notify`).
+        self.write(payloads[-1])
+
     def notify(self, method: str, params: Any) -> None:
         if method == "terminal/data" and self._on_data is not None:
             self._on_data(params.get("data", ""))

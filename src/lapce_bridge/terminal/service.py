@@ -62,6 +62,7 @@ from lapce_bridge.rpc import (
     Observe,
     Params,
     method,
+    notify_with_answer,
 )
 from lapce_bridge.terminal.files import new_private_dir, read_private, runtime_base, write_private
 from lapce_bridge.terminal.foreground import process_cwd
@@ -528,7 +529,8 @@ class TerminalService:
                 self.streams.finish(on_data.stream, "terminal/commandFinished", done)
                 return
             with contextlib.suppress(Exception):  # the connection may have gone meanwhile
-                ctx.notify("terminal/commandFinished", done)
+                # Just before the result when it is the answer: both leave in one write.
+                notify_with_answer(ctx, "terminal/commandFinished", done)
 
         if terminal_id in self._partial and not term.busy:
             # What sendText left unfinished at the prompt must not become part of this command.

@@ -78,6 +78,9 @@ class MemoryClient:
         self.server = server
         self.connection = connection
         self.notes: list[tuple[str, Any]] = []
+        # What each write of the server held, in order: a notification's method, or
+        # "answer" for a response (a notification riding with its answer shares its write).
+        self.writes: list[list[str]] = []
         self.noted = asyncio.Event()
         self._decoder = FrameDecoder(1 << 31)
         self._pending: dict[int, asyncio.Future[Any]] = {}
@@ -112,11 +115,14 @@ class MemoryClient:
         self.notify("$/cancelRequest", {"id": future.request_id})  # type: ignore[attr-defined]
 
     def _received(self, data: bytes) -> None:
+        held: list[str] = []
+        self.writes.append(held)
         for event in self._decoder.feed(data):
             if type(event) is not Frame:
                 continue
             message = orjson.loads(event.body)
             for msg in message if type(message) is list else [message]:
+                held.append(msg.get("method", "answer"))
                 self._message(msg)
 
     def _message(self, msg: dict[str, Any]) -> None:
