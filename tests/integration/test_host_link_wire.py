@@ -1,7 +1,7 @@
 """The link as a real terminal host process speaks it, with real bash: the greeting, then
 binary frames; a command's `terminal/commandFinished` rides with its answer (right before it,
-naming the request), and a request the server stops waiting for gets no answer while its
-command goes on."""
+naming the request; a streamed command's comes after its output, at once), and a request the
+server stops waiting for gets no answer while its command goes on."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ import pytest
 from lapce_bridge.host import link
 from lapce_bridge.host.attach import hello
 from lapce_bridge.host.places import host_places
+from lapce_bridge.host.process import host_pid
+from lapce_bridge.host.proxy import HostProxy
+from lapce_bridge.testing.memory import MemoryServer
 from tests.integration.serve_process import server_env
 
 pytestmark = pytest.mark.timeout(120)
@@ -74,12 +77,17 @@ async def host_wire(tmp_path: Path) -> AsyncIterator[Wire]:
                     break
                 except OSError:
                     await asyncio.sleep(0.02)
-        greeting = hello(workspace=workspace, shell="bash", max_message_bytes=1 << 24, features={})
-        writer.write(link.greeting(greeting))
-        wire = Wire(reader, writer)
-        await wire.until(lambda h: h.get("k") == "welcome")
-        yield wire
-        writer.close()
+        try:
+            greeting = hello(
+                workspace=workspace, shell="bash", max_message_bytes=1 << 24, features={}
+            )
+            writer.write(link.greeting(greeting))
+            wire = Wire(reader, writer)
+            await wire.until(lambda h: h.get("k") == "welcome")
+            yield wire
+        finally:
+            writer.close()
+            await writer.wait_closed()
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGTERM)
@@ -105,17 +113,24 @@ async def test_a_command_finished_rides_with_its_answer(tmp_path: Path) -> None:
             wire.send({"q": q, "m": "terminal/execute", "c": 7, "t": 0.0}, params)
             messages = (await wire.until(lambda h, q=q: h.get("r") == q))[start:]
             answered = next(i for i, (h, _) in enumerate(messages) if h.get("r") == q)
-            rider, payload = messages[answered - 1]
-            # Right before the answer, naming the request it rides with, for its connection.
-            assert rider == {"n": "terminal/commandFinished", "c": 7, "a": q}
-            done = link.value_of(payload)
+            finished = next(
+                i for i, (h, _) in enumerate(messages) if h.get("n") == "terminal/commandFinished"
+            )
+            assert finished < answered
+            done = link.value_of(messages[finished][1])
             result = link.value_of(messages[answered][1])
             assert done["executionId"] == result["executionId"]
             assert (done["exitCode"], result["exitCode"]) == (0, 0)
-            if params.get("stream"):  # its output came before, as it was produced
+            if not params.get("stream"):
+                # Right before the answer, naming the request it rides with, for its
+                # connection (one write: one wake-up of the server for both).
+                assert finished == answered - 1
+                assert messages[finished][0] == {"n": "terminal/commandFinished", "c": 7, "a": q}
+            else:  # its output came before, as it was produced, and its end at once after
+                assert messages[finished][0] == {"n": "terminal/commandFinished", "c": 7}
                 streamed = "".join(
                     link.value_of(p)["data"]
-                    for h, p in messages[:answered]
+                    for h, p in messages[:finished]
                     if h.get("n") == "terminal/data"
                 )
                 assert streamed.replace("\r", "") == "a\nb\n"
@@ -142,3 +157,31 @@ async def test_a_request_nobody_waits_for_gets_no_answer_and_its_command_goes_on
         assert (again["output"], again["exitCode"]) == ("late\n", 0)
         assert again["executionId"] == link.value_of(finished[1])["executionId"]
         assert {"r": 3, "ok": True} in [h for h, _ in after(seen, finished[0])]
+
+
+async def test_through_the_server_the_client_gets_the_end_and_the_answer_in_one_write(
+    tmp_path: Path,
+) -> None:
+    """The server's side: a real dispatcher (in-memory transport) over the proxy, attached to
+    a real host it starts. The rider goes out through its request's context: the client gets
+    it and the answer in one write, as from terminals in the server."""
+    state, workspace = tmp_path / "state", tmp_path / "ws"
+    workspace.mkdir()
+    places = host_places(state, workspace)
+    try:
+        async with HostProxy(workspace=workspace, state_dir=state, default_shell="bash") as proxy:
+            server = MemoryServer(proxy.methods())
+            client = server.connect()
+            for params in (
+                {"command": "echo one"},
+                {"command": "echo two", "idempotencyKey": "m1"},
+            ):
+                result = await client.request("terminal/execute", params)
+                assert (result["output"], result["exitCode"]) == (params["command"][5:] + "\n", 0)
+                assert client.writes[-1] == ["terminal/commandFinished", "answer"]
+                assert client.notes[-1][1]["executionId"] == result["executionId"]
+            await server.aclose()
+    finally:
+        pid = host_pid(places)
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)

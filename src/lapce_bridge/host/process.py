@@ -133,11 +133,6 @@ class _Client:
                 log.exception("a close callback failed")
 
 
-_BEFORE_ANSWER = frozenset({"terminal/commandFinished"})
-"""Notifications a request's handler sends just before its answer: held and written with the
-answer, one write and one wake-up of the server for both instead of two."""
-
-
 class _Context:
     """The `CallContext` the terminal service gets for one request."""
 
@@ -146,7 +141,8 @@ class _Context:
     def __init__(self, client: _Client, received_at: float) -> None:
         self._client = client
         self.received_at = received_at
-        # While the request waits for its answer: the notifications held for it (in order).
+        # While the request waits for its answer: what rides with it (`notify_with_answer`),
+        # in order; None: notifications go at once.
         self.held: list[tuple[str, Any]] | None = None
 
     @property
@@ -158,8 +154,15 @@ class _Context:
         return self._client.session
 
     def notify(self, method: str, params: Any) -> None:
+        self._client.notify(method, params)
+
+    def notify_with_answer(self, method: str, params: Any) -> None:
+        """A notification that comes just before this request's answer
+        (`terminal/commandFinished`): held, and written with the answer in one write (one
+        wake-up of the server, which sends both to its client at once, the same way); at
+        once when the answer has gone or its connection has."""
         held = self.held
-        if held is not None and method in _BEFORE_ANSWER and not self._client.closed:
+        if held is not None and not self._client.closed:
             held.append((method, params))
         else:
             self._client.notify(method, params)

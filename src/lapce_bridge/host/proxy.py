@@ -54,7 +54,14 @@ from lapce_bridge.host import link
 from lapce_bridge.host.attach import HostRefused, hello, open_link, start_host
 from lapce_bridge.host.places import HostPlaces, host_places
 from lapce_bridge.ipc.jsonrpc import error_from_wire
-from lapce_bridge.rpc import DEFAULT_MAX_MESSAGE_BYTES, Broadcast, CallContext, Method, Observe
+from lapce_bridge.rpc import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Broadcast,
+    CallContext,
+    Method,
+    Observe,
+    notify_with_answer,
+)
 from lapce_bridge.rpc import method as make_method
 from lapce_bridge.terminal.params import METHODS
 
@@ -382,11 +389,17 @@ class HostProxy:
         """A message from the host other than an answer."""
         method = header.get("n")
         if method is not None:
-            rides = lk.pending.get(header.get("a", -1))  # with the answer to that request
-            ctx = rides[1] if rides is not None else self._contexts.get(header.get("c", -1))
-            if ctx is not None:
-                with contextlib.suppress(Exception):  # the connection may be closing
-                    ctx.notify(method, orjson.Fragment(payload) if payload else None)
+            params = orjson.Fragment(payload) if payload else None
+            rides = lk.pending.get(header.get("a", -1))
+            with contextlib.suppress(Exception):  # the connection may be closing
+                if rides is not None and rides[1] is not None:
+                    # With the answer to that request: through its context, so the client
+                    # gets both in one write too.
+                    notify_with_answer(rides[1], method, params)
+                else:
+                    ctx = self._contexts.get(header.get("c", -1))
+                    if ctx is not None:
+                        ctx.notify(method, params)
             return
         method = header.get("b")
         if method is not None:
