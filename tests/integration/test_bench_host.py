@@ -30,7 +30,7 @@ async def test_host_rows_compare_both_servers_in_one_run_and_time_a_real_restart
     assert local.p50 is not None
     assert hosted.p50 > 0
     assert local.p50 > 0
-    assert cost.value == pytest.approx(hosted.p50 - local.p50, rel=0.05, abs=50)
+    assert cost.value == pytest.approx(hosted.p50 - local.p50)  # the rows' own p50s
     assert link.value == pytest.approx(link.extra["host_us"] - link.extra["server_us"])
     assert link.extra["server_us"] > 0
     # CPU per echo from /proc, for the right processes: the host runs the terminals (more
