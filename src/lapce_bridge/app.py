@@ -64,6 +64,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("lapce_bridge.app")
 
 MethodsFactory = Callable[["App"], Mapping[str, Method]]
+SCHEMA_MODULES = ("lapce_bridge.schema.methods", "lapce_bridge.schema.validate")
+"""What `schema.checks.SchemaCheck` loads on its first call: loaded while the services open."""
 
 
 class Service(AbstractAsyncContextManager[Any], Protocol):
@@ -123,6 +125,8 @@ class App:
         self._reliefs: list[Relief] = []  # offered before the resource manager was open
         self._withdraw: dict[int, Callable[[], None]] = {}  # by id: theirs, once registered
         self._extra = extra_methods
+        self._extra_table: dict[str, Method] | None = None
+        self._open_listeners: list[Callable[[Mapping[str, Method]], None]] = []
         self._sinks: list[Broadcast] = []
         self._counter_sources: list[Callable[[], Mapping[str, int]]] = []
         self._methods: dict[str, Method] = checked(self._own_methods())
@@ -296,13 +300,17 @@ class App:
         self._stack = stack
         try:
             self._open_slo(stack)
-            if self._want_resources or self._want_services:
-                # With the terminal host, the terminals' code is the host's: not loaded here.
+            if self._want_services:
+                # The terminals first, served the moment they are open (`on_open`): after a
+                # restart, the terminals in the host are what a client waits for; the
+                # resource manager and the file service open behind them. With the terminal
+                # host, the terminals' code is the host's: not loaded here.
                 host = self.terminal_host
                 terminals = "lapce_bridge.host.proxy" if host else "lapce_bridge.terminal.service"
-                await _import_in_worker(
-                    "lapce_bridge.resources", terminals, "lapce_bridge.fs.service"
-                )
+                await _import_in_worker(terminals)
+                await self._open_service(stack, self._terminal_service())
+            if self._want_resources or self._want_services:
+                await _import_in_worker("lapce_bridge.resources", "lapce_bridge.fs.service")
             if self._want_resources:
                 from lapce_bridge.resources import (
                     DEFAULT_BUDGET_BYTES,
@@ -322,11 +330,15 @@ class App:
                 for relief in self._reliefs:
                     self._withdraw[id(relief)] = self.resources.register(relief)
             if self._want_services:
-                await self._open_services(stack)
+                await self._open_service(stack, self._file_service())
             await stack.enter_async_context(self._periodic_evaluation())
-            extra = self._extra
-            if extra is not None:
-                self._methods.update(extra(self) if callable(extra) else extra)
+            self._methods.update(self._extra_methods())
+            promised = self.method_names()
+            if set(self._methods) != promised:  # a service serves what it did not name
+                raise RuntimeError(
+                    f"the app serves {sorted(set(self._methods) ^ promised)} against the names "
+                    "it gave before opening (terminal.params.METHODS, fs_methods.FILE_METHODS)"
+                )
         except BaseException:
             await stack.aclose()
             raise
@@ -387,14 +399,51 @@ class App:
         if stack is not None:
             await stack.aclose()
 
-    async def _open_services(self, stack: AsyncExitStack) -> None:
-        for service in (self._terminal_service(), self._file_service()):
-            opened: Service = await stack.enter_async_context(service)
-            self.services.append(opened)
-            self._methods.update(checked(opened.methods()))
-            if self.resources is not None:
-                # What the resource manager may shrink under memory pressure.
-                self.resources.register(opened.relief())
+    async def _open_service(self, stack: AsyncExitStack, service: Service) -> None:
+        opened: Service = await stack.enter_async_context(service)
+        # Its params are checked against the schema (msgspec Structs, loaded on the first
+        # check): loaded here, off the loop, before its methods are served, or the first
+        # request would load it on the loop (20-120 ms in which nothing is answered). The
+        # host's attach, started on entering, goes on meanwhile.
+        await _import_in_worker(*SCHEMA_MODULES)
+        self.services.append(opened)
+        served = checked(opened.methods())
+        self._methods.update(served)
+        # What the resource manager may shrink under memory pressure (kept until it opens).
+        self.add_relief(opened.relief())
+        for listener in list(self._open_listeners):
+            listener(served)
+
+    def on_open(self, listener: Callable[[Mapping[str, Method]], None]) -> None:
+        """Call `listener(methods)` as each service opens, with the methods it serves: a
+        server serves them from then on, before the other services are open."""
+        self._open_listeners.append(listener)
+
+    def method_names(self) -> set[str]:
+        """Every method this app serves once open, known before it opens (light tables, no
+        service code): what a starting server's `initialize` lists. Builds the extra
+        methods' table (a factory of them is called here, once)."""
+        names = set(self._own_methods()) | set(self._extra_methods())
+        if self._want_services:
+            from lapce_bridge.fs_methods import FILE_METHODS
+            from lapce_bridge.terminal.params import METHODS
+
+            names |= {*METHODS, *FILE_METHODS}
+            if self.terminal_host:
+                from lapce_bridge.host import STOP_HOST
+
+                names.add(STOP_HOST)
+        return names
+
+    def _extra_methods(self) -> Mapping[str, Method]:
+        """The extra methods' table, built once (a factory is called with this app, before
+        its services open; its handlers run once they are, and what it must do to a
+        service when it opens it asks `on_open` for)."""
+        if self._extra_table is None:
+            extra = self._extra
+            table = (extra(self) if callable(extra) else extra) if extra is not None else {}
+            self._extra_table = dict(table)
+        return self._extra_table
 
     def add_relief(self, relief: Relief) -> Callable[[], None]:
         """Let the resource manager take back what a component holds (no-op unmonitored);
@@ -551,7 +600,15 @@ async def _import_in_worker(*modules: str) -> None:
 
     missing = [name for name in modules if name not in sys.modules]
     if missing:
-        await asyncio.to_thread(lambda: [importlib.import_module(name) for name in missing])
+        # The loop takes the GIL back within 0.5 ms (not the default 5 ms) while the worker
+        # imports: each step of a request served meanwhile (the terminal host's attach, a
+        # client's first answers) would otherwise wait up to 5 ms for the importing thread.
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, 0.0005))
+        try:
+            await asyncio.to_thread(lambda: [importlib.import_module(name) for name in missing])
+        finally:
+            sys.setswitchinterval(interval)
 
 
 def _wall_clock(clock: Clock) -> Callable[[], float]:

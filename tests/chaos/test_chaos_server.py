@@ -83,17 +83,19 @@ async def test_server_restart_delivers_the_queue_and_counts_what_it_lost(tmp_pat
         server.run(ctx(tmp_path)), server.run(ctx(tmp_path, broken=True))
     )
     queued = 10
-    # queue; command and its exit code; stream (result, read back, notifications); list;
-    # three terminals; env, cwd; watch
-    assert result.extra["items"] == 3 * queued + 2 + 3 + 1 + 3 + 2 + 1
+    # queue; command and its exit code; stream (result, read back, notifications' bytes and
+    # hash); list; three terminals; env, cwd; watch
+    assert result.extra["items"] == 3 * queued + 2 + 4 + 1 + 3 + 2 + 1
     # Every queued request answered, every file whole:
     assert "not answered" not in result.detail
     assert "not on disk" not in result.detail
     # Terminals live in the host: nothing of theirs is lost when the server is killed.
     lost = result.detail.partition("lost:")[2]
-    for kept in ("running command", "streamed output", "terminal"):
+    for kept in ("running command", "streamed output", "streamed notifications", "terminal"):
         assert kept not in lost, result.detail
     assert result.extra["terminalsUsableMs"] < 10_000
+    usable = [r for r in result.rows() if r.name.endswith("terminals usable")]
+    assert [r.value for r in usable] == [result.extra["terminalsUsableMs"]]
     assert result.rto_ms < 5_000
     assert_sees_loss(broken, 2 * queued)
     assert "queued ping not answered" in broken.detail

@@ -97,6 +97,48 @@ async def test_a_stream_is_resumed_past_the_ring_after_a_reconnect(tmp_path: Pat
     assert reattached >= 1
 
 
+async def test_a_keyed_stream_that_ended_while_away_is_delivered_once(tmp_path: Path) -> None:
+    """A streamed `terminal/execute` sent with recovery is resumed by its id and by its key
+    (nothing tells the client they are one before its answer); when it ended while the
+    client was away, its output is still delivered once, never started over."""
+    size = 2_000_000
+    async with serve(tmp_path) as served:
+        client = BridgeClient(served.socket, outage_grace=REAL_BOUND)
+        await client.connect()
+        offsets: list[int] = []
+        delivered: list[bytes] = []
+        executions: set[str] = set()
+
+        def heard(params: dict[str, Any]) -> None:
+            offsets.append(params["offset"])
+            delivered.append(params["data"].encode())
+            executions.add(params["executionId"])
+
+        client.on_notification("terminal/data", heard)
+        run = asyncio.ensure_future(
+            client.send_with_recovery(
+                "terminal/execute",
+                {"command": f"yes | head -c {size}", "stream": True, "maxOutputBytes": 4096},
+            )
+        )
+        await _eventually(lambda: bool(delivered), "the stream started")
+        async with _socket_away(served.socket) as away:
+            assert client.link.wire is not None
+            client.link.wire.close()
+            side = await RawClient.connect_unix(away)
+            (execution,) = executions
+            await until_written(side, execution, size)  # it ends while the client is away
+            await side.close()
+        result = await asyncio.wait_for(run, REAL_BOUND)
+        await _eventually(lambda: sum(map(len, delivered)) >= size, "every byte delivered")
+        await asyncio.sleep(0.5)  # anything repeated would come now
+        await client.close()
+    assert result["outputBytes"] == size
+    assert sum(map(len, delivered)) == size  # once: not started over
+    assert offsets == sorted(set(offsets))
+    assert b"".join(delivered) == b"y\n" * (size // 2)
+
+
 async def test_watches_are_reattached_after_a_server_sigkill_and_restart(tmp_path: Path) -> None:
     proj = tmp_path / "ws" / "proj"
     proj.mkdir(parents=True)

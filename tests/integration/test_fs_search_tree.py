@@ -192,6 +192,24 @@ def scan_page(
         os.close(fd)
 
 
+def test_a_full_page_is_cut_inside_a_file_and_resumes_at_the_next_line(tmp_path: Path) -> None:
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (tmp_path / name).write_text("hit 1\nmiss\nhit 3\nhit 4\n")
+    (tmp_path / "d.txt").write_text("nothing here\n")
+    clock = FakeClock()
+    first = scan_page(tmp_path, "hit", None, 4, clock, clock.now() + 60)
+    assert [(m.path, m.line) for m in first.matches] == [
+        ("a.txt", 1), ("a.txt", 3), ("a.txt", 4), ("b.txt", 1),
+    ]  # fmt: skip
+    # Cut at b.txt's second hit: b.txt counts as searched, the page resumes after line 2.
+    assert (first.stop_at, first.searched, first.timed_out) == (("b.txt", 2), 2, False)
+    rest = scan_page(tmp_path, "hit", first.stop_at, 100, clock, clock.now() + 60)
+    assert [(m.path, m.line) for m in rest.matches] == [
+        ("b.txt", 3), ("b.txt", 4), ("c.txt", 1), ("c.txt", 3), ("c.txt", 4),
+    ]  # fmt: skip
+    assert (rest.stop_at, rest.searched) == (None, 3)
+
+
 def test_a_search_out_of_time_stops_with_a_cursor_that_resumes(tmp_path: Path) -> None:
     for i in range(200):
         (tmp_path / f"f{i:03}.txt").write_text(f"needle {i}\n")

@@ -393,50 +393,99 @@ async def test_tasks_with_the_python_sdk_client(tmp_path: Path) -> None:
                 assert "never" not in after["output"]
 
 
-async def test_malformed_tool_calls_get_the_sdks_own_refusals(tmp_path: Path) -> None:
-    """A plain `tools/call` is answered by our middleware lane; anything malformed, and a
-    call before `initialize`, still gets the SDK's own refusal (raw JSON lines, no client
-    library in between)."""
+class RawLines:
+    """`lapce-bridge mcp` over stdio driven by raw JSON lines, no client library between."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.ids = itertools.count(1)
+
+    def send(self, message: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"jsonrpc": "2.0", **message}).encode() + b"\n")
+
+    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        request_id = next(self.ids)
+        self.send({"id": request_id, "method": method, "params": params})
+        answer: dict[str, Any] = json.loads(await self.proc.stdout.readline())
+        assert answer["id"] == request_id
+        return answer
+
+
+@asynccontextmanager
+async def raw_lines(tmp_path: Path) -> AsyncIterator[RawLines]:
     ws = make_workspace(tmp_path)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "lapce_bridge", "mcp", "--workspace", str(ws), "--shell", "bash",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL, env=server_env(tmp_path),
     )  # fmt: skip
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    ids = itertools.count(1)
-
-    async def request(method: str, params: dict[str, Any]) -> dict[str, Any]:
-        assert proc.stdin is not None
-        assert proc.stdout is not None
-        message = {"jsonrpc": "2.0", "id": next(ids), "method": method, "params": params}
-        proc.stdin.write(json.dumps(message).encode() + b"\n")
-        answer: dict[str, Any] = json.loads(await proc.stdout.readline())
-        assert answer["id"] == message["id"]
-        return answer
-
-    refused = {"code": -32602, "message": "Invalid request parameters", "data": ""}
-    call = {"name": "file_info", "arguments": {"path": "calc.py"}}
     try:
         with anyio.fail_after(60):
-            assert (await request("tools/call", call))["error"] == refused  # before initialize
-            client = {"name": "raw", "version": "0"}
-            init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": client}
-            assert "result" in await request("initialize", init)
-            proc.stdin.write(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}\n')
-            answered = (await request("tools/call", call))["result"]
-            assert answered["structuredContent"]["kind"] == "file"
-            assert json.loads(answered["content"][0]["text"]) == answered["structuredContent"]
-            for bad in (
-                {"name": "file_info", "arguments": ["calc.py"]},
-                {"name": 5, "arguments": {}},
-                {**call, "_meta": {"progressToken": [1]}},
-            ):
-                assert (await request("tools/call", bad))["error"] == refused, bad
+            yield RawLines(proc)
     finally:
+        assert proc.stdin is not None
         proc.stdin.close()
         await asyncio.wait_for(proc.wait(), 30)
+
+
+CLIENT = {"name": "raw", "version": "0"}
+HANDSHAKE = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": CLIENT}
+ENVELOPE = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientInfo": CLIENT,
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+async def test_malformed_tool_calls_get_the_sdks_own_refusals(tmp_path: Path) -> None:
+    """A plain `tools/call` is answered by our middleware lane; anything malformed, and a
+    call before `initialize`, still gets the SDK's own refusal (raw JSON lines, no client
+    library in between)."""
+    refused = {"code": -32602, "message": "Invalid request parameters", "data": ""}
+    call = {"name": "file_info", "arguments": {"path": "calc.py"}}
+    async with raw_lines(tmp_path) as raw:
+        assert (await raw.request("tools/call", call))["error"] == refused  # before initialize
+        assert "result" in await raw.request("initialize", HANDSHAKE)
+        raw.send({"method": "notifications/initialized"})
+        answered = (await raw.request("tools/call", call))["result"]
+        assert answered["structuredContent"]["kind"] == "file"
+        assert json.loads(answered["content"][0]["text"]) == answered["structuredContent"]
+        for bad in (
+            {"name": "file_info", "arguments": ["calc.py"]},
+            {"name": 5, "arguments": {}},
+            {**call, "_meta": {"progressToken": [1]}},
+        ):
+            assert (await raw.request("tools/call", bad))["error"] == refused, bad
+
+
+async def test_the_first_request_decides_the_protocol_era(tmp_path: Path) -> None:
+    """Opened with the 2026-07-28 envelope, a connection is served per request (and refuses
+    the handshake); opened with `initialize`, it refuses the envelope (the SDK's words)."""
+    call = {"name": "file_info", "arguments": {"path": "calc.py"}}
+    (tmp_path / "modern").mkdir()
+    (tmp_path / "handshake").mkdir()
+    async with raw_lines(tmp_path / "modern") as raw:
+        listed = (await raw.request("tools/list", {"_meta": ENVELOPE}))["result"]
+        assert "run_command" in {t["name"] for t in listed["tools"]}
+        answered = (await raw.request("tools/call", {**call, "_meta": ENVELOPE}))["result"]
+        assert answered["structuredContent"]["kind"] == "file"
+        handshake = (await raw.request("initialize", HANDSHAKE))["error"]
+        assert handshake["code"] == -32022
+        assert handshake["data"]["supported"] == ["2026-07-28"]
+    async with raw_lines(tmp_path / "handshake") as raw:
+        raw.send({"method": "notifications/initialized"})  # before the first request: kept
+        assert "result" in await raw.request("initialize", HANDSHAKE)
+        raw.send({"method": "notifications/initialized"})
+        enveloped = (await raw.request("tools/call", {**call, "_meta": ENVELOPE}))["error"]
+        assert enveloped == {
+            "code": -32600,
+            "message": "this connection serves the handshake protocol era; requests "
+            "carrying the 2026-07-28 envelope are not accepted on it",
+        }
+        plain = (await raw.request("tools/call", call))["result"]
+        assert plain["structuredContent"]["kind"] == "file"
 
 
 def test_every_tool_schema_is_generated_from_its_structs() -> None:

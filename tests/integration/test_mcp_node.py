@@ -31,7 +31,7 @@ pytestmark = [
 CHECKS = [
     "tool names", "schemas", "run_command", "prompt detected", "prompt answered",
     "edit unique", "edit ambiguous refused", "search", "read back", "tasks capability",
-    "task runs to its result", "task cancelled",
+    "task runs to its result", "task progress and status", "task cancelled",
 ]  # fmt: skip
 
 

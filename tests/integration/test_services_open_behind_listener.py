@@ -17,7 +17,7 @@ from lapce_bridge.app import App
 from lapce_bridge.core.errors import InvalidParams
 from lapce_bridge.ipc.raw import RawClient
 from lapce_bridge.ipc.server import BridgeServer
-from lapce_bridge.rpc import Method
+from lapce_bridge.rpc import Method, method
 from tests.integration.serve_process import serve
 
 
@@ -116,3 +116,92 @@ async def test_serve_answers_what_is_sent_the_moment_it_listens(tmp_path: Path) 
             assert answers[3]["result"]["kind"] == "directory", answers[3]
         finally:
             await client.close()
+
+
+async def test_initialize_lists_every_method_while_the_services_open(tmp_path: Path) -> None:
+    """`initialize` needs no service: told the names the app will serve, the server answers
+    it at once, and lists exactly what it serves once open."""
+    app = App(workspace=tmp_path, state_dir=tmp_path / "state")
+    server = BridgeServer(app)
+    server.hold_until_open(app.method_names())
+    path = await server.listen_unix(tmp_path / "s.sock")
+    try:
+        client = await RawClient.connect_unix(path)
+        early = (await client.request("initialize", {"protocolVersion": 1}))["result"]
+        assert "fs/stat" not in server.methods  # not open yet, and listed all the same
+        async with app:
+            server.opened()
+            later = (await client.request("initialize", {"protocolVersion": 1}))["result"]
+            listed = set(early["capabilities"]["methods"])
+            assert listed == set(later["capabilities"]["methods"]) == set(server.methods)
+            assert {"fs/stat", "terminal/execute", "health/get", "ping"} <= listed
+        await client.close()
+    finally:
+        await server.aclose()
+
+
+async def test_a_service_open_before_the_others_is_served_and_order_is_kept(
+    tmp_path: Path,
+) -> None:
+    """A service that opens first is served from then on: what waited for it at the head of
+    a connection goes at once; what came after a request still waiting waits behind it."""
+
+    def soon(params: Any, ctx: Any) -> str:
+        return "soon"
+
+    def late(params: Any, ctx: Any) -> str:
+        return "late"
+
+    app = App(services=False, extra_methods={"t/soon": method(soon), "t/late": method(late)})
+    server = BridgeServer(app)
+    server.hold_until_open(app.method_names())
+    path = await server.listen_unix(tmp_path / "s.sock")
+    try:
+        async with app:
+            first = await RawClient.connect_unix(path)
+            first.request_nowait("t/soon", msg_id=1)
+            first.request_nowait("ping", msg_id=2)  # behind one that waits: waits too
+            second = await RawClient.connect_unix(path)
+            second.request_nowait("t/late", msg_id=1)
+            second.request_nowait("t/soon", msg_id=2)  # behind t/late: waits for it
+            first.request_nowait("t/soon", msg_id=3)
+            await first.drain()
+            await second.drain()
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):  # t/soon is not served yet: nothing comes
+                    await first.recv()
+            server.serve_early({"t/soon": app.methods["t/soon"]})
+            async with asyncio.timeout(10):
+                answers = [await first.recv() for _ in range(3)]
+            assert [(a["id"], a["result"]) for a in answers] == [
+                (1, "soon"),
+                (2, {"pong": True}),
+                (3, "soon"),
+            ]
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):  # t/late is not served yet: nothing comes
+                    await second.recv()
+            server.opened()
+            answers = [await second.recv() for _ in range(2)]
+            assert [(a["id"], a["result"]) for a in answers] == [(1, "late"), (2, "soon")]
+            for client in (first, second):
+                await client.close()
+    finally:
+        await server.aclose()
+
+
+async def test_the_app_names_what_it_serves_before_opening_and_opens_the_terminals_first(
+    tmp_path: Path,
+) -> None:
+    opened: list[set[str]] = []
+    for host in (False, True):
+        app = App(workspace=tmp_path, state_dir=tmp_path / "state", terminal_host=host)
+        app.on_open(lambda served: opened.append(set(served)))
+        named = app.method_names()
+        async with app:
+            assert named == set(app.methods)
+        terminals, files = opened[-2:]
+        assert "terminal/execute" in terminals
+        assert not any(n.startswith("fs/") for n in terminals)
+        assert "fs/read" in files
+        assert not any(n.startswith("terminal/") for n in files)

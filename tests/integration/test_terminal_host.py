@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import stat
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
@@ -18,12 +19,14 @@ from typing import Any
 
 import pytest
 
-from lapce_bridge.core.errors import Cancelled, TerminalError
+from lapce_bridge.core.errors import BridgeError, Cancelled, TerminalError
 from lapce_bridge.host import link
+from lapce_bridge.host.attach import host_command, spawn_detached
 from lapce_bridge.host.places import HostPlaces, host_places
 from lapce_bridge.host.process import host_pid
 from lapce_bridge.host.proxy import HostProxy
 from lapce_bridge.ipc.client import BridgeClient
+from lapce_bridge.ipc.paths import probe
 from tests.integration.serve_process import Served, serve
 
 pytestmark = pytest.mark.timeout(120)
@@ -364,6 +367,120 @@ async def test_a_host_stopped_on_purpose_is_no_death(tmp_path: Path) -> None:
         made = await client.request("terminal/execute", {"command": "echo again"})
         assert made["output"] == "again\n"  # a new host, started when a terminal was wanted
         assert host_pid(places_of(tmp_path)) not in (None, old)
+        health = await client.request("health/get")
+        details = [i["detail"] for i in health["incidents"]["recent"]]
+        assert not any("terminal host" in d for d in details), details
+        await client.close()
+
+
+async def start_host_by_hand(tmp_path: Path, *extra: str) -> int:
+    """A host started as `serve` starts one, with `extra` options; its pid once it listens."""
+    places = places_of(tmp_path)
+    (tmp_path / "ws").mkdir(exist_ok=True)
+    cmd = host_command(tmp_path / "state", (tmp_path / "ws").resolve(), "bash", 300, sys.executable)
+    spawn_detached([*cmd, *extra], places.log)
+    async with asyncio.timeout(30):
+        # Polls the host's socket (another process): nothing here to await instead.
+        while not probe(places.socket, 0.5):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    pid = host_pid(places)
+    assert pid is not None
+    return pid
+
+
+async def test_a_drain_is_bounded_and_what_it_ended_is_reported(tmp_path: Path) -> None:
+    """A host of another version drains for its drain bound at most (here 1 s, by default
+    30 s): a command still running then is ended and reported lost, its terminal comes back
+    in the successor with its cwd and env, and new terminal requests are served again."""
+    old = await start_host_by_hand(tmp_path, "--drain-limit", "1")
+    async with host_stopped_after(tmp_path), serve(tmp_path, *HOST) as served:
+        client = await BridgeClient(served.socket).connect()
+        tid = (await client.request("terminal/create", {"env": {"GIVEN": "g4"}}))["terminalId"]
+        await client.request(
+            "terminal/execute", {"terminalId": tid, "command": "cd /tmp; export KEPT=k4"}
+        )
+        assert host_pid(places_of(tmp_path)) == old
+        running = asyncio.ensure_future(
+            client.request(
+                "terminal/execute", {"terminalId": tid, "command": "sleep 60", "maxWaitMs": 200}
+            )
+        )
+        execution = (await running)["executionId"]  # answered `running` after 0.2 s
+        reader, writer = await asyncio.open_unix_connection(str(places_of(tmp_path).socket))
+        writer.write(
+            link.greeting({"k": "hello", "protocol": link.PROTOCOL_VERSION, "version": "0.0.1"})
+        )
+        await writer.drain()
+        assert b'"refused"' in await reader.read(4096)
+        writer.close()
+        drained = time.monotonic()
+        assert await _pid_gone(old, within=20)
+        assert time.monotonic() - drained < 15  # the bound, not the 60 s command
+        again = await client.request(
+            "terminal/execute", {"terminalId": tid, "command": 'echo "$GIVEN $KEPT"; pwd'}
+        )
+        assert again["output"] == "g4 k4\n/tmp\n"
+        assert host_pid(places_of(tmp_path)) not in (None, old)
+        with pytest.raises(TerminalError) as lost:
+            await client.request("terminal/wait", {"executionId": execution})
+        assert lost.value.data.get("lost") is True
+        assert b"the commands still running are ended" in places_of(tmp_path).log.read_bytes()
+        await client.close()
+
+
+async def test_terminal_stop_host_ends_or_waits_for_running_commands(tmp_path: Path) -> None:
+    """`terminal/stopHost` through a real serve: the host stops, its terminals close and
+    none is recreated; a running command is ended (`running: "end"`, the default) or
+    finishes first (`"wait"`, new commands refused meanwhile); no death is reported."""
+    async with host_stopped_after(tmp_path), serve(tmp_path, *HOST) as served:
+        client = await BridgeClient(served.socket).connect()
+        assert await client.request("terminal/stopHost") == {
+            "stopped": False,  # none runs yet, and none is started for it
+            "terminals": [],
+            "ended": [],
+        }
+        tid = (await client.request("terminal/create", {}))["terminalId"]
+        old = host_pid(places_of(tmp_path))
+        running = asyncio.ensure_future(
+            client.request("terminal/execute", {"terminalId": tid, "command": "sleep 30"})
+        )
+        await asyncio.sleep(0.3)
+        stopped = await client.request("terminal/stopHost")
+        assert stopped["stopped"] is True
+        assert stopped["pid"] == old
+        assert stopped["terminals"] == [tid]
+        assert len(stopped["ended"]) == 1
+        with pytest.raises(TerminalError) as ended:
+            await running
+        assert ended.value.data.get("hostStopped") is True
+        assert host_pid(places_of(tmp_path)) is None  # answered once all closed (lock last)
+        assert old is not None
+        assert await _pid_gone(old)
+
+        # "wait": the running command finishes and is answered; a new one is refused.
+        tid = (await client.request("terminal/create", {}))["terminalId"]
+        second = host_pid(places_of(tmp_path))
+        assert second not in (None, old)
+        running = asyncio.ensure_future(
+            client.request("terminal/execute", {"terminalId": tid, "command": "sleep 1; echo done"})
+        )
+        await asyncio.sleep(0.3)
+        stopping = asyncio.ensure_future(
+            client.request("terminal/stopHost", {"running": "wait", "timeoutMs": 20_000})
+        )
+        await asyncio.sleep(0.2)
+        with pytest.raises(BridgeError) as refused:
+            await client.request("terminal/execute", {"command": "echo late"})
+        assert refused.value.code == -32002
+        done = await running
+        assert (done["output"], done["exitCode"]) == ("done\n", 0)
+        stopped = await stopping
+        assert (stopped["stopped"], stopped["ended"], stopped["pid"]) == (True, [], second)
+        with pytest.raises(BridgeError) as bad:
+            await client.request("terminal/stopHost", {"running": "later"})
+        assert bad.value.code == -32602
+
+        assert await client.request("terminal/list") == []  # a new host, nothing recreated
         health = await client.request("health/get")
         details = [i["detail"] for i in health["incidents"]["recent"]]
         assert not any("terminal host" in d for d in details), details

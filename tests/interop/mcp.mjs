@@ -1,10 +1,12 @@
 // Drives `lapce-bridge mcp` over stdio with the official Node MCP client
 // (@modelcontextprotocol/sdk): list the tools, run a command, answer an input prompt, edit
 // a file (a unique match, an ambiguous one refused), search, read back; run a command as an
-// MCP task to its result, and cancel another.
+// MCP task to its result (its output as progress, its end as a status notification), and
+// cancel another.
 // Usage: node mcp.mjs PYTHON WORKSPACE. Prints one JSON line per check; exits 1 on failure.
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+import { TaskStatusNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
 
 const [python, workspace] = process.argv.slice(2);
 const expected = [
@@ -91,20 +93,39 @@ try {
     tools.find((t) => t.name === "run_command")?.execution?.taskSupport === "optional",
     client.getServerCapabilities()?.tasks);
   const seen = [];
+  const progress = [];
+  const statuses = [];
+  client.setNotificationHandler(TaskStatusNotificationSchema, (note) => {
+    statuses.push(note.params);
+  });
   let taskResult;
+  let firstId;
   for await (const message of client.experimental.tasks.callToolStream(
-    { name: "run_command", arguments: { command: "sleep 0.5; echo as a task" } },
+    {
+      name: "run_command",
+      arguments: { command: "for i in 1 2 3; do echo tick $i; sleep 0.4; done; echo as a task" },
+    },
     undefined,
-    { task: { ttl: 60000 } },
+    { task: { ttl: 60000 }, onprogress: (p) => progress.push(p.message ?? "") },
   )) {
     seen.push(message.type === "error" ? `error ${message.error}` : message.type);
+    if (message.type === "taskCreated") {
+      firstId = message.task.taskId;
+    }
     if (message.type === "result") {
       taskResult = message.result;
     }
   }
   check("task runs to its result", seen[0] === "taskCreated" && seen.includes("taskStatus") &&
     seen.at(-1) === "result" && taskResult?.structuredContent?.exit_code === 0 &&
-    taskResult.structuredContent.output === "as a task\n", { seen, taskResult });
+    taskResult.structuredContent.output.endsWith("tick 3\nas a task\n"), { seen, taskResult });
+  // The status notification may trail the result by a moment: it is sent as the task ends.
+  for (let i = 0; i < 100 && !statuses.some((s) => s.taskId === firstId); i++) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  check("task progress and status", progress.some((m) => m.includes("tick 1")) &&
+    statuses.some((s) => s.taskId === firstId && s.status === "completed" && s.ttl === 60000),
+    { progress, statuses });
 
   // Cancelling the task interrupts its command: the terminal runs the next one.
   let taskId;
@@ -137,7 +158,9 @@ try {
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
   check("task cancelled", cancelled.status === "cancelled" && status.status === "cancelled" &&
-    after?.structuredContent?.output === "after\n", { cancelled, status, after });
+    after?.structuredContent?.output === "after\n" &&
+    statuses.some((s) => s.taskId === taskId && s.status === "cancelled"),
+    { cancelled, status, after, statuses });
 } finally {
   await client.close();
 }

@@ -30,6 +30,7 @@ from lapce_bridge.core.retry import RetryPolicy
 from lapce_bridge.ipc.client import BridgeClient
 from lapce_bridge.ipc.journal import IdempotencyJournal
 from lapce_bridge.ipc.server import BridgeServer
+from lapce_bridge.ipc.spawn import ServerSupervisor
 from lapce_bridge.rpc import CallContext, Method, Params, method
 from lapce_bridge.testing import FakeClock
 
@@ -346,3 +347,25 @@ async def test_a_durable_outbox_delivers_after_a_client_restart(tmp_path: Path) 
     third = BridgeClient(path, durable_outbox=box)
     assert third.outbox.recovered() == []  # delivered: nothing left on disk
     await third.close()
+
+
+async def test_a_supervised_server_starting_is_polled_at_the_first_delay(tmp_path: Path) -> None:
+    """While the client's own server starts (a real process that has not bound its socket
+    yet), reconnecting polls at the first delay: a backoff would find the socket late."""
+    slow = tmp_path / "slow-server"
+    slow.write_text("#!/bin/sh\nexec sleep 60\n")
+    slow.chmod(0o755)
+    clock = FakeClock()
+    supervisor = ServerSupervisor(tmp_path / "s.sock", python=str(slow), clock=clock)
+    client = BridgeClient(
+        tmp_path / "s.sock", clock=clock, retry=no_jitter(clock), supervisor=supervisor
+    )
+    send = asyncio.create_task(client.send_with_recovery("test/append", {"value": 1}))
+    for _ in range(5):
+        await clock.wait_for_sleepers(1)
+        await clock.advance(0.01)
+    assert supervisor.starting()
+    assert clock.sleeps[:5] == [0.01] * 5  # not the schedule's 0.01, 0.02, 0.04, 0.08, 0.08
+    send.cancel()
+    await client.close()
+    await supervisor.stop(grace=0)

@@ -4,10 +4,14 @@ The MCP rows run through a real `lapce-bridge mcp` process over stdio, driven by
 official MCP Python client, as an agent would drive it. The echo row times every call from
 the client's send to its parsed answer and checks each answer item by item (exit code 0,
 output `test`, cwd the workspace, where the default terminal starts): a wrong or missing one
-counts as lost. The command is `echo test` alone, as the issue's figure names it (a `cwd`
-argument would add a `cd` line to each command). The ping row times
-the protocol's own `ping` on the same session: the SDK's request path, client and server,
-with no tool behind it (the floor under every tool call).
+counts as lost; its note gives the server process's CPU per call. The command is `echo
+test` alone, as the issue's figure names it (a `cwd` argument would add a `cd` line to each
+command). The ping row times the protocol's own `ping` on the same session: the SDK's
+request path, client and server, with no tool behind it. The floor row times the same
+`run_command` call from the same client against a canned server (`bench.canned_mcp`) that
+answers at once with the last real answer and the real tool list: what the client itself
+(its request path and its `jsonschema` check of the structured result) and the pipes cost,
+with no server work at all.
 
 The search rows build 10,000 files of about 10 KB (100 MB; 1,000 in quick mode) with a rare
 token in some lines, then alternate our search and `grep -rn` on the same tree (warm page
@@ -28,8 +32,12 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import orjson
+import psutil
 
 from lapce_bridge.bench.report import Row, figure_row, latency_row
 from lapce_bridge.bench.runner import BenchContext
@@ -110,11 +118,67 @@ async def run(ctx: BenchContext) -> list[Row]:
             ClientSession(read, write) as session,
         ):
             await session.initialize()
-            rows.append(await _echo_row(ctx, session))
+            echo, last = await _echo_row(ctx, session)
+            rows.append(echo)
             rows.append(await _ping_row(ctx, session))
+            tools = [
+                t.model_dump(by_alias=True, exclude_none=True, mode="json")
+                for t in (await session.list_tools()).tools
+            ]
             if has_grep:
                 rows.append(await _search_row(ctx, session, tree, files, needles))
+    canned = ctx.workdir / "mcp-canned.json"
+    canned.write_bytes(orjson.dumps({"tools": tools, "call": last}))
+    rows.append(await _floor_row(ctx, canned))
     return rows
+
+
+def _server_cpu() -> float:
+    """CPU seconds used so far by our `lapce-bridge mcp` child process (0 if not found)."""
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "lapce_bridge" in child.cmdline() and "mcp" in child.cmdline():
+                times = child.cpu_times()
+                return float(times.user + times.system)
+        except psutil.Error:
+            continue
+    return 0.0
+
+
+async def _floor_row(ctx: BenchContext, canned: Path) -> Row:
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "lapce_bridge.bench.canned_mcp", str(canned)],
+        env=dict(os.environ),
+        cwd=str(ctx.workdir),
+    )
+    calls = ctx.n(10_000, 300)
+    samples: list[float] = []
+    wrong = 0
+    with (ctx.workdir / "mcp-canned.log").open("w") as errlog:
+        async with (
+            stdio_client(params, errlog=errlog) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            await session.list_tools()  # the client checks each answer against the schema
+            for i in range(20 + calls):
+                started = time.perf_counter()
+                result = await session.call_tool("run_command", {"command": "echo test"})
+                if i >= 20:
+                    samples.append(time.perf_counter() - started)
+                    got = result.structured_content or {}
+                    wrong += result.is_error or got.get("output") != "test\n"
+    return latency_row(
+        SUITE,
+        "run_command echo test: the SDK client alone (canned server)",
+        samples,
+        note=f"{calls} calls answered at once with the real answer: the client's own cost and "
+        f"the pipes', under every tool call; {wrong} answers wrong",
+    )
 
 
 async def _ping_row(ctx: BenchContext, session: Any) -> Row:
@@ -129,7 +193,8 @@ async def _ping_row(ctx: BenchContext, session: Any) -> Row:
         SUITE,
         "ping (MCP stdio): the SDK's request path",
         samples,
-        note=f"{calls} pings through the Python MCP client: the floor under every tool call",
+        note=f"{calls} pings through the Python MCP client: its request path and the server's, "
+        "no tool behind it",
     )
 
 
@@ -180,13 +245,17 @@ def _ratio_row(
     )  # fmt: skip
 
 
-async def _echo_row(ctx: BenchContext, session: Any) -> Row:
+async def _echo_row(ctx: BenchContext, session: Any) -> tuple[Row, dict[str, Any]]:
+    """The echo row, and the last answer (wire form) for the floor row."""
     calls = ctx.n(10_000, 300)
     warmup = 20
     args = {"command": "echo test"}
     samples: list[float] = []
     lost = 0
+    cpu = 0.0
     for i in range(warmup + calls):
+        if i == warmup:
+            cpu = _server_cpu()
         started = time.perf_counter()
         result = await session.call_tool("run_command", args)
         elapsed = time.perf_counter() - started
@@ -201,18 +270,20 @@ async def _echo_row(ctx: BenchContext, session: Any) -> Row:
             or got.get("cwd") != str(ctx.workdir)
         ):
             lost += 1
+    cpu_us = (_server_cpu() - cpu) / calls * 1e6
     row = latency_row(
         SUITE,
         "run_command echo test (MCP stdio)",
         samples,
         goal=(1000.0, 5000.0),
-        note=f"{calls} calls through the Python MCP client; {lost} answers wrong or lost",
+        note=f"{calls} calls through the Python MCP client; {lost} answers wrong or lost; "
+        f"server process CPU {cpu_us:.0f} us a call (the shell's apart)",
     )
     extra = dict(row.extra)
     extra["lost"] = float(lost)
-    from dataclasses import replace
-
-    return replace(row, extra=extra)
+    extra["server_cpu_us"] = cpu_us
+    last = result.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return replace(row, extra=extra), last
 
 
 async def _search_row(ctx: BenchContext, session: Any, tree: Path, files: int, needles: int) -> Row:

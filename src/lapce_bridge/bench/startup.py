@@ -7,9 +7,10 @@ includes the interpreter, our imports, the services starting and the socket boun
 (BENCHMARKS.md) is at most 100 ms more than the bare interpreter. The two are run
 alternately so that load on the machine falls on both alike.
 
-The server answers `ping` before its services are open (they open behind the listener); a
-second row times the same start to its `initialize` answer, which waits for them: what an
-editor waits for before its first command. Both are measured with the package's bytecode
+The server answers `initialize` and `ping` before its services are open (they open behind
+the listener); a second row times the same start to an `fs/stat` answered, which waits for
+the file service, the last to open: what an editor's first file request waits for. Both are
+measured with the package's bytecode
 compiled first, as an install leaves it (the standard library's always is): otherwise, with
 `PYTHONDONTWRITEBYTECODE` set, every start would compile our modules from source.
 """
@@ -41,6 +42,7 @@ async def _bare() -> float:
 
 
 async def _serve(workdir: Path, i: int) -> tuple[float, float]:
+    """Seconds from the spawn to `ping` answered, and to `fs/stat` answered."""
     root = workdir / f"startup-{i}"
     (root / "ws").mkdir(parents=True, exist_ok=True)
     sock = root / "bridge.sock"
@@ -61,7 +63,8 @@ async def _serve(workdir: Path, i: int) -> tuple[float, float]:
             answer = await client.request("ping")
             pinged = time.perf_counter() - started
             hello = await client.request("initialize", {"protocolVersion": 1})
-            initialized = time.perf_counter() - started
+            stat = await client.request("fs/stat", {"path": "."})
+            opened = time.perf_counter() - started
         finally:
             await client.close()
         if answer.get("result") != {"pong": True}:
@@ -70,7 +73,9 @@ async def _serve(workdir: Path, i: int) -> tuple[float, float]:
             "methods", ()
         ):
             raise RuntimeError(f"initialize answered {hello!r}")
-        return pinged, initialized
+        if stat.get("result", {}).get("kind") != "directory":
+            raise RuntimeError(f"fs/stat answered {stat!r}")
+        return pinged, opened
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
@@ -85,15 +90,15 @@ async def run(ctx: BenchContext) -> list[Row]:
     n = ctx.n(9, 3)
     bare: list[float] = []
     pinged: list[float] = []
-    initialized: list[float] = []
+    opened: list[float] = []
     for i in range(n):
         bare.append(await _bare())
-        ping_s, init_s = await _serve(ctx.workdir, i)
+        ping_s, open_s = await _serve(ctx.workdir, i)
         pinged.append(ping_s)
-        initialized.append(init_s)
+        opened.append(open_s)
     bare_ms = statistics.median(bare) * 1e3
     ping_ms = statistics.median(pinged) * 1e3
-    init_ms = statistics.median(initialized) * 1e3
+    open_ms = statistics.median(opened) * 1e3
     return [
         figure_row(
             SUITE,
@@ -108,13 +113,13 @@ async def run(ctx: BenchContext) -> list[Row]:
         ),
         figure_row(
             SUITE,
-            "server start to initialize answered (services open), over bare python",
-            init_ms - bare_ms,
+            "server start to its services open (fs/stat answered), over bare python",
+            open_ms - bare_ms,
             "ms",
             higher_is_better=False,
             samples=n,
-            note=f"serve {init_ms:.0f} ms to the answer listing every method",
-            extra={"serve_ms": init_ms, "bare_ms": bare_ms},
+            note=f"serve {open_ms:.0f} ms to a file request answered (the last service to open)",
+            extra={"serve_ms": open_ms, "bare_ms": bare_ms},
         ),
     ]
 

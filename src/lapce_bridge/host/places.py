@@ -9,13 +9,14 @@ private runtime folder instead (the same one `serve`'s default socket uses).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from lapce_bridge.ipc.paths import MAX_SOCKET_PATH, default_socket_path
-from lapce_bridge.private import private_dir
+from lapce_bridge.private import open_private_file, private_dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,4 +57,22 @@ def host_places(state_dir: Path, workspace: Path) -> HostPlaces:
     return HostPlaces(folder.absolute(), sock.absolute())
 
 
-__all__ = ["HostPlaces", "host_places"]
+def host_pid(places: HostPlaces) -> int | None:
+    """The pid of the host holding the lock, or None when no host holds it."""
+    try:
+        fd = open_private_file(places.lock, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+__all__ = ["HostPlaces", "host_pid", "host_places"]

@@ -69,7 +69,8 @@ from lapce_bridge.core.errors import (
 )
 from lapce_bridge.host import link
 from lapce_bridge.host.attach import policy_from_wire
-from lapce_bridge.host.places import HostPlaces, host_places
+from lapce_bridge.host.hostlog import BACKUPS, MAX_BYTES, bounded_log
+from lapce_bridge.host.places import HostPlaces, host_pid, host_places
 from lapce_bridge.host.specs import EMPTY, SpecWriter, hand_over, load, restore_all, snapshot
 from lapce_bridge.ipc.idempotency import (
     Idempotency,
@@ -86,7 +87,14 @@ from lapce_bridge.terminal.service import TerminalService
 
 log = logging.getLogger("lapce_bridge.host")
 
-DRAIN_LIMIT = 600.0  # seconds a draining host waits for running commands
+# Seconds a draining host waits for its running commands. Its successor cannot take the
+# terminals before it is gone, so new terminal requests are refused (-32002, retryable)
+# meanwhile: the wait is bounded by what a client can be kept waiting, not by the longest
+# build. Commands still running then are ended and reported lost (their terminals are
+# recreated by the successor with their cwd and env; `terminal/wait` says they were lost).
+DRAIN_LIMIT = 30.0
+# What the successor allows for the hand-over after that (spill, write down, close shells).
+HANDOVER_MARGIN = 30.0
 SPEC_INTERVAL = 0.5
 STATS_INTERVAL = 1.0
 _KEEP_OBSERVED = 256  # operations timed while no server listened, kept for the next one
@@ -294,10 +302,12 @@ class TerminalHost:
         default_shell: str | None = None,
         linger: float = 300.0,
         clock: Any = SYSTEM_CLOCK,
+        drain_limit: float = DRAIN_LIMIT,
     ) -> None:
         self.places = places
         self.clock = clock
         self.linger = linger
+        self.drain_limit = drain_limit
         self._features: dict[str, bool] = {}
         self.service = TerminalService(
             workspace=workspace,
@@ -315,6 +325,7 @@ class TerminalHost:
             "terminal/wait": method(self._wait_or_lost, limit=self._wait.limit),
             "host/reapIdle": method(self._reap_idle),  # the server's memory pressure
             "host/spill": method(self._spill),
+            "host/stop": method(self._stop_on_request),  # a client's terminal/stopHost
         }
         self.idempotency = Idempotency(IdempotencyJournal(places.journal))
         self.specs = SpecWriter(places.terminals, lambda: snapshot(self.service))
@@ -323,6 +334,7 @@ class TerminalHost:
         self._client_ids = 0
         self._observed: deque[tuple[dict[str, Any], bytes]] = deque(maxlen=_KEEP_OBSERVED)
         self.draining = False
+        self.stopping = False  # stopped on a client's request: no new command
         self.stopped = asyncio.get_running_loop().create_future()
         self._alone_since: float | None = clock.now()
         self._server: asyncio.AbstractServer | None = None
@@ -370,6 +382,34 @@ class TerminalHost:
                 },
             )
         return await self._wait.handler(params, ctx)
+
+    async def _stop_on_request(self, params: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        """Stop on a client's request (`terminal/stopHost`, through its server). No new
+        command is taken from now on. `running: "wait"` lets the running commands finish
+        first (their answers go to who asked), for `timeoutMs` at most (default: the drain
+        bound); then, or at once with `running: "end"` (the default), every terminal is
+        closed, the commands still running are ended (their requests fail with -32003
+        `hostStopped`), nothing is kept to recreate, and the host exits after this answer."""
+        running = params.get("running", "end")
+        if running not in ("end", "wait"):
+            raise InvalidParams('parameter \'running\' must be "end" or "wait"')
+        timeout_ms = params.get("timeoutMs")
+        if timeout_ms is not None and (type(timeout_ms) is not int or timeout_ms <= 0):
+            raise InvalidParams("parameter 'timeoutMs' must be a positive integer")
+        self.stopping = True
+        if running == "wait":
+            limit = self.drain_limit if timeout_ms is None else timeout_ms / 1000.0
+            deadline = self.clock.now() + limit
+            while self.clock.now() < deadline and (
+                self._running_executions() or self.idempotency.running > 0
+            ):
+                await self.clock.sleep(0.05)
+        ended = self._running_executions()
+        if ended:
+            log.warning("stopping on request: ending %s", ", ".join(ended))
+        log.info("stopping on a client's request (terminal/stopHost)")
+        asyncio.get_running_loop().call_soon(self.stop)  # once this answer is written
+        return {"pid": os.getpid(), "terminals": sorted(self.service.terminals), "ended": ended}
 
     def _spill(self, params: dict[str, Any], ctx: CallContext) -> int:
         return self.service.spools.spill()  # the memory freed
@@ -480,8 +520,9 @@ class TerminalHost:
         if params is None:
             params = {}
         key = params.get("idempotencyKey")
-        if self.draining and name in ("terminal/create", "terminal/execute"):
-            refused = Unavailable("the terminal host is draining: no new command")
+        if (self.draining or self.stopping) and name in ("terminal/create", "terminal/execute"):
+            why = "draining" if self.draining else "stopping (terminal/stopHost)"
+            refused = Unavailable(f"the terminal host is {why}: no new command")
             self._answer(lk, q, encode_outcome(False, refused))
             return
         if key is not None:
@@ -599,7 +640,7 @@ class TerminalHost:
     # -- life cycle -----------------------------------------------------------------------
     async def start(self) -> None:
         """Take the lock, recreate what a dead predecessor left, listen."""
-        self._lock_fd = await _take_lock(self.places)
+        self._lock_fd = await _take_lock(self.places, self.drain_limit + HANDOVER_MARGIN)
         # Opened under the lock: rows a dead host left running become "interrupted" (their
         # keys are answered "outcome unknown": the command died with that host).
         self.idempotency.journal.open()
@@ -650,11 +691,24 @@ class TerminalHost:
         asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
-        deadline = self.clock.now() + DRAIN_LIMIT
+        deadline = self.clock.now() + self.drain_limit
         while self.clock.now() < deadline and self._working():
             await self.clock.sleep(0.05)
+        ended = self._running_executions()
+        if ended:
+            log.warning(
+                "drained for %.0f s; the commands still running are ended and reported lost "
+                "(%s): the successor recreates their terminals",
+                self.drain_limit,
+                ", ".join(ended),
+            )
         self.service.spools.spill()  # finished output to disk, readable after we are gone
         self.stop(keep_specs=True)
+
+    def _running_executions(self) -> list[str]:
+        return [
+            t.current.execution_id for t in self.service.terminals.values() if t.current is not None
+        ]
 
     def _working(self) -> bool:
         """A command runs, or a request taken before the drain has not been answered (it
@@ -717,11 +771,12 @@ class TerminalHost:
         self._release_lock()
 
 
-async def _take_lock(places: HostPlaces) -> int:
+async def _take_lock(places: HostPlaces, wait: float) -> int:
     """The host's lock, held for its life. Exits (status 0) when a live host answers; waits
     while one drains (it no longer listens but still holds the lock)."""
     fd = open_private_file(places.lock, os.O_RDWR, create=True)
-    deadline = asyncio.get_running_loop().time() + DRAIN_LIMIT
+    # A predecessor that drains holds it for its drain bound and its hand-over at most.
+    deadline = asyncio.get_running_loop().time() + wait
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -736,30 +791,22 @@ async def _take_lock(places: HostPlaces) -> int:
     return fd
 
 
-def host_pid(places: HostPlaces) -> int | None:
-    """The pid of the host holding the lock, or None when no host holds it."""
-    try:
-        fd = open_private_file(places.lock, os.O_RDWR)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else None
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
 async def run_host(
-    state_dir: Path, workspace: Path, *, shell: str | None = None, linger: float = 300.0
+    state_dir: Path,
+    workspace: Path,
+    *,
+    shell: str | None = None,
+    linger: float = 300.0,
+    drain_limit: float = DRAIN_LIMIT,
 ) -> None:
     places = host_places(state_dir, workspace)
     host = TerminalHost(
-        places, workspace=workspace, state_dir=state_dir, default_shell=shell, linger=linger
+        places,
+        workspace=workspace,
+        state_dir=state_dir,
+        default_shell=shell,
+        linger=linger,
+        drain_limit=drain_limit,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -786,10 +833,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workspace", type=Path, required=True)
     p.add_argument("--shell")
     p.add_argument("--linger", type=float, default=300.0)
+    p.add_argument("--drain-limit", type=float, default=DRAIN_LIMIT)
+    p.add_argument("--log-max-bytes", type=int, default=MAX_BYTES)
+    p.add_argument("--log-backups", type=int, default=BACKUPS)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s host %(process)d %(levelname)s %(message)s"
-    )
+    # The log (and stderr) to host.log, rotated: a host may run for weeks.
+    places = host_places(args.state_dir.absolute(), args.workspace.resolve())
+    bounded_log(places.log, max_bytes=max(args.log_max_bytes, 1024), backups=args.log_backups)
     from lapce_bridge.ipc.serve_cmd import run
 
     run(
@@ -798,6 +848,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.workspace.resolve(),
             shell=args.shell,
             linger=args.linger,
+            drain_limit=args.drain_limit,
         )
     )
     return 0

@@ -50,9 +50,9 @@ from lapce_bridge.core.degradation import QualityChanged
 from lapce_bridge.core.errors import TerminalError, Unavailable
 from lapce_bridge.core.events import EventBus
 from lapce_bridge.core.relief import Relief
-from lapce_bridge.host import link
+from lapce_bridge.host import STOP_HOST, link
 from lapce_bridge.host.attach import HostRefused, hello, open_link, start_host
-from lapce_bridge.host.places import HostPlaces, host_places
+from lapce_bridge.host.places import HostPlaces, host_pid, host_places
 from lapce_bridge.ipc.jsonrpc import error_from_wire
 from lapce_bridge.rpc import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -75,6 +75,14 @@ Incident = Callable[[str, float, float, bool, str], None]
 """(subject, started, ended, recovered, detail): a terminal-host incident for the server."""
 
 ATTACH_WITHIN = 30.0
+STOP_WITHIN = 30.0  # for the host to close its terminals and exit once it said it stops
+
+
+def _stop_limit(params: dict[str, Any]) -> float:
+    """`terminal/stopHost` waits for running commands up to its own `timeoutMs`."""
+    waited = params.get("timeoutMs")
+    seconds = waited / 1000.0 if type(waited) is int and waited > 0 else 30.0
+    return seconds + STOP_WITHIN + ATTACH_WITHIN
 
 
 class ServerLink(asyncio.Protocol):
@@ -210,6 +218,7 @@ class HostProxy:
         self._draining: set[ServerLink] = set()
         self._wanted: asyncio.Event | None = None  # set by the first terminal request
         self._stats: ServiceStats | None = None  # the host's, as it last told them
+        self._stats_wire: bytes = b""  # ...as they came, read when they are asked for
 
     # -- Service ---------------------------------------------------------------------------
     async def __aenter__(self) -> HostProxy:
@@ -235,15 +244,38 @@ class HostProxy:
     def methods(self) -> dict[str, Method]:
         # idempotent: the host keeps every key at most once (its own journal), so the
         # server's dispatcher checks a key and passes it on, journalling and joining nothing.
-        return {
+        forwarded = {
             name: make_method(self._forwarder(name), limit=limit, idempotent=True)
             for name, limit in self._limits.items()
         }
+        return {**forwarded, STOP_HOST: make_method(self._stop_host, limit=_stop_limit)}
+
+    async def _stop_host(self, params: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        """`terminal/stopHost`: the host stops (`TerminalHost._stop_on_request` says what
+        becomes of running commands); answered once it has exited. No host running: nothing
+        to stop (none is started for it). The next terminal request starts a new one."""
+        lk = self._link
+        if lk is None or lk.transport is None:
+            if self.places is None:
+                self.places = await asyncio.to_thread(host_places, self.state_dir, self.workspace)
+            if host_pid(self.places) is None:
+                return {"stopped": False, "terminals": [], "ended": []}
+            lk = await self.ready()
+        answer = await self._call(lk, "host/stop", params, None)
+        assert self.places is not None  # attached: its places are known
+        async with self.clock.timeout(STOP_WITHIN):
+            while host_pid(self.places) is not None:  # its lock goes last: all closed
+                await self.clock.sleep(0.02)
+        return {"stopped": True, **answer}
 
     def statistics(self) -> ServiceStats | None:
         """The host's terminal statistics as it last told them (it tells each change); None
         while no host is attached (the gauges then show no terminal figures)."""
-        return self._stats if self._link is not None else None
+        if self._link is None:
+            return None
+        if self._stats_wire:  # read here, not as they come: the types load on first use
+            self._stats, self._stats_wire = _service_stats(link.value_of(self._stats_wire)), b""
+        return self._stats
 
     def relief(self) -> Relief:
         """Memory pressure reaches the host: its finished spools go to disk, idle terminals
@@ -421,7 +453,7 @@ class HostProxy:
         elif kind == "stopping":
             lk.stopped = True
         elif kind == "stats":
-            self._stats = _service_stats(link.value_of(payload))
+            self._stats_wire = payload
         elif kind == "welcome" and not lk.greeted.done():
             lk.greeted.set_result(header)
         elif kind == "refused" and not lk.greeted.done():
@@ -493,7 +525,7 @@ class HostProxy:
 
 
 def _service_stats(value: Any) -> ServiceStats | None:
-    # Loaded on the first figures the host sends, not when the server starts.
+    # Loaded when the figures are first read, not when the server starts or attaches.
     from lapce_bridge.terminal.service import ServiceStats
     from lapce_bridge.terminal.spool import SpoolStats
     from lapce_bridge.terminal.stream import StreamStats

@@ -208,7 +208,8 @@ class Dispatcher:
         self._passed_keys: dict[RequestId, str] = {}  # keys an idempotent handler keeps itself
         self._cancelled_ids: set[RequestId] = set()
         self._owned: set[asyncio.Task[Any]] = set()  # batch members, notifications' work
-        self._held: list[Callable[[], None]] | None = None  # waiting for the services
+        # Waiting for the services, with the method each waits for (None: a batch).
+        self._held: list[tuple[str | None, Callable[[], None]]] | None = None
         self.requests = 0
 
     @property
@@ -340,27 +341,37 @@ class Dispatcher:
         everything after a message that waits: the order of one connection is kept."""
         return self._held is not None or name not in self.state.served_while_opening
 
-    def _hold(self, handle: Callable[[], None]) -> None:
+    def _hold(self, name: str | None, handle: Callable[[], None]) -> None:
         if self._held is None:
-            self._held = [handle]
+            self._held = [(name, handle)]
             self._own(self._release_when_open())  # owned: cancelled if the connection goes
         else:
-            self._held.append(handle)
+            self._held.append((name, handle))
 
     async def _release_when_open(self) -> None:
-        opening = self.state.opening
-        if opening is not None:
+        state = self.state
+        while (opening := state.opening) is not None:
             with contextlib.suppress(Exception):  # a failed start is answered "shutting down"
-                await asyncio.shield(opening)
+                await asyncio.shield(state.serving_changed or opening)
+            if state.opening is None:
+                break
+            # A service opened before the others: what heads the queue for it goes now.
+            held = self._held or []
+            while held and held[0][0] in state.served_while_opening:
+                self._held = None  # so that it is served, not held again
+                held.pop(0)[1]()
+            self._held = held or None
+            if not held:
+                return
         held, self._held = self._held or [], None
-        for handle in held:
+        for _, handle in held:
             handle()
 
     # -- requests (continued) ----------------------------------------------------------------
     def request(self, req: Request) -> None:
         state = self.state
         if state.opening is not None and self._must_wait(req.method):
-            self._hold(lambda: self.request(req))
+            self._hold(req.method, lambda: self.request(req))
             return
         self.requests += 1
         method = state.methods.get(req.method)
@@ -455,7 +466,7 @@ class Dispatcher:
     # -- notifications ------------------------------------------------------------------------
     def notification(self, note: Notification) -> None:
         if self.state.opening is not None and self._must_wait(note.method):
-            self._hold(lambda: self.notification(note))
+            self._hold(note.method, lambda: self.notification(note))
             return
         if note.method == CANCEL:
             self._on_cancel(note.params)
@@ -506,7 +517,7 @@ class Dispatcher:
     # -- batches ----------------------------------------------------------------------------
     def batch(self, batch: Batch) -> None:
         if self.state.opening is not None:
-            self._hold(lambda: self.batch(batch))
+            self._hold(None, lambda: self.batch(batch))
             return
         limits = self.state.limits
         if len(batch.items) > limits.max_batch:

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -61,6 +62,10 @@ class Reattach:
         self._pending_keys: set[str] = set()  # streamed executes not yet seen to output
         self._watches: dict[str, dict[str, Any]] = {}  # the params each was made with
         self._task: asyncio.Task[None] | None = None
+        # Outputs delivered whole, lately: a streamed execution sent with recovery is resumed
+        # by its id and by its key (nothing says they are one until the key's answer), and
+        # the repeat must not start it over.
+        self._done: deque[str] = deque(maxlen=256)
         self.reattached = 0
         for method in STREAMS:
             link.on_notification(method, partial(self._receive, method))
@@ -118,6 +123,8 @@ class Reattach:
         if not isinstance(execution_id, str):
             self._deliver(method, params)
             return
+        if execution_id in self._done:
+            return  # a repeat of a finished output (resumed by its id and by its key too)
         out = self._outputs.setdefault(execution_id, _Output())
         seq = params["seq"]
         if seq <= out.seq:
@@ -139,6 +146,7 @@ class Reattach:
             out = self._outputs.get(params.get("executionId"))  # type: ignore[arg-type]
             if out is not None and not out.held and not out.reading:
                 del self._outputs[params["executionId"]]
+                self._done.append(params["executionId"])
 
     # -- after a reconnect --------------------------------------------------------------------
     def reconnected(self) -> None:
@@ -185,6 +193,8 @@ class Reattach:
                 continue  # keyed, no output yet: its notifications come here from now on
             if isinstance(key, str):
                 self._pending_keys.discard(key)
+            if execution_id in self._done:
+                continue  # delivered whole already (resumed by its id in this same call)
             out = self._outputs.setdefault(execution_id, _Output(key=key))
             overflow = stream.get("overflow")
             if overflow is not None and overflow["toSeq"] > out.seq:
@@ -193,6 +203,7 @@ class Reattach:
             # The replay came before this answer: a finished stream is then whole.
             if stream.get("finished") and out.seq >= stream.get("lastSeq", 0) and not out.held:
                 self._outputs.pop(execution_id, None)
+                self._done.append(execution_id)
 
     async def _read_gap(self, execution_id: str, out: _Output, overflow: dict[str, Any]) -> None:
         """Deliver the bytes the ring lost, read from the spool, as one notification."""

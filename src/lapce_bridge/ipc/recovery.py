@@ -369,6 +369,12 @@ class RecoveryPath:
                     )
                 )
                 return
+            supervisor = self.link.supervisor
+            if supervisor is not None and supervisor.starting():
+                # Our own server is starting: it binds its socket within a moment, and a
+                # refused local connect costs microseconds: poll at the first delay, not at a
+                # backoff that would find it up to `max_delay` late.
+                delay = min(delay, self.retry.initial_delay)
             await clock.sleep(delay)
         if self._closed:
             return

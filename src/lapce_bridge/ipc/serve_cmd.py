@@ -157,9 +157,11 @@ async def _serve(
         journal=journal,
         shutdown_grace=opts.shutdown_grace,
     )
-    # Listening comes first: the services open behind it (`ping` is answered meanwhile, and
-    # what needs them waits for them), so an editor's first answer does not pay for them.
-    server.hold_until_open()
+    # Listening comes first: the services open behind it (`initialize` and `ping` are
+    # answered meanwhile, each service's methods from the moment it is open, and what needs
+    # a service waits for it), so an editor's first answer does not pay for them.
+    server.hold_until_open(app.method_names())
+    app.on_open(server.serve_early)
     async with contextlib.AsyncExitStack() as stack:
         opening: asyncio.Task[None] | None = None
         stop_exporter: Callable[[], Awaitable[None]] | None = None

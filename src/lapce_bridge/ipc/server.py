@@ -26,7 +26,7 @@ import itertools
 import logging
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
@@ -123,6 +123,7 @@ class BridgeServer:
         self.idempotency = Idempotency(self.journal, elsewhere)
         builtins = self._builtins()
         self._builtin_names = frozenset(builtins)
+        self._promised: frozenset[str] = frozenset()  # what `initialize` lists while opening
         self.state = ServerState(
             clock=self.clock,
             methods={**app.methods, **builtins},
@@ -168,7 +169,7 @@ class BridgeServer:
                 "serverInfo": {"name": SERVER_NAME, "version": __version__},
                 "protocolVersion": PROTOCOL_VERSION,
                 "capabilities": {
-                    "methods": sorted(self.state.methods),
+                    "methods": sorted({*self.state.methods, *self._promised}),
                     "batches": True,
                     "cancelRequest": ["id", "idempotencyKey"],
                     "idempotency": True,
@@ -192,18 +193,46 @@ class BridgeServer:
         }
 
     # -- services opening after the listener ---------------------------------------------------
-    def hold_until_open(self) -> None:
+    def hold_until_open(self, names: Iterable[str] | None = None) -> None:
         """The app is not open yet: answer `ping`, `shutdown` and `exit` (they need nothing
-        of it), and let everything else wait for `opened()` (`initialize` lists the methods
-        and features; `health/get` reports what opening restores, the SLOs, incidents)."""
+        of it), and let everything else wait for `opened()` (`health/get` reports what
+        opening restores, the SLOs, incidents). `initialize` lists the methods: it is answered
+        at once when `names` says every method the app will serve, else it waits too."""
         if self.state.opening is None:
-            self.state.served_while_opening = frozenset(("ping", "shutdown", "exit"))
-            self.state.opening = asyncio.get_running_loop().create_future()
+            early = {"ping", "shutdown", "exit"}
+            if names is not None:
+                self._promised = frozenset(names)
+                early.add("initialize")
+            self.state.served_while_opening = frozenset(early)
+            loop = asyncio.get_running_loop()
+            self.state.opening = loop.create_future()
+            self.state.serving_changed = loop.create_future()
+
+    def serve_early(self, methods: Mapping[str, Method]) -> None:
+        """A service of the app is open before the others: its methods are served from now
+        (a request for one waits only behind what this connection sent before it)."""
+        if self.state.opening is None:
+            return  # all open already: `opened()` added them
+        for name, entry in methods.items():
+            if name not in self._builtin_names:
+                self.state.methods[name] = entry
+        self.state.served_while_opening = self.state.served_while_opening | methods.keys()
+        self._serving_changed()
+
+    def _serving_changed(self) -> None:
+        """Wake what waits for methods to join (`Dispatcher`), once for each change."""
+        changed = self.state.serving_changed
+        self.state.serving_changed = (
+            asyncio.get_running_loop().create_future() if self.state.opening is not None else None
+        )
+        if changed is not None and not changed.done():
+            changed.set_result(None)
 
     def opened(self, error: BaseException | None = None) -> None:
         """The services are open: their methods join the table and what waited runs. With
         `error` they failed: the server shuts down, and what waited is answered so."""
         opening, self.state.opening = self.state.opening, None
+        self._promised = frozenset()  # the table itself is complete from here on
         if error is None:
             for name, entry in self.app.methods.items():
                 if name not in self._builtin_names:
@@ -216,6 +245,7 @@ class BridgeServer:
                 opening.set_result(None)
             else:
                 opening.set_exception(error)
+        self._serving_changed()
 
     # -- connections ----------------------------------------------------------------------
     @property

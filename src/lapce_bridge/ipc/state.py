@@ -8,7 +8,8 @@ through `Peer`), so the import graph runs one way: server -> connection -> dispa
 
 While `opening` is set (a server answers `ping` before its services are open), every message
 but those `served_while_opening`, and every message after one that waits, wait for it on
-their connection, in the order they came.
+their connection, in the order they came; a service that opens before the others adds its
+methods to `served_while_opening` (`serving_changed`), and what waits for them goes then.
 
 Invariants: the method table's keys are the only names an operation has (timeouts, health
 targets, metrics, logs, alerts); `shutting_down` only ever goes from False to True; a peer is
@@ -143,6 +144,9 @@ class ServerState:
         # what needs them waits for it, in order (`Dispatcher`); None once the table is whole.
         self.opening: asyncio.Future[None] | None = None
         self.served_while_opening: frozenset[str | None] = frozenset()
+        # Resolved (and replaced) each time methods join while opening: a service open
+        # before the others; what waits at the head of a connection for them may go.
+        self.serving_changed: asyncio.Future[None] | None = None
         self._on_stdio_closed = on_stdio_closed
         self._on_error = on_error
         self.auth_failure_streak = 0  # failed authentications since the last success

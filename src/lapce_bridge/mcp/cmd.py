@@ -89,15 +89,19 @@ async def serve_stdio(workspace: Path | None, state_dir: Path | None, shell: str
     from mcp.server.stdio import stdio_server
 
     from lapce_bridge.mcp.server import Backend, build_server
-    from lapce_bridge.mcp.stdio import pipe_stdio, watchable
+    from lapce_bridge.mcp.stdio import pipe_stdio, serve_pipes, watchable
 
     backend = Backend(workspace=workspace, state_dir=state_dir, shell=shell)
     server = build_server(backend)
-    transport = pipe_stdio if watchable(0) and watchable(1) else stdio_server
     try:
-        async with transport() as (read, write):
-            print("lapce-bridge: MCP on stdio", file=sys.stderr, flush=True)
-            await server.run(read, write, server.create_initialization_options())
+        if watchable(0) and watchable(1):
+            async with pipe_stdio() as (lines_in, lines_out):
+                print("lapce-bridge: MCP on stdio", file=sys.stderr, flush=True)
+                await serve_pipes(server, lines_in, lines_out)
+        else:
+            async with stdio_server() as (read, write):
+                print("lapce-bridge: MCP on stdio", file=sys.stderr, flush=True)
+                await server.run(read, write, server.create_initialization_options())
     finally:
         await backend.aclose()
 

@@ -18,9 +18,11 @@ fallbackAvailable, ...data}}`.
 
 Long commands: when the client sent a progress token with `run_command`, the command's
 output is streamed from the terminal and the newest lines go out as progress
-notifications, at most one per `PROGRESS_INTERVAL` on the App's clock. Cancelling the
-request (`notifications/cancelled`) cancels the handler, which sends `$/cancelRequest` for
-its request: the command is interrupted (SIGINT to the foreground group) as for any client.
+notifications, at most one per `PROGRESS_INTERVAL` on the App's clock: scoped to the
+request for a plain call, on the connection for a call run as a task (its request was
+answered at once; the token stays valid for the task's life). Cancelling the request
+(`notifications/cancelled`) cancels the handler, which sends `$/cancelRequest` for its
+request: the command is interrupted (SIGINT to the foreground group) as for any client.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import BridgeError, InvalidParams, MethodNotFound, to_bridge_error
 from lapce_bridge.ipc.server import BridgeServer
 from lapce_bridge.mcp.channel import Channel
-from lapce_bridge.mcp.tasks import TASK_TOOLS, TaskMiddleware
+from lapce_bridge.mcp.tasks import TASK_TOOLS, Run, TaskMiddleware
 from lapce_bridge.mcp.tools import BY_NAME, TOOLS, Tool, object_schema, output_schema, to_snake
 from lapce_bridge.schema.validate import describe
 
@@ -160,12 +162,16 @@ def _local_folder(uri: str) -> Path | None:
     return path if path.is_dir() else None
 
 
+Report = Callable[[float, str], Awaitable[None]]
+"""Sends one progress notification of a call: (progress so far, message)."""
+
+
 class ProgressLines:
     """Keeps the newest output lines of a running command and reports them as progress."""
 
-    def __init__(self, ctx: ServerRequestContext[Any, Any], app: App) -> None:
-        self._ctx = ctx
-        self._clock = app.clock
+    def __init__(self, report: Report, clock: Clock) -> None:
+        self._report = report
+        self._clock = clock
         self._tail = ""
         self._chunks = 0
         self._task: asyncio.Task[None] | None = None
@@ -181,7 +187,7 @@ class ProgressLines:
         self._task = None
         lines = self._tail.splitlines()[-PROGRESS_LINES:]
         with contextlib.suppress(Exception):  # the client may be gone; the command is not
-            await self._ctx.session.report_progress(float(self._chunks), None, "\n".join(lines))
+            await self._report(float(self._chunks), "\n".join(lines))
 
     def close(self) -> None:
         if self._task is not None:
@@ -194,6 +200,33 @@ def _progress_token(ctx: ServerRequestContext[Any, Any]) -> Any:
     if not meta:
         return None
     return meta.get("progress_token", meta.get("progressToken"))
+
+
+def request_progress(ctx: ServerRequestContext[Any, Any]) -> Report | None:
+    """Progress of the request `ctx` is, while it runs; None when its caller asked none."""
+    if _progress_token(ctx) is None:
+        return None
+    session = ctx.session
+
+    async def report(progress: float, message: str) -> None:
+        await session.report_progress(progress, None, message)
+
+    return report
+
+
+def task_progress(ctx: ServerRequestContext[Any, Any]) -> Report | None:
+    """Progress of a call run as a task, sent on the connection under the token of the
+    request that started it (that request is answered at once, its own channel closed);
+    None when its caller asked none."""
+    token = _progress_token(ctx)
+    if token is None:
+        return None
+    session = ctx.session
+
+    async def report(progress: float, message: str) -> None:
+        await session.send_progress_notification(token, progress, None, message)
+
+    return report
 
 
 def error_result(exc: BaseException, tool: str) -> dict[str, Any]:
@@ -226,11 +259,10 @@ def tool_result(structured: dict[str, Any]) -> dict[str, Any]:
 
 async def call_tool(
     backend: Backend, tool: Tool, arguments: dict[str, Any] | None,
-    ctx: ServerRequestContext[Any, Any] | None = None, *, progress_allowed: bool = True,
+    ctx: ServerRequestContext[Any, Any] | None = None, *, report: Report | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Run one tool call through the backend's server; its structured result, or the
-    call's BridgeError. Progress goes to `ctx`'s request (not for a task: that request is
-    answered at once)."""
+    call's BridgeError. A running command's output goes to `report` as progress."""
     try:
         inp = msgspec.convert(arguments or {}, tool.input)
     except msgspec.ValidationError as exc:
@@ -241,13 +273,8 @@ async def call_tool(
         raise InvalidParams(f"{tool.name}: {exc}") from None
     channel = await backend.channel(ctx)
     progress: ProgressLines | None = None
-    if (
-        tool.name == "run_command"
-        and progress_allowed
-        and ctx is not None
-        and _progress_token(ctx) is not None
-    ):
-        progress = ProgressLines(ctx, await backend.app(ctx))
+    if tool.name == "run_command" and report is not None:
+        progress = ProgressLines(report, (await backend.app(ctx)).clock)
         params["stream"] = True
     try:
         result = await channel.call(method_name, params, progress)
@@ -281,9 +308,6 @@ def tool_list() -> list[types.Tool]:
     ]
 
 
-Answer = Callable[..., Awaitable[dict[str, Any]]]
-
-
 class ToolCallLane:
     """The SDK server middleware that answers a well-formed `tools/call` itself.
 
@@ -300,7 +324,7 @@ class ToolCallLane:
     still answers what is malformed with its own errors.
     """
 
-    def __init__(self, answer: Answer) -> None:
+    def __init__(self, answer: Run) -> None:
         self._answer = answer
 
     async def __call__(
@@ -345,16 +369,13 @@ def build_server(backend: Backend, *, clock: Clock = SYSTEM_CLOCK) -> Server[Any
         name: str,
         arguments: dict[str, Any] | None,
         ctx: ServerRequestContext[Any, Any],
-        *,
-        progress_allowed: bool = True,
+        report: Report | None,
     ) -> dict[str, Any]:
         tool = BY_NAME.get(name)
         if tool is None:
             return error_result(MethodNotFound(f"no tool {name!r}; see tools/list"), name)
         try:
-            structured = await call_tool(
-                backend, tool, arguments, ctx, progress_allowed=progress_allowed
-            )
+            structured = await call_tool(backend, tool, arguments, ctx, report=report)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -366,13 +387,18 @@ def build_server(backend: Backend, *, clock: Clock = SYSTEM_CLOCK) -> Server[Any
     async def on_call_tool(
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
-        wire = await answer(params.name, params.arguments, ctx)
+        wire = await answer(params.name, params.arguments, ctx, request_progress(ctx))
         return types.CallToolResult.model_validate(wire, by_name=False)
+
+    async def in_request(
+        name: str, arguments: dict[str, Any] | None, ctx: ServerRequestContext[Any, Any]
+    ) -> dict[str, Any]:
+        return await answer(name, arguments, ctx, request_progress(ctx))
 
     async def as_task(
         name: str, arguments: dict[str, Any] | None, ctx: ServerRequestContext[Any, Any]
     ) -> dict[str, Any]:
-        return await answer(name, arguments, ctx, progress_allowed=False)
+        return await answer(name, arguments, ctx, task_progress(ctx))
 
     server: Server[Any] = Server(
         "lapce-bridge",
@@ -388,7 +414,7 @@ def build_server(backend: Backend, *, clock: Clock = SYSTEM_CLOCK) -> Server[Any
     server.middleware.clear()
     tasks = TaskMiddleware(as_task, clock)
     server.middleware.append(tasks)
-    server.middleware.append(ToolCallLane(answer))
+    server.middleware.append(ToolCallLane(in_request))
     backend.on_close(tasks.aclose)
     return server
 
@@ -399,6 +425,8 @@ __all__ = [
     "build_server",
     "call_tool",
     "error_result",
+    "request_progress",
+    "task_progress",
     "tool_list",
     "tool_result",
 ]

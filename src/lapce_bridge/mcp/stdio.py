@@ -10,6 +10,17 @@ message models, `send` writes one line. No threads, no memory-object streams and
 tasks between the pipes and the SDK's dispatcher (each cost task switches on every
 message).
 
+The connection is served in the protocol era the client's first request opens, as the
+SDK's `Server.run` does, but without its relay: `Server.run` reads that request ahead and
+then copies every later message through a memory stream and a task of its own into the
+dispatcher (a task switch on every message, about a fifth of the server's CPU for a small
+call). Here the reader itself keeps what it read ahead (`LineReader.opening_request`), so a
+handshake connection (the client opens with `initialize`, as every client of the 2025 eras
+does) goes straight to the SDK's own handshake loop (`serve_loop`, the one its Streamable
+HTTP sessions run) on these streams; a connection opened with a 2026-07-28 envelope takes
+`Server.run`'s path unchanged (`serve_pipes`). On a handshake connection a request carrying
+that envelope is refused as `Server.run` refuses it (`refuse_envelopes`).
+
 As with the SDK's transport, fd 0 points at the null device and fd 1 at stderr while
 serving, so children and stray prints never touch the wire; both are restored on exit.
 When stdin or stdout is not a pipe, socket or terminal (a regular file), asyncio cannot
@@ -21,18 +32,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import stat
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import anyio
 import mcp_types as types
 import orjson
 from anyio.abc import AsyncResource
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.lowlevel import Server
+from mcp.server.runner import serve_loop
+from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+
+log = logging.getLogger("lapce_bridge.mcp")
 
 LINE_LIMIT = 256 * 1024 * 1024  # one message a line; a write_file of a big file is one line
+LEAD_LIMIT = 8  # frames kept from before the first request (the SDK's replay keeps as many)
 
 
 def watchable(fd: int) -> bool:
@@ -83,8 +104,31 @@ class LineReader(AsyncResource):
     def __init__(self, reader: asyncio.StreamReader) -> None:
         self._reader = reader
         self._closed = False
+        self._ahead: deque[SessionMessage | Exception] = deque()
+
+    async def opening_request(self) -> types.JSONRPCRequest | None:
+        """The client's first request, read ahead: it and what came before it (up to
+        `LEAD_LIMIT` frames; more are dropped, as the SDK's replay drops them) are what
+        `receive` gives next. None when the pipe closes before a request."""
+        while True:
+            try:
+                item = await self._read()
+            except anyio.EndOfStream:
+                return None
+            if isinstance(item, SessionMessage) and isinstance(item.message, types.JSONRPCRequest):
+                self._ahead.append(item)
+                return item.message
+            if len(self._ahead) >= LEAD_LIMIT:
+                log.debug("dropped a frame received before the first request: %r", item)
+                continue
+            self._ahead.append(item)
 
     async def receive(self) -> SessionMessage | Exception:
+        if self._ahead:
+            return self._ahead.popleft()
+        return await self._read()
+
+    async def _read(self) -> SessionMessage | Exception:
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
@@ -137,6 +181,48 @@ class LineWriter(AsyncResource):
                 await self._writer.drain()  # what is written goes out before the pipe closes
 
 
+def opens_modern(request: types.JSONRPCRequest | None) -> bool:
+    """Whether a connection's first request opens the 2026-07-28 era (the SDK's own test:
+    anything but `initialize`, carrying the envelope's protocol version)."""
+    return request is not None and request.method != "initialize" and _enveloped(request.params)
+
+
+def _enveloped(params: Mapping[str, Any] | None) -> bool:
+    meta = (params or {}).get("_meta")
+    return isinstance(meta, Mapping) and types.PROTOCOL_VERSION_META_KEY in meta
+
+
+async def refuse_envelopes(
+    ctx: ServerRequestContext[Any, Any], call_next: CallNext
+) -> HandlerResult:
+    """The server middleware that refuses, on a handshake connection, a request carrying
+    the 2026-07-28 envelope, with `Server.run`'s own error (INVALID_REQUEST, its words)."""
+    if (
+        ctx.method != "initialize"
+        and ctx.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS
+        and _enveloped(ctx.params)
+    ):
+        raise MCPError(
+            code=types.INVALID_REQUEST,
+            message="this connection serves the handshake protocol era; "
+            "requests carrying the 2026-07-28 envelope are not accepted on it",
+        )
+    return await call_next(ctx)
+
+
+async def serve_pipes(server: Server[Any], read: LineReader, write: LineWriter) -> None:
+    """Serve one stdio connection until the client closes it, in the era its first request
+    opens (see the module docstring)."""
+    options = server.create_initialization_options()
+    if opens_modern(await read.opening_request()):
+        await server.run(read, write, options)
+        return
+    # Outermost: an enveloped call must not reach the middleware that would answer it.
+    server.middleware.insert(0, refuse_envelopes)
+    async with server.lifespan(server) as state:
+        await serve_loop(server, read, write, lifespan_state=state, init_options=options)
+
+
 @contextlib.asynccontextmanager
 async def pipe_stdio() -> AsyncIterator[tuple[LineReader, LineWriter]]:
     """The (read, write) streams `Server.run` takes, served on fd 0 and fd 1."""
@@ -163,4 +249,13 @@ async def pipe_stdio() -> AsyncIterator[tuple[LineReader, LineWriter]]:
             out_transport.close()
 
 
-__all__ = ["LineReader", "LineWriter", "encode", "pipe_stdio", "watchable"]
+__all__ = [
+    "LineReader",
+    "LineWriter",
+    "encode",
+    "opens_modern",
+    "pipe_stdio",
+    "refuse_envelopes",
+    "serve_pipes",
+    "watchable",
+]

@@ -16,6 +16,11 @@ checks and owns what it returns (`TaskMiddleware`):
   with `_meta["io.modelcontextprotocol/related-task"]`; `tasks/cancel` cancels the call
   (its `$/cancelRequest` interrupts the command, as for any client) and answers the task,
   `cancelled`; `tasks/list` lists them.
+- While it runs, a command started with a progress token sends its newest output lines as
+  `notifications/progress` under that token (`run` is handed the request's context and
+  sends them on the connection, the starting request being answered already); when the
+  task ends, `notifications/tasks/status` carries the task (its final status) to the
+  client, so a client need not poll to learn it.
 
 Invariants: a task's status only moves from `working` to one terminal status (`completed`,
 also for a tool error, which is a result with `isError`; `failed` when the call itself
@@ -31,7 +36,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -60,6 +65,26 @@ Run = Callable[
 `CallToolResult`."""
 
 
+Announce = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
+"""Sends `notifications/tasks/status` with a task (its wire form) to the client."""
+
+
+def status_announcer(ctx: ServerRequestContext[Any, Any]) -> Announce:
+    """Status notifications for the tasks a request starts, on its connection; a client gone
+    or a closed stream drops them (they are a courtesy: `tasks/get` tells the same)."""
+    session = ctx.session
+
+    async def announce(task: dict[str, Any]) -> None:
+        params = types.TaskStatusNotificationParams.model_validate(task, by_name=False)
+        notification = types.TaskStatusNotification(params=params)
+        # The SDK's union of server notifications leaves this 2025-11-25 one out (its types
+        # exist, its sending is left to servers); `send_notification` dumps any model.
+        with contextlib.suppress(Exception):
+            await session.send_notification(notification)  # type: ignore[arg-type]
+
+    return announce
+
+
 def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
@@ -76,6 +101,7 @@ class _Task:
     result: dict[str, Any] | None = None
     job: asyncio.Task[Any] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    announce: Announce | None = None  # tells the client of a change of status
 
     def wire(self) -> dict[str, Any]:
         task = types.Task(
@@ -90,11 +116,14 @@ class _Task:
         dumped: dict[str, Any] = task.model_dump(by_alias=True, mode="json", exclude_none=True)
         return dumped
 
-    def finish(self, status: str, wall: float, message: str | None = None) -> None:
+    def finish(self, status: str, wall: float, message: str | None = None) -> bool:
+        """Moves to a terminal `status`; False when the task had one already (cancelled
+        while its last step ran)."""
         if self.status != "working":
-            return  # terminal already (cancelled while its last step ran)
+            return False
         self.status, self.message, self.updated = status, message, wall
         self.done.set()
+        return True
 
 
 class TaskMiddleware:
@@ -105,6 +134,7 @@ class TaskMiddleware:
         self._clock = clock
         self._wall = wall
         self._tasks: dict[str, _Task] = {}
+        self._announcing: set[asyncio.Task[None]] = set()
 
     async def __call__(
         self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
@@ -150,6 +180,7 @@ class TaskMiddleware:
         self._prune()
         now = self._wall()
         task = _Task(uuid.uuid4().hex, ttl, now, self._clock.now() + ttl / 1000)
+        task.announce = status_announcer(ctx)
         task.job = asyncio.get_running_loop().create_task(
             self._execute(task, str(name), params.get("arguments"), ctx)
         )
@@ -166,15 +197,23 @@ class TaskMiddleware:
         try:
             result = await self._run(name, arguments, ctx)
         except asyncio.CancelledError:
-            task.finish("cancelled", self._wall(), "cancelled")
+            self._finish(task, "cancelled", "cancelled")
             raise
         except Exception as exc:  # the call itself failed (a tool error is a result)
-            task.finish("failed", self._wall(), str(exc) or type(exc).__name__)
+            self._finish(task, "failed", str(exc) or type(exc).__name__)
             return
         meta = dict(result.get("_meta") or {})
         meta[RELATED_TASK] = {"taskId": task.task_id}
         task.result = {**result, "_meta": meta}
-        task.finish("completed", self._wall())
+        self._finish(task, "completed")
+
+    def _finish(self, task: _Task, status: str, message: str | None = None) -> None:
+        """Ends `task` with `status` and tells the client (once: the first end wins)."""
+        if not task.finish(status, self._wall(), message) or task.announce is None:
+            return
+        job = asyncio.get_running_loop().create_task(task.announce(task.wire()))
+        self._announcing.add(job)
+        job.add_done_callback(self._announcing.discard)
 
     def _find(self, params: dict[str, Any]) -> _Task:
         self._prune()
@@ -198,7 +237,7 @@ class TaskMiddleware:
             raise MCPError(
                 code=INVALID_PARAMS, message=f"task {task.task_id} is already {task.status}"
             )
-        task.finish("cancelled", self._wall(), "cancelled by the client")
+        self._finish(task, "cancelled", "cancelled by the client")
         if task.job is not None:
             task.job.cancel()  # the call's $/cancelRequest interrupts the command
         return task.wire()
@@ -217,7 +256,10 @@ class TaskMiddleware:
         for job in jobs:
             with contextlib.suppress(BaseException):
                 await job
+        for announcing in list(self._announcing):
+            with contextlib.suppress(BaseException):
+                await announcing
         self._tasks.clear()
 
 
-__all__ = ["CAPABILITY", "TASK_TOOLS", "TaskMiddleware"]
+__all__ = ["CAPABILITY", "TASK_TOOLS", "Announce", "Run", "TaskMiddleware", "status_announcer"]

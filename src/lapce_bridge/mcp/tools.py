@@ -529,22 +529,75 @@ def snake_names(kind: type[msgspec.Struct]) -> dict[str, str]:
     return names
 
 
-_PLAIN = (str, int, float, bool, type(None))
-
-
 def to_snake(value: Any) -> Any:
     """A Struct as JSON-ready builtins under its fields' Python names (the MCP side's
     snake_case), Structs inside it too; other values as `msgspec.to_builtins` gives them.
-    (`__struct_fields__` is the Struct's own tuple of names: `msgspec.structs.fields`
-    evaluates the annotations on every call, 0.5 ms a result.)"""
-    names = getattr(type(value), "__struct_fields__", None)
-    if names is not None:
-        return {name: to_snake(getattr(value, name)) for name in names}
-    if type(value) is list:
-        return [to_snake(item) for item in value]
-    if isinstance(value, _PLAIN):
-        return value
-    return msgspec.to_builtins(value)
+
+    `msgspec.to_builtins` builds the whole answer in C under the wire (camelCase) names;
+    then only the keys of Struct objects are renamed, along a plan made once per Struct
+    type (`_Plan`). A Struct whose names are the same on both sides, with none inside it
+    that differ (a search match: path, line, text), is left as built: a page of 1,000
+    matches is not walked at all. Walking the Struct field by field in Python instead cost
+    about three times as much for a command's result."""
+    plan = _plan(type(value)) if isinstance(value, msgspec.Struct) else None
+    built = msgspec.to_builtins(value)
+    return built if plan is None else plan.rename(built)
+
+
+@dataclass(slots=True)
+class _Plan:
+    """How one Struct type's built object is renamed: (wire name, Python name, the plan of
+    the Struct(s) its value holds, if any must be renamed); `fields` is None when the
+    object needs no renaming at all."""
+
+    fields: list[tuple[str, str, _Plan | None]] | None = None
+
+    def rename(self, built: dict[str, Any]) -> dict[str, Any]:
+        fields = self.fields
+        if fields is None:
+            return built
+        out: dict[str, Any] = {}
+        for wire, name, inner in fields:
+            if wire not in built:
+                continue
+            item = built[wire]
+            if inner is not None and item is not None:
+                item = [inner.rename(i) for i in item] if type(item) is list else inner.rename(item)
+            out[name] = item
+        return out
+
+
+_PLANS: dict[type, _Plan | None] = {}
+
+
+def _plan(kind: type) -> _Plan | None:
+    """The renaming plan of Struct type `kind` (None: nothing to rename), made once."""
+    if kind in _PLANS:
+        return _PLANS[kind]
+    plan = _Plan()
+    _PLANS[kind] = plan  # a Struct that holds itself (a folder's entries) finds it here
+    info = msgspec.inspect.type_info(kind)
+    assert isinstance(info, msgspec.inspect.StructType)
+    fields = [(f.encode_name, f.name, _inner_plan(f.type)) for f in info.fields]
+    if all(wire == name and inner is None for wire, name, inner in fields):
+        _PLANS[kind] = None
+        return None
+    plan.fields = fields
+    return plan
+
+
+def _inner_plan(t: msgspec.inspect.Type) -> _Plan | None:
+    """The plan for the Struct a field holds (itself, in a list, or optional), if any."""
+    if isinstance(t, msgspec.inspect.UnionType):
+        plans = [p for p in (_inner_plan(each) for each in t.types) if p is not None]
+        # Two Struct types in one field would need a tag to tell them apart; none has.
+        assert len(plans) <= 1, f"a field holds {len(plans)} kinds of Struct to rename"
+        return plans[0] if plans else None
+    if isinstance(t, msgspec.inspect.ListType):
+        return _inner_plan(t.item_type)
+    if isinstance(t, msgspec.inspect.StructType):
+        return _plan(t.cls)
+    return None
 
 
 def object_schema(kind: type[msgspec.Struct]) -> dict[str, Any]:

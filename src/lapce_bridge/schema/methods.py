@@ -155,6 +155,19 @@ class ResumeResult(Result):
     streams: list[dict[str, Any]]
 
 
+class StopHostParams(Params):
+    # "end": running commands are ended at once; "wait": they finish first (up to timeoutMs).
+    running: Literal["end", "wait"] = "end"
+    timeout_ms: Millis | None = None
+
+
+class StopHostResult(Result):
+    stopped: bool
+    terminals: list[str]  # closed
+    ended: list[str]  # executions that were running and were ended
+    pid: int | None = None
+
+
 class WaitParams(Params):
     execution_id: str
     timeout_ms: Millis | None = None
@@ -291,6 +304,8 @@ METHODS: dict[str, Spec] = {
     "terminal/close": Spec(TerminalParams, None, "Close a terminal."),
     "terminal/resume": Spec(ResumeParams, ResumeResult,
                             "Get the terminal/data a reconnected client missed, and the rest."),
+    "terminal/stopHost": Spec(StopHostParams, StopHostResult,
+                              "Stop the terminal host: its terminals close, none recreated."),
     "fs/read": Spec(ReadParams, ReadResult, "Read a file (cached, with recovery)."),
     "fs/write": Spec(WriteParams, WriteResult,
                      "Replace a file atomically, optionally only if unchanged."),

@@ -29,16 +29,27 @@ MiB = 1024 * 1024
 
 
 def methods(app: Any) -> dict[str, Method]:
-    store = _file_store(app)
-    faulty = FaultyFs(store.ops) if store is not None else None
-    if store is not None and faulty is not None:
-        store.ops = faulty
+    # Put between the file service and the disk the moment the service opens (the table is
+    # built before the services open: a server lists every method in its first answer).
+    faulty: list[FaultyFs] = []
+
+    def install(served: Any = None) -> None:
+        store = _file_store(app)
+        if not faulty and store is not None:
+            faulty.append(FaultyFs(store.ops))
+            store.ops = faulty[0]
+
+    install()  # already open: an app built by hand
+    on_open = getattr(app, "on_open", None)
+    if on_open is not None:
+        on_open(install)
     held: list[bytearray] = []
 
     def need_fs() -> FaultyFs:
-        if faulty is None:
+        install()
+        if not faulty:
             raise InvalidParams("this server has no file service")
-        return faulty
+        return faulty[0]
 
     def add(params: Params, ctx: CallContext) -> dict[str, int]:
         p = params if isinstance(params, dict) else {}
