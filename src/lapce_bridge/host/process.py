@@ -264,7 +264,13 @@ class HostLink(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            for header, payload in self.decoder.feed(data):
+            messages = self.decoder.feed(data)
+        except ValueError as exc:
+            log.error("link %d: a bad frame (%s); closing it", self.id, exc)
+            self.close()
+            return
+        try:
+            for header, payload in messages:
                 self.host.received(self, header, payload)
         except Exception:
             log.exception("link %d: a bad message; closing it", self.id)

@@ -109,8 +109,8 @@ class ServerLink(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             messages = self.decoder.feed(data)
-        except ValueError:
-            log.exception("terminal host link: a bad message; closing it")
+        except ValueError as exc:
+            log.error("terminal host link: a bad frame (%s); closing it", exc)
             self.close()
             return
         pending = self.pending
