@@ -603,12 +603,20 @@ async def _import_in_worker(*modules: str) -> None:
         # The loop takes the GIL back within 0.5 ms (not the default 5 ms) while the worker
         # imports: each step of a request served meanwhile (the terminal host's attach, a
         # client's first answers) would otherwise wait up to 5 ms for the importing thread.
-        interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(interval, 0.0005))
+        # Apps opening at once (tests) share the setting: the last one done restores it.
+        if not _importing:
+            _importing.append(sys.getswitchinterval())
+            sys.setswitchinterval(min(_importing[0], 0.0005))
+        _importing.append(0.0)
         try:
             await asyncio.to_thread(lambda: [importlib.import_module(name) for name in missing])
         finally:
-            sys.setswitchinterval(interval)
+            _importing.pop()
+            if len(_importing) == 1:
+                sys.setswitchinterval(_importing.pop())
+
+
+_importing: list[float] = []  # the switch interval to restore, then one entry per import
 
 
 def _wall_clock(clock: Clock) -> Callable[[], float]:

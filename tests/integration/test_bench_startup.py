@@ -1,5 +1,6 @@
 """The start-up bench rows time real processes: a server to its first ping and to its
-services open (a file request answered), against a bare interpreter."""
+services open (a file request answered), against a bare interpreter; and a restart after a
+real SIGKILL, step by step."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from lapce_bridge.bench.startup import GOAL_MS, run
 
 async def test_startup_row_times_a_real_server_against_a_bare_interpreter(tmp_path: Path) -> None:
     assert SUITES["startup"] == "lapce_bridge.bench.startup"
-    row, opened = await run(BenchContext(workdir=tmp_path, quick=True))
+    row, opened, *restart = await run(BenchContext(workdir=tmp_path, quick=True))
     assert row.suite == "startup"
     assert row.unit == "ms"
     assert row.samples == 3
@@ -25,3 +26,14 @@ async def test_startup_row_times_a_real_server_against_a_bare_interpreter(tmp_pa
     assert opened.extra["bare_ms"] == bare_ms
     assert opened.value == opened.extra["serve_ms"] - bare_ms
     assert "services open" in opened.name
+    # A restart, step by step from the SIGKILL, each step after the one before.
+    assert [r.name for r in restart] == [
+        "restart: SIGKILL to socket accepting",
+        "restart: SIGKILL to initialize answered",
+        "restart: SIGKILL to ping answered",
+        "restart: SIGKILL to old terminal usable",
+    ]
+    values = [r.value for r in restart]
+    assert all(v is not None and v > 0 for v in values)
+    assert values == sorted(values)  # type: ignore[type-var]
+    assert all(r.samples == 3 for r in restart)

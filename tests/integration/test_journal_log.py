@@ -191,3 +191,29 @@ def test_an_unreadable_earlier_journal_is_left_and_does_not_stop_the_start(
         journal.begin("k", "m")
     with IdempotencyJournal(tmp_path / "j.sqlite3") as journal:
         assert journal.get("k") is not None
+
+
+def test_rows_of_a_live_writer_are_not_pruned_nor_make_every_finish_prune(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j.journal"
+    with IdempotencyJournal(path, max_entries=10) as old:
+        for i in range(10):  # the bound's worth of finished rows, in a log that stays live
+            old.begin(f"old{i}", "m")
+            old.finish(f"old{i}", True, b"1")
+        with IdempotencyJournal(path, max_entries=10) as new:
+            rewrites = []
+            real_prune = new._prune
+
+            def counted() -> None:
+                rewrites.append(1)
+                real_prune()
+
+            new._prune = counted  # type: ignore[method-assign]
+            for i in range(20):
+                new.begin(f"new{i}", "m")
+                new.finish(f"new{i}", True, b"2")
+            assert all(new.get(f"old{i}") is not None for i in range(10))  # not ours to prune
+            assert new.get("new19") is not None
+            assert new.get("new0") is None  # ours were pruned
+            assert len(rewrites) <= 4  # not once per finish past the bound

@@ -388,7 +388,26 @@ async def test_keyed_work_survives_its_connection_dropping(tmp_path: Path) -> No
         assert retry["result"] == "released"
         assert srv.probe.started == 1
         assert srv.probe.count == 1
+        # Its answer had nowhere to go: not written, so not counted as a message lost.
+        assert srv.server.statistics().dropped_messages == 0
         await c2.close()
+
+
+async def test_a_keyed_request_cancelled_by_id_is_answered_and_recorded(tmp_path: Path) -> None:
+    async with running(tmp_path) as srv:
+        c = await srv.client()
+        c.request_nowait("test/wait", {"idempotencyKey": "by-id"}, msg_id=7)
+        await srv.probe.wait_started(1)
+        c.notify("$/cancelRequest", {"id": 7})
+        answer = await c.response(7)
+        assert answer["error"]["code"] == -32800
+        assert srv.probe.cancelled == 1
+        again = await c.request("test/wait", {"idempotencyKey": "by-id"})
+        assert again["error"]["code"] == -32800  # the recorded outcome, not a second run
+        assert srv.probe.started == 1
+        # The connection goes on: the next request on it runs and is answered.
+        assert (await c.request("ping"))["result"] == {"pong": True}
+        await c.close()
 
 
 async def test_client_that_reads_nothing_is_paused_then_disconnected(tmp_path: Path) -> None:

@@ -205,3 +205,27 @@ async def test_the_app_names_what_it_serves_before_opening_and_opens_the_termina
         assert not any(n.startswith("fs/") for n in terminals)
         assert "fs/read" in files
         assert not any(n.startswith("terminal/") for n in files)
+
+
+async def test_imports_in_the_worker_shorten_the_switch_interval_and_restore_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a worker imports the services' modules the loop gets the GIL back within 0.5 ms;
+    apps opening at once share the setting, and the last one done restores it."""
+    import sys
+
+    from lapce_bridge.app import _import_in_worker
+
+    for name in ("slow_a", "slow_b"):
+        (tmp_path / f"{name}.py").write_text(
+            "import sys, time\ntime.sleep(0.05)\nSEEN = sys.getswitchinterval()\n"
+        )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = sys.getswitchinterval()
+    try:
+        await asyncio.gather(_import_in_worker("slow_a"), _import_in_worker("slow_b"))
+        assert [sys.modules[m].SEEN for m in ("slow_a", "slow_b")] == [0.0005, 0.0005]
+        assert sys.getswitchinterval() == before
+    finally:
+        for name in ("slow_a", "slow_b"):
+            sys.modules.pop(name, None)

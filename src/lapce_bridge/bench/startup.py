@@ -13,6 +13,13 @@ the file service, the last to open: what an editor's first file request waits fo
 measured with the package's bytecode
 compiled first, as an install leaves it (the standard library's always is): otherwise, with
 `PYTHONDONTWRITEBYTECODE` set, every start would compile our modules from source.
+
+The restart rows say where a restart's time goes, step by step: a server with its terminals
+in the host is killed (SIGKILL) and a new one spawned at once (what a supervisor does when it
+sees the death), and, from the kill, the time to its socket accepting a connection, to
+`initialize` answered, to `ping` answered, and to a terminal made before the kill answering
+a command (same id). The supervisor's own part (noticing the death) is in the `host` suite's
+restart rows, which go through `BridgeClient`'s supervisor.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 from lapce_bridge.bench.report import Row, figure_row
@@ -82,6 +90,77 @@ async def _serve(workdir: Path, i: int) -> tuple[float, float]:
             await asyncio.wait_for(proc.wait(), 60)
 
 
+RESTART_STEPS = ("socket accepting", "initialize answered", "ping answered", "old terminal usable")
+
+
+def _spawn(root: Path, sock: Path, *extra: str) -> Awaitable[asyncio.subprocess.Process]:
+    log = os.open(root / "server.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        return asyncio.create_subprocess_exec(
+            sys.executable, "-m", "lapce_bridge", "serve", "--socket", str(sock),
+            "--state-dir", str(root / "state"), "--workspace", str(root / "ws"), *extra,
+            stdin=asyncio.subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+    finally:
+        os.close(log)
+
+
+async def _connect(sock: Path, within: float) -> RawClient:
+    """A connection once the server accepts one (refused, or no socket yet, meanwhile)."""
+    async with asyncio.timeout(within):
+        while True:
+            try:
+                return await RawClient.connect_unix(sock)
+            except OSError:
+                await asyncio.sleep(0.001)
+
+
+async def _restart_steps(workdir: Path, rounds: int) -> dict[str, list[float]]:
+    """Seconds from each SIGKILL to each of `RESTART_STEPS`, one sample a round."""
+    from lapce_bridge.bench.host import stop_host
+
+    root = workdir / "restart"
+    (root / "ws").mkdir(parents=True, exist_ok=True)
+    sock = root / "bridge.sock"
+    host = ("--terminal-host", "on", "--shell", "bash")
+    steps: dict[str, list[float]] = {step: [] for step in RESTART_STEPS}
+    proc = await _spawn(root, sock, *host)
+    try:
+        first = await _connect(sock, 60)
+        await first.request("initialize", {"protocolVersion": 1})
+        made = await first.request("terminal/create", {})
+        tid = made["result"]["terminalId"]
+        for i in range(rounds):
+            proc.kill()
+            await proc.wait()
+            killed = time.perf_counter()
+            proc = await _spawn(root, sock, *host)
+            client = await _connect(sock, 60)
+            times = [time.perf_counter()]
+            try:
+                await client.request("initialize", {"protocolVersion": 1})
+                times.append(time.perf_counter())
+                await client.request("ping")
+                times.append(time.perf_counter())
+                answer = await client.request(
+                    "terminal/execute", {"terminalId": tid, "command": f"echo round-{i}"}
+                )
+                times.append(time.perf_counter())
+            finally:
+                await client.close()
+            if answer.get("result", {}).get("output") != f"round-{i}\n":
+                raise RuntimeError(f"the old terminal answered {answer!r}")
+            for step, at in zip(RESTART_STEPS, times, strict=True):
+                steps[step].append(at - killed)
+        await first.close()
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), 60)
+        await stop_host(root)
+    return steps
+
+
 async def run(ctx: BenchContext) -> list[Row]:
     import lapce_bridge
 
@@ -99,6 +178,20 @@ async def run(ctx: BenchContext) -> list[Row]:
     bare_ms = statistics.median(bare) * 1e3
     ping_ms = statistics.median(pinged) * 1e3
     open_ms = statistics.median(opened) * 1e3
+    steps = await _restart_steps(ctx.workdir, n)
+    restart = [
+        figure_row(
+            SUITE,
+            f"restart: SIGKILL to {step}",
+            statistics.median(seconds) * 1e3,
+            "ms",
+            higher_is_better=False,
+            samples=len(seconds),
+            note="terminals in the host; a new serve spawned at once after the kill",
+            extra={"max_ms": max(seconds) * 1e3},
+        )
+        for step, seconds in steps.items()
+    ]
     return [
         figure_row(
             SUITE,
@@ -121,6 +214,7 @@ async def run(ctx: BenchContext) -> list[Row]:
             note=f"serve {open_ms:.0f} ms to a file request answered (the last service to open)",
             extra={"serve_ms": open_ms, "bare_ms": bare_ms},
         ),
+        *restart,
     ]
 
 

@@ -24,6 +24,7 @@ import os
 import pty
 import secrets
 import select
+import shutil
 import signal
 import statistics
 import subprocess
@@ -113,14 +114,32 @@ def _subprocess_samples(n: int) -> list[float]:
     return samples
 
 
-def _marker_prompt_samples(n: int) -> list[float]:
-    """A bare bash on a PTY, its prompt a unique marker: the floor for a persistent shell."""
+def _marker_prompt_samples(n: int, shell: str = "bash", term: str = "dumb") -> list[float]:
+    """A bare bash (or fish) on a PTY, its prompt a unique marker: the floor for a persistent
+    shell. fish's own floor is taken with TERM as bash's (dumb) and as our terminals set it:
+    fish does per command for a terminal that is not dumb several times what it does for a
+    dumb one (titles, the screen's cursor moves), in any terminal; there its title, mode
+    prompt and suggestions are off, as our hooks turn them off."""
     token = secrets.token_hex(6)
     marker = f"@@{token}@@".encode()
     master, slave = pty.openpty()
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TERM": "dumb", "PS1": ""}
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TERM": term, "PS1": ""}
+    argv = ["bash", "--norc", "--noprofile", "-i"]
+    # The marker is assembled by the shell, so the echo of this line does not contain it.
+    setup = f"bind 'set enable-bracketed-paste off' 2>/dev/null; PS1='@@''{token}''@@'\n"
+    if shell == "fish":
+        # fish needs the PTY as its controlling terminal: a session leader opening it.
+        argv = ["/bin/sh", "-c", 'exec "$@" <>"$0" >&0 2>&0', os.ttyname(slave), "fish"]
+        argv += ["--no-config", "-i"]
+        env["HOME"] = tempfile.mkdtemp(prefix="bench-fish-floor-")
+        setup = f"function fish_prompt; printf '@@''{token}''@@'; end\n"
+        if term != "dumb":
+            setup = (
+                "function fish_title; end; functions -e fish_mode_prompt; "
+                f"set -g fish_autosuggestion_enabled 0; {setup}"
+            )
     proc = subprocess.Popen(
-        ["bash", "--norc", "--noprofile", "-i"],
+        argv,
         stdin=slave,
         stdout=slave,
         stderr=slave,
@@ -139,8 +158,6 @@ def _marker_prompt_samples(n: int) -> list[float]:
         return buf
 
     try:
-        # The marker is assembled by the shell, so the echo of this line does not contain it.
-        setup = f"bind 'set enable-bracketed-paste off' 2>/dev/null; PS1='@@''{token}''@@'\n"
         os.write(master, setup.encode())
         until(marker)
         samples = []
@@ -154,6 +171,8 @@ def _marker_prompt_samples(n: int) -> list[float]:
         proc.kill()
         proc.wait()
         os.close(master)
+        if "HOME" in env:
+            shutil.rmtree(env["HOME"], ignore_errors=True)
 
 
 async def _throughput(env: BenchTerminals, total: int) -> float:
@@ -281,6 +300,25 @@ async def run(ctx: BenchContext) -> list[Row]:
                 latency_row(SUITE, f"baseline: echo test, {name}", samples, note="baseline")
             )
         base = rows[-1].p50 or math.nan
+        fish_base = math.nan
+        if "fish" in shells:
+            for term_type in ("dumb", "xterm-256color"):
+                samples = _marker_prompt_samples(ctx.n(1000, 50), "fish", term_type)
+                name = f"baseline: echo test, marker-prompt fish, TERM={term_type} (fish floor)"
+                rows.append(latency_row(SUITE, name, samples, note="baseline"))
+                fish_base = rows[-1].p50 or math.nan
+            rows.extend(
+                figure_row(
+                    SUITE,
+                    f"echo test ({what}) over the fish floor",
+                    ours[what] / fish_base,
+                    "x",
+                    higher_is_better=False,
+                    note="p50 over the marker-prompt fish's p50 (TERM as ours), in the same run",
+                )
+                for what in ("fish", "fish through IPC")
+                if what in ours
+            )
         for what, p50 in ours.items():
             # BENCHMARKS.md's goal is the row through IPC: 3x the floor (bash, zsh), 5x (fish).
             goal = (5.0 if what.startswith("fish") else 3.0) if "IPC" in what else None

@@ -195,7 +195,9 @@ class Connection(asyncio.Protocol):
     # -- what the server and the dispatcher see ------------------------------------------------
     @property
     def closing(self) -> bool:
-        return self._closing
+        """Closed, or closing: by us, or by the transport (the peer went, before we hear)."""
+        out = self._out
+        return self._closing or (out is not None and out.is_closing())
 
     @property
     def requests(self) -> int:

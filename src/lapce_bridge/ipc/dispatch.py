@@ -206,6 +206,7 @@ class Dispatcher:
         self._inflight: dict[RequestId, asyncio.Task[Any]] = {}
         self._inflight_keys: dict[RequestId, str] = {}
         self._passed_keys: dict[RequestId, str] = {}  # keys an idempotent handler keeps itself
+        self._executing: set[RequestId] = set()  # keyed requests whose task runs the work
         self._cancelled_ids: set[RequestId] = set()
         self._owned: set[asyncio.Task[Any]] = set()  # batch members, notifications' work
         # Waiting for the services, with the method each waits for (None: a batch).
@@ -220,8 +221,13 @@ class Dispatcher:
         return [*self._inflight.values(), *self._owned]
 
     def cancel_all(self) -> None:
-        for task in self.tasks():
-            task.cancel()  # nobody is left to answer; keyed executions go on (server-owned)
+        """Nobody is left to answer: cancel what waits for this connection. A keyed
+        execution goes on (it is the server's); its answer is not written (`_respond`)."""
+        for req_id, task in self._inflight.items():
+            if req_id not in self._executing:
+                task.cancel()
+        for task in self._owned:
+            task.cancel()
 
     def detach(self) -> None:
         """Forget the connection (it is gone): no reference cycle outlives it."""
@@ -420,20 +426,24 @@ class Dispatcher:
     async def _respond(self, req_id: RequestId, prep: Prepared) -> None:
         response: bytes | None = None
         try:
-            response = await self._execute(req_id, prep)
+            response = await self._execute(req_id, prep, executes=True)
         finally:
             self._inflight.pop(req_id, None)
             self._inflight_keys.pop(req_id, None)
             self._passed_keys.pop(req_id, None)
             # The answer and what rides with it, in one write (the riders alone when there
-            # is no answer to give: the connection's outlet drops them if it is gone).
-            prep.ctx.release(response)
+            # is no answer to give). Nothing once the connection is gone, nor for a keyed
+            # request once it is going: that outcome waits in the journal for the retry.
+            outlet = self.outlet
+            if outlet is not _DETACHED and not (outlet.closing and prep.key is not None):
+                prep.ctx.release(response)
 
-    async def _execute(self, req_id: RequestId, prep: Prepared) -> bytes:
-        """One prepared request to its encoded response; raises only CancelledError."""
-        if prep.key is not None:
-            return _response(req_id, await self._keyed(prep))
+    async def _execute(self, req_id: RequestId, prep: Prepared, *, executes: bool) -> bytes:
+        """One prepared request to its encoded response; raises only CancelledError.
+        `executes`: this task may run a keyed request's work itself (see `_keyed`)."""
         try:
+            if prep.key is not None:
+                return _response(req_id, await self._keyed(prep, req_id if executes else None))
             return _response(req_id, await self._run(prep))
         except asyncio.CancelledError:
             if req_id in self._cancelled_ids:
@@ -443,7 +453,11 @@ class Dispatcher:
                 prep.ctx.release(jsonrpc.error_bytes(req_id, shutting_down()))
             raise
 
-    async def _keyed(self, prep: Prepared) -> Outcome:
+    async def _keyed(self, prep: Prepared, req_id: RequestId | None) -> Outcome:
+        """A keyed request: answered from the journal, joined to the execution that runs,
+        or run. The request's own task runs the work (`req_id`: then `cancel_all` spares
+        it, for the work is the server's); a batch member's task is the connection's, so
+        its work gets a task of its own."""
         idem = self.state.idempotency
         key = prep.key
         assert key is not None
@@ -453,6 +467,12 @@ class Dispatcher:
             if found is None:
                 if not prep.method.is_async:
                     return idem.run_sync(key, bound, lambda: self._call_sync(prep))
+                if req_id is not None:
+                    self._executing.add(req_id)
+                    try:
+                        return await idem.run(key, bound, lambda: self._run(prep))
+                    finally:
+                        self._executing.discard(req_id)
                 found = idem.start(key, bound, lambda: self._run(prep))
         except BridgeError as exc:
             return encode_outcome(False, exc)
@@ -568,7 +588,7 @@ class Dispatcher:
                     answers.append(self._refused(item, exc))
                     continue
                 # Requests inside a batch run together, cancelled only with the connection.
-                answers.append(self._own(self._execute(item.id, prep)))
+                answers.append(self._own(self._execute(item.id, prep, executes=False)))
 
     def _own(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)

@@ -79,9 +79,7 @@ class Idempotency:
     def __init__(self, journal: IdempotencyJournal, elsewhere: Elsewhere | None = None) -> None:
         self.journal = journal
         self.elsewhere = elsewhere
-        self._running: dict[
-            str, tuple[str, asyncio.Future[Outcome], asyncio.Task[None] | None]
-        ] = {}
+        self._running: dict[str, tuple[str, asyncio.Future[Outcome], asyncio.Task[Any] | None]] = {}
         self._client_cancelled: set[str] = set()
         self.replayed = 0
         self.joined = 0
@@ -131,9 +129,19 @@ class Idempotency:
         self._running[key] = (method, future, task)
         return future
 
+    async def run(self, key: str, method: str, call: Callable[[], Awaitable[Outcome]]) -> Outcome:
+        """Run an async handler in the calling task, journalled; its outcome. The caller's
+        task is then the server's: whoever owns it must not cancel it when a connection
+        goes (the dispatcher's request task, which answers it: no second task, no shield)."""
+        self.journal.begin(key, method)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        self._running[key] = (method, future, asyncio.current_task())
+        return await self._execute(key, call, future)
+
     async def _execute(
         self, key: str, call: Callable[[], Awaitable[Outcome]], future: asyncio.Future[Outcome]
-    ) -> None:
+    ) -> Outcome:
         try:
             try:
                 outcome = await call()
@@ -142,12 +150,16 @@ class Idempotency:
                     if not future.done():
                         future.set_exception(shutting_down())
                     raise
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()  # the client's cancel is its answer, not this task's end
                 outcome = encode_outcome(False, Cancelled(f"request {key!r} was cancelled"))
             except Exception as exc:
                 outcome = encode_outcome(False, exc)
             self._record(key, outcome)
             if not future.done():
                 future.set_result(outcome)
+            return outcome
         finally:
             self._running.pop(key, None)
             self._client_cancelled.discard(key)
@@ -178,7 +190,7 @@ class Idempotency:
         running[2].cancel()
         return True
 
-    def tasks(self) -> list[asyncio.Task[None]]:
+    def tasks(self) -> list[asyncio.Task[Any]]:
         return [t for _, _, t in self._running.values() if t is not None and not t.done()]
 
     @property

@@ -169,6 +169,9 @@ class IdempotencyJournal:
         self._bytes = 0
         self._interrupted = 0
         self._pruned = 0
+        # Past these, prune: the bounds, or more while rows we may not prune (a live writer's)
+        # keep us above them, so that pruning is not tried again on every finish.
+        self._prune_at = (max_entries, max_bytes)
 
     # -- lifecycle ------------------------------------------------------------------------
     def open(self) -> IdempotencyJournal:
@@ -234,10 +237,11 @@ class IdempotencyJournal:
     def close(self) -> None:
         own, self._own = self._own, None
         if own is not None:
-            with contextlib.suppress(OSError):
-                if own.size == 0 and self._dir is not None:
-                    os.unlink(own.name, dir_fd=self._dir)  # nothing written: leave no trace
-                os.close(own.fd)
+            if own.size == 0 and self._dir is not None:
+                self._remove(own)  # nothing written: leave no trace
+            else:
+                with contextlib.suppress(OSError):
+                    os.close(own.fd)
         for log in self._others:
             with contextlib.suppress(OSError):
                 os.close(log.fd)
@@ -308,8 +312,15 @@ class IdempotencyJournal:
             self._finished -= 1
             self._bytes -= row.length
         self._done(row, ok, self._own, offset, len(payload), payload)
-        if self._finished > self.max_entries or self._bytes > self.max_bytes:
-            self._prune()
+        if self._finished > self._prune_at[0] or self._bytes > self._prune_at[1]:
+            try:
+                self._prune()
+            except ResourceExhausted:  # the outcome is recorded; the bound waits a while
+                logger.warning("idempotency journal: pruning failed", exc_info=True)
+            self._prune_at = (
+                max(self.max_entries, self._finished + self.max_entries // 2),
+                max(self.max_bytes, self._bytes + self.max_bytes // 2),
+            )
 
     def statistics(self) -> JournalStats:
         return JournalStats(
@@ -472,9 +483,7 @@ class IdempotencyJournal:
             if data and os.pwrite(new.fd, data, 0) != len(data):
                 raise OSError("short write (the disk is full?)")
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(new.name, dir_fd=self._dir)
-                os.close(new.fd)
+            self._remove(new)
             raise ResourceExhausted(f"idempotency journal rewrite failed: {exc}") from exc
         new.size = size
         for key in [k for k in self._rows if k not in kept]:
@@ -486,11 +495,15 @@ class IdempotencyJournal:
             if row.state is not EntryState.DONE and (row.log is None or not row.log.live):
                 row.log = None
         for log in old:
-            with contextlib.suppress(OSError):
-                os.unlink(log.name, dir_fd=self._dir)
-                os.close(log.fd)
+            self._remove(log)
         self._own = new
         self._others = [log for log in self._others if log.live]
+
+    def _remove(self, log: _Log) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(log.name, dir_fd=self._dir)
+        with contextlib.suppress(OSError):
+            os.close(log.fd)
 
 
 def read_keys(path: Path) -> set[str]:

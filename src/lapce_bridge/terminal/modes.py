@@ -158,6 +158,8 @@ def launch(
         env["ZDOTDIR"] = str(zdotdir(zdotdir_base))
         argv = (executable, "-i")
     else:
+        # The data folder our hooks show fish's first prompt (lapce-bridge.fish says why).
+        (term_dir / "fish" / "generated_completions").mkdir(parents=True, exist_ok=True)
         init = f"source {_fish_quote(_script('lapce-bridge.fish'))}"
         argv = (executable, "-i", "--init-command", init)
         if not user_rc:

@@ -23,7 +23,11 @@
 # - the nonce and our control variables never reach the environment user commands see: each
 #   command's nonce arrives as typed text, is printed back in E, LbZle, LbMore and D, and is
 #   forgotten at the command's end;
-# - after a command's last line: P;Cwd, then D;<status>;<nonce>, then A at the prompt.
+# - after a command's last line: P;Cwd, then D;<status>;<nonce>, then A at the prompt;
+# - the exported environment is saved (for a replacement shell) before the end mark of every
+#   command that changed it, and only then: a change to an exported variable fires our
+#   `--on-variable` handler, which watches every name exported at the last save, and a name
+#   exported since shows in their count (`set -nx`).
 if not set -q __lb_installed
     set -g __lb_installed 1
     set -g __lb_dir "$LAPCE_BRIDGE_DIR"
@@ -43,7 +47,8 @@ if not set -q __lb_installed
     set -g __lb_buf # the incomplete lines in the buffer (a block, a quote)
     set -g __lb_st 0 # $status after the last line that ran
     set -g __lb_out # what __lb_escape made
-    set -g __lb_env # the exported variables last saved
+    set -g __lb_env_names # the names exported at the last save (none yet: save at once)
+    set -g __lb_env_changed 1 # (set: an exported variable changed since the last save)
 
     # Fish's stock prompt and title (VCS status, prompt_pwd) cost about 5 ms a command, and
     # nobody reads the prompt of an agent's terminal. Replace them only while they are the
@@ -54,14 +59,20 @@ if not set -q __lb_installed
         end
     end
     set -e __lb_fn
-    if not functions -q fish_mode_prompt
-        function fish_mode_prompt
-        end
-    end
+    # (Without fish_mode_prompt fish skips it: one function call less at every prompt.)
     if not functions -q fish_title
-        # No title: fish would otherwise print its default one (and a carriage return after
-        # it) before each line's output.
+        # No title: without the function fish would print its default one.
         function fish_title
+        end
+    else
+        # The user's own title. fish prints a title, and a carriage return after it, once a
+        # line's preexec event has run: inside the line's output. While the bridge runs a
+        # command the title is left as it is; at the prompt it is the user's again.
+        functions -c fish_title __lb_title
+        function fish_title
+            if not set -q __lb_n[1]
+                __lb_title $argv
+            end
         end
     end
     if not functions -q fish_prompt
@@ -70,6 +81,17 @@ if not set -q __lb_installed
         function fish_prompt
             printf '\e]633;A\a$ '
         end
+    end
+
+    # fish's first prompt, in a HOME that has no generated completions yet, starts a man page
+    # parser in the background (minutes of CPU, outliving the terminal; every terminal of a
+    # fresh HOME, as tests and sandboxes have, would start one). Its output serves tab
+    # completion, which nobody uses here: for that prompt, fish is shown a data folder of
+    # ours whose completions exist (an empty folder, made by the bridge). The user's own
+    # folder is untouched: their own fish generates them at its first prompt as usual.
+    if set -q __fish_user_data_dir[1]
+        set -g __lb_user_data_dir $__fish_user_data_dir
+        set -g __fish_user_data_dir "$__lb_dir/fish"
     end
 
     # OSC 633 value escaping of its argument into $__lb_out. Neither a pipe from a function
@@ -88,6 +110,9 @@ if not set -q __lb_installed
     end
 
     # The command's end, or the request for its next line: after a line ran (or was refused).
+    # (Every statement here runs once a command: fish pays about as much for one builtin as
+    # a bare prompt costs bash, and a regular expression or a command substitution costs
+    # several times that.)
     function __lb_after
         if set -q __lb_lines[1]
             printf '\e]633;P;LbMore=%s\a' $__lb_n
@@ -95,56 +120,82 @@ if not set -q __lb_installed
         end
         # What a replacement shell restores if this one dies ("NAME escaped-value" lines the
         # bridge turns into `set -gx` commands), saved before the end mark, and only when it
-        # changed (writing a file costs more than the rest of the hooks together).
-        set -l env (set -xL)
-        if test "$env" != "$__lb_env"
-            set -g __lb_env $env
-            printf '%s\n' $env >"$__lb_ef"
+        # changed: listing the variables costs a third of all the hooks.
+        if set -q __lb_env_changed[1]; or test (count (set -nx)) -ne (count $__lb_env_names)
+            __lb_save_env
         end
-        __lb_escape $PWD
-        printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' $__lb_out $argv[1] $__lb_n
+        if string match -qr '[\\\\;\a\e\n\r\x18\x1a]' -- $PWD
+            __lb_escape $PWD
+            printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' $__lb_out $argv[1] $__lb_n
+        else
+            printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' $PWD $argv[1] $__lb_n
+        end
         set -g __lb_n
         set -g __lb_buf
+    end
+
+    function __lb_save_env
+        set -xL >"$__lb_ef"
+        set -l names (set -nx)
+        if test "$names" != "$__lb_env_names"
+            set -g __lb_env_names $names
+            function __lb_env_watch --on-variable=$names
+                set -g __lb_env_changed 1
+            end
+        end
+        set -g __lb_env_changed
+    end
+
+    # The command's start mark, with its text (escaped; none from 4 KiB on).
+    function __lb_announce
+        if string match -qr '[\\\\;\a\e\n\r\x18\x1a]|^[\s\S]{4096}' -- "$argv[1]"
+            set -g __lb_out
+            if not string match -qr '^[\s\S]{4096}' -- "$argv[1]"
+                __lb_escape "$argv[1]"
+            end
+            printf '\e]633;E;%s;%s\a' "$__lb_out" $__lb_n
+        else
+            printf '\e]633;E;%s;%s\a' "$argv[1]" $__lb_n
+        end
     end
 
     # The load key. After a nonce: a new command, its lines read from the file. After "-": the
     # rest of the command is dropped (it was interrupted). Alone: the command's next line.
     function __lb_load
-        set -l typed (commandline)
-        if string match -qr '^[0-9a-f]{32}$' -- "$typed"
-            set -g __lb_n $typed
-            set -g __lb_buf
-            read -g -z -a -d \n __lb_lines <"$__lb_cf"
-            if test -z "$__lb_lines[-1]"
-                set -e __lb_lines[-1] # the file's last newline ends a line, it starts none
-            end
-            set -l text "$__lb_lines[1]"
-            if set -q __lb_lines[2]
-                set text (string join \n -- $__lb_lines | string collect)
-            end
-            set -g __lb_out
-            if not string match -qr '^[\s\S]{4096}' -- "$text"
-                __lb_escape "$text"
-            end
-            printf '\e]633;E;%s;%s\a' "$__lb_out" $__lb_n
-        else if test "$typed" = -
-            set -g __lb_lines
-            commandline -r ''
-            __lb_after $__lb_st
-            return
+        commandline | read -l typed # (the first line of the buffer)
+        switch "$typed"
+            case '????????????????????????????????'
+                if string match -qr '^[0-9a-f]{32}$' -- $typed
+                    set -g __lb_n $typed
+                    set -g __lb_buf
+                    read -g -z -a -d \n __lb_lines <"$__lb_cf"
+                    # The file's last newline ends a line, it starts none.
+                    set -q __lb_lines[1]; and set -e __lb_lines[-1]
+                    if set -q __lb_lines[2]
+                        __lb_announce (string join \n -- $__lb_lines | string collect)
+                    else
+                        __lb_announce "$__lb_lines"
+                    end
+                end
+            case -
+                set -g __lb_lines
+                commandline -r ''
+                __lb_after $__lb_st
+                return
         end
-        if test -z "$__lb_n"
-            return
-        end
+        set -q __lb_n[1]; or return
         set -l line
         while set -q __lb_lines[1]
             set line $__lb_lines[1]
             set -e __lb_lines[1]
-            # An empty line at the prompt runs nothing (fish only draws a new prompt).
-            if set -q __lb_buf[1]; or test -n "$line"
-                break
+            set -q __lb_buf[1]; and break
+            switch "$line"
+                case ''
+                    # An empty line at the prompt runs nothing (fish only draws a new prompt).
+                    set line
+                case '*'
+                    break
             end
-            set line
         end
         if not set -q line[1]
             commandline -r ''
@@ -184,7 +235,7 @@ if not set -q __lb_installed
     # The command hooks, defined again at a prompt that finds one erased (`functions -e`).
     function __lb_hooks
         function __lb_preexec --on-event fish_preexec
-            if test -n "$__lb_n"
+            if set -q __lb_n[1]
                 # The end of the line editor's echo, then the line runs.
                 printf '\e]633;P;LbZle=%s\a\e]633;P;LbEdit\a\e]633;C\a' $__lb_n
             end
@@ -192,13 +243,11 @@ if not set -q __lb_installed
 
         function __lb_postexec --on-event fish_postexec
             set -g __lb_st $status
-            if set -q __lb_exiting
-                return # the shell is leaving: its exit status is the command's end
-            end
-            if test -n "$__lb_n"
-                __lb_after $__lb_st
-                set -g __lb_answered 1
-            end
+            set -q __lb_n[1]; or return
+            # The shell is leaving: its exit status is the command's end.
+            set -q __lb_exiting; and return
+            __lb_after $__lb_st
+            set -g __lb_answered 1
         end
     end
     __lb_hooks
@@ -215,7 +264,7 @@ if not set -q __lb_installed
     # Ctrl-C at an incomplete buffer (the bridge abandons a command still incomplete after
     # its last line, as a user would): nothing ran, `$status` is as it was.
     function __lb_cancel --on-event fish_cancel
-        if test -n "$__lb_n"
+        if set -q __lb_n[1]
             set -g __lb_lines
             __lb_after $__lb_st
         end
@@ -223,18 +272,36 @@ if not set -q __lb_installed
 
     function __lb_prompt --on-event fish_prompt
         set -l st $status
-        set -e __lb_exiting # an `exit` that fish refused (jobs still running): still here
-        if test -n "$__lb_n"; and not set -q __lb_answered
-            # The postexec hook is gone: the end mark (or the next line's request) still comes.
-            set -g __lb_st $st
-            __lb_after $st
-        else if not set -q __lb_answered
-            __lb_escape $PWD
-            printf '\e]633;P;Cwd=%s\a' $__lb_out
-        end
-        set -e __lb_answered
-        if not functions -q __lb_preexec; or not functions -q __lb_postexec
-            __lb_hooks
+        if set -q __lb_answered
+            # The common case: the end hook answered the line that ran.
+            set -e __lb_answered
+            functions -q __lb_preexec; or __lb_hooks
+        else
+            if set -q __lb_user_data_dir
+                # fish's own first-prompt handler, defined before ours, has run. It also
+                # installed handlers that turn bracketed paste on at each prompt and off
+                # before each command: two function calls and two writes a command, for
+                # pastes no terminal of ours makes. They go, and the mode is left off.
+                set -g __fish_user_data_dir $__lb_user_data_dir
+                set -e __lb_user_data_dir
+                if functions -q __fish_enable_bracketed_paste
+                    functions -e __fish_enable_bracketed_paste __fish_disable_bracketed_paste
+                    printf '\e[?2004l'
+                end
+            end
+            set -e __lb_exiting # an `exit` that fish refused (jobs still running): still here
+            if set -q __lb_n[1]
+                # The postexec hook is gone: the end mark (or the next line's request) still
+                # comes.
+                set -g __lb_st $st
+                __lb_after $st
+            else
+                __lb_escape $PWD
+                printf '\e]633;P;Cwd=%s\a' $__lb_out
+            end
+            if not functions -q __lb_preexec; or not functions -q __lb_postexec
+                __lb_hooks
+            end
         end
         printf '\e]633;A\a'
     end
