@@ -30,9 +30,18 @@ async def test_host_rows_compare_both_servers_in_one_run_and_time_a_real_restart
     assert local.p50 is not None
     assert hosted.p50 > 0
     assert local.p50 > 0
-    assert cost.value == pytest.approx(hosted.p50 - local.p50, rel=0.05, abs=50)
+    assert cost.value == pytest.approx(hosted.p50 - local.p50)  # the rows' own p50s
     assert link.value == pytest.approx(link.extra["host_us"] - link.extra["server_us"])
     assert link.extra["server_us"] > 0
+    # CPU per echo from /proc, for the right processes: the host runs the terminals (more
+    # than the server forwarding to it), the server alone runs them too.
+    cpu = by_name["terminal host's CPU per echo test"]
+    assert cpu.samples == 100
+    assert cpu.value == pytest.approx(
+        cpu.extra["server_us"] + cpu.extra["host_us"] - cpu.extra["alone_us"]
+    )
+    assert 0 < cpu.extra["server_us"] < cpu.extra["host_us"]
+    assert cpu.extra["server_us"] < cpu.extra["alone_us"]
     answering = by_name["server SIGKILL to answering again (terminals in the host)"]
     usable = by_name["server SIGKILL to its terminals usable (terminals in the host)"]
     assert answering.samples == usable.samples == 3

@@ -19,7 +19,10 @@ async def test_startup_row_times_a_real_server_against_a_bare_interpreter(tmp_pa
     assert row.goal == (GOAL_MS,)
     serve_ms, bare_ms = row.extra["serve_ms"], row.extra["bare_ms"]
     assert bare_ms > 0
-    assert serve_ms > bare_ms  # a server does all an interpreter does, and more
+    # A server does all an interpreter does, and more: in CPU time (its wall time may come
+    # out below a bare interpreter's on a loaded machine, each sampled at its own moment).
+    assert row.extra["serve_cpu_ms"] > row.extra["bare_cpu_ms"] > 0
+    assert serve_ms > 0
     assert row.value == serve_ms - bare_ms
     # fs/stat waits for the file service, which opens behind the listener: never before ping.
     assert opened.extra["serve_ms"] >= serve_ms

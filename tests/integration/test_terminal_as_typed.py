@@ -112,6 +112,17 @@ CORPUS: list[tuple[str, tuple[str, ...]]] = [
     # during that command on both sides, never at an idle prompt at a moment load decides.
     ("mkfifo gate && cat gate > /dev/null &", ("bash", "zsh")),
     ("echo go > gate; wait; echo waited", ("bash", "zsh")),
+    # Jobs whose end is not waited for, in commands of builtins only (after a foreground
+    # process bash reports other jobs at once): the notice comes before the next prompt,
+    # after the command's output. One started and ended within a command; one started by an
+    # earlier command. (The loop ends once the shell has reaped the job: the notice is certain.)
+    (
+        "mkfifo g2; cat g2 > /dev/null & echo go > g2; while kill -0 $! 2>/dev/null; do :; done;"
+        " echo gone",
+        ("bash", "zsh"),
+    ),
+    ("cat g2 > /dev/null &", ("bash", "zsh")),
+    ("echo go > g2; while kill -0 $! 2>/dev/null; do :; done; echo gone", ("bash", "zsh")),
     # A command still incomplete after its last line is abandoned with exit 130 and an
     # `incomplete_command` recovery in every shell (checked below); zsh typed by a person
     # reports 1 for Ctrl-C at its line editor, a difference the result's recovery names.

@@ -230,7 +230,7 @@ async def test_an_incompatible_host_is_drained_and_replaced(tmp_path: Path) -> N
         # A server of another version attaches: the host refuses it and drains.
         reader, writer = await asyncio.open_unix_connection(str(places_of(tmp_path).socket))
         writer.write(
-            link.frame({"k": "hello", "protocol": link.PROTOCOL_VERSION, "version": "0.0.1"})
+            link.greeting({"k": "hello", "protocol": link.PROTOCOL_VERSION, "version": "0.0.1"})
         )
         await writer.drain()
         answer = await reader.read(4096)
@@ -408,7 +408,7 @@ async def test_a_drain_is_bounded_and_what_it_ended_is_reported(tmp_path: Path) 
         execution = (await running)["executionId"]  # answered `running` after 0.2 s
         reader, writer = await asyncio.open_unix_connection(str(places_of(tmp_path).socket))
         writer.write(
-            link.frame({"k": "hello", "protocol": link.PROTOCOL_VERSION, "version": "0.0.1"})
+            link.greeting({"k": "hello", "protocol": link.PROTOCOL_VERSION, "version": "0.0.1"})
         )
         await writer.drain()
         assert b'"refused"' in await reader.read(4096)

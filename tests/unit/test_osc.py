@@ -646,3 +646,31 @@ def test_colour_dense_output_goes_through_the_fast_path() -> None:
     out.extend(parser.flush())
     assert texts(out) == b"src  run.sh\r\n" * 400
     assert kinds(out) == [(633, "D")]
+
+
+# What zsh prints for `echo test` (its marks, zle's escapes, an open escape at the end).
+ZSH_CHUNK = (
+    b"\x1b]633;E;echo test;N\x07\x1b]633;P;LbZle=N\x07echo test\x1b[?1l\x1b>\x1b[?2004l\r\r\n"
+    b"\x1b]633;P;LbEdit\x07\x1b]633;C\x07test\r\n\x1b]633;P;Cwd=/h\x07\x1b]633;D;0;N\x07"
+    b"\x1b[0m\x1b[J\x1b]633;A\x07vm# \x1b]633;B\x07\x1b[K\x1b]0;title\x07\x1b["
+)
+
+
+class _CountingParser(OscParser):
+    parsed = 0
+
+    def _parse(self, data: bytes, resume: int, *, final: bool) -> list[Event]:
+        self.parsed += 1
+        return super()._parse(data, resume, final=final)
+
+
+@pytest.mark.parametrize("strip", [True, False])
+def test_a_chunk_of_whole_marks_takes_the_split_and_gives_the_same_events(strip: bool) -> None:
+    stream = ZSH_CHUNK + b"K"  # the escape left open ends in the next chunk
+    one_by_one = run_chunks(split_at(stream, list(range(len(stream)))), strip_ansi=strip)
+    parser = _CountingParser(strip_ansi=strip)
+    events = parser.feed(ZSH_CHUNK)
+    assert parser.parsed == 0  # the split alone answered
+    events += parser.feed(b"K") + parser.flush()
+    assert (coalesce(events), parser.statistics()) == one_by_one
+    assert [m.kind for m in events if isinstance(m, Marker)] == list("EPPCPDAB")

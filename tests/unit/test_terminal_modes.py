@@ -7,6 +7,7 @@ import pytest
 from lapce_bridge.terminal.exec_cmd import exit_status
 from lapce_bridge.terminal.modes import (
     LOAD_KEY,
+    NEW_KEY,
     build_env,
     load_groups,
     load_keys,
@@ -55,11 +56,12 @@ def test_typed_shells_get_the_nonce_and_keys_only() -> None:
     path = "/x/cmd"
     nonce = "0123abcd" * 4
     integration = EndDetection.INTEGRATION
-    # bash: the nonce, the load key (a `bind -x` function) and the accept key; zsh's widget
-    # and fish's bound function accept as they load. No command text, no newline: nothing for
-    # the tty to echo or cut.
-    assert run_line("bash", integration, path, nonce) == nonce.encode() + LOAD_KEY + b"\x1b[7798~"
-    assert run_line("zsh", integration, path, nonce) == nonce.encode() + LOAD_KEY
+    # bash: the new-command key (a `bind -x` function), the nonce it reads (readline never
+    # inserts or draws it) and the accept key; zsh: the new-command key and the nonce its
+    # widget reads; zsh's widget and fish's bound function accept as they load. No command
+    # text, no newline: nothing for the tty to echo or cut.
+    assert run_line("bash", integration, path, nonce) == NEW_KEY + nonce.encode() + b"\x1b[7798~"
+    assert run_line("zsh", integration, path, nonce) == NEW_KEY + nonce.encode()
     assert load_keys("zsh") == LOAD_KEY
     assert load_keys("bash", "-").startswith(b"-" + LOAD_KEY)
     assert typed("bash", integration)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -303,3 +304,37 @@ def test_typed_zsh_notice_while_the_keys_are_typed_ends_at_the_redrawn_prompt() 
     )
     assert text(events) == b"[1]  + done       sleep 0.1\r\nx\r\n"
     assert finished(events) == [0]
+
+
+def _zsh_command(nonce: str, output: bytes) -> list[bytes]:
+    """What zsh prints for a command typed through our widget, up to its end mark."""
+    return [
+        e(nonce, "echo x")[:-8] + p("LbZle", nonce),
+        b"echo x\x1b[?1l\x1b>\x1b[?2004l\r\r\n",
+        p("LbEdit"),
+        b"\x1b]633;C\x07" + output,
+        f"\x1b]633;P;Cwd=/w\x07\x1b]633;D;0;{nonce}\x07".encode(),
+    ]
+
+
+@pytest.mark.parametrize("strip", [True, False])
+def test_typed_zsh_notice_after_the_end_mark_is_the_next_commands_output(strip: bool) -> None:
+    """A job that ends while precmd runs: zsh prints its notice after the end mark, before
+    the prompt. A typed session shows it before the next command's output; zle's escapes
+    before its prompt are nobody's output (`ansi: keep` too)."""
+    t = CommandTracker()
+    parser = OscParser(strip_ansi=strip)
+    prompt = b"\x1b[0m\x1b[27m\x1b[24m\x1b[J\x1b]633;A\x07vm# \x1b]633;B\x07\x1b[K"
+
+    def feed(*chunks: bytes) -> list[TrackerEvent]:
+        return [ev for chunk in chunks for ev in t.feed(parser.feed(chunk))]
+
+    t.submit(N1, typed=True)
+    first = feed(*_zsh_command(N1, b"x\r\n"), b"[1]  + done       sleep 0.1\r\n", prompt)
+    t.submit(N2, typed=True)
+    second = feed(*_zsh_command(N2, b"y\r\n"), prompt)
+    t.submit(N1, typed=True)
+    third = feed(*_zsh_command(N1, b"z\r\n"), prompt)
+    assert (text(first), finished(first)) == (b"x\r\n", [0])
+    assert text(second) == b"[1]  + done       sleep 0.1\r\ny\r\n"
+    assert text(third) == b"z\r\n"  # the prompt's escapes after `second` were not kept

@@ -7,7 +7,10 @@ falls on both alike), and the rows give both distributions and the difference of
 medians (the goal: at most 100 us). `terminal/list` is timed the same way, in the same
 blocks: it involves no shell, so its difference is the link's own round trip (two socket
 hops, the host's dispatch), the part of the echo cost that is not the host doing the same
-work as the server. The restart rows SIGKILL a supervised server whose
+work as the server. Latency on a shared machine swings with its load; the CPU time the
+bridge's processes spend per echo (all their threads, from `/proc/<pid>/task/*/schedstat`,
+read around each block) does much less, so the host's extra CPU per echo is a row too: the
+server and its host against the server alone. The restart rows SIGKILL a supervised server whose
 terminals live in the host and time, from the kill, the first `ping` answered and the first
 command answered correctly by a terminal created before the kill.
 """
@@ -18,7 +21,9 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import statistics
+import struct
 import time
 from pathlib import Path
 
@@ -33,13 +38,46 @@ SUITE = "host"
 BLOCK = 50
 
 
-async def echo_both(ctx: BenchContext) -> tuple[list[float], list[float], list[float], list[float]]:
-    """`echo test` round trips through a server with the host, and one without; then the
-    same for `terminal/list` (no shell involved: what is left is the link's own cost)."""
-    hosted: list[float] = []
-    local: list[float] = []
-    listed_hosted: list[float] = []
-    listed_local: list[float] = []
+class EchoRuns:
+    """What `echo_both` measured: round trips (seconds) and CPU seconds per echo."""
+
+    def __init__(self) -> None:
+        self.hosted: list[float] = []
+        self.local: list[float] = []
+        self.listed_hosted: list[float] = []
+        self.listed_local: list[float] = []
+        self.cpu_server_on = 0.0  # the server with the host, over all its echo blocks
+        self.cpu_host = 0.0
+        self.cpu_server_off = 0.0
+
+    def per_echo_us(self, seconds: float) -> float:
+        return seconds / len(self.hosted) * 1e6
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of all of `pid`'s threads so far (ns resolution, unlike /proc/pid/stat's
+    ticks); 0 once it is gone."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+    return total / 1e9
+
+
+def peer_pid(sock: Path) -> int:
+    """The pid of the process serving the Unix socket `sock` (SO_PEERCRED)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(sock))
+        pid, _, _ = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    return int(pid)
+
+
+async def echo_both(ctx: BenchContext) -> EchoRuns:
+    """`echo test` round trips through a server with the host, and one without, with the
+    CPU time the bridge's processes spent on them; then the same round trips for
+    `terminal/list` (no shell involved: what is left is the link's own cost)."""
+    runs = EchoRuns()
     on = ("--terminal-host", "on", "--shell", "bash")
     off = ("--terminal-host", "off", "--shell", "bash")
     async with (
@@ -51,21 +89,40 @@ async def echo_both(ctx: BenchContext) -> tuple[list[float], list[float], list[f
         for client in (with_host, without):
             for _ in range(20):  # the default terminal, and a warm path
                 await client.request("terminal/execute", {"command": "echo test"})
+        base = ctx.workdir / "host-on"
+        host = host_pid(host_places(base / "state", base / "workspace"))
+        if host is None:
+            raise RuntimeError("the server with --terminal-host on runs no terminal host")
+        server_on, server_off = peer_pid(sock_on), peer_pid(sock_off)
         total = ctx.n(1000, 60)
-        echo = ("terminal/execute", {"command": "echo test"})
+        echo: tuple[str, dict[str, object]] = ("terminal/execute", {"command": "echo test"})
         listing: tuple[str, dict[str, object]] = ("terminal/list", {})
-        while len(hosted) < total:
-            for client, samples, listed in (
-                (with_host, hosted, listed_hosted),
-                (without, local, listed_local),
+        while len(runs.hosted) < total:
+            for client, samples, listed, pids in (
+                (with_host, runs.hosted, runs.listed_hosted, (server_on, host)),
+                (without, runs.local, runs.listed_local, (server_off,)),
             ):
-                for (method, params), into in ((echo, samples), (listing, listed)):
-                    for _ in range(BLOCK):
-                        started = time.perf_counter()
-                        await client.request(method, params)
-                        into.append(time.perf_counter() - started)
+                before = [cpu_seconds(pid) for pid in pids]
+                await _block(client, echo, samples)
+                spent = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
+                await _block(client, listing, listed)
+                if len(spent) == 2:
+                    runs.cpu_server_on += spent[0]
+                    runs.cpu_host += spent[1]
+                else:
+                    runs.cpu_server_off += spent[0]
     await stop_host(ctx.workdir / "host-on")
-    return hosted, local, listed_hosted, listed_local
+    return runs
+
+
+async def _block(
+    client: BridgeClient, request: tuple[str, dict[str, object]], into: list[float]
+) -> None:
+    method, params = request
+    for _ in range(BLOCK):
+        started = time.perf_counter()
+        await client.request(method, params)
+        into.append(time.perf_counter() - started)
 
 
 async def stop_host(base: Path) -> None:
@@ -131,27 +188,36 @@ async def restart_rto(workdir: Path, rounds: int) -> tuple[list[float], list[flo
 
 
 async def run(ctx: BenchContext) -> list[Row]:
-    hosted, local, listed_hosted, listed_local = await echo_both(ctx)
-    listed_on, listed_off = statistics.median(listed_hosted), statistics.median(listed_local)
+    runs = await echo_both(ctx)
+    hosted, local = runs.hosted, runs.local
+    listed_on = statistics.median(runs.listed_hosted)
+    listed_off = statistics.median(runs.listed_local)
+    server_on = runs.per_echo_us(runs.cpu_server_on)
+    host_cpu = runs.per_echo_us(runs.cpu_host)
+    server_off = runs.per_echo_us(runs.cpu_server_off)
+    with_host = latency_row(
+        SUITE,
+        "echo test through IPC, terminals in the host process",
+        hosted,
+        seed=(1000, 10000, 100000),
+        note="server --terminal-host on; alternating blocks with the next row",
+    )
+    without = latency_row(
+        SUITE,
+        "echo test through IPC, terminals in the server process",
+        local,
+        seed=(1000, 10000, 100000),
+        note="server --terminal-host off, in the same run",
+    )
+    assert with_host.p50 is not None
+    assert without.p50 is not None
     rows = [
-        latency_row(
-            SUITE,
-            "echo test through IPC, terminals in the host process",
-            hosted,
-            seed=(1000, 10000, 100000),
-            note="server --terminal-host on; alternating blocks with the next row",
-        ),
-        latency_row(
-            SUITE,
-            "echo test through IPC, terminals in the server process",
-            local,
-            seed=(1000, 10000, 100000),
-            note="server --terminal-host off, in the same run",
-        ),
+        with_host,
+        without,
         figure_row(
             SUITE,
             "terminal host's cost, echo test p50",
-            (statistics.median(hosted) - statistics.median(local)) * 1e6,
+            with_host.p50 - without.p50,  # the two rows' own p50s (nearest rank)
             "us",
             higher_is_better=False,
             goal=100,
@@ -164,10 +230,21 @@ async def run(ctx: BenchContext) -> list[Row]:
             (listed_on - listed_off) * 1e6,
             "us",
             higher_is_better=False,
-            samples=len(listed_hosted),
+            samples=len(runs.listed_hosted),
             extra={"host_us": listed_on * 1e6, "server_us": listed_off * 1e6},
             note=f"{listed_on * 1e6:,.0f} us with the host, {listed_off * 1e6:,.0f} us without "
             "(same run): one round trip to the host, no shell",
+        ),
+        figure_row(
+            SUITE,
+            "terminal host's CPU per echo test",
+            server_on + host_cpu - server_off,
+            "us",
+            higher_is_better=False,
+            samples=len(hosted),
+            extra={"server_us": server_on, "host_us": host_cpu, "alone_us": server_off},
+            note=f"server {server_on:,.0f} + host {host_cpu:,.0f} us of CPU per echo, against "
+            f"{server_off:,.0f} us for the server alone (same blocks; the shell's aside)",
         ),
     ]
     answering, usable = await restart_rto(ctx.workdir, 3 if ctx.quick else 5)

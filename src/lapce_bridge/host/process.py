@@ -72,8 +72,13 @@ from lapce_bridge.host.attach import policy_from_wire
 from lapce_bridge.host.hostlog import BACKUPS, MAX_BYTES, bounded_log
 from lapce_bridge.host.places import HostPlaces, host_pid, host_places
 from lapce_bridge.host.specs import EMPTY, SpecWriter, hand_over, load, restore_all, snapshot
-from lapce_bridge.ipc.framing import Frame, FrameDecoder
-from lapce_bridge.ipc.idempotency import Idempotency, Outcome, encode_outcome, signature
+from lapce_bridge.ipc.idempotency import (
+    Idempotency,
+    Outcome,
+    encode_outcome,
+    shutting_down,
+    signature,
+)
 from lapce_bridge.ipc.journal import IdempotencyJournal
 from lapce_bridge.ipc.paths import bind_unix_socket, file_identity, probe, remove_socket
 from lapce_bridge.private import open_private_file
@@ -114,7 +119,15 @@ class _Client:
         while target.closed and target.joined is not None:
             target = target.joined
         if not target.closed:
-            target.link.send({"n": method, "c": target.conn}, link.payload_of(params))
+            target.link.write(target.frame(method, params))
+
+    def frame(self, method: str, params: Any, rides: int | None = None) -> bytes:
+        """A notification for this connection, framed for its link; `rides`: the request
+        whose answer it comes with (the server sends both to the client at once)."""
+        header: dict[str, Any] = {"n": method, "c": self.conn}
+        if rides is not None:
+            header["a"] = rides
+        return link.frame(header, link.payload_of(params))
 
     def close(self) -> None:
         if self.closed:
@@ -131,11 +144,14 @@ class _Client:
 class _Context:
     """The `CallContext` the terminal service gets for one request."""
 
-    __slots__ = ("_client", "received_at")
+    __slots__ = ("_client", "held", "received_at")
 
     def __init__(self, client: _Client, received_at: float) -> None:
         self._client = client
         self.received_at = received_at
+        # While the request waits for its answer: what rides with it (`notify_with_answer`),
+        # in order; None: notifications go at once.
+        self.held: list[tuple[str, Any]] | None = None
 
     @property
     def connection_id(self) -> int:
@@ -148,11 +164,84 @@ class _Context:
     def notify(self, method: str, params: Any) -> None:
         self._client.notify(method, params)
 
+    def notify_with_answer(self, method: str, params: Any) -> None:
+        """A notification that comes just before this request's answer
+        (`terminal/commandFinished`): held, and written with the answer in one write (one
+        wake-up of the server, which sends both to its client at once, the same way); at
+        once when the answer has gone or its connection has."""
+        held = self.held
+        if held is not None and not self._client.closed:
+            held.append((method, params))
+        else:
+            self._client.notify(method, params)
+
+    def answered(self, q: int, answer: bytes) -> bytes:
+        """What to write for the answer `answer` to request `q`: the held notifications
+        first, then it; from now on notifications are sent as they come. Those of a
+        connection that left go where its work went (`_Client.notify`); the answer then goes
+        nowhere."""
+        held, self.held = self.held, None
+        if not held:
+            return answer
+        client = self._client
+        if client.closed:
+            for name, params in held:
+                client.notify(name, params)
+            return answer
+        return b"".join([*(client.frame(name, params, q) for name, params in held), answer])
+
+    def release(self) -> None:
+        """Nobody waits for the answer any more: what was held goes out now."""
+        held, self.held = self.held, None
+        for name, params in held or ():
+            self._client.notify(name, params)
+
     def on_close(self, callback: Callable[[], None]) -> None:
         if self._client.closed:
             callback()
         else:
             self._client.callbacks.append(callback)
+
+
+class _KeyedAnswer:
+    """A request waiting for a keyed execution's outcome, answered from the outcome's done
+    callback (no task and no shield of its own: one loop turn from outcome to answer)."""
+
+    __slots__ = ("ctx", "future", "host", "link", "q")
+
+    def __init__(
+        self,
+        host: TerminalHost,
+        lk: HostLink,
+        q: int,
+        ctx: _Context,
+        future: asyncio.Future[Outcome],
+    ) -> None:
+        self.host = host
+        self.link = lk
+        self.q = q
+        self.ctx = ctx
+        self.future = future
+        future.add_done_callback(self._done)
+
+    def cancel(self) -> None:
+        """The server no longer waits (the execution goes on: only `cancelKey` stops it)."""
+        self.future.remove_done_callback(self._done)
+        self.ctx.release()
+
+    def _done(self, future: asyncio.Future[Outcome]) -> None:
+        lk = self.link
+        if lk.tasks.get(self.q) is not self:  # its server left: the outcome stays journalled
+            self.ctx.release()
+            return
+        del lk.tasks[self.q]
+        if future.cancelled():
+            outcome = encode_outcome(False, shutting_down())
+        elif (exc := future.exception()) is not None:
+            outcome = encode_outcome(False, exc)
+        else:
+            outcome = future.result()
+        self.host._answer(lk, self.q, outcome, self.ctx)
 
 
 class HostLink(asyncio.Protocol):
@@ -161,37 +250,48 @@ class HostLink(asyncio.Protocol):
     def __init__(self, host: TerminalHost, link_id: int) -> None:
         self.host = host
         self.id = link_id
-        self.decoder = FrameDecoder(4 * DEFAULT_MAX_MESSAGE_BYTES)
+        self.decoder = link.LinkDecoder(4 * DEFAULT_MAX_MESSAGE_BYTES)
         self.transport: asyncio.Transport | None = None
+        self.greeted = False  # our first message (welcome or refused) went: frames from now
         self.welcomed = False
-        self.tasks: dict[int, asyncio.Task[None]] = {}
+        # The requests not answered yet, by id: the task running one, or the wait for a keyed
+        # execution's outcome; `cancel` stops it (the server no longer waits for the answer).
+        self.tasks: dict[int, asyncio.Task[None] | _KeyedAnswer] = {}
         self.clients: dict[int, _Client] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        for event in self.decoder.feed(data):
-            if type(event) is not Frame:
-                log.error("link %d: a bad frame; closing it", self.id)
-                self.close()
-                return
-            try:
-                header, payload = link.split(event.body)
+        try:
+            messages = self.decoder.feed(data)
+        except ValueError as exc:
+            log.error("link %d: a bad frame (%s); closing it", self.id, exc)
+            self.close()
+            return
+        try:
+            for header, payload in messages:
                 self.host.received(self, header, payload)
-            except Exception:
-                log.exception("link %d: a bad message; closing it", self.id)
-                self.close()
-                return
+        except Exception:
+            log.exception("link %d: a bad message; closing it", self.id)
+            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.host.lost(self)
 
     def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        if self.greeted:
+            self.write(link.frame(header, payload))
+        else:  # the first message, in the framing a server of any version reads
+            self.greeted = True
+            self.write(link.greeting(header))
+
+    def write(self, frames: bytes) -> None:
+        """Messages framed for after the greeting (`link.frame`), in one write."""
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            transport.write(link.frame(header, payload))
+            transport.write(frames)
 
     def close(self) -> None:
         if self.transport is not None:
@@ -342,14 +442,13 @@ class TerminalHost:
             self._alone_since = self.clock.now()
 
     def received(self, lk: HostLink, header: dict[str, Any], payload: bytes) -> None:
-        if "q" in header:
+        kind = header.get("k")
+        if kind is None:  # a request (a `cancel` names one too, but it has a kind)
             if lk.welcomed:
                 self._request(lk, header, payload)
             else:
                 lk.close()
-            return
-        kind = header.get("k")
-        if kind == "hello":
+        elif kind == "hello":
             self._hello(lk, header)
         elif kind == "closed":
             client = lk.clients.pop(header.get("c", -1), None)
@@ -432,13 +531,15 @@ class TerminalHost:
             refused = Unavailable(f"the terminal host is {why}: no new command")
             self._answer(lk, q, encode_outcome(False, refused))
             return
-        if not meth.is_async and key is None:
+        if key is not None:
+            self._keyed(lk, q, name, meth, params, ctx, key)
+        elif not meth.is_async:
             self._answer(lk, q, self._call_sync(meth, params, ctx))
-            return
-        task = asyncio.get_running_loop().create_task(
-            self._run(lk, q, name, meth, params, ctx, key)
-        )
-        lk.tasks[q] = task
+        else:
+            ctx.held = []
+            lk.tasks[q] = asyncio.get_running_loop().create_task(
+                self._run(lk, q, meth, params, ctx)
+            )
 
     def _call_sync(self, meth: Method, params: dict[str, Any], ctx: _Context) -> Outcome:
         try:
@@ -457,6 +558,19 @@ class TerminalHost:
             return encode_outcome(False, exc)
 
     async def _run(
+        self, lk: HostLink, q: int, meth: Method, params: dict[str, Any], ctx: _Context
+    ) -> None:
+        try:
+            outcome = await self._call(meth, params, ctx)
+        except asyncio.CancelledError:
+            ctx.release()
+            return  # the server no longer waits (it answers the client itself)
+        finally:
+            if lk.tasks.get(q) is asyncio.current_task():
+                del lk.tasks[q]
+        self._answer(lk, q, outcome, ctx)
+
+    def _keyed(
         self,
         lk: HostLink,
         q: int,
@@ -466,21 +580,8 @@ class TerminalHost:
         ctx: _Context,
         key: Any,
     ) -> None:
-        try:
-            if key is None:
-                outcome = await self._call(meth, params, ctx)
-            else:
-                outcome = await self._keyed(name, meth, params, ctx, key)
-        except asyncio.CancelledError:
-            return  # the server no longer waits (it answers the client itself)
-        finally:
-            if lk.tasks.get(q) is asyncio.current_task():
-                del lk.tasks[q]
-        self._answer(lk, q, outcome)
-
-    async def _keyed(
-        self, name: str, meth: Method, params: dict[str, Any], ctx: _Context, key: Any
-    ) -> Outcome:
+        """A keyed request: run at most once (the journal outlives this host), joined by a
+        repeat of its key; answered from its outcome's callback, with no task of its own."""
         idem = self.idempotency
         try:
             if type(key) is not str:
@@ -488,26 +589,29 @@ class TerminalHost:
             bound = signature(name, params)
             found = idem.lookup(key, bound)
             if found is None:
+                ctx.held = []
                 found = idem.start(key, bound, lambda: self._call(meth, params, ctx))
                 self._owners[key] = ctx._client
+                found.add_done_callback(lambda _: self._forget_owner(key, ctx._client))
             else:
                 first = self._owners.get(key)
                 if first is not None and first is not ctx._client and first.closed:
                     first.joined = ctx._client  # its stream now goes to who asked again
         except Exception as exc:
-            return encode_outcome(False, exc)
+            self._answer(lk, q, encode_outcome(False, exc))
+            return
         if isinstance(found, tuple):
-            return found
-        try:
-            return await asyncio.shield(found)
-        except Unavailable as exc:
-            return encode_outcome(False, exc)
-        finally:
-            if found.done():
-                self._owners.pop(key, None)
+            self._answer(lk, q, found)
+        else:
+            lk.tasks[q] = _KeyedAnswer(self, lk, q, ctx, found)
 
-    def _answer(self, lk: HostLink, q: int, outcome: Outcome) -> None:
-        lk.send({"r": q, "ok": outcome[0]}, outcome[1])
+    def _forget_owner(self, key: str, client: _Client) -> None:
+        if self._owners.get(key) is client:
+            del self._owners[key]
+
+    def _answer(self, lk: HostLink, q: int, outcome: Outcome, ctx: _Context | None = None) -> None:
+        answer = link.frame({"r": q, "ok": outcome[0]}, outcome[1])
+        lk.write(answer if ctx is None else ctx.answered(q, answer))
         # Terminals opened, closed, busy or freed are told right after the answer (a caller
         # reading the gauges next sees them); counters and byte figures, which move with every
         # command, wait for the next second's push: a message, a wake-up of every server and a
@@ -587,7 +691,8 @@ class TerminalHost:
         self.draining = True
         log.warning("draining: %s", why)
         for lk in self.links:  # their servers attach a new host for new work
-            lk.send({"k": "draining", "reason": why})
+            if lk.welcomed:  # (a refused one, maybe of another link version, heard why)
+                lk.send({"k": "draining", "reason": why})
         self._stop_listening()  # the lock stays ours: the next host waits for what we leave
         asyncio.get_running_loop().create_task(self._drain())
 

@@ -53,9 +53,15 @@ from lapce_bridge.core.relief import Relief
 from lapce_bridge.host import STOP_HOST, link
 from lapce_bridge.host.attach import HostRefused, hello, open_link, start_host
 from lapce_bridge.host.places import HostPlaces, host_pid, host_places
-from lapce_bridge.ipc.framing import Frame, FrameDecoder
 from lapce_bridge.ipc.jsonrpc import error_from_wire
-from lapce_bridge.rpc import DEFAULT_MAX_MESSAGE_BYTES, Broadcast, CallContext, Method, Observe
+from lapce_bridge.rpc import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Broadcast,
+    CallContext,
+    Method,
+    Observe,
+    notify_with_answer,
+)
 from lapce_bridge.rpc import method as make_method
 from lapce_bridge.terminal.params import METHODS
 
@@ -84,9 +90,12 @@ class ServerLink(asyncio.Protocol):
 
     def __init__(self, proxy: HostProxy) -> None:
         self.proxy = proxy
-        self.decoder = FrameDecoder(4 * DEFAULT_MAX_MESSAGE_BYTES)
+        self.decoder = link.LinkDecoder(4 * DEFAULT_MAX_MESSAGE_BYTES)
         self.transport: asyncio.Transport | None = None
-        self.pending: dict[int, asyncio.Future[tuple[bool, bytes]]] = {}
+        self.hello_sent = False  # our first message (the hello) went: frames from now
+        # The requests waiting for their answer: the future it resolves, and the request's
+        # context (a notification riding with the answer goes out through it).
+        self.pending: dict[int, tuple[asyncio.Future[tuple[bool, bytes]], CallContext | None]] = {}
         loop = asyncio.get_running_loop()
         self.greeted: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.lost: asyncio.Future[None] = loop.create_future()  # or draining
@@ -98,19 +107,23 @@ class ServerLink(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        for event in self.decoder.feed(data):
-            if type(event) is not Frame:
-                log.error("terminal host link: a bad frame; closing it")
-                self.close()
-                return
-            header, payload = link.split(event.body)
+        try:
+            messages = self.decoder.feed(data)
+        except ValueError as exc:
+            log.error("terminal host link: a bad frame (%s); closing it", exc)
+            self.close()
+            return
+        pending = self.pending
+        for header, payload in messages:
             r = header.get("r")
             if r is not None:
-                future = self.pending.pop(r, None)
-                if future is not None and not future.done():
-                    future.set_result((header["ok"], payload))
+                waiting = pending.pop(r, None)
+                if waiting is not None and not waiting[0].done():
+                    waiting[0].set_result((header["ok"], payload))
                 continue
             self.proxy.received(header, payload, self)
+            if self.closing:
+                return  # refused: what a host of another version says next is not read
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -132,7 +145,7 @@ class ServerLink(asyncio.Protocol):
                 data={"hostDied": True},
             )
         )
-        for future in self.pending.values():
+        for future, _ in self.pending.values():
             if not future.done():
                 future.set_exception(died)
         self.pending.clear()
@@ -141,8 +154,13 @@ class ServerLink(asyncio.Protocol):
 
     def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
         transport = self.transport
-        if transport is not None and not transport.is_closing():
+        if transport is None or transport.is_closing():
+            return
+        if self.hello_sent:
             transport.write(link.frame(header, payload))
+        else:  # the hello, in the framing a host of any version reads
+            self.hello_sent = True
+            transport.write(link.greeting(header))
 
     def close(self) -> None:
         self.closing = True
@@ -403,10 +421,17 @@ class HostProxy:
         """A message from the host other than an answer."""
         method = header.get("n")
         if method is not None:
-            ctx = self._contexts.get(header.get("c", -1))
-            if ctx is not None:
-                with contextlib.suppress(Exception):  # the connection may be closing
-                    ctx.notify(method, orjson.Fragment(payload) if payload else None)
+            params = orjson.Fragment(payload) if payload else None
+            rides = lk.pending.get(header.get("a", -1))
+            with contextlib.suppress(Exception):  # the connection may be closing
+                if rides is not None and rides[1] is not None:
+                    # With the answer to that request: through its context, so the client
+                    # gets both in one write too.
+                    notify_with_answer(rides[1], method, params)
+                else:
+                    ctx = self._contexts.get(header.get("c", -1))
+                    if ctx is not None:
+                        ctx.notify(method, params)
             return
         method = header.get("b")
         if method is not None:
@@ -433,6 +458,7 @@ class HostProxy:
             lk.greeted.set_result(header)
         elif kind == "refused" and not lk.greeted.done():
             lk.greeted.set_exception(HostRefused(str(header.get("reason"))))
+            lk.close()  # it drains; what it says next (maybe in another framing) is not ours
 
     def link_closed(self, lk: ServerLink) -> None:
         self._draining.discard(lk)
@@ -469,7 +495,7 @@ class HostProxy:
             if session is not None:
                 header["s"] = session
         future: asyncio.Future[tuple[bool, bytes]] = asyncio.get_running_loop().create_future()
-        lk.pending[q] = future
+        lk.pending[q] = (future, ctx)
         lk.send(header, orjson.dumps(params))
         try:
             ok, payload = await future

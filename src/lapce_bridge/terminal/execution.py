@@ -27,7 +27,9 @@ class Execution:
     __slots__ = (
         "_held_nl",
         "_last_nl",
+        "_loop",
         "_normalizer",
+        "_waiters",
         "began",
         "command",
         "cwd",
@@ -102,13 +104,27 @@ class Execution:
         # never echoed, so after a line that already ended it would be a blank line.
         self._held_nl = False
         self._last_nl = True
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self.done: asyncio.Future[ExecResult] = loop.create_future()
         self.began: asyncio.Future[None] = loop.create_future()
+        self._waiters: list[asyncio.Future[None]] = []
 
     @property
     def finished(self) -> bool:
         return self.done.done()
+
+    def waiter(self) -> asyncio.Future[None]:
+        """A future resolved when the execution ends, which the waiter may cancel (a timeout)
+        without touching `done`: what `asyncio.shield(done)` gives, without the callback
+        that shield runs a loop turn later (the waiting task wakes one turn sooner)."""
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        if self.done.done():
+            waiter.set_result(None)
+        else:
+            # Those a timeout cancelled go (a long command is waited for in many slices).
+            self._waiters = [w for w in self._waiters if not w.done()]
+            self._waiters.append(waiter)
+        return waiter
 
     def begin(self, now: float) -> None:
         """Output starts (the start mark, or the echo's end of a typed line)."""
@@ -179,6 +195,10 @@ class Execution:
             status = Status.INTERRUPTED
         result = self._result(status, now, exit_code)
         self.done.set_result(result)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         return result
 
     def snapshot(self, status: Status, now: float, cwd: str | None) -> ExecResult:

@@ -4,10 +4,11 @@ Theory of operation: a command is written to a file in the terminal's own privat
 (the command file), so its text never passes through the tty's line discipline, and the
 shell gets it one of two ways:
 
-- typed (bash, zsh and fish with integration): the bridge types the command's nonce and a load
-  key at the prompt. Our key binding (readline `bind -x`, a zle widget, a fish `bind` function)
-  takes the nonce from the edit line, puts the command's first line there instead and accepts
-  it, exactly as if it had been typed; each time the shell asks for another line (its next
+- typed (bash, zsh and fish with integration): the bridge types a key and the command's nonce
+  at the prompt. Our key binding (readline `bind -x`, a zle widget, a fish `bind` function)
+  takes the nonce (bash and zsh read it after their new-command key, fish from the edit line
+  before its load key), puts the command's first line in the edit line and accepts it,
+  exactly as if it had been typed; each time the shell asks for another line (its next
   prompt, or the continuation prompt inside a block, a quote or a heredoc; fish, which has no
   continuation prompt, keeps an incomplete line in its buffer and asks for the next) the hooks
   print `633;P;LbMore` (`LbCont` at a continuation) and the bridge types the load key again.
@@ -258,9 +259,19 @@ def load_groups(lines: list[str]) -> list[int]:
     return groups
 
 
+# bash's and zsh's new-command key: the nonce comes after it and their function reads it
+# (readline and zle would insert a nonce typed into the edit line and draw it a character at
+# a time; zle with a write each).
+NEW_KEY = b"\x1b[7797~"
+
+
 def integration_line(kind: str, nonce: str) -> bytes:
     """What runs the command file under our hooks, handing them the nonce: typed, its lines
     given to the line editor one by one."""
+    if kind == "bash":
+        return NEW_KEY + nonce.encode() + _ACCEPT_KEY
+    if kind == "zsh":
+        return NEW_KEY + nonce.encode()
     return load_keys(kind, nonce)
 
 

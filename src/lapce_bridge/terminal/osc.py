@@ -126,6 +126,10 @@ _SELF_DELIMITED = re.compile(
 )
 # A tail that _ESCAPE could still match differently once more bytes arrive.
 _ESCAPE_PREFIX = re.compile(rb"\x1b(?:\[[\x30-\x3f]{0,256}[\x20-\x2f]{0,16}|[\x20-\x2f]{0,16})")
+# The common chunk of an integrated shell: text and complete OSCs ended by BEL, with no control
+# byte inside them (so nothing for `_parse` to ignore, abort or hold). Split on those, the
+# chunk alternates text runs and whole sequences (`OscParser._split_fast`).
+_WHOLE_OSC = re.compile(rb"(\x1b\][\x20-\xff]*\x07)")
 _OSC_IGNORED = bytes(b for b in range(0x20) if b not in (0x07, 0x18, 0x1A, 0x1B))
 _VALUE_ESCAPE = re.compile(rb"\\(?:\\|x([0-9a-fA-F]{2}))")
 _INT = re.compile(rb"-?[0-9]{1,18}")
@@ -407,6 +411,10 @@ class OscParser:
                 self._buf = bytearray(b"\x1b")  # may become ESC ]
                 return [Text(data[:-1])] if len(data) > 1 else []
             return [Text(data)]
+        if not resume:
+            whole = self._split_fast(data)
+            if whole is not None:
+                return whole
         return self._parse(data, resume, final=False)
 
     def _strip_fast(self, data: bytes) -> list[Event] | None:
@@ -425,6 +433,85 @@ class OscParser:
             self._buf = bytearray(data[k:])
         text = self._strip.finish(reduced)
         return [Text(text)] if text else []
+
+    def _split_fast(self, data: bytes) -> list[Event] | None:
+        """A chunk of text runs and whole BEL-ended OSCs (what our hooks print): one split
+        instead of `_parse`'s searches a sequence. None when anything else is in it (another
+        string, a control byte inside a sequence, an escape left open at its end): `_parse`
+        does the whole work, so the events are the same either way."""
+        parts = _WHOLE_OSC.split(data)
+        if len(parts) == 1:
+            return None
+        strip = self.strip_ansi
+        for k in range(0, len(parts), 2):
+            run = parts[k]
+            if 27 in run and (
+                _STRING_START.search(run) is not None if strip else _OSC_START in run
+            ):
+                return None
+        for k in range(1, len(parts), 2):
+            if len(parts[k]) >= self.max_buffer:
+                return None  # `_parse` demotes it (overflow)
+        tail = parts[-1]
+        if 27 in tail:  # an escape left open at the end is held for the next chunk, as in `_parse`
+            if strip:
+                k = tail.rfind(b"\x1b")
+                if _ESCAPE_PREFIX.fullmatch(tail, k):
+                    self._buf = bytearray(tail[k:])
+                    parts[-1] = tail[:k]
+            elif tail[-1] == 0x1B:
+                self._buf = bytearray(b"\x1b")
+                parts[-1] = tail[:-1]
+        cache = self._cache
+        if self._cache_nonce != self.nonce:
+            cache.clear()
+            self._cache_nonce = self.nonce
+        events: list[Event] = []
+        text: list[bytes] = []
+        for k, part in enumerate(parts):
+            if not k & 1:
+                if part:
+                    text.append(self._strip(part) if strip and 27 in part else part)
+                continue
+            marker = cache.get(part)
+            if marker is None:
+                marker = self._decode_raw(part, part[2:-1], strip, text)
+                if marker is None:
+                    continue
+            self._markers += 1
+            if text:
+                joined = b"".join(text)
+                if joined:
+                    events.append(Text(joined))
+                text.clear()
+            events.append(marker)
+        if text:
+            joined = b"".join(text)
+            if joined:
+                events.append(Text(joined))
+        return events
+
+    def _decode_raw(
+        self, raw: bytes, payload: bytes, strip: bool, text: list[bytes]
+    ) -> Marker | None:
+        """The marker of a complete OSC (`raw`, its `payload` without ignored controls), cached;
+        None for another OSC (kept in `text` unless stripping) or an invalid one (counted)."""
+        semi = payload.find(b";")
+        number = payload if semi < 0 else payload[:semi]
+        if number != b"633" and number != b"133" and number != b"7":
+            if not strip:
+                text.append(raw)  # titles, hyperlinks, ...: untouched
+            return None
+        marker = self._decode(number, b"" if semi < 0 else payload[semi + 1 :], raw)
+        if marker is None:
+            self._invalid += 1
+            return None
+        if len(raw) <= _CACHE_MAX_RAW:  # bounded: at most 256 small entries
+            cache = self._cache
+            if len(cache) >= _CACHE_SIZE:
+                cache.clear()
+            cache[raw] = marker
+        return marker
 
     def flush(self) -> list[Event]:
         """End of stream: an unfinished sequence is not a sequence; its bytes come out as Text
@@ -505,20 +592,9 @@ class OscParser:
                 # are ignored, as DEC's parser and xterm.js do: a CR/LF a shell's line
                 # wrapping put inside `ESC ] 633;A ... BEL` must not cost the marker.
                 payload = data[i + 2 : d].translate(None, _OSC_IGNORED)
-                semi = payload.find(b";")
-                number = payload if semi < 0 else payload[:semi]
-                if number != b"633" and number != b"133" and number != b"7":
-                    if not strip:
-                        text.append(raw)  # titles, hyperlinks, ...: untouched
-                    continue
-                marker = self._decode(number, b"" if semi < 0 else payload[semi + 1 :], raw)
+                marker = self._decode_raw(raw, payload, strip, text)
                 if marker is None:
-                    self._invalid += 1
                     continue
-                if len(raw) <= _CACHE_MAX_RAW:  # bounded: at most 256 small entries
-                    if len(cache) >= _CACHE_SIZE:
-                        cache.clear()
-                    cache[raw] = marker
             self._markers += 1
             if text:
                 joined = b"".join(text)

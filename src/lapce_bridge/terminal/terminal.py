@@ -433,9 +433,11 @@ class Terminal:
         self.executions += 1
         now = self.clock.now()
         self.last_used = now
-        execution_id = f"{self.terminal_id}-{self.executions}-{secrets.token_hex(3)}"
-        # The command's own secret: it ends this command and no other (tracker.py, rule 1).
-        secret = secrets.token_hex(16)
+        # The command's own secret (the last 32 digits): it ends this command and no other
+        # (tracker.py, rule 1). One draw for it and the id's suffix.
+        drawn = secrets.token_hex(19)
+        execution_id = f"{self.terminal_id}-{self.executions}-{drawn[:6]}"
+        secret = drawn[6:]
         ex = Execution(
             execution_id=execution_id,
             terminal_id=self.terminal_id,

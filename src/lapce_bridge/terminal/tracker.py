@@ -19,7 +19,8 @@ command's end is found is the tracker's `detection`:
   after `633;P;LbZle=<nonce>`);
   a job's notice zle prints while the keys are typed (after its POSTEDIT mark, before our
   widget's, up to the prompt it draws again) is the command's output, as it is between
-  commands (kept for the next command);
+  commands (kept for the next command), and so is one zsh prints after a command's end mark
+  and before its prompt (a job that ended while precmd ran);
   the command starts at the first line's; `633;P;LbMore=<nonce>` (the next prompt) or
   `633;P;LbCont=<nonce>` (a continuation prompt) asks for the next line (`LineWanted`) and
   hides the prompt and the echo that follow.
@@ -132,6 +133,7 @@ class CommandTracker:
     __slots__ = (
         "_announced",
         "_carry",
+        "_carry_from",
         "_d_tail",
         "_held",
         "_held_text",
@@ -144,6 +146,7 @@ class CommandTracker:
         "_typed",
         "_until_edit",
         "_until_lf",
+        "_zle",
         "cwd",
         "detection",
         "started",
@@ -169,6 +172,11 @@ class CommandTracker:
         # its prompt): kept for the next command's output, where a typed session shows it.
         self._carry = bytearray()
         self._idle_capture = False
+        # Where the text kept after a zle command's end mark begins in `_carry`: zsh draws
+        # its prompt there too (escapes only, kept in `ansi: keep`), dropped at the prompt
+        # mark unless something visible came (a notice).
+        self._carry_from: int | None = None
+        self._zle = False  # the command in flight was typed through zle
 
     @property
     def in_flight(self) -> bool:
@@ -183,6 +191,8 @@ class CommandTracker:
         self._until_lf = False
         self._until_edit = False
         self._idle_capture = False
+        self._carry_from = None
+        self._zle = False
         self._d_tail = (";" + secret + "\x07").encode()
         self.started = False
         self._announced = False
@@ -204,6 +214,7 @@ class CommandTracker:
         self._secret = None
         self.started = False
         self._announced = False
+        self._zle = False
         self._prestart.clear()
         self._held_text.clear()
 
@@ -217,6 +228,7 @@ class CommandTracker:
         self._probe = None
         self._carry.clear()
         self._idle_capture = False
+        self._carry_from = None
 
     def feed(self, events: list[Event]) -> list[TrackerEvent]:
         out: list[TrackerEvent] = []
@@ -278,8 +290,9 @@ class CommandTracker:
                 out.append(CwdChanged(m.value))
             return
         kind = m.kind
-        if kind in ("A", "B"):
+        if kind in ("A", "B") and self._idle_capture:
             self._idle_capture = False
+            self._drop_prompt_drawing()
         if kind == "P":
             self._property(m, out)
             return
@@ -312,7 +325,7 @@ class CommandTracker:
             if key in ("LbEcho", "LbZle"):
                 if self._hide and value == self._secret:
                     self._until_lf = key == "LbEcho"
-                    self._until_edit = key == "LbZle"
+                    self._until_edit = self._zle = key == "LbZle"
                     self._idle_capture = False
                 return
             if key == "LbEdit":
@@ -349,6 +362,14 @@ class CommandTracker:
         elif self._secret is not None and token == self._secret:
             self._end(code, out)
 
+    def _drop_prompt_drawing(self) -> None:
+        """The prompt mark after a zle command's end: of what came between them, the lines
+        (a job's notice) are kept, not what zle draws after them before its prompt (escapes,
+        kept in `ansi: keep`)."""
+        start, self._carry_from = self._carry_from, None
+        if start is not None:
+            del self._carry[self._carry.rfind(b"\n", start) + 1 or start :]
+
     def _keep(self, data: bytes) -> None:
         if len(self._carry) < _CARRY_LIMIT:
             self._carry += data[: _CARRY_LIMIT - len(self._carry)]
@@ -381,5 +402,11 @@ class CommandTracker:
             out.append(_STARTED)
             if text:
                 out.append(Output(text))
+        zle = self._zle
         self.abandon()
         out.append(Finished(code))
+        if zle:
+            # zsh may print a job's notice after precmd, before its prompt: the next
+            # command's output, as a typed session shows it before that command.
+            self._idle_capture = True
+            self._carry_from = len(self._carry)

@@ -118,7 +118,7 @@ async def await_result(
             return ex.snapshot(Status.WAITING_FOR_INPUT, now, hooks.cwd())
         try:
             async with clock.timeout(wait):
-                await asyncio.shield(ex.done)
+                await ex.waiter()
         except TimeoutError:
             pass
     return ex.done.result()

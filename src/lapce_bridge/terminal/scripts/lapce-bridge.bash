@@ -5,13 +5,15 @@
 #
 # How a command arrives, so that it behaves exactly as if typed at this prompt (job control
 # and its notices, $0, error messages, a syntax error on one line not dropping the next): the
-# bridge writes it to the file $__lb_cf, then types its nonce (32 hex digits) and the load
-# key. The load key's function takes the nonce from the edit line, reads the file's lines and
-# puts the first into the edit line; the accept key then runs it as if typed. Whenever the
-# shell asks for another line while lines remain (its next prompt, or PS2 inside a block, a
-# quote or a heredoc), the prompt prints `633;P;LbMore=<nonce>` (PS2: `LbCont`) and the bridge
-# types the load key again. Readline scrolls a long line instead of wrapping it, so the echo of a loaded line
-# ends at the first newline after `633;P;LbEcho=<nonce>`: what follows is the line's output.
+# bridge writes it to the file $__lb_cf, then types the new-command key, its nonce (32 hex
+# digits) and the accept key. The new-command key's function reads the nonce from the
+# terminal (readline never inserts or draws it), reads the file's lines and puts the first
+# into the edit line; the accept key then runs it as if typed. Whenever the shell asks for
+# another line while lines remain (its next prompt, or PS2 inside a block, a quote or a
+# heredoc), the prompt prints `633;P;LbMore=<nonce>` (PS2: `LbCont`) and the bridge types the
+# load key (and the accept key) again. Readline scrolls a long line instead of wrapping it, so
+# the echo of a loaded line ends at the first newline after `633;P;LbEcho=<nonce>`: what
+# follows is the line's output.
 #
 # Invariants:
 # - no hook forks: no $(...), no pipes, no external commands; text is escaped with parameter
@@ -21,9 +23,11 @@
 #   at the command's end;
 # - the user's ~/.bashrc, PS1, PS2, PROMPT_COMMAND (string or array) and DEBUG trap keep
 #   working: ours run around theirs, and $? is handed on unchanged;
-# - each line that runs is announced by C (PS0); after a command's last line the prompt itself
-#   prints P;Cwd and D;<status>;<nonce> (after
-#   bash's job notices, which are the command's output), then A; B ends PS1.
+# - each line that runs is announced by C (PS0); after a command's last line come P;Cwd and
+#   D;<status>;<nonce>: printed by the prompt itself when a job's notice may come (bash prints
+#   those after PROMPT_COMMAND, and they are the command's output), else by PROMPT_COMMAND
+#   (readline expands a prompt again when it redraws it: a short one costs less); then A;
+#   B ends PS1.
 # Without line editing (`bash --noediting`) nothing is installed: the bridge finds the end of
 # each command with a tokened end marker instead.
 if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
@@ -68,54 +72,60 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
         fi
     }
 
-    # The load key. After a nonce: a new command, its lines read from the file. After "-":
-    # the rest of the command is dropped (it was interrupted). After "!": the same, and the
-    # continuation prompt abandoned. After a count: that many of its next lines. Alone: its
-    # next line.
-    __lb_load() {
-        if [[ ${#READLINE_LINE} == 32 && $READLINE_LINE != *[!0-9a-f]* ]]; then
-            __lb_n=$READLINE_LINE
-            __lb_i=0
-            local text=
-            IFS= builtin read -r -d '' -N 4096 text <"$__lb_cf"
-            if ((${#text} < 4096)); then
-                text=${text%$'\n'}
-                __lb_escape "$text"
-            else
-                __lb_out=
-            fi
-            # One line (most commands): no second read of the file.
-            if ((${#text} < 4096)) && [[ $text != *$'\n'* ]]; then
-                __lb_lines=("$text")
-            else
-                mapfile -t __lb_lines <"$__lb_cf"
-            fi
-            # One write for both marks: each write wakes the reader on the other side.
-            builtin printf '\e]633;E;%s;%s\a\e]633;P;LbEcho=%s\a' "$__lb_out" "$__lb_n" "$__lb_n"
+    # The new-command key: the nonce follows it and is read here (readline would insert and
+    # draw it a character at a time); the command's lines come from the file, the first goes
+    # into the edit line, which the accept key then runs as if typed.
+    __lb_new() {
+        local n= text=
+        IFS= builtin read -r -s -N 32 n
+        [[ ${#n} == 32 && $n != *[!0-9a-f]* ]] || return
+        __lb_n=$n
+        IFS= builtin read -r -d '' -N 4096 text <"$__lb_cf"
+        if ((${#text} < 4096)) && [[ $text != *$'\n'?* ]]; then
+            text=${text%$'\n'}
+            __lb_lines=("$text") # one line (most commands): no second read of the file
         else
-            builtin printf '\e]633;P;LbEcho=%s\a' "$__lb_n"
-            if [[ $READLINE_LINE == - ]]; then
-                __lb_i=${#__lb_lines[@]}
-            elif [[ $READLINE_LINE == '!' ]]; then
-                # Abandon a continuation prompt in a shell that ignores SIGINT (the user's
-                # `trap '' INT`), where Ctrl-C does nothing: as Ctrl-C would, with the user's
-                # trap set again at the next prompt.
-                __lb_i=${#__lb_lines[@]}
-                builtin trap -p INT >"$__lb_dir/int"
-                __lb_int=1
-                READLINE_LINE=
-                builtin trap - INT
-                builtin kill -INT $$
-                return
-            elif [[ -n $READLINE_LINE && $READLINE_LINE != *[!0-9]* ]]; then
-                # After a count: that many lines at once (a here-document's body and its
-                # delimiter line, which the shell reads as text, never as commands).
-                local IFS=$'\n' n=$READLINE_LINE
-                READLINE_LINE="${__lb_lines[*]:__lb_i:n}"
-                READLINE_POINT=${#READLINE_LINE}
-                __lb_i=$((__lb_i + n))
-                return
-            fi
+            mapfile -t __lb_lines <"$__lb_cf"
+            if ((${#text} < 4096)); then text=${text%$'\n'}; else text=; fi
+        fi
+        if [[ $text == *[\\\;$'\a\e\n\r\x18\x1a']* ]]; then
+            __lb_escape "$text"
+        else
+            __lb_out=$text
+        fi
+        # One write for both marks: each write wakes the reader on the other side.
+        builtin printf '\e]633;E;%s;%s\a\e]633;P;LbEcho=%s\a' "$__lb_out" "$n" "$n"
+        READLINE_LINE=${__lb_lines[0]-}
+        READLINE_POINT=${#READLINE_LINE}
+        __lb_i=1
+    }
+
+    # The load key. After "-": the rest of the command is dropped (it was interrupted). After
+    # "!": the same, and the continuation prompt abandoned. After a count: that many of its
+    # next lines. Alone: its next line.
+    __lb_load() {
+        builtin printf '\e]633;P;LbEcho=%s\a' "$__lb_n"
+        if [[ $READLINE_LINE == - ]]; then
+            __lb_i=${#__lb_lines[@]}
+        elif [[ $READLINE_LINE == '!' ]]; then
+            # Abandon a continuation prompt in a shell that ignores SIGINT (the user's
+            # `trap '' INT`), where Ctrl-C does nothing: as Ctrl-C would, with the user's
+            # trap set again at the next prompt.
+            __lb_i=${#__lb_lines[@]}
+            builtin trap -p INT >"$__lb_dir/int"
+            __lb_int=1
+            READLINE_LINE=
+            builtin trap - INT
+            builtin kill -INT $$
+            return
+        elif [[ -n $READLINE_LINE && $READLINE_LINE != *[!0-9]* ]]; then
+            # After a count: that many lines at once (a here-document's body and its
+            # delimiter line, which the shell reads as text, never as commands).
+            local IFS=$'\n' n=$READLINE_LINE
+            READLINE_LINE="${__lb_lines[*]:__lb_i:n}"
+            READLINE_POINT=${#READLINE_LINE}
+            __lb_i=$((__lb_i + n))
+            return
         fi
         READLINE_LINE=${__lb_lines[__lb_i]-}
         READLINE_POINT=${#READLINE_LINE}
@@ -177,17 +187,25 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
         fi
         if [[ -n $__lb_n ]] && ((__lb_i < ${#__lb_lines[@]})); then
             __lb_mark=$'\e]633;P;LbMore='$__lb_n$'\a'
+            __lb_prompt_end # (the line may have set PS1: LbMore is printed by ours)
             return "$__lb_status"
         fi
         # What a replacement shell restores if this one dies (a builtin writing a file), saved
         # before the end mark so that a death right after a command still finds it; saved
         # again only when the environment may have changed (it costs as much as a bare prompt).
+        # The prompts are marked again then too: a command that cannot have set a variable
+        # cannot have set PS1 (the user's PROMPT_COMMAND, which may, ends with that check).
         if [[ -z $__lb_n || $PROMPT_COMMAND != "$__lb_pc" ]] || ((${#PROMPT_COMMAND[@]} > 1)) ||
             __lb_may_export; then
             builtin declare -x 2>/dev/null >"$__lb_ef"
+            __lb_prompt_end
         fi
         if [[ -n $__lb_fns_stale ]]; then __lb_list_functions; fi
-        __lb_escape "$PWD"
+        if [[ $PWD == *[\\\;$'\a\e\n\r\x18\x1a']* ]]; then
+            __lb_escape "$PWD"
+        else
+            __lb_out=$PWD
+        fi
         if [[ -n $__lb_n ]]; then
             builtin printf -v __lb_mark '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' \
                 "$__lb_out" "$__lb_status" "$__lb_n"
@@ -197,6 +215,18 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
         else
             builtin printf -v __lb_mark '\e]633;P;Cwd=%s\a' "$__lb_out"
         fi
+        # Without jobs no notice can come before the prompt: the marks go out now, and the
+        # prompt (which readline expands again, a character at a time, when it redraws the
+        # line after the new-command key) stays short. `\j` no longer counts a job that has
+        # ended, whose notice is still to come: so not either when a job was counted at the
+        # last prompt or one was started since (`$!` moved).
+        local jobs=${__lb_jobs@P}
+        if [[ $jobs == 0 && $__lb_jobs_then == 0 && ${!-} == "$__lb_bg" ]]; then
+            builtin printf %s "$__lb_mark"
+            __lb_mark=
+        fi
+        __lb_jobs_then=$jobs
+        __lb_bg=${!-}
         return "$__lb_status"
     }
 
@@ -215,12 +245,16 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
     # PS0 is printed once a line is parsed, just before it runs: until then a SIGINT would
     # reach bash between reading the line and running it (it drops a character, runs the rest).
     __lb_c='\e]633;C\a'
+    __lb_jobs='\j' # how many jobs the shell has (a prompt escape: no fork)
+    __lb_jobs_then=0
+    __lb_bg=${!-}
 
     # Commands come from a program, not a person's history: `!` is just a character.
     set +H
     builtin bind 'set horizontal-scroll-mode on' 'set enable-bracketed-paste off' 2>/dev/null
     for __lb_km in emacs vi-insert; do
         builtin bind -m "$__lb_km" -x '"\e[7799~": __lb_load' 2>/dev/null
+        builtin bind -m "$__lb_km" -x '"\e[7797~": __lb_new' 2>/dev/null
         builtin bind -m "$__lb_km" '"\e[7798~": accept-line' 2>/dev/null
     done
     unset __lb_km
@@ -235,13 +269,9 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
 $PROMPT_COMMAND
 __lb_prompt_end"
     else
-        PROMPT_COMMAND=__lb_prompt
+        PROMPT_COMMAND=__lb_precmd
     fi
-    __lb_pc=__lb_prompt
-    __lb_prompt() {
-        __lb_precmd
-        __lb_prompt_end
-    }
+    __lb_pc=__lb_precmd
     declare -A __lb_words=()
     __lb_fns_stale=1
 fi

@@ -2,9 +2,10 @@
 #
 # How a command arrives, so that it behaves exactly as if typed at this prompt (job numbers
 # and notices, $0, error messages naming zsh, a syntax error on one line not dropping the
-# next): the bridge writes it to the file $__lb_cf, then types its nonce (32 hex digits) and
-# the load key. The load widget takes the nonce from the edit buffer, reads the file's lines,
-# puts the first into the buffer and accepts it as if typed. Whenever zsh asks for another
+# next): the bridge writes it to the file $__lb_cf, then types the new-command key and its
+# nonce (32 hex digits). The new-command widget reads the nonce from the terminal (zle never
+# inserts or draws it), reads the file's lines, puts the first into the buffer and accepts it
+# as if typed. Whenever zsh asks for another
 # line while lines remain, precmd prints `633;P;LbMore=<nonce>` before the next prompt (PS2, at
 # a continuation prompt inside a block, a quote or a heredoc, starts with `633;P;LbCont`) and
 # the bridge types the load key again. The widget prints `633;P;LbZle=<nonce>`, and POSTEDIT
@@ -68,24 +69,41 @@ __lb_escape() {
     fi
 }
 
-# The load key. After a nonce: a new command, its lines read from the file. After "-": the
-# rest of the command is dropped (it was interrupted). After "!": the same, and the
-# continuation prompt abandoned. After a count: that many of its next lines. Alone: its next
-# line.
+# The new-command key: the nonce follows it and is read here (zle would insert and draw it a
+# character at a time, a write each); the command's lines come from the file (`$(<file)`
+# reads it whole without a fork, where `read` takes a byte a call), the first goes into the
+# buffer and is accepted as if typed.
+__lb_new() {
+    local n= text=
+    builtin read -k 32 n
+    [[ ${#n} == 32 && $n != *[^0-9a-f]* ]] || return
+    __lb_n=$n
+    text=$(<$__lb_cf)
+    __lb_lines=("${(@f)text}")
+    __lb_i=1
+    if (( ${#text} >= 4096 )); then
+        __lb_out=
+    elif [[ $text == *[\\\;$'\a\e\n\r\x18\x1a']* ]]; then
+        __lb_escape "$text"
+    else
+        __lb_out=$text
+    fi
+    # A continuation prompt asks for the next line (and is hidden from the output): at its
+    # start, before zle draws anything.
+    __lb_ps2=$PS2
+    PS2=$'%{\e]633;P;LbCont='$n$'\a%}'$PS2
+    BUFFER=${__lb_lines[1]-}
+    CURSOR=${#BUFFER}
+    # One write for both marks: each write wakes the reader on the other side.
+    builtin printf '\e]633;E;%s;%s\a\e]633;P;LbZle=%s\a' "$__lb_out" "$n" "$n"
+    zle .accept-line
+}
+
+# The load key. After "-": the rest of the command is dropped (it was interrupted). After "!":
+# the same, and the continuation prompt abandoned. After a count: that many of its next lines.
+# Alone: its next line.
 __lb_load() {
-    if [[ ${#BUFFER} == 32 && $BUFFER != *[^0-9a-f]* ]]; then
-        __lb_n=$BUFFER
-        __lb_i=0
-        local text=
-        IFS= builtin read -r -d '' text <"$__lb_cf"
-        text=${text%$'\n'}
-        __lb_lines=("${(@f)text}")
-        if (( ${#text} < 4096 )); then __lb_escape "$text"; else __lb_out=; fi
-        # A continuation prompt asks for the next line (and is hidden from the output): at
-        # its start, before zle draws anything.
-        __lb_ps2=$PS2
-        PS2=$'%{\e]633;P;LbCont='$__lb_n$'\a%}'$PS2
-    elif [[ $BUFFER == - ]]; then
+    if [[ $BUFFER == - ]]; then
         __lb_i=${#__lb_lines}
     elif [[ $BUFFER == '!' ]]; then
         # Abandon a continuation prompt in a shell that ignores SIGINT (the user's
@@ -112,12 +130,7 @@ __lb_load() {
     BUFFER=${__lb_lines[__lb_i + 1]-}
     CURSOR=${#BUFFER}
     __lb_i+=1
-    if (( __lb_i == 1 )); then
-        # One write for both marks: each write wakes the reader on the other side.
-        builtin printf '\e]633;E;%s;%s\a\e]633;P;LbZle=%s\a' "$__lb_out" "$__lb_n" "$__lb_n"
-    else
-        builtin printf '\e]633;P;LbZle=%s\a' "$__lb_n"
-    fi
+    builtin printf '\e]633;P;LbZle=%s\a' "$__lb_n"
     zle .accept-line
 }
 
@@ -177,7 +190,11 @@ __lb_precmd() {
     if [[ -z $__lb_n ]] || __lb_user_hooks || __lb_may_export; then
         builtin export -p >|"$__lb_ef" 2>/dev/null
     fi
-    __lb_escape "$PWD"
+    if [[ $PWD == *[\\\;$'\a\e\n\r\x18\x1a']* ]]; then
+        __lb_escape "$PWD"
+    else
+        __lb_out=$PWD
+    fi
     # One write for all the marks: each write wakes the reader on the other side. The cwd
     # comes at every prompt, just before the end mark: a P;Cwd that any program may print
     # between commands is always overwritten by the shell's own.
@@ -216,8 +233,10 @@ if [[ -o zle ]]; then
     precmd_functions=(__lb_precmd ${precmd_functions:#__lb_*} __lb_prompt_end)
     POSTEDIT=${POSTEDIT-}$'\e]633;P;LbEdit\a'
     zle -N __lb_load
+    zle -N __lb_new
     for __lb_km in emacs viins main; do
         bindkey -M $__lb_km $'\e[7799~' __lb_load
+        bindkey -M $__lb_km $'\e[7797~' __lb_new
     done
     unset __lb_km
 fi
