@@ -44,6 +44,7 @@ Everything here is plain data: no clocks, no asyncio, no I/O.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeAlias
@@ -64,6 +65,9 @@ __all__ = [
     "TrackerEvent",
 ]
 
+# The tty's echo of a key sequence typed before the line editor reads (ECHOCTL shows ESC as
+# `^[`), before the nonce that follows it.
+_TYPED_KEY = rb"(?:\^\[\[[0-9]*~)?"
 _PRESTART_LIMIT = 64 * 1024  # text kept from before a start mark, for rule 5
 _CARRY_LIMIT = 64 * 1024  # text kept from between commands, for the next one
 
@@ -190,8 +194,9 @@ class CommandTracker:
         self._hide = typed
         self._until_lf = False
         self._until_edit = False
-        self._idle_capture = False
-        self._carry_from = None
+        # The last command's end mark may not have reached its prompt yet: zsh may still
+        # print a job's notice there, after the tty's echo of these keys (zle not reading).
+        self._idle_capture = self._carry_from is not None
         self._zle = False
         self._d_tail = (";" + secret + "\x07").encode()
         self.started = False
@@ -367,8 +372,14 @@ class CommandTracker:
         (a job's notice) are kept, not what zle draws after them before its prompt (escapes,
         kept in `ansi: keep`)."""
         start, self._carry_from = self._carry_from, None
-        if start is not None:
-            del self._carry[self._carry.rfind(b"\n", start) + 1 or start :]
+        if start is None or start == len(self._carry):
+            return
+        if self._secret is not None:
+            # The next command's keys, echoed by the tty before zle read them (hidden, as
+            # any echo of what the bridge types): `^[[7797~<nonce>`.
+            echo = re.compile(_TYPED_KEY + re.escape(self._secret.encode()))
+            self._carry[start:] = echo.sub(b"", self._carry[start:])
+        del self._carry[self._carry.rfind(b"\n", start) + 1 or start :]
 
     def _keep(self, data: bytes) -> None:
         if len(self._carry) < _CARRY_LIMIT:
