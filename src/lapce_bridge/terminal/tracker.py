@@ -194,9 +194,10 @@ class CommandTracker:
         self._hide = typed
         self._until_lf = False
         self._until_edit = False
-        # The last command's end mark may not have reached its prompt yet: zsh may still
-        # print a job's notice there, after the tty's echo of these keys (zle not reading).
-        self._idle_capture = self._carry_from is not None
+        # `_idle_capture` stays: zle may have left its prompt to print a job's notice just
+        # before these keys (its POSTEDIT mark came), or the last command's end mark has not
+        # reached its prompt yet (zsh may still print a notice there, after the tty's echo of
+        # these keys): either is this command's output, up to the prompt mark.
         self._zle = False
         self._d_tail = (";" + secret + "\x07").encode()
         self.started = False
