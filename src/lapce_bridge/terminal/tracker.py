@@ -65,9 +65,9 @@ __all__ = [
     "TrackerEvent",
 ]
 
-# The tty's echo of a key sequence typed before the line editor reads (ECHOCTL shows ESC as
-# `^[`), before the nonce that follows it.
-_TYPED_KEY = rb"(?:\^\[\[[0-9]*~)?"
+# A job's notice as zsh prints it (`[1]  + done       sleep 1`, `[2]  - 4242 terminated ...`),
+# wherever it starts in the captured text (after the tty's echo of typed keys, say).
+_JOB_NOTICE = re.compile(rb"\[[0-9]+\] +[+-]? [^\r\n]*\r?\n")
 _PRESTART_LIMIT = 64 * 1024  # text kept from before a start mark, for rule 5
 _CARRY_LIMIT = 64 * 1024  # text kept from between commands, for the next one
 
@@ -342,6 +342,7 @@ class CommandTracker:
                     # job ended while the keys were typed). It is this command's output, up to
                     # the prompt zle draws again.
                     self._idle_capture = True
+                    self._carry_from = len(self._carry)
                 return
             if key in ("LbMore", "LbCont"):
                 # The prompt and the echo that follow are not output; a redrawn prompt inside
@@ -353,6 +354,7 @@ class CommandTracker:
                 return
         if key == "LbEdit" and self._secret is None:
             self._idle_capture = True  # zle left its prompt to print something
+            self._carry_from = len(self._carry)
             return
         if key == "LbStart":
             if self._secret is not None and value == self._secret and not self.started:
@@ -369,18 +371,16 @@ class CommandTracker:
             self._end(code, out)
 
     def _drop_prompt_drawing(self) -> None:
-        """The prompt mark after a zle command's end: of what came between them, the lines
-        (a job's notice) are kept, not what zle draws after them before its prompt (escapes,
-        kept in `ansi: keep`)."""
+        """The prompt mark ends a capture (zle left its prompt, or a zle command's end mark
+        came): of what came since, only job notices (`[1]  + done ...` lines) are kept. Not
+        zle's drawing before its prompt (escapes, kept in `ansi: keep`), not the tty's echo
+        of keys typed before zle read them, not a late write of a command that printed its
+        own end mark (the next command's output is its own)."""
         start, self._carry_from = self._carry_from, None
         if start is None or start == len(self._carry):
             return
-        if self._secret is not None:
-            # The next command's keys, echoed by the tty before zle read them (hidden, as
-            # any echo of what the bridge types): `^[[7797~<nonce>`.
-            echo = re.compile(_TYPED_KEY + re.escape(self._secret.encode()))
-            self._carry[start:] = echo.sub(b"", self._carry[start:])
-        del self._carry[self._carry.rfind(b"\n", start) + 1 or start :]
+        notices = _JOB_NOTICE.findall(bytes(self._carry[start:]))
+        self._carry[start:] = b"".join(notices)
 
     def _keep(self, data: bytes) -> None:
         if len(self._carry) < _CARRY_LIMIT:
