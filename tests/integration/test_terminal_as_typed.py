@@ -361,6 +361,26 @@ async def test_an_interrupted_command_gains_no_blank_line(shell: str, tmp_path: 
             assert (result.output, result.exit_code) == (output, 130), command
 
 
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+async def test_a_job_notice_is_shown_once_whenever_the_job_ends(shell: str, tmp_path: Path) -> None:
+    """A background job ends while quick commands keep coming: its notice is in exactly one
+    command's output, wherever the shell printed it (during a command, before a prompt, after
+    zsh's precmd, while zle waited at its prompt or read the next command's keys)."""
+    async with await Terminal.start(
+        shell=shell, cwd=str(tmp_path), env={"HOME": str(tmp_path)}, state_dir=tmp_path / "s"
+    ) as term:
+        for _ in range(8):
+            await term.execute("sleep 0.1 &", timeout=10)
+            outputs = []
+            started = time.monotonic()
+            while time.monotonic() - started < 0.3:  # commands across the job's end
+                outputs.append((await term.execute("echo x", timeout=10)).output)
+            outputs.append((await term.execute("echo end", timeout=10)).output)
+            shown = "".join(outputs)
+            assert shown.count("sleep 0.1") == 1, shown
+            assert re.search(r"(?i)\bdone\b", shown), shown
+
+
 def _check_typed_answers(shell: str, answers: dict[str, dict[str, Any]]) -> None:
     """What a user relies on from "as typed", as it comes over the protocol."""
     started = answers["sleep 30 > server.log 2>&1 &"]

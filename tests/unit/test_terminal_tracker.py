@@ -338,3 +338,33 @@ def test_typed_zsh_notice_after_the_end_mark_is_the_next_commands_output(strip: 
     assert (text(first), finished(first)) == (b"x\r\n", [0])
     assert text(second) == b"[1]  + done       sleep 0.1\r\ny\r\n"
     assert text(third) == b"z\r\n"  # the prompt's escapes after `second` were not kept
+
+
+def test_typed_zsh_notice_after_the_end_mark_and_the_next_keys_echo_is_still_kept() -> None:
+    """The next command's keys were typed at once (zle not reading yet): the tty echoes them
+    (`^[[7797~<nonce>`, never output), then zsh prints the notice, then its prompt."""
+    t = CommandTracker()
+    prompt = b"\x1b[0m\x1b[27m\x1b[24m\x1b[J\x1b]633;A\x07vm# \x1b]633;B\x07\x1b[K"
+    t.submit(N1, typed=True)
+    first = run(t, *_zsh_command(N1, b"x\r\n"))
+    t.submit(N2, typed=True)
+    second = run(
+        t,
+        b"^[[7797~" + N2.encode() + b"[1]  + done       sleep 0.1\r\n" + prompt,
+        *_zsh_command(N2, b"y\r\n"),
+        prompt,
+    )
+    assert (text(first), finished(first)) == (b"x\r\n", [0])
+    assert (text(second), finished(second)) == (b"[1]  + done       sleep 0.1\r\ny\r\n", [0])
+
+
+def test_typed_zsh_notice_zle_began_to_print_before_the_keys_were_typed() -> None:
+    """zle left its idle prompt for a job's notice (its POSTEDIT mark), then the next command
+    was typed, then the notice came: it is that command's output."""
+    t = CommandTracker()
+    prompt = b"\x1b[0m\x1b[27m\x1b[24m\x1b[J\x1b]633;A\x07vm# \x1b]633;B\x07\x1b[K"
+    t.submit(N1, typed=True)
+    run(t, *_zsh_command(N1, b"x\r\n"), prompt, b"\r\r\n", p("LbEdit"))
+    t.submit(N2, typed=True)
+    second = run(t, b"[1]  + done       sleep 0.1\r\n" + prompt, *_zsh_command(N2, b"y\r\n"))
+    assert (text(second), finished(second)) == (b"[1]  + done       sleep 0.1\r\ny\r\n", [0])

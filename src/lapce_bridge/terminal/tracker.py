@@ -44,6 +44,7 @@ Everything here is plain data: no clocks, no asyncio, no I/O.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeAlias
@@ -64,6 +65,9 @@ __all__ = [
     "TrackerEvent",
 ]
 
+# A job's notice as zsh prints it (`[1]  + done       sleep 1`, `[2]  - 4242 terminated ...`),
+# wherever it starts in the captured text (after the tty's echo of typed keys, say).
+_JOB_NOTICE = re.compile(rb"\[[0-9]+\] +[+-]? [^\r\n]*\r?\n")
 _PRESTART_LIMIT = 64 * 1024  # text kept from before a start mark, for rule 5
 _CARRY_LIMIT = 64 * 1024  # text kept from between commands, for the next one
 
@@ -190,8 +194,10 @@ class CommandTracker:
         self._hide = typed
         self._until_lf = False
         self._until_edit = False
-        self._idle_capture = False
-        self._carry_from = None
+        # `_idle_capture` stays: zle may have left its prompt to print a job's notice just
+        # before these keys (its POSTEDIT mark came), or the last command's end mark has not
+        # reached its prompt yet (zsh may still print a notice there, after the tty's echo of
+        # these keys): either is this command's output, up to the prompt mark.
         self._zle = False
         self._d_tail = (";" + secret + "\x07").encode()
         self.started = False
@@ -336,6 +342,7 @@ class CommandTracker:
                     # job ended while the keys were typed). It is this command's output, up to
                     # the prompt zle draws again.
                     self._idle_capture = True
+                    self._carry_from = len(self._carry)
                 return
             if key in ("LbMore", "LbCont"):
                 # The prompt and the echo that follow are not output; a redrawn prompt inside
@@ -347,6 +354,7 @@ class CommandTracker:
                 return
         if key == "LbEdit" and self._secret is None:
             self._idle_capture = True  # zle left its prompt to print something
+            self._carry_from = len(self._carry)
             return
         if key == "LbStart":
             if self._secret is not None and value == self._secret and not self.started:
@@ -363,12 +371,16 @@ class CommandTracker:
             self._end(code, out)
 
     def _drop_prompt_drawing(self) -> None:
-        """The prompt mark after a zle command's end: of what came between them, the lines
-        (a job's notice) are kept, not what zle draws after them before its prompt (escapes,
-        kept in `ansi: keep`)."""
+        """The prompt mark ends a capture (zle left its prompt, or a zle command's end mark
+        came): of what came since, only job notices (`[1]  + done ...` lines) are kept. Not
+        zle's drawing before its prompt (escapes, kept in `ansi: keep`), not the tty's echo
+        of keys typed before zle read them, not a late write of a command that printed its
+        own end mark (the next command's output is its own)."""
         start, self._carry_from = self._carry_from, None
-        if start is not None:
-            del self._carry[self._carry.rfind(b"\n", start) + 1 or start :]
+        if start is None or start == len(self._carry):
+            return
+        notices = _JOB_NOTICE.findall(bytes(self._carry[start:]))
+        self._carry[start:] = b"".join(notices)
 
     def _keep(self, data: bytes) -> None:
         if len(self._carry) < _CARRY_LIMIT:
