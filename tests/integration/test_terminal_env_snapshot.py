@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from lapce_bridge.terminal.recovery import CrashLoopPolicy
-from lapce_bridge.terminal.result import Status
 from lapce_bridge.terminal.terminal import Terminal
-from tests.integration.test_terminal_recovery import _restarted
+from tests.integration.test_terminal_recovery import each_export_survives_a_kill
 
 # The user's rc: a function and an alias that export (as `nvm use` or `pyenv shell` do).
 RC = """
@@ -49,15 +48,7 @@ async def test_every_way_of_exporting_survives_a_kill(shell: str, tmp_path: Path
         state_dir=tmp_path / "state",
         crash_policy=CrashLoopPolicy(max_deaths=len(CHANGES) + 1),
     ) as term:
-        for kills, (command, expected, name) in enumerate(CHANGES, start=1):
-            changed = await term.execute(command, timeout=10)
-            assert changed.status is Status.COMPLETED, (command, changed)
-            # A command that changes nothing, after it: the save must not depend on it.
-            assert (await term.execute("echo test", timeout=10)).output == "test\n"
-            term.kill()
-            await _restarted(term, kills)
-            after = await term.execute(f'echo "${{{name}-}}"', timeout=10)
-            assert after.output == f"{expected}\n", command
+        await each_export_survives_a_kill(term, CHANGES, lambda name: f'echo "${{{name}-}}"')
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh"])

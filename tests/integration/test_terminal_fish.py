@@ -17,9 +17,8 @@ import pytest
 
 from lapce_bridge.terminal.modes import resolve_shell
 from lapce_bridge.terminal.recovery import CrashLoopPolicy
-from lapce_bridge.terminal.result import Status
 from lapce_bridge.terminal.terminal import Terminal
-from tests.integration.test_terminal_recovery import _restarted
+from tests.integration.test_terminal_recovery import each_export_survives_a_kill
 
 pytestmark = pytest.mark.skipif(
     resolve_shell("fish", os.environ.get("PATH")) is None, reason="fish is not installed"
@@ -55,15 +54,7 @@ async def test_every_way_of_exporting_survives_a_kill(tmp_path: Path) -> None:
         state_dir=tmp_path / "state",
         crash_policy=CrashLoopPolicy(max_deaths=len(CHANGES) + 1),
     ) as term:
-        for kills, (command, expected, name) in enumerate(CHANGES, start=1):
-            changed = await term.execute(command, timeout=10)
-            assert changed.status is Status.COMPLETED, (command, changed)
-            # A command that changes nothing, after it: the save must not depend on it.
-            assert (await term.execute("echo test", timeout=10)).output == "test\n"
-            term.kill()
-            await _restarted(term, kills)
-            after = await term.execute(f'echo "${name}"', timeout=10)
-            assert after.output == f"{expected}\n", command
+        await each_export_survives_a_kill(term, CHANGES, lambda name: f'echo "${name}"')
 
 
 async def test_a_command_that_cannot_export_leaves_the_saved_environment_alone(

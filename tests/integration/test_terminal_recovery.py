@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,22 @@ async def _restarted(term: Terminal, count: int) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"terminal did not restart {count} times")
+
+
+async def each_export_survives_a_kill(
+    term: Terminal, changes: list[tuple[str, str, str]], echo: Callable[[str], str]
+) -> None:
+    """For each (command, expected value, name): run it, then a command that changes
+    nothing, kill the shell and read the variable (`echo(name)`) in the restarted one."""
+    for kills, (command, expected, name) in enumerate(changes, start=1):
+        changed = await term.execute(command, timeout=10)
+        assert changed.status is Status.COMPLETED, (command, changed)
+        # A command that changes nothing, after it: the save must not depend on it.
+        assert (await term.execute("echo test", timeout=10)).output == "test\n"
+        term.kill()
+        await _restarted(term, kills)
+        after = await term.execute(echo(name), timeout=10)
+        assert after.output == f"{expected}\n", command
 
 
 async def _kill_mid_command(term: Terminal) -> None:

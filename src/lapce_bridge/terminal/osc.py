@@ -316,6 +316,14 @@ class EscapeStripper:
         known.update(ordered)
 
 
+def _flush(text: list[bytes], events: list[Event]) -> None:
+    """The text gathered since the last marker, as one event (none if it was all empty)."""
+    joined = b"".join(text)
+    if joined:
+        events.append(Text(joined))
+    text.clear()
+
+
 class OscParser:
     """Streaming shell-integration parser. See the module docstring for the invariants."""
 
@@ -480,15 +488,10 @@ class OscParser:
                     continue
             self._markers += 1
             if text:
-                joined = b"".join(text)
-                if joined:
-                    events.append(Text(joined))
-                text.clear()
+                _flush(text, events)
             events.append(marker)
         if text:
-            joined = b"".join(text)
-            if joined:
-                events.append(Text(joined))
+            _flush(text, events)
         return events
 
     def _decode_raw(
@@ -597,10 +600,7 @@ class OscParser:
                     continue
             self._markers += 1
             if text:
-                joined = b"".join(text)
-                if joined:
-                    events.append(Text(joined))
-                text.clear()
+                _flush(text, events)
             events.append(marker)
         if pos < n:
             tail = data[pos:]
@@ -615,9 +615,7 @@ class OscParser:
                     tail = tail[:-1]
             text.append(self._strip(tail) if strip and 27 in tail else tail)
         if text:
-            joined = b"".join(text)
-            if joined:
-                events.append(Text(joined))
+            _flush(text, events)
         return events
 
     def _decode(self, number: bytes, rest: bytes, raw: bytes) -> Marker | None:
