@@ -470,10 +470,7 @@ class OscParser:
             elif tail[-1] == 0x1B:
                 self._buf = bytearray(b"\x1b")
                 parts[-1] = tail[:-1]
-        cache = self._cache
-        if self._cache_nonce != self.nonce:
-            cache.clear()
-            self._cache_nonce = self.nonce
+        cache = self._markers_cache()
         events: list[Event] = []
         text: list[bytes] = []
         for k, part in enumerate(parts):
@@ -527,14 +524,18 @@ class OscParser:
             return [Text(data)]
         return self._parse(data, 0, final=True)
 
+    def _markers_cache(self) -> dict[bytes, Marker]:
+        """Markers repeat (A, B, C, D;0, P;Cwd=...): the immutable decoded Marker is reused.
+        Trust depends on the nonce, so the cache only holds markers decoded under the
+        current one."""
+        if self._cache_nonce != self.nonce:
+            self._cache.clear()
+            self._cache_nonce = self.nonce
+        return self._cache
+
     def _parse(self, data: bytes, resume: int, *, final: bool) -> list[Event]:
         strip = self.strip_ansi
-        # Markers repeat (A, B, C, D;0, P;Cwd=...): reuse the immutable decoded Marker. Trust
-        # depends on the nonce, so the cache only holds markers decoded under the current one.
-        cache = self._cache
-        if self._cache_nonce != self.nonce:
-            cache.clear()
-            self._cache_nonce = self.nonce
+        cache = self._markers_cache()
         events: list[Event] = []
         text: list[bytes] = []
         n = len(data)
