@@ -19,6 +19,7 @@ import pytest
 
 from lapce_bridge.chaos import clients, fs, memory, scale, server, terminal
 from lapce_bridge.chaos.scenario import ChaosContext, ChaosResult
+from tests.hosts import hosts_under
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -61,6 +62,7 @@ async def test_user_exits_and_broken_integration_are_counted(tmp_path: Path) -> 
     )
     assert exits.extra["items"] == 3 * 5
     assert exits.rto_ms < 10_000  # every next command answered
+    assert hosts_under(tmp_path) == []  # each scenario stops the terminal host it started
     assert_sees_loss(broken, 3)
     assert_sees_loss(integ, 3 * 2)  # output and exit code of each command after the break
 

@@ -31,6 +31,7 @@ from lapce_bridge.bench.ipc import server_process
 from lapce_bridge.bench.report import Row, figure_row, latency_row
 from lapce_bridge.bench.runner import BenchContext
 from lapce_bridge.host.places import host_places
+from lapce_bridge.host.places import stop_host as stop_host_of
 from lapce_bridge.host.process import host_pid
 from lapce_bridge.ipc.client import BridgeClient
 
@@ -127,17 +128,7 @@ async def _block(
 
 async def stop_host(base: Path) -> None:
     """The host outlives its server on purpose; the bench leaves none behind."""
-    pid = host_pid(host_places(base / "state", base / "workspace"))
-    if pid is None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    for _ in range(200):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        await asyncio.sleep(0.05)
+    await stop_host_of(base / "state", base / "workspace")
 
 
 async def restart_rto(workdir: Path, rounds: int) -> tuple[list[float], list[float]]:

@@ -25,6 +25,7 @@ from typing import Any
 from lapce_bridge.bench.report import Row
 from lapce_bridge.chaos.scenario import ChaosResult
 from lapce_bridge.core.errors import BridgeError
+from lapce_bridge.host.places import stop_host
 from lapce_bridge.ipc.client import BridgeClient
 from lapce_bridge.testing.server_faults import SPEC as FAULTS_SPEC
 
@@ -111,6 +112,8 @@ class ServerUnderTest:
     async def __aexit__(self, *exc: object) -> None:
         if self.client is not None:
             await self.client.close()
+        # The server's terminal host outlives it on purpose; a chaos run leaves none behind.
+        await stop_host(self.root / "state", self.workspace)
 
     @property
     def pid(self) -> int:

@@ -9,9 +9,13 @@ private runtime folder instead (the same one `serve`'s default socket uses).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import fcntl
 import hashlib
 import os
+import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,4 +79,27 @@ def host_pid(places: HostPlaces) -> int | None:
         os.close(fd)
 
 
-__all__ = ["HostPlaces", "host_pid", "host_places"]
+async def stop_host(
+    state_dir: Path,
+    workspace: Path,
+    *,
+    within: float = 10.0,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """SIGTERM the host of this state dir and workspace (it closes its terminals) and wait,
+    up to `within` seconds, for it to go. A host outlives its server on purpose; a bench or
+    chaos run that started servers of its own leaves none behind."""
+    pid = host_pid(host_places(state_dir, workspace))
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    for _ in range(int(within / 0.05)):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        await sleep(0.05)
+
+
+__all__ = ["HostPlaces", "host_pid", "host_places", "stop_host"]
