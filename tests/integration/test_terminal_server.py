@@ -23,7 +23,15 @@ async def _notifications(client: RawClient, method: str, count: int) -> list[Any
 async def test_execute_stream_errors_and_exit_over_the_wire(tmp_path: Path) -> None:
     workspace = tmp_path / "ws"
     workspace.mkdir()
-    async with App(workspace=workspace, state_dir=tmp_path / "state", default_shell="bash") as app:
+    # In process, the server's memory is the whole test run's (hundreds of MiB late in a
+    # full run): with the default 512 MiB budget, pressure refused terminal/create -32005
+    # before its cwd was checked. A budget for the test process keeps admission on.
+    async with App(
+        workspace=workspace,
+        state_dir=tmp_path / "state",
+        default_shell="bash",
+        memory_budget=4 << 30,
+    ) as app:
         server = BridgeServer(app)
         await server.listen_unix(tmp_path / "bridge.sock")
         client = await RawClient.connect_unix(tmp_path / "bridge.sock")
