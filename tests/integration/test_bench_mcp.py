@@ -30,6 +30,9 @@ async def test_mcp_rows_time_the_server_and_the_clients_own_floor(tmp_path: Path
     assert echo.samples == floor.samples == 300
     assert echo.extra["lost"] == 0
     assert echo.extra["server_cpu_us"] > 0  # the server process was found and measured
+    # The terminal's share, from the answers' own duration_ms: within the call, never all.
+    assert echo.p50 is not None
+    assert 0 < echo.extra["terminal_us"] < echo.p50
     assert "0 answers wrong" in floor.note
     assert echo.p50 is not None
     assert floor.p50 is not None
