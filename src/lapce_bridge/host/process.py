@@ -204,43 +204,45 @@ class _Context:
 
 
 class _KeyedAnswer:
-    """A request waiting for a keyed execution's outcome, answered from the outcome's done
-    callback (no task and no shield of its own: one loop turn from outcome to answer)."""
+    """A request waiting for a keyed execution's outcome, with no task and no shield of its
+    own: the first asker is handed the outcome by the execution as soon as it is recorded
+    (`Idempotency.start`'s `then`: answered in that same step), a repeat of the key by the
+    outcome's future (its done callback, a loop turn later)."""
 
     __slots__ = ("ctx", "future", "host", "link", "q")
 
-    def __init__(
-        self,
-        host: TerminalHost,
-        lk: HostLink,
-        q: int,
-        ctx: _Context,
-        future: asyncio.Future[Outcome],
-    ) -> None:
+    def __init__(self, host: TerminalHost, lk: HostLink, q: int, ctx: _Context) -> None:
         self.host = host
         self.link = lk
         self.q = q
         self.ctx = ctx
+        self.future: asyncio.Future[Outcome] | None = None
+
+    def join(self, future: asyncio.Future[Outcome]) -> None:
+        """Answer from `future` (the key's execution was started by another request)."""
         self.future = future
         future.add_done_callback(self._done)
 
     def cancel(self) -> None:
         """The server no longer waits (the execution goes on: only `cancelKey` stops it)."""
-        self.future.remove_done_callback(self._done)
+        if self.future is not None:
+            self.future.remove_done_callback(self._done)
         self.ctx.release()
 
     def _done(self, future: asyncio.Future[Outcome]) -> None:
+        if future.cancelled():
+            self.outcome(encode_outcome(False, shutting_down()))
+        elif (exc := future.exception()) is not None:
+            self.outcome(encode_outcome(False, exc))
+        else:
+            self.outcome(future.result())
+
+    def outcome(self, outcome: Outcome) -> None:
         lk = self.link
         if lk.tasks.get(self.q) is not self:  # its server left: the outcome stays journalled
             self.ctx.release()
             return
         del lk.tasks[self.q]
-        if future.cancelled():
-            outcome = encode_outcome(False, shutting_down())
-        elif (exc := future.exception()) is not None:
-            outcome = encode_outcome(False, exc)
-        else:
-            outcome = future.result()
         self.host._answer(lk, self.q, outcome, self.ctx)
 
 
@@ -590,20 +592,26 @@ class TerminalHost:
             found = idem.lookup(key, bound)
             if found is None:
                 ctx.held = []
-                found = idem.start(key, bound, lambda: self._call(meth, params, ctx))
+                waiting = _KeyedAnswer(self, lk, q, ctx)
+                found = idem.start(
+                    key, bound, lambda: self._call(meth, params, ctx), then=waiting.outcome
+                )
+                lk.tasks[q] = waiting
                 self._owners[key] = ctx._client
                 found.add_done_callback(lambda _: self._forget_owner(key, ctx._client))
-            else:
-                first = self._owners.get(key)
-                if first is not None and first is not ctx._client and first.closed:
-                    first.joined = ctx._client  # its stream now goes to who asked again
+                return
+            first = self._owners.get(key)
+            if first is not None and first is not ctx._client and first.closed:
+                first.joined = ctx._client  # its stream now goes to who asked again
         except Exception as exc:
             self._answer(lk, q, encode_outcome(False, exc))
             return
         if isinstance(found, tuple):
             self._answer(lk, q, found)
         else:
-            lk.tasks[q] = _KeyedAnswer(self, lk, q, ctx, found)
+            waiting = _KeyedAnswer(self, lk, q, ctx)
+            waiting.join(found)
+            lk.tasks[q] = waiting
 
     def _forget_owner(self, key: str, client: _Client) -> None:
         if self._owners.get(key) is client:
