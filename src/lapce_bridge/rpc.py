@@ -2,7 +2,8 @@
 
 A service returns `{method_name: Method}` from `methods()`. The server validates the envelope,
 looks the method up, and either calls a synchronous handler inline (cheap methods: no Task,
-which costs 50-70 us) or runs an async handler in a Task it can cancel (`$/cancelRequest`).
+which costs 50-70 us), starts a relay (`Method.relay`: work done elsewhere, answered by a
+callback) or runs an async handler in a Task it can cancel (`$/cancelRequest`).
 Handlers receive the params object and a `CallContext`; they raise `BridgeError`s (or any
 exception, which the server classifies) and return JSON-ready values (dicts, lists, str, ...).
 """
@@ -69,6 +70,17 @@ is never shorter than the configured one. A `Limit` may raise `InvalidParams`.""
 Validate = Callable[[Params], None]
 """Checks a method's params before its handler runs; raises `InvalidParams`."""
 
+Answer = Callable[[Any, BaseException | None], None]
+"""(result, error): the outcome of a relayed request, given once."""
+
+Relay = Callable[[Params, CallContext, Answer], Callable[[], None] | None]
+"""Starts a request whose outcome comes back through `Answer`, from a later callback of the
+event loop, never from within this call: no Task, no loop turn before the work leaves or
+after its outcome comes (the terminal host's forwarding). Returns the function that
+withdraws it (its outcome is no longer wanted: a cancel, a timeout, the connection gone;
+`Answer` is then not called), or None when it cannot start now: the dispatcher then runs
+the method's handler as usual."""
+
 
 @dataclass(frozen=True, slots=True)
 class Method:
@@ -82,6 +94,8 @@ class Method:
     idempotent: bool = False
     """The handler is idempotent by `idempotencyKey` itself (`fs/watch`: a repeat gets the
     watch back, alive): the dispatcher checks the key but journals nothing for it."""
+    relay: Relay | None = None
+    """The same work as `handler`, started with no Task when it can be (see `Relay`)."""
 
 
 def method(
@@ -90,8 +104,9 @@ def method(
     limit: Limit | None = None,
     validate: Validate | None = None,
     idempotent: bool = False,
+    relay: Relay | None = None,
 ) -> Method:
-    return Method(handler, inspect.iscoroutinefunction(handler), limit, validate, idempotent)
+    return Method(handler, inspect.iscoroutinefunction(handler), limit, validate, idempotent, relay)
 
 
 def request_limit(configured: float, meth: Method, params: Params) -> float | None:

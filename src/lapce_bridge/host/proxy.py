@@ -10,16 +10,20 @@ attach (`ready`). A host already running (a restarted server's) is attached at o
 one is started only when a terminal request first needs it, so a server whose clients never
 use a terminal never starts one.
 
-- Forwarding: a request is sent as its params (encoded once) with the client connection's id,
-  the session it named and its arrival time; the answer's payload is spliced into the
+- Forwarding: a request is sent as its params (encoded once) with the client connection's
+  id, the session it named and its arrival time; the answer's payload is spliced into the
   client's response unparsed (`orjson.Fragment`), and an error object is rebuilt as the
-  classified error the host raised. A cancelled request (the client's `$/cancelRequest`, its
-  connection closing, the server's timeout) is cancelled in the host. A keyed request keeps
-  its `idempotencyKey`: the host runs it at most once across server restarts, so a replay
-  after a crash joins the execution that still runs or gets its recorded result. The server
-  keeps no key of its own for these methods (they are `idempotent` to its dispatcher: no
-  journal row, no task of its own, one journal write per command, in the host); a client's
-  cancel, by key or by request id, reaches the execution in the host (`cancel_key`).
+  classified error the host raised. Once attached, a request is relayed (`Method.relay`): sent
+  to the host from the step that read it from the client, and answered to the client from the
+  step that reads its answer from the host, with no Task and no loop turn in the server
+  (before attaching, the handler waits for the host in a Task). A cancelled request (the
+  client's `$/cancelRequest`, its connection closing, the server's timeout) is cancelled in
+  the host. A keyed request keeps its `idempotencyKey`: the host runs it at most once across
+  server restarts, so a replay after a crash joins the execution that still runs or gets its
+  recorded result. The server keeps no key of its own for these methods (they are `idempotent`
+  to its dispatcher: no journal row, no task of its own, one journal write per command, in the
+  host); a client's cancel, by key or by request id, reaches the execution in the host
+  (`cancel_key`).
 - Routing: a notification from the host names its connection; it is written to that
   connection if it is still here (its params spliced, not re-encoded), else dropped (the
   connection left). Broadcasts go to every client; operations the host timed go to this
@@ -56,10 +60,12 @@ from lapce_bridge.host.places import HostPlaces, host_pid, host_places
 from lapce_bridge.ipc.jsonrpc import error_from_wire
 from lapce_bridge.rpc import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    Answer,
     Broadcast,
     CallContext,
     Method,
     Observe,
+    Relay,
     notify_with_answer,
 )
 from lapce_bridge.rpc import method as make_method
@@ -93,9 +99,9 @@ class ServerLink(asyncio.Protocol):
         self.decoder = link.LinkDecoder(4 * DEFAULT_MAX_MESSAGE_BYTES)
         self.transport: asyncio.Transport | None = None
         self.hello_sent = False  # our first message (the hello) went: frames from now
-        # The requests waiting for their answer: the future it resolves, and the request's
-        # context (a notification riding with the answer goes out through it).
-        self.pending: dict[int, tuple[asyncio.Future[tuple[bool, bytes]], CallContext | None]] = {}
+        # The requests waiting for their answer: what takes it (result, error), and the
+        # request's context (a notification riding with the answer goes out through it).
+        self.pending: dict[int, tuple[Answer, CallContext | None]] = {}
         loop = asyncio.get_running_loop()
         self.greeted: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.lost: asyncio.Future[None] = loop.create_future()  # or draining
@@ -118,8 +124,17 @@ class ServerLink(asyncio.Protocol):
             r = header.get("r")
             if r is not None:
                 waiting = pending.pop(r, None)
-                if waiting is not None and not waiting[0].done():
-                    waiting[0].set_result((header["ok"], payload))
+                if waiting is not None:
+                    answer, ctx = waiting
+                    try:
+                        if not header["ok"]:
+                            answer(None, error_from_wire(orjson.loads(payload)))
+                        elif ctx is not None:  # for a client: spliced in, never decoded
+                            answer(orjson.Fragment(payload), None)
+                        else:
+                            answer(link.value_of(payload), None)
+                    except Exception:  # one answer's fault must not end the link
+                        log.exception("terminal host link: an answer could not be given")
                 continue
             self.proxy.received(header, payload, self)
             if self.closing:
@@ -145,10 +160,9 @@ class ServerLink(asyncio.Protocol):
                 data={"hostDied": True},
             )
         )
-        for future, _ in self.pending.values():
-            if not future.done():
-                future.set_exception(died)
-        self.pending.clear()
+        pending, self.pending = self.pending, {}
+        for answer, _ in pending.values():
+            answer(None, died)
         if not self.lost.done():
             self.lost.set_result(None)
 
@@ -245,7 +259,9 @@ class HostProxy:
         # idempotent: the host keeps every key at most once (its own journal), so the
         # server's dispatcher checks a key and passes it on, journalling and joining nothing.
         forwarded = {
-            name: make_method(self._forwarder(name), limit=limit, idempotent=True)
+            name: make_method(
+                self._forwarder(name), limit=limit, idempotent=True, relay=self._relayer(name)
+            )
             for name, limit in self._limits.items()
         }
         return {**forwarded, STOP_HOST: make_method(self._stop_host, limit=_stop_limit)}
@@ -479,9 +495,47 @@ class HostProxy:
         forward.__name__ = f"forward {name}"
         return forward
 
+    def _relayer(self, name: str) -> Relay:
+        def relay(
+            params: dict[str, Any], ctx: CallContext, answer: Answer
+        ) -> Callable[[], None] | None:
+            lk = self._link
+            if lk is None or lk.transport is None:
+                return None  # not attached (yet): the handler waits for the host
+            q = self._send(lk, name, params, ctx, answer)
+            return lambda: self._withdraw(lk, q)
+
+        return relay
+
     async def _call(
         self, lk: ServerLink, name: str, params: dict[str, Any], ctx: CallContext | None
     ) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def answer(result: Any, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+        q = self._send(lk, name, params, ctx, answer)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._withdraw(lk, q)
+            raise
+
+    def _send(
+        self,
+        lk: ServerLink,
+        name: str,
+        params: dict[str, Any],
+        ctx: CallContext | None,
+        answer: Answer,
+    ) -> int:
+        """The request, to the host; `answer` takes its outcome. Its id on the link."""
         q = next(self._ids)
         header: dict[str, Any] = {"q": q, "m": name}
         if ctx is not None:
@@ -494,18 +548,15 @@ class HostProxy:
             session = getattr(ctx, "session", None)
             if session is not None:
                 header["s"] = session
-        future: asyncio.Future[tuple[bool, bytes]] = asyncio.get_running_loop().create_future()
-        lk.pending[q] = (future, ctx)
+        lk.pending[q] = (answer, ctx)
         lk.send(header, orjson.dumps(params))
-        try:
-            ok, payload = await future
-        except asyncio.CancelledError:
-            lk.pending.pop(q, None)
+        return q
+
+    def _withdraw(self, lk: ServerLink, q: int) -> None:
+        """The answer to request `q` is no longer awaited: the host is told (the work it
+        started goes on only if it is keyed: the host keeps those for a repeat)."""
+        if lk.pending.pop(q, None) is not None:
             lk.send({"k": "cancel", "q": q})
-            raise
-        if ok:
-            return orjson.Fragment(payload) if ctx is not None else link.value_of(payload)
-        raise error_from_wire(orjson.loads(payload))
 
     def outlives(self, method: str) -> bool:
         """Keyed `terminal/*` executions outlive this server: the host keeps them."""
