@@ -70,8 +70,25 @@ is never shorter than the configured one. A `Limit` may raise `InvalidParams`.""
 Validate = Callable[[Params], None]
 """Checks a method's params before its handler runs; raises `InvalidParams`."""
 
-Answer = Callable[[Any, BaseException | None], None]
-"""(result, error): the outcome of a relayed request, given once."""
+
+class Answer(Protocol):
+    """Where the outcome of a relayed request goes, once."""
+
+    @property
+    def request_id(self) -> int | str | None:
+        """The client's id of the request (None: `framed` is not taken)."""
+        ...
+
+    def __call__(self, result: Any, error: BaseException | None) -> None:
+        """The outcome (a result, or the error raised): encoded and answered here."""
+        ...
+
+    def framed(self, frames: bytes) -> None:
+        """A result already as the client reads it, framed where the work was done: the
+        notifications that ride with it, then the response for `request_id`, each in the
+        client protocol's framing; written as it came, observed as a success."""
+        ...
+
 
 Relay = Callable[[Params, CallContext, Answer], Callable[[], None] | None]
 """Starts a request whose outcome comes back through `Answer`, from a later callback of the

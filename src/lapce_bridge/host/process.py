@@ -72,6 +72,8 @@ from lapce_bridge.host.attach import policy_from_wire
 from lapce_bridge.host.hostlog import BACKUPS, MAX_BYTES, bounded_log
 from lapce_bridge.host.places import HostPlaces, host_pid, host_places
 from lapce_bridge.host.specs import EMPTY, SpecWriter, hand_over, load, restore_all, snapshot
+from lapce_bridge.ipc import jsonrpc
+from lapce_bridge.ipc.framing import encode
 from lapce_bridge.ipc.idempotency import (
     Idempotency,
     Outcome,
@@ -144,11 +146,14 @@ class _Client:
 class _Context:
     """The `CallContext` the terminal service gets for one request."""
 
-    __slots__ = ("_client", "held", "received_at")
+    __slots__ = ("_client", "held", "received_at", "reply_id")
 
-    def __init__(self, client: _Client, received_at: float) -> None:
+    def __init__(self, client: _Client, received_at: float, reply_id: Any = None) -> None:
         self._client = client
         self.received_at = received_at
+        # The client's id of the request, when the server takes a result framed for its
+        # client here (`framed`); None: answered on the link's own terms.
+        self.reply_id = reply_id
         # While the request waits for its answer: what rides with it (`notify_with_answer`),
         # in order; None: notifications go at once.
         self.held: list[tuple[str, Any]] | None = None
@@ -189,6 +194,25 @@ class _Context:
                 client.notify(name, params)
             return answer
         return b"".join([*(client.frame(name, params, q) for name, params in held), answer])
+
+    def framed(self, result: bytes) -> bytes | None:
+        """A result as the server's client reads it, which the server writes as it comes:
+        the held notifications, then the response to `reply_id`, each framed for the client
+        protocol (encoded here once, not parsed and encoded again in the server). None when
+        the server did not ask for it or the connection left (then `answered`)."""
+        reply_id = self.reply_id
+        if reply_id is None or self._client.closed:
+            return None
+        held, self.held = self.held, None
+        frames = []
+        for name, params in held or ():
+            try:
+                frames.append(encode(jsonrpc.notification_bytes(name, params)))
+            except TypeError:
+                log.exception("notification %s is not JSON-serialisable", name)
+        response = {"jsonrpc": "2.0", "id": reply_id, "result": orjson.Fragment(result)}
+        frames.append(encode(orjson.dumps(response)))
+        return b"".join(frames)
 
     def release(self) -> None:
         """Nobody waits for the answer any more: what was held goes out now."""
@@ -523,7 +547,7 @@ class TerminalHost:
             self._answer(lk, q, encode_outcome(False, MethodNotFound(f"unknown method {name!r}")))
             return
         client = self._client(lk, header.get("c", 0), header.get("s"))
-        ctx = _Context(client, header.get("t") or self.clock.now())
+        ctx = _Context(client, header.get("t") or self.clock.now(), header.get("i"))
         params = link.value_of(payload)
         if params is None:
             params = {}
@@ -618,8 +642,17 @@ class TerminalHost:
             del self._owners[key]
 
     def _answer(self, lk: HostLink, q: int, outcome: Outcome, ctx: _Context | None = None) -> None:
-        answer = link.frame({"r": q, "ok": outcome[0]}, outcome[1])
-        lk.write(answer if ctx is None else ctx.answered(q, answer))
+        ok, payload = outcome
+        framed = (
+            ctx.framed(payload)
+            if ok and ctx is not None and len(payload) <= self.service.max_message_bytes
+            else None
+        )  # (one over the message limit is the server's to refuse, as from its own terminals)
+        if framed is not None:
+            lk.write(link.frame({"r": q, "ok": True, "f": 1}, framed))
+        else:
+            answer = link.frame({"r": q, "ok": ok}, payload)
+            lk.write(answer if ctx is None else ctx.answered(q, answer))
         # Terminals opened, closed, busy or freed are told right after the answer (a caller
         # reading the gauges next sees them); counters and byte figures, which move with every
         # command, wait for the next second's push: a message, a wake-up of every server and a

@@ -127,7 +127,9 @@ class ServerLink(asyncio.Protocol):
                 if waiting is not None:
                     answer, ctx = waiting
                     try:
-                        if not header["ok"]:
+                        if header.get("f"):  # framed by the host for the client: as it came
+                            answer.framed(payload)
+                        elif not header["ok"]:
                             answer(None, error_from_wire(orjson.loads(payload)))
                         elif ctx is not None:  # for a client: spliced in, never decoded
                             answer(orjson.Fragment(payload), None)
@@ -510,19 +512,10 @@ class HostProxy:
     async def _call(
         self, lk: ServerLink, name: str, params: dict[str, Any], ctx: CallContext | None
     ) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        def answer(result: Any, error: BaseException | None) -> None:
-            if future.done():
-                return
-            if error is None:
-                future.set_result(result)
-            else:
-                future.set_exception(error)
-
-        q = self._send(lk, name, params, ctx, answer)
+        awaited = _Awaited()
+        q = self._send(lk, name, params, ctx, awaited)
         try:
-            return await future
+            return await awaited.future
         except asyncio.CancelledError:
             self._withdraw(lk, q)
             raise
@@ -548,6 +541,9 @@ class HostProxy:
             session = getattr(ctx, "session", None)
             if session is not None:
                 header["s"] = session
+            reply_id = answer.request_id
+            if reply_id is not None:  # the host frames a result for the client itself
+                header["i"] = reply_id
         lk.pending[q] = (answer, ctx)
         lk.send(header, orjson.dumps(params))
         return q
@@ -573,6 +569,28 @@ class HostProxy:
         lk = self._link
         if lk is not None:
             lk.send({"k": "closed", "c": conn})
+
+
+class _Awaited:
+    """An outcome awaited by a task of the server's (`Answer` of `HostProxy._call`)."""
+
+    __slots__ = ("future",)
+
+    request_id = None  # no request of a client: nothing to frame
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def __call__(self, result: Any, error: BaseException | None) -> None:
+        if self.future.done():
+            return
+        if error is None:
+            self.future.set_result(result)
+        else:
+            self.future.set_exception(error)
+
+    def framed(self, frames: bytes) -> None:
+        self(None, Unavailable("the terminal host framed an answer it was not asked to frame"))
 
 
 def _service_stats(value: Any) -> ServiceStats | None:

@@ -224,7 +224,7 @@ class _Relayed:
         relay = prep.method.relay
         assert relay is not None
         try:
-            withdraw = relay(prep.params, prep.ctx, self.answer)
+            withdraw = relay(prep.params, prep.ctx, self)
         except Exception as exc:  # a bug in the relay: answered like a handler's
             self.answer(None, exc)
             return True
@@ -237,6 +237,26 @@ class _Relayed:
 
     def done(self) -> bool:
         return self._finished
+
+    @property
+    def request_id(self) -> RequestId:
+        """The request's id, when its connection takes messages framed elsewhere (a socket
+        client's: `write_frame`; not an MCP call's, answered unframed)."""
+        return self._req_id if _frames_to(self._dispatcher.outlet) is not None else None
+
+    def framed(self, frames: bytes) -> None:
+        """A result framed where the work was done (`Answer.framed`): written as it came,
+        after any notification held here (none, when that side framed them too)."""
+        if self._finished:
+            return
+        prep = self._prep
+        state = self._dispatcher.state
+        elapsed = state.clock.now() - prep.ctx.received_at
+        self._finish(None, frames)
+        state.observe(prep.name, elapsed, True)
+
+    def __call__(self, result: Any, error: BaseException | None) -> None:
+        self.answer(result, error)
 
     def answer(self, result: Any, error: BaseException | None) -> None:
         """The relay's outcome: concluded and answered (with what rides with it) at once."""
@@ -299,15 +319,19 @@ class _Relayed:
         if self._withdraw is not None:
             self._withdraw()
 
-    def _finish(self, response: bytes | None) -> None:
+    def _finish(self, response: bytes | None, frames: bytes = b"") -> None:
         self._finished = True
         if self._timer is not None:
             self._timer.cancel()
         dispatcher = self._dispatcher
         dispatcher._inflight.pop(self._req_id, None)
         dispatcher._passed_keys.pop(self._req_id, None)
-        if dispatcher.outlet is not _DETACHED:
+        outlet = dispatcher.outlet
+        if outlet is not _DETACHED:
             self._prep.ctx.release(response)
+            write_frame = _frames_to(outlet) if frames else None
+            if write_frame is not None:
+                write_frame(frames)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -743,6 +767,12 @@ class Dispatcher:
             return
         done = [a if type(a) is bytes else await a for a in answers]  # type: ignore[misc]
         self.outlet.write(_array(done))
+
+
+def _frames_to(outlet: Outlet) -> Callable[[bytes], None] | None:
+    """How `outlet` takes messages already framed, if it does."""
+    write_frame: Callable[[bytes], None] | None = getattr(outlet, "write_frame", None)
+    return write_frame
 
 
 def _response(req_id: RequestId, outcome: Outcome) -> bytes:
