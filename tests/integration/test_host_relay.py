@@ -17,6 +17,7 @@ import pytest
 
 from lapce_bridge.core.errors import BridgeTimeout, Cancelled, Unavailable
 from lapce_bridge.host.proxy import HostProxy
+from lapce_bridge.mcp.channel import Channel
 from lapce_bridge.rpc import request_limit
 from lapce_bridge.testing.clock import FakeClock
 from lapce_bridge.testing.memory import MemoryClient, MemoryServer
@@ -153,3 +154,16 @@ async def test_a_relayed_request_left_at_shutdown_is_answered_shutting_down(
         other = MemoryServer(proxy.methods())  # a server of the same host, not stopping
         await idle(other.connect())  # the command was stopped in the host
         await other.aclose()
+
+
+async def test_a_relayed_request_of_an_outlet_without_frames_is_answered_unframed(
+    tmp_path: Path,
+) -> None:
+    """An MCP call's outlet takes answers, not frames: the host is not asked to frame it."""
+    async with relaying(tmp_path) as (_, server, _client, tid):
+        channel = Channel(server.state, 99)
+        done = await channel.call("terminal/execute", {"terminalId": tid, "command": "echo mcp"})
+        assert (done["output"], done["exitCode"]) == ("mcp\n", 0)
+        listed = await channel.call("terminal/list", {})
+        assert tid in [t["terminalId"] for t in listed]
+        channel.close()
