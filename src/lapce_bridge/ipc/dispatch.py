@@ -568,6 +568,7 @@ class Dispatcher:
         if (
             method is None
             or not method.is_async
+            or method.relay is not None  # relayed with no task at all (`_relay`)
             or type(params) is not dict
             or "idempotencyKey" in params
             or state.opening is not None
