@@ -15,6 +15,7 @@ from lapce_bridge.terminal.modes import (
     run_line,
     shell_kind,
     typed,
+    typed_text,
 )
 from lapce_bridge.terminal.result import ExecResult, Mode, Recovery, Status
 from lapce_bridge.terminal.tracker import EndDetection
@@ -71,6 +72,21 @@ def test_typed_shells_get_the_nonce_and_keys_only() -> None:
     assert not typed("fish", EndDetection.END_MARKER)
     assert run_line("fish", integration, path, nonce) == nonce.encode() + LOAD_KEY
     assert load_keys("fish", "-") == b"-" + LOAD_KEY
+
+
+def test_a_multi_line_command_is_typed_once_with_its_groups_in_the_file() -> None:
+    nonce = "0123abcd" * 4
+    integration = EndDetection.INTEGRATION
+    # bash: the chain key (the macro that accepts the first line, then loads the others)
+    # instead of the accept key; zsh: the same keys (its line-init hook loads the others).
+    assert run_line("bash", integration, "/x", nonce, 3).endswith(b"\x1b[7796~")
+    assert run_line("bash", integration, "/x", nonce, 1).endswith(b"\x1b[7798~")
+    assert run_line("zsh", integration, "/x", nonce, 3) == NEW_KEY + nonce.encode()
+    text = "cat <<EOF\na\nEOF\necho x\n"
+    assert typed_text("bash", text) == "2 1\n" + text  # the groups after the first line
+    assert typed_text("zsh", text) == "2 1\n" + text
+    assert typed_text("bash", "echo one\n") == "echo one\n"  # one line: no groups
+    assert typed_text("fish", text) == text  # fish asks for each line
 
 
 def test_fallback_lines_carry_the_token_as_text_only() -> None:

@@ -15,7 +15,6 @@ the terminal's clock: `durationMs` runs from `received_at` to the end mark.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable
 
 from lapce_bridge.terminal.output import OutputNormalizer
@@ -37,10 +36,10 @@ class Execution:
         "ended_at",
         "execution_id",
         "exit_code",
+        "halt",
         "interrupted",
         "last_activity",
         "lines_left",
-        "loads",
         "mode",
         "on_data",
         "prompted",
@@ -93,8 +92,10 @@ class Execution:
         self.command = ""  # what was asked, and in which cwd (handed over again after a
         self.run_cwd: str | None = None  # death before it started)
         self.prompted = False  # a prompt mark came after its output began (fish: hooks gone?)
-        self.lines_left = 0  # typed delivery: lines the shell has not asked for yet
-        self.loads: deque[int] = deque()  # ... and how many of them each next load hands over
+        self.lines_left = 0  # typed delivery: -1 once its continuation prompt is abandoned
+        # What tells a shell that loads the command's lines itself to load no more (called
+        # before the first signal that stops the command).
+        self.halt: Callable[[], None] | None = None
         self.reported = 0  # output bytes already answered in a waiting_for_input snapshot
         self.cwd: str | None = None
         self.ended_at: float | None = None

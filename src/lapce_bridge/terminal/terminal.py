@@ -47,16 +47,17 @@ from lapce_bridge.terminal.execution import Execution
 from lapce_bridge.terminal.files import CommandFile, new_private_dir, runtime_base
 from lapce_bridge.terminal.foreground import Foreground
 from lapce_bridge.terminal.modes import (
-    COUNTED_LOADS,
+    HALT_FILE,
     INTERRUPT_KEY,
+    SELF_LOADING,
     Launch,
     build_env,
-    load_groups,
     load_keys,
     resolve_shell,
     run_line,
     shell_kind,
     typed,
+    typed_text,
 )
 from lapce_bridge.terminal.osc import OscParser
 from lapce_bridge.terminal.pty import PtyProcess
@@ -158,6 +159,7 @@ class Terminal:
         self.tracker = CommandTracker()
         self.shell_proc: ShellProcess | None = None
         self._cmd_file: CommandFile | None = None
+        self._halted = False  # the halt file is there (`_halt`), until the next command
         self.cmd_path = ""
         self.pending_recoveries: list[Recovery] = []
         self._exec: Execution | None = None
@@ -694,25 +696,39 @@ class Terminal:
         kind, detection = shell.kind, self.tracker.detection
         by_line = typed(kind, detection)
         text = command_file_text(kind, ex.command, ex.run_cwd, by_line)
+        lines = text.count("\n") if by_line else 1
         ex.typed = by_line
-        ex.lines_left = text.count("\n") - 1 if by_line else 0
-        if by_line and ex.lines_left and kind in COUNTED_LOADS:
-            ex.loads.extend(load_groups(text.split("\n")[:-1])[1:])
+        if lines > 1 and kind in SELF_LOADING:
+            text = typed_text(kind, text)
+            ex.halt = self._halt  # the shell loads the next lines itself, unless told
+        if self._halted:
+            self._halted = False
+            with contextlib.suppress(OSError):
+                os.unlink(self.dir / HALT_FILE)
         ex.skip_cr = kind == "fish"
         ex.raw = detection is EndDetection.RAW
         self.tracker.submit(ex.token, typed=by_line)
         cmd_file.write(text.encode())
-        shell.proc.write(run_line(kind, detection, self.cmd_path, ex.token))
+        shell.proc.write(run_line(kind, detection, self.cmd_path, ex.token, lines))
+
+    def _halt(self) -> None:
+        """The command in flight is being stopped: a shell loading its lines itself loads no
+        more of them (it looks for this file before each load)."""
+        if not self._halted:
+            self._halted = True
+            with contextlib.suppress(FileExistsError):
+                os.close(create_private_file(self.dir / HALT_FILE, os.O_WRONLY))
 
     def _next_line(self, continuation: bool) -> None:
         """The shell asks for the command's next line (typed delivery): type the load key; or,
-        for a command that was interrupted or is still incomplete after its last line,
-        abandon the rest as a user would (Ctrl-C at a continuation prompt)."""
+        for a command that was interrupted or is still incomplete after its last line (the
+        shell asks at a continuation prompt only then), abandon the rest as a user would
+        (Ctrl-C at a continuation prompt)."""
         ex, shell = self._exec, self.shell_proc
         if ex is None or shell is None or not shell.alive:
             return
         stopping = ex.interrupted or ex.timed_out
-        if continuation and (stopping or ex.lines_left <= 0):
+        if continuation:
             if not stopping and ex.lines_left == 0:
                 ex.recoveries.append(
                     Recovery(
@@ -722,17 +738,11 @@ class Terminal:
                         "abandoned with Ctrl-C",
                     )
                 )
-                ex.lines_left = -1  # reported once, whatever the shell asks next
+            ex.lines_left = -1  # reported once, whatever the shell asks next
             self._spawn_task(self._abandon_input(shell, ex))
             return
-        if stopping or ex.lines_left <= 0:
-            keys = load_keys(shell.kind, "-")  # the rest of the command is dropped
-        else:
-            count = ex.loads.popleft() if ex.loads else 1
-            ex.lines_left -= count
-            keys = load_keys(shell.kind, str(count) if count > 1 else "")
         try:
-            shell.proc.write(keys)
+            shell.proc.write(load_keys(shell.kind, "-" if stopping else ""))
         except OSError:
             pass  # the shell is gone: its death ends the command
 
@@ -766,7 +776,7 @@ class Terminal:
             if fg is None or not shell.at_prompt(fg, prompted=True):
                 return  # not at its prompt any more: the command's own end comes
             # Still there: deaf to Ctrl-C, or (fish) it came before the editor read keys.
-            if shell.kind in COUNTED_LOADS:
+            if shell.kind in SELF_LOADING:
                 keys = load_keys(shell.kind, "!")
 
     # -- deaths and restarts ----------------------------------------------------------------

@@ -9,8 +9,9 @@
 # asks the bridge for it and the bridge types the load key again:
 # - after a line ran, fish_postexec prints `633;P;LbMore=<nonce>`;
 # - fish has no continuation prompt: a line that leaves the buffer incomplete (inside a block
-#   or a quote) is kept in the buffer, as Enter would, and the function prints
-#   `633;P;LbCont=<nonce>`; the next line is added after a newline;
+#   or a quote) is kept in the buffer, as Enter would, and the next lines are added to it
+#   (after a newline) until it is complete; still incomplete after the last line, the
+#   function prints `633;P;LbCont=<nonce>` and the bridge abandons it;
 # - a line with a syntax error is not run, as at fish's prompt: fish's own message for it is
 #   printed (`fish -n`, fork only then) and the line leaves the buffer, as it does when a user
 #   clears it to type the next one; `$status` is left as it was.
@@ -186,7 +187,7 @@ if not set -q __lb_installed
             case -
                 set -g __lb_lines
                 commandline -r ''
-                __lb_after $__lb_st
+                __lb_after_key
                 return
         end
         set -q __lb_n[1]; or return
@@ -205,7 +206,7 @@ if not set -q __lb_installed
         end
         if not set -q line[1]
             commandline -r ''
-            __lb_after $__lb_st
+            __lb_after_key
             return
         end
         if set -q __lb_buf[1]
@@ -213,12 +214,23 @@ if not set -q __lb_installed
         end
         commandline -r -- $line
         commandline --is-valid
-        switch $status
+        set -l valid $status
+        # Incomplete (a block, a quote): the next lines join it, as Enter adds each to the
+        # buffer, until it is complete or none is left.
+        while test $valid = 2; and set -q __lb_lines[1]
+            set line (string join \n -- $line $__lb_lines[1])
+            set -e __lb_lines[1]
+            commandline -r -- $line
+            commandline --is-valid
+            set valid $status
+        end
+        switch $valid
             case 0
                 set -g __lb_buf
                 commandline -f execute
             case 2
-                # Incomplete: the line stays in the buffer, as Enter leaves it; ask for more.
+                # Still incomplete after the last line: it stays in the buffer, as Enter
+                # leaves it, and the bridge abandons it.
                 set -g __lb_buf $line
                 printf '\e]633;P;LbZle=%s\a\e]633;P;LbEdit\a\e]633;P;LbCont=%s\a' $__lb_n $__lb_n
             case '*'
@@ -228,8 +240,17 @@ if not set -q __lb_installed
                 printf '\n\e]633;P;LbZle=%s\a\e]633;P;LbEdit\a' $__lb_n
                 set -l fish (status fish-path)
                 $fish --no-config -n -c $line
-                __lb_after $__lb_st
+                __lb_after_key
         end
+    end
+
+    # The end hook, from the load key's function (no line ran). When that ends the command,
+    # an empty line accepted has fish draw its next prompt, whose mark tells the bridge the
+    # shell is back at it (with none, what fish draws next, the echo of the next command's
+    # keys included, would be kept as output printed between commands).
+    function __lb_after_key
+        __lb_after $__lb_st
+        set -q __lb_n[1]; or commandline -f execute
     end
 
     # The `cwd` the bridge was asked to run a command in could not be entered: skip the rest.
