@@ -74,6 +74,8 @@ from lapce_bridge.terminal.result import (
     Status,
     TerminalExited,
     TerminalStats,
+    abandoned_inside,
+    incomplete_command,
 )
 from lapce_bridge.terminal.shell import ShellProcess
 from lapce_bridge.terminal.spool import SpoolStore
@@ -730,14 +732,7 @@ class Terminal:
         stopping = ex.interrupted or ex.timed_out
         if continuation:
             if not stopping and ex.lines_left == 0:
-                ex.recoveries.append(
-                    Recovery(
-                        "incomplete_command",
-                        "the command was still incomplete after its last line (an unclosed "
-                        "quote, bracket, block or heredoc); its continuation prompt was "
-                        "abandoned with Ctrl-C",
-                    )
-                )
+                ex.recoveries.append(incomplete_command())
             ex.lines_left = -1  # reported once, whatever the shell asks next
             self._spawn_task(self._abandon_input(shell, ex))
             return
@@ -768,6 +763,8 @@ class Terminal:
                 return
             with contextlib.suppress(OSError):
                 shell.proc.write(keys)
+            if keys is not INTERRUPT_KEY:
+                abandoned_inside(ex.recoveries)
             with contextlib.suppress(TimeoutError):
                 async with self.clock.timeout(_DEAF_GRACE_S):
                     await asyncio.shield(ex.done)
