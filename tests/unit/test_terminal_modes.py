@@ -8,6 +8,7 @@ from lapce_bridge.terminal.exec_cmd import exit_status
 from lapce_bridge.terminal.modes import (
     LOAD_KEY,
     NEW_KEY,
+    as_typed_errors,
     build_env,
     load_groups,
     load_keys,
@@ -180,3 +181,42 @@ def test_fish_prompt_drawing_is_dropped_from_what_fish_writes() -> None:
     kept = "a \u23ce and a $ in output\r\n".encode()
     assert strip(kept) == kept
     assert prompt_filter("bash") is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "sourced", "typed_text"),
+    [
+        # (what each shell printed for the sourced file here; what it prints typed)
+        (
+            "bash",
+            "bash: F: line 2: syntax error near unexpected token `then'\n"
+            "bash: F: line 2: `if then fi'\nbash: x: command not found\n",
+            "bash: syntax error near unexpected token `then'\nbash: x: command not found\n",
+        ),
+        (
+            "zsh",
+            "F:1: command not found: x\nF:cd:2: no such file or directory: /n\n",
+            "zsh: command not found: x\ncd: no such file or directory: /n\n",
+        ),
+        (
+            "fish",
+            "F (line 1): Unexpected ')' for unopened parenthesis\necho )\n     ^\n"
+            "from sourcing file F\nsource: Error while reading file 'F'\n",
+            "fish: Unexpected ')' for unopened parenthesis\necho )\n     ^\n",
+        ),
+        (
+            "posix",
+            'dash: 1: F: Syntax error: "then" unexpected\n',
+            'dash: 1: Syntax error: "then" unexpected\n',
+        ),
+    ],
+)
+def test_a_sourced_commands_errors_name_the_shell_as_typed(
+    kind: str, sourced: str, typed_text: str
+) -> None:
+    path = "/dev/shm/lapce-bridge-0/terminals/t1-ab/cmd"
+    rename = as_typed_errors(kind, path)
+    assert rename(sourced.replace("F", path)) == typed_text
+    # Text that does not name this terminal's file is left alone.
+    other = sourced.replace("F", "/elsewhere/cmd")
+    assert rename(other) == other

@@ -46,6 +46,7 @@ class Execution:
         "raw",
         "received_at",
         "recoveries",
+        "renamed",
         "reported",
         "run_cwd",
         "shell",
@@ -97,6 +98,8 @@ class Execution:
         # before the first signal that stops the command).
         self.halt: Callable[[], None] | None = None
         self.reported = 0  # output bytes already answered in a waiting_for_input snapshot
+        # A sourced command's output: the shell's messages naming the command file, as typed.
+        self.renamed: Callable[[str], str] | None = None
         self.cwd: str | None = None
         self.ended_at: float | None = None
         self._normalizer = OutputNormalizer()
@@ -146,6 +149,10 @@ class Execution:
             self._emit(text)
 
     def _emit(self, text: str, *, hold: bool = True) -> None:
+        if self.renamed is not None:
+            text = self.renamed(text)
+            if not text:
+                return
         if self._held_nl:
             self._held_nl = False
             text = "\n" + text
@@ -173,12 +180,17 @@ class Execution:
         cwd: str | None,
         status: Status = Status.COMPLETED,
         recovery: Recovery | None = None,
+        at_prompt: bool = False,
     ) -> ExecResult:
+        """`at_prompt`: the shell was found back at its prompt with no end mark, so its last
+        line (after the last newline) is the prompt it drew, not output."""
         if self.done.done():
             return self.done.result()
         tail = self._normalizer.flush()
         if tail:
             self._emit(tail)
+        if at_prompt:
+            self.spool.drop_partial_line()
         if self._held_nl:
             self._held_nl = False
             if not self._last_nl:

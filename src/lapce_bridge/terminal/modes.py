@@ -328,6 +328,52 @@ def status_line(kind: str, token: str) -> bytes:
     return f'{mark} "$PWD" "$?"\n'.encode()
 
 
+def as_typed_errors(kind: str, cmd_file: str) -> Callable[[str], str]:
+    """What turns the messages a shell gives for a sourced command file (the fallback modes)
+    into those it gives the same command typed at its prompt: they name the file and its line
+    (`bash: <file>: line 1: syntax error ...`, `<file>:1: command not found: x` in zsh), and
+    bash, fish and zsh print more around them (the offending line again, `from sourcing
+    file`). Applied to the command's normalised output; the file's path is this terminal's
+    own, so nothing a command prints by chance is rewritten."""
+    path = re.escape(cmd_file)
+    rules: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]]
+    if kind == "bash":
+        rules = [
+            (re.compile(rf"^[^\s:]+: {path}: line \d+: `[^\n]*'\n", re.M), ""),
+            (re.compile(rf"^([^\s:]+): {path}: line \d+: ", re.M), r"\1: "),
+        ]
+    elif kind == "zsh":
+        rules = [
+            (
+                re.compile(rf"{path}:(?:([^\s:]+):)?\d+: "),
+                lambda m: f"{m.group(1) or 'zsh'}: ",
+            )
+        ]
+    elif kind == "fish":
+        rules = [
+            (
+                re.compile(
+                    rf"^(?:from sourcing file {path}|\tcalled on line \d+ of file {path}"
+                    rf"|source: Error while reading file '{path}')\n",
+                    re.M,
+                ),
+                "",
+            ),
+            (re.compile(rf"{path} \(line \d+\): "), "fish: "),
+        ]
+    else:
+        rules = [(re.compile(rf"^([^\s:]+: \d+: ){path}: ", re.M), r"\1")]
+
+    def rename(text: str) -> str:
+        if cmd_file not in text:
+            return text
+        for pattern, replacement in rules:
+            text = pattern.sub(replacement, text)
+        return text
+
+    return rename
+
+
 def run_line(
     kind: str, detection: EndDetection, cmd_file: str, secret: str, lines: int = 1
 ) -> bytes:

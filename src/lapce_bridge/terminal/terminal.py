@@ -51,6 +51,7 @@ from lapce_bridge.terminal.modes import (
     INTERRUPT_KEY,
     SELF_LOADING,
     Launch,
+    as_typed_errors,
     build_env,
     load_keys,
     resolve_shell,
@@ -562,9 +563,15 @@ class Terminal:
         exit_code: int | None,
         status: Status,
         recovery: Recovery | None = None,
+        at_prompt: bool = False,
     ) -> ExecResult:
         result = ex.finish(
-            self.clock.now(), exit_code=exit_code, cwd=self.cwd, status=status, recovery=recovery
+            self.clock.now(),
+            exit_code=exit_code,
+            cwd=self.cwd,
+            status=status,
+            recovery=recovery,
+            at_prompt=at_prompt,
         )
         self.spools.finished(ex.execution_id)
         if self._exec is ex:
@@ -653,6 +660,7 @@ class Terminal:
             exit_code=code,
             status=Status.COMPLETED,
             recovery=Recovery("no_shell_integration", reason),
+            at_prompt=True,
         )
 
     # -- the PTY's side: bytes in, through the parser and the tracker -----------------------
@@ -707,6 +715,8 @@ class Terminal:
             self._halted = False
             with contextlib.suppress(OSError):
                 os.unlink(self.dir / HALT_FILE)
+        if not by_line:
+            ex.renamed = as_typed_errors(kind, self.cmd_path)
         ex.skip_cr = kind == "fish"
         ex.raw = detection is EndDetection.RAW
         self.tracker.submit(ex.token, typed=by_line)
