@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from lapce_bridge.terminal.exec_cmd import exit_status
 from lapce_bridge.terminal.modes import (
     LOAD_KEY,
     NEW_KEY,
-    as_typed_errors,
+    AsTypedErrors,
     build_env,
     load_groups,
     load_keys,
@@ -16,6 +18,7 @@ from lapce_bridge.terminal.modes import (
     run_line,
     shell_kind,
     typed,
+    typed_secret,
     typed_text,
 )
 from lapce_bridge.terminal.result import ExecResult, Mode, Recovery, Status
@@ -71,7 +74,12 @@ def test_typed_shells_get_the_nonce_and_keys_only() -> None:
     assert typed("fish", integration)
     assert not typed("bash", EndDetection.END_MARKER)
     assert not typed("fish", EndDetection.END_MARKER)
-    assert run_line("fish", integration, path, nonce) == nonce.encode() + LOAD_KEY
+    # fish: the new-command key (a bind mode of ours for the nonce), the nonce, the load key;
+    # its nonce is the same 128 bits in 22 url-safe base64 characters (a key less is work less).
+    assert run_line("fish", integration, path, nonce) == NEW_KEY + nonce.encode() + LOAD_KEY
+    short = typed_secret("fish", nonce)
+    assert (len(short), base64.urlsafe_b64decode(short + "==").hex()) == (22, nonce)
+    assert typed_secret("bash", nonce) == typed_secret("zsh", nonce) == nonce
     assert load_keys("fish", "-") == b"-" + LOAD_KEY
 
 
@@ -215,8 +223,15 @@ def test_a_sourced_commands_errors_name_the_shell_as_typed(
     kind: str, sourced: str, typed_text: str
 ) -> None:
     path = "/dev/shm/lapce-bridge-0/terminals/t1-ab/cmd"
-    rename = as_typed_errors(kind, path)
-    assert rename(sourced.replace("F", path)) == typed_text
-    # Text that does not name this terminal's file is left alone.
+    name = "dash" if kind == "posix" else kind
+    text = sourced.replace("F", path)
+    rename = AsTypedErrors(kind, path, name)
+    assert rename(text) + rename.flush() == typed_text
+    # Split anywhere (two reads of one message), the same.
+    for cut in range(len(text) + 1):
+        rename = AsTypedErrors(kind, path, name)
+        assert rename(text[:cut]) + rename(text[cut:]) + rename.flush() == typed_text
+    # Text that does not name this terminal's file is left alone, and not held.
     other = sourced.replace("F", "/elsewhere/cmd")
-    assert rename(other) == other
+    assert AsTypedErrors(kind, path, name)(other) == other
+    assert AsTypedErrors(kind, path, name)("Password: ") == "Password: "

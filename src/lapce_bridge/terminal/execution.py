@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from lapce_bridge.terminal.modes import AsTypedErrors
 from lapce_bridge.terminal.output import OutputNormalizer
 from lapce_bridge.terminal.result import ExecResult, Mode, Recovery, Status
 from lapce_bridge.terminal.spool import Spool
@@ -99,7 +100,7 @@ class Execution:
         self.halt: Callable[[], None] | None = None
         self.reported = 0  # output bytes already answered in a waiting_for_input snapshot
         # A sourced command's output: the shell's messages naming the command file, as typed.
-        self.renamed: Callable[[str], str] | None = None
+        self.renamed: AsTypedErrors | None = None
         self.cwd: str | None = None
         self.ended_at: float | None = None
         self._normalizer = OutputNormalizer()
@@ -189,6 +190,10 @@ class Execution:
         tail = self._normalizer.flush()
         if tail:
             self._emit(tail)
+        if self.renamed is not None:
+            tail, self.renamed = self.renamed.flush(), None
+            if tail:
+                self._emit(tail)
         if at_prompt:
             self.spool.drop_partial_line()
         if self._held_nl:

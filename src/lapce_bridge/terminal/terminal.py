@@ -50,14 +50,15 @@ from lapce_bridge.terminal.modes import (
     HALT_FILE,
     INTERRUPT_KEY,
     SELF_LOADING,
+    AsTypedErrors,
     Launch,
-    as_typed_errors,
     build_env,
     load_keys,
     resolve_shell,
     run_line,
     shell_kind,
     typed,
+    typed_secret,
     typed_text,
 )
 from lapce_bridge.terminal.osc import OscParser
@@ -716,12 +717,13 @@ class Terminal:
             with contextlib.suppress(OSError):
                 os.unlink(self.dir / HALT_FILE)
         if not by_line:
-            ex.renamed = as_typed_errors(kind, self.cmd_path)
+            ex.renamed = AsTypedErrors(kind, self.cmd_path, os.path.basename(self.shell))
         ex.skip_cr = kind == "fish"
         ex.raw = detection is EndDetection.RAW
-        self.tracker.submit(ex.token, typed=by_line)
+        secret = typed_secret(kind, ex.token)
+        self.tracker.submit(secret, typed=by_line)
         cmd_file.write(text.encode())
-        shell.proc.write(run_line(kind, detection, self.cmd_path, ex.token, lines))
+        shell.proc.write(run_line(kind, detection, self.cmd_path, secret, lines))
 
     def _halt(self) -> None:
         """The command in flight is being stopped: a shell loading its lines itself loads no
