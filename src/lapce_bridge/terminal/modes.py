@@ -6,8 +6,8 @@ shell gets it one of two ways:
 
 - typed (bash, zsh and fish with integration): the bridge types a key and the command's nonce
   at the prompt. Our key binding (readline `bind -x`, a zle widget, a fish `bind` function)
-  takes the nonce (bash and zsh read it after their new-command key, fish from the edit line
-  before its load key), puts the command's first line in the edit line and accepts it,
+  takes the nonce (bash and zsh read it after their new-command key, fish from the edit line,
+  where it is typed in a bind mode of ours after its new-command key), puts the command's first line in the edit line and accepts it,
   exactly as if it had been typed; each time the shell asks for another line (its next
   prompt, or the continuation prompt inside a block, a quote or a heredoc) the next line is
   loaded the same way. So the shell's own reader runs every line: job control and its
