@@ -4,16 +4,17 @@ Theory of operation: a command is written to a file in the terminal's own privat
 (the command file), so its text never passes through the tty's line discipline, and the
 shell gets it one of two ways:
 
-- typed (bash, zsh and fish with integration): the bridge types a key and the command's nonce
-  at the prompt. Our key binding (readline `bind -x`, a zle widget, a fish `bind` function)
-  takes the nonce (bash and zsh read it after their new-command key, fish from the edit line,
-  where it is typed in a bind mode of ours after its new-command key), puts the command's first line in the edit line and accepts it,
-  exactly as if it had been typed; each time the shell asks for another line (its next
-  prompt, or the continuation prompt inside a block, a quote or a heredoc) the next line is
-  loaded the same way. So the shell's own reader runs every line: job control and its
-  notices, `$0`, error messages naming the shell, a syntax error on one line not dropping the
-  next, `exit` ending the shell. The line editor never interprets the text (a tab, a `!`, a
-  100 KiB line arrive whole); the tty carries only the nonce and the keys.
+- typed (bash, zsh and fish with integration): the bridge types a key and the command's
+  nonce at the prompt. Our key binding (readline `bind -x`, a zle widget, a fish `bind`
+  function) takes the nonce (bash and zsh read it after their new-command key, fish from the
+  edit line, where it is typed in a bind mode of ours after its new-command key), puts the
+  command's first line in the edit line and accepts it, exactly as if it had been typed;
+  each time the shell asks for another line (its next prompt, or the continuation prompt
+  inside a block, a quote or a heredoc) the next line is loaded the same way. So the shell's
+  own reader runs every line: job control and its notices, `$0`, error messages naming the
+  shell, a syntax error on one line not dropping the next, `exit` ending the shell. The line
+  editor never interprets the text (a tab, a `!`, a 100 KiB line arrive whole); the tty
+  carries only the nonce and the keys.
   bash and zsh load a multi-line command's next lines themselves, with no round trip: bash
   types the load and accept keys into its own line editor (a readline macro the new-command
   function binds, one load per group of lines), zsh loads from its `zle-line-init` hook. The
