@@ -509,3 +509,81 @@ async def test_terminal_stop_host_ends_or_waits_for_running_commands(tmp_path: P
         details = [i["detail"] for i in health["incidents"]["recent"]]
         assert not any("terminal host" in d for d in details), details
         await client.close()
+
+
+def _writer(marker: str) -> int | None:
+    """The pid of the `head -c <marker>` process, if it runs."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmdline[:3] == [b"head", b"-c", marker.encode()]:
+                return int(entry)
+    return None
+
+
+def _written(pid: int) -> int:
+    """The bytes a process wrote so far (`wchar`), -1 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
+
+
+async def _read_whole(client: BridgeClient, execution: str) -> bytes:
+    data = b""
+    offset = 0
+    while True:
+        page = await client.request(
+            "terminal/readOutput", {"executionId": execution, "offset": offset}
+        )
+        data += str(page["data"]).encode()
+        offset = int(page["offset"])
+        if page["eof"] or not page["data"]:
+            return data
+
+
+@pytest.mark.parametrize("released_by", ["a server", "the bound"])
+async def test_output_is_held_while_no_server_listens_then_delivered_whole(
+    tmp_path: Path, released_by: str
+) -> None:
+    """A command writing output when its server dies: while no server listens, its output is
+    not read (it blocks on the full PTY buffer, leaving the CPU to the next server), until a
+    server is welcomed (long before the bound here) or, with none, until the bound. Then
+    every byte is read, once, in order."""
+    size = 8_000_000
+    hold = "60" if released_by == "a server" else "2"
+    await start_host_by_hand(tmp_path, "--output-hold", hold)
+    async with host_stopped_after(tmp_path):
+        async with serve(tmp_path, *HOST) as first:
+            client = await BridgeClient(first.socket).connect()
+            tid = (await client.request("terminal/create", {}))["terminalId"]
+            command = f"sleep 0.5; yes | head -c {size}"
+            running = await client.request(
+                "terminal/execute", {"terminalId": tid, "command": command, "maxWaitMs": 100}
+            )
+            await kill(first)  # before the command writes: its output is held from the start
+            await client.close()
+        async with asyncio.timeout(30):
+            # Polls for another process (the command's writer): nothing here to await.
+            while (writer := _writer(str(size))) is None:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        before = _written(writer)
+        await asyncio.sleep(0.5)
+        held = _written(writer)
+        assert 0 < before == held < size  # blocked on the PTY: nothing read meanwhile
+        if released_by == "the bound":
+            assert await _pid_gone(writer, within=30)  # released with no server back
+        async with serve(tmp_path, *HOST) as second:
+            client = await BridgeClient(second.socket).connect()
+            if released_by == "a server":
+                assert await _pid_gone(writer, within=30)  # not the 60 s bound
+            done = await client.request("terminal/wait", {"executionId": running["executionId"]})
+            assert (done["exitCode"], done["outputBytes"]) == (0, size)
+            assert await _read_whole(client, running["executionId"]) == b"y\n" * (size // 2)
+            await client.close()
