@@ -557,7 +557,7 @@ async def test_output_is_held_while_no_server_listens_then_delivered_whole(
     server is welcomed (long before the bound here) or, with none, until the bound. Then
     every byte is read, once, in order."""
     size = 8_000_000
-    hold = "60" if released_by == "a server" else "2"
+    hold = "60" if released_by == "a server" else "4"
     await start_host_by_hand(tmp_path, "--output-hold", hold)
     async with host_stopped_after(tmp_path):
         async with serve(tmp_path, *HOST) as first:
@@ -572,6 +572,8 @@ async def test_output_is_held_while_no_server_listens_then_delivered_whole(
         async with asyncio.timeout(30):
             # Polls for another process (the command's writer): nothing here to await.
             while (writer := _writer(str(size))) is None:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            while _written(writer) == 0:  # noqa: ASYNC110 - until it wrote into its terminal
                 await asyncio.sleep(0.02)
         before = _written(writer)
         await asyncio.sleep(0.5)
