@@ -446,47 +446,53 @@ class OscParser:
         """A chunk of text runs and whole BEL-ended OSCs (what our hooks print): one split
         instead of `_parse`'s searches a sequence. None when anything else is in it (another
         string, a control byte inside a sequence, an escape left open at its end): `_parse`
-        does the whole work, so the events are the same either way."""
+        does the whole work, so the events are the same either way.
+
+        The checks run once over all the text runs joined (a C search, not a loop a run):
+        joining can only add an introducer across two runs (a run's last ESC and the next
+        one's first byte), which sends the chunk to `_parse` for nothing, never hide one."""
         parts = _WHOLE_OSC.split(data)
         if len(parts) == 1:
             return None
         strip = self.strip_ansi
-        for k in range(0, len(parts), 2):
-            run = parts[k]
-            if 27 in run and (
-                _STRING_START.search(run) is not None if strip else _OSC_START in run
-            ):
-                return None
-        for k in range(1, len(parts), 2):
-            if len(parts[k]) >= self.max_buffer:
-                return None  # `_parse` demotes it (overflow)
-        tail = parts[-1]
+        runs = parts[0::2]
+        joined = b"".join(runs)
+        if 27 in joined and (
+            _STRING_START.search(joined) is not None if strip else _OSC_START in joined
+        ):
+            return None
+        if len(data) >= self.max_buffer and max(map(len, parts[1::2])) >= self.max_buffer:
+            return None  # `_parse` demotes it (overflow)
+        tail = runs[-1]
         if 27 in tail:  # an escape left open at the end is held for the next chunk, as in `_parse`
             if strip:
                 k = tail.rfind(b"\x1b")
                 if _ESCAPE_PREFIX.fullmatch(tail, k):
                     self._buf = bytearray(tail[k:])
-                    parts[-1] = tail[:k]
+                    runs[-1] = tail[:k]
             elif tail[-1] == 0x1B:
                 self._buf = bytearray(b"\x1b")
-                parts[-1] = tail[:-1]
+                runs[-1] = tail[:-1]
         cache = self._markers_cache()
         events: list[Event] = []
         text: list[bytes] = []
-        for k, part in enumerate(parts):
-            if not k & 1:
-                if part:
-                    text.append(self._strip(part) if strip and 27 in part else part)
-                continue
-            marker = cache.get(part)
+        found = 0
+        for run, osc in zip(runs, parts[1::2], strict=False):  # the last run: after
+            if run:
+                text.append(self._strip(run) if strip and 27 in run else run)
+            marker = cache.get(osc)
             if marker is None:
-                marker = self._decode_raw(part, part[2:-1], strip, text)
+                marker = self._decode_raw(osc, osc[2:-1], strip, text)
                 if marker is None:
                     continue
-            self._markers += 1
+            found += 1
             if text:
                 _flush(text, events)
             events.append(marker)
+        self._markers += found
+        run = runs[-1]
+        if run:
+            text.append(self._strip(run) if strip and 27 in run else run)
         if text:
             _flush(text, events)
         return events

@@ -126,21 +126,23 @@ class Spool:
         "_tail",
         "_tail_start",
         "_total",
+        "_where",
         "finished",
         "inline_limit",
         "max_running_bytes",
-        "path",
     )
 
     def __init__(
         self,
-        path: Path,
+        path: Path | str,
         max_output_bytes: int,
         *,
         inline_limit: int | None = None,
         max_running_bytes: int = DEFAULT_MAX_RUNNING_BYTES,
     ):
-        self.path = path
+        # A string: a `Path` a command would cost more than most commands' whole spool, and
+        # only output that moves to disk needs one.
+        self._where = os.fspath(path)
         self._max = max_output_bytes
         self._half = max(1, max_output_bytes // 2)
         self.inline_limit = max(max_output_bytes, inline_limit or 0)
@@ -155,6 +157,10 @@ class Spool:
         self._head_len: int | None = None  # set once the cap is first reached
         self._tail_start = 0  # stream offset of the file's byte at `_head_len`
         self.finished = False
+
+    @property
+    def path(self) -> Path:
+        return Path(self._where)
 
     @property
     def total(self) -> int:
@@ -386,6 +392,7 @@ class SpoolStore:
         max_running_bytes: int = DEFAULT_MAX_RUNNING_BYTES,
     ) -> None:
         self.directory = directory
+        self._folder = os.fspath(directory)
         self.max_count = max_count
         self.max_bytes = max_bytes
         self.max_running_bytes = max_running_bytes
@@ -398,7 +405,7 @@ class SpoolStore:
 
     def create(self, execution_id: str, max_output_bytes: int) -> Spool:
         spool = Spool(
-            self.directory / f"{execution_id}.out",
+            f"{self._folder}/{execution_id}.out",
             max_output_bytes,
             max_running_bytes=self.max_running_bytes,
         )

@@ -195,7 +195,7 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
         # again only when the environment may have changed (it costs as much as a bare prompt).
         # The prompts are marked again then too: a command that cannot have set a variable
         # cannot have set PS1 (the user's PROMPT_COMMAND, which may, ends with that check).
-        if [[ -z $__lb_n || $PROMPT_COMMAND != "$__lb_pc" ]] || ((${#PROMPT_COMMAND[@]} > 1)) ||
+        if [[ -z $__lb_n || $PROMPT_COMMAND != "$__lb_pc" || ${#PROMPT_COMMAND[@]} != 1 ]] ||
             __lb_may_export; then
             builtin declare -x 2>/dev/null >"$__lb_ef"
             __lb_prompt_end
@@ -206,26 +206,24 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
         else
             __lb_out=$PWD
         fi
+        # The marks are built by assignment (`printf -v` costs several times as much).
         if [[ -n $__lb_n ]]; then
-            builtin printf -v __lb_mark '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' \
-                "$__lb_out" "$__lb_status" "$__lb_n"
-            __lb_n=
-            __lb_lines=()
-            __lb_i=0
+            __lb_mark=$'\e]633;P;Cwd='$__lb_out$'\a\e]633;D;'"$__lb_status;$__lb_n"$'\a'
+            __lb_n= __lb_lines=() __lb_i=0
         else
-            builtin printf -v __lb_mark '\e]633;P;Cwd=%s\a' "$__lb_out"
+            __lb_mark=$'\e]633;P;Cwd='$__lb_out$'\a'
         fi
         # Without jobs no notice can come before the prompt: the marks go out now, and the
         # prompt (which readline expands again, a character at a time, when it redraws the
         # line after the new-command key) stays short. `\j` no longer counts a job that has
         # ended, whose notice is still to come: so not either when a job was counted at the
         # last prompt or one was started since (`$!` moved).
-        local jobs=${__lb_jobs@P}
-        if [[ $jobs == 0 && $__lb_jobs_then == 0 && ${!-} == "$__lb_bg" ]]; then
+        __lb_jobs_now=${__lb_jobs@P}
+        if [[ $__lb_jobs_now == 0 && $__lb_jobs_then == 0 && ${!-} == "$__lb_bg" ]]; then
             builtin printf %s "$__lb_mark"
             __lb_mark=
         fi
-        __lb_jobs_then=$jobs
+        __lb_jobs_then=$__lb_jobs_now
         __lb_bg=${!-}
         return "$__lb_status"
     }

@@ -148,21 +148,19 @@ __lb_words=(
     foreach 1 select 1 repeat 1 wait 1 exec 1 enable 1 emulate 1 source 1 . 1 eval 1
     function 1 autoload 1
 )
+# (The words are split at those characters by IFS: a `${text//[...]/ }` costs three times
+# as much. Two of them in a row split off an empty word.)
 __lb_may_export() {
-    local text="${(j: :)__lb_lines}" w
+    local text="${(j: :)__lb_lines}" w IFS=$' \t\n;&|<>{}$"\'\\!'
     [[ $text == *[=\(\[\`\*\?]* ]] && return 0
-    for w in ${=text//[;&|<>\{\}\$\"\'\\\!]/ }; do
-        if (( ${+__lb_words[$w]} || ${+functions[$w]} || ${+aliases[$w]} || ${+galiases[$w]} ))
+    for w in ${=text}; do
+        if [[ -n $w ]] &&
+            (( ${+__lb_words[$w]} || ${+functions[$w]} || ${+aliases[$w]} || ${+galiases[$w]} ))
         then
             return 0
         fi
     done
     return 1
-}
-
-__lb_user_hooks() {
-    (( ${#precmd_functions:#__lb_*} || ${#preexec_functions:#__lb_*} || ${#chpwd_functions} ||
-        ${+functions[precmd]} || ${+functions[preexec]} || ${+functions[chpwd]} ))
 }
 
 # The `cwd` the bridge was asked to run a command in could not be entered: skip the rest.
@@ -186,9 +184,15 @@ __lb_precmd() {
     # before the end mark so that a death right after a command still finds it; saved again
     # only when the environment may have changed (it costs about as much as a bare prompt).
     # Hooks of the user's that run around every command (precmd, preexec, chpwd) may export
-    # anything.
-    if [[ -z $__lb_n ]] || __lb_user_hooks || __lb_may_export; then
+    # anything: any hook arrays but ours as set below, or hook functions. The prompt is
+    # marked again then too (a command that cannot have set a variable cannot have set PS1;
+    # after the user's precmd hooks, `__lb_prompt_end` does it).
+    if [[ -z $__lb_n || "$precmd_functions|$preexec_functions|$chpwd_functions" != \
+        "__lb_precmd|__lb_preexec|" ]] ||
+        (( ${+functions[precmd]} || ${+functions[preexec]} || ${+functions[chpwd]} )) ||
+        __lb_may_export; then
         builtin export -p >|"$__lb_ef" 2>/dev/null
+        __lb_prompt_end
     fi
     if [[ $PWD == *[\\\;$'\a\e\n\r\x18\x1a']* ]]; then
         __lb_escape "$PWD"
@@ -230,7 +234,11 @@ __lb_prompt_end() {
 if [[ -o zle ]]; then
     typeset -ga precmd_functions preexec_functions
     preexec_functions=(${preexec_functions:#__lb_preexec} __lb_preexec)
-    precmd_functions=(__lb_precmd ${precmd_functions:#__lb_*} __lb_prompt_end)
+    precmd_functions=(__lb_precmd ${precmd_functions:#__lb_*})
+    # The user's precmd hooks (a prompt framework) may build PS1 anew: marked after them.
+    if (( ${#precmd_functions} > 1 )); then
+        precmd_functions+=(__lb_prompt_end)
+    fi
     POSTEDIT=${POSTEDIT-}$'\e]633;P;LbEdit\a'
     zle -N __lb_load
     zle -N __lb_new
