@@ -2,7 +2,8 @@
 
 A service returns `{method_name: Method}` from `methods()`. The server validates the envelope,
 looks the method up, and either calls a synchronous handler inline (cheap methods: no Task,
-which costs 50-70 us) or runs an async handler in a Task it can cancel (`$/cancelRequest`).
+which costs 50-70 us), starts a relay (`Method.relay`: work done elsewhere, answered by a
+callback) or runs an async handler in a Task it can cancel (`$/cancelRequest`).
 Handlers receive the params object and a `CallContext`; they raise `BridgeError`s (or any
 exception, which the server classifies) and return JSON-ready values (dicts, lists, str, ...).
 """
@@ -70,6 +71,34 @@ Validate = Callable[[Params], None]
 """Checks a method's params before its handler runs; raises `InvalidParams`."""
 
 
+class Answer(Protocol):
+    """Where the outcome of a relayed request goes, once."""
+
+    @property
+    def request_id(self) -> int | str | None:
+        """The client's id of the request (None: `framed` is not taken)."""
+        ...
+
+    def __call__(self, result: Any, error: BaseException | None) -> None:
+        """The outcome (a result, or the error raised): encoded and answered here."""
+        ...
+
+    def framed(self, frames: bytes) -> None:
+        """A result already as the client reads it, framed where the work was done: the
+        notifications that ride with it, then the response for `request_id`, each in the
+        client protocol's framing; written as it came, observed as a success."""
+        ...
+
+
+Relay = Callable[[Params, CallContext, Answer], Callable[[], None] | None]
+"""Starts a request whose outcome comes back through `Answer`, from a later callback of the
+event loop, never from within this call: no Task, no loop turn before the work leaves or
+after its outcome comes (the terminal host's forwarding). Returns the function that
+withdraws it (its outcome is no longer wanted: a cancel, a timeout, the connection gone;
+`Answer` is then not called), or None when it cannot start now: the dispatcher then runs
+the method's handler as usual."""
+
+
 @dataclass(frozen=True, slots=True)
 class Method:
     """A handler as the dispatcher runs it. Its name is the key it is registered under:
@@ -82,6 +111,8 @@ class Method:
     idempotent: bool = False
     """The handler is idempotent by `idempotencyKey` itself (`fs/watch`: a repeat gets the
     watch back, alive): the dispatcher checks the key but journals nothing for it."""
+    relay: Relay | None = None
+    """The same work as `handler`, started with no Task when it can be (see `Relay`)."""
 
 
 def method(
@@ -90,8 +121,9 @@ def method(
     limit: Limit | None = None,
     validate: Validate | None = None,
     idempotent: bool = False,
+    relay: Relay | None = None,
 ) -> Method:
-    return Method(handler, inspect.iscoroutinefunction(handler), limit, validate, idempotent)
+    return Method(handler, inspect.iscoroutinefunction(handler), limit, validate, idempotent, relay)
 
 
 def request_limit(configured: float, meth: Method, params: Params) -> float | None:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from lapce_bridge.host import link
@@ -21,6 +22,7 @@ from lapce_bridge.host.attach import hello
 from lapce_bridge.host.places import host_places
 from lapce_bridge.host.process import host_pid
 from lapce_bridge.host.proxy import HostProxy
+from lapce_bridge.ipc.framing import Frame, FrameDecoder
 from lapce_bridge.testing.memory import MemoryServer
 from tests.integration.serve_process import server_env
 
@@ -134,6 +136,51 @@ async def test_a_command_finished_rides_with_its_answer(tmp_path: Path) -> None:
                     if h.get("n") == "terminal/data"
                 )
                 assert streamed.replace("\r", "") == "a\nb\n"
+
+
+def client_messages(frames: bytes) -> list[Any]:
+    """The client protocol's messages in `frames`, all of it whole frames."""
+    events = FrameDecoder(1 << 24).feed(frames)
+    assert all(type(e) is Frame for e in events)
+    return [orjson.loads(e.body) for e in events if type(e) is Frame]
+
+
+async def test_a_result_asked_framed_comes_as_the_client_reads_it(tmp_path: Path) -> None:
+    """With the client's id (`i`), a result comes framed for the client: its rider, then the
+    response to that id, in LSP framing (the server writes it as it came). An error, and a
+    request without `i`, come on the link's own terms."""
+    async with host_wire(tmp_path) as wire:
+        wire.send({"q": 1, "m": "terminal/create", "c": 7, "t": 0.0, "i": "c-1"}, {})
+        seen = await wire.until(lambda h: h.get("r") == 1)
+        header, payload = next(m for m in seen if m[0].get("r") == 1)
+        assert header == {"r": 1, "ok": True, "f": 1}
+        messages = client_messages(payload)
+        assert [m.get("id") for m in messages] == ["c-1"]
+        tid = messages[0]["result"]["terminalId"]
+        for q, params in (
+            (2, {"terminalId": tid, "command": "echo plain"}),
+            (3, {"terminalId": tid, "command": "echo keyed", "idempotencyKey": "f1"}),
+        ):
+            wire.send({"q": q, "m": "terminal/execute", "c": 7, "t": 0.0, "i": q * 10}, params)
+            seen = await wire.until(lambda h, q=q: h.get("r") == q)
+            header, payload = next(m for m in seen if m[0].get("r") == q)
+            assert header == {"r": q, "ok": True, "f": 1}
+            assert not [h for h, _ in seen if h.get("a") == q]  # its rider is in the payload
+            done, answer = client_messages(payload)
+            assert done["method"] == "terminal/commandFinished"
+            assert (answer["jsonrpc"], answer["id"]) == ("2.0", q * 10)
+            assert (answer["result"]["output"], answer["result"]["exitCode"]) == (
+                params["command"][5:] + "\n",
+                0,
+            )
+            assert done["params"]["executionId"] == answer["result"]["executionId"]
+        wire.send({"q": 4, "m": "terminal/execute", "c": 7, "t": 0.0, "i": 40}, {"nope": 1})
+        seen = await wire.until(lambda h: h.get("r") == 4)
+        header, payload = next(m for m in seen if m[0].get("r") == 4)
+        assert header == {"r": 4, "ok": False}
+        assert link.value_of(payload)["code"] == -32602
+        wire.send({"q": 5, "m": "terminal/list", "c": 7, "t": 0.0}, {})
+        assert [t["terminalId"] for t in await wire.answer(5)] == [tid]
 
 
 async def test_a_request_nobody_waits_for_gets_no_answer_and_its_command_goes_on(

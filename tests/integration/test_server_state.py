@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 from pathlib import Path
@@ -271,3 +272,27 @@ def test_both_servers_refuse_a_chosen_state_dir_others_can_read(
     assert "chmod 700" in done.stderr
     assert "Traceback" not in done.stderr
     assert stat.S_IMODE(loose.stat().st_mode) == 0o755  # refused, not chmodded
+
+
+async def test_the_first_asker_is_given_the_outcome_once_recorded_before_the_futures_waiters(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j.journal"
+    table = Idempotency(IdempotencyJournal(path).open())
+    seen: list[str] = []
+
+    async def work() -> tuple[bool, bytes]:
+        return (True, b"42")
+
+    def then(outcome: tuple[bool, bytes]) -> None:
+        entry = table.journal.get("k")
+        assert entry is not None  # (a failed assert here is logged: "then" is not seen)
+        assert entry.state is EntryState.DONE  # recorded first
+        seen.append(f"then {outcome[1].decode()}")
+
+    future = table.start("k", "m", work, then=then)
+    future.add_done_callback(lambda f: seen.append(f"future {f.result()[1].decode()}"))
+    assert await future == (True, b"42")
+    await asyncio.sleep(0)
+    assert seen == ["then 42", "future 42"]
+    table.journal.close()

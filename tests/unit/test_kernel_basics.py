@@ -127,6 +127,30 @@ async def test_sleeps_chained_inside_one_advance_are_honoured(clock: FakeClock) 
     assert times == [1, 3, 7]
 
 
+async def test_call_later_fires_in_deadline_order_unless_cancelled(clock: FakeClock) -> None:
+    fired: list[tuple[str, float]] = []
+    clock.call_later(2, lambda: fired.append(("b", clock.now())))
+    clock.call_later(1, lambda: fired.append(("a", clock.now())))
+    stopped = clock.call_later(1.5, lambda: fired.append(("never", clock.now())))
+    stopped.cancel()
+    assert clock.pending == 2
+    await clock.advance(1.9)
+    assert fired == [("a", 1.0)]
+    await clock.advance(0.1)
+    assert fired == [("a", 1.0), ("b", 2.0)]
+    assert clock.next_deadline() is None
+
+
+async def test_the_system_clock_calls_later_on_the_loop() -> None:
+    fired = asyncio.Event()
+    stray: list[str] = []
+    SYSTEM_CLOCK.call_later(0.01, fired.set)
+    SYSTEM_CLOCK.call_later(0.005, lambda: stray.append("cancelled")).cancel()
+    async with asyncio.timeout(5):
+        await fired.wait()
+    assert stray == []
+
+
 async def test_time_never_goes_backwards(clock: FakeClock) -> None:
     with pytest.raises(ValueError, match="backwards"):
         await clock.advance(-1)

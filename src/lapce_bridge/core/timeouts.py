@@ -150,14 +150,20 @@ class TimeoutManager:
             async with clock.timeout(limit):
                 return await awaitable
         except TimeoutError as exc:
-            elapsed = clock.now() - started
-            self._expired[op] = self._expired.get(op, 0) + 1
-            data = {"operation": op, "seconds": limit, "elapsed": elapsed}
-            if elapsed < limit:
-                detail = f"{op}: timed out inside after {elapsed:.3g} s ({exc or 'TimeoutError'})"
-            else:
-                detail = f"{op} timed out after {limit:g} s"
-            raise BridgeTimeout(detail, data=data) from exc
+            raise self.expired(op, limit, clock.now() - started, exc) from exc
+
+    def expired(
+        self, op: str, limit: float, elapsed: float, cause: BaseException | None = None
+    ) -> BridgeTimeout:
+        """The error for `op` past its `limit` (counted): `with_timeout`'s, or that of work
+        timed with no task of its own (`Clock.call_later`)."""
+        self._expired[op] = self._expired.get(op, 0) + 1
+        data = {"operation": op, "seconds": limit, "elapsed": elapsed}
+        if elapsed < limit:
+            detail = f"{op}: timed out inside after {elapsed:.3g} s ({cause or 'TimeoutError'})"
+        else:
+            detail = f"{op} timed out after {limit:g} s"
+        return BridgeTimeout(detail, data=data)
 
     def statistics(self) -> TimeoutStats:
         return TimeoutStats(dict(self._overrides), dict(self._expired))

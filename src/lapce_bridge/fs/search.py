@@ -18,12 +18,17 @@ UTF-8, so it matches UTF-8 text exactly (`\\w` and case folding are ASCII).
 
 One worker thread (`Scan`) walks, reads and searches: it lists folders, filters names,
 reads the clock, and reads and searches each file where the walk meets it. Per file the work
-is three system calls (open, read, close) and a `memchr`, in one loop with its calls bound
-to locals (a loop of the bare calls alone takes about 70 % of `grep -rn`'s time on the bench
-tree). Reader threads were tried: on two busy cores they overlapped the calls (150-180 ms
-against 260-320 in one thread), but on a quiet machine the GIL hand-offs made the search
-twice as slow (207-277 ms against 107-124 ms on the bench tree, `grep -rn` 83-107 ms beside
-it), so the search runs in one thread.
+is three system calls (open, read, close) and a `memchr`. Those calls are most of a search's
+time, and threads cannot overlap them in Python (two walking threads spent more on handing
+the GIL over than they saved: 107-111 ms against 78 in one, on two cores), so a large
+folder's walk is shared with a forked copy of this process (`fs.fanout`): the folder's
+entries (and, while they hold fewer than `MIN_UNITS` folders, their subfolders' entries)
+become units numbered in the walk's order; once this process has searched `SPLIT_AFTER`
+files alone (a small search never forks) the child takes units from the same queue, each
+unit's matches and counts kept apart, and the pages are merged in unit order into exactly
+the page one process would give (`Scan._merge`: a page full in one unit caps the units
+after it; running out of time in either halts both). The child walks the same folders by
+the same descriptors, so confinement is unchanged.
 
 Skipped: `.git`, folders and files `.gitignore` excludes (unless `gitignore: false`),
 symbolic links (their targets inside the workspace are found under their own names), our
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import hashlib
 import operator
 import os
@@ -56,6 +62,7 @@ import msgspec
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.core.errors import InvalidParams
 from lapce_bridge.fs.atomic import TEMP_PREFIX, is_temp_name
+from lapce_bridge.fs.fanout import MAX_UNITS, Fanout
 from lapce_bridge.fs.files import FileStore
 from lapce_bridge.fs.ignore import ALWAYS_IGNORED, Globs, IgnoreRules
 from lapce_bridge.fs.listing import fs_error
@@ -70,6 +77,10 @@ BINARY_PROBE = 8192
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_LINE_CHARS = 500
 CHECK_EVERY = 64  # files searched between two looks at the clock and the stop flag
+SPLIT_AFTER = 256  # files a walk searches alone before it shares the rest with a child
+EXPAND_LEVELS = 2  # levels of folders opened to cut a walk into units
+MIN_UNITS = 16  # folders among the units that end the expansion
+MAX_OPEN = 64  # folders held open for the units
 # O_NONBLOCK: a file swapped for a FIFO after it was listed must not block the walk.
 FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
 DIR_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_DIRECTORY
@@ -165,6 +176,11 @@ def compile_finder(query: str, *, regex: bool, case_sensitive: bool) -> Finder:
         ) from None
 
 
+# A folder's entry the walk searches: name, workspace-relative path, whether it is a file,
+# and the line to resume after (0: from the start).
+Entry = tuple[str, str, bool, int]
+
+
 @dataclass(slots=True)
 class Page:
     matches: list[SearchMatch] = field(default_factory=list)
@@ -172,6 +188,29 @@ class Page:
     skipped: int = 0
     stop_at: tuple[str, int] | None = None  # the position to resume from, if cut short
     timed_out: bool = False
+    # One per file with matches: the index of its first match, and `searched` and `skipped`
+    # once it was searched (where a page cut inside that file leaves the counts).
+    marks: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+# A unit of a split walk (`Scan.run(split=True)`): the descriptor of the folder that holds
+# it and that folder's ignore rules, then the entry.
+Unit = tuple[int, IgnoreRules | None, str, str, bool, int]
+
+
+class _UnitPage(msgspec.Struct, array_like=True):
+    """A unit's page as the child sends it back."""
+
+    unit: int
+    matches: list[SearchMatch]
+    searched: int
+    skipped: int
+    marks: list[tuple[int, int, int]]
+    stop_at: tuple[str, int] | None
+    timed_out: bool
+
+
+_UNIT_PAGES = msgspec.msgpack.Decoder(list[_UnitPage])
 
 
 def matching_lines(
@@ -237,6 +276,10 @@ class _Done(Exception):
     """The page is complete (full, out of time, or stopped): unwinds the walk."""
 
 
+class _Abandon(Exception):
+    """A split walk's unit lies past the cap (the page filled before it): dropped."""
+
+
 class Scan:
     """One page of a search, run synchronously (in a worker thread) from `run()`.
 
@@ -270,17 +313,25 @@ class Scan:
         self.page = Page()
         self._resume = None if resume is None else (tuple(resume[0].split("/")), resume[1])
         self._until_check = 0
+        self._before = 0  # matches this process found in the units before the current one
+        self._fan: Fanout | None = None
+        self._unit = 0
+        self._late = False  # the clock ran out while the child worked
         rare = finder.rare
         # A file holding none of these bytes cannot match (one `memchr` each).
         self._first = rare[0] if rare else b""
         self._second = rare[1] if len(rare) > 1 else None
 
-    def run(self, rel: str, fd: int, is_dir: bool) -> Page:
+    def run(self, rel: str, fd: int, is_dir: bool, *, split: bool = False) -> Page:
         """Search `fd` (workspace-relative `rel`): a folder's descriptor, or a file's. The
-        descriptor stays the caller's."""
+        descriptor stays the caller's. `split`: a large folder's walk is shared with a
+        forked child (`_run_split`); the page is the one a walk in one process gives."""
         try:
             if is_dir:
-                self._walk(fd, "" if rel == "." else rel + "/", self.rules)
+                prefix = "" if rel == "." else rel + "/"
+                if split:
+                    return self._run_split(fd, prefix)
+                self._walk(fd, prefix, self.rules)
             else:
                 after = self._resume_line(rel)
                 if after >= 0:
@@ -291,9 +342,15 @@ class Scan:
         return self.page
 
     def _check(self, rel: str, after: int) -> None:
-        """Stop here (before `rel`) when out of time or stopped."""
+        """Stop here (before `rel`) when out of time or stopped (in a split walk: also when
+        the other process halted, or drop the unit when it lies past the cap)."""
         self._until_check = CHECK_EVERY
         stopped = self.stop.is_set()
+        fan = self._fan
+        if fan is not None:
+            if self._unit > fan.cap:
+                raise _Abandon
+            stopped = stopped or fan.halted
         if stopped or self.clock.now() >= self.deadline:
             self.page.timed_out = not stopped
             self.page.stop_at = (rel, after)
@@ -316,8 +373,10 @@ class Scan:
             page.skipped += 1
             return
         page.searched += 1
-        room = self.max_results - len(page.matches)
+        room = self.max_results - self._before - len(page.matches)
         found = matching_lines(data, hay, first, rel, after, finder, room + 1)
+        if found:
+            page.marks.append((len(page.matches), page.searched, page.skipped))
         if len(found) > room:
             page.matches.extend(found[:room])
             cut = found[room]
@@ -334,23 +393,171 @@ class Scan:
             return -1  # before the cursor: already searched
         return resume[1] if parts == resume[0] else 0
 
-    def _walk(self, dir_fd: int, prefix: str, rules: IgnoreRules | None) -> None:
-        """Search the folder open as `dir_fd` (workspace-relative `prefix`, '' or ending in
-        '/'), in order: each file as it comes, each folder as it comes. The hot path: for
-        the common file (no match) it is one open, one read, one close and one `memchr`."""
-        ops = self.ops
+    def _run_split(self, dir_fd: int, prefix: str) -> Page:
+        """The walk of the folder open as `dir_fd`, cut into units (`_units`) that this
+        process takes in order and, once it has searched `SPLIT_AFTER` files with units
+        left, shares with a forked child (`fs.fanout`); the two pages are merged into the
+        page one process would give (`_merge`). A failed child costs a second walk here."""
+        opened: list[int] = []
         try:
-            entries = ops.scandir(dir_fd)
+            units = self._units(dir_fd, prefix, opened)
+            if units is None:
+                self._walk(dir_fd, prefix, self.rules)
+                return self.page
+            fan = Fanout(len(units))
+            try:
+                mine = self._drain(units, fan, [dir_fd, *opened])
+                theirs = fan.collect(self._should_stop) if fan.spawned else b""
+            finally:
+                fan.close()
+            merged = None if theirs is None else self._merge(len(units), mine, theirs)
+            if merged is None:  # the child failed: the whole walk again, here
+                self.page, self._fan, self._before, self._until_check = Page(), None, 0, 0
+                self._walk(dir_fd, prefix, self.rules)
+                return self.page
+            return merged
+        finally:
+            for fd in opened:
+                self.ops.close(fd)
+
+    def _units(self, dir_fd: int, prefix: str, opened: list[int]) -> list[Unit] | None:
+        """The folder's entries as units, its subfolders opened and replaced by their own
+        entries (up to `EXPAND_LEVELS` levels) while there are fewer than `MIN_UNITS`
+        folders among them; `opened` gets the descriptors opened. None when there is
+        nothing to share (or too much for the queue)."""
+        rules = self.rules
+        try:
+            listed = self._entries(dir_fd, prefix, rules)
         except OSError:
-            self.page.skipped += 1
-            return
+            return None
+        units: list[Unit] = [(dir_fd, rules, *entry) for entry in listed]
+        for _ in range(EXPAND_LEVELS):
+            folders = sum(1 for unit in units if not unit[4])
+            if folders == 0 or folders >= MIN_UNITS or len(opened) + folders > MAX_OPEN:
+                break
+            units = [inner for unit in units for inner in self._expand(unit, opened)]
+        return units if 2 <= len(units) <= MAX_UNITS else None
+
+    def _expand(self, unit: Unit, opened: list[int]) -> list[Unit]:
+        """A folder unit's entries as units (the unit itself when it is a file or its folder
+        cannot be opened or listed: walking it then counts the failure as a walk would)."""
+        dir_fd, rules, name, rel, is_file, _ = unit
+        if is_file:
+            return [unit]
+        try:
+            sub = self.ops.open(name, DIR_FLAGS, dir_fd=dir_fd)
+        except OSError:
+            return [unit]
+        try:
+            inner = rules.descend_at(sub, rel) if rules is not None else None
+            listed = self._entries(sub, rel + "/", inner)
+        except OSError:
+            self.ops.close(sub)
+            return [unit]
+        opened.append(sub)
+        return [(sub, inner, *entry) for entry in listed]
+
+    def _drain(self, units: list[Unit], fan: Fanout, keep: list[int]) -> list[tuple[int, Page]]:
+        """Take units from `fan` and search each into a page of its own, until the queue
+        is empty, the page is full, or time is out; the parent forks the child (which runs
+        this too) once it has searched `SPLIT_AFTER` files with two units or more left."""
+        self._fan = fan
+        pages: list[tuple[int, Page]] = []
+        files = 0
+        while True:
+            if not fan.spawned and files >= SPLIT_AFTER and fan.units - fan.taken >= 2:
+                fan.spawn(lambda: self._child(units, fan), keep)
+            unit = fan.take()
+            if unit is None:
+                break
+            self._unit = unit
+            page = self.page = Page()
+            dir_fd, rules, name, rel, is_file, after = units[unit]
+            try:
+                if is_file:
+                    self._file(dir_fd, name, rel, after)
+                else:
+                    self._folder(dir_fd, name, rel, rules)
+            except _Abandon:
+                break
+            except _Done:
+                pages.append((unit, page))
+                if page.timed_out or self.stop.is_set() or fan.halted:
+                    fan.halt()
+                else:
+                    fan.fill(unit)  # full: no unit after this one is needed
+                break
+            pages.append((unit, page))
+            self._before += len(page.matches)
+            files += page.searched + page.skipped
+        return pages
+
+    def _child(self, units: list[Unit], fan: Fanout) -> bytes:
+        """What the forked child does: its share of the units, sent back as bytes."""
+        self._before = self._until_check = 0
+        pages = self._drain(units, fan, [])
+        return msgspec.msgpack.encode(
+            [
+                _UnitPage(u, p.matches, p.searched, p.skipped, p.marks, p.stop_at, p.timed_out)
+                for u, p in pages
+            ]
+        )
+
+    def _should_stop(self) -> bool:
+        """Whether the child must be halted (asked while the parent waits for it)."""
+        if self.stop.is_set():
+            return True
+        self._late = self.clock.now() >= self.deadline
+        return self._late
+
+    def _merge(self, count: int, mine: list[tuple[int, Page]], theirs: bytes) -> Page | None:
+        """The units' pages in order, up to the first that was cut, then cut at
+        `max_results` (the counts where a walk in one process would have stopped). None
+        when a unit is missing (the child's bytes were lost)."""
+        pages = dict(mine)
+        if theirs:
+            try:
+                sent = _UNIT_PAGES.decode(theirs)
+            except msgspec.DecodeError:
+                return None
+            for u in sent:
+                pages[u.unit] = Page(
+                    u.matches, u.searched, u.skipped, u.stop_at, u.timed_out, u.marks
+                )
+        out = Page()
+        for unit in range(count):
+            page = pages.get(unit)
+            if page is None:
+                return None
+            base = len(out.matches)
+            out.marks += [(base + i, out.searched + s, out.skipped + k) for i, s, k in page.marks]
+            out.matches += page.matches
+            out.searched += page.searched
+            out.skipped += page.skipped
+            if page.stop_at is not None:
+                out.stop_at = page.stop_at
+                out.timed_out = self._late or any(p.timed_out for p in pages.values())
+                break
+        if len(out.matches) > self.max_results:
+            cut = out.matches[self.max_results]
+            starts = [mark[0] for mark in out.marks]
+            _, out.searched, out.skipped = out.marks[
+                bisect.bisect_right(starts, self.max_results) - 1
+            ]
+            del out.matches[self.max_results :]
+            out.stop_at, out.timed_out = (cut.path, cut.line - 1), False
+        return out
+
+    def _entries(self, dir_fd: int, prefix: str, rules: IgnoreRules | None) -> list[Entry]:
+        """The entries of the folder open as `dir_fd` (workspace-relative `prefix`, '' or
+        ending in '/') the walk searches, in order: the filters applied, everything before
+        the cursor left out. OSError when the folder cannot be listed."""
+        entries = self.ops.scandir(dir_fd)
         entries.sort(key=_NAME)
-        open_, read, close = ops.open, ops.read, ops.close
-        first, second = self._first, self._second
-        page = self.page
         resume = self._resume
         exclude, include = self.exclude, self.include
         filtered = rules is not None or exclude is not None or include is not None
+        kept: list[Entry] = []
         for entry in entries:
             name = entry.name
             try:
@@ -380,51 +587,78 @@ class Scan:
                     )
                 ):
                     continue
-                self._until_check -= 1
-                if self._until_check <= 0:
-                    self._check(rel, after)
-                try:
-                    fd = open_(name, FILE_FLAGS, dir_fd=dir_fd)
-                except OSError:
-                    page.skipped += 1
-                    continue
-                data: bytes | None
-                try:
-                    data = read(fd, BLOCK)
-                    if len(data) == BLOCK:
-                        data = read_rest(fd, data, ops)
-                except OSError:
-                    data = None  # EAGAIN included: a FIFO swapped in for the file
-                finally:
-                    close(fd)
-                if (
-                    data is not None
-                    and first
-                    and data.find(first) < 0
-                    and (second is None or data.find(second) < 0)
-                ):
-                    # Ruled out by one memchr (two for a letter in either case), the common
-                    # case, without a substring search.
-                    page.searched += 1
-                else:
-                    self._search(data, rel, after)
-                continue
-            if (
+            elif (
                 name in ALWAYS_IGNORED
                 or (rules is not None and rules.ignored(rel, is_dir=True))
                 or (exclude is not None and exclude.matches(rel, is_dir=True))
             ):
                 continue
-            try:
-                sub = open_(name, DIR_FLAGS, dir_fd=dir_fd)
-            except OSError:
-                page.skipped += 1  # gone, unreadable, or swapped for a symlink
-                continue
-            try:
-                inner = rules.descend_at(sub, rel) if rules is not None else None
-                self._walk(sub, rel + "/", inner)
-            finally:
-                close(sub)
+            kept.append((name, rel, is_file, after))
+        return kept
+
+    def _walk(self, dir_fd: int, prefix: str, rules: IgnoreRules | None) -> None:
+        """Search the folder open as `dir_fd` (workspace-relative `prefix`), in order: each
+        file as it comes, each folder as it comes."""
+        try:
+            listed = self._entries(dir_fd, prefix, rules)
+        except OSError:
+            self.page.skipped += 1
+            return
+        file, folder = self._file, self._folder
+        for name, rel, is_file, after in listed:
+            if is_file:
+                file(dir_fd, name, rel, after)
+            else:
+                folder(dir_fd, name, rel, rules)
+
+    def _folder(self, dir_fd: int, name: str, rel: str, rules: IgnoreRules | None) -> None:
+        """Search the folder `name` of the folder open as `dir_fd`."""
+        ops = self.ops
+        try:
+            sub = ops.open(name, DIR_FLAGS, dir_fd=dir_fd)
+        except OSError:
+            self.page.skipped += 1  # gone, unreadable, or swapped for a symlink
+            return
+        try:
+            inner = rules.descend_at(sub, rel) if rules is not None else None
+            self._walk(sub, rel + "/", inner)
+        finally:
+            ops.close(sub)
+
+    def _file(self, dir_fd: int, name: str, rel: str, after: int) -> None:
+        """Search the file `name` of the folder open as `dir_fd`, from line `after` on. The
+        hot path: for the common file (no match) it is one open, one read, one close and
+        one `memchr`."""
+        self._until_check -= 1
+        if self._until_check <= 0:
+            self._check(rel, after)
+        ops = self.ops
+        try:
+            fd = ops.open(name, FILE_FLAGS, dir_fd=dir_fd)
+        except OSError:
+            self.page.skipped += 1
+            return
+        data: bytes | None
+        try:
+            data = ops.read(fd, BLOCK)
+            if len(data) == BLOCK:
+                data = read_rest(fd, data, ops)
+        except OSError:
+            data = None  # EAGAIN included: a FIFO swapped in for the file
+        finally:
+            ops.close(fd)
+        first = self._first
+        if (
+            data is not None
+            and first
+            and data.find(first) < 0
+            and (self._second is None or data.find(self._second) < 0)
+        ):
+            # Ruled out by one memchr (two for a letter in either case), the common case,
+            # without a substring search.
+            self.page.searched += 1
+        else:
+            self._search(data, rel, after)
 
 
 _NAME = operator.attrgetter("name")  # a DirEntry's sort key
@@ -496,7 +730,7 @@ async def search(store: FileStore, params: Params, *, clock: Clock) -> dict[str,
             stop=stop,
         )
         try:
-            return scan.run(rel, fd, is_dir)
+            return scan.run(rel, fd, is_dir, split=True)
         finally:
             store.ops.close(fd)
 

@@ -18,8 +18,9 @@ a process wakes up.
 Headers (keys kept short: they are parsed on every message):
 
     server -> host
-      {"q": id, "m": method, "c": conn, "t": received_at, "s": session?}   a request; payload
-                                                                        = its params
+      {"q": id, "m": method, "c": conn, "t": received_at, "s": session?, "i": reply_id?}
+                               a request; payload = its params. `i`: the client's id of
+                               it, when the server takes a result framed for its client
       {"k": "hello", ...}      the first message: versions, the server's settings (see
                                `TerminalHost.hello`); answered {"k": "welcome"} or
                                {"k": "refused", "reason"}
@@ -30,6 +31,10 @@ Headers (keys kept short: they are parsed on every message):
       {"k": "drain"}                 stop taking work; exit once running commands end
     host -> server
       {"r": id, "ok": bool}          an answer; payload = the result, or the error object
+      {"r": id, "ok": true, "f": 1}  a result framed for the client (asked for with `i`):
+                                     payload = the notifications riding with it, then the
+                                     response to `i`, each in LSP framing; the server writes
+                                     it to its client as it came
       {"n": method, "c": conn}       a notification for one client connection
       {"n": method, "c": conn, "a": id}   one that rides with the answer to request `id`
                                      (`terminal/commandFinished`): it comes right before it,

@@ -72,6 +72,8 @@ from lapce_bridge.host.attach import policy_from_wire
 from lapce_bridge.host.hostlog import BACKUPS, MAX_BYTES, bounded_log
 from lapce_bridge.host.places import HostPlaces, host_pid, host_places
 from lapce_bridge.host.specs import EMPTY, SpecWriter, hand_over, load, restore_all, snapshot
+from lapce_bridge.ipc import jsonrpc
+from lapce_bridge.ipc.framing import encode
 from lapce_bridge.ipc.idempotency import (
     Idempotency,
     Outcome,
@@ -144,11 +146,14 @@ class _Client:
 class _Context:
     """The `CallContext` the terminal service gets for one request."""
 
-    __slots__ = ("_client", "held", "received_at")
+    __slots__ = ("_client", "held", "received_at", "reply_id")
 
-    def __init__(self, client: _Client, received_at: float) -> None:
+    def __init__(self, client: _Client, received_at: float, reply_id: Any = None) -> None:
         self._client = client
         self.received_at = received_at
+        # The client's id of the request, when the server takes a result framed for its
+        # client here (`framed`); None: answered on the link's own terms.
+        self.reply_id = reply_id
         # While the request waits for its answer: what rides with it (`notify_with_answer`),
         # in order; None: notifications go at once.
         self.held: list[tuple[str, Any]] | None = None
@@ -190,6 +195,25 @@ class _Context:
             return answer
         return b"".join([*(client.frame(name, params, q) for name, params in held), answer])
 
+    def framed(self, result: bytes) -> bytes | None:
+        """A result as the server's client reads it, which the server writes as it comes:
+        the held notifications, then the response to `reply_id`, each framed for the client
+        protocol (encoded here once, not parsed and encoded again in the server). None when
+        the server did not ask for it or the connection left (then `answered`)."""
+        reply_id = self.reply_id
+        if reply_id is None or self._client.closed:
+            return None
+        held, self.held = self.held, None
+        frames = []
+        for name, params in held or ():
+            try:
+                frames.append(encode(jsonrpc.notification_bytes(name, params)))
+            except TypeError:
+                log.exception("notification %s is not JSON-serialisable", name)
+        response = {"jsonrpc": "2.0", "id": reply_id, "result": orjson.Fragment(result)}
+        frames.append(encode(orjson.dumps(response)))
+        return b"".join(frames)
+
     def release(self) -> None:
         """Nobody waits for the answer any more: what was held goes out now."""
         held, self.held = self.held, None
@@ -204,43 +228,45 @@ class _Context:
 
 
 class _KeyedAnswer:
-    """A request waiting for a keyed execution's outcome, answered from the outcome's done
-    callback (no task and no shield of its own: one loop turn from outcome to answer)."""
+    """A request waiting for a keyed execution's outcome, with no task and no shield of its
+    own: the first asker is handed the outcome by the execution as soon as it is recorded
+    (`Idempotency.start`'s `then`: answered in that same step), a repeat of the key by the
+    outcome's future (its done callback, a loop turn later)."""
 
     __slots__ = ("ctx", "future", "host", "link", "q")
 
-    def __init__(
-        self,
-        host: TerminalHost,
-        lk: HostLink,
-        q: int,
-        ctx: _Context,
-        future: asyncio.Future[Outcome],
-    ) -> None:
+    def __init__(self, host: TerminalHost, lk: HostLink, q: int, ctx: _Context) -> None:
         self.host = host
         self.link = lk
         self.q = q
         self.ctx = ctx
+        self.future: asyncio.Future[Outcome] | None = None
+
+    def join(self, future: asyncio.Future[Outcome]) -> None:
+        """Answer from `future` (the key's execution was started by another request)."""
         self.future = future
         future.add_done_callback(self._done)
 
     def cancel(self) -> None:
         """The server no longer waits (the execution goes on: only `cancelKey` stops it)."""
-        self.future.remove_done_callback(self._done)
+        if self.future is not None:
+            self.future.remove_done_callback(self._done)
         self.ctx.release()
 
     def _done(self, future: asyncio.Future[Outcome]) -> None:
+        if future.cancelled():
+            self.outcome(encode_outcome(False, shutting_down()))
+        elif (exc := future.exception()) is not None:
+            self.outcome(encode_outcome(False, exc))
+        else:
+            self.outcome(future.result())
+
+    def outcome(self, outcome: Outcome) -> None:
         lk = self.link
         if lk.tasks.get(self.q) is not self:  # its server left: the outcome stays journalled
             self.ctx.release()
             return
         del lk.tasks[self.q]
-        if future.cancelled():
-            outcome = encode_outcome(False, shutting_down())
-        elif (exc := future.exception()) is not None:
-            outcome = encode_outcome(False, exc)
-        else:
-            outcome = future.result()
         self.host._answer(lk, self.q, outcome, self.ctx)
 
 
@@ -521,7 +547,7 @@ class TerminalHost:
             self._answer(lk, q, encode_outcome(False, MethodNotFound(f"unknown method {name!r}")))
             return
         client = self._client(lk, header.get("c", 0), header.get("s"))
-        ctx = _Context(client, header.get("t") or self.clock.now())
+        ctx = _Context(client, header.get("t") or self.clock.now(), header.get("i"))
         params = link.value_of(payload)
         if params is None:
             params = {}
@@ -590,28 +616,43 @@ class TerminalHost:
             found = idem.lookup(key, bound)
             if found is None:
                 ctx.held = []
-                found = idem.start(key, bound, lambda: self._call(meth, params, ctx))
+                waiting = _KeyedAnswer(self, lk, q, ctx)
+                found = idem.start(
+                    key, bound, lambda: self._call(meth, params, ctx), then=waiting.outcome
+                )
+                lk.tasks[q] = waiting
                 self._owners[key] = ctx._client
                 found.add_done_callback(lambda _: self._forget_owner(key, ctx._client))
-            else:
-                first = self._owners.get(key)
-                if first is not None and first is not ctx._client and first.closed:
-                    first.joined = ctx._client  # its stream now goes to who asked again
+                return
+            first = self._owners.get(key)
+            if first is not None and first is not ctx._client and first.closed:
+                first.joined = ctx._client  # its stream now goes to who asked again
         except Exception as exc:
             self._answer(lk, q, encode_outcome(False, exc))
             return
         if isinstance(found, tuple):
             self._answer(lk, q, found)
         else:
-            lk.tasks[q] = _KeyedAnswer(self, lk, q, ctx, found)
+            waiting = _KeyedAnswer(self, lk, q, ctx)
+            waiting.join(found)
+            lk.tasks[q] = waiting
 
     def _forget_owner(self, key: str, client: _Client) -> None:
         if self._owners.get(key) is client:
             del self._owners[key]
 
     def _answer(self, lk: HostLink, q: int, outcome: Outcome, ctx: _Context | None = None) -> None:
-        answer = link.frame({"r": q, "ok": outcome[0]}, outcome[1])
-        lk.write(answer if ctx is None else ctx.answered(q, answer))
+        ok, payload = outcome
+        framed = (
+            ctx.framed(payload)
+            if ok and ctx is not None and len(payload) <= self.service.max_message_bytes
+            else None
+        )  # (one over the message limit is the server's to refuse, as from its own terminals)
+        if framed is not None:
+            lk.write(link.frame({"r": q, "ok": True, "f": 1}, framed))
+        else:
+            answer = link.frame({"r": q, "ok": ok}, payload)
+            lk.write(answer if ctx is None else ctx.answered(q, answer))
         # Terminals opened, closed, busy or freed are told right after the answer (a caller
         # reading the gauges next sees them); counters and byte figures, which move with every
         # command, wait for the next second's push: a message, a wake-up of every server and a

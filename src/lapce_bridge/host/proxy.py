@@ -10,16 +10,20 @@ attach (`ready`). A host already running (a restarted server's) is attached at o
 one is started only when a terminal request first needs it, so a server whose clients never
 use a terminal never starts one.
 
-- Forwarding: a request is sent as its params (encoded once) with the client connection's id,
-  the session it named and its arrival time; the answer's payload is spliced into the
+- Forwarding: a request is sent as its params (encoded once) with the client connection's
+  id, the session it named and its arrival time; the answer's payload is spliced into the
   client's response unparsed (`orjson.Fragment`), and an error object is rebuilt as the
-  classified error the host raised. A cancelled request (the client's `$/cancelRequest`, its
-  connection closing, the server's timeout) is cancelled in the host. A keyed request keeps
-  its `idempotencyKey`: the host runs it at most once across server restarts, so a replay
-  after a crash joins the execution that still runs or gets its recorded result. The server
-  keeps no key of its own for these methods (they are `idempotent` to its dispatcher: no
-  journal row, no task of its own, one journal write per command, in the host); a client's
-  cancel, by key or by request id, reaches the execution in the host (`cancel_key`).
+  classified error the host raised. Once attached, a request is relayed (`Method.relay`): sent
+  to the host from the step that read it from the client, and answered to the client from the
+  step that reads its answer from the host, with no Task and no loop turn in the server
+  (before attaching, the handler waits for the host in a Task). A cancelled request (the
+  client's `$/cancelRequest`, its connection closing, the server's timeout) is cancelled in
+  the host. A keyed request keeps its `idempotencyKey`: the host runs it at most once across
+  server restarts, so a replay after a crash joins the execution that still runs or gets its
+  recorded result. The server keeps no key of its own for these methods (they are `idempotent`
+  to its dispatcher: no journal row, no task of its own, one journal write per command, in the
+  host); a client's cancel, by key or by request id, reaches the execution in the host
+  (`cancel_key`).
 - Routing: a notification from the host names its connection; it is written to that
   connection if it is still here (its params spliced, not re-encoded), else dropped (the
   connection left). Broadcasts go to every client; operations the host timed go to this
@@ -56,10 +60,12 @@ from lapce_bridge.host.places import HostPlaces, host_pid, host_places
 from lapce_bridge.ipc.jsonrpc import error_from_wire
 from lapce_bridge.rpc import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    Answer,
     Broadcast,
     CallContext,
     Method,
     Observe,
+    Relay,
     notify_with_answer,
 )
 from lapce_bridge.rpc import method as make_method
@@ -93,9 +99,9 @@ class ServerLink(asyncio.Protocol):
         self.decoder = link.LinkDecoder(4 * DEFAULT_MAX_MESSAGE_BYTES)
         self.transport: asyncio.Transport | None = None
         self.hello_sent = False  # our first message (the hello) went: frames from now
-        # The requests waiting for their answer: the future it resolves, and the request's
-        # context (a notification riding with the answer goes out through it).
-        self.pending: dict[int, tuple[asyncio.Future[tuple[bool, bytes]], CallContext | None]] = {}
+        # The requests waiting for their answer: what takes it (result, error), and the
+        # request's context (a notification riding with the answer goes out through it).
+        self.pending: dict[int, tuple[Answer, CallContext | None]] = {}
         loop = asyncio.get_running_loop()
         self.greeted: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.lost: asyncio.Future[None] = loop.create_future()  # or draining
@@ -118,8 +124,19 @@ class ServerLink(asyncio.Protocol):
             r = header.get("r")
             if r is not None:
                 waiting = pending.pop(r, None)
-                if waiting is not None and not waiting[0].done():
-                    waiting[0].set_result((header["ok"], payload))
+                if waiting is not None:
+                    answer, ctx = waiting
+                    try:
+                        if header.get("f"):  # framed by the host for the client: as it came
+                            answer.framed(payload)
+                        elif not header["ok"]:
+                            answer(None, error_from_wire(orjson.loads(payload)))
+                        elif ctx is not None:  # for a client: spliced in, never decoded
+                            answer(orjson.Fragment(payload), None)
+                        else:
+                            answer(link.value_of(payload), None)
+                    except Exception:  # one answer's fault must not end the link
+                        log.exception("terminal host link: an answer could not be given")
                 continue
             self.proxy.received(header, payload, self)
             if self.closing:
@@ -145,10 +162,9 @@ class ServerLink(asyncio.Protocol):
                 data={"hostDied": True},
             )
         )
-        for future, _ in self.pending.values():
-            if not future.done():
-                future.set_exception(died)
-        self.pending.clear()
+        pending, self.pending = self.pending, {}
+        for answer, _ in pending.values():
+            answer(None, died)
         if not self.lost.done():
             self.lost.set_result(None)
 
@@ -245,7 +261,9 @@ class HostProxy:
         # idempotent: the host keeps every key at most once (its own journal), so the
         # server's dispatcher checks a key and passes it on, journalling and joining nothing.
         forwarded = {
-            name: make_method(self._forwarder(name), limit=limit, idempotent=True)
+            name: make_method(
+                self._forwarder(name), limit=limit, idempotent=True, relay=self._relayer(name)
+            )
             for name, limit in self._limits.items()
         }
         return {**forwarded, STOP_HOST: make_method(self._stop_host, limit=_stop_limit)}
@@ -479,9 +497,38 @@ class HostProxy:
         forward.__name__ = f"forward {name}"
         return forward
 
+    def _relayer(self, name: str) -> Relay:
+        def relay(
+            params: dict[str, Any], ctx: CallContext, answer: Answer
+        ) -> Callable[[], None] | None:
+            lk = self._link
+            if lk is None or lk.transport is None:
+                return None  # not attached (yet): the handler waits for the host
+            q = self._send(lk, name, params, ctx, answer)
+            return lambda: self._withdraw(lk, q)
+
+        return relay
+
     async def _call(
         self, lk: ServerLink, name: str, params: dict[str, Any], ctx: CallContext | None
     ) -> Any:
+        awaited = _Awaited()
+        q = self._send(lk, name, params, ctx, awaited)
+        try:
+            return await awaited.future
+        except asyncio.CancelledError:
+            self._withdraw(lk, q)
+            raise
+
+    def _send(
+        self,
+        lk: ServerLink,
+        name: str,
+        params: dict[str, Any],
+        ctx: CallContext | None,
+        answer: Answer,
+    ) -> int:
+        """The request, to the host; `answer` takes its outcome. Its id on the link."""
         q = next(self._ids)
         header: dict[str, Any] = {"q": q, "m": name}
         if ctx is not None:
@@ -494,18 +541,18 @@ class HostProxy:
             session = getattr(ctx, "session", None)
             if session is not None:
                 header["s"] = session
-        future: asyncio.Future[tuple[bool, bytes]] = asyncio.get_running_loop().create_future()
-        lk.pending[q] = (future, ctx)
+            reply_id = answer.request_id
+            if reply_id is not None:  # the host frames a result for the client itself
+                header["i"] = reply_id
+        lk.pending[q] = (answer, ctx)
         lk.send(header, orjson.dumps(params))
-        try:
-            ok, payload = await future
-        except asyncio.CancelledError:
-            lk.pending.pop(q, None)
+        return q
+
+    def _withdraw(self, lk: ServerLink, q: int) -> None:
+        """The answer to request `q` is no longer awaited: the host is told (the work it
+        started goes on only if it is keyed: the host keeps those for a repeat)."""
+        if lk.pending.pop(q, None) is not None:
             lk.send({"k": "cancel", "q": q})
-            raise
-        if ok:
-            return orjson.Fragment(payload) if ctx is not None else link.value_of(payload)
-        raise error_from_wire(orjson.loads(payload))
 
     def outlives(self, method: str) -> bool:
         """Keyed `terminal/*` executions outlive this server: the host keeps them."""
@@ -522,6 +569,28 @@ class HostProxy:
         lk = self._link
         if lk is not None:
             lk.send({"k": "closed", "c": conn})
+
+
+class _Awaited:
+    """An outcome awaited by a task of the server's (`Answer` of `HostProxy._call`)."""
+
+    __slots__ = ("future",)
+
+    request_id = None  # no request of a client: nothing to frame
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def __call__(self, result: Any, error: BaseException | None) -> None:
+        if self.future.done():
+            return
+        if error is None:
+            self.future.set_result(result)
+        else:
+            self.future.set_exception(error)
+
+    def framed(self, frames: bytes) -> None:
+        self(None, Unavailable("the terminal host framed an answer it was not asked to frame"))
 
 
 def _service_stats(value: Any) -> ServiceStats | None:

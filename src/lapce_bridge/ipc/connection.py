@@ -207,7 +207,7 @@ class Connection(asyncio.Protocol):
     def inflight(self) -> int:
         return self.dispatcher.inflight
 
-    def inflight_tasks(self) -> list[asyncio.Task[Any]]:
+    def inflight_tasks(self) -> list[asyncio.Future[Any]]:
         return self.dispatcher.tasks()
 
     # -- output ---------------------------------------------------------------------------

@@ -11,6 +11,9 @@ A method's name is the key it is registered under; that name is its operation ev
   id so `$/cancelRequest {id}` cancels it (-32800). Its limit is the configured one, or longer
   when the request's own params allow more (`Method.limit`: a command's `timeoutMs`,
   `maxWaitMs`): long work is governed by its own limits, never cut short by ours.
+- A relayed method (`Method.relay`: the terminal host's forwarding) starts with no Task: its
+  outcome comes back by a callback and is answered there, in the same step (`_Relayed`:
+  listed by id like a task, cancelled the same ways, bounded by a timer on the clock).
 - A keyed request goes through `Idempotency` (journalled, at most once, outcome shared).
 - Params are checked in one place before any handler runs (`Method.validate`).
 - While the server's services are still opening (`ServerState.opening`), what needs them
@@ -37,6 +40,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from lapce_bridge.core.clock import Timer
 from lapce_bridge.core.errors import (
     BridgeError,
     Cancelled,
@@ -197,13 +201,149 @@ class Prepared:
         self.limit = limit  # seconds; None: unbounded by the dispatcher (the work's own)
 
 
+class _Relayed:
+    """A request started by its method's relay, with no Task (`Method.relay`). It is in
+    flight as a task would be: listed by id, answered -32800 on `$/cancelRequest`, withdrawn
+    when its connection closes or the server shuts down, answered -32001 when its limit
+    passes (a timer on the clock); its outcome is answered from the callback that brings it."""
+
+    __slots__ = ("_dispatcher", "_finished", "_prep", "_req_id", "_timer", "_waiter", "_withdraw")
+
+    def __init__(self, dispatcher: Dispatcher, req_id: RequestId, prep: Prepared) -> None:
+        self._dispatcher = dispatcher
+        self._req_id = req_id
+        self._prep = prep
+        self._finished = False
+        self._withdraw: Callable[[], None] | None = None
+        self._timer: Timer | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def start(self) -> bool:
+        """Relayed (False: it could not start now; nothing was done)."""
+        prep = self._prep
+        relay = prep.method.relay
+        assert relay is not None
+        try:
+            withdraw = relay(prep.params, prep.ctx, self)
+        except Exception as exc:  # a bug in the relay: answered like a handler's
+            self.answer(None, exc)
+            return True
+        if withdraw is None:
+            return False
+        self._withdraw = withdraw
+        if prep.limit is not None and not self._finished:
+            self._timer = self._dispatcher.state.clock.call_later(prep.limit, self._expire)
+        return True
+
+    def done(self) -> bool:
+        return self._finished
+
+    @property
+    def request_id(self) -> RequestId:
+        """The request's id, when its connection takes messages framed elsewhere (a socket
+        client's: `write_frame`; not an MCP call's, answered unframed)."""
+        return self._req_id if _frames_to(self._dispatcher.outlet) is not None else None
+
+    def framed(self, frames: bytes) -> None:
+        """A result framed where the work was done (`Answer.framed`): written as it came,
+        after any notification held here (none, when that side framed them too)."""
+        if self._finished:
+            return
+        prep = self._prep
+        state = self._dispatcher.state
+        elapsed = state.clock.now() - prep.ctx.received_at
+        self._finish(None, frames)
+        state.observe(prep.name, elapsed, True)
+
+    def __call__(self, result: Any, error: BaseException | None) -> None:
+        self.answer(result, error)
+
+    def answer(self, result: Any, error: BaseException | None) -> None:
+        """The relay's outcome: concluded and answered (with what rides with it) at once."""
+        if self._finished:
+            return
+        prep = self._prep
+        self._dispatcher._conclude(prep.name, prep.ctx.received_at, result, error, self._answered)
+
+    def _answered(self, outcome: Outcome) -> None:
+        self._finish(_response(self._req_id, outcome))
+
+    def cancel(self) -> bool:
+        """Withdrawn as a cancelled task would be: answered -32800 after `$/cancelRequest`,
+        "shutting down" when the server stops, not at all when the connection left."""
+        if self._finished:
+            return False
+        self._give_up()
+        dispatcher = self._dispatcher
+        state = dispatcher.state
+        prep = self._prep
+        state.observe(prep.name, state.clock.now() - prep.ctx.received_at, True)  # no failure
+        req_id = self._req_id
+        if req_id in dispatcher._cancelled_ids:
+            dispatcher._cancelled_ids.discard(req_id)
+            self._finish(
+                jsonrpc.error_bytes(req_id, Cancelled(f"request {req_id!r} was cancelled"))
+            )
+        elif state.shutting_down and not dispatcher.outlet.closing:
+            self._finish(jsonrpc.error_bytes(req_id, shutting_down()))
+        else:
+            self._finish(None)
+        return True
+
+    def waiter(self) -> asyncio.Future[None]:
+        """Done when this request is (what the server's shutdown waits for); cancelling it
+        cancels the request."""
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+            if self._finished:
+                self._waiter.set_result(None)
+            else:
+                self._waiter.add_done_callback(self._waited)
+        return self._waiter
+
+    def _waited(self, waiter: asyncio.Future[None]) -> None:
+        if waiter.cancelled():
+            self.cancel()
+
+    def _expire(self) -> None:
+        if self._finished:
+            return
+        self._give_up()
+        state = self._dispatcher.state
+        prep = self._prep
+        assert prep.limit is not None
+        elapsed = state.clock.now() - prep.ctx.received_at
+        self.answer(None, state.timeouts.expired(prep.name, prep.limit, elapsed))
+
+    def _give_up(self) -> None:
+        if self._withdraw is not None:
+            self._withdraw()
+
+    def _finish(self, response: bytes | None, frames: bytes = b"") -> None:
+        self._finished = True
+        if self._timer is not None:
+            self._timer.cancel()
+        dispatcher = self._dispatcher
+        dispatcher._inflight.pop(self._req_id, None)
+        dispatcher._passed_keys.pop(self._req_id, None)
+        outlet = dispatcher.outlet
+        if outlet is not _DETACHED:
+            self._prep.ctx.release(response)
+            write_frame = _frames_to(outlet) if frames else None
+            if write_frame is not None:
+                write_frame(frames)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
 class Dispatcher:
     """The requests in flight on one connection and how they are answered."""
 
     def __init__(self, state: ServerState, outlet: Outlet) -> None:
         self.state = state
         self.outlet = outlet
-        self._inflight: dict[RequestId, asyncio.Task[Any]] = {}
+        self._inflight: dict[RequestId, asyncio.Task[Any] | _Relayed] = {}
         self._inflight_keys: dict[RequestId, str] = {}
         self._passed_keys: dict[RequestId, str] = {}  # keys an idempotent handler keeps itself
         self._executing: set[RequestId] = set()  # keyed requests whose task runs the work
@@ -217,13 +357,16 @@ class Dispatcher:
     def inflight(self) -> int:
         return len(self._inflight)
 
-    def tasks(self) -> list[asyncio.Task[Any]]:
-        return [*self._inflight.values(), *self._owned]
+    def tasks(self) -> list[asyncio.Future[Any]]:
+        waited: list[asyncio.Future[Any]] = [
+            t.waiter() if isinstance(t, _Relayed) else t for t in self._inflight.values()
+        ]
+        return [*waited, *self._owned]
 
     def cancel_all(self) -> None:
         """Nobody is left to answer: cancel what waits for this connection. A keyed
         execution goes on (it is the server's); its answer is not written (`_respond`)."""
-        for req_id, task in self._inflight.items():
+        for req_id, task in list(self._inflight.items()):
             if req_id not in self._executing:
                 task.cancel()
         for task in self._owned:
@@ -236,9 +379,15 @@ class Dispatcher:
 
     # -- the one outcome path --------------------------------------------------------------
     def _conclude(
-        self, name: str, started: float, result: Any, error: BaseException | None
+        self,
+        name: str,
+        started: float,
+        result: Any,
+        error: BaseException | None,
+        then: Callable[[Outcome], None] | None = None,
     ) -> Outcome:
-        """Time, encode (once) and observe one handler's outcome."""
+        """Time, encode (once) and observe one handler's outcome; `then` is given it before
+        it is observed (its answer goes first: the metrics wait, the client does not)."""
         state = self.state
         elapsed = state.clock.now() - started
         if error is None:
@@ -263,6 +412,8 @@ class Dispatcher:
         if error is not None:
             outcome = encode_outcome(False, error)
             state.record_error(name, error)
+        if then is not None:
+            then(outcome)
         state.observe(name, elapsed, error is None or not is_server_fault(error))
         return outcome
 
@@ -412,6 +563,8 @@ class Dispatcher:
         except BridgeError as exc:
             self.outlet.write(self._refused(req, exc))
             return
+        if prep.method.relay is not None and prep.key is None and self._relay(req.id, prep):
+            return
         if prep.method.is_async or prep.key is not None:
             prep.ctx.hold()  # what rides with the answer waits for it (`_respond`)
             task = asyncio.get_running_loop().create_task(self._respond(req.id, prep))
@@ -422,6 +575,19 @@ class Dispatcher:
                 self._passed_keys[req.id] = prep.params["idempotencyKey"]
             return
         self.outlet.write(_response(req.id, self._call_sync(prep)))
+
+    def _relay(self, req_id: RequestId, prep: Prepared) -> bool:
+        relayed = _Relayed(self, req_id, prep)
+        prep.ctx.hold()  # what rides with the answer waits for it
+        self._inflight[req_id] = relayed
+        passed = prep.params.get("idempotencyKey") if prep.method.idempotent else None
+        if passed is not None:
+            self._passed_keys[req_id] = passed
+        if relayed.start():
+            return True
+        del self._inflight[req_id]
+        self._passed_keys.pop(req_id, None)
+        return False
 
     async def _respond(self, req_id: RequestId, prep: Prepared) -> None:
         response: bytes | None = None
@@ -601,6 +767,12 @@ class Dispatcher:
             return
         done = [a if type(a) is bytes else await a for a in answers]  # type: ignore[misc]
         self.outlet.write(_array(done))
+
+
+def _frames_to(outlet: Outlet) -> Callable[[bytes], None] | None:
+    """How `outlet` takes messages already framed, if it does."""
+    write_frame: Callable[[bytes], None] | None = getattr(outlet, "write_frame", None)
+    return write_frame
 
 
 def _response(req_id: RequestId, outcome: Outcome) -> bytes:

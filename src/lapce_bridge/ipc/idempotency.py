@@ -118,14 +118,20 @@ class Idempotency:
         return outcome
 
     def start(
-        self, key: str, method: str, call: Callable[[], Awaitable[Outcome]]
+        self,
+        key: str,
+        method: str,
+        call: Callable[[], Awaitable[Outcome]],
+        then: Callable[[Outcome], None] | None = None,
     ) -> asyncio.Future[Outcome]:
-        """Run an async handler in a task the server owns; returns the future of its outcome."""
+        """Run an async handler in a task the server owns; returns the future of its outcome.
+        `then` is given the outcome once it is recorded, in the same step (the future's own
+        callbacks run a loop turn later): the first asker answered without that turn."""
         self.journal.begin(key, method)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
         self._running[key] = (method, future, None)
-        task = loop.create_task(self._execute(key, call, future), name=f"idempotent {method}")
+        task = loop.create_task(self._execute(key, call, future, then), name=f"idempotent {method}")
         self._running[key] = (method, future, task)
         return future
 
@@ -140,7 +146,11 @@ class Idempotency:
         return await self._execute(key, call, future)
 
     async def _execute(
-        self, key: str, call: Callable[[], Awaitable[Outcome]], future: asyncio.Future[Outcome]
+        self,
+        key: str,
+        call: Callable[[], Awaitable[Outcome]],
+        future: asyncio.Future[Outcome],
+        then: Callable[[Outcome], None] | None = None,
     ) -> Outcome:
         try:
             try:
@@ -149,6 +159,8 @@ class Idempotency:
                 if key not in self._client_cancelled:
                     if not future.done():
                         future.set_exception(shutting_down())
+                    if then is not None:
+                        _tell(then, encode_outcome(False, shutting_down()))
                     raise
                 task = asyncio.current_task()
                 if task is not None:
@@ -157,6 +169,8 @@ class Idempotency:
             except Exception as exc:
                 outcome = encode_outcome(False, exc)
             self._record(key, outcome)
+            if then is not None:
+                _tell(then, outcome)
             if not future.done():
                 future.set_result(outcome)
             return outcome
@@ -196,6 +210,13 @@ class Idempotency:
     @property
     def running(self) -> int:
         return len(self._running)
+
+
+def _tell(then: Callable[[Outcome], None], outcome: Outcome) -> None:
+    try:
+        then(outcome)
+    except Exception:  # the outcome is recorded and its future set all the same
+        log.exception("idempotency: a callback of an outcome failed")
 
 
 # Refusals that say "not now, nothing done, try again": under pressure, unavailable.

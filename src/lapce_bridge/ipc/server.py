@@ -403,8 +403,8 @@ class BridgeServer:
         if left:
             await asyncio.gather(*left, return_exceptions=True)
 
-    def _inflight_tasks(self) -> list[asyncio.Task[Any]]:
-        tasks: list[asyncio.Task[Any]] = list(self.idempotency.tasks())
+    def _inflight_tasks(self) -> list[asyncio.Future[Any]]:
+        tasks: list[asyncio.Future[Any]] = list(self.idempotency.tasks())
         for conn in self.connections.values():
             tasks.extend(conn.inflight_tasks())
         return tasks

@@ -27,6 +27,9 @@ class _Entry:
     wake: Callable[[], None] = field(compare=False)
     cancelled: bool = field(default=False, compare=False)
 
+    def cancel(self) -> None:
+        self.cancelled = True
+
 
 class FakeClock:
     """A `Clock` whose time moves only through `advance()` (or autojump)."""
@@ -63,6 +66,11 @@ class FakeClock:
 
     def timeout(self, seconds: float | None) -> AbstractAsyncContextManager[object]:
         return self._timeout(seconds)
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> _Entry:
+        entry = self._push(self._now + max(0.0, seconds), callback)
+        self._kick_autojump()
+        return entry
 
     @asynccontextmanager
     async def _timeout(self, seconds: float | None) -> AsyncIterator[object]:
