@@ -25,10 +25,9 @@ import pytest
 
 from lapce_bridge.fs import fanout
 from lapce_bridge.fs.fanout import Fanout
-from lapce_bridge.fs.ignore import Globs, IgnoreRules
-from lapce_bridge.fs.ops import REAL_FS
-from lapce_bridge.fs.search import SPLIT_AFTER, Page, Scan, compile_finder
+from lapce_bridge.fs.search import SPLIT_AFTER, Page
 from lapce_bridge.testing import FakeClock
+from tests.integration.test_fs_search_tree import scan_page
 from tests.integration.test_fs_server import serving
 
 Spy = Callable[[Fanout], None]
@@ -98,22 +97,11 @@ def page(
     include: list[str] | None = None,
 ) -> Page:  # fmt: skip
     clock = clock or FakeClock()
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        return Scan(
-            finder=compile_finder(query, regex=False, case_sensitive=True),
-            ops=REAL_FS,
-            rules=IgnoreRules.for_folder(str(root), "."),
-            include=Globs(include) if include else None,
-            exclude=None,
-            resume=resume,
-            max_results=max_results,
-            deadline=clock.now() + 60,
-            clock=clock,
-            stop=stop or threading.Event(),
-        ).run(".", fd, True, split=split)
-    finally:
-        os.close(fd)
+    got: Page = scan_page(
+        root, query, resume, max_results, clock, clock.now() + 60, split=split, stop=stop,
+        include=include,
+    )  # fmt: skip
+    return got
 
 
 def seen(p: Page) -> tuple[Any, ...]:
