@@ -499,6 +499,19 @@ def test_every_tool_schema_is_generated_from_its_structs() -> None:
             assert set(re.findall(r'"\$ref": "[^"]*"', text)) == expected
             assert set(schema.get("$defs", {})) == ({"TreeEntry"} if expected else set())
             jsonschema.Draft202012Validator.check_schema(schema)
+            # "T or null" is one type list, which a client checks in one step, not an anyOf.
+            assert '{"type": "null"}' not in text
+    exec_out = output_schema(next(t for t in TOOLS if t.name == "run_command"))
+    assert exec_out["properties"]["exit_code"] == {"type": ["integer", "null"]}
+    timeout = object_schema(next(t for t in TOOLS if t.name == "run_command").input)
+    checker = jsonschema.Draft202012Validator(timeout["properties"]["timeout_ms"])
+    assert [checker.is_valid(v) for v in (None, 5, 0, "5", 1e12)] == [
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
     out = subprocess.run(
         [sys.executable, "-m", "lapce_bridge", "mcp", "--http", "10.1.2.3:0"],
         capture_output=True,

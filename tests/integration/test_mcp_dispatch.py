@@ -8,13 +8,16 @@ import itertools
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import get_type_hints
+from typing import Any, get_type_hints
 
 import msgspec
+import orjson
 import pytest
 
 from lapce_bridge.app import App
 from lapce_bridge.core.errors import PermissionDenied, ResourceExhausted
+from lapce_bridge.ipc.dispatch import CANCEL, Dispatcher
+from lapce_bridge.ipc.jsonrpc import Notification, Request
 from lapce_bridge.mcp.server import Backend, call_tool
 from lapce_bridge.mcp.tools import BY_NAME, output_schema
 from lapce_bridge.schema.files import EditParams, SearchParams, SearchResult
@@ -154,5 +157,80 @@ async def test_a_tool_answers_its_method_result_under_the_python_names(tmp_path:
             for name in ("timeout_ms", "idle_timeout_ms", "max_wait_ms"):
                 if name in ours:
                     assert ours[name] == theirs[name], (tool, name)
+    finally:
+        await backend.aclose()
+
+
+class Outlet:
+    """A connection's outlet as the dispatcher sees it: the answers it writes (the
+    notifications riding with them apart)."""
+
+    id = 0
+    closing = False
+
+    def __init__(self) -> None:
+        self.answers: list[dict[str, Any]] = []
+
+    def write(self, payload: bytes) -> None:
+        message = orjson.loads(payload)
+        if "id" in message:
+            self.answers.append(message)
+
+    def write_many(self, payloads: list[bytes]) -> None:
+        for payload in payloads:
+            self.write(payload)
+
+    def notify(self, method: str, params: Any) -> None:
+        pass
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        pass
+
+
+async def test_a_request_served_in_the_calling_task(tmp_path: Path) -> None:
+    """`Dispatcher.request_here` (the MCP channel's way): an async method's work runs in the
+    caller's task (no task of its own), answered when it returns; `$/cancelRequest` still
+    reaches it by id, interrupts the command, answers -32800 and leaves the caller running;
+    what it does not run itself (a keyed request) goes through a task as ever."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    backend = backend_for(ws, tmp_path / "state")
+    try:
+        state = (await backend.channel()).state
+        outlet = Outlet()
+        dispatcher = Dispatcher(state, outlet)
+        before = len(asyncio.all_tasks())
+        seen: list[int] = []
+
+        async def count_tasks() -> None:
+            while True:
+                seen.append(len(asyncio.all_tasks()))
+                await asyncio.sleep(0)
+
+        counter = asyncio.ensure_future(count_tasks())
+        await dispatcher.request_here(Request(1, "terminal/execute", {"command": "echo here"}))
+        counter.cancel()
+        assert outlet.answers[-1]["id"] == 1
+        assert outlet.answers[-1]["result"]["output"] == "here\n"
+        assert max(seen) == before + 1  # this test's task and the counter: no third
+        assert dispatcher.inflight == 0
+
+        caller = asyncio.ensure_future(
+            dispatcher.request_here(
+                Request(2, "terminal/execute", {"command": "touch started; sleep 30"})
+            )
+        )
+        await eventually((ws / "started").exists)
+        assert dispatcher.inflight == 1
+        dispatcher.notification(Notification(CANCEL, {"id": 2}))
+        await asyncio.wait_for(caller, 20)  # interrupted, long before the sleep would end
+        assert outlet.answers[-1]["error"]["code"] == -32800
+        assert (caller.cancelled(), caller.cancelling()) == (False, 0)
+
+        keyed = {"command": "echo keyed", "idempotencyKey": "k-1"}
+        await dispatcher.request_here(Request(3, "terminal/execute", keyed))
+        assert dispatcher.inflight == 1  # the keyed request runs in a task of its own
+        await eventually(lambda: len(outlet.answers) == 3)
+        assert outlet.answers[-1]["result"]["output"] == "keyed\n"
     finally:
         await backend.aclose()

@@ -4,9 +4,11 @@ The MCP rows run through a real `lapce-bridge mcp` process over stdio, driven by
 official MCP Python client, as an agent would drive it. The echo row times every call from
 the client's send to its parsed answer and checks each answer item by item (exit code 0,
 output `test`, cwd the workspace, where the default terminal starts): a wrong or missing one
-counts as lost; its note gives the server process's CPU per call. The command is `echo
-test` alone, as the issue's figure names it (a `cwd` argument would add a `cd` line to each
-command). The ping row times the protocol's own `ping` on the same session: the SDK's
+counts as lost; its note gives the server process's CPU per call and the median of the
+answers' own `duration_ms` (the command's time in the server's terminal, from the request
+reaching the dispatcher to the end mark: what of the call is the terminal's). The command
+is `echo test` alone, as the issue's figure names it (a `cwd` argument would add a `cd`
+line to each command). The ping row times the protocol's own `ping` on the same session: the SDK's
 request path, client and server, with no tool behind it. The floor row times the same
 `run_command` call from the same client against a canned server (`bench.canned_mcp`) that
 answers at once with the last real answer and the real tool list: what the client itself
@@ -251,6 +253,7 @@ async def _echo_row(ctx: BenchContext, session: Any) -> tuple[Row, dict[str, Any
     warmup = 20
     args = {"command": "echo test"}
     samples: list[float] = []
+    in_terminal: list[float] = []
     lost = 0
     cpu = 0.0
     for i in range(warmup + calls):
@@ -263,6 +266,8 @@ async def _echo_row(ctx: BenchContext, session: Any) -> tuple[Row, dict[str, Any
             continue
         samples.append(elapsed)
         got = result.structured_content or {}
+        if isinstance(got.get("duration_ms"), int | float):
+            in_terminal.append(got["duration_ms"] * 1000)
         if (
             result.is_error
             or got.get("exit_code") != 0
@@ -271,17 +276,21 @@ async def _echo_row(ctx: BenchContext, session: Any) -> tuple[Row, dict[str, Any
         ):
             lost += 1
     cpu_us = (_server_cpu() - cpu) / calls * 1e6
+    terminal_us = statistics.median(in_terminal) if in_terminal else 0.0
     row = latency_row(
         SUITE,
         "run_command echo test (MCP stdio)",
         samples,
         goal=(1000.0, 5000.0),
         note=f"{calls} calls through the Python MCP client; {lost} answers wrong or lost; "
-        f"server process CPU {cpu_us:.0f} us a call (the shell's apart)",
+        f"server process CPU {cpu_us:.0f} us a call (the shell's apart); the command in the "
+        f"server's terminal (its duration_ms: from the request reaching the dispatcher to "
+        f"the end mark) {terminal_us:.0f} us p50",
     )
     extra = dict(row.extra)
     extra["lost"] = float(lost)
     extra["server_cpu_us"] = cpu_us
+    extra["terminal_us"] = terminal_us
     last = result.model_dump(by_alias=True, exclude_none=True, mode="json")
     return replace(row, extra=extra), last
 

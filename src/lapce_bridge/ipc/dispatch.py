@@ -555,6 +555,44 @@ class Dispatcher:
             return
         self.outlet.write(_response(req.id, self._conclude(req.method, started, result, None)))
 
+    async def request_here(self, req: Request) -> None:
+        """Serve `req` as `request` does, but run an async handler without an idempotency key
+        in the calling task instead of a task of its own: for an in-process caller that is
+        one task per request already (the MCP front end), a second task only costs a loop
+        turn. Listed in flight under its id all the same: `$/cancelRequest` cancels the work
+        (answered -32800, the caller goes on), `cancel_all` the caller. Everything else goes
+        through `request`."""
+        state = self.state
+        method = state.methods.get(req.method)
+        params = req.params
+        if (
+            method is None
+            or not method.is_async
+            or type(params) is not dict
+            or "idempotencyKey" in params
+            or state.opening is not None
+            or state.shutting_down
+            or req.id in self._inflight
+        ):
+            self.request(req)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self.requests += 1
+        try:
+            prep = self._prepare(req)
+        except BridgeError as exc:
+            self.outlet.write(self._refused(req, exc))
+            return
+        prep.ctx.hold()  # what rides with the answer waits for it (`_respond`)
+        self._inflight[req.id] = task
+        cancelling = task.cancelling()
+        await self._respond(req.id, prep)
+        if task.cancelling() > cancelling:
+            # A `$/cancelRequest` cancelled the caller and was answered -32800 (`_execute`):
+            # the caller goes on, no longer being cancelled.
+            task.uncancel()
+
     def _request_slow(self, req: Request) -> None:
         try:
             if self.state.shutting_down:

@@ -10,17 +10,20 @@ observed into metrics and health under the method's name, errors counted by thei
 classification. Whatever runs behind a method name (terminals in this process or in a host
 process) is what the tool gets, exactly as a JSON-RPC client would.
 
-A dispatcher per call: a service addresses notifications to the request's connection
-(`terminal/data` while a command streams), so a call's own outlet receives them and hands
-them to that call's progress reporter; every outlet of the channel carries the channel's
-connection id. The in-flight bound of one socket connection does not apply: the MCP SDK
-runs each request in its own task before the call reaches us, so it would bound nothing.
+A dispatcher per call, run in the calling task (`Dispatcher.request_here`): the SDK runs
+each MCP request in a task of its own already, so the work needs no second one. A service
+addresses notifications to the request's connection (`terminal/data` while a command
+streams), so a call's own outlet receives them and hands them to that call's progress
+reporter; every outlet of the channel carries the channel's connection id. The in-flight
+bound of one socket connection does not apply: the MCP SDK runs each request in its own
+task before the call reaches us, so it would bound nothing.
 
 Answers come back as the encoded JSON-RPC response the dispatcher wrote (decoded here);
 an error is rebuilt into its classified `BridgeError` (`jsonrpc.error_from_wire`), the
 class the service raised. Cancelling a call (the SDK cancels the handler on
-`notifications/cancelled`) sends `$/cancelRequest` for it, which interrupts a running
-command exactly as it does for a JSON-RPC client.
+`notifications/cancelled`) cancels the work running in its task, as `$/cancelRequest`
+does for a JSON-RPC client (sent as well, for work the dispatcher runs in a task of its
+own): a running command is interrupted.
 """
 
 from __future__ import annotations
@@ -56,8 +59,10 @@ class Channel:
         outlet = _CallOutlet(self, on_data)
         dispatcher = Dispatcher(self.state, outlet)
         req_id = next(self._ids)
-        dispatcher.request(Request(req_id, method, params))
         try:
+            # The work runs in this task (the SDK's task for the MCP request) when it can,
+            # answered by the time this returns; else in the dispatcher's, answered later.
+            await dispatcher.request_here(Request(req_id, method, params))
             payload = await outlet.answer
         except asyncio.CancelledError:
             dispatcher.notification(Notification(CANCEL, {"id": req_id}))

@@ -16,10 +16,11 @@ then copies every later message through a memory stream and a task of its own in
 dispatcher (a task switch on every message, about a fifth of the server's CPU for a small
 call). Here the reader itself keeps what it read ahead (`LineReader.opening_request`), so a
 handshake connection (the client opens with `initialize`, as every client of the 2025 eras
-does) goes straight to the SDK's own handshake loop (`serve_loop`, the one its Streamable
-HTTP sessions run) on these streams; a connection opened with a 2026-07-28 envelope takes
-`Server.run`'s path unchanged (`serve_pipes`). On a handshake connection a request carrying
-that envelope is refused as `Server.run` refuses it (`refuse_envelopes`).
+does) goes straight to the SDK's own handshake loop (`serve_loop`'s recipe, the one its
+Streamable HTTP sessions run, with the handler tasks of `mcp.dispatcher`) on these
+streams; a connection opened with a 2026-07-28 envelope takes `Server.run`'s path
+unchanged (`serve_pipes`). On a handshake connection a request carrying that envelope is
+refused as `Server.run` refuses it (`refuse_envelopes`).
 
 As with the SDK's transport, fd 0 points at the null device and fd 1 at stderr while
 serving, so children and stray prints never touch the wire; both are restored on exit.
@@ -43,12 +44,15 @@ import anyio
 import mcp_types as types
 import orjson
 from anyio.abc import AsyncResource
+from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import Server
-from mcp.server.runner import serve_loop
+from mcp.server.runner import serve_connection, serve_loop
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+
+from lapce_bridge.mcp.dispatcher import AsyncioDispatcher, usable
 
 log = logging.getLogger("lapce_bridge.mcp")
 
@@ -220,7 +224,19 @@ async def serve_pipes(server: Server[Any], read: LineReader, write: LineWriter) 
     # Outermost: an enveloped call must not reach the middleware that would answer it.
     server.middleware.insert(0, refuse_envelopes)
     async with server.lifespan(server) as state:
-        await serve_loop(server, read, write, lifespan_state=state, init_options=options)
+        if not usable():  # an SDK whose dispatcher spawns otherwise: its own loop, as is
+            await serve_loop(server, read, write, lifespan_state=state, init_options=options)
+            return
+        # `serve_loop`'s recipe (its dispatcher, `initialize` inline, a loop connection),
+        # with handler tasks started on asyncio directly (`mcp.dispatcher`).
+        dispatcher = AsyncioDispatcher(read, write, inline_methods=frozenset({"initialize"}))
+        await serve_connection(
+            server,
+            dispatcher,
+            connection=Connection.for_loop(dispatcher),
+            lifespan_state=state,
+            init_options=options,
+        )
 
 
 @contextlib.asynccontextmanager

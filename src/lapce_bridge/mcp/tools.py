@@ -611,12 +611,36 @@ def object_schema(kind: type[msgspec.Struct]) -> dict[str, Any]:
     ref = schema.get("$ref", "")
     root: dict[str, Any] = dict(defs[ref.rpartition("/")[2]]) if ref else dict(schema)
     kept: dict[str, Any] = {}
-    root = _inline(root, defs, kept, ())
+    root = _nullable(_inline(root, defs, kept, ()))
     root.pop("title", None)
     if kept:
-        root["$defs"] = kept
+        root["$defs"] = _nullable(kept)
     renamed: dict[str, Any] = _renamed(root, snake_names(kind))
     return renamed
+
+
+def _nullable(node: Any) -> Any:
+    """`node` with each "T or null" written as one `type` list (`{"type": ["integer",
+    "null"]}`), not as an `anyOf` of two schemas: the same values, and a client checks it in
+    one step instead of trying each branch (the Python SDK checks every result it gets)."""
+    if isinstance(node, list):
+        return [_nullable(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _nullable(value) for key, value in node.items()}
+    branches = out.get("anyOf")
+    if isinstance(branches, list) and len(branches) == 2 and {"type": "null"} in branches:
+        other = branches[1 - branches.index({"type": "null"})]
+        if isinstance(other, dict) and isinstance(other.get("type"), str):
+            del out["anyOf"]
+            shared = out.keys() & other.keys()
+            if not shared:  # nothing the branch says is said beside the anyOf as well
+                merged: dict[str, Any] = {"type": [other["type"], "null"]}
+                merged.update((k, v) for k, v in other.items() if k != "type")
+                merged.update(out)
+                return merged
+            out["anyOf"] = branches
+    return out
 
 
 def _renamed(node: Any, names: dict[str, str]) -> Any:
