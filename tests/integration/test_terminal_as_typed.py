@@ -406,6 +406,7 @@ def _check_typed_answers(shell: str, answers: dict[str, dict[str, Any]]) -> None
     unclosed = answers["echo 'unclosed"]
     assert unclosed["exitCode"] == 130
     assert [r["action"] for r in unclosed["recoveries"]] == ["incomplete_command"]
+    assert unclosed["recoveries"][0]["reason"].endswith("abandoned with Ctrl-C")
     # A shell that ignores SIGINT is deaf to Ctrl-C: its continuation prompt is abandoned
     # all the same (bash 130 as for Ctrl-C, zsh 1 as for any aborted line), and the user's
     # trap is still set afterwards.
@@ -413,6 +414,10 @@ def _check_typed_answers(shell: str, answers: dict[str, dict[str, Any]]) -> None
     assert (deaf["status"], deaf["output"]) == ("completed", ""), deaf
     assert deaf["exitCode"] == (130 if shell == "bash" else 1), deaf
     assert [r["action"] for r in deaf["recoveries"]] == ["incomplete_command"]
+    # ... and says how: not by Ctrl-C, which the shell did not hear.
+    reason = deaf["recoveries"][0]["reason"]
+    assert "with Ctrl-C" not in reason
+    assert "ignores SIGINT" in reason, reason
     assert answers["trap"]["output"] in ("trap -- '' SIGINT\n", "trap -- '' INT\n")
 
 

@@ -144,3 +144,24 @@ async def test_bracketed_paste_is_left_off(tmp_path: Path) -> None:
         )
         assert result.output.endswith("1\n")
         assert "\x1b[?2004" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("config", "mode"), [("", "default"), ("fish_vi_key_bindings\n", "insert")]
+)
+async def test_the_nonce_is_typed_in_a_mode_of_ours_and_the_users_mode_is_back(
+    tmp_path: Path, config: str, mode: str
+) -> None:
+    # The nonce is 22 keys in a bind mode with two bindings of ours (fish matched each of 32 against
+    # every binding of the user's mode); each command, one line or several, ends in theirs.
+    async with await Terminal.start(
+        shell="fish", cwd=str(tmp_path), env=_home(tmp_path, config), state_dir=tmp_path / "s"
+    ) as term:
+        for command, output in (
+            ("bind --user -M __lb_nonce_default | count", "2\n"),  # (+ fish's 4 presets)
+            ("echo $fish_bind_mode", f"{mode}\n"),
+            ("echo a\nfor i in 1 2\necho $i\nend", "a\n1\n2\n"),
+            ("echo $fish_bind_mode", f"{mode}\n"),
+        ):
+            result = await term.execute(command, timeout=10)
+            assert (result.output, result.exit_code) == (output, 0)

@@ -68,6 +68,7 @@ async def test_integration_broken_mid_session_recovers_in_place(
         assert broken.exit_code in (0, None) if "exec" in breaker else broken.exit_code == 0
         assert term.pid == pid  # recovered in place: the same process
         assert not term.busy
+        assert broken.output == ""  # not the prompt the shell drew after it
         after = [
             await term.execute(command, timeout=20, idle_timeout=5)
             for command in ('echo "v=$LB_KEEP"', "false", "pwd")
@@ -78,6 +79,11 @@ async def test_integration_broken_mid_session_recovers_in_place(
             ("", 1, sub),
             (sub + "\n", 0, sub),
         ]
+        # A syntax error names the shell, as typed, not the command file it was sourced from.
+        bad = await term.execute("echo )", timeout=20, idle_timeout=5)
+        assert bad.exit_code != 0 or term.kind == "fish"  # (fish keeps $status, as typed)
+        assert bad.output.startswith(f"{term.kind}: "), bad.output
+        assert term.cmd_path not in bad.output
         steps = [r.action for r in broken.recoveries] + [
             r.action for res in after for r in res.recoveries
         ]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from lapce_bridge.terminal.exec_cmd import exit_status
 from lapce_bridge.terminal.modes import (
     LOAD_KEY,
     NEW_KEY,
+    AsTypedErrors,
     build_env,
     load_groups,
     load_keys,
@@ -15,6 +18,8 @@ from lapce_bridge.terminal.modes import (
     run_line,
     shell_kind,
     typed,
+    typed_secret,
+    typed_text,
 )
 from lapce_bridge.terminal.result import ExecResult, Mode, Recovery, Status
 from lapce_bridge.terminal.tracker import EndDetection
@@ -69,8 +74,28 @@ def test_typed_shells_get_the_nonce_and_keys_only() -> None:
     assert typed("fish", integration)
     assert not typed("bash", EndDetection.END_MARKER)
     assert not typed("fish", EndDetection.END_MARKER)
-    assert run_line("fish", integration, path, nonce) == nonce.encode() + LOAD_KEY
+    # fish: the new-command key (a bind mode of ours for the nonce), the nonce, the load key;
+    # its nonce is the same 128 bits in 22 url-safe base64 characters (a key less is work less).
+    assert run_line("fish", integration, path, nonce) == NEW_KEY + nonce.encode() + LOAD_KEY
+    short = typed_secret("fish", nonce)
+    assert (len(short), base64.urlsafe_b64decode(short + "==").hex()) == (22, nonce)
+    assert typed_secret("bash", nonce) == typed_secret("zsh", nonce) == nonce
     assert load_keys("fish", "-") == b"-" + LOAD_KEY
+
+
+def test_a_multi_line_command_is_typed_once_with_its_groups_in_the_file() -> None:
+    nonce = "0123abcd" * 4
+    integration = EndDetection.INTEGRATION
+    # bash: the chain key (the macro that accepts the first line, then loads the others)
+    # instead of the accept key; zsh: the same keys (its line-init hook loads the others).
+    assert run_line("bash", integration, "/x", nonce, 3).endswith(b"\x1b[7796~")
+    assert run_line("bash", integration, "/x", nonce, 1).endswith(b"\x1b[7798~")
+    assert run_line("zsh", integration, "/x", nonce, 3) == NEW_KEY + nonce.encode()
+    text = "cat <<EOF\na\nEOF\necho x\n"
+    assert typed_text("bash", text) == "2 1\n" + text  # the groups after the first line
+    assert typed_text("zsh", text) == "2 1\n" + text
+    assert typed_text("bash", "echo one\n") == "echo one\n"  # one line: no groups
+    assert typed_text("fish", text) == text  # fish asks for each line
 
 
 def test_fallback_lines_carry_the_token_as_text_only() -> None:
@@ -164,3 +189,49 @@ def test_fish_prompt_drawing_is_dropped_from_what_fish_writes() -> None:
     kept = "a \u23ce and a $ in output\r\n".encode()
     assert strip(kept) == kept
     assert prompt_filter("bash") is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "sourced", "typed_text"),
+    [
+        # (what each shell printed for the sourced file here; what it prints typed)
+        (
+            "bash",
+            "bash: F: line 2: syntax error near unexpected token `then'\n"
+            "bash: F: line 2: `if then fi'\nbash: x: command not found\n",
+            "bash: syntax error near unexpected token `then'\nbash: x: command not found\n",
+        ),
+        (
+            "zsh",
+            "F:1: command not found: x\nF:cd:2: no such file or directory: /n\n",
+            "zsh: command not found: x\ncd: no such file or directory: /n\n",
+        ),
+        (
+            "fish",
+            "F (line 1): Unexpected ')' for unopened parenthesis\necho )\n     ^\n"
+            "from sourcing file F\nsource: Error while reading file 'F'\n",
+            "fish: Unexpected ')' for unopened parenthesis\necho )\n     ^\n",
+        ),
+        (
+            "posix",
+            'dash: 1: F: Syntax error: "then" unexpected\n',
+            'dash: 1: Syntax error: "then" unexpected\n',
+        ),
+    ],
+)
+def test_a_sourced_commands_errors_name_the_shell_as_typed(
+    kind: str, sourced: str, typed_text: str
+) -> None:
+    path = "/dev/shm/lapce-bridge-0/terminals/t1-ab/cmd"
+    name = "dash" if kind == "posix" else kind
+    text = sourced.replace("F", path)
+    rename = AsTypedErrors(kind, path, name)
+    assert rename(text) + rename.flush() == typed_text
+    # Split anywhere (two reads of one message), the same.
+    for cut in range(len(text) + 1):
+        rename = AsTypedErrors(kind, path, name)
+        assert rename(text[:cut]) + rename(text[cut:]) + rename.flush() == typed_text
+    # Text that does not name this terminal's file is left alone, and not held.
+    other = sourced.replace("F", "/elsewhere/cmd")
+    assert AsTypedErrors(kind, path, name)(other) == other
+    assert AsTypedErrors(kind, path, name)("Password: ") == "Password: "

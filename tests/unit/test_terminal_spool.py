@@ -32,6 +32,19 @@ def test_small_output_is_kept_whole_in_memory(tmp_path: Path) -> None:
     assert not (tmp_path / "a.out").exists()
 
 
+def test_the_partial_last_line_is_taken_back(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "a.out", 100)
+    spool.write("out\nbash-5.2€# ")
+    spool.drop_partial_line()
+    assert (spool.result(), spool.total) == (("out\n", False), 4)
+    spool.drop_partial_line()  # nothing after the last newline: nothing taken
+    assert spool.total == 4
+    prompt_only = Spool(tmp_path / "b.out", 100)
+    prompt_only.write("vm% ")
+    prompt_only.drop_partial_line()
+    assert (prompt_only.result(), prompt_only.total) == (("", False), 0)
+
+
 def test_large_output_keeps_head_and_tail_and_moves_to_disk(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "b.out", 20)
     text = "".join(f"{i:04d}\n" for i in range(1000))

@@ -261,6 +261,30 @@ def test_typed_line_requests_hide_the_prompt_and_the_next_echo() -> None:
     assert finished(events) == [0]
 
 
+def test_a_line_the_shell_loads_itself_is_hidden_and_asks_nothing() -> None:
+    t = CommandTracker()
+    t.submit(N1, typed=True)
+    events = run(
+        t,
+        p("LbEcho", N1),
+        b"$ echo a\r\na\r\n",
+        p("LbNext", N1),  # bash's and zsh's prompt before a line they load themselves
+        b"$ ",
+        p("LbEcho", N1),
+        b"$ for i in 1\r\n",
+        p("LbNext", N2),  # another nonce's hides nothing
+        b"out\r\n",
+        p("LbNext", N1),
+        b"> ",
+        p("LbEcho", N1),
+        b"> done\r\nb\r\n",
+        d(0, N1),
+    )
+    assert not any(isinstance(ev, LineWanted) for ev in events)
+    assert text(events) == b"a\r\nout\r\nb\r\n"
+    assert finished(events) == [0]
+
+
 def test_typed_zsh_echo_ends_at_postedit_after_the_widget_and_notices_carry_over() -> None:
     t = CommandTracker()
     t.submit(N1, typed=True)

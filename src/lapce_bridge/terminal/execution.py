@@ -15,9 +15,9 @@ the terminal's clock: `durationMs` runs from `received_at` to the end mark.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable
 
+from lapce_bridge.terminal.modes import AsTypedErrors
 from lapce_bridge.terminal.output import OutputNormalizer
 from lapce_bridge.terminal.result import ExecResult, Mode, Recovery, Status
 from lapce_bridge.terminal.spool import Spool
@@ -37,16 +37,17 @@ class Execution:
         "ended_at",
         "execution_id",
         "exit_code",
+        "halt",
         "interrupted",
         "last_activity",
         "lines_left",
-        "loads",
         "mode",
         "on_data",
         "prompted",
         "raw",
         "received_at",
         "recoveries",
+        "renamed",
         "reported",
         "run_cwd",
         "shell",
@@ -93,9 +94,13 @@ class Execution:
         self.command = ""  # what was asked, and in which cwd (handed over again after a
         self.run_cwd: str | None = None  # death before it started)
         self.prompted = False  # a prompt mark came after its output began (fish: hooks gone?)
-        self.lines_left = 0  # typed delivery: lines the shell has not asked for yet
-        self.loads: deque[int] = deque()  # ... and how many of them each next load hands over
+        self.lines_left = 0  # typed delivery: -1 once its continuation prompt is abandoned
+        # What tells a shell that loads the command's lines itself to load no more (called
+        # before the first signal that stops the command).
+        self.halt: Callable[[], None] | None = None
         self.reported = 0  # output bytes already answered in a waiting_for_input snapshot
+        # A sourced command's output: the shell's messages naming the command file, as typed.
+        self.renamed: AsTypedErrors | None = None
         self.cwd: str | None = None
         self.ended_at: float | None = None
         self._normalizer = OutputNormalizer()
@@ -145,6 +150,10 @@ class Execution:
             self._emit(text)
 
     def _emit(self, text: str, *, hold: bool = True) -> None:
+        if self.renamed is not None:
+            text = self.renamed(text)
+            if not text:
+                return
         if self._held_nl:
             self._held_nl = False
             text = "\n" + text
@@ -172,12 +181,21 @@ class Execution:
         cwd: str | None,
         status: Status = Status.COMPLETED,
         recovery: Recovery | None = None,
+        at_prompt: bool = False,
     ) -> ExecResult:
+        """`at_prompt`: the shell was found back at its prompt with no end mark, so its last
+        line (after the last newline) is the prompt it drew, not output."""
         if self.done.done():
             return self.done.result()
         tail = self._normalizer.flush()
         if tail:
             self._emit(tail)
+        if self.renamed is not None:
+            tail, self.renamed = self.renamed.flush(), None
+            if tail:
+                self._emit(tail)
+        if at_prompt:
+            self.spool.drop_partial_line()
         if self._held_nl:
             self._held_nl = False
             if not self._last_nl:

@@ -4,19 +4,30 @@ Theory of operation: a command is written to a file in the terminal's own privat
 (the command file), so its text never passes through the tty's line discipline, and the
 shell gets it one of two ways:
 
-- typed (bash, zsh and fish with integration): the bridge types a key and the command's nonce
-  at the prompt. Our key binding (readline `bind -x`, a zle widget, a fish `bind` function)
-  takes the nonce (bash and zsh read it after their new-command key, fish from the edit line
-  before its load key), puts the command's first line in the edit line and accepts it,
-  exactly as if it had been typed; each time the shell asks for another line (its next
-  prompt, or the continuation prompt inside a block, a quote or a heredoc; fish, which has no
-  continuation prompt, keeps an incomplete line in its buffer and asks for the next) the hooks
-  print `633;P;LbMore` (`LbCont` at a continuation) and the bridge types the load key again.
-  So the shell's own reader runs every line: job control and its notices, `$0`, error
-  messages naming the shell, a syntax error on one line not dropping the next, `exit` ending
-  the shell. The line editor never
-  interprets the text (a tab, a `!`, a 100 KiB line arrive whole); the tty carries only the
-  nonce and the keys.
+- typed (bash, zsh and fish with integration): the bridge types a key and the command's
+  nonce at the prompt. Our key binding (readline `bind -x`, a zle widget, a fish `bind`
+  function) takes the nonce (bash and zsh read it after their new-command key, fish from the
+  edit line, where it is typed in a bind mode of ours after its new-command key), puts the
+  command's first line in the edit line and accepts it, exactly as if it had been typed;
+  each time the shell asks for another line (its next prompt, or the continuation prompt
+  inside a block, a quote or a heredoc) the next line is loaded the same way. So the shell's
+  own reader runs every line: job control and its notices, `$0`, error messages naming the
+  shell, a syntax error on one line not dropping the next, `exit` ending the shell. The line
+  editor never interprets the text (a tab, a `!`, a 100 KiB line arrive whole); the tty
+  carries only the nonce and the keys.
+  bash and zsh load a multi-line command's next lines themselves, with no round trip: bash
+  types the load and accept keys into its own line editor (a readline macro the new-command
+  function binds, one load per group of lines), zsh loads from its `zle-line-init` hook. The
+  groups come first in the command file: a line of their sizes (`typed_text`), one line
+  each, except a here-document's body with its delimiter line, which the shell reads as
+  text and gets in one load. A command the bridge stops (`halt`) has its later lines
+  dropped: the bridge makes the file `halt` in the terminal's folder before the first
+  SIGINT, and the shells look for it before each load. Their prompt then marks
+  `633;P;LbNext` (hidden, nothing to do) and, at a continuation prompt after the last line,
+  `633;P;LbCont`: the command is incomplete, and the bridge abandons it as a user would.
+  fish, whose editor can be given text only from a key binding, asks for each line that runs
+  (`633;P;LbMore`, the bridge types the load key); the lines of a block or a quote it takes
+  in one go, as Enter adds each to the buffer.
 - sourced (every fallback mode): one short line sources the file (`source file` in fish,
   `. file` in sh); `$?` is the status of its last command.
 
@@ -32,6 +43,7 @@ escape and output cannot spoof the end without knowing the token.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
@@ -182,7 +194,11 @@ TYPED = ("bash", "zsh", "fish")  # the shells whose integration takes commands l
 # accept as they load.
 LOAD_KEY = b"\x1b[7799~"
 _ACCEPT_KEY = b"\x1b[7798~"
+# bash: what accepts a multi-line command's first line and then loads and accepts the rest
+# (the macro its new-command function binds to this key for that command).
+_CHAIN_KEY = b"\x1b[7796~"
 INTERRUPT_KEY = b"\x03"  # Ctrl-C: what a user presses to abandon a continuation prompt
+HALT_FILE = "halt"  # in the terminal's folder: the command in flight was stopped
 
 
 # What fish draws at its prompt that lands in a command's output when the command's end mark
@@ -216,15 +232,16 @@ def typed(kind: str, detection: EndDetection) -> bool:
 
 
 def load_keys(kind: str, before: str = "") -> bytes:
-    """What the bridge types to hand the shell the command's next line: `before` (the nonce
-    of a new command, "-" to drop the rest of the current one, or a count of lines to hand
-    over at once) and the load key."""
+    """What the bridge types to hand the shell the command's next line: `before` ("-" to
+    drop the rest of the command, "!" to abandon a continuation prompt in a shell deaf to
+    Ctrl-C) and the load key."""
     keys = before.encode() + LOAD_KEY
     return keys + _ACCEPT_KEY if kind == "bash" else keys
 
 
-# The shells whose load key takes a count of lines (`load_groups`); fish has no here-documents.
-COUNTED_LOADS = ("bash", "zsh")
+# The shells that load a multi-line command's lines themselves, in groups (`typed_text`), and
+# whose load key takes "!" (abandon a continuation prompt from inside the shell).
+SELF_LOADING = ("bash", "zsh")
 # A here-document's operator and delimiter word: `<<EOF`, `<<-EOF`, `<< 'EOF'`, `<<"EOF"`,
 # `<<\EOF` (not the here-string `<<<`).
 _HEREDOC = re.compile(
@@ -233,11 +250,11 @@ _HEREDOC = re.compile(
 
 
 def load_groups(lines: list[str]) -> list[int]:
-    """How many of the command's lines each load key hands the shell (typed delivery), in order:
+    """How many of the command's lines each load hands the shell (typed delivery), in order:
     one, except a here-document's body with its delimiter line, in one go. The shell reads those
-    as text, never as commands, so they need no round trip each (a 500-line heredoc would cost
-    500). A delimiter that never comes (or an operator that was not one, inside quotes or
-    `$((1<<2))`) groups nothing: each line is loaded alone, as before."""
+    as text, never as commands, so they need no prompt and no load each (a 500-line heredoc
+    would cost 500). A delimiter that never comes (or an operator that was not one, inside
+    quotes or `$((1<<2))`) groups nothing: each line is loaded alone."""
     groups: list[int] = []
     i, n = 0, len(lines)
     while i < n:
@@ -259,20 +276,40 @@ def load_groups(lines: list[str]) -> list[int]:
     return groups
 
 
+def typed_text(kind: str, text: str) -> str:
+    """The command file of a typed command (`text`: its lines, each ending in a newline). For
+    a multi-line command in a self-loading shell, a first line gives the sizes of the groups
+    of lines after the first (`load_groups`), which the shell loads one group at a time."""
+    if kind not in SELF_LOADING or text.count("\n") < 2:
+        return text
+    groups = load_groups(text.split("\n")[:-1])
+    return " ".join(map(str, groups[1:])) + "\n" + text
+
+
 # bash's and zsh's new-command key: the nonce comes after it and their function reads it
 # (readline and zle would insert a nonce typed into the edit line and draw it a character at
 # a time; zle with a write each).
 NEW_KEY = b"\x1b[7797~"
 
 
-def integration_line(kind: str, nonce: str) -> bytes:
+def integration_line(kind: str, nonce: str, lines: int = 1) -> bytes:
     """What runs the command file under our hooks, handing them the nonce: typed, its lines
-    given to the line editor one by one."""
+    given to the line editor one by one (`lines`: how many the command has). fish's
+    new-command key switches to a bind mode of ours for the nonce, its load key back."""
     if kind == "bash":
-        return NEW_KEY + nonce.encode() + _ACCEPT_KEY
+        return NEW_KEY + nonce.encode() + (_CHAIN_KEY if lines > 1 else _ACCEPT_KEY)
     if kind == "zsh":
         return NEW_KEY + nonce.encode()
-    return load_keys(kind, nonce)
+    return NEW_KEY + load_keys(kind, nonce)
+
+
+def typed_secret(kind: str, secret: str) -> str:
+    """The form of a command's secret (32 hex digits: 128 bits) this shell is given: fish gets
+    the same bits in 22 url-safe base64 characters (it matches each typed key against its
+    bindings and inserts it: ten keys fewer save about a twentieth of its work a command)."""
+    if kind != "fish":
+        return secret
+    return base64.urlsafe_b64encode(bytes.fromhex(secret)).rstrip(b"=").decode()
 
 
 def raw_line(kind: str, cmd_file: str) -> bytes:
@@ -303,11 +340,84 @@ def status_line(kind: str, token: str) -> bytes:
     return f'{mark} "$PWD" "$?"\n'.encode()
 
 
-def run_line(kind: str, detection: EndDetection, cmd_file: str, secret: str) -> bytes:
+class AsTypedErrors:
+    """What turns the messages a shell gives for a sourced command file (the fallback modes)
+    into those it gives the same command typed at its prompt: they name the file and its line
+    (`bash: <file>: line 1: syntax error ...`, `<file>:1: command not found: x` in zsh), and
+    bash, fish and zsh print more around them (the offending line again, `from sourcing
+    file`). Fed the command's normalised output chunk by chunk (shells write a message in
+    several writes, which two reads can split): a last line that begins as such a message
+    does (`bash: `, the file's path, ...) is held until its end comes, or until `flush`. The
+    path is this terminal's own, so nothing a command prints by chance is rewritten; `name`
+    is the shell's, as its messages begin (bash, dash, sh)."""
+
+    __slots__ = ("_heads", "_held", "_path", "_rules")
+
+    def __init__(self, kind: str, cmd_file: str, name: str) -> None:
+        self._path = cmd_file
+        self._held = ""
+        heads = {
+            "bash": (f"{name}: ",),
+            "zsh": (cmd_file,),
+            "fish": (cmd_file, "from sourcing file ", "\tcalled on line ", "source: Error"),
+        }
+        self._heads = heads.get(kind, (f"{name}: ",))
+        path = re.escape(cmd_file)
+        rules: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]]
+        if kind == "bash":
+            rules = [
+                (re.compile(rf"^[^\s:]+: {path}: line \d+: `[^\n]*'\n", re.M), ""),
+                (re.compile(rf"^([^\s:]+): {path}: line \d+: ", re.M), r"\1: "),
+            ]
+        elif kind == "zsh":
+            rules = [
+                (
+                    re.compile(rf"{path}:(?:([^\s:]+):)?\d+: "),
+                    lambda m: f"{m.group(1) or 'zsh'}: ",
+                )
+            ]
+        elif kind == "fish":
+            rules = [
+                (
+                    re.compile(
+                        rf"^(?:from sourcing file {path}|\tcalled on line \d+ of file {path}"
+                        rf"|source: Error while reading file '{path}')\n",
+                        re.M,
+                    ),
+                    "",
+                ),
+                (re.compile(rf"{path} \(line \d+\): "), "fish: "),
+            ]
+        else:
+            rules = [(re.compile(rf"^([^\s:]+: \d+: ){path}: ", re.M), r"\1")]
+        self._rules = rules
+
+    def __call__(self, text: str) -> str:
+        if self._held:
+            text, self._held = self._held + text, ""
+        line = text.rfind("\n") + 1
+        last = text[line:]
+        if last and any(h.startswith(last) or last.startswith(h) for h in self._heads):
+            text, self._held = text[:line], last
+        return self._rename(text) if self._path in text else text
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return self._rename(held)
+
+    def _rename(self, text: str) -> str:
+        for pattern, replacement in self._rules:
+            text = pattern.sub(replacement, text)
+        return text
+
+
+def run_line(
+    kind: str, detection: EndDetection, cmd_file: str, secret: str, lines: int = 1
+) -> bytes:
     """The one line sent to the shell to run the command waiting in `cmd_file`; `secret` is
-    the command's nonce (integration) or end-marker token."""
+    the command's nonce (integration) or end-marker token; `lines`: how many it has."""
     if detection is EndDetection.INTEGRATION:
-        return integration_line(kind, secret)
+        return integration_line(kind, secret, lines)
     if detection is EndDetection.RAW:
         return raw_line(kind, cmd_file)
     return probe_line(kind, cmd_file, secret)

@@ -38,6 +38,32 @@ class Recovery:
         return {"action": self.action, "reason": self.reason}
 
 
+_INCOMPLETE = (
+    "the command was still incomplete after its last line (an unclosed quote, bracket, block "
+    "or heredoc); its continuation prompt was abandoned "
+)
+# How: as a user would, or, in a shell that ignores SIGINT, from inside it.
+_BY_CTRL_C = "with Ctrl-C"
+_BY_LOAD_KEY = (
+    "from inside the shell, which ignores SIGINT (Ctrl-C did nothing there): the bridge's "
+    "abandon key cleared the SIGINT trap and had the shell send itself SIGINT, as Ctrl-C "
+    "would; the trap was set again at the next prompt"
+)
+
+
+def incomplete_command() -> Recovery:
+    """A command still incomplete after its last line, abandoned with Ctrl-C."""
+    return Recovery("incomplete_command", _INCOMPLETE + _BY_CTRL_C)
+
+
+def abandoned_inside(recoveries: list[Recovery]) -> None:
+    """The incomplete command's prompt was abandoned from inside the shell after all (its
+    Ctrl-C was not heard): its recovery says so."""
+    for i, recovery in enumerate(recoveries):
+        if recovery == incomplete_command():
+            recoveries[i] = Recovery(recovery.action, _INCOMPLETE + _BY_LOAD_KEY)
+
+
 @dataclass(frozen=True, slots=True)
 class ExecResult:
     execution_id: str

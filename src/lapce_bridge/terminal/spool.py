@@ -207,6 +207,16 @@ class Spool:
         if self._file_len > self.max_running_bytes:
             self._compact()
 
+    def drop_partial_line(self) -> None:
+        """Take back what was written after the last newline while it is held in memory: the
+        shell's prompt, drawn where a command's output ended, when no end mark came."""
+        mem = self._mem
+        if mem is None:
+            return
+        keep = mem.rfind(b"\n") + 1
+        self._total -= len(mem) - keep
+        del mem[keep:]
+
     def _move_to_disk(self, mem: bytearray) -> None:
         # 0600 in a verified private folder: command output often holds secrets. The folder
         # is ours alone, so a leftover file of the same name can be removed, not trusted.

@@ -47,16 +47,19 @@ from lapce_bridge.terminal.execution import Execution
 from lapce_bridge.terminal.files import CommandFile, new_private_dir, runtime_base
 from lapce_bridge.terminal.foreground import Foreground
 from lapce_bridge.terminal.modes import (
-    COUNTED_LOADS,
+    HALT_FILE,
     INTERRUPT_KEY,
+    SELF_LOADING,
+    AsTypedErrors,
     Launch,
     build_env,
-    load_groups,
     load_keys,
     resolve_shell,
     run_line,
     shell_kind,
     typed,
+    typed_secret,
+    typed_text,
 )
 from lapce_bridge.terminal.osc import OscParser
 from lapce_bridge.terminal.pty import PtyProcess
@@ -73,6 +76,8 @@ from lapce_bridge.terminal.result import (
     Status,
     TerminalExited,
     TerminalStats,
+    abandoned_inside,
+    incomplete_command,
 )
 from lapce_bridge.terminal.shell import ShellProcess
 from lapce_bridge.terminal.spool import SpoolStore
@@ -158,6 +163,7 @@ class Terminal:
         self.tracker = CommandTracker()
         self.shell_proc: ShellProcess | None = None
         self._cmd_file: CommandFile | None = None
+        self._halted = False  # the halt file is there (`_halt`), until the next command
         self.cmd_path = ""
         self.pending_recoveries: list[Recovery] = []
         self._exec: Execution | None = None
@@ -558,9 +564,15 @@ class Terminal:
         exit_code: int | None,
         status: Status,
         recovery: Recovery | None = None,
+        at_prompt: bool = False,
     ) -> ExecResult:
         result = ex.finish(
-            self.clock.now(), exit_code=exit_code, cwd=self.cwd, status=status, recovery=recovery
+            self.clock.now(),
+            exit_code=exit_code,
+            cwd=self.cwd,
+            status=status,
+            recovery=recovery,
+            at_prompt=at_prompt,
         )
         self.spools.finished(ex.execution_id)
         if self._exec is ex:
@@ -649,6 +661,7 @@ class Terminal:
             exit_code=code,
             status=Status.COMPLETED,
             recovery=Recovery("no_shell_integration", reason),
+            at_prompt=True,
         )
 
     # -- the PTY's side: bytes in, through the parser and the tracker -----------------------
@@ -694,45 +707,49 @@ class Terminal:
         kind, detection = shell.kind, self.tracker.detection
         by_line = typed(kind, detection)
         text = command_file_text(kind, ex.command, ex.run_cwd, by_line)
+        lines = text.count("\n") if by_line else 1
         ex.typed = by_line
-        ex.lines_left = text.count("\n") - 1 if by_line else 0
-        if by_line and ex.lines_left and kind in COUNTED_LOADS:
-            ex.loads.extend(load_groups(text.split("\n")[:-1])[1:])
+        if lines > 1 and kind in SELF_LOADING:
+            text = typed_text(kind, text)
+            ex.halt = self._halt  # the shell loads the next lines itself, unless told
+        if self._halted:
+            self._halted = False
+            with contextlib.suppress(OSError):
+                os.unlink(self.dir / HALT_FILE)
+        if not by_line:
+            ex.renamed = AsTypedErrors(kind, self.cmd_path, os.path.basename(self.shell))
         ex.skip_cr = kind == "fish"
         ex.raw = detection is EndDetection.RAW
-        self.tracker.submit(ex.token, typed=by_line)
+        secret = typed_secret(kind, ex.token)
+        self.tracker.submit(secret, typed=by_line)
         cmd_file.write(text.encode())
-        shell.proc.write(run_line(kind, detection, self.cmd_path, ex.token))
+        shell.proc.write(run_line(kind, detection, self.cmd_path, secret, lines))
+
+    def _halt(self) -> None:
+        """The command in flight is being stopped: a shell loading its lines itself loads no
+        more of them (it looks for this file before each load)."""
+        if not self._halted:
+            self._halted = True
+            with contextlib.suppress(FileExistsError):
+                os.close(create_private_file(self.dir / HALT_FILE, os.O_WRONLY))
 
     def _next_line(self, continuation: bool) -> None:
         """The shell asks for the command's next line (typed delivery): type the load key; or,
-        for a command that was interrupted or is still incomplete after its last line,
-        abandon the rest as a user would (Ctrl-C at a continuation prompt)."""
+        for a command that was interrupted or is still incomplete after its last line (the
+        shell asks at a continuation prompt only then), abandon the rest as a user would
+        (Ctrl-C at a continuation prompt)."""
         ex, shell = self._exec, self.shell_proc
         if ex is None or shell is None or not shell.alive:
             return
         stopping = ex.interrupted or ex.timed_out
-        if continuation and (stopping or ex.lines_left <= 0):
+        if continuation:
             if not stopping and ex.lines_left == 0:
-                ex.recoveries.append(
-                    Recovery(
-                        "incomplete_command",
-                        "the command was still incomplete after its last line (an unclosed "
-                        "quote, bracket, block or heredoc); its continuation prompt was "
-                        "abandoned with Ctrl-C",
-                    )
-                )
-                ex.lines_left = -1  # reported once, whatever the shell asks next
+                ex.recoveries.append(incomplete_command())
+            ex.lines_left = -1  # reported once, whatever the shell asks next
             self._spawn_task(self._abandon_input(shell, ex))
             return
-        if stopping or ex.lines_left <= 0:
-            keys = load_keys(shell.kind, "-")  # the rest of the command is dropped
-        else:
-            count = ex.loads.popleft() if ex.loads else 1
-            ex.lines_left -= count
-            keys = load_keys(shell.kind, str(count) if count > 1 else "")
         try:
-            shell.proc.write(keys)
+            shell.proc.write(load_keys(shell.kind, "-" if stopping else ""))
         except OSError:
             pass  # the shell is gone: its death ends the command
 
@@ -758,6 +775,8 @@ class Terminal:
                 return
             with contextlib.suppress(OSError):
                 shell.proc.write(keys)
+            if keys is not INTERRUPT_KEY:
+                abandoned_inside(ex.recoveries)
             with contextlib.suppress(TimeoutError):
                 async with self.clock.timeout(_DEAF_GRACE_S):
                     await asyncio.shield(ex.done)
@@ -766,7 +785,7 @@ class Terminal:
             if fg is None or not shell.at_prompt(fg, prompted=True):
                 return  # not at its prompt any more: the command's own end comes
             # Still there: deaf to Ctrl-C, or (fish) it came before the editor read keys.
-            if shell.kind in COUNTED_LOADS:
+            if shell.kind in SELF_LOADING:
                 keys = load_keys(shell.kind, "!")
 
     # -- deaths and restarts ----------------------------------------------------------------

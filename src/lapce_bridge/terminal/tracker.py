@@ -23,7 +23,8 @@ command's end is found is the tracker's `detection`:
   and before its prompt (a job that ended while precmd ran);
   the command starts at the first line's; `633;P;LbMore=<nonce>` (the next prompt) or
   `633;P;LbCont=<nonce>` (a continuation prompt) asks for the next line (`LineWanted`) and
-  hides the prompt and the echo that follow.
+  hides the prompt and the echo that follow; `633;P;LbNext=<nonce>` only hides them (the
+  shell loads the line itself).
 - `RAW`: no marks; output starts after the tty's echo of the typed line and the command ends
   when its output goes quiet (the waiting logic decides that, then calls `abandon`).
 
@@ -344,13 +345,14 @@ class CommandTracker:
                     self._idle_capture = True
                     self._carry_from = len(self._carry)
                 return
-            if key in ("LbMore", "LbCont"):
+            if key in ("LbMore", "LbCont", "LbNext"):
                 # The prompt and the echo that follow are not output; a redrawn prompt inside
-                # an echo is not a request.
+                # an echo is not a request (nor `LbNext`: the shell loads the line itself).
                 if not self._hide and value == self._secret:
                     self._hide = True
                     self._until_lf = self._until_edit = False
-                    out.append(LineWanted(key == "LbCont"))
+                    if key != "LbNext":
+                        out.append(LineWanted(key == "LbCont"))
                 return
         if key == "LbEdit" and self._secret is None:
             self._idle_capture = True  # zle left its prompt to print something

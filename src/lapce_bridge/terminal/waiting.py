@@ -136,6 +136,8 @@ async def _ended(clock: Clock, ex: Execution, seconds: float) -> bool:
 
 
 async def stop_foreground(proc: PtyProcess, ex: Execution, clock: Clock, grace: float) -> None:
+    if ex.halt is not None:
+        ex.halt()  # the command's later lines are not to run
     if not ex.began.done():
         # Before the command runs a signal would reach the shell's reader (the line editor,
         # or bash between reading a line and running it, which drops a character and runs the

@@ -8,10 +8,18 @@
 # bridge writes it to the file $__lb_cf, then types the new-command key, its nonce (32 hex
 # digits) and the accept key. The new-command key's function reads the nonce from the
 # terminal (readline never inserts or draws it), reads the file's lines and puts the first
-# into the edit line; the accept key then runs it as if typed. Whenever the shell asks for
-# another line while lines remain (its next prompt, or PS2 inside a block, a quote or a
-# heredoc), the prompt prints `633;P;LbMore=<nonce>` (PS2: `LbCont`) and the bridge types the
-# load key (and the accept key) again. Readline scrolls a long line instead of wrapping it, so
+# into the edit line; the accept key then runs it as if typed. A multi-line command's file
+# starts with the sizes of its groups of lines after the first (one line each, or a
+# here-document's body with its delimiter line), and the bridge types the chain key instead
+# of the accept key: the function binds it to a readline macro that accepts the first line
+# and then, for each group, types the load key and the accept key into readline itself.
+# Readline reads a macro's keys before the terminal's, each when it next reads a key (its
+# next prompt, or PS2 inside a block, a quote or a heredoc): no round trip to the bridge, and
+# a command reading the terminal never sees them. Those prompts print `633;P;LbNext=<nonce>`
+# (hidden from the output); PS2 after the last line prints `633;P;LbCont`: the command is
+# incomplete, and the bridge abandons it. The load key's function looks for the file
+# `halt` first (the bridge stopped the command): then the rest is dropped and the macro
+# aborted. Readline scrolls a long line instead of wrapping it, so
 # the echo of a loaded line ends at the first newline after `633;P;LbEcho=<nonce>`: what
 # follows is the line's output.
 #
@@ -87,6 +95,20 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
         else
             mapfile -t __lb_lines <"$__lb_cf"
             if ((${#text} < 4096)); then text=${text%$'\n'}; else text=; fi
+            if ((${#__lb_lines[@]} > 1)); then
+                # Lines after the sizes of their groups (one long line has none).
+                local IFS=' ' chain
+                __lb_groups=(${__lb_lines[0]})
+                __lb_lines=("${__lb_lines[@]:1}")
+                __lb_g=0
+                __lb_k=LbNext
+                text=${text#*$'\n'}
+                # The chain: accept the first line, then a load key and an accept key a
+                # group (the accept key plain again if a stopped command's chain changed it).
+                builtin printf -v chain '%*s' ${#__lb_groups[@]} ''
+                builtin bind '"\e[7795~": accept-line' \
+                    "\"\\e[7796~\": \"\\e[7795~${chain// /\\e[7799~\\e[7795~}\""
+            fi
         fi
         if [[ $text == *[\\\;$'\a\e\n\r\x18\x1a']* ]]; then
             __lb_escape "$text"
@@ -100,14 +122,11 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
         __lb_i=1
     }
 
-    # The load key. After "-": the rest of the command is dropped (it was interrupted). After
-    # "!": the same, and the continuation prompt abandoned. After a count: that many of its
-    # next lines. Alone: its next line.
+    # The load key (the chain's, or typed by the bridge): the command's next group of lines.
+    # After "!": the rest is dropped and the continuation prompt abandoned.
     __lb_load() {
         builtin printf '\e]633;P;LbEcho=%s\a' "$__lb_n"
-        if [[ $READLINE_LINE == - ]]; then
-            __lb_i=${#__lb_lines[@]}
-        elif [[ $READLINE_LINE == '!' ]]; then
+        if [[ $READLINE_LINE == '!' ]]; then
             # Abandon a continuation prompt in a shell that ignores SIGINT (the user's
             # `trap '' INT`), where Ctrl-C does nothing: as Ctrl-C would, with the user's
             # trap set again at the next prompt.
@@ -118,18 +137,22 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
             builtin trap - INT
             builtin kill -INT $$
             return
-        elif [[ -n $READLINE_LINE && $READLINE_LINE != *[!0-9]* ]]; then
-            # After a count: that many lines at once (a here-document's body and its
-            # delimiter line, which the shell reads as text, never as commands).
-            local IFS=$'\n' n=$READLINE_LINE
-            READLINE_LINE="${__lb_lines[*]:__lb_i:n}"
-            READLINE_POINT=${#READLINE_LINE}
-            __lb_i=$((__lb_i + n))
+        fi
+        if [[ -e $__lb_dir/halt ]]; then
+            # Stopped: the rest is dropped. The empty line accepted next ends the command
+            # (or, inside a block, shows PS2 asking to be abandoned); the chain is aborted.
+            __lb_i=${#__lb_lines[@]}
+            __lb_k=LbCont
+            READLINE_LINE=
+            builtin bind '"\e[7795~": "\e[7798~\e[7793~"'
             return
         fi
-        READLINE_LINE=${__lb_lines[__lb_i]-}
+        local IFS=$'\n' n=${__lb_groups[__lb_g]-1}
+        __lb_g=$((__lb_g + 1))
+        READLINE_LINE="${__lb_lines[*]:__lb_i:n}"
         READLINE_POINT=${#READLINE_LINE}
-        __lb_i=$((__lb_i + 1))
+        __lb_i=$((__lb_i + n))
+        if ((__lb_i >= ${#__lb_lines[@]})); then __lb_k=LbCont; fi
     }
 
     # Whether the command in flight may have changed the exported environment, from its text:
@@ -176,6 +199,7 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
     # The `cwd` the bridge was asked to run a command in could not be entered: skip the rest.
     __lb_skip() {
         __lb_i=${#__lb_lines[@]}
+        __lb_k=LbCont
         return 1
     }
 
@@ -186,8 +210,8 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
             __lb_int=
         fi
         if [[ -n $__lb_n ]] && ((__lb_i < ${#__lb_lines[@]})); then
-            __lb_mark=$'\e]633;P;LbMore='$__lb_n$'\a'
-            __lb_prompt_end # (the line may have set PS1: LbMore is printed by ours)
+            __lb_mark=$'\e]633;P;LbNext='$__lb_n$'\a'
+            __lb_prompt_end # (the line may have set PS1: LbNext is printed by ours)
             return "$__lb_status"
         fi
         # What a replacement shell restores if this one dies (a builtin writing a file), saved
@@ -239,7 +263,8 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
     # Expanded when the prompt is shown (promptvars): the marks of the moment.
     __lb_a='\[${__lb_mark}\e]633;A\a\]'
     __lb_b='\[\e]633;B\a\]'
-    __lb_f='\[\e]633;P;LbCont=${__lb_n}\a\]'
+    __lb_f='\[\e]633;P;${__lb_k}=${__lb_n}\a\]'
+    __lb_k=LbCont # (LbNext while a multi-line command has lines to load)
     # PS0 is printed once a line is parsed, just before it runs: until then a SIGINT would
     # reach bash between reading the line and running it (it drops a character, runs the rest).
     __lb_c='\e]633;C\a'
@@ -253,7 +278,8 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
     for __lb_km in emacs vi-insert; do
         builtin bind -m "$__lb_km" -x '"\e[7799~": __lb_load' 2>/dev/null
         builtin bind -m "$__lb_km" -x '"\e[7797~": __lb_new' 2>/dev/null
-        builtin bind -m "$__lb_km" '"\e[7798~": accept-line' 2>/dev/null
+        builtin bind -m "$__lb_km" '"\e[7798~": accept-line' '"\e[7795~": accept-line' \
+            '"\e[7793~": abort' 2>/dev/null
     done
     unset __lb_km
 

@@ -2,15 +2,17 @@
 #
 # How a command arrives, so that it behaves exactly as if typed at this prompt (job control,
 # $status, error messages naming fish, a syntax error on one line not dropping the next): the
-# bridge writes it to the file $__lb_cf, then types its nonce (32 hex digits) and the load key.
+# bridge writes it to the file $__lb_cf, then types the new-command key, its nonce (128 bits in
+# 22 url-safe base64 characters: fish pays for each typed key) and the load key.
 # The load key's function takes the nonce from the edit buffer, reads the file's lines and puts
 # the first into the buffer, then lets fish's reader run it (`commandline -f execute`) as if
 # Enter had been pressed. Whenever fish is ready for another line while lines remain, a mark
 # asks the bridge for it and the bridge types the load key again:
 # - after a line ran, fish_postexec prints `633;P;LbMore=<nonce>`;
 # - fish has no continuation prompt: a line that leaves the buffer incomplete (inside a block
-#   or a quote) is kept in the buffer, as Enter would, and the function prints
-#   `633;P;LbCont=<nonce>`; the next line is added after a newline;
+#   or a quote) is kept in the buffer, as Enter would, and the next lines are added to it
+#   (after a newline) until it is complete; still incomplete after the last line, the
+#   function prints `633;P;LbCont=<nonce>` and the bridge abandons it;
 # - a line with a syntax error is not run, as at fish's prompt: fish's own message for it is
 #   printed (`fish -n`, fork only then) and the line leaves the buffer, as it does when a user
 #   clears it to type the next one; `$status` is left as it was.
@@ -170,8 +172,8 @@ if not set -q __lb_installed
     function __lb_load
         commandline | read -l typed # (the first line of the buffer)
         switch "$typed"
-            case '????????????????????????????????'
-                if string match -qr '^[0-9a-f]{32}$' -- $typed
+            case '??????????????????????'
+                if string match -qr '^[A-Za-z0-9_-]{22}$' -- $typed
                     set -g __lb_n $typed
                     set -g __lb_buf
                     read -g -z -a -d \n __lb_lines <"$__lb_cf"
@@ -186,7 +188,7 @@ if not set -q __lb_installed
             case -
                 set -g __lb_lines
                 commandline -r ''
-                __lb_after $__lb_st
+                __lb_after_key
                 return
         end
         set -q __lb_n[1]; or return
@@ -205,7 +207,7 @@ if not set -q __lb_installed
         end
         if not set -q line[1]
             commandline -r ''
-            __lb_after $__lb_st
+            __lb_after_key
             return
         end
         if set -q __lb_buf[1]
@@ -218,18 +220,55 @@ if not set -q __lb_installed
                 set -g __lb_buf
                 commandline -f execute
             case 2
-                # Incomplete: the line stays in the buffer, as Enter leaves it; ask for more.
-                set -g __lb_buf $line
-                printf '\e]633;P;LbZle=%s\a\e]633;P;LbEdit\a\e]633;P;LbCont=%s\a' $__lb_n $__lb_n
+                __lb_incomplete $line
             case '*'
-                # A syntax error: fish's own message, and nothing of the line runs.
-                set -g __lb_buf
-                commandline -r ''
-                printf '\n\e]633;P;LbZle=%s\a\e]633;P;LbEdit\a' $__lb_n
-                set -l fish (status fish-path)
-                $fish --no-config -n -c $line
-                __lb_after $__lb_st
+                __lb_refuse $line
         end
+    end
+
+    # An incomplete line (a block, a quote): the next lines join it, as Enter adds each to
+    # the buffer, until it is complete or none is left.
+    function __lb_incomplete
+        set -l line $argv
+        while set -q __lb_lines[1]
+            set line (string join \n -- $line $__lb_lines[1])
+            set -e __lb_lines[1]
+            commandline -r -- $line
+            commandline --is-valid
+            switch $status
+                case 0
+                    set -g __lb_buf
+                    commandline -f execute
+                    return
+                case 2
+                case '*'
+                    __lb_refuse $line
+                    return
+            end
+        end
+        # Still incomplete after the last line: it stays in the buffer, as Enter leaves it,
+        # and the bridge abandons it.
+        set -g __lb_buf $line
+        printf '\e]633;P;LbZle=%s\a\e]633;P;LbEdit\a\e]633;P;LbCont=%s\a' $__lb_n $__lb_n
+    end
+
+    # A syntax error: fish's own message, and nothing of the line runs.
+    function __lb_refuse
+        set -g __lb_buf
+        commandline -r ''
+        printf '\n\e]633;P;LbZle=%s\a\e]633;P;LbEdit\a' $__lb_n
+        set -l fish (status fish-path)
+        $fish --no-config -n -c $argv
+        __lb_after_key
+    end
+
+    # The end hook, from the load key's function (no line ran). When that ends the command,
+    # an empty line accepted has fish draw its next prompt, whose mark tells the bridge the
+    # shell is back at it (with none, what fish draws next, the echo of the next command's
+    # keys included, would be kept as output printed between commands).
+    function __lb_after_key
+        __lb_after $__lb_st
+        set -q __lb_n[1]; or commandline -f execute
     end
 
     # The `cwd` the bridge was asked to run a command in could not be entered: skip the rest.
@@ -314,8 +353,14 @@ if not set -q __lb_installed
 
     # Commands come from a program: no suggestions from history while the bridge types.
     set -g fish_autosuggestion_enabled 0
+    # The new-command key switches to a bind mode of ours whose only binding, besides the
+    # load key (which switches back), inserts any key: fish matches each typed key of the
+    # nonce against that mode's bindings alone, not the hundred of the user's mode.
     for __lb_mode in default insert
         bind -M $__lb_mode \e\[7799~ __lb_load
+        bind -M $__lb_mode -m __lb_nonce_$__lb_mode \e\[7797~ suppress-autosuggestion
+        bind -M __lb_nonce_$__lb_mode '' self-insert
+        bind -M __lb_nonce_$__lb_mode -m $__lb_mode \e\[7799~ __lb_load
     end
     set -e __lb_mode
 end

@@ -5,16 +5,21 @@
 # next): the bridge writes it to the file $__lb_cf, then types the new-command key and its
 # nonce (32 hex digits). The new-command widget reads the nonce from the terminal (zle never
 # inserts or draws it), reads the file's lines, puts the first into the buffer and accepts it
-# as if typed. Whenever zsh asks for another
-# line while lines remain, precmd prints `633;P;LbMore=<nonce>` before the next prompt (PS2, at
-# a continuation prompt inside a block, a quote or a heredoc, starts with `633;P;LbCont`) and
-# the bridge types the load key again. The widget prints `633;P;LbZle=<nonce>`, and POSTEDIT
-# `633;P;LbEdit` as zle finishes the line: what follows is that line's output.
+# as if typed. A multi-line command's file starts with the sizes of its groups of lines after
+# the first (one line each, or a here-document's body with its delimiter line): while it runs,
+# our `zle-line-init` widget (around the user's) puts the next group into the buffer and
+# accepts it each time zsh asks for a line (its next prompt, or PS2 inside a block, a quote
+# or a heredoc), with no round trip to the bridge; precmd prints `633;P;LbNext=<nonce>` before
+# those prompts, PS2 starts with it (hidden from the output), and with `633;P;LbCont` after the
+# last line: the command is incomplete, and the bridge abandons it. The widget looks for the
+# file `halt` first (the bridge stopped the command): the rest is then dropped. The widgets
+# print `633;P;LbZle=<nonce>`, and POSTEDIT `633;P;LbEdit` as zle finishes the line: what
+# follows is that line's output.
 #
 # Invariants:
 # - no hook forks: no $(...), no external commands; escaping is parameter expansion;
 # - the nonce and our control variables never reach the environment user commands see: the
-#   nonce arrives as typed text, is printed back in E, LbMore and D, and is forgotten at the
+#   nonce arrives as typed text, is printed back in E, LbNext and D, and is forgotten at the
 #   command's end;
 # - the user's .zshrc, prompt and hooks keep working: our precmd runs first (it needs $?),
 #   the prompt-end mark is added last (prompt frameworks rebuild PS1 in their precmd);
@@ -46,6 +51,9 @@ typeset -g __lb_out=
 typeset -g __lb_n=        # the nonce of the command in flight
 typeset -ga __lb_lines    # its lines
 typeset -gi __lb_i=0      # how many of them zle was given
+typeset -ga __lb_groups   # a multi-line command's groups of lines after the first
+typeset -gi __lb_g=0      # how many of them zle was given
+typeset -g __lb_chain=    # set while our zle-line-init loads them
 typeset -g __lb_ps2=      # the user's PS2, while ours asks for lines
 typeset -g __lb_a=$'%{\e]633;A\a%}'
 typeset -g __lb_b=$'%{\e]633;B\a%}'
@@ -81,6 +89,25 @@ __lb_new() {
     text=$(<$__lb_cf)
     __lb_lines=("${(@f)text}")
     __lb_i=1
+    __lb_ps2=$PS2
+    if (( ${#__lb_lines} > 1 )); then
+        # Lines after the sizes of their groups (one long line has none), loaded by our
+        # zle-line-init widget; the user's one, if any, is called from it.
+        __lb_groups=(${(s: :)__lb_lines[1]})
+        shift __lb_lines
+        text=${text#*$'\n'}
+        __lb_g=0
+        if (( ${+widgets[zle-line-init]} )); then
+            zle -A zle-line-init __lb_user_line_init
+        fi
+        zle -N zle-line-init __lb_next
+        __lb_chain=1
+        PS2=$'%{\e]633;P;LbNext='$n$'\a%}'$__lb_ps2
+    else
+        # A continuation prompt asks for the command to be abandoned (and is hidden from the
+        # output): at its start, before zle draws anything.
+        PS2=$'%{\e]633;P;LbCont='$n$'\a%}'$__lb_ps2
+    fi
     if (( ${#text} >= 4096 )); then
         __lb_out=
     elif [[ $text == *[\\\;$'\a\e\n\r\x18\x1a']* ]]; then
@@ -88,10 +115,6 @@ __lb_new() {
     else
         __lb_out=$text
     fi
-    # A continuation prompt asks for the next line (and is hidden from the output): at its
-    # start, before zle draws anything.
-    __lb_ps2=$PS2
-    PS2=$'%{\e]633;P;LbCont='$n$'\a%}'$PS2
     BUFFER=${__lb_lines[1]-}
     CURSOR=${#BUFFER}
     # One write for both marks: each write wakes the reader on the other side.
@@ -99,13 +122,56 @@ __lb_new() {
     zle .accept-line
 }
 
-# The load key. After "-": the rest of the command is dropped (it was interrupted). After "!":
-# the same, and the continuation prompt abandoned. After a count: that many of its next lines.
-# Alone: its next line.
-__lb_load() {
-    if [[ $BUFFER == - ]]; then
+# The command's next group of lines into the buffer, accepted as if typed.
+__lb_step() {
+    local n=${__lb_groups[__lb_g + 1]:-1}
+    __lb_g+=1
+    BUFFER=${(pj:\n:)__lb_lines[__lb_i + 1, __lb_i + n]}
+    CURSOR=${#BUFFER}
+    __lb_i+=n
+    if (( __lb_i >= ${#__lb_lines} )); then
+        PS2=$'%{\e]633;P;LbCont='$__lb_n$'\a%}'$__lb_ps2
+    fi
+    builtin printf '\e]633;P;LbZle=%s\a' "$__lb_n"
+    zle .accept-line
+}
+
+# zle-line-init while a multi-line command runs: its next lines, unless it was stopped (then
+# the rest is dropped: an empty line ends it, and a continuation prompt is given up).
+__lb_next() {
+    if (( ${+widgets[__lb_user_line_init]} )); then
+        zle __lb_user_line_init
+    fi
+    [[ -n $__lb_n ]] && (( __lb_i < ${#__lb_lines} )) || return
+    if [[ -e $__lb_dir/halt ]]; then
         __lb_i=${#__lb_lines}
-    elif [[ $BUFFER == '!' ]]; then
+        if [[ $CONTEXT == cont ]]; then
+            zle .send-break
+            return
+        fi
+        BUFFER=
+        builtin printf '\e]633;P;LbZle=%s\a' "$__lb_n"
+        zle .accept-line
+        return
+    fi
+    __lb_step
+}
+
+# The user's zle-line-init back (after a multi-line command).
+__lb_unchain() {
+    __lb_chain=
+    if (( ${+widgets[__lb_user_line_init]} )); then
+        zle -A __lb_user_line_init zle-line-init
+        zle -D __lb_user_line_init
+    else
+        zle -D zle-line-init
+    fi
+}
+
+# The load key, typed by the bridge: the command's next group of lines. After "!": the rest
+# is dropped and the continuation prompt abandoned.
+__lb_load() {
+    if [[ $BUFFER == '!' ]]; then
         # Abandon a continuation prompt in a shell that ignores SIGINT (the user's
         # `trap '' INT`), where Ctrl-C does nothing: as Ctrl-C would, with the user's trap
         # set again at the next prompt.
@@ -116,22 +182,8 @@ __lb_load() {
         builtin trap - INT
         builtin kill -INT $$
         return
-    elif [[ $BUFFER == <-> ]]; then
-        # After a count: that many lines at once (a here-document's body and its delimiter
-        # line, which the shell reads as text, never as commands).
-        local n=$BUFFER
-        BUFFER=${(pj:\n:)__lb_lines[__lb_i + 1, __lb_i + n]}
-        CURSOR=${#BUFFER}
-        __lb_i+=n
-        builtin printf '\e]633;P;LbZle=%s\a' "$__lb_n"
-        zle .accept-line
-        return
     fi
-    BUFFER=${__lb_lines[__lb_i + 1]-}
-    CURSOR=${#BUFFER}
-    __lb_i+=1
-    builtin printf '\e]633;P;LbZle=%s\a' "$__lb_n"
-    zle .accept-line
+    __lb_step
 }
 
 # Whether the command in flight may have changed the exported environment, from its text:
@@ -166,6 +218,7 @@ __lb_may_export() {
 # The `cwd` the bridge was asked to run a command in could not be entered: skip the rest.
 __lb_skip() {
     __lb_i=${#__lb_lines}
+    PS2=$'%{\e]633;P;LbCont='$__lb_n$'\a%}'$__lb_ps2
     return 1
 }
 
@@ -176,9 +229,12 @@ __lb_precmd() {
         __lb_int=
     fi
     if [[ -n $__lb_n ]] && (( __lb_i < ${#__lb_lines} )); then
-        # More lines to come: ask for the next (before the prompt, which is not output).
-        builtin printf '\e]633;P;LbMore=%s\a' "$__lb_n"
+        # More lines to come, which zle-line-init loads (the prompt is not output).
+        builtin printf '\e]633;P;LbNext=%s\a' "$__lb_n"
         return st
+    fi
+    if [[ -n $__lb_chain ]]; then
+        __lb_unchain
     fi
     # What a replacement shell restores if this one dies (a builtin writing a file), saved
     # before the end mark so that a death right after a command still finds it; saved again
