@@ -66,6 +66,18 @@ log = logging.getLogger("lapce_bridge.app")
 MethodsFactory = Callable[["App"], Mapping[str, Method]]
 SCHEMA_MODULES = ("lapce_bridge.schema.methods", "lapce_bridge.schema.validate")
 """What `schema.checks.SchemaCheck` loads on its first call: loaded while the services open."""
+LATER_SERVICE_MODULES = ("lapce_bridge.resources", "lapce_bridge.fs.service")
+"""The resource manager's and the file service's, loaded after the terminals opened."""
+
+
+def terminal_module(terminal_host: bool) -> str:
+    """The terminal service's module: the host's proxy, or the terminals themselves."""
+    return "lapce_bridge.host.proxy" if terminal_host else "lapce_bridge.terminal.service"
+
+
+def service_modules(terminal_host: bool) -> tuple[str, ...]:
+    """Every module the services load while they open (a warm standby loads them ahead)."""
+    return (terminal_module(terminal_host), *SCHEMA_MODULES, *LATER_SERVICE_MODULES)
 
 
 class Service(AbstractAsyncContextManager[Any], Protocol):
@@ -305,12 +317,10 @@ class App:
                 # restart, the terminals in the host are what a client waits for; the
                 # resource manager and the file service open behind them. With the terminal
                 # host, the terminals' code is the host's: not loaded here.
-                host = self.terminal_host
-                terminals = "lapce_bridge.host.proxy" if host else "lapce_bridge.terminal.service"
-                await _import_in_worker(terminals)
+                await _import_in_worker(terminal_module(self.terminal_host))
                 await self._open_service(stack, self._terminal_service())
             if self._want_resources or self._want_services:
-                await _import_in_worker("lapce_bridge.resources", "lapce_bridge.fs.service")
+                await _import_in_worker(*LATER_SERVICE_MODULES)
             if self._want_resources:
                 from lapce_bridge.resources import (
                     DEFAULT_BUDGET_BYTES,
@@ -628,4 +638,4 @@ def _wall_clock(clock: Clock) -> Callable[[], float]:
     return clock.now
 
 
-__all__ = ["App", "MethodsFactory", "Service"]
+__all__ = ["App", "MethodsFactory", "Service", "service_modules"]

@@ -29,14 +29,14 @@ async def test_startup_row_times_a_real_server_against_a_bare_interpreter(tmp_pa
     assert opened.extra["bare_ms"] == bare_ms
     assert opened.value == opened.extra["serve_ms"] - bare_ms
     assert "services open" in opened.name
-    # A restart, step by step from the SIGKILL, each step after the one before.
-    assert [r.name for r in restart] == [
-        "restart: SIGKILL to socket accepting",
-        "restart: SIGKILL to initialize answered",
-        "restart: SIGKILL to ping answered",
-        "restart: SIGKILL to old terminal usable",
-    ]
-    values = [r.value for r in restart]
-    assert all(v is not None and v > 0 for v in values)
-    assert values == sorted(values)  # type: ignore[type-var]
-    assert all(r.samples == 3 for r in restart)
+    # A restart, step by step from the SIGKILL, each step after the one before; then the
+    # same with a warm standby told to serve.
+    cold, warm = restart[:4], restart[4:]
+    steps = ["socket accepting", "initialize answered", "ping answered", "old terminal usable"]
+    assert [r.name for r in cold] == [f"restart: SIGKILL to {s}" for s in steps]
+    assert [r.name for r in warm] == [f"restart from a warm standby: SIGKILL to {s}" for s in steps]
+    for rows in (cold, warm):
+        values = [r.value for r in rows]
+        assert all(v is not None and v > 0 for v in values)
+        assert values == sorted(values)  # type: ignore[type-var]
+        assert all(r.samples == 3 for r in rows)

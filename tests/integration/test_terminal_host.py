@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from lapce_bridge import __version__
 from lapce_bridge.core.errors import BridgeError, Cancelled, TerminalError
 from lapce_bridge.host import link
 from lapce_bridge.host.attach import host_command, spawn_detached
@@ -211,44 +212,67 @@ async def test_a_killed_host_is_replaced_and_the_loss_is_reported(tmp_path: Path
         await client.close()
 
 
-async def test_an_incompatible_host_is_drained_and_replaced(tmp_path: Path) -> None:
-    async with host_stopped_after(tmp_path), serve(tmp_path, *HOST) as served:
-        client = await BridgeClient(served.socket).connect()
-        tid = (await client.request("terminal/create", {"env": {"GIVEN": "g3"}}))["terminalId"]
-        finished = await client.request(
-            "terminal/execute", {"terminalId": tid, "command": "cd /tmp; export KEPT=k3; echo kept"}
-        )
-        running = asyncio.ensure_future(
-            client.request(
+def as_version(version: str, protocol: int | None = None) -> tuple[str, ...]:
+    """What runs a command as another release of the package says it is: the real code,
+    another version (or link protocol) in its hello (`lapce_bridge.testing.other_version`);
+    the hosts it starts say the same."""
+    cmd = [sys.executable, "-m", "lapce_bridge.testing.other_version", "--version", version]
+    if protocol is not None:
+        cmd += ["--protocol", str(protocol)]
+    return (*cmd, "--")
+
+
+OTHER_RELEASES = [("0.0.1", None), (__version__, link.PROTOCOL_VERSION - 1)]
+
+
+@pytest.mark.parametrize(("version", "protocol"), OTHER_RELEASES, ids=["version", "protocol"])
+async def test_an_upgraded_server_drains_the_old_host_and_keeps_its_work(
+    tmp_path: Path, version: str, protocol: int | None
+) -> None:
+    """A server and its host of another release, real processes, hold a terminal (env and
+    cwd set), a finished command and a running keyed one; the server is killed and this
+    release's server started (an upgrade). The old host refuses it and drains: the running
+    command finishes there. A new host then serves the same terminal (env, cwd), the finished
+    output, and the keyed command's real result."""
+    places = places_of(tmp_path)
+    async with host_stopped_after(tmp_path):
+        async with serve(tmp_path, *HOST, prefix=as_version(version, protocol)) as old_server:
+            client = await BridgeClient(old_server.socket).connect()
+            tid = (await client.request("terminal/create", {"env": {"GIVEN": "g3"}}))["terminalId"]
+            finished = await client.request(
                 "terminal/execute",
-                {"terminalId": tid, "command": "sleep 1; echo finished", "idempotencyKey": "d1"},
+                {"terminalId": tid, "command": "cd /tmp; export KEPT=k3; echo kept"},
             )
-        )
-        await asyncio.sleep(0.3)
-        old = host_pid(places_of(tmp_path))
-        assert old is not None
-        # A server of another version attaches: the host refuses it and drains.
-        reader, writer = await asyncio.open_unix_connection(str(places_of(tmp_path).socket))
-        writer.write(
-            link.greeting({"k": "hello", "protocol": link.PROTOCOL_VERSION, "version": "0.0.1"})
-        )
-        await writer.drain()
-        answer = await reader.read(4096)
-        assert b'"refused"' in answer
-        writer.close()
-        done = await running  # the running command finishes in the draining host
-        assert (done["output"], done["exitCode"]) == ("finished\n", 0)
-        assert await _pid_gone(old)
-        again = await client.request(
-            "terminal/execute", {"terminalId": tid, "command": 'echo "$GIVEN $KEPT"; pwd'}
-        )
-        assert again["output"] == "g3 k3\n/tmp\n"  # creation env, exported env, cwd
-        new = host_pid(places_of(tmp_path))
-        assert new is not None
-        assert new != old
-        page = await client.request("terminal/readOutput", {"executionId": finished["executionId"]})
-        assert page["data"] == "kept\n"
-        await client.close()
+            keyed = {"terminalId": tid, "command": "sleep 1; echo late", "idempotencyKey": "d1"}
+            running = asyncio.ensure_future(client.request("terminal/execute", keyed))
+            await asyncio.sleep(0.3)
+            old = host_pid(places)
+            assert old is not None
+            await kill(old_server)
+            with contextlib.suppress(BridgeError):
+                await running  # its connection is gone; the command goes on in the host
+            await client.close()
+        async with serve(tmp_path, *HOST) as served:
+            client = await BridgeClient(served.socket).connect()
+            again = await client.request(
+                "terminal/execute", {"terminalId": tid, "command": 'echo "$GIVEN $KEPT"; pwd'}
+            )
+            assert again["output"] == "g3 k3\n/tmp\n"  # creation env, exported env, cwd
+            assert await _pid_gone(old)
+            assert host_pid(places) not in (None, old)
+            page = await client.request(
+                "terminal/readOutput", {"executionId": finished["executionId"]}
+            )
+            assert page["data"] == "kept\n"
+            late = await client.request("terminal/execute", keyed)  # its key: not run again
+            assert (late["output"], late["exitCode"]) == ("late\n", 0)
+            await client.close()
+    said = places.log.read_text()
+    assert (
+        f"draining: an incompatible server attached: host {version} (link protocol "
+        f"{protocol or link.PROTOCOL_VERSION}), server {__version__} (link protocol "
+        f"{link.PROTOCOL_VERSION})"
+    ) in said
 
 
 async def test_two_servers_starting_together_share_one_host(tmp_path: Path) -> None:
@@ -373,12 +397,13 @@ async def test_a_host_stopped_on_purpose_is_no_death(tmp_path: Path) -> None:
         await client.close()
 
 
-async def start_host_by_hand(tmp_path: Path, *extra: str) -> int:
-    """A host started as `serve` starts one, with `extra` options; its pid once it listens."""
+async def start_host_by_hand(tmp_path: Path, *extra: str, prefix: tuple[str, ...] = ()) -> int:
+    """A host started as `serve` starts one, with `extra` options (run by `prefix`: see
+    `as_version`); its pid once it listens."""
     places = places_of(tmp_path)
     (tmp_path / "ws").mkdir(exist_ok=True)
     cmd = host_command(tmp_path / "state", (tmp_path / "ws").resolve(), "bash", 300, sys.executable)
-    spawn_detached([*cmd, *extra], places.log)
+    spawn_detached([*prefix, *cmd, *extra], places.log)
     async with asyncio.timeout(30):
         # Polls the host's socket (another process): nothing here to await instead.
         while not probe(places.socket, 0.5):  # noqa: ASYNC110
@@ -389,43 +414,42 @@ async def start_host_by_hand(tmp_path: Path, *extra: str) -> int:
 
 
 async def test_a_drain_is_bounded_and_what_it_ended_is_reported(tmp_path: Path) -> None:
-    """A host of another version drains for its drain bound at most (here 1 s, by default
+    """A host of another release drains for its drain bound at most (here 1 s, by default
     30 s): a command still running then is ended and reported lost, its terminal comes back
     in the successor with its cwd and env, and new terminal requests are served again."""
-    old = await start_host_by_hand(tmp_path, "--drain-limit", "1")
-    async with host_stopped_after(tmp_path), serve(tmp_path, *HOST) as served:
-        client = await BridgeClient(served.socket).connect()
-        tid = (await client.request("terminal/create", {"env": {"GIVEN": "g4"}}))["terminalId"]
-        await client.request(
-            "terminal/execute", {"terminalId": tid, "command": "cd /tmp; export KEPT=k4"}
-        )
-        assert host_pid(places_of(tmp_path)) == old
-        running = asyncio.ensure_future(
-            client.request(
-                "terminal/execute", {"terminalId": tid, "command": "sleep 60", "maxWaitMs": 200}
+    old = await start_host_by_hand(tmp_path, "--drain-limit", "1", prefix=as_version("0.0.1"))
+    async with host_stopped_after(tmp_path):
+        async with serve(tmp_path, *HOST, prefix=as_version("0.0.1")) as old_server:
+            client = await BridgeClient(old_server.socket).connect()
+            tid = (await client.request("terminal/create", {"env": {"GIVEN": "g4"}}))["terminalId"]
+            await client.request(
+                "terminal/execute", {"terminalId": tid, "command": "cd /tmp; export KEPT=k4"}
             )
-        )
-        execution = (await running)["executionId"]  # answered `running` after 0.2 s
-        reader, writer = await asyncio.open_unix_connection(str(places_of(tmp_path).socket))
-        writer.write(
-            link.greeting({"k": "hello", "protocol": link.PROTOCOL_VERSION, "version": "0.0.1"})
-        )
-        await writer.drain()
-        assert b'"refused"' in await reader.read(4096)
-        writer.close()
-        drained = time.monotonic()
-        assert await _pid_gone(old, within=20)
-        assert time.monotonic() - drained < 15  # the bound, not the 60 s command
-        again = await client.request(
-            "terminal/execute", {"terminalId": tid, "command": 'echo "$GIVEN $KEPT"; pwd'}
-        )
-        assert again["output"] == "g4 k4\n/tmp\n"
-        assert host_pid(places_of(tmp_path)) not in (None, old)
-        with pytest.raises(TerminalError) as lost:
-            await client.request("terminal/wait", {"executionId": execution})
-        assert lost.value.data.get("lost") is True
-        assert b"the commands still running are ended" in places_of(tmp_path).log.read_bytes()
-        await client.close()
+            assert host_pid(places_of(tmp_path)) == old
+            execution = (
+                await client.request(
+                    "terminal/execute",
+                    {"terminalId": tid, "command": "sleep 60", "maxWaitMs": 200},
+                )
+            )["executionId"]  # answered `running` after 0.2 s
+            await kill(old_server)
+            await client.close()
+        async with serve(tmp_path, *HOST) as served:
+            client = await BridgeClient(served.socket).connect()
+            drained = time.monotonic()
+            again = await client.request(
+                "terminal/execute", {"terminalId": tid, "command": 'echo "$GIVEN $KEPT"; pwd'}
+            )
+            assert time.monotonic() - drained < 15  # the bound, not the 60 s command
+            assert again["output"] == "g4 k4\n/tmp\n"
+            assert await _pid_gone(old, within=20)
+            assert host_pid(places_of(tmp_path)) not in (None, old)
+            with pytest.raises(TerminalError) as lost:
+                await client.request("terminal/wait", {"executionId": execution})
+            assert lost.value.data.get("lost") is True
+            log = places_of(tmp_path).log.read_bytes()
+            assert b"the commands still running are ended" in log
+            await client.close()
 
 
 async def test_terminal_stop_host_ends_or_waits_for_running_commands(tmp_path: Path) -> None:
@@ -485,3 +509,83 @@ async def test_terminal_stop_host_ends_or_waits_for_running_commands(tmp_path: P
         details = [i["detail"] for i in health["incidents"]["recent"]]
         assert not any("terminal host" in d for d in details), details
         await client.close()
+
+
+def _writer(marker: str) -> int | None:
+    """The pid of the `head -c <marker>` process, if it runs."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmdline[:3] == [b"head", b"-c", marker.encode()]:
+                return int(entry)
+    return None
+
+
+def _written(pid: int) -> int:
+    """The bytes a process wrote so far (`wchar`), -1 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
+
+
+async def _read_whole(client: BridgeClient, execution: str) -> bytes:
+    data = b""
+    offset = 0
+    while True:
+        page = await client.request(
+            "terminal/readOutput", {"executionId": execution, "offset": offset}
+        )
+        data += str(page["data"]).encode()
+        offset = int(page["offset"])
+        if page["eof"] or not page["data"]:
+            return data
+
+
+@pytest.mark.parametrize("released_by", ["a server", "the bound"])
+async def test_output_is_held_while_no_server_listens_then_delivered_whole(
+    tmp_path: Path, released_by: str
+) -> None:
+    """A command writing output when its server dies: while no server listens, its output is
+    not read (it blocks on the full PTY buffer, leaving the CPU to the next server), until a
+    server is welcomed (long before the bound here) or, with none, until the bound. Then
+    every byte is read, once, in order."""
+    size = 8_000_000
+    hold = "60" if released_by == "a server" else "4"
+    await start_host_by_hand(tmp_path, "--output-hold", hold)
+    async with host_stopped_after(tmp_path):
+        async with serve(tmp_path, *HOST) as first:
+            client = await BridgeClient(first.socket).connect()
+            tid = (await client.request("terminal/create", {}))["terminalId"]
+            command = f"sleep 0.5; yes | head -c {size}"
+            running = await client.request(
+                "terminal/execute", {"terminalId": tid, "command": command, "maxWaitMs": 100}
+            )
+            await kill(first)  # before the command writes: its output is held from the start
+            await client.close()
+        async with asyncio.timeout(30):
+            # Polls for another process (the command's writer): nothing here to await.
+            while (writer := _writer(str(size))) is None:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            while _written(writer) == 0:  # noqa: ASYNC110 - until it wrote into its terminal
+                await asyncio.sleep(0.02)
+        before = _written(writer)
+        await asyncio.sleep(0.5)
+        held = _written(writer)
+        assert 0 < before == held < size  # blocked on the PTY: nothing read meanwhile
+        if released_by == "the bound":
+            assert await _pid_gone(writer, within=30)  # released with no server back
+        async with serve(tmp_path, *HOST) as second:
+            client = await BridgeClient(second.socket).connect()
+            if released_by == "a server":
+                assert await _pid_gone(writer, within=30)  # not the 60 s bound
+            done = await client.request("terminal/wait", {"executionId": running["executionId"]})
+            assert (done["exitCode"], done["outputBytes"]) == (0, size)
+            assert await _read_whole(client, running["executionId"]) == b"y\n" * (size // 2)
+            await client.close()

@@ -356,7 +356,7 @@ async def test_a_supervised_server_starting_is_polled_at_the_first_delay(tmp_pat
     slow.write_text("#!/bin/sh\nexec sleep 60\n")
     slow.chmod(0o755)
     clock = FakeClock()
-    supervisor = ServerSupervisor(tmp_path / "s.sock", python=str(slow), clock=clock)
+    supervisor = ServerSupervisor(tmp_path / "s.sock", python=str(slow), clock=clock, standby=False)
     client = BridgeClient(
         tmp_path / "s.sock", clock=clock, retry=no_jitter(clock), supervisor=supervisor
     )

@@ -474,10 +474,7 @@ class Scan:
             page = self.page = Page()
             dir_fd, rules, name, rel, is_file, after = units[unit]
             try:
-                if is_file:
-                    self._file(dir_fd, name, rel, after)
-                else:
-                    self._folder(dir_fd, name, rel, rules)
+                self._search_listed(dir_fd, [(name, rel, is_file, after)], rules)
             except _Abandon:
                 break
             except _Done:
@@ -597,19 +594,55 @@ class Scan:
         return kept
 
     def _walk(self, dir_fd: int, prefix: str, rules: IgnoreRules | None) -> None:
-        """Search the folder open as `dir_fd` (workspace-relative `prefix`), in order: each
-        file as it comes, each folder as it comes."""
+        """Search the folder open as `dir_fd` (workspace-relative `prefix`), in order."""
         try:
             listed = self._entries(dir_fd, prefix, rules)
         except OSError:
             self.page.skipped += 1
             return
-        file, folder = self._file, self._folder
+        self._search_listed(dir_fd, listed, rules)
+
+    def _search_listed(self, dir_fd: int, listed: list[Entry], rules: IgnoreRules | None) -> None:
+        """Search `listed`, entries of the folder open as `dir_fd`, in order: each file as it
+        comes, each folder as it comes. The hot path: for the common file (no match) it is
+        one open, one read, one close and one `memchr`, in this one loop with its calls
+        bound to locals (a call per file and the lookups in it cost a quarter more CPU)."""
+        ops = self.ops
+        open_, read, close = ops.open, ops.read, ops.close
+        first, second = self._first, self._second
+        page = self.page
         for name, rel, is_file, after in listed:
-            if is_file:
-                file(dir_fd, name, rel, after)
+            if not is_file:
+                self._folder(dir_fd, name, rel, rules)
+                continue
+            self._until_check -= 1
+            if self._until_check <= 0:
+                self._check(rel, after)
+            try:
+                fd = open_(name, FILE_FLAGS, dir_fd=dir_fd)
+            except OSError:
+                page.skipped += 1
+                continue
+            data: bytes | None
+            try:
+                data = read(fd, BLOCK)
+                if len(data) == BLOCK:
+                    data = read_rest(fd, data, ops)
+            except OSError:
+                data = None  # EAGAIN included: a FIFO swapped in for the file
+            finally:
+                close(fd)
+            if (
+                data is not None
+                and first
+                and data.find(first) < 0
+                and (second is None or data.find(second) < 0)
+            ):
+                # Ruled out by one memchr (two for a letter in either case), the common
+                # case, without a substring search.
+                page.searched += 1
             else:
-                folder(dir_fd, name, rel, rules)
+                self._search(data, rel, after)
 
     def _folder(self, dir_fd: int, name: str, rel: str, rules: IgnoreRules | None) -> None:
         """Search the folder `name` of the folder open as `dir_fd`."""
@@ -624,41 +657,6 @@ class Scan:
             self._walk(sub, rel + "/", inner)
         finally:
             ops.close(sub)
-
-    def _file(self, dir_fd: int, name: str, rel: str, after: int) -> None:
-        """Search the file `name` of the folder open as `dir_fd`, from line `after` on. The
-        hot path: for the common file (no match) it is one open, one read, one close and
-        one `memchr`."""
-        self._until_check -= 1
-        if self._until_check <= 0:
-            self._check(rel, after)
-        ops = self.ops
-        try:
-            fd = ops.open(name, FILE_FLAGS, dir_fd=dir_fd)
-        except OSError:
-            self.page.skipped += 1
-            return
-        data: bytes | None
-        try:
-            data = ops.read(fd, BLOCK)
-            if len(data) == BLOCK:
-                data = read_rest(fd, data, ops)
-        except OSError:
-            data = None  # EAGAIN included: a FIFO swapped in for the file
-        finally:
-            ops.close(fd)
-        first = self._first
-        if (
-            data is not None
-            and first
-            and data.find(first) < 0
-            and (self._second is None or data.find(self._second) < 0)
-        ):
-            # Ruled out by one memchr (two for a letter in either case), the common case,
-            # without a substring search.
-            self.page.searched += 1
-        else:
-            self._search(data, rel, after)
 
 
 _NAME = operator.attrgetter("name")  # a DirEntry's sort key

@@ -36,6 +36,13 @@ no pressure sampling, nothing but terminals, their spools and the keyed executio
 - One host per state folder and workspace: it holds an exclusive lock on `host.lock` for its
   whole life (the file says its pid); a second host started meanwhile waits for the lock
   while the first drains, or exits when the first still answers.
+- Output held while no server listens: when the last server's link drops (it was killed,
+  and its supervisor is starting the next one), the running commands' output is not read
+  for a moment: their writes wait in the PTY's buffer and they block once it is full, so a
+  command streaming output does not take the CPU the next server needs to start. Nothing is
+  lost or repeated: the bytes are read, in order, once released: `OUTPUT_RELEASE` after a
+  server is welcomed (its queued requests are answered first), or after `OUTPUT_HOLD`
+  seconds with no server.
 - It exits by itself when no server has been attached for `linger` seconds, or sooner when it
   has no terminal left; SIGTERM closes its terminals and exits.
 """
@@ -97,6 +104,11 @@ log = logging.getLogger("lapce_bridge.host")
 DRAIN_LIMIT = 30.0
 # What the successor allows for the hand-over after that (spill, write down, close shells).
 HANDOVER_MARGIN = 30.0
+# The running commands' output is held at most this long while no server listens (a
+# supervised server is back within a fraction of that), and released this long after one
+# is welcomed.
+OUTPUT_HOLD = 1.0
+OUTPUT_RELEASE = 0.05
 SPEC_INTERVAL = 0.5
 STATS_INTERVAL = 1.0
 _KEEP_OBSERVED = 256  # operations timed while no server listened, kept for the next one
@@ -335,11 +347,14 @@ class TerminalHost:
         linger: float = 300.0,
         clock: Any = SYSTEM_CLOCK,
         drain_limit: float = DRAIN_LIMIT,
+        output_hold: float = OUTPUT_HOLD,
     ) -> None:
         self.places = places
         self.clock = clock
         self.linger = linger
         self.drain_limit = drain_limit
+        self.output_hold = output_hold
+        self._holds = 0  # the current hold of output (0: none); a release names the one it ends
         self._features: dict[str, bool] = {}
         self.service = TerminalService(
             workspace=workspace,
@@ -378,6 +393,7 @@ class TerminalHost:
         self._stats_sent = b""  # the statistics the servers last heard
         self._shape_sent = (0, 0)  # their terminals open and busy
         self._stats_due = False
+        self._holds_made = 0
 
     # -- what the terminal service calls -------------------------------------------------
     def _feature(self, name: str) -> bool:
@@ -466,6 +482,37 @@ class TerminalHost:
         lk.tasks.clear()  # not cancelled: the commands finish, their results stay readable
         if not self.links:
             self._alone_since = self.clock.now()
+        if lk.welcomed and not any(other.welcomed for other in self.links):
+            self._hold_output()
+
+    # -- output held while no server listens ----------------------------------------------------
+    def _hold_output(self) -> None:
+        """The running commands' output is not read until a server is back (or for
+        `output_hold` s): they block on a full PTY buffer instead of taking the CPU."""
+        if self.output_hold <= 0 or self._holds:
+            return
+        held = [t.proc for t in self.service.terminals.values() if t.busy and t.proc is not None]
+        if not held:
+            return
+        for proc in held:
+            proc.pause_reading()
+        self._holds = hold = self._holds_made = self._holds_made + 1
+        self._release_after(hold, self.output_hold)
+
+    def _release_after(self, hold: int, delay: float) -> None:
+        async def release() -> None:
+            await self.clock.sleep(delay)
+            self._release_output(hold)
+
+        asyncio.get_running_loop().create_task(release())
+
+    def _release_output(self, hold: int) -> None:
+        if self._holds != hold:
+            return  # released already
+        self._holds = 0
+        for terminal in self.service.terminals.values():
+            if terminal.proc is not None:
+                terminal.proc.resume_reading()
 
     def received(self, lk: HostLink, header: dict[str, Any], payload: bytes) -> None:
         kind = header.get("k")
@@ -523,6 +570,8 @@ class TerminalHost:
         if policy is not None:  # the server's recovery matrix, for the shells made from now
             self.service.crash_policy = policy
         lk.welcomed = True
+        if self._holds:  # its queued requests first, then what was held
+            self._release_after(self._holds, OUTPUT_RELEASE)
         lk.send({"k": "welcome", "restored": self.restored, **info})
         lk.send({"k": "stats"}, self._stats())
         while self._observed:  # what happened while no server listened
@@ -845,6 +894,7 @@ async def run_host(
     shell: str | None = None,
     linger: float = 300.0,
     drain_limit: float = DRAIN_LIMIT,
+    output_hold: float = OUTPUT_HOLD,
 ) -> None:
     places = host_places(state_dir, workspace)
     host = TerminalHost(
@@ -854,6 +904,7 @@ async def run_host(
         default_shell=shell,
         linger=linger,
         drain_limit=drain_limit,
+        output_hold=output_hold,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -881,6 +932,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--shell")
     p.add_argument("--linger", type=float, default=300.0)
     p.add_argument("--drain-limit", type=float, default=DRAIN_LIMIT)
+    p.add_argument("--output-hold", type=float, default=OUTPUT_HOLD)
     p.add_argument("--log-max-bytes", type=int, default=MAX_BYTES)
     p.add_argument("--log-backups", type=int, default=BACKUPS)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -896,6 +948,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shell=args.shell,
             linger=args.linger,
             drain_limit=args.drain_limit,
+            output_hold=args.output_hold,
         )
     )
     return 0

@@ -263,6 +263,7 @@ class BridgeClient(TypedMethods):
         crash_window: float = 60.0,
         stderr_path: Path | None = None,
         start_timeout: float = 15.0,
+        standby: bool = True,
         **kwargs: Any,
     ) -> BridgeClient:
         """A connected client to a server it starts if none listens, and restarts if it dies.
@@ -271,7 +272,8 @@ class BridgeClient(TypedMethods):
         by default as often as the network/critical row of the recovery matrix (`matrix=`)
         allows reconnecting (`reconnect_ipc`, 5 retries: the sixth death ends it). A server
         it started has `start_timeout` seconds to listen; after that, refused connects count
-        against the same row's attempts, and reconnecting gives up after them."""
+        against the same row's attempts, and reconnecting gives up after them. `standby`:
+        keep a warm standby server that takes over when the server dies (`ipc.spawn`)."""
         if max_crashes is None:
             matrix: RecoveryMatrix = kwargs.get("matrix", DEFAULT_MATRIX)
             max_crashes = matrix.attempts(
@@ -287,6 +289,7 @@ class BridgeClient(TypedMethods):
             crash_window=crash_window,
             stderr_path=stderr_path,
             start_timeout=start_timeout,
+            standby=standby,
         )
         client = cls(path, supervisor=supervisor, **kwargs)
         try:

@@ -61,6 +61,7 @@ class ServeOptions:
     timeouts: tuple[tuple[str, float], ...] = ()  # (method, seconds): the dispatcher's limits
     terminal_host: bool = True  # terminals in a host process that outlives the server
     matrix: RecoveryMatrix | None = None  # --recovery-matrix's rows; None: the default table
+    standby: bool = False  # load everything, then wait for a supervisor's line (ipc.standby)
 
 
 def journal_path(state_dir: Path, where: str) -> Path:
@@ -212,6 +213,38 @@ async def _open_services(app: Any, server: Any, stack: contextlib.AsyncExitStack
         server.opened(exc)
         raise
     server.opened()
+
+
+def stand_by(opts: ServeOptions) -> int | None:
+    """`--standby`: load what serving needs, then wait for the supervisor's line (None:
+    serve now) or the end of stdin (exit status 0); `standby.STALE` when the package's files
+    changed meanwhile (this process would serve the old code)."""
+    from lapce_bridge.app import service_modules
+    from lapce_bridge.ipc import standby
+
+    modules = ["lapce_bridge.app", "lapce_bridge.ipc.server", "lapce_bridge.core.matrix"]
+    modules += ["lapce_bridge.core.timeouts", *service_modules(opts.terminal_host)]
+    if opts.metrics_port is not None:
+        modules.append("lapce_bridge.ipc.metrics_http")
+    standby.load(modules)
+    for spec in opts.extra_methods:
+        load_extra_methods(spec)
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: F401 - loaded ahead, as the rest
+    files = standby.package_files()
+    standby.announce_ready()
+    if not standby.wait_for_go():
+        return 0
+    stale = standby.changed(files)
+    if stale:
+        log.warning(
+            "standby: %d file(s) of the package changed since it loaded (%s): not serving "
+            "old code; a server is to be started afresh",
+            len(stale),
+            stale[0],
+        )
+        return standby.STALE
+    return None
 
 
 def _announce(where: str) -> None:
@@ -423,6 +456,12 @@ def parser() -> argparse.ArgumentParser:
         help="A TOML or JSON file of recovery matrix rows that replace the default ones "
         "(README: The recovery matrix).",
     )
+    p.add_argument(
+        "--standby",
+        action="store_true",
+        help="Load everything, then wait for a line on stdin before serving (a supervisor's "
+        "warm spare; the end of stdin ends it).",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
         "--log-format",
@@ -439,6 +478,8 @@ def options(argv: Sequence[str]) -> ServeOptions:
     modes = sum((args.stdio, args.listen is not None, args.socket is not None))
     if modes > 1:
         raise UsageError("choose one of --socket, --stdio and --listen")
+    if args.standby and args.stdio:
+        raise UsageError("--standby waits on stdin: it cannot serve over --stdio")
     listen = parse_listen(args.listen)
     token = read_token(args.token_file)
     if listen is not None and token is None:
@@ -475,6 +516,7 @@ def options(argv: Sequence[str]) -> ServeOptions:
         timeouts=_parse_timeouts(args.timeout),
         terminal_host=args.terminal_host == "on",
         matrix=matrix,
+        standby=args.standby,
     )
 
 
@@ -487,6 +529,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except SystemExit as exc:  # argparse: --help, or an option it refused
         return exc.code if isinstance(exc.code, int) else 2
+    if opts.standby and (status := stand_by(opts)) is not None:
+        return status
     raise_open_file_limit()
     try:
         run(run_server(opts))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import binascii
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -257,6 +257,10 @@ class Tool:
     """The JSON-RPC call for a validated input."""
     answer: Callable[[Any, Any], msgspec.Struct]
     """The output for (input, JSON-RPC result)."""
+    by_shape: Mapping[str, str] = field(default_factory=dict)
+    """List fields of the output whose items the outputSchema checks by shape (`shape_only`),
+    each with what an item is: a page of thousands must not cost the client more than
+    finding them did."""
 
 
 def _drop_none(params: dict[str, Any]) -> dict[str, Any]:
@@ -470,6 +474,11 @@ TOOLS: tuple[Tool, ...] = (
         READ,
         lambda i: ("fs/search", wire_params(SearchParams, i)),
         lambda i, r: msgspec.convert(r, SearchResult),
+        by_shape={
+            "matches": "A matching line: its file's path (relative to the workspace, "
+            "'/'-separated), its number (from 1) and its text (without the line end, at "
+            "most 500 characters)."
+        },
     ),
     Tool(
         "list_directory",
@@ -694,14 +703,47 @@ ERROR_SCHEMA: dict[str, Any] = {
 }
 
 
+def shape_only(item: dict[str, Any], about: str) -> dict[str, Any]:
+    """An object schema a validator checks in one step per object: an object holding each
+    of the properties (`required`), their types written into its description after `about`
+    (what an item is) instead of a subschema each.
+
+    The MCP Python SDK client checks every structured result against the outputSchema with
+    `jsonschema`, which builds a validator for each subschema it descends into: a typed
+    search match (the object and its three properties) cost 34 us, 36 ms for a page of
+    1,052 matches, half of what `grep -rn` takes for the whole search. Checked this way a
+    match costs 9 us (listing the properties as `true` with `additionalProperties: false`
+    costs 15: a step per property again). The values' types are the server's Struct's, and
+    the JSON-RPC schema (`lapce-bridge schema`) still types them."""
+    props: dict[str, Any] = item.get("properties", {})
+    types = ", ".join(f"{name} ({_type_name(sub)})" for name, sub in props.items())
+    return {
+        "type": "object",
+        "description": f"{about} Fields: {types}.",
+        "required": list(props),
+    }
+
+
+def _type_name(schema: dict[str, Any]) -> str:
+    """A property's JSON type(s) as words (`string`, `integer | null`)."""
+    if "type" in schema:
+        kind = schema["type"]
+        return " | ".join(kind) if isinstance(kind, list) else str(kind)
+    return " | ".join(_type_name(each) for each in schema.get("anyOf", [])) or "any"
+
+
 def output_schema(tool: Tool) -> dict[str, Any]:
     """The tool's `outputSchema`: its result, or (on a tool error) `{"error": {...}}`.
 
     Clients that validate the structured content of error results too (the Node SDK does)
     must find the error shape allowed, so the result's required fields become one branch
-    of an `anyOf` and `error` the other.
+    of an `anyOf` and `error` the other. The items of the tool's `by_shape` fields are
+    checked by shape (`shape_only`).
     """
     schema = object_schema(tool.output)
+    for name, about in tool.by_shape.items():
+        listed = schema["properties"][name]
+        listed["items"] = shape_only(listed["items"], about)
     required = schema.pop("required", [])
     schema["properties"] = {**schema.get("properties", {}), "error": ERROR_SCHEMA}
     schema["anyOf"] = [{"required": required}, {"required": ["error"]}]
@@ -716,6 +758,7 @@ __all__ = [
     "object_schema",
     "output_schema",
     "params_view",
+    "shape_only",
     "snake_names",
     "to_snake",
     "wire_params",

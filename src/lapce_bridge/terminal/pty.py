@@ -67,6 +67,7 @@ class PtyProcess:
         self._queue: deque[memoryview] = deque()
         self._writing = False
         self._reading = True
+        self._paused = False  # `pause_reading`: the master is not read until resumed
         self._pidfd: int | None = None
         self.returncode: int | None = None
         self.bytes_read = 0
@@ -151,7 +152,21 @@ class PtyProcess:
     def _stop_reading(self) -> None:
         if self._reading:
             self._reading = False
+            if not self._paused:
+                self._loop.remove_reader(self.master)
+
+    def pause_reading(self) -> None:
+        """Stop reading the master until `resume_reading`. Nothing is lost: the child's
+        writes wait in the PTY's buffer, and it blocks once that is full."""
+        if self._reading and not self._paused:
+            self._paused = True
             self._loop.remove_reader(self.master)
+
+    def resume_reading(self) -> None:
+        if self._paused:
+            self._paused = False
+            if self._reading:
+                self._loop.add_reader(self.master, self._on_readable)
 
     def _on_child_exit(self) -> None:
         self._reap(block=False)
