@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +26,9 @@ import pytest
 
 from lapce_bridge.fs import fanout
 from lapce_bridge.fs.fanout import Fanout
-from lapce_bridge.fs.ignore import Globs, IgnoreRules
-from lapce_bridge.fs.ops import REAL_FS
-from lapce_bridge.fs.search import SPLIT_AFTER, Page, Scan, compile_finder
+from lapce_bridge.fs.search import SPLIT_AFTER, Page
 from lapce_bridge.testing import FakeClock
+from tests.integration.test_fs_search_tree import scan_page
 from tests.integration.test_fs_server import serving
 
 Spy = Callable[[Fanout], None]
@@ -40,6 +40,10 @@ class Forks:
 
     pids: list[int] = field(default_factory=list)
     then: list[Spy] = field(default_factory=list)
+    # The next child takes no unit before the parent halted it: what happens to a working
+    # child when the parent stops or runs out of time does not depend on who the scheduler
+    # runs first (a child that finished every unit first gave a whole page).
+    gated: bool = False
 
 
 def grow(root: Path) -> int:
@@ -75,12 +79,19 @@ def tree(tmp_path: Path) -> Path:
 @pytest.fixture
 def forks(monkeypatch: pytest.MonkeyPatch) -> Forks:
     """`Fanout.spawn` watched: each fork's pid noted, then the test's `then` run in the
-    parent at that moment."""
+    parent at that moment; `gated`: the child waits for the halt flag before its work."""
     watched = Forks()
     real = Fanout.spawn
 
     def spawn(self: Fanout, work: Callable[[], bytes], keep: Iterable[int]) -> bool:
-        forked = real(self, work, keep)
+        def gated() -> bytes:  # runs in the child
+            give_up = time.monotonic() + 30
+            while not self.halted and time.monotonic() < give_up:
+                time.sleep(0.001)
+            return work()
+
+        hold, watched.gated = watched.gated, False  # the next fork's child is not held
+        forked = real(self, gated if hold else work, keep)
         if forked:
             assert self._pid is not None
             watched.pids.append(self._pid)
@@ -98,22 +109,11 @@ def page(
     include: list[str] | None = None,
 ) -> Page:  # fmt: skip
     clock = clock or FakeClock()
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        return Scan(
-            finder=compile_finder(query, regex=False, case_sensitive=True),
-            ops=REAL_FS,
-            rules=IgnoreRules.for_folder(str(root), "."),
-            include=Globs(include) if include else None,
-            exclude=None,
-            resume=resume,
-            max_results=max_results,
-            deadline=clock.now() + 60,
-            clock=clock,
-            stop=stop or threading.Event(),
-        ).run(".", fd, True, split=split)
-    finally:
-        os.close(fd)
+    got: Page = scan_page(
+        root, query, resume, max_results, clock, clock.now() + 60, split=split, stop=stop,
+        include=include,
+    )  # fmt: skip
+    return got
 
 
 def seen(p: Page) -> tuple[Any, ...]:
@@ -159,6 +159,7 @@ def test_filters_apply_in_the_child(tree: Path, forks: Forks) -> None:
 
 def test_a_stop_while_the_child_walks_cuts_one_page_that_resumes(tree: Path, forks: Forks) -> None:
     stop = threading.Event()
+    forks.gated = True
     forks.then.append(lambda _: stop.set())
     cut = page(tree, "hit", split=True, stop=stop)
     assert len(forks.pids) == 1
@@ -172,6 +173,7 @@ def test_a_stop_while_the_child_walks_cuts_one_page_that_resumes(tree: Path, for
 
 def test_running_out_of_time_while_the_child_walks_halts_it(tree: Path, forks: Forks) -> None:
     clock = FakeClock()
+    forks.gated = True
     forks.then.append(lambda _: asyncio.run(clock.advance(120)))  # past the deadline
     cut = page(tree, "hit", split=True, clock=clock)
     assert len(forks.pids) == 1
@@ -188,6 +190,7 @@ def test_a_killed_child_costs_a_second_walk_not_results(tree: Path, forks: Forks
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
 
+    forks.gated = True  # killed before it took a unit
     forks.then.append(kill)
     two = page(tree, "hit", split=True)
     assert len(forks.pids) == 1

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from lapce_bridge.fs.ignore import IgnoreRules
+from lapce_bridge.fs.ignore import Globs, IgnoreRules
 from lapce_bridge.fs.ops import REAL_FS
 from lapce_bridge.fs.search import Scan, compile_finder
 from lapce_bridge.ipc.raw import RawClient
@@ -171,23 +171,25 @@ async def test_paging_with_a_cursor_covers_every_match_once(tmp_path: Path) -> N
 
 def scan_page(
     root: Path, query: str, resume: tuple[str, int] | None, max_results: int,
-    clock: FakeClock, deadline: float, case_sensitive: bool = True,
+    clock: FakeClock, deadline: float, case_sensitive: bool = True, *, split: bool = False,
+    stop: threading.Event | None = None, include: list[str] | None = None,
 ) -> Any:  # fmt: skip
-    """One page of a literal search of `root` by `Scan` itself (.gitignore respected)."""
+    """One page of a literal search of `root` by `Scan` itself (.gitignore respected);
+    `split`: shared with a forked child where the tree is large enough."""
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         return Scan(
             finder=compile_finder(query, regex=False, case_sensitive=case_sensitive),
             ops=REAL_FS,
             rules=IgnoreRules.for_folder(str(root), "."),
-            include=None,
+            include=Globs(include) if include else None,
             exclude=None,
             resume=resume,
             max_results=max_results,
             deadline=deadline,
             clock=clock,
-            stop=threading.Event(),
-        ).run(".", fd, True)
+            stop=stop or threading.Event(),
+        ).run(".", fd, True, split=split)
     finally:
         os.close(fd)
 
