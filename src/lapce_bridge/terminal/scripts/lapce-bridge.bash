@@ -88,28 +88,27 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
         IFS= builtin read -r -s -N 32 n
         [[ ${#n} == 32 && $n != *[!0-9a-f]* ]] || return
         __lb_n=$n
-        IFS= builtin read -r -d '' -N 4096 text <"$__lb_cf"
-        if ((${#text} < 4096)) && [[ $text != *$'\n'?* ]]; then
-            text=${text%$'\n'}
-            __lb_lines=("$text") # one line (most commands): no second read of the file
+        # The lines, with one `mapfile` (a `read` of the text besides cost as much again);
+        # E shows them joined by newlines, up to 4 KiB.
+        mapfile -t __lb_lines <"$__lb_cf"
+        if ((${#__lb_lines[@]} > 1)); then
+            # Lines after the sizes of their groups (one long line has none).
+            local IFS=' ' chain
+            __lb_groups=(${__lb_lines[0]})
+            __lb_lines=("${__lb_lines[@]:1}")
+            __lb_g=0
+            __lb_k=LbNext
+            # The chain: accept the first line, then a load key and an accept key a
+            # group (the accept key plain again if a stopped command's chain changed it).
+            builtin printf -v chain '%*s' ${#__lb_groups[@]} ''
+            builtin bind '"\e[7795~": accept-line' \
+                "\"\\e[7796~\": \"\\e[7795~${chain// /\\e[7799~\\e[7795~}\""
+            IFS=$'\n'
+            text="${__lb_lines[*]}"
         else
-            mapfile -t __lb_lines <"$__lb_cf"
-            if ((${#text} < 4096)); then text=${text%$'\n'}; else text=; fi
-            if ((${#__lb_lines[@]} > 1)); then
-                # Lines after the sizes of their groups (one long line has none).
-                local IFS=' ' chain
-                __lb_groups=(${__lb_lines[0]})
-                __lb_lines=("${__lb_lines[@]:1}")
-                __lb_g=0
-                __lb_k=LbNext
-                text=${text#*$'\n'}
-                # The chain: accept the first line, then a load key and an accept key a
-                # group (the accept key plain again if a stopped command's chain changed it).
-                builtin printf -v chain '%*s' ${#__lb_groups[@]} ''
-                builtin bind '"\e[7795~": accept-line' \
-                    "\"\\e[7796~\": \"\\e[7795~${chain// /\\e[7799~\\e[7795~}\""
-            fi
+            text=${__lb_lines[0]-}
         fi
+        if ((${#text} >= 4096)); then text=; fi
         if [[ $text == *[\\\;$'\a\e\n\r\x18\x1a']* ]]; then
             __lb_escape "$text"
         else
@@ -203,28 +202,16 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
         return 1
     }
 
+    # bash copies a function's whole body at every call (its rare branches too): the prompt
+    # hook keeps what runs after every command, and calls the rest only when it is needed.
     __lb_precmd() {
         __lb_status=$?
-        if [[ -n ${__lb_int-} ]]; then
-            . "$__lb_dir/int"
-            __lb_int=
+        if [[ -n ${__lb_int-} || -z $__lb_n || $PROMPT_COMMAND != "$__lb_pc" ||
+            ${#PROMPT_COMMAND[@]} != 1 ]] || ((__lb_i < ${#__lb_lines[@]})); then
+            __lb_precmd_rare || return "$__lb_status"
+        elif __lb_may_export; then
+            __lb_save
         fi
-        if [[ -n $__lb_n ]] && ((__lb_i < ${#__lb_lines[@]})); then
-            __lb_mark=$'\e]633;P;LbNext='$__lb_n$'\a'
-            __lb_prompt_end # (the line may have set PS1: LbNext is printed by ours)
-            return "$__lb_status"
-        fi
-        # What a replacement shell restores if this one dies (a builtin writing a file), saved
-        # before the end mark so that a death right after a command still finds it; saved
-        # again only when the environment may have changed (it costs as much as a bare prompt).
-        # The prompts are marked again then too: a command that cannot have set a variable
-        # cannot have set PS1 (the user's PROMPT_COMMAND, which may, ends with that check).
-        if [[ -z $__lb_n || $PROMPT_COMMAND != "$__lb_pc" || ${#PROMPT_COMMAND[@]} != 1 ]] ||
-            __lb_may_export; then
-            builtin declare -x 2>/dev/null >"$__lb_ef"
-            __lb_prompt_end
-        fi
-        if [[ -n $__lb_fns_stale ]]; then __lb_list_functions; fi
         if [[ $PWD == *[\\\;$'\a\e\n\r\x18\x1a']* ]]; then
             __lb_escape "$PWD"
         else
@@ -250,6 +237,37 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
         __lb_jobs_then=$__lb_jobs_now
         __lb_bg=${!-}
         return "$__lb_status"
+    }
+
+    # What the prompt hook rarely needs: the user's INT trap set again after an abandoned
+    # continuation prompt; the next lines asked for (status 1: the hook ends there); the
+    # environment saved after a prompt without a command or with the user's PROMPT_COMMAND.
+    __lb_precmd_rare() {
+        if [[ -n ${__lb_int-} ]]; then
+            . "$__lb_dir/int"
+            __lb_int=
+        fi
+        if [[ -n $__lb_n ]] && ((__lb_i < ${#__lb_lines[@]})); then
+            __lb_mark=$'\e]633;P;LbNext='$__lb_n$'\a'
+            __lb_prompt_end # (the line may have set PS1: LbNext is printed by ours)
+            return 1
+        fi
+        if [[ -z $__lb_n || $PROMPT_COMMAND != "$__lb_pc" || ${#PROMPT_COMMAND[@]} != 1 ]] ||
+            __lb_may_export; then
+            __lb_save
+        fi
+    }
+
+    # What a replacement shell restores if this one dies (a builtin writing a file), saved
+    # before the end mark so that a death right after a command still finds it; saved again
+    # only when the environment may have changed (it costs as much as a bare prompt). The
+    # prompts are marked again then too: a command that cannot have set a variable cannot
+    # have set PS1 (the user's PROMPT_COMMAND, which may, ends with that check). Function
+    # names are read again after a command that may have defined some.
+    __lb_save() {
+        builtin declare -x 2>/dev/null >"$__lb_ef"
+        __lb_prompt_end
+        if [[ -n $__lb_fns_stale ]]; then __lb_list_functions; fi
     }
 
     # Prompt frameworks rebuild PS1 (and PS2) in their PROMPT_COMMAND: mark them again.
