@@ -211,6 +211,16 @@ def test_the_queue_refuses_more_units_than_a_pipe_holds() -> None:
         Fanout(fanout.MAX_UNITS + 1)
 
 
+def test_a_folder_of_more_units_than_the_queue_holds_is_searched_whole_in_one_process(
+    tmp_path: Path, forks: Forks
+) -> None:
+    for i in range(fanout.MAX_UNITS + 50):
+        (tmp_path / f"f{i:05}.txt").write_text("hit\n" if i % 2 else "miss\n")
+    got = page(tmp_path, "hit", split=True)
+    assert (len(got.matches), got.searched, got.stop_at) == (537, fanout.MAX_UNITS + 50, None)
+    assert forks.pids == []
+
+
 async def test_the_server_searches_a_large_tree_split_and_leaves_no_child(
     tmp_path: Path, forks: Forks
 ) -> None:

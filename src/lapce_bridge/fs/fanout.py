@@ -44,7 +44,10 @@ _UNIT = struct.Struct("=I")
 _HALT, _CAP_PARENT, _CAP_CHILD = 0, 1, 2
 # Signals whose handlers (and wake-up descriptor) are the parent's: the child dies of them.
 _PARENT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
-MAX_UNITS = 8192  # unit numbers a pipe holds before a writer would block (4 bytes each)
+# Unit numbers (4 bytes each) written before the child exists, so they must fit in the pipe
+# at once: one page, the least a pipe holds (a user over `pipe-user-pages-soft` gets pipes
+# of two pages), so the write never blocks.
+MAX_UNITS = 1024
 
 
 class Fanout:
