@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lapce_bridge.core.errors import PermissionDenied
-from lapce_bridge.fs.beneath import have_openat2, openat2, walk_open
+from lapce_bridge.fs.beneath import have_openat2, open_beneath, walk_open
 from lapce_bridge.fs.ops import REAL_FS, FsOps, WalkingFs
 from lapce_bridge.fs.paths import OpensBeneath, Workspace
 
@@ -18,7 +18,10 @@ Opener = Callable[[int, str, int, int], int]
 
 
 def _openat2(dir_fd: int, rel: str, flags: int, mode: int = 0o777) -> int:
-    return openat2(dir_fd, rel, flags, mode)
+    # `open_beneath` is `openat2` where the kernel has it (this parameter is skipped where it
+    # has not), with its retry: a rename anywhere on a busy machine can make the kernel answer
+    # a `..` lookup with EAGAIN, meaning "ask again".
+    return open_beneath(dir_fd, rel, flags, mode)
 
 
 OPENERS = [
