@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import orjson
 
 from lapce_bridge.private import (
+    NotPrivate,
     open_private_dir,
     open_private_file,
     private_dir,
@@ -96,34 +98,67 @@ EMPTY: dict[str, Any] = {"terminals": [], "spools": {}}
 
 
 class SpecWriter:
-    """Writes the specs to `path` when they changed since the last write."""
+    """Writes the specs to `path` when they changed since the last write.
+
+    The periodic write (`run`) takes the snapshot on the event loop, where the terminals'
+    state lives, and writes the file in a worker thread: a rename on a busy disk can take
+    milliseconds, and the host answers nothing while its loop is blocked. Each snapshot is
+    numbered when it is taken and a file write never replaces a newer one, so a clean
+    stop's synchronous `write(EMPTY)` is not undone by a periodic write still in flight.
+    """
 
     def __init__(self, path: Path, source: Callable[[], dict[str, Any]]) -> None:
         self.path = path
         self.source = source
-        self._last = b""
+        self._last = b""  # the newest snapshot taken (what the file will hold)
+        self._taken = 0  # snapshots numbered so far
+        self._written = 0  # the number of the snapshot the file holds
+        self._lock = threading.Lock()
         self.writes = 0
 
     def write(self, specs: dict[str, Any] | None = None) -> bool:
+        """Write now, in this thread, if the specs changed."""
+        taken = self._take(specs)
+        if taken is None:
+            return False
+        try:
+            return self._put(*taken)
+        except BaseException:
+            self._last = b""  # not written: the next write tries again
+            raise
+
+    def _take(self, specs: dict[str, Any] | None) -> tuple[int, bytes] | None:
+        """The snapshot, numbered, or None when it is what the file holds already."""
         data = orjson.dumps(self.source() if specs is None else specs)
         if data == self._last:
-            return False
-        folder = open_private_dir(self.path.parent)
-        try:
-            write_private_file(folder, self.path.name, data)
-        finally:
-            os.close(folder)
+            return None
         self._last = data
-        self.writes += 1
-        return True
+        self._taken += 1
+        return self._taken, data
+
+    def _put(self, number: int, data: bytes) -> bool:
+        with self._lock:
+            if number <= self._written:  # a newer snapshot is in the file already
+                return False
+            folder = open_private_dir(self.path.parent)
+            try:
+                write_private_file(folder, self.path.name, data)
+            finally:
+                os.close(folder)
+            self._written = number
+            self.writes += 1
+            return True
 
     async def run(self, interval: float, sleep: Callable[[float], Any]) -> None:
         """Write on change, every `interval` seconds (a cd is seen at its prompt)."""
         while True:
             await sleep(interval)
             try:
-                self.write()
-            except OSError as exc:
+                taken = self._take(None)
+                if taken is not None:
+                    await asyncio.to_thread(self._put, *taken)
+            except (OSError, NotPrivate) as exc:  # a full disk, a tampered state folder
+                self._last = b""  # not written: the next turn tries again
                 log.warning("could not write the terminal specs: %s", exc)
 
 
