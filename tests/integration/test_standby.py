@@ -45,6 +45,18 @@ async def _standby(
     return proc
 
 
+def _package_copy(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A copy of the package, and an environment that imports it from there (so a test can
+    rewrite its files, as an upgrade does, under a process that loaded them)."""
+    copy = tmp_path / "pkg"
+    shutil.copytree(
+        Path(lapce_bridge.__file__).parent,
+        copy / "lapce_bridge",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    return copy, dict(os.environ, PYTHONPATH=str(copy))
+
+
 async def _ended(proc: asyncio.subprocess.Process) -> int:
     async with asyncio.timeout(30):
         return await proc.wait()
@@ -97,13 +109,7 @@ async def test_a_standby_told_to_serve_serves(tmp_path: Path) -> None:
 async def test_a_standby_whose_code_changed_does_not_serve_it(tmp_path: Path) -> None:
     """A copy of the package loaded by the standby; one of its files rewritten meanwhile
     (an upgrade): told to serve, it exits `STALE` and binds nothing."""
-    copy = tmp_path / "pkg"
-    shutil.copytree(
-        Path(lapce_bridge.__file__).parent,
-        copy / "lapce_bridge",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    env = dict(os.environ, PYTHONPATH=str(copy))
+    copy, env = _package_copy(tmp_path)
     proc = await _standby(tmp_path, env=env)
     app = copy / "lapce_bridge" / "app.py"
     app.write_text(app.read_text() + "\n# upgraded\n")
@@ -172,13 +178,7 @@ async def test_a_stale_standby_is_no_death_and_a_server_starts_afresh(tmp_path: 
     """The package rewritten under a kept standby (an upgrade), then the server killed: the
     standby exits `STALE`, a server is started afresh (the upgraded code) and the client is
     answered; only the kill counts as a death."""
-    copy = tmp_path / "pkg"
-    shutil.copytree(
-        Path(lapce_bridge.__file__).parent,
-        copy / "lapce_bridge",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    env = dict(os.environ, PYTHONPATH=str(copy))
+    copy, env = _package_copy(tmp_path)
     sock = tmp_path / "run" / "bridge.sock"
     client = await BridgeClient.spawn(
         sock,
