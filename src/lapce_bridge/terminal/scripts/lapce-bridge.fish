@@ -213,26 +213,15 @@ if not set -q __lb_installed
         if set -q __lb_buf[1]
             set line (string join \n -- $__lb_buf $line)
         end
-        commandline -r -- $line
-        commandline --is-valid
-        switch $status
-            case 0
-                set -g __lb_buf
-                commandline -f execute
-            case 2
-                __lb_incomplete $line
-            case '*'
-                __lb_refuse $line
-        end
+        __lb_load_line $line
     end
 
-    # An incomplete line (a block, a quote): the next lines join it, as Enter adds each to
-    # the buffer, until it is complete or none is left.
-    function __lb_incomplete
+    # A line into the command line: run when complete, refused on a syntax error; while it
+    # is incomplete (a block, a quote) the next lines join it, as Enter adds each to the
+    # buffer, until it is complete or none is left.
+    function __lb_load_line
         set -l line $argv
-        while set -q __lb_lines[1]
-            set line (string join \n -- $line $__lb_lines[1])
-            set -e __lb_lines[1]
+        while true
             commandline -r -- $line
             commandline --is-valid
             switch $status
@@ -241,6 +230,9 @@ if not set -q __lb_installed
                     commandline -f execute
                     return
                 case 2
+                    set -q __lb_lines[1]; or break
+                    set line (string join \n -- $line $__lb_lines[1])
+                    set -e __lb_lines[1]
                 case '*'
                     __lb_refuse $line
                     return
