@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from lapce_bridge.host.places import stop_host
 from tests.integration.test_private_state import REPO, call
 
 
@@ -174,3 +175,6 @@ async def test_terminal_files_state_and_spools_stay_out_of_another_users_reach(
         assert proc.stdin is not None
         proc.stdin.close()
         await asyncio.wait_for(proc.wait(), 60)
+        # The terminal host outlives its server on purpose (it lingers for a successor);
+        # this test's host goes with the test.
+        await stop_host(shared / "victim-state" / "lapce-bridge", ws.resolve())
