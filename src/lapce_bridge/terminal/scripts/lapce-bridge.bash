@@ -100,7 +100,7 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
             __lb_out=$READLINE_LINE
         fi
         # One write for both marks: each write wakes the reader on the other side.
-        builtin printf '\e]633;E;%s;%s\a\e]633;P;LbEcho=%s\a' "$__lb_out" "$n" "$n"
+        builtin printf %s $'\e]633;E;'"$__lb_out;$n"$'\a\e]633;P;LbEcho='"$n"$'\a'
         READLINE_POINT=${#READLINE_LINE}
         __lb_i=1
     }
@@ -194,31 +194,34 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
         elif [[ $__lb_n != *0 ]]; then
             __lb_save # (the nonce's digit: the command may have changed the environment)
         fi
-        if [[ $PWD == *[\\\;$'\a\e\n\r\x18\x1a']* ]]; then
-            __lb_escape "$PWD"
-        else
-            __lb_out=$PWD
-        fi
+        if [[ $PWD != "$__lb_pwd" ]]; then __lb_cwd; fi
         # The marks are built by assignment (`printf -v` costs several times as much).
         if [[ -n $__lb_n ]]; then
-            __lb_mark=$'\e]633;P;Cwd='$__lb_out$'\a\e]633;D;'"$__lb_status;$__lb_n"$'\a'
+            __lb_mark=$__lb_cwd_mark$'\e]633;D;'"$__lb_status;$__lb_n"$'\a'
             __lb_n= __lb_lines=() __lb_i=0
         else
-            __lb_mark=$'\e]633;P;Cwd='$__lb_out$'\a'
+            __lb_mark=$__lb_cwd_mark
         fi
         # Without jobs no notice can come before the prompt: the marks go out now, and the
         # prompt (which readline expands again, a character at a time, when it redraws the
         # line after the new-command key) stays short. `\j` no longer counts a job that has
         # ended, whose notice is still to come: so not either when a job was counted at the
-        # last prompt or one was started since (`$!` moved).
-        __lb_jobs_now=${__lb_jobs@P}
-        if [[ $__lb_jobs_now == 0 && $__lb_jobs_then == 0 && ${!-} == "$__lb_bg" ]]; then
+        # last prompt or one was started since (`$!` moved): the count and `$!` now, and at
+        # the last prompt, are the same, and the count is 0.
+        __lb_jobs_now=${__lb_jobs@P}.${!-}
+        if [[ $__lb_jobs_now == "$__lb_jobs_then" && $__lb_jobs_now == 0.* ]]; then
             builtin printf %s "$__lb_mark"
             __lb_mark=
         fi
         __lb_jobs_then=$__lb_jobs_now
-        __lb_bg=${!-}
         return "$__lb_status"
+    }
+
+    # The cwd's mark, made again only when the cwd changed.
+    __lb_cwd() {
+        __lb_pwd=$PWD
+        __lb_escape "$PWD"
+        __lb_cwd_mark=$'\e]633;P;Cwd='$__lb_out$'\a'
     }
 
     # What the prompt hook rarely needs: the user's INT trap set again after an abandoned
@@ -276,8 +279,8 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
     # tried at every position; the marks that print the nonce are untrusted unless it is the
     # bridge's own anyway.)
     __lb_typed='??????????????????????[012]'
-    __lb_jobs_then=0
-    __lb_bg=${!-}
+    __lb_jobs_then=0.${!-}
+    __lb_cwd
 
     # Commands come from a program, not a person's history: `!` is just a character.
     set +H

@@ -51,6 +51,7 @@ unset __lb_restore
 typeset -g __lb_cf=$__lb_dir/cmd
 typeset -g __lb_ef=$__lb_dir/env
 typeset -g __lb_out=
+typeset -g __lb_pwd=$'\0' __lb_cwd_mark=  # the cwd of the last prompt, and its mark
 typeset -g __lb_n=        # the nonce of the command in flight
 typeset -ga __lb_lines    # its lines
 typeset -gi __lb_i=0      # how many of them zle was given
@@ -121,7 +122,7 @@ __lb_new() {
     BUFFER=${__lb_lines[1]-}
     CURSOR=${#BUFFER}
     # One write for both marks: each write wakes the reader on the other side.
-    builtin printf '\e]633;E;%s;%s\a\e]633;P;LbZle=%s\a' "$__lb_out" "$n" "$n"
+    builtin print -rn -- $'\e]633;E;'"$__lb_out;$n"$'\a\e]633;P;LbZle='"$n"$'\a'
     zle .accept-line
 }
 
@@ -240,29 +241,30 @@ __lb_precmd() {
             __lb_list_words
         fi
     fi
-    if [[ $PWD == *[\\\;$'\a\e\n\r\x18\x1a']* ]]; then
+    # The cwd's mark, made again only when the cwd changed.
+    if [[ $PWD != "$__lb_pwd" ]]; then
+        __lb_pwd=$PWD
         __lb_escape "$PWD"
-    else
-        __lb_out=$PWD
+        __lb_cwd_mark=$'\e]633;P;Cwd='$__lb_out$'\a'
     fi
     # One write for all the marks: each write wakes the reader on the other side. The cwd
     # comes at every prompt, just before the end mark: a P;Cwd that any program may print
     # between commands is always overwritten by the shell's own.
     if [[ -n $__lb_n ]]; then
-        builtin printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' "$__lb_out" "$st" "$__lb_n"
+        builtin print -rn -- "$__lb_cwd_mark"$'\e]633;D;'"$st;$__lb_n"$'\a'
         __lb_n=
         __lb_lines=()
         __lb_i=0
         PS2=$__lb_ps2
     else
-        builtin printf '\e]633;P;Cwd=%s\a' "$__lb_out"
+        builtin print -rn -- "$__lb_cwd_mark"
     fi
     return st
 }
 
 # A line parsed is about to run: from now on a SIGINT reaches the command, not zle.
 __lb_preexec() {
-    builtin printf '\e]633;C\a'
+    builtin print -rn -- $'\e]633;C\a'
 }
 
 # The prompt starts with A and ends with B, also when zle redraws it after a job's notice.
