@@ -257,6 +257,9 @@ class Tool:
     """The JSON-RPC call for a validated input."""
     answer: Callable[[Any, Any], msgspec.Struct]
     """The output for (input, JSON-RPC result)."""
+    text: Callable[[dict[str, Any]], str] | None = None
+    """The text block for the output (snake_case builtins), when it is not the output's JSON:
+    what a model reads, holding everything the structured content holds."""
     by_shape: Mapping[str, str] = field(default_factory=dict)
     """List fields of the output whose items the outputSchema checks by shape (`shape_only`),
     each with what an item is: a page of thousands must not cost the client more than
@@ -304,6 +307,31 @@ def _write_request(inp: WriteFileInput) -> Call:
             "createDirs": inp.create_dirs,
         }
     )
+
+
+def search_text(out: dict[str, Any]) -> str:
+    """search_files' text block: the matches as `grep -n` prints them (`path:line:text`, one
+    a line), then one line after `-- ` with the counts and how to go on: `complete`, or the
+    cursor that gives the next page (and `timed out` when the time limit cut the page).
+
+    The structured JSON again (what most tools send as text) repeats `"path":`, `"line":`
+    and `"text":` and quotes every line: 125 KB against 97 KB for the bench's 1,052 matches,
+    more for code full of quotes and backslashes. grep's form is what models read most."""
+    matches = out["matches"]
+    lines = [f"{m['path']}:{m['line']}:{m['text']}" for m in matches]
+    count = f"{len(matches)} match{'' if len(matches) == 1 else 'es'}"
+    searched = out["files_searched"]
+    files = (
+        f"{searched} file{'' if searched == 1 else 's'} searched, {out['files_skipped']} skipped"
+    )
+    if out["next_cursor"] is None:
+        state = "complete"
+    else:
+        state = f'more: call again with cursor "{out["next_cursor"]}"'
+        if out["timed_out"]:
+            state = f"timed out; {state}"
+    lines.append(f"-- {count}, {files}; {state}")
+    return "\n".join(lines)
 
 
 READ = Annotations(read_only=True, destructive=False, idempotent=True)
@@ -474,6 +502,7 @@ TOOLS: tuple[Tool, ...] = (
         READ,
         lambda i: ("fs/search", wire_params(SearchParams, i)),
         lambda i, r: msgspec.convert(r, SearchResult),
+        text=search_text,
         by_shape={
             "matches": "A matching line: its file's path (relative to the workspace, "
             "'/'-separated), its number (from 1) and its text (without the line end, at "
@@ -758,6 +787,7 @@ __all__ = [
     "object_schema",
     "output_schema",
     "params_view",
+    "search_text",
     "shape_only",
     "snake_names",
     "to_snake",
