@@ -514,12 +514,18 @@ def test_every_tool_schema_is_generated_from_its_structs() -> None:
     for tool in TOOLS:
         assert tool.input.__struct_config__.forbid_unknown_fields
         # Nested Structs are written in place (clients resolve no $ref per item); only the
-        # folder entry, which contains itself, is referenced.
-        for schema in (object_schema(tool.input), output_schema(tool)):
+        # folder entry, which contains itself, is referenced. A list typed apart has its
+        # item's schema in $defs, referenced by nothing (search_files' matches).
+        apart = {"SearchMatch"} if tool.name == "search_files" else set()
+        for schema, typed_apart in (
+            (object_schema(tool.input), set()),
+            (output_schema(tool), apart),
+        ):
             text = json.dumps(schema)
             expected = {'"$ref": "#/$defs/TreeEntry"'} if "TreeEntry" in text else set()
             assert set(re.findall(r'"\$ref": "[^"]*"', text)) == expected
-            assert set(schema.get("$defs", {})) == ({"TreeEntry"} if expected else set())
+            referenced = {"TreeEntry"} if expected else set()
+            assert set(schema.get("$defs", {})) == referenced | typed_apart
             jsonschema.Draft202012Validator.check_schema(schema)
             # "T or null" is one type list, which a client checks in one step, not an anyOf.
             assert '{"type": "null"}' not in text
