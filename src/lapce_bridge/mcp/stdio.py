@@ -19,10 +19,10 @@ handshake connection (the client opens with `initialize`, as every client of the
 does) goes straight to the SDK's own handshake loop (`serve_loop`'s recipe, the one its
 Streamable HTTP sessions run, with the handler tasks of `mcp.dispatcher`) on these
 streams; a connection opened with a 2026-07-28 envelope takes `Server.run`'s path
-unchanged (`serve_pipes`). On a handshake connection, a plain tool call is answered by
-the `ToolCallLane` straight from the dispatcher and written as one line (`send_line`),
-when nothing but our own middleware would see it (`mcp.dispatcher`). On a handshake connection a request carrying that envelope is
-refused as `Server.run` refuses it (`refuse_envelopes`).
+unchanged (`serve_pipes`). On a handshake connection a request carrying that envelope is
+refused as `Server.run` refuses it (`refuse_envelopes`), and a plain tool call is answered
+by the `ToolCallLane` straight from the dispatcher, written as one line (`send_line`), when
+nothing but our own middleware would see it (`mcp.dispatcher`).
 
 As with the SDK's transport, fd 0 points at the null device and fd 1 at stderr while
 serving, so children and stray prints never touch the wire; both are restored on exit.
@@ -239,6 +239,7 @@ async def serve_pipes(server: Server[Any], read: LineReader, write: LineWriter) 
         # with handler tasks started on asyncio directly and plain tool calls answered
         # without the SDK's per-request machinery (`mcp.dispatcher`).
         lane = next((m for m in server.middleware if isinstance(m, ToolCallLane)), None)
+        checked: list[Any] = []  # the middleware list last found to be ours alone
 
         def direct(params: Mapping[str, Any]) -> Callable[[], Awaitable[dict[str, Any]]] | None:
             # What the SDK would do first for this request, the lane does as it would: an
@@ -247,9 +248,12 @@ async def serve_pipes(server: Server[Any], read: LineReader, write: LineWriter) 
                 lane is None
                 or connection.client_params is None
                 or connection.protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS
-                or not all(_ours(m) for m in server.middleware)
             ):
                 return None
+            if server.middleware != checked:
+                if not all(_ours(m) for m in server.middleware):
+                    return None
+                checked[:] = server.middleware
             return lane.direct(params)
 
         dispatcher = AsyncioDispatcher(
