@@ -482,6 +482,49 @@ async def test_malformed_tool_calls_get_the_sdks_own_refusals(tmp_path: Path) ->
             assert (await raw.request("tools/call", bad))["error"] == refused, bad
 
 
+async def test_a_plain_call_cancelled_by_the_client_interrupts_its_command(
+    tmp_path: Path,
+) -> None:
+    """A plain `tools/call` (no progress token: the direct lane of `mcp.dispatcher`)
+    cancelled with `notifications/cancelled`: its command is interrupted, the terminal is
+    free again, and the cancelled request is never answered (every answer read after it is
+    checked to be for its own request)."""
+    async with raw_lines(tmp_path) as raw:
+        assert "result" in await raw.request("initialize", HANDSHAKE)
+        raw.send({"method": "notifications/initialized"})
+        warm = await raw.request(
+            "tools/call", {"name": "run_command", "arguments": {"command": "true"}}
+        )
+        assert warm["result"]["structuredContent"]["exit_code"] == 0
+        started = tmp_path / "ws" / "started"
+        raw.send(
+            {
+                "id": "long",
+                "method": "tools/call",
+                "params": {
+                    "name": "run_command",
+                    "arguments": {"command": f"touch {started}; sleep 30; echo late"},
+                },
+            }
+        )
+        for _ in range(200):
+            if started.exists():
+                break
+            await asyncio.sleep(0.05)
+        raw.send({"method": "notifications/cancelled", "params": {"requestId": "long"}})
+        call = {"name": "list_terminals", "arguments": {}}
+        for _ in range(100):
+            listed = (await raw.request("tools/call", call))["result"]["structuredContent"]
+            if not any(t["busy"] for t in listed["terminals"]):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the cancelled command is still running")
+        again = {"name": "run_command", "arguments": {"command": "echo after"}}
+        after = (await raw.request("tools/call", again))["result"]["structuredContent"]
+        assert (after["exit_code"], after["output"]) == (0, "after\n")
+
+
 async def test_the_first_request_decides_the_protocol_era(tmp_path: Path) -> None:
     """Opened with the 2026-07-28 envelope, a connection is served per request (and refuses
     the handshake); opened with `initialize`, it refuses the envelope (the SDK's words)."""
