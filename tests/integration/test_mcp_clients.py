@@ -228,9 +228,31 @@ async def scenario(session: ClientSession, ws: Path) -> None:
     typo = tool_error(await session.call_tool("edit_file", {"path": "calc.py", "edit": []}))
     assert typo["message"] == "edit_file: unknown parameter 'edit'"
 
-    found = structured(await session.call_tool("search_files", {"query": "b - a"}))
+    searched = await session.call_tool("search_files", {"query": "b - a"})
+    found = structured(searched)
     assert [(m["path"], m["line"]) for m in found["matches"]] == [("calc.py", 6)]
     assert found["complete"] is True
+    # The text block is grep's form, then the counts (and the cursor, when there is more).
+    assert [c.text for c in searched.content if isinstance(c, types.TextContent)] == [
+        "calc.py:6:    return b - a\n-- 1 match, 1 file searched, 0 skipped; complete"
+    ]
+    paged = await session.call_tool("search_files", {"query": "(a, b)", "max_results": 1})
+    first_page = structured(paged)
+    text = paged.content[0]
+    assert isinstance(text, types.TextContent)
+    head, tail = text.text.split("\n")
+    assert head == "calc.py:1:def add(a, b):"
+    cursor = re.fullmatch(r'-- 1 match, 1 file searched, 0 skipped; more: call again with '
+                          r'cursor "(\S+)"', tail)  # fmt: skip
+    assert cursor is not None
+    assert cursor.group(1) == first_page["next_cursor"]
+    rest = await session.call_tool(
+        "search_files", {"query": "(a, b)", "max_results": 1, "cursor": cursor.group(1)}
+    )
+    assert rest.content[0] == types.TextContent(
+        type="text",
+        text="calc.py:5:def sub(a, b):\n-- 1 match, 1 file searched, 0 skipped; complete",
+    )
 
     read = structured(
         await session.call_tool("read_file", {"path": "calc.py", "start_line": 5, "end_line": 6})
@@ -460,6 +482,49 @@ async def test_malformed_tool_calls_get_the_sdks_own_refusals(tmp_path: Path) ->
             assert (await raw.request("tools/call", bad))["error"] == refused, bad
 
 
+async def test_a_plain_call_cancelled_by_the_client_interrupts_its_command(
+    tmp_path: Path,
+) -> None:
+    """A plain `tools/call` (no progress token: the direct lane of `mcp.dispatcher`)
+    cancelled with `notifications/cancelled`: its command is interrupted, the terminal is
+    free again, and the cancelled request is never answered (every answer read after it is
+    checked to be for its own request)."""
+    async with raw_lines(tmp_path) as raw:
+        assert "result" in await raw.request("initialize", HANDSHAKE)
+        raw.send({"method": "notifications/initialized"})
+        warm = await raw.request(
+            "tools/call", {"name": "run_command", "arguments": {"command": "true"}}
+        )
+        assert warm["result"]["structuredContent"]["exit_code"] == 0
+        started = tmp_path / "ws" / "started"
+        raw.send(
+            {
+                "id": "long",
+                "method": "tools/call",
+                "params": {
+                    "name": "run_command",
+                    "arguments": {"command": f"touch {started}; sleep 30; echo late"},
+                },
+            }
+        )
+        for _ in range(200):
+            if started.exists():
+                break
+            await asyncio.sleep(0.05)
+        raw.send({"method": "notifications/cancelled", "params": {"requestId": "long"}})
+        call = {"name": "list_terminals", "arguments": {}}
+        for _ in range(100):
+            listed = (await raw.request("tools/call", call))["result"]["structuredContent"]
+            if not any(t["busy"] for t in listed["terminals"]):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the cancelled command is still running")
+        again = {"name": "run_command", "arguments": {"command": "echo after"}}
+        after = (await raw.request("tools/call", again))["result"]["structuredContent"]
+        assert (after["exit_code"], after["output"]) == (0, "after\n")
+
+
 async def test_the_first_request_decides_the_protocol_era(tmp_path: Path) -> None:
     """Opened with the 2026-07-28 envelope, a connection is served per request (and refuses
     the handshake); opened with `initialize`, it refuses the envelope (the SDK's words)."""
@@ -492,12 +557,18 @@ def test_every_tool_schema_is_generated_from_its_structs() -> None:
     for tool in TOOLS:
         assert tool.input.__struct_config__.forbid_unknown_fields
         # Nested Structs are written in place (clients resolve no $ref per item); only the
-        # folder entry, which contains itself, is referenced.
-        for schema in (object_schema(tool.input), output_schema(tool)):
+        # folder entry, which contains itself, is referenced. A list typed apart has its
+        # item's schema in $defs, referenced by nothing (search_files' matches).
+        apart = {"SearchMatch"} if tool.name == "search_files" else set()
+        for schema, typed_apart in (
+            (object_schema(tool.input), set()),
+            (output_schema(tool), apart),
+        ):
             text = json.dumps(schema)
             expected = {'"$ref": "#/$defs/TreeEntry"'} if "TreeEntry" in text else set()
             assert set(re.findall(r'"\$ref": "[^"]*"', text)) == expected
-            assert set(schema.get("$defs", {})) == ({"TreeEntry"} if expected else set())
+            referenced = {"TreeEntry"} if expected else set()
+            assert set(schema.get("$defs", {})) == referenced | typed_apart
             jsonschema.Draft202012Validator.check_schema(schema)
             # "T or null" is one type list, which a client checks in one step, not an anyOf.
             assert '{"type": "null"}' not in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,8 @@ from lapce_bridge.app import App
 from lapce_bridge.core.errors import PermissionDenied, ResourceExhausted
 from lapce_bridge.ipc.dispatch import CANCEL, Dispatcher
 from lapce_bridge.ipc.jsonrpc import Notification, Request
-from lapce_bridge.mcp.server import Backend, call_tool
+from lapce_bridge.mcp.server import Backend, build_server, call_tool
+from lapce_bridge.mcp.stdio import LineReader, LineWriter, serve_pipes
 from lapce_bridge.mcp.tools import BY_NAME, output_schema
 from lapce_bridge.schema.files import EditParams, SearchParams, SearchResult
 from lapce_bridge.schema.methods import ExecResult, ExecuteParams, WaitParams
@@ -234,3 +236,79 @@ async def test_a_request_served_in_the_calling_task(tmp_path: Path) -> None:
         assert outlet.answers[-1]["result"]["output"] == "keyed\n"
     finally:
         await backend.aclose()
+
+
+async def _pipe_streams(
+    read_fd: int, write_fd: int, transports: list[asyncio.BaseTransport]
+) -> tuple[LineReader, LineWriter]:
+    """A `LineReader` on `read_fd` and a `LineWriter` on `write_fd` (os pipes); their
+    transports go to `transports` (to be closed)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    read_transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb")
+    )
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(write_fd, "wb")
+    )
+    transports += [read_transport, transport]
+    return LineReader(reader), LineWriter(asyncio.StreamWriter(transport, protocol, None, loop))
+
+
+async def test_a_middleware_not_ours_sees_every_tool_call(tmp_path: Path) -> None:
+    """A plain call is answered straight from the SDK's dispatcher only while nothing but
+    our own middleware would see it: add another and every call reaches it (stdio served in
+    process, over real pipes)."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "a.txt").write_text("a\n")
+    backend = backend_for(ws, tmp_path / "state")
+    server = build_server(backend)
+    seen: list[str] = []
+
+    async def spy(ctx: Any, call_next: Any) -> Any:
+        seen.append(ctx.method)
+        return await call_next(ctx)
+
+    to_server, from_client = os.pipe()
+    to_client, from_server = os.pipe()
+    transports: list[asyncio.BaseTransport] = []
+    server_in, server_out = await _pipe_streams(to_server, from_server, transports)
+    client_in, client_out = await _pipe_streams(to_client, from_client, transports)
+    ids = itertools.count(1)
+
+    async def request(method: str, params: dict[str, Any]) -> dict[str, Any]:
+        request_id = next(ids)
+        message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+        await client_out.send_line(orjson.dumps(message) + b"\n")
+        answer = await client_in.receive()
+        assert not isinstance(answer, Exception)
+        assert answer.message.id == request_id  # type: ignore[union-attr]
+        result: dict[str, Any] = answer.message.result  # type: ignore[union-attr]
+        return result
+
+    serving = asyncio.ensure_future(serve_pipes(server, server_in, server_out))
+    try:
+        async with asyncio.timeout(60):
+            init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": CLIENT}
+            await request("initialize", init)
+            await client_out.send_line(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
+            call = {"name": "file_info", "arguments": {"path": "a.txt"}}
+            assert (await request("tools/call", call))["structuredContent"]["kind"] == "file"
+            assert backend.is_open()  # the next plain call could go straight through
+            server.middleware.insert(0, spy)  # outermost: it sees what the lane answers
+            for _ in range(2):
+                assert (await request("tools/call", call))["structuredContent"]["size"] == 2
+            assert seen == ["tools/call", "tools/call"]
+            server.middleware.remove(spy)
+            assert (await request("tools/call", call))["structuredContent"]["size"] == 2
+            assert seen == ["tools/call", "tools/call"]
+    finally:
+        transports[3].close()  # the client's end: EOF, the server returns
+        await asyncio.wait_for(serving, 30)
+        for transport in transports:
+            transport.close()
+        await backend.aclose()
+
+
+CLIENT = {"name": "raw", "version": "0"}

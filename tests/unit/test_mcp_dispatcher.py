@@ -7,6 +7,7 @@ answers it "Connection closed" before the write stream closes)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -158,3 +159,180 @@ async def test_a_failing_handler_fails_the_loop_when_told_to_raise(kind: type[An
         answers.append(await wire.answer())
     # The failure is answered (before it is raised), and so is the cancelled request.
     assert [(a.id, a.error.code) for a in answers] == [(2, 0), (1, types.CONNECTION_CLOSED)]
+
+
+class Queued:
+    """A read stream holding its messages already: each is read without a pause, so the
+    loop goes on to the next (EOF included) before any handler took a step."""
+
+    def __init__(self, items: list[SessionMessage]) -> None:
+        self.items = items
+
+    async def receive(self) -> SessionMessage:
+        if not self.items:
+            raise anyio.EndOfStream
+        return self.items.pop(0)
+
+    def __aiter__(self) -> Queued:
+        return self
+
+    async def __anext__(self) -> SessionMessage:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        pass
+
+    async def __aenter__(self) -> Queued:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
+async def test_a_request_whose_connection_closes_before_it_started_is_answered(
+    kind: type[Any],
+) -> None:
+    request = types.JSONRPCRequest(jsonrpc="2.0", id=9, method="hang")
+    outbound: MemoryObjectSendStream[SessionMessage]
+    from_server: MemoryObjectReceiveStream[SessionMessage]
+    outbound, from_server = anyio.create_memory_object_stream(16)
+    dispatcher = kind(Queued([SessionMessage(request)]), outbound)
+    handlers = Handlers()
+    with anyio.fail_after(5):
+        await dispatcher.run(handlers.on_request, handlers.on_notify)
+        closed = (await from_server.receive()).message
+    assert isinstance(closed, types.JSONRPCError)
+    assert (closed.id, closed.error.code) == (9, types.CONNECTION_CLOSED)
+    from_server.close()
+
+
+class Lines:
+    """A line writer (`send_line`, as `mcp.stdio.LineWriter`): what the direct calls write."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+        self.arrived = asyncio.Event()
+
+    async def send(self, item: SessionMessage, /) -> None:
+        await self.send_line(item.message.model_dump_json(by_alias=True).encode() + b"\n")
+
+    async def send_line(self, line: bytes) -> None:
+        assert line.endswith(b"\n")
+        self.lines.append(json.loads(line))
+        self.arrived.set()
+
+    async def aclose(self) -> None:
+        pass
+
+    async def __aenter__(self) -> Lines:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    async def next(self) -> dict[str, Any]:
+        with anyio.fail_after(5):
+            while not self.lines:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return self.lines.pop(0)
+
+
+class Tools:
+    """The direct calls: `echo` answers its arguments, `hang` waits until cancelled; any
+    other tool takes the SDK's path (None)."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.cancelled: list[str] = []
+        self.hung = asyncio.Event()
+
+    def direct(self, params: Mapping[str, Any]) -> Any:
+        name = params.get("name")
+        if name not in ("echo", "hang"):
+            return None
+        return lambda: self.run(str(name), dict(params.get("arguments") or {}))
+
+    async def run(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        self.started.append(name)
+        if name == "hang":
+            self.hung.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                self.cancelled.append(name)
+                raise
+        return {"content": [], "structuredContent": arguments}
+
+
+async def test_direct_calls_answered_cancelled_and_closed_as_the_sdks_requests() -> None:
+    to_server: MemoryObjectSendStream[SessionMessage | Exception]
+    inbound: MemoryObjectReceiveStream[SessionMessage | Exception]
+    to_server, inbound = anyio.create_memory_object_stream(16)
+    lines, tools, handlers = Lines(), Tools(), Handlers()
+    dispatcher = AsyncioDispatcher(inbound, lines, direct=tools.direct)
+
+    async def send(req_id: int | None, method: str, params: dict[str, Any]) -> None:
+        message: types.JSONRPCMessage = (
+            types.JSONRPCNotification(jsonrpc="2.0", method=method, params=params)
+            if req_id is None
+            else types.JSONRPCRequest(jsonrpc="2.0", id=req_id, method=method, params=params)
+        )
+        await to_server.send(SessionMessage(message))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dispatcher.run, handlers.on_request, handlers.on_notify)
+        await send(1, "tools/call", {"name": "echo", "arguments": {"x": 1}})
+        assert await lines.next() == {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "result": {"content": [], "structuredContent": {"x": 1}},
+        }
+        assert not handlers.started  # answered directly, not by the SDK's request handler
+        # The peer cancels a direct call: its work is cancelled, and it is never answered.
+        await send("2", "tools/call", {"name": "hang"})  # type: ignore[arg-type]
+        with anyio.fail_after(5):
+            await tools.hung.wait()
+        await send(None, "notifications/cancelled", {"requestId": 2})
+        await send(3, "tools/call", {"name": "other"})  # not direct: the SDK's path
+        await handlers.wait_started("3")
+        answer = await lines.next()
+        assert (answer["id"], answer["error"]["message"]) == (3, "boom 3")
+        assert tools.cancelled == ["hang"]
+        assert not dispatcher._in_flight
+        # The connection ends under a running one: "Connection closed".
+        tools.hung.clear()
+        await send(6, "tools/call", {"name": "hang"})
+        with anyio.fail_after(5):
+            await tools.hung.wait()
+        await to_server.aclose()
+    closed = await lines.next()
+    assert (closed["id"], closed["error"]["code"]) == (6, types.CONNECTION_CLOSED)
+    assert not lines.lines
+    assert tools.started == ["echo", "hang", "hang"]
+    assert tools.cancelled == ["hang", "hang"]
+    assert not dispatcher._handlers
+
+
+async def test_a_direct_call_cancelled_before_it_started_never_runs_nor_is_answered() -> None:
+    def call(req_id: int, name: str) -> SessionMessage:
+        params = {"name": name, "arguments": {"id": req_id}}
+        return SessionMessage(
+            types.JSONRPCRequest(jsonrpc="2.0", id=req_id, method="tools/call", params=params)
+        )
+
+    cancel = types.JSONRPCNotification(
+        jsonrpc="2.0", method="notifications/cancelled", params={"requestId": 4}
+    )
+    lines, tools, handlers = Lines(), Tools(), Handlers()
+    queued = Queued([call(4, "hang"), SessionMessage(cancel), call(5, "echo")])
+    dispatcher = AsyncioDispatcher(queued, lines, direct=tools.direct)
+    with anyio.fail_after(5):
+        await dispatcher.run(handlers.on_request, handlers.on_notify)
+    assert tools.started == ["echo"]
+    assert [line["id"] for line in lines.lines] == [5]
+    assert not dispatcher._in_flight

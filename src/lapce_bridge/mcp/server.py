@@ -7,8 +7,8 @@ first `file://` root the client lists, else the current folder. A tool call is v
 against the tool's input Struct, turned into the bridge's own JSON-RPC request and sent
 through that server's dispatcher on the MCP session's one `Channel` (`mcp.channel`): the
 run path of `serve` itself, not a copy of it. The answer goes out as structured content
-matching the tool's `outputSchema` and the same JSON as text, for clients that read only
-text.
+matching the tool's `outputSchema` and, for clients that read only text, the same JSON as
+text (or the tool's own text: search_files' matches as `grep -n` lines, `Tool.text`).
 
 Errors: every failure is a tool result with `isError: true` (so the model sees it and can
 act), never a protocol error. Its text leads with the error's name, code and
@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,10 @@ class Backend:
             channel = Channel(server.state, CONNECTION_ID)
             self._stack.callback(channel.close)
             self._app, self._channel = opened, channel
+
+    def is_open(self) -> bool:
+        """Whether the App is open (a tool call needs no request context to open it)."""
+        return self._channel is not None
 
     def on_close(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Await `callback` first when the backend closes (before the server and the App)."""
@@ -248,11 +253,13 @@ def error_result(exc: BaseException, tool: str) -> dict[str, Any]:
     }
 
 
-def tool_result(structured: dict[str, Any]) -> dict[str, Any]:
-    """A tool's answer (wire form): the structured content, and the same JSON as text for
-    clients that read only text."""
+def tool_result(structured: dict[str, Any], text: str | None = None) -> dict[str, Any]:
+    """A tool's answer (wire form): the structured content, and for clients that read only
+    text `text` (a tool's own rendering, `Tool.text`) or else the same JSON."""
+    if text is None:
+        text = orjson.dumps(structured).decode()
     return {
-        "content": [{"type": "text", "text": orjson.dumps(structured).decode()}],
+        "content": [{"type": "text", "text": text}],
         "structuredContent": structured,
     }
 
@@ -308,6 +315,11 @@ def tool_list() -> list[types.Tool]:
     ]
 
 
+Plain = Callable[[str, dict[str, Any] | None], Awaitable[dict[str, Any]]]
+"""Answers a plain call that needs no request context: (tool name, arguments) -> the wire
+form of a `CallToolResult`."""
+
+
 class ToolCallLane:
     """The SDK server middleware that answers a well-formed `tools/call` itself.
 
@@ -322,10 +334,19 @@ class ToolCallLane:
     Everything else (a task-augmented call, malformed params, a call before `initialize`,
     the 2026-07-28 era, every other method) takes the SDK's path unchanged, so the SDK
     still answers what is malformed with its own errors.
+
+    `direct` is the same lane one step earlier, for a transport that hands a request over
+    before the SDK builds its context (`mcp.dispatcher`): a plain call that needs no
+    context at all (no progress token, nothing in `_meta` but trace context, the backend
+    open already) is answered by `plain` alone.
     """
 
-    def __init__(self, answer: Run) -> None:
+    def __init__(
+        self, answer: Run, plain: Plain | None = None, ready: Callable[[], bool] | None = None
+    ) -> None:
         self._answer = answer
+        self._plain = plain
+        self._ready = ready
 
     async def __call__(
         self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
@@ -339,19 +360,45 @@ class ToolCallLane:
             or ctx.session.client_params is None
         ):
             return await call_next(ctx)
-        name = params.get("name")
-        arguments = params.get("arguments")
-        if (
-            type(name) is not str
-            or not (arguments is None or type(arguments) is dict)
-            or not _LANE_KEYS.issuperset(params)
-            or ("_meta" in params and ctx.meta is None)  # a `_meta` the SDK could not read
-        ):
+        call = _plain_call(params)
+        if call is None or (
+            "_meta" in params and ctx.meta is None
+        ):  # a `_meta` the SDK could not read
             return await call_next(ctx)
-        return await self._answer(name, arguments, ctx)
+        return await self._answer(call[0], call[1], ctx)
+
+    def direct(self, params: Mapping[str, Any]) -> Callable[[], Awaitable[dict[str, Any]]] | None:
+        """The answer to a `tools/call` with `params` on an initialized handshake-era
+        session (the caller's to know), when it needs no request context; else None (the
+        call takes the SDK's path and this middleware)."""
+        if self._plain is None or (self._ready is not None and not self._ready()):
+            return None
+        if type(params) is not dict:
+            return None
+        call = _plain_call(params)
+        meta = params.get("_meta")
+        if call is None or not (
+            meta is None or (type(meta) is dict and _TRACE_KEYS.issuperset(meta))
+        ):
+            return None
+        return functools.partial(self._plain, call[0], call[1])
 
 
 _LANE_KEYS = frozenset({"name", "arguments", "_meta"})  # a `task` goes to the task middleware
+_TRACE_KEYS = frozenset({"traceparent", "tracestate", "baggage"})  # what a direct call ignores
+
+
+def _plain_call(params: dict[str, Any]) -> tuple[str, dict[str, Any] | None] | None:
+    """A tool name and an arguments object (or none), when `params` are only that."""
+    name = params.get("name")
+    arguments = params.get("arguments")
+    if (
+        type(name) is not str
+        or not (arguments is None or type(arguments) is dict)
+        or not _LANE_KEYS.issuperset(params)
+    ):
+        return None
+    return name, arguments
 
 
 def build_server(backend: Backend, *, clock: Clock = SYSTEM_CLOCK) -> Server[Any]:
@@ -368,7 +415,7 @@ def build_server(backend: Backend, *, clock: Clock = SYSTEM_CLOCK) -> Server[Any
     async def answer(
         name: str,
         arguments: dict[str, Any] | None,
-        ctx: ServerRequestContext[Any, Any],
+        ctx: ServerRequestContext[Any, Any] | None,
         report: Report | None,
     ) -> dict[str, Any]:
         tool = BY_NAME.get(name)
@@ -382,7 +429,7 @@ def build_server(backend: Backend, *, clock: Clock = SYSTEM_CLOCK) -> Server[Any
             if not isinstance(exc, BridgeError):
                 log.exception("tool %s failed", tool.name)
             return error_result(exc, tool.name)
-        return tool_result(structured)
+        return tool_result(structured, None if tool.text is None else tool.text(structured))
 
     async def on_call_tool(
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
@@ -394,6 +441,9 @@ def build_server(backend: Backend, *, clock: Clock = SYSTEM_CLOCK) -> Server[Any
         name: str, arguments: dict[str, Any] | None, ctx: ServerRequestContext[Any, Any]
     ) -> dict[str, Any]:
         return await answer(name, arguments, ctx, request_progress(ctx))
+
+    async def plain(name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
+        return await answer(name, arguments, None, None)
 
     async def as_task(
         name: str, arguments: dict[str, Any] | None, ctx: ServerRequestContext[Any, Any]
@@ -414,7 +464,7 @@ def build_server(backend: Backend, *, clock: Clock = SYSTEM_CLOCK) -> Server[Any
     server.middleware.clear()
     tasks = TaskMiddleware(as_task, clock)
     server.middleware.append(tasks)
-    server.middleware.append(ToolCallLane(in_request))
+    server.middleware.append(ToolCallLane(in_request, plain, backend.is_open))
     backend.on_close(tasks.aclose)
     return server
 

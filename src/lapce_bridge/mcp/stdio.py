@@ -20,7 +20,9 @@ does) goes straight to the SDK's own handshake loop (`serve_loop`'s recipe, the 
 Streamable HTTP sessions run, with the handler tasks of `mcp.dispatcher`) on these
 streams; a connection opened with a 2026-07-28 envelope takes `Server.run`'s path
 unchanged (`serve_pipes`). On a handshake connection a request carrying that envelope is
-refused as `Server.run` refuses it (`refuse_envelopes`).
+refused as `Server.run` refuses it (`refuse_envelopes`), and a plain tool call is answered
+by the `ToolCallLane` straight from the dispatcher, written as one line (`send_line`), when
+nothing but our own middleware would see it (`mcp.dispatcher`).
 
 As with the SDK's transport, fd 0 points at the null device and fd 1 at stderr while
 serving, so children and stray prints never touch the wire; both are restored on exit.
@@ -37,7 +39,7 @@ import logging
 import os
 import stat
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -53,6 +55,8 @@ from mcp.shared.message import SessionMessage
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from lapce_bridge.mcp.dispatcher import AsyncioDispatcher, usable
+from lapce_bridge.mcp.server import ToolCallLane
+from lapce_bridge.mcp.tasks import TaskMiddleware
 
 log = logging.getLogger("lapce_bridge.mcp")
 
@@ -173,9 +177,13 @@ class LineWriter(AsyncResource):
         self._closed = False
 
     async def send(self, item: SessionMessage, /) -> None:
+        await self.send_line(encode(item.message))
+
+    async def send_line(self, line: bytes) -> None:
+        """One message encoded already (a line, its newline included)."""
         if self._closed:
             raise anyio.ClosedResourceError
-        self._writer.write(encode(item.message))
+        self._writer.write(line)
         await self._writer.drain()
 
     async def aclose(self) -> None:
@@ -228,15 +236,38 @@ async def serve_pipes(server: Server[Any], read: LineReader, write: LineWriter) 
             await serve_loop(server, read, write, lifespan_state=state, init_options=options)
             return
         # `serve_loop`'s recipe (its dispatcher, `initialize` inline, a loop connection),
-        # with handler tasks started on asyncio directly (`mcp.dispatcher`).
-        dispatcher = AsyncioDispatcher(read, write, inline_methods=frozenset({"initialize"}))
-        await serve_connection(
-            server,
-            dispatcher,
-            connection=Connection.for_loop(dispatcher),
-            lifespan_state=state,
-            init_options=options,
+        # with handler tasks started on asyncio directly and plain tool calls answered
+        # without the SDK's per-request machinery (`mcp.dispatcher`).
+        lane = next((m for m in server.middleware if isinstance(m, ToolCallLane)), None)
+        checked: list[Any] = []  # the middleware list last found to be ours alone
+
+        def direct(params: Mapping[str, Any]) -> Callable[[], Awaitable[dict[str, Any]]] | None:
+            # What the SDK would do first for this request, the lane does as it would: an
+            # initialized handshake-era session, no middleware but ours.
+            if (
+                lane is None
+                or connection.client_params is None
+                or connection.protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS
+            ):
+                return None
+            if server.middleware != checked:
+                if not all(_ours(m) for m in server.middleware):
+                    return None
+                checked[:] = server.middleware
+            return lane.direct(params)
+
+        dispatcher = AsyncioDispatcher(
+            read, write, inline_methods=frozenset({"initialize"}), direct=direct
         )
+        connection = Connection.for_loop(dispatcher)
+        await serve_connection(
+            server, dispatcher, connection=connection, lifespan_state=state, init_options=options
+        )
+
+
+def _ours(middleware: Any) -> bool:
+    """A middleware a direct call may pass by: what it does to a plain call, the lane does."""
+    return middleware is refuse_envelopes or isinstance(middleware, TaskMiddleware | ToolCallLane)
 
 
 @contextlib.asynccontextmanager
