@@ -44,10 +44,11 @@ Speed: without ``strip_ansi``, CSI is never tokenised; a chunk without ``ESC ]``
 ``bytes.find`` and at most one slice (with it, a chunk without ESC). A short chunk fed from a
 clean state whose parse left nothing pending, aborted or invalid is remembered with its events
 (immutable) and marker count: an integrated shell writes the same chunks at every command (its
-prompt, the line editor's clear and redraw), which then cost a dictionary lookup. With ``strip_ansi`` text runs go through an
-``EscapeStripper``: output repeats a handful of sequences (``ls --color`` puts one of five
-SGRs around every name), and removing those with ``bytes.replace`` runs at memory speed,
-where ``re.sub`` pays about 0.5 us a match (12-45 MB/s on colour-dense output here).
+prompt, the line editor's clear and redraw), which then cost a dictionary lookup. With
+``strip_ansi`` text runs go through an ``EscapeStripper``: output repeats a handful of
+sequences (``ls --color`` puts one of five SGRs around every name), and removing those with
+``bytes.replace`` runs at memory speed, where ``re.sub`` pays about 0.5 us a match (12-45 MB/s
+on colour-dense output here).
 """
 
 from __future__ import annotations
