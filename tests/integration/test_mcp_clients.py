@@ -228,9 +228,31 @@ async def scenario(session: ClientSession, ws: Path) -> None:
     typo = tool_error(await session.call_tool("edit_file", {"path": "calc.py", "edit": []}))
     assert typo["message"] == "edit_file: unknown parameter 'edit'"
 
-    found = structured(await session.call_tool("search_files", {"query": "b - a"}))
+    searched = await session.call_tool("search_files", {"query": "b - a"})
+    found = structured(searched)
     assert [(m["path"], m["line"]) for m in found["matches"]] == [("calc.py", 6)]
     assert found["complete"] is True
+    # The text block is grep's form, then the counts (and the cursor, when there is more).
+    assert [c.text for c in searched.content if isinstance(c, types.TextContent)] == [
+        "calc.py:6:    return b - a\n-- 1 match, 1 file searched, 0 skipped; complete"
+    ]
+    paged = await session.call_tool("search_files", {"query": "(a, b)", "max_results": 1})
+    first_page = structured(paged)
+    text = paged.content[0]
+    assert isinstance(text, types.TextContent)
+    head, tail = text.text.split("\n")
+    assert head == "calc.py:1:def add(a, b):"
+    cursor = re.fullmatch(r'-- 1 match, 1 file searched, 0 skipped; more: call again with '
+                          r'cursor "(\S+)"', tail)  # fmt: skip
+    assert cursor is not None
+    assert cursor.group(1) == first_page["next_cursor"]
+    rest = await session.call_tool(
+        "search_files", {"query": "(a, b)", "max_results": 1, "cursor": cursor.group(1)}
+    )
+    assert rest.content[0] == types.TextContent(
+        type="text",
+        text="calc.py:5:def sub(a, b):\n-- 1 match, 1 file searched, 0 skipped; complete",
+    )
 
     read = structured(
         await session.call_tool("read_file", {"path": "calc.py", "start_line": 5, "end_line": 6})
@@ -535,12 +557,18 @@ def test_every_tool_schema_is_generated_from_its_structs() -> None:
     for tool in TOOLS:
         assert tool.input.__struct_config__.forbid_unknown_fields
         # Nested Structs are written in place (clients resolve no $ref per item); only the
-        # folder entry, which contains itself, is referenced.
-        for schema in (object_schema(tool.input), output_schema(tool)):
+        # folder entry, which contains itself, is referenced. A list typed apart has its
+        # item's schema in $defs, referenced by nothing (search_files' matches).
+        apart = {"SearchMatch"} if tool.name == "search_files" else set()
+        for schema, typed_apart in (
+            (object_schema(tool.input), set()),
+            (output_schema(tool), apart),
+        ):
             text = json.dumps(schema)
             expected = {'"$ref": "#/$defs/TreeEntry"'} if "TreeEntry" in text else set()
             assert set(re.findall(r'"\$ref": "[^"]*"', text)) == expected
-            assert set(schema.get("$defs", {})) == ({"TreeEntry"} if expected else set())
+            referenced = {"TreeEntry"} if expected else set()
+            assert set(schema.get("$defs", {})) == referenced | typed_apart
             jsonschema.Draft202012Validator.check_schema(schema)
             # "T or null" is one type list, which a client checks in one step, not an anyOf.
             assert '{"type": "null"}' not in text

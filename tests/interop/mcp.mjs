@@ -77,10 +77,13 @@ try {
     err.message.includes("matched 2 times") && ambiguous.content[0].text.startsWith("EditMismatch"),
     ambiguous);
 
-  const found = (await client.callTool({ name: "search_files", arguments: { query: "b - a" } }))
-    .structuredContent;
+  const searched = await client.callTool({ name: "search_files", arguments: { query: "b - a" } });
+  const found = searched.structuredContent;
+  // The text block is grep's form, then the counts.
   check("search", found.matches.length === 1 && found.matches[0].path === "calc.py" &&
-    found.matches[0].line === 6, found);
+    found.matches[0].line === 6 && searched.content.length === 1 &&
+    searched.content[0].text ===
+      "calc.py:6:    return b - a\n-- 1 match, 1 file searched, 0 skipped; complete", searched);
 
   const read = (await client.callTool({
     name: "read_file",

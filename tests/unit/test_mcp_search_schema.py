@@ -1,11 +1,10 @@
-"""search_files' outputSchema checks each match by shape: an object holding path, line and
-text, their types named in its description, as a client validating with `jsonschema` sees it."""
+"""search_files' outputSchema types a match apart, in `$defs`, and describes it on the list:
+a client validating with `jsonschema` checks the page, not each of its thousands of matches."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
@@ -13,13 +12,15 @@ from lapce_bridge.mcp.tools import BY_NAME, TOOLS, object_schema, output_schema,
 from lapce_bridge.schema.files import SearchMatch, SearchResult
 
 
-def answer(*matches: Any) -> dict[str, Any]:
-    page = SearchResult(
-        matches=[], next_cursor="c", complete=False, timed_out=False, files_searched=3,
-        files_skipped=0,
+def answer(**changed: Any) -> dict[str, Any]:
+    built: dict[str, Any] = to_snake(
+        SearchResult(
+            matches=[SearchMatch(path="src/a.py", line=3, text="needle")],
+            next_cursor="c", complete=False, timed_out=False, files_searched=3,
+            files_skipped=0,
+        )
     )  # fmt: skip
-    built: dict[str, Any] = to_snake(page)
-    built["matches"] = list(matches)
+    built.update(changed)
     return built
 
 
@@ -30,39 +31,45 @@ def refusal(instance: dict[str, Any]) -> str | None:
     return None if error is None else error.message
 
 
-def test_a_real_answer_passes_and_a_match_of_another_shape_is_refused() -> None:
-    real = to_snake(
-        SearchResult(
-            matches=[SearchMatch(path="src/a.py", line=3, text="needle")],
-            next_cursor=None, complete=True, timed_out=False, files_searched=1,
-            files_skipped=0,
-        )
-    )  # fmt: skip
-    assert refusal(real) is None
-    assert refusal(answer({"path": "a", "line": 1, "text": ""})) is None
-    missing = refusal(answer({"path": "a", "text": "x"}))
-    assert missing == "'line' is a required property"
-    assert refusal(answer("a:1:x")) == "'a:1:x' is not of type 'object'"
+def test_a_real_answer_passes_and_the_page_itself_is_still_checked() -> None:
+    assert refusal(answer()) is None
+    assert refusal(answer(matches="a:1:x")) == "'a:1:x' is not of type 'array'"
+    assert refusal(answer(files_searched="3")) == "'3' is not of type 'integer'"
+    missing = answer()
+    del missing["complete"]
+    assert refusal(missing) is not None
+    # A match is not checked item by item: that is the trade (see `items_apart`).
+    assert refusal(answer(matches=[{"path": "a"}])) is None
 
 
-def test_the_description_names_each_field_and_its_type_from_the_struct() -> None:
-    items = output_schema(BY_NAME["search_files"])["properties"]["matches"]["items"]
-    typed = object_schema(SearchResult)["properties"]["matches"]["items"]["properties"]
-    fields = [f.name for f in msgspec.structs.fields(SearchMatch)]
-    assert items["required"] == fields == list(typed)
-    assert set(items) == {"type", "description", "required"}  # no subschema to descend into
-    named = ", ".join(f"{name} ({typed[name]['type']})" for name in fields)
-    assert named == "path (string), line (integer), text (string)"
-    assert items["description"].endswith(f"Fields: {named}.")
-    assert items["description"].startswith("A matching line")
+def test_the_match_is_typed_in_defs_and_described_on_the_list() -> None:
+    schema = output_schema(BY_NAME["search_files"])
+    typed = object_schema(SearchResult)["properties"]["matches"]["items"]
+    assert schema["$defs"] == {"SearchMatch": typed}
+    assert typed["properties"] == {
+        "path": {"type": "string"}, "line": {"type": "integer"}, "text": {"type": "string"},
+    }  # fmt: skip
+    # The typed item validates real matches and refuses others, for a client that wants it.
+    item = Draft202012Validator(typed)
+    assert item.is_valid({"path": "a", "line": 1, "text": ""})
+    assert not item.is_valid({"path": "a", "line": "1", "text": ""})
+    listed = schema["properties"]["matches"]
+    assert set(listed) == {"type", "description"}  # no `items` to descend into
+    assert listed["type"] == "array"
+    assert listed["description"].startswith("The matching lines")
+    assert listed["description"].endswith(
+        "Each an object with the fields path (string), line (integer), text (string): typed "
+        "in $defs/SearchMatch, not checked item by item."
+    )
+    Draft202012Validator.check_schema(schema)
 
 
-def test_only_the_listed_fields_are_checked_by_shape() -> None:
+def test_only_the_listed_fields_are_typed_apart() -> None:
     for tool in TOOLS:
         schema = output_schema(tool)
         for name, prop in object_schema(tool.output)["properties"].items():
-            if name in tool.by_shape:
-                assert "properties" not in schema["properties"][name]["items"]
+            if name in tool.unchecked_items:
+                assert "items" not in schema["properties"][name]
             else:
                 assert schema["properties"][name] == prop
-    assert [t.name for t in TOOLS if t.by_shape] == ["search_files"]
+    assert [t.name for t in TOOLS if t.unchecked_items] == ["search_files"]

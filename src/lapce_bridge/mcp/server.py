@@ -7,8 +7,8 @@ first `file://` root the client lists, else the current folder. A tool call is v
 against the tool's input Struct, turned into the bridge's own JSON-RPC request and sent
 through that server's dispatcher on the MCP session's one `Channel` (`mcp.channel`): the
 run path of `serve` itself, not a copy of it. The answer goes out as structured content
-matching the tool's `outputSchema` and the same JSON as text, for clients that read only
-text.
+matching the tool's `outputSchema` and, for clients that read only text, the same JSON as
+text (or the tool's own text: search_files' matches as `grep -n` lines, `Tool.text`).
 
 Errors: every failure is a tool result with `isError: true` (so the model sees it and can
 act), never a protocol error. Its text leads with the error's name, code and
@@ -253,11 +253,13 @@ def error_result(exc: BaseException, tool: str) -> dict[str, Any]:
     }
 
 
-def tool_result(structured: dict[str, Any]) -> dict[str, Any]:
-    """A tool's answer (wire form): the structured content, and the same JSON as text for
-    clients that read only text."""
+def tool_result(structured: dict[str, Any], text: str | None = None) -> dict[str, Any]:
+    """A tool's answer (wire form): the structured content, and for clients that read only
+    text `text` (a tool's own rendering, `Tool.text`) or else the same JSON."""
+    if text is None:
+        text = orjson.dumps(structured).decode()
     return {
-        "content": [{"type": "text", "text": orjson.dumps(structured).decode()}],
+        "content": [{"type": "text", "text": text}],
         "structuredContent": structured,
     }
 
@@ -427,7 +429,7 @@ def build_server(backend: Backend, *, clock: Clock = SYSTEM_CLOCK) -> Server[Any
             if not isinstance(exc, BridgeError):
                 log.exception("tool %s failed", tool.name)
             return error_result(exc, tool.name)
-        return tool_result(structured)
+        return tool_result(structured, None if tool.text is None else tool.text(structured))
 
     async def on_call_tool(
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
