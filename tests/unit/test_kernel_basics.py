@@ -475,3 +475,58 @@ def test_a_failing_handler_neither_stops_the_others_nor_reaches_the_publisher() 
     assert got == [event]
     assert seen == [("handler bug", event)]
     assert bus.statistics().handler_errors == 1
+
+
+async def test_system_clock_deadlines_behave_as_asyncio_timeout() -> None:
+    """`SystemClock.timeout` (a loop timer and a task cancel) keeps `asyncio.timeout`'s
+    contract: the deadline raises TimeoutError; a block that ends in time is not touched
+    later; nested deadlines are each their own; a cancel from outside stays a cancel."""
+    started = SYSTEM_CLOCK.now()
+
+    async def sleeps_past_it() -> None:
+        async with SYSTEM_CLOCK.timeout(0.05):
+            await asyncio.sleep(10)
+
+    with pytest.raises(TimeoutError):
+        await sleeps_past_it()
+    assert 0.04 <= SYSTEM_CLOCK.now() - started < 5
+    async with SYSTEM_CLOCK.timeout(0.05):
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.1)  # its timer was withdrawn: nothing cancels this sleep
+    inner_fired = False
+    async with SYSTEM_CLOCK.timeout(10):
+        try:
+            async with SYSTEM_CLOCK.timeout(0.01):
+                await asyncio.sleep(10)
+        except TimeoutError:
+            inner_fired = True
+        await asyncio.sleep(0)  # the outer deadline is untouched
+    assert inner_fired
+
+    async def outer_fires_around_an_inner() -> None:
+        async with SYSTEM_CLOCK.timeout(0.01), SYSTEM_CLOCK.timeout(10):
+            await asyncio.sleep(10)
+
+    with pytest.raises(TimeoutError):
+        await outer_fires_around_an_inner()
+
+    entered = asyncio.Event()
+
+    async def bounded() -> None:
+        async with SYSTEM_CLOCK.timeout(0.05):
+            entered.set()
+            await asyncio.sleep(10)
+
+    task = asyncio.ensure_future(bounded())
+    await entered.wait()
+    task.cancel()  # from outside, before the deadline
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    async def cancelled_as_it_expires() -> None:
+        async with SYSTEM_CLOCK.timeout(0):
+            asyncio.current_task().cancel()  # type: ignore[union-attr]
+            await asyncio.sleep(10)
+
+    with pytest.raises(asyncio.CancelledError):  # both: the outside cancel wins
+        await asyncio.ensure_future(cancelled_as_it_expires())
