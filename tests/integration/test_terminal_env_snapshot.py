@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from lapce_bridge.terminal.recovery import CrashLoopPolicy
+from lapce_bridge.terminal.result import Status
 from lapce_bridge.terminal.terminal import Terminal
-from tests.integration.test_terminal_recovery import each_export_survives_a_kill
+from tests.integration.test_terminal_recovery import _restarted, each_export_survives_a_kill
 
 # The user's rc: a function and an alias that export (as `nvm use` or `pyenv shell` do).
 RC = """
@@ -72,3 +73,36 @@ async def test_a_command_that_cannot_export_leaves_the_saved_environment_alone(
             assert saved.read_text() == "# untouched\n", command
         await term.execute("export NOW=1", timeout=10)
         assert "NOW" in saved.read_text()
+
+
+# Functions and aliases that commands define (not the rc): the hooks list the names again
+# after a command that may define some, so a later command naming one is watched as well.
+# (command that defines, command that uses it, the value, NAME)
+DEFINED = [
+    ("later() { export LATER=function; }", "later", "function", "LATER"),
+    ("alias aliased='export ALIASED=alias'", "aliased", "alias", "ALIASED"),
+    (". ./defs.sh", "fromfile", "sourced", "FROMFILE"),  # nothing in the text but `.`
+]
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+async def test_functions_and_aliases_defined_by_commands_are_watched_too(
+    shell: str, tmp_path: Path
+) -> None:
+    (tmp_path / "defs.sh").write_text("fromfile() { export FROMFILE=sourced; }\n")
+    async with await Terminal.start(
+        shell=shell,
+        cwd=str(tmp_path),
+        env={"HOME": str(tmp_path)},
+        state_dir=tmp_path / "state",
+        crash_policy=CrashLoopPolicy(max_deaths=len(DEFINED) + 1),
+    ) as term:
+        for kills, (define, use, expected, name) in enumerate(DEFINED, start=1):
+            assert (await term.execute(define, timeout=10)).status is Status.COMPLETED
+            assert (await term.execute("echo test", timeout=10)).output == "test\n"
+            assert (await term.execute(use, timeout=10)).status is Status.COMPLETED, use
+            assert (await term.execute("echo test", timeout=10)).output == "test\n"
+            term.kill()
+            await _restarted(term, kills)
+            after = await term.execute(f'echo "${{{name}-}}"', timeout=10)
+            assert after.output == f"{expected}\n", define

@@ -674,3 +674,34 @@ def test_a_chunk_of_whole_marks_takes_the_split_and_gives_the_same_events(strip:
     events += parser.feed(b"K") + parser.flush()
     assert (coalesce(events), parser.statistics()) == one_by_one
     assert [m.kind for m in events if isinstance(m, Marker)] == list("EPPCPDAB")
+
+
+def test_a_repeated_chunk_gives_the_same_events_and_statistics_again() -> None:
+    # An integrated shell writes the same chunks at every command (its prompt, the redraw):
+    # the second time the answer is the first one's, counted as if parsed.
+    prompt = osc(b"633;A") + b"\x1b[1m$ \x1b[0m" + osc(b"633;B")
+    parser = OscParser(strip_ansi=True)
+    first = parser.feed(prompt)
+    assert first == [
+        Marker(633, "A", raw=osc(b"633;A")),
+        Text(b"$ "),
+        Marker(633, "B", raw=osc(b"633;B")),
+    ]
+    assert parser.feed(prompt) == first
+    assert parser.statistics().markers == 4
+    # What leaves a sequence open, or aborts or drops one, is parsed again each time.
+    opened = b"x" + osc(b"633;P;Cwd=/a", b"")
+    assert parser.feed(opened) == [Text(b"x")]
+    assert parser.feed(b"b" + BEL) == [
+        Marker(633, "P", key="Cwd", value="/ab", raw=osc(b"633;P;Cwd=/ab"))
+    ]
+    assert parser.feed(opened) == [Text(b"x")]
+    assert markers(parser.feed(b"c" + BEL))[0].value == "/ac"
+    aborted = osc(b"633;A", b"\x18") + b"y"
+    for count in (1, 2):
+        assert parser.feed(aborted) == [Text(b"y")]
+        assert parser.statistics().aborted == count
+    invalid = osc(b"633;Q") + b"z"
+    for count in (1, 2):
+        assert parser.feed(invalid) == [Text(b"z")]
+        assert parser.statistics().invalid == count

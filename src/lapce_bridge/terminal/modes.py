@@ -304,10 +304,12 @@ def integration_line(kind: str, nonce: str, lines: int = 1) -> bytes:
 
 
 def typed_secret(kind: str, secret: str) -> str:
-    """The form of a command's secret (32 hex digits: 128 bits) this shell is given: fish gets
-    the same bits in 22 url-safe base64 characters (it matches each typed key against its
-    bindings and inserts it: ten keys fewer save about a twentieth of its work a command)."""
-    if kind != "fish":
+    """The form of a command's secret (32 hex digits: 128 bits) this shell is given: the typed
+    shells get the same bits in 22 url-safe base64 characters (fish matches each typed key
+    against its bindings and inserts it: ten keys fewer save about a twentieth of its work a
+    command; bash's and zsh's `read` take a byte a system call from a terminal). bash's and
+    zsh's nonce then ends with the digit of `exports.may_export`, which their hooks read."""
+    if kind not in TYPED:
         return secret
     return base64.urlsafe_b64encode(bytes.fromhex(secret)).rstrip(b"=").decode()
 

@@ -41,10 +41,14 @@ decoded as UTF-8 with ``errors="replace"``: every value stays JSON-encodable (or
 surrogates); the exact bytes remain in ``Marker.raw``.
 
 Speed: without ``strip_ansi``, CSI is never tokenised; a chunk without ``ESC ]`` costs one
-``bytes.find`` and at most one slice. With ``strip_ansi`` text runs go through an
-``EscapeStripper``: output repeats a handful of sequences (``ls --color`` puts one of five
-SGRs around every name), and removing those with ``bytes.replace`` runs at memory speed,
-where ``re.sub`` pays about 0.5 us a match (12-45 MB/s on colour-dense output here).
+``bytes.find`` and at most one slice (with it, a chunk without ESC). A short chunk fed from a
+clean state whose parse left nothing pending, aborted or invalid is remembered with its events
+(immutable) and marker count: an integrated shell writes the same chunks at every command (its
+prompt, the line editor's clear and redraw), which then cost a dictionary lookup. With
+``strip_ansi`` text runs go through an ``EscapeStripper``: output repeats a handful of
+sequences (``ls --color`` puts one of five SGRs around every name), and removing those with
+``bytes.replace`` runs at memory speed, where ``re.sub`` pays about 0.5 us a match (12-45 MB/s
+on colour-dense output here).
 """
 
 from __future__ import annotations
@@ -93,6 +97,7 @@ class Marker:
 
 
 Event: TypeAlias = Text | Marker
+_ChunkCache: TypeAlias = dict[bytes, tuple[tuple[Event, ...], int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +338,7 @@ class OscParser:
         "_bytes_fed",
         "_cache",
         "_cache_nonce",
+        "_chunks",
         "_invalid",
         "_markers",
         "_overflows",
@@ -362,6 +368,8 @@ class OscParser:
         self.passthrough = passthrough
         self._bytes_fed = self._markers = self._overflows = self._aborted = self._invalid = 0
         self._cache: dict[bytes, Marker] = {}
+        # Whole chunks' events and marker counts, per mode (`strip_ansi` False, True).
+        self._chunks: tuple[_ChunkCache, _ChunkCache] = ({}, {})
         self._cache_nonce = nonce
         self._strip = EscapeStripper()
         self.reset()
@@ -408,7 +416,30 @@ class OscParser:
             return []
         if self.passthrough:
             return [Text(data)]
+        if resume or len(data) > _CACHE_MAX_RAW:
+            return self._events(data, resume)
+        # A short chunk parsed from a clean state: its events depend on its bytes alone, and
+        # an integrated shell writes the same ones at every command (its prompt, the line
+        # editor's redraw, the marks without a nonce).
+        chunks = self._chunk_cache()
+        hit = chunks.get(data)
+        if hit is not None:
+            self._markers += hit[1]
+            return list(hit[0])
+        markers, faults = self._markers, self._overflows + self._aborted + self._invalid
+        events = self._events(data, 0)
+        if not self._buf and faults == self._overflows + self._aborted + self._invalid:
+            if len(chunks) >= _CACHE_SIZE:
+                chunks.clear()
+            chunks[data] = (tuple(events), self._markers - markers)
+        return events
+
+    def _events(self, data: bytes, resume: int) -> list[Event]:
+        """The events of `data` (the pending bytes first, `resume` of them known to hold no
+        stop byte)."""
         if self.strip_ansi:
+            if 27 not in data:  # no escape at all: nothing to strip, no sequence
+                return [Text(data)]
             if self._strip.dense:
                 fast = self._strip_fast(data)
                 if fast is not None:
@@ -536,8 +567,14 @@ class OscParser:
         current one."""
         if self._cache_nonce != self.nonce:
             self._cache.clear()
+            self._chunks[0].clear()
+            self._chunks[1].clear()
             self._cache_nonce = self.nonce
         return self._cache
+
+    def _chunk_cache(self) -> _ChunkCache:
+        self._markers_cache()  # (cleared with it when the nonce changes)
+        return self._chunks[self.strip_ansi]
 
     def _parse(self, data: bytes, resume: int, *, final: bool) -> list[Event]:
         strip = self.strip_ansi

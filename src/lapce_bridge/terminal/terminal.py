@@ -44,6 +44,7 @@ from lapce_bridge.core.errors import InvalidParams, ShellCrashed, TerminalBusy, 
 from lapce_bridge.private import create_private_file
 from lapce_bridge.terminal import modes
 from lapce_bridge.terminal.execution import Execution
+from lapce_bridge.terminal.exports import WORDS_FILE, ShellWords, may_export
 from lapce_bridge.terminal.files import CommandFile, new_private_dir, runtime_base
 from lapce_bridge.terminal.foreground import Foreground
 from lapce_bridge.terminal.modes import (
@@ -165,6 +166,7 @@ class Terminal:
         self._cmd_file: CommandFile | None = None
         self._halted = False  # the halt file is there (`_halt`), until the next command
         self.cmd_path = ""
+        self._words = ShellWords("")  # the user's names, as the shell listed them
         self.pending_recoveries: list[Recovery] = []
         self._exec: Execution | None = None
         self._replay: Execution | None = None  # never started when its shell died: run again
@@ -215,6 +217,7 @@ class Terminal:
         for name in ("env", "env.fish"):
             os.close(create_private_file(self.dir / name))
         self.cmd_path = str(self._cmd_file.path)
+        self._words = ShellWords(str(self.dir / WORDS_FILE))
         requested = self.requested_shell or modes.default_shell(self.base_env)
         exe, recovery = choose_shell(
             requested, self._path(), self.tried_shells, self._start_candidates()
@@ -327,7 +330,7 @@ class Terminal:
             self.spools.close()
         if self.dir != Path():
             with contextlib.suppress(OSError):
-                for name in ("cmd", "env", "env.fish", "restore"):
+                for name in ("cmd", "env", "env.fish", "restore", WORDS_FILE, HALT_FILE, "int"):
                     (self.dir / name).unlink(missing_ok=True)
                 self.dir.rmdir()
 
@@ -721,6 +724,8 @@ class Terminal:
         ex.skip_cr = kind == "fish"
         ex.raw = detection is EndDetection.RAW
         secret = typed_secret(kind, ex.token)
+        if by_line and kind in SELF_LOADING:  # bash, zsh: the digit their hooks read
+            secret += may_export(kind, text, self._words.names())
         self.tracker.submit(secret, typed=by_line)
         cmd_file.write(text.encode())
         shell.proc.write(run_line(kind, detection, self.cmd_path, secret, lines))

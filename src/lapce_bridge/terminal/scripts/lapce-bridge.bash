@@ -5,10 +5,12 @@
 #
 # How a command arrives, so that it behaves exactly as if typed at this prompt (job control
 # and its notices, $0, error messages, a syntax error on one line not dropping the next): the
-# bridge writes it to the file $__lb_cf, then types the new-command key, its nonce (32 hex
-# digits) and the accept key. The new-command key's function reads the nonce from the
-# terminal (readline never inserts or draws it), reads the file's lines and puts the first
-# into the edit line; the accept key then runs it as if typed. A multi-line command's file
+# bridge writes it to the file $__lb_cf, then types the new-command key, its nonce and the
+# accept key. The nonce is 128 bits in 22 url-safe base64 characters, then a digit saying
+# whether the command may change the exported environment (`exports.py` decides it from the
+# text: 0 no, 1 yes, 2 yes and it may define functions or aliases too). The new-command key's
+# function reads the nonce from the terminal (readline never inserts or draws it), reads the
+# file's lines and puts the first into the edit line; the accept key then runs it as if typed. A multi-line command's file
 # starts with the sizes of its groups of lines after the first (one line each, or a
 # here-document's body with its delimiter line), and the bridge types the chain key instead
 # of the accept key: the function binds it to a readline macro that accepts the first line
@@ -84,13 +86,30 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
     # draw it a character at a time); the command's lines come from the file, the first goes
     # into the edit line, which the accept key then runs as if typed.
     __lb_new() {
-        local n= text=
-        IFS= builtin read -r -s -N 32 n
-        [[ ${#n} == 32 && $n != *[!0-9a-f]* ]] || return
+        local n
+        IFS= builtin read -r -s -N 23 n
+        [[ $n == $__lb_typed ]] || return
         __lb_n=$n
-        # The lines, with one `mapfile` (a `read` of the text besides cost as much again);
-        # E shows them joined by newlines, up to 4 KiB.
+        # The lines, with one `mapfile` (a `read` of the text besides cost as much again).
         mapfile -t __lb_lines <"$__lb_cf"
+        READLINE_LINE=${__lb_lines[0]-}
+        if ((${#__lb_lines[@]} > 1)) ||
+            [[ $READLINE_LINE == *[\\\;$'\a\e\n\r\x18\x1a']* || ${#READLINE_LINE} -ge 4096 ]]; then
+            __lb_new_rare
+        else
+            __lb_out=$READLINE_LINE
+        fi
+        # One write for both marks: each write wakes the reader on the other side.
+        builtin printf %s $'\e]633;E;'"$__lb_out;$n"$'\a\e]633;P;LbEcho='"$n"$'\a'
+        READLINE_POINT=${#READLINE_LINE}
+        __lb_i=1
+    }
+
+    # What the new-command function rarely needs (bash copies a function's whole body at
+    # every call): a multi-line command's chain, and E's text escaped or left out. E shows
+    # the lines joined by newlines, up to 4 KiB.
+    __lb_new_rare() {
+        local text=$READLINE_LINE
         if ((${#__lb_lines[@]} > 1)); then
             # Lines after the sizes of their groups (one long line has none).
             local IFS=' ' chain
@@ -105,20 +124,10 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
                 "\"\\e[7796~\": \"\\e[7795~${chain// /\\e[7799~\\e[7795~}\""
             IFS=$'\n'
             text="${__lb_lines[*]}"
-        else
-            text=${__lb_lines[0]-}
+            READLINE_LINE=${__lb_lines[0]-}
         fi
         if ((${#text} >= 4096)); then text=; fi
-        if [[ $text == *[\\\;$'\a\e\n\r\x18\x1a']* ]]; then
-            __lb_escape "$text"
-        else
-            __lb_out=$text
-        fi
-        # One write for both marks: each write wakes the reader on the other side.
-        builtin printf '\e]633;E;%s;%s\a\e]633;P;LbEcho=%s\a' "$__lb_out" "$n" "$n"
-        READLINE_LINE=${__lb_lines[0]-}
-        READLINE_POINT=${#READLINE_LINE}
-        __lb_i=1
+        __lb_escape "$text"
     }
 
     # The load key (the chain's, or typed by the bridge): the command's next group of lines.
@@ -154,44 +163,17 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
         if ((__lb_i >= ${#__lb_lines[@]})); then __lb_k=LbCont; fi
     }
 
-    # Whether the command in flight may have changed the exported environment, from its text:
-    # an `=` (any assignment), `(` or `[` (arithmetic, a subshell or a function definition),
-    # a backquote, a glob; or a word that is a builtin setting, unsetting or reading variables,
-    # sourcing, eval, `cd` (PWD), a loop (its variable), or one of the user's functions or
-    # aliases (which may do any of these). A mere mention counts: a snapshot too many costs
-    # microseconds, one too few loses a variable after a crash. One glob and a table lookup
-    # a word: a `case` of patterns costs tens of microseconds in a UTF-8 locale.
-    __lb_may_export() {
-        # (`*` and `?` too: the words below are split unquoted, and must not glob.)
-        if [[ ${__lb_lines[*]} == *[=\(\[\`\*\?]* ]]; then
-            __lb_fns_stale=1 # it may also have defined functions
-            return 0
-        fi
-        local w IFS=$' \t\n;&|<>{}$"\'\\!'
-        for w in ${__lb_lines[*]}; do
-            # (Two of those characters in a row split off an empty word.)
-            if [[ -n $w && (-n ${__lb_words[$w]-} || -n ${BASH_ALIASES[$w]-}) ]]; then
-                if [[ ${__lb_words[$w]-} == 2 ]]; then __lb_fns_stale=1; fi
-                return 0
-            fi
-        done
-        return 1
-    }
-
-    # The words of `__lb_may_export`: ours (2: the command may also define functions), then
-    # the names of the user's functions, read again after a command that may have defined some.
+    # The names of the user's functions and aliases, for the bridge's test of whether a
+    # command may change the exported environment (`exports.py`: a command naming one may),
+    # listed again after a command that may have defined some (its digit is 2), and whenever
+    # the environment is saved and the alias names changed. `end` tells a whole list.
     __lb_list_functions() {
-        local kw attr name
-        __lb_words=(
-            [export]=1 [declare]=1 [typeset]=1 [readonly]=1 [local]=1 [unset]=1 [set]=1
-            [cd]=1 [pushd]=1 [popd]=1 [read]=1 [mapfile]=1 [readarray]=1 [printf]=1
-            [getopts]=1 [let]=1 [for]=1 [select]=1 [wait]=1 [exec]=1 [enable]=1
-            [source]=2 [.]=2 [eval]=2 [function]=2
-        )
-        builtin declare -F >"$__lb_dir/functions" 2>/dev/null
-        while IFS=' ' builtin read -r kw attr name; do
-            [[ $name == __lb_* || -n ${__lb_words[$name]-} ]] || __lb_words[$name]=1
-        done <"$__lb_dir/functions"
+        __lb_al=${!BASH_ALIASES[*]}
+        {
+            builtin declare -F
+            builtin printf 'alias %s\n' "${!BASH_ALIASES[@]}"
+            builtin printf 'end\n'
+        } >"$__lb_dir/words" 2>/dev/null
         __lb_fns_stale=
     }
 
@@ -209,34 +191,37 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
         if [[ -n ${__lb_int-} || -z $__lb_n || $PROMPT_COMMAND != "$__lb_pc" ||
             ${#PROMPT_COMMAND[@]} != 1 ]] || ((__lb_i < ${#__lb_lines[@]})); then
             __lb_precmd_rare || return "$__lb_status"
-        elif __lb_may_export; then
-            __lb_save
+        elif [[ $__lb_n != *0 ]]; then
+            __lb_save # (the nonce's digit: the command may have changed the environment)
         fi
-        if [[ $PWD == *[\\\;$'\a\e\n\r\x18\x1a']* ]]; then
-            __lb_escape "$PWD"
-        else
-            __lb_out=$PWD
-        fi
+        if [[ $PWD != "$__lb_pwd" ]]; then __lb_cwd; fi
         # The marks are built by assignment (`printf -v` costs several times as much).
         if [[ -n $__lb_n ]]; then
-            __lb_mark=$'\e]633;P;Cwd='$__lb_out$'\a\e]633;D;'"$__lb_status;$__lb_n"$'\a'
+            __lb_mark=$__lb_cwd_mark$'\e]633;D;'"$__lb_status;$__lb_n"$'\a'
             __lb_n= __lb_lines=() __lb_i=0
         else
-            __lb_mark=$'\e]633;P;Cwd='$__lb_out$'\a'
+            __lb_mark=$__lb_cwd_mark
         fi
         # Without jobs no notice can come before the prompt: the marks go out now, and the
         # prompt (which readline expands again, a character at a time, when it redraws the
         # line after the new-command key) stays short. `\j` no longer counts a job that has
         # ended, whose notice is still to come: so not either when a job was counted at the
-        # last prompt or one was started since (`$!` moved).
-        __lb_jobs_now=${__lb_jobs@P}
-        if [[ $__lb_jobs_now == 0 && $__lb_jobs_then == 0 && ${!-} == "$__lb_bg" ]]; then
+        # last prompt or one was started since (`$!` moved): the count and `$!` now, and at
+        # the last prompt, are the same, and the count is 0.
+        __lb_jobs_now=${__lb_jobs@P}.${!-}
+        if [[ $__lb_jobs_now == "$__lb_jobs_then" && $__lb_jobs_now == 0.* ]]; then
             builtin printf %s "$__lb_mark"
             __lb_mark=
         fi
         __lb_jobs_then=$__lb_jobs_now
-        __lb_bg=${!-}
         return "$__lb_status"
+    }
+
+    # The cwd's mark, made again only when the cwd changed.
+    __lb_cwd() {
+        __lb_pwd=$PWD
+        __lb_escape "$PWD"
+        __lb_cwd_mark=$'\e]633;P;Cwd='$__lb_out$'\a'
     }
 
     # What the prompt hook rarely needs: the user's INT trap set again after an abandoned
@@ -252,8 +237,8 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
             __lb_prompt_end # (the line may have set PS1: LbNext is printed by ours)
             return 1
         fi
-        if [[ -z $__lb_n || $PROMPT_COMMAND != "$__lb_pc" || ${#PROMPT_COMMAND[@]} != 1 ]] ||
-            __lb_may_export; then
+        if [[ -z $__lb_n || $PROMPT_COMMAND != "$__lb_pc" || ${#PROMPT_COMMAND[@]} != 1 ||
+            $__lb_n != *0 ]]; then
             __lb_save
         fi
     }
@@ -263,11 +248,13 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
     # only when the environment may have changed (it costs as much as a bare prompt). The
     # prompts are marked again then too: a command that cannot have set a variable cannot
     # have set PS1 (the user's PROMPT_COMMAND, which may, ends with that check). Function
-    # names are read again after a command that may have defined some.
+    # and alias names are listed again after a command that may have defined some.
     __lb_save() {
         builtin declare -x 2>/dev/null >"$__lb_ef"
         __lb_prompt_end
-        if [[ -n $__lb_fns_stale ]]; then __lb_list_functions; fi
+        if [[ -n $__lb_fns_stale || $__lb_n == *2 || ${!BASH_ALIASES[*]} != "$__lb_al" ]]; then
+            __lb_list_functions
+        fi
     }
 
     # Prompt frameworks rebuild PS1 (and PS2) in their PROMPT_COMMAND: mark them again.
@@ -287,8 +274,13 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
     # reach bash between reading the line and running it (it drops a character, runs the rest).
     __lb_c='\e]633;C\a'
     __lb_jobs='\j' # how many jobs the shell has (a prompt escape: no fork)
-    __lb_jobs_then=0
-    __lb_bg=${!-}
+    # The nonce as the new-command function reads it: 22 characters and the digit. (Checking
+    # each character's class cost bash several times as much: a pattern of `*[!...]*` is
+    # tried at every position; the marks that print the nonce are untrusted unless it is the
+    # bridge's own anyway.)
+    __lb_typed='??????????????????????[012]'
+    __lb_jobs_then=0.${!-}
+    __lb_cwd
 
     # Commands come from a program, not a person's history: `!` is just a character.
     set +H
@@ -314,6 +306,6 @@ __lb_prompt_end"
         PROMPT_COMMAND=__lb_precmd
     fi
     __lb_pc=__lb_precmd
-    declare -A __lb_words=()
+    __lb_al=
     __lb_fns_stale=1
 fi

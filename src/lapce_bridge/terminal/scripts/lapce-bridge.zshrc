@@ -3,10 +3,13 @@
 # How a command arrives, so that it behaves exactly as if typed at this prompt (job numbers
 # and notices, $0, error messages naming zsh, a syntax error on one line not dropping the
 # next): the bridge writes it to the file $__lb_cf, then types the new-command key and its
-# nonce (32 hex digits). The new-command widget reads the nonce from the terminal (zle never
-# inserts or draws it), reads the file's lines, puts the first into the buffer and accepts it
-# as if typed. A multi-line command's file starts with the sizes of its groups of lines after
-# the first (one line each, or a here-document's body with its delimiter line): while it runs,
+# nonce: 128 bits in 22 url-safe base64 characters, then a digit saying whether the command
+# may change the exported environment (`exports.py` decides it from the text: 0 no, 1 yes,
+# 2 yes and it may define functions or aliases too). The new-command widget reads the nonce
+# from the terminal (zle never inserts or draws it), reads the file's lines, puts the first
+# into the buffer and accepts it as if typed. A multi-line command's file starts with the
+# sizes of its groups of lines after the first (one line each, or a here-document's body
+# with its delimiter line): while it runs,
 # our `zle-line-init` widget (around the user's) puts the next group into the buffer and
 # accepts it each time zsh asks for a line (its next prompt, or PS2 inside a block, a quote
 # or a heredoc), with no round trip to the bridge; precmd prints `633;P;LbNext=<nonce>` before
@@ -48,6 +51,7 @@ unset __lb_restore
 typeset -g __lb_cf=$__lb_dir/cmd
 typeset -g __lb_ef=$__lb_dir/env
 typeset -g __lb_out=
+typeset -g __lb_pwd=$'\0' __lb_cwd_mark=  # the cwd of the last prompt, and its mark
 typeset -g __lb_n=        # the nonce of the command in flight
 typeset -ga __lb_lines    # its lines
 typeset -gi __lb_i=0      # how many of them zle was given
@@ -83,8 +87,8 @@ __lb_escape() {
 # buffer and is accepted as if typed.
 __lb_new() {
     local n= text=
-    builtin read -k 32 n
-    [[ ${#n} == 32 && $n != *[^0-9a-f]* ]] || return
+    builtin read -k 23 n
+    [[ $n == ??????????????????????[012] ]] || return
     __lb_n=$n
     text=$(<$__lb_cf)
     __lb_lines=("${(@f)text}")
@@ -118,7 +122,7 @@ __lb_new() {
     BUFFER=${__lb_lines[1]-}
     CURSOR=${#BUFFER}
     # One write for both marks: each write wakes the reader on the other side.
-    builtin printf '\e]633;E;%s;%s\a\e]633;P;LbZle=%s\a' "$__lb_out" "$n" "$n"
+    builtin print -rn -- $'\e]633;E;'"$__lb_out;$n"$'\a\e]633;P;LbZle='"$n"$'\a'
     zle .accept-line
 }
 
@@ -186,33 +190,17 @@ __lb_load() {
     __lb_step
 }
 
-# Whether the command in flight may have changed the exported environment, from its text:
-# an `=` (any assignment), `(` or `[` (arithmetic, a subshell or a function definition), a
-# backquote, a glob; or a word that is a builtin setting, unsetting or reading variables,
-# sourcing, eval, `cd` (PWD), a loop (its variable), or one of the user's functions or aliases
-# (which may do any of these; zsh keeps their names in $functions, $aliases, $galiases). A
-# mere mention counts: a snapshot too many costs microseconds, one too few loses a variable
-# after a crash. Background jobs cannot touch the shell's variables.
-typeset -gA __lb_words
-__lb_words=(
-    export 1 declare 1 typeset 1 readonly 1 local 1 integer 1 float 1 unset 1 set 1 cd 1
-    pushd 1 popd 1 read 1 vared 1 zparseopts 1 getopts 1 print 1 printf 1 let 1 for 1
-    foreach 1 select 1 repeat 1 wait 1 exec 1 enable 1 emulate 1 source 1 . 1 eval 1
-    function 1 autoload 1
-)
-# (The words are split at those characters by IFS: a `${text//[...]/ }` costs three times
-# as much. Two of them in a row split off an empty word.)
-__lb_may_export() {
-    local text="${(j: :)__lb_lines}" w IFS=$' \t\n;&|<>{}$"\'\\!'
-    [[ $text == *[=\(\[\`\*\?]* ]] && return 0
-    for w in ${=text}; do
-        if [[ -n $w ]] &&
-            (( ${+__lb_words[$w]} || ${+functions[$w]} || ${+aliases[$w]} || ${+galiases[$w]} ))
-        then
-            return 0
-        fi
-    done
-    return 1
+# The names of the user's functions and aliases, for the bridge's test of whether a command
+# may change the exported environment (`exports.py`: a command naming one may), listed again
+# after a command that may have defined some (its digit is 2), and whenever the environment
+# is saved and their numbers changed. `end` tells a whole list.
+typeset -g __lb_counts=
+__lb_list_words() {
+    __lb_counts=${#functions}.${#aliases}.${#galiases}
+    {
+        print -rl -- "declare -f "${^${(k)functions}} "alias "${^${(k)aliases}} \
+            "alias "${^${(k)galiases}} end
+    } >|"$__lb_dir/words" 2>/dev/null
 }
 
 # The `cwd` the bridge was asked to run a command in could not be entered: skip the rest.
@@ -242,37 +230,41 @@ __lb_precmd() {
     # Hooks of the user's that run around every command (precmd, preexec, chpwd) may export
     # anything: any hook arrays but ours as set below, or hook functions. The prompt is
     # marked again then too (a command that cannot have set a variable cannot have set PS1;
-    # after the user's precmd hooks, `__lb_prompt_end` does it).
-    if [[ -z $__lb_n || "$precmd_functions|$preexec_functions|$chpwd_functions" != \
-        "__lb_precmd|__lb_preexec|" ]] ||
-        (( ${+functions[precmd]} || ${+functions[preexec]} || ${+functions[chpwd]} )) ||
-        __lb_may_export; then
+    # after the user's precmd hooks, `__lb_prompt_end` does it). The nonce's last digit
+    # says whether the command may have changed the environment.
+    if [[ -z $__lb_n || $__lb_n != *0 ||
+        "$precmd_functions|$preexec_functions|$chpwd_functions" != "__lb_precmd|__lb_preexec|" ]] ||
+        (( ${+functions[precmd]} || ${+functions[preexec]} || ${+functions[chpwd]} )); then
         builtin export -p >|"$__lb_ef" 2>/dev/null
         __lb_prompt_end
+        if [[ $__lb_n == *2 || ${#functions}.${#aliases}.${#galiases} != $__lb_counts ]]; then
+            __lb_list_words
+        fi
     fi
-    if [[ $PWD == *[\\\;$'\a\e\n\r\x18\x1a']* ]]; then
+    # The cwd's mark, made again only when the cwd changed.
+    if [[ $PWD != "$__lb_pwd" ]]; then
+        __lb_pwd=$PWD
         __lb_escape "$PWD"
-    else
-        __lb_out=$PWD
+        __lb_cwd_mark=$'\e]633;P;Cwd='$__lb_out$'\a'
     fi
     # One write for all the marks: each write wakes the reader on the other side. The cwd
     # comes at every prompt, just before the end mark: a P;Cwd that any program may print
     # between commands is always overwritten by the shell's own.
     if [[ -n $__lb_n ]]; then
-        builtin printf '\e]633;P;Cwd=%s\a\e]633;D;%s;%s\a' "$__lb_out" "$st" "$__lb_n"
+        builtin print -rn -- "$__lb_cwd_mark"$'\e]633;D;'"$st;$__lb_n"$'\a'
         __lb_n=
         __lb_lines=()
         __lb_i=0
         PS2=$__lb_ps2
     else
-        builtin printf '\e]633;P;Cwd=%s\a' "$__lb_out"
+        builtin print -rn -- "$__lb_cwd_mark"
     fi
     return st
 }
 
 # A line parsed is about to run: from now on a SIGINT reaches the command, not zle.
 __lb_preexec() {
-    builtin printf '\e]633;C\a'
+    builtin print -rn -- $'\e]633;C\a'
 }
 
 # The prompt starts with A and ends with B, also when zle redraws it after a job's notice.
