@@ -18,7 +18,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp.shared.message import SessionMessage
 
-from lapce_bridge.mcp.dispatcher import AsyncioDispatcher, usable
+from lapce_bridge.mcp.dispatcher import AsyncioDispatcher, parse_call, usable
 
 KINDS = [JSONRPCDispatcher, AsyncioDispatcher]
 WIRES: list[Wire] = []
@@ -269,6 +269,11 @@ class Tools:
         return {"content": [], "structuredContent": arguments}
 
 
+def _line(req_id: int, params: dict[str, Any]) -> bytes:
+    message = {"jsonrpc": "2.0", "id": req_id, "method": "tools/call", "params": params}
+    return json.dumps(message).encode()
+
+
 async def test_direct_calls_answered_cancelled_and_closed_as_the_sdks_requests() -> None:
     to_server: MemoryObjectSendStream[SessionMessage | Exception]
     inbound: MemoryObjectReceiveStream[SessionMessage | Exception]
@@ -298,10 +303,21 @@ async def test_direct_calls_answered_cancelled_and_closed_as_the_sdks_requests()
         with anyio.fail_after(5):
             await tools.hung.wait()
         await send(None, "notifications/cancelled", {"requestId": 2})
-        await send(3, "tools/call", {"name": "other"})  # not direct: the SDK's path
+        # Not direct (read off the wire as a RawCall or not): the SDK's path.
+        other = parse_call(_line(3, {"name": "other"}))
+        assert other is not None
+        await to_server.send(other)
         await handlers.wait_started("3")
         answer = await lines.next()
         assert (answer["id"], answer["error"]["message"]) == (3, "boom 3")
+        echo = parse_call(_line(31, {"name": "echo", "arguments": {"r": 1}}))
+        assert echo is not None
+        await to_server.send(echo)
+        assert await lines.next() == {
+            "jsonrpc": "2.0",
+            "id": 31,
+            "result": {"content": [], "structuredContent": {"r": 1}},
+        }
         assert tools.cancelled == ["hang"]
         assert not dispatcher._in_flight
         # The connection ends under a running one: "Connection closed".
@@ -313,7 +329,7 @@ async def test_direct_calls_answered_cancelled_and_closed_as_the_sdks_requests()
     closed = await lines.next()
     assert (closed["id"], closed["error"]["code"]) == (6, types.CONNECTION_CLOSED)
     assert not lines.lines
-    assert tools.started == ["echo", "hang", "hang"]
+    assert tools.started == ["echo", "hang", "echo", "hang"]
     assert tools.cancelled == ["hang", "hang"]
     assert not dispatcher._handlers
 

@@ -86,6 +86,56 @@ def usable() -> bool:
     )
 
 
+_REQUEST_KEYS = frozenset({"jsonrpc", "id", "method", "params"})
+
+
+class RawCall(SessionMessage):
+    """A `tools/call` request read off the wire and parsed by orjson alone: its id and
+    params, for the direct lane; the SDK's model of it (`message`, validated from the line
+    as the SDK validates every line) is built only when something asks for it (the SDK's
+    own path). Made only from a line that is exactly what that validation takes as it is
+    (`parse_call`), so the model, when built, holds the same id and params."""
+
+    def __init__(self, line: bytes, request_id: types.RequestId, params: dict[str, Any]) -> None:
+        self.line = line
+        self.request_id = request_id
+        self.params = params
+        self.metadata = None
+        self._message: types.JSONRPCMessage | None = None
+
+    @property
+    def message(self) -> types.JSONRPCMessage:
+        if self._message is None:
+            self._message = types.jsonrpc_message_adapter.validate_json(self.line, by_name=False)
+        return self._message
+
+    @message.setter
+    def message(self, value: types.JSONRPCMessage) -> None:
+        self._message = value
+
+
+def parse_call(line: bytes) -> RawCall | None:
+    """`line` as a `RawCall` when it is a `tools/call` request with exactly the four members
+    of one, version "2.0", an int or string id and params an object; else None (the SDK
+    parses it)."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if type(obj) is not dict or obj.keys() != _REQUEST_KEYS:
+        return None
+    request_id = obj["id"]
+    params = obj["params"]
+    if (
+        obj["jsonrpc"] != "2.0"
+        or obj["method"] != "tools/call"
+        or type(params) is not dict
+        or not (type(request_id) is int or type(request_id) is str)
+    ):
+        return None
+    return RawCall(line, request_id, params)
+
+
 class _Flag:
     """A request's `cancel_requested` as the SDK sets and reads it, without an event."""
 
@@ -163,13 +213,19 @@ class AsyncioDispatcher(JSONRPCDispatcher[TransportContext]):
         sender_ctx: contextvars.Context | None,
     ) -> None:
         direct = self._direct
-        if direct is not None and type(item) is SessionMessage and item.metadata is None:
-            message = item.message
-            if type(message) is types.JSONRPCRequest and message.method == "tools/call":
-                start = direct(message.params or {})
+        if direct is not None:
+            if type(item) is RawCall:
+                start = direct(item.params)
                 if start is not None:
-                    self._start_direct(message.id, start, sender_ctx)
+                    self._start_direct(item.request_id, start, sender_ctx)
                     return
+            elif type(item) is SessionMessage and item.metadata is None:
+                message = item.message
+                if type(message) is types.JSONRPCRequest and message.method == "tools/call":
+                    start = direct(message.params or {})
+                    if start is not None:
+                        self._start_direct(message.id, start, sender_ctx)
+                        return
         await super()._dispatch(item, on_request, on_notify, sender_ctx)
 
     def _start_direct(
@@ -279,4 +335,4 @@ def _held(entry: _InFlight[Any]) -> object:
     return entry.scope
 
 
-__all__ = ["AsyncioDispatcher", "usable"]
+__all__ = ["AsyncioDispatcher", "RawCall", "parse_call", "usable"]

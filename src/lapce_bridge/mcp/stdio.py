@@ -54,7 +54,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
-from lapce_bridge.mcp.dispatcher import AsyncioDispatcher, usable
+from lapce_bridge.mcp.dispatcher import AsyncioDispatcher, parse_call, usable
 from lapce_bridge.mcp.server import ToolCallLane
 from lapce_bridge.mcp.tasks import TaskMiddleware
 
@@ -62,6 +62,7 @@ log = logging.getLogger("lapce_bridge.mcp")
 
 LINE_LIMIT = 256 * 1024 * 1024  # one message a line; a write_file of a big file is one line
 LEAD_LIMIT = 8  # frames kept from before the first request (the SDK's replay keeps as many)
+_CALL = b'"tools/call"'  # a line that may be a plain tool call (`parse_call`)
 
 
 def watchable(fd: int) -> bool:
@@ -148,6 +149,8 @@ class LineReader(AsyncResource):
                 raise anyio.EndOfStream
             if not line.strip():
                 continue
+            if _CALL in line and (call := parse_call(line)) is not None:
+                return call  # the SDK's model of it is built only if the SDK serves it
             try:
                 message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
             except Exception as exc:

@@ -21,23 +21,28 @@ _UNLOADED: Any = object()
 class SchemaCheck:
     """`Method.validate` for one method: params converted to its Struct, or InvalidParams."""
 
-    __slots__ = ("_kind", "method")
+    __slots__ = ("_convert", "_kind", "method")
 
     def __init__(self, method: str) -> None:
         self.method = method
         self._kind: Any = _UNLOADED
+        self._convert: Any = None  # `schema.validate.convert`, kept once loaded
 
     def __call__(self, params: Params) -> None:
         kind = self._kind
         if kind is _UNLOADED:
-            from lapce_bridge.schema.methods import METHODS
-
-            spec = METHODS.get(self.method)
-            kind = self._kind = spec.params if spec is not None else None
+            kind = self._load()
         if kind is not None:
-            from lapce_bridge.schema.validate import convert
+            self._convert(params, kind, self.method)
 
-            convert(params, kind, self.method)
+    def _load(self) -> Any:
+        from lapce_bridge.schema.methods import METHODS
+        from lapce_bridge.schema.validate import convert
+
+        self._convert = convert  # kept: an import statement on every request cost 2 us
+        spec = METHODS.get(self.method)
+        self._kind = spec.params if spec is not None else None
+        return self._kind
 
 
 def checked(methods: Mapping[str, Method]) -> dict[str, Method]:
