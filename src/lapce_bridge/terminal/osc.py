@@ -43,8 +43,9 @@ surrogates); the exact bytes remain in ``Marker.raw``.
 Speed: without ``strip_ansi``, CSI is never tokenised; a chunk without ``ESC ]`` costs one
 ``bytes.find`` and at most one slice (with it, a chunk without ESC). A short chunk fed from a
 clean state whose parse left nothing pending, aborted or invalid is remembered with its events
-(immutable) and marker count: an integrated shell writes the same chunks at every command (its
-prompt, the line editor's clear and redraw), which then cost a dictionary lookup. With
+(immutable) and marker count, 64 at most: an integrated shell writes the same chunks at every
+command (its prompt, the line editor's clear and redraw), which then cost a dictionary lookup.
+With
 ``strip_ansi`` text runs go through an ``EscapeStripper``: output repeats a handful of
 sequences (``ls --color`` puts one of five SGRs around every name), and removing those with
 ``bytes.replace`` runs at memory speed, where ``re.sub`` pays about 0.5 us a match (12-45 MB/s
@@ -143,6 +144,9 @@ _SIMPLE_633 = {k: k.decode() for k in (b"A", b"B", b"C", b"F", b"G", b"H", b"I")
 _KINDS_133 = {k: k.decode() for k in (b"A", b"B", b"C", b"D")}
 _MIN_BUFFER = 8
 _CACHE_SIZE = 256
+# Chunks kept (per mode): a command's chunks that carry its nonce never come again, so the
+# table fills with those and is emptied; the ones that repeat are back after one miss.
+_CHUNKS_KEPT = 64
 _CACHE_MAX_RAW = 512
 
 
@@ -429,7 +433,7 @@ class OscParser:
         markers, faults = self._markers, self._overflows + self._aborted + self._invalid
         events = self._events(data, 0)
         if not self._buf and faults == self._overflows + self._aborted + self._invalid:
-            if len(chunks) >= _CACHE_SIZE:
+            if len(chunks) >= _CHUNKS_KEPT:
                 chunks.clear()
             chunks[data] = (tuple(events), self._markers - markers)
         return events
