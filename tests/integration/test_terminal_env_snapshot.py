@@ -10,6 +10,7 @@ missing from the restarted shell.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,30 @@ async def test_functions_and_aliases_defined_by_commands_are_watched_too(
             await _restarted(term, kills)
             after = await term.execute(f'echo "${{{name}-}}"', timeout=10)
             assert after.output == f"{expected}\n", define
+
+
+# A function of the user's that adds a prompt hook exporting a variable (a version manager's
+# `use` command, say): from then on the environment is saved after every command.
+ADD_HOOK = {
+    "bash": "addhook() { PROMPT_COMMAND+=$'\\n''export HOOKED=$((HOOKED+1))'; }\n",
+    "zsh": "addhook() { precmd() { export HOOKED=$((HOOKED+1)); }; }\n",
+}
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+async def test_a_hook_the_user_adds_later_has_the_environment_saved_after_every_command(
+    shell: str, tmp_path: Path
+) -> None:
+    (tmp_path / (".bashrc" if shell == "bash" else ".zshrc")).write_text(ADD_HOOK[shell])
+    async with await Terminal.start(
+        shell=shell, cwd=str(tmp_path), env={"HOME": str(tmp_path)}, state_dir=tmp_path / "state"
+    ) as term:
+        assert (await term.execute("addhook", timeout=10)).status is Status.COMPLETED
+        saved = []
+        for _ in range(3):
+            assert (await term.execute("echo test", timeout=10)).output == "test\n"
+            env = (term.dir / "env").read_text()
+            found = re.search(r"HOOKED=\"?([0-9]+)", env)
+            assert found is not None, env
+            saved.append(int(found.group(1)))
+        assert saved == sorted(set(saved))  # a newer value after each command

@@ -433,3 +433,20 @@ async def test_a_command_the_dying_shell_never_started_runs_on_the_new_one(
         assert (result.output, result.cwd) == ("ran kept\n/usr\n", "/usr")
         assert any("before the command started" in r.reason for r in result.recoveries)
         assert (await term.execute("echo next", timeout=10)).output == "next\n"
+
+
+async def test_a_command_that_cannot_be_written_is_refused_and_frees_the_terminal(
+    tmp_path: Path,
+) -> None:
+    async with await Terminal.start(
+        shell="bash", cwd=str(tmp_path), env={"HOME": str(tmp_path)}, state_dir=tmp_path
+    ) as term:
+        cmd_file = term._cmd_file
+        assert cmd_file is not None
+        fd, cmd_file.fd = cmd_file.fd, -1  # the command file's descriptor is gone
+        with pytest.raises(ShellCrashed, match="could not write to the shell"):
+            await term.execute("echo lost", timeout=10)
+        assert not term.busy
+        cmd_file.fd = fd
+        result = await term.execute("echo next", timeout=10)
+        assert (result.output, result.exit_code) == ("next\n", 0)

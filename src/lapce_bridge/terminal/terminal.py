@@ -447,6 +447,13 @@ class Terminal:
         drawn = secrets.token_hex(19)
         execution_id = f"{self.terminal_id}-{self.executions}-{drawn[:6]}"
         secret = drawn[6:]
+        self.parser.strip_ansi = ansi == "strip"
+        # The shell gets the command first, and works on it while the rest is set up here:
+        # nothing it prints is read before this method awaits.
+        try:
+            delivery: tuple[bool, bool] | OSError = self._deliver(command, cwd, secret)
+        except OSError as exc:
+            delivery = exc
         ex = Execution(
             execution_id=execution_id,
             terminal_id=self.terminal_id,
@@ -463,13 +470,11 @@ class Terminal:
         if on_finished is not None:
             ex.done.add_done_callback(lambda f: f.cancelled() or on_finished(f.result()))
         self._exec = ex
-        self.parser.strip_ansi = ansi == "strip"
         ex.command, ex.run_cwd = command, cwd
-        try:
-            self._hand_over(ex)
-        except OSError as exc:
+        if isinstance(delivery, OSError):
             self._finish(ex, exit_code=None, status=Status.INTERRUPTED)
-            raise ShellCrashed(f"could not write to the shell: {exc}") from exc
+            raise ShellCrashed(f"could not write to the shell: {delivery}") from delivery
+        self._delivered(ex, *delivery)
         try:
             return await await_result(ex, self.clock, self._hooks, timeout, idle_timeout, max_wait)
         except asyncio.CancelledError:
@@ -702,33 +707,45 @@ class Terminal:
                 self.shell_proc.answer_probe(event.exit_code)  # type: ignore[union-attr]
 
     def _hand_over(self, ex: Execution) -> None:
+        """Give the shell the command again (a replay after its shell died)."""
+        self._delivered(ex, *self._deliver(ex.command, ex.run_cwd, ex.token))
+
+    def _deliver(self, command: str, cwd: str | None, token: str) -> tuple[bool, bool]:
         """Give the shell the command: its text to the command file, then what is typed to
-        run it (the nonce and the load key, or the line that sources the file)."""
+        run it (the nonce and the load key, or the line that sources the file). Whether it
+        is typed line by line, and whether the shell loads its later lines itself."""
         shell, cmd_file = self.shell_proc, self._cmd_file
         assert shell is not None
         assert cmd_file is not None
         kind, detection = shell.kind, self.tracker.detection
         by_line = typed(kind, detection)
-        text = command_file_text(kind, ex.command, ex.run_cwd, by_line)
+        text = command_file_text(kind, command, cwd, by_line)
         lines = text.count("\n") if by_line else 1
-        ex.typed = by_line
-        if lines > 1 and kind in SELF_LOADING:
+        self_loading = lines > 1 and kind in SELF_LOADING
+        if self_loading:
             text = typed_text(kind, text)
-            ex.halt = self._halt  # the shell loads the next lines itself, unless told
         if self._halted:
             self._halted = False
             with contextlib.suppress(OSError):
                 os.unlink(self.dir / HALT_FILE)
-        if not by_line:
-            ex.renamed = AsTypedErrors(kind, self.cmd_path, os.path.basename(self.shell))
-        ex.skip_cr = kind == "fish"
-        ex.raw = detection is EndDetection.RAW
-        secret = typed_secret(kind, ex.token)
+        secret = typed_secret(kind, token)
         if by_line and kind in SELF_LOADING:  # bash, zsh: the digit their hooks read
             secret += may_export(kind, text, self._words.names())
         self.tracker.submit(secret, typed=by_line)
         cmd_file.write(text.encode())
         shell.proc.write(run_line(kind, detection, self.cmd_path, secret, lines))
+        return by_line, self_loading
+
+    def _delivered(self, ex: Execution, by_line: bool, self_loading: bool) -> None:
+        """What the execution needs to know of how its command was given to the shell."""
+        kind, detection = self.kind, self.tracker.detection
+        ex.typed = by_line
+        if self_loading:
+            ex.halt = self._halt  # the shell loads the next lines itself, unless told
+        if not by_line:
+            ex.renamed = AsTypedErrors(kind, self.cmd_path, os.path.basename(self.shell))
+        ex.skip_cr = kind == "fish"
+        ex.raw = detection is EndDetection.RAW
 
     def _halt(self) -> None:
         """The command in flight is being stopped: a shell loading its lines itself loads no

@@ -88,7 +88,9 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
     __lb_new() {
         local n
         IFS= builtin read -r -s -N 23 n
-        [[ $n == $__lb_typed ]] || return
+        # (Its length only: a mark with another nonce is not trusted anyway, and a pattern
+        # testing each character costs several times as much.)
+        ((${#n} == 23)) || return
         __lb_n=$n
         # The lines, with one `mapfile` (a `read` of the text besides cost as much again).
         mapfile -t __lb_lines <"$__lb_cf"
@@ -274,11 +276,6 @@ if [[ -z ${__lb_installed-} ]] && [[ -o emacs || -o vi ]]; then
     # reach bash between reading the line and running it (it drops a character, runs the rest).
     __lb_c='\e]633;C\a'
     __lb_jobs='\j' # how many jobs the shell has (a prompt escape: no fork)
-    # The nonce as the new-command function reads it: 22 characters and the digit. (Checking
-    # each character's class cost bash several times as much: a pattern of `*[!...]*` is
-    # tried at every position; the marks that print the nonce are untrusted unless it is the
-    # bridge's own anyway.)
-    __lb_typed='??????????????????????[012]'
     __lb_jobs_then=0.${!-}
     __lb_cwd
 

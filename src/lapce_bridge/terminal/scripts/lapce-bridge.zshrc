@@ -88,7 +88,7 @@ __lb_escape() {
 __lb_new() {
     local n= text=
     builtin read -k 23 n
-    [[ $n == ??????????????????????[012] ]] || return
+    (( ${#n} == 23 )) || return  # (a pattern costs zsh several times as much)
     __lb_n=$n
     text=$(<$__lb_cf)
     __lb_lines=("${(@f)text}")
@@ -194,9 +194,12 @@ __lb_load() {
 # may change the exported environment (`exports.py`: a command naming one may), listed again
 # after a command that may have defined some (its digit is 2), and whenever the environment
 # is saved and their numbers changed. `end` tells a whole list.
-typeset -g __lb_counts=
+typeset -g __lb_counts= __lb_hook_fns=000
 __lb_list_words() {
     __lb_counts=${#functions}.${#aliases}.${#galiases}
+    # Hook functions of the user's (defining one makes the command's digit 2, or changes the
+    # number of functions): the environment is then saved after every command.
+    __lb_hook_fns=${+functions[precmd]}${+functions[preexec]}${+functions[chpwd]}
     {
         print -rl -- "declare -f "${^${(k)functions}} "alias "${^${(k)aliases}} \
             "alias "${^${(k)galiases}} end
@@ -232,9 +235,9 @@ __lb_precmd() {
     # marked again then too (a command that cannot have set a variable cannot have set PS1;
     # after the user's precmd hooks, `__lb_prompt_end` does it). The nonce's last digit
     # says whether the command may have changed the environment.
-    if [[ -z $__lb_n || $__lb_n != *0 ||
-        "$precmd_functions|$preexec_functions|$chpwd_functions" != "__lb_precmd|__lb_preexec|" ]] ||
-        (( ${+functions[precmd]} || ${+functions[preexec]} || ${+functions[chpwd]} )); then
+    if [[ -z $__lb_n || $__lb_n != *0 || $__lb_hook_fns != 000 ||
+        "$precmd_functions|$preexec_functions|$chpwd_functions" != "__lb_precmd|__lb_preexec|" ]]
+    then
         builtin export -p >|"$__lb_ef" 2>/dev/null
         __lb_prompt_end
         if [[ $__lb_n == *2 || ${#functions}.${#aliases}.${#galiases} != $__lb_counts ]]; then
