@@ -197,6 +197,48 @@ def test_a_killed_child_costs_a_second_walk_not_results(tree: Path, forks: Forks
     assert seen(two) == seen(page(tree, "hit", split=False))
 
 
+def grow_lopsided(root: Path, big_files: int) -> None:
+    """20 small folders around one (`m-big`) that holds most of the tree: 40 subfolders of
+    10 files, and `big_files` files of its own."""
+    for i in range(20):
+        small = root / f"{'a' if i < 10 else 'z'}{i:02}"
+        small.mkdir()
+        (small / "f.txt").write_text(f"hit in small {i}\nmiss\n")
+    big = root / "m-big"
+    for i in range(40):
+        sub = big / f"p{i:02}"
+        sub.mkdir(parents=True)
+        for n in range(10):
+            (sub / f"f{n}.txt").write_text("miss\n" * n + f"hit {i} {n}\n")
+    for n in range(big_files):
+        (big / f"g{n:04}.txt").write_text("hit\n" if n % 3 == 0 else "miss\n")
+
+
+@pytest.mark.parametrize("max_results", [1, 7, 10_000])
+def test_a_folder_holding_most_of_the_tree_is_cut_into_its_entries(
+    tmp_path: Path, forks: Forks, max_results: int
+) -> None:
+    grow_lopsided(tmp_path, big_files=5)
+    units: list[int] = []
+    forks.then.append(lambda fan: units.append(fan.units))
+    one = every_page(tmp_path, max_results, split=False)
+    two = every_page(tmp_path, max_results, split=True)
+    assert two == one
+    assert len([m for p in one for m in p[0]]) == 20 + 400 + 2
+    if max_results == 10_000:
+        # 21 entries at the top; m-big's 45 entries (40 folders, 5 files) took its place.
+        assert units == [20 + 45]
+
+
+def test_a_large_folder_is_not_cut_past_what_the_queue_holds(tmp_path: Path, forks: Forks) -> None:
+    grow_lopsided(tmp_path, big_files=fanout.MAX_UNITS)
+    units: list[int] = []
+    forks.then.append(lambda fan: units.append(fan.units))
+    two = page(tmp_path, "hit", split=True)
+    assert seen(two) == seen(page(tmp_path, "hit", split=False))
+    assert units == [21]  # m-big's 1,064 entries would not fit: the top folder's entries
+
+
 def test_a_small_tree_is_not_split(tmp_path: Path, forks: Forks) -> None:
     for i in range(SPLIT_AFTER - 10):
         folder = tmp_path / f"d{i % 9}"

@@ -22,12 +22,14 @@ is three system calls (open, read, close) and a `memchr`. Those calls are most o
 time, and threads cannot overlap them in Python (two walking threads spent more on handing
 the GIL over than they saved: 107-111 ms against 78 in one, on two cores), so a large
 folder's walk is shared with a forked copy of this process (`fs.fanout`): the folder's
-entries (and, while they hold fewer than `MIN_UNITS` folders, their subfolders' entries)
-become units numbered in the walk's order; once this process has searched `SPLIT_AFTER`
-files alone (a small search never forks) the child takes units from the same queue, each
-unit's matches and counts kept apart, and the pages are merged in unit order into exactly
-the page one process would give (`Scan._merge`: a page full in one unit caps the units
-after it; running out of time in either halts both). The child walks the same folders by
+entries (and, while they hold fewer than `MIN_UNITS` folders, their subfolders' entries;
+and a folder holding more subfolders than all the others together, its entries: one folder
+holding most of the tree must not go whole to one process) become units numbered in the
+walk's order; once this process has searched `SPLIT_AFTER` files alone (a small search
+never forks) the child takes units from the same queue, each unit's matches and counts
+kept apart, and the pages are merged in unit order into exactly the page one process would
+give (`Scan._merge`: a page full in one unit caps the units after it; running out of time
+in either halts both). The child walks the same folders by
 the same descriptors, so confinement is unchanged.
 
 Skipped: `.git`, folders and files `.gitignore` excludes (unless `gitignore: false`),
@@ -436,7 +438,44 @@ class Scan:
             if folders == 0 or folders >= MIN_UNITS or len(opened) + folders > MAX_OPEN:
                 break
             units = [inner for unit in units for inner in self._expand(unit, opened)]
+        units = self._expand_largest(units, opened)
         return units if 2 <= len(units) <= MAX_UNITS else None
+
+    def _expand_largest(self, units: list[Unit], opened: list[int]) -> list[Unit]:
+        """`units` with each folder that holds more subfolders than all the other folder
+        units together replaced by its entries, the largest first, while descriptors and
+        the queue allow: a tree whose one folder holds most of it (a virtualenv's
+        `site-packages`, a monorepo's `packages/`) would otherwise go whole to one process
+        while the other idles. A folder's subfolders are counted by its link count (two
+        more than its subfolders on ext4, xfs and tmpfs; where it is always 1, as on btrfs,
+        nothing is expanded), one `stat` per folder unit."""
+        counted: dict[tuple[int, str], int] = {}
+        while len(opened) < MAX_OPEN:
+            folders: list[tuple[int, int]] = []  # (subfolders, index)
+            for i, (dir_fd, _, name, _, is_file, _) in enumerate(units):
+                if is_file:
+                    continue
+                key = (dir_fd, name)
+                if key not in counted:
+                    try:
+                        links = self.ops.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_nlink
+                    except OSError:
+                        links = 0
+                    counted[key] = links - 2
+                folders.append((counted[key], i))
+            if not folders:
+                break
+            most, i = max(folders)
+            if most <= len(folders) - 1:
+                break
+            held = len(opened)
+            inner = self._expand(units[i], opened)
+            if len(opened) == held or len(units) - 1 + len(inner) > MAX_UNITS:
+                if len(opened) > held:
+                    self.ops.close(opened.pop())
+                break
+            units = [*units[:i], *inner, *units[i + 1 :]]
+        return units
 
     def _expand(self, unit: Unit, opened: list[int]) -> list[Unit]:
         """A folder unit's entries as units (the unit itself when it is a file or its folder
