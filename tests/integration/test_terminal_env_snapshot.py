@@ -39,17 +39,22 @@ CHANGES = [
 ]
 
 
+async def _start(shell: str, home: Path, deaths: int = 3) -> Terminal:
+    """A terminal with `home` as HOME and cwd, surviving `deaths` kills."""
+    return await Terminal.start(
+        shell=shell,
+        cwd=str(home),
+        env={"HOME": str(home)},
+        state_dir=home / "state",
+        crash_policy=CrashLoopPolicy(max_deaths=deaths),
+    )
+
+
 @pytest.mark.parametrize("shell", ["bash", "zsh"])
 async def test_every_way_of_exporting_survives_a_kill(shell: str, tmp_path: Path) -> None:
     (tmp_path / (".bashrc" if shell == "bash" else ".zshrc")).write_text(RC)
     (tmp_path / "vars.sh").write_text("export BY_SOURCE=sourced\n")
-    async with await Terminal.start(
-        shell=shell,
-        cwd=str(tmp_path),
-        env={"HOME": str(tmp_path)},
-        state_dir=tmp_path / "state",
-        crash_policy=CrashLoopPolicy(max_deaths=len(CHANGES) + 1),
-    ) as term:
+    async with await _start(shell, tmp_path, deaths=len(CHANGES) + 1) as term:
         await each_export_survives_a_kill(term, CHANGES, lambda name: f'echo "${{{name}-}}"')
 
 
@@ -57,9 +62,7 @@ async def test_every_way_of_exporting_survives_a_kill(shell: str, tmp_path: Path
 async def test_a_command_that_cannot_export_leaves_the_saved_environment_alone(
     shell: str, tmp_path: Path
 ) -> None:
-    async with await Terminal.start(
-        shell=shell, cwd=str(tmp_path), env={"HOME": str(tmp_path)}, state_dir=tmp_path / "state"
-    ) as term:
+    async with await _start(shell, tmp_path) as term:
         saved = term.dir / "env"
         await term.execute("echo warm", timeout=10)
         saved.write_text("# untouched\n")
@@ -91,13 +94,7 @@ async def test_functions_and_aliases_defined_by_commands_are_watched_too(
     shell: str, tmp_path: Path
 ) -> None:
     (tmp_path / "defs.sh").write_text("fromfile() { export FROMFILE=sourced; }\n")
-    async with await Terminal.start(
-        shell=shell,
-        cwd=str(tmp_path),
-        env={"HOME": str(tmp_path)},
-        state_dir=tmp_path / "state",
-        crash_policy=CrashLoopPolicy(max_deaths=len(DEFINED) + 1),
-    ) as term:
+    async with await _start(shell, tmp_path, deaths=len(DEFINED) + 1) as term:
         for kills, (define, use, expected, name) in enumerate(DEFINED, start=1):
             assert (await term.execute(define, timeout=10)).status is Status.COMPLETED
             assert (await term.execute("echo test", timeout=10)).output == "test\n"
@@ -122,9 +119,7 @@ async def test_a_hook_the_user_adds_later_has_the_environment_saved_after_every_
     shell: str, tmp_path: Path
 ) -> None:
     (tmp_path / (".bashrc" if shell == "bash" else ".zshrc")).write_text(ADD_HOOK[shell])
-    async with await Terminal.start(
-        shell=shell, cwd=str(tmp_path), env={"HOME": str(tmp_path)}, state_dir=tmp_path / "state"
-    ) as term:
+    async with await _start(shell, tmp_path) as term:
         assert (await term.execute("addhook", timeout=10)).status is Status.COMPLETED
         saved = []
         for _ in range(3):

@@ -35,81 +35,24 @@ WORDS_FILE = "words"  # in the terminal's folder, written by the shell's hooks
 _SUSPECT = re.compile(r"[=(\[`*?]")
 # The shell's word split: at blanks, newlines, operators, braces, `$`, quotes, `\` and `!`.
 _SPLIT = re.compile(r"[ \t\n;&|<>{}$\"'\\!]+")
-# Builtins that set, unset or read variables, `cd` (PWD), loops (their variable), per shell.
+# Builtins that set, unset or read variables, `cd` (PWD), loops (their variable): both shells'
+# and each one's own.
+_BOTH = frozenset(
+    [
+        *("export", "declare", "typeset", "readonly", "local", "unset", "set", "cd", "pushd"),
+        *("popd", "read", "getopts", "printf", "let", "for", "select", "wait", "exec", "enable"),
+    ]
+)
 _SETS = {
-    "bash": frozenset(
-        [
-            "export",
-            "declare",
-            "typeset",
-            "readonly",
-            "local",
-            "unset",
-            "set",
-            "cd",
-            "pushd",
-            "popd",
-            "read",
-            "mapfile",
-            "readarray",
-            "printf",
-            "getopts",
-            "let",
-            "for",
-            "select",
-            "wait",
-            "exec",
-            "enable",
-        ]
-    ),
-    "zsh": frozenset(
-        [
-            "export",
-            "declare",
-            "typeset",
-            "readonly",
-            "local",
-            "integer",
-            "float",
-            "unset",
-            "set",
-            "cd",
-            "pushd",
-            "popd",
-            "read",
-            "vared",
-            "zparseopts",
-            "getopts",
-            "print",
-            "printf",
-            "let",
-            "for",
-            "foreach",
-            "select",
-            "repeat",
-            "wait",
-            "exec",
-            "enable",
-            "emulate",
-        ]
-    ),
+    "bash": _BOTH | {"mapfile", "readarray"},
+    "zsh": _BOTH
+    | {"integer", "float", "vared", "zparseopts", "print", "foreach", "repeat", "emulate"},
 }
 # Words after which the command may also have defined functions or aliases.
+_BASH_DEFINES = frozenset(("source", ".", "eval", "function"))
 _DEFINES = {
-    "bash": frozenset(("source", ".", "eval", "function")),
-    "zsh": frozenset(
-        [
-            "source",
-            ".",
-            "eval",
-            "function",
-            "autoload",
-            "functions",
-            "unfunction",
-            "unalias",
-            "unhash",
-        ]
-    ),
+    "bash": _BASH_DEFINES,
+    "zsh": _BASH_DEFINES | {"autoload", "functions", "unfunction", "unalias", "unhash"},
 }
 # A list rewritten this recently is read again whatever its stat says (a file system's
 # timestamps can be coarser than two rewrites of a list of the same size).
