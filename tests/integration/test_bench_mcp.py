@@ -31,6 +31,7 @@ async def test_mcp_rows_time_the_server_and_the_clients_own_floor(tmp_path: Path
     floor = by_name["run_command echo test: the SDK client alone (canned server)"]
     assert echo.samples == floor.samples == 300
     assert echo.extra["lost"] == 0
+    assert "the server's shell with an empty HOME" in echo.note  # no rc file of the machine's
     assert echo.extra["server_cpu_us"] > 0  # the server process was found and measured
     # The terminal's share, from the answers' own duration_ms: within the call, never all.
     assert echo.p50 is not None

@@ -8,12 +8,15 @@ counts as lost; its note gives the server process's CPU per call and the median 
 answers' own `duration_ms` (the command's time in the server's terminal, from the request
 reaching the dispatcher to the end mark: what of the call is the terminal's). The command
 is `echo test` alone, as the issue's figure names it (a `cwd` argument would add a `cd`
-line to each command). The ping row times the protocol's own `ping` on the same session: the SDK's
-request path, client and server, with no tool behind it. The floor row times the same
-`run_command` call from the same client against a canned server (`bench.canned_mcp`) that
-answers at once with the last real answer and the real tool list: what the client itself
-(its request path and its `jsonschema` check of the structured result) and the pipes cost,
-with no server work at all.
+line to each command). The server runs with a fresh, empty HOME, as the terminal suite's
+terminals do: its shell reads no rc file of the machine's (a pyenv or prompt-framework hook
+that forks at every prompt costs milliseconds a command, and would be measured instead);
+a first call checks that the shell sees it. The ping row times the protocol's own `ping` on
+the same session: the SDK's request path, client and server, with no tool behind it. The
+floor row times the same `run_command` call from the same client against a canned server
+(`bench.canned_mcp`) that answers at once with the last real answer and the real tool list:
+what the client itself (its request path and its `jsonschema` check of the structured
+result) and the pipes cost, with no server work at all.
 
 The search rows build 10,000 files of about 10 KB (100 MB; 1,000 in quick mode) with a rare
 token in some lines, then alternate our search and `grep -rn` on the same tree (warm page
@@ -108,10 +111,12 @@ async def run(ctx: BenchContext) -> list[Row]:
                 rows.append(await _rpc_search_row(ctx, client, tree, files, needles))
             finally:
                 await client.close(stop_server=False)
+    home = ctx.workdir / "mcp-home"  # empty: the machine's rc files are not ours to time
+    home.mkdir(exist_ok=True)
     params = StdioServerParameters(
         command=sys.executable,
         args=["-m", "lapce_bridge", "mcp", "--workspace", str(ctx.workdir), "--shell", "bash"],
-        env=dict(os.environ),
+        env={**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")},
         cwd=str(ws),
     )
     with (ctx.workdir / "mcp-server.log").open("w") as errlog:
@@ -120,7 +125,7 @@ async def run(ctx: BenchContext) -> list[Row]:
             ClientSession(read, write) as session,
         ):
             await session.initialize()
-            echo, last = await _echo_row(ctx, session)
+            echo, last = await _echo_row(ctx, session, home)
             rows.append(echo)
             rows.append(await _ping_row(ctx, session))
             tools = [
@@ -247,8 +252,11 @@ def _ratio_row(
     )  # fmt: skip
 
 
-async def _echo_row(ctx: BenchContext, session: Any) -> tuple[Row, dict[str, Any]]:
+async def _echo_row(ctx: BenchContext, session: Any, home: Path) -> tuple[Row, dict[str, Any]]:
     """The echo row, and the last answer (wire form) for the floor row."""
+    probe = await session.call_tool("run_command", {"command": 'printf "%s\\n" "$HOME"'})
+    seen = str((probe.structured_content or {}).get("output", "")).strip()
+    shell_home = "an empty HOME" if seen == str(home) else f"HOME {seen!r}"
     calls = ctx.n(10_000, 300)
     warmup = 20
     args = {"command": "echo test"}
@@ -282,7 +290,8 @@ async def _echo_row(ctx: BenchContext, session: Any) -> tuple[Row, dict[str, Any
         "run_command echo test (MCP stdio)",
         samples,
         goal=(1000.0, 5000.0),
-        note=f"{calls} calls through the Python MCP client; {lost} answers wrong or lost; "
+        note=f"{calls} calls through the Python MCP client, the server's shell with "
+        f"{shell_home}; {lost} answers wrong or lost; "
         f"server process CPU {cpu_us:.0f} us a call (the shell's apart); the command in the "
         f"server's terminal (its duration_ms: from the request reaching the dispatcher to "
         f"the end mark) {terminal_us:.0f} us p50",
