@@ -194,6 +194,33 @@ async def test_a_crash_looping_server_is_given_up_with_a_clear_error(tmp_path: P
         )
 
 
+async def test_a_death_at_the_crash_limit_is_not_undone_by_a_reconnect(tmp_path: Path) -> None:
+    """A client tries to connect the moment its server dies, and each try first asks the
+    supervisor to have a server running: one such call between the exit and its watcher's
+    verdict must not start a server the verdict gives up on (here at the first death)."""
+    client = await spawn(tmp_path, max_crashes=1)
+    sup = client.supervisor
+    assert sup is not None
+    try:
+        kill(client)
+        given_up: Unavailable | None = None
+        deadline = asyncio.get_running_loop().time() + 30
+        while given_up is None and asyncio.get_running_loop().time() < deadline:
+            try:
+                await sup.ensure_running()  # what every connect attempt does first
+            except Unavailable as exc:
+                given_up = exc
+            assert sup.starts == 1, "a server was started past the crash limit"
+            await asyncio.sleep(0)  # one loop turn at a time: the exit is seen between two
+        assert given_up is not None
+        assert "died 1 times" in str(given_up)
+        await asyncio.sleep(0.5)
+        assert sup.starts == 1
+        assert not sup.running
+    finally:
+        await client.close()
+
+
 async def start_server(tmp_path: Path, *extra: str) -> tuple[asyncio.subprocess.Process, Path]:
     sock = tmp_path / "run" / "bridge.sock"
     proc = await asyncio.create_subprocess_exec(

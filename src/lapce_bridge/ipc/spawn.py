@@ -109,6 +109,11 @@ class ServerSupervisor:
                 return
             if await asyncio.to_thread(probe, self.socket_path, 0.5):
                 return  # someone else's server answers: use it
+            # A client reconnects the moment its server dies, so this may run between the
+            # exit and its watcher's verdict; the watcher (`_watch_exit`) records the death
+            # meanwhile, and at the crash limit nothing is started again.
+            if self.failed is not None:
+                raise self.failed
             await self._start()
 
     async def _start(self, *, afresh: bool = False) -> None:
