@@ -172,6 +172,7 @@ class Outlet:
 
     def __init__(self) -> None:
         self.answers: list[dict[str, Any]] = []
+        self.notified: list[str] = []  # the methods of notifications sent at once
 
     def write(self, payload: bytes) -> None:
         message = orjson.loads(payload)
@@ -183,7 +184,7 @@ class Outlet:
             self.write(payload)
 
     def notify(self, method: str, params: Any) -> None:
-        pass
+        self.notified.append(method)
 
     def on_close(self, callback: Callable[[], None]) -> None:
         pass
@@ -191,9 +192,12 @@ class Outlet:
 
 async def test_a_request_served_in_the_calling_task(tmp_path: Path) -> None:
     """`Dispatcher.request_here` (the MCP channel's way): an async method's work runs in the
-    caller's task (no task of its own), answered when it returns; `$/cancelRequest` still
-    reaches it by id, interrupts the command, answers -32800 and leaves the caller running;
-    what it does not run itself (a keyed request) goes through a task as ever."""
+    caller's task (no task of its own), its outcome given back when it returns, nothing
+    written (the notification that would ride with an answer is sent at once);
+    `$/cancelRequest` still reaches it by id, interrupts the command, makes the outcome
+    -32800 and leaves the caller running; a refusal is an error outcome, counted as every
+    refusal; what it does not run itself (a keyed request) goes through a task as ever,
+    answered through the outlet."""
     ws = tmp_path / "ws"
     ws.mkdir()
     backend = backend_for(ws, tmp_path / "state")
@@ -210,12 +214,19 @@ async def test_a_request_served_in_the_calling_task(tmp_path: Path) -> None:
                 await asyncio.sleep(0)
 
         counter = asyncio.ensure_future(count_tasks())
-        await dispatcher.request_here(Request(1, "terminal/execute", {"command": "echo here"}))
+        outcome = await dispatcher.request_here(
+            Request(1, "terminal/execute", {"command": "echo here"})
+        )
         counter.cancel()
-        assert outlet.answers[-1]["id"] == 1
-        assert outlet.answers[-1]["result"]["output"] == "here\n"
+        assert outcome is not None
+        assert outcome[0]
+        assert orjson.loads(outcome[1])["output"] == "here\n"
+        assert outlet.answers == []
+        assert outlet.notified == ["terminal/commandFinished"]
         assert max(seen) == before + 1  # this test's task and the counter: no third
         assert dispatcher.inflight == 0
+        app = await backend.app()
+        assert app.metrics.histogram("terminal/execute").count == 1  # observed
 
         caller = asyncio.ensure_future(
             dispatcher.request_here(
@@ -225,14 +236,24 @@ async def test_a_request_served_in_the_calling_task(tmp_path: Path) -> None:
         await eventually((ws / "started").exists)
         assert dispatcher.inflight == 1
         dispatcher.notification(Notification(CANCEL, {"id": 2}))
-        await asyncio.wait_for(caller, 20)  # interrupted, long before the sleep would end
-        assert outlet.answers[-1]["error"]["code"] == -32800
+        cancelled = await asyncio.wait_for(caller, 20)  # interrupted, long before the sleep
+        assert cancelled is not None
+        assert not cancelled[0]
+        assert orjson.loads(cancelled[1])["code"] == -32800
         assert (caller.cancelled(), caller.cancelling()) == (False, 0)
+        assert dispatcher.inflight == 0
+
+        refused = await dispatcher.request_here(Request(4, "terminal/execute", {"command": 5}))
+        assert refused is not None
+        assert not refused[0]
+        assert orjson.loads(refused[1])["code"] == -32602
+        assert app.metrics.errors()[("terminal/execute", "parser", "caller")] == 1
+        assert outlet.answers == []
 
         keyed = {"command": "echo keyed", "idempotencyKey": "k-1"}
-        await dispatcher.request_here(Request(3, "terminal/execute", keyed))
+        assert await dispatcher.request_here(Request(3, "terminal/execute", keyed)) is None
         assert dispatcher.inflight == 1  # the keyed request runs in a task of its own
-        await eventually(lambda: len(outlet.answers) == 3)
+        await eventually(lambda: len(outlet.answers) == 1)
         assert outlet.answers[-1]["result"]["output"] == "keyed\n"
     finally:
         await backend.aclose()

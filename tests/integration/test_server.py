@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,6 +23,7 @@ from lapce_bridge.ipc.raw import RawClient, frame
 from lapce_bridge.ipc.server import BridgeServer
 from lapce_bridge.rpc import CallContext, Method, Params, method
 from lapce_bridge.testing import FakeClock
+from lapce_bridge.testing.memory import MemoryServer
 
 
 class Probe:
@@ -283,7 +285,27 @@ async def test_async_handlers_time_out_on_the_clock(tmp_path: Path) -> None:
         assert answers[1]["error"]["code"] == -32001
         assert answers[1]["error"]["data"]["operation"] == "test/sleep"
         assert answers[1]["error"]["data"]["seconds"] == 5.0
+        assert timeouts.statistics().expired == {"test/sleep": 1}  # counted as expired
         await c.close()
+
+
+async def test_a_limit_runs_on_its_own_clock_not_the_servers() -> None:
+    """The dispatcher bounds a handler on its TimeoutManager's clock: a server on virtual
+    time that jumps ahead while the work waits for a thread (as an autojumping test clock
+    does) cannot expire a limit kept on real time."""
+
+    async def in_a_thread(params: Params, ctx: CallContext) -> str:
+        await asyncio.get_running_loop().run_in_executor(None, time.sleep, 0.05)
+        return "done"
+
+    server = MemoryServer(
+        {"test/thread": method(in_a_thread)},
+        clock=FakeClock(autojump=True),
+        timeouts=TimeoutManager({"test/thread": 5.0}),
+    )
+    client = server.connect()
+    assert await client.request("test/thread") == "done"
+    assert server.state.timeouts.statistics().expired == {}
 
 
 async def test_a_slow_handler_does_not_block_ping_on_another_connection(tmp_path: Path) -> None:

@@ -107,6 +107,11 @@ class TimeoutManager:
         self._expired: dict[str, int] = {}
         self._clock = clock if clock is not None else system_clock()
 
+    @property
+    def clock(self) -> Clock:
+        """The clock the limits run on."""
+        return self._clock
+
     def configured(self, op: str) -> bool:
         """Whether `op` has a limit of its own (else it gets the fallback)."""
         return op in self._overrides or op in self._defaults

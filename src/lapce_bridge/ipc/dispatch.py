@@ -7,8 +7,9 @@ A method's name is the key it is registered under; that name is its operation ev
 - A sync handler without an idempotency key is called inline and answered before the next
   frame is looked at (no Task: a Task costs 50-70 us); it cannot be preempted, so such
   handlers must be cheap and are not bounded by the timeouts.
-- An async handler runs in a Task under `TimeoutManager.with_timeout(name)`, listed by request
-  id so `$/cancelRequest {id}` cancels it (-32800). Its limit is the configured one, or longer
+- An async handler runs in a Task under its limit (the clock's `timeout`, a pass counted as
+  `TimeoutManager.with_timeout` counts it), listed by request id so `$/cancelRequest {id}`
+  cancels it (-32800). Its limit is the configured one, or longer
   when the request's own params allow more (`Method.limit`: a command's `timeoutMs`,
   `maxWaitMs`): long work is governed by its own limits, never cut short by ours.
 - A relayed method (`Method.relay`: the terminal host's forwarding) starts with no Task: its
@@ -420,9 +421,12 @@ class Dispatcher:
     def _refused(self, req: Request, exc: BridgeError) -> bytes:
         """The answer to a request refused before its handler ran (params, admission, ...),
         counted by its classification like any other error answer."""
+        self._count_refusal(req, exc)
+        return jsonrpc.error_bytes(req.id, exc)
+
+    def _count_refusal(self, req: Request, exc: BridgeError) -> None:
         state = self.state
         state.record_error(req.method if req.method in state.methods else OTHER_OPERATION, exc)
-        return jsonrpc.error_bytes(req.id, exc)
 
     def _call_sync(self, prep: Prepared) -> Outcome:
         try:
@@ -439,15 +443,23 @@ class Dispatcher:
         state = self.state
         started = prep.ctx.received_at
         work = method.handler(prep.params, prep.ctx)
+        limit = prep.limit
         try:
-            if prep.limit is None:
+            if limit is None:
                 result = await work
             else:
-                result = await state.timeouts.with_timeout(
-                    prep.name,
-                    work,
-                    seconds=prep.limit,
-                )
+                # `TimeoutManager.with_timeout` without its own coroutine and checks (the
+                # limit is checked already, `_prepare`): every request's path. Its clock,
+                # which need not be the server's (a test's virtual time, limits on real).
+                timeouts = state.timeouts
+                clock = timeouts.clock
+                begun = clock.now()
+                try:
+                    async with clock.timeout(limit):
+                        result = await work
+                except TimeoutError as exc:
+                    elapsed = clock.now() - begun
+                    raise timeouts.expired(prep.name, limit, elapsed, exc) from exc
         except asyncio.CancelledError:
             state.observe(prep.name, state.clock.now() - started, True)  # not a failure
             raise
@@ -555,13 +567,16 @@ class Dispatcher:
             return
         self.outlet.write(_response(req.id, self._conclude(req.method, started, result, None)))
 
-    async def request_here(self, req: Request) -> None:
+    async def request_here(self, req: Request) -> Outcome | None:
         """Serve `req` as `request` does, but run an async handler without an idempotency key
-        in the calling task instead of a task of its own: for an in-process caller that is
-        one task per request already (the MCP front end), a second task only costs a loop
-        turn. Listed in flight under its id all the same: `$/cancelRequest` cancels the work
-        (answered -32800, the caller goes on), `cancel_all` the caller. Everything else goes
-        through `request`."""
+        in the calling task instead of a task of its own, and give its outcome to the caller
+        instead of writing an answer: for an in-process caller that is one task per request
+        already and answers it itself (the MCP front end), a second task only costs a loop
+        turn, and an envelope it would parse back only costs CPU. Notifications sent to ride
+        with the answer go to the outlet at once (there is no answer to ride with). Listed
+        in flight under its id all the same: `$/cancelRequest` cancels the work (its outcome
+        is -32800, the caller goes on), `cancel_all` the caller. Everything else goes through
+        `request` and is answered through the outlet (None)."""
         state = self.state
         method = state.methods.get(req.method)
         params = req.params
@@ -576,23 +591,26 @@ class Dispatcher:
             or req.id in self._inflight
         ):
             self.request(req)
-            return
+            return None
         task = asyncio.current_task()
         assert task is not None
         self.requests += 1
         try:
             prep = self._prepare(req)
         except BridgeError as exc:
-            self.outlet.write(self._refused(req, exc))
-            return
-        prep.ctx.hold()  # what rides with the answer waits for it (`_respond`)
+            self._count_refusal(req, exc)
+            return encode_outcome(False, exc)
         self._inflight[req.id] = task
         cancelling = task.cancelling()
-        await self._respond(req.id, prep)
+        try:
+            outcome = await self._outcome(req.id, prep, executes=True)
+        finally:
+            self._inflight.pop(req.id, None)
         if task.cancelling() > cancelling:
-            # A `$/cancelRequest` cancelled the caller and was answered -32800 (`_execute`):
+            # A `$/cancelRequest` cancelled the caller and its outcome is -32800 (`_outcome`):
             # the caller goes on, no longer being cancelled.
             task.uncancel()
+        return outcome
 
     def _request_slow(self, req: Request) -> None:
         try:
@@ -644,16 +662,20 @@ class Dispatcher:
                 prep.ctx.release(response)
 
     async def _execute(self, req_id: RequestId, prep: Prepared, *, executes: bool) -> bytes:
-        """One prepared request to its encoded response; raises only CancelledError.
+        """One prepared request to its encoded response; raises only CancelledError."""
+        return _response(req_id, await self._outcome(req_id, prep, executes=executes))
+
+    async def _outcome(self, req_id: RequestId, prep: Prepared, *, executes: bool) -> Outcome:
+        """One prepared request to its outcome; raises only CancelledError.
         `executes`: this task may run a keyed request's work itself (see `_keyed`)."""
         try:
             if prep.key is not None:
-                return _response(req_id, await self._keyed(prep, req_id if executes else None))
-            return _response(req_id, await self._run(prep))
+                return await self._keyed(prep, req_id if executes else None)
+            return await self._run(prep)
         except asyncio.CancelledError:
             if req_id in self._cancelled_ids:
                 self._cancelled_ids.discard(req_id)
-                return jsonrpc.error_bytes(req_id, Cancelled(f"request {req_id!r} was cancelled"))
+                return encode_outcome(False, Cancelled(f"request {req_id!r} was cancelled"))
             if self.state.shutting_down and not self.outlet.closing:
                 prep.ctx.release(jsonrpc.error_bytes(req_id, shutting_down()))
             raise

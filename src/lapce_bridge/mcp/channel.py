@@ -18,12 +18,13 @@ reporter; every outlet of the channel carries the channel's connection id. The i
 bound of one socket connection does not apply: the MCP SDK runs each request in its own
 task before the call reaches us, so it would bound nothing.
 
-Answers come back as the encoded JSON-RPC response the dispatcher wrote (decoded here);
-an error is rebuilt into its classified `BridgeError` (`jsonrpc.error_from_wire`), the
-class the service raised. Cancelling a call (the SDK cancels the handler on
-`notifications/cancelled`) cancels the work running in its task, as `$/cancelRequest`
-does for a JSON-RPC client (sent as well, for work the dispatcher runs in a task of its
-own): a running command is interrupted.
+Answers come back as the outcome the dispatcher encoded (its result, or its error, as
+JSON; decoded here) when the work ran in the calling task, else as the JSON-RPC response
+it wrote to the call's outlet; an error is rebuilt into its classified `BridgeError`
+(`jsonrpc.error_from_wire`), the class the service raised. Cancelling a call (the SDK
+cancels the handler on `notifications/cancelled`) cancels the work running in its task, as
+`$/cancelRequest` does for a JSON-RPC client (sent as well, for work the dispatcher runs in
+a task of its own): a running command is interrupted.
 """
 
 from __future__ import annotations
@@ -61,17 +62,24 @@ class Channel:
         req_id = next(self._ids)
         try:
             # The work runs in this task (the SDK's task for the MCP request) when it can,
-            # answered by the time this returns; else in the dispatcher's, answered later.
-            await dispatcher.request_here(Request(req_id, method, params))
-            payload = await outlet.answer
+            # its outcome given back by the time this returns; else in the dispatcher's,
+            # answered through the outlet.
+            outcome = await dispatcher.request_here(Request(req_id, method, params))
+            answer = await outlet.answered() if outcome is None else None
         except asyncio.CancelledError:
             dispatcher.notification(Notification(CANCEL, {"id": req_id}))
             raise
-        message = orjson.loads(payload)
-        error = message.get("error")
-        if error is not None:
-            raise jsonrpc.error_from_wire(error)
-        return message.get("result")
+        if answer is not None:  # a response: the outcome is one of its members
+            message = orjson.loads(answer)
+            error = message.get("error")
+            if error is not None:
+                raise jsonrpc.error_from_wire(error)
+            return message.get("result")
+        assert outcome is not None
+        ok, payload = outcome
+        if not ok:
+            raise jsonrpc.error_from_wire(orjson.loads(payload))
+        return orjson.loads(payload)
 
     def on_close(self, callback: Callable[[], None]) -> None:
         self._closers.append(callback)
@@ -88,12 +96,13 @@ class Channel:
 class _CallOutlet:
     """The dispatcher's `Outlet` for one call: the answer, and the call's notifications."""
 
-    __slots__ = ("_channel", "_on_data", "answer")
+    __slots__ = ("_answer", "_channel", "_on_data", "_waiter")
 
     def __init__(self, channel: Channel, on_data: OnData | None) -> None:
         self._channel = channel
         self._on_data = on_data
-        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._answer: bytes | None = None
+        self._waiter: asyncio.Future[bytes] | None = None  # made only when one waits
 
     @property
     def id(self) -> int:
@@ -103,9 +112,20 @@ class _CallOutlet:
     def closing(self) -> bool:
         return self._channel.closing
 
+    async def answered(self) -> bytes:
+        """The answer written to this outlet, once it is."""
+        if self._answer is not None:
+            return self._answer
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        return await self._waiter
+
     def write(self, payload: bytes) -> None:
-        if not self.answer.done():
-            self.answer.set_result(payload)
+        if self._answer is not None:
+            return
+        self._answer = payload
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(payload)
 
     def write_many(self, payloads: list[bytes]) -> None:
         # The answer comes last; the notifications riding with it are for socket clients
