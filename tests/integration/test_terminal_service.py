@@ -93,6 +93,30 @@ async def test_execute_on_the_default_terminal(
     assert other["terminalId"] != result["terminalId"]
 
 
+async def test_a_connections_default_terminal_is_opened_once_and_again_after_it_closes(
+    service: tuple[TerminalService, list[Any]],
+) -> None:
+    """Two first calls at once share the one default terminal opened for them; later calls
+    take it without waiting for anything; once it is closed, the next call opens another."""
+    svc, _ = service
+    ctx = connect(svc)
+    both: tuple[Any, ...] = await asyncio.gather(
+        call(svc, "terminal/execute", {"command": "echo 1"}, ctx),
+        call(svc, "terminal/execute", {"command": "echo 2"}, ctx),
+        return_exceptions=True,
+    )
+    # One ran, the other ran after it or found the one terminal busy: never a second one.
+    ids = {r["terminalId"] if isinstance(r, dict) else r.data["terminalId"] for r in both}
+    assert len(ids) == 1
+    (tid,) = ids
+    again = await call(svc, "terminal/execute", {"command": "echo 3"}, ctx)
+    assert (again["terminalId"], again["output"]) == (tid, "3\n")
+    await call(svc, "terminal/close", {"terminalId": tid}, ctx)
+    reopened = await call(svc, "terminal/execute", {"command": "echo 4"}, ctx)
+    assert reopened["terminalId"] != tid
+    assert reopened["output"] == "4\n"
+
+
 async def test_stream_sends_all_output_as_data(service: tuple[TerminalService, list[Any]]) -> None:
     svc, _ = service
     ctx = connect(svc)

@@ -126,6 +126,11 @@ class Backend:
         """Whether the App is open (a tool call needs no request context to open it)."""
         return self._channel is not None
 
+    @property
+    def opened(self) -> Channel | None:
+        """The connection tool calls go through, once the server is open (else None)."""
+        return self._channel
+
     def on_close(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Await `callback` first when the backend closes (before the server and the App)."""
         self._closers.append(callback)
@@ -278,7 +283,7 @@ async def call_tool(
         method_name, params = tool.request(inp)
     except ValueError as exc:
         raise InvalidParams(f"{tool.name}: {exc}") from None
-    channel = await backend.channel(ctx)
+    channel = backend.opened or await backend.channel(ctx)
     progress: ProgressLines | None = None
     if tool.name == "run_command" and report is not None:
         progress = ProgressLines(report, (await backend.app(ctx)).clock)
@@ -442,8 +447,8 @@ def build_server(backend: Backend, *, clock: Clock = SYSTEM_CLOCK) -> Server[Any
     ) -> dict[str, Any]:
         return await answer(name, arguments, ctx, request_progress(ctx))
 
-    async def plain(name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
-        return await answer(name, arguments, None, None)
+    # A plain call: no request context, no progress (one coroutine less than a wrapper).
+    plain: Plain = functools.partial(answer, ctx=None, report=None)
 
     async def as_task(
         name: str, arguments: dict[str, Any] | None, ctx: ServerRequestContext[Any, Any]

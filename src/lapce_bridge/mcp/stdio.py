@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import fcntl
 import logging
 import os
@@ -110,6 +111,11 @@ class LineReader(AsyncResource):
     line over the limit, or not a JSON-RPC message; the SDK answers or logs it), until EOF.
     (`AsyncResource`: a context manager that closes it.)"""
 
+    # The SDK's read loop asks every stream for the sender's context of each message (only
+    # its in-memory streams carry one): a class attribute answers it without the failed
+    # attribute lookup a `getattr(..., None)` on a missing attribute costs.
+    last_context: contextvars.Context | None = None
+
     def __init__(self, reader: asyncio.StreamReader) -> None:
         self._reader = reader
         self._closed = False
@@ -162,7 +168,9 @@ class LineReader(AsyncResource):
 
     async def __anext__(self) -> SessionMessage | Exception:
         try:
-            return await self.receive()
+            if self._ahead:
+                return self._ahead.popleft()
+            return await self._read()
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
 

@@ -471,6 +471,16 @@ class TerminalService:
             "name": name,
         }
 
+    def _default_open(self, ctx: CallContext) -> Terminal | None:
+        """The calling connection's default terminal when it is open and nobody is opening
+        or reviving it (`_default`'s answer then, without its lock); else None."""
+        conn = ctx.connection_id
+        lock = self._default_locks.get(conn)
+        if lock is None or lock.locked():
+            return None
+        terminal_id = self.owners.default(conn)
+        return self.terminals.get(terminal_id) if terminal_id is not None else None
+
     async def _default(self, ctx: CallContext) -> Terminal:
         """The calling connection's own default terminal, opened on first use."""
         conn = self._track(ctx)
@@ -490,7 +500,7 @@ class TerminalService:
         if params.get("terminalId") is not None:
             term = await self._use_or_revive(params, ctx)
         else:
-            term = await self._default(ctx)
+            term = self._default_open(ctx) or await self._default(ctx)
         cwd = _param(params, "cwd", str, None)
         ansi = _param(params, "ansi", str, "strip")
         max_bytes = _bounded(
