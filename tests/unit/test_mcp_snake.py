@@ -86,3 +86,15 @@ def test_every_struct_inside_an_answer_is_renamed_and_nothing_else() -> None:
         "path": "a", "kind": "file", "size": 1, "mtime_ns": 2, "target_kind": None,
         "target": None,
     }  # fmt: skip
+
+
+class _Sparse(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True):
+    wire_name: str
+    left_out: int = 0
+
+
+def test_a_struct_that_omits_defaults_keeps_what_to_builtins_gives() -> None:
+    """Only a Struct whose built form holds each field and nothing else is taken under its
+    Python names directly; the others are built and renamed (their omissions kept)."""
+    assert to_snake(_Sparse(wire_name="a")) == {"wire_name": "a"}
+    assert to_snake(_Sparse(wire_name="a", left_out=2)) == {"wire_name": "a", "left_out": 2}

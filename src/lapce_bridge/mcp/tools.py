@@ -568,10 +568,15 @@ def to_snake(value: Any) -> Any:
     type (`_Plan`). A Struct whose names are the same on both sides, with none inside it
     that differ (a search match: path, line, text), is left as built: a page of 1,000
     matches is not walked at all. Walking the Struct field by field in Python instead cost
-    about three times as much for a command's result."""
+    about three times as much for a command's result. The outermost Struct, when plain
+    (`_Plan.plain`), is taken under its Python names by `msgspec.structs.asdict` and built
+    from there: a command's result is not renamed key by key at all."""
     plan = _plan(type(value)) if isinstance(value, msgspec.Struct) else None
-    built = msgspec.to_builtins(value)
-    return built if plan is None else plan.rename(built)
+    if plan is None:
+        return msgspec.to_builtins(value)
+    if plan.plain:
+        return plan.rename_nested(msgspec.to_builtins(msgspec.structs.asdict(value)))
+    return plan.rename(msgspec.to_builtins(value))
 
 
 @dataclass(slots=True)
@@ -581,6 +586,21 @@ class _Plan:
     object needs no renaming at all."""
 
     fields: list[tuple[str, str, _Plan | None]] | None = None
+    plain: bool = False
+    """Whether `to_builtins` gives every field and nothing more (no defaults omitted, no
+    tag, an object): then `asdict` has the same members under the Python names."""
+    nested: tuple[tuple[str, _Plan], ...] = ()
+    """(Python name, plan) of the fields holding Structs to rename."""
+
+    def rename_nested(self, built: dict[str, Any]) -> dict[str, Any]:
+        """`built`, under the Python names already, with the Structs inside it renamed."""
+        for name, inner in self.nested:
+            item = built.get(name)
+            if item is not None:
+                built[name] = (
+                    [inner.rename(i) for i in item] if type(item) is list else inner.rename(item)
+                )
+        return built
 
     def rename(self, built: dict[str, Any]) -> dict[str, Any]:
         fields = self.fields
@@ -613,6 +633,9 @@ def _plan(kind: type) -> _Plan | None:
         _PLANS[kind] = None
         return None
     plan.fields = fields
+    plan.nested = tuple((name, inner) for _, name, inner in fields if inner is not None)
+    config = kind.__struct_config__  # type: ignore[attr-defined]
+    plan.plain = not (config.omit_defaults or config.array_like or config.tag_field is not None)
     return plan
 
 
