@@ -117,6 +117,34 @@ async def test_a_connections_default_terminal_is_opened_once_and_again_after_it_
     assert reopened["output"] == "4\n"
 
 
+async def test_a_command_given_no_options_runs_with_the_defaults_checked_for_the_limit(
+    service: tuple[TerminalService, list[Any]],
+) -> None:
+    """A command given no option runs with the defaults (256 KiB of output kept, streamed
+    not), checked again when the message limit changes: under a limit too small for the
+    default output size it is refused as before, and runs again once the limit is back;
+    options given are taken as given."""
+    svc, _ = service
+    ctx = connect(svc)
+    long = "head -c 300000 /dev/zero | tr '\\0' x"
+    done = await call(svc, "terminal/execute", {"command": long}, ctx)
+    assert (done["outputBytes"], done["truncated"]) == (300_000, True)
+    assert len(done["output"]) < 256 * 1024 + 200
+    limit = svc.max_message_bytes
+    svc.max_message_bytes = 1 << 20  # room for 174,080 bytes of output, not 256 KiB
+    try:
+        with pytest.raises(InvalidParams, match=r"maxOutputBytes.*may be at most 174080"):
+            await call(svc, "terminal/execute", {"command": "echo refused"}, ctx)
+        small = await call(
+            svc, "terminal/execute", {"command": "echo fits", "maxOutputBytes": 64}, ctx
+        )
+        assert small["output"] == "fits\n"
+    finally:
+        svc.max_message_bytes = limit
+    again = await call(svc, "terminal/execute", {"command": "echo back"}, ctx)
+    assert again["output"] == "back\n"
+
+
 async def test_stream_sends_all_output_as_data(service: tuple[TerminalService, list[Any]]) -> None:
     svc, _ = service
     ctx = connect(svc)

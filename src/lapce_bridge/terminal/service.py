@@ -134,6 +134,24 @@ def _bounded(params: Params, name: str, default: int, ceiling: int, why: str) ->
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class _RunOptions:
+    """How one `terminal/execute` runs: its params but the command and the terminal."""
+
+    cwd: str | None
+    ansi: str
+    max_bytes: int
+    timeout: float | None
+    idle: float | None
+    max_wait: float | None
+    stream: bool
+
+
+_OPTION_PARAMS = frozenset(
+    ("cwd", "ansi", "maxOutputBytes", "timeoutMs", "idleTimeoutMs", "maxWaitMs", "stream")
+)
+
+
 class TerminalService:
     def __init__(
         self,
@@ -176,6 +194,9 @@ class TerminalService:
         # Terminals closed to relieve pressure, by id (their owner entry kept): what starts
         # them again on next use.
         self._remembered: dict[str, dict[str, Any]] = {}
+        # The options of a command given none (most are), checked once: (the message limit
+        # they were checked for, them).
+        self._default_options: tuple[int, _RunOptions] | None = None
 
     async def __aenter__(self) -> TerminalService:
         private_dir(self.state_dir)  # spools live here: 0700, ours, never a symlink
@@ -501,16 +522,9 @@ class TerminalService:
             term = await self._use_or_revive(params, ctx)
         else:
             term = self._default_open(ctx) or await self._default(ctx)
-        cwd = _param(params, "cwd", str, None)
-        ansi = _param(params, "ansi", str, "strip")
-        max_bytes = _bounded(
-            params, "maxOutputBytes", 256 * 1024, self.max_output_ceiling(),
-            "the result must fit one message; read the rest with terminal/readOutput",
-        )  # fmt: skip
-        timeout = _seconds(params, "timeoutMs", None)
-        idle = _seconds(params, "idleTimeoutMs", DEFAULT_IDLE_TIMEOUT_MS / 1000.0)
-        max_wait = _seconds(params, "maxWaitMs", DEFAULT_MAX_WAIT_MS / 1000.0)
-        stream = _param(params, "stream", bool, False)
+        options = self._run_options(params)
+        cwd = options.cwd
+        stream = options.stream
         on_data = (
             Streamer(
                 self.streams,
@@ -549,11 +563,11 @@ class TerminalService:
         try:
             result = await term.execute(
                 command,
-                timeout=timeout,
-                idle_timeout=idle,
-                max_wait=max_wait,
-                max_output_bytes=max_bytes,
-                ansi=ansi,
+                timeout=options.timeout,
+                idle_timeout=options.idle,
+                max_wait=options.max_wait,
+                max_output_bytes=options.max_bytes,
+                ansi=options.ansi,
                 on_data=on_data,
                 received_at=ctx.received_at,
                 cwd=self.resolve_dir(cwd) if cwd is not None else None,
@@ -568,6 +582,35 @@ class TerminalService:
             for key in list(self._by_execution)[: self.spools.max_count]:
                 del self._by_execution[key]
         return self._answer(term, result)
+
+    def _run_options(self, params: Params) -> _RunOptions:
+        """How a `terminal/execute` with these params runs (checked); a call that gives no
+        option at all takes the defaults, checked once for the current message limit."""
+        if not _OPTION_PARAMS.isdisjoint(params):
+            return self._read_options(params)
+        found = self._default_options
+        if found is not None and found[0] == self.max_message_bytes:
+            return found[1]
+        options = self._read_options(params)
+        self._default_options = (self.max_message_bytes, options)
+        return options
+
+    def _read_options(self, params: Params) -> _RunOptions:
+        return _RunOptions(
+            cwd=_param(params, "cwd", str, None),
+            ansi=_param(params, "ansi", str, "strip"),
+            max_bytes=_bounded(
+                params,
+                "maxOutputBytes",
+                256 * 1024,
+                self.max_output_ceiling(),
+                "the result must fit one message; read the rest with terminal/readOutput",
+            ),
+            timeout=_seconds(params, "timeoutMs", None),
+            idle=_seconds(params, "idleTimeoutMs", DEFAULT_IDLE_TIMEOUT_MS / 1000.0),
+            max_wait=_seconds(params, "maxWaitMs", DEFAULT_MAX_WAIT_MS / 1000.0),
+            stream=_param(params, "stream", bool, False),
+        )
 
     def send_text(self, params: Params, ctx: CallContext) -> None:
         """`{terminalId, text, atPrompt?: false}`: type `text` into what runs in the terminal."""
