@@ -59,6 +59,8 @@ from dataclasses import dataclass
 from typing import TypeAlias
 from urllib.parse import unquote_to_bytes
 
+from lapce_bridge.terminal.frozen import quick_init
+
 __all__ = [
     "EscapeStripper",
     "Event",
@@ -70,6 +72,7 @@ __all__ = [
 ]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Text:
     """Bytes to display: everything that is not a shell-integration marker."""
@@ -77,6 +80,7 @@ class Text:
     data: bytes
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Marker:
     """One shell-integration sequence, decoded.

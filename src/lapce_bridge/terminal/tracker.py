@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeAlias
 
+from lapce_bridge.terminal.frozen import quick_init
 from lapce_bridge.terminal.osc import Event, Marker, Text
 
 __all__ = [
@@ -86,11 +87,13 @@ class Started:
     pass
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Output:
     data: bytes
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Finished:
     exit_code: int | None
@@ -115,6 +118,7 @@ class Ready:
     """Integration announced itself: a prompt or cwd mark of our hooks."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CwdChanged:
     cwd: str
