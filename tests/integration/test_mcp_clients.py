@@ -26,7 +26,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 
-from lapce_bridge.mcp.tools import TOOLS, object_schema, output_schema
+from lapce_bridge.mcp.tools import BY_NAME, TOOLS, object_schema, output_schema
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
@@ -118,6 +118,16 @@ def structured(result: types.CallToolResult | Any) -> dict[str, Any]:
     return dict(result.structured_content)
 
 
+def typed(listed: types.ListToolsResult, name: str, answer: dict[str, Any]) -> dict[str, Any]:
+    """`answer` checked against its tool's typed result (`$defs/<Struct>` of the
+    outputSchema the client listed), as a client wanting each field's type checked would."""
+    schema = next(t.output_schema for t in listed.tools if t.name == name)
+    assert schema is not None
+    ref = {"$ref": f"#/$defs/{BY_NAME[name].output.__name__}", "$defs": schema["$defs"]}
+    jsonschema.Draft202012Validator(ref).validate(answer)
+    return answer
+
+
 def tool_error(result: types.CallToolResult | Any) -> dict[str, Any]:
     assert isinstance(result, types.CallToolResult)
     assert result.is_error
@@ -148,6 +158,7 @@ async def scenario(session: ClientSession, ws: Path) -> None:
     assert hints["run_command"].destructive_hint is True
 
     ran = structured(await session.call_tool("run_command", {"command": "echo test"}))
+    typed(listed, "run_command", ran)
     assert (ran["exit_code"], ran["output"].strip(), ran["status"]) == (0, "test", "completed")
     assert ran["cwd"] == str(ws)
     failed = structured(await session.call_tool("run_command", {"command": "cd /tmp && false"}))
@@ -229,7 +240,7 @@ async def scenario(session: ClientSession, ws: Path) -> None:
     assert typo["message"] == "edit_file: unknown parameter 'edit'"
 
     searched = await session.call_tool("search_files", {"query": "b - a"})
-    found = structured(searched)
+    found = typed(listed, "search_files", structured(searched))
     assert [(m["path"], m["line"]) for m in found["matches"]] == [("calc.py", 6)]
     assert found["complete"] is True
     # The text block is grep's form, then the counts (and the cursor, when there is more).
@@ -257,7 +268,7 @@ async def scenario(session: ClientSession, ws: Path) -> None:
     read = structured(
         await session.call_tool("read_file", {"path": "calc.py", "start_line": 5, "end_line": 6})
     )
-    assert read["content"] == "def sub(a, b):\n    return b - a\n"
+    assert typed(listed, "read_file", read)["content"] == "def sub(a, b):\n    return b - a\n"
     assert (read["total_lines"], read["mtime_ns"]) == (6, edited["mtime_ns"])
 
     wrote = structured(
@@ -274,11 +285,17 @@ async def scenario(session: ClientSession, ws: Path) -> None:
     assert (conflict["name"], conflict["code"]) == ("ConflictError", -32004)
     outside = tool_error(await session.call_tool("read_file", {"path": "../../etc/passwd"}))
     assert outside["code"] == -32006
-    tree = structured(await session.call_tool("list_directory", {"depth": 2}))
+    tree = typed(
+        listed,
+        "list_directory",
+        structured(await session.call_tool("list_directory", {"depth": 2})),
+    )
     assert {e["name"] for e in tree["entries"]} >= {"calc.py", "new"}
     info = structured(await session.call_tool("file_info", {"path": "calc.py"}))
     assert info["kind"] == "file"
-    terminals = structured(await session.call_tool("list_terminals", {}))
+    terminals = typed(
+        listed, "list_terminals", structured(await session.call_tool("list_terminals", {}))
+    )
     assert terminals["terminals"]
     assert terminals["terminals"][0]["busy"] is False
 
@@ -557,23 +574,25 @@ def test_every_tool_schema_is_generated_from_its_structs() -> None:
     for tool in TOOLS:
         assert tool.input.__struct_config__.forbid_unknown_fields
         # Nested Structs are written in place (clients resolve no $ref per item); only the
-        # folder entry, which contains itself, is referenced. A list typed apart has its
-        # item's schema in $defs, referenced by nothing (search_files' matches).
-        apart = {"SearchMatch"} if tool.name == "search_files" else set()
-        for schema, typed_apart in (
+        # folder entry, which contains itself, is referenced. The output's fields are typed
+        # in $defs under its Struct's name, which no keyword references (`output_schema`).
+        for schema, apart in (
             (object_schema(tool.input), set()),
-            (output_schema(tool), apart),
+            (output_schema(tool), {tool.output.__name__}),
         ):
             text = json.dumps(schema)
             expected = {'"$ref": "#/$defs/TreeEntry"'} if "TreeEntry" in text else set()
             assert set(re.findall(r'"\$ref": "[^"]*"', text)) == expected
             referenced = {"TreeEntry"} if expected else set()
-            assert set(schema.get("$defs", {})) == referenced | typed_apart
+            assert set(schema.get("$defs", {})) == referenced | apart
             jsonschema.Draft202012Validator.check_schema(schema)
             # "T or null" is one type list, which a client checks in one step, not an anyOf.
             assert '{"type": "null"}' not in text
     exec_out = output_schema(next(t for t in TOOLS if t.name == "run_command"))
-    assert exec_out["properties"]["exit_code"] == {"type": ["integer", "null"]}
+    assert "properties" not in exec_out
+    assert exec_out["$defs"]["ExecResult"]["properties"]["exit_code"] == {
+        "type": ["integer", "null"]
+    }
     timeout = object_schema(next(t for t in TOOLS if t.name == "run_command").input)
     checker = jsonschema.Draft202012Validator(timeout["properties"]["timeout_ms"])
     assert [checker.is_valid(v) for v in (None, 5, 0, "5", 1e12)] == [

@@ -55,7 +55,14 @@ class SearchMatch(Result):
 
 
 class SearchResult(Result):
-    matches: list[SearchMatch]
+    matches: Annotated[
+        list[SearchMatch],
+        Meta(
+            description="the matching lines, in the walk's order: each its file's path "
+            "(relative to the workspace, '/'-separated), its number (from 1) and its text "
+            "(without the line end, at most 500 characters)"
+        ),
+    ]
     next_cursor: str | None
     complete: bool
     timed_out: bool
