@@ -82,57 +82,16 @@ def kinds(events: Iterable[Event]) -> list[tuple[int, str]]:
 
 
 def test_a_marker_is_a_frozen_dataclass_with_its_defaults() -> None:
-    # Its __init__ is written out (the slots set through their descriptors): the fields, their
-    # order and defaults, equality, hashing and immutability are the dataclass's.
-    names = [f.name for f in dataclasses.fields(Marker)]
-    assert names == [
-        *("osc", "kind", "exit_code", "command_line", "nonce", "trusted", "key", "value", "raw")
-    ]
-    bare = Marker(633, "A")
-    assert (bare.exit_code, bare.command_line, bare.nonce, bare.trusted) == (
-        None,
-        None,
-        None,
-        False,
-    )
-    assert (bare.key, bare.value, bare.raw) == (None, None, b"")
-    full = Marker(633, "E", 3, "ls", "n", True, "k", "v", b"raw")
-    assert [getattr(full, name) for name in names] == [
-        633,
-        "E",
-        3,
-        "ls",
-        "n",
-        True,
-        "k",
-        "v",
-        b"raw",
-    ]
-    assert full == Marker(
-        osc=633,
-        kind="E",
-        exit_code=3,
-        command_line="ls",
-        nonce="n",
-        trusted=True,
-        key="k",
-        value="v",
-        raw=b"raw",
-    )
-    assert hash(full) == hash(
-        dataclasses.replace(
-            bare,
-            kind="E",
-            exit_code=3,
-            command_line="ls",
-            nonce="n",
-            trusted=True,
-            key="k",
-            value="v",
-            raw=b"raw",
-        )
-    )
-    assert full != bare
+    # (Its __init__ is `quick_init`'s: the fields, their order and defaults, equality,
+    # hashing and immutability must stay the dataclass's.)
+    values: dict[str, object] = {"osc": 633, "kind": "E", "exit_code": 3, "command_line": "ls"}
+    values.update(nonce="n", trusted=True, key="k", value="v", raw=b"raw")
+    assert [f.name for f in dataclasses.fields(Marker)] == list(values)
+    full = Marker(*values.values())  # type: ignore[arg-type]
+    assert full == Marker(**values) == dataclasses.replace(Marker(633, "A"), **values)  # type: ignore[arg-type]
+    assert hash(full) == hash(Marker(**values))  # type: ignore[arg-type]
+    bare = dataclasses.astuple(Marker(633, "A"))
+    assert bare == (633, "A", None, None, None, False, None, None, b"")
     with pytest.raises(dataclasses.FrozenInstanceError):
         full.kind = "D"  # type: ignore[misc]
 
