@@ -253,6 +253,55 @@ def test_the_queue_refuses_more_units_than_a_pipe_holds() -> None:
         Fanout(fanout.MAX_UNITS + 1)
 
 
+def test_a_child_s_large_result_comes_back_whole_and_the_child_is_reaped() -> None:
+    sent = os.urandom(1 << 16) * 40  # 2.6 MB: many pipe-fulls
+    fan = Fanout(2)
+    try:
+        assert fan.spawn(lambda: sent, [])
+        pid = fan._pid
+        assert pid is not None
+        assert fan.collect(lambda: False) == sent
+    finally:
+        fan.close()
+    assert fanout.join_reapers(timeout=30)
+    assert not psutil.pid_exists(pid)
+
+
+def test_a_child_killed_while_sending_gives_no_result() -> None:
+    fan = Fanout(2)
+    try:
+        # More than a pipe holds: the child is still sending when the parent first looks.
+        assert fan.spawn(lambda: b"x" * (4 << 20), [])
+        pid = fan._pid
+        assert pid is not None
+        killed: list[int] = []
+
+        def kill_once() -> bool:
+            if not killed:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            return False
+
+        assert fan.collect(kill_once) is None
+    finally:
+        fan.close()
+    assert fanout.join_reapers(timeout=30)
+    assert not psutil.pid_exists(pid)
+
+
+def test_a_child_that_fails_before_sending_gives_no_result() -> None:
+    def fail() -> bytes:
+        raise RuntimeError("the child's work failed")
+
+    fan = Fanout(2)
+    try:
+        assert fan.spawn(fail, [])
+        assert fan.collect(lambda: False) is None
+    finally:
+        fan.close()
+    assert fanout.join_reapers(timeout=30)
+
+
 def test_a_folder_of_more_units_than_the_queue_holds_is_searched_whole_in_one_process(
     tmp_path: Path, forks: Forks
 ) -> None:
@@ -288,6 +337,8 @@ async def test_the_server_searches_a_large_tree_split_and_leaves_no_child(
             await c.close()
         assert pages == [p[0] for p in expected]
         assert forks.pids, "the server's search forked"
+        # A child that sent its result is reaped by a thread once it has exited.
+        assert fanout.join_reapers(timeout=30)
         for pid in forks.pids:  # every child reaped: not even a zombie left
             assert not psutil.pid_exists(pid)
 

@@ -81,6 +81,21 @@ def kinds(events: Iterable[Event]) -> list[tuple[int, str]]:
 # --- plain text -------------------------------------------------------------------------------
 
 
+def test_a_marker_is_a_frozen_dataclass_with_its_defaults() -> None:
+    # (Its __init__ is `quick_init`'s: the fields, their order and defaults, equality,
+    # hashing and immutability must stay the dataclass's.)
+    values: dict[str, object] = {"osc": 633, "kind": "E", "exit_code": 3, "command_line": "ls"}
+    values.update(nonce="n", trusted=True, key="k", value="v", raw=b"raw")
+    assert [f.name for f in dataclasses.fields(Marker)] == list(values)
+    full = Marker(*values.values())  # type: ignore[arg-type]
+    assert full == Marker(**values) == dataclasses.replace(Marker(633, "A"), **values)  # type: ignore[arg-type]
+    assert hash(full) == hash(Marker(**values))  # type: ignore[arg-type]
+    bare = dataclasses.astuple(Marker(633, "A"))
+    assert bare == (633, "A", None, None, None, False, None, None, b"")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        full.kind = "D"  # type: ignore[misc]
+
+
 def test_plain_text_passes_through_untouched() -> None:
     data = b"hello\r\nworld \x1b[31mred\x1b[0m\ttab\x00nul\x18can\x1asub"
     for strip_ansi in (False, True):

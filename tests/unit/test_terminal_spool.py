@@ -162,6 +162,21 @@ def test_store_evicts_oldest_finished_by_count(tmp_path: Path) -> None:
     assert store.statistics().evicted == 1
 
 
+def test_the_expiry_reason_names_the_budget_in_force(tmp_path: Path) -> None:
+    store = SpoolStore(tmp_path, max_count=1, max_bytes=1000)
+    for name in ("a", "b"):
+        store.create(name, 100).write(name)
+        store.finished(name)
+    store.max_count, store.max_bytes = 2, 2000  # (a budget changed while serving)
+    for name in ("c", "d"):
+        store.create(name, 100).write(name)
+        store.finished(name)
+    with pytest.raises(OutputExpired, match="within 1 outputs and 1000 bytes"):
+        store.get("a")
+    with pytest.raises(OutputExpired, match="within 2 outputs and 2000 bytes"):
+        store.get("b")
+
+
 def test_store_never_evicts_a_running_spool(tmp_path: Path) -> None:
     store = SpoolStore(tmp_path, max_count=1)
     store.create("a", 10).write("1")

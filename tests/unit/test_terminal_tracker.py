@@ -192,6 +192,24 @@ def test_ready_marks_only_with_integration() -> None:
     assert Ready() not in run(CommandTracker(EndDetection.END_MARKER), b"\x1b]633;A\x07")
 
 
+def test_ready_is_answered_once_after_each_change_of_state() -> None:
+    """A prompt prints several marks (Cwd, A, B; the line editor's redraw A and B again):
+    `Ready` comes once after the shell starts, the command is handed over, starts, ends."""
+    prompt = b"\x1b]633;P;Cwd=/w\x07\x1b]633;A\x07$ \x1b]633;B\x07"
+    t = CommandTracker()
+    assert run(t, prompt, prompt) == [CwdChanged("/w"), Ready(), CwdChanged("/w")]
+    t.submit(N1)
+    events = run(t, prompt, e(N1), b"out\n", prompt, d(0, N1), prompt)
+    readies = [i for i, ev in enumerate(events) if ev == Ready()]
+    started, ended = events.index(Started()), events.index(Finished(0))
+    # One before the start, one after it (a prompt drawn while the command ran), one after
+    # its end; none repeated in between.
+    assert len(readies) == 3
+    assert readies[0] < started < readies[1] < ended < readies[2]
+    t.reset(EndDetection.INTEGRATION)  # a new shell: its first prompt is announced again
+    assert Ready() in run(t, prompt)
+
+
 STREAM = b"".join(
     [b"echo\r\n", b"\x1b]633;C\x07early", e(N1), b"caf\xc3\xa9 \x1b[1mbold\x1b[0m\r\n",
      d(0, N2), b"tail\r\n", d(9, N1)]

@@ -72,21 +72,30 @@ def runtime_base(state_dir: Path) -> Path:
 class CommandFile:
     """The file a shell sources: created once, rewritten in place through its descriptor."""
 
-    __slots__ = ("fd", "path")
+    __slots__ = ("_size", "fd", "path")
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.fd = create_private_file(path, os.O_RDWR)
+        self._size = 0  # at least the file's length: only this object writes it (O_EXCL)
 
     def write(self, data: bytes) -> None:
         fd = self.fd
         if fd < 0:
             raise OSError("the command file is closed")
-        view = memoryview(data)
-        offset = 0
-        while offset < len(view):
-            offset += os.pwrite(fd, view[offset:], offset)
-        os.ftruncate(fd, len(data))
+        size = len(data)
+        longest = self._size
+        self._size = max(longest, size)  # whatever fails below, the file is no longer
+        offset = os.pwrite(fd, data, 0)
+        if offset < size:
+            view = memoryview(data)
+            while offset < size:
+                offset += os.pwrite(fd, view[offset:], offset)
+        # Cut only what an earlier, longer command left: most commands are no shorter than
+        # the last, and the write alone then leaves exactly `data`.
+        if size < longest:
+            os.ftruncate(fd, size)
+            self._size = size
 
     def close(self) -> None:
         if self.fd >= 0:

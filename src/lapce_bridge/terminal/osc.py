@@ -59,6 +59,8 @@ from dataclasses import dataclass
 from typing import TypeAlias
 from urllib.parse import unquote_to_bytes
 
+from lapce_bridge.terminal.frozen import quick_init
+
 __all__ = [
     "EscapeStripper",
     "Event",
@@ -70,6 +72,7 @@ __all__ = [
 ]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Text:
     """Bytes to display: everything that is not a shell-integration marker."""
@@ -77,6 +80,7 @@ class Text:
     data: bytes
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Marker:
     """One shell-integration sequence, decoded.
@@ -425,7 +429,9 @@ class OscParser:
         # A short chunk parsed from a clean state: its events depend on its bytes alone, and
         # an integrated shell writes the same ones at every command (its prompt, the line
         # editor's redraw, the marks without a nonce).
-        chunks = self._chunk_cache()
+        if self._cache_nonce != self.nonce:
+            self._markers_cache()  # (emptied with it when the nonce changes)
+        chunks = self._chunks[self.strip_ansi]
         hit = chunks.get(data)
         if hit is not None:
             self._markers += hit[1]
@@ -508,7 +514,7 @@ class OscParser:
             elif tail[-1] == 0x1B:
                 self._buf = bytearray(b"\x1b")
                 runs[-1] = tail[:-1]
-        cache = self._markers_cache()
+        cache = self._cache if self._cache_nonce == self.nonce else self._markers_cache()
         events: list[Event] = []
         text: list[bytes] = []
         found = 0
@@ -575,10 +581,6 @@ class OscParser:
             self._chunks[1].clear()
             self._cache_nonce = self.nonce
         return self._cache
-
-    def _chunk_cache(self) -> _ChunkCache:
-        self._markers_cache()  # (cleared with it when the nonce changes)
-        return self._chunks[self.strip_ansi]
 
     def _parse(self, data: bytes, resume: int, *, final: bool) -> list[Event]:
         strip = self.strip_ansi

@@ -15,13 +15,14 @@ from __future__ import annotations
 import codecs
 
 _CR = 0x0D
+_UTF8 = codecs.getincrementaldecoder("utf-8")  # looked up once, not at every command
 
 
 class OutputNormalizer:
     __slots__ = ("_decoder", "_held_cr")
 
     def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._decoder = _UTF8("replace")
         self._held_cr = False
 
     def feed(self, data: bytes) -> str:

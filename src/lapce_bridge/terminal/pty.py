@@ -152,6 +152,12 @@ class PtyProcess:
                 return
             self.bytes_read += len(data)
             self._on_data(data)
+            if len(data) < _READ_SIZE and not self._writing:
+                # The buffer was emptied: a read now would mostly fail (EAGAIN), and what
+                # comes meanwhile wakes the loop again (the reader is level-triggered). Not
+                # while input is being written: the tty's echo of it must be drained as fast
+                # as before, or it waits and the program's answer is written into it.
+                return
 
     def _stop_reading(self) -> None:
         if self._reading:

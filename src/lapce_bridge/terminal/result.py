@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from lapce_bridge.terminal.frozen import quick_init
+
 
 class Status(StrEnum):
     COMPLETED = "completed"
@@ -64,6 +66,7 @@ def abandoned_inside(recoveries: list[Recovery]) -> None:
             recoveries[i] = Recovery(recovery.action, _INCOMPLETE + _BY_LOAD_KEY)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ExecResult:
     execution_id: str

@@ -412,6 +412,7 @@ class SpoolStore:
         self._evicted = 0
         self._spilled = 0
         self._expired: OrderedDict[str, str] = OrderedDict()  # id -> why
+        self._reason: tuple[tuple[int, int], str] = ((0, 0), "")  # (budget, its reason)
 
     def create(self, execution_id: str, max_output_bytes: int) -> Spool:
         spool = Spool(
@@ -419,9 +420,12 @@ class SpoolStore:
             max_output_bytes,
             max_running_bytes=self.max_running_bytes,
         )
-        self._spools[execution_id] = spool
-        self._expired.pop(execution_id, None)
-        self._evict()
+        spools = self._spools
+        spools[execution_id] = spool
+        if self._expired:
+            self._expired.pop(execution_id, None)
+        if len(spools) > self.max_count or self._bytes > self.max_bytes:
+            self._evict()
         return spool
 
     def get(self, execution_id: str) -> Spool:
@@ -445,9 +449,11 @@ class SpoolStore:
         spool = self._spools.get(execution_id)
         if spool is not None and execution_id not in self._counted:
             spool.finish()
-            self._counted[execution_id] = spool.stored_bytes
-            self._bytes += spool.stored_bytes
-            self._evict()
+            stored = spool.stored_bytes
+            self._counted[execution_id] = stored
+            self._bytes += stored
+            if len(self._spools) > self.max_count or self._bytes > self.max_bytes:
+                self._evict()
 
     @property
     def finished_bytes(self) -> int:
@@ -470,12 +476,21 @@ class SpoolStore:
         self._bytes -= self._counted.pop(key, 0)
         spool.delete()
         self._evicted += 1
-        self._expired[key] = why or (
-            f"released, least recently read first, to keep the server's spools within "
-            f"{self.max_count} outputs and {self.max_bytes} bytes on disk"
-        )
+        self._expired[key] = why or self._budget_reason()
         while len(self._expired) > _EXPIRED_REMEMBERED:
             self._expired.popitem(last=False)
+
+    def _budget_reason(self) -> str:
+        """Why an output was released to keep within the budget (one string while the budget
+        stays: a command past `max_count` releases one)."""
+        budget = (self.max_count, self.max_bytes)
+        if self._reason[0] != budget:
+            self._reason = (
+                budget,
+                f"released, least recently read first, to keep the server's spools within "
+                f"{self.max_count} outputs and {self.max_bytes} bytes on disk",
+            )
+        return self._reason[1]
 
     def spill(self) -> int:
         """Move finished outputs held in memory to disk; returns the memory bytes freed."""

@@ -424,7 +424,13 @@ class Terminal:
             if value is not None and value <= 0:
                 raise InvalidParams(f"{name} must be positive")
         received = self.clock.now() if received_at is None else received_at
-        await self._usable()
+        if (
+            self._closing
+            or self.failed is not None
+            or self.restarting is not None
+            or not self.alive
+        ):
+            await self._usable()  # it refuses, or waits for the restart
         stopping = self._exec
         if stopping is not None and stopping.interrupted:
             # A cancelled command was sent SIGINT; its end is moments away. Wait for it

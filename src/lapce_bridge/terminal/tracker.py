@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeAlias
 
+from lapce_bridge.terminal.frozen import quick_init
 from lapce_bridge.terminal.osc import Event, Marker, Text
 
 __all__ = [
@@ -86,11 +87,13 @@ class Started:
     pass
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Output:
     data: bytes
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Finished:
     exit_code: int | None
@@ -115,6 +118,7 @@ class Ready:
     """Integration announced itself: a prompt or cwd mark of our hooks."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CwdChanged:
     cwd: str
@@ -146,6 +150,7 @@ class CommandTracker:
         "_idle_capture",
         "_prestart",
         "_probe",
+        "_ready_due",
         "_secret",
         "_skip_echo",
         "_typed",
@@ -182,6 +187,10 @@ class CommandTracker:
         # mark unless something visible came (a notice).
         self._carry_from: int | None = None
         self._zle = False  # the command in flight was typed through zle
+        # Whether a prompt or cwd mark is to be answered `Ready`: once after each change of
+        # state (a new shell, a command handed over, started or ended); the marks after it
+        # (several a prompt) would only repeat it.
+        self._ready_due = True
 
     @property
     def in_flight(self) -> bool:
@@ -207,6 +216,7 @@ class CommandTracker:
         self._skip_echo = self.detection is EndDetection.RAW
         self._held = False
         self._held_text.clear()
+        self._ready_due = True
 
     def hold_output(self) -> None:
         """Take no more output for the command in flight for now (its end mark still counts):
@@ -224,6 +234,7 @@ class CommandTracker:
         self._zle = False
         self._prestart.clear()
         self._held_text.clear()
+        self._ready_due = True
 
     def expect_probe(self, token: str | None) -> None:
         self._probe = token
@@ -243,8 +254,7 @@ class CommandTracker:
             if type(event) is Text:
                 self._text(event.data, out)
             else:
-                assert isinstance(event, Marker)
-                self._marker(event, out)
+                self._marker(event, out)  # type: ignore[arg-type]
         return out
 
     def _text(self, data: bytes, out: list[TrackerEvent]) -> None:
@@ -317,7 +327,8 @@ class CommandTracker:
         elif kind == "D":
             if self._secret is not None and m.raw.endswith(self._d_tail):
                 self._end(m.exit_code, out)
-        elif kind in ("A", "B"):
+        elif kind in ("A", "B") and self._ready_due:
+            self._ready_due = False
             out.append(_READY)
 
     def _property(self, m: Marker, out: list[TrackerEvent]) -> None:
@@ -325,7 +336,8 @@ class CommandTracker:
         if key == "Cwd":
             self.cwd = value
             out.append(CwdChanged(value))
-            if self.detection is EndDetection.INTEGRATION:
+            if self.detection is EndDetection.INTEGRATION and self._ready_due:
+                self._ready_due = False
                 out.append(_READY)
             return
         if self._typed and self._secret is not None:
@@ -398,6 +410,7 @@ class CommandTracker:
 
     def _start(self, out: list[TrackerEvent]) -> None:
         self.started = True
+        self._ready_due = True
         self._prestart.clear()
         out.append(_STARTED)
 

@@ -35,6 +35,7 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 from lapce_bridge.core.clock import Clock
 from lapce_bridge.terminal.execution import Execution
@@ -116,12 +117,23 @@ async def await_result(
                     continue
                 return ex.snapshot(Status.RUNNING, now, hooks.cwd())
             return ex.snapshot(Status.WAITING_FOR_INPUT, now, hooks.cwd())
+        # The execution's end or the clock's timer, whichever resolves the waiter first (a
+        # timer and a future: what a deadline around the await costs, without its task cancel).
+        waiter = ex.waiter()
+        if wait is None:
+            await waiter
+            continue
+        timer = clock.call_later(wait, partial(_wake, waiter))
         try:
-            async with clock.timeout(wait):
-                await ex.waiter()
-        except TimeoutError:
-            pass
+            await waiter
+        finally:
+            timer.cancel()
     return ex.done.result()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 async def _ended(clock: Clock, ex: Execution, seconds: float) -> bool:
