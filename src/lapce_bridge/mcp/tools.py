@@ -597,10 +597,12 @@ class _Plan:
         for name, inner in self.nested:
             item = built.get(name)
             if item is not None:
-                built[name] = (
-                    [inner.rename(i) for i in item] if type(item) is list else inner.rename(item)
-                )
+                built[name] = inner.rename_value(item)
         return built
+
+    def rename_value(self, item: Any) -> Any:
+        """A field's built value renamed: one object, or a list of them."""
+        return [self.rename(i) for i in item] if type(item) is list else self.rename(item)
 
     def rename(self, built: dict[str, Any]) -> dict[str, Any]:
         fields = self.fields
@@ -612,7 +614,7 @@ class _Plan:
                 continue
             item = built[wire]
             if inner is not None and item is not None:
-                item = [inner.rename(i) for i in item] if type(item) is list else inner.rename(item)
+                item = inner.rename_value(item)
             out[name] = item
         return out
 

@@ -499,6 +499,10 @@ class TerminalService:
         lock = self._default_locks.get(conn)
         if lock is None or lock.locked():
             return None
+        return self._default_of(conn)
+
+    def _default_of(self, conn: int) -> Terminal | None:
+        """The connection's default terminal, if it is open."""
         terminal_id = self.owners.default(conn)
         return self.terminals.get(terminal_id) if terminal_id is not None else None
 
@@ -507,10 +511,11 @@ class TerminalService:
         conn = self._track(ctx)
         lock = self._default_locks.setdefault(conn, asyncio.Lock())
         async with lock:
-            terminal_id = self.owners.default(conn)
-            term = self.terminals.get(terminal_id) if terminal_id is not None else None
-            if term is None and terminal_id in self._remembered:
-                term = await self._revive(terminal_id)
+            term = self._default_of(conn)
+            if term is None:
+                closed = self.owners.default(conn)  # closed to relieve pressure, maybe
+                if closed is not None and closed in self._remembered:
+                    term = await self._revive(closed)
             if term is None:
                 term = await self.open_terminal(owner=conn)
                 self.owners.set_default(conn, term.terminal_id)

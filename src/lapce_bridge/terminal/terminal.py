@@ -424,12 +424,7 @@ class Terminal:
             if value is not None and value <= 0:
                 raise InvalidParams(f"{name} must be positive")
         received = self.clock.now() if received_at is None else received_at
-        if (
-            self._closing
-            or self.failed is not None
-            or self.restarting is not None
-            or not self.alive
-        ):
+        if not self._takes_commands:
             await self._usable()  # it refuses, or waits for the restart
         stopping = self._exec
         if stopping is not None and stopping.interrupted:
@@ -492,7 +487,14 @@ class Terminal:
                 self._spawn_task(stop_foreground(self.proc, ex, self.clock, self.interrupt_grace))
             raise
 
+    @property
+    def _takes_commands(self) -> bool:
+        """Whether a command can be handed over at once (checked inline: every command asks,
+        and nearly always the answer is yes); else `_usable` refuses or waits."""
+        return not self._closing and self.failed is None and self.restarting is None and self.alive
+
     async def _usable(self) -> None:
+        """Refuse a command to a closed, failed or shell-less terminal; wait for a restart."""
         if self._closed or self._closing:
             raise TerminalError(f"terminal {self.terminal_id} is closed", retryable=False)
         if self.restarting is not None and not self.restarting.done():

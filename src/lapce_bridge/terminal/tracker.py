@@ -48,7 +48,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeAlias
+from typing import TypeAlias, cast
 
 from lapce_bridge.terminal.frozen import quick_init
 from lapce_bridge.terminal.osc import Event, Marker, Text
@@ -254,7 +254,7 @@ class CommandTracker:
             if type(event) is Text:
                 self._text(event.data, out)
             else:
-                self._marker(event, out)  # type: ignore[arg-type]
+                self._marker(cast(Marker, event), out)  # (Event is Text | Marker)
         return out
 
     def _text(self, data: bytes, out: list[TrackerEvent]) -> None:
