@@ -168,6 +168,8 @@ class LineReader(AsyncResource):
 
     async def __anext__(self) -> SessionMessage | Exception:
         try:
+            # `receive` written out: the SDK's read loop comes here for every message, and
+            # awaiting `receive` would add a coroutine to each.
             if self._ahead:
                 return self._ahead.popleft()
             return await self._read()
